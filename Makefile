@@ -1,0 +1,121 @@
+# vramd — GNU make build.  `make` builds, `make check` tests, `make run` demos.
+# CFLAGS/LDFLAGS are the user's; what the build needs is appended with override.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+PYTHON  ?= python3
+VENV    ?= .venv
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))
+CUDA_INC ?= $(firstword $(wildcard /usr/local/cuda/include))
+
+PKGS := liburing numa jansson libxxhash libsystemd
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) check 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(filter-out numa,$(PKGS)) 2>/dev/null) -lnuma
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+
+override CFLAGS += -std=gnu11 -Wall -Wextra -Wshadow -Wno-unused-parameter \
+	-Wmissing-prototypes -Wstrict-prototypes -fPIC -pthread -fvisibility=hidden \
+	-MMD -MP -I. -D_GNU_SOURCE -DVRAM_BUILDING $(PKG_CFLAGS)
+ifneq ($(CUDA_INC),)
+override CFLAGS += -I$(CUDA_INC) -DVRAM_HAVE_CUDA_H=1
+endif
+ifeq ($(WERROR),1)
+override CFLAGS += -Werror
+endif
+ifeq ($(SAN),1)
+override CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+override LDFLAGS += -fsanitize=address,undefined
+endif
+override LDFLAGS += -pthread
+LIBS := $(PKG_LIBS) -ldl -lm
+
+COMMON_SRC  := $(sort $(wildcard common/*.c))
+RUNTIME_SRC := $(sort $(wildcard runtime/*.c kernels/*.c))
+BROKER_SRC  := $(sort $(filter-out broker/main.c,$(wildcard broker/*.c)))
+TOOLS_SRC   := $(sort $(wildcard tools/vramctl*.c))
+TEST_SRC    := $(sort $(wildcard tests/test-*.c))
+HELPER_SRC  := $(sort $(wildcard tests/helper-*.c))
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+COMMON_OBJ  := $(call obj,$(COMMON_SRC))
+RUNTIME_OBJ := $(call obj,$(RUNTIME_SRC))
+BROKER_OBJ  := $(call obj,$(BROKER_SRC))
+TOOLS_OBJ   := $(call obj,$(TOOLS_SRC))
+TEST_BIN    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+HELPER_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(HELPER_SRC))
+
+LIBVRAM_A  := $(BUILD)/lib/libvram.a
+LIBVRAM_SO := $(BUILD)/lib/libvram.so.0
+LIBBROKER  := $(BUILD)/lib/libbroker.a
+LIBCOMMON  := $(BUILD)/lib/libvramcommon.a
+VRAMD      := $(BUILD)/bin/vramd
+VRAMCTL    := $(BUILD)/bin/vramctl
+
+EXTRA_RUNTIME_OBJ :=
+# Fragments (kernels/kernels.mk: nvcc rules) may add to EXTRA_RUNTIME_OBJ.
+-include $(sort $(wildcard */*.mk))
+
+.PHONY: all deps check test run bench bench-gpu check-gpu asan install clean distclean
+all: $(VRAMD) $(VRAMCTL) $(LIBVRAM_A) $(LIBVRAM_SO) $(TEST_BIN) $(HELPER_BIN)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIBCOMMON): $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+$(LIBBROKER): $(BROKER_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+$(LIBVRAM_A): $(RUNTIME_OBJ) $(COMMON_OBJ) $(EXTRA_RUNTIME_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+$(LIBVRAM_SO): $(RUNTIME_OBJ) $(COMMON_OBJ) $(EXTRA_RUNTIME_OBJ) runtime/libvram.map
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fvisibility=hidden -Wl,-soname,libvram.so.0 -Wl,--version-script=runtime/libvram.map \
+		$(LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS)
+	ln -sf libvram.so.0 $(BUILD)/lib/libvram.so
+
+$(VRAMD): $(BUILD)/obj/broker/main.o $(LIBBROKER) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+$(VRAMCTL): $(TOOLS_OBJ) $(LIBVRAM_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIBBROKER) $(LIBVRAM_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS)
+
+deps:
+	@sh scripts/deps.sh "$(PYTHON)" "$(VENV)"
+
+# Each test binary is a Check suite; scripts/run-tests.sh runs them all,
+# prints each suite's summary and a total, and fails if any failed.
+check: deps
+	@$(MAKE) --no-print-directory all
+	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/run-tests.sh $(TEST_BIN)
+test: check
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 check
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/run-demo.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/bench.sh
+
+clean:
+	rm -rf build build-asan
+distclean: clean
+	rm -rf $(VENV)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

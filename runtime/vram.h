@@ -1,0 +1,368 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libvram: the vramd client runtime.  The one public header.
+ *
+ * Conventions (FFI-friendly, driven from Python with ctypes as well as C):
+ *  - opaque handles; plain structs whose first field is struct_size, which
+ *    callers set to sizeof(struct) before passing them in (or call the
+ *    matching *_init()), so that structs can grow;
+ *  - functions return 0 or a non-negative count on success and a negative
+ *    errno on failure; constructors return the handle through ret_*;
+ *  - on failure a readable message is kept per thread: vram_last_error();
+ *  - no varargs; callbacks take a user pointer;
+ *  - the library never prints.
+ */
+#ifndef VRAM_H
+#define VRAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VRAM_VERSION_MAJOR 0
+#define VRAM_VERSION_MINOR 1
+#define VRAM_VERSION_PATCH 0
+#define VRAM_VERSION ((VRAM_VERSION_MAJOR << 16) | (VRAM_VERSION_MINOR << 8) | VRAM_VERSION_PATCH)
+
+#if defined(VRAM_BUILDING) && defined(__GNUC__)
+#define VRAM_API __attribute__((visibility("default")))
+#else
+#define VRAM_API
+#endif
+
+/* The library's VRAM_VERSION, to compare with the header's at run time. */
+VRAM_API uint32_t vram_version(void);
+
+/* The message of the last failure in this thread ("" if none).  Valid until
+ * the next libvram call in this thread. */
+VRAM_API const char *vram_last_error(void);
+
+/* ======================================================================
+ * Broker connection
+ * ====================================================================== */
+
+typedef struct vram_client vram_client;
+typedef struct vram_grant vram_grant;
+
+#define VRAM_DEFAULT_SOCKET "/run/vramd/vramd.sock"
+
+/* Backends and device flags mirror uapi/vramd.h. */
+enum vram_backend { VRAM_BACKEND_CPU = 1, VRAM_BACKEND_SIM = 2, VRAM_BACKEND_CUDA = 3 };
+#define VRAM_DEV_SIMULATED      (1u << 0)
+#define VRAM_DEV_HUGETLB        (1u << 1)
+#define VRAM_DEV_NUMA_BOUND     (1u << 2)
+#define VRAM_DEV_HOST_MAPPABLE  (1u << 3)
+
+struct vram_device_info {
+	uint32_t struct_size;
+	uint32_t index;
+	uint32_t backend;        /* enum vram_backend */
+	uint32_t flags;          /* VRAM_DEV_* */
+	int32_t  numa_node;
+	int32_t  ordinal;        /* CUDA ordinal in the broker, or -1 */
+	uint64_t total;
+	uint64_t used;
+	uint64_t granularity;
+	uint64_t reclaimable;
+	uint8_t  uuid[16];
+	char     name[32];       /* "cuda:0", "cpu" */
+	char     label[64];
+};
+
+/* Connects to the broker at socket_path (NULL: $VRAMD_SOCKET, else
+ * VRAM_DEFAULT_SOCKET) and introduces the client as name (NULL: the program
+ * name).  -ENOENT/-ECONNREFUSED when no broker listens there, -EPROTO when
+ * it speaks another protocol version. */
+VRAM_API int vram_connect(const char *socket_path, const char *name, vram_client **ret_client);
+
+/* Frees every grant still held, closes the connection.  NULL is fine. */
+VRAM_API void vram_close(vram_client *c);
+
+/* The socket path that was (or would be) used. */
+VRAM_API const char *vram_client_socket(const vram_client *c);
+VRAM_API uint32_t vram_client_id(const vram_client *c);
+/* The broker's note (e.g. why no CUDA device is listed); "" if none. */
+VRAM_API const char *vram_client_note(const vram_client *c);
+
+/* Devices as of HELLO (or the last vram_refresh_devices). */
+VRAM_API int vram_device_count(const vram_client *c);
+VRAM_API int vram_device_info(const vram_client *c, uint32_t index, struct vram_device_info *ret_info);
+/* Index of the device called name ("cuda:0", "cpu", or its UUID as
+ * 32 hex digits with or without dashes / "GPU-" prefix); -ENODEV if none. */
+VRAM_API int vram_device_find(const vram_client *c, const char *name);
+
+#define VRAM_ALLOC_RECLAIMABLE (1u << 0)
+
+/* Asks the broker for size bytes on device and maps them.  The grant's size
+ * is rounded up to the device granularity.  Host-mappable grants are mapped
+ * read-write into this process (vram_grant_host_ptr). -ENOMEM when the pool
+ * cannot satisfy it, -EDQUOT when a limit forbids it. */
+VRAM_API int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, vram_grant **ret_grant);
+/* Unmaps and returns the grant to the broker.  NULL is fine. */
+VRAM_API int vram_free(vram_client *c, vram_grant *g);
+
+VRAM_API uint64_t vram_grant_id(const vram_grant *g);
+VRAM_API uint64_t vram_grant_size(const vram_grant *g);
+VRAM_API uint32_t vram_grant_device(const vram_grant *g);
+/* Host address of the mapping, or NULL for device-only memory. */
+VRAM_API void *vram_grant_host_ptr(const vram_grant *g);
+/* Device virtual address for CUDA grants (0 otherwise). */
+VRAM_API uint64_t vram_grant_device_ptr(const vram_grant *g);
+
+/* The connection's fd, readable when the broker sent something unsolicited
+ * (RECLAIM).  Call vram_dispatch() then. */
+VRAM_API int vram_client_fd(const vram_client *c);
+
+/* Handles pending unsolicited messages without blocking.  Returns the number
+ * handled. */
+VRAM_API int vram_dispatch(vram_client *c);
+
+/* Called from vram_dispatch (or any call that reads the socket) when the
+ * broker asks for bytes back on device; the callback frees grants and
+ * returns the bytes it freed.  The runtime then answers RECLAIM_DONE. */
+typedef uint64_t (*vram_reclaim_fn)(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms);
+VRAM_API void vram_set_reclaim_handler(vram_client *c, vram_reclaim_fn fn, void *user);
+
+/* ---- status (what vramctl status shows) -------------------------------- */
+
+struct vram_client_status {
+	uint32_t struct_size;
+	uint32_t id;
+	int32_t  pid;
+	uint32_t uid;
+	uint32_t gid;
+	uint32_t ngrants;
+	uint32_t flags;          /* VRAM_CLIENT_* */
+	uint32_t reclaims_answered;
+	uint32_t reclaims_missed;
+	uint32_t pad;
+	uint64_t held;
+	uint64_t reclaimable;
+	uint64_t held_dev[16];
+	char     name[64];
+};
+#define VRAM_CLIENT_SELF         (1u << 0)
+#define VRAM_CLIENT_RECLAIM_LATE (1u << 1)
+
+struct vram_status {
+	uint32_t struct_size;
+	uint32_t ndevices;
+	uint32_t nclients;
+	uint32_t broker_pid;
+	uint64_t grants;
+	uint64_t protocol_errors;
+	uint64_t uptime_ms;
+	char     note[128];
+	struct vram_device_info *devices;   /* ndevices */
+	struct vram_client_status *clients; /* nclients */
+};
+
+/* Fetches the broker's status (all pages).  Free with vram_status_free. */
+VRAM_API int vram_get_status(vram_client *c, struct vram_status **ret_status);
+VRAM_API void vram_status_free(struct vram_status *s);
+
+/* ======================================================================
+ * Checkpoints (parsing; no broker needed)
+ * ====================================================================== */
+
+typedef struct vram_model vram_model;
+
+/* safetensors dtypes, in the order of facts.md §3. */
+enum vram_dtype {
+	VRAM_DTYPE_BOOL, VRAM_DTYPE_F4, VRAM_DTYPE_F6_E2M3, VRAM_DTYPE_F6_E3M2,
+	VRAM_DTYPE_U8, VRAM_DTYPE_I8, VRAM_DTYPE_F8_E5M2, VRAM_DTYPE_F8_E4M3,
+	VRAM_DTYPE_F8_E8M0, VRAM_DTYPE_F8_E4M3FNUZ, VRAM_DTYPE_F8_E5M2FNUZ,
+	VRAM_DTYPE_I16, VRAM_DTYPE_U16, VRAM_DTYPE_F16, VRAM_DTYPE_BF16,
+	VRAM_DTYPE_I32, VRAM_DTYPE_U32, VRAM_DTYPE_F32, VRAM_DTYPE_C64,
+	VRAM_DTYPE_F64, VRAM_DTYPE_I64, VRAM_DTYPE_U64,
+	VRAM_DTYPE_COUNT
+};
+/* "F16" etc., NULL when out of range. */
+VRAM_API const char *vram_dtype_name(uint32_t dtype);
+/* Bits per element (4, 6, 8, ..., 64); 0 when out of range. */
+VRAM_API uint32_t vram_dtype_bits(uint32_t dtype);
+
+/* ComfyUI's split of a checkpoint, by key prefix. */
+enum vram_component {
+	VRAM_COMP_UNET = 0, VRAM_COMP_CLIP = 1, VRAM_COMP_VAE = 2, VRAM_COMP_OTHER = 3,
+	VRAM_COMP_COUNT = 4
+};
+VRAM_API const char *vram_component_name(uint32_t comp); /* "unet", ... */
+
+struct vram_tensor_info {
+	uint32_t struct_size;
+	uint32_t dtype;          /* enum vram_dtype */
+	uint32_t ndim;
+	uint32_t component;      /* enum vram_component */
+	uint32_t layer;          /* index into the model's layers */
+	uint32_t pad;
+	const char *name;        /* owned by the model */
+	const uint64_t *shape;   /* ndim entries, owned by the model */
+	uint64_t file_offset;    /* absolute offset of the first byte in the file */
+	uint64_t nbytes;
+};
+
+struct vram_layer_info {
+	uint32_t struct_size;
+	uint32_t component;
+	uint32_t first_tensor;   /* tensors of a layer are contiguous in the model's
+				    tensor order (sorted by layer, then name) */
+	uint32_t ntensors;
+	const char *name;        /* e.g. "model.diffusion_model.input_blocks.1" */
+	uint64_t nbytes;
+	uint32_t flags;          /* VRAM_LAYER_* */
+	uint32_t pad;
+};
+#define VRAM_LAYER_EMBEDDING (1u << 0) /* token/position embedding (CLIP) */
+
+struct vram_component_info {
+	uint32_t struct_size;
+	uint32_t ntensors;
+	uint32_t nlayers;
+	uint32_t pad;
+	uint64_t nbytes;
+};
+
+/* Opens and validates a checkpoint (safetensors).  -EINVAL (or -EFBIG,
+ * -EOVERFLOW) with vram_last_error() = "PATH: invalid safetensors: REASON"
+ * for a malformed file; -errno from open/read otherwise. */
+VRAM_API int vram_model_open(const char *path, vram_model **ret_model);
+VRAM_API void vram_model_close(vram_model *m);
+
+VRAM_API const char *vram_model_path(const vram_model *m);
+VRAM_API const char *vram_model_format(const vram_model *m); /* "safetensors" */
+VRAM_API uint64_t vram_model_file_size(const vram_model *m);
+VRAM_API uint64_t vram_model_header_size(const vram_model *m); /* JSON bytes */
+VRAM_API uint64_t vram_model_data_offset(const vram_model *m);
+VRAM_API uint64_t vram_model_data_size(const vram_model *m);
+VRAM_API int vram_model_tensor_count(const vram_model *m);
+VRAM_API int vram_model_tensor(const vram_model *m, uint32_t index, struct vram_tensor_info *ret_info);
+/* Index of the tensor called name, -ENOENT if none. */
+VRAM_API int vram_model_find_tensor(const vram_model *m, const char *name);
+VRAM_API int vram_model_layer_count(const vram_model *m);
+VRAM_API int vram_model_layer(const vram_model *m, uint32_t index, struct vram_layer_info *ret_info);
+VRAM_API int vram_model_component(const vram_model *m, uint32_t comp, struct vram_component_info *ret_info);
+/* __metadata__ entries. */
+VRAM_API int vram_model_metadata_count(const vram_model *m);
+VRAM_API int vram_model_metadata(const vram_model *m, uint32_t index, const char **ret_key, const char **ret_value);
+
+/* ======================================================================
+ * Placement planning (DisTorch2 semantics; no bytes read)
+ * ====================================================================== */
+
+typedef struct vram_plan vram_plan;
+
+/* The seed node's inputs.  Strings may be NULL for the default. */
+struct vram_plan_options {
+	uint32_t struct_size;
+	uint32_t flags;                     /* VRAM_PLAN_* */
+	const char *unet_compute_device;    /* default "cuda:0", or "cpu" w/o GPU */
+	double      unet_virtual_vram_gb;   /* default 4.0, 0..128 */
+	const char *unet_donor_device;      /* default "cpu" */
+	const char *clip_compute_device;    /* default "cpu" */
+	double      clip_virtual_vram_gb;   /* default 2.0, 0..128 */
+	const char *clip_donor_device;      /* default "cpu" */
+	const char *vae_device;             /* default: unet compute device */
+	const char *unet_expert_mode_allocations; /* "" or NULL: none */
+	const char *clip_expert_mode_allocations;
+};
+#define VRAM_PLAN_HIGH_PRECISION_LORAS (1u << 0)
+
+/* Fills the node's defaults (high_precision_loras on). */
+VRAM_API void vram_plan_options_init(struct vram_plan_options *o);
+
+/* A device the planner may use: from the broker (vram_plan_devices_from_client)
+ * or given by hand for offline planning. */
+struct vram_plan_device {
+	uint32_t struct_size;
+	uint32_t pad;
+	char     name[32];       /* "cuda:0", "cpu" */
+	uint64_t total;          /* device memory (fraction form is of this) */
+	uint64_t available;      /* what this client may place there now */
+};
+
+/* Parses "cuda:0=24GiB,cuda:1=12GiB,cpu=64GiB" (total = available). */
+VRAM_API int vram_plan_devices_parse(const char *spec, struct vram_plan_device *ret_devs, uint32_t max, uint32_t *ret_n);
+/* The broker's devices (available = total - used). */
+VRAM_API int vram_plan_devices_from_client(const vram_client *c, struct vram_plan_device *ret_devs, uint32_t max, uint32_t *ret_n);
+
+/* Plans m on devs.  -EINVAL with a message naming the input for bad options
+ * or allocation strings; -ENOSPC naming the device and the shortfall when
+ * the plan cannot fit. */
+VRAM_API int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
+			      const struct vram_plan_device *devs, uint32_t ndevs, vram_plan **ret_plan);
+VRAM_API void vram_plan_free(vram_plan *p);
+
+/* Device (index into the devs given to vram_plan_create) that holds layer. */
+VRAM_API int vram_plan_layer_device(const vram_plan *p, uint32_t layer);
+/* Compute device of a component (for the VAE: vae_device). */
+VRAM_API int vram_plan_compute_device(const vram_plan *p, uint32_t comp);
+/* Bytes of comp placed on device dev. */
+VRAM_API uint64_t vram_plan_bytes(const vram_plan *p, uint32_t comp, uint32_t dev);
+VRAM_API uint32_t vram_plan_device_count(const vram_plan *p);
+VRAM_API const char *vram_plan_device_name(const vram_plan *p, uint32_t dev);
+VRAM_API uint32_t vram_plan_flags(const vram_plan *p);
+/* The plan as a JSON document (docs/plan-json.md); free() the string. */
+VRAM_API int vram_plan_to_json(const vram_plan *p, char **ret_json);
+
+/* ======================================================================
+ * Loading (file -> broker grants)
+ * ====================================================================== */
+
+typedef struct vram_loaded vram_loaded;
+
+/* bytes done so far, bytes in all; return non-zero to cancel (-ECANCELED). */
+typedef int (*vram_progress_fn)(void *user, uint64_t done, uint64_t total);
+
+enum vram_io_mode {
+	VRAM_IO_AUTO = 0,     /* O_DIRECT for cold files, buffered when cached */
+	VRAM_IO_DIRECT = 1,
+	VRAM_IO_BUFFERED = 2,
+};
+
+struct vram_load_options {
+	uint32_t struct_size;
+	uint32_t io_mode;        /* enum vram_io_mode */
+	uint64_t chunk_size;     /* bytes per read, 0: default (8 MiB) */
+	uint32_t queue_depth;    /* reads in flight, 0: default */
+	uint32_t flags;          /* VRAM_LOAD_* */
+	vram_progress_fn progress;
+	void    *user;
+};
+/* Donor layers' grants reclaimable: the pager can demote them. */
+#define VRAM_LOAD_RECLAIMABLE (1u << 0)
+
+VRAM_API void vram_load_options_init(struct vram_load_options *o);
+
+/* Loads every tensor of m into grants from c: by plan when plan is not NULL
+ * (plan devices are matched to the broker's by name), else all on device
+ * default_device.  The model must outlive the loaded handle. */
+VRAM_API int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan,
+		       uint32_t default_device, const struct vram_load_options *o,
+		       vram_loaded **ret_loaded);
+/* Frees every grant of the load.  NULL is fine. */
+VRAM_API void vram_unload(vram_loaded *l);
+
+/* Where tensor i lives after the load: broker device index, a host pointer
+ * when that memory is host-mappable, and a device pointer for CUDA. */
+VRAM_API int vram_loaded_tensor_device(const vram_loaded *l, uint32_t tensor);
+VRAM_API void *vram_loaded_tensor_host_ptr(const vram_loaded *l, uint32_t tensor);
+VRAM_API uint64_t vram_loaded_tensor_device_ptr(const vram_loaded *l, uint32_t tensor);
+
+struct vram_load_stats {
+	uint32_t struct_size;
+	uint32_t io_mode_used;   /* what AUTO chose */
+	uint64_t bytes;
+	uint64_t ns;             /* wall time of the load */
+	uint64_t cpu_ns;         /* CPU time of the loading thread(s) */
+	uint64_t grants;
+};
+VRAM_API int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret_stats);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VRAM_H */

@@ -1,0 +1,229 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vramd wire ABI: the messages between libvram (client) and vramd (broker).
+ *
+ * Transport: AF_UNIX, SOCK_SEQPACKET; one message per packet.  Every message
+ * starts with struct vramd_hdr.  All fields are little-endian fixed-width
+ * integers; structs have no hidden padding (explicit pad/reserved fields,
+ * which senders zero and receivers reject when non-zero).  Flags words have a
+ * mask of valid bits; unknown bits are -EINVAL.  Structs only grow at the end;
+ * a zero in a new field means the old behaviour.
+ *
+ * File descriptors travel as SCM_RIGHTS: exactly one with VRAMD_ALLOC_REPLY,
+ * none anywhere else.  A client that sends an fd, a malformed header, an
+ * unknown opcode, a size that does not match its opcode or non-zero reserved
+ * bytes is disconnected (protocol violation).  A well-formed request that
+ * cannot be served gets VRAMD_ERROR with a negative errno and a reason.
+ *
+ * This header includes nothing but <stdint.h> so that other languages can
+ * mirror it mechanically.
+ */
+#ifndef VRAMD_UAPI_VRAMD_H
+#define VRAMD_UAPI_VRAMD_H
+
+#include <stdint.h>
+
+#define VRAMD_MAGIC        0x4d415256u /* "VRAM" as little-endian bytes */
+#define VRAMD_PROTO_VERSION 1u
+#define VRAMD_MSG_MAX      65536u      /* largest message either side sends */
+#define VRAMD_NAME_MAX     64u         /* client and device names, NUL included */
+#define VRAMD_REASON_MAX   160u        /* error reason text, NUL included */
+#define VRAMD_MAX_DEVICES  16u         /* devices a broker exposes */
+
+enum vramd_opcode {
+	VRAMD_HELLO          = 1,  /* c->b  struct vramd_hello */
+	VRAMD_HELLO_REPLY    = 2,  /* b->c  struct vramd_hello_reply + devices */
+	VRAMD_ALLOC          = 3,  /* c->b  struct vramd_alloc */
+	VRAMD_ALLOC_REPLY    = 4,  /* b->c  struct vramd_alloc_reply + 1 fd */
+	VRAMD_FREE           = 5,  /* c->b  struct vramd_free */
+	VRAMD_OK             = 6,  /* b->c  struct vramd_hdr only */
+	VRAMD_STATUS         = 7,  /* c->b  struct vramd_status */
+	VRAMD_STATUS_REPLY   = 8,  /* b->c  struct vramd_status_reply + arrays */
+	VRAMD_ERROR          = 9,  /* b->c  struct vramd_error */
+	VRAMD_RECLAIM        = 10, /* b->c  struct vramd_reclaim (unsolicited) */
+	VRAMD_RECLAIM_DONE   = 11, /* c->b  struct vramd_reclaim_done */
+	VRAMD_OPCODE_MAX     = 11,
+};
+
+/* struct vramd_hdr.flags: none defined yet. */
+#define VRAMD_HDR_FLAGS_MASK 0u
+
+struct vramd_hdr {
+	uint32_t magic;    /* VRAMD_MAGIC */
+	uint16_t version;  /* VRAMD_PROTO_VERSION */
+	uint16_t opcode;   /* enum vramd_opcode */
+	uint32_t size;     /* whole message in bytes, header included */
+	uint32_t flags;    /* VRAMD_HDR_FLAGS_MASK */
+	uint64_t seq;      /* chosen by the requester, echoed in the reply;
+			      0 in unsolicited broker messages */
+};
+
+/* ---- HELLO ------------------------------------------------------------ */
+
+struct vramd_hello {
+	struct vramd_hdr hdr;
+	uint32_t flags;           /* none yet: 0 */
+	uint32_t reserved0;       /* 0 */
+	char     name[VRAMD_NAME_MAX]; /* client name, NUL-terminated, printable */
+	uint64_t reserved[4];     /* 0 */
+};
+
+enum vramd_backend {
+	VRAMD_BACKEND_CPU  = 1,   /* pinned host pool (memfd) */
+	VRAMD_BACKEND_SIM  = 2,   /* simulated GPU (memfd), never real */
+	VRAMD_BACKEND_CUDA = 3,   /* CUDA VMM allocations, POSIX-fd handles */
+};
+
+/* struct vramd_device.flags */
+#define VRAMD_DEV_SIMULATED (1u << 0) /* not a real GPU */
+#define VRAMD_DEV_HUGETLB   (1u << 1) /* grants are hugetlb memfds */
+#define VRAMD_DEV_NUMA_BOUND (1u << 2) /* grants bound to numa_node */
+#define VRAMD_DEV_HOST_MAPPABLE (1u << 3) /* grant fds can be mmap()ed */
+#define VRAMD_DEV_FLAGS_MASK 0xfu
+
+struct vramd_device {
+	uint32_t index;        /* position in the list; ALLOC names it */
+	uint32_t backend;      /* enum vramd_backend */
+	uint32_t flags;        /* VRAMD_DEV_* */
+	int32_t  numa_node;    /* -1 when unknown or not applicable */
+	uint64_t total;        /* bytes the pool may grant */
+	uint64_t used;         /* bytes granted now */
+	uint64_t granularity;  /* ALLOC sizes are rounded up to this */
+	uint64_t reclaimable;  /* of used, bytes in reclaimable grants */
+	uint8_t  uuid[16];     /* stable identity (CUDA UUID; derived for others) */
+	int32_t  ordinal;      /* CUDA ordinal in the broker, -1 otherwise */
+	uint32_t reserved0;    /* 0 */
+	char     name[32];     /* "cuda:0", "cpu" */
+	char     label[64];    /* "NVIDIA H100 80GB HBM3", "simulated GPU", ... */
+};
+
+struct vramd_hello_reply {
+	struct vramd_hdr hdr;
+	uint32_t client_id;    /* broker's id for this connection */
+	uint32_t ndevices;     /* struct vramd_device entries that follow */
+	uint64_t max_alloc;    /* bytes this client may hold in all (ceiling) */
+	char     note[128];    /* broker note, e.g. why no CUDA device is listed */
+	/* struct vramd_device devices[ndevices]; */
+};
+
+/* ---- ALLOC / FREE ------------------------------------------------------ */
+
+/* struct vramd_alloc.flags */
+#define VRAMD_ALLOC_RECLAIMABLE (1u << 0) /* broker may ask for it back */
+#define VRAMD_ALLOC_FLAGS_MASK  0x1u
+
+struct vramd_alloc {
+	struct vramd_hdr hdr;
+	uint32_t device;       /* vramd_device.index */
+	uint32_t flags;        /* VRAMD_ALLOC_* */
+	uint64_t size;         /* bytes wanted, > 0 */
+	uint64_t reserved[2];  /* 0 */
+};
+
+struct vramd_alloc_reply {
+	struct vramd_hdr hdr;
+	uint64_t grant_id;     /* never 0, never reused within a broker's life */
+	uint64_t size;         /* rounded size; the fd holds exactly this much */
+	uint32_t device;
+	uint32_t flags;        /* as requested */
+	uint64_t reserved[2];
+	/* SCM_RIGHTS: one fd (memfd for cpu/sim, POSIX-fd handle for cuda) */
+};
+
+struct vramd_free {
+	struct vramd_hdr hdr;
+	uint64_t grant_id;
+	uint64_t reserved;     /* 0 */
+};
+
+/* ---- RECLAIM ----------------------------------------------------------- */
+
+struct vramd_reclaim {
+	struct vramd_hdr hdr;
+	uint64_t reclaim_id;   /* echoed in RECLAIM_DONE */
+	uint64_t bytes;        /* bytes the broker would like back on device */
+	uint64_t deadline_ms;  /* time the client has, from receipt */
+	uint32_t device;
+	uint32_t reserved0;
+};
+
+struct vramd_reclaim_done {
+	struct vramd_hdr hdr;
+	uint64_t reclaim_id;
+	uint64_t bytes_freed;  /* what the client freed for it (informational) */
+	uint64_t reserved;     /* 0 */
+};
+
+/* ---- STATUS ------------------------------------------------------------ */
+
+struct vramd_status {
+	struct vramd_hdr hdr;
+	uint32_t first_client; /* index into the broker's client list */
+	uint32_t flags;        /* none yet: 0 */
+	uint64_t reserved;     /* 0 */
+};
+
+/* struct vramd_client_info.flags */
+#define VRAMD_CLIENT_SELF          (1u << 0) /* the client asking */
+#define VRAMD_CLIENT_RECLAIM_LATE  (1u << 1) /* ignored a RECLAIM deadline */
+
+struct vramd_client_info {
+	uint32_t id;
+	int32_t  pid;
+	uint32_t uid;
+	uint32_t gid;
+	uint32_t ngrants;
+	uint32_t flags;        /* VRAMD_CLIENT_* */
+	uint64_t held;         /* bytes held, all devices */
+	uint64_t reclaimable;  /* of held, in reclaimable grants */
+	uint64_t held_dev[VRAMD_MAX_DEVICES]; /* per device index */
+	uint32_t reclaims_answered;
+	uint32_t reclaims_missed;
+	char     name[VRAMD_NAME_MAX];
+};
+
+struct vramd_status_reply {
+	struct vramd_hdr hdr;
+	uint32_t ndevices;     /* struct vramd_device entries that follow */
+	uint32_t nclients;     /* struct vramd_client_info entries after them */
+	uint32_t clients_total;/* clients connected in all */
+	uint32_t first_client; /* as requested */
+	uint64_t grants;       /* grants live in the broker */
+	uint64_t protocol_errors; /* clients dropped for violations since start */
+	uint64_t uptime_ms;
+	uint32_t broker_pid;
+	uint32_t reserved0;
+	char     note[128];
+	/* struct vramd_device devices[ndevices];
+	   struct vramd_client_info clients[nclients]; */
+};
+
+/* ---- ERROR ------------------------------------------------------------- */
+
+struct vramd_error {
+	struct vramd_hdr hdr;  /* seq of the failed request */
+	int32_t  error;        /* negative errno */
+	uint16_t req_opcode;   /* opcode of the failed request */
+	uint16_t reserved0;
+	char     reason[VRAMD_REASON_MAX]; /* NUL-terminated */
+};
+
+/* ---- layout checks ------------------------------------------------------ */
+
+#define VRAMD_ASSERT_SIZE(T, n) _Static_assert(sizeof(T) == (n), #T " size")
+VRAMD_ASSERT_SIZE(struct vramd_hdr, 24);
+VRAMD_ASSERT_SIZE(struct vramd_hello, 24 + 8 + 64 + 32);
+VRAMD_ASSERT_SIZE(struct vramd_device, 16 + 32 + 16 + 8 + 32 + 64);
+VRAMD_ASSERT_SIZE(struct vramd_hello_reply, 24 + 16 + 128);
+VRAMD_ASSERT_SIZE(struct vramd_alloc, 24 + 16 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_alloc_reply, 24 + 24 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_free, 24 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_reclaim, 24 + 32);
+VRAMD_ASSERT_SIZE(struct vramd_reclaim_done, 24 + 24);
+VRAMD_ASSERT_SIZE(struct vramd_status, 24 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_client_info, 24 + 16 + 128 + 8 + 64);
+VRAMD_ASSERT_SIZE(struct vramd_status_reply, 24 + 48 + 128);
+VRAMD_ASSERT_SIZE(struct vramd_error, 24 + 8 + 160);
+#undef VRAMD_ASSERT_SIZE
+
+#endif /* VRAMD_UAPI_VRAMD_H */
