@@ -1,0 +1,960 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker: one epoll loop over the listening socket, client sockets,
+ * client pidfds, signals and timers.  Never blocks on a client: sockets are
+ * non-blocking, replies that do not fit the socket buffer wait in a small
+ * per-client queue and the client's requests are not read until it drains.
+ *
+ * A protocol violation disconnects the offender (logged once); a request
+ * that cannot be served gets VRAMD_ERROR.  A client's grants are released
+ * the moment its socket closes or its process dies (pidfd), whichever comes
+ * first.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "broker/broker.h"
+#include "common/cleanup.h"
+#include "common/proto.h"
+#include "common/util.h"
+
+/* ======================================================================
+ * Types
+ * ====================================================================== */
+
+enum ev_kind { EV_LISTEN, EV_CLIENT, EV_PIDFD, EV_SIGNAL, EV_TIMER };
+
+struct ev {
+	enum ev_kind kind;
+	struct client *client; /* EV_CLIENT, EV_PIDFD */
+};
+
+struct grant {
+	uint64_t id;
+	struct pool *pool;
+	struct client *owner;
+	uint64_t size;
+	uint32_t flags;
+	void *handle;
+	struct grant *next;    /* owner's list */
+};
+
+#define TXQ_MAX 8
+
+struct txmsg {
+	void *buf;
+	size_t len;
+	int fd;
+};
+
+struct client {
+	uint32_t id;
+	int fd;
+	int pidfd;
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	bool hello;
+	bool dead;
+	char name[VRAMD_NAME_MAX];
+	struct ev ev_sock, ev_pid;
+	struct grant *grants;
+	uint32_t ngrants;
+	uint64_t held;
+	uint64_t held_dev[VRAMD_MAX_DEVICES];
+	uint64_t reclaimable;
+	uint32_t reclaims_answered, reclaims_missed;
+	bool reclaim_late;
+	struct txmsg txq[TXQ_MAX];
+	uint32_t ntx;
+	struct client *next;
+};
+
+struct broker {
+	struct broker_config cfg;
+	int epfd;
+	int listen_fd;
+	bool own_listener;        /* we bound it (and unlink it at exit) */
+	int sigfd;
+	int timerfd;
+	struct ev ev_listen, ev_sig, ev_timer;
+	struct pool *pools[VRAMD_MAX_DEVICES];
+	uint32_t npools;
+	char note[128];
+	struct client *clients;
+	uint32_t nclients;
+	uint32_t next_client_id;
+	uint64_t next_grant_id;
+	uint64_t ngrants;
+	uint64_t protocol_errors;
+	uint64_t start_ns;
+	uint64_t watchdog_usec;
+	bool stop;
+	void *rxbuf;
+};
+
+int broker_log_level = 1;
+
+void broker_log(int level, const char *fmt, ...)
+{
+	static const char *const prefix[] = { "<3>", "<6>", "<7>" };
+	va_list ap;
+	if (level > broker_log_level)
+		return;
+	/* sd-daemon(3) prefixes: journald reads the priority from them. */
+	fputs(prefix[level < 0 ? 0 : level > 2 ? 2 : level], stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+void broker_config_init(struct broker_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->socket_path = "/run/vramd/vramd.sock";
+	c->max_clients = 256;
+	c->max_grants = 4096;
+	c->listen_fd = -1;
+	c->reclaim_deadline_ms = 2000;
+}
+
+#define CLIENT_FMT "client %u (%s, pid %d, uid %u)"
+#define CLIENT_ARGS(c) (c)->id, (c)->name[0] ? (c)->name : "-", (int)(c)->pid, (unsigned)(c)->uid
+
+/* ======================================================================
+ * Sending
+ * ====================================================================== */
+
+static void client_drop(struct broker *b, struct client *c, const char *why);
+
+static int epoll_mod_client(struct broker *b, struct client *c)
+{
+	struct epoll_event e = {
+		.events = (c->ntx ? EPOLLOUT : EPOLLIN) | EPOLLRDHUP,
+		.data.ptr = &c->ev_sock,
+	};
+	return epoll_ctl(b->epfd, EPOLL_CTL_MOD, c->fd, &e);
+}
+
+/* Sends msg (and fd, which stays the caller's) to c, queueing it if the
+ * socket is full.  Returns 0, or -errno when the client is gone or its
+ * queue overflowed (the client is then marked dead). */
+static int client_send(struct broker *b, struct client *c, const void *msg, size_t len, int fd)
+{
+	int r;
+	if (c->dead)
+		return -EPIPE;
+	if (c->ntx == 0) {
+		r = proto_send(c->fd, msg, len, fd, MSG_DONTWAIT);
+		if (r == 0)
+			return 0;
+		if (r != -EAGAIN) {
+			c->dead = true;
+			return r;
+		}
+	}
+	if (c->ntx == TXQ_MAX) {
+		c->dead = true;
+		return -ENOBUFS;
+	}
+	struct txmsg *t = &c->txq[c->ntx];
+	t->buf = malloc(len);
+	t->fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+	if (!t->buf || (fd >= 0 && t->fd < 0)) {
+		free(t->buf);
+		if (t->fd >= 0)
+			close(t->fd);
+		c->dead = true;
+		return -ENOMEM;
+	}
+	memcpy(t->buf, msg, len);
+	t->len = len;
+	c->ntx++;
+	if (c->ntx == 1)
+		epoll_mod_client(b, c);
+	return 0;
+}
+
+static void client_flush(struct broker *b, struct client *c)
+{
+	while (c->ntx) {
+		struct txmsg *t = &c->txq[0];
+		int r = proto_send(c->fd, t->buf, t->len, t->fd, MSG_DONTWAIT);
+		if (r == -EAGAIN)
+			return;
+		free(t->buf);
+		if (t->fd >= 0)
+			close(t->fd);
+		memmove(&c->txq[0], &c->txq[1], sizeof(c->txq[0]) * (c->ntx - 1));
+		c->ntx--;
+		if (r < 0) {
+			c->dead = true;
+			return;
+		}
+	}
+	epoll_mod_client(b, c);
+}
+
+static int send_error(struct broker *b, struct client *c, const struct vramd_hdr *req, int err,
+		      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static int send_error(struct broker *b, struct client *c, const struct vramd_hdr *req, int err,
+		      const char *fmt, ...)
+{
+	struct vramd_error m;
+	va_list ap;
+	memset(&m, 0, sizeof(m));
+	proto_hdr_init(&m.hdr, VRAMD_ERROR, sizeof(m), req->seq);
+	m.error = err;
+	m.req_opcode = req->opcode;
+	va_start(ap, fmt);
+	vsnprintf(m.reason, sizeof(m.reason), fmt, ap);
+	va_end(ap);
+	broker_log(2, CLIENT_FMT ": %s failed: %s (%s)", CLIENT_ARGS(c), proto_opcode_name(req->opcode),
+		   m.reason, strerror(-err));
+	return client_send(b, c, &m, sizeof(m), -1);
+}
+
+static int send_ok(struct broker *b, struct client *c, const struct vramd_hdr *req)
+{
+	struct vramd_hdr h;
+	proto_hdr_init(&h, VRAMD_OK, sizeof(h), req->seq);
+	return client_send(b, c, &h, sizeof(h), -1);
+}
+
+/* ======================================================================
+ * Grants
+ * ====================================================================== */
+
+static void grant_release(struct broker *b, struct grant *g)
+{
+	struct pool *p = g->pool;
+	struct client *c = g->owner;
+	p->ops->release(p, g->handle, g->size);
+	p->used -= g->size;
+	c->held -= g->size;
+	c->held_dev[p->index] -= g->size;
+	if (g->flags & VRAMD_ALLOC_RECLAIMABLE) {
+		p->reclaimable -= g->size;
+		c->reclaimable -= g->size;
+	}
+	c->ngrants--;
+	b->ngrants--;
+	free(g);
+}
+
+static void handle_alloc(struct broker *b, struct client *c, const struct vramd_alloc *m)
+{
+	char s1[32], s2[32], s3[32];
+	const char *why = "";
+	int overflow = 0;
+
+	if (m->device >= b->npools) {
+		send_error(b, c, &m->hdr, -ENODEV, "no device %u (the broker has %u)", m->device, b->npools);
+		return;
+	}
+	struct pool *p = b->pools[m->device];
+	if (m->size == 0) {
+		send_error(b, c, &m->hdr, -EINVAL, "size 0");
+		return;
+	}
+	uint64_t size = round_up_u64(m->size, p->granularity, &overflow);
+	if (overflow) {
+		send_error(b, c, &m->hdr, -EOVERFLOW, "size %llu overflows when rounded",
+			   (unsigned long long)m->size);
+		return;
+	}
+	if (c->ngrants >= b->cfg.max_grants) {
+		send_error(b, c, &m->hdr, -EDQUOT, "grant limit: this client holds %u grants (max %u)",
+			   c->ngrants, b->cfg.max_grants);
+		return;
+	}
+	if (b->cfg.client_max && size > b->cfg.client_max - MIN(c->held, b->cfg.client_max)) {
+		send_error(b, c, &m->hdr, -EDQUOT, "client limit: %s held + %s asked > %s per client",
+			   size_format(c->held, s1, sizeof(s1)), size_format(size, s2, sizeof(s2)),
+			   size_format(b->cfg.client_max, s3, sizeof(s3)));
+		return;
+	}
+	if (size > p->total - p->used) {
+		send_error(b, c, &m->hdr, -ENOMEM, "%s: %s asked, %s free of %s", p->name,
+			   size_format(size, s1, sizeof(s1)), size_format(p->total - p->used, s2, sizeof(s2)),
+			   size_format(p->total, s3, sizeof(s3)));
+		return;
+	}
+
+	int fd = -1;
+	void *handle = NULL;
+	int r = p->ops->grant(p, size, &fd, &handle, &why);
+	if (r < 0) {
+		send_error(b, c, &m->hdr, r, "%s: %s", p->name, why);
+		return;
+	}
+	struct grant *g = calloc(1, sizeof(*g));
+	if (!g) {
+		p->ops->release(p, handle, size);
+		close(fd);
+		send_error(b, c, &m->hdr, -ENOMEM, "broker out of memory");
+		return;
+	}
+	g->id = ++b->next_grant_id;
+	g->pool = p;
+	g->owner = c;
+	g->size = size;
+	g->flags = m->flags;
+	g->handle = handle;
+	g->next = c->grants;
+	c->grants = g;
+	c->ngrants++;
+	b->ngrants++;
+	p->used += size;
+	c->held += size;
+	c->held_dev[p->index] += size;
+	if (g->flags & VRAMD_ALLOC_RECLAIMABLE) {
+		p->reclaimable += size;
+		c->reclaimable += size;
+	}
+
+	struct vramd_alloc_reply rep;
+	memset(&rep, 0, sizeof(rep));
+	proto_hdr_init(&rep.hdr, VRAMD_ALLOC_REPLY, sizeof(rep), m->hdr.seq);
+	rep.grant_id = g->id;
+	rep.size = size;
+	rep.device = p->index;
+	rep.flags = m->flags;
+	r = client_send(b, c, &rep, sizeof(rep), fd);
+	close(fd);
+	/* If the client is gone the grant goes with it in client_drop. */
+	broker_log(2, CLIENT_FMT ": grant %llu: %s on %s%s", CLIENT_ARGS(c), (unsigned long long)g->id,
+		   size_format(size, s1, sizeof(s1)), p->name,
+		   (g->flags & VRAMD_ALLOC_RECLAIMABLE) ? " (reclaimable)" : "");
+}
+
+static void handle_free(struct broker *b, struct client *c, const struct vramd_free *m)
+{
+	struct grant **pp = &c->grants;
+	for (; *pp; pp = &(*pp)->next) {
+		if ((*pp)->id == m->grant_id) {
+			struct grant *g = *pp;
+			*pp = g->next;
+			broker_log(2, CLIENT_FMT ": freed grant %llu", CLIENT_ARGS(c), (unsigned long long)g->id);
+			grant_release(b, g);
+			send_ok(b, c, &m->hdr);
+			return;
+		}
+	}
+	send_error(b, c, &m->hdr, -ENOENT, "no grant %llu held by this client",
+		   (unsigned long long)m->grant_id);
+}
+
+/* ======================================================================
+ * HELLO / STATUS
+ * ====================================================================== */
+
+static bool name_ok(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
+static void handle_hello(struct broker *b, struct client *c, const struct vramd_hello *m)
+{
+	if (!name_ok(m->name)) {
+		send_error(b, c, &m->hdr, -EINVAL, "client name has control characters");
+		return;
+	}
+	str_copy(c->name, m->name[0] ? m->name : "-", sizeof(c->name));
+	c->hello = true;
+
+	size_t len = sizeof(struct vramd_hello_reply) + b->npools * sizeof(struct vramd_device);
+	_cleanup_free_ struct vramd_hello_reply *rep = calloc(1, len);
+	if (!rep) {
+		send_error(b, c, &m->hdr, -ENOMEM, "broker out of memory");
+		return;
+	}
+	proto_hdr_init(&rep->hdr, VRAMD_HELLO_REPLY, (uint32_t)len, m->hdr.seq);
+	rep->client_id = c->id;
+	rep->ndevices = b->npools;
+	rep->max_alloc = b->cfg.client_max;
+	str_copy(rep->note, b->note, sizeof(rep->note));
+	struct vramd_device *d = (void *)(rep + 1);
+	for (uint32_t i = 0; i < b->npools; i++)
+		pool_describe(b->pools[i], &d[i]);
+	broker_log(1, CLIENT_FMT ": hello", CLIENT_ARGS(c));
+	client_send(b, c, rep, len, -1);
+}
+
+static void handle_status(struct broker *b, struct client *c, const struct vramd_status *m)
+{
+	size_t fixed = sizeof(struct vramd_status_reply) + b->npools * sizeof(struct vramd_device);
+	size_t room = (VRAMD_MSG_MAX - fixed) / sizeof(struct vramd_client_info);
+	uint32_t first = m->first_client;
+	uint32_t n = first < b->nclients ? b->nclients - first : 0;
+	if (n > room)
+		n = (uint32_t)room;
+	size_t len = fixed + n * sizeof(struct vramd_client_info);
+	_cleanup_free_ struct vramd_status_reply *rep = calloc(1, len);
+	if (!rep) {
+		send_error(b, c, &m->hdr, -ENOMEM, "broker out of memory");
+		return;
+	}
+	proto_hdr_init(&rep->hdr, VRAMD_STATUS_REPLY, (uint32_t)len, m->hdr.seq);
+	rep->ndevices = b->npools;
+	rep->nclients = n;
+	rep->clients_total = b->nclients;
+	rep->first_client = first;
+	rep->grants = b->ngrants;
+	rep->protocol_errors = b->protocol_errors;
+	rep->uptime_ms = (now_ns() - b->start_ns) / 1000000;
+	rep->broker_pid = (uint32_t)getpid();
+	str_copy(rep->note, b->note, sizeof(rep->note));
+	struct vramd_device *d = (void *)(rep + 1);
+	for (uint32_t i = 0; i < b->npools; i++)
+		pool_describe(b->pools[i], &d[i]);
+	struct vramd_client_info *ci = (void *)(d + b->npools);
+	uint32_t i = 0, k = 0;
+	/* Clients are kept newest first; report oldest first. */
+	struct client *order[1024];
+	uint32_t cnt = 0;
+	for (struct client *x = b->clients; x && cnt < ARRAY_SIZE(order); x = x->next)
+		order[cnt++] = x;
+	for (uint32_t j = cnt; j-- > 0;) {
+		struct client *x = order[j];
+		if (i++ < first)
+			continue;
+		if (k == n)
+			break;
+		struct vramd_client_info *o = &ci[k++];
+		o->id = x->id;
+		o->pid = x->pid;
+		o->uid = x->uid;
+		o->gid = x->gid;
+		o->ngrants = x->ngrants;
+		o->flags = (x == c ? VRAMD_CLIENT_SELF : 0) | (x->reclaim_late ? VRAMD_CLIENT_RECLAIM_LATE : 0);
+		o->held = x->held;
+		o->reclaimable = x->reclaimable;
+		memcpy(o->held_dev, x->held_dev, sizeof(o->held_dev));
+		o->reclaims_answered = x->reclaims_answered;
+		o->reclaims_missed = x->reclaims_missed;
+		str_copy(o->name, x->name, sizeof(o->name));
+	}
+	rep->nclients = k;
+	rep->hdr.size = (uint32_t)(fixed + k * sizeof(struct vramd_client_info));
+	client_send(b, c, rep, rep->hdr.size, -1);
+}
+
+/* ======================================================================
+ * Clients
+ * ====================================================================== */
+
+static void protocol_violation(struct broker *b, struct client *c, const char *why)
+{
+	b->protocol_errors++;
+	broker_log(1, CLIENT_FMT ": protocol violation: %s; disconnecting", CLIENT_ARGS(c), why);
+	c->dead = true;
+}
+
+static void client_read(struct broker *b, struct client *c)
+{
+	int fds[PROTO_MAX_FDS], nfds = 0;
+
+	/* A bounded number of messages per wakeup keeps one client from
+	 * starving the others. */
+	for (int iter = 0; iter < 16 && !c->dead && c->ntx == 0; iter++) {
+		ssize_t n = proto_recv(c->fd, b->rxbuf, VRAMD_MSG_MAX, fds, &nfds, MSG_DONTWAIT);
+		if (n == -EAGAIN)
+			return;
+		if (n == 0) {
+			c->dead = true;
+			return;
+		}
+		if (n == -EMSGSIZE) {
+			protocol_violation(b, c, "message larger than the maximum");
+			return;
+		}
+		if (n == -EBADMSG) {
+			protocol_violation(b, c, "truncated control data");
+			return;
+		}
+		if (n < 0) {
+			c->dead = true;
+			return;
+		}
+		if (nfds) {
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			protocol_violation(b, c, "unexpected file descriptors");
+			return;
+		}
+		const char *why = NULL;
+		if (proto_validate(b->rxbuf, (size_t)n, &why) < 0) {
+			protocol_violation(b, c, why);
+			return;
+		}
+		const struct vramd_hdr *h = b->rxbuf;
+		if (!c->hello && h->opcode != VRAMD_HELLO) {
+			protocol_violation(b, c, "request before HELLO");
+			return;
+		}
+		switch (h->opcode) {
+		case VRAMD_HELLO:
+			if (c->hello) {
+				protocol_violation(b, c, "second HELLO");
+				return;
+			}
+			handle_hello(b, c, b->rxbuf);
+			break;
+		case VRAMD_ALLOC:
+			handle_alloc(b, c, b->rxbuf);
+			break;
+		case VRAMD_FREE:
+			handle_free(b, c, b->rxbuf);
+			break;
+		case VRAMD_STATUS:
+			handle_status(b, c, b->rxbuf);
+			break;
+		case VRAMD_RECLAIM_DONE:
+			c->reclaims_answered++;
+			break;
+		default:
+			protocol_violation(b, c, "opcode not valid from a client");
+			return;
+		}
+	}
+}
+
+static void client_drop(struct broker *b, struct client *c, const char *why)
+{
+	char s1[32];
+	uint64_t held = c->held;
+	uint32_t n = c->ngrants;
+
+	for (struct client **pp = &b->clients; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	b->nclients--;
+	while (c->grants) {
+		struct grant *g = c->grants;
+		c->grants = g->next;
+		grant_release(b, g);
+	}
+	for (uint32_t i = 0; i < c->ntx; i++) {
+		free(c->txq[i].buf);
+		if (c->txq[i].fd >= 0)
+			close(c->txq[i].fd);
+	}
+	epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	if (c->pidfd >= 0) {
+		epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->pidfd, NULL);
+		close(c->pidfd);
+	}
+	broker_log(1, CLIENT_FMT ": %s; released %u grants, %s", CLIENT_ARGS(c), why, n,
+		   size_format(held, s1, sizeof(s1)));
+	free(c);
+}
+
+static int pidfd_open_compat(pid_t pid)
+{
+#ifdef SYS_pidfd_open
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+	errno = ENOSYS;
+	return -1;
+#endif
+}
+
+int broker_adopt(struct broker *b, int fd)
+{
+	struct ucred cred = { .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
+	socklen_t len = sizeof(cred);
+
+	if (b->nclients >= b->cfg.max_clients) {
+		broker_log(1, "refusing a connection: %u clients connected (max %u)", b->nclients,
+			   b->cfg.max_clients);
+		close(fd);
+		return -EMFILE;
+	}
+	struct client *c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return -ENOMEM;
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		broker_log(1, "SO_PEERCRED failed: %m");
+	int fl = fcntl(fd, F_GETFL);
+	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	c->id = ++b->next_client_id;
+	c->fd = fd;
+	c->pid = cred.pid;
+	c->uid = cred.uid;
+	c->gid = cred.gid;
+	c->pidfd = -1;
+	c->ev_sock = (struct ev){ EV_CLIENT, c };
+	c->ev_pid = (struct ev){ EV_PIDFD, c };
+	struct epoll_event e = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->ev_sock };
+	if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
+		int r = -errno;
+		close(fd);
+		free(c);
+		return r;
+	}
+	/* The pidfd catches a death the socket does not show (the socket may
+	 * have been inherited by a child). */
+	if (cred.pid > 0 && cred.pid != getpid()) {
+		c->pidfd = pidfd_open_compat(cred.pid);
+		if (c->pidfd >= 0) {
+			struct epoll_event pe = { .events = EPOLLIN, .data.ptr = &c->ev_pid };
+			if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, c->pidfd, &pe) < 0) {
+				close(c->pidfd);
+				c->pidfd = -1;
+			}
+		}
+	}
+	c->next = b->clients;
+	b->clients = c;
+	b->nclients++;
+	broker_log(2, CLIENT_FMT ": connected", CLIENT_ARGS(c));
+	return 0;
+}
+
+static void do_accept(struct broker *b)
+{
+	for (int i = 0; i < 64; i++) {
+		int fd = accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EINTR)
+				broker_log(0, "accept: %m");
+			return;
+		}
+		broker_adopt(b, fd);
+	}
+}
+
+/* ======================================================================
+ * Set-up
+ * ====================================================================== */
+
+static int listen_socket(struct broker *b, const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		broker_log(0, "socket path too long: %s", path);
+		return -ENAMETOOLONG;
+	}
+	strcpy(sa.sun_path, path);
+
+	/* Create the parent directory (/run/vramd) if it is missing. */
+	_cleanup_free_ char *dir = strdup(path);
+	char *slash = dir ? strrchr(dir, '/') : NULL;
+	if (slash && slash != dir) {
+		*slash = '\0';
+		if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+			broker_log(1, "cannot create %s: %m", dir);
+	}
+
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int r = -errno;
+		if (r != -EADDRINUSE) {
+			close(fd);
+			broker_log(0, "bind %s: %s", path, strerror(-r));
+			return r;
+		}
+		/* A stale socket from a dead broker is replaced; a live one is not. */
+		int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		int alive = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+		if (probe >= 0)
+			close(probe);
+		if (alive) {
+			close(fd);
+			broker_log(0, "another vramd is listening on %s", path);
+			return -EADDRINUSE;
+		}
+		unlink(path);
+		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+			r = -errno;
+			close(fd);
+			broker_log(0, "bind %s: %s", path, strerror(-r));
+			return r;
+		}
+	}
+	chmod(path, b->cfg.socket_mode ? b->cfg.socket_mode : 0666);
+	if (listen(fd, 64) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	b->listen_fd = fd;
+	b->own_listener = true;
+	return 0;
+}
+
+static uint64_t default_host_pool(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+	if (pages <= 0 || psz <= 0)
+		return 1ull << 30;
+	uint64_t half = (uint64_t)pages * (uint64_t)psz / 2;
+	return half & ~((2ull << 20) - 1);
+}
+
+int broker_add_pool(struct broker *b, struct pool *p)
+{
+	if (b->npools >= VRAMD_MAX_DEVICES)
+		return -ENOSPC;
+	p->index = b->npools;
+	b->pools[b->npools++] = p;
+	return 0;
+}
+
+static int add_ev(struct broker *b, int fd, struct ev *ev, enum ev_kind kind)
+{
+	ev->kind = kind;
+	struct epoll_event e = { .events = EPOLLIN, .data.ptr = ev };
+	return epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &e) < 0 ? -errno : 0;
+}
+
+struct broker *broker_new(const struct broker_config *cfg)
+{
+	struct broker *b = calloc(1, sizeof(*b));
+	int r;
+	char s1[32];
+
+	if (!b)
+		return NULL;
+	b->cfg = *cfg;
+	b->listen_fd = -1;
+	b->sigfd = -1;
+	b->timerfd = -1;
+	b->start_ns = now_ns();
+	b->rxbuf = malloc(VRAMD_MSG_MAX);
+	b->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (!b->rxbuf || b->epfd < 0) {
+		r = -errno;
+		goto fail;
+	}
+
+	/* Pools: real GPUs first (cuda:0..), simulated ones after them, then
+	 * the host pool. */
+	uint32_t ncuda = 0;
+	if (!cfg->no_cuda) {
+		struct pool *cp[VRAMD_MAX_DEVICES];
+		int n = pool_cuda_discover(cp, VRAMD_MAX_DEVICES - 1 - cfg->nsim, 0, b->note, sizeof(b->note));
+		for (int i = 0; i < n; i++)
+			broker_add_pool(b, cp[i]);
+		ncuda = n > 0 ? (uint32_t)n : 0;
+		if (n <= 0)
+			broker_log(1, "no CUDA devices: %s", b->note);
+	} else {
+		str_copy(b->note, "CUDA disabled by configuration", sizeof(b->note));
+	}
+	for (uint32_t i = 0; i < cfg->nsim; i++) {
+		struct pool *p = pool_memfd_new_sim(ncuda + i, cfg->sim_gpus[i]);
+		if (!p || broker_add_pool(b, p) < 0) {
+			pool_free(p);
+			r = -ENOMEM;
+			goto fail;
+		}
+	}
+	struct pool *hp = pool_memfd_new_cpu(cfg->host_pool ? cfg->host_pool : default_host_pool(), -1);
+	if (!hp || broker_add_pool(b, hp) < 0) {
+		pool_free(hp);
+		r = -ENOMEM;
+		goto fail;
+	}
+	for (uint32_t i = 0; i < b->npools; i++) {
+		struct pool *p = b->pools[i];
+		broker_log(1, "device %s: %s, %s%s", p->name, p->label, size_format(p->total, s1, sizeof(s1)),
+			   (p->flags & VRAMD_DEV_SIMULATED) ? " [simulated]" : "");
+	}
+
+	if (cfg->listen_fd >= 0) {
+		b->listen_fd = cfg->listen_fd;
+		int fl = fcntl(b->listen_fd, F_GETFL);
+		fcntl(b->listen_fd, F_SETFL, fl | O_NONBLOCK);
+	} else if (cfg->socket_path) {
+		r = listen_socket(b, cfg->socket_path);
+		if (r < 0)
+			goto fail;
+	}
+	if (b->listen_fd >= 0 && (r = add_ev(b, b->listen_fd, &b->ev_listen, EV_LISTEN)) < 0)
+		goto fail;
+	return b;
+fail:
+	broker_free(b);
+	errno = -r;
+	return NULL;
+}
+
+/* Signals and the watchdog are set up only by broker_run (tests that step
+ * the loop by hand do without them). */
+static int setup_run(struct broker *b)
+{
+	sigset_t ss;
+	sigemptyset(&ss);
+	sigaddset(&ss, SIGTERM);
+	sigaddset(&ss, SIGINT);
+	sigaddset(&ss, SIGHUP);
+	sigprocmask(SIG_BLOCK, &ss, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	b->sigfd = signalfd(-1, &ss, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (b->sigfd < 0 || add_ev(b, b->sigfd, &b->ev_sig, EV_SIGNAL) < 0)
+		return -errno;
+	if (sd_watchdog_enabled(0, &b->watchdog_usec) > 0 && b->watchdog_usec) {
+		b->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+		if (b->timerfd < 0)
+			return -errno;
+		uint64_t half = b->watchdog_usec / 2;
+		struct itimerspec its = {
+			.it_interval = { (time_t)(half / 1000000), (long)(half % 1000000) * 1000 },
+			.it_value = { (time_t)(half / 1000000), (long)(half % 1000000) * 1000 },
+		};
+		timerfd_settime(b->timerfd, 0, &its, NULL);
+		if (add_ev(b, b->timerfd, &b->ev_timer, EV_TIMER) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+int broker_step(struct broker *b, int timeout_ms)
+{
+	struct epoll_event evs[64];
+	int n = epoll_wait(b->epfd, evs, 64, timeout_ms);
+	if (n < 0)
+		return errno == EINTR ? 0 : -errno;
+
+	/* Clients touched in this batch are dropped only after it, so that a
+	 * later event of the same batch never sees a freed client. */
+	struct client *touched[64];
+	int nt = 0;
+	for (int i = 0; i < n; i++) {
+		struct ev *ev = evs[i].data.ptr;
+		switch (ev->kind) {
+		case EV_LISTEN:
+			do_accept(b);
+			break;
+		case EV_SIGNAL: {
+			struct signalfd_siginfo si;
+			while (read(b->sigfd, &si, sizeof(si)) == sizeof(si)) {
+				if (si.ssi_signo == SIGHUP) {
+					broker_log(1, "SIGHUP: nothing to reload yet");
+					continue;
+				}
+				broker_log(1, "signal %u: stopping", si.ssi_signo);
+				b->stop = true;
+			}
+			break;
+		}
+		case EV_TIMER: {
+			uint64_t x;
+			if (read(b->timerfd, &x, sizeof(x)) > 0)
+				sd_notify(0, "WATCHDOG=1");
+			break;
+		}
+		case EV_CLIENT: {
+			struct client *c = ev->client;
+			if (c->dead)
+				break;
+			if (evs[i].events & EPOLLOUT)
+				client_flush(b, c);
+			if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))
+				client_read(b, c);
+			if ((evs[i].events & (EPOLLHUP | EPOLLERR)) && !(evs[i].events & EPOLLIN))
+				c->dead = true;
+			touched[nt++] = c;
+			break;
+		}
+		case EV_PIDFD:
+			if (!ev->client->dead) {
+				ev->client->dead = true;
+				broker_log(2, CLIENT_FMT ": process exited", CLIENT_ARGS(ev->client));
+			}
+			touched[nt++] = ev->client;
+			break;
+		}
+	}
+	for (int i = 0; i < nt; i++) {
+		struct client *c = touched[i];
+		if (!c || !c->dead)
+			continue;
+		for (int j = i + 1; j < nt; j++)
+			if (touched[j] == c)
+				touched[j] = NULL;
+		client_drop(b, c, "disconnected");
+	}
+	return n;
+}
+
+int broker_run(struct broker *b)
+{
+	int r = setup_run(b);
+	if (r < 0) {
+		broker_log(0, "event loop set-up failed: %s", strerror(-r));
+		return r;
+	}
+	sd_notifyf(0, "READY=1\nSTATUS=serving %u devices\nMAINPID=%d", b->npools, (int)getpid());
+	while (!b->stop) {
+		r = broker_step(b, -1);
+		if (r < 0) {
+			broker_log(0, "epoll_wait: %s", strerror(-r));
+			return r;
+		}
+	}
+	sd_notify(0, "STOPPING=1");
+	return 0;
+}
+
+void broker_stop(struct broker *b)
+{
+	b->stop = true;
+}
+
+void broker_free(struct broker *b)
+{
+	if (!b)
+		return;
+	while (b->clients)
+		client_drop(b, b->clients, "broker shutting down");
+	for (uint32_t i = 0; i < b->npools; i++)
+		pool_free(b->pools[i]);
+	if (b->listen_fd >= 0) {
+		close(b->listen_fd);
+		if (b->own_listener && b->cfg.socket_path)
+			unlink(b->cfg.socket_path);
+	}
+	if (b->sigfd >= 0)
+		close(b->sigfd);
+	if (b->timerfd >= 0)
+		close(b->timerfd);
+	if (b->epfd >= 0)
+		close(b->epfd);
+	free(b->rxbuf);
+	free(b);
+}
+
+uint32_t broker_client_count(const struct broker *b) { return b->nclients; }
+uint64_t broker_grant_count(const struct broker *b) { return b->ngrants; }
+uint64_t broker_protocol_errors(const struct broker *b) { return b->protocol_errors; }
+struct pool *broker_pool(const struct broker *b, uint32_t i) { return i < b->npools ? b->pools[i] : NULL; }
+uint32_t broker_pool_count(const struct broker *b) { return b->npools; }

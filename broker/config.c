@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: MIT */
+/* vramd configuration: command-line options and the INI file share keys. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker.h"
+#include "common/cleanup.h"
+#include "common/util.h"
+
+static int parse_bool(const char *v, bool *ret)
+{
+	if (!strcmp(v, "1") || !strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcasecmp(v, "on"))
+		*ret = true;
+	else if (!strcmp(v, "0") || !strcasecmp(v, "no") || !strcasecmp(v, "false") || !strcasecmp(v, "off"))
+		*ret = false;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+static int parse_u32(const char *v, uint32_t min, uint32_t max, uint32_t *ret, int base)
+{
+	char *end;
+	errno = 0;
+	unsigned long x = strtoul(v, &end, base);
+	if (errno || end == v || *end || x < min || x > max || v[0] == '-')
+		return -EINVAL;
+	*ret = (uint32_t)x;
+	return 0;
+}
+
+static int size_err(char *err, size_t errlen, const char *key, const char *v, int r)
+{
+	snprintf(err, errlen, "%s: \"%s\" is %s (use e.g. 8GiB, 512MiB, 4GB)", key, v,
+		 r == -ERANGE ? "too large" : "not a size");
+	return -EINVAL;
+}
+
+int broker_config_set(struct broker_config *cfg, const char *key, const char *v, char *err, size_t errlen)
+{
+	int r;
+	if (!strcmp(key, "socket")) {
+		if (!*v || v[0] != '/') {
+			snprintf(err, errlen, "socket: \"%s\" is not an absolute path", v);
+			return -EINVAL;
+		}
+		cfg->socket_path = strdup(v); /* lives as long as the process */
+		return cfg->socket_path ? 0 : -ENOMEM;
+	}
+	if (!strcmp(key, "sim-gpus")) {
+		_cleanup_free_ char *copy = strdup(v);
+		char *save = NULL;
+		cfg->nsim = 0;
+		if (!copy)
+			return -ENOMEM;
+		if (!*v)
+			return 0;
+		for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+			uint64_t s;
+			if (cfg->nsim == VRAMD_MAX_DEVICES - 1) {
+				snprintf(err, errlen, "sim-gpus: at most %u devices", VRAMD_MAX_DEVICES - 1);
+				return -EINVAL;
+			}
+			if ((r = size_parse(tok, &s)) < 0)
+				return size_err(err, errlen, key, tok, r);
+			if (s < (2u << 20)) {
+				snprintf(err, errlen, "sim-gpus: \"%s\" is smaller than 2 MiB", tok);
+				return -EINVAL;
+			}
+			cfg->sim_gpus[cfg->nsim++] = s;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "host-pool") || !strcmp(key, "client-max")) {
+		uint64_t s;
+		if ((r = size_parse(v, &s)) < 0)
+			return size_err(err, errlen, key, v, r);
+		if (!strcmp(key, "host-pool")) {
+			if (s < (2u << 20)) {
+				snprintf(err, errlen, "host-pool: \"%s\" is smaller than 2 MiB", v);
+				return -EINVAL;
+			}
+			cfg->host_pool = s;
+		} else {
+			cfg->client_max = s;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "max-clients") || !strcmp(key, "max-grants")) {
+		uint32_t *dst = !strcmp(key, "max-clients") ? &cfg->max_clients : &cfg->max_grants;
+		if (parse_u32(v, 1, 1u << 20, dst, 10) < 0) {
+			snprintf(err, errlen, "%s: \"%s\" is not a number from 1 to 1048576", key, v);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "socket-mode")) {
+		if (parse_u32(v, 0, 0777, &cfg->socket_mode, 8) < 0) {
+			snprintf(err, errlen, "socket-mode: \"%s\" is not an octal mode", v);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "reclaim-deadline-ms")) {
+		uint32_t x;
+		if (parse_u32(v, 1, 600000, &x, 10) < 0) {
+			snprintf(err, errlen, "reclaim-deadline-ms: \"%s\" is not a number from 1 to 600000", v);
+			return -EINVAL;
+		}
+		cfg->reclaim_deadline_ms = x;
+		return 0;
+	}
+	if (!strcmp(key, "cuda")) {
+		bool on;
+		if (parse_bool(v, &on) < 0) {
+			snprintf(err, errlen, "cuda: \"%s\" is not yes or no", v);
+			return -EINVAL;
+		}
+		cfg->no_cuda = !on;
+		return 0;
+	}
+	if (!strcmp(key, "verbose")) {
+		bool on;
+		if (parse_bool(v, &on) < 0) {
+			snprintf(err, errlen, "verbose: \"%s\" is not yes or no", v);
+			return -EINVAL;
+		}
+		cfg->verbose = on;
+		return 0;
+	}
+	snprintf(err, errlen, "unknown key \"%s\"", key);
+	return -ENOENT;
+}
+
+static char *trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	char *e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+	return s;
+}
+
+int broker_config_load(struct broker_config *cfg, const char *path)
+{
+	FILE *f = fopen(path, "re");
+	char line[1024], err[256];
+	unsigned lineno = 0;
+	int r = 0;
+
+	if (!f) {
+		r = -errno;
+		broker_log(0, "%s: %s", path, strerror(errno));
+		return r;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		lineno++;
+		if (!strchr(line, '\n') && !feof(f)) {
+			broker_log(0, "%s:%u: line too long", path, lineno);
+			r = -EINVAL;
+			break;
+		}
+		char *s = trim(line);
+		if (!*s || *s == '#' || *s == ';')
+			continue;
+		if (*s == '[') {
+			if (strcmp(s, "[vramd]")) {
+				broker_log(0, "%s:%u: unknown section %s (only [vramd])", path, lineno, s);
+				r = -EINVAL;
+				break;
+			}
+			continue;
+		}
+		char *eq = strchr(s, '=');
+		if (!eq) {
+			broker_log(0, "%s:%u: expected key = value", path, lineno);
+			r = -EINVAL;
+			break;
+		}
+		*eq = '\0';
+		char *k = trim(s), *v = trim(eq + 1);
+		if (!strcmp(k, "config")) {
+			broker_log(0, "%s:%u: config files do not nest", path, lineno);
+			r = -EINVAL;
+			break;
+		}
+		if ((r = broker_config_set(cfg, k, v, err, sizeof(err))) < 0) {
+			broker_log(0, "%s:%u: %s", path, lineno, err);
+			r = -EINVAL;
+			break;
+		}
+	}
+	fclose(f);
+	return r;
+}

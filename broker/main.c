@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: MIT */
+/* vramd: the GPU and pinned-host memory broker. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "broker/broker.h"
+
+static void usage(FILE *f)
+{
+	fputs("Usage: vramd [OPTIONS]\n"
+	      "Owns GPU and pinned host memory pools and grants them to clients as fds.\n\n"
+	      "  --socket PATH          client socket (default /run/vramd/vramd.sock)\n"
+	      "  --sim-gpus SIZE[,...]  simulated GPUs cuda:N, one per size (e.g. 8GiB,4GiB)\n"
+	      "  --host-pool SIZE       capacity of the cpu pool (default: half of RAM)\n"
+	      "  --client-max SIZE      bytes one client may hold (default: unlimited)\n"
+	      "  --max-clients N        connected clients at most (default 256)\n"
+	      "  --max-grants N         grants per client at most (default 4096)\n"
+	      "  --no-cuda              do not look for NVIDIA GPUs\n"
+	      "  --config FILE          INI file with the same keys (socket = ..., ...)\n"
+	      "  --foreground           stay in the foreground (vramd never forks; accepted\n"
+	      "                         for compatibility with init scripts)\n"
+	      "  -v, --verbose          log every grant\n"
+	      "  -h, --help\n\n"
+	      "Sizes: B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal).\n",
+	      f);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "sim-gpus", required_argument, NULL, 'g' },
+		{ "host-pool", required_argument, NULL, 'p' },
+		{ "client-max", required_argument, NULL, 'm' },
+		{ "max-clients", required_argument, NULL, 'C' },
+		{ "max-grants", required_argument, NULL, 'G' },
+		{ "no-cuda", no_argument, NULL, 'n' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 }
+	};
+	struct broker_config cfg;
+	char err[256];
+	int o, r;
+
+	broker_config_init(&cfg);
+
+	/* The config file is read first so that options override it. */
+	for (int i = 1; i < argc; i++) {
+		const char *file = NULL;
+		if (!strcmp(argv[i], "--config") && i + 1 < argc)
+			file = argv[i + 1];
+		else if (!strncmp(argv[i], "--config=", 9))
+			file = argv[i] + 9;
+		if (file && broker_config_load(&cfg, file) < 0)
+			return 1;
+	}
+
+	while ((o = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
+		const char *key = NULL;
+		switch (o) {
+		case 's': key = "socket"; break;
+		case 'g': key = "sim-gpus"; break;
+		case 'p': key = "host-pool"; break;
+		case 'm': key = "client-max"; break;
+		case 'C': key = "max-clients"; break;
+		case 'G': key = "max-grants"; break;
+		case 'n': cfg.no_cuda = true; break;
+		case 'c': case 'f': break;
+		case 'v': cfg.verbose = 1; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+		if (key && (r = broker_config_set(&cfg, key, optarg, err, sizeof(err))) < 0) {
+			fprintf(stderr, "vramd: --%s\n", err);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "vramd: unexpected argument \"%s\"\n", argv[optind]);
+		return 2;
+	}
+	broker_log_level = cfg.verbose ? 2 : 1;
+
+	/* Socket activation: systemd passes the listening socket as fd 3. */
+	int n = sd_listen_fds(1);
+	if (n > 0) {
+		if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_SEQPACKET, 1, NULL, 0) <= 0) {
+			broker_log(0, "socket activation: fd %d is not a listening SOCK_SEQPACKET unix socket",
+				   SD_LISTEN_FDS_START);
+			return 1;
+		}
+		cfg.listen_fd = SD_LISTEN_FDS_START;
+		broker_log(1, "socket activation: using the socket systemd passed");
+	}
+
+	struct broker *b = broker_new(&cfg);
+	if (!b) {
+		broker_log(0, "cannot start: %s", strerror(errno));
+		return 1;
+	}
+	if (cfg.listen_fd < 0)
+		broker_log(1, "listening on %s", cfg.socket_path);
+	r = broker_run(b);
+	broker_free(b);
+	return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,215 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * memfd-backed pools: the pinned host pool ("cpu") and simulated GPUs.
+ *
+ * Each grant is a fresh memfd (so it can never hold another client's bytes),
+ * sized, then sealed against grow, shrink and further sealing before it is
+ * handed out.  The host pool uses hugetlb memfds when huge pages are
+ * reserved (reserved up front with fallocate, so a client never meets
+ * SIGBUS for want of a huge page later) and binds grants to its NUMA node
+ * with mbind on a shared mapping, which sets the inode's policy for every
+ * later fault, in any process.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <numa.h>
+#include <numaif.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "broker/broker.h"
+#include "common/util.h"
+
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21 << 26)
+#endif
+
+struct memfd_pool {
+	bool hugetlb;
+	int numa_node;          /* -1: no binding */
+	char memfd_name[48];
+};
+
+static int memfd_grant(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why)
+{
+	struct memfd_pool *mp = p->priv;
+	int fd = -1;
+
+	if (mp->hugetlb) {
+		fd = memfd_create(mp->memfd_name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB | MFD_HUGE_2MB);
+		if (fd >= 0 && (ftruncate(fd, (off_t)size) < 0 || fallocate(fd, 0, 0, (off_t)size) < 0)) {
+			/* Huge pages ran out: fall back to normal pages for this grant. */
+			close(fd);
+			fd = -1;
+		}
+	}
+	if (fd < 0) {
+		fd = memfd_create(mp->memfd_name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		if (fd < 0) {
+			*why = "memfd_create failed";
+			return -errno;
+		}
+		if (ftruncate(fd, (off_t)size) < 0) {
+			int e = -errno;
+			close(fd);
+			*why = "ftruncate of the grant memfd failed";
+			return e;
+		}
+	}
+	if (mp->numa_node >= 0) {
+		void *m = mmap(NULL, size, PROT_NONE, MAP_SHARED, fd, 0);
+		if (m != MAP_FAILED) {
+			unsigned long mask[16] = { 0 };
+			if ((unsigned)mp->numa_node < sizeof(mask) * 8) {
+				mask[mp->numa_node / (8 * sizeof(long))] |= 1ul << (mp->numa_node % (8 * sizeof(long)));
+				/* Best effort: binding failure leaves default policy. */
+				(void)mbind(m, size, MPOL_BIND, mask, sizeof(mask) * 8, 0);
+			}
+			munmap(m, size);
+		}
+	}
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
+		int e = -errno;
+		close(fd);
+		*why = "sealing the grant memfd failed";
+		return e;
+	}
+	*ret_fd = fd;
+	*ret_handle = NULL;
+	return 0;
+}
+
+static void memfd_release(struct pool *p, void *handle, uint64_t size)
+{
+	/* The broker keeps no reference: the memory goes when the client
+	 * unmaps it and closes the fd (or exits). */
+}
+
+static void memfd_destroy(struct pool *p)
+{
+	free(p->priv);
+}
+
+static const struct pool_ops memfd_ops = {
+	.name = "memfd",
+	.grant = memfd_grant,
+	.release = memfd_release,
+	.destroy = memfd_destroy,
+};
+
+void pool_uuid_from_string(uint8_t uuid[16], const char *s)
+{
+	XXH128_hash_t h = XXH3_128bits(s, strlen(s));
+	memcpy(uuid, &h.low64, 8);
+	memcpy(uuid + 8, &h.high64, 8);
+	uuid[6] = (uuid[6] & 0x0f) | 0x80; /* RFC 9562 version 8: custom */
+	uuid[8] = (uuid[8] & 0x3f) | 0x80;
+}
+
+static bool hugetlb_available(void)
+{
+	FILE *f = fopen("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "re");
+	unsigned long n = 0;
+	if (!f)
+		return false;
+	if (fscanf(f, "%lu", &n) != 1)
+		n = 0;
+	fclose(f);
+	return n > 0;
+}
+
+static struct pool *memfd_pool_new(uint32_t backend, const char *name, uint64_t capacity)
+{
+	struct pool *p = calloc(1, sizeof(*p));
+	struct memfd_pool *mp = calloc(1, sizeof(*mp));
+	if (!p || !mp) {
+		free(p);
+		free(mp);
+		errno = ENOMEM;
+		return NULL;
+	}
+	p->backend = backend;
+	p->total = capacity;
+	p->granularity = 2u << 20;
+	p->numa_node = -1;
+	p->ordinal = -1;
+	p->flags = VRAMD_DEV_HOST_MAPPABLE;
+	p->ops = &memfd_ops;
+	p->priv = mp;
+	mp->numa_node = -1;
+	str_copy(p->name, name, sizeof(p->name));
+	snprintf(mp->memfd_name, sizeof(mp->memfd_name), "vramd:%s", name);
+	return p;
+}
+
+struct pool *pool_memfd_new_cpu(uint64_t capacity, int numa_node)
+{
+	struct pool *p = memfd_pool_new(VRAMD_BACKEND_CPU, "cpu", capacity);
+	if (!p)
+		return NULL;
+	struct memfd_pool *mp = p->priv;
+	mp->hugetlb = hugetlb_available();
+	if (mp->hugetlb)
+		p->flags |= VRAMD_DEV_HUGETLB;
+	if (numa_available() >= 0) {
+		int nodes = numa_num_configured_nodes();
+		if (numa_node < 0)
+			numa_node = 0;
+		p->numa_node = numa_node;
+		if (nodes > 1) {
+			mp->numa_node = numa_node;
+			p->flags |= VRAMD_DEV_NUMA_BOUND;
+		}
+	}
+	snprintf(p->label, sizeof(p->label), "host memory (memfd%s%s)",
+		 mp->hugetlb ? ", hugetlb" : "", mp->numa_node >= 0 ? ", NUMA-bound" : "");
+	char key[64];
+	snprintf(key, sizeof(key), "vramd-cpu-node%d", p->numa_node);
+	pool_uuid_from_string(p->uuid, key);
+	return p;
+}
+
+struct pool *pool_memfd_new_sim(uint32_t n, uint64_t capacity)
+{
+	char name[32];
+	snprintf(name, sizeof(name), "cuda:%u", n);
+	struct pool *p = memfd_pool_new(VRAMD_BACKEND_SIM, name, capacity);
+	if (!p)
+		return NULL;
+	p->flags |= VRAMD_DEV_SIMULATED;
+	snprintf(p->label, sizeof(p->label), "simulated GPU (memfd)");
+	char key[64];
+	snprintf(key, sizeof(key), "vramd-sim-%u", n);
+	pool_uuid_from_string(p->uuid, key);
+	return p;
+}
+
+void pool_free(struct pool *p)
+{
+	if (!p)
+		return;
+	if (p->ops && p->ops->destroy)
+		p->ops->destroy(p);
+	free(p);
+}
+
+void pool_describe(const struct pool *p, struct vramd_device *d)
+{
+	memset(d, 0, sizeof(*d));
+	d->index = p->index;
+	d->backend = p->backend;
+	d->flags = p->flags;
+	d->numa_node = p->numa_node;
+	d->ordinal = p->ordinal;
+	d->total = p->total;
+	d->used = p->used;
+	d->granularity = p->granularity;
+	d->reclaimable = p->reclaimable;
+	memcpy(d->uuid, p->uuid, 16);
+	str_copy(d->name, p->name, sizeof(d->name));
+	str_copy(d->label, p->label, sizeof(d->label));
+}

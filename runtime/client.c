@@ -1,0 +1,523 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker connection: HELLO, ALLOC (receive the fd, map it), FREE,
+ * STATUS, and unsolicited RECLAIM requests.  One request is in flight at a
+ * time per connection (a mutex); replies are matched by sequence number.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+#include "common/proto.h"
+#include "common/util.h"
+#include "runtime/client.h"
+
+extern char *program_invocation_short_name;
+
+static int connect_socket(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return vram_error(-ENAMETOOLONG, "socket path too long: %s", path);
+	strcpy(sa.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return vram_error(-errno, "socket: %s", strerror(errno));
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int r = -errno;
+		close(fd);
+		return vram_error(r, "cannot reach vramd at %s: %s", path, strerror(-r));
+	}
+	return fd;
+}
+
+static void queue_reclaim(struct vram_client *c, const struct vramd_reclaim *m)
+{
+	if (c->npending < CLIENT_MAX_PENDING)
+		c->pending[c->npending++] = *m;
+}
+
+/* Receives the reply to seq (handling unsolicited messages on the way).
+ * Returns its length in c->rxbuf; *ret_fd gets an fd that came with it (or
+ * -1).  ERROR replies are turned into their errno with the reason set. */
+static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, int *ret_fd)
+{
+	int fds[PROTO_MAX_FDS], nfds;
+	*ret_fd = -1;
+	for (;;) {
+		ssize_t n = proto_recv(c->fd, c->rxbuf, VRAMD_MSG_MAX, fds, &nfds, 0);
+		if (n == 0)
+			return vram_error(-ECONNRESET, "vramd closed the connection");
+		if (n < 0)
+			return vram_error((int)n, "receiving from vramd: %s", strerror((int)-n));
+		const char *why = NULL;
+		const struct vramd_hdr *h = c->rxbuf;
+		int r = proto_validate(c->rxbuf, (size_t)n, &why);
+		if (r < 0) {
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			return vram_error(-EPROTO, "malformed message from vramd: %s", why);
+		}
+		if (h->opcode == VRAMD_RECLAIM) {
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			queue_reclaim(c, c->rxbuf);
+			continue;
+		}
+		if (h->seq != seq) {
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			return vram_error(-EPROTO, "vramd answered request %llu, expected %llu",
+					  (unsigned long long)h->seq, (unsigned long long)seq);
+		}
+		if (h->opcode == VRAMD_ERROR) {
+			const struct vramd_error *e = c->rxbuf;
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			return vram_error(e->error, "%s", e->reason);
+		}
+		int want_fds = h->opcode == VRAMD_ALLOC_REPLY ? 1 : 0;
+		if (h->opcode != want || nfds != want_fds) {
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			return vram_error(-EPROTO, "vramd sent %s with %d fds, expected %s", proto_opcode_name(h->opcode),
+					  nfds, proto_opcode_name(want));
+		}
+		if (nfds)
+			*ret_fd = fds[0];
+		return n;
+	}
+}
+
+static int send_req(struct vram_client *c, void *msg, size_t len, uint16_t op)
+{
+	struct vramd_hdr *h = msg;
+	proto_hdr_init(h, op, (uint32_t)len, ++c->seq);
+	int r = proto_send(c->fd, msg, len, -1, 0);
+	if (r < 0)
+		return vram_error(r, "sending to vramd: %s", strerror(-r));
+	return 0;
+}
+
+static void dev_from_wire(struct vram_device_info *o, const struct vramd_device *d)
+{
+	memset(o, 0, sizeof(*o));
+	o->struct_size = sizeof(*o);
+	o->index = d->index;
+	o->backend = d->backend;
+	o->flags = d->flags;
+	o->numa_node = d->numa_node;
+	o->ordinal = d->ordinal;
+	o->total = d->total;
+	o->used = d->used;
+	o->granularity = d->granularity;
+	o->reclaimable = d->reclaimable;
+	memcpy(o->uuid, d->uuid, 16);
+	str_copy(o->name, d->name, sizeof(o->name));
+	str_copy(o->label, d->label, sizeof(o->label));
+}
+
+int vram_connect(const char *socket_path, const char *name, vram_client **ret)
+{
+	vram_error_clear();
+	if (!ret)
+		return vram_error(-EINVAL, "vram_connect: ret_client is NULL");
+	if (!socket_path || !*socket_path)
+		socket_path = getenv("VRAMD_SOCKET");
+	if (!socket_path || !*socket_path)
+		socket_path = VRAM_DEFAULT_SOCKET;
+	if (!name)
+		name = program_invocation_short_name;
+	if (strlen(name) >= VRAMD_NAME_MAX)
+		return vram_error(-ENAMETOOLONG, "client name longer than %u bytes", VRAMD_NAME_MAX - 1);
+
+	struct vram_client *c = calloc(1, sizeof(*c));
+	if (!c)
+		return vram_error(-ENOMEM, "out of memory");
+	c->fd = -1;
+	pthread_mutex_init(&c->lock, NULL);
+	c->socket = strdup(socket_path);
+	c->rxbuf = malloc(VRAMD_MSG_MAX);
+	if (!c->socket || !c->rxbuf) {
+		vram_close(c);
+		return vram_error(-ENOMEM, "out of memory");
+	}
+	int r = connect_socket(socket_path);
+	if (r < 0) {
+		vram_close(c);
+		return r;
+	}
+	c->fd = r;
+
+	struct vramd_hello m;
+	memset(&m, 0, sizeof(m));
+	str_copy(m.name, name, sizeof(m.name));
+	int fd;
+	if ((r = send_req(c, &m, sizeof(m), VRAMD_HELLO)) < 0 ||
+	    (r = (int)recv_reply(c, c->seq, VRAMD_HELLO_REPLY, &fd)) < 0) {
+		if (r == -ECONNRESET)
+			vram_error(-EPROTO, "vramd at %s refused the handshake (protocol version %u?)", socket_path,
+				   VRAMD_PROTO_VERSION);
+		vram_close(c);
+		return r == -ECONNRESET ? -EPROTO : r;
+	}
+	const struct vramd_hello_reply *rep = c->rxbuf;
+	c->id = rep->client_id;
+	str_copy(c->note, rep->note, sizeof(c->note));
+	c->ndev = rep->ndevices;
+	const struct vramd_device *d = (const void *)(rep + 1);
+	for (uint32_t i = 0; i < c->ndev; i++)
+		dev_from_wire(&c->dev[i], &d[i]);
+	*ret = c;
+	return 0;
+}
+
+static void grant_unmap(struct vram_grant *g)
+{
+	if (g->host)
+		munmap(g->host, g->size);
+	if (g->cuda)
+		vram_cuda_unimport(g);
+	g->host = NULL;
+}
+
+void vram_close(vram_client *c)
+{
+	if (!c)
+		return;
+	/* Closing the socket returns every grant at once; unmap ours. */
+	while (c->grants) {
+		struct vram_grant *g = c->grants;
+		c->grants = g->next;
+		grant_unmap(g);
+		free(g);
+	}
+	if (c->fd >= 0)
+		close(c->fd);
+	pthread_mutex_destroy(&c->lock);
+	free(c->socket);
+	free(c->rxbuf);
+	free(c);
+}
+
+const char *vram_client_socket(const vram_client *c) { return c->socket; }
+uint32_t vram_client_id(const vram_client *c) { return c->id; }
+const char *vram_client_note(const vram_client *c) { return c->note; }
+int vram_client_fd(const vram_client *c) { return c->fd; }
+int vram_device_count(const vram_client *c) { return (int)c->ndev; }
+
+int vram_device_info(const vram_client *c, uint32_t index, struct vram_device_info *ret)
+{
+	if (index >= c->ndev)
+		return vram_error(-ENODEV, "no device %u", index);
+	*ret = c->dev[index];
+	return 0;
+}
+
+static int hexval(int ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/* Parses 32 hex digits (dashes ignored, optional "GPU-" prefix). */
+static int parse_uuid(const char *s, uint8_t out[16])
+{
+	if (!strncmp(s, "GPU-", 4))
+		s += 4;
+	int n = 0;
+	for (; *s; s++) {
+		if (*s == '-')
+			continue;
+		int v = hexval(*s);
+		if (v < 0 || n >= 32)
+			return -EINVAL;
+		if (n % 2 == 0)
+			out[n / 2] = (uint8_t)(v << 4);
+		else
+			out[n / 2] |= (uint8_t)v;
+		n++;
+	}
+	return n == 32 ? 0 : -EINVAL;
+}
+
+int vram_device_find(const vram_client *c, const char *name)
+{
+	uint8_t uuid[16];
+	bool by_uuid = parse_uuid(name, uuid) == 0;
+	for (uint32_t i = 0; i < c->ndev; i++) {
+		if (!strcmp(c->dev[i].name, name))
+			return (int)i;
+		if (by_uuid && !memcmp(c->dev[i].uuid, uuid, 16))
+			return (int)i;
+	}
+	char list[512] = "";
+	for (uint32_t i = 0; i < c->ndev; i++) {
+		if (i)
+			strncat(list, ", ", sizeof(list) - strlen(list) - 1);
+		strncat(list, c->dev[i].name, sizeof(list) - strlen(list) - 1);
+	}
+	return vram_error(-ENODEV, "no device \"%s\" (devices: %s)", name, list);
+}
+
+/* Runs the reclaim handler for every queued RECLAIM, outside the lock. */
+static int run_pending(struct vram_client *c)
+{
+	int handled = 0;
+	for (;;) {
+		pthread_mutex_lock(&c->lock);
+		if (!c->npending) {
+			pthread_mutex_unlock(&c->lock);
+			return handled;
+		}
+		struct vramd_reclaim m = c->pending[0];
+		memmove(&c->pending[0], &c->pending[1], sizeof(m) * (c->npending - 1));
+		c->npending--;
+		pthread_mutex_unlock(&c->lock);
+
+		uint64_t freed = 0;
+		if (c->reclaim_fn)
+			freed = c->reclaim_fn(c->reclaim_user, m.device, m.bytes, m.deadline_ms);
+		struct vramd_reclaim_done d;
+		memset(&d, 0, sizeof(d));
+		d.reclaim_id = m.reclaim_id;
+		d.bytes_freed = freed;
+		pthread_mutex_lock(&c->lock);
+		send_req(c, &d, sizeof(d), VRAMD_RECLAIM_DONE);
+		pthread_mutex_unlock(&c->lock);
+		handled++;
+	}
+}
+
+int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, vram_grant **ret)
+{
+	vram_error_clear();
+	if (device >= c->ndev)
+		return vram_error(-ENODEV, "no device %u", device);
+	if (flags & ~VRAM_ALLOC_RECLAIMABLE)
+		return vram_error(-EINVAL, "unknown alloc flags 0x%x", flags);
+	if (size == 0)
+		return vram_error(-EINVAL, "allocation of 0 bytes");
+	struct vram_grant *g = calloc(1, sizeof(*g));
+	if (!g)
+		return vram_error(-ENOMEM, "out of memory");
+
+	struct vramd_alloc m;
+	memset(&m, 0, sizeof(m));
+	m.device = device;
+	m.flags = flags;
+	m.size = size;
+	int fd = -1;
+	pthread_mutex_lock(&c->lock);
+	int r = send_req(c, &m, sizeof(m), VRAMD_ALLOC);
+	if (r == 0)
+		r = (int)recv_reply(c, c->seq, VRAMD_ALLOC_REPLY, &fd);
+	if (r < 0) {
+		pthread_mutex_unlock(&c->lock);
+		free(g);
+		run_pending(c);
+		return r;
+	}
+	const struct vramd_alloc_reply *rep = c->rxbuf;
+	g->id = rep->grant_id;
+	g->size = rep->size;
+	g->device = device;
+	g->flags = flags;
+	g->backend = c->dev[device].backend;
+	if (rep->size < size || rep->device != device) {
+		r = vram_error(-EPROTO, "vramd granted %llu bytes on device %u for %llu on %u",
+			       (unsigned long long)rep->size, rep->device, (unsigned long long)size, device);
+	} else if (c->dev[device].flags & VRAM_DEV_HOST_MAPPABLE) {
+		void *p = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (p == MAP_FAILED)
+			r = vram_error(-errno, "mapping grant %llu (%llu bytes): %s", (unsigned long long)g->id,
+				       (unsigned long long)g->size, strerror(errno));
+		else
+			g->host = p;
+	} else if (g->backend == VRAM_BACKEND_CUDA) {
+		r = vram_cuda_import(c, g, fd);
+	} else {
+		r = vram_error(-ENOTSUP, "device %s cannot be mapped by this runtime", c->dev[device].name);
+	}
+	close(fd);
+	if (r < 0) {
+		/* Give it back so nothing stays accounted to us. */
+		struct vramd_free f;
+		memset(&f, 0, sizeof(f));
+		f.grant_id = g->id;
+		int fd2;
+		if (send_req(c, &f, sizeof(f), VRAMD_FREE) == 0)
+			recv_reply(c, c->seq, VRAMD_OK, &fd2);
+		pthread_mutex_unlock(&c->lock);
+		free(g);
+		return r;
+	}
+	g->next = c->grants;
+	if (c->grants)
+		c->grants->prev = g;
+	c->grants = g;
+	pthread_mutex_unlock(&c->lock);
+	run_pending(c);
+	*ret = g;
+	return 0;
+}
+
+int vram_free(vram_client *c, vram_grant *g)
+{
+	if (!g)
+		return 0;
+	vram_error_clear();
+	pthread_mutex_lock(&c->lock);
+	if (g->prev)
+		g->prev->next = g->next;
+	else
+		c->grants = g->next;
+	if (g->next)
+		g->next->prev = g->prev;
+	grant_unmap(g);
+	struct vramd_free m;
+	memset(&m, 0, sizeof(m));
+	m.grant_id = g->id;
+	int fd;
+	int r = send_req(c, &m, sizeof(m), VRAMD_FREE);
+	if (r == 0)
+		r = (int)recv_reply(c, c->seq, VRAMD_OK, &fd);
+	pthread_mutex_unlock(&c->lock);
+	free(g);
+	run_pending(c);
+	return r < 0 ? r : 0;
+}
+
+uint64_t vram_grant_id(const vram_grant *g) { return g->id; }
+uint64_t vram_grant_size(const vram_grant *g) { return g->size; }
+uint32_t vram_grant_device(const vram_grant *g) { return g->device; }
+void *vram_grant_host_ptr(const vram_grant *g) { return g->host; }
+uint64_t vram_grant_device_ptr(const vram_grant *g) { return g->dptr; }
+
+void vram_set_reclaim_handler(vram_client *c, vram_reclaim_fn fn, void *user)
+{
+	pthread_mutex_lock(&c->lock);
+	c->reclaim_fn = fn;
+	c->reclaim_user = user;
+	pthread_mutex_unlock(&c->lock);
+}
+
+int vram_dispatch(vram_client *c)
+{
+	int fds[PROTO_MAX_FDS], nfds;
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		ssize_t n = proto_recv(c->fd, c->rxbuf, VRAMD_MSG_MAX, fds, &nfds, MSG_DONTWAIT);
+		if (n == -EAGAIN)
+			break;
+		if (n <= 0) {
+			pthread_mutex_unlock(&c->lock);
+			return vram_error(n == 0 ? -ECONNRESET : (int)n, "vramd connection lost");
+		}
+		for (int i = 0; i < nfds; i++)
+			close(fds[i]);
+		const char *why;
+		const struct vramd_hdr *h = c->rxbuf;
+		if (proto_validate(c->rxbuf, (size_t)n, &why) < 0 || h->opcode != VRAMD_RECLAIM || nfds) {
+			pthread_mutex_unlock(&c->lock);
+			return vram_error(-EPROTO, "unexpected message from vramd");
+		}
+		queue_reclaim(c, c->rxbuf);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return run_pending(c);
+}
+
+int vram_get_status(vram_client *c, struct vram_status **ret)
+{
+	vram_error_clear();
+	struct vram_status *s = calloc(1, sizeof(*s));
+	if (!s)
+		return vram_error(-ENOMEM, "out of memory");
+	s->struct_size = sizeof(*s);
+	uint32_t first = 0;
+	int r = 0;
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		struct vramd_status m;
+		int fd;
+		memset(&m, 0, sizeof(m));
+		m.first_client = first;
+		if ((r = send_req(c, &m, sizeof(m), VRAMD_STATUS)) < 0)
+			break;
+		if ((r = (int)recv_reply(c, c->seq, VRAMD_STATUS_REPLY, &fd)) < 0)
+			break;
+		const struct vramd_status_reply *rep = c->rxbuf;
+		const struct vramd_device *d = (const void *)(rep + 1);
+		const struct vramd_client_info *ci = (const void *)(d + rep->ndevices);
+		if (first == 0) {
+			s->ndevices = rep->ndevices;
+			s->broker_pid = rep->broker_pid;
+			s->grants = rep->grants;
+			s->protocol_errors = rep->protocol_errors;
+			s->uptime_ms = rep->uptime_ms;
+			str_copy(s->note, rep->note, sizeof(s->note));
+			s->devices = calloc(rep->ndevices ? rep->ndevices : 1, sizeof(*s->devices));
+			s->clients = calloc(rep->clients_total ? rep->clients_total : 1, sizeof(*s->clients));
+			if (!s->devices || !s->clients) {
+				r = vram_error(-ENOMEM, "out of memory");
+				break;
+			}
+			for (uint32_t i = 0; i < rep->ndevices; i++)
+				dev_from_wire(&s->devices[i], &d[i]);
+			/* keep the HELLO copy fresh too */
+			for (uint32_t i = 0; i < rep->ndevices && i < c->ndev; i++)
+				dev_from_wire(&c->dev[i], &d[i]);
+		}
+		uint32_t cap = rep->clients_total;
+		for (uint32_t i = 0; i < rep->nclients && s->nclients < cap; i++) {
+			struct vram_client_status *o = &s->clients[s->nclients++];
+			o->struct_size = sizeof(*o);
+			o->id = ci[i].id;
+			o->pid = ci[i].pid;
+			o->uid = ci[i].uid;
+			o->gid = ci[i].gid;
+			o->ngrants = ci[i].ngrants;
+			o->flags = ci[i].flags;
+			o->reclaims_answered = ci[i].reclaims_answered;
+			o->reclaims_missed = ci[i].reclaims_missed;
+			o->held = ci[i].held;
+			o->reclaimable = ci[i].reclaimable;
+			memcpy(o->held_dev, ci[i].held_dev, sizeof(o->held_dev));
+			str_copy(o->name, ci[i].name, sizeof(o->name));
+		}
+		first += rep->nclients;
+		if (rep->nclients == 0 || first >= rep->clients_total || s->nclients >= cap)
+			break;
+	}
+	pthread_mutex_unlock(&c->lock);
+	run_pending(c);
+	if (r < 0) {
+		vram_status_free(s);
+		return r;
+	}
+	*ret = s;
+	return 0;
+}
+
+void vram_status_free(struct vram_status *s)
+{
+	if (!s)
+		return;
+	free(s->devices);
+	free(s->clients);
+	free(s);
+}

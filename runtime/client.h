@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: MIT */
+/* libvram internals: the broker connection and grants. */
+#ifndef VRAM_RUNTIME_CLIENT_H
+#define VRAM_RUNTIME_CLIENT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "runtime/internal.h"
+#include "uapi/vramd.h"
+
+struct vram_grant {
+	uint64_t id;
+	uint64_t size;
+	uint32_t device;
+	uint32_t flags;
+	uint32_t backend;
+	void    *host;           /* mapping of a host-mappable grant */
+	uint64_t dptr;           /* CUDA device address */
+	void    *cuda;           /* runtime/cuda.c state */
+	struct vram_grant *next, *prev;
+};
+
+#define CLIENT_MAX_PENDING 16
+
+struct vram_client {
+	int fd;
+	char *socket;
+	uint32_t id;
+	char note[128];
+	uint32_t ndev;
+	struct vram_device_info dev[VRAMD_MAX_DEVICES];
+	uint64_t seq;
+	pthread_mutex_t lock;    /* one request at a time on the socket */
+	struct vram_grant *grants;
+	vram_reclaim_fn reclaim_fn;
+	void *reclaim_user;
+	struct vramd_reclaim pending[CLIENT_MAX_PENDING]; /* unsolicited, unhandled */
+	uint32_t npending;
+	void *rxbuf;
+};
+
+/* runtime/cuda.c: maps an exported CUDA allocation (fd, size) of device
+ * dev into this process; sets g->dptr and g->cuda.  Closes nothing. */
+int vram_cuda_import(struct vram_client *c, struct vram_grant *g, int fd);
+/* Unmaps and releases what vram_cuda_import set up. */
+void vram_cuda_unimport(struct vram_grant *g);
+
+#endif
