@@ -1,0 +1,604 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker, in-process over socketpair and a temp socket, and as a real
+ * vramd process: alloc/free, exhaustion, limits, SIGKILL mid-session,
+ * 1,000 malformed messages, fd leaks, memory isolation between grants.
+ */
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "broker/broker.h"
+#include "common/cleanup.h"
+#include "common/proto.h"
+#include "common/util.h"
+#include "runtime/vram.h"
+#include "testlib.h"
+
+#define MiB (1ull << 20)
+
+/* ---- an in-process broker on a thread ---------------------------------- */
+
+struct live {
+	struct broker *b;
+	pthread_t th;
+	atomic_int stop;
+	char *dir;
+	char sock[256];
+};
+
+static void *loop(void *arg)
+{
+	struct live *l = arg;
+	while (!atomic_load(&l->stop))
+		broker_step(l->b, 20);
+	return NULL;
+}
+
+static void live_start(struct live *l, const struct broker_config *extra)
+{
+	struct broker_config cfg;
+	memset(l, 0, sizeof(*l));
+	l->dir = t_tmpdir();
+	ck_assert_ptr_nonnull(l->dir);
+	snprintf(l->sock, sizeof(l->sock), "%s/vramd.sock", l->dir);
+	if (extra)
+		cfg = *extra;
+	else {
+		broker_config_init(&cfg);
+		cfg.nsim = 2;
+		cfg.sim_gpus[0] = 64 * MiB;
+		cfg.sim_gpus[1] = 32 * MiB;
+		cfg.host_pool = 64 * MiB;
+	}
+	cfg.no_cuda = true;
+	cfg.socket_path = l->sock;
+	broker_log_level = 0;
+	l->b = broker_new(&cfg);
+	ck_assert_ptr_nonnull(l->b);
+	ck_assert_int_eq(pthread_create(&l->th, NULL, loop, l), 0);
+}
+
+static void live_stop(struct live *l)
+{
+	atomic_store(&l->stop, 1);
+	pthread_join(l->th, NULL);
+	broker_free(l->b);
+	t_rmtree(l->dir);
+}
+
+/* Waits (bounded) until the broker has n clients. */
+static void wait_clients(struct broker *b, uint32_t n)
+{
+	for (int i = 0; i < 500 && broker_client_count(b) != n; i++)
+		t_sleep_ms(10);
+	ck_assert_uint_eq(broker_client_count(b), n);
+}
+
+/* ---- raw protocol helpers ------------------------------------------------ */
+
+static int raw_connect(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
+}
+
+static void raw_hello(int fd)
+{
+	struct vramd_hello h;
+	memset(&h, 0, sizeof(h));
+	proto_hdr_init(&h.hdr, VRAMD_HELLO, sizeof(h), 1);
+	strcpy(h.name, "raw");
+	ck_assert_int_eq(proto_send(fd, &h, sizeof(h), -1, 0), 0);
+	char buf[VRAMD_MSG_MAX];
+	int fds[4], nfds;
+	ssize_t n = proto_recv(fd, buf, sizeof(buf), fds, &nfds, 0);
+	ck_assert_int_gt(n, 0);
+	ck_assert_uint_eq(((struct vramd_hdr *)buf)->opcode, VRAMD_HELLO_REPLY);
+}
+
+/* 1 if the broker closed fd within 5 s. */
+static int closed_by_peer(int fd)
+{
+	char buf[VRAMD_MSG_MAX];
+	int fds[4], nfds;
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	for (int i = 0; i < 50; i++) {
+		if (poll(&p, 1, 100) > 0) {
+			ssize_t n = proto_recv(fd, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT);
+			for (int k = 0; k < nfds; k++)
+				close(fds[k]);
+			if (n == 0 || n == -ECONNRESET)
+				return 1;
+		}
+	}
+	return 0;
+}
+
+/* ---- tests ------------------------------------------------------------- */
+
+START_TEST(test_hello_devices)
+{
+	struct live l;
+	live_start(&l, NULL);
+	vram_client *c;
+	ck_assert_int_eq(vram_connect(l.sock, "t", &c), 0);
+	ck_assert_int_eq(vram_device_count(c), 3);
+	struct vram_device_info d;
+	ck_assert_int_eq(vram_device_info(c, 0, &d), 0);
+	ck_assert_str_eq(d.name, "cuda:0");
+	ck_assert_uint_eq(d.backend, VRAM_BACKEND_SIM);
+	ck_assert(d.flags & VRAM_DEV_SIMULATED);
+	ck_assert_uint_eq(d.total, 64 * MiB);
+	ck_assert_uint_eq(d.granularity, 2 * MiB);
+	ck_assert_int_eq(vram_device_info(c, 2, &d), 0);
+	ck_assert_str_eq(d.name, "cpu");
+	ck_assert_uint_eq(d.backend, VRAM_BACKEND_CPU);
+	ck_assert(!(d.flags & VRAM_DEV_SIMULATED));
+	ck_assert_int_eq(vram_device_find(c, "cuda:1"), 1);
+	ck_assert_int_eq(vram_device_find(c, "mps"), -ENODEV);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuda:0, cuda:1, cpu"));
+	/* by UUID */
+	char u[64];
+	ck_assert_int_eq(vram_device_info(c, 1, &d), 0);
+	for (int i = 0; i < 16; i++)
+		sprintf(u + 2 * i, "%02x", d.uuid[i]);
+	ck_assert_int_eq(vram_device_find(c, u), 1);
+	ck_assert_str_eq(vram_client_note(c), "CUDA disabled by configuration");
+	vram_close(c);
+	live_stop(&l);
+}
+END_TEST
+
+START_TEST(test_alloc_free_accounting)
+{
+	struct live l;
+	live_start(&l, NULL);
+	vram_client *c;
+	vram_grant *g, *g2;
+	struct vram_status *s;
+	ck_assert_int_eq(vram_connect(l.sock, "t", &c), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, 3 * MiB, 0, &g), 0);
+	ck_assert_uint_eq(vram_grant_size(g), 4 * MiB); /* rounded to 2 MiB */
+	ck_assert_ptr_nonnull(vram_grant_host_ptr(g));
+	memset(vram_grant_host_ptr(g), 0xab, vram_grant_size(g));
+	ck_assert_int_eq(vram_alloc(c, 2, 1, VRAM_ALLOC_RECLAIMABLE, &g2), 0);
+	ck_assert_uint_eq(vram_grant_size(g2), 2 * MiB);
+
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	ck_assert_uint_eq(s->devices[0].used, 4 * MiB);
+	ck_assert_uint_eq(s->devices[2].used, 2 * MiB);
+	ck_assert_uint_eq(s->devices[2].reclaimable, 2 * MiB);
+	ck_assert_uint_eq(s->grants, 2);
+	ck_assert_uint_eq(s->nclients, 1);
+	ck_assert_uint_eq(s->clients[0].held, 6 * MiB);
+	ck_assert_uint_eq(s->clients[0].held_dev[0], 4 * MiB);
+	ck_assert_uint_eq(s->clients[0].reclaimable, 2 * MiB);
+	ck_assert(s->clients[0].flags & VRAM_CLIENT_SELF);
+	ck_assert_str_eq(s->clients[0].name, "t");
+	ck_assert_int_eq(s->clients[0].pid, getpid());
+	vram_status_free(s);
+
+	ck_assert_int_eq(vram_free(c, g), 0);
+	ck_assert_int_eq(vram_free(c, g2), 0);
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	for (uint32_t i = 0; i < s->ndevices; i++) {
+		ck_assert_uint_eq(s->devices[i].used, 0);
+		ck_assert_uint_eq(s->devices[i].reclaimable, 0);
+	}
+	ck_assert_uint_eq(s->grants, 0);
+	vram_status_free(s);
+
+	/* bad requests get errors, not disconnects */
+	ck_assert_int_eq(vram_alloc(c, 9, MiB, 0, &g), -ENODEV);
+	ck_assert_int_eq(vram_alloc(c, 0, 0, 0, &g), -EINVAL);
+	ck_assert_int_eq(vram_alloc(c, 0, UINT64_MAX, 0, &g), -EOVERFLOW);
+	ck_assert_int_eq(vram_alloc(c, 0, MiB, 0, &g), 0);
+	vram_close(c);
+	wait_clients(l.b, 0);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 0);
+	live_stop(&l);
+}
+END_TEST
+
+START_TEST(test_exhaustion_keeps_pool_intact)
+{
+	struct live l;
+	live_start(&l, NULL);
+	vram_client *c;
+	vram_grant *g[40];
+	ck_assert_int_eq(vram_connect(l.sock, "t", &c), 0);
+	int n = 0;
+	for (; n < 40; n++)
+		if (vram_alloc(c, 1, 4 * MiB, 0, &g[n]) < 0)
+			break;
+	ck_assert_int_eq(n, 8); /* 32 MiB / 4 MiB */
+	ck_assert_int_eq(vram_alloc(c, 1, 4 * MiB, 0, &g[n]), -ENOMEM);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuda:1"));
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "free of 32.00 MiB"));
+	ck_assert_uint_eq(broker_pool(l.b, 1)->used, 32 * MiB);
+	ck_assert_int_eq(vram_free(c, g[3]), 0);
+	ck_assert_int_eq(vram_alloc(c, 1, 4 * MiB, 0, &g[3]), 0);
+	ck_assert_uint_eq(broker_pool(l.b, 1)->used, 32 * MiB);
+	/* other devices are unaffected */
+	vram_grant *h;
+	ck_assert_int_eq(vram_alloc(c, 0, 4 * MiB, 0, &h), 0);
+	vram_close(c);
+	wait_clients(l.b, 0);
+	ck_assert_uint_eq(broker_pool(l.b, 1)->used, 0);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 0);
+	live_stop(&l);
+}
+END_TEST
+
+START_TEST(test_limits)
+{
+	struct live l;
+	struct broker_config cfg;
+	broker_config_init(&cfg);
+	cfg.nsim = 1;
+	cfg.sim_gpus[0] = 64 * MiB;
+	cfg.host_pool = 64 * MiB;
+	cfg.max_grants = 3;
+	cfg.client_max = 10 * MiB;
+	cfg.max_clients = 2;
+	live_start(&l, &cfg);
+	vram_client *c, *c2, *c3;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(l.sock, "t", &c), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, 8 * MiB, 0, &g), -EDQUOT); /* 12 MiB > 10 */
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "client limit"));
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g), -EDQUOT); /* 4th grant */
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "grant limit"));
+	/* a client over the connection limit is turned away, others go on */
+	ck_assert_int_eq(vram_connect(l.sock, "t2", &c2), 0);
+	ck_assert_int_lt(vram_connect(l.sock, "t3", &c3), 0);
+	ck_assert_int_eq(vram_alloc(c2, 0, 2 * MiB, 0, &g), 0);
+	vram_close(c2);
+	vram_close(c);
+	wait_clients(l.b, 0);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 0);
+	live_stop(&l);
+}
+END_TEST
+
+/* Write through one grant; a second grant of the same kind, in this client
+ * or another one, never sees it (also after the first is freed). */
+START_TEST(test_memory_isolation)
+{
+	struct live l;
+	live_start(&l, NULL);
+	vram_client *a, *b;
+	vram_grant *g1, *g2, *g3;
+	ck_assert_int_eq(vram_connect(l.sock, "a", &a), 0);
+	ck_assert_int_eq(vram_connect(l.sock, "b", &b), 0);
+	for (uint32_t dev = 0; dev < 3; dev += 2) {
+		ck_assert_int_eq(vram_alloc(a, dev, 8 * MiB, 0, &g1), 0);
+		ck_assert_int_eq(vram_alloc(a, dev, 8 * MiB, 0, &g2), 0);
+		memset(vram_grant_host_ptr(g1), 0x5a, 8 * MiB);
+		ck_assert(mem_is_zero(vram_grant_host_ptr(g2), 8 * MiB));
+		ck_assert_int_eq(vram_free(a, g1), 0);
+		ck_assert_int_eq(vram_alloc(b, dev, 8 * MiB, 0, &g3), 0);
+		ck_assert(mem_is_zero(vram_grant_host_ptr(g3), 8 * MiB));
+		ck_assert_int_eq(vram_free(b, g3), 0);
+		ck_assert_int_eq(vram_free(a, g2), 0);
+	}
+	vram_close(a);
+	vram_close(b);
+	live_stop(&l);
+}
+END_TEST
+
+START_TEST(test_fd_leak)
+{
+	int before = t_count_fds();
+	struct live l;
+	live_start(&l, NULL);
+	int during = t_count_fds();
+	for (int round = 0; round < 20; round++) {
+		vram_client *c;
+		vram_grant *g;
+		ck_assert_int_eq(vram_connect(l.sock, "t", &c), 0);
+		for (int i = 0; i < 5; i++)
+			ck_assert_int_eq(vram_alloc(c, (uint32_t)(i % 3), MiB, 0, &g), 0);
+		ck_assert_int_eq(vram_free(c, g), 0);
+		vram_close(c);
+		/* raw malformed client too */
+		int fd = raw_connect(l.sock);
+		uint32_t junk[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+		send(fd, junk, sizeof(junk), MSG_NOSIGNAL);
+		ck_assert(closed_by_peer(fd));
+		close(fd);
+	}
+	wait_clients(l.b, 0);
+	ck_assert_int_eq(t_count_fds(), during);
+	live_stop(&l);
+	ck_assert_int_eq(t_count_fds(), before);
+}
+END_TEST
+
+/* 1,000 malformed messages, each from its own raw client, while a good
+ * client keeps working. */
+START_TEST(test_malformed_flood)
+{
+	struct live l;
+	live_start(&l, NULL);
+	vram_client *good;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(l.sock, "good", &good), 0);
+	ck_assert_int_eq(vram_alloc(good, 0, 2 * MiB, 0, &g), 0);
+	srand(1234);
+	for (int i = 0; i < 1000; i++) {
+		int fd = raw_connect(l.sock);
+		int kind = i % 10;
+		if (kind >= 5)
+			raw_hello(fd); /* violations after a good handshake too */
+		union {
+			struct vramd_alloc a;
+			char raw[VRAMD_MSG_MAX + 64];
+		} m;
+		memset(&m, 0, sizeof(m));
+		proto_hdr_init(&m.a.hdr, VRAMD_ALLOC, sizeof(m.a), 9);
+		m.a.size = MiB;
+		size_t len = sizeof(m.a);
+		int sendfd = -1;
+		switch (kind) {
+		case 0: m.a.hdr.magic = (uint32_t)rand(); break;
+		case 1: m.a.hdr.version = 77; break;
+		case 2: len = (size_t)(rand() % 23); break;          /* truncated header */
+		case 3: m.a.hdr.opcode = (uint16_t)(40 + rand() % 1000); break;
+		case 4: m.a.hdr.size = 12345; break;
+		case 5: m.a.reserved[0] = 1; break;
+		case 6: len = VRAMD_MSG_MAX + 32; m.a.hdr.size = (uint32_t)len; break; /* too big */
+		case 7: sendfd = 0; break;                          /* unexpected fd */
+		case 8: m.a.hdr.opcode = VRAMD_HELLO; break;        /* second HELLO, wrong size */
+		case 9: m.a.hdr.opcode = VRAMD_ALLOC_REPLY; break;  /* broker-only opcode */
+		}
+		if (len == 0)
+			len = 1;
+		if (proto_send(fd, &m, len, sendfd, 0) == 0)
+			ck_assert_msg(closed_by_peer(fd), "case %d not disconnected", kind);
+		close(fd);
+		if (i % 100 == 0) {
+			vram_grant *t;
+			ck_assert_int_eq(vram_alloc(good, 0, 2 * MiB, 0, &t), 0);
+			ck_assert_int_eq(vram_free(good, t), 0);
+		}
+	}
+	wait_clients(l.b, 1);
+	ck_assert_uint_eq(broker_protocol_errors(l.b), 1000);
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(good, &s), 0);
+	ck_assert_uint_eq(s->protocol_errors, 1000);
+	ck_assert_uint_eq(s->devices[0].used, 2 * MiB);
+	vram_status_free(s);
+	vram_close(good);
+	live_stop(&l);
+}
+END_TEST
+
+/* A client that sends requests without reading replies does not block the
+ * broker for others. */
+START_TEST(test_slow_reader)
+{
+	struct live l;
+	live_start(&l, NULL);
+	int fd = raw_connect(l.sock);
+	raw_hello(fd);
+	int sz = 4096;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+	struct vramd_status s;
+	memset(&s, 0, sizeof(s));
+	for (int i = 0; i < 2000; i++) {
+		proto_hdr_init(&s.hdr, VRAMD_STATUS, sizeof(s), (uint64_t)i + 2);
+		if (proto_send(fd, &s, sizeof(s), -1, MSG_DONTWAIT) < 0)
+			break;
+	}
+	vram_client *c;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(l.sock, "other", &c), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, MiB, 0, &g), 0);
+	vram_close(c);
+	close(fd);
+	wait_clients(l.b, 0);
+	live_stop(&l);
+}
+END_TEST
+
+/* ---- as a real process --------------------------------------------------- */
+
+struct proc {
+	char *dir;
+	char sock[256];
+	char log[256];
+	pid_t pid;
+};
+
+static void proc_start(struct proc *p, const char *const *args)
+{
+	p->dir = t_tmpdir();
+	ck_assert_ptr_nonnull(p->dir);
+	snprintf(p->sock, sizeof(p->sock), "%s/vramd.sock", p->dir);
+	snprintf(p->log, sizeof(p->log), "%s/vramd.log", p->dir);
+	p->pid = t_start_vramd(p->sock, p->log, args);
+	ck_assert_int_gt(p->pid, 0);
+}
+
+static void proc_stop(struct proc *p)
+{
+	int st = t_stop(p->pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	ck_assert_int_ne(access(p->sock, F_OK), 0); /* socket removed */
+	t_rmtree(p->dir);
+}
+
+static const char *const proc_args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
+
+/* A client killed with SIGKILL in the middle of a session releases
+ * everything, at once. */
+START_TEST(test_sigkill_releases)
+{
+	struct proc p;
+	proc_start(&p, proc_args);
+	int pipefd[2];
+	ck_assert_int_eq(pipe(pipefd), 0);
+	pid_t child = fork();
+	if (child == 0) {
+		vram_client *c;
+		vram_grant *g;
+		if (vram_connect(p.sock, "victim", &c) < 0)
+			_exit(1);
+		for (int i = 0; i < 6; i++)
+			if (vram_alloc(c, (uint32_t)(i % 3), 4 * MiB, i & 1, &g) < 0)
+				_exit(2);
+		if (write(pipefd[1], "x", 1) != 1)
+			_exit(3);
+		/* keep issuing requests until killed */
+		for (;;) {
+			struct vram_status *s;
+			if (vram_get_status(c, &s) == 0)
+				vram_status_free(s);
+		}
+	}
+	char x;
+	ck_assert_int_eq(read(pipefd[0], &x, 1), 1);
+	vram_client *c;
+	struct vram_status *s;
+	ck_assert_int_eq(vram_connect(p.sock, "observer", &c), 0);
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	ck_assert_uint_eq(s->nclients, 2);
+	ck_assert_uint_eq(s->grants, 6);
+	vram_status_free(s);
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	int ok = 0;
+	for (int i = 0; i < 300 && !ok; i++) {
+		ck_assert_int_eq(vram_get_status(c, &s), 0);
+		ok = s->nclients == 1 && s->grants == 0;
+		for (uint32_t d = 0; d < s->ndevices; d++)
+			ok = ok && s->devices[d].used == 0 && s->devices[d].reclaimable == 0;
+		vram_status_free(s);
+		if (!ok)
+			t_sleep_ms(10);
+	}
+	ck_assert_msg(ok, "grants of a killed client were not released");
+	vram_close(c);
+	close(pipefd[0]);
+	close(pipefd[1]);
+	proc_stop(&p);
+}
+END_TEST
+
+START_TEST(test_process_lifecycle)
+{
+	struct proc p;
+	proc_start(&p, proc_args);
+	/* A second broker on a live socket refuses to start. */
+	char out[4096], cmd[600];
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramd --socket %s --no-cuda --host-pool 8MiB 2>&1", t_build(), p.sock);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
+	ck_assert_msg(strstr(out, "another vramd is listening"), "%s", out);
+	/* A stale socket (broker killed) is replaced by the next broker. */
+	kill(p.pid, SIGKILL);
+	waitpid(p.pid, NULL, 0);
+	ck_assert_int_eq(access(p.sock, F_OK), 0);
+	p.pid = t_start_vramd(p.sock, p.log, proc_args);
+	ck_assert_int_gt(p.pid, 0);
+	proc_stop(&p);
+}
+END_TEST
+
+START_TEST(test_bad_options)
+{
+	char out[4096], cmd[1024];
+	const char *bad[] = {
+		"--sim-gpus 8GiB,4apples", "--host-pool lots", "--sim-gpus 1KiB", "--max-clients 0", "--frobnicate",
+		"--socket relative.sock",
+	};
+	const char *want[] = {
+		"\"4apples\" is not a size", "\"lots\" is not a size", "smaller than 2 MiB", "not a number",
+		"unrecognized option", "not an absolute path",
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		snprintf(cmd, sizeof(cmd), "%s/bin/vramd %s --no-cuda 2>&1", t_build(), bad[i]);
+		int rc = t_run(cmd, out, sizeof(out));
+		ck_assert_int_eq(rc, 2);
+		ck_assert_msg(strstr(out, want[i]), "%s: got %s", bad[i], out);
+	}
+	/* config file errors name the line */
+	char *d = t_tmpdir();
+	snprintf(cmd, sizeof(cmd),
+		 "printf '[vramd]\\n# comment\\nhost-pool = 8MiB\\nsim-gpus = 2GiB, 8XB\\n' > %s/c.ini && "
+		 "%s/bin/vramd --config %s/c.ini --no-cuda 2>&1",
+		 d, t_build(), d);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
+	ck_assert_msg(strstr(out, "c.ini:4:"), "%s", out);
+	snprintf(cmd, sizeof(cmd), "printf 'colour = blue\\n' > %s/c.ini && %s/bin/vramd --config %s/c.ini 2>&1", d,
+		 t_build(), d);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
+	ck_assert_msg(strstr(out, "unknown key \"colour\""), "%s", out);
+	t_rmtree(d);
+}
+END_TEST
+
+START_TEST(test_config_file_used)
+{
+	char *d = t_tmpdir();
+	char ini[512], sock[512], cmd[1024];
+	snprintf(ini, sizeof(ini), "%s/vramd.conf", d);
+	snprintf(sock, sizeof(sock), "%s/s.sock", d);
+	FILE *f = fopen(ini, "w");
+	fprintf(f, "[vramd]\nsim-gpus = 16MiB\nhost-pool = 8MiB\ncuda = no\n");
+	fclose(f);
+	const char *const args[] = { "--config", ini, NULL };
+	pid_t pid = t_start_vramd(sock, NULL, args);
+	ck_assert_int_gt(pid, 0);
+	vram_client *c;
+	struct vram_device_info di;
+	ck_assert_int_eq(vram_connect(sock, "t", &c), 0);
+	ck_assert_int_eq(vram_device_count(c), 2);
+	ck_assert_int_eq(vram_device_info(c, 0, &di), 0);
+	ck_assert_uint_eq(di.total, 16 * MiB);
+	ck_assert_int_eq(vram_device_info(c, 1, &di), 0);
+	ck_assert_uint_eq(di.total, 8 * MiB);
+	vram_close(c);
+	ck_assert_int_eq(WEXITSTATUS(t_stop(pid)), 0);
+	snprintf(cmd, sizeof(cmd), "%s", d);
+	t_rmtree(d);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("broker");
+	TCase *tc = tcase_create("in-process");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_hello_devices);
+	tcase_add_test(tc, test_alloc_free_accounting);
+	tcase_add_test(tc, test_exhaustion_keeps_pool_intact);
+	tcase_add_test(tc, test_limits);
+	tcase_add_test(tc, test_memory_isolation);
+	tcase_add_test(tc, test_fd_leak);
+	tcase_add_test(tc, test_malformed_flood);
+	tcase_add_test(tc, test_slow_reader);
+	suite_add_tcase(s, tc);
+	TCase *tp = tcase_create("process");
+	tcase_set_timeout(tp, 60);
+	tcase_add_test(tp, test_sigkill_releases);
+	tcase_add_test(tp, test_process_lifecycle);
+	tcase_add_test(tp, test_bad_options);
+	tcase_add_test(tp, test_config_file_used);
+	suite_add_tcase(s, tp);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

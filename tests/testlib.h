@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: MIT */
+/* Helpers shared by the Check suites (header-only, static). */
+#ifndef VRAM_TESTLIB_H
+#define VRAM_TESTLIB_H
+
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static inline const char *t_build(void)
+{
+	const char *b = getenv("VRAM_BUILD");
+	return b && *b ? b : "build";
+}
+
+static inline const char *t_python(void)
+{
+	const char *p = getenv("VRAM_PYTHON");
+	if (p && *p)
+		return p;
+	return access(".venv/bin/python", X_OK) == 0 ? ".venv/bin/python" : "python3";
+}
+
+/* A fresh temporary directory; removed by t_rmtree. */
+static inline char *t_tmpdir(void)
+{
+	const char *base = getenv("TMPDIR");
+	char *d;
+	if (asprintf(&d, "%s/vramd-test-XXXXXX", base && *base ? base : "/tmp") < 0)
+		return NULL;
+	if (!mkdtemp(d)) {
+		free(d);
+		return NULL;
+	}
+	return d;
+}
+
+static inline void t_rmtree(char *d)
+{
+	char cmd[4200];
+	if (!d)
+		return;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d);
+	if (system(cmd) != 0)
+		fprintf(stderr, "cannot remove %s\n", d);
+	free(d);
+}
+
+static inline int t_count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+	struct dirent *e;
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1; /* the DIR's own fd */
+}
+
+static inline void t_sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+/* 1 when something accepts connections on path. */
+static inline int t_socket_alive(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+/* Starts build/bin/vramd with args (NULL-terminated, after the program name),
+ * stderr to logpath (or inherited if NULL); waits up to 5 s for socket.
+ * Returns the pid, or -1. */
+static inline pid_t t_start_vramd(const char *socket, const char *logpath, const char *const *args)
+{
+	char prog[512];
+	const char *argv[64];
+	int n = 0;
+	snprintf(prog, sizeof(prog), "%s/bin/vramd", t_build());
+	argv[n++] = prog;
+	argv[n++] = "--socket";
+	argv[n++] = socket;
+	for (int i = 0; args && args[i] && n < 62; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (logpath) {
+			int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+			if (fd >= 0)
+				dup2(fd, 2);
+		}
+		unsetenv("NOTIFY_SOCKET");
+		unsetenv("LISTEN_FDS");
+		execv(prog, (char *const *)argv);
+		_exit(127);
+	}
+	for (int i = 0; i < 500; i++) {
+		if (t_socket_alive(socket))
+			return pid;
+		int st;
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			return -1;
+		t_sleep_ms(10);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -1;
+}
+
+/* SIGTERM, then waits (SIGKILL after 5 s).  Returns the exit status. */
+static inline int t_stop(pid_t pid)
+{
+	int st = 0;
+	if (pid <= 0)
+		return -1;
+	kill(pid, SIGTERM);
+	for (int i = 0; i < 500; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			return st;
+		t_sleep_ms(10);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	return st;
+}
+
+/* Runs a shell command, captures up to cap-1 bytes of stdout; returns the
+ * exit code (or -1). */
+static inline int t_run(const char *cmd, char *out, size_t cap)
+{
+	FILE *p = popen(cmd, "r");
+	size_t n = 0;
+	if (!p)
+		return -1;
+	if (out && cap) {
+		n = fread(out, 1, cap - 1, p);
+		out[n] = '\0';
+	} else {
+		char buf[4096];
+		while (fread(buf, 1, sizeof(buf), p) > 0)
+			;
+	}
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+#endif

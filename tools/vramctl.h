@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/* vramctl internals: shared by the command files. */
+#ifndef VRAMCTL_H
+#define VRAMCTL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "runtime/vram.h"
+
+/* sysexits(3) codes vramctl uses. */
+#define EX_OK_ 0
+#define EX_USAGE_ 64
+#define EX_DATAERR_ 65
+#define EX_NOINPUT_ 66
+#define EX_UNAVAILABLE_ 69
+#define EX_SOFTWARE_ 70
+#define EX_IOERR_ 74
+#define EX_TEMPFAIL_ 75
+#define EX_NOPERM_ 77
+
+struct ctl {
+	const char *socket;       /* --socket or NULL ($VRAMD_SOCKET, default) */
+	bool json;
+	bool tty;                 /* stdout is a terminal */
+	int argc;                 /* the command's arguments (argv[0] = command) */
+	char **argv;
+};
+
+/* Connects as "vramctl"; prints the error and returns EX_UNAVAILABLE_ (or
+ * another exit code) on failure, 0 on success. */
+int ctl_connect(struct ctl *ctl, vram_client **ret);
+/* Formats a byte count for tables ("8.00 GiB"). */
+const char *ctl_size(uint64_t v, char *buf, size_t len);
+
+int cmd_status(struct ctl *ctl);
+int cmd_inspect(struct ctl *ctl);
+int cmd_plan(struct ctl *ctl);
+int cmd_load(struct ctl *ctl);
+int cmd_bench(struct ctl *ctl);
+
+#endif
