@@ -1,0 +1,387 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The loader: a parsed checkpoint plus a placement plan become broker
+ * grants filled from the file by the streaming engine.
+ *
+ * Layout.  For every (device, component) pair the tensors placed there are
+ * sorted by file offset and cut into runs that are contiguous in the file.
+ * Each run gets its own region of one grant, laid out as a window of the
+ * file: the region starts on a 4 KiB boundary and the run begins at the same
+ * offset modulo 4 KiB as in the file, with the slack before and after it
+ * inside the region.  So an O_DIRECT read of the run's aligned superset can
+ * land straight in host memory (no bounce copy), and tensors keep the
+ * alignment they have in the file (8 bytes or better for files written by
+ * the reference library).  The cost is at most 8 KiB per run.
+ *
+ * Destinations: cpu-pool grants are written directly (HOST requests);
+ * GPU grants (simulated or CUDA) are reached through a ring of staging
+ * buffers taken from the cpu pool and an onward copy (memcpy for simulated
+ * GPUs, async H2D for CUDA).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "runtime/client.h"
+#include "runtime/load.h"
+#include "runtime/stream.h"
+
+void vram_load_options_init(struct vram_load_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->struct_size = sizeof(*o);
+	o->io_mode = VRAM_IO_AUTO;
+}
+
+struct run {
+	uint64_t file_off, len;
+	uint32_t first, count;   /* into the bucket's tensor list */
+	uint64_t region;         /* region offset in the grant */
+};
+
+static int cmp_by_offset(const void *a, const void *b, void *arg)
+{
+	const uint64_t *off = arg;
+	uint64_t x = off[*(const uint32_t *)a], y = off[*(const uint32_t *)b];
+	return x < y ? -1 : x > y;
+}
+
+/* Onward copy for simulated GPUs: the grant is host memory in disguise. */
+static int sim_copy(void *user, uint64_t dst, const void *src, uint64_t len, uint32_t slot)
+{
+	memcpy((void *)(uintptr_t)dst, src, len);
+	return 0;
+}
+
+static int sim_wait(void *user, uint32_t slot)
+{
+	return 0;
+}
+
+static const struct stream_sink sim_sink = { sim_copy, sim_wait, NULL };
+
+static uint32_t backend_of(const vram_client *c, uint32_t dev)
+{
+	return c->dev[dev].backend;
+}
+
+void vram_unload(vram_loaded *l)
+{
+	if (!l)
+		return;
+	for (uint32_t i = 0; i < l->ngrants; i++)
+		vram_free(l->client, l->grants[i].grant);
+	free(l->grants);
+	free(l->tensors);
+	free(l);
+}
+
+/* Device of each tensor: from the plan (matched to the broker's devices by
+ * name) or the default device. */
+static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *plan, uint32_t def,
+			  uint32_t *ret_dev, uint32_t n)
+{
+	uint32_t map[64];
+	if (plan) {
+		uint32_t np = vram_plan_device_count(plan);
+		if (np > 64)
+			return vram_error(-EINVAL, "plan has too many devices");
+		for (uint32_t i = 0; i < np; i++) {
+			const char *name = vram_plan_device_name(plan, i);
+			bool used = false;
+			for (uint32_t comp = 0; comp < VRAM_COMP_COUNT; comp++)
+				used = used || vram_plan_bytes(plan, comp, i) > 0;
+			int d = vram_device_find(c, name);
+			if (d < 0 && used)
+				return vram_error(-ENODEV, "the plan places bytes on %s, which this broker does not have",
+						  name);
+			map[i] = d < 0 ? UINT32_MAX : (uint32_t)d;
+		}
+	} else if (def >= c->ndev) {
+		return vram_error(-ENODEV, "no device %u", def);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		int r = vram_model_tensor(m, i, &ti);
+		if (r < 0)
+			return r;
+		if (!plan) {
+			ret_dev[i] = def;
+			continue;
+		}
+		int pd = vram_plan_layer_device(plan, ti.layer);
+		if (pd < 0 || (uint32_t)pd >= vram_plan_device_count(plan) || map[pd] == UINT32_MAX)
+			return vram_error(-EINVAL, "the plan has no device for tensor \"%s\"", ti.name);
+		ret_dev[i] = map[pd];
+	}
+	return 0;
+}
+
+int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32_t default_device,
+	      const struct vram_load_options *o, vram_loaded **ret)
+{
+	struct vram_load_options defaults;
+	int r;
+	vram_error_clear();
+	if (!c || !m || !ret)
+		return vram_error(-EINVAL, "vram_load: NULL argument");
+	if (!o) {
+		vram_load_options_init(&defaults);
+		o = &defaults;
+	}
+	if (o->io_mode > VRAM_IO_BUFFERED)
+		return vram_error(-EINVAL, "unknown io_mode %u", o->io_mode);
+	if (o->flags & ~VRAM_LOAD_RECLAIMABLE)
+		return vram_error(-EINVAL, "unknown load flags 0x%x", o->flags);
+
+	int n = vram_model_tensor_count(m);
+	if (n < 0)
+		return n;
+	uint64_t t0 = now_ns();
+	struct timespec c0;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+
+	vram_loaded *l = calloc(1, sizeof(*l));
+	uint32_t *dev = calloc((size_t)n + 1, sizeof(*dev));
+	uint32_t *order = calloc((size_t)n + 1, sizeof(*order));
+	uint64_t *off = calloc((size_t)n + 1, sizeof(*off));
+	uint64_t *len = calloc((size_t)n + 1, sizeof(*len));
+	uint32_t *comp = calloc((size_t)n + 1, sizeof(*comp));
+	struct run *runs = calloc((size_t)n + 1, sizeof(*runs));
+	struct stream_req *reqs = calloc((size_t)n + 1, sizeof(*reqs));
+	vram_grant *staging = NULL;
+	int fd = -1;
+	if (!l || !dev || !order || !off || !len || !comp || !runs || !reqs) {
+		r = vram_error(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	l->client = c;
+	l->model = m;
+	l->ntensors = (uint32_t)n;
+	l->tensors = calloc((size_t)n + 1, sizeof(*l->tensors));
+	l->grants = calloc(VRAMD_MAX_DEVICES * VRAM_COMP_COUNT, sizeof(*l->grants));
+	if (!l->tensors || !l->grants) {
+		r = vram_error(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	if ((r = tensor_devices(c, m, plan, default_device, dev, (uint32_t)n)) < 0)
+		goto fail;
+	for (int i = 0; i < n; i++) {
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(m, (uint32_t)i, &ti);
+		off[i] = ti.file_offset;
+		len[i] = ti.nbytes;
+		comp[i] = ti.component;
+	}
+
+	/* Which devices take a GPU path (staging). */
+	bool need_staging = false;
+	for (int i = 0; i < n; i++)
+		if (len[i] && backend_of(c, dev[i]) != VRAM_BACKEND_CPU)
+			need_staging = true;
+	bool has_cuda = false;
+	for (int i = 0; i < n; i++)
+		if (len[i] && backend_of(c, dev[i]) == VRAM_BACKEND_CUDA)
+			has_cuda = true;
+	if (has_cuda) {
+		r = vram_error(-ENOTSUP, "loading into CUDA devices needs the CUDA copy path (not in this build)");
+		goto fail;
+	}
+
+	/* Buckets (device, component): sort, cut into runs, size the grant. */
+	size_t nreq = 0;
+	for (uint32_t d = 0; d < c->ndev; d++) {
+		for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
+			uint32_t cnt = 0;
+			for (int i = 0; i < n; i++)
+				if (dev[i] == d && comp[i] == k)
+					order[cnt++] = (uint32_t)i;
+			if (!cnt)
+				continue;
+			qsort_r(order, cnt, sizeof(*order), cmp_by_offset, off);
+			uint32_t nruns = 0;
+			uint64_t cursor = 0, bytes = 0;
+			for (uint32_t j = 0; j < cnt; j++) {
+				uint32_t t = order[j];
+				bytes += len[t];
+				if (nruns && runs[nruns - 1].file_off + runs[nruns - 1].len == off[t]) {
+					runs[nruns - 1].len += len[t];
+					runs[nruns - 1].count++;
+					continue;
+				}
+				runs[nruns++] = (struct run){ .file_off = off[t], .len = len[t], .first = j, .count = 1 };
+			}
+			for (uint32_t j = 0; j < nruns; j++) {
+				struct run *ru = &runs[j];
+				uint64_t head = ru->file_off % STREAM_ALIGN;
+				uint64_t span = (head + ru->len + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
+				ru->region = cursor;
+				cursor += span ? span : STREAM_ALIGN;
+			}
+			if (bytes == 0 && cursor == 0)
+				continue;
+			uint32_t flags = 0;
+			if ((o->flags & VRAM_LOAD_RECLAIMABLE) && plan && vram_plan_compute_device(plan, k) >= 0) {
+				const char *cname = vram_plan_device_name(plan, (uint32_t)vram_plan_compute_device(plan, k));
+				if (cname && strcmp(cname, c->dev[d].name))
+					flags |= VRAM_ALLOC_RECLAIMABLE; /* donor memory */
+			}
+			struct loaded_grant *lg = &l->grants[l->ngrants];
+			r = vram_alloc(c, d, cursor, flags, &lg->grant);
+			if (r < 0) {
+				char s1[32];
+				r = vram_error(r, "allocating %s on %s for %s: %s", size_format(cursor, s1, sizeof(s1)),
+					       c->dev[d].name, vram_component_name(k), vram_last_error());
+				goto fail;
+			}
+			lg->device = d;
+			lg->component = k;
+			lg->payload = bytes;
+			l->ngrants++;
+			uint8_t *host = vram_grant_host_ptr(lg->grant);
+			uint64_t dbase = host ? (uint64_t)(uintptr_t)host : vram_grant_device_ptr(lg->grant);
+			bool direct = backend_of(c, d) == VRAM_BACKEND_CPU;
+			for (uint32_t j = 0; j < nruns; j++) {
+				struct run *ru = &runs[j];
+				uint64_t at = ru->region + ru->file_off % STREAM_ALIGN;
+				for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
+					uint32_t t = order[q];
+					l->tensors[t].grant = l->ngrants - 1;
+					l->tensors[t].offset = at + (off[t] - ru->file_off);
+					l->tensors[t].device = d;
+				}
+				if (!ru->len)
+					continue;
+				struct stream_req *rq = &reqs[nreq++];
+				rq->file_off = ru->file_off;
+				rq->len = ru->len;
+				if (direct) {
+					rq->kind = STREAM_DST_HOST;
+					rq->dst = host + at;
+					rq->flags = STREAM_REQ_SLACK;
+				} else {
+					rq->kind = STREAM_DST_STAGED;
+					rq->dst_addr = dbase + at;
+				}
+			}
+		}
+	}
+
+	fd = open(vram_model_path(m), O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		r = vram_error(-errno, "%s: %s", vram_model_path(m), strerror(errno));
+		goto fail;
+	}
+	struct stat st;
+	if (fstat(fd, &st) == 0 && (uint64_t)st.st_size != vram_model_file_size(m)) {
+		r = vram_error(-ESTALE, "%s: file changed since it was opened (size %llu -> %llu)",
+			       vram_model_path(m), (unsigned long long)vram_model_file_size(m),
+			       (unsigned long long)st.st_size);
+		goto fail;
+	}
+
+	struct stream_opts so;
+	memset(&so, 0, sizeof(so));
+	so.io_mode = o->io_mode;
+	so.chunk = o->chunk_size;
+	so.depth = o->queue_depth;
+	so.progress = o->progress;
+	so.user = o->user;
+	if (need_staging) {
+		so.sink = &sim_sink;
+		/* The staging ring comes from the pinned host pool when it has
+		 * room; otherwise the engine maps its own. */
+		uint64_t chunk = so.chunk ? so.chunk : STREAM_DEFAULT_CHUNK;
+		chunk = (chunk + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
+		int cpu = vram_device_find(c, "cpu");
+		if (cpu >= 0 && vram_alloc(c, (uint32_t)cpu, chunk * STREAM_DEFAULT_NSTAGING, 0, &staging) == 0) {
+			so.staging = vram_grant_host_ptr(staging);
+			so.nstaging = STREAM_DEFAULT_NSTAGING;
+			so.staging_size = chunk;
+		}
+		vram_error_clear();
+	}
+	struct stream_result res;
+	r = stream_file(vram_model_path(m), fd, reqs, nreq, &so, &res);
+	if (r < 0)
+		goto fail;
+	vram_free(c, staging);
+	staging = NULL;
+	close(fd);
+
+	struct timespec c1;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+	l->stats.struct_size = sizeof(l->stats);
+	l->stats.io_mode_used = res.io_mode_used;
+	l->stats.bytes = res.bytes;
+	l->stats.ns = now_ns() - t0;
+	l->stats.cpu_ns = (uint64_t)(c1.tv_sec - c0.tv_sec) * 1000000000ull + (uint64_t)(c1.tv_nsec - c0.tv_nsec);
+	l->stats.grants = l->ngrants;
+	free(dev);
+	free(order);
+	free(off);
+	free(len);
+	free(comp);
+	free(runs);
+	free(reqs);
+	*ret = l;
+	return 0;
+fail:
+	if (fd >= 0)
+		close(fd);
+	if (staging) {
+		char keep[1024];
+		str_copy(keep, vram_last_error(), sizeof(keep));
+		vram_free(c, staging);
+		vram_error(r, "%s", keep);
+	}
+	if (l) {
+		char keep[1024];
+		str_copy(keep, vram_last_error(), sizeof(keep));
+		vram_unload(l);
+		vram_error(r, "%s", keep);
+	}
+	free(dev);
+	free(order);
+	free(off);
+	free(len);
+	free(comp);
+	free(runs);
+	free(reqs);
+	return r;
+}
+
+int vram_loaded_tensor_device(const vram_loaded *l, uint32_t t)
+{
+	if (t >= l->ntensors)
+		return vram_error(-EINVAL, "no tensor %u", t);
+	return (int)l->tensors[t].device;
+}
+
+void *vram_loaded_tensor_host_ptr(const vram_loaded *l, uint32_t t)
+{
+	if (t >= l->ntensors)
+		return NULL;
+	uint8_t *h = vram_grant_host_ptr(l->grants[l->tensors[t].grant].grant);
+	return h ? h + l->tensors[t].offset : NULL;
+}
+
+uint64_t vram_loaded_tensor_device_ptr(const vram_loaded *l, uint32_t t)
+{
+	if (t >= l->ntensors)
+		return 0;
+	uint64_t d = vram_grant_device_ptr(l->grants[l->tensors[t].grant].grant);
+	return d ? d + l->tensors[t].offset : 0;
+}
+
+int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret)
+{
+	*ret = l->stats;
+	return 0;
+}

@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: MIT */
+/* libvram internals: a loaded model (load.c), used by the pager. */
+#ifndef VRAM_RUNTIME_LOAD_H
+#define VRAM_RUNTIME_LOAD_H
+
+#include <stdint.h>
+
+#include "runtime/internal.h"
+
+struct loaded_grant {
+	vram_grant *grant;
+	uint32_t device;         /* broker device index */
+	uint32_t component;
+	uint64_t payload;        /* tensor bytes in it */
+};
+
+struct loaded_tensor {
+	uint32_t grant;          /* index into grants */
+	uint32_t device;
+	uint64_t offset;         /* of the first byte in the grant */
+};
+
+struct vram_loaded {
+	vram_client *client;
+	const vram_model *model;
+	uint32_t ntensors;
+	uint32_t ngrants;
+	struct loaded_tensor *tensors;
+	struct loaded_grant *grants;
+	struct vram_load_stats stats;
+};
+
+#endif
