@@ -1,0 +1,445 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Loading checkpoints into broker grants, end to end against a real vramd
+ * process: every tensor's bytes compared with the file in every I/O mode and
+ * on every kind of device, placement by plan, vramctl load --hash against
+ * XXH64 of the file's bytes, clean failure (no room, file changed), and a
+ * client killed in the middle of a load.
+ */
+#include <pthread.h>
+#include <xxhash.h>
+
+#include "common/cleanup.h"
+#include "common/util.h"
+#include "runtime/vram.h"
+#include "testlib.h"
+
+#define MiB (1ull << 20)
+
+struct env {
+	char *dir;
+	char sock[256];
+	char log[256];
+	char file[256];
+	pid_t pid;
+};
+
+/* Writes a checkpoint with the reference library: n unet blocks of rows x
+ * cols F16, a CLIP part with an embedding, a VAE part, odd sizes so that
+ * nothing is aligned. */
+static void write_checkpoint(const char *path, int blocks, int rows, int seed)
+{
+	char cmd[4096];
+	snprintf(cmd, sizeof(cmd),
+		 "%s -c \"\n"
+		 "import numpy as np\n"
+		 "from safetensors.numpy import save_file\n"
+		 "r = np.random.default_rng(%d)\n"
+		 "t = {}\n"
+		 "for i in range(%d):\n"
+		 "  t[f'model.diffusion_model.input_blocks.{i}.0.weight'] = r.standard_normal((%d, 129)).astype(np.float16)\n"
+		 "  t[f'model.diffusion_model.input_blocks.{i}.0.bias'] = r.standard_normal(129).astype(np.float32)\n"
+		 "t['model.diffusion_model.out.2.weight'] = r.standard_normal((7, 3)).astype(np.float32)\n"
+		 "t['cond_stage_model.transformer.text_model.embeddings.token_embedding.weight'] = r.standard_normal((301, 17)).astype(np.float16)\n"
+		 "for i in range(5):\n"
+		 "  t[f'cond_stage_model.transformer.text_model.encoder.layers.{i}.mlp.fc1.weight'] = r.standard_normal((33, 65)).astype(np.float32)\n"
+		 "t['first_stage_model.decoder.conv_in.weight'] = r.standard_normal((13, 7, 3, 3)).astype(np.float32)\n"
+		 "t['first_stage_model.decoder.empty'] = np.zeros((0, 4), dtype=np.float16)\n"
+		 "t['model.diffusion_model.scalar'] = np.array(3.5, dtype=np.float64)\n"
+		 "save_file(t, '%s', metadata={'format': 'pt'})\n\"",
+		 t_python(), seed, blocks, rows, path);
+	ck_assert_int_eq(t_run(cmd, NULL, 0), 0);
+}
+
+static void env_start(struct env *e, const char *sim, const char *host)
+{
+	/* O_DIRECT needs a real file system; /var/tmp is one where /tmp may be
+	 * tmpfs. */
+	setenv("TMPDIR", access("/var/tmp", W_OK) == 0 ? "/var/tmp" : "/tmp", 1);
+	e->dir = t_tmpdir();
+	ck_assert_ptr_nonnull(e->dir);
+	snprintf(e->sock, sizeof(e->sock), "%s/vramd.sock", e->dir);
+	snprintf(e->log, sizeof(e->log), "%s/vramd.log", e->dir);
+	snprintf(e->file, sizeof(e->file), "%s/model.safetensors", e->dir);
+	const char *const args[] = { "--sim-gpus", sim, "--host-pool", host, "--no-cuda", NULL };
+	e->pid = t_start_vramd(e->sock, e->log, args);
+	ck_assert_int_gt(e->pid, 0);
+}
+
+static void env_stop(struct env *e)
+{
+	int st = t_stop(e->pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	t_rmtree(e->dir);
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	ck_assert_ptr_nonnull(f);
+	fseek(f, 0, SEEK_END);
+	*len = (size_t)ftell(f);
+	fseek(f, 0, SEEK_SET);
+	uint8_t *b = malloc(*len + 1);
+	ck_assert_uint_eq(fread(b, 1, *len, f), *len);
+	fclose(f);
+	return b;
+}
+
+/* Every tensor's bytes where the load put them equal the file's bytes. */
+static void compare_all(const vram_model *m, const vram_loaded *l, const char *path)
+{
+	size_t flen;
+	_cleanup_free_ uint8_t *fb = read_file(path, &flen);
+	int n = vram_model_tensor_count(m);
+	ck_assert_int_gt(n, 0);
+	for (int i = 0; i < n; i++) {
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		ck_assert_int_eq(vram_model_tensor(m, (uint32_t)i, &ti), 0);
+		const uint8_t *p = vram_loaded_tensor_host_ptr(l, (uint32_t)i);
+		ck_assert_ptr_nonnull(p);
+		ck_assert_uint_le(ti.file_offset + ti.nbytes, flen);
+		ck_assert_msg(memcmp(p, fb + ti.file_offset, ti.nbytes) == 0, "tensor %s differs", ti.name);
+	}
+}
+
+static void assert_idle(vram_client *c)
+{
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	for (uint32_t d = 0; d < s->ndevices; d++)
+		ck_assert_msg(s->devices[d].used == 0, "%s still has %llu bytes used", s->devices[d].name,
+			      (unsigned long long)s->devices[d].used);
+	ck_assert_uint_eq(s->grants, 0);
+	vram_status_free(s);
+}
+
+START_TEST(test_load_every_mode_and_device)
+{
+	struct env e;
+	env_start(&e, "64MiB", "128MiB");
+	write_checkpoint(e.file, 40, 301, 1);
+	vram_model *m;
+	vram_client *c;
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
+	static const uint32_t modes[] = { VRAM_IO_AUTO, VRAM_IO_DIRECT, VRAM_IO_BUFFERED };
+	for (int dev = 0; dev < 2; dev++) { /* cuda:0 (staged), cpu (direct) */
+		for (size_t k = 0; k < 3; k++) {
+			struct vram_load_options o;
+			vram_load_options_init(&o);
+			o.io_mode = modes[k];
+			o.chunk_size = 64 * 1024; /* many reads even for a small file */
+			vram_loaded *l;
+			ck_assert_msg(vram_load(c, m, NULL, (uint32_t)dev, &o, &l) == 0, "%s", vram_last_error());
+			for (int i = 0; i < vram_model_tensor_count(m); i++)
+				ck_assert_int_eq(vram_loaded_tensor_device(l, (uint32_t)i), dev);
+			compare_all(m, l, e.file);
+			struct vram_load_stats st = { .struct_size = sizeof(st) };
+			vram_loaded_stats(l, &st);
+			ck_assert_uint_eq(st.bytes, vram_model_data_size(m));
+			if (modes[k] != VRAM_IO_AUTO)
+				ck_assert_uint_eq(st.io_mode_used, modes[k]);
+			vram_unload(l);
+			assert_idle(c);
+		}
+	}
+	vram_close(c);
+	vram_model_close(m);
+	env_stop(&e);
+}
+END_TEST
+
+START_TEST(test_load_by_plan)
+{
+	struct env e;
+	env_start(&e, "8MiB,8MiB", "64MiB");
+	write_checkpoint(e.file, 60, 511, 2);
+	vram_model *m;
+	vram_client *c;
+	vram_plan *p;
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
+	struct vram_plan_device devs[8];
+	uint32_t nd;
+	for (int i = 0; i < 8; i++)
+		devs[i].struct_size = sizeof(devs[i]);
+	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
+	struct vram_plan_options o;
+	vram_plan_options_init(&o);
+	o.unet_expert_mode_allocations = "cuda:0,40%;cuda:1,30%;cpu,*";
+	o.clip_compute_device = "cuda:1";
+	o.clip_virtual_vram_gb = 0;
+	o.vae_device = "cpu";
+	ck_assert_msg(vram_plan_create(m, &o, devs, nd, &p) == 0, "%s", vram_last_error());
+	struct vram_load_options lo;
+	vram_load_options_init(&lo);
+	lo.flags = VRAM_LOAD_RECLAIMABLE;
+	vram_loaded *l;
+	ck_assert_msg(vram_load(c, m, p, 0, &lo, &l) == 0, "%s", vram_last_error());
+	compare_all(m, l, e.file);
+	/* each tensor sits where the plan put its layer */
+	uint64_t per_dev[8] = { 0 };
+	for (int i = 0; i < vram_model_tensor_count(m); i++) {
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(m, (uint32_t)i, &ti);
+		int pd = vram_plan_layer_device(p, ti.layer);
+		int bd = vram_loaded_tensor_device(l, (uint32_t)i);
+		struct vram_device_info di = { .struct_size = sizeof(di) };
+		vram_device_info(c, (uint32_t)bd, &di);
+		ck_assert_str_eq(di.name, vram_plan_device_name(p, (uint32_t)pd));
+		per_dev[bd] += ti.nbytes;
+	}
+	ck_assert_uint_gt(per_dev[0], 0);
+	ck_assert_uint_gt(per_dev[1], 0);
+	ck_assert_uint_gt(per_dev[2], 0);
+	/* donor memory is reclaimable, compute memory is not */
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	ck_assert_uint_gt(s->devices[2].reclaimable, 0);
+	ck_assert_uint_eq(s->devices[0].reclaimable, 0);
+	vram_status_free(s);
+	vram_unload(l);
+	assert_idle(c);
+	vram_plan_free(p);
+	vram_close(c);
+	vram_model_close(m);
+	env_stop(&e);
+}
+END_TEST
+
+START_TEST(test_load_failures_clean)
+{
+	struct env e;
+	env_start(&e, "4MiB", "64MiB");
+	write_checkpoint(e.file, 40, 301, 3); /* ~3.2 MiB unet */
+	vram_model *m;
+	vram_client *c;
+	vram_loaded *l;
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
+	/* no room on the device: clear error, nothing left behind */
+	write_checkpoint(e.file, 80, 301, 3);
+	vram_model_close(m);
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_int_eq(vram_load(c, m, NULL, 0, NULL, &l), -ENOMEM);
+	ck_assert_msg(strstr(vram_last_error(), "cuda:0"), "%s", vram_last_error());
+	assert_idle(c);
+	/* file changed between open and load */
+	write_checkpoint(e.file, 10, 301, 4);
+	ck_assert_int_eq(vram_load(c, m, NULL, 1, NULL, &l), -ESTALE);
+	ck_assert_msg(strstr(vram_last_error(), "changed"), "%s", vram_last_error());
+	assert_idle(c);
+	/* bad options */
+	struct vram_load_options o;
+	vram_load_options_init(&o);
+	o.io_mode = 9;
+	ck_assert_int_eq(vram_load(c, m, NULL, 1, &o, &l), -EINVAL);
+	ck_assert_int_eq(vram_load(c, m, NULL, 7, NULL, &l), -ENODEV);
+	assert_idle(c);
+	vram_close(c);
+	vram_model_close(m);
+	env_stop(&e);
+}
+END_TEST
+
+static int cancel_at_half(void *user, uint64_t done, uint64_t total)
+{
+	return done * 2 >= total;
+}
+
+START_TEST(test_load_cancel)
+{
+	struct env e;
+	env_start(&e, "64MiB", "64MiB");
+	write_checkpoint(e.file, 40, 301, 5);
+	vram_model *m;
+	vram_client *c;
+	vram_loaded *l;
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
+	struct vram_load_options o;
+	vram_load_options_init(&o);
+	o.chunk_size = 64 * 1024;
+	o.progress = cancel_at_half;
+	ck_assert_int_eq(vram_load(c, m, NULL, 0, &o, &l), -ECANCELED);
+	assert_idle(c);
+	vram_close(c);
+	vram_model_close(m);
+	env_stop(&e);
+}
+END_TEST
+
+/* A client killed in the middle of a load leaves nothing accounted. */
+static int signal_then_stall(void *user, uint64_t done, uint64_t total)
+{
+	int *fd = user;
+	if (done * 4 >= total && *fd >= 0) {
+		if (write(*fd, "x", 1) != 1)
+			_exit(5);
+		close(*fd);
+		*fd = -1;
+		pause(); /* wait to be killed mid-load */
+	}
+	return 0;
+}
+
+START_TEST(test_killed_mid_load)
+{
+	struct env e;
+	env_start(&e, "64MiB", "64MiB");
+	write_checkpoint(e.file, 40, 301, 6);
+	int pfd[2];
+	ck_assert_int_eq(pipe(pfd), 0);
+	pid_t child = fork();
+	if (child == 0) {
+		close(pfd[0]);
+		vram_model *m;
+		vram_client *c;
+		vram_loaded *l;
+		if (vram_model_open(e.file, &m) < 0 || vram_connect(e.sock, "victim", &c) < 0)
+			_exit(1);
+		struct vram_load_options o;
+		vram_load_options_init(&o);
+		o.chunk_size = 64 * 1024;
+		o.progress = signal_then_stall;
+		o.user = &pfd[1];
+		vram_load(c, m, NULL, 0, &o, &l);
+		_exit(2);
+	}
+	close(pfd[1]);
+	char x;
+	ck_assert_int_eq(read(pfd[0], &x, 1), 1);
+	close(pfd[0]);
+	vram_client *c;
+	struct vram_status *s;
+	ck_assert_int_eq(vram_connect(e.sock, "observer", &c), 0);
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	ck_assert_uint_gt(s->devices[0].used, 0); /* the victim holds memory now */
+	vram_status_free(s);
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	int ok = 0;
+	for (int i = 0; i < 300 && !ok; i++) {
+		ck_assert_int_eq(vram_get_status(c, &s), 0);
+		ok = s->nclients == 1 && s->grants == 0 && s->devices[0].used == 0 && s->devices[1].used == 0;
+		vram_status_free(s);
+		if (!ok)
+			t_sleep_ms(10);
+	}
+	ck_assert_msg(ok, "the killed client's grants were not released");
+	vram_close(c);
+	env_stop(&e);
+}
+END_TEST
+
+/* vramctl load --hash prints XXH64 of each tensor as it sits in memory;
+ * compare with XXH64 of the file's bytes. */
+START_TEST(test_vramctl_hash)
+{
+	struct env e;
+	env_start(&e, "64MiB", "64MiB");
+	write_checkpoint(e.file, 30, 257, 7);
+	vram_model *m;
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	size_t flen;
+	_cleanup_free_ uint8_t *fb = read_file(e.file, &flen);
+	const char *devs[] = { "cuda:0", "cpu" };
+	for (int k = 0; k < 2; k++) {
+		char cmd[1024];
+		_cleanup_free_ char *out = malloc(1 << 20);
+		snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --device %s --hash 2>/dev/null", t_build(),
+			 e.sock, e.file, devs[k]);
+		ck_assert_int_eq(t_run(cmd, out, 1 << 20), 0);
+		int n = vram_model_tensor_count(m), lines = 0;
+		for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+			char *tab = strchr(line, '\t');
+			ck_assert_ptr_nonnull(tab);
+			*tab = 0;
+			int i = vram_model_find_tensor(m, line);
+			ck_assert_int_ge(i, 0);
+			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+			vram_model_tensor(m, (uint32_t)i, &ti);
+			char want[17];
+			snprintf(want, sizeof(want), "%016llx",
+				 (unsigned long long)XXH64(fb + ti.file_offset, ti.nbytes, 0));
+			ck_assert_str_eq(tab + 1, want);
+			lines++;
+		}
+		ck_assert_int_eq(lines, n);
+	}
+	vram_model_close(m);
+	env_stop(&e);
+}
+END_TEST
+
+START_TEST(test_vramctl_exit_codes)
+{
+	char out[4096], cmd[1024];
+	char *d = t_tmpdir();
+	/* invalid file: exit 65 and exactly one line FILE: invalid safetensors: REASON */
+	snprintf(cmd, sizeof(cmd), "printf 'abc' > %s/bad.safetensors; %s/bin/vramctl inspect %s/bad.safetensors 2>&1", d,
+		 t_build(), d);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 65);
+	ck_assert_msg(strstr(out, "/bad.safetensors: invalid safetensors: "), "%s", out);
+	ck_assert_ptr_eq(strchr(out, '\n'), out + strlen(out) - 1);
+	/* missing file */
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl inspect %s/none.safetensors 2>&1", t_build(), d);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 66);
+	/* broker not reachable: 69, naming the socket */
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s/no.sock status 2>&1", t_build(), d);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 69);
+	ck_assert_msg(strstr(out, "no.sock"), "%s", out);
+	snprintf(cmd, sizeof(cmd), "VRAMD_SOCKET=%s/env.sock %s/bin/vramctl status 2>&1", d, t_build());
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 69);
+	ck_assert_msg(strstr(out, "env.sock"), "%s", out);
+	/* usage */
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl frobnicate 2>&1", t_build());
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 64);
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl status --bogus 2>&1", t_build());
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 64);
+	t_rmtree(d);
+}
+END_TEST
+
+START_TEST(test_vramctl_status_json)
+{
+	struct env e;
+	env_start(&e, "8GiB,4GiB", "64MiB");
+	char cmd[1024];
+	_cleanup_free_ char *out = malloc(65536);
+	snprintf(cmd, sizeof(cmd),
+		 "%s/bin/vramctl --socket %s status --json | %s -c \"import json,sys; d=json.load(sys.stdin); "
+		 "print(len(d['devices']), d['devices'][0]['name'], d['devices'][0]['simulated'], "
+		 "d['devices'][0]['total'], d['devices'][2]['backend'], d['devices'][2]['simulated'], "
+		 "d['clients'][0]['name'])\"",
+		 t_build(), e.sock, t_python());
+	ck_assert_int_eq(t_run(cmd, out, 65536), 0);
+	ck_assert_str_eq(out, "3 cuda:0 True 8589934592 cpu False vramctl\n");
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s status", t_build(), e.sock);
+	ck_assert_int_eq(t_run(cmd, out, 65536), 0);
+	ck_assert_ptr_nonnull(strstr(out, "[SIMULATED]"));
+	env_stop(&e);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("load");
+	TCase *tc = tcase_create("load");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, test_load_every_mode_and_device);
+	tcase_add_test(tc, test_load_by_plan);
+	tcase_add_test(tc, test_load_failures_clean);
+	tcase_add_test(tc, test_load_cancel);
+	tcase_add_test(tc, test_killed_mid_load);
+	tcase_add_test(tc, test_vramctl_hash);
+	tcase_add_test(tc, test_vramctl_exit_codes);
+	tcase_add_test(tc, test_vramctl_status_json);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
