@@ -54,6 +54,28 @@ struct grant {
 };
 
 #define TXQ_MAX 8
+#define ASKS_MAX 8
+
+/* A RECLAIM sent to a client and not yet answered. */
+struct reclaim_ask {
+	uint64_t id;
+	uint64_t pending_id;     /* the ALLOC waiting for it */
+	uint64_t deadline_ns;
+	uint64_t bytes;
+	uint32_t pool;
+};
+
+/* An ALLOC parked until reclaim frees room (or its deadline passes). */
+struct pending {
+	uint64_t id;
+	struct client *c;
+	struct vramd_alloc req;
+	uint64_t size;           /* rounded */
+	uint64_t deadline_ns;
+	uint32_t waiting;        /* RECLAIMs sent for it and not answered */
+	uint64_t asked;          /* bytes asked for */
+	struct pending *next;
+};
 
 struct txmsg {
 	void *buf;
@@ -77,8 +99,12 @@ struct client {
 	uint64_t held;
 	uint64_t held_dev[VRAMD_MAX_DEVICES];
 	uint64_t reclaimable;
+	uint64_t reclaimable_dev[VRAMD_MAX_DEVICES];
 	uint32_t reclaims_answered, reclaims_missed;
 	bool reclaim_late;
+	bool parked;             /* an ALLOC of its waits for reclaim */
+	struct reclaim_ask asks[ASKS_MAX];
+	uint32_t nasks;
 	struct txmsg txq[TXQ_MAX];
 	uint32_t ntx;
 	struct client *next;
@@ -99,6 +125,8 @@ struct broker {
 	uint32_t nclients;
 	uint32_t next_client_id;
 	uint64_t next_grant_id;
+	uint64_t next_reclaim_id;
+	struct pending *pending;
 	uint64_t ngrants;
 	uint64_t protocol_errors;
 	uint64_t start_ns;
@@ -145,7 +173,7 @@ static void client_drop(struct broker *b, struct client *c, const char *why);
 static int epoll_mod_client(struct broker *b, struct client *c)
 {
 	struct epoll_event e = {
-		.events = (c->ntx ? EPOLLOUT : EPOLLIN) | EPOLLRDHUP,
+		.events = (c->ntx ? EPOLLOUT : 0) | (c->ntx || c->parked ? 0 : EPOLLIN) | EPOLLRDHUP,
 		.data.ptr = &c->ev_sock,
 	};
 	return epoll_ctl(b->epfd, EPOLL_CTL_MOD, c->fd, &e);
@@ -252,51 +280,19 @@ static void grant_release(struct broker *b, struct grant *g)
 	if (g->flags & VRAMD_ALLOC_RECLAIMABLE) {
 		p->reclaimable -= g->size;
 		c->reclaimable -= g->size;
+		c->reclaimable_dev[p->index] -= g->size;
 	}
 	c->ngrants--;
 	b->ngrants--;
 	free(g);
 }
 
-static void handle_alloc(struct broker *b, struct client *c, const struct vramd_alloc *m)
+/* Creates the grant and answers.  Room and limits were checked. */
+static void do_grant(struct broker *b, struct client *c, const struct vramd_alloc *m, uint64_t size)
 {
-	char s1[32], s2[32], s3[32];
-	const char *why = "";
-	int overflow = 0;
-
-	if (m->device >= b->npools) {
-		send_error(b, c, &m->hdr, -ENODEV, "no device %u (the broker has %u)", m->device, b->npools);
-		return;
-	}
 	struct pool *p = b->pools[m->device];
-	if (m->size == 0) {
-		send_error(b, c, &m->hdr, -EINVAL, "size 0");
-		return;
-	}
-	uint64_t size = round_up_u64(m->size, p->granularity, &overflow);
-	if (overflow) {
-		send_error(b, c, &m->hdr, -EOVERFLOW, "size %llu overflows when rounded",
-			   (unsigned long long)m->size);
-		return;
-	}
-	if (c->ngrants >= b->cfg.max_grants) {
-		send_error(b, c, &m->hdr, -EDQUOT, "grant limit: this client holds %u grants (max %u)",
-			   c->ngrants, b->cfg.max_grants);
-		return;
-	}
-	if (b->cfg.client_max && size > b->cfg.client_max - MIN(c->held, b->cfg.client_max)) {
-		send_error(b, c, &m->hdr, -EDQUOT, "client limit: %s held + %s asked > %s per client",
-			   size_format(c->held, s1, sizeof(s1)), size_format(size, s2, sizeof(s2)),
-			   size_format(b->cfg.client_max, s3, sizeof(s3)));
-		return;
-	}
-	if (size > p->total - p->used) {
-		send_error(b, c, &m->hdr, -ENOMEM, "%s: %s asked, %s free of %s", p->name,
-			   size_format(size, s1, sizeof(s1)), size_format(p->total - p->used, s2, sizeof(s2)),
-			   size_format(p->total, s3, sizeof(s3)));
-		return;
-	}
-
+	const char *why = "";
+	char s1[32];
 	int fd = -1;
 	void *handle = NULL;
 	int r = p->ops->grant(p, size, &fd, &handle, &why);
@@ -327,6 +323,7 @@ static void handle_alloc(struct broker *b, struct client *c, const struct vramd_
 	if (g->flags & VRAMD_ALLOC_RECLAIMABLE) {
 		p->reclaimable += size;
 		c->reclaimable += size;
+		c->reclaimable_dev[p->index] += size;
 	}
 
 	struct vramd_alloc_reply rep;
@@ -336,12 +333,244 @@ static void handle_alloc(struct broker *b, struct client *c, const struct vramd_
 	rep.size = size;
 	rep.device = p->index;
 	rep.flags = m->flags;
-	r = client_send(b, c, &rep, sizeof(rep), fd);
+	client_send(b, c, &rep, sizeof(rep), fd);
 	close(fd);
 	/* If the client is gone the grant goes with it in client_drop. */
 	broker_log(2, CLIENT_FMT ": grant %llu: %s on %s%s", CLIENT_ARGS(c), (unsigned long long)g->id,
 		   size_format(size, s1, sizeof(s1)), p->name,
 		   (g->flags & VRAMD_ALLOC_RECLAIMABLE) ? " (reclaimable)" : "");
+}
+
+static void unpark(struct broker *b, struct client *c)
+{
+	c->parked = false;
+	if (!c->dead)
+		epoll_mod_client(b, c);
+}
+
+static void pending_remove(struct broker *b, struct pending *pd)
+{
+	for (struct pending **pp = &b->pending; *pp; pp = &(*pp)->next)
+		if (*pp == pd) {
+			*pp = pd->next;
+			break;
+		}
+	free(pd);
+}
+
+/* Completes parked ALLOCs that now fit, in arrival order (a later small
+ * request does not overtake an earlier large one on the same device). */
+static void retry_pending(struct broker *b)
+{
+	uint32_t blocked = 0; /* bit per pool with an earlier request still waiting */
+	for (struct pending *pd = b->pending, *next; pd; pd = next) {
+		next = pd->next;
+		struct pool *p = b->pools[pd->req.device];
+		if (blocked & (1u << p->index))
+			continue;
+		if (pd->size > p->total - p->used) {
+			blocked |= 1u << p->index;
+			continue;
+		}
+		struct client *c = pd->c;
+		broker_log(2, CLIENT_FMT ": parked ALLOC satisfied after reclaim", CLIENT_ARGS(c));
+		do_grant(b, c, &pd->req, pd->size);
+		pending_remove(b, pd);
+		unpark(b, c);
+	}
+}
+
+static void pending_fail(struct broker *b, struct pending *pd, const char *why)
+{
+	struct pool *p = b->pools[pd->req.device];
+	char s1[32], s2[32];
+	struct client *c = pd->c;
+	send_error(b, c, &pd->req.hdr, -ENOMEM, "%s: %s asked, %s free; %s", p->name,
+		   size_format(pd->size, s1, sizeof(s1)), size_format(p->total - p->used, s2, sizeof(s2)), why);
+	pending_remove(b, pd);
+	unpark(b, c);
+}
+
+/* Asks holders of reclaimable memory on the pool for the shortfall and
+ * parks the request.  Returns false when nobody can give anything back. */
+static bool start_reclaim(struct broker *b, struct client *c, const struct vramd_alloc *m, uint64_t size)
+{
+	struct pool *p = b->pools[m->device];
+	uint64_t shortfall = size - (p->total - p->used);
+	uint64_t others = 0;
+	for (struct client *x = b->clients; x; x = x->next)
+		if (x != c && !x->dead)
+			others += x->reclaimable_dev[p->index];
+	if (others < shortfall)
+		return false;
+	struct pending *pd = calloc(1, sizeof(*pd));
+	if (!pd)
+		return false;
+	pd->id = ++b->next_reclaim_id;
+	pd->c = c;
+	pd->req = *m;
+	pd->size = size;
+	pd->deadline_ns = now_ns() + b->cfg.reclaim_deadline_ms * 1000000ull;
+	/* Largest holders first: fewest clients disturbed. */
+	uint64_t left = shortfall;
+	while (left) {
+		struct client *best = NULL;
+		for (struct client *x = b->clients; x; x = x->next) {
+			if (x == c || x->dead || !x->reclaimable_dev[p->index] || x->nasks == ASKS_MAX)
+				continue;
+			bool asked = false;
+			for (uint32_t i = 0; i < x->nasks; i++)
+				asked = asked || x->asks[i].pending_id == pd->id;
+			if (!asked && (!best || x->reclaimable_dev[p->index] > best->reclaimable_dev[p->index]))
+				best = x;
+		}
+		if (!best)
+			break;
+		uint64_t ask = MIN(left, best->reclaimable_dev[p->index]);
+		struct vramd_reclaim r;
+		memset(&r, 0, sizeof(r));
+		proto_hdr_init(&r.hdr, VRAMD_RECLAIM, sizeof(r), 0);
+		r.reclaim_id = ++b->next_reclaim_id;
+		r.bytes = ask;
+		r.deadline_ms = b->cfg.reclaim_deadline_ms;
+		r.device = p->index;
+		struct reclaim_ask *a = &best->asks[best->nasks++];
+		*a = (struct reclaim_ask){ r.reclaim_id, pd->id, pd->deadline_ns, ask, p->index };
+		if (client_send(b, best, &r, sizeof(r), -1) < 0) {
+			best->nasks--;
+			continue;
+		}
+		char s1[32];
+		broker_log(1, CLIENT_FMT ": RECLAIM %s on %s for client %u", CLIENT_ARGS(best),
+			   size_format(ask, s1, sizeof(s1)), p->name, c->id);
+		pd->waiting++;
+		pd->asked += ask;
+		left -= ask;
+	}
+	if (!pd->waiting) {
+		free(pd);
+		return false;
+	}
+	/* Appended: FIFO order. */
+	struct pending **pp = &b->pending;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = pd;
+	c->parked = true;
+	epoll_mod_client(b, c);
+	return true;
+}
+
+static struct pending *pending_find(struct broker *b, uint64_t id)
+{
+	for (struct pending *pd = b->pending; pd; pd = pd->next)
+		if (pd->id == id)
+			return pd;
+	return NULL;
+}
+
+static void handle_reclaim_done(struct broker *b, struct client *c, const struct vramd_reclaim_done *m)
+{
+	for (uint32_t i = 0; i < c->nasks; i++) {
+		if (c->asks[i].id != m->reclaim_id)
+			continue;
+		uint64_t pid = c->asks[i].pending_id;
+		c->asks[i] = c->asks[--c->nasks];
+		c->reclaims_answered++;
+		char s1[32];
+		broker_log(2, CLIENT_FMT ": RECLAIM answered, %s freed", CLIENT_ARGS(c),
+			   size_format(m->bytes_freed, s1, sizeof(s1)));
+		retry_pending(b);
+		struct pending *pd = pending_find(b, pid);
+		if (pd && --pd->waiting == 0)
+			pending_fail(b, pd, "the clients asked to reclaim freed too little");
+		return;
+	}
+	/* An answer after the deadline (or to nothing): nothing to do. */
+}
+
+/* Expires parked requests and unanswered RECLAIMs; returns the time to the
+ * next deadline in ms (-1: none). */
+static int expire(struct broker *b)
+{
+	uint64_t now = now_ns(), next = UINT64_MAX;
+	for (struct client *x = b->clients; x; x = x->next) {
+		for (uint32_t i = 0; i < x->nasks;) {
+			if (x->asks[i].deadline_ns <= now) {
+				char s1[32];
+				x->reclaims_missed++;
+				x->reclaim_late = true;
+				broker_log(1, CLIENT_FMT ": ignored RECLAIM of %s on %s past its deadline; its memory is not taken by force",
+					   CLIENT_ARGS(x), size_format(x->asks[i].bytes, s1, sizeof(s1)),
+					   b->pools[x->asks[i].pool]->name);
+				x->asks[i] = x->asks[--x->nasks];
+				continue;
+			}
+			next = MIN(next, x->asks[i].deadline_ns);
+			i++;
+		}
+	}
+	for (struct pending *pd = b->pending, *n; pd; pd = n) {
+		n = pd->next;
+		if (pd->deadline_ns <= now)
+			pending_fail(b, pd, "reclaim from other clients did not free enough before the deadline");
+		else
+			next = MIN(next, pd->deadline_ns);
+	}
+	if (next == UINT64_MAX)
+		return -1;
+	return (int)((next - now) / 1000000 + 1);
+}
+
+static void handle_alloc(struct broker *b, struct client *c, const struct vramd_alloc *m)
+{
+	char s1[32], s2[32], s3[32];
+	int overflow = 0;
+
+	if (m->device >= b->npools) {
+		send_error(b, c, &m->hdr, -ENODEV, "no device %u (the broker has %u)", m->device, b->npools);
+		return;
+	}
+	struct pool *p = b->pools[m->device];
+	if (m->size == 0) {
+		send_error(b, c, &m->hdr, -EINVAL, "size 0");
+		return;
+	}
+	uint64_t size = round_up_u64(m->size, p->granularity, &overflow);
+	if (overflow) {
+		send_error(b, c, &m->hdr, -EOVERFLOW, "size %llu overflows when rounded",
+			   (unsigned long long)m->size);
+		return;
+	}
+	if (c->ngrants >= b->cfg.max_grants) {
+		send_error(b, c, &m->hdr, -EDQUOT, "grant limit: this client holds %u grants (max %u)",
+			   c->ngrants, b->cfg.max_grants);
+		return;
+	}
+	if (b->cfg.client_max && size > b->cfg.client_max - MIN(c->held, b->cfg.client_max)) {
+		send_error(b, c, &m->hdr, -EDQUOT, "client limit: %s held + %s asked > %s per client",
+			   size_format(c->held, s1, sizeof(s1)), size_format(size, s2, sizeof(s2)),
+			   size_format(b->cfg.client_max, s3, sizeof(s3)));
+		return;
+	}
+	if (size > p->total) {
+		send_error(b, c, &m->hdr, -ENOMEM, "%s: %s asked, more than the device's %s", p->name,
+			   size_format(size, s1, sizeof(s1)), size_format(p->total, s2, sizeof(s2)));
+		return;
+	}
+	/* Earlier parked requests on this device go first. */
+	bool queued = false;
+	for (struct pending *pd = b->pending; pd; pd = pd->next)
+		queued = queued || pd->req.device == m->device;
+	if (size > p->total - p->used || queued) {
+		if (start_reclaim(b, c, m, size))
+			return;
+		send_error(b, c, &m->hdr, -ENOMEM, "%s: %s asked, %s free of %s", p->name,
+			   size_format(size, s1, sizeof(s1)), size_format(p->total - p->used, s2, sizeof(s2)),
+			   size_format(p->total, s3, sizeof(s3)));
+		return;
+	}
+	do_grant(b, c, m, size);
 }
 
 static void handle_free(struct broker *b, struct client *c, const struct vramd_free *m)
@@ -354,6 +583,7 @@ static void handle_free(struct broker *b, struct client *c, const struct vramd_f
 			broker_log(2, CLIENT_FMT ": freed grant %llu", CLIENT_ARGS(c), (unsigned long long)g->id);
 			grant_release(b, g);
 			send_ok(b, c, &m->hdr);
+			retry_pending(b);
 			return;
 		}
 	}
@@ -476,7 +706,7 @@ static void client_read(struct broker *b, struct client *c)
 
 	/* A bounded number of messages per wakeup keeps one client from
 	 * starving the others. */
-	for (int iter = 0; iter < 16 && !c->dead && c->ntx == 0; iter++) {
+	for (int iter = 0; iter < 16 && !c->dead && c->ntx == 0 && !c->parked; iter++) {
 		ssize_t n = proto_recv(c->fd, b->rxbuf, VRAMD_MSG_MAX, fds, &nfds, MSG_DONTWAIT);
 		if (n == -EAGAIN)
 			return;
@@ -530,7 +760,7 @@ static void client_read(struct broker *b, struct client *c)
 			handle_status(b, c, b->rxbuf);
 			break;
 		case VRAMD_RECLAIM_DONE:
-			c->reclaims_answered++;
+			handle_reclaim_done(b, c, b->rxbuf);
 			break;
 		default:
 			protocol_violation(b, c, "opcode not valid from a client");
@@ -551,6 +781,17 @@ static void client_drop(struct broker *b, struct client *c, const char *why)
 			break;
 		}
 	b->nclients--;
+	for (struct pending *pd = b->pending, *nx; pd; pd = nx) {
+		nx = pd->next;
+		if (pd->c == c)
+			pending_remove(b, pd);
+	}
+	/* RECLAIMs it owed: the requests waiting for them stop waiting. */
+	for (uint32_t i = 0; i < c->nasks; i++) {
+		struct pending *pd = pending_find(b, c->asks[i].pending_id);
+		if (pd)
+			pd->waiting--;
+	}
 	while (c->grants) {
 		struct grant *g = c->grants;
 		c->grants = g->next;
@@ -570,6 +811,13 @@ static void client_drop(struct broker *b, struct client *c, const char *why)
 	broker_log(1, CLIENT_FMT ": %s; released %u grants, %s", CLIENT_ARGS(c), why, n,
 		   size_format(held, s1, sizeof(s1)));
 	free(c);
+	retry_pending(b);
+	/* A request whose helpers are all gone and still does not fit fails. */
+	for (struct pending *pd = b->pending, *nx; pd; pd = nx) {
+		nx = pd->next;
+		if (pd->waiting == 0)
+			pending_fail(b, pd, "the clients asked to reclaim went away");
+	}
 }
 
 static int pidfd_open_compat(pid_t pid)
@@ -840,14 +1088,16 @@ static int setup_run(struct broker *b)
 int broker_step(struct broker *b, int timeout_ms)
 {
 	struct epoll_event evs[64];
+	int next = expire(b);
+	if (next >= 0 && (timeout_ms < 0 || next < timeout_ms))
+		timeout_ms = next;
 	int n = epoll_wait(b->epfd, evs, 64, timeout_ms);
 	if (n < 0)
 		return errno == EINTR ? 0 : -errno;
 
-	/* Clients touched in this batch are dropped only after it, so that a
-	 * later event of the same batch never sees a freed client. */
-	struct client *touched[64];
-	int nt = 0;
+	/* Clients are dropped only after the batch, so that a later event of
+	 * the same batch never sees a freed client; and every dead client is
+	 * dropped, whoever marked it (a failed send to it included). */
 	for (int i = 0; i < n; i++) {
 		struct ev *ev = evs[i].data.ptr;
 		switch (ev->kind) {
@@ -878,11 +1128,14 @@ int broker_step(struct broker *b, int timeout_ms)
 				break;
 			if (evs[i].events & EPOLLOUT)
 				client_flush(b, c);
-			if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))
+			if ((evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) && !c->parked)
 				client_read(b, c);
-			if ((evs[i].events & (EPOLLHUP | EPOLLERR)) && !(evs[i].events & EPOLLIN))
-				c->dead = true;
-			touched[nt++] = c;
+			if (evs[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
+				/* Peer gone: whatever it sent has been read above
+				 * (or it is parked and can never be answered). */
+				if (c->parked || !(evs[i].events & EPOLLIN))
+					c->dead = true;
+			}
 			break;
 		}
 		case EV_PIDFD:
@@ -890,19 +1143,20 @@ int broker_step(struct broker *b, int timeout_ms)
 				ev->client->dead = true;
 				broker_log(2, CLIENT_FMT ": process exited", CLIENT_ARGS(ev->client));
 			}
-			touched[nt++] = ev->client;
 			break;
 		}
 	}
-	for (int i = 0; i < nt; i++) {
-		struct client *c = touched[i];
-		if (!c || !c->dead)
-			continue;
-		for (int j = i + 1; j < nt; j++)
-			if (touched[j] == c)
-				touched[j] = NULL;
-		client_drop(b, c, "disconnected");
+	for (bool again = true; again;) {
+		again = false;
+		for (struct client *c = b->clients; c; c = c->next) {
+			if (c->dead) {
+				client_drop(b, c, "disconnected");
+				again = true; /* the list changed; dropping may kill no one else, but rescan */
+				break;
+			}
+		}
 	}
+	expire(b);
 	return n;
 }
 

@@ -412,6 +412,214 @@ START_TEST(test_slow_reader)
 }
 END_TEST
 
+
+/* ---- cooperative reclaim -------------------------------------------------- */
+
+struct holder {
+	vram_client *c;
+	vram_grant *g[16];
+	int n;
+	atomic_int stop;
+	atomic_int calls;
+	pthread_t th;
+};
+
+static uint64_t give_back(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms)
+{
+	struct holder *h = user;
+	uint64_t freed = 0;
+	atomic_fetch_add(&h->calls, 1);
+	while (freed < bytes && h->n > 0) {
+		vram_grant *g = h->g[--h->n];
+		freed += vram_grant_size(g);
+		vram_free(h->c, g);
+	}
+	return freed;
+}
+
+/* The runtime's side of reclaim: whoever owns the connection dispatches. */
+static void *dispatcher(void *arg)
+{
+	struct holder *h = arg;
+	while (!atomic_load(&h->stop)) {
+		struct pollfd p = { .fd = vram_client_fd(h->c), .events = POLLIN };
+		if (poll(&p, 1, 20) > 0)
+			vram_dispatch(h->c);
+	}
+	return NULL;
+}
+
+static void reclaim_broker(struct live *l, uint32_t deadline_ms)
+{
+	struct broker_config cfg;
+	broker_config_init(&cfg);
+	cfg.nsim = 1;
+	cfg.sim_gpus[0] = 64 * MiB;
+	cfg.host_pool = 64 * MiB;
+	cfg.reclaim_deadline_ms = deadline_ms;
+	live_start(l, &cfg);
+}
+
+START_TEST(test_reclaim_cooperative)
+{
+	struct live l;
+	struct holder h = { 0 };
+	reclaim_broker(&l, 5000);
+	ck_assert_int_eq(vram_connect(l.sock, "holder", &h.c), 0);
+	for (h.n = 0; h.n < 6; h.n++)
+		ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	vram_grant *pinned;
+	ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, 0, &pinned), 0); /* not reclaimable */
+	vram_set_reclaim_handler(h.c, give_back, &h);
+	ck_assert_int_eq(pthread_create(&h.th, NULL, dispatcher, &h), 0);
+
+	vram_client *b;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(l.sock, "newcomer", &b), 0);
+	/* 56 MiB used, 8 free: 32 MiB needs 24 MiB back from the holder */
+	ck_assert_msg(vram_alloc(b, 0, 32 * MiB, 0, &g) == 0, "%s", vram_last_error());
+	ck_assert_int_ge(atomic_load(&h.calls), 1);
+	ck_assert_int_eq(h.n, 3);
+	struct vram_status *s;
+	/* RECLAIM_DONE follows the FREEs that satisfied us: wait for it. */
+	for (int tries = 0;; tries++) {
+		ck_assert_int_eq(vram_get_status(b, &s), 0);
+		int answered = 0;
+		for (uint32_t i = 0; i < s->nclients; i++)
+			if (!strcmp(s->clients[i].name, "holder"))
+				answered = s->clients[i].reclaims_answered == 1;
+		if (answered || tries == 200)
+			break;
+		vram_status_free(s);
+		t_sleep_ms(10);
+	}
+	ck_assert_uint_eq(s->devices[0].used, 64 * MiB);
+	for (uint32_t i = 0; i < s->nclients; i++)
+		if (!strcmp(s->clients[i].name, "holder")) {
+			ck_assert_uint_eq(s->clients[i].reclaims_answered, 1);
+			ck_assert_uint_eq(s->clients[i].reclaims_missed, 0);
+			ck_assert_uint_eq(s->clients[i].reclaimable, 24 * MiB);
+		}
+	vram_status_free(s);
+	/* more than all reclaimable memory: refused at once */
+	ck_assert_int_eq(vram_alloc(b, 0, 48 * MiB, 0, &g), -ENOMEM);
+	atomic_store(&h.stop, 1);
+	pthread_join(h.th, NULL);
+	vram_close(h.c);
+	vram_close(b);
+	wait_clients(l.b, 0);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 0);
+	live_stop(&l);
+}
+END_TEST
+
+START_TEST(test_reclaim_ignored)
+{
+	struct live l;
+	reclaim_broker(&l, 200);
+	vram_client *a, *b;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(l.sock, "deaf", &a), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 60 * MiB, VRAM_ALLOC_RECLAIMABLE, &g), 0);
+	ck_assert_int_eq(vram_connect(l.sock, "newcomer", &b), 0);
+	uint64_t t0 = now_ns();
+	ck_assert_int_eq(vram_alloc(b, 0, 32 * MiB, 0, &g), -ENOMEM);
+	ck_assert_uint_ge(now_ns() - t0, 150 * 1000000ull); /* it waited for the deadline */
+	ck_assert_msg(strstr(vram_last_error(), "deadline"), "%s", vram_last_error());
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(b, &s), 0);
+	int seen = 0;
+	for (uint32_t i = 0; i < s->nclients; i++)
+		if (!strcmp(s->clients[i].name, "deaf")) {
+			seen = 1;
+			ck_assert_uint_eq(s->clients[i].reclaims_missed, 1);
+			ck_assert(s->clients[i].flags & VRAM_CLIENT_RECLAIM_LATE);
+			ck_assert_uint_eq(s->clients[i].held, 60 * MiB); /* not taken by force */
+		}
+	ck_assert(seen);
+	vram_status_free(s);
+	/* the broker kept serving while it waited; b works now */
+	ck_assert_int_eq(vram_alloc(b, 0, 4 * MiB, 0, &g), 0);
+	vram_close(a);
+	vram_close(b);
+	wait_clients(l.b, 0);
+	live_stop(&l);
+}
+END_TEST
+
+/* The holder dies instead of answering: the parked request gets the room
+ * its death frees. */
+START_TEST(test_reclaim_holder_dies)
+{
+	struct live l;
+	reclaim_broker(&l, 5000);
+	int pfd[2];
+	ck_assert_int_eq(pipe(pfd), 0);
+	pid_t child = fork();
+	if (child == 0) {
+		vram_client *a;
+		vram_grant *g;
+		if (vram_connect(l.sock, "doomed", &a) < 0 || vram_alloc(a, 0, 60 * MiB, VRAM_ALLOC_RECLAIMABLE, &g) < 0)
+			_exit(1);
+		if (write(pfd[1], "x", 1) != 1)
+			_exit(2);
+		pause();
+		_exit(0);
+	}
+	char x;
+	ck_assert_int_eq(read(pfd[0], &x, 1), 1);
+	vram_client *b;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(l.sock, "newcomer", &b), 0);
+	pid_t killer = fork();
+	if (killer == 0) {
+		t_sleep_ms(100);
+		kill(child, SIGKILL);
+		_exit(0);
+	}
+	ck_assert_msg(vram_alloc(b, 0, 32 * MiB, 0, &g) == 0, "%s", vram_last_error());
+	waitpid(killer, NULL, 0);
+	waitpid(child, NULL, 0);
+	vram_close(b);
+	wait_clients(l.b, 0);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 0);
+	close(pfd[0]);
+	close(pfd[1]);
+	live_stop(&l);
+}
+END_TEST
+
+/* The requester dies while parked: nothing stays behind. */
+START_TEST(test_reclaim_requester_dies)
+{
+	struct live l;
+	reclaim_broker(&l, 300);
+	vram_client *a;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(l.sock, "deaf", &a), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 60 * MiB, VRAM_ALLOC_RECLAIMABLE, &g), 0);
+	pid_t child = fork();
+	if (child == 0) {
+		vram_client *b;
+		vram_grant *gb;
+		if (vram_connect(l.sock, "impatient", &b) < 0)
+			_exit(1);
+		vram_alloc(b, 0, 32 * MiB, 0, &gb); /* parks */
+		_exit(0);
+	}
+	t_sleep_ms(50);
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	wait_clients(l.b, 1);
+	t_sleep_ms(400); /* past the deadline: the unanswered RECLAIM expires */
+	ck_assert_int_eq(vram_free(a, g), 0);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 0);
+	vram_close(a);
+	wait_clients(l.b, 0);
+	live_stop(&l);
+}
+END_TEST
+
 /* ---- as a real process --------------------------------------------------- */
 
 struct proc {
@@ -588,6 +796,10 @@ int main(void)
 	tcase_add_test(tc, test_fd_leak);
 	tcase_add_test(tc, test_malformed_flood);
 	tcase_add_test(tc, test_slow_reader);
+	tcase_add_test(tc, test_reclaim_cooperative);
+	tcase_add_test(tc, test_reclaim_ignored);
+	tcase_add_test(tc, test_reclaim_holder_dies);
+	tcase_add_test(tc, test_reclaim_requester_dies);
 	suite_add_tcase(s, tc);
 	TCase *tp = tcase_create("process");
 	tcase_set_timeout(tp, 60);
