@@ -76,7 +76,8 @@ void vram_unload(vram_loaded *l)
 	if (!l)
 		return;
 	for (uint32_t i = 0; i < l->ngrants; i++)
-		vram_free(l->client, l->grants[i].grant);
+		if (l->grants[i].grant)
+			vram_free(l->client, l->grants[i].grant);
 	free(l->grants);
 	free(l->tensors);
 	free(l);
@@ -165,7 +166,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	l->model = m;
 	l->ntensors = (uint32_t)n;
 	l->tensors = calloc((size_t)n + 1, sizeof(*l->tensors));
-	l->grants = calloc(VRAMD_MAX_DEVICES * VRAM_COMP_COUNT, sizeof(*l->grants));
+	l->grants = calloc((size_t)n + VRAMD_MAX_DEVICES * VRAM_COMP_COUNT, sizeof(*l->grants));
 	if (!l->tensors || !l->grants) {
 		r = vram_error(-ENOMEM, "out of memory");
 		goto fail;
@@ -178,6 +179,42 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		off[i] = ti.file_offset;
 		len[i] = ti.nbytes;
 		comp[i] = ti.component;
+	}
+
+	/* Chunks: consecutive layers of one (device, component) share a grant
+	 * of about LOAD_CHUNK_TARGET bytes, so that reclaim can give back part
+	 * of a model (a chunk) rather than all or nothing. */
+	uint32_t *tchunk = calloc((size_t)n + 1, sizeof(*tchunk));
+	uint32_t nchunks[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT];
+	uint64_t acc[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT];
+	memset(nchunks, 0, sizeof(nchunks));
+	memset(acc, 0, sizeof(acc));
+	if (!tchunk) {
+		r = vram_error(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	int nl = vram_model_layer_count(m);
+	for (int li = 0; li < nl; li++) {
+		struct vram_layer_info li_info = { .struct_size = sizeof(li_info) };
+		vram_model_layer(m, (uint32_t)li, &li_info);
+		if (!li_info.ntensors)
+			continue;
+		uint32_t d = dev[li_info.first_tensor], k = li_info.component;
+		if (nchunks[d][k] == 0)
+			nchunks[d][k] = 1;
+		if (acc[d][k] && acc[d][k] + li_info.nbytes > LOAD_CHUNK_TARGET) {
+			nchunks[d][k]++;
+			acc[d][k] = 0;
+		}
+		acc[d][k] += li_info.nbytes;
+		for (uint32_t t = li_info.first_tensor; t < li_info.first_tensor + li_info.ntensors; t++) {
+			tchunk[t] = nchunks[d][k] - 1;
+			if (dev[t] != d) {
+				free(tchunk);
+				r = vram_error(-EINVAL, "layer \"%s\" is split across devices", li_info.name);
+				goto fail;
+			}
+		}
 	}
 
 	/* Which devices take a GPU path (staging). */
@@ -197,10 +234,21 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	/* Buckets (device, component): sort, cut into runs, size the grant. */
 	size_t nreq = 0;
 	for (uint32_t d = 0; d < c->ndev; d++) {
-		for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
+		for (uint32_t bk = 0; bk < VRAM_COMP_COUNT * (uint32_t)(n + 1); bk++) {
+			uint32_t k = bk % VRAM_COMP_COUNT, ch = bk / VRAM_COMP_COUNT;
+			if (ch >= nchunks[d][k]) {
+				if (k == VRAM_COMP_COUNT - 1) {
+					bool more = false;
+					for (uint32_t kk = 0; kk < VRAM_COMP_COUNT; kk++)
+						more = more || ch + 1 < nchunks[d][kk];
+					if (!more)
+						break;
+				}
+				continue;
+			}
 			uint32_t cnt = 0;
 			for (int i = 0; i < n; i++)
-				if (dev[i] == d && comp[i] == k)
+				if (dev[i] == d && comp[i] == k && tchunk[i] == ch)
 					order[cnt++] = (uint32_t)i;
 			if (!cnt)
 				continue;
@@ -226,18 +274,17 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 			}
 			if (bytes == 0 && cursor == 0)
 				continue;
-			uint32_t flags = 0;
-			if ((o->flags & VRAM_LOAD_RECLAIMABLE) && plan && vram_plan_compute_device(plan, k) >= 0) {
-				const char *cname = vram_plan_device_name(plan, (uint32_t)vram_plan_compute_device(plan, k));
-				if (cname && strcmp(cname, c->dev[d].name))
-					flags |= VRAM_ALLOC_RECLAIMABLE; /* donor memory */
-			}
+			/* With a pager every chunk can be given back: resident ones
+			 * are demoted to the donor, donor ones dropped (the file is
+			 * the donor of last resort). */
+			uint32_t flags = (o->flags & VRAM_LOAD_RECLAIMABLE) ? VRAM_ALLOC_RECLAIMABLE : 0;
 			struct loaded_grant *lg = &l->grants[l->ngrants];
 			r = vram_alloc(c, d, cursor, flags, &lg->grant);
 			if (r < 0) {
 				char s1[32];
 				r = vram_error(r, "allocating %s on %s for %s: %s", size_format(cursor, s1, sizeof(s1)),
 					       c->dev[d].name, vram_component_name(k), vram_last_error());
+				free(tchunk);
 				goto fail;
 			}
 			lg->device = d;
@@ -273,6 +320,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		}
 	}
 
+	free(tchunk);
 	fd = open(vram_model_path(m), O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		r = vram_error(-errno, "%s: %s", vram_model_path(m), strerror(errno));
@@ -361,14 +409,17 @@ int vram_loaded_tensor_device(const vram_loaded *l, uint32_t t)
 {
 	if (t >= l->ntensors)
 		return vram_error(-EINVAL, "no tensor %u", t);
-	return (int)l->tensors[t].device;
+	if (!l->grants[l->tensors[t].grant].grant)
+		return vram_error(-ENODATA, "tensor %u was dropped by reclaim (it lives in the file only)", t);
+	return (int)l->grants[l->tensors[t].grant].device;
 }
 
 void *vram_loaded_tensor_host_ptr(const vram_loaded *l, uint32_t t)
 {
 	if (t >= l->ntensors)
 		return NULL;
-	uint8_t *h = vram_grant_host_ptr(l->grants[l->tensors[t].grant].grant);
+	vram_grant *g = l->grants[l->tensors[t].grant].grant;
+	uint8_t *h = g ? vram_grant_host_ptr(g) : NULL;
 	return h ? h + l->tensors[t].offset : NULL;
 }
 
@@ -376,7 +427,8 @@ uint64_t vram_loaded_tensor_device_ptr(const vram_loaded *l, uint32_t t)
 {
 	if (t >= l->ntensors)
 		return 0;
-	uint64_t d = vram_grant_device_ptr(l->grants[l->tensors[t].grant].grant);
+	vram_grant *g = l->grants[l->tensors[t].grant].grant;
+	uint64_t d = g ? vram_grant_device_ptr(g) : 0;
 	return d ? d + l->tensors[t].offset : 0;
 }
 

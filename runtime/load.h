@@ -7,8 +7,11 @@
 
 #include "runtime/internal.h"
 
+/* Target size of one grant of a loaded model (a chunk of whole layers). */
+#define LOAD_CHUNK_TARGET (256ull << 20)
+
 struct loaded_grant {
-	vram_grant *grant;
+	vram_grant *grant;       /* NULL once dropped by reclaim */
 	uint32_t device;         /* broker device index */
 	uint32_t component;
 	uint64_t payload;        /* tensor bytes in it */
@@ -16,7 +19,7 @@ struct loaded_grant {
 
 struct loaded_tensor {
 	uint32_t grant;          /* index into grants */
-	uint32_t device;
+	uint32_t device;         /* where the load put it (grants[].device is where it is now) */
 	uint64_t offset;         /* of the first byte in the grant */
 };
 

@@ -332,7 +332,8 @@ struct vram_load_options {
 	vram_progress_fn progress;
 	void    *user;
 };
-/* Donor layers' grants reclaimable: the pager can demote them. */
+/* Every grant of the load reclaimable: a pager over it gives chunks back
+ * (demotes resident layers to the donor, drops donor layers to the file). */
 #define VRAM_LOAD_RECLAIMABLE (1u << 0)
 
 VRAM_API void vram_load_options_init(struct vram_load_options *o);
@@ -361,6 +362,82 @@ struct vram_load_stats {
 	uint64_t grants;
 };
 VRAM_API int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret_stats);
+
+/* ======================================================================
+ * Paging (donor layers served through a window on the compute device)
+ * ====================================================================== */
+
+typedef struct vram_pager vram_pager;
+
+struct vram_pager_options {
+	uint32_t struct_size;
+	uint32_t prefetch_depth; /* donor layers fetched ahead; 0: default 2 */
+	uint64_t window_bytes;   /* per compute device; 0: room for the two
+				    largest donor layers plus prefetch_depth more */
+	uint32_t flags;          /* VRAM_PAGER_* */
+	uint32_t pad;
+};
+/* Do not start the thread that answers the broker's RECLAIM requests; the
+ * caller polls vram_client_fd() and calls vram_dispatch() itself. */
+#define VRAM_PAGER_NO_DISPATCH_THREAD (1u << 0)
+/* Do not register the pager as the client's reclaim handler. */
+#define VRAM_PAGER_NO_RECLAIM         (1u << 1)
+
+VRAM_API void vram_pager_options_init(struct vram_pager_options *o);
+
+/* A pager over a loaded model.  Layers whose home (from the plan) is their
+ * component's compute device are resident; donor layers are copied into a
+ * window of reclaimable grants on the compute device when acquired, and
+ * prefetched ahead of use: along the file's layer order at first, then
+ * along the order observed in the first complete pass.  The loaded model
+ * and plan must outlive the pager.  -EINVAL when the window is smaller than
+ * the largest donor layer. */
+VRAM_API int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_pager_options *o,
+			       vram_pager **ret_pager);
+VRAM_API void vram_pager_free(vram_pager *p);
+
+/* Makes layer available on its compute device, waiting only if its copy
+ * has not finished, and starts prefetching the next layers.  Acquires
+ * nest (a count per layer). */
+VRAM_API int vram_pager_acquire(vram_pager *p, uint32_t layer);
+VRAM_API int vram_pager_release(vram_pager *p, uint32_t layer);
+/* Where tensor is while its layer is acquired: host address (simulated
+ * GPUs and cpu) and device address (CUDA).  NULL/0 when not acquired. */
+VRAM_API void *vram_pager_tensor_host_ptr(const vram_pager *p, uint32_t tensor);
+VRAM_API uint64_t vram_pager_tensor_device_ptr(const vram_pager *p, uint32_t tensor);
+/* Marks the end of a forward pass (a pass also ends when a layer is
+ * acquired a second time). */
+VRAM_API int vram_pager_end_pass(vram_pager *p);
+
+/* Gives back up to bytes of memory on device (window slots first, then
+ * resident layers, least recently used first: demoted to the donor when it
+ * has room, else dropped and read again from the file when needed).  What
+ * the RECLAIM handler calls; callable directly.  Returns bytes freed. */
+VRAM_API uint64_t vram_pager_reclaim(vram_pager *p, uint32_t device, uint64_t bytes);
+
+struct vram_pager_stats {
+	uint32_t struct_size;
+	uint32_t window_slots;   /* slots with memory now, all devices */
+	uint64_t window_bytes;
+	uint64_t acquires;
+	uint64_t hits;           /* resident, or already in the window */
+	uint64_t late;           /* in the window but still copying: waited */
+	uint64_t misses;         /* not in the window: copied on demand */
+	uint64_t prefetches;     /* copies started ahead of use */
+	uint64_t prefetch_used;  /* of those, acquired before eviction */
+	uint64_t bytes_paged;
+	uint64_t copy_ns;        /* time the copy thread spent copying */
+	uint64_t stall_ns;       /* time acquire spent waiting */
+	uint64_t passes;         /* completed passes */
+	uint64_t demoted;        /* layers moved to the donor by reclaim */
+	uint64_t dropped;        /* layers dropped to the file by reclaim */
+	uint64_t reclaimed_bytes;
+	uint32_t order_learned;  /* 1 once the observed order is used */
+	uint32_t pad;
+};
+VRAM_API int vram_pager_stats(const vram_pager *p, struct vram_pager_stats *ret_stats);
+/* Position i of the order prefetch follows now (layer index), or -EINVAL. */
+VRAM_API int vram_pager_order(const vram_pager *p, uint32_t i);
 
 #ifdef __cplusplus
 }

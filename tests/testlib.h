@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,7 +83,9 @@ static inline void t_sleep_ms(int ms)
 static inline int t_socket_alive(const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return 0;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
 	if (fd >= 0)
@@ -165,6 +168,52 @@ static inline int t_run(const char *cmd, char *out, size_t cap)
 	}
 	int st = pclose(p);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Writes a checkpoint with the reference library: blocks unet blocks with a
+ * rows x cols F16 weight and an F32 bias each, a CLIP part with an
+ * embedding, a VAE part, an empty and a scalar tensor; odd sizes so that
+ * nothing is aligned.  Returns the python exit code. */
+static inline int t_write_checkpoint(const char *path, int blocks, int rows, int cols, int seed)
+{
+	char cmd[4096];
+	snprintf(cmd, sizeof(cmd),
+		 "%s -c \"\n"
+		 "import numpy as np\n"
+		 "from safetensors.numpy import save_file\n"
+		 "r = np.random.default_rng(%d)\n"
+		 "t = {}\n"
+		 "for i in range(%d):\n"
+		 "  t[f'model.diffusion_model.input_blocks.{i}.0.weight'] = r.standard_normal((%d, %d)).astype(np.float16)\n"
+		 "  t[f'model.diffusion_model.input_blocks.{i}.0.bias'] = r.standard_normal(%d).astype(np.float32)\n"
+		 "t['model.diffusion_model.out.2.weight'] = r.standard_normal((7, 3)).astype(np.float32)\n"
+		 "t['cond_stage_model.transformer.text_model.embeddings.token_embedding.weight'] = r.standard_normal((301, 17)).astype(np.float16)\n"
+		 "for i in range(5):\n"
+		 "  t[f'cond_stage_model.transformer.text_model.encoder.layers.{i}.mlp.fc1.weight'] = r.standard_normal((33, 65)).astype(np.float32)\n"
+		 "t['first_stage_model.decoder.conv_in.weight'] = r.standard_normal((13, 7, 3, 3)).astype(np.float32)\n"
+		 "t['first_stage_model.decoder.empty'] = np.zeros((0, 4), dtype=np.float16)\n"
+		 "t['model.diffusion_model.scalar'] = np.array(3.5, dtype=np.float64)\n"
+		 "save_file(t, '%s', metadata={'format': 'pt'})\n\"",
+		 t_python(), seed, blocks, rows, cols, cols, path);
+	return t_run(cmd, NULL, 0);
+}
+
+/* The whole file in memory (*len set); free() it. */
+static inline uint8_t *t_read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	*len = (size_t)ftell(f);
+	fseek(f, 0, SEEK_SET);
+	uint8_t *b = malloc(*len + 1);
+	if (b && fread(b, 1, *len, f) != *len) {
+		free(b);
+		b = NULL;
+	}
+	fclose(f);
+	return b;
 }
 
 #endif

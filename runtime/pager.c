@@ -1,0 +1,928 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The pager: layers homed on a donor device are served through a window on
+ * their component's compute device.
+ *
+ * The window is a set of slots, each a reclaimable grant big enough for the
+ * largest donor layer.  acquire(L) pins L's slot (copying L in if it is not
+ * there) and queues copies of the next prefetch_depth donor layers along
+ * the current order; a copy thread fills slots (memcpy from donor memory,
+ * or pread from the checkpoint for layers dropped by reclaim).  The order is
+ * the file's layer order until the first complete pass, then the order that
+ * pass observed.
+ *
+ * Reclaim gives back window slots first (least recently used, never one in
+ * use or being filled), then chunks of resident layers: copied to the donor
+ * when it has room, else dropped (the checkpoint file is the donor of last
+ * resort).  The model keeps working; those layers are paged from then on.
+ *
+ * Locking: one mutex guards the pager's state; it is never held across
+ * broker I/O (vram_alloc/vram_free) nor across a copy.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+#include "common/util.h"
+#include "runtime/client.h"
+#include "runtime/load.h"
+
+#define SLOT_ALIGN 256u   /* tensors in a slot start on this boundary */
+#define MAX_SLOTS 256u
+
+enum slot_state { SLOT_EMPTY, SLOT_QUEUED, SLOT_COPYING, SLOT_READY };
+
+struct slot {
+	vram_grant *grant;       /* NULL: no memory (reclaimed or never had) */
+	uint32_t dev;            /* compute device */
+	int32_t layer;           /* -1: none */
+	enum slot_state state;
+	uint32_t pins;           /* acquires of its layer outstanding */
+	uint64_t last_use;
+	bool prefetched;         /* filled ahead of use, not yet acquired */
+	bool doomed;             /* reclaim is taking it */
+};
+
+struct player {
+	uint32_t first, ntensors;
+	uint64_t nbytes;
+	uint32_t compute;        /* broker device of the component's compute device */
+	bool paged;              /* home is not the compute device */
+	int32_t slot;            /* slot holding it, -1 */
+	uint32_t pins;           /* for resident layers */
+	uint64_t last_use;
+	uint64_t packed;         /* bytes in a slot, tensors SLOT_ALIGN-aligned */
+	bool acquired_this_pass;
+};
+
+struct vram_pager {
+	vram_loaded *l;
+	vram_client *c;
+	int fd;                  /* the checkpoint, for dropped layers */
+	uint32_t nlayers;
+	struct player *layers;
+	uint64_t *toff;          /* tensor offset within its layer's slot */
+	uint32_t depth;
+	uint64_t slot_size[VRAMD_MAX_DEVICES];
+	uint32_t target_slots[VRAMD_MAX_DEVICES];
+	struct slot slots[MAX_SLOTS];
+	uint32_t nslots;
+	uint32_t *order;         /* nlayers entries */
+	uint32_t *pos;           /* layer -> position in order */
+	uint32_t *seen;          /* this pass's acquires, in order */
+	uint32_t nseen;
+	bool learned;
+	bool demoting;           /* a chunk is being moved; acquires wait */
+	uint64_t clock;
+	struct vram_pager_stats st;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	pthread_t copier;
+	bool copier_started;
+	pthread_t dispatcher;
+	bool dispatcher_started;
+	bool stop;
+	uint32_t *queue;         /* slots to fill, FIFO ring */
+	uint32_t qhead, qlen;
+};
+
+void vram_pager_options_init(struct vram_pager_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->struct_size = sizeof(*o);
+	o->prefetch_depth = 2;
+}
+
+static uint64_t align_up(uint64_t x, uint64_t a)
+{
+	return (x + a - 1) / a * a;
+}
+
+/* ---- the copy thread ------------------------------------------------- */
+
+static int fill_slot(struct vram_pager *p, struct slot *s, uint32_t layer)
+{
+	struct player *L = &p->layers[layer];
+	uint8_t *dst = vram_grant_host_ptr(s->grant);
+	if (!dst)
+		return -ENOTSUP; /* CUDA slots: docs/paging.md */
+	for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(p->l->model, t, &ti);
+		if (!ti.nbytes)
+			continue;
+		const uint8_t *src = vram_loaded_tensor_host_ptr(p->l, t);
+		if (src) {
+			memcpy(dst + p->toff[t], src, ti.nbytes);
+			continue;
+		}
+		/* dropped by reclaim: the file is the donor */
+		uint64_t done = 0;
+		while (done < ti.nbytes) {
+			ssize_t n = pread(p->fd, dst + p->toff[t] + done, ti.nbytes - done, (off_t)(ti.file_offset + done));
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				return n < 0 ? -errno : -EIO;
+			done += (uint64_t)n;
+		}
+	}
+	return 0;
+}
+
+static void *copier_main(void *arg)
+{
+	struct vram_pager *p = arg;
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		while (!p->stop && !p->qlen)
+			pthread_cond_wait(&p->cv, &p->mu);
+		if (p->stop)
+			break;
+		uint32_t si = p->queue[p->qhead];
+		p->qhead = (p->qhead + 1) % MAX_SLOTS;
+		p->qlen--;
+		struct slot *s = &p->slots[si];
+		if (s->state != SLOT_QUEUED || s->layer < 0)
+			continue;
+		s->state = SLOT_COPYING;
+		uint32_t layer = (uint32_t)s->layer;
+		pthread_mutex_unlock(&p->mu);
+		uint64_t t0 = now_ns();
+		int r = fill_slot(p, s, layer);
+		uint64_t dt = now_ns() - t0;
+		pthread_mutex_lock(&p->mu);
+		p->st.copy_ns += dt;
+		if (r < 0) {
+			/* Leave it empty: acquire sees it and retries or fails. */
+			p->layers[layer].slot = -1;
+			s->layer = -1;
+			s->state = SLOT_EMPTY;
+		} else {
+			p->st.bytes_paged += p->layers[layer].nbytes;
+			s->state = SLOT_READY;
+		}
+		pthread_cond_broadcast(&p->cv);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+/* ---- slots -------------------------------------------------------------- */
+
+/* Layers the next prefetch wants kept: the next depth donor layers after
+ * position from. */
+static bool wanted_soon(struct vram_pager *p, uint32_t layer, uint32_t from_pos)
+{
+	uint32_t k = 0;
+	for (uint32_t i = 1; i <= p->nlayers && k < p->depth; i++) {
+		uint32_t li = p->order[(from_pos + i) % p->nlayers];
+		if (!p->layers[li].paged)
+			continue;
+		if (li == layer)
+			return true;
+		k++;
+	}
+	return false;
+}
+
+/* A slot on dev for layer: an empty one with memory, else the least
+ * recently used evictable one.  -1 if none.  Caller holds mu. */
+static int pick_slot(struct vram_pager *p, uint32_t dev, uint64_t need, int32_t from_pos, bool for_prefetch)
+{
+	int best = -1;
+	for (uint32_t i = 0; i < p->nslots; i++) {
+		struct slot *s = &p->slots[i];
+		if (!s->grant || s->dev != dev || s->doomed || vram_grant_size(s->grant) < need)
+			continue;
+		if (s->layer < 0)
+			return (int)i;
+	}
+	for (uint32_t i = 0; i < p->nslots; i++) {
+		struct slot *s = &p->slots[i];
+		if (!s->grant || s->dev != dev || s->doomed || s->pins || s->state == SLOT_COPYING ||
+		    s->state == SLOT_QUEUED || vram_grant_size(s->grant) < need)
+			continue;
+		if (for_prefetch && from_pos >= 0 && wanted_soon(p, (uint32_t)s->layer, (uint32_t)from_pos))
+			continue;
+		if (best < 0 || s->last_use < p->slots[best].last_use)
+			best = (int)i;
+	}
+	return best;
+}
+
+static void evict(struct vram_pager *p, struct slot *s)
+{
+	if (s->layer >= 0) {
+		p->layers[s->layer].slot = -1;
+		s->layer = -1;
+	}
+	s->prefetched = false;
+	s->state = SLOT_EMPTY;
+}
+
+static void enqueue(struct vram_pager *p, uint32_t si, uint32_t layer, bool prefetch)
+{
+	struct slot *s = &p->slots[si];
+	evict(p, s);
+	s->layer = (int32_t)layer;
+	s->state = SLOT_QUEUED;
+	s->prefetched = prefetch;
+	s->last_use = ++p->clock;
+	p->layers[layer].slot = (int32_t)si;
+	p->queue[(p->qhead + p->qlen) % MAX_SLOTS] = si;
+	p->qlen++;
+	if (prefetch)
+		p->st.prefetches++;
+	pthread_cond_broadcast(&p->cv);
+}
+
+/* Gives a slot without memory on dev its grant again (outside mu).  0 or
+ * -errno. */
+static int grow_slot(struct vram_pager *p, uint32_t dev)
+{
+	int idx = -1;
+	uint32_t have = 0;
+	for (uint32_t i = 0; i < p->nslots; i++) {
+		if (p->slots[i].dev != dev)
+			continue;
+		if (p->slots[i].grant)
+			have++;
+		else if (idx < 0 && !p->slots[i].doomed)
+			idx = (int)i;
+	}
+	if (idx < 0 && p->nslots < MAX_SLOTS && have < p->target_slots[dev]) {
+		idx = (int)p->nslots++;
+		p->slots[idx] = (struct slot){ .dev = dev, .layer = -1 };
+	}
+	if (idx < 0 || have >= p->target_slots[dev])
+		return -ENOSPC;
+	p->slots[idx].doomed = true; /* reserved while we allocate */
+	pthread_mutex_unlock(&p->mu);
+	vram_grant *g = NULL;
+	int r = vram_alloc(p->c, dev, p->slot_size[dev], VRAM_ALLOC_RECLAIMABLE, &g);
+	pthread_mutex_lock(&p->mu);
+	p->slots[idx].doomed = false;
+	if (r < 0)
+		return r;
+	p->slots[idx].grant = g;
+	p->slots[idx].layer = -1;
+	p->slots[idx].state = SLOT_EMPTY;
+	return 0;
+}
+
+static void prefetch_after(struct vram_pager *p, uint32_t layer)
+{
+	uint32_t from = p->pos[layer], k = 0;
+	for (uint32_t i = 1; i <= p->nlayers && k < p->depth; i++) {
+		uint32_t li = p->order[(from + i) % p->nlayers];
+		struct player *L = &p->layers[li];
+		if (!L->paged)
+			continue;
+		k++;
+		if (L->slot >= 0)
+			continue;
+		int si = pick_slot(p, L->compute, L->packed, (int32_t)from, true);
+		if (si < 0)
+			break;
+		enqueue(p, (uint32_t)si, li, true);
+	}
+}
+
+/* ---- passes and order ------------------------------------------------- */
+
+static void end_pass(struct vram_pager *p)
+{
+	if (!p->nseen)
+		return;
+	p->st.passes++;
+	if (!p->learned) {
+		/* The observed order first, then layers not seen, in file order. */
+		bool *in = calloc(p->nlayers, sizeof(bool));
+		if (in) {
+			uint32_t n = 0;
+			for (uint32_t i = 0; i < p->nseen; i++)
+				if (!in[p->seen[i]]) {
+					in[p->seen[i]] = true;
+					p->order[n++] = p->seen[i];
+				}
+			for (uint32_t i = 0; i < p->nlayers; i++)
+				if (!in[i])
+					p->order[n++] = i;
+			for (uint32_t i = 0; i < p->nlayers; i++)
+				p->pos[p->order[i]] = i;
+			p->learned = true;
+			p->st.order_learned = 1;
+			free(in);
+		}
+	}
+	for (uint32_t i = 0; i < p->nseen; i++)
+		p->layers[p->seen[i]].acquired_this_pass = false;
+	p->nseen = 0;
+}
+
+int vram_pager_end_pass(vram_pager *p)
+{
+	pthread_mutex_lock(&p->mu);
+	end_pass(p);
+	pthread_mutex_unlock(&p->mu);
+	return 0;
+}
+
+/* ---- acquire / release -------------------------------------------------- */
+
+int vram_pager_acquire(vram_pager *p, uint32_t layer)
+{
+	if (layer >= p->nlayers)
+		return vram_error(-EINVAL, "no layer %u (the model has %u)", layer, p->nlayers);
+	pthread_mutex_lock(&p->mu);
+	struct player *L = &p->layers[layer];
+	if (L->acquired_this_pass)
+		end_pass(p);
+	L->acquired_this_pass = true;
+	if (p->nseen < p->nlayers)
+		p->seen[p->nseen++] = layer;
+	p->st.acquires++;
+	uint64_t t0 = now_ns();
+	bool waited = false;
+	while (p->demoting) {
+		pthread_cond_wait(&p->cv, &p->mu);
+		waited = true;
+	}
+	L->last_use = ++p->clock;
+	if (!L->paged) {
+		L->pins++;
+		p->st.hits++;
+		prefetch_after(p, layer);
+		if (waited)
+			p->st.stall_ns += now_ns() - t0;
+		pthread_mutex_unlock(&p->mu);
+		return 0;
+	}
+	bool counted = false;
+	for (;;) {
+		if (L->slot >= 0) {
+			struct slot *s = &p->slots[L->slot];
+			if (!counted) {
+				if (s->state == SLOT_READY)
+					p->st.hits++;
+				else
+					p->st.late++;
+				if (s->prefetched)
+					p->st.prefetch_used++;
+				counted = true;
+			}
+			s->prefetched = false;
+			s->pins++;
+			s->last_use = p->clock;
+			prefetch_after(p, layer);
+			while (s->state != SLOT_READY && s->layer == (int32_t)layer) {
+				pthread_cond_wait(&p->cv, &p->mu);
+				waited = true;
+			}
+			if (s->layer == (int32_t)layer && s->state == SLOT_READY)
+				break;
+			/* the copy failed */
+			s->pins--;
+			if (waited)
+				p->st.stall_ns += now_ns() - t0;
+			pthread_mutex_unlock(&p->mu);
+			return vram_error(-EIO, "paging layer %u in failed", layer);
+		}
+		int si = pick_slot(p, L->compute, L->packed, -1, false);
+		if (si >= 0) {
+			if (!counted) {
+				p->st.misses++;
+				counted = true;
+			}
+			enqueue(p, (uint32_t)si, layer, false);
+			continue;
+		}
+		/* No slot: grow the window back (after reclaim) or wait for a
+		 * slot to be released by another thread. */
+		int r = grow_slot(p, L->compute);
+		if (r == 0)
+			continue;
+		bool any_pinned_elsewhere = false;
+		for (uint32_t i = 0; i < p->nslots; i++)
+			if (p->slots[i].dev == L->compute && p->slots[i].grant &&
+			    (p->slots[i].pins || p->slots[i].state == SLOT_COPYING || p->slots[i].state == SLOT_QUEUED))
+				any_pinned_elsewhere = true;
+		if (!any_pinned_elsewhere) {
+			pthread_mutex_unlock(&p->mu);
+			return vram_error(r == -ENOSPC ? -ENOSPC : r,
+					  "no window slot for layer %u on device %u: %s", layer, L->compute,
+					  r == -ENOSPC ? "every slot is in use" : vram_last_error());
+		}
+		pthread_cond_wait(&p->cv, &p->mu);
+		waited = true;
+	}
+	if (waited)
+		p->st.stall_ns += now_ns() - t0;
+	pthread_mutex_unlock(&p->mu);
+	return 0;
+}
+
+int vram_pager_release(vram_pager *p, uint32_t layer)
+{
+	if (layer >= p->nlayers)
+		return vram_error(-EINVAL, "no layer %u", layer);
+	pthread_mutex_lock(&p->mu);
+	struct player *L = &p->layers[layer];
+	int r = 0;
+	if (!L->paged) {
+		if (L->pins)
+			L->pins--;
+		else
+			r = vram_error(-EINVAL, "layer %u is not acquired", layer);
+	} else if (L->slot >= 0 && p->slots[L->slot].pins) {
+		p->slots[L->slot].pins--;
+	} else {
+		r = vram_error(-EINVAL, "layer %u is not acquired", layer);
+	}
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	return r;
+}
+
+static bool tensor_acquired(const vram_pager *p, uint32_t tensor, const struct player **ret_layer)
+{
+	struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+	if (vram_model_tensor(p->l->model, tensor, &ti) < 0)
+		return false;
+	const struct player *L = &p->layers[ti.layer];
+	*ret_layer = L;
+	if (!L->paged)
+		return L->pins > 0;
+	return L->slot >= 0 && p->slots[L->slot].pins > 0 && p->slots[L->slot].state == SLOT_READY;
+}
+
+void *vram_pager_tensor_host_ptr(const vram_pager *p, uint32_t tensor)
+{
+	const struct player *L;
+	if (tensor >= p->l->ntensors || !tensor_acquired(p, tensor, &L))
+		return NULL;
+	if (!L->paged)
+		return vram_loaded_tensor_host_ptr(p->l, tensor);
+	uint8_t *h = vram_grant_host_ptr(p->slots[L->slot].grant);
+	return h ? h + p->toff[tensor] : NULL;
+}
+
+uint64_t vram_pager_tensor_device_ptr(const vram_pager *p, uint32_t tensor)
+{
+	const struct player *L;
+	if (tensor >= p->l->ntensors || !tensor_acquired(p, tensor, &L))
+		return 0;
+	if (!L->paged)
+		return vram_loaded_tensor_device_ptr(p->l, tensor);
+	uint64_t d = vram_grant_device_ptr(p->slots[L->slot].grant);
+	return d ? d + p->toff[tensor] : 0;
+}
+
+/* ---- reclaim ------------------------------------------------------------ */
+
+/* The donor for a component's demoted layers: the device holding its other
+ * paged layers, else the cpu pool; -1 if none. */
+static int donor_of(struct vram_pager *p, uint32_t comp, uint32_t not_dev)
+{
+	for (uint32_t li = 0; li < p->nlayers; li++) {
+		struct player *L = &p->layers[li];
+		if (!L->paged || !L->ntensors)
+			continue;
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(p->l->model, L->first, &ti);
+		struct loaded_grant *lg = &p->l->grants[p->l->tensors[L->first].grant];
+		if (ti.component == comp && lg->grant && lg->device != not_dev)
+			return (int)lg->device;
+	}
+	int cpu = vram_device_find(p->c, "cpu");
+	return cpu >= 0 && (uint32_t)cpu != not_dev ? cpu : -1;
+}
+
+/* Moves chunk gi to the donor if it holds resident layers and the donor has
+ * room; otherwise drops it (its layers are read from the file from then
+ * on).  Called with mu held and p->demoting set; drops mu around broker
+ * I/O and the copy.  Returns the bytes freed on the chunk's device. */
+static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
+{
+	struct loaded_grant *lg = &p->l->grants[gi];
+	vram_grant *old = lg->grant;
+	uint64_t size = vram_grant_size(old);
+	int donor = resident ? donor_of(p, lg->component, lg->device) : -1;
+	pthread_mutex_unlock(&p->mu);
+	vram_grant *ng = NULL;
+	bool moved = false;
+	if (donor >= 0 && vram_alloc(p->c, (uint32_t)donor, size, VRAM_ALLOC_RECLAIMABLE, &ng) == 0) {
+		void *src = vram_grant_host_ptr(old), *dst = vram_grant_host_ptr(ng);
+		if (src && dst) {
+			memcpy(dst, src, size);
+			moved = true;
+		} else {
+			vram_free(p->c, ng);
+			ng = NULL;
+		}
+	}
+	pthread_mutex_lock(&p->mu);
+	lg->grant = moved ? ng : NULL;
+	lg->device = moved ? (uint32_t)donor : UINT32_MAX;
+	uint32_t nl = 0;
+	for (uint32_t li = 0; li < p->nlayers; li++) {
+		struct player *L = &p->layers[li];
+		if (!L->ntensors || p->l->tensors[L->first].grant != gi)
+			continue;
+		L->paged = true; /* resident layers are paged from now on */
+		if (!resident)
+			continue;
+		L->slot = -1;
+		nl++;
+	}
+	if (!resident) {
+		uint32_t n2 = 0;
+		for (uint32_t li = 0; li < p->nlayers; li++)
+			if (p->layers[li].ntensors && p->l->tensors[p->layers[li].first].grant == gi)
+				n2++;
+		p->st.dropped += n2;
+	} else if (moved) {
+		p->st.demoted += nl;
+	} else {
+		p->st.dropped += nl;
+	}
+	pthread_mutex_unlock(&p->mu);
+	vram_free(p->c, old);
+	pthread_mutex_lock(&p->mu);
+	return size;
+}
+
+static uint64_t largest_paged(struct vram_pager *p, uint32_t dev)
+{
+	uint64_t m = 0;
+	for (uint32_t li = 0; li < p->nlayers; li++)
+		if (p->layers[li].paged && p->layers[li].compute == dev)
+			m = MAX(m, p->layers[li].packed);
+	return m;
+}
+
+static uint64_t window_held(struct vram_pager *p, uint32_t dev, uint32_t *ret_n)
+{
+	uint64_t b = 0;
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < p->nslots; i++)
+		if (p->slots[i].dev == dev && p->slots[i].grant) {
+			b += vram_grant_size(p->slots[i].grant);
+			n++;
+		}
+	if (ret_n)
+		*ret_n = n;
+	return b;
+}
+
+/* Frees the least recently used idle slot on dev; 0 if none. */
+static uint64_t free_one_slot(struct vram_pager *p, uint32_t dev)
+{
+	int best = -1;
+	for (uint32_t i = 0; i < p->nslots; i++) {
+		struct slot *s = &p->slots[i];
+		if (!s->grant || s->dev != dev || s->pins || s->doomed || s->state == SLOT_COPYING ||
+		    s->state == SLOT_QUEUED)
+			continue;
+		if (best < 0 || s->last_use < p->slots[best].last_use)
+			best = (int)i;
+	}
+	if (best < 0)
+		return 0;
+	struct slot *s = &p->slots[best];
+	evict(p, s);
+	vram_grant *g = s->grant;
+	s->grant = NULL;
+	uint64_t size = vram_grant_size(g);
+	pthread_mutex_unlock(&p->mu);
+	vram_free(p->c, g);
+	pthread_mutex_lock(&p->mu);
+	return size;
+}
+
+/* The least recently used chunk on dev that can go: resident layers none
+ * of which is acquired, or paged layers none of which is being copied.
+ * -1 if none. */
+static int pick_chunk(struct vram_pager *p, uint32_t dev, bool *ret_resident)
+{
+	int best = -1;
+	uint64_t best_use = UINT64_MAX;
+	for (uint32_t gi = 0; gi < p->l->ngrants; gi++) {
+		struct loaded_grant *lg = &p->l->grants[gi];
+		if (!lg->grant || lg->device != dev)
+			continue;
+		uint64_t use = 0;
+		bool busy = false, resident = false, any = false;
+		for (uint32_t li = 0; li < p->nlayers; li++) {
+			struct player *L = &p->layers[li];
+			if (!L->ntensors || p->l->tensors[L->first].grant != gi)
+				continue;
+			any = true;
+			resident = resident || !L->paged;
+			busy = busy || L->pins;
+			for (uint32_t si = 0; si < p->nslots; si++)
+				if (p->slots[si].layer == (int32_t)li &&
+				    (p->slots[si].state == SLOT_COPYING || p->slots[si].state == SLOT_QUEUED))
+					busy = true;
+			use = MAX(use, L->last_use);
+		}
+		if (any && !busy && use < best_use) {
+			best = (int)gi;
+			best_use = use;
+			*ret_resident = resident;
+		}
+	}
+	return best;
+}
+
+uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
+{
+	uint64_t freed = 0;
+	pthread_mutex_lock(&p->mu);
+	while (p->demoting)
+		pthread_cond_wait(&p->cv, &p->mu);
+	/* 1. idle window slots beyond a working minimum of two */
+	uint32_t nheld;
+	window_held(p, dev, &nheld);
+	while (freed < bytes && nheld > 2) {
+		uint64_t f = free_one_slot(p, dev);
+		if (!f)
+			break;
+		freed += f;
+		nheld--;
+	}
+	/* 2. chunks, least recently used first; enough more that a window of
+	 * two slots for the newly paged layers fits afterwards */
+	for (;;) {
+		uint64_t slot = align_up(largest_paged(p, dev), 2u << 20);
+		uint64_t held = window_held(p, dev, NULL);
+		uint64_t reserve = 2 * slot > held ? 2 * slot - held : 0;
+		if (freed >= bytes + reserve)
+			break;
+		bool resident = false;
+		int gi = pick_chunk(p, dev, &resident);
+		if (gi < 0)
+			break;
+		p->demoting = true;
+		freed += demote_chunk(p, (uint32_t)gi, resident);
+		p->demoting = false;
+		pthread_cond_broadcast(&p->cv);
+		/* Slots must fit every paged layer: size and count. */
+		uint64_t need = align_up(largest_paged(p, dev), 2u << 20);
+		if (need > p->slot_size[dev])
+			p->slot_size[dev] = need;
+		if (!p->target_slots[dev])
+			p->target_slots[dev] = 2 + p->depth;
+	}
+	/* 3. the last slots, if still short */
+	while (freed < bytes) {
+		uint64_t f = free_one_slot(p, dev);
+		if (!f)
+			break;
+		freed += f;
+	}
+	p->st.reclaimed_bytes += freed;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	return freed;
+}
+
+static uint64_t on_reclaim(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms)
+{
+	return vram_pager_reclaim(user, device, bytes);
+}
+
+static void *dispatcher_main(void *arg)
+{
+	struct vram_pager *p = arg;
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		bool stop = p->stop;
+		pthread_mutex_unlock(&p->mu);
+		if (stop)
+			break;
+		struct pollfd pf = { .fd = vram_client_fd(p->c), .events = POLLIN };
+		if (poll(&pf, 1, 50) > 0) {
+			if (pf.revents & (POLLHUP | POLLERR))
+				break;
+			vram_dispatch(p->c);
+		}
+	}
+	return NULL;
+}
+
+/* ---- create / free ------------------------------------------------------- */
+
+void vram_pager_free(vram_pager *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stop = true;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	if (p->copier_started)
+		pthread_join(p->copier, NULL);
+	if (p->dispatcher_started)
+		pthread_join(p->dispatcher, NULL);
+	if (p->c)
+		vram_set_reclaim_handler(p->c, NULL, NULL);
+	for (uint32_t i = 0; i < p->nslots; i++)
+		if (p->slots[i].grant)
+			vram_free(p->c, p->slots[i].grant);
+	if (p->fd >= 0)
+		close(p->fd);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->cv);
+	free(p->layers);
+	free(p->toff);
+	free(p->order);
+	free(p->pos);
+	free(p->seen);
+	free(p->queue);
+	free(p);
+}
+
+int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_pager_options *o,
+		      vram_pager **ret)
+{
+	struct vram_pager_options defaults;
+	char s1[32], s2[32];
+	int r;
+	vram_error_clear();
+	if (!l || !plan || !ret)
+		return vram_error(-EINVAL, "vram_pager_create: NULL argument");
+	if (!o) {
+		vram_pager_options_init(&defaults);
+		o = &defaults;
+	}
+	if (o->flags & ~(VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))
+		return vram_error(-EINVAL, "unknown pager flags 0x%x", o->flags);
+	if (o->prefetch_depth > 64)
+		return vram_error(-EINVAL, "prefetch depth %u is more than 64", o->prefetch_depth);
+
+	struct vram_pager *p = calloc(1, sizeof(*p));
+	if (!p)
+		return vram_error(-ENOMEM, "out of memory");
+	p->l = l;
+	p->c = l->client;
+	p->fd = -1;
+	p->depth = o->prefetch_depth ? o->prefetch_depth : 2;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	p->st.struct_size = sizeof(p->st);
+	int nl = vram_model_layer_count(l->model);
+	p->nlayers = (uint32_t)nl;
+	p->layers = calloc((size_t)nl + 1, sizeof(*p->layers));
+	p->toff = calloc((size_t)l->ntensors + 1, sizeof(*p->toff));
+	p->order = calloc((size_t)nl + 1, sizeof(*p->order));
+	p->pos = calloc((size_t)nl + 1, sizeof(*p->pos));
+	p->seen = calloc((size_t)nl + 1, sizeof(*p->seen));
+	p->queue = calloc(MAX_SLOTS, sizeof(*p->queue));
+	if (!p->layers || !p->toff || !p->order || !p->pos || !p->seen || !p->queue) {
+		vram_pager_free(p);
+		return vram_error(-ENOMEM, "out of memory");
+	}
+	p->fd = open(vram_model_path(l->model), O_RDONLY | O_CLOEXEC);
+	if (p->fd < 0) {
+		r = -errno;
+		vram_pager_free(p);
+		return vram_error(r, "%s: %s", vram_model_path(l->model), strerror(-r));
+	}
+
+	/* Compute device of each component, as a broker device index. */
+	int cdev[VRAM_COMP_COUNT];
+	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
+		int pd = vram_plan_compute_device(plan, k);
+		cdev[k] = pd < 0 ? -1 : vram_device_find(p->c, vram_plan_device_name(plan, (uint32_t)pd));
+	}
+	uint64_t largest[VRAMD_MAX_DEVICES] = { 0 }, second[VRAMD_MAX_DEVICES] = { 0 };
+	for (int li = 0; li < nl; li++) {
+		struct vram_layer_info info = { .struct_size = sizeof(info) };
+		vram_model_layer(l->model, (uint32_t)li, &info);
+		struct player *L = &p->layers[li];
+		L->first = info.first_tensor;
+		L->ntensors = info.ntensors;
+		L->nbytes = info.nbytes;
+		L->slot = -1;
+		p->order[li] = (uint32_t)li;
+		p->pos[li] = (uint32_t)li;
+		uint64_t packed = 0;
+		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
+			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+			vram_model_tensor(l->model, t, &ti);
+			packed = align_up(packed, SLOT_ALIGN);
+			p->toff[t] = packed;
+			packed += ti.nbytes;
+		}
+		L->packed = packed;
+		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
+		int compute = cdev[info.component];
+		if (home < 0 || compute < 0 || home == compute || !info.nbytes) {
+			L->paged = false;
+			L->compute = home < 0 ? 0 : (uint32_t)home;
+			continue;
+		}
+		L->paged = true;
+		L->compute = (uint32_t)compute;
+		if (packed > largest[compute]) {
+			second[compute] = largest[compute];
+			largest[compute] = packed;
+		} else if (packed > second[compute]) {
+			second[compute] = packed;
+		}
+	}
+
+	/* Windows: slot size = the largest donor layer; default slot count =
+	 * two layers plus the prefetch depth. */
+	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
+		if (!largest[d])
+			continue;
+		struct vram_device_info di = { .struct_size = sizeof(di) };
+		vram_device_info(p->c, d, &di);
+		uint64_t gran = di.granularity ? di.granularity : 4096;
+		p->slot_size[d] = align_up(largest[d], gran);
+		uint32_t want = 2 + p->depth;
+		if (o->window_bytes) {
+			if (o->window_bytes < largest[d]) {
+				vram_pager_free(p);
+				return vram_error(-EINVAL,
+						  "window of %s on %s is smaller than its largest donor layer (%s)",
+						  size_format(o->window_bytes, s1, sizeof(s1)), di.name,
+						  size_format(largest[d], s2, sizeof(s2)));
+			}
+			want = (uint32_t)MIN(o->window_bytes / p->slot_size[d], (uint64_t)MAX_SLOTS);
+			if (want == 0) /* window >= layer but < its rounded slot */
+				want = 1;
+		}
+		if (p->nslots + want > MAX_SLOTS)
+			want = MAX_SLOTS - p->nslots;
+		p->target_slots[d] = want;
+		for (uint32_t i = 0; i < want; i++) {
+			struct slot *s = &p->slots[p->nslots];
+			s->dev = d;
+			s->layer = -1;
+			r = vram_alloc(p->c, d, p->slot_size[d], VRAM_ALLOC_RECLAIMABLE, &s->grant);
+			if (r < 0) {
+				char keep[1024];
+				str_copy(keep, vram_last_error(), sizeof(keep));
+				vram_pager_free(p);
+				return vram_error(r, "allocating the window on %s: %s", di.name, keep);
+			}
+			p->nslots++;
+			p->st.window_bytes += p->slot_size[d];
+		}
+	}
+
+	if (pthread_create(&p->copier, NULL, copier_main, p) != 0) {
+		vram_pager_free(p);
+		return vram_error(-EAGAIN, "cannot start the copy thread");
+	}
+	p->copier_started = true;
+	if (!(o->flags & VRAM_PAGER_NO_RECLAIM))
+		vram_set_reclaim_handler(p->c, on_reclaim, p);
+	if (!(o->flags & (VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))) {
+		if (pthread_create(&p->dispatcher, NULL, dispatcher_main, p) != 0) {
+			vram_pager_free(p);
+			return vram_error(-EAGAIN, "cannot start the reclaim thread");
+		}
+		p->dispatcher_started = true;
+	}
+	*ret = p;
+	return 0;
+}
+
+int vram_pager_stats(const vram_pager *p, struct vram_pager_stats *ret)
+{
+	vram_pager *mp = (vram_pager *)p;
+	pthread_mutex_lock(&mp->mu);
+	*ret = p->st;
+	ret->window_slots = 0;
+	ret->window_bytes = 0;
+	for (uint32_t i = 0; i < p->nslots; i++)
+		if (p->slots[i].grant) {
+			ret->window_slots++;
+			ret->window_bytes += vram_grant_size(p->slots[i].grant);
+		}
+	pthread_mutex_unlock(&mp->mu);
+	return 0;
+}
+
+int vram_pager_order(const vram_pager *p, uint32_t i)
+{
+	if (i >= p->nlayers)
+		return vram_error(-EINVAL, "no position %u", i);
+	vram_pager *mp = (vram_pager *)p;
+	pthread_mutex_lock(&mp->mu);
+	int r = (int)p->order[i];
+	pthread_mutex_unlock(&mp->mu);
+	return r;
+}
