@@ -47,8 +47,15 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 			snprintf(err, errlen, "socket: \"%s\" is not an absolute path", v);
 			return -EINVAL;
 		}
-		cfg->socket_path = strdup(v); /* lives as long as the process */
-		return cfg->socket_path ? 0 : -ENOMEM;
+		/* Kept for the life of the process in a static buffer. */
+		static char path[108];
+		if (strlen(v) >= sizeof(path)) {
+			snprintf(err, errlen, "socket: path longer than %zu bytes", sizeof(path) - 1);
+			return -EINVAL;
+		}
+		memcpy(path, v, strlen(v) + 1);
+		cfg->socket_path = path;
+		return 0;
 	}
 	if (!strcmp(key, "sim-gpus")) {
 		_cleanup_free_ char *copy = strdup(v);

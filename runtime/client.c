@@ -513,6 +513,16 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 	return 0;
 }
 
+int vram_refresh_devices(vram_client *c)
+{
+	struct vram_status *s;
+	int r = vram_get_status(c, &s);
+	if (r < 0)
+		return r;
+	vram_status_free(s);
+	return 0;
+}
+
 void vram_status_free(struct vram_status *s)
 {
 	if (!s)

@@ -87,8 +87,10 @@ VRAM_API uint32_t vram_client_id(const vram_client *c);
 /* The broker's note (e.g. why no CUDA device is listed); "" if none. */
 VRAM_API const char *vram_client_note(const vram_client *c);
 
-/* Devices as of HELLO (or the last vram_refresh_devices). */
+/* Devices as of HELLO (or the last vram_refresh_devices / vram_get_status). */
 VRAM_API int vram_device_count(const vram_client *c);
+/* Updates the devices' used/free figures from the broker. */
+VRAM_API int vram_refresh_devices(vram_client *c);
 VRAM_API int vram_device_info(const vram_client *c, uint32_t index, struct vram_device_info *ret_info);
 /* Index of the device called name ("cuda:0", "cpu", or its UUID as
  * 32 hex digits with or without dashes / "GPU-" prefix); -ENODEV if none. */
@@ -305,7 +307,7 @@ VRAM_API uint64_t vram_plan_bytes(const vram_plan *p, uint32_t comp, uint32_t de
 VRAM_API uint32_t vram_plan_device_count(const vram_plan *p);
 VRAM_API const char *vram_plan_device_name(const vram_plan *p, uint32_t dev);
 VRAM_API uint32_t vram_plan_flags(const vram_plan *p);
-/* The plan as a JSON document (docs/plan-json.md); free() the string. */
+/* The plan as a JSON document (schema in docs/plan.md); free() the string. */
 VRAM_API int vram_plan_to_json(const vram_plan *p, char **ret_json);
 
 /* ======================================================================
