@@ -1,0 +1,886 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The strict safetensors reader: the rules of the reference implementation
+ * 0.8 (facts.md §3), with duplicate keys rejected.  JSON is parsed by
+ * jansson; the checks done here before it (lengths, BOM, UTF-8, NUL
+ * padding, nesting depth) exist to name the reason better than a parser
+ * error would.  The header is read with pread: nothing is mapped.
+ *
+ * docs/safetensors.md lists every rejection reason and the deviations.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "common/cleanup.h"
+#include "runtime/internal.h"
+#include "runtime/model.h"
+
+/* ======================================================================
+ * dtypes
+ * ====================================================================== */
+
+static const struct {
+	const char *name;
+	uint32_t bits;
+} dtypes[VRAM_DTYPE_COUNT] = {
+	[VRAM_DTYPE_BOOL] = { "BOOL", 8 },
+	[VRAM_DTYPE_F4] = { "F4", 4 },
+	[VRAM_DTYPE_F6_E2M3] = { "F6_E2M3", 6 },
+	[VRAM_DTYPE_F6_E3M2] = { "F6_E3M2", 6 },
+	[VRAM_DTYPE_U8] = { "U8", 8 },
+	[VRAM_DTYPE_I8] = { "I8", 8 },
+	[VRAM_DTYPE_F8_E5M2] = { "F8_E5M2", 8 },
+	[VRAM_DTYPE_F8_E4M3] = { "F8_E4M3", 8 },
+	[VRAM_DTYPE_F8_E8M0] = { "F8_E8M0", 8 },
+	[VRAM_DTYPE_F8_E4M3FNUZ] = { "F8_E4M3FNUZ", 8 },
+	[VRAM_DTYPE_F8_E5M2FNUZ] = { "F8_E5M2FNUZ", 8 },
+	[VRAM_DTYPE_I16] = { "I16", 16 },
+	[VRAM_DTYPE_U16] = { "U16", 16 },
+	[VRAM_DTYPE_F16] = { "F16", 16 },
+	[VRAM_DTYPE_BF16] = { "BF16", 16 },
+	[VRAM_DTYPE_I32] = { "I32", 32 },
+	[VRAM_DTYPE_U32] = { "U32", 32 },
+	[VRAM_DTYPE_F32] = { "F32", 32 },
+	[VRAM_DTYPE_C64] = { "C64", 64 },
+	[VRAM_DTYPE_F64] = { "F64", 64 },
+	[VRAM_DTYPE_I64] = { "I64", 64 },
+	[VRAM_DTYPE_U64] = { "U64", 64 },
+};
+
+/* The safetensors name of dtype ("F16"), NULL when out of range. */
+const char *vram_dtype_name(uint32_t dtype)
+{
+	return dtype < VRAM_DTYPE_COUNT ? dtypes[dtype].name : NULL;
+}
+
+/* Bits per element of dtype, 0 when out of range. */
+uint32_t vram_dtype_bits(uint32_t dtype)
+{
+	return dtype < VRAM_DTYPE_COUNT ? dtypes[dtype].bits : 0;
+}
+
+/* ======================================================================
+ * Messages
+ * ====================================================================== */
+
+struct st {
+	const char *path;
+	const char *text;        /* the header, len bytes, not NUL-terminated */
+	size_t len;
+	json_t **negzero;        /* "-0" numbers, sorted by address */
+	size_t nnegzero;
+};
+
+/* Sets "PATH: invalid safetensors: REASON" and returns -EINVAL. */
+static int st_invalid(const struct st *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int st_invalid(const struct st *st, const char *fmt, ...)
+{
+	char reason[896];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	return vram_error(-EINVAL, "%s: invalid safetensors: %s", st->path, reason);
+}
+
+/* A name in double quotes for a message: control bytes, '"' and (unless the
+ * text is raw JSON, already escaped) '\' escaped, cut after QNAME_MAX bytes
+ * on a character boundary. */
+#define QNAME_MAX 160
+struct qbuf {
+	char s[QNAME_MAX * 4 + 8];
+};
+
+static const char *quote_n(struct qbuf *b, const char *s, size_t n, bool raw)
+{
+	size_t o = 0, cut = n;
+	bool cutoff = false;
+
+	if (n > QNAME_MAX) {
+		cut = QNAME_MAX;
+		while (cut > 0 && ((unsigned char)s[cut] & 0xc0) == 0x80)
+			cut--;
+		cutoff = true;
+	}
+	b->s[o++] = '"';
+	for (size_t i = 0; i < cut; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 0x20 || c == 0x7f) {
+			o += (size_t)snprintf(b->s + o, 5, "\\x%02x", c);
+		} else if (c == '"' || (c == '\\' && !raw)) {
+			b->s[o++] = '\\';
+			b->s[o++] = (char)c;
+		} else {
+			b->s[o++] = (char)c;
+		}
+	}
+	if (cutoff) {
+		memcpy(b->s + o, "...", 3);
+		o += 3;
+	}
+	b->s[o++] = '"';
+	b->s[o] = '\0';
+	return b->s;
+}
+
+static const char *quote(struct qbuf *b, const char *s)
+{
+	return quote_n(b, s, strlen(s), false);
+}
+
+/* "[2, 4]"; long shapes end in ", ...]". */
+static const char *fmt_dims(char *buf, size_t len, const uint64_t *dims, size_t ndim)
+{
+	size_t o = 0;
+
+	o += (size_t)snprintf(buf, len, "[");
+	for (size_t i = 0; i < ndim && o < len; i++) {
+		if (i == 8) {
+			o += (size_t)snprintf(buf + o, len - o, ", ...");
+			break;
+		}
+		o += (size_t)snprintf(buf + o, len - o, "%s%" PRIu64, i ? ", " : "", dims[i]);
+	}
+	if (o < len)
+		snprintf(buf + o, len - o, "]");
+	return buf;
+}
+
+static const char *json_kind(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: return "an object";
+	case JSON_ARRAY: return "an array";
+	case JSON_STRING: return "a string";
+	case JSON_INTEGER: return "an integer";
+	case JSON_REAL: return "a real number";
+	case JSON_TRUE: return "true";
+	case JSON_FALSE: return "false";
+	case JSON_NULL: return "null";
+	}
+	return "a value";
+}
+
+/* ======================================================================
+ * Checks on the raw header
+ * ====================================================================== */
+
+static bool is_ws(unsigned char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Offset of the first byte that is not strict UTF-8 (no overlong forms, no
+ * surrogates, nothing above U+10FFFF), or SIZE_MAX if it all is. */
+static size_t utf8_invalid_at(const unsigned char *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		unsigned char c = s[i];
+		size_t k;
+		unsigned char lo = 0x80, hi = 0xbf;
+
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf) {
+			k = 1;
+		} else if (c >= 0xe0 && c <= 0xef) {
+			k = 2;
+			if (c == 0xe0)
+				lo = 0xa0;
+			else if (c == 0xed)
+				hi = 0x9f;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			k = 3;
+			if (c == 0xf0)
+				lo = 0x90;
+			else if (c == 0xf4)
+				hi = 0x8f;
+		} else {
+			return i;
+		}
+		if (n - i <= k)
+			return i;
+		if (s[i + 1] < lo || s[i + 1] > hi)
+			return i;
+		for (size_t j = 2; j <= k; j++)
+			if ((s[i + j] & 0xc0) != 0x80)
+				return i;
+		i += k + 1;
+	}
+	return SIZE_MAX;
+}
+
+/*
+ * A structural scan of the header text: strings are skipped, brackets
+ * counted, object keys told from values, number tokens counted.  Not a
+ * parser (jansson validates); it finds what jansson does not report:
+ * nesting deeper than the reference allows, numbers written "-0" (jansson
+ * reads them as the integer 0, the reference as -0.0, a float), and, at a
+ * jansson error's position, which tensor and field it is in.
+ */
+struct scan {
+	size_t too_deep_at;      /* offset of the bracket past ST_MAX_DEPTH, or SIZE_MAX */
+	size_t nnumbers;
+	size_t *negzero;         /* indices (among number tokens) of "-0" */
+	size_t nnegzero, negzero_cap;
+	/* state where the scan stopped */
+	unsigned depth;
+	size_t key_off[3], key_len[3]; /* current key at depth 1 and 2 (raw) */
+	size_t last_key_off, last_key_len;
+	unsigned last_key_depth;
+};
+
+static void scan_done(struct scan *sc)
+{
+	free(sc->negzero);
+}
+
+static int scan_header(const char *s, size_t stop, struct scan *sc)
+{
+	bool is_obj[ST_MAX_DEPTH + 2] = { false };
+	bool expect_key[ST_MAX_DEPTH + 2] = { false };
+	unsigned d = 0;
+	size_t i = 0;
+
+	sc->too_deep_at = SIZE_MAX;
+	while (i < stop) {
+		char c = s[i];
+
+		switch (c) {
+		case '{':
+		case '[':
+			if (d == ST_MAX_DEPTH) {
+				sc->too_deep_at = i;
+				sc->depth = d;
+				return 0;
+			}
+			d++;
+			is_obj[d] = c == '{';
+			expect_key[d] = c == '{';
+			i++;
+			break;
+		case '}':
+		case ']':
+			if (d > 0)
+				d--;
+			i++;
+			break;
+		case ',':
+			if (is_obj[d])
+				expect_key[d] = true;
+			i++;
+			break;
+		case ':':
+			expect_key[d] = false;
+			i++;
+			break;
+		case '"': {
+			size_t start = ++i;
+			while (i < stop && s[i] != '"')
+				i += s[i] == '\\' ? 2 : 1;
+			if (i > stop)
+				i = stop;
+			if (d > 0 && is_obj[d] && expect_key[d]) {
+				if (d <= 2) {
+					sc->key_off[d] = start;
+					sc->key_len[d] = i - start;
+				}
+				sc->last_key_off = start;
+				sc->last_key_len = i - start;
+				sc->last_key_depth = d;
+			}
+			if (i < stop)
+				i++;
+			break;
+		}
+		case '-':
+		case '0' ... '9': {
+			size_t start = i;
+			while (i < stop && (s[i] == '-' || s[i] == '+' || s[i] == '.' || s[i] == 'e' ||
+					    s[i] == 'E' || (s[i] >= '0' && s[i] <= '9')))
+				i++;
+			if (i - start == 2 && s[start] == '-' && s[start + 1] == '0') {
+				if (sc->nnegzero == sc->negzero_cap) {
+					size_t cap = sc->negzero_cap ? sc->negzero_cap * 2 : 8;
+					size_t *p = realloc(sc->negzero, cap * sizeof(*p));
+					if (!p)
+						return -ENOMEM;
+					sc->negzero = p;
+					sc->negzero_cap = cap;
+				}
+				sc->negzero[sc->nnegzero++] = sc->nnumbers;
+			}
+			sc->nnumbers++;
+			break;
+		}
+		default:
+			i++;
+			break;
+		}
+	}
+	sc->depth = d;
+	return 0;
+}
+
+/* Collects, in document order, the jansson values of the number tokens the
+ * scan flagged as "-0".  Object members iterate in insertion order (jansson
+ * >= 2.8) and duplicates are rejected, so that is the text's order. */
+static void collect_negzero(json_t *v, const struct scan *sc, size_t *counter, size_t *next, json_t **out)
+{
+	if (*next == sc->nnegzero)
+		return;
+	if (json_is_number(v)) {
+		if (*counter == sc->negzero[*next])
+			out[(*next)++] = v;
+		(*counter)++;
+	} else if (json_is_object(v)) {
+		const char *k;
+		json_t *e;
+		json_object_foreach(v, k, e)
+			collect_negzero(e, sc, counter, next, out);
+	} else if (json_is_array(v)) {
+		size_t i;
+		json_t *e;
+		json_array_foreach(v, i, e)
+			collect_negzero(e, sc, counter, next, out);
+	}
+}
+
+static int ptr_cmp(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)*(json_t *const *)a, y = (uintptr_t)*(json_t *const *)b;
+	return x < y ? -1 : x > y;
+}
+
+static bool is_negzero(const struct st *st, json_t *v)
+{
+	return st->nnegzero && bsearch(&v, st->negzero, st->nnegzero, sizeof(*st->negzero), ptr_cmp);
+}
+
+/* Turns a jansson failure into a reason that names the tensor and field. */
+static int st_json_error(const struct st *st, const json_error_t *err)
+{
+	_cleanup_(scan_done) struct scan sc = { 0 };
+	size_t pos = err->position > 0 ? (size_t)err->position : 0;
+	struct qbuf q1, q2, q3;
+	const char *k1, *key;
+	bool in_meta;
+	int r;
+
+	if (pos > st->len)
+		pos = st->len;
+	r = scan_header(st->text, pos, &sc);
+	if (r < 0)
+		return vram_error(r, "%s: out of memory", st->path);
+
+	k1 = sc.depth >= 1 ? quote_n(&q1, st->text + sc.key_off[1], sc.key_len[1], true) : "";
+	in_meta = sc.depth >= 1 && sc.key_len[1] == 12 && !memcmp(st->text + sc.key_off[1], "__metadata__", 12);
+	key = quote_n(&q2, st->text + sc.last_key_off, sc.last_key_len, true);
+
+	switch (json_error_code(err)) {
+	case json_error_duplicate_key:
+		if (sc.last_key_depth == 1 && in_meta)
+			return st_invalid(st, "\"__metadata__\" appears twice");
+		if (sc.last_key_depth == 1)
+			return st_invalid(st, "duplicate tensor name %s (vramd rejects duplicate keys)", key);
+		if (in_meta)
+			return st_invalid(st, "__metadata__: duplicate key %s (vramd rejects duplicate keys)", key);
+		if (sc.last_key_depth == 2)
+			return st_invalid(st, "tensor %s: duplicate field %s", k1, key);
+		return st_invalid(st, "tensor %s: duplicate key %s inside field %s", k1, key,
+				  quote_n(&q3, st->text + sc.key_off[2], sc.key_len[2], true));
+	case json_error_null_byte_in_key:
+		if (sc.last_key_depth == 1)
+			return st_invalid(st, "tensor name %s contains a NUL character (unsupported)", key);
+		if (in_meta)
+			return st_invalid(st, "__metadata__ key %s contains a NUL character (unsupported)", key);
+		return st_invalid(st, "tensor %s: key %s contains a NUL character (unsupported)", k1, key);
+	case json_error_numeric_overflow:
+		if (strstr(err->text, "integer")) {
+			if (sc.depth >= 2 && !in_meta)
+				return st_invalid(st, "tensor %s: %s holds an integer outside the signed 64-bit range, "
+						  "which vramd cannot represent (byte %zu)",
+						  k1, quote_n(&q3, st->text + sc.key_off[2], sc.key_len[2], true), pos);
+			return st_invalid(st, "integer outside the signed 64-bit range, which vramd cannot "
+					  "represent (byte %zu)", pos);
+		}
+		break;
+	case json_error_end_of_input_expected:
+		return st_invalid(st, "trailing data after the JSON object (byte %zu)", pos);
+	default:
+		break;
+	}
+	if (sc.depth >= 2 && !in_meta)
+		return st_invalid(st, "tensor %s: header is not valid JSON: %s (byte %zu)", k1, err->text, pos);
+	return st_invalid(st, "header is not valid JSON: %s (byte %zu)", err->text, pos);
+}
+
+/* The checks before jansson sees the header. */
+static int check_raw(const struct st *st)
+{
+	const unsigned char *s = (const unsigned char *)st->text;
+	size_t n = st->len, a = 0, z = n, bad;
+
+	if (n >= 3 && s[0] == 0xef && s[1] == 0xbb && s[2] == 0xbf)
+		return st_invalid(st, "header starts with a UTF-8 byte order mark");
+	bad = utf8_invalid_at(s, n);
+	if (bad != SIZE_MAX)
+		return st_invalid(st, "header is not valid UTF-8 (byte %zu: 0x%02x)", bad, s[bad]);
+	while (a < n && is_ws(s[a]))
+		a++;
+	if (a == n)
+		return st_invalid(st, "header is only whitespace");
+	if (s[a] != '{') {
+		const char *what;
+		switch (s[a]) {
+		case '[': what = "an array"; break;
+		case '"': what = "a string"; break;
+		case '-': case '0' ... '9': what = "a number"; break;
+		case 't': case 'f': what = "a boolean"; break;
+		case 'n': what = "null"; break;
+		default: what = NULL; break;
+		}
+		if (what)
+			return st_invalid(st, "header is %s, not a JSON object", what);
+		if (s[a] >= 0x20 && s[a] < 0x7f)
+			return st_invalid(st, "header does not start with a JSON object (byte %zu is '%c')", a, s[a]);
+		return st_invalid(st, "header does not start with a JSON object (byte %zu is 0x%02x)", a, s[a]);
+	}
+	while (z > a && is_ws(s[z - 1]))
+		z--;
+	if (s[z - 1] == '\0')
+		return st_invalid(st, "header is padded with NUL bytes (only spaces, tabs, CR and LF "
+				  "may follow the JSON object)");
+	return 0;
+}
+
+/* ======================================================================
+ * Tensor entries
+ * ====================================================================== */
+
+/* A non-negative integer from a shape or data_offsets element. */
+static int get_uint(const struct st *st, const char *tname, const char *field, size_t idx,
+		    json_t *v, uint64_t *ret)
+{
+	struct qbuf q;
+
+	if (json_is_integer(v)) {
+		json_int_t x = json_integer_value(v);
+		if (x < 0)
+			return st_invalid(st, "tensor %s: %s[%zu] is %" JSON_INTEGER_FORMAT
+					  ", not a non-negative integer", quote(&q, tname), field, idx, x);
+		if (x == 0 && is_negzero(st, v))
+			return st_invalid(st, "tensor %s: %s[%zu] is -0, not a non-negative integer",
+					  quote(&q, tname), field, idx);
+		*ret = (uint64_t)x;
+		return 0;
+	}
+	if (json_is_real(v))
+		return st_invalid(st, "tensor %s: %s[%zu] is a real number, not a non-negative integer",
+				  quote(&q, tname), field, idx);
+	return st_invalid(st, "tensor %s: %s[%zu] is %s, not a non-negative integer",
+			  quote(&q, tname), field, idx, json_kind(v));
+}
+
+static json_t *get_field(const struct st *st, const char *tname, json_t *obj, const char *field,
+			 json_type type, const char *want, int *r)
+{
+	json_t *v = json_object_get(obj, field);
+	struct qbuf q;
+
+	if (!v) {
+		*r = st_invalid(st, "tensor %s: missing \"%s\"", quote(&q, tname), field);
+		return NULL;
+	}
+	if (json_typeof(v) != type) {
+		*r = st_invalid(st, "tensor %s: %s is %s, not %s", quote(&q, tname), field, json_kind(v), want);
+		return NULL;
+	}
+	return v;
+}
+
+static int parse_dtype(const struct st *st, const char *tname, const char *s, size_t n, uint32_t *ret)
+{
+	struct qbuf q1, q2;
+
+	for (uint32_t i = 0; i < VRAM_DTYPE_COUNT; i++) {
+		if (strlen(dtypes[i].name) == n && !memcmp(dtypes[i].name, s, n)) {
+			*ret = i;
+			return 0;
+		}
+	}
+	for (uint32_t i = 0; i < VRAM_DTYPE_COUNT; i++)
+		if (strlen(dtypes[i].name) == n && !strncasecmp(dtypes[i].name, s, n))
+			return st_invalid(st, "tensor %s: unknown dtype %s (dtypes are case-sensitive: %s)",
+					  quote(&q1, tname), quote_n(&q2, s, n, false), dtypes[i].name);
+	return st_invalid(st, "tensor %s: unknown dtype %s", quote(&q1, tname), quote_n(&q2, s, n, false));
+}
+
+/* Validates one tensor entry and fills t (name and shape storage given). */
+static int parse_tensor(const struct st *st, const char *tname, json_t *v, struct model_tensor *t,
+			uint64_t *dims)
+{
+	struct qbuf q;
+	json_t *dt, *shape, *offs, *e;
+	uint64_t nel = 1, nbits, off[2];
+	char sbuf[256];
+	size_t i;
+	int r = 0;
+
+	if (!json_is_object(v))
+		return st_invalid(st, "tensor %s: entry is %s, not an object with dtype, shape and data_offsets",
+				  quote(&q, tname), json_kind(v));
+
+	dt = get_field(st, tname, v, "dtype", JSON_STRING, "a string", &r);
+	if (!dt)
+		return r;
+	r = parse_dtype(st, tname, json_string_value(dt), json_string_length(dt), &t->dtype);
+	if (r < 0)
+		return r;
+
+	shape = get_field(st, tname, v, "shape", JSON_ARRAY, "an array", &r);
+	if (!shape)
+		return r;
+	t->ndim = (uint32_t)json_array_size(shape);
+	t->shape = t->ndim ? dims : NULL;
+	json_array_foreach(shape, i, e) {
+		r = get_uint(st, tname, "shape", i, e, &dims[i]);
+		if (r < 0)
+			return r;
+	}
+
+	offs = get_field(st, tname, v, "data_offsets", JSON_ARRAY, "an array", &r);
+	if (!offs)
+		return r;
+	if (json_array_size(offs) != 2)
+		return st_invalid(st, "tensor %s: data_offsets has %zu element%s, not 2", quote(&q, tname),
+				  json_array_size(offs), json_array_size(offs) == 1 ? "" : "s");
+	json_array_foreach(offs, i, e) {
+		r = get_uint(st, tname, "data_offsets", i, e, &off[i]);
+		if (r < 0)
+			return r;
+	}
+	if (off[1] < off[0])
+		return st_invalid(st, "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] end before they begin",
+				  quote(&q, tname), off[0], off[1]);
+	t->begin = off[0];
+	t->end = off[1];
+
+	/* In shape order, as the reference folds it: [2^40, 2^40, 0]
+	 * overflows before the 0 is reached. */
+	for (i = 0; i < t->ndim; i++) {
+		if (__builtin_mul_overflow(nel, dims[i], &nel))
+			return st_invalid(st, "tensor %s: shape %s has more than 2^64 elements", quote(&q, tname),
+					  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim));
+	}
+	if (__builtin_mul_overflow(nel, (uint64_t)dtypes[t->dtype].bits, &nbits))
+		return st_invalid(st, "tensor %s: %s %s is 2^64 bits or more", quote(&q, tname),
+				  dtypes[t->dtype].name, fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim));
+	if (nbits % 8)
+		return st_invalid(st, "tensor %s: %s %s is %" PRIu64 " bits, not a whole number of bytes",
+				  quote(&q, tname), dtypes[t->dtype].name,
+				  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim), nbits);
+	if (off[1] - off[0] != nbits / 8)
+		return st_invalid(st, "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
+				  " bytes but %s %s needs %" PRIu64,
+				  quote(&q, tname), off[0], off[1], off[1] - off[0], dtypes[t->dtype].name,
+				  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim), nbits / 8);
+	return 0;
+}
+
+static int metadata_check(const struct st *st, json_t *meta)
+{
+	struct qbuf q;
+	const char *k;
+	json_t *v;
+
+	if (json_is_null(meta))
+		return 0;
+	if (!json_is_object(meta))
+		return st_invalid(st, "__metadata__ is %s, not an object of strings or null", json_kind(meta));
+	json_object_foreach(meta, k, v) {
+		if (!json_is_string(v))
+			return st_invalid(st, "__metadata__ %s is %s, not a string", quote(&q, k), json_kind(v));
+		if (strlen(json_string_value(v)) != json_string_length(v))
+			return st_invalid(st, "__metadata__ %s: value contains a NUL character (unsupported)",
+					  quote(&q, k));
+	}
+	return 0;
+}
+
+static int tile_cmp(const void *a, const void *b, void *arg)
+{
+	const struct model_tensor *t = arg;
+	const struct model_tensor *x = &t[*(const uint32_t *)a], *y = &t[*(const uint32_t *)b];
+
+	if (x->begin != y->begin)
+		return x->begin < y->begin ? -1 : 1;
+	if (x->end != y->end)
+		return x->end < y->end ? -1 : 1;
+	return strcmp(x->name, y->name);
+}
+
+/* Sorted by offsets, the tensors must tile [0, data size) exactly. */
+static int check_tiling(const struct st *st, struct vram_model *m)
+{
+	_cleanup_free_ uint32_t *order = NULL;
+	const struct model_tensor *prev = NULL; /* last tensor with bytes */
+	struct qbuf q1, q2;
+	uint64_t pos = 0, data_end;
+
+	if (m->ntensors) {
+		order = malloc(m->ntensors * sizeof(*order));
+		if (!order)
+			return vram_error(-ENOMEM, "%s: out of memory", st->path);
+		for (uint32_t i = 0; i < m->ntensors; i++)
+			order[i] = i;
+		qsort_r(order, m->ntensors, sizeof(*order), tile_cmp, m->tensors);
+	}
+	for (uint32_t i = 0; i < m->ntensors; i++) {
+		const struct model_tensor *t = &m->tensors[order[i]];
+
+		if (t->begin > pos && !prev)
+			return st_invalid(st, "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] leave a gap: "
+					  "the first tensor must begin at 0", quote(&q1, t->name), t->begin, t->end);
+		if (t->begin > pos)
+			return st_invalid(st, "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] leave a gap of %"
+					  PRIu64 " bytes after tensor %s [%" PRIu64 ", %" PRIu64 "]",
+					  quote(&q1, t->name), t->begin, t->end, t->begin - pos,
+					  quote(&q2, prev->name), prev->begin, prev->end);
+		if (t->begin < pos)
+			return st_invalid(st, "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor %s [%"
+					  PRIu64 ", %" PRIu64 "]", quote(&q1, t->name), t->begin, t->end,
+					  quote(&q2, prev->name), prev->begin, prev->end);
+		if (t->end > t->begin)
+			prev = t;
+		pos = t->end;
+	}
+	/* pos < 2^63 and data_offset <= 8 + 10^8: no overflow. */
+	data_end = m->data_offset + pos;
+	if (data_end < m->file_size)
+		return st_invalid(st, "%" PRIu64 " %s the last tensor (data ends at byte %" PRIu64
+				  ", the file has %" PRIu64 ")", m->file_size - data_end,
+				  m->file_size - data_end == 1 ? "byte follows" : "bytes follow", data_end,
+				  m->file_size);
+	if (data_end > m->file_size)
+		return st_invalid(st, "file is truncated: tensors need data up to byte %" PRIu64
+				  ", the file has %" PRIu64, data_end, m->file_size);
+	return 0;
+}
+
+/* ======================================================================
+ * Reading
+ * ====================================================================== */
+
+/* pread all of len bytes; -errno, or -EIO when the file ends first. */
+static int pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t n = pread(fd, p, len, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO;
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int read_header(struct vram_model *m, const struct st *st0, char **ret_text)
+{
+	_cleanup_close_ int fd = -1;
+	_cleanup_free_ char *text = NULL;
+	struct stat sb;
+	unsigned char lenbuf[8];
+	uint64_t n = 0;
+	int r;
+
+	fd = open(m->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return vram_error(-errno, "%s: %s", m->path, strerror(errno));
+	if (fstat(fd, &sb) < 0)
+		return vram_error(-errno, "%s: %s", m->path, strerror(errno));
+	if (S_ISDIR(sb.st_mode))
+		return vram_error(-EISDIR, "%s: %s", m->path, strerror(EISDIR));
+	if (!S_ISREG(sb.st_mode))
+		return vram_error(-EINVAL, "%s: not a regular file", m->path);
+	m->file_size = (uint64_t)sb.st_size;
+
+	if (m->file_size < 8)
+		return st_invalid(st0, "file is %" PRIu64 " bytes, too short for the 8-byte header length",
+				  m->file_size);
+	r = pread_full(fd, lenbuf, 8, 0);
+	if (r < 0)
+		return vram_error(r, "%s: reading the header length: %s", m->path,
+				  r == -EIO ? "file shrank while being read" : strerror(-r));
+	for (int i = 7; i >= 0; i--)
+		n = n << 8 | lenbuf[i];
+	if (n == 0)
+		return st_invalid(st0, "header length is 0");
+	if (n > ST_MAX_HEADER)
+		return st_invalid(st0, "header length %" PRIu64 " exceeds the limit of %llu bytes", n,
+				  ST_MAX_HEADER);
+	if (n > m->file_size - 8)
+		return st_invalid(st0, "header length %" PRIu64 " runs past the end of the file (8 + %" PRIu64
+				  " > %" PRIu64 " bytes)", n, n, m->file_size);
+	m->header_size = n;
+	m->data_offset = 8 + n;
+	m->data_size = m->file_size - m->data_offset;
+
+	text = malloc(n);
+	if (!text)
+		return vram_error(-ENOMEM, "%s: out of memory for a %" PRIu64 "-byte header", m->path, n);
+	r = pread_full(fd, text, n, 8);
+	if (r < 0)
+		return vram_error(r, "%s: reading the header: %s", m->path,
+				  r == -EIO ? "file shrank while being read" : strerror(-r));
+	*ret_text = TAKE_PTR(text);
+	return 0;
+}
+
+/* Reads and validates m->path into m (model.h): 0 or -errno with the
+ * message set; partial allocations are left for model_free(). */
+int st_read(struct vram_model *m)
+{
+	_cleanup_free_ char *text = NULL;
+	_cleanup_free_ json_t **negzero = NULL;
+	json_auto_t *root = NULL;
+	struct st st = { .path = m->path };
+	_cleanup_(scan_done) struct scan sc = { 0 };
+	json_error_t jerr;
+	json_t *meta = NULL, *v;
+	const char *k;
+	size_t nstr = 0, ndims = 0, nmeta = 0, ntensors = 0;
+	char *sp;
+	uint64_t *dp;
+	uint32_t ti = 0, mi = 0;
+	int r;
+
+	r = read_header(m, &st, &text);
+	if (r < 0)
+		return r;
+	st.text = text;
+	st.len = m->header_size;
+
+	r = check_raw(&st);
+	if (r < 0)
+		return r;
+	r = scan_header(st.text, st.len, &sc);
+	if (r < 0)
+		return vram_error(r, "%s: out of memory", m->path);
+	if (sc.too_deep_at != SIZE_MAX)
+		return st_invalid(&st, "header nests objects and arrays deeper than %u levels (byte %zu)",
+				  ST_MAX_DEPTH, sc.too_deep_at);
+
+	root = json_loadb(st.text, st.len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+	if (!root)
+		return st_json_error(&st, &jerr);
+	/* check_raw saw '{' first, so jansson returned an object. */
+
+	if (sc.nnegzero) {
+		size_t counter = 0, next = 0;
+		negzero = calloc(sc.nnegzero, sizeof(*negzero));
+		if (!negzero)
+			return vram_error(-ENOMEM, "%s: out of memory", m->path);
+		collect_negzero(root, &sc, &counter, &next, negzero);
+		st.negzero = negzero;
+		st.nnegzero = next;
+		qsort(negzero, next, sizeof(*negzero), ptr_cmp);
+	}
+
+	/* Sizes for one allocation of each kind. */
+	json_object_foreach(root, k, v) {
+		if (!strcmp(k, "__metadata__")) {
+			meta = v;
+			r = metadata_check(&st, meta);
+			if (r < 0)
+				return r;
+			if (json_is_object(meta)) {
+				const char *mk;
+				json_t *mv;
+				json_object_foreach(meta, mk, mv)
+					nstr += strlen(mk) + 1 + json_string_length(mv) + 1;
+				nmeta = json_object_size(meta);
+			}
+			continue;
+		}
+		ntensors++;
+		nstr += strlen(k) + 1;
+		if (json_is_object(v)) {
+			json_t *shape = json_object_get(v, "shape");
+			if (json_is_array(shape))
+				ndims += json_array_size(shape);
+		}
+	}
+	/* Tensor indices are uint32_t; a 10^8-byte header holds ~2.5M at most. */
+	if (ntensors > INT32_MAX)
+		return st_invalid(&st, "too many tensors (%zu)", ntensors);
+
+	m->tensors = calloc(ntensors ? ntensors : 1, sizeof(*m->tensors));
+	m->dims = malloc((ndims ? ndims : 1) * sizeof(*m->dims));
+	m->strings = malloc(nstr ? nstr : 1);
+	m->meta = malloc((nmeta ? 2 * nmeta : 1) * sizeof(*m->meta));
+	if (!m->tensors || !m->dims || !m->strings || !m->meta)
+		return vram_error(-ENOMEM, "%s: out of memory", m->path);
+
+	sp = m->strings;
+	dp = m->dims;
+	json_object_foreach(root, k, v) {
+		struct model_tensor *t;
+		size_t n;
+
+		if (!strcmp(k, "__metadata__"))
+			continue;
+		t = &m->tensors[ti++];
+		m->ntensors = ti;
+		n = strlen(k);
+		memcpy(sp, k, n + 1);
+		t->name = sp;
+		t->name_len = (uint32_t)n;
+		sp += n + 1;
+		r = parse_tensor(&st, t->name, v, t, dp);
+		if (r < 0)
+			return r;
+		dp += t->ndim;
+	}
+	if (json_is_object(meta)) {
+		const char *mk;
+		json_t *mv;
+		json_object_foreach(meta, mk, mv) {
+			size_t kn = strlen(mk), vn = json_string_length(mv);
+			memcpy(sp, mk, kn + 1);
+			m->meta[2 * mi] = sp;
+			sp += kn + 1;
+			memcpy(sp, json_string_value(mv), vn + 1);
+			m->meta[2 * mi + 1] = sp;
+			sp += vn + 1;
+			mi++;
+		}
+	}
+	m->nmeta = mi;
+
+	return check_tiling(&st, m);
+}
