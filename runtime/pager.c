@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "common/cleanup.h"
@@ -103,6 +104,20 @@ void vram_pager_options_init(struct vram_pager_options *o)
 static uint64_t align_up(uint64_t x, uint64_t a)
 {
 	return (x + a - 1) / a * a;
+}
+
+/* Faults a host-mappable slot in up front, so that first-touch page faults
+ * (which a GPU does not have) do not land in the first passes. */
+static void prefault(vram_grant *g)
+{
+	void *h = vram_grant_host_ptr(g);
+	if (!h)
+		return;
+#ifdef MADV_POPULATE_WRITE
+	if (madvise(h, vram_grant_size(g), MADV_POPULATE_WRITE) == 0)
+		return;
+#endif
+	memset(h, 0, vram_grant_size(g));
 }
 
 /* ---- the copy thread ------------------------------------------------- */
@@ -268,6 +283,8 @@ static int grow_slot(struct vram_pager *p, uint32_t dev)
 	pthread_mutex_unlock(&p->mu);
 	vram_grant *g = NULL;
 	int r = vram_alloc(p->c, dev, p->slot_size[dev], VRAM_ALLOC_RECLAIMABLE, &g);
+	if (r == 0)
+		prefault(g);
 	pthread_mutex_lock(&p->mu);
 	p->slots[idx].doomed = false;
 	if (r < 0)
@@ -877,6 +894,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 				vram_pager_free(p);
 				return vram_error(r, "allocating the window on %s: %s", di.name, keep);
 			}
+			prefault(s->grant);
 			p->nslots++;
 			p->st.window_bytes += p->slot_size[d];
 		}
