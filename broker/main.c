@@ -20,6 +20,7 @@ static void usage(FILE *f)
 	      "  --client-max SIZE      bytes one client may hold (default: unlimited)\n"
 	      "  --max-clients N        connected clients at most (default 256)\n"
 	      "  --max-grants N         grants per client at most (default 4096)\n"
+	      "  --reclaim-deadline-ms N  how long an ALLOC waits for RECLAIM (default 2000)\n"
 	      "  --no-cuda              do not look for NVIDIA GPUs\n"
 	      "  --config FILE          INI file with the same keys (socket = ..., ...)\n"
 	      "  --foreground           stay in the foreground (vramd never forks; accepted\n"
@@ -39,6 +40,7 @@ int main(int argc, char **argv)
 		{ "client-max", required_argument, NULL, 'm' },
 		{ "max-clients", required_argument, NULL, 'C' },
 		{ "max-grants", required_argument, NULL, 'G' },
+		{ "reclaim-deadline-ms", required_argument, NULL, 'R' },
 		{ "no-cuda", no_argument, NULL, 'n' },
 		{ "config", required_argument, NULL, 'c' },
 		{ "foreground", no_argument, NULL, 'f' },
@@ -72,6 +74,7 @@ int main(int argc, char **argv)
 		case 'm': key = "client-max"; break;
 		case 'C': key = "max-clients"; break;
 		case 'G': key = "max-grants"; break;
+		case 'R': key = "reclaim-deadline-ms"; break;
 		case 'n': cfg.no_cuda = true; break;
 		case 'c': case 'f': break;
 		case 'v': cfg.verbose = 1; break;

@@ -1,20 +1,425 @@
 /* SPDX-License-Identifier: MIT */
-/* CUDA pools: discovery through the Driver API loaded with dlopen. */
-#include <dlfcn.h>
+/*
+ * CUDA pools: one per GPU, grants are CUDA VMM allocations exported as POSIX
+ * file descriptors.
+ *
+ * Discovery loads the Driver API with dlopen (common/cuda-api.c), so vramd
+ * runs on machines without a driver; the broker's note then says why no
+ * CUDA device is listed.  A device is used when it supports the VMM calls
+ * and POSIX-fd handles; otherwise it is skipped and the note says why.
+ *
+ * Context: the broker works in each device's primary context (retained at
+ * discovery, released when the pool is destroyed), pushed around every use
+ * and popped after, so the thread's current context is left as it was.
+ *
+ * A grant is one cuMemCreate of the (granularity-rounded) size, pinned on
+ * the device, with POSIX-fd export requested.  It is cleared before it is
+ * handed out: the broker maps it for the moment (reserve VA, map, set access,
+ * cuMemsetD8, synchronize), unmaps it and frees the VA again, then exports
+ * it.  The broker keeps no mapping, only the allocation handle, which
+ * ops->release gives back with cuMemRelease; the physical memory goes when
+ * the client has unmapped and released its imported handle too (or exits).
+ *
+ * Capacity: the device's free memory when the broker starts (after its own
+ * context exists; memory other processes hold is not counted), minus a
+ * reserve for the CUDA contexts and library workspaces of client processes
+ * (each a few hundred MiB), rounded down to the granularity.
+ */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "broker/broker.h"
+#include "common/cleanup.h"
+#include "common/cuda-api.h"
 #include "common/util.h"
+
+/* Memory left out of a pool for clients' own contexts: the larger of this and
+ * total/POOL_CUDA_RESERVE_DIV. */
+#define POOL_CUDA_RESERVE_MIN (1ull << 30)
+#define POOL_CUDA_RESERVE_DIV 32
+
+_Static_assert(sizeof(void *) >= sizeof(CUmemGenericAllocationHandle),
+	       "a grant's allocation handle travels in the broker's void * handle");
+
+/* The driver table, shared by the pools of one discovery. */
+struct cuda_shared {
+	struct cuda_api api;
+	unsigned refs;
+};
+
+struct cuda_pool {
+	struct cuda_shared *sh;
+	CUdevice dev;
+	int ordinal;            /* location id for VMM calls */
+	CUcontext ctx;          /* primary context, retained */
+	char why[160];          /* reason of the last failed grant */
+};
+
+static void shared_put(struct cuda_shared *sh)
+{
+	if (sh && --sh->refs == 0)
+		free(sh);
+}
+
+/* Formats "call: CUDA_ERROR_X (text)" into buf; returns the errno for cr. */
+static int cu_why(const struct cuda_api *cu, CUresult cr, const char *call, char *buf, size_t len)
+{
+	char e[128];
+	snprintf(buf, len, "%s: %s", call, cuda_api_strerror(cu, cr, e, sizeof(e)));
+	int r = cuda_api_errno(cr);
+	return r ? r : -EIO;
+}
+
+/* ======================================================================
+ * Grants
+ * ====================================================================== */
+
+static void alloc_prop(CUmemAllocationProp *prop, int ordinal)
+{
+	memset(prop, 0, sizeof(*prop));
+	prop->type = CU_MEM_ALLOCATION_TYPE_PINNED;
+	prop->requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+	prop->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	prop->location.id = ordinal;
+}
+
+/* Maps h for the moment and fills it with zeros.  0 or -errno with cp->why. */
+static int clear_allocation(struct cuda_pool *cp, CUmemGenericAllocationHandle h, size_t size)
+{
+	const struct cuda_api *cu = &cp->sh->api;
+	CUdeviceptr va = 0;
+	CUresult cr;
+	int r = 0;
+
+	cr = cu->MemAddressReserve(&va, size, 0, 0, 0);
+	if (cr != CUDA_SUCCESS)
+		return cu_why(cu, cr, "cuMemAddressReserve", cp->why, sizeof(cp->why));
+	cr = cu->MemMap(va, size, 0, h, 0);
+	if (cr != CUDA_SUCCESS) {
+		r = cu_why(cu, cr, "cuMemMap", cp->why, sizeof(cp->why));
+		goto free_va;
+	}
+	CUmemAccessDesc acc = {
+		.location = { .type = CU_MEM_LOCATION_TYPE_DEVICE, .id = cp->ordinal },
+		.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+	};
+	cr = cu->MemSetAccess(va, size, &acc, 1);
+	if (cr != CUDA_SUCCESS) {
+		r = cu_why(cu, cr, "cuMemSetAccess", cp->why, sizeof(cp->why));
+		goto unmap;
+	}
+	cr = cu->MemsetD8(va, 0, size);
+	if (cr != CUDA_SUCCESS) {
+		r = cu_why(cu, cr, "cuMemsetD8", cp->why, sizeof(cp->why));
+		goto unmap;
+	}
+	/* cuMemsetD8 may return before the device has written: the memory must
+	 * be clear before anyone else can see it. */
+	cr = cu->CtxSynchronize();
+	if (cr != CUDA_SUCCESS)
+		r = cu_why(cu, cr, "cuCtxSynchronize", cp->why, sizeof(cp->why));
+unmap:
+	cr = cu->MemUnmap(va, size);
+	if (cr != CUDA_SUCCESS) {
+		/* The VA stays reserved (it cannot be freed while mapped); the
+		 * allocation itself is still released by the caller. */
+		if (r == 0)
+			r = cu_why(cu, cr, "cuMemUnmap", cp->why, sizeof(cp->why));
+		broker_log(0, "cuda: cuMemUnmap of a grant's clearing mapping failed: %d", (int)cr);
+		return r;
+	}
+free_va:
+	cr = cu->MemAddressFree(va, size);
+	if (cr != CUDA_SUCCESS) {
+		if (r == 0)
+			r = cu_why(cu, cr, "cuMemAddressFree", cp->why, sizeof(cp->why));
+		broker_log(0, "cuda: cuMemAddressFree of a grant's clearing mapping failed: %d", (int)cr);
+	}
+	return r;
+}
+
+static int cuda_grant(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why)
+{
+	struct cuda_pool *cp = p->priv;
+	const struct cuda_api *cu = &cp->sh->api;
+	CUmemGenericAllocationHandle h = 0;
+	CUmemAllocationProp prop;
+	CUcontext popped;
+	CUresult cr;
+	int fd = -1, r;
+
+	*why = cp->why;
+	if (size > SIZE_MAX) {
+		snprintf(cp->why, sizeof(cp->why), "size does not fit size_t");
+		return -EOVERFLOW;
+	}
+	cr = cu->CtxPushCurrent(cp->ctx);
+	if (cr != CUDA_SUCCESS)
+		return cu_why(cu, cr, "cuCtxPushCurrent", cp->why, sizeof(cp->why));
+
+	alloc_prop(&prop, cp->ordinal);
+	cr = cu->MemCreate(&h, (size_t)size, &prop, 0);
+	if (cr != CUDA_SUCCESS) {
+		r = cu_why(cu, cr, "cuMemCreate", cp->why, sizeof(cp->why));
+		goto pop;
+	}
+	r = clear_allocation(cp, h, (size_t)size);
+	if (r < 0)
+		goto release;
+	cr = cu->MemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+	if (cr != CUDA_SUCCESS) {
+		r = cu_why(cu, cr, "cuMemExportToShareableHandle", cp->why, sizeof(cp->why));
+		goto release;
+	}
+	if (fd < 0) {
+		snprintf(cp->why, sizeof(cp->why), "cuMemExportToShareableHandle returned fd %d", fd);
+		r = -EIO;
+		goto release;
+	}
+	/* The driver does not promise close-on-exec; vramd's fds all are. */
+	int fl = fcntl(fd, F_GETFD);
+	if (fl >= 0)
+		(void)fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+	cu->CtxPopCurrent(&popped);
+	*ret_fd = fd;
+	*ret_handle = (void *)(uintptr_t)h;
+	return 0;
+
+release:
+	cr = cu->MemRelease(h);
+	if (cr != CUDA_SUCCESS)
+		broker_log(0, "cuda: %s: cuMemRelease after a failed grant failed: %d", p->name, (int)cr);
+pop:
+	cu->CtxPopCurrent(&popped);
+	return r;
+}
+
+static void cuda_release(struct pool *p, void *handle, uint64_t size)
+{
+	struct cuda_pool *cp = p->priv;
+	const struct cuda_api *cu = &cp->sh->api;
+	CUcontext popped;
+	bool pushed = cu->CtxPushCurrent(cp->ctx) == CUDA_SUCCESS;
+	CUresult cr = cu->MemRelease((CUmemGenericAllocationHandle)(uintptr_t)handle);
+	if (cr != CUDA_SUCCESS) {
+		char e[128];
+		broker_log(0, "cuda: %s: cuMemRelease of a grant failed: %s", p->name,
+			   cuda_api_strerror(cu, cr, e, sizeof(e)));
+	}
+	if (pushed)
+		cu->CtxPopCurrent(&popped);
+}
+
+static void cuda_destroy(struct pool *p)
+{
+	struct cuda_pool *cp = p->priv;
+	if (!cp)
+		return;
+	if (cp->ctx)
+		cp->sh->api.DevicePrimaryCtxRelease(cp->dev);
+	shared_put(cp->sh);
+	free(cp);
+}
+
+static const struct pool_ops cuda_ops = {
+	.name = "cuda",
+	.grant = cuda_grant,
+	.release = cuda_release,
+	.destroy = cuda_destroy,
+};
+
+/* ======================================================================
+ * Discovery
+ * ====================================================================== */
+
+/* Appends "; " and the formatted text to note (truncating). */
+static void note_add(char *note, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void note_add(char *note, size_t len, const char *fmt, ...)
+{
+	size_t n = strlen(note);
+	va_list ap;
+	if (n && n + 2 < len) {
+		memcpy(note + n, "; ", 3);
+		n += 2;
+	}
+	if (n + 1 >= len)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(note + n, len - n, fmt, ap);
+	va_end(ap);
+}
+
+static uint64_t capacity_for(uint64_t free_bytes, uint64_t total_bytes, uint64_t gran)
+{
+	uint64_t reserve = MAX(POOL_CUDA_RESERVE_MIN, total_bytes / POOL_CUDA_RESERVE_DIV);
+	if (free_bytes <= reserve)
+		return 0;
+	uint64_t cap = free_bytes - reserve;
+	return cap - cap % gran;
+}
+
+/* Looks at device ordinal; returns a new pool, or NULL with the reason
+ * written to why. */
+static struct pool *probe_device(struct cuda_shared *sh, int ordinal, char *why, size_t whylen)
+{
+	const struct cuda_api *cu = &sh->api;
+	char name[64] = "", what[64], s1[32];
+	CUdevice dev;
+	CUuuid uuid;
+	size_t devmem = 0, gran = 0, free_b = 0, total_b = 0;
+	int vmm = 0, posix_fd = 0, numa = -1;
+	CUmemAllocationProp prop;
+	CUcontext ctx = NULL, popped;
+	CUresult cr;
+
+	snprintf(what, sizeof(what), "cuda:%d", ordinal);
+#define CALL(expr, call)                                                    \
+	do {                                                                \
+		cr = (expr);                                                \
+		if (cr != CUDA_SUCCESS) {                                   \
+			char e_[128];                                       \
+			snprintf(why, whylen, "%s skipped: %s: %s", what, call, \
+				 cuda_api_strerror(cu, cr, e_, sizeof(e_)));  \
+			goto fail;                                          \
+		}                                                           \
+	} while (0)
+
+	CALL(cu->DeviceGet(&dev, ordinal), "cuDeviceGet");
+	CALL(cu->DeviceGetName(name, (int)sizeof(name) - 1, dev), "cuDeviceGetName");
+	name[sizeof(name) - 1] = '\0';
+	snprintf(what, sizeof(what), "cuda:%d (%.40s)", ordinal, name);
+	CALL(cu->DeviceGetUuid(&uuid, dev), "cuDeviceGetUuid");
+	CALL(cu->DeviceTotalMem(&devmem, dev), "cuDeviceTotalMem");
+	CALL(cu->DeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev),
+	     "cuDeviceGetAttribute(VMM)");
+	if (!vmm) {
+		snprintf(why, whylen, "%s skipped: no CUDA VMM support", what);
+		return NULL;
+	}
+	CALL(cu->DeviceGetAttribute(&posix_fd, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED, dev),
+	     "cuDeviceGetAttribute(POSIX fd)");
+	if (!posix_fd) {
+		snprintf(why, whylen, "%s skipped: no POSIX-fd handle support", what);
+		return NULL;
+	}
+	/* Drivers before CUDA 12.2 do not know the attribute. */
+	if (cu->DeviceGetAttribute(&numa, CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID, dev) != CUDA_SUCCESS || numa < 0)
+		numa = -1;
+	alloc_prop(&prop, ordinal);
+	CALL(cu->MemGetAllocationGranularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED),
+	     "cuMemGetAllocationGranularity");
+	if (gran == 0) {
+		snprintf(why, whylen, "%s skipped: allocation granularity 0", what);
+		return NULL;
+	}
+	CALL(cu->DevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
+	CALL(cu->CtxPushCurrent(ctx), "cuCtxPushCurrent");
+	cr = cu->MemGetInfo(&free_b, &total_b);
+	cu->CtxPopCurrent(&popped);
+	CALL(cr, "cuMemGetInfo");
+#undef CALL
+
+	uint64_t cap = capacity_for(free_b, total_b ? total_b : devmem, gran);
+	if (cap == 0) {
+		snprintf(why, whylen, "%s skipped: only %s free", what, size_format(free_b, s1, sizeof(s1)));
+		goto fail;
+	}
+
+	struct pool *p = calloc(1, sizeof(*p));
+	struct cuda_pool *cp = calloc(1, sizeof(*cp));
+	if (!p || !cp) {
+		free(p);
+		free(cp);
+		snprintf(why, whylen, "%s skipped: out of memory", what);
+		goto fail;
+	}
+	cp->sh = sh;
+	sh->refs++;
+	cp->dev = dev;
+	cp->ordinal = ordinal;
+	cp->ctx = ctx;
+	p->backend = VRAMD_BACKEND_CUDA;
+	p->flags = 0;
+	p->numa_node = numa;
+	p->ordinal = ordinal;
+	p->total = cap;
+	p->granularity = gran;
+	memcpy(p->uuid, uuid.bytes, 16);
+	snprintf(p->name, sizeof(p->name), "cuda:%d", ordinal);
+	str_copy(p->label, name[0] ? name : "NVIDIA GPU", sizeof(p->label));
+	p->ops = &cuda_ops;
+	p->priv = cp;
+	return p;
+
+fail:
+	if (ctx)
+		cu->DevicePrimaryCtxRelease(dev);
+	return NULL;
+}
 
 int pool_cuda_discover(struct pool **out, uint32_t max, uint32_t first, char *note, size_t note_len)
 {
-	void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-	if (!h) {
-		snprintf(note, note_len, "NVIDIA driver not found (libcuda.so.1: %s)", dlerror());
+	char e[128], why[160];
+	int count = 0, version = 0;
+	uint32_t n = 0;
+	CUresult cr;
+
+	note[0] = '\0';
+	struct cuda_shared *sh = calloc(1, sizeof(*sh));
+	if (!sh) {
+		snprintf(note, note_len, "CUDA discovery: out of memory");
 		return 0;
 	}
-	dlclose(h);
-	snprintf(note, note_len, "CUDA backend not built into this vramd");
-	return 0;
+	sh->refs = 1; /* discovery's own, dropped at the end */
+	if (cuda_api_load(&sh->api, note, note_len) < 0)
+		goto out;
+	const struct cuda_api *cu = &sh->api;
+
+	cr = cu->Init(0);
+	if (cr == CUDA_ERROR_NO_DEVICE) {
+		snprintf(note, note_len, "no CUDA devices");
+		goto out;
+	}
+	if (cr != CUDA_SUCCESS) {
+		snprintf(note, note_len, "cuInit failed: %s", cuda_api_strerror(cu, cr, e, sizeof(e)));
+		goto out;
+	}
+	if (cu->DriverGetVersion(&version) != CUDA_SUCCESS)
+		version = 0;
+	cr = cu->DeviceGetCount(&count);
+	if (cr != CUDA_SUCCESS) {
+		snprintf(note, note_len, "cuDeviceGetCount failed: %s", cuda_api_strerror(cu, cr, e, sizeof(e)));
+		goto out;
+	}
+	if (count <= 0) {
+		snprintf(note, note_len, "no CUDA devices");
+		goto out;
+	}
+	broker_log(1, "CUDA driver %d.%d, %d device%s", version / 1000, version % 1000 / 10, count,
+		   count == 1 ? "" : "s");
+	for (int i = 0; i < count; i++) {
+		if (n >= max) {
+			note_add(note, note_len, "cuda:%d and later not used: device limit reached", i);
+			break;
+		}
+		why[0] = '\0';
+		struct pool *p = probe_device(sh, i, why, sizeof(why));
+		if (!p) {
+			broker_log(1, "%s", why);
+			note_add(note, note_len, "%s", why);
+			continue;
+		}
+		p->index = first + n;
+		out[n++] = p;
+	}
+out:
+	shared_put(sh);
+	return (int)n;
 }

@@ -214,7 +214,8 @@ int vram_plan_devices_parse(const char *spec, struct vram_plan_device *ret_devs,
 	return 0;
 }
 
-/* The broker's devices as c last saw them, available = total - used.  0;
+/* The broker's devices as c last saw them, available = total - used +
+ * reclaimable (memory others can be asked to give back).  0;
  * -ENOBUFS when more than max; errors of vram_device_info. */
 int vram_plan_devices_from_client(const vram_client *c, struct vram_plan_device *ret_devs, uint32_t max, uint32_t *ret_n)
 {
@@ -238,7 +239,10 @@ int vram_plan_devices_from_client(const vram_client *c, struct vram_plan_device 
 		info.name[sizeof(info.name) - 1] = '\0';
 		str_copy(devs[i].name, info.name, sizeof(devs[i].name));
 		devs[i].total = info.total;
-		devs[i].available = info.total - MIN(info.used, info.total);
+		/* Reclaimable memory counts as available: the broker asks its
+		 * holders to give it back when this client allocates (cooperative
+		 * reclaim).  Refreshed from the broker by the caller as needed. */
+		devs[i].available = info.total - MIN(info.used - MIN(info.reclaimable, info.used), info.total);
 	}
 	if (n)
 		memcpy(ret_devs, devs, (size_t)n * sizeof(devs[0]));

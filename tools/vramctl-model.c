@@ -223,7 +223,7 @@ int plan_args_make(struct ctl *ctl, struct plan_args *pa, const vram_model *m, v
 		devs[i].struct_size = sizeof(devs[i]);
 	if (pa->devices)
 		r = vram_plan_devices_parse(pa->devices, devs, VRAM_MAX_PLAN_DEVICES, &n);
-	else
+	else if ((r = vram_refresh_devices(c)) == 0)
 		r = vram_plan_devices_from_client(c, devs, VRAM_MAX_PLAN_DEVICES, &n);
 	if (r < 0) {
 		fprintf(stderr, "vramctl: --devices: %s\n", vram_last_error());

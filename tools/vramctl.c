@@ -19,6 +19,7 @@ static const struct {
 	{ "inspect", cmd_inspect, "inspect FILE [--json]    format, tensors, components, layers of a checkpoint" },
 	{ "plan", cmd_plan, "plan FILE [flags]        placement of a checkpoint across devices" },
 	{ "load", cmd_load, "load FILE [flags]        load a checkpoint into broker memory" },
+	{ "metrics", cmd_metrics, "metrics [--output FILE]  Prometheus text exposition of devices, clients, counters" },
 	{ "bench", cmd_bench, "bench pager FILE [flags] simulated forward passes through the pager" },
 };
 

@@ -37,6 +37,7 @@ int cmd_status(struct ctl *ctl);
 int cmd_inspect(struct ctl *ctl);
 int cmd_plan(struct ctl *ctl);
 int cmd_load(struct ctl *ctl);
+int cmd_metrics(struct ctl *ctl);
 int cmd_bench(struct ctl *ctl);
 
 #endif

@@ -1,0 +1,437 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Copies to and from CUDA grants, and pinning of host memory.
+ *
+ * A copier is one non-blocking stream (it never waits for, or holds up, the
+ * legacy default stream PyTorch may use) and one event per staging slot.
+ * copy() queues cuMemcpyHtoDAsync and records the slot's event after it, so
+ * wait(slot) blocks only on the copies out of that slot, in stream order; the
+ * streaming engine keeps reading into the other slots meanwhile.  The copy is
+ * DMA (and truly asynchronous) when the source is pinned: staging slots and
+ * cpu-pool grants pinned with vram_cuda_pin().
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+#include "common/util.h"
+#include "runtime/cuda-copy.h"
+
+struct vram_cuda_copier {
+	struct vram_cuda_dev *d;
+	const struct cuda_api *cu;
+	CUstream stream;
+	uint32_t nslots;
+	CUevent *ev;
+	bool *pending;          /* slot has copies not waited for */
+};
+
+/* ======================================================================
+ * Copier
+ * ====================================================================== */
+
+static void copier_destroy(struct vram_cuda_copier *cp, bool pushed)
+{
+	const struct cuda_api *cu = cp->cu;
+	if (cp->stream)
+		cu->StreamSynchronize(cp->stream);
+	for (uint32_t i = 0; cp->ev && i < cp->nslots; i++)
+		if (cp->ev[i])
+			cu->EventDestroy(cp->ev[i]);
+	if (cp->stream)
+		cu->StreamDestroy(cp->stream);
+	if (pushed)
+		vram_cuda_dev_pop(cp->d);
+	vram_cuda_dev_put(cp->d);
+	free(cp->ev);
+	free(cp->pending);
+	free(cp);
+}
+
+int vram_cuda_copier_new(struct vram_client *c, uint32_t device, uint32_t nslots, struct vram_cuda_copier **ret)
+{
+	CUresult cr;
+	int r;
+
+	if (nslots == 0 || nslots > VRAM_CUDA_COPIER_MAX_SLOTS)
+		return vram_error(-EINVAL, "copier with %u slots (1..%u)", nslots, VRAM_CUDA_COPIER_MAX_SLOTS);
+	struct vram_cuda_copier *cp = calloc(1, sizeof(*cp));
+	if (!cp)
+		return vram_error(-ENOMEM, "out of memory");
+	cp->nslots = nslots;
+	cp->ev = calloc(nslots, sizeof(*cp->ev));
+	cp->pending = calloc(nslots, sizeof(*cp->pending));
+	if (!cp->ev || !cp->pending) {
+		free(cp->ev);
+		free(cp->pending);
+		free(cp);
+		return vram_error(-ENOMEM, "out of memory");
+	}
+	r = vram_cuda_dev_get(c, device, &cp->d);
+	if (r < 0) {
+		free(cp->ev);
+		free(cp->pending);
+		free(cp);
+		return r;
+	}
+	cp->cu = vram_cuda_dev_api(cp->d);
+	if ((r = vram_cuda_dev_push(cp->d)) < 0) {
+		copier_destroy(cp, false);
+		return r;
+	}
+	cr = cp->cu->StreamCreate(&cp->stream, CU_STREAM_NON_BLOCKING);
+	if (cr != CUDA_SUCCESS) {
+		cp->stream = NULL;
+		r = vram_cuda_error(cp->d, cr, "cuStreamCreate", "copier on %s", c->dev[device].name);
+		copier_destroy(cp, true);
+		return r;
+	}
+	for (uint32_t i = 0; i < nslots; i++) {
+		cr = cp->cu->EventCreate(&cp->ev[i], CU_EVENT_DISABLE_TIMING);
+		if (cr != CUDA_SUCCESS) {
+			cp->ev[i] = NULL;
+			r = vram_cuda_error(cp->d, cr, "cuEventCreate", "copier on %s", c->dev[device].name);
+			copier_destroy(cp, true);
+			return r;
+		}
+	}
+	vram_cuda_dev_pop(cp->d);
+	*ret = cp;
+	return 0;
+}
+
+void vram_cuda_copier_free(struct vram_cuda_copier *cp)
+{
+	if (!cp)
+		return;
+	copier_destroy(cp, vram_cuda_dev_push(cp->d) == 0);
+}
+
+/* Records slot's event after what was just queued. */
+static int record(struct vram_cuda_copier *cp, uint32_t slot)
+{
+	CUresult cr = cp->cu->EventRecord(cp->ev[slot], cp->stream);
+	if (cr != CUDA_SUCCESS)
+		return vram_cuda_error(cp->d, cr, "cuEventRecord", "copy slot %u", slot);
+	cp->pending[slot] = true;
+	return 0;
+}
+
+static int check_slot(const struct vram_cuda_copier *cp, uint32_t slot, uint64_t len)
+{
+	if (slot >= cp->nslots)
+		return vram_error(-EINVAL, "copy slot %u of %u", slot, cp->nslots);
+	if (len > SIZE_MAX)
+		return vram_error(-EOVERFLOW, "copy of %llu bytes", (unsigned long long)len);
+	return 0;
+}
+
+int vram_cuda_copier_copy(void *user, uint64_t dst_addr, const void *src, uint64_t len, uint32_t slot)
+{
+	struct vram_cuda_copier *cp = user;
+	int r = check_slot(cp, slot, len);
+	if (r < 0 || len == 0)
+		return r;
+	if ((r = vram_cuda_dev_push(cp->d)) < 0)
+		return r;
+	CUresult cr = cp->cu->MemcpyHtoDAsync((CUdeviceptr)dst_addr, src, (size_t)len, cp->stream);
+	if (cr != CUDA_SUCCESS)
+		r = vram_cuda_error(cp->d, cr, "cuMemcpyHtoDAsync", "copy of %llu bytes to 0x%llx",
+				    (unsigned long long)len, (unsigned long long)dst_addr);
+	else
+		r = record(cp, slot);
+	vram_cuda_dev_pop(cp->d);
+	return r;
+}
+
+int vram_cuda_copier_dtod(struct vram_cuda_copier *cp, uint64_t dst_addr, uint64_t src_addr, uint64_t len,
+			  uint32_t slot)
+{
+	int r = check_slot(cp, slot, len);
+	if (r < 0 || len == 0)
+		return r;
+	if ((r = vram_cuda_dev_push(cp->d)) < 0)
+		return r;
+	CUresult cr = cp->cu->MemcpyDtoDAsync((CUdeviceptr)dst_addr, (CUdeviceptr)src_addr, (size_t)len, cp->stream);
+	if (cr != CUDA_SUCCESS)
+		r = vram_cuda_error(cp->d, cr, "cuMemcpyDtoDAsync", "copy of %llu bytes 0x%llx -> 0x%llx",
+				    (unsigned long long)len, (unsigned long long)src_addr,
+				    (unsigned long long)dst_addr);
+	else
+		r = record(cp, slot);
+	vram_cuda_dev_pop(cp->d);
+	return r;
+}
+
+int vram_cuda_copier_dtoh(struct vram_cuda_copier *cp, void *dst, uint64_t src_addr, uint64_t len, uint32_t slot)
+{
+	int r = check_slot(cp, slot, len);
+	if (r < 0 || len == 0)
+		return r;
+	if ((r = vram_cuda_dev_push(cp->d)) < 0)
+		return r;
+	CUresult cr = cp->cu->MemcpyDtoHAsync(dst, (CUdeviceptr)src_addr, (size_t)len, cp->stream);
+	if (cr != CUDA_SUCCESS)
+		r = vram_cuda_error(cp->d, cr, "cuMemcpyDtoHAsync", "copy of %llu bytes from 0x%llx",
+				    (unsigned long long)len, (unsigned long long)src_addr);
+	else
+		r = record(cp, slot);
+	vram_cuda_dev_pop(cp->d);
+	return r;
+}
+
+int vram_cuda_copier_wait(void *user, uint32_t slot)
+{
+	struct vram_cuda_copier *cp = user;
+	if (slot >= cp->nslots)
+		return vram_error(-EINVAL, "copy slot %u of %u", slot, cp->nslots);
+	if (!cp->pending[slot])
+		return 0;
+	/* Cleared first: a failed copy is reported once, not at every wait. */
+	cp->pending[slot] = false;
+	CUresult cr = cp->cu->EventSynchronize(cp->ev[slot]);
+	if (cr != CUDA_SUCCESS)
+		return vram_cuda_error(cp->d, cr, "cuEventSynchronize", "waiting for copy slot %u", slot);
+	return 0;
+}
+
+int vram_cuda_copier_sync(struct vram_cuda_copier *cp)
+{
+	CUresult cr = cp->cu->StreamSynchronize(cp->stream);
+	for (uint32_t i = 0; i < cp->nslots; i++)
+		cp->pending[i] = false;
+	if (cr != CUDA_SUCCESS)
+		return vram_cuda_error(cp->d, cr, "cuStreamSynchronize", "copier");
+	return 0;
+}
+
+CUstream vram_cuda_copier_stream(const struct vram_cuda_copier *cp)
+{
+	return cp->stream;
+}
+
+uint32_t vram_cuda_copier_slots(const struct vram_cuda_copier *cp)
+{
+	return cp->nslots;
+}
+
+void vram_cuda_copier_sink(struct vram_cuda_copier *cp, struct stream_sink *ret)
+{
+	ret->copy = vram_cuda_copier_copy;
+	ret->wait = vram_cuda_copier_wait;
+	ret->user = cp;
+}
+
+/* ======================================================================
+ * Sink over several devices
+ * ====================================================================== */
+
+struct sink_range {
+	uint64_t start, end;
+	uint32_t device;
+};
+
+struct vram_cuda_sink {
+	struct vram_client *c;
+	uint32_t nslots;
+	struct vram_cuda_copier *cp[VRAMD_MAX_DEVICES];
+	uint32_t *used;          /* per slot: bit d = copier d has copies in it */
+	struct sink_range *ranges;
+	size_t nranges, cap;
+	size_t last;             /* range of the previous copy (copies come in runs) */
+};
+
+_Static_assert(VRAMD_MAX_DEVICES <= 32, "device mask fits a uint32_t");
+
+int vram_cuda_sink_new(struct vram_client *c, uint32_t nslots, struct vram_cuda_sink **ret)
+{
+	if (nslots == 0 || nslots > VRAM_CUDA_COPIER_MAX_SLOTS)
+		return vram_error(-EINVAL, "sink with %u slots (1..%u)", nslots, VRAM_CUDA_COPIER_MAX_SLOTS);
+	struct vram_cuda_sink *s = calloc(1, sizeof(*s));
+	if (!s)
+		return vram_error(-ENOMEM, "out of memory");
+	s->used = calloc(nslots, sizeof(*s->used));
+	if (!s->used) {
+		free(s);
+		return vram_error(-ENOMEM, "out of memory");
+	}
+	s->c = c;
+	s->nslots = nslots;
+	*ret = s;
+	return 0;
+}
+
+int vram_cuda_sink_add_grant(struct vram_cuda_sink *s, const struct vram_grant *g)
+{
+	int r;
+	if (!g->cuda || !g->dptr || g->device >= VRAMD_MAX_DEVICES)
+		return vram_error(-EINVAL, "grant %llu is not an imported CUDA grant", (unsigned long long)g->id);
+	if (!s->cp[g->device]) {
+		r = vram_cuda_copier_new(s->c, g->device, s->nslots, &s->cp[g->device]);
+		if (r < 0)
+			return r;
+	}
+	if (s->nranges == s->cap) {
+		size_t ncap = s->cap ? s->cap * 2 : 16;
+		struct sink_range *n = realloc(s->ranges, ncap * sizeof(*n));
+		if (!n)
+			return vram_error(-ENOMEM, "out of memory");
+		s->ranges = n;
+		s->cap = ncap;
+	}
+	s->ranges[s->nranges++] = (struct sink_range){ g->dptr, g->dptr + g->size, g->device };
+	return 0;
+}
+
+static int sink_copy(void *user, uint64_t dst_addr, const void *src, uint64_t len, uint32_t slot)
+{
+	struct vram_cuda_sink *s = user;
+	if (slot >= s->nslots)
+		return vram_error(-EINVAL, "copy slot %u of %u", slot, s->nslots);
+	const struct sink_range *rg = NULL;
+	if (s->last < s->nranges && dst_addr >= s->ranges[s->last].start && dst_addr < s->ranges[s->last].end)
+		rg = &s->ranges[s->last];
+	for (size_t i = 0; !rg && i < s->nranges; i++)
+		if (dst_addr >= s->ranges[i].start && dst_addr < s->ranges[i].end) {
+			rg = &s->ranges[i];
+			s->last = i;
+		}
+	if (!rg || len > rg->end - dst_addr)
+		return vram_error(-EFAULT, "copy of %llu bytes to 0x%llx: not inside a CUDA grant of this load",
+				  (unsigned long long)len, (unsigned long long)dst_addr);
+	int r = vram_cuda_copier_copy(s->cp[rg->device], dst_addr, src, len, slot);
+	if (r == 0 && len)
+		s->used[slot] |= 1u << rg->device;
+	return r;
+}
+
+static int sink_wait(void *user, uint32_t slot)
+{
+	struct vram_cuda_sink *s = user;
+	int ret = 0;
+	if (slot >= s->nslots)
+		return vram_error(-EINVAL, "copy slot %u of %u", slot, s->nslots);
+	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
+		if (!(s->used[slot] & (1u << d)))
+			continue;
+		int r = vram_cuda_copier_wait(s->cp[d], slot);
+		if (r < 0 && ret == 0)
+			ret = r;
+	}
+	s->used[slot] = 0;
+	return ret;
+}
+
+void vram_cuda_sink_get(struct vram_cuda_sink *s, struct stream_sink *ret)
+{
+	ret->copy = sink_copy;
+	ret->wait = sink_wait;
+	ret->user = s;
+}
+
+void vram_cuda_sink_free(struct vram_cuda_sink *s)
+{
+	if (!s)
+		return;
+	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++)
+		vram_cuda_copier_free(s->cp[d]);
+	free(s->ranges);
+	free(s->used);
+	free(s);
+}
+
+/* ======================================================================
+ * Pinning
+ * ====================================================================== */
+
+#define PIN_CHUNK_ALIGN (2ull << 20)
+
+struct vram_cuda_pin {
+	struct vram_cuda_dev *d;
+	char *host;
+	uint64_t len;
+	uint64_t chunk;
+	uint64_t nchunks;
+};
+
+static size_t chunk_len(const struct vram_cuda_pin *p, uint64_t i)
+{
+	uint64_t off = i * p->chunk;
+	return (size_t)MIN(p->chunk, p->len - off);
+}
+
+/* Unregisters chunks [0, n).  Called with the context pushed. */
+static void unregister_chunks(struct vram_cuda_pin *p, uint64_t n)
+{
+	const struct cuda_api *cu = vram_cuda_dev_api(p->d);
+	for (uint64_t i = 0; i < n; i++)
+		cu->MemHostUnregister(p->host + i * p->chunk);
+}
+
+int vram_cuda_pin(struct vram_client *c, uint32_t device, void *host, uint64_t len, uint64_t chunk,
+		  struct vram_cuda_pin **ret)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	int r, overflow = 0;
+
+	if (!host || len == 0 || (page > 0 && (uintptr_t)host % (uintptr_t)page))
+		return vram_error(-EINVAL, "pinning %p (%llu bytes): not a page-aligned range", host,
+				  (unsigned long long)len);
+	if (len > SIZE_MAX || (uintptr_t)host + len < (uintptr_t)host)
+		return vram_error(-EOVERFLOW, "pinning %llu bytes", (unsigned long long)len);
+	if (chunk == 0 || chunk >= len)
+		chunk = len;
+	else
+		chunk = round_up_u64(chunk, PIN_CHUNK_ALIGN, &overflow);
+	if (overflow || chunk == 0 || chunk > len)
+		chunk = len;
+	struct vram_cuda_pin *p = calloc(1, sizeof(*p));
+	if (!p)
+		return vram_error(-ENOMEM, "out of memory");
+	p->host = host;
+	p->len = len;
+	p->chunk = chunk;
+	p->nchunks = (len + chunk - 1) / chunk;
+	r = vram_cuda_dev_get(c, device, &p->d);
+	if (r < 0) {
+		free(p);
+		return r;
+	}
+	if ((r = vram_cuda_dev_push(p->d)) < 0) {
+		vram_cuda_dev_put(p->d);
+		free(p);
+		return r;
+	}
+	const struct cuda_api *cu = vram_cuda_dev_api(p->d);
+	for (uint64_t i = 0; i < p->nchunks; i++) {
+		CUresult cr = cu->MemHostRegister(p->host + i * p->chunk, chunk_len(p, i), CU_MEMHOSTREGISTER_PORTABLE);
+		if (cr != CUDA_SUCCESS) {
+			r = vram_cuda_error(p->d, cr, "cuMemHostRegister", "pinning %llu bytes at %p (chunk %llu of %llu)",
+					    (unsigned long long)len, host, (unsigned long long)i,
+					    (unsigned long long)p->nchunks);
+			unregister_chunks(p, i);
+			vram_cuda_dev_pop(p->d);
+			vram_cuda_dev_put(p->d);
+			free(p);
+			return r;
+		}
+	}
+	vram_cuda_dev_pop(p->d);
+	*ret = p;
+	return 0;
+}
+
+void vram_cuda_unpin(struct vram_cuda_pin *p)
+{
+	if (!p)
+		return;
+	bool pushed = vram_cuda_dev_push(p->d) == 0;
+	unregister_chunks(p, p->nchunks);
+	if (pushed)
+		vram_cuda_dev_pop(p->d);
+	vram_cuda_dev_put(p->d);
+	free(p);
+}

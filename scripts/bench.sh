@@ -1,0 +1,156 @@
+#!/bin/sh
+# make bench: file -> memory loading and paging, as ratios measured in one run.
+#
+#   BENCH_SIZE   checkpoint size in bytes (default 4 GiB)
+#   BENCH_DIR    where the checkpoint lives (default /var/tmp/vramd-bench; a
+#                real file system: O_DIRECT does not work on tmpfs)
+#   BENCH_OUT    results file (default $BUILD/bench/results.txt)
+#
+# Cold runs drop the page cache (root only; otherwise they are skipped and
+# the report says so).  Every loader's destination memory is fresh memory it
+# allocates, as in real use; on VMs first-touch page faults cost as much as
+# the I/O, which the report's "memory" line measures.
+set -eu
+BUILD=${VRAM_BUILD:-build}
+PY=${VRAM_PYTHON:-.venv/bin/python}
+SIZE=${BENCH_SIZE:-4294967296}
+DIR=${BENCH_DIR:-/var/tmp/vramd-bench}
+OUT=${BENCH_OUT:-$BUILD/bench/results.txt}
+FILE="$DIR/bench-$SIZE.safetensors"
+SOCK="$DIR/vramd.sock"
+VRAMCTL="$BUILD/bin/vramctl --socket $SOCK"
+mkdir -p "$DIR" "$(dirname "$OUT")"
+: > "$OUT"
+
+say() { echo "$*" | tee -a "$OUT"; }
+cleanup() {
+	[ -n "${PID:-}" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
+	[ -n "${PIDB:-}" ] && kill "$PIDB" 2>/dev/null || true
+	rm -f "$SOCK"
+}
+trap cleanup EXIT INT TERM
+
+if [ ! -s "$FILE" ]; then
+	echo "== writing a $SIZE-byte checkpoint (~2,500 tensors, SDXL-like) to $FILE"
+	"$PY" tests/make_checkpoint.py --out "$FILE.tmp" --size "$SIZE" --seed 7
+	mv "$FILE.tmp" "$FILE"
+fi
+BYTES=$(stat -c %s "$FILE")
+
+CAN_DROP=0
+if [ "$(id -u)" -eq 0 ] && sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then CAN_DROP=1; fi
+drop() { [ $CAN_DROP -eq 1 ] && sync && echo 3 > /proc/sys/vm/drop_caches; }
+warm() { cat "$FILE" > /dev/null; }
+
+# GB/s of a command that reads the whole file; fio prints its own bandwidth.
+fio_gbps() { # $1 direct(0/1)
+	fio --name=r --filename="$FILE" --rw=read --bs=8M --iodepth=16 --ioengine=io_uring \
+	    --direct="$1" --output-format=terse --terse-version=3 2>/dev/null |
+		awk -F';' '{ printf "%.3f", $7 * 1024 / 1e9 }' # read bandwidth KiB/s
+}
+mmap_gbps() { "$BUILD/tests/helper-mmapload" "$FILE" | awk '{ printf "%.3f %.3f", $1 / $2 / 1e9, $3 / ($1 / 1e9) }'; }
+vramd_gbps() { # $1 device, $2 io mode
+	$VRAMCTL load "$FILE" --device "$1" --io "$2" --json |
+		"$PY" -c 'import json,sys; d=json.load(sys.stdin); print("%.3f %.3f" % (d["gbps"], d["cpu_seconds"] / (d["bytes"] / 1e9)))'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+
+HOST_POOL=$((SIZE / 1073741824 * 2 + 4))GiB
+"$BUILD/bin/vramd" --socket "$SOCK" --sim-gpus "$((SIZE / 1073741824 + 2))GiB" --host-pool "$HOST_POOL" \
+	--no-cuda 2>"$DIR/vramd.log" &
+PID=$!
+while [ ! -S "$SOCK" ]; do sleep 0.05; kill -0 $PID; done
+
+say "vramd bench, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, kernel $(uname -r)"
+say "checkpoint: $FILE, $BYTES bytes, $($VRAMCTL inspect "$FILE" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["tensors"])') tensors"
+MEM=$("$PY" - <<'PYEOF'
+import mmap, time
+n = 1 << 30
+t = time.perf_counter(); m = mmap.mmap(-1, n); m.write(b"\1" * n); dt = time.perf_counter() - t
+print("%.3f" % (n / dt / 1e9))
+PYEOF
+)
+say "memory: first touch of 1 GiB of fresh anonymous memory: $MEM GB/s"
+say ""
+
+# Warm-up: one load so that every contender meets host pages that exist.
+warm; vramd_gbps cpu buffered > /dev/null
+
+if [ $CAN_DROP -eq 1 ]; then
+	drop; FIO_D=$(fio_gbps 1)
+	drop; FIO_B=$(fio_gbps 0)
+	drop; set -- $(mmap_gbps); MM_C=$1; MM_C_CPU=$2
+	drop; set -- $(vramd_gbps cpu auto); VR_C=$1; VR_C_CPU=$2
+	drop; set -- $(vramd_gbps cuda:0 auto); VG_C=$1
+	say "cold (page cache dropped)                 GB/s   CPU s/GB"
+	say "  fio O_DIRECT io_uring (ceiling)       $FIO_D"
+	say "  fio buffered                          $FIO_B"
+	say "  mmap + copy (safetensors-style)       $MM_C   $MM_C_CPU"
+	say "  vramd -> cpu pool (direct landing)    $VR_C   $VR_C_CPU"
+	say "  vramd -> simulated GPU (staged)       $VG_C"
+	say "  ratio vramd/fio-direct   $(ratio "$VR_C" "$FIO_D")   (target >= 0.90)"
+	say "  ratio vramd/mmap         $(ratio "$VR_C" "$MM_C")   (target >= 3)"
+else
+	say "cold: skipped (dropping the page cache needs root)"
+fi
+warm
+W_B=$(fio_gbps 0)
+set -- $(mmap_gbps); MM_W=$1; MM_W_CPU=$2
+set -- $(vramd_gbps cpu auto); VR_W=$1; VR_W_CPU=$2
+set -- $(vramd_gbps cuda:0 auto); VG_W=$1
+say ""
+say "warm (file in the page cache)             GB/s   CPU s/GB"
+say "  fio buffered (ceiling)                $W_B"
+say "  mmap + copy (safetensors-style)       $MM_W   $MM_W_CPU"
+say "  vramd -> cpu pool                     $VR_W   $VR_W_CPU"
+say "  vramd -> simulated GPU (staged)       $VG_W"
+say "  ratio vramd/buffered     $(ratio "$VR_W" "$W_B")   (target >= 0.80)"
+say "  ratio vramd/mmap         $(ratio "$VR_W" "$MM_W")"
+say ""
+
+# Paging: half the unet donated to cpu; no compute, then compute-bound.
+VV=$(awk -v s="$SIZE" 'BEGIN { printf "%.3f", s * 0.75 / 2 / 1e9 }')
+for MS in 0 100; do
+	$VRAMCTL bench pager "$FILE" --unet-virtual-vram-gb "$VV" --passes 5 --compute-ms-per-gb $MS --json >"$DIR/pager.json"
+	"$PY" - "$DIR/pager.json" "$MS" <<'PYEOF' | tee -a "$OUT"
+import json, sys
+d = json.load(open(sys.argv[1])); ms = sys.argv[2]
+print("pager, compute %s ms/GB, window %.0f MiB:" % (ms, d["window_bytes"] / 2**20))
+for p in d["passes"]:
+    print("  pass %d: wall %.3f s, stall %.3f s, paged %.0f MiB, %.2f GB/s (resident: %.3f s)" % (
+        p["pass"], p["wall_s"], p["stall_s"], p["bytes_paged"] / 2**20, p["paging_gbps"], p["resident_wall_s"]))
+print("  memcpy of the same bytes %.2f GB/s; paging/memcpy %.2f (target >= 0.90 with no compute)" % (d["memcpy_gbps"], d["paging_to_memcpy"]))
+print("  stall after the first pass %.1f%% (target <= 5%% when compute >= copy time)" % (100 * d["stall_fraction"]))
+PYEOF
+done
+say ""
+
+# Two clients on one simulated 8 GiB GPU, each wanting 6 GiB.
+kill "$PID"; wait "$PID" 2>/dev/null || true
+FILE6="$DIR/bench-two-clients.safetensors"
+if [ ! -s "$FILE6" ]; then
+	"$PY" tests/make_checkpoint.py --out "$FILE6.tmp" --size $((6 * 1024 * 1024 * 1024)) --seed 9
+	mv "$FILE6.tmp" "$FILE6"
+fi
+"$BUILD/bin/vramd" --socket "$SOCK" --sim-gpus 8GiB --host-pool 8GiB --no-cuda --reclaim-deadline-ms 10000 2>"$DIR/vramd2.log" &
+PID=$!
+while [ ! -S "$SOCK" ]; do sleep 0.05; kill -0 $PID; done
+ALL="--unet-virtual-vram-gb 0 --clip-compute-device cuda:0 --clip-virtual-vram-gb 0 --vae-device cuda:0"
+warm
+T0=$(date +%s.%N)
+# shellcheck disable=SC2086
+$VRAMCTL bench pager "$FILE6" $ALL --passes 40 --compute-ms-per-gb 100 --json >"$DIR/a.json" &
+PIDB=$!
+sleep 3
+# shellcheck disable=SC2086
+$VRAMCTL bench pager "$FILE6" $ALL --passes 5 --compute-ms-per-gb 100 --json >"$DIR/b.json"
+RB=$?
+wait $PIDB; RA=$?
+PIDB=
+T1=$(date +%s.%N)
+USED=$($VRAMCTL status --json | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(sum(x["used"] for x in d["devices"]))')
+say "two clients on a simulated 8 GiB GPU, each loading 6 GiB onto it:"
+say "  client A exit $RA, client B exit $RB, $(awk -v a="$T0" -v b="$T1" 'BEGIN { printf "%.1f", b - a }') s"
+say "  $(grep -c 'RECLAIM' "$DIR/vramd2.log" || true) RECLAIM requests, $(grep -c 'ignored RECLAIM' "$DIR/vramd2.log" || true) ignored; bytes used after both exit: $USED"
+say ""
+say "results in $OUT"

@@ -1,0 +1,2100 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The CUDA backend against a fake driver (cuda_api_set_override): broker
+ * discovery (devices, skips, every entry point failing or missing, cuInit
+ * errors), the grant path (clearing, export, every call failing), the
+ * runtime's import by UUID, copiers, the multi-device sink and pinning, a
+ * broker and a client together over a socket, a client killed while it
+ * holds grants; and the real libcuda loader on a machine without a driver.
+ *
+ * The fake is strict where the real driver is (an initialized driver, a
+ * current context for streams, events, copies and memsets, unmapping before
+ * freeing a VA range, sizes multiple of the granularity) and keeps books of
+ * everything created, so each test ends by checking that all of it was
+ * given back.  Device memory is host memory: an allocation is a memfd,
+ * a VA reservation is an inaccessible anonymous mapping, cuMemMap maps the
+ * memfd into it.  cuMemCreate hands out recycled memory with the previous
+ * owner's bytes still in it, as a real GPU may: only the broker's clearing
+ * makes a new grant read zero.
+ */
+#include <dlfcn.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "broker/broker.h"
+#include "common/cleanup.h"
+#include "common/cuda-api.h"
+#include "common/proto.h"
+#include "common/util.h"
+#include "runtime/client.h"
+#include "runtime/cuda-copy.h"
+#include "testlib.h"
+
+#define MiB (1ull << 20)
+#define GiB (1ull << 30)
+
+/* ======================================================================
+ * The fake driver
+ * ====================================================================== */
+
+enum fn {
+	F_Init, F_DriverGetVersion, F_GetErrorName, F_GetErrorString, F_DeviceGetCount, F_DeviceGet,
+	F_DeviceGetName, F_DeviceGetUuid, F_DeviceTotalMem, F_DeviceGetAttribute, F_DevicePrimaryCtxRetain,
+	F_DevicePrimaryCtxRelease, F_CtxPushCurrent, F_CtxPopCurrent, F_CtxSynchronize, F_MemGetInfo,
+	F_MemGetAllocationGranularity, F_MemCreate, F_MemRelease, F_MemExportToShareableHandle,
+	F_MemImportFromShareableHandle, F_MemAddressReserve, F_MemAddressFree, F_MemMap, F_MemUnmap,
+	F_MemSetAccess, F_MemsetD8, F_MemcpyHtoD, F_MemcpyDtoH, F_MemcpyHtoDAsync, F_MemcpyDtoHAsync,
+	F_MemcpyDtoDAsync, F_MemHostRegister, F_MemHostUnregister, F_StreamCreate, F_StreamDestroy,
+	F_StreamSynchronize, F_EventCreate, F_EventDestroy, F_EventRecord, F_EventSynchronize,
+	F_COUNT
+};
+
+#define FK_MAX_DEV 4
+#define FK_MAX 64
+
+struct fk_dev {
+	char name[64];
+	uint8_t uuid[16];
+	size_t total, free;
+	size_t gran;
+	int vmm, posix_fd, numa;
+	int numa_unknown;        /* HOST_NUMA_ID query fails (old driver) */
+	int ctx_refs;            /* primary context retains */
+};
+
+struct fk_alloc {            /* "physical" memory */
+	int live;
+	int memfd;
+	size_t size;
+	int dev;                 /* physical index */
+	int handles, maps;
+};
+
+struct fk_handle {
+	CUmemGenericAllocationHandle id;
+	int alloc;               /* index, -1: free slot */
+};
+
+struct fk_resv {
+	char *va;
+	size_t size;
+};
+
+struct fk_map {
+	char *va;
+	size_t size;
+	int alloc;
+	int access;
+};
+
+struct fk_reg {
+	char *p;
+	size_t n;
+};
+
+struct fk_obj {              /* streams and events */
+	int magic;
+	int dev;
+};
+#define FK_STREAM 0x5354
+#define FK_EVENT 0x4556
+
+static struct fake {
+	int inited;
+	CUresult init_result;
+	int ndev;
+	struct fk_dev dev[FK_MAX_DEV];
+	int nvisible;            /* devices this "process" sees, in order: */
+	int perm[FK_MAX_DEV];    /* visible ordinal -> physical index */
+	/* injection: the fail_nth call (0-based) of fail_fn returns fail_code */
+	int fail_fn;
+	unsigned fail_nth, fail_seen;
+	CUresult fail_code;
+	unsigned calls[F_COUNT];
+	struct fk_alloc alloc[FK_MAX];
+	struct fk_handle handle[FK_MAX];
+	CUmemGenericAllocationHandle next_handle;
+	struct fk_resv resv[FK_MAX];
+	struct fk_map map[FK_MAX];
+	struct fk_reg reg[FK_MAX];
+	int streams, events;
+	int recycle_fd;          /* memory given back, handed out again uncleared */
+	size_t recycle_size;
+	int ctx_objs[FK_MAX_DEV];
+} fk;
+
+static pthread_mutex_t fk_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread CUcontext ctx_stack[16];
+static __thread int ctx_depth;
+
+#define ENTER(id)                                                             \
+	pthread_mutex_lock(&fk_lock);                                         \
+	fk.calls[id]++;                                                       \
+	if (fk.fail_fn == (id) && fk.fail_seen++ == fk.fail_nth) {            \
+		CUresult r_ = fk.fail_code;                                   \
+		pthread_mutex_unlock(&fk_lock);                               \
+		return r_;                                                    \
+	}
+#define ENTER_INIT(id)                                                        \
+	ENTER(id)                                                             \
+	if (!fk.inited)                                                       \
+		OUT(CUDA_ERROR_NOT_INITIALIZED);
+#define ENTER_CTX(id)                                                         \
+	ENTER_INIT(id)                                                        \
+	if (ctx_depth == 0)                                                   \
+		OUT(CUDA_ERROR_INVALID_CONTEXT);
+#define OUT(x)                                                                \
+	do {                                                                  \
+		CUresult r_ = (x);                                            \
+		pthread_mutex_unlock(&fk_lock);                               \
+		return r_;                                                    \
+	} while (0)
+
+static const struct {
+	CUresult r;
+	const char *name, *desc;
+} fk_errors[] = {
+	{ CUDA_SUCCESS, "CUDA_SUCCESS", "no error" },
+	{ CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument" },
+	{ CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory" },
+	{ CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error" },
+	{ CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected" },
+	{ CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal" },
+	{ CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context" },
+	{ CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED",
+	  "part or all of the requested memory range is already mapped" },
+	{ CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED",
+	  "pointer does not correspond to a registered memory region" },
+	{ CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported" },
+	{ CUDA_ERROR_STUB_LIBRARY, "CUDA_ERROR_STUB_LIBRARY", "CUDA driver is a stub library" },
+	{ CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error" },
+};
+
+static CUresult fk_GetErrorName(CUresult e, const char **s)
+{
+	ENTER(F_GetErrorName);
+	for (size_t i = 0; i < ARRAY_SIZE(fk_errors); i++)
+		if (fk_errors[i].r == e) {
+			*s = fk_errors[i].name;
+			OUT(CUDA_SUCCESS);
+		}
+	*s = NULL;
+	OUT(CUDA_ERROR_INVALID_VALUE);
+}
+
+static CUresult fk_GetErrorString(CUresult e, const char **s)
+{
+	ENTER(F_GetErrorString);
+	for (size_t i = 0; i < ARRAY_SIZE(fk_errors); i++)
+		if (fk_errors[i].r == e) {
+			*s = fk_errors[i].desc;
+			OUT(CUDA_SUCCESS);
+		}
+	*s = NULL;
+	OUT(CUDA_ERROR_INVALID_VALUE);
+}
+
+static CUresult fk_Init(unsigned flags)
+{
+	ENTER(F_Init);
+	if (flags)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	if (fk.init_result == CUDA_SUCCESS)
+		fk.inited = 1;
+	OUT(fk.init_result);
+}
+
+static CUresult fk_DriverGetVersion(int *v)
+{
+	ENTER(F_DriverGetVersion);
+	*v = 13000;
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_DeviceGetCount(int *n)
+{
+	ENTER_INIT(F_DeviceGetCount);
+	*n = fk.nvisible;
+	OUT(CUDA_SUCCESS);
+}
+
+/* Physical index of visible ordinal o, or -1. */
+static int phys(int o)
+{
+	return o >= 0 && o < fk.nvisible ? fk.perm[o] : -1;
+}
+
+static CUresult fk_DeviceGet(CUdevice *d, int o)
+{
+	ENTER_INIT(F_DeviceGet);
+	if (phys(o) < 0)
+		OUT(CUDA_ERROR_INVALID_DEVICE);
+	*d = o; /* as in CUDA: the handle is the ordinal */
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_DeviceGetName(char *name, int len, CUdevice d)
+{
+	ENTER_INIT(F_DeviceGetName);
+	if (phys(d) < 0)
+		OUT(CUDA_ERROR_INVALID_DEVICE);
+	snprintf(name, (size_t)len, "%s", fk.dev[phys(d)].name);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_DeviceGetUuid(CUuuid *u, CUdevice d)
+{
+	ENTER_INIT(F_DeviceGetUuid);
+	if (phys(d) < 0)
+		OUT(CUDA_ERROR_INVALID_DEVICE);
+	memcpy(u->bytes, fk.dev[phys(d)].uuid, 16);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_DeviceTotalMem(size_t *n, CUdevice d)
+{
+	ENTER_INIT(F_DeviceTotalMem);
+	if (phys(d) < 0)
+		OUT(CUDA_ERROR_INVALID_DEVICE);
+	*n = fk.dev[phys(d)].total;
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_DeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d)
+{
+	ENTER_INIT(F_DeviceGetAttribute);
+	if (phys(d) < 0)
+		OUT(CUDA_ERROR_INVALID_DEVICE);
+	struct fk_dev *x = &fk.dev[phys(d)];
+	switch ((int)a) {
+	case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED:
+		*v = x->vmm;
+		break;
+	case CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED:
+		*v = x->posix_fd;
+		break;
+	case CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID:
+		if (x->numa_unknown)
+			OUT(CUDA_ERROR_INVALID_VALUE);
+		*v = x->numa;
+		break;
+	default:
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	}
+	OUT(CUDA_SUCCESS);
+}
+
+static CUcontext ctx_of(int p)
+{
+	return (CUcontext)(void *)&fk.ctx_objs[p];
+}
+
+static int ctx_dev(CUcontext c)
+{
+	for (int p = 0; p < fk.ndev; p++)
+		if (c == ctx_of(p))
+			return p;
+	return -1;
+}
+
+static CUresult fk_DevicePrimaryCtxRetain(CUcontext *c, CUdevice d)
+{
+	ENTER_INIT(F_DevicePrimaryCtxRetain);
+	if (phys(d) < 0)
+		OUT(CUDA_ERROR_INVALID_DEVICE);
+	fk.dev[phys(d)].ctx_refs++;
+	*c = ctx_of(phys(d));
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_DevicePrimaryCtxRelease(CUdevice d)
+{
+	ENTER_INIT(F_DevicePrimaryCtxRelease);
+	if (phys(d) < 0)
+		OUT(CUDA_ERROR_INVALID_DEVICE);
+	if (fk.dev[phys(d)].ctx_refs <= 0)
+		OUT(CUDA_ERROR_INVALID_CONTEXT);
+	fk.dev[phys(d)].ctx_refs--;
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_CtxPushCurrent(CUcontext c)
+{
+	ENTER_INIT(F_CtxPushCurrent);
+	int p = ctx_dev(c);
+	if (p < 0 || fk.dev[p].ctx_refs <= 0)
+		OUT(CUDA_ERROR_INVALID_CONTEXT);
+	if (ctx_depth == (int)ARRAY_SIZE(ctx_stack))
+		OUT(CUDA_ERROR_UNKNOWN);
+	ctx_stack[ctx_depth++] = c;
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_CtxPopCurrent(CUcontext *c)
+{
+	ENTER_INIT(F_CtxPopCurrent);
+	if (ctx_depth == 0)
+		OUT(CUDA_ERROR_INVALID_CONTEXT);
+	*c = ctx_stack[--ctx_depth];
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_CtxSynchronize(void)
+{
+	ENTER_CTX(F_CtxSynchronize);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemGetInfo(size_t *f, size_t *t)
+{
+	ENTER_CTX(F_MemGetInfo);
+	int p = ctx_dev(ctx_stack[ctx_depth - 1]);
+	*f = fk.dev[p].free;
+	*t = fk.dev[p].total;
+	OUT(CUDA_SUCCESS);
+}
+
+static int prop_ok(const CUmemAllocationProp *prop)
+{
+	return prop->type == CU_MEM_ALLOCATION_TYPE_PINNED &&
+	       prop->requestedHandleTypes == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR &&
+	       prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE && phys(prop->location.id) >= 0 &&
+	       prop->win32HandleMetaData == NULL;
+}
+
+static CUresult fk_MemGetAllocationGranularity(size_t *g, const CUmemAllocationProp *prop,
+					       CUmemAllocationGranularity_flags o)
+{
+	ENTER_INIT(F_MemGetAllocationGranularity);
+	if (!prop_ok(prop))
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	*g = fk.dev[phys(prop->location.id)].gran;
+	OUT(CUDA_SUCCESS);
+}
+
+static void alloc_put(int a)
+{
+	struct fk_alloc *x = &fk.alloc[a];
+	if (x->handles || x->maps)
+		return;
+	fk.dev[x->dev].free += x->size;
+	if (fk.recycle_fd < 0) {
+		fk.recycle_fd = x->memfd;
+		fk.recycle_size = x->size;
+	} else {
+		close(x->memfd);
+	}
+	memset(x, 0, sizeof(*x));
+}
+
+static CUmemGenericAllocationHandle handle_new(int a)
+{
+	for (int i = 0; i < FK_MAX; i++)
+		if (fk.handle[i].id == 0) {
+			fk.handle[i].id = ++fk.next_handle * 0x1000 + 7;
+			fk.handle[i].alloc = a;
+			fk.alloc[a].handles++;
+			return fk.handle[i].id;
+		}
+	return 0;
+}
+
+static struct fk_handle *handle_find(CUmemGenericAllocationHandle h)
+{
+	for (int i = 0; i < FK_MAX; i++)
+		if (h && fk.handle[i].id == h)
+			return &fk.handle[i];
+	return NULL;
+}
+
+static CUresult fk_MemCreate(CUmemGenericAllocationHandle *h, size_t size, const CUmemAllocationProp *prop,
+			     unsigned long long flags)
+{
+	ENTER_INIT(F_MemCreate);
+	if (!prop_ok(prop) || flags || size == 0)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	struct fk_dev *d = &fk.dev[phys(prop->location.id)];
+	if (size % d->gran)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	if (size > d->free)
+		OUT(CUDA_ERROR_OUT_OF_MEMORY);
+	int a = -1;
+	for (int i = 0; i < FK_MAX && a < 0; i++)
+		if (!fk.alloc[i].live)
+			a = i;
+	if (a < 0)
+		OUT(CUDA_ERROR_OUT_OF_MEMORY);
+	int fd;
+	if (fk.recycle_fd >= 0 && fk.recycle_size == size) {
+		fd = fk.recycle_fd; /* the previous owner's bytes are still there */
+		fk.recycle_fd = -1;
+	} else {
+		fd = memfd_create("fake-vram", MFD_CLOEXEC);
+		if (fd < 0 || ftruncate(fd, (off_t)size) < 0)
+			OUT(CUDA_ERROR_OUT_OF_MEMORY);
+		/* Fresh memory is not zero on a GPU either. */
+		char *m = mmap(NULL, size, PROT_WRITE, MAP_SHARED, fd, 0);
+		if (m != MAP_FAILED) {
+			memset(m, 0xa5, size);
+			munmap(m, size);
+		}
+	}
+	fk.alloc[a] = (struct fk_alloc){ .live = 1, .memfd = fd, .size = size, .dev = phys(prop->location.id) };
+	d->free -= size;
+	*h = handle_new(a);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemRelease(CUmemGenericAllocationHandle h)
+{
+	ENTER_INIT(F_MemRelease);
+	struct fk_handle *x = handle_find(h);
+	if (!x)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	int a = x->alloc;
+	x->id = 0;
+	fk.alloc[a].handles--;
+	alloc_put(a);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemExportToShareableHandle(void *out, CUmemGenericAllocationHandle h,
+					      CUmemAllocationHandleType t, unsigned long long flags)
+{
+	ENTER_INIT(F_MemExportToShareableHandle);
+	struct fk_handle *x = handle_find(h);
+	if (!x || t != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR || flags)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	/* Deliberately without close-on-exec: the broker must set it. */
+	int fd = fcntl(fk.alloc[x->alloc].memfd, F_DUPFD, 3);
+	if (fd < 0)
+		OUT(CUDA_ERROR_OPERATING_SYSTEM);
+	*(int *)out = fd;
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemImportFromShareableHandle(CUmemGenericAllocationHandle *h, void *os,
+						CUmemAllocationHandleType t)
+{
+	ENTER_INIT(F_MemImportFromShareableHandle);
+	struct stat st, st2;
+	if (t != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR || fstat((int)(uintptr_t)os, &st) < 0)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	for (int a = 0; a < FK_MAX; a++)
+		if (fk.alloc[a].live && fstat(fk.alloc[a].memfd, &st2) == 0 && st.st_ino == st2.st_ino &&
+		    st.st_dev == st2.st_dev) {
+			*h = handle_new(a);
+			OUT(*h ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY);
+		}
+	OUT(CUDA_ERROR_INVALID_VALUE);
+}
+
+static CUresult fk_MemAddressReserve(CUdeviceptr *p, size_t size, size_t align, CUdeviceptr addr,
+				     unsigned long long flags)
+{
+	ENTER_INIT(F_MemAddressReserve);
+	if (size == 0 || size % (2 * MiB) || addr || flags)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	for (int i = 0; i < FK_MAX; i++)
+		if (!fk.resv[i].va) {
+			void *m = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+			if (m == MAP_FAILED)
+				OUT(CUDA_ERROR_OUT_OF_MEMORY);
+			fk.resv[i] = (struct fk_resv){ m, size };
+			*p = (CUdeviceptr)(uintptr_t)m;
+			OUT(CUDA_SUCCESS);
+		}
+	OUT(CUDA_ERROR_OUT_OF_MEMORY);
+}
+
+static CUresult fk_MemAddressFree(CUdeviceptr p, size_t size)
+{
+	ENTER_INIT(F_MemAddressFree);
+	char *va = (char *)(uintptr_t)p;
+	for (int i = 0; i < FK_MAX; i++)
+		if (fk.resv[i].va == va && fk.resv[i].size == size) {
+			for (int k = 0; k < FK_MAX; k++)
+				if (fk.map[k].va >= va && fk.map[k].va < va + size)
+					OUT(CUDA_ERROR_INVALID_VALUE); /* still mapped */
+			munmap(va, size);
+			fk.resv[i] = (struct fk_resv){ 0 };
+			OUT(CUDA_SUCCESS);
+		}
+	OUT(CUDA_ERROR_INVALID_VALUE);
+}
+
+static CUresult fk_MemMap(CUdeviceptr p, size_t size, size_t off, CUmemGenericAllocationHandle h,
+			  unsigned long long flags)
+{
+	ENTER_INIT(F_MemMap);
+	char *va = (char *)(uintptr_t)p;
+	struct fk_handle *x = handle_find(h);
+	if (!x || flags || size == 0)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	struct fk_alloc *a = &fk.alloc[x->alloc];
+	if (off + size > a->size)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	int inside = 0;
+	for (int i = 0; i < FK_MAX; i++)
+		if (fk.resv[i].va && va >= fk.resv[i].va && va + size <= fk.resv[i].va + fk.resv[i].size)
+			inside = 1;
+	if (!inside)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	for (int k = 0; k < FK_MAX; k++)
+		if (fk.map[k].va && va < fk.map[k].va + fk.map[k].size && fk.map[k].va < va + size)
+			OUT(CUDA_ERROR_ALREADY_MAPPED);
+	for (int k = 0; k < FK_MAX; k++)
+		if (!fk.map[k].va) {
+			if (mmap(va, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, a->memfd, (off_t)off) ==
+			    MAP_FAILED)
+				OUT(CUDA_ERROR_OUT_OF_MEMORY);
+			fk.map[k] = (struct fk_map){ va, size, x->alloc, 0 };
+			a->maps++;
+			OUT(CUDA_SUCCESS);
+		}
+	OUT(CUDA_ERROR_OUT_OF_MEMORY);
+}
+
+static CUresult fk_MemUnmap(CUdeviceptr p, size_t size)
+{
+	ENTER_INIT(F_MemUnmap);
+	char *va = (char *)(uintptr_t)p;
+	for (int k = 0; k < FK_MAX; k++)
+		if (fk.map[k].va == va && fk.map[k].size == size) {
+			mmap(va, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+			int a = fk.map[k].alloc;
+			fk.map[k] = (struct fk_map){ 0 };
+			fk.alloc[a].maps--;
+			alloc_put(a);
+			OUT(CUDA_SUCCESS);
+		}
+	OUT(CUDA_ERROR_INVALID_VALUE);
+}
+
+static CUresult fk_MemSetAccess(CUdeviceptr p, size_t size, const CUmemAccessDesc *desc, size_t count)
+{
+	ENTER_INIT(F_MemSetAccess);
+	char *va = (char *)(uintptr_t)p;
+	if (count != 1 || desc->location.type != CU_MEM_LOCATION_TYPE_DEVICE || phys(desc->location.id) < 0 ||
+	    desc->flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	for (int k = 0; k < FK_MAX; k++)
+		if (fk.map[k].va == va && fk.map[k].size == size) {
+			/* Access for another device than the memory's own would
+			 * need peer access; vramd never asks for it. */
+			if (phys(desc->location.id) != fk.alloc[fk.map[k].alloc].dev)
+				OUT(CUDA_ERROR_INVALID_DEVICE);
+			fk.map[k].access = 1;
+			OUT(CUDA_SUCCESS);
+		}
+	OUT(CUDA_ERROR_INVALID_VALUE);
+}
+
+/* 1 if [p, p+n) lies in one accessible mapping. */
+static int dev_range_ok(CUdeviceptr p, size_t n)
+{
+	char *va = (char *)(uintptr_t)p;
+	for (int k = 0; k < FK_MAX; k++)
+		if (fk.map[k].va && fk.map[k].access && va >= fk.map[k].va &&
+		    va + n <= fk.map[k].va + fk.map[k].size)
+			return 1;
+	return 0;
+}
+
+static CUresult fk_MemsetD8(CUdeviceptr p, unsigned char v, size_t n)
+{
+	ENTER_CTX(F_MemsetD8);
+	if (!dev_range_ok(p, n))
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	memset((void *)(uintptr_t)p, v, n);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemcpyHtoD(CUdeviceptr d, const void *s, size_t n)
+{
+	ENTER_CTX(F_MemcpyHtoD);
+	if (!dev_range_ok(d, n))
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	memcpy((void *)(uintptr_t)d, s, n);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemcpyDtoH(void *d, CUdeviceptr s, size_t n)
+{
+	ENTER_CTX(F_MemcpyDtoH);
+	if (!dev_range_ok(s, n))
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	memcpy(d, (void *)(uintptr_t)s, n);
+	OUT(CUDA_SUCCESS);
+}
+
+static int obj_ok(void *o, int magic)
+{
+	return o && ((struct fk_obj *)o)->magic == magic;
+}
+
+static CUresult fk_MemcpyHtoDAsync(CUdeviceptr d, const void *s, size_t n, CUstream st)
+{
+	ENTER_CTX(F_MemcpyHtoDAsync);
+	if (!dev_range_ok(d, n) || !obj_ok(st, FK_STREAM))
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	memcpy((void *)(uintptr_t)d, s, n);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemcpyDtoHAsync(void *d, CUdeviceptr s, size_t n, CUstream st)
+{
+	ENTER_CTX(F_MemcpyDtoHAsync);
+	if (!dev_range_ok(s, n) || !obj_ok(st, FK_STREAM))
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	memcpy(d, (void *)(uintptr_t)s, n);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st)
+{
+	ENTER_CTX(F_MemcpyDtoDAsync);
+	if (!dev_range_ok(d, n) || !dev_range_ok(s, n) || !obj_ok(st, FK_STREAM))
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, n);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemHostRegister(void *p, size_t n, unsigned flags)
+{
+	ENTER_CTX(F_MemHostRegister);
+	char *c = p;
+	if (!p || n == 0 || flags != CU_MEMHOSTREGISTER_PORTABLE)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	for (int i = 0; i < FK_MAX; i++)
+		if (fk.reg[i].p && c < fk.reg[i].p + fk.reg[i].n && fk.reg[i].p < c + n)
+			OUT(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
+	for (int i = 0; i < FK_MAX; i++)
+		if (!fk.reg[i].p) {
+			fk.reg[i] = (struct fk_reg){ c, n };
+			OUT(CUDA_SUCCESS);
+		}
+	OUT(CUDA_ERROR_OUT_OF_MEMORY);
+}
+
+static CUresult fk_MemHostUnregister(void *p)
+{
+	ENTER_CTX(F_MemHostUnregister);
+	for (int i = 0; i < FK_MAX; i++)
+		if (p && fk.reg[i].p == p) {
+			fk.reg[i] = (struct fk_reg){ 0 };
+			OUT(CUDA_SUCCESS);
+		}
+	OUT(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED);
+}
+
+static CUresult fk_StreamCreate(CUstream *s, unsigned flags)
+{
+	ENTER_CTX(F_StreamCreate);
+	if (flags != CU_STREAM_NON_BLOCKING)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	struct fk_obj *o = malloc(sizeof(*o));
+	if (!o)
+		OUT(CUDA_ERROR_OUT_OF_MEMORY);
+	o->magic = FK_STREAM;
+	o->dev = ctx_dev(ctx_stack[ctx_depth - 1]);
+	fk.streams++;
+	*s = (CUstream)(void *)o;
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_StreamDestroy(CUstream s)
+{
+	ENTER_INIT(F_StreamDestroy);
+	if (!obj_ok(s, FK_STREAM))
+		OUT(CUDA_ERROR_INVALID_HANDLE);
+	((struct fk_obj *)(void *)s)->magic = 0;
+	free(s);
+	fk.streams--;
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_StreamSynchronize(CUstream s)
+{
+	ENTER_INIT(F_StreamSynchronize);
+	OUT(obj_ok(s, FK_STREAM) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
+}
+
+static CUresult fk_EventCreate(CUevent *e, unsigned flags)
+{
+	ENTER_CTX(F_EventCreate);
+	if (flags != CU_EVENT_DISABLE_TIMING)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	struct fk_obj *o = malloc(sizeof(*o));
+	if (!o)
+		OUT(CUDA_ERROR_OUT_OF_MEMORY);
+	o->magic = FK_EVENT;
+	o->dev = ctx_dev(ctx_stack[ctx_depth - 1]);
+	fk.events++;
+	*e = (CUevent)(void *)o;
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_EventDestroy(CUevent e)
+{
+	ENTER_INIT(F_EventDestroy);
+	if (!obj_ok(e, FK_EVENT))
+		OUT(CUDA_ERROR_INVALID_HANDLE);
+	((struct fk_obj *)(void *)e)->magic = 0;
+	free(e);
+	fk.events--;
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_EventRecord(CUevent e, CUstream s)
+{
+	ENTER_INIT(F_EventRecord);
+	if (!obj_ok(e, FK_EVENT) || !obj_ok(s, FK_STREAM) ||
+	    ((struct fk_obj *)(void *)e)->dev != ((struct fk_obj *)(void *)s)->dev)
+		OUT(CUDA_ERROR_INVALID_HANDLE);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_EventSynchronize(CUevent e)
+{
+	ENTER_INIT(F_EventSynchronize);
+	OUT(obj_ok(e, FK_EVENT) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
+}
+
+static const struct cuda_api fake_api = {
+	.Init = fk_Init,
+	.DriverGetVersion = fk_DriverGetVersion,
+	.GetErrorName = fk_GetErrorName,
+	.GetErrorString = fk_GetErrorString,
+	.DeviceGetCount = fk_DeviceGetCount,
+	.DeviceGet = fk_DeviceGet,
+	.DeviceGetName = fk_DeviceGetName,
+	.DeviceGetUuid = fk_DeviceGetUuid,
+	.DeviceTotalMem = fk_DeviceTotalMem,
+	.DeviceGetAttribute = fk_DeviceGetAttribute,
+	.DevicePrimaryCtxRetain = fk_DevicePrimaryCtxRetain,
+	.DevicePrimaryCtxRelease = fk_DevicePrimaryCtxRelease,
+	.CtxPushCurrent = fk_CtxPushCurrent,
+	.CtxPopCurrent = fk_CtxPopCurrent,
+	.CtxSynchronize = fk_CtxSynchronize,
+	.MemGetInfo = fk_MemGetInfo,
+	.MemGetAllocationGranularity = fk_MemGetAllocationGranularity,
+	.MemCreate = fk_MemCreate,
+	.MemRelease = fk_MemRelease,
+	.MemExportToShareableHandle = fk_MemExportToShareableHandle,
+	.MemImportFromShareableHandle = fk_MemImportFromShareableHandle,
+	.MemAddressReserve = fk_MemAddressReserve,
+	.MemAddressFree = fk_MemAddressFree,
+	.MemMap = fk_MemMap,
+	.MemUnmap = fk_MemUnmap,
+	.MemSetAccess = fk_MemSetAccess,
+	.MemsetD8 = fk_MemsetD8,
+	.MemcpyHtoD = fk_MemcpyHtoD,
+	.MemcpyDtoH = fk_MemcpyDtoH,
+	.MemcpyHtoDAsync = fk_MemcpyHtoDAsync,
+	.MemcpyDtoHAsync = fk_MemcpyDtoHAsync,
+	.MemcpyDtoDAsync = fk_MemcpyDtoDAsync,
+	.MemHostRegister = fk_MemHostRegister,
+	.MemHostUnregister = fk_MemHostUnregister,
+	.StreamCreate = fk_StreamCreate,
+	.StreamDestroy = fk_StreamDestroy,
+	.StreamSynchronize = fk_StreamSynchronize,
+	.EventCreate = fk_EventCreate,
+	.EventDestroy = fk_EventDestroy,
+	.EventRecord = fk_EventRecord,
+	.EventSynchronize = fk_EventSynchronize,
+};
+
+/* Entry points by enum fn, in struct order (the table and the enum agree). */
+static const char *const fn_names[F_COUNT] = {
+	"cuInit", "cuDriverGetVersion", "cuGetErrorName", "cuGetErrorString", "cuDeviceGetCount",
+	"cuDeviceGet", "cuDeviceGetName", "cuDeviceGetUuid", "cuDeviceTotalMem", "cuDeviceGetAttribute",
+	"cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuCtxPushCurrent", "cuCtxPopCurrent",
+	"cuCtxSynchronize", "cuMemGetInfo", "cuMemGetAllocationGranularity", "cuMemCreate", "cuMemRelease",
+	"cuMemExportToShareableHandle", "cuMemImportFromShareableHandle", "cuMemAddressReserve",
+	"cuMemAddressFree", "cuMemMap", "cuMemUnmap", "cuMemSetAccess", "cuMemsetD8", "cuMemcpyHtoD",
+	"cuMemcpyDtoH", "cuMemcpyHtoDAsync", "cuMemcpyDtoHAsync", "cuMemcpyDtoDAsync", "cuMemHostRegister",
+	"cuMemHostUnregister", "cuStreamCreate", "cuStreamDestroy", "cuStreamSynchronize", "cuEventCreate",
+	"cuEventDestroy", "cuEventRecord", "cuEventSynchronize",
+};
+_Static_assert(sizeof(struct cuda_api) == F_COUNT * sizeof(void (*)(void)), "enum fn covers the table");
+
+static void fake_dev_init(int p, const char *name, size_t total)
+{
+	struct fk_dev *d = &fk.dev[p];
+	snprintf(d->name, sizeof(d->name), "%s", name);
+	for (int i = 0; i < 16; i++)
+		d->uuid[i] = (uint8_t)(0x10 * (p + 1) + i);
+	d->total = total;
+	d->free = total - 256 * MiB; /* what a context takes */
+	d->gran = 2 * MiB;
+	d->vmm = 1;
+	d->posix_fd = 1;
+	d->numa = p;
+}
+
+/* ndev devices, all visible in order, nothing created. */
+static int fk_ready; /* fk has been reset once (recycle_fd is meaningful) */
+
+static void fake_reset(int ndev)
+{
+	if (fk_ready && fk.recycle_fd >= 0)
+		close(fk.recycle_fd);
+	fk_ready = 1;
+	memset(&fk, 0, sizeof(fk));
+	fk.recycle_fd = -1;
+	fk.fail_fn = -1;
+	fk.ndev = ndev;
+	fk.nvisible = ndev;
+	for (int p = 0; p < ndev; p++) {
+		char name[32];
+		snprintf(name, sizeof(name), "Fake GPU %d", p);
+		fake_dev_init(p, name, 16 * GiB);
+		fk.perm[p] = p;
+	}
+	ctx_depth = 0;
+	cuda_api_set_override(&fake_api);
+}
+
+static void fake_fail(enum fn f, unsigned nth, CUresult code)
+{
+	pthread_mutex_lock(&fk_lock);
+	fk.fail_fn = (int)f;
+	fk.fail_nth = nth;
+	fk.fail_seen = 0;
+	fk.fail_code = code;
+	pthread_mutex_unlock(&fk_lock);
+}
+
+static void fake_nofail(void)
+{
+	fake_fail(-1, 0, 0);
+	pthread_mutex_lock(&fk_lock);
+	fk.fail_fn = -1;
+	pthread_mutex_unlock(&fk_lock);
+}
+
+static int fake_count(int what)
+{
+	int n = 0;
+	for (int i = 0; i < FK_MAX; i++) {
+		switch (what) {
+		case 0: n += fk.alloc[i].live; break;
+		case 1: n += fk.handle[i].id != 0; break;
+		case 2: n += fk.resv[i].va != NULL; break;
+		case 3: n += fk.map[i].va != NULL; break;
+		case 4: n += fk.reg[i].p != NULL; break;
+		}
+	}
+	return n;
+}
+
+/* Everything created was given back, and this thread's context stack is
+ * as it was. */
+static void fake_assert_clean(void)
+{
+	pthread_mutex_lock(&fk_lock);
+	int allocs = fake_count(0), handles = fake_count(1), resv = fake_count(2), maps = fake_count(3),
+	    regs = fake_count(4);
+	pthread_mutex_unlock(&fk_lock);
+	ck_assert_int_eq(allocs, 0);
+	ck_assert_int_eq(handles, 0);
+	ck_assert_int_eq(resv, 0);
+	ck_assert_int_eq(maps, 0);
+	ck_assert_int_eq(regs, 0);
+	ck_assert_int_eq(fk.streams, 0);
+	ck_assert_int_eq(fk.events, 0);
+	for (int p = 0; p < fk.ndev; p++) {
+		ck_assert_int_eq(fk.dev[p].ctx_refs, 0);
+		ck_assert_uint_eq(fk.dev[p].free, fk.dev[p].total - 256 * MiB);
+	}
+	ck_assert_int_eq(ctx_depth, 0);
+}
+
+static void setup(void)
+{
+	broker_log_level = -1; /* the broker's log lines are not under test */
+	fake_reset(1);
+}
+
+static void teardown(void)
+{
+	if (fk.recycle_fd >= 0)
+		close(fk.recycle_fd);
+	fk.recycle_fd = -1;
+	cuda_api_set_override(NULL);
+}
+
+/* ======================================================================
+ * Helpers
+ * ====================================================================== */
+
+static int discover(struct pool **out, uint32_t max, char *note, size_t len)
+{
+	return pool_cuda_discover(out, max, 0, note, len);
+}
+
+static void free_pools(struct pool **p, int n)
+{
+	for (int i = 0; i < n; i++)
+		pool_free(p[i]);
+}
+
+/* A hand-made client that knows the fake's devices as a broker would
+ * describe them (runtime-only tests, no socket). */
+static struct vram_client *fake_client(int ndev)
+{
+	struct vram_client *c = calloc(1, sizeof(*c));
+	ck_assert_ptr_nonnull(c);
+	c->fd = -1;
+	c->ndev = (uint32_t)ndev + 1;
+	for (int i = 0; i < ndev; i++) {
+		struct vram_device_info *d = &c->dev[i];
+		d->index = (uint32_t)i;
+		d->backend = VRAM_BACKEND_CUDA;
+		d->ordinal = i;
+		d->granularity = 2 * MiB;
+		memcpy(d->uuid, fk.dev[i].uuid, 16);
+		snprintf(d->name, sizeof(d->name), "cuda:%d", i);
+	}
+	c->dev[ndev].index = (uint32_t)ndev;
+	c->dev[ndev].backend = VRAM_BACKEND_CPU;
+	snprintf(c->dev[ndev].name, sizeof(c->dev[ndev].name), "cpu");
+	return c;
+}
+
+/* An exported allocation of size bytes on physical device p, as the broker
+ * would send it: returns the fd; *ret_h is the "broker's" handle. */
+static int fake_export(int p, size_t size, CUmemGenericAllocationHandle *ret_h)
+{
+	CUmemAllocationProp prop = { .type = CU_MEM_ALLOCATION_TYPE_PINNED,
+				     .requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+				     .location = { CU_MEM_LOCATION_TYPE_DEVICE, p } };
+	int fd = -1, saved = fk.inited;
+	fk.inited = 1;
+	ck_assert_int_eq(fk_MemCreate(ret_h, size, &prop, 0), CUDA_SUCCESS);
+	ck_assert_int_eq(fk_MemExportToShareableHandle(&fd, *ret_h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
+			 CUDA_SUCCESS);
+	fk.inited = saved;
+	return fd;
+}
+
+static void fake_release(CUmemGenericAllocationHandle h)
+{
+	int saved = fk.inited;
+	fk.inited = 1;
+	ck_assert_int_eq(fk_MemRelease(h), CUDA_SUCCESS);
+	fk.inited = saved;
+}
+
+static struct vram_grant *grant_on(uint32_t device, uint64_t size)
+{
+	struct vram_grant *g = calloc(1, sizeof(*g));
+	ck_assert_ptr_nonnull(g);
+	g->id = 42;
+	g->size = size;
+	g->device = device;
+	g->backend = VRAM_BACKEND_CUDA;
+	return g;
+}
+
+/* Reads size bytes of device memory through the runtime's device handle. */
+static void dev_read(struct vram_client *c, uint32_t device, uint64_t src, void *dst, size_t size)
+{
+	struct vram_cuda_dev *d;
+	ck_assert_int_eq(vram_cuda_dev_get(c, device, &d), 0);
+	ck_assert_int_eq(vram_cuda_dev_push(d), 0);
+	ck_assert_int_eq(vram_cuda_dev_api(d)->MemcpyDtoH(dst, src, size), CUDA_SUCCESS);
+	vram_cuda_dev_pop(d);
+	vram_cuda_dev_put(d);
+}
+
+static void dev_write(struct vram_client *c, uint32_t device, uint64_t dst, const void *src, size_t size)
+{
+	struct vram_cuda_dev *d;
+	ck_assert_int_eq(vram_cuda_dev_get(c, device, &d), 0);
+	ck_assert_int_eq(vram_cuda_dev_push(d), 0);
+	ck_assert_int_eq(vram_cuda_dev_api(d)->MemcpyHtoD(dst, src, size), CUDA_SUCCESS);
+	vram_cuda_dev_pop(d);
+	vram_cuda_dev_put(d);
+}
+
+/* ======================================================================
+ * Loader
+ * ====================================================================== */
+
+START_TEST(test_abi_constants)
+{
+	/* With cuda.h these are the toolkit's; without, common/cuda-api.h's
+	 * own declarations, which must carry the same ABI. */
+	ck_assert_int_eq(CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 102);
+	ck_assert_int_eq(CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED, 103);
+	ck_assert_int_eq(CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID, 134);
+	ck_assert_int_eq(CU_MEM_ALLOCATION_TYPE_PINNED, 1);
+	ck_assert_int_eq(CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 1);
+	ck_assert_int_eq(CU_MEM_LOCATION_TYPE_DEVICE, 1);
+	ck_assert_int_eq(CU_MEM_ACCESS_FLAGS_PROT_READWRITE, 3);
+	ck_assert_int_eq(CU_MEM_ALLOC_GRANULARITY_RECOMMENDED, 1);
+	ck_assert_int_eq(CU_STREAM_NON_BLOCKING, 1);
+	ck_assert_int_eq(CU_EVENT_DISABLE_TIMING, 2);
+	ck_assert_int_eq(CU_MEMHOSTREGISTER_PORTABLE, 1);
+	ck_assert_int_eq(CUDA_ERROR_NO_DEVICE, 100);
+	ck_assert_int_eq(CUDA_ERROR_OUT_OF_MEMORY, 2);
+	ck_assert_uint_eq(sizeof(CUmemAllocationProp), 32);
+	ck_assert_uint_eq(offsetof(CUmemAllocationProp, location), 8);
+	ck_assert_uint_eq(offsetof(CUmemAllocationProp, win32HandleMetaData), 16);
+	ck_assert_uint_eq(offsetof(CUmemAllocationProp, allocFlags), 24);
+	ck_assert_uint_eq(sizeof(CUmemAccessDesc), 12);
+	ck_assert_uint_eq(sizeof(CUuuid), 16);
+	ck_assert_uint_eq(sizeof(CUdeviceptr), 8);
+	ck_assert_uint_eq(sizeof(CUmemGenericAllocationHandle), 8);
+}
+END_TEST
+
+START_TEST(test_strerror_errno)
+{
+	struct cuda_api api;
+	char err[256], buf[160];
+	ck_assert_int_eq(cuda_api_load(&api, err, sizeof(err)), 0);
+	ck_assert_str_eq(cuda_api_strerror(&api, CUDA_ERROR_OUT_OF_MEMORY, buf, sizeof(buf)),
+			 "CUDA_ERROR_OUT_OF_MEMORY (out of memory)");
+	ck_assert_str_eq(cuda_api_strerror(&api, 12345, buf, sizeof(buf)), "CUDA error 12345");
+	ck_assert_str_eq(cuda_api_strerror(NULL, 2, buf, sizeof(buf)), "CUDA error 2");
+	ck_assert_int_eq(cuda_api_errno(CUDA_SUCCESS), 0);
+	ck_assert_int_eq(cuda_api_errno(CUDA_ERROR_OUT_OF_MEMORY), -ENOMEM);
+	ck_assert_int_eq(cuda_api_errno(CUDA_ERROR_NO_DEVICE), -ENODEV);
+	ck_assert_int_eq(cuda_api_errno(CUDA_ERROR_INVALID_VALUE), -EINVAL);
+	ck_assert_int_eq(cuda_api_errno(CUDA_ERROR_NOT_SUPPORTED), -ENOTSUP);
+	ck_assert_int_eq(cuda_api_errno(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED), -EBUSY);
+	ck_assert_int_eq(cuda_api_errno(CUDA_ERROR_UNKNOWN), -EIO);
+	uint8_t u[16];
+	for (int i = 0; i < 16; i++)
+		u[i] = (uint8_t)(i * 17);
+	ck_assert_str_eq(cuda_uuid_format(u, buf, sizeof(buf)), "GPU-00112233-4455-6677-8899-aabbccddeeff");
+}
+END_TEST
+
+START_TEST(test_missing_entry_points)
+{
+	/* Every member, one at a time: discovery and the runtime both refuse
+	 * the table and say which call is missing. */
+	for (int i = 0; i < F_COUNT; i++) {
+		struct cuda_api t = fake_api;
+		void (*null_fn)(void) = NULL;
+		memcpy((char *)&t + (size_t)i * sizeof(null_fn), &null_fn, sizeof(null_fn));
+		fake_reset(1);
+		cuda_api_set_override(&t);
+		char note[128], want[96];
+		struct pool *p[4];
+		ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+		snprintf(want, sizeof(want), "the fake driver lacks %s", fn_names[i]);
+		ck_assert_msg(strstr(note, want), "entry %d: note \"%s\"", i, note);
+
+		struct cuda_api api;
+		char err[256];
+		ck_assert_int_eq(cuda_api_load(&api, err, sizeof(err)), -ENOSYS);
+		ck_assert_ptr_null(api.Init);
+
+		struct vram_client *c = fake_client(1);
+		struct vram_grant *g = grant_on(0, 2 * MiB);
+		ck_assert_int_eq(vram_cuda_import(c, g, 0), -ENOSYS);
+		ck_assert_ptr_nonnull(strstr(vram_last_error(), want));
+		ck_assert_ptr_null(g->cuda);
+		free(g);
+		free(c);
+		fake_assert_clean();
+	}
+}
+END_TEST
+
+START_TEST(test_real_loader_without_driver)
+{
+	/* The stub libcuda is not on the loader path here; a machine with a
+	 * driver finds it and this test has nothing to say. */
+	void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+	if (h) {
+		dlclose(h);
+		fprintf(stderr, "test_real_loader_without_driver: libcuda.so.1 present, skipped\n");
+		return;
+	}
+	cuda_api_set_override(NULL);
+	struct cuda_api api;
+	char err[256], note[128];
+	struct pool *p[4];
+	ck_assert_int_eq(cuda_api_load(&api, err, sizeof(err)), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err, "NVIDIA driver not found (libcuda.so.1"));
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+	ck_assert_ptr_eq(strstr(note, "NVIDIA driver not found (libcuda.so.1"), note);
+
+	/* The runtime says the same. */
+	struct vram_client *c = fake_client(1);
+	struct vram_grant *g = grant_on(0, 2 * MiB);
+	ck_assert_int_eq(vram_cuda_import(c, g, 0), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuda:0: NVIDIA driver not found"));
+	free(g);
+	free(c);
+}
+END_TEST
+
+START_TEST(test_real_vramd_note)
+{
+	void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+	if (h) {
+		dlclose(h);
+		fprintf(stderr, "test_real_vramd_note: libcuda.so.1 present, skipped\n");
+		return;
+	}
+	char *dir = t_tmpdir(), sock[100], log[300];
+	ck_assert_ptr_nonnull(dir);
+	snprintf(sock, sizeof(sock), "%s/vramd.sock", dir);
+	snprintf(log, sizeof(log), "%s/vramd.log", dir);
+	const char *args[] = { "--host-pool", "64MiB", NULL };
+	pid_t pid = t_start_vramd(sock, log, args);
+	ck_assert_int_gt(pid, 0);
+	vram_client *c;
+	ck_assert_int_eq(vram_connect(sock, "t", &c), 0);
+	ck_assert_msg(strstr(vram_client_note(c), "NVIDIA driver not found") == vram_client_note(c), "note: %s",
+		      vram_client_note(c));
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	ck_assert_ptr_nonnull(strstr(s->note, "NVIDIA driver not found"));
+	ck_assert_uint_eq(s->ndevices, 1);
+	ck_assert_str_eq(s->devices[0].name, "cpu");
+	vram_status_free(s);
+	vram_close(c);
+	int st = t_stop(pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	t_rmtree(dir);
+}
+END_TEST
+
+/* ======================================================================
+ * Discovery
+ * ====================================================================== */
+
+START_TEST(test_discover_devices)
+{
+	fake_reset(2);
+	snprintf(fk.dev[1].name, sizeof(fk.dev[1].name), "NVIDIA H100 80GB HBM3");
+	fk.dev[1].total = 80 * GiB;
+	fk.dev[1].free = 80 * GiB - 256 * MiB;
+	fk.dev[1].numa_unknown = 1;
+	struct pool *p[4];
+	char note[128] = "junk";
+	int n = discover(p, 4, note, sizeof(note));
+	ck_assert_int_eq(n, 2);
+	ck_assert_str_eq(note, "");
+	for (int i = 0; i < 2; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "cuda:%d", i);
+		ck_assert_str_eq(p[i]->name, name);
+		ck_assert_uint_eq(p[i]->index, (uint32_t)i);
+		ck_assert_int_eq(p[i]->ordinal, i);
+		ck_assert_uint_eq(p[i]->backend, VRAMD_BACKEND_CUDA);
+		ck_assert_uint_eq(p[i]->flags, 0);
+		ck_assert_uint_eq(p[i]->granularity, 2 * MiB);
+		ck_assert_mem_eq(p[i]->uuid, fk.dev[i].uuid, 16);
+		ck_assert_int_eq(fk.dev[i].ctx_refs, 1);
+	}
+	ck_assert_str_eq(p[0]->label, "Fake GPU 0");
+	ck_assert_str_eq(p[1]->label, "NVIDIA H100 80GB HBM3");
+	ck_assert_int_eq(p[0]->numa_node, 0);
+	ck_assert_int_eq(p[1]->numa_node, -1);
+	/* free minus the reserve: 1 GiB below 32 GiB, total/32 above */
+	ck_assert_uint_eq(p[0]->total, 16 * GiB - 256 * MiB - 1 * GiB);
+	ck_assert_uint_eq(p[1]->total, 80 * GiB - 256 * MiB - 80 * GiB / 32);
+	ck_assert_uint_eq(p[1]->total % (2 * MiB), 0);
+	/* the wire description carries it all */
+	struct vramd_device d;
+	pool_describe(p[1], &d);
+	ck_assert_str_eq(d.name, "cuda:1");
+	ck_assert_int_eq(d.ordinal, 1);
+	ck_assert_mem_eq(d.uuid, fk.dev[1].uuid, 16);
+	free_pools(p, n);
+	fake_assert_clean();
+
+	/* indices start at first */
+	n = pool_cuda_discover(p, 4, 5, note, sizeof(note));
+	ck_assert_int_eq(n, 2);
+	ck_assert_uint_eq(p[0]->index, 5);
+	ck_assert_uint_eq(p[1]->index, 6);
+	free_pools(p, n);
+	fake_assert_clean();
+}
+END_TEST
+
+START_TEST(test_discover_no_devices)
+{
+	struct pool *p[4];
+	char note[128];
+	fake_reset(0);
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+	ck_assert_str_eq(note, "no CUDA devices");
+
+	fake_reset(1);
+	fk.init_result = CUDA_ERROR_NO_DEVICE;
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+	ck_assert_str_eq(note, "no CUDA devices");
+
+	fake_reset(1);
+	fk.init_result = CUDA_ERROR_UNKNOWN;
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+	ck_assert_str_eq(note, "cuInit failed: CUDA_ERROR_UNKNOWN (unknown error)");
+
+	fake_reset(1);
+	fk.init_result = CUDA_ERROR_STUB_LIBRARY;
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+	ck_assert_str_eq(note, "cuInit failed: CUDA_ERROR_STUB_LIBRARY (CUDA driver is a stub library)");
+
+	/* an error code the driver cannot name */
+	fake_reset(1);
+	fk.init_result = 4242;
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+	ck_assert_str_eq(note, "cuInit failed: CUDA error 4242");
+	fake_assert_clean();
+}
+END_TEST
+
+START_TEST(test_discover_skips_unsupported)
+{
+	struct pool *p[4];
+	char note[128];
+
+	fake_reset(2);
+	fk.dev[0].vmm = 0;
+	int n = discover(p, 4, note, sizeof(note));
+	ck_assert_int_eq(n, 1);
+	ck_assert_str_eq(p[0]->name, "cuda:1");
+	ck_assert_int_eq(p[0]->ordinal, 1);
+	ck_assert_str_eq(note, "cuda:0 (Fake GPU 0) skipped: no CUDA VMM support");
+	free_pools(p, n);
+
+	fake_reset(2);
+	fk.dev[0].posix_fd = 0;
+	fk.dev[1].vmm = 0;
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+	ck_assert_str_eq(note, "cuda:0 (Fake GPU 0) skipped: no POSIX-fd handle support; "
+			       "cuda:1 (Fake GPU 1) skipped: no CUDA VMM support");
+	fake_assert_clean();
+
+	/* too little free memory for anything beyond the reserve */
+	fake_reset(1);
+	fk.dev[0].free = 512 * MiB;
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+	ck_assert_str_eq(note, "cuda:0 (Fake GPU 0) skipped: only 512.00 MiB free");
+	fk.dev[0].free = 16 * GiB - 256 * MiB;
+	fake_assert_clean();
+
+	/* the broker's device limit */
+	fake_reset(3);
+	n = discover(p, 2, note, sizeof(note));
+	ck_assert_int_eq(n, 2);
+	ck_assert_str_eq(note, "cuda:2 and later not used: device limit reached");
+	free_pools(p, n);
+	fake_assert_clean();
+}
+END_TEST
+
+START_TEST(test_discover_entry_errors)
+{
+	/* Each call discovery makes, failing on its first use, with one
+	 * device: no pool, a note naming the call and the error, nothing
+	 * retained. */
+	static const struct {
+		enum fn f;
+		const char *want;
+	} cases[] = {
+		{ F_DeviceGetCount, "cuDeviceGetCount failed: CUDA_ERROR_UNKNOWN (unknown error)" },
+		{ F_DeviceGet, "cuda:0 skipped: cuDeviceGet: CUDA_ERROR_UNKNOWN" },
+		{ F_DeviceGetName, "cuda:0 skipped: cuDeviceGetName: CUDA_ERROR_UNKNOWN" },
+		{ F_DeviceGetUuid, "cuda:0 (Fake GPU 0) skipped: cuDeviceGetUuid: CUDA_ERROR_UNKNOWN" },
+		{ F_DeviceTotalMem, "skipped: cuDeviceTotalMem: CUDA_ERROR_UNKNOWN" },
+		{ F_DeviceGetAttribute, "skipped: cuDeviceGetAttribute(VMM): CUDA_ERROR_UNKNOWN" },
+		{ F_MemGetAllocationGranularity, "skipped: cuMemGetAllocationGranularity: CUDA_ERROR_UNKNOWN" },
+		{ F_DevicePrimaryCtxRetain, "skipped: cuDevicePrimaryCtxRetain: CUDA_ERROR_UNKNOWN" },
+		{ F_CtxPushCurrent, "skipped: cuCtxPushCurrent: CUDA_ERROR_UNKNOWN" },
+		{ F_MemGetInfo, "skipped: cuMemGetInfo: CUDA_ERROR_UNKNOWN" },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct pool *p[4];
+		char note[128];
+		fake_reset(1);
+		fake_fail(cases[i].f, 0, CUDA_ERROR_UNKNOWN);
+		ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+		ck_assert_msg(strstr(note, cases[i].want), "%s: note \"%s\"", fn_names[cases[i].f], note);
+		fake_assert_clean();
+	}
+	/* The second attribute query (POSIX fd) failing. */
+	struct pool *p[4];
+	char note[128];
+	fake_reset(1);
+	fake_fail(F_DeviceGetAttribute, 1, CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+	ck_assert_ptr_nonnull(strstr(note, "cuDeviceGetAttribute(POSIX fd): CUDA_ERROR_INVALID_VALUE"));
+	/* The NUMA query failing is not an error. */
+	fake_reset(1);
+	fake_fail(F_DeviceGetAttribute, 2, CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 1);
+	ck_assert_int_eq(p[0]->numa_node, -1);
+	free_pools(p, 1);
+	/* A failure on one device leaves the next one in use. */
+	fake_reset(2);
+	fake_fail(F_DeviceGetUuid, 0, CUDA_ERROR_UNKNOWN);
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 1);
+	ck_assert_str_eq(p[0]->name, "cuda:1");
+	free_pools(p, 1);
+	/* An error whose name the driver will not give. */
+	fake_reset(1);
+	fake_fail(F_DeviceGetCount, 0, 31337);
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
+	ck_assert_str_eq(note, "cuDeviceGetCount failed: CUDA error 31337");
+	fake_assert_clean();
+}
+END_TEST
+
+/* ======================================================================
+ * Grants (pool ops, no socket)
+ * ====================================================================== */
+
+START_TEST(test_grant_clears_and_exports)
+{
+	struct pool *p[1];
+	char note[128];
+	int fds0 = t_count_fds();
+	ck_assert_int_eq(discover(p, 1, note, sizeof(note)), 1);
+	const char *why = NULL;
+	int fd = -1;
+	void *h = NULL;
+	size_t size = 4 * MiB;
+
+	ck_assert_int_eq(p[0]->ops->grant(p[0], size, &fd, &h, &why), 0);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fcntl(fd, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+	/* (the fake's fd is the memory itself) */
+	char *buf = malloc(size);
+	ck_assert_int_eq(pread(fd, buf, size, 0), (ssize_t)size);
+	ck_assert(mem_is_zero(buf, size));
+	memset(buf, 0x5a, size);
+	ck_assert_int_eq(pwrite(fd, buf, size, 0), (ssize_t)size);
+	ck_assert_uint_eq(fk.calls[F_MemsetD8], 1);
+	ck_assert_uint_eq(fk.calls[F_CtxSynchronize], 1);
+	/* the broker keeps only its handle: no mapping, no VA */
+	ck_assert_int_eq(fake_count(1), 1);
+	ck_assert_int_eq(fake_count(2), 0);
+	ck_assert_int_eq(fake_count(3), 0);
+	ck_assert_int_eq(ctx_depth, 0);
+	close(fd);
+	p[0]->ops->release(p[0], h, size);
+
+	/* The same memory comes back with the bytes above in it: the grant
+	 * must read zero all the same. */
+	ck_assert_int_eq(fk.recycle_size, size);
+	ck_assert_int_eq(p[0]->ops->grant(p[0], size, &fd, &h, &why), 0);
+	ck_assert_int_eq(fk.recycle_fd, -1);
+	ck_assert_int_eq(pread(fd, buf, size, 0), (ssize_t)size);
+	ck_assert(mem_is_zero(buf, size));
+	close(fd);
+	p[0]->ops->release(p[0], h, size);
+	free(buf);
+
+	/* more than the device has */
+	ck_assert_int_eq(p[0]->ops->grant(p[0], 32 * GiB, &fd, &h, &why), -ENOMEM);
+	ck_assert_str_eq(why, "cuMemCreate: CUDA_ERROR_OUT_OF_MEMORY (out of memory)");
+	free_pools(p, 1);
+	fake_assert_clean();
+	close(fk.recycle_fd);
+	fk.recycle_fd = -1;
+	ck_assert_int_eq(t_count_fds(), fds0);
+}
+END_TEST
+
+START_TEST(test_grant_entry_errors)
+{
+	static const struct {
+		enum fn f;
+		CUresult code;
+		int err;
+		int leaks_va;    /* the VA cannot be given back after this */
+	} cases[] = {
+		{ F_CtxPushCurrent, CUDA_ERROR_INVALID_CONTEXT, -EIO, 0 },
+		{ F_MemCreate, CUDA_ERROR_OUT_OF_MEMORY, -ENOMEM, 0 },
+		{ F_MemAddressReserve, CUDA_ERROR_OUT_OF_MEMORY, -ENOMEM, 0 },
+		{ F_MemMap, CUDA_ERROR_OUT_OF_MEMORY, -ENOMEM, 0 },
+		{ F_MemSetAccess, CUDA_ERROR_INVALID_VALUE, -EINVAL, 0 },
+		{ F_MemsetD8, CUDA_ERROR_UNKNOWN, -EIO, 0 },
+		{ F_CtxSynchronize, CUDA_ERROR_UNKNOWN, -EIO, 0 },
+		{ F_MemUnmap, CUDA_ERROR_UNKNOWN, -EIO, 1 },
+		{ F_MemAddressFree, CUDA_ERROR_UNKNOWN, -EIO, 1 },
+		{ F_MemExportToShareableHandle, CUDA_ERROR_NOT_SUPPORTED, -ENOTSUP, 0 },
+	};
+	int fds0 = t_count_fds();
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct pool *p[1];
+		char note[128], want[96];
+		fake_reset(1);
+		ck_assert_int_eq(discover(p, 1, note, sizeof(note)), 1);
+		const char *why = NULL;
+		int fd = -1;
+		void *h = NULL;
+		fake_fail(cases[i].f, 0, cases[i].code);
+		int r = p[0]->ops->grant(p[0], 2 * MiB, &fd, &h, &why);
+		ck_assert_msg(r == cases[i].err, "%s: %d", fn_names[cases[i].f], r);
+		ck_assert_int_eq(fd, -1);
+		snprintf(want, sizeof(want), "%s: ", fn_names[cases[i].f]);
+		ck_assert_msg(why && strstr(why, want) == why, "%s: why \"%s\"", fn_names[cases[i].f], why);
+		ck_assert_int_eq(ctx_depth, 0);
+		ck_assert_int_eq(fake_count(1), 0); /* the allocation was released */
+		/* the next grant works */
+		fake_nofail();
+		ck_assert_int_eq(p[0]->ops->grant(p[0], 2 * MiB, &fd, &h, &why), 0);
+		close(fd);
+		p[0]->ops->release(p[0], h, 2 * MiB);
+		free_pools(p, 1);
+		if (cases[i].leaks_va) {
+			/* Unmap/free failing for real means a broken driver; what
+			 * is left is the VA range (and its mapping), nothing else. */
+			ck_assert_int_eq(fake_count(2), 1);
+			for (int k = 0; k < FK_MAX; k++)
+				if (fk.resv[k].va)
+					munmap(fk.resv[k].va, fk.resv[k].size);
+			memset(fk.resv, 0, sizeof(fk.resv));
+			for (int k = 0; k < FK_MAX; k++)
+				if (fk.map[k].va) {
+					fk.alloc[fk.map[k].alloc].maps--;
+					alloc_put(fk.map[k].alloc);
+					fk.map[k] = (struct fk_map){ 0 };
+				}
+		}
+		fake_assert_clean();
+	}
+	if (fk.recycle_fd >= 0)
+		close(fk.recycle_fd);
+	fk.recycle_fd = -1;
+	ck_assert_int_eq(t_count_fds(), fds0);
+}
+END_TEST
+
+START_TEST(test_release_failure_is_survived)
+{
+	struct pool *p[1];
+	char note[128];
+	ck_assert_int_eq(discover(p, 1, note, sizeof(note)), 1);
+	const char *why;
+	int fd;
+	void *h;
+	ck_assert_int_eq(p[0]->ops->grant(p[0], 2 * MiB, &fd, &h, &why), 0);
+	close(fd);
+	fake_fail(F_MemRelease, 0, CUDA_ERROR_UNKNOWN);
+	p[0]->ops->release(p[0], h, 2 * MiB);
+	ck_assert_int_eq(ctx_depth, 0);
+	fake_nofail();
+	p[0]->ops->release(p[0], h, 2 * MiB); /* what a retry would do */
+	free_pools(p, 1);
+	fake_assert_clean();
+}
+END_TEST
+
+/* ======================================================================
+ * Runtime: import
+ * ====================================================================== */
+
+START_TEST(test_import_unimport)
+{
+	fake_reset(2);
+	struct vram_client *c = fake_client(2);
+	CUmemGenericAllocationHandle bh;
+	int fd = fake_export(1, 4 * MiB, &bh);
+	struct vram_grant *g = grant_on(1, 4 * MiB);
+
+	ck_assert_int_eq(vram_cuda_import(c, g, fd), 0);
+	close(fd); /* the import does not need it any more */
+	ck_assert_ptr_nonnull(g->cuda);
+	ck_assert_uint_ne(g->dptr, 0);
+	ck_assert_int_eq(ctx_depth, 0);
+	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
+	ck_assert_int_eq(fk.dev[0].ctx_refs, 0);
+	ck_assert_int_eq(fake_count(1), 2); /* broker's and ours */
+	ck_assert_int_eq(fake_count(3), 1);
+
+	/* usable: write and read back through the driver */
+	char in[4096], out[4096];
+	for (size_t i = 0; i < sizeof(in); i++)
+		in[i] = (char)(i * 7);
+	dev_write(c, 1, g->dptr + 3 * MiB, in, sizeof(in));
+	dev_read(c, 1, g->dptr + 3 * MiB, out, sizeof(out));
+	ck_assert_mem_eq(in, out, sizeof(in));
+
+	/* a second grant shares the device handle */
+	int fd2 = fake_export(1, 2 * MiB, &bh);
+	CUmemGenericAllocationHandle bh2 = bh;
+	struct vram_grant *g2 = grant_on(1, 2 * MiB);
+	ck_assert_int_eq(vram_cuda_import(c, g2, fd2), 0);
+	close(fd2);
+	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
+	ck_assert_uint_ne(g2->dptr, g->dptr);
+
+	unsigned syncs = fk.calls[F_CtxSynchronize];
+	vram_cuda_unimport(g);
+	ck_assert_uint_eq(fk.calls[F_CtxSynchronize], syncs + 1);
+	ck_assert_ptr_null(g->cuda);
+	ck_assert_uint_eq(g->dptr, 0);
+	vram_cuda_unimport(g); /* twice is harmless */
+	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
+	vram_cuda_unimport(g2);
+	ck_assert_int_eq(fk.dev[1].ctx_refs, 0);
+	ck_assert_int_eq(ctx_depth, 0);
+	/* what is left are the "broker's" handles */
+	ck_assert_int_eq(fake_count(1), 2);
+	ck_assert_int_eq(fake_count(2), 0);
+	ck_assert_int_eq(fake_count(3), 0);
+	for (int i = 0; i < FK_MAX; i++)
+		if (fk.handle[i].id && fk.handle[i].id != bh2)
+			fake_release(fk.handle[i].id);
+	fake_release(bh2);
+	free(g);
+	free(g2);
+	free(c);
+	fake_assert_clean();
+}
+END_TEST
+
+START_TEST(test_import_by_uuid)
+{
+	/* This process sees the devices in another order (CUDA_VISIBLE_DEVICES
+	 * =1,0): broker device cuda:1 is ordinal 0 here. */
+	fake_reset(2);
+	struct vram_client *c = fake_client(2);
+	CUmemGenericAllocationHandle bh;
+	int fd = fake_export(1, 2 * MiB, &bh);
+	fk.perm[0] = 1;
+	fk.perm[1] = 0;
+	struct vram_grant *g = grant_on(1, 2 * MiB);
+	ck_assert_int_eq(vram_cuda_import(c, g, fd), 0);
+	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
+	struct vram_cuda_dev *d;
+	ck_assert_int_eq(vram_cuda_dev_get(c, 1, &d), 0);
+	ck_assert_int_eq(vram_cuda_dev_ordinal(d), 0);
+	vram_cuda_dev_put(d);
+	vram_cuda_unimport(g);
+
+	/* Only physical device 0 visible: broker's cuda:1 is not here. */
+	fk.nvisible = 1;
+	fk.perm[0] = 0;
+	ck_assert_int_eq(vram_cuda_import(c, g, fd), -ENODEV);
+	ck_assert_str_eq(vram_last_error(), "cuda:1 (GPU-20212223-2425-2627-2829-2a2b2c2d2e2f) is not among the "
+					    "1 CUDA device visible to this process (CUDA_VISIBLE_DEVICES?)");
+	ck_assert_ptr_null(g->cuda);
+	close(fd);
+	fake_release(bh);
+	/* not a CUDA device */
+	struct vram_grant *gh = grant_on(2, 2 * MiB);
+	ck_assert_int_eq(vram_cuda_import(c, gh, 0), -EINVAL);
+	ck_assert_str_eq(vram_last_error(), "cpu is not a CUDA device");
+	free(gh);
+	free(g);
+	free(c);
+	fake_assert_clean();
+}
+END_TEST
+
+START_TEST(test_import_entry_errors)
+{
+	static const struct {
+		enum fn f;
+		CUresult code;
+		int err;
+	} cases[] = {
+		{ F_Init, CUDA_ERROR_NO_DEVICE, -ENODEV },
+		{ F_DeviceGetCount, CUDA_ERROR_UNKNOWN, -EIO },
+		{ F_DevicePrimaryCtxRetain, CUDA_ERROR_OUT_OF_MEMORY, -ENOMEM },
+		{ F_CtxPushCurrent, CUDA_ERROR_INVALID_CONTEXT, -EIO },
+		{ F_MemImportFromShareableHandle, CUDA_ERROR_INVALID_VALUE, -EINVAL },
+		{ F_MemAddressReserve, CUDA_ERROR_OUT_OF_MEMORY, -ENOMEM },
+		{ F_MemMap, CUDA_ERROR_OUT_OF_MEMORY, -ENOMEM },
+		{ F_MemSetAccess, CUDA_ERROR_NOT_SUPPORTED, -ENOTSUP },
+	};
+	int fds0 = t_count_fds();
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		char want[96];
+		fake_reset(1);
+		struct vram_client *c = fake_client(1);
+		CUmemGenericAllocationHandle bh;
+		int fd = fake_export(0, 2 * MiB, &bh);
+		struct vram_grant *g = grant_on(0, 2 * MiB);
+		fake_fail(cases[i].f, 0, cases[i].code);
+		int r = vram_cuda_import(c, g, fd);
+		ck_assert_msg(r == cases[i].err, "%s: %d (%s)", fn_names[cases[i].f], r, vram_last_error());
+		snprintf(want, sizeof(want), "%s: CUDA_ERROR_", fn_names[cases[i].f]);
+		ck_assert_msg(strstr(vram_last_error(), want), "%s: \"%s\"", fn_names[cases[i].f], vram_last_error());
+		ck_assert_ptr_null(g->cuda);
+		ck_assert_uint_eq(g->dptr, 0);
+		ck_assert_int_eq(ctx_depth, 0);
+		/* and then it works */
+		fake_nofail();
+		ck_assert_int_eq(vram_cuda_import(c, g, fd), 0);
+		vram_cuda_unimport(g);
+		close(fd);
+		fake_release(bh);
+		free(g);
+		free(c);
+		fake_assert_clean();
+	}
+	if (fk.recycle_fd >= 0)
+		close(fk.recycle_fd);
+	fk.recycle_fd = -1;
+	ck_assert_int_eq(t_count_fds(), fds0);
+}
+END_TEST
+
+/* ======================================================================
+ * Runtime: copies and pinning
+ * ====================================================================== */
+
+/* Imports a fresh allocation of size on device dev of c. */
+static struct vram_grant *imported(struct vram_client *c, uint32_t dev, size_t size, CUmemGenericAllocationHandle *bh)
+{
+	int fd = fake_export((int)dev, size, bh);
+	struct vram_grant *g = grant_on(dev, size);
+	ck_assert_int_eq(vram_cuda_import(c, g, fd), 0);
+	close(fd);
+	return g;
+}
+
+static void drop(struct vram_grant *g, CUmemGenericAllocationHandle bh)
+{
+	vram_cuda_unimport(g);
+	fake_release(bh);
+	free(g);
+}
+
+START_TEST(test_copier)
+{
+	struct vram_client *c = fake_client(1);
+	CUmemGenericAllocationHandle bh;
+	struct vram_grant *g = imported(c, 0, 4 * MiB, &bh);
+	struct vram_cuda_copier *cp;
+
+	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 0, &cp), -EINVAL);
+	ck_assert_int_eq(vram_cuda_copier_new(c, 1, 4, &cp), -EINVAL); /* cpu */
+	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 4, &cp), 0);
+	ck_assert_int_eq(fk.streams, 1);
+	ck_assert_int_eq(fk.events, 4);
+	ck_assert_uint_eq(vram_cuda_copier_slots(cp), 4);
+	ck_assert_ptr_nonnull(vram_cuda_copier_stream(cp));
+	ck_assert_int_eq(ctx_depth, 0);
+
+	struct stream_sink sink;
+	vram_cuda_copier_sink(cp, &sink);
+	char src[8192], back[8192];
+	for (size_t i = 0; i < sizeof(src); i++)
+		src[i] = (char)(i ^ 0x3c);
+	ck_assert_int_eq(sink.copy(sink.user, g->dptr, src, 4096, 0), 0);
+	ck_assert_int_eq(sink.copy(sink.user, g->dptr + 4096, src + 4096, 4096, 1), 0);
+	ck_assert_int_eq(sink.wait(sink.user, 0), 0);
+	ck_assert_int_eq(sink.wait(sink.user, 1), 0);
+	ck_assert_int_eq(sink.wait(sink.user, 2), 0); /* nothing recorded: no wait */
+	ck_assert_uint_eq(fk.calls[F_EventSynchronize], 2);
+	ck_assert_int_eq(vram_cuda_copier_dtoh(cp, back, g->dptr, sizeof(back), 3), 0);
+	ck_assert_int_eq(vram_cuda_copier_wait(cp, 3), 0);
+	ck_assert_mem_eq(src, back, sizeof(src));
+	/* device to device within the grant */
+	ck_assert_int_eq(vram_cuda_copier_dtod(cp, g->dptr + 2 * MiB, g->dptr, sizeof(src), 2), 0);
+	ck_assert_int_eq(vram_cuda_copier_sync(cp), 0);
+	memset(back, 0, sizeof(back));
+	dev_read(c, 0, g->dptr + 2 * MiB, back, sizeof(back));
+	ck_assert_mem_eq(src, back, sizeof(src));
+	ck_assert_int_eq(ctx_depth, 0);
+
+	/* bad slot, zero length, a copy the driver refuses, a failed wait */
+	ck_assert_int_eq(sink.copy(sink.user, g->dptr, src, 16, 4), -EINVAL);
+	ck_assert_int_eq(sink.wait(sink.user, 9), -EINVAL);
+	ck_assert_int_eq(sink.copy(sink.user, g->dptr, src, 0, 0), 0);
+	ck_assert_int_eq(sink.copy(sink.user, g->dptr + 4 * MiB - 8, src, 16, 0), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuMemcpyHtoDAsync: CUDA_ERROR_INVALID_VALUE"));
+	fake_fail(F_EventRecord, 0, CUDA_ERROR_INVALID_HANDLE);
+	ck_assert_int_eq(sink.copy(sink.user, g->dptr, src, 16, 0), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuEventRecord"));
+	fake_nofail();
+	ck_assert_int_eq(sink.copy(sink.user, g->dptr, src, 16, 0), 0);
+	fake_fail(F_EventSynchronize, 0, CUDA_ERROR_UNKNOWN);
+	ck_assert_int_eq(sink.wait(sink.user, 0), -EIO);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuEventSynchronize: CUDA_ERROR_UNKNOWN"));
+	ck_assert_int_eq(sink.wait(sink.user, 0), 0); /* reported once */
+	fake_fail(F_MemcpyDtoDAsync, 0, CUDA_ERROR_UNKNOWN);
+	ck_assert_int_eq(vram_cuda_copier_dtod(cp, g->dptr, g->dptr + MiB, 16, 0), -EIO);
+	fake_fail(F_MemcpyDtoHAsync, 0, CUDA_ERROR_UNKNOWN);
+	ck_assert_int_eq(vram_cuda_copier_dtoh(cp, back, g->dptr, 16, 0), -EIO);
+	fake_fail(F_CtxPushCurrent, 0, CUDA_ERROR_INVALID_CONTEXT);
+	ck_assert_int_eq(sink.copy(sink.user, g->dptr, src, 16, 0), -EIO);
+	fake_nofail();
+	ck_assert_int_eq(ctx_depth, 0);
+
+	vram_cuda_copier_free(cp);
+	vram_cuda_copier_free(NULL);
+	ck_assert_int_eq(fk.streams, 0);
+	ck_assert_int_eq(fk.events, 0);
+	drop(g, bh);
+	free(c);
+	fake_assert_clean();
+}
+END_TEST
+
+START_TEST(test_copier_create_errors)
+{
+	struct vram_client *c = fake_client(1);
+	struct vram_cuda_copier *cp;
+	fake_fail(F_StreamCreate, 0, CUDA_ERROR_OUT_OF_MEMORY);
+	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 4, &cp), -ENOMEM);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuStreamCreate: CUDA_ERROR_OUT_OF_MEMORY"));
+	fake_assert_clean();
+	fake_fail(F_EventCreate, 2, CUDA_ERROR_OUT_OF_MEMORY);
+	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 4, &cp), -ENOMEM);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuEventCreate"));
+	fake_assert_clean();
+	fake_fail(F_CtxPushCurrent, 0, CUDA_ERROR_INVALID_CONTEXT);
+	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 4, &cp), -EIO);
+	fake_assert_clean();
+	fake_fail(F_DevicePrimaryCtxRetain, 0, CUDA_ERROR_UNKNOWN);
+	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 4, &cp), -EIO);
+	fake_nofail();
+	free(c);
+	fake_assert_clean();
+}
+END_TEST
+
+START_TEST(test_sink_two_devices)
+{
+	fake_reset(2);
+	struct vram_client *c = fake_client(2);
+	CUmemGenericAllocationHandle b0, b1;
+	struct vram_grant *g0 = imported(c, 0, 2 * MiB, &b0);
+	struct vram_grant *g1 = imported(c, 1, 2 * MiB, &b1);
+	struct vram_cuda_sink *s;
+	struct stream_sink sink;
+
+	ck_assert_int_eq(vram_cuda_sink_new(c, 0, &s), -EINVAL);
+	ck_assert_int_eq(vram_cuda_sink_new(c, 2, &s), 0);
+	ck_assert_int_eq(vram_cuda_sink_add_grant(s, g0), 0);
+	ck_assert_int_eq(vram_cuda_sink_add_grant(s, g1), 0);
+	struct vram_grant host = { .id = 9, .size = 2 * MiB, .device = 2 };
+	ck_assert_int_eq(vram_cuda_sink_add_grant(s, &host), -EINVAL);
+	ck_assert_int_eq(fk.streams, 2);
+	vram_cuda_sink_get(s, &sink);
+
+	char a[1000], b[1000], back[1000];
+	memset(a, 'a', sizeof(a));
+	memset(b, 'b', sizeof(b));
+	ck_assert_int_eq(sink.copy(sink.user, g0->dptr + 100, a, sizeof(a), 0), 0);
+	ck_assert_int_eq(sink.copy(sink.user, g1->dptr + 200, b, sizeof(b), 0), 0);
+	ck_assert_int_eq(sink.copy(sink.user, g1->dptr, b, sizeof(b), 1), 0);
+	ck_assert_int_eq(sink.wait(sink.user, 0), 0);
+	ck_assert_int_eq(sink.wait(sink.user, 1), 0);
+	ck_assert_uint_eq(fk.calls[F_EventSynchronize], 3);
+	dev_read(c, 0, g0->dptr + 100, back, sizeof(back));
+	ck_assert_mem_eq(a, back, sizeof(a));
+	dev_read(c, 1, g1->dptr + 200, back, sizeof(back));
+	ck_assert_mem_eq(b, back, sizeof(b));
+	/* outside every grant, or running off the end of one */
+	ck_assert_int_eq(sink.copy(sink.user, 16, a, 1, 0), -EFAULT);
+	ck_assert_int_eq(sink.copy(sink.user, g0->dptr + 2 * MiB - 10, a, 11, 0), -EFAULT);
+	ck_assert_int_eq(sink.copy(sink.user, g0->dptr, a, 1, 7), -EINVAL);
+	ck_assert_int_eq(sink.wait(sink.user, 7), -EINVAL);
+	vram_cuda_sink_free(s);
+	vram_cuda_sink_free(NULL);
+	drop(g0, b0);
+	drop(g1, b1);
+	free(c);
+	fake_assert_clean();
+}
+END_TEST
+
+START_TEST(test_pin)
+{
+	struct vram_client *c = fake_client(1);
+	size_t len = 8 * MiB + 4096;
+	int mfd = memfd_create("pin-test", MFD_CLOEXEC);
+	ck_assert_int_ge(mfd, 0);
+	ck_assert_int_eq(ftruncate(mfd, (off_t)len), 0);
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	ck_assert_ptr_ne(m, MAP_FAILED);
+	struct vram_cuda_pin *p, *p2;
+
+	ck_assert_int_eq(vram_cuda_pin(c, 0, m, len, 3 * MiB, &p), 0); /* -> 4 MiB chunks */
+	ck_assert_int_eq(fake_count(4), 3);
+	ck_assert_int_eq(ctx_depth, 0);
+	/* registered twice */
+	ck_assert_int_eq(vram_cuda_pin(c, 0, m + 4096, 4096, 0, &p2), -EBUSY);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"));
+	vram_cuda_unpin(p);
+	ck_assert_int_eq(fake_count(4), 0);
+
+	ck_assert_int_eq(vram_cuda_pin(c, 0, m, len, 0, &p), 0);
+	ck_assert_int_eq(fake_count(4), 1);
+	vram_cuda_unpin(p);
+	vram_cuda_unpin(NULL);
+
+	/* the third chunk fails: the first two are given back */
+	fake_fail(F_MemHostRegister, 2, CUDA_ERROR_OUT_OF_MEMORY);
+	ck_assert_int_eq(vram_cuda_pin(c, 0, m, len, 2 * MiB, &p), -ENOMEM);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "chunk 2 of 5"));
+	ck_assert_int_eq(fake_count(4), 0);
+	fake_nofail();
+
+	ck_assert_int_eq(vram_cuda_pin(c, 0, m + 1, 4096, 0, &p), -EINVAL);
+	ck_assert_int_eq(vram_cuda_pin(c, 0, m, 0, 0, &p), -EINVAL);
+	ck_assert_int_eq(vram_cuda_pin(c, 1, m, len, 0, &p), -EINVAL); /* cpu is no CUDA device */
+	munmap(m, len);
+	close(mfd);
+	free(c);
+	fake_assert_clean();
+}
+END_TEST
+
+/* ======================================================================
+ * Broker and client over a socket
+ * ====================================================================== */
+
+struct live {
+	struct broker *b;
+	pthread_t th;
+	atomic_int stop;
+	char *dir;
+	char sock[256];
+};
+
+static void *loop(void *arg)
+{
+	struct live *l = arg;
+	while (!atomic_load(&l->stop))
+		broker_step(l->b, 20);
+	return NULL;
+}
+
+static void live_start(struct live *l)
+{
+	struct broker_config cfg;
+	memset(l, 0, sizeof(*l));
+	l->dir = t_tmpdir();
+	ck_assert_ptr_nonnull(l->dir);
+	snprintf(l->sock, sizeof(l->sock), "%s/vramd.sock", l->dir);
+	broker_config_init(&cfg);
+	cfg.host_pool = 64 * MiB;
+	cfg.socket_path = l->sock;
+	l->b = broker_new(&cfg);
+	ck_assert_ptr_nonnull(l->b);
+	ck_assert_int_eq(pthread_create(&l->th, NULL, loop, l), 0);
+}
+
+static void live_stop(struct live *l)
+{
+	atomic_store(&l->stop, 1);
+	pthread_join(l->th, NULL);
+	broker_free(l->b);
+	t_rmtree(l->dir);
+}
+
+START_TEST(test_broker_and_client)
+{
+	fake_reset(2);
+	struct live l;
+	live_start(&l);
+	vram_client *c;
+	vram_grant *g, *g2;
+	struct vram_device_info d;
+
+	ck_assert_int_eq(vram_connect(l.sock, "t", &c), 0);
+	ck_assert_str_eq(vram_client_note(c), "");
+	ck_assert_int_eq(vram_device_count(c), 3);
+	ck_assert_int_eq(vram_device_info(c, 1, &d), 0);
+	ck_assert_str_eq(d.name, "cuda:1");
+	ck_assert_uint_eq(d.backend, VRAM_BACKEND_CUDA);
+	ck_assert_str_eq(d.label, "Fake GPU 1");
+	ck_assert_mem_eq(d.uuid, fk.dev[1].uuid, 16);
+	ck_assert_int_eq(vram_device_find(c, "GPU-20212223-2425-2627-2829-2a2b2c2d2e2f"), 1);
+
+	ck_assert_int_eq(vram_alloc(c, 1, 3 * MiB, 0, &g), 0);
+	ck_assert_uint_eq(vram_grant_size(g), 4 * MiB);
+	ck_assert_ptr_null(vram_grant_host_ptr(g));
+	uint64_t dptr = vram_grant_device_ptr(g);
+	ck_assert_uint_ne(dptr, 0);
+	char *buf = malloc(4 * MiB);
+	dev_read(c, 1, dptr, buf, 4 * MiB);
+	ck_assert(mem_is_zero(buf, 4 * MiB));
+	memset(buf, 0x77, 4 * MiB);
+	dev_write(c, 1, dptr, buf, 4 * MiB);
+	ck_assert_int_eq(vram_free(c, g), 0);
+
+	/* The same memory, recycled with 0x77 in it, reads zero in the next
+	 * grant. */
+	ck_assert_int_eq(fk.recycle_size, 4 * MiB);
+	ck_assert_int_eq(vram_alloc(c, 1, 4 * MiB, 0, &g), 0);
+	ck_assert_int_eq(fk.recycle_fd, -1);
+	dev_read(c, 1, vram_grant_device_ptr(g), buf, 4 * MiB);
+	ck_assert(mem_is_zero(buf, 4 * MiB));
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, VRAM_ALLOC_RECLAIMABLE, &g2), 0);
+
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	ck_assert_uint_eq(s->devices[0].used, 2 * MiB);
+	ck_assert_uint_eq(s->devices[1].used, 4 * MiB);
+	ck_assert_uint_eq(s->grants, 2);
+	vram_status_free(s);
+
+	/* The broker answers a failed cuMemCreate with the reason. */
+	fake_fail(F_MemCreate, 0, CUDA_ERROR_OUT_OF_MEMORY);
+	vram_grant *g3;
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g3), -ENOMEM);
+	ck_assert_str_eq(vram_last_error(), "cuda:0: cuMemCreate: CUDA_ERROR_OUT_OF_MEMORY (out of memory)");
+	/* A failed import gives the grant back. */
+	fake_fail(F_MemMap, 1, CUDA_ERROR_OUT_OF_MEMORY); /* broker's clearing map, then ours */
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g3), -ENOMEM);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "importing grant"));
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuMemMap: CUDA_ERROR_OUT_OF_MEMORY"));
+	fake_nofail();
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	ck_assert_uint_eq(s->grants, 2);
+	vram_status_free(s);
+
+	vram_close(c); /* frees both grants */
+	for (int i = 0; i < 500 && broker_grant_count(l.b); i++)
+		t_sleep_ms(10);
+	ck_assert_uint_eq(broker_grant_count(l.b), 0);
+	ck_assert_int_eq(fake_count(1), 0);
+	ck_assert_int_eq(fk.dev[0].ctx_refs, 1); /* the broker's */
+	live_stop(&l);
+	free(buf);
+	fake_assert_clean();
+}
+END_TEST
+
+START_TEST(test_client_killed)
+{
+	/* A client killed while it holds grants: the broker releases its
+	 * handles (the process's own went with it).  The child speaks the
+	 * protocol raw; it never imports. */
+	int go[2], ready[2];
+	ck_assert_int_eq(pipe(go), 0);
+	ck_assert_int_eq(pipe(ready), 0);
+	char *dir = t_tmpdir(), sock[100];
+	ck_assert_ptr_nonnull(dir);
+	snprintf(sock, sizeof(sock), "%s/vramd.sock", dir);
+	pid_t pid = fork(); /* before any thread exists */
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char x;
+		if (read(go[0], &x, 1) != 1)
+			_exit(2);
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		str_copy(sa.sun_path, sock, sizeof(sa.sun_path));
+		int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+			_exit(3);
+		static char buf[VRAMD_MSG_MAX];
+		int fds[PROTO_MAX_FDS], nfds;
+		struct vramd_hello h;
+		memset(&h, 0, sizeof(h));
+		proto_hdr_init(&h.hdr, VRAMD_HELLO, sizeof(h), 1);
+		if (proto_send(fd, &h, sizeof(h), -1, 0) < 0 || proto_recv(fd, buf, sizeof(buf), fds, &nfds, 0) <= 0)
+			_exit(4);
+		for (int i = 0; i < 3; i++) {
+			struct vramd_alloc a;
+			memset(&a, 0, sizeof(a));
+			proto_hdr_init(&a.hdr, VRAMD_ALLOC, sizeof(a), 2 + (uint64_t)i);
+			a.device = 0;
+			a.size = 2 * MiB;
+			if (proto_send(fd, &a, sizeof(a), -1, 0) < 0 || proto_recv(fd, buf, sizeof(buf), fds, &nfds, 0) <= 0 ||
+			    ((struct vramd_hdr *)buf)->opcode != VRAMD_ALLOC_REPLY || nfds != 1)
+				_exit(5);
+		}
+		if (write(ready[1], "r", 1) != 1)
+			_exit(6);
+		pause();
+		_exit(0);
+	}
+	struct live l;
+	memset(&l, 0, sizeof(l));
+	l.dir = dir;
+	str_copy(l.sock, sock, sizeof(l.sock));
+	struct broker_config cfg;
+	broker_config_init(&cfg);
+	cfg.host_pool = 64 * MiB;
+	cfg.socket_path = l.sock;
+	l.b = broker_new(&cfg);
+	ck_assert_ptr_nonnull(l.b);
+	ck_assert_int_eq(pthread_create(&l.th, NULL, loop, &l), 0);
+	ck_assert_int_eq(write(go[1], "g", 1), 1);
+	char x;
+	struct pollfd pf = { .fd = ready[0], .events = POLLIN };
+	ck_assert_int_eq(poll(&pf, 1, 10000), 1);
+	ck_assert_int_eq(read(ready[0], &x, 1), 1);
+	ck_assert_uint_eq(broker_grant_count(l.b), 3);
+	ck_assert_int_eq(fake_count(1), 3);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	for (int i = 0; i < 500 && (broker_client_count(l.b) || broker_grant_count(l.b)); i++)
+		t_sleep_ms(10);
+	ck_assert_uint_eq(broker_client_count(l.b), 0);
+	ck_assert_uint_eq(broker_grant_count(l.b), 0);
+	ck_assert_int_eq(fake_count(1), 0);
+	ck_assert_int_eq(fake_count(0), 0);
+	live_stop(&l);
+	close(go[0]);
+	close(go[1]);
+	close(ready[0]);
+	close(ready[1]);
+	fake_assert_clean();
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("cuda-fake");
+	TCase *tl = tcase_create("loader");
+	tcase_add_checked_fixture(tl, setup, teardown);
+	tcase_add_test(tl, test_abi_constants);
+	tcase_add_test(tl, test_strerror_errno);
+	tcase_add_test(tl, test_missing_entry_points);
+	tcase_add_test(tl, test_real_loader_without_driver);
+	suite_add_tcase(s, tl);
+
+	TCase *td = tcase_create("discovery");
+	tcase_add_checked_fixture(td, setup, teardown);
+	tcase_add_test(td, test_discover_devices);
+	tcase_add_test(td, test_discover_no_devices);
+	tcase_add_test(td, test_discover_skips_unsupported);
+	tcase_add_test(td, test_discover_entry_errors);
+	suite_add_tcase(s, td);
+
+	TCase *tg = tcase_create("grants");
+	tcase_add_checked_fixture(tg, setup, teardown);
+	tcase_add_test(tg, test_grant_clears_and_exports);
+	tcase_add_test(tg, test_grant_entry_errors);
+	tcase_add_test(tg, test_release_failure_is_survived);
+	suite_add_tcase(s, tg);
+
+	TCase *tr = tcase_create("runtime");
+	tcase_add_checked_fixture(tr, setup, teardown);
+	tcase_add_test(tr, test_import_unimport);
+	tcase_add_test(tr, test_import_by_uuid);
+	tcase_add_test(tr, test_import_entry_errors);
+	tcase_add_test(tr, test_copier);
+	tcase_add_test(tr, test_copier_create_errors);
+	tcase_add_test(tr, test_sink_two_devices);
+	tcase_add_test(tr, test_pin);
+	suite_add_tcase(s, tr);
+
+	TCase *tb = tcase_create("broker");
+	tcase_add_checked_fixture(tb, setup, teardown);
+	tcase_set_timeout(tb, 60);
+	tcase_add_test(tb, test_broker_and_client);
+	tcase_add_test(tb, test_client_killed);
+	tcase_add_test(tb, test_real_vramd_note);
+	suite_add_tcase(s, tb);
+
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
