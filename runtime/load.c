@@ -33,6 +33,7 @@
 #include "common/cleanup.h"
 #include "common/util.h"
 #include "runtime/client.h"
+#include "runtime/cuda-copy.h"
 #include "runtime/load.h"
 #include "runtime/stream.h"
 
@@ -63,12 +64,31 @@ static int sim_copy(void *user, uint64_t dst, const void *src, uint64_t len, uin
 	return 0;
 }
 
-static int sim_wait(void *user, uint32_t slot)
+/* Onward copies for a load that may hold simulated and CUDA destinations:
+ * addresses inside a simulated GPU's grant are memcpy'd, the rest go to
+ * the CUDA sink (async H2D on a copy stream, one event per staging slot). */
+struct mixed_sink {
+	struct stream_sink cuda;   /* .copy NULL: no CUDA destination */
+	uint32_t nsim;
+	struct { uint64_t lo, hi; } *sim;
+};
+
+static int mixed_copy(void *user, uint64_t dst, const void *src, uint64_t len, uint32_t slot)
 {
-	return 0;
+	struct mixed_sink *ms = user;
+	for (uint32_t i = 0; i < ms->nsim; i++)
+		if (dst >= ms->sim[i].lo && dst + len <= ms->sim[i].hi)
+			return sim_copy(NULL, dst, src, len, slot);
+	if (!ms->cuda.copy)
+		return -EFAULT;
+	return ms->cuda.copy(ms->cuda.user, dst, src, len, slot);
 }
 
-static const struct stream_sink sim_sink = { sim_copy, sim_wait, NULL };
+static int mixed_wait(void *user, uint32_t slot)
+{
+	struct mixed_sink *ms = user;
+	return ms->cuda.wait ? ms->cuda.wait(ms->cuda.user, slot) : 0;
+}
 
 /* Populate-ahead: fresh grant memory costs a page fault per page on first
  * touch (on VMs about as much as the read itself).  A helper thread faults
@@ -193,6 +213,10 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	struct run *runs = calloc((size_t)n + 1, sizeof(*runs));
 	struct stream_req *reqs = calloc((size_t)n + 1, sizeof(*reqs));
 	vram_grant *staging = NULL;
+	struct vram_cuda_sink *csink = NULL;
+	struct vram_cuda_pin *pin = NULL;
+	struct mixed_sink msink = { 0 };
+	struct stream_sink sink = { mixed_copy, mixed_wait, &msink };
 	int fd = -1;
 	if (!l || !dev || !order || !off || !len || !comp || !runs || !reqs) {
 		r = vram_error(-ENOMEM, "out of memory");
@@ -262,10 +286,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	for (int i = 0; i < n; i++)
 		if (len[i] && backend_of(c, dev[i]) == VRAM_BACKEND_CUDA)
 			has_cuda = true;
-	if (has_cuda) {
-		r = vram_error(-ENOTSUP, "loading into CUDA devices needs the CUDA copy path (not in this build)");
-		goto fail;
-	}
 
 	/* Buckets (device, component): sort, cut into runs, size the grant. */
 	size_t nreq = 0;
@@ -378,7 +398,30 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	so.progress = o->progress;
 	so.user = o->user;
 	if (need_staging) {
-		so.sink = &sim_sink;
+		msink.sim = calloc(l->ngrants + 1, sizeof(*msink.sim));
+		if (!msink.sim) {
+			r = vram_error(-ENOMEM, "out of memory");
+			goto fail;
+		}
+		for (uint32_t gi = 0; gi < l->ngrants; gi++) {
+			vram_grant *g = l->grants[gi].grant;
+			if (backend_of(c, l->grants[gi].device) == VRAM_BACKEND_SIM) {
+				uint64_t lo = (uint64_t)(uintptr_t)vram_grant_host_ptr(g);
+				msink.sim[msink.nsim].lo = lo;
+				msink.sim[msink.nsim].hi = lo + vram_grant_size(g);
+				msink.nsim++;
+			}
+		}
+		if (has_cuda) {
+			if ((r = vram_cuda_sink_new(c, STREAM_DEFAULT_NSTAGING, &csink)) < 0)
+				goto fail;
+			for (uint32_t gi = 0; gi < l->ngrants; gi++)
+				if (backend_of(c, l->grants[gi].device) == VRAM_BACKEND_CUDA &&
+				    (r = vram_cuda_sink_add_grant(csink, l->grants[gi].grant)) < 0)
+					goto fail;
+			vram_cuda_sink_get(csink, &msink.cuda);
+		}
+		so.sink = &sink;
 		/* The staging ring comes from the pinned host pool when it has
 		 * room; otherwise the engine maps its own. */
 		uint64_t chunk = so.chunk ? so.chunk : STREAM_DEFAULT_CHUNK;
@@ -388,6 +431,15 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 			so.staging = vram_grant_host_ptr(staging);
 			so.nstaging = STREAM_DEFAULT_NSTAGING;
 			so.staging_size = chunk;
+			/* Page-locked, so that H2D copies from it are DMA. */
+			if (has_cuda) {
+				uint32_t cdev = 0;
+				for (uint32_t gi = 0; gi < l->ngrants; gi++)
+					if (backend_of(c, l->grants[gi].device) == VRAM_BACKEND_CUDA)
+						cdev = l->grants[gi].device;
+				if (vram_cuda_pin(c, cdev, so.staging, chunk * STREAM_DEFAULT_NSTAGING, chunk, &pin) < 0)
+					pin = NULL; /* pageable: slower, still correct */
+			}
 		}
 		vram_error_clear();
 	}
@@ -412,6 +464,12 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	}
 	struct stream_result res;
 	r = stream_file(vram_model_path(m), fd, reqs, nreq, &so, &res);
+	vram_cuda_sink_free(csink); /* waits for the last copies */
+	csink = NULL;
+	vram_cuda_unpin(pin);
+	pin = NULL;
+	free(msink.sim);
+	msink.sim = NULL;
 	if (pop.started) {
 		atomic_store(&pop.stop, true);
 		pthread_join(pop.th, NULL);
@@ -441,6 +499,9 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	*ret = l;
 	return 0;
 fail:
+	vram_cuda_sink_free(csink);
+	vram_cuda_unpin(pin);
+	free(msink.sim);
 	if (fd >= 0)
 		close(fd);
 	if (staging) {
