@@ -113,6 +113,16 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/bench.sh
 
+# On a machine with an NVIDIA GPU: broker with CUDA pools and real client
+# processes (exits 77, skipped, where there is none).
+check-gpu: deps
+	@$(MAKE) --no-print-directory all
+	@VRAM_BUILD=$(BUILD) sh scripts/check-gpu.sh
+
+bench-gpu: deps
+	@$(MAKE) --no-print-directory all
+	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/bench-gpu.sh
+
 clean:
 	rm -rf build build-asan
 distclean: clean

@@ -1009,9 +1009,13 @@ struct broker *broker_new(const struct broker_config *cfg)
 	if (!cfg->no_cuda) {
 		struct pool *cp[VRAMD_MAX_DEVICES];
 		int n = pool_cuda_discover(cp, VRAMD_MAX_DEVICES - 1 - cfg->nsim, 0, b->note, sizeof(b->note));
-		for (int i = 0; i < n; i++)
+		for (int i = 0; i < n; i++) {
 			broker_add_pool(b, cp[i]);
-		ncuda = n > 0 ? (uint32_t)n : 0;
+			/* Simulated GPUs are numbered after the highest real
+			 * ordinal (a skipped GPU leaves a gap, not a clash). */
+			if (cp[i]->ordinal >= 0 && (uint32_t)cp[i]->ordinal + 1 > ncuda)
+				ncuda = (uint32_t)cp[i]->ordinal + 1;
+		}
 		if (n <= 0)
 			broker_log(1, "no CUDA devices: %s", b->note);
 	} else {
