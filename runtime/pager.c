@@ -32,6 +32,7 @@
 #include "common/cleanup.h"
 #include "common/util.h"
 #include "runtime/client.h"
+#include "runtime/cuda-copy.h"
 #include "runtime/load.h"
 
 #define SLOT_ALIGN 256u   /* tensors in a slot start on this boundary */
@@ -82,6 +83,14 @@ struct vram_pager {
 	bool demoting;           /* a chunk is being moved; acquires wait */
 	uint64_t clock;
 	struct vram_pager_stats st;
+	/* CUDA windows: a copier per device (async H2D / D2D on its own
+	 * stream), donor host memory page-locked, a bounce buffer for layers
+	 * read back from the file.  Used by the copy thread only. */
+	struct vram_cuda_copier *cuda_copier[VRAMD_MAX_DEVICES];
+	struct vram_cuda_pin *pins[64];
+	uint32_t npins;
+	uint8_t *bounce;
+	uint64_t bounce_size;
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -122,12 +131,64 @@ static void prefault(vram_grant *g)
 
 /* ---- the copy thread ------------------------------------------------- */
 
+/* Fills a slot on a CUDA device: async copies on the device's copy stream
+ * from pinned donor memory (host), device to device (donor GPU), or via a
+ * bounce buffer from the file (dropped layers); waits for them. */
+static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
+{
+	struct player *L = &p->layers[layer];
+	uint64_t dbase = vram_grant_device_ptr(s->grant);
+	int r;
+	if (!dbase)
+		return -ENOTSUP;
+	if (!p->cuda_copier[s->dev] && (r = vram_cuda_copier_new(p->c, s->dev, 1, &p->cuda_copier[s->dev])) < 0)
+		return r;
+	struct vram_cuda_copier *cp = p->cuda_copier[s->dev];
+	for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(p->l->model, t, &ti);
+		if (!ti.nbytes)
+			continue;
+		const uint8_t *src = vram_loaded_tensor_host_ptr(p->l, t);
+		uint64_t dsrc = vram_loaded_tensor_device_ptr(p->l, t);
+		if (src)
+			r = vram_cuda_copier_copy(cp, dbase + p->toff[t], src, ti.nbytes, 0);
+		else if (dsrc)
+			r = vram_cuda_copier_dtod(cp, dbase + p->toff[t], dsrc, ti.nbytes, 0);
+		else {
+			/* dropped: through the bounce buffer, a piece at a time */
+			if (!p->bounce) {
+				p->bounce_size = 8u << 20;
+				p->bounce = malloc(p->bounce_size);
+				if (!p->bounce)
+					return -ENOMEM;
+			}
+			for (uint64_t done = 0; done < ti.nbytes;) {
+				uint64_t k = MIN(p->bounce_size, ti.nbytes - done);
+				ssize_t n = pread(p->fd, p->bounce, k, (off_t)(ti.file_offset + done));
+				if (n < 0 && errno == EINTR)
+					continue;
+				if (n <= 0)
+					return n < 0 ? -errno : -EIO;
+				if ((r = vram_cuda_copier_copy(cp, dbase + p->toff[t] + done, p->bounce, (uint64_t)n, 0)) < 0 ||
+				    (r = vram_cuda_copier_wait(cp, 0)) < 0)
+					return r;
+				done += (uint64_t)n;
+			}
+			r = 0;
+		}
+		if (r < 0)
+			return r;
+	}
+	return vram_cuda_copier_wait(cp, 0);
+}
+
 static int fill_slot(struct vram_pager *p, struct slot *s, uint32_t layer)
 {
 	struct player *L = &p->layers[layer];
 	uint8_t *dst = vram_grant_host_ptr(s->grant);
 	if (!dst)
-		return -ENOTSUP; /* CUDA slots: docs/paging.md */
+		return fill_slot_cuda(p, s, layer);
 	for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
 		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
 		vram_model_tensor(p->l->model, t, &ti);
@@ -538,9 +599,20 @@ static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
 	bool moved = false;
 	if (donor >= 0 && vram_alloc(p->c, (uint32_t)donor, size, VRAM_ALLOC_RECLAIMABLE, &ng) == 0) {
 		void *src = vram_grant_host_ptr(old), *dst = vram_grant_host_ptr(ng);
+		struct vram_cuda_copier *cp = NULL;
 		if (src && dst) {
 			memcpy(dst, src, size);
 			moved = true;
+		} else if (!src && dst && vram_grant_device_ptr(old) &&
+			   vram_cuda_copier_new(p->c, lg->device, 1, &cp) == 0) {
+			/* a resident chunk on a GPU: down to the host donor */
+			moved = vram_cuda_copier_dtoh(cp, dst, vram_grant_device_ptr(old), size, 0) == 0 &&
+				vram_cuda_copier_wait(cp, 0) == 0;
+			vram_cuda_copier_free(cp);
+			if (!moved) {
+				vram_free(p->c, ng);
+				ng = NULL;
+			}
 		} else {
 			vram_free(p->c, ng);
 			ng = NULL;
@@ -755,6 +827,11 @@ void vram_pager_free(vram_pager *p)
 	for (uint32_t i = 0; i < p->nslots; i++)
 		if (p->slots[i].grant)
 			vram_free(p->c, p->slots[i].grant);
+	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++)
+		vram_cuda_copier_free(p->cuda_copier[d]);
+	for (uint32_t i = 0; i < p->npins; i++)
+		vram_cuda_unpin(p->pins[i]);
+	free(p->bounce);
 	if (p->fd >= 0)
 		close(p->fd);
 	pthread_mutex_destroy(&p->mu);
@@ -899,6 +976,22 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 			p->st.window_bytes += p->slot_size[d];
 		}
 	}
+
+	/* CUDA windows copy from host donors: page-lock those grants so that
+	 * the copies are DMA (best effort: pageable copies still work). */
+	int cuda_dev = -1;
+	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
+		struct vram_device_info di = { .struct_size = sizeof(di) };
+		if (largest[d] && vram_device_info(p->c, d, &di) == 0 && di.backend == VRAM_BACKEND_CUDA)
+			cuda_dev = (int)d;
+	}
+	for (uint32_t gi = 0; cuda_dev >= 0 && gi < l->ngrants && p->npins < 64; gi++) {
+		void *h = l->grants[gi].grant ? vram_grant_host_ptr(l->grants[gi].grant) : NULL;
+		if (h && vram_cuda_pin(p->c, (uint32_t)cuda_dev, h, vram_grant_size(l->grants[gi].grant), 0,
+				       &p->pins[p->npins]) == 0)
+			p->npins++;
+	}
+	vram_error_clear();
 
 	if (pthread_create(&p->copier, NULL, copier_main, p) != 0) {
 		vram_pager_free(p);
