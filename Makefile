@@ -60,6 +60,8 @@ EXTRA_RUNTIME_OBJ :=
 -include $(sort $(wildcard */*.mk))
 
 .PHONY: all deps check test run bench bench-gpu check-gpu asan install clean distclean
+# Keep test objects (otherwise make deletes them as intermediates).
+.SECONDARY:
 all: $(VRAMD) $(VRAMCTL) $(LIBVRAM_A) $(LIBVRAM_SO) $(TEST_BIN) $(HELPER_BIN)
 
 $(BUILD)/obj/%.o: %.c

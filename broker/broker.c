@@ -27,7 +27,11 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <grp.h>
+#include <time.h>
+
 #include "broker/broker.h"
+#include "broker/quota.h"
 #include "common/cleanup.h"
 #include "common/proto.h"
 #include "common/util.h"
@@ -36,7 +40,7 @@
  * Types
  * ====================================================================== */
 
-enum ev_kind { EV_LISTEN, EV_CLIENT, EV_PIDFD, EV_SIGNAL, EV_TIMER };
+enum ev_kind { EV_LISTEN, EV_ADMIN_LISTEN, EV_CLIENT, EV_PIDFD, EV_SIGNAL, EV_TIMER };
 
 struct ev {
 	enum ev_kind kind;
@@ -103,6 +107,9 @@ struct client {
 	uint32_t reclaims_answered, reclaims_missed;
 	bool reclaim_late;
 	bool parked;             /* an ALLOC of its waits for reclaim */
+	bool admin;              /* root or in the admin group */
+	bool via_admin;          /* connected on the admin socket */
+	uint64_t evict_deadline_ns; /* evicted: disconnect if reclaimable memory remains by then */
 	struct reclaim_ask asks[ASKS_MAX];
 	uint32_t nasks;
 	struct txmsg txq[TXQ_MAX];
@@ -115,6 +122,10 @@ struct broker {
 	int epfd;
 	int listen_fd;
 	bool own_listener;        /* we bound it (and unlink it at exit) */
+	int admin_fd;             /* admin socket, -1: none */
+	struct ev ev_admin;
+	gid_t admin_gid;          /* (gid_t)-1: root only */
+	struct quota_store quotas;
 	int sigfd;
 	int timerfd;
 	struct ev ev_listen, ev_sig, ev_timer;
@@ -287,6 +298,58 @@ static void grant_release(struct broker *b, struct grant *g)
 	free(g);
 }
 
+/* ======================================================================
+ * Quotas
+ * ====================================================================== */
+
+/* The quota entry that applies to c on p, and the bytes its bucket (every
+ * client the same entry applies to) holds there. */
+static const struct quota_entry *quota_of(struct broker *b, const struct client *c, const struct pool *p,
+					  uint64_t *ret_bucket)
+{
+	struct quota_match qm;
+	quota_lookup(&b->quotas, c->uid, c->name, p->name, &qm);
+	*ret_bucket = 0;
+	if (!qm.effective)
+		return NULL;
+	for (struct client *x = b->clients; x; x = x->next) {
+		struct quota_match xm;
+		quota_lookup(&b->quotas, x->uid, x->name, p->name, &xm);
+		if (xm.effective == qm.effective)
+			*ret_bucket += x->held_dev[p->index];
+	}
+	return qm.effective;
+}
+
+/* 0 if c may hold size more bytes on p; -EDQUOT with the reason otherwise. */
+static int quota_allows(struct broker *b, const struct client *c, const struct pool *p, uint64_t size,
+			char *why, size_t len)
+{
+	uint64_t bucket;
+	const struct quota_entry *e = quota_of(b, c, p, &bucket);
+	if (!e || e->ceiling == QUOTA_NO_CEILING || (bucket <= e->ceiling && size <= e->ceiling - bucket))
+		return 0;
+	char subj[128], s1[32], s2[32], s3[32];
+	snprintf(why, len, "quota %s on %s: ceiling %s, %s held + %s asked",
+		 quota_subject_format(&e->subject, subj, sizeof(subj)), p->name,
+		 size_format(e->ceiling, s1, sizeof(s1)), size_format(bucket, s2, sizeof(s2)),
+		 size_format(size, s3, sizeof(s3)));
+	return -EDQUOT;
+}
+
+/* What RECLAIM may ask of x on p: its reclaimable memory, but never below
+ * its quota's floor. */
+static uint64_t reclaim_room(struct broker *b, const struct client *x, const struct pool *p)
+{
+	uint64_t bucket, r = x->reclaimable_dev[p->index];
+	const struct quota_entry *e = quota_of(b, x, p, &bucket);
+	if (e && e->floor) {
+		uint64_t above = bucket > e->floor ? bucket - e->floor : 0;
+		r = MIN(r, above);
+	}
+	return r;
+}
+
 /* Creates the grant and answers.  Room and limits were checked. */
 static void do_grant(struct broker *b, struct client *c, const struct vramd_alloc *m, uint64_t size)
 {
@@ -373,6 +436,14 @@ static void retry_pending(struct broker *b)
 			continue;
 		}
 		struct client *c = pd->c;
+		char why[256];
+		if (quota_allows(b, c, p, pd->size, why, sizeof(why)) < 0) {
+			/* another client of its bucket got there first */
+			send_error(b, c, &pd->req.hdr, -EDQUOT, "%s", why);
+			pending_remove(b, pd);
+			unpark(b, c);
+			continue;
+		}
 		broker_log(2, CLIENT_FMT ": parked ALLOC satisfied after reclaim", CLIENT_ARGS(c));
 		do_grant(b, c, &pd->req, pd->size);
 		pending_remove(b, pd);
@@ -400,7 +471,7 @@ static bool start_reclaim(struct broker *b, struct client *c, const struct vramd
 	uint64_t others = 0;
 	for (struct client *x = b->clients; x; x = x->next)
 		if (x != c && !x->dead)
-			others += x->reclaimable_dev[p->index];
+			others += reclaim_room(b, x, p);
 	if (others < shortfall)
 		return false;
 	struct pending *pd = calloc(1, sizeof(*pd));
@@ -416,17 +487,17 @@ static bool start_reclaim(struct broker *b, struct client *c, const struct vramd
 	while (left) {
 		struct client *best = NULL;
 		for (struct client *x = b->clients; x; x = x->next) {
-			if (x == c || x->dead || !x->reclaimable_dev[p->index] || x->nasks == ASKS_MAX)
+			if (x == c || x->dead || !reclaim_room(b, x, p) || x->nasks == ASKS_MAX)
 				continue;
 			bool asked = false;
 			for (uint32_t i = 0; i < x->nasks; i++)
 				asked = asked || x->asks[i].pending_id == pd->id;
-			if (!asked && (!best || x->reclaimable_dev[p->index] > best->reclaimable_dev[p->index]))
+			if (!asked && (!best || reclaim_room(b, x, p) > reclaim_room(b, best, p)))
 				best = x;
 		}
 		if (!best)
 			break;
-		uint64_t ask = MIN(left, best->reclaimable_dev[p->index]);
+		uint64_t ask = MIN(left, reclaim_room(b, best, p));
 		struct vramd_reclaim r;
 		memset(&r, 0, sizeof(r));
 		proto_hdr_init(&r.hdr, VRAMD_RECLAIM, sizeof(r), 0);
@@ -510,6 +581,20 @@ static int expire(struct broker *b)
 			i++;
 		}
 	}
+	for (struct client *x = b->clients; x; x = x->next) {
+		if (!x->evict_deadline_ns)
+			continue;
+		if (x->evict_deadline_ns > now) {
+			next = MIN(next, x->evict_deadline_ns);
+			continue;
+		}
+		x->evict_deadline_ns = 0;
+		if (x->reclaimable) {
+			broker_log(1, CLIENT_FMT ": evicted: it kept reclaimable memory past the deadline; disconnecting",
+				   CLIENT_ARGS(x));
+			x->dead = true;
+		}
+	}
 	for (struct pending *pd = b->pending, *n; pd; pd = n) {
 		n = pd->next;
 		if (pd->deadline_ns <= now)
@@ -553,6 +638,11 @@ static void handle_alloc(struct broker *b, struct client *c, const struct vramd_
 			   size_format(b->cfg.client_max, s3, sizeof(s3)));
 		return;
 	}
+	char qwhy[256];
+	if (quota_allows(b, c, p, size, qwhy, sizeof(qwhy)) < 0) {
+		send_error(b, c, &m->hdr, -EDQUOT, "%s", qwhy);
+		return;
+	}
 	if (size > p->total) {
 		send_error(b, c, &m->hdr, -ENOMEM, "%s: %s asked, more than the device's %s", p->name,
 			   size_format(size, s1, sizeof(s1)), size_format(p->total, s2, sizeof(s2)));
@@ -571,6 +661,143 @@ static void handle_alloc(struct broker *b, struct client *c, const struct vramd_
 		return;
 	}
 	do_grant(b, c, m, size);
+}
+
+/* ======================================================================
+ * Admin operations
+ * ====================================================================== */
+
+static bool require_admin(struct broker *b, struct client *c, const struct vramd_hdr *h)
+{
+	if (c->admin)
+		return true;
+	send_error(b, c, h, -EPERM, "%s needs root or the admin group", proto_opcode_name(h->opcode));
+	broker_log(1, CLIENT_FMT ": refused %s: not an admin", CLIENT_ARGS(c), proto_opcode_name(h->opcode));
+	return false;
+}
+
+static struct pool *pool_by_name(struct broker *b, const char *name)
+{
+	for (uint32_t i = 0; i < b->npools; i++)
+		if (!strcmp(b->pools[i]->name, name))
+			return b->pools[i];
+	return NULL;
+}
+
+static void handle_quota_set(struct broker *b, struct client *c, const struct vramd_quota_set *m)
+{
+	char err[QUOTA_ERR_MAX];
+	struct quota_subject subj;
+	if (!require_admin(b, c, &m->hdr))
+		return;
+	int r = quota_subject_parse(m->subject, &subj, err, sizeof(err));
+	if (r < 0) {
+		send_error(b, c, &m->hdr, r, "%s", err);
+		return;
+	}
+	struct quota_update u = {
+		.set_floor = m->flags & VRAMD_QUOTA_SET_FLOOR, .floor = m->floor,
+		.set_ceiling = m->flags & VRAMD_QUOTA_SET_CEILING, .ceiling = m->ceiling,
+	};
+	struct pool *p = pool_by_name(b, m->device);
+	uint64_t cap = p ? p->total : QUOTA_CAPACITY_UNKNOWN;
+	if (b->cfg.state_dir)
+		r = quota_set_persist(&b->quotas, b->cfg.state_dir, &subj, m->device, &u, cap, err, sizeof(err));
+	else
+		r = quota_store_set(&b->quotas, &subj, m->device, &u, cap, err, sizeof(err));
+	if (r < 0) {
+		send_error(b, c, &m->hdr, r, "%s", err);
+		return;
+	}
+	char st[128];
+	broker_log(1, CLIENT_FMT ": quota %s on %s set", CLIENT_ARGS(c), quota_subject_format(&subj, st, sizeof(st)),
+		   m->device);
+	send_ok(b, c, &m->hdr);
+}
+
+static void handle_quota_rm(struct broker *b, struct client *c, const struct vramd_quota_rm *m)
+{
+	char err[QUOTA_ERR_MAX];
+	struct quota_subject subj;
+	if (!require_admin(b, c, &m->hdr))
+		return;
+	int r = quota_subject_parse(m->subject, &subj, err, sizeof(err));
+	if (r < 0) {
+		send_error(b, c, &m->hdr, r, "%s", err);
+		return;
+	}
+	const char *dev = m->device[0] ? m->device : NULL;
+	if (b->cfg.state_dir)
+		r = quota_remove_persist(&b->quotas, b->cfg.state_dir, &subj, dev, err, sizeof(err));
+	else
+		r = quota_store_remove(&b->quotas, &subj, dev, err, sizeof(err));
+	if (r < 0) {
+		send_error(b, c, &m->hdr, r, "%s", err);
+		return;
+	}
+	send_ok(b, c, &m->hdr);
+	retry_pending(b);
+}
+
+static void handle_quota_list(struct broker *b, struct client *c, const struct vramd_hdr *m)
+{
+	char *json = NULL;
+	if (!require_admin(b, c, m))
+		return;
+	if (quota_store_to_json(&b->quotas, &json) < 0) {
+		send_error(b, c, m, -ENOMEM, "broker out of memory");
+		return;
+	}
+	size_t n = strlen(json);
+	if (n > VRAMD_MSG_MAX - sizeof(struct vramd_text)) {
+		free(json);
+		send_error(b, c, m, -EFBIG, "the quota list is larger than one message");
+		return;
+	}
+	size_t len = sizeof(struct vramd_text) + n;
+	struct vramd_text *t = calloc(1, len);
+	if (!t) {
+		free(json);
+		send_error(b, c, m, -ENOMEM, "broker out of memory");
+		return;
+	}
+	proto_hdr_init(&t->hdr, VRAMD_TEXT, (uint32_t)len, m->seq);
+	t->len = (uint32_t)n;
+	memcpy(t + 1, json, n);
+	client_send(b, c, t, len, -1);
+	free(t);
+	free(json);
+}
+
+static void handle_evict(struct broker *b, struct client *c, const struct vramd_evict *m)
+{
+	if (!require_admin(b, c, &m->hdr))
+		return;
+	struct client *x = b->clients;
+	while (x && x->id != m->client_id)
+		x = x->next;
+	if (!x || x->dead) {
+		send_error(b, c, &m->hdr, -ESRCH, "no client %u", m->client_id);
+		return;
+	}
+	uint64_t deadline = now_ns() + b->cfg.reclaim_deadline_ms * 1000000ull;
+	for (uint32_t d = 0; d < b->npools; d++) {
+		if (!x->reclaimable_dev[d] || x->nasks == ASKS_MAX)
+			continue;
+		struct vramd_reclaim r;
+		memset(&r, 0, sizeof(r));
+		proto_hdr_init(&r.hdr, VRAMD_RECLAIM, sizeof(r), 0);
+		r.reclaim_id = ++b->next_reclaim_id;
+		r.bytes = x->reclaimable_dev[d];
+		r.deadline_ms = b->cfg.reclaim_deadline_ms;
+		r.device = d;
+		x->asks[x->nasks++] = (struct reclaim_ask){ r.reclaim_id, 0, deadline, r.bytes, d };
+		client_send(b, x, &r, sizeof(r), -1);
+	}
+	x->evict_deadline_ns = deadline;
+	broker_log(1, CLIENT_FMT ": evicted by client %u: asked to release its reclaimable memory", CLIENT_ARGS(x),
+		   c->id);
+	send_ok(b, c, &m->hdr);
 }
 
 static void handle_free(struct broker *b, struct client *c, const struct vramd_free *m)
@@ -635,7 +862,11 @@ static void handle_status(struct broker *b, struct client *c, const struct vramd
 	size_t fixed = sizeof(struct vramd_status_reply) + b->npools * sizeof(struct vramd_device);
 	size_t room = (VRAMD_MSG_MAX - fixed) / sizeof(struct vramd_client_info);
 	uint32_t first = m->first_client;
-	uint32_t n = first < b->nclients ? b->nclients - first : 0;
+	uint32_t visible = 0;
+	for (struct client *x = b->clients; x; x = x->next)
+		if (c->admin || x->uid == c->uid)
+			visible++;
+	uint32_t n = first < visible ? visible - first : 0;
 	if (n > room)
 		n = (uint32_t)room;
 	size_t len = fixed + n * sizeof(struct vramd_client_info);
@@ -647,7 +878,7 @@ static void handle_status(struct broker *b, struct client *c, const struct vramd
 	proto_hdr_init(&rep->hdr, VRAMD_STATUS_REPLY, (uint32_t)len, m->hdr.seq);
 	rep->ndevices = b->npools;
 	rep->nclients = n;
-	rep->clients_total = b->nclients;
+	rep->clients_total = visible;
 	rep->first_client = first;
 	rep->grants = b->ngrants;
 	rep->protocol_errors = b->protocol_errors;
@@ -660,10 +891,13 @@ static void handle_status(struct broker *b, struct client *c, const struct vramd
 	struct vramd_client_info *ci = (void *)(d + b->npools);
 	uint32_t i = 0, k = 0;
 	/* Clients are kept newest first; report oldest first. */
+	/* Admins see every client; others see the clients of their own uid
+	 * (the device totals are for everyone). */
 	struct client *order[1024];
 	uint32_t cnt = 0;
 	for (struct client *x = b->clients; x && cnt < ARRAY_SIZE(order); x = x->next)
-		order[cnt++] = x;
+		if (c->admin || x->uid == c->uid)
+			order[cnt++] = x;
 	for (uint32_t j = cnt; j-- > 0;) {
 		struct client *x = order[j];
 		if (i++ < first)
@@ -762,6 +996,18 @@ static void client_read(struct broker *b, struct client *c)
 		case VRAMD_RECLAIM_DONE:
 			handle_reclaim_done(b, c, b->rxbuf);
 			break;
+		case VRAMD_QUOTA_SET:
+			handle_quota_set(b, c, b->rxbuf);
+			break;
+		case VRAMD_QUOTA_RM:
+			handle_quota_rm(b, c, b->rxbuf);
+			break;
+		case VRAMD_QUOTA_LIST:
+			handle_quota_list(b, c, b->rxbuf);
+			break;
+		case VRAMD_EVICT:
+			handle_evict(b, c, b->rxbuf);
+			break;
 		default:
 			protocol_violation(b, c, "opcode not valid from a client");
 			return;
@@ -856,6 +1102,15 @@ int broker_adopt(struct broker *b, int fd)
 	c->uid = cred.uid;
 	c->gid = cred.gid;
 	c->pidfd = -1;
+	c->admin = cred.uid == 0;
+	if (!c->admin && b->admin_gid != (gid_t)-1) {
+		gid_t groups[256];
+		socklen_t glen = sizeof(groups);
+		c->admin = cred.gid == b->admin_gid;
+		if (!c->admin && getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0)
+			for (size_t i = 0; i < glen / sizeof(gid_t); i++)
+				c->admin = c->admin || groups[i] == b->admin_gid;
+	}
 	c->ev_sock = (struct ev){ EV_CLIENT, c };
 	c->ev_pid = (struct ev){ EV_PIDFD, c };
 	struct epoll_event e = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->ev_sock };
@@ -884,16 +1139,17 @@ int broker_adopt(struct broker *b, int fd)
 	return 0;
 }
 
-static void do_accept(struct broker *b)
+static void do_accept(struct broker *b, int lfd, bool admin)
 {
 	for (int i = 0; i < 64; i++) {
-		int fd = accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR)
 				broker_log(0, "accept: %m");
 			return;
 		}
-		broker_adopt(b, fd);
+		if (broker_adopt(b, fd) == 0 && admin)
+			b->clients->via_admin = true;
 	}
 }
 
@@ -901,7 +1157,10 @@ static void do_accept(struct broker *b)
  * Set-up
  * ====================================================================== */
 
-static int listen_socket(struct broker *b, const char *path)
+/* Binds and listens on path (replacing a stale socket, refusing a live
+ * one), with mode and group (NULL or missing group: unchanged).  Returns
+ * the fd or -errno. */
+static int listen_socket(struct broker *b, const char *path, mode_t mode, const char *group)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(sa.sun_path)) {
@@ -947,15 +1206,19 @@ static int listen_socket(struct broker *b, const char *path)
 			return r;
 		}
 	}
-	chmod(path, b->cfg.socket_mode ? b->cfg.socket_mode : 0666);
+	if (group) {
+		struct group *gr = getgrnam(group);
+		if (gr && chown(path, (uid_t)-1, gr->gr_gid) < 0)
+			broker_log(1, "cannot give %s to group %s: %m", path, group);
+	}
+	if (chmod(path, mode) < 0)
+		broker_log(1, "chmod %s: %m", path);
 	if (listen(fd, 64) < 0) {
 		int r = -errno;
 		close(fd);
 		return r;
 	}
-	b->listen_fd = fd;
-	b->own_listener = true;
-	return 0;
+	return fd;
 }
 
 static uint64_t default_host_pool(void)
@@ -993,9 +1256,35 @@ struct broker *broker_new(const struct broker_config *cfg)
 		return NULL;
 	b->cfg = *cfg;
 	b->listen_fd = -1;
+	b->admin_fd = -1;
 	b->sigfd = -1;
 	b->timerfd = -1;
 	b->start_ns = now_ns();
+	b->admin_gid = (gid_t)-1;
+	quota_store_init(&b->quotas);
+	if (cfg->admin_group) {
+		struct group *gr = getgrnam(cfg->admin_group);
+		if (!gr)
+			broker_log(1, "admin group %s does not exist: admin operations are for root only",
+				   cfg->admin_group);
+		else
+			b->admin_gid = gr->gr_gid;
+	}
+	if (cfg->state_dir) {
+		char err[QUOTA_ERR_MAX];
+		if (mkdir(cfg->state_dir, 0755) < 0 && errno != EEXIST) {
+			r = -errno;
+			broker_log(0, "state directory %s: %s", cfg->state_dir, strerror(errno));
+			goto fail;
+		}
+		r = quota_store_load(&b->quotas, cfg->state_dir, err, sizeof(err));
+		if (r < 0) {
+			broker_log(0, "refusing to start: quotas cannot be read: %s", err);
+			goto fail;
+		}
+		if (b->quotas.n)
+			broker_log(1, "%zu quota entries from %s/%s", b->quotas.n, cfg->state_dir, QUOTA_FILE);
+	}
 	b->rxbuf = malloc(VRAMD_MSG_MAX);
 	b->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (!b->rxbuf || b->epfd < 0) {
@@ -1037,8 +1326,11 @@ struct broker *broker_new(const struct broker_config *cfg)
 	}
 	for (uint32_t i = 0; i < b->npools; i++) {
 		struct pool *p = b->pools[i];
+		char err[QUOTA_ERR_MAX];
 		broker_log(1, "device %s: %s, %s%s", p->name, p->label, size_format(p->total, s1, sizeof(s1)),
 			   (p->flags & VRAMD_DEV_SIMULATED) ? " [simulated]" : "");
+		if (quota_check_floors(&b->quotas, p->name, p->total, err, sizeof(err)) < 0)
+			broker_log(1, "warning: %s: floors cannot all be honoured at once", err);
 	}
 
 	if (cfg->listen_fd >= 0) {
@@ -1046,12 +1338,25 @@ struct broker *broker_new(const struct broker_config *cfg)
 		int fl = fcntl(b->listen_fd, F_GETFL);
 		fcntl(b->listen_fd, F_SETFL, fl | O_NONBLOCK);
 	} else if (cfg->socket_path) {
-		r = listen_socket(b, cfg->socket_path);
+		r = listen_socket(b, cfg->socket_path, cfg->socket_mode ? cfg->socket_mode : 0666, cfg->socket_group);
 		if (r < 0)
 			goto fail;
+		b->listen_fd = r;
+		b->own_listener = true;
 	}
 	if (b->listen_fd >= 0 && (r = add_ev(b, b->listen_fd, &b->ev_listen, EV_LISTEN)) < 0)
 		goto fail;
+	if (cfg->admin_socket) {
+		/* Admin requests are checked by credentials whatever the mode;
+		 * the mode keeps everyone else from even connecting. */
+		r = listen_socket(b, cfg->admin_socket, cfg->admin_group ? 0660 : 0600, cfg->admin_group);
+		if (r < 0)
+			goto fail;
+		b->admin_fd = r;
+		if ((r = add_ev(b, b->admin_fd, &b->ev_admin, EV_ADMIN_LISTEN)) < 0)
+			goto fail;
+		broker_log(1, "admin socket %s", cfg->admin_socket);
+	}
 	return b;
 fail:
 	broker_free(b);
@@ -1089,10 +1394,28 @@ static int setup_run(struct broker *b)
 	return 0;
 }
 
+/* Drops every client marked dead, whoever marked it (a failed send, an
+ * expired eviction, a hang-up). */
+static void sweep(struct broker *b)
+{
+	for (bool again = true; again;) {
+		again = false;
+		for (struct client *c = b->clients; c; c = c->next) {
+			if (c->dead) {
+				client_drop(b, c, "disconnected");
+				again = true; /* the list changed: rescan */
+				break;
+			}
+		}
+	}
+}
+
 int broker_step(struct broker *b, int timeout_ms)
 {
 	struct epoll_event evs[64];
 	int next = expire(b);
+	sweep(b);
+	next = expire(b);
 	if (next >= 0 && (timeout_ms < 0 || next < timeout_ms))
 		timeout_ms = next;
 	int n = epoll_wait(b->epfd, evs, 64, timeout_ms);
@@ -1106,7 +1429,10 @@ int broker_step(struct broker *b, int timeout_ms)
 		struct ev *ev = evs[i].data.ptr;
 		switch (ev->kind) {
 		case EV_LISTEN:
-			do_accept(b);
+			do_accept(b, b->listen_fd, false);
+			break;
+		case EV_ADMIN_LISTEN:
+			do_accept(b, b->admin_fd, true);
 			break;
 		case EV_SIGNAL: {
 			struct signalfd_siginfo si;
@@ -1150,17 +1476,8 @@ int broker_step(struct broker *b, int timeout_ms)
 			break;
 		}
 	}
-	for (bool again = true; again;) {
-		again = false;
-		for (struct client *c = b->clients; c; c = c->next) {
-			if (c->dead) {
-				client_drop(b, c, "disconnected");
-				again = true; /* the list changed; dropping may kill no one else, but rescan */
-				break;
-			}
-		}
-	}
 	expire(b);
+	sweep(b);
 	return n;
 }
 
@@ -1201,6 +1518,12 @@ void broker_free(struct broker *b)
 		if (b->own_listener && b->cfg.socket_path)
 			unlink(b->cfg.socket_path);
 	}
+	if (b->admin_fd >= 0) {
+		close(b->admin_fd);
+		if (b->cfg.admin_socket)
+			unlink(b->cfg.admin_socket);
+	}
+	quota_store_clear(&b->quotas);
 	if (b->sigfd >= 0)
 		close(b->sigfd);
 	if (b->timerfd >= 0)

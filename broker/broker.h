@@ -68,6 +68,10 @@ int pool_cuda_discover(struct pool **out, uint32_t max, uint32_t first, char *no
 
 struct broker_config {
 	const char *socket_path;     /* client socket */
+	const char *admin_socket;    /* admin socket, NULL: none */
+	const char *state_dir;       /* quotas.json lives here, NULL: no persistence */
+	const char *socket_group;    /* group of the client socket ("vram"), if it exists */
+	const char *admin_group;     /* members may use admin operations (besides root) */
 	uint64_t    sim_gpus[VRAMD_MAX_DEVICES];
 	uint32_t    nsim;
 	uint64_t    host_pool;       /* 0: default (half of RAM) */

@@ -57,6 +57,38 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 		cfg->socket_path = path;
 		return 0;
 	}
+	if (!strcmp(key, "admin-socket") || !strcmp(key, "state-dir")) {
+		static char paths[2][4096];
+		char *dst = paths[!strcmp(key, "state-dir")];
+		if (!*v || v[0] != '/' || strlen(v) >= sizeof(paths[0])) {
+			snprintf(err, errlen, "%s: \"%s\" is not an absolute path", key, v);
+			return -EINVAL;
+		}
+		if (!strcmp(key, "admin-socket") && strlen(v) >= 108) {
+			snprintf(err, errlen, "admin-socket: path longer than 107 bytes");
+			return -EINVAL;
+		}
+		memcpy(dst, v, strlen(v) + 1);
+		if (!strcmp(key, "state-dir"))
+			cfg->state_dir = dst;
+		else
+			cfg->admin_socket = dst;
+		return 0;
+	}
+	if (!strcmp(key, "admin-group") || !strcmp(key, "socket-group")) {
+		static char groups[2][64];
+		char *dst = groups[!strcmp(key, "socket-group")];
+		if (strlen(v) >= sizeof(groups[0]) || strchr(v, ':') || strchr(v, '\n')) {
+			snprintf(err, errlen, "%s: \"%s\" is not a group name", key, v);
+			return -EINVAL;
+		}
+		memcpy(dst, v, strlen(v) + 1);
+		if (!strcmp(key, "admin-group"))
+			cfg->admin_group = *dst ? dst : NULL;
+		else
+			cfg->socket_group = *dst ? dst : NULL;
+		return 0;
+	}
 	if (!strcmp(key, "sim-gpus")) {
 		_cleanup_free_ char *copy = strdup(v);
 		char *save = NULL;

@@ -21,6 +21,11 @@ static void usage(FILE *f)
 	      "  --max-clients N        connected clients at most (default 256)\n"
 	      "  --max-grants N         grants per client at most (default 4096)\n"
 	      "  --reclaim-deadline-ms N  how long an ALLOC waits for RECLAIM (default 2000)\n"
+	      "  --admin-socket PATH    admin socket (default /run/vramd/admin.sock)\n"
+	      "  --admin-group GROUP    members may use admin operations (default: root only)\n"
+	      "  --state-dir DIR        quotas are kept here (default /var/lib/vramd)\n"
+	      "  --socket-group GROUP   group of the client socket (default vram, if it exists)\n"
+	      "  --socket-mode MODE     mode of the client socket (default 0660)\n"
 	      "  --no-cuda              do not look for NVIDIA GPUs\n"
 	      "  --config FILE          INI file with the same keys (socket = ..., ...)\n"
 	      "  --foreground           stay in the foreground (vramd never forks; accepted\n"
@@ -41,6 +46,11 @@ int main(int argc, char **argv)
 		{ "max-clients", required_argument, NULL, 'C' },
 		{ "max-grants", required_argument, NULL, 'G' },
 		{ "reclaim-deadline-ms", required_argument, NULL, 'R' },
+		{ "admin-socket", required_argument, NULL, 'A' },
+		{ "state-dir", required_argument, NULL, 'S' },
+		{ "admin-group", required_argument, NULL, 'a' },
+		{ "socket-group", required_argument, NULL, 'o' },
+		{ "socket-mode", required_argument, NULL, 'M' },
 		{ "no-cuda", no_argument, NULL, 'n' },
 		{ "config", required_argument, NULL, 'c' },
 		{ "foreground", no_argument, NULL, 'f' },
@@ -53,6 +63,12 @@ int main(int argc, char **argv)
 	int o, r;
 
 	broker_config_init(&cfg);
+	/* The installed defaults (tests that embed the broker start from
+	 * broker_config_init's, which touch nothing outside their temp dir). */
+	cfg.admin_socket = "/run/vramd/admin.sock";
+	cfg.state_dir = "/var/lib/vramd";
+	cfg.socket_group = "vram";
+	cfg.socket_mode = 0660;
 
 	/* The config file is read first so that options override it. */
 	for (int i = 1; i < argc; i++) {
@@ -75,6 +91,11 @@ int main(int argc, char **argv)
 		case 'C': key = "max-clients"; break;
 		case 'G': key = "max-grants"; break;
 		case 'R': key = "reclaim-deadline-ms"; break;
+		case 'A': key = "admin-socket"; break;
+		case 'S': key = "state-dir"; break;
+		case 'a': key = "admin-group"; break;
+		case 'o': key = "socket-group"; break;
+		case 'M': key = "socket-mode"; break;
 		case 'n': cfg.no_cuda = true; break;
 		case 'c': case 'f': break;
 		case 'v': cfg.verbose = 1; break;

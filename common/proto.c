@@ -95,7 +95,9 @@ static const char *const opnames[] = {
 	[VRAMD_FREE] = "FREE", [VRAMD_OK] = "OK",
 	[VRAMD_STATUS] = "STATUS", [VRAMD_STATUS_REPLY] = "STATUS_REPLY",
 	[VRAMD_ERROR] = "ERROR", [VRAMD_RECLAIM] = "RECLAIM",
-	[VRAMD_RECLAIM_DONE] = "RECLAIM_DONE",
+	[VRAMD_RECLAIM_DONE] = "RECLAIM_DONE", [VRAMD_QUOTA_SET] = "QUOTA_SET",
+	[VRAMD_QUOTA_RM] = "QUOTA_RM", [VRAMD_QUOTA_LIST] = "QUOTA_LIST",
+	[VRAMD_TEXT] = "TEXT", [VRAMD_EVICT] = "EVICT",
 };
 
 const char *proto_opcode_name(uint16_t op)
@@ -239,6 +241,44 @@ int proto_validate(const void *msg, size_t len, const char **why)
 			FAIL(-EPROTO, "RECLAIM_DONE has the wrong size");
 		if (m->reserved)
 			FAIL(-EINVAL, "RECLAIM_DONE reserved field not zero");
+		return 0;
+	}
+	case VRAMD_QUOTA_SET: {
+		const struct vramd_quota_set *m = msg;
+		if (len != sizeof(*m))
+			FAIL(-EPROTO, "QUOTA_SET has the wrong size");
+		if (m->reserved0 || (m->flags & ~VRAMD_QUOTA_SET_MASK) || !m->flags)
+			FAIL(-EINVAL, "QUOTA_SET flags or reserved field invalid");
+		if (!terminated(m->subject, sizeof(m->subject)) || !terminated(m->device, sizeof(m->device)))
+			FAIL(-EINVAL, "QUOTA_SET strings not terminated");
+		return 0;
+	}
+	case VRAMD_QUOTA_RM: {
+		const struct vramd_quota_rm *m = msg;
+		if (len != sizeof(*m))
+			FAIL(-EPROTO, "QUOTA_RM has the wrong size");
+		if (!terminated(m->subject, sizeof(m->subject)) || !terminated(m->device, sizeof(m->device)))
+			FAIL(-EINVAL, "QUOTA_RM strings not terminated");
+		return 0;
+	}
+	case VRAMD_QUOTA_LIST:
+		if (len != sizeof(*h))
+			FAIL(-EPROTO, "QUOTA_LIST has the wrong size");
+		return 0;
+	case VRAMD_TEXT: {
+		const struct vramd_text *m = msg;
+		if (len < sizeof(*m) || len != sizeof(*m) + (size_t)m->len)
+			FAIL(-EPROTO, "TEXT length does not match its size");
+		if (m->reserved0)
+			FAIL(-EINVAL, "TEXT reserved field not zero");
+		return 0;
+	}
+	case VRAMD_EVICT: {
+		const struct vramd_evict *m = msg;
+		if (len != sizeof(*m))
+			FAIL(-EPROTO, "EVICT has the wrong size");
+		if (m->reserved0)
+			FAIL(-EINVAL, "EVICT reserved field not zero");
 		return 0;
 	}
 	default:

@@ -513,6 +513,74 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 	return 0;
 }
 
+/* One request that answers OK (or TEXT into *ret_text when wanted). */
+static int simple_request(vram_client *c, void *msg, size_t len, uint16_t op, char **ret_text)
+{
+	int fd, r;
+	vram_error_clear();
+	pthread_mutex_lock(&c->lock);
+	r = send_req(c, msg, len, op);
+	if (r == 0)
+		r = (int)recv_reply(c, c->seq, ret_text ? VRAMD_TEXT : VRAMD_OK, &fd);
+	if (r > 0 && ret_text) {
+		const struct vramd_text *t = c->rxbuf;
+		char *txt = malloc((size_t)t->len + 1);
+		if (!txt)
+			r = vram_error(-ENOMEM, "out of memory");
+		else {
+			memcpy(txt, t + 1, t->len);
+			txt[t->len] = '\0';
+			*ret_text = txt;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	run_pending(c);
+	return r < 0 ? r : 0;
+}
+
+int vram_quota_set(vram_client *c, const char *subject, const char *device, uint32_t flags, uint64_t floor,
+		   uint64_t ceiling)
+{
+	struct vramd_quota_set m;
+	memset(&m, 0, sizeof(m));
+	if (!subject || !device || strlen(subject) >= sizeof(m.subject) || strlen(device) >= sizeof(m.device))
+		return vram_error(-EINVAL, "quota subject or device missing or too long");
+	if (!flags || (flags & ~(VRAM_QUOTA_FLOOR | VRAM_QUOTA_CEILING)))
+		return vram_error(-EINVAL, "give a floor, a ceiling or both");
+	str_copy(m.subject, subject, sizeof(m.subject));
+	str_copy(m.device, device, sizeof(m.device));
+	m.flags = flags;
+	m.floor = floor;
+	m.ceiling = ceiling;
+	return simple_request(c, &m, sizeof(m), VRAMD_QUOTA_SET, NULL);
+}
+
+int vram_quota_rm(vram_client *c, const char *subject, const char *device)
+{
+	struct vramd_quota_rm m;
+	memset(&m, 0, sizeof(m));
+	if (!subject || strlen(subject) >= sizeof(m.subject) || (device && strlen(device) >= sizeof(m.device)))
+		return vram_error(-EINVAL, "quota subject or device missing or too long");
+	str_copy(m.subject, subject, sizeof(m.subject));
+	if (device)
+		str_copy(m.device, device, sizeof(m.device));
+	return simple_request(c, &m, sizeof(m), VRAMD_QUOTA_RM, NULL);
+}
+
+int vram_quota_list(vram_client *c, char **ret_json)
+{
+	struct vramd_hdr h;
+	return simple_request(c, &h, sizeof(h), VRAMD_QUOTA_LIST, ret_json);
+}
+
+int vram_evict(vram_client *c, uint32_t client_id)
+{
+	struct vramd_evict m;
+	memset(&m, 0, sizeof(m));
+	m.client_id = client_id;
+	return simple_request(c, &m, sizeof(m), VRAMD_EVICT, NULL);
+}
+
 int vram_refresh_devices(vram_client *c)
 {
 	struct vram_status *s;

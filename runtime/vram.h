@@ -166,6 +166,27 @@ struct vram_status {
 VRAM_API int vram_get_status(vram_client *c, struct vram_status **ret_status);
 VRAM_API void vram_status_free(struct vram_status *s);
 
+/* ---- admin operations (root or the broker's admin group) --------------- */
+
+#define VRAM_DEFAULT_ADMIN_SOCKET "/run/vramd/admin.sock"
+#define VRAM_QUOTA_FLOOR   (1u << 0)
+#define VRAM_QUOTA_CEILING (1u << 1)
+#define VRAM_NO_CEILING    UINT64_MAX
+
+/* Sets subject's ("uid:1000", "user:alice", "name:comfy-1", "default")
+ * floor and/or ceiling (flags say which) on device.  -EPERM for a caller
+ * that is not an admin; -EINVAL, -ENOSPC (floors above capacity) with the
+ * broker's reason. */
+VRAM_API int vram_quota_set(vram_client *c, const char *subject, const char *device, uint32_t flags,
+			    uint64_t floor, uint64_t ceiling);
+/* Removes subject's quota on device (NULL: every device). */
+VRAM_API int vram_quota_rm(vram_client *c, const char *subject, const char *device);
+/* The quotas as JSON (docs/admin.md); free() the string. */
+VRAM_API int vram_quota_list(vram_client *c, char **ret_json);
+/* Asks client id to release all its reclaimable memory; the broker
+ * disconnects it if it still holds some after the deadline. */
+VRAM_API int vram_evict(vram_client *c, uint32_t client_id);
+
 /* ======================================================================
  * Checkpoints (parsing; no broker needed)
  * ====================================================================== */

@@ -56,7 +56,7 @@ vramd_gbps() { # $1 device, $2 io mode
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
 
 HOST_POOL=$((SIZE / 1073741824 * 2 + 4))GiB
-"$BUILD/bin/vramd" --socket "$SOCK" --sim-gpus "$((SIZE / 1073741824 + 2))GiB" --host-pool "$HOST_POOL" \
+"$BUILD/bin/vramd" --socket "$SOCK" --admin-socket "$DIR/admin.sock" --state-dir "$DIR/state" --sim-gpus "$((SIZE / 1073741824 + 2))GiB" --host-pool "$HOST_POOL" \
 	--no-cuda 2>"$DIR/vramd.log" &
 PID=$!
 while [ ! -S "$SOCK" ]; do sleep 0.05; kill -0 $PID; done
@@ -132,7 +132,7 @@ if [ ! -s "$FILE6" ]; then
 	"$PY" tests/make_checkpoint.py --out "$FILE6.tmp" --size $((6 * 1024 * 1024 * 1024)) --seed 9
 	mv "$FILE6.tmp" "$FILE6"
 fi
-"$BUILD/bin/vramd" --socket "$SOCK" --sim-gpus 8GiB --host-pool 8GiB --no-cuda --reclaim-deadline-ms 10000 2>"$DIR/vramd2.log" &
+"$BUILD/bin/vramd" --socket "$SOCK" --admin-socket "$DIR/admin.sock" --state-dir "$DIR/state" --sim-gpus 8GiB --host-pool 8GiB --no-cuda --reclaim-deadline-ms 10000 2>"$DIR/vramd2.log" &
 PID=$!
 while [ ! -S "$SOCK" ]; do sleep 0.05; kill -0 $PID; done
 ALL="--unet-virtual-vram-gb 0 --clip-compute-device cuda:0 --clip-virtual-vram-gb 0 --vae-device cuda:0"

@@ -32,7 +32,7 @@ else
 	echo "== starting vramd with simulated GPUs (no NVIDIA driver here) on $SOCK"
 fi
 # shellcheck disable=SC2086
-"$BUILD/bin/vramd" --socket "$SOCK" $ARGS 2>"$DIR/vramd.log" &
+"$BUILD/bin/vramd" --socket "$SOCK" --admin-socket "$DIR/admin.sock" --state-dir "$DIR/state" $ARGS 2>"$DIR/vramd.log" &
 PID=$!
 i=0
 while [ ! -S "$SOCK" ]; do

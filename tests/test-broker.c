@@ -710,7 +710,10 @@ START_TEST(test_process_lifecycle)
 	proc_start(&p, proc_args);
 	/* A second broker on a live socket refuses to start. */
 	char out[4096], cmd[600];
-	snprintf(cmd, sizeof(cmd), "%s/bin/vramd --socket %s --no-cuda --host-pool 8MiB 2>&1", t_build(), p.sock);
+	snprintf(cmd, sizeof(cmd),
+		 "%s/bin/vramd --socket %s --admin-socket %s/admin2.sock --state-dir %s/state2 --no-cuda "
+		 "--host-pool 8MiB 2>&1",
+		 t_build(), p.sock, p.dir, p.dir);
 	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
 	ck_assert_msg(strstr(out, "another vramd is listening"), "%s", out);
 	/* A stale socket (broker killed) is replaced by the next broker. */
@@ -735,7 +738,7 @@ START_TEST(test_bad_options)
 		"unrecognized option", "not an absolute path",
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
-		snprintf(cmd, sizeof(cmd), "%s/bin/vramd %s --no-cuda 2>&1", t_build(), bad[i]);
+		snprintf(cmd, sizeof(cmd), "%s/bin/vramd %s --no-cuda --state-dir /nonexistent/never --admin-socket /nonexistent/a.sock 2>&1", t_build(), bad[i]);
 		int rc = t_run(cmd, out, sizeof(out));
 		ck_assert_int_eq(rc, 2);
 		ck_assert_msg(strstr(out, want[i]), "%s: got %s", bad[i], out);
@@ -744,11 +747,11 @@ START_TEST(test_bad_options)
 	char *d = t_tmpdir();
 	snprintf(cmd, sizeof(cmd),
 		 "printf '[vramd]\\n# comment\\nhost-pool = 8MiB\\nsim-gpus = 2GiB, 8XB\\n' > %s/c.ini && "
-		 "%s/bin/vramd --config %s/c.ini --no-cuda 2>&1",
+		 "%s/bin/vramd --config %s/c.ini --no-cuda --state-dir /nonexistent/never 2>&1",
 		 d, t_build(), d);
 	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
 	ck_assert_msg(strstr(out, "c.ini:4:"), "%s", out);
-	snprintf(cmd, sizeof(cmd), "printf 'colour = blue\\n' > %s/c.ini && %s/bin/vramd --config %s/c.ini 2>&1", d,
+	snprintf(cmd, sizeof(cmd), "printf 'colour = blue\\n' > %s/c.ini && %s/bin/vramd --config %s/c.ini --state-dir /nonexistent/never 2>&1", d,
 		 t_build(), d);
 	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
 	ck_assert_msg(strstr(out, "unknown key \"colour\""), "%s", out);

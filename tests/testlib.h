@@ -105,8 +105,31 @@ static inline pid_t t_start_vramd(const char *socket, const char *logpath, const
 	argv[n++] = prog;
 	argv[n++] = "--socket";
 	argv[n++] = socket;
-	for (int i = 0; args && args[i] && n < 62; i++)
+	int has_admin = 0, has_state = 0, has_mode = 0;
+	for (int i = 0; args && args[i] && n < 56; i++) {
+		has_admin |= !strcmp(args[i], "--admin-socket");
+		has_state |= !strcmp(args[i], "--state-dir");
+		has_mode |= !strcmp(args[i], "--socket-mode");
 		argv[n++] = args[i];
+	}
+	/* Everything in the socket's directory, never /run or /var/lib. */
+	static char admin[512], state[512];
+	const char *slash = strrchr(socket, '/');
+	int dlen = slash ? (int)(slash - socket) : 1;
+	snprintf(admin, sizeof(admin), "%.*s/admin.sock", dlen, slash ? socket : ".");
+	snprintf(state, sizeof(state), "%.*s/state", dlen, slash ? socket : ".");
+	if (!has_admin) {
+		argv[n++] = "--admin-socket";
+		argv[n++] = admin;
+	}
+	if (!has_state) {
+		argv[n++] = "--state-dir";
+		argv[n++] = state;
+	}
+	if (!has_mode) {
+		argv[n++] = "--socket-mode";
+		argv[n++] = "0666";
+	}
 	argv[n] = NULL;
 	pid_t pid = fork();
 	if (pid == 0) {

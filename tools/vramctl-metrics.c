@@ -8,6 +8,10 @@
  * --output FILE atomically (FILE.tmp, fsync, rename) so that a collector
  * never reads half a file.  When the broker cannot be reached the output is
  * still written, with vramd_up 0, and the exit code is 69.
+ *
+ * The broker shows non-admin callers only their own uid's clients; the
+ * device and broker figures are everyone's.  Exporters run as root or as an
+ * admin-group member.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -253,7 +257,7 @@ static void render(struct buf *b, const struct vram_status *s)
 		   (unsigned long long)(s->uptime_ms % 1000));
 	family(b, "vramd_grants", "gauge", "Grants live in the broker.");
 	buf_printf(b, "vramd_grants %llu\n", (unsigned long long)s->grants);
-	family(b, "vramd_clients", "gauge", "Clients connected to the broker (not counting the vramctl asking).");
+	family(b, "vramd_clients", "gauge", "Clients connected that the caller may see (all for root and admin-group), not counting the vramctl asking.");
 	buf_printf(b, "vramd_clients %u\n", nclients);
 	family(b, "vramd_protocol_errors_total", "counter",
 	       "Clients disconnected for protocol violations since the broker started.");
@@ -372,6 +376,9 @@ static int emit(struct buf *b, const char *output)
 	return 0;
 }
 
+/* `vramctl metrics [--output FILE]`.  Returns the exit code: 0, 64 for bad
+ * arguments, 69 when the broker cannot be reached (vramd_up 0 is written
+ * all the same), 70 out of memory, 74 when the output cannot be written. */
 int cmd_metrics(struct ctl *ctl)
 {
 	const char *output = NULL;

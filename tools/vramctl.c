@@ -20,16 +20,20 @@ static const struct {
 	{ "plan", cmd_plan, "plan FILE [flags]        placement of a checkpoint across devices" },
 	{ "load", cmd_load, "load FILE [flags]        load a checkpoint into broker memory" },
 	{ "metrics", cmd_metrics, "metrics [--output FILE]  Prometheus text exposition of devices, clients, counters" },
+	{ "quota", cmd_quota, "quota set|list|rm ...     per-user/per-client floors and ceilings (admin)" },
+	{ "clients", cmd_clients, "clients [--json]         connected clients (all of them for admins)" },
+	{ "evict", cmd_evict, "evict CLIENT-ID          ask a client to release its reclaimable memory (admin)" },
 	{ "bench", cmd_bench, "bench pager FILE [flags] simulated forward passes through the pager" },
 };
 
 static void usage(FILE *f)
 {
-	fputs("Usage: vramctl [--socket PATH] [--json] COMMAND [ARGS]\n\nCommands:\n", f);
+	fputs("Usage: vramctl [--socket PATH] [--admin-socket PATH] [--json] COMMAND [ARGS]\n\nCommands:\n", f);
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		fprintf(f, "  %s\n", commands[i].help);
-	fputs("\nThe socket defaults to $VRAMD_SOCKET, then " VRAM_DEFAULT_SOCKET ".\n"
-	      "Exit codes: 0 ok, 64 usage, 65 invalid data, 69 broker unreachable.\n",
+	fputs("\nThe socket defaults to $VRAMD_SOCKET, then " VRAM_DEFAULT_SOCKET "; the admin socket\n"
+	      "to $VRAMD_ADMIN_SOCKET, then " VRAM_DEFAULT_ADMIN_SOCKET ".\n"
+	      "Exit codes: 0 ok, 64 usage, 65 invalid data, 69 broker unreachable, 77 not permitted.\n",
 	      f);
 }
 
@@ -61,6 +65,14 @@ int main(int argc, char **argv)
 				return EX_USAGE_;
 			}
 			ctl.socket = argv[i];
+		} else if (!strcmp(argv[i], "--admin-socket")) {
+			if (++i == argc) {
+				fprintf(stderr, "vramctl: --admin-socket needs a path\n");
+				return EX_USAGE_;
+			}
+			ctl.admin_socket = argv[i];
+		} else if (!strncmp(argv[i], "--admin-socket=", 15)) {
+			ctl.admin_socket = argv[i] + 15;
 		} else if (!strncmp(argv[i], "--socket=", 9)) {
 			ctl.socket = argv[i] + 9;
 		} else if (!strcmp(argv[i], "--json")) {

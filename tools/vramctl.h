@@ -21,6 +21,7 @@
 
 struct ctl {
 	const char *socket;       /* --socket or NULL ($VRAMD_SOCKET, default) */
+	const char *admin_socket; /* --admin-socket or NULL ($VRAMD_ADMIN_SOCKET, default) */
 	bool json;
 	bool tty;                 /* stdout is a terminal */
 	int argc;                 /* the command's arguments (argv[0] = command) */
@@ -39,5 +40,8 @@ int cmd_plan(struct ctl *ctl);
 int cmd_load(struct ctl *ctl);
 int cmd_metrics(struct ctl *ctl);
 int cmd_bench(struct ctl *ctl);
+int cmd_quota(struct ctl *ctl);
+int cmd_clients(struct ctl *ctl);
+int cmd_evict(struct ctl *ctl);
 
 #endif

@@ -42,7 +42,14 @@ enum vramd_opcode {
 	VRAMD_ERROR          = 9,  /* b->c  struct vramd_error */
 	VRAMD_RECLAIM        = 10, /* b->c  struct vramd_reclaim (unsolicited) */
 	VRAMD_RECLAIM_DONE   = 11, /* c->b  struct vramd_reclaim_done */
-	VRAMD_OPCODE_MAX     = 11,
+	/* Admin operations: accepted only from peers that are root or in the
+	 * admin group (SO_PEERCRED / SO_PEERGROUPS), on either socket. */
+	VRAMD_QUOTA_SET      = 12, /* c->b  struct vramd_quota_set -> OK */
+	VRAMD_QUOTA_RM       = 13, /* c->b  struct vramd_quota_rm -> OK */
+	VRAMD_QUOTA_LIST     = 14, /* c->b  struct vramd_hdr -> TEXT */
+	VRAMD_TEXT           = 15, /* b->c  struct vramd_text + text */
+	VRAMD_EVICT          = 16, /* c->b  struct vramd_evict -> OK */
+	VRAMD_OPCODE_MAX     = 16,
 };
 
 /* struct vramd_hdr.flags: none defined yet. */
@@ -208,6 +215,44 @@ struct vramd_error {
 	char     reason[VRAMD_REASON_MAX]; /* NUL-terminated */
 };
 
+/* ---- admin -------------------------------------------------------------- */
+
+#define VRAMD_SUBJECT_MAX 80u /* "uid:N", "user:NAME", "name:CLIENT", "default" */
+
+/* struct vramd_quota_set.flags */
+#define VRAMD_QUOTA_SET_FLOOR   (1u << 0) /* floor is given */
+#define VRAMD_QUOTA_SET_CEILING (1u << 1) /* ceiling is given (UINT64_MAX: none) */
+#define VRAMD_QUOTA_SET_MASK    0x3u
+
+struct vramd_quota_set {
+	struct vramd_hdr hdr;
+	char     subject[VRAMD_SUBJECT_MAX];
+	char     device[32];
+	uint32_t flags;        /* VRAMD_QUOTA_SET_*, at least one */
+	uint32_t reserved0;    /* 0 */
+	uint64_t floor;
+	uint64_t ceiling;
+};
+
+struct vramd_quota_rm {
+	struct vramd_hdr hdr;
+	char     subject[VRAMD_SUBJECT_MAX];
+	char     device[32];   /* "": every device */
+};
+
+/* A text reply (the quota list as JSON); text[len] follows, no NUL. */
+struct vramd_text {
+	struct vramd_hdr hdr;
+	uint32_t len;
+	uint32_t reserved0;
+};
+
+struct vramd_evict {
+	struct vramd_hdr hdr;
+	uint32_t client_id;
+	uint32_t reserved0;    /* 0 */
+};
+
 /* ---- layout checks ------------------------------------------------------ */
 
 #define VRAMD_ASSERT_SIZE(T, n) _Static_assert(sizeof(T) == (n), #T " size")
@@ -224,6 +269,10 @@ VRAMD_ASSERT_SIZE(struct vramd_status, 24 + 16);
 VRAMD_ASSERT_SIZE(struct vramd_client_info, 24 + 16 + 128 + 8 + 64);
 VRAMD_ASSERT_SIZE(struct vramd_status_reply, 24 + 48 + 128);
 VRAMD_ASSERT_SIZE(struct vramd_error, 24 + 8 + 160);
+VRAMD_ASSERT_SIZE(struct vramd_quota_set, 24 + 80 + 32 + 8 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_quota_rm, 24 + 80 + 32);
+VRAMD_ASSERT_SIZE(struct vramd_text, 24 + 8);
+VRAMD_ASSERT_SIZE(struct vramd_evict, 24 + 8);
 #undef VRAMD_ASSERT_SIZE
 
 #endif /* VRAMD_UAPI_VRAMD_H */

@@ -1,0 +1,420 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Shared-server operation against a real vramd: quota ceilings under
+ * concurrent clients, floors honoured through reclaim, quotas surviving a
+ * restart, a corrupt state file refusing the start, a non-root client
+ * refused on every admin operation and blind to other users' clients,
+ * evict.
+ */
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include <grp.h>
+
+#include "common/cleanup.h"
+#include "common/util.h"
+#include "runtime/vram.h"
+#include "testlib.h"
+
+#define MiB (1ull << 20)
+
+struct env {
+	char *dir;
+	char sock[256], admin[256], log[256];
+	pid_t pid;
+};
+
+static void env_start(struct env *e, const char *sim)
+{
+	e->dir = t_tmpdir();
+	ck_assert_ptr_nonnull(e->dir);
+	chmod(e->dir, 0755); /* nobody must reach the client socket */
+	snprintf(e->sock, sizeof(e->sock), "%s/vramd.sock", e->dir);
+	snprintf(e->admin, sizeof(e->admin), "%s/admin.sock", e->dir);
+	snprintf(e->log, sizeof(e->log), "%s/vramd.log", e->dir);
+	const char *const args[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--no-cuda", "--reclaim-deadline-ms", "500", NULL };
+	e->pid = t_start_vramd(e->sock, e->log, args);
+	ck_assert_int_gt(e->pid, 0);
+}
+
+static void env_restart(struct env *e, const char *sim)
+{
+	ck_assert_int_eq(WEXITSTATUS(t_stop(e->pid)), 0);
+	const char *const args[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--no-cuda", "--reclaim-deadline-ms", "500", NULL };
+	e->pid = t_start_vramd(e->sock, e->log, args);
+	ck_assert_int_gt(e->pid, 0);
+}
+
+static void env_stop(struct env *e)
+{
+	ck_assert_int_eq(WEXITSTATUS(t_stop(e->pid)), 0);
+	t_rmtree(e->dir);
+}
+
+/* Waits (bounded) until device dev's use is want; returns it. */
+static uint64_t wait_used(vram_client *c, uint32_t dev, uint64_t want)
+{
+	uint64_t u = 0;
+	for (int i = 0; i < 300; i++) {
+		struct vram_status *s;
+		ck_assert_int_eq(vram_get_status(c, &s), 0);
+		u = s->devices[dev].used;
+		vram_status_free(s);
+		if (u == want)
+			break;
+		t_sleep_ms(10);
+	}
+	return u;
+}
+
+static uint64_t used_on(vram_client *c, uint32_t dev)
+{
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	uint64_t u = s->devices[dev].used;
+	vram_status_free(s);
+	return u;
+}
+
+/* Eight processes of one quota bucket (name:batch) race to allocate; the
+ * ceiling is never exceeded, at any sample and at the end. */
+START_TEST(test_ceiling_concurrent)
+{
+	struct env e;
+	env_start(&e, "256MiB");
+	vram_client *a;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_quota_set(a, "name:batch", "cuda:0", VRAM_QUOTA_CEILING, 0, 40 * MiB), 0);
+	pid_t kids[8];
+	for (int k = 0; k < 8; k++) {
+		kids[k] = fork();
+		if (kids[k] == 0) {
+			vram_client *c;
+			vram_grant *g[64];
+			int n = 0;
+			if (vram_connect(e.sock, "batch", &c) < 0)
+				_exit(1);
+			for (int i = 0; i < 200; i++) {
+				if (n < 64 && vram_alloc(c, 0, 2 * MiB, 0, &g[n]) == 0)
+					n++;
+				else if (n && (i % 3 == 0))
+					vram_free(c, g[--n]);
+			}
+			_exit(0);
+		}
+	}
+	uint64_t peak = 0;
+	for (int i = 0; i < 200; i++) {
+		uint64_t u = used_on(a, 0);
+		peak = MAX(peak, u);
+		int st, alive = 0;
+		for (int k = 0; k < 8; k++)
+			if (kids[k] > 0 && waitpid(kids[k], &st, WNOHANG) == 0)
+				alive++;
+		if (!alive)
+			break;
+	}
+	for (int k = 0; k < 8; k++)
+		waitpid(kids[k], NULL, 0);
+	ck_assert_uint_le(peak, 40 * MiB);
+	ck_assert_uint_gt(peak, 0);
+	/* the refusal names the quota */
+	vram_client *c;
+	vram_grant *g[32];
+	ck_assert_int_eq(vram_connect(e.sock, "batch", &c), 0);
+	int n = 0;
+	while (n < 32 && vram_alloc(c, 0, 2 * MiB, 0, &g[n]) == 0)
+		n++;
+	ck_assert_int_eq(n, 20);
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g[n]), -EDQUOT);
+	ck_assert_msg(strstr(vram_last_error(), "quota name:batch on cuda:0: ceiling 40.00 MiB"), "%s",
+		      vram_last_error());
+	/* another name is not limited by it */
+	vram_client *o;
+	vram_grant *og;
+	ck_assert_int_eq(vram_connect(e.sock, "other", &o), 0);
+	ck_assert_int_eq(vram_alloc(o, 0, 64 * MiB, 0, &og), 0);
+	vram_close(o);
+	vram_close(c);
+	vram_close(a);
+	env_stop(&e);
+}
+END_TEST
+
+struct holder {
+	vram_client *c;
+	vram_grant *g[64];
+	int n;
+	atomic_int stop;
+	pthread_t th;
+};
+
+static uint64_t give_back(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms)
+{
+	struct holder *h = user;
+	uint64_t freed = 0;
+	while (freed < bytes && h->n > 0) {
+		vram_grant *g = h->g[--h->n];
+		freed += vram_grant_size(g);
+		vram_free(h->c, g);
+	}
+	return freed;
+}
+
+static void *dispatcher(void *arg)
+{
+	struct holder *h = arg;
+	while (!atomic_load(&h->stop)) {
+		struct pollfd p = { .fd = vram_client_fd(h->c), .events = POLLIN };
+		if (poll(&p, 1, 20) > 0)
+			vram_dispatch(h->c);
+	}
+	return NULL;
+}
+
+/* A floor is honoured by reclaiming borrowed memory from others, never
+ * below their own floor. */
+START_TEST(test_floor_through_reclaim)
+{
+	struct env e;
+	env_start(&e, "64MiB");
+	vram_client *a;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_quota_set(a, "name:guaranteed", "cuda:0", VRAM_QUOTA_FLOOR, 32 * MiB, 0), 0);
+	ck_assert_int_eq(vram_quota_set(a, "name:greedy", "cuda:0", VRAM_QUOTA_FLOOR, 16 * MiB, 0), 0);
+	struct holder h = { 0 };
+	ck_assert_int_eq(vram_connect(e.sock, "greedy", &h.c), 0);
+	for (h.n = 0; h.n < 32; h.n++) /* the whole device, borrowed */
+		ck_assert_int_eq(vram_alloc(h.c, 0, 2 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	vram_set_reclaim_handler(h.c, give_back, &h);
+	ck_assert_int_eq(pthread_create(&h.th, NULL, dispatcher, &h), 0);
+	vram_client *g;
+	vram_grant *gg, *more;
+	ck_assert_int_eq(vram_connect(e.sock, "guaranteed", &g), 0);
+	ck_assert_msg(vram_alloc(g, 0, 32 * MiB, 0, &gg) == 0, "%s", vram_last_error());
+	/* greedy is at 32 MiB now; 16 more would take it below its floor */
+	ck_assert_int_eq(vram_alloc(g, 0, 24 * MiB, 0, &more), -ENOMEM);
+	ck_assert_int_ge(h.n, 8); /* it kept at least its 16 MiB floor */
+	atomic_store(&h.stop, 1);
+	pthread_join(h.th, NULL);
+	vram_close(h.c);
+	vram_close(g);
+	ck_assert_uint_eq(wait_used(a, 0, 0), 0);
+	vram_close(a);
+	env_stop(&e);
+}
+END_TEST
+
+START_TEST(test_quotas_survive_restart)
+{
+	struct env e;
+	env_start(&e, "64MiB");
+	vram_client *a;
+	char *json;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_quota_set(a, "uid:1000", "cuda:0", VRAM_QUOTA_FLOOR | VRAM_QUOTA_CEILING, 8 * MiB,
+					 16 * MiB), 0);
+	ck_assert_int_eq(vram_quota_set(a, "default", "cpu", VRAM_QUOTA_CEILING, 0, 32 * MiB), 0);
+	/* floors above capacity are refused when set */
+	ck_assert_int_eq(vram_quota_set(a, "uid:1001", "cuda:0", VRAM_QUOTA_FLOOR, 60 * MiB, 0), -ENOSPC);
+	ck_assert_int_eq(vram_quota_list(a, &json), 0);
+	ck_assert_ptr_nonnull(strstr(json, "uid:1000"));
+	free(json);
+	vram_close(a);
+	env_restart(&e, "64MiB");
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_quota_list(a, &json), 0);
+	ck_assert_ptr_nonnull(strstr(json, "\"uid:1000\""));
+	ck_assert_ptr_nonnull(strstr(json, "16777216"));
+	ck_assert_ptr_nonnull(strstr(json, "\"default\""));
+	ck_assert_ptr_null(strstr(json, "uid:1001"));
+	free(json);
+	/* and they are enforced */
+	vram_grant *g;
+	ck_assert_int_eq(vram_alloc(a, 1, 48 * MiB, 0, &g), -EDQUOT);
+	ck_assert_int_eq(vram_quota_rm(a, "default", NULL), 0);
+	ck_assert_int_eq(vram_alloc(a, 1, 48 * MiB, 0, &g), 0);
+	ck_assert_int_eq(vram_quota_rm(a, "default", NULL), -ENOENT);
+	vram_close(a);
+	env_stop(&e);
+}
+END_TEST
+
+START_TEST(test_corrupt_state_refuses_start)
+{
+	char *d = t_tmpdir();
+	char cmd[2048], out[4096];
+	const char *bad[] = {
+		"{\"version\": 1, \"quotas\": [",                                     /* truncated */
+		"{\"version\": 7, \"quotas\": []}",                                   /* unknown version */
+		"{\"version\": 1, \"quotas\": [{\"subject\": \"uid:x\", \"device\": \"cpu\", \"floor\": 0, \"ceiling\": null}]}",
+		"",                                                                   /* empty */
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		snprintf(cmd, sizeof(cmd),
+			 "mkdir -p %s/state && printf '%%s' '%s' > %s/state/quotas.json && "
+			 "%s/bin/vramd --socket %s/s.sock --admin-socket %s/a.sock --state-dir %s/state --no-cuda "
+			 "--host-pool 8MiB 2>&1",
+			 d, bad[i], d, t_build(), d, d, d);
+		ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
+		ck_assert_msg(strstr(out, "refusing to start") && strstr(out, "quotas.json"), "%s", out);
+	}
+	t_rmtree(d);
+}
+END_TEST
+
+static int as_nobody(void)
+{
+	return setgroups(0, NULL) == 0 && setgid(65534) == 0 && setuid(65534) == 0 ? 0 : -1;
+}
+
+/* A non-root client: refused on every admin operation (on both sockets),
+ * and blind to other users' clients. */
+START_TEST(test_non_root)
+{
+	if (getuid() != 0) {
+		fprintf(stderr, "test_non_root: skipped, needs root to switch to nobody\n");
+		return;
+	}
+	struct env e;
+	env_start(&e, "64MiB");
+	vram_client *root;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(e.sock, "root-job", &root), 0);
+	ck_assert_int_eq(vram_alloc(root, 0, 8 * MiB, 0, &g), 0);
+	pid_t kid = fork();
+	if (kid == 0) {
+		if (as_nobody() < 0)
+			_exit(10);
+		vram_client *c;
+		char *json;
+		/* the admin socket is 0600: not even a connection */
+		if (vram_connect(e.admin, "nobody", &c) != -EACCES)
+			_exit(11);
+		if (vram_connect(e.sock, "nobody-job", &c) < 0)
+			_exit(12);
+		if (vram_quota_set(c, "default", "cuda:0", VRAM_QUOTA_CEILING, 0, MiB) != -EPERM)
+			_exit(13);
+		if (vram_quota_rm(c, "default", NULL) != -EPERM)
+			_exit(14);
+		if (vram_quota_list(c, &json) != -EPERM)
+			_exit(15);
+		if (vram_evict(c, 1) != -EPERM)
+			_exit(16);
+		vram_grant *mine;
+		if (vram_alloc(c, 0, 2 * MiB, 0, &mine) < 0)
+			_exit(17);
+		struct vram_status *s;
+		if (vram_get_status(c, &s) < 0)
+			_exit(18);
+		/* totals are visible, root's client is not */
+		int ok = s->nclients == 1 && s->clients[0].uid == 65534 && s->devices[0].used == 10 * MiB;
+		vram_status_free(s);
+		_exit(ok ? 0 : 19);
+	}
+	int st;
+	waitpid(kid, &st, 0);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child exit %d", WEXITSTATUS(st));
+	/* root (an admin) sees everyone */
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(root, &s), 0);
+	ck_assert_uint_ge(s->nclients, 1);
+	vram_status_free(s);
+	vram_close(root);
+	env_stop(&e);
+}
+END_TEST
+
+/* Evict: a client that answers keeps its connection; one that ignores the
+ * deadline is disconnected, and its memory comes back. */
+START_TEST(test_evict)
+{
+	struct env e;
+	env_start(&e, "64MiB");
+	vram_client *a;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	struct holder h = { 0 };
+	ck_assert_int_eq(vram_connect(e.sock, "polite", &h.c), 0);
+	for (h.n = 0; h.n < 4; h.n++)
+		ck_assert_int_eq(vram_alloc(h.c, 0, 2 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	vram_set_reclaim_handler(h.c, give_back, &h);
+	ck_assert_int_eq(pthread_create(&h.th, NULL, dispatcher, &h), 0);
+	vram_client *deaf;
+	vram_grant *dg;
+	ck_assert_int_eq(vram_connect(e.sock, "deaf", &deaf), 0);
+	ck_assert_int_eq(vram_alloc(deaf, 0, 16 * MiB, VRAM_ALLOC_RECLAIMABLE, &dg), 0);
+	ck_assert_int_eq(vram_evict(a, vram_client_id(h.c)), 0);
+	ck_assert_int_eq(vram_evict(a, vram_client_id(deaf)), 0);
+	ck_assert_int_eq(vram_evict(a, 4242), -ESRCH);
+	t_sleep_ms(900); /* past the 500 ms deadline */
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(a, &s), 0);
+	int polite = 0, deaf_seen = 0;
+	for (uint32_t i = 0; i < s->nclients; i++) {
+		polite |= !strcmp(s->clients[i].name, "polite");
+		deaf_seen |= !strcmp(s->clients[i].name, "deaf");
+	}
+	if (s->devices[0].used) {
+		char cmd[400];
+		snprintf(cmd, sizeof(cmd), "cat %s >&2", e.log);
+		t_run(cmd, NULL, 0);
+	}
+	ck_assert_uint_eq(s->devices[0].used, 0);
+	vram_status_free(s);
+	ck_assert(polite);
+	ck_assert(!deaf_seen);
+	ck_assert_int_eq(h.n, 0);
+	atomic_store(&h.stop, 1);
+	pthread_join(h.th, NULL);
+	vram_close(h.c);
+	vram_close(deaf);
+	vram_close(a);
+	env_stop(&e);
+}
+END_TEST
+
+START_TEST(test_vramctl_quota_cli)
+{
+	struct env e;
+	env_start(&e, "64MiB");
+	char cmd[1024], out[8192];
+	snprintf(cmd, sizeof(cmd),
+		 "V='%s/bin/vramctl --socket %s --admin-socket %s'; "
+		 "$V quota set name:comfy-1 cuda:0 --floor 8MiB --ceiling 32MiB && "
+		 "$V quota set default cpu --ceiling none && $V quota list && $V quota list --json && "
+		 "$V quota rm name:comfy-1 cuda:0 && $V clients",
+		 t_build(), e.sock, e.admin);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 0);
+	ck_assert_msg(strstr(out, "name:comfy-1") && strstr(out, "32.00 MiB") && strstr(out, "\"ceiling\": null"), "%s",
+		      out);
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --admin-socket %s quota set bogus:1 cuda:0 --floor 1MiB 2>&1",
+		 t_build(), e.admin);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 64);
+	ck_assert_msg(strstr(out, "bogus:1"), "%s", out);
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --admin-socket %s quota set default cuda:0 --floor lots 2>&1",
+		 t_build(), e.admin);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 64);
+	env_stop(&e);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("admin");
+	TCase *tc = tcase_create("admin");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_ceiling_concurrent);
+	tcase_add_test(tc, test_floor_through_reclaim);
+	tcase_add_test(tc, test_quotas_survive_restart);
+	tcase_add_test(tc, test_corrupt_state_refuses_start);
+	tcase_add_test(tc, test_non_root);
+	tcase_add_test(tc, test_evict);
+	tcase_add_test(tc, test_vramctl_quota_cli);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
