@@ -350,6 +350,89 @@ static uint64_t reclaim_room(struct broker *b, const struct client *x, const str
 	return r;
 }
 
+/* Accounts a new grant of c (handle from the backend).  NULL if out of
+ * memory (the caller releases the handle). */
+static struct grant *grant_add(struct broker *b, struct client *c, struct pool *p, uint64_t size, uint32_t flags,
+			       void *handle)
+{
+	struct grant *g = calloc(1, sizeof(*g));
+	if (!g)
+		return NULL;
+	g->id = ++b->next_grant_id;
+	g->pool = p;
+	g->owner = c;
+	g->size = size;
+	g->flags = flags;
+	g->handle = handle;
+	g->next = c->grants;
+	c->grants = g;
+	c->ngrants++;
+	b->ngrants++;
+	p->used += size;
+	c->held += size;
+	c->held_dev[p->index] += size;
+	if (g->flags & VRAMD_ALLOC_RECLAIMABLE) {
+		p->reclaimable += size;
+		c->reclaimable += size;
+		c->reclaimable_dev[p->index] += size;
+	}
+	return g;
+}
+
+static void handle_register(struct broker *b, struct client *c, const struct vramd_register *m, int fd)
+{
+	const char *why = "";
+	char s1[32];
+	struct pool *p = NULL;
+	for (uint32_t i = 0; i < b->npools && !p; i++)
+		if (!memcmp(b->pools[i]->uuid, m->uuid, 16))
+			p = b->pools[i];
+	if (!p) {
+		send_error(b, c, &m->hdr, -ENODEV, "REGISTER: no device with that UUID");
+		return;
+	}
+	if (!m->size || m->size % p->granularity) {
+		send_error(b, c, &m->hdr, -EINVAL, "REGISTER: size %llu is not a grant size of %s",
+			   (unsigned long long)m->size, p->name);
+		return;
+	}
+	if (c->ngrants >= b->cfg.max_grants) {
+		send_error(b, c, &m->hdr, -EDQUOT, "grant limit: this client holds %u grants (max %u)", c->ngrants,
+			   b->cfg.max_grants);
+		return;
+	}
+	if (!p->ops->adopt) {
+		send_error(b, c, &m->hdr, -EOPNOTSUPP, "%s: grants cannot be re-registered after a restart", p->name);
+		return;
+	}
+	void *handle = NULL;
+	int r = p->ops->adopt(p, fd, m->size, &handle, &why);
+	if (r < 0) {
+		send_error(b, c, &m->hdr, r, "REGISTER on %s: %s", p->name, why);
+		return;
+	}
+	/* The memory exists whatever the pool says: account it even past the
+	 * pool's size (a smaller --host-pool after a restart), and say so. */
+	if (m->size > p->total - MIN(p->used, p->total))
+		broker_log(1, CLIENT_FMT ": re-registered memory puts %s over its size", CLIENT_ARGS(c), p->name);
+	struct grant *g = grant_add(b, c, p, m->size, m->flags, handle);
+	if (!g) {
+		p->ops->release(p, handle, m->size);
+		send_error(b, c, &m->hdr, -ENOMEM, "broker out of memory");
+		return;
+	}
+	struct vramd_alloc_reply rep;
+	memset(&rep, 0, sizeof(rep));
+	proto_hdr_init(&rep.hdr, VRAMD_ALLOC_REPLY, sizeof(rep), m->hdr.seq);
+	rep.grant_id = g->id;
+	rep.size = g->size;
+	rep.device = p->index;
+	rep.flags = g->flags;
+	client_send(b, c, &rep, sizeof(rep), -1);
+	broker_log(2, CLIENT_FMT ": re-registered %s on %s as grant %llu", CLIENT_ARGS(c),
+		   size_format(m->size, s1, sizeof(s1)), p->name, (unsigned long long)g->id);
+}
+
 /* Creates the grant and answers.  Room and limits were checked. */
 static void do_grant(struct broker *b, struct client *c, const struct vramd_alloc *m, uint64_t size)
 {
@@ -363,30 +446,12 @@ static void do_grant(struct broker *b, struct client *c, const struct vramd_allo
 		send_error(b, c, &m->hdr, r, "%s: %s", p->name, why);
 		return;
 	}
-	struct grant *g = calloc(1, sizeof(*g));
+	struct grant *g = grant_add(b, c, p, size, m->flags, handle);
 	if (!g) {
 		p->ops->release(p, handle, size);
 		close(fd);
 		send_error(b, c, &m->hdr, -ENOMEM, "broker out of memory");
 		return;
-	}
-	g->id = ++b->next_grant_id;
-	g->pool = p;
-	g->owner = c;
-	g->size = size;
-	g->flags = m->flags;
-	g->handle = handle;
-	g->next = c->grants;
-	c->grants = g;
-	c->ngrants++;
-	b->ngrants++;
-	p->used += size;
-	c->held += size;
-	c->held_dev[p->index] += size;
-	if (g->flags & VRAMD_ALLOC_RECLAIMABLE) {
-		p->reclaimable += size;
-		c->reclaimable += size;
-		c->reclaimable_dev[p->index] += size;
 	}
 
 	struct vramd_alloc_reply rep;
@@ -960,19 +1025,24 @@ static void client_read(struct broker *b, struct client *c)
 			c->dead = true;
 			return;
 		}
-		if (nfds) {
+		const char *why = NULL;
+		const struct vramd_hdr *h = b->rxbuf;
+		int want_fds = n >= (ssize_t)sizeof(*h) && h->opcode == VRAMD_REGISTER ? 1 : 0;
+		if (nfds != want_fds) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			protocol_violation(b, c, "unexpected file descriptors");
+			protocol_violation(b, c, nfds ? "unexpected file descriptors" : "REGISTER without its fd");
 			return;
 		}
-		const char *why = NULL;
 		if (proto_validate(b->rxbuf, (size_t)n, &why) < 0) {
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
 			protocol_violation(b, c, why);
 			return;
 		}
-		const struct vramd_hdr *h = b->rxbuf;
 		if (!c->hello && h->opcode != VRAMD_HELLO) {
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
 			protocol_violation(b, c, "request before HELLO");
 			return;
 		}
@@ -1007,6 +1077,10 @@ static void client_read(struct broker *b, struct client *c)
 			break;
 		case VRAMD_EVICT:
 			handle_evict(b, c, b->rxbuf);
+			break;
+		case VRAMD_REGISTER:
+			handle_register(b, c, b->rxbuf, fds[0]);
+			close(fds[0]);
 			break;
 		default:
 			protocol_violation(b, c, "opcode not valid from a client");

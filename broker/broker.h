@@ -21,6 +21,11 @@ struct pool_ops {
 	 * zeroed memory.  Returns 0 and an fd to send (the caller closes it
 	 * after sending) plus a backend handle, or -errno with *why set. */
 	int (*grant)(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why);
+	/* Takes back a grant made by an earlier broker (REGISTER after a
+	 * restart): checks that fd really is such memory of size bytes and
+	 * makes a handle for it.  The fd stays the caller's.  NULL: the
+	 * backend cannot (-EOPNOTSUPP). */
+	int (*adopt)(struct pool *p, int fd, uint64_t size, void **ret_handle, const char **why);
 	/* Drops the backend handle of a grant (the client may still hold its
 	 * fd and mapping until it exits). */
 	void (*release)(struct pool *p, void *handle, uint64_t size);

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -83,6 +84,28 @@ static int memfd_grant(struct pool *p, uint64_t size, int *ret_fd, void **ret_ha
 	return 0;
 }
 
+static int memfd_adopt(struct pool *p, int fd, uint64_t size, void **ret_handle, const char **why)
+{
+	struct stat st;
+	int seals = fcntl(fd, F_GET_SEALS);
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		*why = "not a memfd";
+		return -EINVAL;
+	}
+	/* Only sealed memfds can be ours: sealed against grow and shrink, its
+	 * size cannot change under the accounting. */
+	if (seals < 0 || (seals & (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)) != (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)) {
+		*why = "not a sealed grant memfd";
+		return -EINVAL;
+	}
+	if ((uint64_t)st.st_size != size) {
+		*why = "its size is not the size claimed";
+		return -EINVAL;
+	}
+	*ret_handle = NULL;
+	return 0;
+}
+
 static void memfd_release(struct pool *p, void *handle, uint64_t size)
 {
 	/* The broker keeps no reference: the memory goes when the client
@@ -97,6 +120,7 @@ static void memfd_destroy(struct pool *p)
 static const struct pool_ops memfd_ops = {
 	.name = "memfd",
 	.grant = memfd_grant,
+	.adopt = memfd_adopt,
 	.release = memfd_release,
 	.destroy = memfd_destroy,
 };

@@ -97,7 +97,7 @@ static const char *const opnames[] = {
 	[VRAMD_ERROR] = "ERROR", [VRAMD_RECLAIM] = "RECLAIM",
 	[VRAMD_RECLAIM_DONE] = "RECLAIM_DONE", [VRAMD_QUOTA_SET] = "QUOTA_SET",
 	[VRAMD_QUOTA_RM] = "QUOTA_RM", [VRAMD_QUOTA_LIST] = "QUOTA_LIST",
-	[VRAMD_TEXT] = "TEXT", [VRAMD_EVICT] = "EVICT",
+	[VRAMD_TEXT] = "TEXT", [VRAMD_EVICT] = "EVICT", [VRAMD_REGISTER] = "REGISTER",
 };
 
 const char *proto_opcode_name(uint16_t op)
@@ -279,6 +279,16 @@ int proto_validate(const void *msg, size_t len, const char **why)
 			FAIL(-EPROTO, "EVICT has the wrong size");
 		if (m->reserved0)
 			FAIL(-EINVAL, "EVICT reserved field not zero");
+		return 0;
+	}
+	case VRAMD_REGISTER: {
+		const struct vramd_register *m = msg;
+		if (len != sizeof(*m))
+			FAIL(-EPROTO, "REGISTER has the wrong size");
+		if (m->reserved0 || !mem_is_zero(m->reserved, sizeof(m->reserved)))
+			FAIL(-EINVAL, "REGISTER reserved fields not zero");
+		if (m->flags & ~VRAMD_ALLOC_FLAGS_MASK)
+			FAIL(-EINVAL, "REGISTER has unknown flags");
 		return 0;
 	}
 	default:

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <stdbool.h>
+#include <time.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,9 @@ static void queue_reclaim(struct vram_client *c, const struct vramd_reclaim *m)
 /* Receives the reply to seq (handling unsolicited messages on the way).
  * Returns its length in c->rxbuf; *ret_fd gets an fd that came with it (or
  * -1).  ERROR replies are turned into their errno with the reason set. */
+/* recv_reply's want for an ALLOC_REPLY that comes without an fd (REGISTER). */
+#define VRAMD_ALLOC_REPLY_NOFD 0xfff0
+
 static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, int *ret_fd)
 {
 	int fds[PROTO_MAX_FDS], nfds;
@@ -84,7 +88,9 @@ static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, in
 				close(fds[i]);
 			return vram_error(e->error, "%s", e->reason);
 		}
-		int want_fds = h->opcode == VRAMD_ALLOC_REPLY ? 1 : 0;
+		int want_fds = h->opcode == VRAMD_ALLOC_REPLY && want != VRAMD_ALLOC_REPLY_NOFD ? 1 : 0;
+		if (want == VRAMD_ALLOC_REPLY_NOFD)
+			want = VRAMD_ALLOC_REPLY;
 		if (h->opcode != want || nfds != want_fds) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
@@ -125,6 +131,117 @@ static void dev_from_wire(struct vram_device_info *o, const struct vramd_device 
 	str_copy(o->label, d->label, sizeof(o->label));
 }
 
+/* HELLO on c->fd; fills id, note and devices.  Lock held (or not yet
+ * shared). */
+static int hello(struct vram_client *c)
+{
+	struct vramd_hello m;
+	int fd, r;
+	memset(&m, 0, sizeof(m));
+	str_copy(m.name, c->name, sizeof(m.name));
+	if ((r = send_req(c, &m, sizeof(m), VRAMD_HELLO)) < 0 ||
+	    (r = (int)recv_reply(c, c->seq, VRAMD_HELLO_REPLY, &fd)) < 0) {
+		if (r == -ECONNRESET)
+			r = vram_error(-EPROTO, "vramd at %s refused the handshake (protocol version %u?)", c->socket,
+				       VRAMD_PROTO_VERSION);
+		return r;
+	}
+	const struct vramd_hello_reply *rep = c->rxbuf;
+	c->id = rep->client_id;
+	str_copy(c->note, rep->note, sizeof(c->note));
+	c->ndev = rep->ndevices;
+	const struct vramd_device *d = (const void *)(rep + 1);
+	for (uint32_t i = 0; i < c->ndev; i++)
+		dev_from_wire(&c->dev[i], &d[i]);
+	return 0;
+}
+
+static bool conn_lost(int r)
+{
+	return r == -EPIPE || r == -ECONNRESET || r == -ENOTCONN || r == -ECONNREFUSED || r == -ECONNABORTED;
+}
+
+/* The broker went away (restart, crash): connect again with backoff, say
+ * HELLO, and hand every grant's fd back (REGISTER) so that the new broker
+ * accounts what this process holds.  Mappings stay valid throughout: the
+ * memory lives in the fds.  Lock held.  0 or -errno. */
+static int reconnect(struct vram_client *c)
+{
+	uint64_t budget_ms = 10000, delay_ms = 10;
+	const char *env = getenv("VRAMD_RECONNECT_TIMEOUT_MS");
+	if (env && *env)
+		budget_ms = strtoull(env, NULL, 10);
+	uint8_t old_uuid[VRAMD_MAX_DEVICES][16];
+	for (uint32_t i = 0; i < c->ndev; i++)
+		memcpy(old_uuid[i], c->dev[i].uuid, 16);
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	uint64_t t0 = now_ns();
+	for (;;) {
+		int fd = connect_socket(c->socket);
+		if (fd >= 0) {
+			c->fd = fd;
+			if (hello(c) == 0)
+				break;
+			close(c->fd);
+			c->fd = -1;
+		}
+		if ((now_ns() - t0) / 1000000 >= budget_ms)
+			return vram_error(-ECONNRESET, "vramd at %s went away and did not come back within %llu ms",
+					  c->socket, (unsigned long long)budget_ms);
+		struct timespec ts = { (time_t)(delay_ms / 1000), (long)(delay_ms % 1000) * 1000000L };
+		nanosleep(&ts, NULL);
+		delay_ms = MIN(delay_ms * 2, 1000);
+	}
+	int first_err = 0;
+	for (struct vram_grant *g = c->grants; g; g = g->next) {
+		if (g->fd < 0) {
+			/* CUDA grants: the runtime cannot prove them yet. */
+			if (!first_err)
+				first_err = vram_error(-EOPNOTSUPP, "grant %llu on a CUDA device could not be re-registered",
+						       (unsigned long long)g->id);
+			continue;
+		}
+		struct vramd_register m;
+		memset(&m, 0, sizeof(m));
+		memcpy(m.uuid, old_uuid[g->device < VRAMD_MAX_DEVICES ? g->device : 0], 16);
+		m.size = g->size;
+		m.flags = g->flags;
+		proto_hdr_init(&m.hdr, VRAMD_REGISTER, sizeof(m), ++c->seq);
+		int r = proto_send(c->fd, &m, sizeof(m), g->fd, 0);
+		int fd;
+		if (r == 0)
+			r = (int)recv_reply(c, c->seq, VRAMD_ALLOC_REPLY_NOFD, &fd);
+		if (r < 0) {
+			if (!first_err)
+				first_err = r;
+			continue;
+		}
+		const struct vramd_alloc_reply *rep = c->rxbuf;
+		g->id = rep->grant_id;
+		g->device = rep->device;
+	}
+	c->reconnects++;
+	return first_err;
+}
+
+/* send + receive, reconnecting once if the broker went away. */
+static ssize_t transact(struct vram_client *c, void *msg, size_t len, uint16_t op, uint16_t want, int *ret_fd)
+{
+	for (int attempt = 0;; attempt++) {
+		ssize_t r = send_req(c, msg, len, op);
+		if (r == 0)
+			r = recv_reply(c, c->seq, want, ret_fd);
+		if (r >= 0 || attempt || !conn_lost((int)r))
+			return r;
+		char keep[1024];
+		str_copy(keep, vram_last_error(), sizeof(keep));
+		if (reconnect(c) < 0 && c->fd < 0)
+			return vram_error((int)r, "%s; reconnecting failed: %s", keep, vram_last_error());
+	}
+}
+
 int vram_connect(const char *socket_path, const char *name, vram_client **ret)
 {
 	vram_error_clear();
@@ -145,8 +262,9 @@ int vram_connect(const char *socket_path, const char *name, vram_client **ret)
 	c->fd = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	c->socket = strdup(socket_path);
+	c->name = strdup(name);
 	c->rxbuf = malloc(VRAMD_MSG_MAX);
-	if (!c->socket || !c->rxbuf) {
+	if (!c->socket || !c->name || !c->rxbuf) {
 		vram_close(c);
 		return vram_error(-ENOMEM, "out of memory");
 	}
@@ -157,31 +275,19 @@ int vram_connect(const char *socket_path, const char *name, vram_client **ret)
 	}
 	c->fd = r;
 
-	struct vramd_hello m;
-	memset(&m, 0, sizeof(m));
-	str_copy(m.name, name, sizeof(m.name));
-	int fd;
-	if ((r = send_req(c, &m, sizeof(m), VRAMD_HELLO)) < 0 ||
-	    (r = (int)recv_reply(c, c->seq, VRAMD_HELLO_REPLY, &fd)) < 0) {
-		if (r == -ECONNRESET)
-			vram_error(-EPROTO, "vramd at %s refused the handshake (protocol version %u?)", socket_path,
-				   VRAMD_PROTO_VERSION);
+	if ((r = hello(c)) < 0) {
 		vram_close(c);
-		return r == -ECONNRESET ? -EPROTO : r;
+		return r;
 	}
-	const struct vramd_hello_reply *rep = c->rxbuf;
-	c->id = rep->client_id;
-	str_copy(c->note, rep->note, sizeof(c->note));
-	c->ndev = rep->ndevices;
-	const struct vramd_device *d = (const void *)(rep + 1);
-	for (uint32_t i = 0; i < c->ndev; i++)
-		dev_from_wire(&c->dev[i], &d[i]);
 	*ret = c;
 	return 0;
 }
 
 static void grant_unmap(struct vram_grant *g)
 {
+	if (g->fd >= 0)
+		close(g->fd);
+	g->fd = -1;
 	if (g->host)
 		munmap(g->host, g->size);
 	if (g->cuda)
@@ -204,6 +310,7 @@ void vram_close(vram_client *c)
 		close(c->fd);
 	pthread_mutex_destroy(&c->lock);
 	free(c->socket);
+	free(c->name);
 	free(c->rxbuf);
 	free(c);
 }
@@ -314,6 +421,7 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 	struct vram_grant *g = calloc(1, sizeof(*g));
 	if (!g)
 		return vram_error(-ENOMEM, "out of memory");
+	g->fd = -1;
 
 	struct vramd_alloc m;
 	memset(&m, 0, sizeof(m));
@@ -322,9 +430,7 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 	m.size = size;
 	int fd = -1;
 	pthread_mutex_lock(&c->lock);
-	int r = send_req(c, &m, sizeof(m), VRAMD_ALLOC);
-	if (r == 0)
-		r = (int)recv_reply(c, c->seq, VRAMD_ALLOC_REPLY, &fd);
+	int r = (int)transact(c, &m, sizeof(m), VRAMD_ALLOC, VRAMD_ALLOC_REPLY, &fd);
 	if (r < 0) {
 		pthread_mutex_unlock(&c->lock);
 		free(g);
@@ -345,14 +451,19 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 		if (p == MAP_FAILED)
 			r = vram_error(-errno, "mapping grant %llu (%llu bytes): %s", (unsigned long long)g->id,
 				       (unsigned long long)g->size, strerror(errno));
-		else
+		else {
 			g->host = p;
+			/* kept: the proof of this memory if the broker restarts */
+			g->fd = fd;
+			fd = -1;
+		}
 	} else if (g->backend == VRAM_BACKEND_CUDA) {
 		r = vram_cuda_import(c, g, fd);
 	} else {
 		r = vram_error(-ENOTSUP, "device %s cannot be mapped by this runtime", c->dev[device].name);
 	}
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 	if (r < 0) {
 		/* Give it back so nothing stays accounted to us. */
 		struct vramd_free f;
@@ -392,9 +503,11 @@ int vram_free(vram_client *c, vram_grant *g)
 	memset(&m, 0, sizeof(m));
 	m.grant_id = g->id;
 	int fd;
-	int r = send_req(c, &m, sizeof(m), VRAMD_FREE);
-	if (r == 0)
-		r = (int)recv_reply(c, c->seq, VRAMD_OK, &fd);
+	uint32_t before = c->reconnects;
+	int r = (int)transact(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, &fd);
+	/* After a reconnect the grant was simply not re-registered: freed. */
+	if (r == -ENOENT && c->reconnects != before)
+		r = 0;
 	pthread_mutex_unlock(&c->lock);
 	free(g);
 	run_pending(c);
@@ -424,8 +537,11 @@ int vram_dispatch(vram_client *c)
 		if (n == -EAGAIN)
 			break;
 		if (n <= 0) {
+			int r = n == 0 ? -ECONNRESET : (int)n;
+			if (conn_lost(r) && reconnect(c) == 0)
+				break;
 			pthread_mutex_unlock(&c->lock);
-			return vram_error(n == 0 ? -ECONNRESET : (int)n, "vramd connection lost");
+			return vram_error(r, "vramd connection lost: %s", vram_last_error());
 		}
 		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
@@ -456,9 +572,7 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 		int fd;
 		memset(&m, 0, sizeof(m));
 		m.first_client = first;
-		if ((r = send_req(c, &m, sizeof(m), VRAMD_STATUS)) < 0)
-			break;
-		if ((r = (int)recv_reply(c, c->seq, VRAMD_STATUS_REPLY, &fd)) < 0)
+		if ((r = (int)transact(c, &m, sizeof(m), VRAMD_STATUS, VRAMD_STATUS_REPLY, &fd)) < 0)
 			break;
 		const struct vramd_status_reply *rep = c->rxbuf;
 		const struct vramd_device *d = (const void *)(rep + 1);
@@ -519,9 +633,7 @@ static int simple_request(vram_client *c, void *msg, size_t len, uint16_t op, ch
 	int fd, r;
 	vram_error_clear();
 	pthread_mutex_lock(&c->lock);
-	r = send_req(c, msg, len, op);
-	if (r == 0)
-		r = (int)recv_reply(c, c->seq, ret_text ? VRAMD_TEXT : VRAMD_OK, &fd);
+	r = (int)transact(c, msg, len, op, ret_text ? VRAMD_TEXT : VRAMD_OK, &fd);
 	if (r > 0 && ret_text) {
 		const struct vramd_text *t = c->rxbuf;
 		char *txt = malloc((size_t)t->len + 1);

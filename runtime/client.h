@@ -18,6 +18,7 @@ struct vram_grant {
 	void    *host;           /* mapping of a host-mappable grant */
 	uint64_t dptr;           /* CUDA device address */
 	void    *cuda;           /* runtime/cuda.c state */
+	int      fd;             /* memfd kept to re-register after a broker restart, or -1 */
 	struct vram_grant *next, *prev;
 };
 
@@ -38,6 +39,8 @@ struct vram_client {
 	struct vramd_reclaim pending[CLIENT_MAX_PENDING]; /* unsolicited, unhandled */
 	uint32_t npending;
 	void *rxbuf;
+	char *name;
+	uint32_t reconnects;     /* times the connection was re-established */
 };
 
 /* runtime/cuda.c: maps an exported CUDA allocation (fd, size) of device

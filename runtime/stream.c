@@ -77,7 +77,7 @@ static int probe_span(int fd, uint64_t off, uint64_t len, uint64_t page, uint64_
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+	if (!S_ISREG(st.st_mode))
 		return -EINVAL;
 	size = (uint64_t)st.st_size;
 	end = (len == 0 || len > UINT64_MAX - off || off + len > size) ? size : off + len;
@@ -88,6 +88,9 @@ static int probe_span(int fd, uint64_t off, uint64_t len, uint64_t page, uint64_
 	return 0;
 }
 
+/* Share of [off, off+len) (len 0: to EOF) in the page cache by mmap and
+ * mincore, 1 GiB at a time; 1 for an empty range.  0, -EINVAL (not a
+ * regular file), -ENOMEM, or -errno of fstat/mmap/mincore. */
 int stream_probe_cached_mincore(int fd, uint64_t off, uint64_t len, double *ret_fraction)
 {
 	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), b, e, resident = 0;
@@ -120,6 +123,9 @@ int stream_probe_cached_mincore(int fd, uint64_t off, uint64_t len, double *ret_
 	return 0;
 }
 
+/* The same by cachestat(2) when the kernel has it (6.5+, and no seccomp
+ * filter refuses it), else by stream_probe_cached_mincore.  0 or -errno;
+ * *ret_fraction untouched on failure. */
 int stream_probe_cached(int fd, uint64_t off, uint64_t len, double *ret_fraction)
 {
 	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), b, e;
@@ -247,22 +253,27 @@ static void fail(struct stream *s, int err, int kind, uint64_t off)
 	s->err_off = off;
 }
 
-static int grow(void *pp, size_t *cap, size_t n, size_t size)
+/* Room for element n of array p (cap elements of size bytes): p itself or
+ * a larger copy; NULL when out of memory (p is then still valid). */
+static void *grow(void *p, size_t *cap, size_t n, size_t size)
 {
-	void **p = pp;
 	size_t ncap;
 	void *q;
 
 	if (n < *cap)
-		return 0;
+		return p;
 	ncap = *cap ? *cap * 2 : 64;
-	q = reallocarray(*p, ncap, size);
-	if (!q)
-		return -ENOMEM;
-	*p = q;
-	*cap = ncap;
-	return 0;
+	q = reallocarray(p, ncap, size);
+	if (q)
+		*cap = ncap;
+	return q;
 }
+
+#define GROW(arr, cap, n) ({                                              \
+	__typeof__(arr) _q = grow((arr), &(cap), (n), sizeof(*(arr)));     \
+	if (_q)                                                           \
+		(arr) = _q;                                               \
+	_q ? 0 : -ENOMEM; })
 
 static inline uint64_t align_down(uint64_t x, uint64_t a) { return x / a * a; }
 static inline uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
@@ -361,7 +372,7 @@ static int setup_buffered(struct stream *s, int fd)
 
 static int add_seg(struct stream *s, uint64_t off, uint64_t len, size_t req)
 {
-	if (grow(&s->segs, &s->cap_segs, s->nsegs, sizeof(*s->segs)) < 0)
+	if (GROW(s->segs, s->cap_segs, s->nsegs) < 0)
 		return -ENOMEM;
 	s->segs[s->nsegs++] = (struct part){ off, len, req };
 	return 0;
@@ -369,7 +380,7 @@ static int add_seg(struct stream *s, uint64_t off, uint64_t len, size_t req)
 
 static int add_piece(struct stream *s, uint64_t off, uint64_t len, uint8_t *dst, bool slack)
 {
-	if (grow(&s->pieces, &s->cap_pieces, s->npieces, sizeof(*s->pieces)) < 0)
+	if (GROW(s->pieces, s->cap_pieces, s->npieces) < 0)
 		return -ENOMEM;
 	s->pieces[s->npieces++] = (struct piece){ off, len, dst, slack };
 	return 0;
@@ -379,7 +390,7 @@ static struct op *add_op(struct stream *s)
 {
 	struct op *op;
 
-	if (grow(&s->ops, &s->cap_ops, s->nops, sizeof(*s->ops)) < 0)
+	if (GROW(s->ops, s->cap_ops, s->nops) < 0)
 		return NULL;
 	op = &s->ops[s->nops];
 	*op = (struct op){ .seq = s->nops, .slot = -1 };
@@ -513,7 +524,7 @@ static int plan_direct(struct stream *s)
 
 static int add_part(struct stream *s, uint64_t off, uint64_t len, size_t req)
 {
-	if (grow(&s->parts, &s->cap_parts, s->nparts, sizeof(*s->parts)) < 0)
+	if (GROW(s->parts, s->cap_parts, s->nparts) < 0)
 		return -ENOMEM;
 	s->parts[s->nparts++] = (struct part){ off, len, req };
 	return 0;
@@ -1052,6 +1063,9 @@ static int finish_error(struct stream *s, int fd)
 	}
 }
 
+/* Streams reqs from fd (stream.h has the full contract): 0 and *ret filled,
+ * or -errno with vram_last_error() set, nothing in flight, nothing left
+ * allocated, *ret untouched. */
 int stream_file(const char *path, int fd, const struct stream_req *reqs, size_t nreqs,
 		const struct stream_opts *o, struct stream_result *ret)
 {

@@ -704,6 +704,134 @@ START_TEST(test_sigkill_releases)
 }
 END_TEST
 
+
+/* The broker is killed (or restarted) while a client holds memory: the
+ * client's mappings stay valid, it reconnects on its own and re-registers
+ * what it holds, and the accounting afterwards equals the accounting
+ * before. */
+static void restart_survival(int sig)
+{
+	struct proc p;
+	proc_start(&p, proc_args);
+	vram_client *c;
+	vram_grant *g[4];
+	ck_assert_int_eq(vram_connect(p.sock, "survivor", &c), 0);
+	for (int i = 0; i < 4; i++) {
+		ck_assert_int_eq(vram_alloc(c, (uint32_t)(i % 3), (uint64_t)(i + 1) * 2 * MiB, i & 1, &g[i]), 0);
+		memset(vram_grant_host_ptr(g[i]), 0x40 + i, vram_grant_size(g[i]));
+	}
+	struct vram_status *before, *after;
+	ck_assert_int_eq(vram_get_status(c, &before), 0);
+
+	kill(p.pid, sig);
+	waitpid(p.pid, NULL, 0);
+	p.pid = t_start_vramd(p.sock, p.log, proc_args);
+	ck_assert_int_gt(p.pid, 0);
+
+	/* the next call notices, reconnects and re-registers */
+	ck_assert_msg(vram_get_status(c, &after) == 0, "%s", vram_last_error());
+	ck_assert_uint_eq(after->ndevices, before->ndevices);
+	for (uint32_t d = 0; d < after->ndevices; d++) {
+		ck_assert_uint_eq(after->devices[d].used, before->devices[d].used);
+		ck_assert_uint_eq(after->devices[d].reclaimable, before->devices[d].reclaimable);
+	}
+	ck_assert_uint_eq(after->grants, 4);
+	ck_assert_uint_eq(after->nclients, 1);
+	ck_assert_uint_eq(after->clients[0].held, before->clients[0].held);
+	ck_assert_uint_eq(after->clients[0].reclaimable, before->clients[0].reclaimable);
+	vram_status_free(before);
+	vram_status_free(after);
+	/* the memory is the same memory */
+	for (int i = 0; i < 4; i++) {
+		const uint8_t *h = vram_grant_host_ptr(g[i]);
+		for (uint64_t k = 0; k < vram_grant_size(g[i]); k += 4096)
+			ck_assert_uint_eq(h[k], 0x40 + i);
+	}
+	/* and it keeps working: free by the new ids, allocate more */
+	ck_assert_int_eq(vram_free(c, g[0]), 0);
+	vram_grant *n;
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &n), 0);
+	vram_close(c);
+	vram_client *o;
+	ck_assert_int_eq(vram_connect(p.sock, "observer", &o), 0);
+	for (int i = 0; i < 300; i++) {
+		struct vram_status *s;
+		ck_assert_int_eq(vram_get_status(o, &s), 0);
+		int idle = s->grants == 0;
+		vram_status_free(s);
+		if (idle)
+			break;
+		t_sleep_ms(10);
+	}
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(o, &s), 0);
+	ck_assert_uint_eq(s->grants, 0);
+	vram_status_free(s);
+	vram_close(o);
+	proc_stop(&p);
+}
+
+START_TEST(test_restart_sigkill)
+{
+	restart_survival(SIGKILL);
+}
+END_TEST
+
+START_TEST(test_restart_sigterm)
+{
+	restart_survival(SIGTERM);
+}
+END_TEST
+
+/* REGISTER must come with a sealed memfd of the size claimed. */
+START_TEST(test_register_forged)
+{
+	struct live l;
+	live_start(&l, NULL);
+	int fd = raw_connect(l.sock);
+	raw_hello(fd);
+	struct vram_client *c;
+	ck_assert_int_eq(vram_connect(l.sock, "peek", &c), 0);
+	struct vram_device_info di = { .struct_size = sizeof(di) };
+	vram_device_info(c, 0, &di);
+	vram_close(c);
+	struct vramd_register m;
+	char buf[VRAMD_MSG_MAX];
+	int fds[4], nfds;
+	const char *cases[] = { "unsealed", "wrong size", "sealed ok" };
+	for (int k = 0; k < 3; k++) {
+		int mfd = memfd_create("forged", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		ck_assert_int_eq(ftruncate(mfd, k == 1 ? 3 * MiB : 2 * MiB), 0);
+		if (k >= 1)
+			ck_assert_int_eq(fcntl(mfd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL), 0);
+		memset(&m, 0, sizeof(m));
+		proto_hdr_init(&m.hdr, VRAMD_REGISTER, sizeof(m), 100 + k);
+		memcpy(m.uuid, di.uuid, 16);
+		m.size = 2 * MiB;
+		ck_assert_int_eq(proto_send(fd, &m, sizeof(m), mfd, 0), 0);
+		close(mfd);
+		ssize_t n = proto_recv(fd, buf, sizeof(buf), fds, &nfds, 0);
+		ck_assert_int_gt(n, 0);
+		uint16_t op = ((struct vramd_hdr *)buf)->opcode;
+		if (k < 2) {
+			ck_assert_msg(op == VRAMD_ERROR, "%s accepted", cases[k]);
+			ck_assert_int_eq(((struct vramd_error *)buf)->error, -EINVAL);
+		} else {
+			ck_assert_uint_eq(op, VRAMD_ALLOC_REPLY); /* it only counts against itself */
+			ck_assert_int_eq(nfds, 0);
+		}
+	}
+	/* without its fd: a violation */
+	proto_hdr_init(&m.hdr, VRAMD_REGISTER, sizeof(m), 200);
+	ck_assert_int_eq(proto_send(fd, &m, sizeof(m), -1, 0), 0);
+	ck_assert(closed_by_peer(fd));
+	close(fd);
+	wait_clients(l.b, 0);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 0);
+	live_stop(&l);
+}
+END_TEST
+
 START_TEST(test_process_lifecycle)
 {
 	struct proc p;
@@ -808,6 +936,9 @@ int main(void)
 	tcase_set_timeout(tp, 60);
 	tcase_add_test(tp, test_sigkill_releases);
 	tcase_add_test(tp, test_process_lifecycle);
+	tcase_add_test(tp, test_restart_sigkill);
+	tcase_add_test(tp, test_restart_sigterm);
+	tcase_add_test(tc, test_register_forged);
 	tcase_add_test(tp, test_bad_options);
 	tcase_add_test(tp, test_config_file_used);
 	suite_add_tcase(s, tp);

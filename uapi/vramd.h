@@ -9,8 +9,8 @@
  * mask of valid bits; unknown bits are -EINVAL.  Structs only grow at the end;
  * a zero in a new field means the old behaviour.
  *
- * File descriptors travel as SCM_RIGHTS: exactly one with VRAMD_ALLOC_REPLY,
- * none anywhere else.  A client that sends an fd, a malformed header, an
+ * File descriptors travel as SCM_RIGHTS: exactly one with VRAMD_ALLOC_REPLY
+ * and with VRAMD_REGISTER, none anywhere else.  A client that sends an fd, a malformed header, an
  * unknown opcode, a size that does not match its opcode or non-zero reserved
  * bytes is disconnected (protocol violation).  A well-formed request that
  * cannot be served gets VRAMD_ERROR with a negative errno and a reason.
@@ -49,7 +49,8 @@ enum vramd_opcode {
 	VRAMD_QUOTA_LIST     = 14, /* c->b  struct vramd_hdr -> TEXT */
 	VRAMD_TEXT           = 15, /* b->c  struct vramd_text + text */
 	VRAMD_EVICT          = 16, /* c->b  struct vramd_evict -> OK */
-	VRAMD_OPCODE_MAX     = 16,
+	VRAMD_REGISTER       = 17, /* c->b  struct vramd_register + 1 fd -> ALLOC_REPLY (no fd) */
+	VRAMD_OPCODE_MAX     = 17,
 };
 
 /* struct vramd_hdr.flags: none defined yet. */
@@ -215,6 +216,22 @@ struct vramd_error {
 	char     reason[VRAMD_REASON_MAX]; /* NUL-terminated */
 };
 
+/* ---- REGISTER (after a broker restart) ----------------------------------- */
+
+/* A client that held a grant from a broker that has since restarted hands
+ * the grant's fd back so that the new broker accounts it again.  The broker
+ * checks the fd (a sealed memfd of exactly size bytes for cpu/sim
+ * devices), identifies the device by UUID, and answers ALLOC_REPLY with a
+ * new grant id and no fd.  Flags as ALLOC. */
+struct vramd_register {
+	struct vramd_hdr hdr;
+	uint8_t  uuid[16];     /* the device, as HELLO listed it */
+	uint64_t size;
+	uint32_t flags;        /* VRAMD_ALLOC_* */
+	uint32_t reserved0;    /* 0 */
+	uint64_t reserved[2];  /* 0 */
+};
+
 /* ---- admin -------------------------------------------------------------- */
 
 #define VRAMD_SUBJECT_MAX 80u /* "uid:N", "user:NAME", "name:CLIENT", "default" */
@@ -273,6 +290,7 @@ VRAMD_ASSERT_SIZE(struct vramd_quota_set, 24 + 80 + 32 + 8 + 16);
 VRAMD_ASSERT_SIZE(struct vramd_quota_rm, 24 + 80 + 32);
 VRAMD_ASSERT_SIZE(struct vramd_text, 24 + 8);
 VRAMD_ASSERT_SIZE(struct vramd_evict, 24 + 8);
+VRAMD_ASSERT_SIZE(struct vramd_register, 24 + 16 + 8 + 8 + 16);
 #undef VRAMD_ASSERT_SIZE
 
 #endif /* VRAMD_UAPI_VRAMD_H */
