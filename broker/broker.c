@@ -54,6 +54,11 @@ struct grant {
 	uint64_t size;
 	uint32_t flags;
 	void *handle;
+	int fd;                /* a grant fds systemd handed back (restored), or -1 */
+	dev_t st_dev;          /* identity of its memory (memfd inode), for REGISTER */
+	ino_t st_ino;
+	bool stored;           /* in systemd's fd store under fdname */
+	char fdname[96];
 	struct grant *next;    /* owner's list */
 };
 
@@ -108,6 +113,7 @@ struct client {
 	bool reclaim_late;
 	bool parked;             /* an ALLOC of its waits for reclaim */
 	bool admin;              /* root or in the admin group */
+	bool restored;           /* no connection: grants from the fd store, until pid re-registers or dies */
 	bool via_admin;          /* connected on the admin socket */
 	uint64_t evict_deadline_ns; /* evicted: disconnect if reclaimable memory remains by then */
 	struct reclaim_ask asks[ASKS_MAX];
@@ -126,6 +132,7 @@ struct broker {
 	struct ev ev_admin;
 	gid_t admin_gid;          /* (gid_t)-1: root only */
 	struct quota_store quotas;
+	bool fdstore;             /* grant fds go to systemd's fd store */
 	int sigfd;
 	int timerfd;
 	struct ev ev_listen, ev_sig, ev_timer;
@@ -170,6 +177,7 @@ void broker_config_init(struct broker_config *c)
 	c->max_grants = 4096;
 	c->listen_fd = -1;
 	c->reclaim_deadline_ms = 2000;
+	c->fdstore = 0;
 }
 
 #define CLIENT_FMT "client %u (%s, pid %d, uid %u)"
@@ -280,10 +288,49 @@ static int send_ok(struct broker *b, struct client *c, const struct vramd_hdr *r
  * Grants
  * ====================================================================== */
 
+/* systemd's fd store: a grant's fd is kept there while the grant lives,
+ * so that a restarted broker knows about memory that clients still hold
+ * before they reconnect. */
+static void fdstore_put(struct broker *b, struct grant *g, int fd)
+{
+	char msg[160];
+	if (!b->fdstore || !g->pool->ops->adopt)
+		return;
+	char hex[33];
+	for (int i = 0; i < 16; i++)
+		snprintf(hex + 2 * i, 3, "%02x", g->pool->uuid[i]);
+	snprintf(g->fdname, sizeof(g->fdname), "grant-%d-%s-%llu-%u-%llu", (int)g->owner->pid, hex,
+		 (unsigned long long)g->size, g->flags, (unsigned long long)g->id);
+	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", g->fdname);
+	g->stored = sd_pid_notify_with_fds(0, 0, msg, &fd, 1) > 0;
+}
+
+static void fdstore_drop(struct grant *g)
+{
+	char msg[160];
+	if (!g->stored)
+		return;
+	snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", g->fdname);
+	sd_notify(0, msg);
+	g->stored = false;
+}
+
+static void grant_identify(struct grant *g, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) == 0) {
+		g->st_dev = st.st_dev;
+		g->st_ino = st.st_ino;
+	}
+}
+
 static void grant_release(struct broker *b, struct grant *g)
 {
 	struct pool *p = g->pool;
 	struct client *c = g->owner;
+	fdstore_drop(g);
+	if (g->fd >= 0)
+		close(g->fd);
 	p->ops->release(p, g->handle, g->size);
 	p->used -= g->size;
 	c->held -= g->size;
@@ -364,6 +411,7 @@ static struct grant *grant_add(struct broker *b, struct client *c, struct pool *
 	g->size = size;
 	g->flags = flags;
 	g->handle = handle;
+	g->fd = -1;
 	g->next = c->grants;
 	c->grants = g;
 	c->ngrants++;
@@ -411,6 +459,51 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 		send_error(b, c, &m->hdr, r, "REGISTER on %s: %s", p->name, why);
 		return;
 	}
+	/* Memory the fd store brought back: it changes hands, it is not
+	 * counted twice. */
+	struct stat st;
+	if (fstat(fd, &st) == 0) {
+		for (struct client *x = b->clients; x; x = x->next) {
+			if (!x->restored)
+				continue;
+			for (struct grant **pp = &x->grants; *pp; pp = &(*pp)->next) {
+				struct grant *og = *pp;
+				if (og->st_dev != st.st_dev || og->st_ino != st.st_ino || og->pool != p)
+					continue;
+				p->ops->release(p, handle, m->size);
+				*pp = og->next;
+				x->ngrants--;
+				x->held -= og->size;
+				x->held_dev[p->index] -= og->size;
+				if (og->flags & VRAMD_ALLOC_RECLAIMABLE) {
+					x->reclaimable -= og->size;
+					x->reclaimable_dev[p->index] -= og->size;
+					c->reclaimable += og->size;
+					c->reclaimable_dev[p->index] += og->size;
+				}
+				og->owner = c;
+				og->next = c->grants;
+				c->grants = og;
+				c->ngrants++;
+				c->held += og->size;
+				c->held_dev[p->index] += og->size;
+				if (og->fd >= 0)
+					close(og->fd);
+				og->fd = -1;
+				if (!x->ngrants)
+					x->dead = true;
+				struct vramd_alloc_reply rep;
+				memset(&rep, 0, sizeof(rep));
+				proto_hdr_init(&rep.hdr, VRAMD_ALLOC_REPLY, sizeof(rep), m->hdr.seq);
+				rep.grant_id = og->id;
+				rep.size = og->size;
+				rep.device = p->index;
+				rep.flags = og->flags;
+				client_send(b, c, &rep, sizeof(rep), -1);
+				return;
+			}
+		}
+	}
 	/* The memory exists whatever the pool says: account it even past the
 	 * pool's size (a smaller --host-pool after a restart), and say so. */
 	if (m->size > p->total - MIN(p->used, p->total))
@@ -421,6 +514,8 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 		send_error(b, c, &m->hdr, -ENOMEM, "broker out of memory");
 		return;
 	}
+	grant_identify(g, fd);
+	fdstore_put(b, g, fd);
 	struct vramd_alloc_reply rep;
 	memset(&rep, 0, sizeof(rep));
 	proto_hdr_init(&rep.hdr, VRAMD_ALLOC_REPLY, sizeof(rep), m->hdr.seq);
@@ -453,6 +548,8 @@ static void do_grant(struct broker *b, struct client *c, const struct vramd_allo
 		send_error(b, c, &m->hdr, -ENOMEM, "broker out of memory");
 		return;
 	}
+	grant_identify(g, fd);
+	fdstore_put(b, g, fd);
 
 	struct vramd_alloc_reply rep;
 	memset(&rep, 0, sizeof(rep));
@@ -1122,8 +1219,10 @@ static void client_drop(struct broker *b, struct client *c, const char *why)
 		if (c->txq[i].fd >= 0)
 			close(c->txq[i].fd);
 	}
-	epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-	close(c->fd);
+	if (c->fd >= 0) {
+		epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+		close(c->fd);
+	}
 	if (c->pidfd >= 0) {
 		epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->pidfd, NULL);
 		close(c->pidfd);
@@ -1304,6 +1403,90 @@ static uint64_t default_host_pool(void)
 	return half & ~((2ull << 20) - 1);
 }
 
+/* Grants systemd's fd store handed back: memory that clients of the
+ * previous broker still hold.  Each is accounted to a "restored" client per
+ * pid until that process re-registers it (it then changes hands) or dies
+ * (it is released); a pid already gone releases it at once. */
+static void restore_grants(struct broker *b)
+{
+	char s1[32];
+	for (uint32_t i = 0; i < b->cfg.nrestore; i++) {
+		int fd = b->cfg.restore_fds[i];
+		const char *name = b->cfg.restore_names[i];
+		int pid = 0;
+		char hex[33] = "";
+		unsigned long long size = 0, id = 0;
+		unsigned flags = 0;
+		struct pool *p = NULL;
+		void *handle = NULL;
+		const char *why = "bad name";
+		char msg[200];
+		if (sscanf(name, "grant-%d-%32[0-9a-f]-%llu-%u-%llu", &pid, hex, &size, &flags, &id) == 5) {
+			uint8_t u[16];
+			for (int k = 0; k < 16; k++) {
+				unsigned v = 0;
+				sscanf(hex + 2 * k, "%2x", &v);
+				u[k] = (uint8_t)v;
+			}
+			for (uint32_t k = 0; k < b->npools && !p; k++)
+				if (!memcmp(b->pools[k]->uuid, u, 16))
+					p = b->pools[k];
+			why = p ? "" : "its device is gone";
+		}
+		if (p && (!p->ops->adopt || p->ops->adopt(p, fd, size, &handle, &why) < 0))
+			p = NULL;
+		if (p && kill(pid, 0) < 0 && errno == ESRCH) {
+			why = "its process is gone";
+			p->ops->release(p, handle, size);
+			p = NULL;
+		}
+		if (!p) {
+			broker_log(1, "fd store: releasing %s: %s", name, why);
+			snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
+			sd_notify(0, msg);
+			close(fd);
+			continue;
+		}
+		struct client *c = b->clients;
+		while (c && !(c->restored && c->pid == pid))
+			c = c->next;
+		if (!c && (c = calloc(1, sizeof(*c)))) {
+			char proc[64];
+			struct stat st;
+			snprintf(proc, sizeof(proc), "/proc/%d", pid);
+			c->id = ++b->next_client_id;
+			c->fd = -1;
+			c->pid = pid;
+			c->uid = stat(proc, &st) == 0 ? st.st_uid : (uid_t)-1;
+			c->gid = stat(proc, &st) == 0 ? st.st_gid : (gid_t)-1;
+			c->restored = true;
+			c->hello = true;
+			str_copy(c->name, "restored", sizeof(c->name));
+			c->ev_pid = (struct ev){ EV_PIDFD, c };
+			c->pidfd = pidfd_open_compat(pid);
+			if (c->pidfd >= 0) {
+				struct epoll_event pe = { .events = EPOLLIN, .data.ptr = &c->ev_pid };
+				epoll_ctl(b->epfd, EPOLL_CTL_ADD, c->pidfd, &pe);
+			}
+			c->next = b->clients;
+			b->clients = c;
+			b->nclients++;
+		}
+		struct grant *g = c ? grant_add(b, c, p, size, flags & VRAMD_ALLOC_FLAGS_MASK, handle) : NULL;
+		if (!g) {
+			p->ops->release(p, handle, size);
+			close(fd);
+			continue;
+		}
+		g->fd = fd;
+		g->stored = true;
+		str_copy(g->fdname, name, sizeof(g->fdname));
+		grant_identify(g, fd);
+		broker_log(1, "fd store: %s on %s held by pid %d, kept until it re-registers or exits",
+			   size_format(size, s1, sizeof(s1)), p->name, pid);
+	}
+}
+
 int broker_add_pool(struct broker *b, struct pool *p)
 {
 	if (b->npools >= VRAMD_MAX_DEVICES)
@@ -1406,6 +1589,9 @@ struct broker *broker_new(const struct broker_config *cfg)
 		if (quota_check_floors(&b->quotas, p->name, p->total, err, sizeof(err)) < 0)
 			broker_log(1, "warning: %s: floors cannot all be honoured at once", err);
 	}
+
+	b->fdstore = cfg->fdstore > 0 || (cfg->fdstore < 0 && getenv("NOTIFY_SOCKET"));
+	restore_grants(b);
 
 	if (cfg->listen_fd >= 0) {
 		b->listen_fd = cfg->listen_fd;
@@ -1583,6 +1769,11 @@ void broker_free(struct broker *b)
 {
 	if (!b)
 		return;
+	/* Shutting down is not releasing: clients keep their memory, and the
+	 * next broker takes the stored fds back. */
+	for (struct client *c = b->clients; c; c = c->next)
+		for (struct grant *g = c->grants; g; g = g->next)
+			g->stored = false;
 	while (b->clients)
 		client_drop(b, b->clients, "broker shutting down");
 	for (uint32_t i = 0; i < b->npools; i++)

@@ -87,6 +87,11 @@ struct broker_config {
 	uint32_t    socket_mode;     /* 0: 0666 */
 	int         verbose;
 	int         listen_fd;       /* already listening (socket activation), or -1 */
+	int         fdstore;         /* -1 auto (on under systemd: NOTIFY_SOCKET), 0 off, 1 on */
+	/* Grant fds systemd's fd store handed back at start (FDNAME=grant-...). */
+	const int  *restore_fds;
+	char *const *restore_names;
+	uint32_t    nrestore;
 	uint64_t    reclaim_deadline_ms; /* how long RECLAIM waits */
 };
 

@@ -161,6 +161,19 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 		cfg->no_cuda = !on;
 		return 0;
 	}
+	if (!strcmp(key, "fdstore")) {
+		bool on;
+		if (!strcmp(v, "auto")) {
+			cfg->fdstore = -1;
+			return 0;
+		}
+		if (parse_bool(v, &on) < 0) {
+			snprintf(err, errlen, "fdstore: \"%s\" is not yes, no or auto", v);
+			return -EINVAL;
+		}
+		cfg->fdstore = on;
+		return 0;
+	}
 	if (!strcmp(key, "verbose")) {
 		bool on;
 		if (parse_bool(v, &on) < 0) {

@@ -69,6 +69,7 @@ int main(int argc, char **argv)
 	cfg.state_dir = "/var/lib/vramd";
 	cfg.socket_group = "vram";
 	cfg.socket_mode = 0660;
+	cfg.fdstore = -1;
 
 	/* The config file is read first so that options override it. */
 	for (int i = 1; i < argc; i++) {
@@ -113,17 +114,35 @@ int main(int argc, char **argv)
 	}
 	broker_log_level = cfg.verbose ? 2 : 1;
 
-	/* Socket activation: systemd passes the listening socket as fd 3. */
-	int n = sd_listen_fds(1);
-	if (n > 0) {
-		if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_SEQPACKET, 1, NULL, 0) <= 0) {
-			broker_log(0, "socket activation: fd %d is not a listening SOCK_SEQPACKET unix socket",
-				   SD_LISTEN_FDS_START);
+	/* From systemd: the listening socket (socket activation) and grant
+	 * fds from the fd store (FDNAME=grant-...), in any order. */
+	char **names = NULL;
+	int n = sd_listen_fds_with_names(1, &names);
+	int restore_fds[4096];
+	char *restore_names[4096];
+	uint32_t nrestore = 0;
+	for (int i = 0; i < n; i++) {
+		int fd = SD_LISTEN_FDS_START + i;
+		const char *name = names && names[i] ? names[i] : "";
+		if (!strncmp(name, "grant-", 6)) {
+			if (nrestore < 4096) {
+				restore_fds[nrestore] = fd;
+				restore_names[nrestore++] = names[i];
+			} else {
+				close(fd);
+			}
+		} else if (cfg.listen_fd < 0 && sd_is_socket_unix(fd, SOCK_SEQPACKET, 1, NULL, 0) > 0) {
+			cfg.listen_fd = fd;
+			broker_log(1, "socket activation: using the socket systemd passed");
+		} else {
+			broker_log(0, "fd %d (%s) from systemd is not a listening SOCK_SEQPACKET unix socket", fd,
+				   name[0] ? name : "unnamed");
 			return 1;
 		}
-		cfg.listen_fd = SD_LISTEN_FDS_START;
-		broker_log(1, "socket activation: using the socket systemd passed");
 	}
+	cfg.restore_fds = restore_fds;
+	cfg.restore_names = restore_names;
+	cfg.nrestore = nrestore;
 
 	struct broker *b = broker_new(&cfg);
 	if (!b) {
@@ -134,5 +153,9 @@ int main(int argc, char **argv)
 		broker_log(1, "listening on %s", cfg.socket_path);
 	r = broker_run(b);
 	broker_free(b);
+	if (names)
+		for (int i = 0; i < n; i++)
+			free(names[i]);
+	free(names);
 	return r < 0 ? 1 : 0;
 }

@@ -18,7 +18,11 @@ const char *vram_last_error(void)
 
 int vram_verror(int err, const char *fmt, va_list ap)
 {
-	vsnprintf(last_error, sizeof(last_error), fmt, ap);
+	/* Through a temporary: an argument may be vram_last_error() itself
+	 * ("...: %s", vram_last_error()). */
+	char tmp[sizeof(last_error)];
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	memcpy(last_error, tmp, sizeof(tmp));
 	return err;
 }
 

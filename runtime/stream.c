@@ -545,7 +545,8 @@ static int plan_staged(struct stream *s)
 	size_t cur = SIZE_MAX;   /* index: ops may move when the array grows */
 	uint64_t b = 0, need_end = 0;
 
-	qsort(s->segs, s->nsegs, sizeof(*s->segs), cmp_seg);
+	if (s->nsegs)            /* qsort wants a non-NULL array */
+		qsort(s->segs, s->nsegs, sizeof(*s->segs), cmp_seg);
 	for (size_t i = 0; i < s->nsegs; i++) {
 		uint64_t o = s->segs[i].off, e = o + s->segs[i].len;
 		size_t req = s->segs[i].req;
@@ -599,7 +600,8 @@ static int plan(struct stream *s)
 			return r;
 	if ((r = plan_direct(s)) < 0 || (r = plan_staged(s)) < 0)
 		return r;
-	qsort(s->ops, s->nops, sizeof(*s->ops), cmp_op);
+	if (s->nops)
+		qsort(s->ops, s->nops, sizeof(*s->ops), cmp_op);
 	return 0;
 }
 

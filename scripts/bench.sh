@@ -63,14 +63,12 @@ while [ ! -S "$SOCK" ]; do sleep 0.05; kill -0 $PID; done
 
 say "vramd bench, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, kernel $(uname -r)"
 say "checkpoint: $FILE, $BYTES bytes, $($VRAMCTL inspect "$FILE" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["tensors"])') tensors"
-MEM=$("$PY" - <<'PYEOF'
-import mmap, time
-n = 1 << 30
-t = time.perf_counter(); m = mmap.mmap(-1, n); m.write(b"\1" * n); dt = time.perf_counter() - t
-print("%.3f" % (n / dt / 1e9))
-PYEOF
-)
-say "memory: first touch of 1 GiB of fresh anonymous memory: $MEM GB/s"
+# First touch of fresh shared memory (what every loader's destination is):
+# dd into /dev/shm allocates shmem pages just as grant memfds do.
+SHM=/dev/shm/vramd-bench-probe.$$
+MEM=$(dd if=/dev/zero of=$SHM bs=8M count=128 2>&1 | awk '/copied/ { print $(NF-1), $NF }')
+rm -f $SHM
+say "memory: first touch of 1 GiB of fresh shared memory (dd to /dev/shm): $MEM"
 say ""
 
 # Warm-up: one load so that every contender meets host pages that exist.
@@ -110,19 +108,26 @@ say ""
 
 # Paging: half the unet donated to cpu; no compute, then compute-bound.
 VV=$(awk -v s="$SIZE" 'BEGIN { printf "%.3f", s * 0.75 / 2 / 1e9 }')
-for MS in 0 100; do
-	$VRAMCTL bench pager "$FILE" --unet-virtual-vram-gb "$VV" --passes 5 --compute-ms-per-gb $MS --json >"$DIR/pager.json"
-	"$PY" - "$DIR/pager.json" "$MS" <<'PYEOF' | tee -a "$OUT"
+pager_run() { # $1 compute ms/GB
+	$VRAMCTL bench pager "$FILE" --unet-virtual-vram-gb "$VV" --passes 5 --compute-ms-per-gb "$1" --json >"$DIR/pager.json"
+	"$PY" - "$DIR/pager.json" "$1" <<'PYEOF' | tee -a "$OUT"
 import json, sys
 d = json.load(open(sys.argv[1])); ms = sys.argv[2]
 print("pager, compute %s ms/GB, window %.0f MiB:" % (ms, d["window_bytes"] / 2**20))
 for p in d["passes"]:
     print("  pass %d: wall %.3f s, stall %.3f s, paged %.0f MiB, %.2f GB/s (resident: %.3f s)" % (
         p["pass"], p["wall_s"], p["stall_s"], p["bytes_paged"] / 2**20, p["paging_gbps"], p["resident_wall_s"]))
-print("  memcpy of the same bytes %.2f GB/s; paging/memcpy %.2f (target >= 0.90 with no compute)" % (d["memcpy_gbps"], d["paging_to_memcpy"]))
-print("  stall after the first pass %.1f%% (target <= 5%% when compute >= copy time)" % (100 * d["stall_fraction"]))
+print("  memcpy of the same bytes %.2f GB/s; paging/memcpy %.2f" % (d["memcpy_gbps"], d["paging_to_memcpy"]))
+print("  stall after the first pass %.1f%%" % (100 * d["stall_fraction"]))
 PYEOF
-done
+}
+pager_run 0
+say "  (target with no compute: paging/memcpy >= 0.90)"
+# Compute 1.5x the copy time measured above: the case where prefetch can
+# hide every copy.
+MS=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); g=max(p["paging_gbps"] for p in d["passes"][1:]); print("%.0f" % (1.5 * 1000 / g))' "$DIR/pager.json")
+pager_run "$MS"
+say "  (compute = 1.5x the copy time per GB; target: stall <= 5% after the first pass)"
 say ""
 
 # Two clients on one simulated 8 GiB GPU, each wanting 6 GiB.

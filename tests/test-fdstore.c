@@ -1,0 +1,196 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * systemd's fd store against a real vramd and a test NOTIFY_SOCKET: grant
+ * fds are stored (FDSTORE=1) and removed when freed (FDSTOREREMOVE=1); a
+ * broker started with them back accounts the memory to its holder before
+ * the holder reconnects, hands it over (not counted twice) when the holder
+ * re-registers, and releases at once what a dead process held.
+ */
+#include "common/cleanup.h"
+#include "runtime/vram.h"
+#include "testlib-notify.h"
+#include "testlib.h"
+
+#define MiB (1ull << 20)
+
+struct env {
+	char *dir;
+	char sock[256], admin[256], state[256], log[256];
+	struct tn_listener notify;
+	struct tn_fdstore store;
+	pid_t pid;
+};
+
+static void env_spawn(struct env *e)
+{
+	char prog[512];
+	snprintf(prog, sizeof(prog), "%s/bin/vramd", t_build());
+	const char *argv[] = { prog, "--socket", e->sock, "--admin-socket", e->admin, "--state-dir", e->state,
+			       "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", "--socket-mode", "0666", NULL };
+	_cleanup_free_ char *names = e->store.n ? tn_fdstore_names(&e->store) : NULL;
+	struct tn_spawn o = {
+		.argv = argv, .notify = e->notify.path, .watchdog_pid = -1,
+		.fds = e->store.n ? e->store.fds : NULL, .nfds = e->store.n, .fdnames = names, .log = e->log,
+	};
+	e->pid = tn_spawn(&o);
+	ck_assert_int_gt(e->pid, 0);
+	/* Until READY=1, applying what comes before it (the broker releases
+	 * stored grants of dead processes while it starts). */
+	for (int i = 0; i < 100; i++) {
+		struct tn_msg m;
+		if (tn_recv(&e->notify, 50, &m) <= 0)
+			continue;
+		bool ready = tn_has(&m, "READY=1");
+		tn_fdstore_apply(&e->store, &m);
+		if (ready)
+			return;
+	}
+	ck_abort_msg("vramd sent no READY=1");
+}
+
+static void env_start(struct env *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->dir = t_tmpdir();
+	ck_assert_ptr_nonnull(e->dir);
+	snprintf(e->sock, sizeof(e->sock), "%s/vramd.sock", e->dir);
+	snprintf(e->admin, sizeof(e->admin), "%s/admin.sock", e->dir);
+	snprintf(e->state, sizeof(e->state), "%s/state", e->dir);
+	snprintf(e->log, sizeof(e->log), "%s/vramd.log", e->dir);
+	ck_assert_int_eq(tn_listen(&e->notify, e->dir, "notify"), 0);
+	tn_fdstore_init(&e->store);
+	env_spawn(e);
+}
+
+/* Applies every FDSTORE / FDSTOREREMOVE message waiting (bounded). */
+static int drain(struct env *e, int want_stored)
+{
+	for (int i = 0; i < 100 && e->store.n != want_stored; i++) {
+		struct tn_msg m;
+		if (tn_recv(&e->notify, 50, &m) > 0)
+			tn_fdstore_apply(&e->store, &m);
+	}
+	return e->store.n;
+}
+
+static void env_stop(struct env *e)
+{
+	kill(e->pid, SIGTERM);
+	ck_assert_int_ge(tn_waitpid(e->pid, 5000), 0);
+	tn_fdstore_clear(&e->store);
+	tn_close(&e->notify);
+	t_rmtree(e->dir);
+}
+
+static struct vram_status *status_of(const char *sock)
+{
+	vram_client *o;
+	struct vram_status *s;
+	ck_assert_int_eq(vram_connect(sock, "observer", &o), 0);
+	ck_assert_int_eq(vram_get_status(o, &s), 0);
+	vram_close(o);
+	return s;
+}
+
+static uint64_t held_by(const struct vram_status *s, const char *name)
+{
+	uint64_t h = 0;
+	for (uint32_t i = 0; i < s->nclients; i++)
+		if (!strcmp(s->clients[i].name, name))
+			h += s->clients[i].held;
+	return h;
+}
+
+START_TEST(test_fdstore_restart)
+{
+	struct env e;
+	env_start(&e);
+	vram_client *c;
+	vram_grant *g[3];
+	ck_assert_int_eq(vram_connect(e.sock, "holder", &c), 0);
+	for (int i = 0; i < 3; i++) {
+		ck_assert_int_eq(vram_alloc(c, (uint32_t)(i & 1), 4 * MiB, VRAM_ALLOC_RECLAIMABLE, &g[i]), 0);
+		memset(vram_grant_host_ptr(g[i]), 0x30 + i, 4 * MiB);
+	}
+	ck_assert_int_eq(drain(&e, 3), 3);
+	/* freeing removes it from the store */
+	ck_assert_int_eq(vram_free(c, g[2]), 0);
+	ck_assert_int_eq(drain(&e, 2), 2);
+
+	/* a crash: the new broker gets the stored fds back */
+	kill(e.pid, SIGKILL);
+	waitpid(e.pid, NULL, 0);
+	env_spawn(&e);
+	struct vram_status *s = status_of(e.sock);
+	ck_assert_uint_eq(s->devices[0].used, 4 * MiB);
+	ck_assert_uint_eq(s->devices[1].used, 4 * MiB);
+	ck_assert_uint_eq(held_by(s, "restored"), 8 * MiB); /* before the holder reconnects */
+	vram_status_free(s);
+
+	/* the holder comes back: its grants change hands, counted once */
+	struct vram_status *mine;
+	ck_assert_msg(vram_get_status(c, &mine) == 0, "%s", vram_last_error());
+	vram_status_free(mine);
+	s = status_of(e.sock);
+	ck_assert_uint_eq(s->devices[0].used, 4 * MiB);
+	ck_assert_uint_eq(s->devices[1].used, 4 * MiB);
+	ck_assert_uint_eq(s->devices[0].reclaimable, 4 * MiB);
+	ck_assert_uint_eq(held_by(s, "holder"), 8 * MiB);
+	ck_assert_uint_eq(held_by(s, "restored"), 0);
+	vram_status_free(s);
+	ck_assert_uint_eq(((uint8_t *)vram_grant_host_ptr(g[1]))[123], 0x31);
+	vram_close(c);
+	env_stop(&e);
+}
+END_TEST
+
+START_TEST(test_fdstore_dead_holder)
+{
+	struct env e;
+	env_start(&e);
+	int pfd[2];
+	ck_assert_int_eq(pipe(pfd), 0);
+	pid_t kid = fork();
+	if (kid == 0) {
+		vram_client *c;
+		vram_grant *g;
+		if (vram_connect(e.sock, "doomed", &c) < 0 || vram_alloc(c, 0, 8 * MiB, 0, &g) < 0)
+			_exit(1);
+		if (write(pfd[1], "x", 1) != 1)
+			_exit(2);
+		pause();
+		_exit(0);
+	}
+	char x;
+	ck_assert_int_eq(read(pfd[0], &x, 1), 1);
+	ck_assert_int_eq(drain(&e, 1), 1);
+	/* broker and holder both die; the store still has the fd */
+	kill(e.pid, SIGKILL);
+	waitpid(e.pid, NULL, 0);
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	env_spawn(&e);
+	ck_assert_int_eq(drain(&e, 0), 0); /* FDSTOREREMOVE: released at once */
+	struct vram_status *s = status_of(e.sock);
+	ck_assert_uint_eq(s->devices[0].used, 0);
+	vram_status_free(s);
+	close(pfd[0]);
+	close(pfd[1]);
+	env_stop(&e);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("fdstore");
+	TCase *tc = tcase_create("fdstore");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_fdstore_restart);
+	tcase_add_test(tc, test_fdstore_dead_holder);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
