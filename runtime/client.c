@@ -386,7 +386,10 @@ static int run_pending(struct vram_client *c)
 	int handled = 0;
 	for (;;) {
 		pthread_mutex_lock(&c->lock);
-		if (!c->npending) {
+		/* Without a handler (a load still running, say) RECLAIMs wait for
+		 * one: answering "0 freed" would fail the asker at once, while the
+		 * broker's deadline bounds the wait anyway. */
+		if (!c->npending || !c->reclaim_fn) {
 			pthread_mutex_unlock(&c->lock);
 			return handled;
 		}
@@ -526,6 +529,7 @@ void vram_set_reclaim_handler(vram_client *c, vram_reclaim_fn fn, void *user)
 	c->reclaim_fn = fn;
 	c->reclaim_user = user;
 	pthread_mutex_unlock(&c->lock);
+	run_pending(c); /* RECLAIMs that came before a handler existed */
 }
 
 int vram_dispatch(vram_client *c)

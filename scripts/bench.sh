@@ -146,7 +146,13 @@ T0=$(date +%s.%N)
 # shellcheck disable=SC2086
 $VRAMCTL bench pager "$FILE6" $ALL --passes 40 --compute-ms-per-gb 100 --json >"$DIR/a.json" &
 PIDB=$!
-sleep 3
+# B starts once A holds its 6 GiB (loaded, paging).
+i=0
+while [ $i -lt 600 ]; do
+	H=$($VRAMCTL status --json | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d["devices"][0]["used"])')
+	[ "$H" -ge 6000000000 ] && break
+	i=$((i + 1)); sleep 0.1
+done
 # shellcheck disable=SC2086
 $VRAMCTL bench pager "$FILE6" $ALL --passes 5 --compute-ms-per-gb 100 --json >"$DIR/b.json"
 RB=$?
