@@ -345,6 +345,40 @@ static void grant_release(struct broker *b, struct grant *g)
 	free(g);
 }
 
+/* Answers an ALLOC or REGISTER with grant g (fd: the memory, or -1). */
+static int send_alloc_reply(struct broker *b, struct client *c, uint64_t seq, const struct grant *g, int fd)
+{
+	struct vramd_alloc_reply rep;
+	memset(&rep, 0, sizeof(rep));
+	proto_hdr_init(&rep.hdr, VRAMD_ALLOC_REPLY, sizeof(rep), seq);
+	rep.grant_id = g->id;
+	rep.size = g->size;
+	rep.device = g->pool->index;
+	rep.flags = g->flags;
+	return client_send(b, c, &rep, sizeof(rep), fd);
+}
+
+/* Asks x for bytes on pool dev by deadline, on behalf of the parked
+ * request pending_id (0: an eviction).  -errno if it cannot be asked. */
+static int send_reclaim(struct broker *b, struct client *x, uint32_t dev, uint64_t bytes, uint64_t pending_id,
+			uint64_t deadline_ns)
+{
+	if (x->nasks == ASKS_MAX)
+		return -EBUSY;
+	struct vramd_reclaim r;
+	memset(&r, 0, sizeof(r));
+	proto_hdr_init(&r.hdr, VRAMD_RECLAIM, sizeof(r), 0);
+	r.reclaim_id = ++b->next_reclaim_id;
+	r.bytes = bytes;
+	r.deadline_ms = b->cfg.reclaim_deadline_ms;
+	r.device = dev;
+	x->asks[x->nasks++] = (struct reclaim_ask){ r.reclaim_id, pending_id, deadline_ns, bytes, dev };
+	int e = client_send(b, x, &r, sizeof(r), -1);
+	if (e < 0)
+		x->nasks--;
+	return e;
+}
+
 /* ======================================================================
  * Quotas
  * ====================================================================== */
@@ -492,14 +526,7 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 				og->fd = -1;
 				if (!x->ngrants)
 					x->dead = true;
-				struct vramd_alloc_reply rep;
-				memset(&rep, 0, sizeof(rep));
-				proto_hdr_init(&rep.hdr, VRAMD_ALLOC_REPLY, sizeof(rep), m->hdr.seq);
-				rep.grant_id = og->id;
-				rep.size = og->size;
-				rep.device = p->index;
-				rep.flags = og->flags;
-				client_send(b, c, &rep, sizeof(rep), -1);
+				send_alloc_reply(b, c, m->hdr.seq, og, -1);
 				return;
 			}
 		}
@@ -516,14 +543,7 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 	}
 	grant_identify(g, fd);
 	fdstore_put(b, g, fd);
-	struct vramd_alloc_reply rep;
-	memset(&rep, 0, sizeof(rep));
-	proto_hdr_init(&rep.hdr, VRAMD_ALLOC_REPLY, sizeof(rep), m->hdr.seq);
-	rep.grant_id = g->id;
-	rep.size = g->size;
-	rep.device = p->index;
-	rep.flags = g->flags;
-	client_send(b, c, &rep, sizeof(rep), -1);
+	send_alloc_reply(b, c, m->hdr.seq, g, -1);
 	broker_log(2, CLIENT_FMT ": re-registered %s on %s as grant %llu", CLIENT_ARGS(c),
 		   size_format(m->size, s1, sizeof(s1)), p->name, (unsigned long long)g->id);
 }
@@ -550,15 +570,7 @@ static void do_grant(struct broker *b, struct client *c, const struct vramd_allo
 	}
 	grant_identify(g, fd);
 	fdstore_put(b, g, fd);
-
-	struct vramd_alloc_reply rep;
-	memset(&rep, 0, sizeof(rep));
-	proto_hdr_init(&rep.hdr, VRAMD_ALLOC_REPLY, sizeof(rep), m->hdr.seq);
-	rep.grant_id = g->id;
-	rep.size = size;
-	rep.device = p->index;
-	rep.flags = m->flags;
-	client_send(b, c, &rep, sizeof(rep), fd);
+	send_alloc_reply(b, c, m->hdr.seq, g, fd);
 	close(fd);
 	/* If the client is gone the grant goes with it in client_drop. */
 	broker_log(2, CLIENT_FMT ": grant %llu: %s on %s%s", CLIENT_ARGS(c), (unsigned long long)g->id,
@@ -660,19 +672,8 @@ static bool start_reclaim(struct broker *b, struct client *c, const struct vramd
 		if (!best)
 			break;
 		uint64_t ask = MIN(left, reclaim_room(b, best, p));
-		struct vramd_reclaim r;
-		memset(&r, 0, sizeof(r));
-		proto_hdr_init(&r.hdr, VRAMD_RECLAIM, sizeof(r), 0);
-		r.reclaim_id = ++b->next_reclaim_id;
-		r.bytes = ask;
-		r.deadline_ms = b->cfg.reclaim_deadline_ms;
-		r.device = p->index;
-		struct reclaim_ask *a = &best->asks[best->nasks++];
-		*a = (struct reclaim_ask){ r.reclaim_id, pd->id, pd->deadline_ns, ask, p->index };
-		if (client_send(b, best, &r, sizeof(r), -1) < 0) {
-			best->nasks--;
+		if (send_reclaim(b, best, p->index, ask, pd->id, pd->deadline_ns) < 0)
 			continue;
-		}
 		char s1[32];
 		broker_log(1, CLIENT_FMT ": RECLAIM %s on %s for client %u", CLIENT_ARGS(best),
 			   size_format(ask, s1, sizeof(s1)), p->name, c->id);
@@ -943,19 +944,9 @@ static void handle_evict(struct broker *b, struct client *c, const struct vramd_
 		return;
 	}
 	uint64_t deadline = now_ns() + b->cfg.reclaim_deadline_ms * 1000000ull;
-	for (uint32_t d = 0; d < b->npools; d++) {
-		if (!x->reclaimable_dev[d] || x->nasks == ASKS_MAX)
-			continue;
-		struct vramd_reclaim r;
-		memset(&r, 0, sizeof(r));
-		proto_hdr_init(&r.hdr, VRAMD_RECLAIM, sizeof(r), 0);
-		r.reclaim_id = ++b->next_reclaim_id;
-		r.bytes = x->reclaimable_dev[d];
-		r.deadline_ms = b->cfg.reclaim_deadline_ms;
-		r.device = d;
-		x->asks[x->nasks++] = (struct reclaim_ask){ r.reclaim_id, 0, deadline, r.bytes, d };
-		client_send(b, x, &r, sizeof(r), -1);
-	}
+	for (uint32_t d = 0; d < b->npools; d++)
+		if (x->reclaimable_dev[d])
+			send_reclaim(b, x, d, x->reclaimable_dev[d], 0, deadline);
 	x->evict_deadline_ns = deadline;
 	broker_log(1, CLIENT_FMT ": evicted by client %u: asked to release its reclaimable memory", CLIENT_ARGS(x),
 		   c->id);
