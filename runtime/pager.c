@@ -253,12 +253,25 @@ static void *copier_main(void *arg)
 
 /* ---- slots -------------------------------------------------------------- */
 
-/* Layers the next prefetch wants kept: the next depth donor layers after
- * position from. */
+/* How far prefetch looks ahead on dev: at least the prefetch depth, and as
+ * many layers as the window has slots besides the one in use.  Depth in
+ * layers alone cannot hide a large layer that follows small ones (their
+ * compute is shorter than its copy); filling the window can. */
+static uint32_t lookahead(struct vram_pager *p, uint32_t dev)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < p->nslots; i++)
+		if (p->slots[i].dev == dev && p->slots[i].grant)
+			n++;
+	return MAX(p->depth, n ? n - 1 : 0);
+}
+
+/* Layers the next prefetch wants kept: the next lookahead donor layers
+ * after position from. */
 static bool wanted_soon(struct vram_pager *p, uint32_t layer, uint32_t from_pos)
 {
-	uint32_t k = 0;
-	for (uint32_t i = 1; i <= p->nlayers && k < p->depth; i++) {
+	uint32_t k = 0, depth = lookahead(p, p->layers[layer].compute);
+	for (uint32_t i = 1; i <= p->nlayers && k < depth; i++) {
 		uint32_t li = p->order[(from_pos + i) % p->nlayers];
 		if (!p->layers[li].paged)
 			continue;
@@ -358,8 +371,8 @@ static int grow_slot(struct vram_pager *p, uint32_t dev)
 
 static void prefetch_after(struct vram_pager *p, uint32_t layer)
 {
-	uint32_t from = p->pos[layer], k = 0;
-	for (uint32_t i = 1; i <= p->nlayers && k < p->depth; i++) {
+	uint32_t from = p->pos[layer], k = 0, depth = lookahead(p, p->layers[layer].compute);
+	for (uint32_t i = 1; i <= p->nlayers && k < depth; i++) {
 		uint32_t li = p->order[(from + i) % p->nlayers];
 		struct player *L = &p->layers[li];
 		if (!L->paged)

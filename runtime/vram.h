@@ -394,7 +394,8 @@ typedef struct vram_pager vram_pager;
 
 struct vram_pager_options {
 	uint32_t struct_size;
-	uint32_t prefetch_depth; /* donor layers fetched ahead; 0: default 2 */
+	uint32_t prefetch_depth; /* donor layers fetched ahead, at least; 0: default 2
+				    (the pager looks as far ahead as its window has slots) */
 	uint64_t window_bytes;   /* per compute device; 0: room for the two
 				    largest donor layers plus prefetch_depth more */
 	uint32_t flags;          /* VRAM_PAGER_* */

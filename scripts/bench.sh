@@ -144,15 +144,12 @@ ALL="--unet-virtual-vram-gb 0 --clip-compute-device cuda:0 --clip-virtual-vram-g
 warm
 T0=$(date +%s.%N)
 # shellcheck disable=SC2086
-$VRAMCTL bench pager "$FILE6" $ALL --passes 40 --compute-ms-per-gb 100 --json >"$DIR/a.json" &
+rm -f "$DIR/a.ready"
+$VRAMCTL bench pager "$FILE6" $ALL --passes 40 --compute-ms-per-gb 100 --ready-file "$DIR/a.ready" --json >"$DIR/a.json" &
 PIDB=$!
-# B starts once A holds its 6 GiB (loaded, paging).
+# B arrives while A is paging (loaded, pager running).
 i=0
-while [ $i -lt 600 ]; do
-	H=$($VRAMCTL status --json | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d["devices"][0]["used"])')
-	[ "$H" -ge 6000000000 ] && break
-	i=$((i + 1)); sleep 0.1
-done
+while [ ! -e "$DIR/a.ready" ] && [ $i -lt 1200 ]; do i=$((i + 1)); sleep 0.1; done
 # shellcheck disable=SC2086
 $VRAMCTL bench pager "$FILE6" $ALL --passes 5 --compute-ms-per-gb 100 --json >"$DIR/b.json"
 RB=$?

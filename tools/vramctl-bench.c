@@ -88,7 +88,7 @@ struct pass_result {
 int cmd_bench(struct ctl *ctl)
 {
 	struct plan_args pa;
-	const char *file = NULL;
+	const char *file = NULL, *ready_file = NULL;
 	uint64_t window = 0;
 	unsigned passes = 5, depth = 0;
 	double ms_per_gb = 0;
@@ -120,6 +120,9 @@ int cmd_bench(struct ctl *ctl)
 				fprintf(stderr, "vramctl bench pager: --passes: \"%s\" is not 1-1000\n", v);
 				return EX_USAGE_;
 			}
+			i++;
+		} else if (!strcmp(a, "--ready-file") && v) {
+			ready_file = v; /* written once loaded, before the passes */
 			i++;
 		} else if (!strcmp(a, "--prefetch-depth") && v) {
 			depth = (unsigned)strtoul(v, &end, 10);
@@ -201,6 +204,11 @@ int cmd_bench(struct ctl *ctl)
 	struct vram_pager_stats w = { .struct_size = sizeof(w) };
 	vram_pager_stats(pg, &w);
 	double mc = memcpy_gbps(m, l, p, c, w.window_slots);
+	if (ready_file) {
+		FILE *rf = fopen(ready_file, "w");
+		if (rf)
+			fclose(rf);
+	}
 
 	for (unsigned k = 0; k < passes && r == 0; k++) {
 		struct vram_pager_stats s0 = { .struct_size = sizeof(s0) }, s1 = { .struct_size = sizeof(s1) };
