@@ -597,10 +597,27 @@ static int donor_of(struct vram_pager *p, uint32_t comp, uint32_t not_dev)
 	return cpu >= 0 && (uint32_t)cpu != not_dev ? cpu : -1;
 }
 
+static uint64_t largest_paged(struct vram_pager *p, uint32_t dev);
+
+/* Slots with memory on dev at least need bytes large. */
+static uint32_t slots_fitting(struct vram_pager *p, uint32_t dev, uint64_t need)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < p->nslots; i++)
+		if (p->slots[i].dev == dev && p->slots[i].grant && vram_grant_size(p->slots[i].grant) >= need)
+			n++;
+	return n;
+}
+
 /* Moves chunk gi to the donor if it holds resident layers and the donor has
  * room; otherwise drops it (its layers are read from the file from then
- * on).  Called with mu held and p->demoting set; drops mu around broker
- * I/O and the copy.  Returns the bytes freed on the chunk's device. */
+ * on).  When the window on the chunk's device has fewer than two slots
+ * that fit the paged layers, the chunk's own memory becomes a slot instead
+ * of being freed: the pager never has to allocate on a device it is giving
+ * memory back on (that allocation would queue behind the very request the
+ * reclaim serves).  Called with mu held and p->demoting set; drops mu
+ * around broker I/O and the copy.  Returns the bytes freed on the chunk's
+ * device. */
 static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
 {
 	struct loaded_grant *lg = &p->l->grants[gi];
@@ -655,6 +672,13 @@ static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
 		p->st.demoted += nl;
 	} else {
 		p->st.dropped += nl;
+	}
+	uint32_t dev = vram_grant_device(old);
+	uint64_t need = align_up(largest_paged(p, dev), 2u << 20);
+	if (need && size >= need && slots_fitting(p, dev, need) < 2 && p->nslots < MAX_SLOTS) {
+		struct slot *s = &p->slots[p->nslots++];
+		*s = (struct slot){ .grant = old, .dev = dev, .layer = -1, .state = SLOT_EMPTY };
+		return 0;
 	}
 	pthread_mutex_unlock(&p->mu);
 	vram_free(p->c, old);
@@ -761,13 +785,10 @@ uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
 		freed += f;
 		nheld--;
 	}
-	/* 2. chunks, least recently used first; enough more that a window of
-	 * two slots for the newly paged layers fits afterwards */
+	/* 2. chunks, least recently used first (the first ones may become
+	 * window slots, see demote_chunk) */
 	for (;;) {
-		uint64_t slot = align_up(largest_paged(p, dev), 2u << 20);
-		uint64_t held = window_held(p, dev, NULL);
-		uint64_t reserve = 2 * slot > held ? 2 * slot - held : 0;
-		if (freed >= bytes + reserve)
+		if (freed >= bytes)
 			break;
 		bool resident = false;
 		int gi = pick_chunk(p, dev, &resident);
@@ -781,8 +802,10 @@ uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
 		uint64_t need = align_up(largest_paged(p, dev), 2u << 20);
 		if (need > p->slot_size[dev])
 			p->slot_size[dev] = need;
+		/* A window made of demoted chunks: two slots, never grown on a
+		 * device that is being reclaimed from. */
 		if (!p->target_slots[dev])
-			p->target_slots[dev] = 2 + p->depth;
+			p->target_slots[dev] = 2;
 	}
 	/* 3. the last slots, if still short */
 	while (freed < bytes) {

@@ -5,6 +5,7 @@
 #   BENCH_DIR    where the checkpoint lives (default /var/tmp/vramd-bench; a
 #                real file system: O_DIRECT does not work on tmpfs)
 #   BENCH_OUT    results file (default $BUILD/bench/results.txt)
+#   BENCH_ONLY   "pager" to run only the paging and two-client parts
 #
 # Cold runs drop the page cache (root only; otherwise they are skipped and
 # the report says so).  Every loader's destination memory is fresh memory it
@@ -71,6 +72,7 @@ rm -f $SHM
 say "memory: first touch of 1 GiB of fresh shared memory (dd to /dev/shm): $MEM"
 say ""
 
+if [ "${BENCH_ONLY:-}" != pager ]; then
 # Warm-up: one load so that every contender meets host pages that exist.
 warm; vramd_gbps cpu buffered > /dev/null
 
@@ -105,6 +107,7 @@ say "  vramd -> simulated GPU (staged)       $VG_W"
 say "  ratio vramd/buffered     $(ratio "$VR_W" "$W_B")   (target >= 0.80)"
 say "  ratio vramd/mmap         $(ratio "$VR_W" "$MM_W")"
 say ""
+fi
 
 # Paging: half the unet donated to cpu; no compute, then compute-bound.
 VV=$(awk -v s="$SIZE" 'BEGIN { printf "%.3f", s * 0.75 / 2 / 1e9 }')
