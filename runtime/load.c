@@ -23,9 +23,6 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -88,38 +85,6 @@ static int mixed_wait(void *user, uint32_t slot)
 {
 	struct mixed_sink *ms = user;
 	return ms->cuda.wait ? ms->cuda.wait(ms->cuda.user, slot) : 0;
-}
-
-/* Populate-ahead: fresh grant memory costs a page fault per page on first
- * touch (on VMs about as much as the read itself).  A helper thread faults
- * the destination grants in, in file order, while the reads run, so that
- * the submitting thread meets pages that exist.  MADV_POPULATE_WRITE never
- * writes data, so racing with the DMA into the same pages is safe; without
- * it (kernels before 5.14) nothing is populated. */
-struct populate {
-	pthread_t th;
-	bool started;
-	atomic_bool stop;
-	uint32_t n;
-	struct { uint8_t *p; uint64_t len; uint64_t key; } *r;
-};
-
-static int cmp_key(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)((const char *)a + 16), y = *(const uint64_t *)((const char *)b + 16);
-	return x < y ? -1 : x > y;
-}
-
-static void *populate_main(void *arg)
-{
-	struct populate *pp = arg;
-#ifdef MADV_POPULATE_WRITE
-	for (uint32_t i = 0; i < pp->n; i++)
-		for (uint64_t off = 0; off < pp->r[i].len && !atomic_load(&pp->stop); off += 8u << 20)
-			if (madvise(pp->r[i].p + off, MIN(8u << 20, pp->r[i].len - off), MADV_POPULATE_WRITE) < 0)
-				return NULL;
-#endif
-	return NULL;
 }
 
 static uint32_t backend_of(const vram_client *c, uint32_t dev)
@@ -443,25 +408,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		}
 		vram_error_clear();
 	}
-	struct populate pop = { 0 };
-	pop.r = calloc(l->ngrants + 1, sizeof(*pop.r));
-	if (pop.r) {
-		for (uint32_t gi = 0; gi < l->ngrants; gi++) {
-			uint8_t *h = vram_grant_host_ptr(l->grants[gi].grant);
-			if (!h)
-				continue;
-			uint64_t key = UINT64_MAX;
-			for (int t = 0; t < n; t++)
-				if (l->tensors[t].grant == gi)
-					key = MIN(key, off[t]);
-			pop.r[pop.n].p = h;
-			pop.r[pop.n].len = vram_grant_size(l->grants[gi].grant);
-			pop.r[pop.n].key = key;
-			pop.n++;
-		}
-		qsort(pop.r, pop.n, sizeof(*pop.r), cmp_key);
-		pop.started = pop.n && pthread_create(&pop.th, NULL, populate_main, &pop) == 0;
-	}
 	struct stream_result res;
 	r = stream_file(vram_model_path(m), fd, reqs, nreq, &so, &res);
 	vram_cuda_sink_free(csink); /* waits for the last copies */
@@ -470,11 +416,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	pin = NULL;
 	free(msink.sim);
 	msink.sim = NULL;
-	if (pop.started) {
-		atomic_store(&pop.stop, true);
-		pthread_join(pop.th, NULL);
-	}
-	free(pop.r);
 	if (r < 0)
 		goto fail;
 	vram_free(c, staging);
