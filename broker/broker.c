@@ -953,6 +953,50 @@ static void handle_evict(struct broker *b, struct client *c, const struct vramd_
 	send_ok(b, c, &m->hdr);
 }
 
+int broker_reload(struct broker *b, char *err, size_t errlen)
+{
+	struct broker_config cfg = b->cfg;
+	struct quota_store q;
+	int r;
+	quota_store_init(&q);
+	if (b->cfg.config_path) {
+		broker_config_init(&cfg);
+		cfg.socket_path = NULL;
+		if ((r = broker_config_load(&cfg, b->cfg.config_path)) < 0) {
+			snprintf(err, errlen, "%s: invalid (see the log); nothing changed", b->cfg.config_path);
+			return r;
+		}
+	}
+	if (b->cfg.state_dir && (r = quota_store_load(&q, b->cfg.state_dir, err, errlen)) < 0)
+		return r;
+	if (b->cfg.config_path) {
+		b->cfg.client_max = cfg.client_max;
+		b->cfg.max_clients = cfg.max_clients;
+		b->cfg.max_grants = cfg.max_grants;
+		b->cfg.reclaim_deadline_ms = cfg.reclaim_deadline_ms;
+		broker_log_level = cfg.verbose ? 2 : 1;
+	}
+	if (b->cfg.state_dir) {
+		quota_store_clear(&b->quotas);
+		b->quotas = q;
+	}
+	broker_log(1, "reloaded%s%s", b->cfg.config_path ? " " : "", b->cfg.config_path ? b->cfg.config_path : "");
+	retry_pending(b);
+	return 0;
+}
+
+static void handle_reload(struct broker *b, struct client *c, const struct vramd_hdr *m)
+{
+	char err[QUOTA_ERR_MAX];
+	if (!require_admin(b, c, m))
+		return;
+	int r = broker_reload(b, err, sizeof(err));
+	if (r < 0)
+		send_error(b, c, m, r, "%s", err);
+	else
+		send_ok(b, c, m);
+}
+
 static void handle_free(struct broker *b, struct client *c, const struct vramd_free *m)
 {
 	struct grant **pp = &c->grants;
@@ -1165,6 +1209,9 @@ static void client_read(struct broker *b, struct client *c)
 			break;
 		case VRAMD_EVICT:
 			handle_evict(b, c, b->rxbuf);
+			break;
+		case VRAMD_RELOAD:
+			handle_reload(b, c, b->rxbuf);
 			break;
 		case VRAMD_REGISTER:
 			handle_register(b, c, b->rxbuf, fds[0]);
@@ -1689,7 +1736,9 @@ int broker_step(struct broker *b, int timeout_ms)
 			struct signalfd_siginfo si;
 			while (read(b->sigfd, &si, sizeof(si)) == sizeof(si)) {
 				if (si.ssi_signo == SIGHUP) {
-					broker_log(1, "SIGHUP: nothing to reload yet");
+					char err[QUOTA_ERR_MAX];
+					if (broker_reload(b, err, sizeof(err)) < 0)
+						broker_log(0, "reload failed, nothing changed: %s", err);
 					continue;
 				}
 				broker_log(1, "signal %u: stopping", si.ssi_signo);

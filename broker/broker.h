@@ -77,6 +77,7 @@ struct broker_config {
 	const char *state_dir;       /* quotas.json lives here, NULL: no persistence */
 	const char *socket_group;    /* group of the client socket ("vram"), if it exists */
 	const char *admin_group;     /* members may use admin operations (besides root) */
+	const char *config_path;     /* --config FILE, re-read on reload, or NULL */
 	uint64_t    sim_gpus[VRAMD_MAX_DEVICES];
 	uint32_t    nsim;
 	uint64_t    host_pool;       /* 0: default (half of RAM) */
@@ -109,6 +110,10 @@ int broker_run(struct broker *b);
 /* Runs one event-loop iteration, waiting at most timeout_ms.  For tests
  * that drive an in-process broker. */
 int broker_step(struct broker *b, int timeout_ms);
+/* Reload (SIGHUP, admin RELOAD): re-reads the config file's limits
+ * (client-max, max-clients, max-grants, reclaim-deadline-ms, verbose) and
+ * the quota file.  Nothing changes on error.  0 or -errno with err set. */
+int broker_reload(struct broker *b, char *err, size_t errlen);
 /* Makes broker_run return. */
 void broker_stop(struct broker *b);
 /* Serves a connected socket as a client (tests use a socketpair).  The

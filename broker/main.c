@@ -80,6 +80,8 @@ int main(int argc, char **argv)
 			file = argv[i] + 9;
 		if (file && broker_config_load(&cfg, file) < 0)
 			return 1;
+		if (file)
+			cfg.config_path = file;
 	}
 
 	while ((o = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {

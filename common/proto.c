@@ -98,6 +98,7 @@ static const char *const opnames[] = {
 	[VRAMD_RECLAIM_DONE] = "RECLAIM_DONE", [VRAMD_QUOTA_SET] = "QUOTA_SET",
 	[VRAMD_QUOTA_RM] = "QUOTA_RM", [VRAMD_QUOTA_LIST] = "QUOTA_LIST",
 	[VRAMD_TEXT] = "TEXT", [VRAMD_EVICT] = "EVICT", [VRAMD_REGISTER] = "REGISTER",
+	[VRAMD_RELOAD] = "RELOAD",
 };
 
 const char *proto_opcode_name(uint16_t op)
@@ -262,8 +263,9 @@ int proto_validate(const void *msg, size_t len, const char **why)
 		return 0;
 	}
 	case VRAMD_QUOTA_LIST:
+	case VRAMD_RELOAD:
 		if (len != sizeof(*h))
-			FAIL(-EPROTO, "QUOTA_LIST has the wrong size");
+			FAIL(-EPROTO, "QUOTA_LIST or RELOAD has the wrong size");
 		return 0;
 	case VRAMD_TEXT: {
 		const struct vramd_text *m = msg;

@@ -697,6 +697,12 @@ int vram_evict(vram_client *c, uint32_t client_id)
 	return simple_request(c, &m, sizeof(m), VRAMD_EVICT, NULL);
 }
 
+int vram_reload(vram_client *c)
+{
+	struct vramd_hdr h;
+	return simple_request(c, &h, sizeof(h), VRAMD_RELOAD, NULL);
+}
+
 int vram_refresh_devices(vram_client *c)
 {
 	struct vram_status *s;

@@ -186,6 +186,8 @@ VRAM_API int vram_quota_list(vram_client *c, char **ret_json);
 /* Asks client id to release all its reclaimable memory; the broker
  * disconnects it if it still holds some after the deadline. */
 VRAM_API int vram_evict(vram_client *c, uint32_t client_id);
+/* Makes the broker re-read its config file's limits and the quota file. */
+VRAM_API int vram_reload(vram_client *c);
 
 /* ======================================================================
  * Checkpoints (parsing; no broker needed)

@@ -374,6 +374,73 @@ START_TEST(test_evict)
 }
 END_TEST
 
+
+/* Reload: the config file's limits and the quota file, by admin RELOAD and
+ * by SIGHUP; a bad config changes nothing. */
+START_TEST(test_reload)
+{
+	struct env e;
+	e.dir = t_tmpdir();
+	ck_assert_ptr_nonnull(e.dir);
+	chmod(e.dir, 0755);
+	snprintf(e.sock, sizeof(e.sock), "%s/vramd.sock", e.dir);
+	snprintf(e.admin, sizeof(e.admin), "%s/admin.sock", e.dir);
+	snprintf(e.log, sizeof(e.log), "%s/vramd.log", e.dir);
+	char conf[300];
+	snprintf(conf, sizeof(conf), "%s/vramd.conf", e.dir);
+	FILE *f = fopen(conf, "w");
+	fprintf(f, "client-max = 8MiB\n");
+	fclose(f);
+	const char *const args[] = { "--config", conf, "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
+	e.pid = t_start_vramd(e.sock, e.log, args);
+	ck_assert_int_gt(e.pid, 0);
+	vram_client *a;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 6 * MiB, 0, &g), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 4 * MiB, 0, &g), -EDQUOT);
+	f = fopen(conf, "w");
+	fprintf(f, "client-max = 64MiB\n");
+	fclose(f);
+	ck_assert_int_eq(vram_reload(a), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 4 * MiB, 0, &g), 0);
+	/* a bad config: refused, limits unchanged */
+	f = fopen(conf, "w");
+	fprintf(f, "client-max = lots\n");
+	fclose(f);
+	ck_assert_int_eq(vram_reload(a), -EINVAL);
+	ck_assert_int_eq(vram_alloc(a, 0, 4 * MiB, 0, &g), 0); /* still 64 MiB */
+	/* SIGHUP does the same */
+	f = fopen(conf, "w");
+	fprintf(f, "client-max = 12MiB\n"); /* it holds 14 MiB */
+	fclose(f);
+	kill(e.pid, SIGHUP);
+	int refused = 0;
+	for (int i = 0; i < 100 && !refused; i++) {
+		refused = vram_alloc(a, 0, 2 * MiB, 0, &g) == -EDQUOT;
+		if (!refused) {
+			vram_free(a, g);
+			t_sleep_ms(10);
+		}
+	}
+	ck_assert(refused);
+	vram_close(a);
+	/* non-admins may not */
+	pid_t kid = fork();
+	if (kid == 0) {
+		vram_client *c;
+		if (as_nobody() < 0 || vram_connect(e.sock, "nobody", &c) < 0)
+			_exit(1);
+		_exit(vram_reload(c) == -EPERM ? 0 : 2);
+	}
+	int st;
+	waitpid(kid, &st, 0);
+	if (getuid() == 0)
+		ck_assert_int_eq(WEXITSTATUS(st), 0);
+	env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_vramctl_quota_cli)
 {
 	struct env e;
@@ -411,6 +478,7 @@ int main(void)
 	tcase_add_test(tc, test_non_root);
 	tcase_add_test(tc, test_evict);
 	tcase_add_test(tc, test_vramctl_quota_cli);
+	tcase_add_test(tc, test_reload);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -226,3 +226,18 @@ int cmd_evict(struct ctl *ctl)
 	}
 	return r < 0 ? fail("evict", r) : 0;
 }
+
+int cmd_reload(struct ctl *ctl)
+{
+	if (ctl->argc != 1) {
+		fprintf(stderr, "usage: vramctl reload\n");
+		return EX_USAGE_;
+	}
+	vram_client *c;
+	int r = connect_admin(ctl, &c);
+	if (r)
+		return r;
+	r = vram_reload(c);
+	vram_close(c);
+	return r < 0 ? fail("reload", r) : 0;
+}

@@ -23,6 +23,7 @@ static const struct {
 	{ "quota", cmd_quota, "quota set|list|rm ...     per-user/per-client floors and ceilings (admin)" },
 	{ "clients", cmd_clients, "clients [--json]         connected clients (all of them for admins)" },
 	{ "evict", cmd_evict, "evict CLIENT-ID          ask a client to release its reclaimable memory (admin)" },
+	{ "reload", cmd_reload, "reload                   re-read the broker's config limits and quota file (admin)" },
 	{ "bench", cmd_bench, "bench pager FILE [flags] simulated forward passes through the pager" },
 };
 

@@ -43,5 +43,6 @@ int cmd_bench(struct ctl *ctl);
 int cmd_quota(struct ctl *ctl);
 int cmd_clients(struct ctl *ctl);
 int cmd_evict(struct ctl *ctl);
+int cmd_reload(struct ctl *ctl);
 
 #endif

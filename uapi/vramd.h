@@ -50,7 +50,8 @@ enum vramd_opcode {
 	VRAMD_TEXT           = 15, /* b->c  struct vramd_text + text */
 	VRAMD_EVICT          = 16, /* c->b  struct vramd_evict -> OK */
 	VRAMD_REGISTER       = 17, /* c->b  struct vramd_register + 1 fd -> ALLOC_REPLY (no fd) */
-	VRAMD_OPCODE_MAX     = 17,
+	VRAMD_RELOAD         = 18, /* c->b  struct vramd_hdr -> OK (admin: config limits, quotas) */
+	VRAMD_OPCODE_MAX     = 18,
 };
 
 /* struct vramd_hdr.flags: none defined yet. */
