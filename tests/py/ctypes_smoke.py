@@ -1,0 +1,90 @@
+"""Drives libvram.so through ctypes, as the ComfyUI node will: inspects a
+checkpoint and compares every tensor with the reference safetensors
+library, then (with a broker socket) allocates, writes and reads back a
+grant and loads the checkpoint, comparing bytes.  Prints OK or raises."""
+import ctypes as C
+import sys
+
+import numpy as np
+from safetensors import safe_open
+
+lib = C.CDLL(sys.argv[1])
+path = sys.argv[2].encode()
+sock = sys.argv[3].encode() if len(sys.argv) > 3 else None
+
+lib.vram_version.restype = C.c_uint32
+lib.vram_last_error.restype = C.c_char_p
+lib.vram_dtype_name.restype = C.c_char_p
+lib.vram_model_path.restype = C.c_char_p
+
+
+class TensorInfo(C.Structure):
+    _fields_ = [("struct_size", C.c_uint32), ("dtype", C.c_uint32), ("ndim", C.c_uint32),
+                ("component", C.c_uint32), ("layer", C.c_uint32), ("pad", C.c_uint32),
+                ("name", C.c_char_p), ("shape", C.POINTER(C.c_uint64)),
+                ("file_offset", C.c_uint64), ("nbytes", C.c_uint64)]
+
+
+def check(r):
+    if r < 0:
+        raise RuntimeError("libvram: %d %s" % (r, lib.vram_last_error().decode()))
+    return r
+
+
+assert lib.vram_version() >> 16 == 0
+m = C.c_void_p()
+check(lib.vram_model_open(path, C.byref(m)))
+n = check(lib.vram_model_tensor_count(m))
+ours = {}
+for i in range(n):
+    ti = TensorInfo(struct_size=C.sizeof(TensorInfo))
+    check(lib.vram_model_tensor(m, i, C.byref(ti)))
+    ours[ti.name.decode()] = (lib.vram_dtype_name(ti.dtype).decode(), [ti.shape[k] for k in range(ti.ndim)],
+                              ti.file_offset, ti.nbytes)
+
+with safe_open(sys.argv[2], framework="numpy") as f:
+    names = list(f.keys())
+    assert sorted(names) == sorted(ours), "tensor names differ"
+    with open(sys.argv[2], "rb") as raw:
+        blob = raw.read()
+    for k in names:
+        a = f.get_tensor(k)
+        dt, shape, off, nb = ours[k]
+        assert list(a.shape) == shape, (k, a.shape, shape)
+        assert a.nbytes == nb, (k, a.nbytes, nb)
+        assert blob[off:off + nb] == a.tobytes(), k
+
+# bad input: a clear error, no crash
+bad = C.c_void_p()
+r = lib.vram_model_open(b"/nonexistent.safetensors", C.byref(bad))
+assert r < 0 and b"nonexistent" in lib.vram_last_error()
+
+if sock:
+    c = C.c_void_p()
+    check(lib.vram_connect(sock, b"ctypes", C.byref(c)))
+    dev = check(lib.vram_device_find(c, b"cpu"))
+    g = C.c_void_p()
+    check(lib.vram_alloc(c, dev, 1 << 20, 0, C.byref(g)))
+    lib.vram_grant_host_ptr.restype = C.c_void_p
+    lib.vram_grant_size.restype = C.c_uint64
+    h = lib.vram_grant_host_ptr(g)
+    size = lib.vram_grant_size(g)
+    buf = (C.c_uint8 * size).from_address(h)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    assert not arr.any()  # fresh memory is zero
+    arr[:] = 7
+    assert bytes(buf[:4]) == b"\x07\x07\x07\x07"
+    check(lib.vram_free(c, g))
+    loaded = C.c_void_p()
+    check(lib.vram_load(c, m, None, dev, None, C.byref(loaded)))
+    lib.vram_loaded_tensor_host_ptr.restype = C.c_void_p
+    for i in range(n):
+        ti = TensorInfo(struct_size=C.sizeof(TensorInfo))
+        check(lib.vram_model_tensor(m, i, C.byref(ti)))
+        p = lib.vram_loaded_tensor_host_ptr(loaded, i)
+        if ti.nbytes:
+            assert C.string_at(p, ti.nbytes) == blob[ti.file_offset:ti.file_offset + ti.nbytes]
+    lib.vram_unload(loaded)
+    lib.vram_close(c)
+lib.vram_model_close(m)
+print("OK", n)

@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libvram.so driven from Python with ctypes, as the ComfyUI node will:
+ * symbols exported, structs laid out as the header says, tensors compared
+ * with the reference safetensors library, a grant mapped into Python, a
+ * load whose bytes match the file.
+ */
+#include "testlib.h"
+
+START_TEST(test_ctypes)
+{
+	char *d = t_tmpdir();
+	char file[512], sock[512], log[512], cmd[4096], out[4096];
+	snprintf(file, sizeof(file), "%s/m.safetensors", d);
+	snprintf(sock, sizeof(sock), "%s/vramd.sock", d);
+	snprintf(log, sizeof(log), "%s/vramd.log", d);
+	ck_assert_int_eq(t_write_checkpoint(file, 6, 33, 17, 5), 0);
+	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
+	pid_t pid = t_start_vramd(sock, log, args);
+	ck_assert_int_gt(pid, 0);
+	snprintf(cmd, sizeof(cmd), "%s tests/py/ctypes_smoke.py %s/lib/libvram.so.0 %s %s 2>&1", t_python(), t_build(),
+		 file, sock);
+	int rc = t_run(cmd, out, sizeof(out));
+	ck_assert_msg(rc == 0 && !strncmp(out, "OK", 2), "rc %d: %s", rc, out);
+	/* only the public API is exported */
+	snprintf(cmd, sizeof(cmd), "nm -D --defined-only %s/lib/libvram.so.0 | awk '{print $3}' | grep -v '^vram_' | grep -v '^VRAM_0$' | head -5",
+		 t_build());
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 0);
+	ck_assert_msg(out[0] == '\0', "exported besides vram_*: %s", out);
+	t_stop(pid);
+	t_rmtree(d);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("ffi");
+	TCase *tc = tcase_create("ctypes");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_ctypes);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
