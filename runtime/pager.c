@@ -259,11 +259,14 @@ static void *copier_main(void *arg)
  * compute is shorter than its copy); filling the window can. */
 static uint32_t lookahead(struct vram_pager *p, uint32_t dev)
 {
-	uint32_t n = 0;
+	uint32_t n = 0, pinned = 0;
 	for (uint32_t i = 0; i < p->nslots; i++)
-		if (p->slots[i].dev == dev && p->slots[i].grant)
+		if (p->slots[i].dev == dev && p->slots[i].grant) {
 			n++;
-	return MAX(p->depth, n ? n - 1 : 0);
+			pinned += p->slots[i].pins > 0;
+		}
+	/* slots in use by acquired layers are not there to prefetch into */
+	return MAX(p->depth, n > pinned ? n - pinned : 0);
 }
 
 /* Layers the next prefetch wants kept: the next lookahead donor layers
