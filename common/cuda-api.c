@@ -23,8 +23,10 @@
 static const struct entry {
 	size_t off;
 	const char *sym[2]; /* preferred name, fallback (or NULL) */
+	int optional;       /* NULL when missing, not an error */
 } entries[] = {
-#define E(member, ...) { offsetof(struct cuda_api, member), { __VA_ARGS__ } }
+#define E(member, ...) { offsetof(struct cuda_api, member), { __VA_ARGS__ }, 0 }
+#define O(member, name) { offsetof(struct cuda_api, member), { name, NULL }, 1 }
 	E(Init, "cuInit"),
 	E(DriverGetVersion, "cuDriverGetVersion"),
 	E(GetErrorName, "cuGetErrorName"),
@@ -67,6 +69,18 @@ static const struct entry {
 	E(EventDestroy, "cuEventDestroy_v2"),
 	E(EventRecord, "cuEventRecord"),
 	E(EventSynchronize, "cuEventSynchronize"),
+	E(ModuleLoadData, "cuModuleLoadData"),
+	E(ModuleUnload, "cuModuleUnload"),
+	E(ModuleGetFunction, "cuModuleGetFunction"),
+	E(LaunchKernel, "cuLaunchKernel"),
+	E(MemAllocManaged, "cuMemAllocManaged"),
+	E(MemFree, "cuMemFree_v2"),
+	/* The CUmemLocation forms (CUDA 12.2+), which CUDA 13's cuda.h calls
+	 * cuMemAdvise / cuMemPrefetchAsync.  The v1 symbols take a CUdevice
+	 * instead: a different signature, so no fallback. */
+	O(MemAdvise, "cuMemAdvise_v2"),
+	O(MemPrefetchAsync, "cuMemPrefetchAsync_v2"),
+#undef O
 #undef E
 };
 
@@ -128,7 +142,7 @@ int cuda_api_load(struct cuda_api *api, char *err, size_t errlen)
 	pthread_mutex_unlock(&lib_lock);
 
 	for (size_t i = 0; i < sizeof(entries) / sizeof(entries[0]); i++) {
-		if (!*slot(&t, entries[i].off)) {
+		if (!*slot(&t, entries[i].off) && !entries[i].optional) {
 			snprintf(err, errlen, "%s lacks %s (driver older than CUDA 10.2?)",
 				 fake ? "the fake driver" : CUDA_LIB, entries[i].sym[0]);
 			memset(api, 0, sizeof(*api));

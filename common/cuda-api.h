@@ -39,12 +39,17 @@ typedef int CUresult;
 #define CUDA_ERROR_STUB_LIBRARY 34
 #define CUDA_ERROR_NO_DEVICE 100
 #define CUDA_ERROR_INVALID_DEVICE 101
+#define CUDA_ERROR_INVALID_IMAGE 200
 #define CUDA_ERROR_INVALID_CONTEXT 201
 #define CUDA_ERROR_ALREADY_MAPPED 208
+#define CUDA_ERROR_NO_BINARY_FOR_GPU 209
+#define CUDA_ERROR_INVALID_PTX 218
 #define CUDA_ERROR_OPERATING_SYSTEM 304
 #define CUDA_ERROR_INVALID_HANDLE 400
 #define CUDA_ERROR_NOT_FOUND 500
 #define CUDA_ERROR_NOT_READY 600
+#define CUDA_ERROR_ILLEGAL_ADDRESS 700
+#define CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES 701
 #define CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED 712
 #define CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED 713
 #define CUDA_ERROR_NOT_PERMITTED 800
@@ -60,6 +65,8 @@ typedef unsigned long long CUmemGenericAllocationHandle;
 typedef struct CUctx_st *CUcontext;
 typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
+typedef struct CUmod_st *CUmodule;
+typedef struct CUfunc_st *CUfunction;
 typedef struct CUuuid_st {
 	char bytes[16];
 } CUuuid;
@@ -68,6 +75,8 @@ typedef int CUdevice_attribute;
 #define CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED 102
 #define CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED 103
 #define CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID 134
+#define CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY 83
+#define CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS 89
 
 typedef enum CUmemAllocationType_enum {
 	CU_MEM_ALLOCATION_TYPE_INVALID = 0x0,
@@ -80,6 +89,7 @@ typedef enum CUmemAllocationHandleType_enum {
 typedef enum CUmemLocationType_enum {
 	CU_MEM_LOCATION_TYPE_INVALID = 0x0,
 	CU_MEM_LOCATION_TYPE_DEVICE = 0x1,
+	CU_MEM_LOCATION_TYPE_HOST = 0x2,
 } CUmemLocationType;
 typedef enum CUmemAccess_flags_enum {
 	CU_MEM_ACCESS_FLAGS_PROT_NONE = 0x0,
@@ -112,13 +122,27 @@ typedef struct CUmemAccessDesc_st {
 	CUmemAccess_flags flags;
 } CUmemAccessDesc;
 
+/* Unified memory (cuMemAdvise_v2 / cuMemPrefetchAsync_v2, CUDA 12.2+; the
+ * CUDA 13 cuda.h names them cuMemAdvise / cuMemPrefetchAsync). */
+typedef enum CUmem_advise_enum {
+	CU_MEM_ADVISE_SET_READ_MOSTLY = 1,
+	CU_MEM_ADVISE_UNSET_READ_MOSTLY = 2,
+	CU_MEM_ADVISE_SET_PREFERRED_LOCATION = 3,
+	CU_MEM_ADVISE_UNSET_PREFERRED_LOCATION = 4,
+	CU_MEM_ADVISE_SET_ACCESSED_BY = 5,
+	CU_MEM_ADVISE_UNSET_ACCESSED_BY = 6,
+} CUmem_advise;
+#define CU_MEM_ATTACH_GLOBAL 0x1
+
 #define CU_STREAM_NON_BLOCKING 0x1
 #define CU_EVENT_DISABLE_TIMING 0x2
 #define CU_MEMHOSTREGISTER_PORTABLE 0x01
 #endif /* VRAM_HAVE_CUDA_H */
 
-/* The entry points vramd calls.  Every member is required: cuda_api_load()
- * fails naming the first one missing. */
+/* The entry points vramd calls.  Every member is required (cuda_api_load()
+ * fails naming the first one missing) except the two marked optional: the
+ * unified-memory calls with a CUmemLocation exist from CUDA 12.2 on, and
+ * are NULL with an older driver (the UVM pager then says -ENOTSUP). */
 struct cuda_api {
 	CUresult (*Init)(unsigned int flags);
 	CUresult (*DriverGetVersion)(int *version);
@@ -172,6 +196,22 @@ struct cuda_api {
 	CUresult (*EventDestroy)(CUevent e);                               /* _v2 */
 	CUresult (*EventRecord)(CUevent e, CUstream s);
 	CUresult (*EventSynchronize)(CUevent e);
+
+	/* Kernels (runtime/cuda-kernels.c). */
+	CUresult (*ModuleLoadData)(CUmodule *mod, const void *image);
+	CUresult (*ModuleUnload)(CUmodule mod);
+	CUresult (*ModuleGetFunction)(CUfunction *fn, CUmodule mod, const char *name);
+	CUresult (*LaunchKernel)(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+				 unsigned int by, unsigned int bz, unsigned int shared_bytes, CUstream s,
+				 void **params, void **extra);             /* legacy stream, not _ptsz */
+
+	/* Unified memory (runtime/uvm.c). */
+	CUresult (*MemAllocManaged)(CUdeviceptr *ptr, size_t size, unsigned int flags);
+	CUresult (*MemFree)(CUdeviceptr ptr);                              /* _v2 */
+	CUresult (*MemAdvise)(CUdeviceptr ptr, size_t n, CUmem_advise advice,
+			      CUmemLocation loc);                          /* _v2, optional (12.2+) */
+	CUresult (*MemPrefetchAsync)(CUdeviceptr ptr, size_t n, CUmemLocation loc, unsigned int flags,
+				     CUstream s);                          /* _v2, optional (12.2+) */
 };
 
 /* Fills *api with the Driver API: from the fake table installed with
@@ -180,7 +220,9 @@ struct cuda_api {
  * unloaded).  Does not call cuInit.  Returns 0, or
  *   -ENOENT  libcuda.so.1 cannot be opened; err = "NVIDIA driver not found
  *            (<dlerror>)";
- *   -ENOSYS  an entry point is missing; err names it.
+ *   -ENOSYS  a required entry point is missing; err names it.
+ * Optional entry points (MemAdvise, MemPrefetchAsync) are left NULL when
+ * the driver lacks them.
  * *api is zeroed on failure.  Thread-safe. */
 int cuda_api_load(struct cuda_api *api, char *err, size_t errlen);
 

@@ -465,6 +465,61 @@ VRAM_API int vram_pager_stats(const vram_pager *p, struct vram_pager_stats *ret_
 /* Position i of the order prefetch follows now (layer index), or -EINVAL. */
 VRAM_API int vram_pager_order(const vram_pager *p, uint32_t i);
 
+/* ======================================================================
+ * GPU kernels and the unified-memory pager (CUDA devices; docs/cuda.md)
+ * ====================================================================== */
+
+/* Converts n elements at device address src (src_dtype) into dst
+ * (dst_dtype) on broker CUDA device `device`, with the kernels of kernels/
+ * (the same results as the C reference vk_cast, bit for bit), and waits for
+ * it.  The work goes on the context's legacy default stream, so it runs
+ * after work queued there (PyTorch's default stream) but not after other
+ * streams': synchronize those first.  Equal dtypes copy the bytes.
+ * -EINVAL for a pair the kernels do not handle (F8_E4M3, F8_E5M2, F16,
+ * BF16, F32 in any pair), -ENOTSUP when libvram was built without nvcc,
+ * -ENODEV / -ENOENT as vram_alloc for the device, CUDA errors as their
+ * errno (-ENOMEM, -EIO, ...) with the call named in vram_last_error(). */
+VRAM_API int vram_gpu_cast(vram_client *c, uint32_t device, uint64_t dst, uint32_t dst_dtype, uint64_t src,
+			   uint32_t src_dtype, uint64_t n);
+/* w (rows x cols, w_dtype, device memory) += scale * (up @ down) on broker
+ * CUDA device `device`, up rows x rank and down rank x cols in f32 device
+ * memory, rounded stochastically back to w_dtype with seed (kernels/README.md;
+ * identical to the C reference vk_lora_merge); waits for it.  Stream and
+ * errors as vram_gpu_cast; -EINVAL also for rank 0 or a non-finite scale. */
+VRAM_API int vram_gpu_lora_merge(vram_client *c, uint32_t device, uint64_t w, uint32_t w_dtype, uint64_t up,
+				 uint64_t down, uint32_t rows, uint32_t cols, uint32_t rank, float scale,
+				 uint64_t seed);
+
+typedef struct vram_uvm_pager vram_uvm_pager;
+
+/* The alternative to vram_pager_create within one process: the donor
+ * layers of every component whose compute device is a CUDA device are
+ * copied from their (host-mappable) donor memory into managed memory
+ * (cuMemAllocManaged), advised to live on the CPU and to be accessed by the
+ * compute device; acquiring a layer prefetches it, and the next
+ * prefetch_depth donor layers in layer order, to the device
+ * (cuMemPrefetchAsync).  Resident layers are served from the load.  The
+ * managed memory of a device never exceeds what the card has free when the
+ * pager is made: -ENOMEM, naming the device and both sizes, otherwise.
+ * -ENOTSUP for a driver older than CUDA 12.2 or a device without concurrent
+ * managed access; -EINVAL when a donor layer is not in host-mappable memory
+ * or prefetch_depth is over 64.  The loaded model and plan must outlive the
+ * pager. */
+VRAM_API int vram_uvm_pager_create(vram_loaded *l, const vram_plan *plan, uint32_t prefetch_depth,
+				   vram_uvm_pager **ret_pager);
+/* Waits for the prefetches and frees the managed memory.  NULL is fine. */
+VRAM_API void vram_uvm_pager_free(vram_uvm_pager *p);
+/* Makes layer ready on its compute device: a donor layer's prefetch (and
+ * the next ones') is queued unless already queued, and waited for.
+ * Acquires nest (a count per layer). */
+VRAM_API int vram_uvm_pager_acquire(vram_uvm_pager *p, uint32_t layer);
+/* -EINVAL when layer is not acquired. */
+VRAM_API int vram_uvm_pager_release(vram_uvm_pager *p, uint32_t layer);
+/* The device address of tensor while its layer is acquired: in managed
+ * memory for donor layers, the loaded address for resident ones; 0 when
+ * not acquired (or not on a CUDA device). */
+VRAM_API uint64_t vram_uvm_tensor_device_ptr(const vram_uvm_pager *p, uint32_t tensor);
+
 #ifdef __cplusplus
 }
 #endif

@@ -29,6 +29,9 @@
 #include "common/util.h"
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
+#include "runtime/cuda-kernels.h"
+#include "runtime/load.h"
+#include "kernels/kernels.h"
 #include "testlib.h"
 
 #define MiB (1ull << 20)
@@ -47,6 +50,8 @@ enum fn {
 	F_MemSetAccess, F_MemsetD8, F_MemcpyHtoD, F_MemcpyDtoH, F_MemcpyHtoDAsync, F_MemcpyDtoHAsync,
 	F_MemcpyDtoDAsync, F_MemHostRegister, F_MemHostUnregister, F_StreamCreate, F_StreamDestroy,
 	F_StreamSynchronize, F_EventCreate, F_EventDestroy, F_EventRecord, F_EventSynchronize,
+	F_ModuleLoadData, F_ModuleUnload, F_ModuleGetFunction, F_LaunchKernel, F_MemAllocManaged, F_MemFree,
+	F_MemAdvise, F_MemPrefetchAsync,
 	F_COUNT
 };
 
@@ -60,6 +65,7 @@ struct fk_dev {
 	size_t gran;
 	int vmm, posix_fd, numa;
 	int numa_unknown;        /* HOST_NUMA_ID query fails (old driver) */
+	int cma;                 /* CONCURRENT_MANAGED_ACCESS */
 	int ctx_refs;            /* primary context retains */
 };
 
@@ -122,6 +128,21 @@ static struct fake {
 	int recycle_fd;          /* memory given back, handed out again uncleared */
 	size_t recycle_size;
 	int ctx_objs[FK_MAX_DEV];
+	/* kernels */
+	int modules;             /* loaded */
+	const void *last_image;
+	struct fk_fn { int magic; void *mod; char name[64]; } fn[FK_MAX];
+	struct fk_launch {       /* the last launch */
+		char name[64];
+		unsigned grid[3], block[3], shared;
+		CUstream stream;
+		uint64_t a[8];   /* parameters, widened */
+	} launch;
+	unsigned launches;
+	/* unified memory */
+	struct fk_managed { char *va; size_t size; int dev; } managed[FK_MAX];
+	struct fk_uvm_call { int fn; CUdeviceptr p; size_t n; int advice; int loc_type, loc_id; CUstream s; } ucall[256];
+	unsigned nucall;
 } fk;
 
 static pthread_mutex_t fk_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -273,6 +294,9 @@ static CUresult fk_DeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d)
 		break;
 	case CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED:
 		*v = x->posix_fd;
+		break;
+	case CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS:
+		*v = x->cma;
 		break;
 	case CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID:
 		if (x->numa_unknown)
@@ -718,6 +742,8 @@ static CUresult fk_StreamDestroy(CUstream s)
 static CUresult fk_StreamSynchronize(CUstream s)
 {
 	ENTER_INIT(F_StreamSynchronize);
+	if (!s) /* the legacy default stream of the current context */
+		OUT(ctx_depth ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT);
 	OUT(obj_ok(s, FK_STREAM) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
 }
 
@@ -762,6 +788,192 @@ static CUresult fk_EventSynchronize(CUevent e)
 	OUT(obj_ok(e, FK_EVENT) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
 }
 
+#define FK_MODULE 0x4d4f
+#define FK_FN 0x464e
+
+static CUresult fk_ModuleLoadData(CUmodule *m, const void *image)
+{
+	ENTER_CTX(F_ModuleLoadData);
+	if (!image)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	struct fk_obj *o = malloc(sizeof(*o));
+	if (!o)
+		OUT(CUDA_ERROR_OUT_OF_MEMORY);
+	o->magic = FK_MODULE;
+	o->dev = ctx_dev(ctx_stack[ctx_depth - 1]);
+	fk.modules++;
+	fk.last_image = image;
+	*m = (CUmodule)(void *)o;
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_ModuleUnload(CUmodule m)
+{
+	ENTER_CTX(F_ModuleUnload);
+	if (!obj_ok(m, FK_MODULE))
+		OUT(CUDA_ERROR_INVALID_HANDLE);
+	for (int i = 0; i < FK_MAX; i++)
+		if (fk.fn[i].mod == (void *)m)
+			memset(&fk.fn[i], 0, sizeof(fk.fn[i]));
+	((struct fk_obj *)(void *)m)->magic = 0;
+	free(m);
+	fk.modules--;
+	OUT(CUDA_SUCCESS);
+}
+
+/* The fake's image holds kernel names as NUL-terminated strings, as the
+ * real fatbin does (uncompressed). */
+static const char *fk_image_names;
+static size_t fk_image_len;
+
+static CUresult fk_ModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
+{
+	ENTER_CTX(F_ModuleGetFunction);
+	if (!obj_ok(m, FK_MODULE) || !name)
+		OUT(CUDA_ERROR_INVALID_HANDLE);
+	size_t nl = strlen(name);
+	const char *hit = fk_image_names ? memmem(fk_image_names, fk_image_len, name, nl + 1) : NULL;
+	if (!hit || nl >= sizeof(fk.fn[0].name))
+		OUT(CUDA_ERROR_NOT_FOUND);
+	for (int i = 0; i < FK_MAX; i++)
+		if (!fk.fn[i].magic) {
+			fk.fn[i].magic = FK_FN;
+			fk.fn[i].mod = (void *)m;
+			snprintf(fk.fn[i].name, sizeof(fk.fn[i].name), "%s", name);
+			*f = (CUfunction)(void *)&fk.fn[i];
+			OUT(CUDA_SUCCESS);
+		}
+	OUT(CUDA_ERROR_OUT_OF_MEMORY);
+}
+
+static const uint32_t fk_dtypes[5] = { VRAM_DTYPE_F8_E4M3, VRAM_DTYPE_F8_E5M2, VRAM_DTYPE_F16, VRAM_DTYPE_BF16,
+				       VRAM_DTYPE_F32 };
+
+/* Runs a launch with the C references (device memory is host memory). */
+static CUresult fk_LaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+				unsigned bz, unsigned shared, CUstream s, void **params, void **extra)
+{
+	ENTER_CTX(F_LaunchKernel);
+	struct fk_fn *fn = (struct fk_fn *)(void *)f;
+	if (!fn || fn->magic != FK_FN || !params || extra || (s && !obj_ok(s, FK_STREAM)))
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	if (!gx || !gy || !gz || !bx || !by || !bz || bx * by * bz > 1024)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	struct fk_launch *L = &fk.launch;
+	memset(L, 0, sizeof(*L));
+	snprintf(L->name, sizeof(L->name), "%s", fn->name);
+	L->grid[0] = gx, L->grid[1] = gy, L->grid[2] = gz;
+	L->block[0] = bx, L->block[1] = by, L->block[2] = bz;
+	L->shared = shared;
+	L->stream = s;
+	fk.launches++;
+	if (!strncmp(fn->name, "vk_cast_", 8)) {
+		uint64_t src = *(uint64_t *)params[0], dst = *(uint64_t *)params[1], n = *(uint64_t *)params[2];
+		uint32_t flags = *(uint32_t *)params[3];
+		L->a[0] = src, L->a[1] = dst, L->a[2] = n, L->a[3] = flags;
+		for (int a = 0; a < 5; a++)
+			for (int b = 0; b < 5; b++) {
+				const char *nm = vk_cast_kernel_name(fk_dtypes[a], fk_dtypes[b]);
+				if (!nm || strcmp(nm, fn->name))
+					continue;
+				size_t sb = n * vram_dtype_bits(fk_dtypes[a]) / 8, db = n * vram_dtype_bits(fk_dtypes[b]) / 8;
+				if (!dev_range_ok(src, sb) || !dev_range_ok(dst, db))
+					OUT(CUDA_ERROR_ILLEGAL_ADDRESS);
+				vk_cast_flags((void *)(uintptr_t)src, fk_dtypes[a], (void *)(uintptr_t)dst, fk_dtypes[b], n,
+					      flags);
+			}
+	} else {
+		uint64_t w = *(uint64_t *)params[0], up = *(uint64_t *)params[1], down = *(uint64_t *)params[2];
+		uint32_t rows = *(uint32_t *)params[3], cols = *(uint32_t *)params[4], rank = *(uint32_t *)params[5];
+		float scale = *(float *)params[6];
+		uint64_t seed = *(uint64_t *)params[7];
+		L->a[0] = w, L->a[1] = up, L->a[2] = down, L->a[3] = rows, L->a[4] = cols, L->a[5] = rank;
+		memcpy(&L->a[6], &scale, sizeof(scale));
+		L->a[7] = seed;
+		/* The kernel does nothing with another block shape. */
+		if (bx != VK_LORA_BLOCK_X || by != VK_LORA_BLOCK_Y || bz != 1)
+			OUT(CUDA_SUCCESS);
+		for (int a = 0; a < 5; a++)
+			if (!strcmp(vk_lora_kernel_name(fk_dtypes[a]), fn->name)) {
+				size_t wb = (size_t)rows * cols * vram_dtype_bits(fk_dtypes[a]) / 8;
+				if (!dev_range_ok(w, wb) || !dev_range_ok(up, (size_t)rows * rank * 4) ||
+				    !dev_range_ok(down, (size_t)rank * cols * 4))
+					OUT(CUDA_ERROR_ILLEGAL_ADDRESS);
+				vk_lora_merge((void *)(uintptr_t)w, fk_dtypes[a], (const float *)(uintptr_t)up,
+					      (const float *)(uintptr_t)down, rows, cols, rank, scale, seed);
+			}
+	}
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemAllocManaged(CUdeviceptr *p, size_t n, unsigned flags)
+{
+	ENTER_CTX(F_MemAllocManaged);
+	if (!n || flags != CU_MEM_ATTACH_GLOBAL)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	for (int i = 0; i < FK_MAX; i++)
+		if (!fk.managed[i].va) {
+			void *m = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (m == MAP_FAILED)
+				OUT(CUDA_ERROR_OUT_OF_MEMORY);
+			fk.managed[i] = (struct fk_managed){ m, n, ctx_dev(ctx_stack[ctx_depth - 1]) };
+			*p = (CUdeviceptr)(uintptr_t)m;
+			OUT(CUDA_SUCCESS);
+		}
+	OUT(CUDA_ERROR_OUT_OF_MEMORY);
+}
+
+static CUresult fk_MemFree(CUdeviceptr p)
+{
+	ENTER_CTX(F_MemFree);
+	for (int i = 0; i < FK_MAX; i++)
+		if (p && fk.managed[i].va == (char *)(uintptr_t)p) {
+			munmap(fk.managed[i].va, fk.managed[i].size);
+			memset(&fk.managed[i], 0, sizeof(fk.managed[i]));
+			OUT(CUDA_SUCCESS);
+		}
+	OUT(CUDA_ERROR_INVALID_VALUE);
+}
+
+static int managed_ok(CUdeviceptr p, size_t n)
+{
+	char *va = (char *)(uintptr_t)p;
+	for (int i = 0; i < FK_MAX; i++)
+		if (fk.managed[i].va && va >= fk.managed[i].va && n && va + n <= fk.managed[i].va + fk.managed[i].size)
+			return 1;
+	return 0;
+}
+
+static void ucall_log(int f, CUdeviceptr p, size_t n, int advice, CUmemLocation loc, CUstream s)
+{
+	if (fk.nucall < ARRAY_SIZE(fk.ucall))
+		fk.ucall[fk.nucall++] = (struct fk_uvm_call){ f, p, n, advice, (int)loc.type, loc.id, s };
+}
+
+static CUresult fk_MemAdvise(CUdeviceptr p, size_t n, CUmem_advise advice, CUmemLocation loc)
+{
+	ENTER_CTX(F_MemAdvise);
+	if (!managed_ok(p, n))
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	if (loc.type == CU_MEM_LOCATION_TYPE_DEVICE ? phys(loc.id) < 0
+	    : !(loc.type == CU_MEM_LOCATION_TYPE_HOST && advice == CU_MEM_ADVISE_SET_PREFERRED_LOCATION))
+		OUT(CUDA_ERROR_INVALID_DEVICE);
+	ucall_log(F_MemAdvise, p, n, (int)advice, loc, NULL);
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_MemPrefetchAsync(CUdeviceptr p, size_t n, CUmemLocation loc, unsigned flags, CUstream s)
+{
+	ENTER_CTX(F_MemPrefetchAsync);
+	if (!managed_ok(p, n) || flags || !obj_ok(s, FK_STREAM))
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	if (loc.type != CU_MEM_LOCATION_TYPE_HOST && (loc.type != CU_MEM_LOCATION_TYPE_DEVICE || phys(loc.id) < 0 ||
+						      !fk.dev[phys(loc.id)].cma))
+		OUT(CUDA_ERROR_INVALID_DEVICE);
+	ucall_log(F_MemPrefetchAsync, p, n, 0, loc, s);
+	OUT(CUDA_SUCCESS);
+}
+
 static const struct cuda_api fake_api = {
 	.Init = fk_Init,
 	.DriverGetVersion = fk_DriverGetVersion,
@@ -804,6 +1016,14 @@ static const struct cuda_api fake_api = {
 	.EventDestroy = fk_EventDestroy,
 	.EventRecord = fk_EventRecord,
 	.EventSynchronize = fk_EventSynchronize,
+	.ModuleLoadData = fk_ModuleLoadData,
+	.ModuleUnload = fk_ModuleUnload,
+	.ModuleGetFunction = fk_ModuleGetFunction,
+	.LaunchKernel = fk_LaunchKernel,
+	.MemAllocManaged = fk_MemAllocManaged,
+	.MemFree = fk_MemFree,
+	.MemAdvise = fk_MemAdvise,
+	.MemPrefetchAsync = fk_MemPrefetchAsync,
 };
 
 /* Entry points by enum fn, in struct order (the table and the enum agree). */
@@ -816,7 +1036,9 @@ static const char *const fn_names[F_COUNT] = {
 	"cuMemAddressFree", "cuMemMap", "cuMemUnmap", "cuMemSetAccess", "cuMemsetD8", "cuMemcpyHtoD",
 	"cuMemcpyDtoH", "cuMemcpyHtoDAsync", "cuMemcpyDtoHAsync", "cuMemcpyDtoDAsync", "cuMemHostRegister",
 	"cuMemHostUnregister", "cuStreamCreate", "cuStreamDestroy", "cuStreamSynchronize", "cuEventCreate",
-	"cuEventDestroy", "cuEventRecord", "cuEventSynchronize",
+	"cuEventDestroy", "cuEventRecord", "cuEventSynchronize", "cuModuleLoadData", "cuModuleUnload",
+	"cuModuleGetFunction", "cuLaunchKernel", "cuMemAllocManaged", "cuMemFree", "cuMemAdvise",
+	"cuMemPrefetchAsync",
 };
 _Static_assert(sizeof(struct cuda_api) == F_COUNT * sizeof(void (*)(void)), "enum fn covers the table");
 
@@ -832,6 +1054,7 @@ static void fake_dev_init(int p, const char *name, size_t total)
 	d->vmm = 1;
 	d->posix_fd = 1;
 	d->numa = p;
+	d->cma = 1;
 }
 
 /* ndev devices, all visible in order, nothing created. */
@@ -905,6 +1128,9 @@ static void fake_assert_clean(void)
 	ck_assert_int_eq(regs, 0);
 	ck_assert_int_eq(fk.streams, 0);
 	ck_assert_int_eq(fk.events, 0);
+	ck_assert_int_eq(fk.modules, 0);
+	for (int i = 0; i < FK_MAX; i++)
+		ck_assert_ptr_null(fk.managed[i].va);
 	for (int p = 0; p < fk.ndev; p++) {
 		ck_assert_int_eq(fk.dev[p].ctx_refs, 0);
 		ck_assert_uint_eq(fk.dev[p].free, fk.dev[p].total - 256 * MiB);
@@ -1085,6 +1311,15 @@ START_TEST(test_missing_entry_points)
 		memcpy((char *)&t + (size_t)i * sizeof(null_fn), &null_fn, sizeof(null_fn));
 		fake_reset(1);
 		cuda_api_set_override(&t);
+		if (i == F_MemAdvise || i == F_MemPrefetchAsync) {
+			/* Optional (CUDA 12.2+): the table loads without them. */
+			struct cuda_api api;
+			char err[256];
+			ck_assert_int_eq(cuda_api_load(&api, err, sizeof(err)), 0);
+			ck_assert_ptr_nonnull(api.Init);
+			ck_assert(i == F_MemAdvise ? !api.MemAdvise : !api.MemPrefetchAsync);
+			continue;
+		}
 		char note[128], want[96];
 		struct pool *p[4];
 		ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
@@ -2047,6 +2282,111 @@ START_TEST(test_client_killed)
 }
 END_TEST
 
+/* ======================================================================
+ * Kernels
+ * ====================================================================== */
+
+static const char fk_test_image[] = "FATBIN\0vk_cast_f16_f32\0vk_cast_f32_bf16\0vk_lora_merge_f16\0";
+
+START_TEST(test_kernels_launch)
+{
+	struct vram_client *c = fake_client(1);
+	CUmemGenericAllocationHandle bh;
+	struct vram_grant *g = imported(c, 0, 2 * MiB, &bh);
+	fk_image_names = fk_test_image;
+	fk_image_len = sizeof(fk_test_image);
+	vram_cuda_kernels_set_image(fk_test_image, sizeof(fk_test_image));
+
+	/* f16 -> f32 of 1000 elements: kernel, grid, block, arguments, result. */
+	uint16_t h[1000];
+	float want[1000], got[1000];
+	for (int i = 0; i < 1000; i++)
+		h[i] = (uint16_t)(0x3c00 + i);
+	ck_assert_int_eq(vk_cast(h, VRAM_DTYPE_F16, want, VRAM_DTYPE_F32, 1000), 0);
+	dev_write(c, 0, g->dptr, h, sizeof(h));
+	uint64_t dst = g->dptr + MiB;
+	ck_assert_int_eq(vram_gpu_cast(c, 0, dst, VRAM_DTYPE_F32, g->dptr, VRAM_DTYPE_F16, 1000), 0);
+	ck_assert_str_eq(fk.launch.name, "vk_cast_f16_f32");
+	ck_assert_uint_eq(fk.launch.grid[0], vk_cast_grid(1000));
+	ck_assert_uint_eq(fk.launch.grid[1], 1);
+	ck_assert_uint_eq(fk.launch.block[0], VK_CAST_BLOCK);
+	ck_assert_uint_eq(fk.launch.block[1], 1);
+	ck_assert_uint_eq(fk.launch.shared, 0);
+	ck_assert_uint_eq(fk.launch.a[0], g->dptr);
+	ck_assert_uint_eq(fk.launch.a[1], dst);
+	ck_assert_uint_eq(fk.launch.a[2], 1000);
+	ck_assert_uint_eq(fk.launch.a[3], 0);
+	dev_read(c, 0, dst, got, sizeof(got));
+	ck_assert_mem_eq(got, want, sizeof(got));
+	/* Loaded once per call's handle, unloaded when the last put. */
+	ck_assert_uint_eq(fk.calls[F_ModuleLoadData], 1);
+	ck_assert_uint_eq(fk.calls[F_ModuleUnload], 1);
+	ck_assert_ptr_eq(fk.last_image, fk_test_image);
+
+	/* Held across launches: one load, functions cached. */
+	struct vram_cuda_dev *d;
+	struct vram_cuda_kernels *k;
+	ck_assert_int_eq(vram_cuda_dev_get(c, 0, &d), 0);
+	ck_assert_int_eq(vram_cuda_kernels_get(d, &k), 0);
+	for (int i = 0; i < 3; i++)
+		ck_assert_int_eq(vram_cuda_cast_launch(d, NULL, dst, VRAM_DTYPE_BF16, dst, VRAM_DTYPE_F32, 10,
+						       VK_CAST_SATFINITE), 0);
+	ck_assert_str_eq(fk.launch.name, "vk_cast_f32_bf16");
+	ck_assert_uint_eq(fk.launch.a[3], VK_CAST_SATFINITE);
+	ck_assert_uint_eq(fk.calls[F_ModuleLoadData], 2);
+	ck_assert_uint_eq(fk.calls[F_ModuleGetFunction], 2);
+	/* LoRA: grid from vk_lora_grid, block 32x8, every parameter. */
+	ck_assert_int_eq(vram_cuda_lora_launch(d, NULL, g->dptr, VRAM_DTYPE_F16, dst, dst + 4096, 40, 70, 3, 0.5f,
+					       99), 0);
+	uint32_t gx, gy;
+	vk_lora_grid(40, 70, &gx, &gy);
+	ck_assert_str_eq(fk.launch.name, "vk_lora_merge_f16");
+	ck_assert_uint_eq(fk.launch.grid[0], gx);
+	ck_assert_uint_eq(fk.launch.grid[1], gy);
+	ck_assert_uint_eq(fk.launch.block[0], VK_LORA_BLOCK_X);
+	ck_assert_uint_eq(fk.launch.block[1], VK_LORA_BLOCK_Y);
+	ck_assert_uint_eq(fk.launch.a[3], 40);
+	ck_assert_uint_eq(fk.launch.a[4], 70);
+	ck_assert_uint_eq(fk.launch.a[5], 3);
+	float sc;
+	memcpy(&sc, &fk.launch.a[6], sizeof(sc));
+	ck_assert(sc == 0.5f);
+	ck_assert_uint_eq(fk.launch.a[7], 99);
+	/* A kernel the image lacks. */
+	ck_assert_int_eq(vram_cuda_cast_launch(d, NULL, dst, VRAM_DTYPE_F8_E4M3, dst, VRAM_DTYPE_F32, 10, 0),
+			 -EIO);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuModuleGetFunction"));
+	vram_cuda_kernels_put(k);
+	vram_cuda_dev_put(d);
+
+	/* Unsupported pairs, no work, no fatbin. */
+	unsigned before = fk.calls[F_LaunchKernel];
+	ck_assert_int_eq(vram_gpu_cast(c, 0, dst, VRAM_DTYPE_I32, dst, VRAM_DTYPE_F32, 10), -EINVAL);
+	ck_assert_int_eq(vram_gpu_lora_merge(c, 0, dst, VRAM_DTYPE_I8, dst, dst, 1, 1, 1, 1.0f, 0), -EINVAL);
+	ck_assert_int_eq(vram_gpu_lora_merge(c, 0, dst, VRAM_DTYPE_F16, dst, dst, 1, 1, 0, 1.0f, 0), -EINVAL);
+	ck_assert_int_eq(vram_gpu_cast(c, 0, dst, VRAM_DTYPE_F16, dst, VRAM_DTYPE_F32, 0), 0);
+	vram_cuda_kernels_set_image(fk_test_image, 0);
+	ck_assert_int_eq(vram_gpu_cast(c, 0, dst, VRAM_DTYPE_F16, dst, VRAM_DTYPE_F32, 10), -ENOTSUP);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "without nvcc"));
+	ck_assert_uint_eq(fk.calls[F_LaunchKernel], before);
+	vram_cuda_kernels_set_image(fk_test_image, sizeof(fk_test_image));
+
+	/* Every entry point failing. */
+	enum fn fail[] = { F_ModuleLoadData, F_ModuleGetFunction, F_LaunchKernel, F_StreamSynchronize };
+	for (size_t i = 0; i < ARRAY_SIZE(fail); i++) {
+		fake_fail(fail[i], 0, CUDA_ERROR_OUT_OF_MEMORY);
+		ck_assert_int_eq(vram_gpu_cast(c, 0, dst, VRAM_DTYPE_F32, g->dptr, VRAM_DTYPE_F16, 10), -ENOMEM);
+		ck_assert_msg(strstr(vram_last_error(), fn_names[fail[i]]), "%s", vram_last_error());
+		fake_nofail();
+	}
+	vram_cuda_kernels_set_image(NULL, 0);
+	fk_image_names = NULL;
+	drop(g, bh);
+	free(c);
+	fake_assert_clean();
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("cuda-fake");
@@ -2082,6 +2422,7 @@ int main(void)
 	tcase_add_test(tr, test_copier_create_errors);
 	tcase_add_test(tr, test_sink_two_devices);
 	tcase_add_test(tr, test_pin);
+	tcase_add_test(tr, test_kernels_launch);
 	suite_add_tcase(s, tr);
 
 	TCase *tb = tcase_create("broker");
