@@ -2387,6 +2387,384 @@ START_TEST(test_kernels_launch)
 }
 END_TEST
 
+/* ======================================================================
+ * The UVM pager (runtime/uvm.c)
+ * ====================================================================== */
+
+#define UVM_NLAYERS 4
+#define UVM_FLOATS 1024 /* 4 KiB per layer */
+
+struct uvm_fx {
+	char *dir;
+	vram_model *m;
+	vram_plan *plan;
+	struct vram_client *c;
+	vram_loaded *l;
+	struct vram_grant *g[2];       /* [0] resident (cuda:0), [1] donor (cpu) */
+	uint8_t *donor;                /* host memory of the donor grant */
+	float data[UVM_NLAYERS][UVM_FLOATS];
+	int layer_dev[UVM_NLAYERS];    /* broker device index per layer */
+	uint32_t ndonor;
+};
+
+/* A hand-written safetensors file of UVM_NLAYERS unet layers, planned on
+ * cuda:0 and cpu (half of the unet donated by the cpu), "loaded" by hand:
+ * resident layers in a cuda:0 grant (an address that is only compared),
+ * donor layers in a host-mappable cpu grant. */
+static void uvm_fx_start(struct uvm_fx *f)
+{
+	memset(f, 0, sizeof(*f));
+	f->dir = t_tmpdir();
+	ck_assert_ptr_nonnull(f->dir);
+	char file[300];
+	snprintf(file, sizeof(file), "%s/uvm.safetensors", f->dir);
+	char hdr[2048];
+	size_t hl = 0;
+	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "{");
+	for (int i = 0; i < UVM_NLAYERS; i++) {
+		size_t b = sizeof(f->data[0]);
+		hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl,
+				       "%s\"model.diffusion_model.input_blocks.%d.0.weight\":{\"dtype\":\"F32\","
+				       "\"shape\":[%d],\"data_offsets\":[%zu,%zu]}",
+				       i ? "," : "", i, UVM_FLOATS, i * b, (i + 1) * b);
+		for (int k = 0; k < UVM_FLOATS; k++)
+			f->data[i][k] = (float)(i * 100000 + k);
+	}
+	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "}");
+	while (hl % 8)
+		hdr[hl++] = ' ';
+	ck_assert_uint_lt(hl, sizeof(hdr));
+	FILE *fp = fopen(file, "wb");
+	ck_assert_ptr_nonnull(fp);
+	uint64_t n = hl;
+	ck_assert_uint_eq(fwrite(&n, 8, 1, fp), 1);
+	ck_assert_uint_eq(fwrite(hdr, 1, hl, fp), hl);
+	ck_assert_uint_eq(fwrite(f->data, 1, sizeof(f->data), fp), sizeof(f->data));
+	ck_assert_int_eq(fclose(fp), 0);
+	ck_assert_msg(vram_model_open(file, &f->m) == 0, "%s", vram_last_error());
+	ck_assert_int_eq(vram_model_layer_count(f->m), UVM_NLAYERS);
+
+	struct vram_plan_device devs[4];
+	uint32_t nd = 0;
+	for (int i = 0; i < 4; i++)
+		devs[i].struct_size = sizeof(devs[i]);
+	ck_assert_int_eq(vram_plan_devices_parse("cuda:0=1GiB,cpu=1GiB", devs, 4, &nd), 0);
+	struct vram_plan_options o;
+	vram_plan_options_init(&o);
+	o.unet_compute_device = "cuda:0";
+	o.unet_expert_mode_allocations = "cuda:0,50%;cpu,*";
+	ck_assert_msg(vram_plan_create(f->m, &o, devs, nd, &f->plan) == 0, "%s", vram_last_error());
+
+	f->c = fake_client(1); /* cuda:0 = 0, cpu = 1 */
+	f->g[0] = grant_on(0, 2 * MiB);
+	f->g[0]->dptr = 0x7a0000000000ull;
+	f->g[1] = grant_on(1, sizeof(f->data));
+	f->g[1]->backend = VRAM_BACKEND_CPU;
+	vram_loaded *l = calloc(1, sizeof(*l));
+	ck_assert_ptr_nonnull(l);
+	l->client = f->c;
+	l->model = f->m;
+	l->ntensors = UVM_NLAYERS;
+	l->ngrants = 2;
+	l->tensors = calloc(UVM_NLAYERS, sizeof(*l->tensors));
+	l->grants = calloc(2, sizeof(*l->grants));
+	ck_assert(l->tensors && l->grants);
+	l->grants[0] = (struct loaded_grant){ f->g[0], 0, VRAM_COMP_UNET, 0 };
+	l->grants[1] = (struct loaded_grant){ f->g[1], 1, VRAM_COMP_UNET, 0 };
+	uint64_t off[2] = { 0, 0 };
+	for (uint32_t li = 0; li < UVM_NLAYERS; li++) {
+		struct vram_layer_info info = { .struct_size = sizeof(info) };
+		ck_assert_int_eq(vram_model_layer(f->m, li, &info), 0);
+		ck_assert_uint_eq(info.ntensors, 1);
+		uint32_t t = info.first_tensor;
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		ck_assert_int_eq(vram_model_tensor(f->m, t, &ti), 0);
+		ck_assert_uint_eq(ti.nbytes, sizeof(f->data[0]));
+		int pd = vram_plan_layer_device(f->plan, li);
+		ck_assert_int_ge(pd, 0);
+		const char *dn = vram_plan_device_name(f->plan, (uint32_t)pd);
+		uint32_t gi = strcmp(dn, "cuda:0") == 0 ? 0 : 1;
+		ck_assert_msg(gi == 0 || strcmp(dn, "cpu") == 0, "layer %u on %s", li, dn);
+		f->layer_dev[li] = (int)gi;
+		f->ndonor += gi;
+		l->tensors[t] = (struct loaded_tensor){ gi, gi, off[gi] };
+		off[gi] += 256 * 1024; /* far apart: a wrong offset reads zeros or another layer */
+		l->grants[gi].payload += ti.nbytes;
+	}
+	ck_assert_msg(f->ndonor > 0 && f->ndonor < UVM_NLAYERS, "%u donor layers", f->ndonor);
+	/* the donor layers' bytes, as the load would have put them */
+	f->donor = calloc(1, off[1] ? off[1] : 1);
+	ck_assert_ptr_nonnull(f->donor);
+	f->g[1]->host = f->donor;
+	f->g[1]->size = off[1];
+	for (uint32_t li = 0; li < UVM_NLAYERS; li++) {
+		struct vram_layer_info info = { .struct_size = sizeof(info) };
+		vram_model_layer(f->m, li, &info);
+		uint32_t t = info.first_tensor;
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(f->m, t, &ti);
+		size_t idx = (size_t)(ti.file_offset - (8 + hl)) / sizeof(f->data[0]);
+		ck_assert_uint_lt(idx, UVM_NLAYERS);
+		if (l->tensors[t].grant == 1)
+			memcpy(f->donor + l->tensors[t].offset, f->data[idx], sizeof(f->data[0]));
+	}
+	f->l = l;
+}
+
+static void uvm_fx_stop(struct uvm_fx *f)
+{
+	free(f->l->tensors);
+	free(f->l->grants);
+	free(f->l);
+	free(f->g[0]);
+	free(f->g[1]);
+	free(f->donor);
+	free(f->c);
+	vram_plan_free(f->plan);
+	vram_model_close(f->m);
+	t_rmtree(f->dir);
+}
+
+/* The file bytes of layer li's (only) tensor. */
+static const void *uvm_file_bytes(struct uvm_fx *f, uint32_t li, uint32_t *ret_tensor)
+{
+	struct vram_layer_info info = { .struct_size = sizeof(info) };
+	vram_model_layer(f->m, li, &info);
+	*ret_tensor = info.first_tensor;
+	struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+	vram_model_tensor(f->m, info.first_tensor, &ti);
+	const uint8_t *base = (const uint8_t *)f->data;
+	struct vram_tensor_info t0 = { .struct_size = sizeof(t0) };
+	uint64_t min = UINT64_MAX;
+	for (uint32_t t = 0; t < UVM_NLAYERS; t++) {
+		vram_model_tensor(f->m, t, &t0);
+		if (t0.file_offset < min)
+			min = t0.file_offset;
+	}
+	return base + (ti.file_offset - min);
+}
+
+START_TEST(test_uvm_pager)
+{
+	struct uvm_fx f;
+	uvm_fx_start(&f);
+	vram_uvm_pager *p = NULL;
+
+	/* depth over 64 */
+	ck_assert_int_eq(vram_uvm_pager_create(f.l, f.plan, 65, &p), -EINVAL);
+	ck_assert_ptr_null(p);
+
+	/* more donor bytes (ndonor 2 MiB layers) than the card has free */
+	size_t saved_free = fk.dev[0].free;
+	fk.dev[0].free = 2 * MiB * f.ndonor - 1;
+	ck_assert_int_eq(vram_uvm_pager_create(f.l, f.plan, 1, &p), -ENOMEM);
+	ck_assert_ptr_null(p);
+	ck_assert_msg(strstr(vram_last_error(), "cuda:0") && strstr(vram_last_error(), "more than"), "%s",
+		      vram_last_error());
+	ck_assert_uint_eq(fk.calls[F_MemAllocManaged], 0);
+	fk.dev[0].free = saved_free;
+	fake_assert_clean();
+
+	/* exactly what is free is fine */
+	fk.dev[0].free = 2 * MiB * f.ndonor;
+	ck_assert_msg(vram_uvm_pager_create(f.l, f.plan, 1, &p) == 0, "%s", vram_last_error());
+	vram_uvm_pager_free(p);
+	p = NULL;
+	fk.dev[0].free = saved_free;
+	fake_assert_clean();
+	fk.nucall = 0;
+	memset(fk.calls, 0, sizeof(fk.calls));
+
+	ck_assert_msg(vram_uvm_pager_create(f.l, f.plan, 1, &p) == 0, "%s", vram_last_error());
+	ck_assert_uint_eq(fk.calls[F_MemAllocManaged], 1);
+	int mi = -1;
+	for (int i = 0; i < FK_MAX; i++)
+		if (fk.managed[i].va)
+			mi = i;
+	ck_assert_int_ge(mi, 0);
+	ck_assert_uint_eq(fk.managed[mi].size, 2 * MiB * f.ndonor);
+	ck_assert_int_eq(fk.managed[mi].dev, 0);
+	CUdeviceptr mbase = (CUdeviceptr)(uintptr_t)fk.managed[mi].va;
+	/* advice on the whole allocation: preferred location host, accessed
+	 * by device 0; nothing prefetched yet */
+	ck_assert_uint_eq(fk.nucall, 2);
+	ck_assert_int_eq(fk.ucall[0].fn, F_MemAdvise);
+	ck_assert_int_eq(fk.ucall[0].advice, CU_MEM_ADVISE_SET_PREFERRED_LOCATION);
+	ck_assert_int_eq(fk.ucall[0].loc_type, CU_MEM_LOCATION_TYPE_HOST);
+	ck_assert_uint_eq(fk.ucall[0].p, mbase);
+	ck_assert_uint_eq(fk.ucall[0].n, fk.managed[mi].size);
+	ck_assert_int_eq(fk.ucall[1].fn, F_MemAdvise);
+	ck_assert_int_eq(fk.ucall[1].advice, CU_MEM_ADVISE_SET_ACCESSED_BY);
+	ck_assert_int_eq(fk.ucall[1].loc_type, CU_MEM_LOCATION_TYPE_DEVICE);
+	ck_assert_int_eq(fk.ucall[1].loc_id, 0);
+	ck_assert_uint_eq(fk.ucall[1].p, mbase);
+	ck_assert_uint_eq(fk.ucall[1].n, fk.managed[mi].size);
+	ck_assert_int_eq(fk.streams, 1);
+	ck_assert_int_eq(fk.events, (int)f.ndonor);
+
+	/* not acquired: no pointers; bad layers */
+	for (uint32_t t = 0; t < UVM_NLAYERS; t++)
+		ck_assert_uint_eq(vram_uvm_tensor_device_ptr(p, t), 0);
+	ck_assert_uint_eq(vram_uvm_tensor_device_ptr(p, UVM_NLAYERS), 0);
+	ck_assert_int_eq(vram_uvm_pager_acquire(p, UVM_NLAYERS), -EINVAL);
+	ck_assert_int_eq(vram_uvm_pager_release(p, UVM_NLAYERS), -EINVAL);
+	ck_assert_int_eq(vram_uvm_pager_release(p, 0), -EINVAL);
+
+	/* donor layers in layer order, to find the lookahead */
+	uint32_t donors[UVM_NLAYERS], nd = 0;
+	for (uint32_t li = 0; li < UVM_NLAYERS; li++)
+		if (f.layer_dev[li])
+			donors[nd++] = li;
+	ck_assert_uint_eq(nd, f.ndonor);
+
+	CUstream stream = NULL;
+	CUdeviceptr seen[UVM_NLAYERS] = { 0 };
+	for (uint32_t li = 0; li < UVM_NLAYERS; li++) {
+		unsigned before = fk.nucall, syncs = fk.calls[F_EventSynchronize];
+		ck_assert_msg(vram_uvm_pager_acquire(p, li) == 0, "%s", vram_last_error());
+		uint32_t t;
+		const void *want = uvm_file_bytes(&f, li, &t);
+		uint64_t d = vram_uvm_tensor_device_ptr(p, t);
+		ck_assert_uint_ne(d, 0);
+		if (!f.layer_dev[li]) {
+			/* resident: the loaded address, nothing moved */
+			ck_assert_uint_eq(d, vram_loaded_tensor_device_ptr(f.l, t));
+			ck_assert_uint_eq(fk.nucall, before);
+			ck_assert_uint_eq(fk.calls[F_EventSynchronize], syncs);
+		} else {
+			/* in managed memory, on its own 2 MiB page, with the file's bytes */
+			ck_assert(d >= mbase && d + sizeof(f.data[0]) <= mbase + fk.managed[mi].size);
+			ck_assert_uint_eq((d - mbase) % (2 * MiB), 0);
+			ck_assert_int_eq(memcmp((const void *)(uintptr_t)d, want, sizeof(f.data[0])), 0);
+			for (uint32_t k = 0; k < li; k++)
+				ck_assert_uint_ne(seen[k], d);
+			seen[li] = d;
+			/* this layer's prefetch (unless queued as lookahead
+			 * before), then the next donor layer's */
+			ck_assert_uint_ge(fk.nucall, before + 1);
+			uint32_t k = 0;
+			while (donors[k] != li)
+				k++;
+			bool self = false, ahead = false;
+			for (unsigned i = before; i < fk.nucall; i++) {
+				struct fk_uvm_call *u = &fk.ucall[i];
+				ck_assert_int_eq(u->fn, F_MemPrefetchAsync);
+				ck_assert_int_eq(u->loc_type, CU_MEM_LOCATION_TYPE_DEVICE);
+				ck_assert_int_eq(u->loc_id, 0);
+				ck_assert_ptr_nonnull(u->s);
+				if (!stream)
+					stream = u->s;
+				ck_assert_ptr_eq(u->s, stream);
+				ck_assert_uint_eq(u->n, sizeof(f.data[0]));
+				ck_assert_uint_eq((u->p - mbase) % (2 * MiB), 0);
+				self |= u->p == d;
+				ahead |= u->p != d;
+			}
+			/* the first donor is prefetched by its own acquire; later
+			 * ones were queued ahead by the previous donor's */
+			ck_assert(self == (k == 0));
+			ck_assert(ahead == (nd > 1));
+			ck_assert_uint_eq(fk.calls[F_EventSynchronize], syncs + 1);
+		}
+		/* nested acquire: nothing more queued */
+		unsigned mid = fk.nucall;
+		ck_assert_int_eq(vram_uvm_pager_acquire(p, li), 0);
+		ck_assert_uint_eq(fk.nucall, mid);
+		ck_assert_int_eq(vram_uvm_pager_release(p, li), 0);
+		ck_assert_uint_eq(vram_uvm_tensor_device_ptr(p, t), d);
+		ck_assert_int_eq(vram_uvm_pager_release(p, li), 0);
+		ck_assert_uint_eq(vram_uvm_tensor_device_ptr(p, t), 0);
+		ck_assert_int_eq(vram_uvm_pager_release(p, li), -EINVAL);
+	}
+	/* an acquire that fails to prefetch */
+	fake_fail(F_MemPrefetchAsync, 0, CUDA_ERROR_UNKNOWN);
+	ck_assert_int_lt(vram_uvm_pager_acquire(p, donors[nd - 1]), 0);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuMemPrefetchAsync"));
+	fake_nofail();
+	uint32_t t;
+	uvm_file_bytes(&f, donors[nd - 1], &t);
+	ck_assert_uint_eq(vram_uvm_tensor_device_ptr(p, t), 0);
+	ck_assert_int_eq(vram_uvm_pager_acquire(p, donors[nd - 1]), 0);
+	ck_assert_int_eq(vram_uvm_pager_release(p, donors[nd - 1]), 0);
+
+	vram_uvm_pager_free(p);
+	vram_uvm_pager_free(NULL);
+	fake_assert_clean();
+
+	/* depth 0: no lookahead, and a released layer is prefetched again by
+	 * its next acquire */
+	ck_assert_int_eq(vram_uvm_pager_create(f.l, f.plan, 0, &p), 0);
+	fk.nucall = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		ck_assert_int_eq(vram_uvm_pager_acquire(p, donors[nd - 1]), 0);
+		ck_assert_uint_eq(fk.nucall, (unsigned)pass + 1);
+		ck_assert_int_eq(fk.ucall[pass].fn, F_MemPrefetchAsync);
+		ck_assert_uint_eq(fk.ucall[pass].p, vram_uvm_tensor_device_ptr(p, t));
+		ck_assert_int_eq(vram_uvm_pager_release(p, donors[nd - 1]), 0);
+	}
+	vram_uvm_pager_free(p);
+	fake_assert_clean();
+	uvm_fx_stop(&f);
+}
+END_TEST
+
+/* create's refusals and every driver call of create failing leave nothing
+ * behind. */
+START_TEST(test_uvm_pager_errors)
+{
+	struct uvm_fx f;
+	uvm_fx_start(&f);
+	vram_uvm_pager *p = NULL;
+
+	fk.dev[0].cma = 0;
+	ck_assert_int_eq(vram_uvm_pager_create(f.l, f.plan, 1, &p), -ENOTSUP);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "concurrent managed access"));
+	ck_assert_ptr_null(p);
+	fk.dev[0].cma = 1;
+	fake_assert_clean();
+
+	static const enum fn fns[] = { F_MemGetInfo, F_StreamCreate, F_MemAllocManaged, F_MemAdvise, F_EventCreate,
+				       F_DeviceGetAttribute };
+	for (size_t i = 0; i < ARRAY_SIZE(fns); i++)
+		for (unsigned nth = 0; nth < 2; nth++) {
+			fake_fail(fns[i], nth, CUDA_ERROR_OUT_OF_MEMORY);
+			int r = vram_uvm_pager_create(f.l, f.plan, 1, &p);
+			unsigned seen = fk.fail_seen;
+			fake_nofail();
+			if (seen <= nth) { /* called fewer times: it succeeded */
+				ck_assert_msg(r == 0, "%s: %s", fn_names[fns[i]], vram_last_error());
+				vram_uvm_pager_free(p);
+			} else {
+				ck_assert_msg(r < 0, "%s #%u", fn_names[fns[i]], nth);
+				ck_assert_msg(strstr(vram_last_error(), fn_names[fns[i]]), "%s", vram_last_error());
+			}
+			p = NULL;
+			fake_assert_clean();
+		}
+
+	/* a donor layer that is not host-mappable */
+	f.g[1]->host = NULL;
+	ck_assert_int_eq(vram_uvm_pager_create(f.l, f.plan, 1, &p), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "host-mappable"));
+	f.g[1]->host = f.donor;
+	fake_assert_clean();
+
+	/* a driver without the optional entry points */
+	static struct cuda_api old;
+	old = fake_api;
+	old.MemPrefetchAsync = NULL;
+	cuda_api_set_override(&old);
+	ck_assert_int_eq(vram_uvm_pager_create(f.l, f.plan, 1, &p), -ENOTSUP);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuMemPrefetchAsync_v2"));
+	old.MemAdvise = NULL;
+	ck_assert_int_eq(vram_uvm_pager_create(f.l, f.plan, 1, &p), -ENOTSUP);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuMemAdvise_v2"));
+	cuda_api_set_override(&fake_api);
+	fake_assert_clean();
+	uvm_fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("cuda-fake");
@@ -2423,6 +2801,8 @@ int main(void)
 	tcase_add_test(tr, test_sink_two_devices);
 	tcase_add_test(tr, test_pin);
 	tcase_add_test(tr, test_kernels_launch);
+	tcase_add_test(tr, test_uvm_pager);
+	tcase_add_test(tr, test_uvm_pager_errors);
 	suite_add_tcase(s, tr);
 
 	TCase *tb = tcase_create("broker");
