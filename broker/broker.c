@@ -1060,8 +1060,9 @@ static void handle_status(struct broker *b, struct client *c, const struct vramd
 	size_t room = (VRAMD_MSG_MAX - fixed) / sizeof(struct vramd_client_info);
 	uint32_t first = m->first_client;
 	uint32_t visible = 0;
+	/* A connection that has not said HELLO is not a client yet. */
 	for (struct client *x = b->clients; x; x = x->next)
-		if (c->admin || x->uid == c->uid)
+		if (x->hello && (c->admin || x->uid == c->uid))
 			visible++;
 	uint32_t n = first < visible ? visible - first : 0;
 	if (n > room)
@@ -1093,7 +1094,7 @@ static void handle_status(struct broker *b, struct client *c, const struct vramd
 	struct client *order[1024];
 	uint32_t cnt = 0;
 	for (struct client *x = b->clients; x && cnt < ARRAY_SIZE(order); x = x->next)
-		if (c->admin || x->uid == c->uid)
+		if (x->hello && (c->admin || x->uid == c->uid))
 			order[cnt++] = x;
 	for (uint32_t j = cnt; j-- > 0;) {
 		struct client *x = order[j];
