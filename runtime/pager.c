@@ -4,7 +4,10 @@
  * their component's compute device.
  *
  * The window is a set of slots, each a reclaimable grant big enough for the
- * largest donor layer.  acquire(L) pins L's slot (copying L in if it is not
+ * largest donor layer.  Consecutive small donor layers that fit in one slot
+ * together are paged as one group, so that a window of a few slots still
+ * lets the copier run far ahead through a stretch of small layers (whose
+ * compute is short) towards a large one (whose copy is long).  acquire(L) pins L's slot (copying L in if it is not
  * there) and queues copies of the next prefetch_depth donor layers along
  * the current order; a copy thread fills slots (memcpy from donor memory,
  * or pread from the checkpoint for layers dropped by reclaim).  The order is
@@ -59,8 +62,15 @@ struct player {
 	int32_t slot;            /* slot holding it, -1 */
 	uint32_t pins;           /* for resident layers */
 	uint64_t last_use;
-	uint64_t packed;         /* bytes in a slot, tensors SLOT_ALIGN-aligned */
+	uint64_t packed;         /* bytes of this layer in a slot, tensors SLOT_ALIGN-aligned */
 	bool acquired_this_pass;
+	/* Paging unit: consecutive donor layers that fit in one slot together
+	 * are paged as one group, identified by its first layer (the leader);
+	 * the leader's slot field is the group's.  Set on the leader: */
+	uint32_t leader;         /* this layer's group leader (itself if alone) */
+	uint32_t gcount;         /* layers in the group (leader only) */
+	uint64_t gpacked;        /* bytes of the group in a slot (leader only) */
+	uint64_t gbytes;         /* tensor bytes of the group (leader only) */
 };
 
 struct vram_pager {
@@ -137,6 +147,8 @@ static void prefault(vram_grant *g)
 static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 {
 	struct player *L = &p->layers[layer];
+	uint32_t first_t = L->first, last_t = p->layers[layer + L->gcount - 1].first +
+					      p->layers[layer + L->gcount - 1].ntensors;
 	uint64_t dbase = vram_grant_device_ptr(s->grant);
 	int r;
 	if (!dbase)
@@ -144,7 +156,7 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 	if (!p->cuda_copier[s->dev] && (r = vram_cuda_copier_new(p->c, s->dev, 1, &p->cuda_copier[s->dev])) < 0)
 		return r;
 	struct vram_cuda_copier *cp = p->cuda_copier[s->dev];
-	for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
+	for (uint32_t t = first_t; t < last_t; t++) {
 		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
 		vram_model_tensor(p->l->model, t, &ti);
 		if (!ti.nbytes)
@@ -183,13 +195,17 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 	return vram_cuda_copier_wait(cp, 0);
 }
 
+/* Fills slot s with the group led by layer (its layers are consecutive,
+ * so are their tensors). */
 static int fill_slot(struct vram_pager *p, struct slot *s, uint32_t layer)
 {
 	struct player *L = &p->layers[layer];
+	uint32_t first_t = L->first, last_t = p->layers[layer + L->gcount - 1].first +
+					      p->layers[layer + L->gcount - 1].ntensors;
 	uint8_t *dst = vram_grant_host_ptr(s->grant);
 	if (!dst)
 		return fill_slot_cuda(p, s, layer);
-	for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
+	for (uint32_t t = first_t; t < last_t; t++) {
 		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
 		vram_model_tensor(p->l->model, t, &ti);
 		if (!ti.nbytes)
@@ -242,7 +258,7 @@ static void *copier_main(void *arg)
 			s->layer = -1;
 			s->state = SLOT_EMPTY;
 		} else {
-			p->st.bytes_paged += p->layers[layer].nbytes;
+			p->st.bytes_paged += p->layers[layer].gbytes;
 			s->state = SLOT_READY;
 		}
 		pthread_cond_broadcast(&p->cv);
@@ -273,13 +289,18 @@ static uint32_t lookahead(struct vram_pager *p, uint32_t dev)
  * after position from. */
 static bool wanted_soon(struct vram_pager *p, uint32_t layer, uint32_t from_pos)
 {
-	uint32_t k = 0, depth = lookahead(p, p->layers[layer].compute);
+	uint32_t k = 0, depth = lookahead(p, p->layers[layer].compute), last = UINT32_MAX;
+	uint32_t cur = p->layers[p->order[from_pos % p->nlayers]].leader;
 	for (uint32_t i = 1; i <= p->nlayers && k < depth; i++) {
 		uint32_t li = p->order[(from_pos + i) % p->nlayers];
 		if (!p->layers[li].paged)
 			continue;
-		if (li == layer)
+		uint32_t g = p->layers[li].leader;
+		if (g == cur || g == last)
+			continue;
+		if (g == layer)
 			return true;
+		last = g;
 		k++;
 	}
 	return false;
@@ -375,18 +396,23 @@ static int grow_slot(struct vram_pager *p, uint32_t dev)
 static void prefetch_after(struct vram_pager *p, uint32_t layer)
 {
 	uint32_t from = p->pos[layer], k = 0, depth = lookahead(p, p->layers[layer].compute);
+	uint32_t cur = p->layers[layer].leader, last = UINT32_MAX;
 	for (uint32_t i = 1; i <= p->nlayers && k < depth; i++) {
 		uint32_t li = p->order[(from + i) % p->nlayers];
-		struct player *L = &p->layers[li];
-		if (!L->paged)
+		if (!p->layers[li].paged)
 			continue;
+		uint32_t g = p->layers[li].leader;
+		if (g == cur || g == last)
+			continue; /* a group counts once */
+		last = g;
 		k++;
-		if (L->slot >= 0)
+		struct player *G = &p->layers[g];
+		if (G->slot >= 0)
 			continue;
-		int si = pick_slot(p, L->compute, L->packed, (int32_t)from, true);
+		int si = pick_slot(p, G->compute, G->gpacked, (int32_t)from, true);
 		if (si < 0)
 			break;
-		enqueue(p, (uint32_t)si, li, true);
+		enqueue(p, (uint32_t)si, g, true);
 	}
 }
 
@@ -461,9 +487,13 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 		return 0;
 	}
 	bool counted = false;
+	/* The paging unit is the layer's group, led by G. */
+	uint32_t g = L->leader;
+	struct player *G = &p->layers[g];
+	G->last_use = p->clock;
 	for (;;) {
-		if (L->slot >= 0) {
-			struct slot *s = &p->slots[L->slot];
+		if (G->slot >= 0) {
+			struct slot *s = &p->slots[G->slot];
 			if (!counted) {
 				if (s->state == SLOT_READY)
 					p->st.hits++;
@@ -477,11 +507,11 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 			s->pins++;
 			s->last_use = p->clock;
 			prefetch_after(p, layer);
-			while (s->state != SLOT_READY && s->layer == (int32_t)layer) {
+			while (s->state != SLOT_READY && s->layer == (int32_t)g) {
 				pthread_cond_wait(&p->cv, &p->mu);
 				waited = true;
 			}
-			if (s->layer == (int32_t)layer && s->state == SLOT_READY)
+			if (s->layer == (int32_t)g && s->state == SLOT_READY)
 				break;
 			/* the copy failed */
 			s->pins--;
@@ -490,13 +520,13 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 			pthread_mutex_unlock(&p->mu);
 			return vram_error(-EIO, "paging layer %u in failed", layer);
 		}
-		int si = pick_slot(p, L->compute, L->packed, -1, false);
+		int si = pick_slot(p, L->compute, G->gpacked, -1, false);
 		if (si >= 0) {
 			if (!counted) {
 				p->st.misses++;
 				counted = true;
 			}
-			enqueue(p, (uint32_t)si, layer, false);
+			enqueue(p, (uint32_t)si, g, false);
 			continue;
 		}
 		/* No slot: grow the window back (after reclaim) or wait for a
@@ -536,8 +566,8 @@ int vram_pager_release(vram_pager *p, uint32_t layer)
 			L->pins--;
 		else
 			r = vram_error(-EINVAL, "layer %u is not acquired", layer);
-	} else if (L->slot >= 0 && p->slots[L->slot].pins) {
-		p->slots[L->slot].pins--;
+	} else if (p->layers[L->leader].slot >= 0 && p->slots[p->layers[L->leader].slot].pins) {
+		p->slots[p->layers[L->leader].slot].pins--;
 	} else {
 		r = vram_error(-EINVAL, "layer %u is not acquired", layer);
 	}
@@ -555,7 +585,8 @@ static bool tensor_acquired(const vram_pager *p, uint32_t tensor, const struct p
 	*ret_layer = L;
 	if (!L->paged)
 		return L->pins > 0;
-	return L->slot >= 0 && p->slots[L->slot].pins > 0 && p->slots[L->slot].state == SLOT_READY;
+	int32_t si = p->layers[L->leader].slot;
+	return si >= 0 && p->slots[si].pins > 0 && p->slots[si].state == SLOT_READY;
 }
 
 void *vram_pager_tensor_host_ptr(const vram_pager *p, uint32_t tensor)
@@ -565,7 +596,7 @@ void *vram_pager_tensor_host_ptr(const vram_pager *p, uint32_t tensor)
 		return NULL;
 	if (!L->paged)
 		return vram_loaded_tensor_host_ptr(p->l, tensor);
-	uint8_t *h = vram_grant_host_ptr(p->slots[L->slot].grant);
+	uint8_t *h = vram_grant_host_ptr(p->slots[p->layers[L->leader].slot].grant);
 	return h ? h + p->toff[tensor] : NULL;
 }
 
@@ -576,7 +607,7 @@ uint64_t vram_pager_tensor_device_ptr(const vram_pager *p, uint32_t tensor)
 		return 0;
 	if (!L->paged)
 		return vram_loaded_tensor_device_ptr(p->l, tensor);
-	uint64_t d = vram_grant_device_ptr(p->slots[L->slot].grant);
+	uint64_t d = vram_grant_device_ptr(p->slots[p->layers[L->leader].slot].grant);
 	return d ? d + p->toff[tensor] : 0;
 }
 
@@ -662,7 +693,12 @@ static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
 		L->paged = true; /* resident layers are paged from now on */
 		if (!resident)
 			continue;
+		/* a group of its own (its tensor offsets are layer-relative) */
 		L->slot = -1;
+		L->leader = li;
+		L->gcount = 1;
+		L->gpacked = L->packed;
+		L->gbytes = L->nbytes;
 		nl++;
 	}
 	if (!resident) {
@@ -694,7 +730,7 @@ static uint64_t largest_paged(struct vram_pager *p, uint32_t dev)
 	uint64_t m = 0;
 	for (uint32_t li = 0; li < p->nlayers; li++)
 		if (p->layers[li].paged && p->layers[li].compute == dev)
-			m = MAX(m, p->layers[li].packed);
+			m = MAX(m, p->layers[li].gpacked);
 	return m;
 }
 
@@ -758,7 +794,7 @@ static int pick_chunk(struct vram_pager *p, uint32_t dev, bool *ret_resident)
 			resident = resident || !L->paged;
 			busy = busy || L->pins;
 			for (uint32_t si = 0; si < p->nslots; si++)
-				if (p->slots[si].layer == (int32_t)li &&
+				if (p->slots[si].layer == (int32_t)L->leader &&
 				    (p->slots[si].state == SLOT_COPYING || p->slots[si].state == SLOT_QUEUED))
 					busy = true;
 			use = MAX(use, L->last_use);
@@ -957,6 +993,10 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 			packed += ti.nbytes;
 		}
 		L->packed = packed;
+		L->leader = (uint32_t)li;
+		L->gcount = 1;
+		L->gpacked = packed;
+		L->gbytes = L->nbytes;
 		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
 		int compute = cdev[info.component];
 		if (home < 0 || compute < 0 || home == compute || !info.nbytes) {
@@ -972,6 +1012,31 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		} else if (packed > second[compute]) {
 			second[compute] = packed;
 		}
+	}
+
+	/* Groups: consecutive donor layers of one compute device that fit in
+	 * a slot (the largest donor layer's size) together. */
+	for (int li = 0, g = -1; li < nl; li++) {
+		struct player *L = &p->layers[li];
+		if (!L->paged) {
+			g = -1;
+			continue;
+		}
+		if (g >= 0) {
+			struct player *G = &p->layers[g];
+			uint64_t base = align_up(G->gpacked, SLOT_ALIGN);
+			if (G->compute == L->compute && (uint32_t)g + G->gcount == (uint32_t)li &&
+			    base + L->packed <= largest[L->compute]) {
+				for (uint32_t t = L->first; t < L->first + L->ntensors; t++)
+					p->toff[t] += base;
+				L->leader = (uint32_t)g;
+				G->gcount++;
+				G->gpacked = base + L->packed;
+				G->gbytes += L->nbytes;
+				continue;
+			}
+		}
+		g = li;
 	}
 
 	/* Windows: slot size = the largest donor layer; default slot count =
