@@ -324,23 +324,38 @@ static void grant_identify(struct grant *g, int fd)
 	}
 }
 
+/* Adds (sign 1) or removes (sign -1) g's bytes to or from its owner's
+ * accounting.  The one place a client's held/reclaimable figures change. */
+static void client_account(struct client *c, const struct grant *g, int sign)
+{
+	uint64_t d = g->size;
+	uint32_t i = g->pool->index;
+	if (sign > 0) {
+		c->held += d;
+		c->held_dev[i] += d;
+		c->ngrants++;
+	} else {
+		c->held -= d;
+		c->held_dev[i] -= d;
+		c->ngrants--;
+	}
+	if (g->flags & VRAMD_ALLOC_RECLAIMABLE) {
+		c->reclaimable = sign > 0 ? c->reclaimable + d : c->reclaimable - d;
+		c->reclaimable_dev[i] = sign > 0 ? c->reclaimable_dev[i] + d : c->reclaimable_dev[i] - d;
+	}
+}
+
 static void grant_release(struct broker *b, struct grant *g)
 {
 	struct pool *p = g->pool;
-	struct client *c = g->owner;
 	fdstore_drop(g);
 	if (g->fd >= 0)
 		close(g->fd);
 	p->ops->release(p, g->handle, g->size);
 	p->used -= g->size;
-	c->held -= g->size;
-	c->held_dev[p->index] -= g->size;
-	if (g->flags & VRAMD_ALLOC_RECLAIMABLE) {
+	if (g->flags & VRAMD_ALLOC_RECLAIMABLE)
 		p->reclaimable -= g->size;
-		c->reclaimable -= g->size;
-		c->reclaimable_dev[p->index] -= g->size;
-	}
-	c->ngrants--;
+	client_account(g->owner, g, -1);
 	b->ngrants--;
 	free(g);
 }
@@ -448,17 +463,24 @@ static struct grant *grant_add(struct broker *b, struct client *c, struct pool *
 	g->fd = -1;
 	g->next = c->grants;
 	c->grants = g;
-	c->ngrants++;
 	b->ngrants++;
 	p->used += size;
-	c->held += size;
-	c->held_dev[p->index] += size;
-	if (g->flags & VRAMD_ALLOC_RECLAIMABLE) {
+	if (g->flags & VRAMD_ALLOC_RECLAIMABLE)
 		p->reclaimable += size;
-		c->reclaimable += size;
-		c->reclaimable_dev[p->index] += size;
-	}
+	client_account(c, g, 1);
 	return g;
+}
+
+/* The live grant whose memory is the file (dev, ino), or NULL. */
+static struct grant *grant_by_inode(struct broker *b, dev_t dev, ino_t ino, struct client **ret_owner)
+{
+	for (struct client *x = b->clients; x; x = x->next)
+		for (struct grant *g = x->grants; g; g = g->next)
+			if (g->st_ino == ino && g->st_dev == dev && g->st_ino) {
+				*ret_owner = x;
+				return g;
+			}
+	return NULL;
 }
 
 static void handle_register(struct broker *b, struct client *c, const struct vramd_register *m, int fd)
@@ -493,48 +515,58 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 		send_error(b, c, &m->hdr, r, "REGISTER on %s: %s", p->name, why);
 		return;
 	}
-	/* Memory the fd store brought back: it changes hands, it is not
-	 * counted twice. */
+	/* Memory accounted already: the fd store brought it back (it changes
+	 * hands from the placeholder client, counted once), or it is someone's
+	 * live grant (refused: one memfd is never counted twice). */
 	struct stat st;
-	if (fstat(fd, &st) == 0) {
-		for (struct client *x = b->clients; x; x = x->next) {
-			if (!x->restored)
-				continue;
-			for (struct grant **pp = &x->grants; *pp; pp = &(*pp)->next) {
-				struct grant *og = *pp;
-				if (og->st_dev != st.st_dev || og->st_ino != st.st_ino || og->pool != p)
-					continue;
-				p->ops->release(p, handle, m->size);
-				*pp = og->next;
-				x->ngrants--;
-				x->held -= og->size;
-				x->held_dev[p->index] -= og->size;
-				if (og->flags & VRAMD_ALLOC_RECLAIMABLE) {
-					x->reclaimable -= og->size;
-					x->reclaimable_dev[p->index] -= og->size;
-					c->reclaimable += og->size;
-					c->reclaimable_dev[p->index] += og->size;
-				}
-				og->owner = c;
-				og->next = c->grants;
-				c->grants = og;
-				c->ngrants++;
-				c->held += og->size;
-				c->held_dev[p->index] += og->size;
-				if (og->fd >= 0)
-					close(og->fd);
-				og->fd = -1;
-				if (!x->ngrants)
-					x->dead = true;
-				send_alloc_reply(b, c, m->hdr.seq, og, -1);
-				return;
-			}
+	struct client *x = NULL;
+	struct grant *og = fstat(fd, &st) == 0 ? grant_by_inode(b, st.st_dev, st.st_ino, &x) : NULL;
+	if (og) {
+		p->ops->release(p, handle, m->size);
+		if (!x->restored || og->pool != p || og->size != m->size) {
+			send_error(b, c, &m->hdr, -EEXIST, "REGISTER: that memory is accounted already");
+			return;
 		}
+		for (struct grant **pp = &x->grants; *pp; pp = &(*pp)->next)
+			if (*pp == og) {
+				*pp = og->next;
+				break;
+			}
+		client_account(x, og, -1);
+		og->owner = c;
+		og->next = c->grants;
+		c->grants = og;
+		client_account(c, og, 1);
+		if (og->fd >= 0)
+			close(og->fd);
+		og->fd = -1;
+		if (!x->ngrants)
+			x->dead = true;
+		send_alloc_reply(b, c, m->hdr.seq, og, -1);
+		return;
 	}
-	/* The memory exists whatever the pool says: account it even past the
-	 * pool's size (a smaller --host-pool after a restart), and say so. */
-	if (m->size > p->total - MIN(p->used, p->total))
-		broker_log(1, CLIENT_FMT ": re-registered memory puts %s over its size", CLIENT_ARGS(c), p->name);
+	/* New to this broker: the same limits as an ALLOC.  The size is the
+	 * client's word backed only by a sealed (possibly sparse) memfd, so it
+	 * must never take the pool, a quota or the per-client ceiling past
+	 * their bounds. */
+	char qwhy[256], s2[32], s3[32];
+	if (quota_allows(b, c, p, m->size, qwhy, sizeof(qwhy)) < 0)
+		r = -EDQUOT;
+	else if (b->cfg.client_max && m->size > b->cfg.client_max - MIN(c->held, b->cfg.client_max)) {
+		snprintf(qwhy, sizeof(qwhy), "client limit: %s held + %s registered > %s per client",
+			 size_format(c->held, s1, sizeof(s1)), size_format(m->size, s2, sizeof(s2)),
+			 size_format(b->cfg.client_max, s3, sizeof(s3)));
+		r = -EDQUOT;
+	} else if (m->size > p->total - MIN(p->used, p->total)) {
+		snprintf(qwhy, sizeof(qwhy), "%s: %s registered, %s free", p->name, size_format(m->size, s1, sizeof(s1)),
+			 size_format(p->total - MIN(p->used, p->total), s2, sizeof(s2)));
+		r = -ENOMEM;
+	}
+	if (r < 0) {
+		p->ops->release(p, handle, m->size);
+		send_error(b, c, &m->hdr, r, "REGISTER: %s", qwhy);
+		return;
+	}
 	struct grant *g = grant_add(b, c, p, m->size, m->flags, handle);
 	if (!g) {
 		p->ops->release(p, handle, m->size);

@@ -821,6 +821,41 @@ START_TEST(test_register_forged)
 			ck_assert_int_eq(nfds, 0);
 		}
 	}
+	/* the same memfd twice: counted once */
+	{
+		int mfd = memfd_create("twice", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		ck_assert_int_eq(ftruncate(mfd, 2 * MiB), 0);
+		ck_assert_int_eq(fcntl(mfd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL), 0);
+		for (int k = 0; k < 2; k++) {
+			proto_hdr_init(&m.hdr, VRAMD_REGISTER, sizeof(m), 150 + k);
+			ck_assert_int_eq(proto_send(fd, &m, sizeof(m), mfd, 0), 0);
+			ck_assert_int_gt(proto_recv(fd, buf, sizeof(buf), fds, &nfds, 0), 0);
+			uint16_t op = ((struct vramd_hdr *)buf)->opcode;
+			if (k == 0)
+				ck_assert_uint_eq(op, VRAMD_ALLOC_REPLY);
+			else {
+				ck_assert_uint_eq(op, VRAMD_ERROR);
+				ck_assert_int_eq(((struct vramd_error *)buf)->error, -EEXIST);
+			}
+		}
+		close(mfd);
+	}
+	/* a sparse memfd claiming more than the pool: refused, nothing counted */
+	{
+		uint64_t before = broker_pool(l.b, 0)->used;
+		int mfd = memfd_create("sparse", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		ck_assert_int_eq(ftruncate(mfd, (off_t)(1ull << 40)), 0);
+		ck_assert_int_eq(fcntl(mfd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL), 0);
+		proto_hdr_init(&m.hdr, VRAMD_REGISTER, sizeof(m), 160);
+		m.size = 1ull << 40;
+		ck_assert_int_eq(proto_send(fd, &m, sizeof(m), mfd, 0), 0);
+		close(mfd);
+		ck_assert_int_gt(proto_recv(fd, buf, sizeof(buf), fds, &nfds, 0), 0);
+		ck_assert_uint_eq(((struct vramd_hdr *)buf)->opcode, VRAMD_ERROR);
+		ck_assert_int_eq(((struct vramd_error *)buf)->error, -ENOMEM);
+		ck_assert_uint_eq(broker_pool(l.b, 0)->used, before);
+		m.size = 2 * MiB;
+	}
 	/* without its fd: a violation */
 	proto_hdr_init(&m.hdr, VRAMD_REGISTER, sizeof(m), 200);
 	ck_assert_int_eq(proto_send(fd, &m, sizeof(m), -1, 0), 0);
