@@ -1086,16 +1086,22 @@ static void handle_hello(struct broker *b, struct client *c, const struct vramd_
 	client_send(b, c, rep, len, -1);
 }
 
+/* Whether c may see x in STATUS: admins see every client, others the
+ * clients of their own uid; a connection that has not said HELLO is not a
+ * client yet. */
+static bool visible_to(const struct client *c, const struct client *x)
+{
+	return x->hello && (c->admin || x->uid == c->uid);
+}
+
 static void handle_status(struct broker *b, struct client *c, const struct vramd_status *m)
 {
 	size_t fixed = sizeof(struct vramd_status_reply) + b->npools * sizeof(struct vramd_device);
 	size_t room = (VRAMD_MSG_MAX - fixed) / sizeof(struct vramd_client_info);
 	uint32_t first = m->first_client;
 	uint32_t visible = 0;
-	/* A connection that has not said HELLO is not a client yet. */
 	for (struct client *x = b->clients; x; x = x->next)
-		if (x->hello && (c->admin || x->uid == c->uid))
-			visible++;
+		visible += visible_to(c, x);
 	uint32_t n = first < visible ? visible - first : 0;
 	if (n > room)
 		n = (uint32_t)room;
@@ -1119,22 +1125,16 @@ static void handle_status(struct broker *b, struct client *c, const struct vramd
 	for (uint32_t i = 0; i < b->npools; i++)
 		pool_describe(b->pools[i], &d[i]);
 	struct vramd_client_info *ci = (void *)(d + b->npools);
-	uint32_t i = 0, k = 0;
-	/* Clients are kept newest first; report oldest first. */
-	/* Admins see every client; others see the clients of their own uid
-	 * (the device totals are for everyone). */
-	struct client *order[1024];
-	uint32_t cnt = 0;
-	for (struct client *x = b->clients; x && cnt < ARRAY_SIZE(order); x = x->next)
-		if (x->hello && (c->admin || x->uid == c->uid))
-			order[cnt++] = x;
-	for (uint32_t j = cnt; j-- > 0;) {
-		struct client *x = order[j];
-		if (i++ < first)
+	/* The list is newest first; clients are reported oldest first: the
+	 * k-th visible client of the list has index visible - 1 - k. */
+	uint32_t k = 0;
+	for (struct client *x = b->clients; x; x = x->next) {
+		if (!visible_to(c, x))
 			continue;
-		if (k == n)
-			break;
-		struct vramd_client_info *o = &ci[k++];
+		uint32_t idx = visible - 1 - k++;
+		if (idx < first || idx >= first + n)
+			continue;
+		struct vramd_client_info *o = &ci[idx - first];
 		o->id = x->id;
 		o->pid = x->pid;
 		o->uid = x->uid;
@@ -1148,9 +1148,7 @@ static void handle_status(struct broker *b, struct client *c, const struct vramd
 		o->reclaims_missed = x->reclaims_missed;
 		str_copy(o->name, x->name, sizeof(o->name));
 	}
-	rep->nclients = k;
-	rep->hdr.size = (uint32_t)(fixed + k * sizeof(struct vramd_client_info));
-	client_send(b, c, rep, rep->hdr.size, -1);
+	client_send(b, c, rep, len, -1);
 }
 
 /* ======================================================================

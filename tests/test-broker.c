@@ -413,6 +413,42 @@ START_TEST(test_slow_reader)
 END_TEST
 
 
+
+/* More clients than one STATUS reply holds: vram_get_status pages through
+ * them, every one listed once, oldest first. */
+START_TEST(test_status_paging)
+{
+	struct live l;
+	struct broker_config cfg;
+	broker_config_init(&cfg);
+	cfg.nsim = 1;
+	cfg.sim_gpus[0] = 64 * MiB;
+	cfg.host_pool = 64 * MiB;
+	cfg.max_clients = 400;
+	live_start(&l, &cfg);
+	enum { N = 300 };
+	int fds[N];
+	for (int i = 0; i < N; i++) {
+		fds[i] = raw_connect(l.sock);
+		raw_hello(fds[i]);
+	}
+	vram_client *c;
+	struct vram_status *st;
+	ck_assert_int_eq(vram_connect(l.sock, "counter", &c), 0);
+	ck_assert_int_eq(vram_get_status(c, &st), 0);
+	ck_assert_uint_eq(st->nclients, N + 1);
+	for (uint32_t i = 1; i < st->nclients; i++)
+		ck_assert_uint_lt(st->clients[i - 1].id, st->clients[i].id);
+	ck_assert(st->clients[N].flags & VRAM_CLIENT_SELF);
+	vram_status_free(st);
+	vram_close(c);
+	for (int i = 0; i < N; i++)
+		close(fds[i]);
+	wait_clients(l.b, 0);
+	live_stop(&l);
+}
+END_TEST
+
 /* ---- cooperative reclaim -------------------------------------------------- */
 
 struct holder {
@@ -962,6 +998,7 @@ int main(void)
 	tcase_add_test(tc, test_fd_leak);
 	tcase_add_test(tc, test_malformed_flood);
 	tcase_add_test(tc, test_slow_reader);
+	tcase_add_test(tc, test_status_paging);
 	tcase_add_test(tc, test_reclaim_cooperative);
 	tcase_add_test(tc, test_reclaim_ignored);
 	tcase_add_test(tc, test_reclaim_holder_dies);
