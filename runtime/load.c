@@ -47,11 +47,24 @@ struct run {
 	uint64_t region;         /* region offset in the grant */
 };
 
-static int cmp_by_offset(const void *a, const void *b, void *arg)
+/* Tensors ordered by bucket (device, component, chunk), then file offset:
+ * each bucket becomes one grant, laid out in file order. */
+struct bucket_key {
+	const uint32_t *dev, *comp, *chunk;
+	const uint64_t *off;
+};
+
+static int cmp_bucket(const void *a, const void *b, void *arg)
 {
-	const uint64_t *off = arg;
-	uint64_t x = off[*(const uint32_t *)a], y = off[*(const uint32_t *)b];
-	return x < y ? -1 : x > y;
+	const struct bucket_key *k = arg;
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	if (k->dev[x] != k->dev[y])
+		return k->dev[x] < k->dev[y] ? -1 : 1;
+	if (k->comp[x] != k->comp[y])
+		return k->comp[x] < k->comp[y] ? -1 : 1;
+	if (k->chunk[x] != k->chunk[y])
+		return k->chunk[x] < k->chunk[y] ? -1 : 1;
+	return k->off[x] < k->off[y] ? -1 : k->off[x] > k->off[y];
 }
 
 /* Onward copy for simulated GPUs: the grant is host memory in disguise. */
@@ -252,91 +265,84 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		if (len[i] && backend_of(c, dev[i]) == VRAM_BACKEND_CUDA)
 			has_cuda = true;
 
-	/* Buckets (device, component): sort, cut into runs, size the grant. */
+	/* Buckets (device, component, chunk): one sort, then each bucket is
+	 * cut into runs contiguous in the file and becomes one grant. */
+	struct bucket_key bkey = { dev, comp, tchunk, off };
+	for (int i = 0; i < n; i++)
+		order[i] = (uint32_t)i;
+	qsort_r(order, (size_t)n, sizeof(*order), cmp_bucket, &bkey);
 	size_t nreq = 0;
-	for (uint32_t d = 0; d < c->ndev; d++) {
-		for (uint32_t bk = 0; bk < VRAM_COMP_COUNT * (uint32_t)(n + 1); bk++) {
-			uint32_t k = bk % VRAM_COMP_COUNT, ch = bk / VRAM_COMP_COUNT;
-			if (ch >= nchunks[d][k]) {
-				if (k == VRAM_COMP_COUNT - 1) {
-					bool more = false;
-					for (uint32_t kk = 0; kk < VRAM_COMP_COUNT; kk++)
-						more = more || ch + 1 < nchunks[d][kk];
-					if (!more)
-						break;
-				}
+	for (uint32_t b0 = 0, b1; b0 < (uint32_t)n; b0 = b1) {
+		uint32_t tf = order[b0], d = dev[tf], k = comp[tf], ch = tchunk[tf];
+		for (b1 = b0 + 1; b1 < (uint32_t)n; b1++) {
+			uint32_t t = order[b1];
+			if (dev[t] != d || comp[t] != k || tchunk[t] != ch)
+				break;
+		}
+		const uint32_t *bo = order + b0; /* this bucket's tensors, in file order */
+		uint32_t cnt = b1 - b0;
+		uint32_t nruns = 0;
+		uint64_t cursor = 0, bytes = 0;
+		for (uint32_t j = 0; j < cnt; j++) {
+			uint32_t t = bo[j];
+			bytes += len[t];
+			if (nruns && runs[nruns - 1].file_off + runs[nruns - 1].len == off[t]) {
+				runs[nruns - 1].len += len[t];
+				runs[nruns - 1].count++;
 				continue;
 			}
-			uint32_t cnt = 0;
-			for (int i = 0; i < n; i++)
-				if (dev[i] == d && comp[i] == k && tchunk[i] == ch)
-					order[cnt++] = (uint32_t)i;
-			if (!cnt)
+			runs[nruns++] = (struct run){ .file_off = off[t], .len = len[t], .first = j, .count = 1 };
+		}
+		for (uint32_t j = 0; j < nruns; j++) {
+			struct run *ru = &runs[j];
+			uint64_t head = ru->file_off % STREAM_ALIGN;
+			uint64_t span = (head + ru->len + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
+			ru->region = cursor;
+			cursor += span ? span : STREAM_ALIGN;
+		}
+		if (bytes == 0 && cursor == 0)
+			continue;
+		/* With a pager every chunk can be given back: resident ones
+		 * are demoted to the donor, donor ones dropped (the file is
+		 * the donor of last resort). */
+		uint32_t flags = (o->flags & VRAM_LOAD_RECLAIMABLE) ? VRAM_ALLOC_RECLAIMABLE : 0;
+		struct loaded_grant *lg = &l->grants[l->ngrants];
+		r = vram_alloc(c, d, cursor, flags, &lg->grant);
+		if (r < 0) {
+			char s1[32];
+			r = vram_error(r, "allocating %s on %s for %s: %s", size_format(cursor, s1, sizeof(s1)),
+				       c->dev[d].name, vram_component_name(k), vram_last_error());
+			free(tchunk);
+			goto fail;
+		}
+		lg->device = d;
+		lg->component = k;
+		lg->payload = bytes;
+		l->ngrants++;
+		uint8_t *host = vram_grant_host_ptr(lg->grant);
+		uint64_t dbase = host ? (uint64_t)(uintptr_t)host : vram_grant_device_ptr(lg->grant);
+		bool direct = backend_of(c, d) == VRAM_BACKEND_CPU;
+		for (uint32_t j = 0; j < nruns; j++) {
+			struct run *ru = &runs[j];
+			uint64_t at = ru->region + ru->file_off % STREAM_ALIGN;
+			for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
+				uint32_t t = bo[q];
+				l->tensors[t].grant = l->ngrants - 1;
+				l->tensors[t].offset = at + (off[t] - ru->file_off);
+				l->tensors[t].device = d;
+			}
+			if (!ru->len)
 				continue;
-			qsort_r(order, cnt, sizeof(*order), cmp_by_offset, off);
-			uint32_t nruns = 0;
-			uint64_t cursor = 0, bytes = 0;
-			for (uint32_t j = 0; j < cnt; j++) {
-				uint32_t t = order[j];
-				bytes += len[t];
-				if (nruns && runs[nruns - 1].file_off + runs[nruns - 1].len == off[t]) {
-					runs[nruns - 1].len += len[t];
-					runs[nruns - 1].count++;
-					continue;
-				}
-				runs[nruns++] = (struct run){ .file_off = off[t], .len = len[t], .first = j, .count = 1 };
-			}
-			for (uint32_t j = 0; j < nruns; j++) {
-				struct run *ru = &runs[j];
-				uint64_t head = ru->file_off % STREAM_ALIGN;
-				uint64_t span = (head + ru->len + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
-				ru->region = cursor;
-				cursor += span ? span : STREAM_ALIGN;
-			}
-			if (bytes == 0 && cursor == 0)
-				continue;
-			/* With a pager every chunk can be given back: resident ones
-			 * are demoted to the donor, donor ones dropped (the file is
-			 * the donor of last resort). */
-			uint32_t flags = (o->flags & VRAM_LOAD_RECLAIMABLE) ? VRAM_ALLOC_RECLAIMABLE : 0;
-			struct loaded_grant *lg = &l->grants[l->ngrants];
-			r = vram_alloc(c, d, cursor, flags, &lg->grant);
-			if (r < 0) {
-				char s1[32];
-				r = vram_error(r, "allocating %s on %s for %s: %s", size_format(cursor, s1, sizeof(s1)),
-					       c->dev[d].name, vram_component_name(k), vram_last_error());
-				free(tchunk);
-				goto fail;
-			}
-			lg->device = d;
-			lg->component = k;
-			lg->payload = bytes;
-			l->ngrants++;
-			uint8_t *host = vram_grant_host_ptr(lg->grant);
-			uint64_t dbase = host ? (uint64_t)(uintptr_t)host : vram_grant_device_ptr(lg->grant);
-			bool direct = backend_of(c, d) == VRAM_BACKEND_CPU;
-			for (uint32_t j = 0; j < nruns; j++) {
-				struct run *ru = &runs[j];
-				uint64_t at = ru->region + ru->file_off % STREAM_ALIGN;
-				for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
-					uint32_t t = order[q];
-					l->tensors[t].grant = l->ngrants - 1;
-					l->tensors[t].offset = at + (off[t] - ru->file_off);
-					l->tensors[t].device = d;
-				}
-				if (!ru->len)
-					continue;
-				struct stream_req *rq = &reqs[nreq++];
-				rq->file_off = ru->file_off;
-				rq->len = ru->len;
-				if (direct) {
-					rq->kind = STREAM_DST_HOST;
-					rq->dst = host + at;
-					rq->flags = STREAM_REQ_SLACK;
-				} else {
-					rq->kind = STREAM_DST_STAGED;
-					rq->dst_addr = dbase + at;
-				}
+			struct stream_req *rq = &reqs[nreq++];
+			rq->file_off = ru->file_off;
+			rq->len = ru->len;
+			if (direct) {
+				rq->kind = STREAM_DST_HOST;
+				rq->dst = host + at;
+				rq->flags = STREAM_REQ_SLACK;
+			} else {
+				rq->kind = STREAM_DST_STAGED;
+				rq->dst_addr = dbase + at;
 			}
 		}
 	}
