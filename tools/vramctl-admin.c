@@ -151,41 +151,16 @@ int cmd_quota(struct ctl *ctl)
 
 int cmd_clients(struct ctl *ctl)
 {
-	for (int i = 1; i < ctl->argc; i++) {
-		if (!strcmp(ctl->argv[i], "--json"))
-			ctl->json = true;
-		else {
-			fprintf(stderr, "vramctl clients: unexpected argument \"%s\"\n", ctl->argv[i]);
-			return EX_USAGE_;
-		}
-	}
 	vram_client *c;
-	int r = ctl_connect(ctl, &c);
+	struct vram_status *s;
+	int r = ctl_fetch_status(ctl, "clients", &c, &s);
 	if (r)
 		return r;
-	struct vram_status *s;
-	if (vram_get_status(c, &s) < 0) {
-		fprintf(stderr, "vramctl clients: %s\n", vram_last_error());
-		vram_close(c);
-		return EX_UNAVAILABLE_;
-	}
 	char a[32], b[32];
 	if (ctl->json) {
 		json_t *arr = json_array();
-		for (uint32_t i = 0; i < s->nclients; i++) {
-			const struct vram_client_status *x = &s->clients[i];
-			json_t *o = json_object();
-			json_object_set_new(o, "id", json_integer(x->id));
-			json_object_set_new(o, "name", json_string(x->name));
-			json_object_set_new(o, "pid", json_integer(x->pid));
-			json_object_set_new(o, "uid", json_integer(x->uid));
-			json_object_set_new(o, "grants", json_integer(x->ngrants));
-			json_object_set_new(o, "held", json_integer((json_int_t)x->held));
-			json_object_set_new(o, "reclaimable", json_integer((json_int_t)x->reclaimable));
-			json_object_set_new(o, "reclaims_answered", json_integer(x->reclaims_answered));
-			json_object_set_new(o, "reclaims_missed", json_integer(x->reclaims_missed));
-			json_array_append_new(arr, o);
-		}
+		for (uint32_t i = 0; i < s->nclients; i++)
+			json_array_append_new(arr, ctl_client_json(s, i));
 		char *txt = json_dumps(arr, JSON_INDENT(2));
 		json_decref(arr);
 		puts(txt ? txt : "[]");

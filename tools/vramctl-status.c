@@ -22,6 +22,50 @@ static void uuid_str(const uint8_t u[16], char out[37])
 		 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
 }
 
+json_t *ctl_client_json(const struct vram_status *s, uint32_t i)
+{
+	const struct vram_client_status *c = &s->clients[i];
+	json_t *o = json_object(), *per = json_object();
+	json_object_set_new(o, "id", json_integer(c->id));
+	json_object_set_new(o, "name", json_string(c->name));
+	json_object_set_new(o, "pid", json_integer(c->pid));
+	json_object_set_new(o, "uid", json_integer(c->uid));
+	json_object_set_new(o, "gid", json_integer(c->gid));
+	json_object_set_new(o, "grants", json_integer(c->ngrants));
+	json_object_set_new(o, "held", json_integer((json_int_t)c->held));
+	json_object_set_new(o, "reclaimable", json_integer((json_int_t)c->reclaimable));
+	json_object_set_new(o, "reclaims_answered", json_integer(c->reclaims_answered));
+	json_object_set_new(o, "reclaims_missed", json_integer(c->reclaims_missed));
+	json_object_set_new(o, "reclaim_late", json_boolean(c->flags & VRAM_CLIENT_RECLAIM_LATE));
+	json_object_set_new(o, "self", json_boolean(c->flags & VRAM_CLIENT_SELF));
+	for (uint32_t d = 0; d < s->ndevices && d < 16; d++)
+		if (c->held_dev[d])
+			json_object_set_new(per, s->devices[d].name, json_integer((json_int_t)c->held_dev[d]));
+	json_object_set_new(o, "held_per_device", per);
+	return o;
+}
+
+int ctl_fetch_status(struct ctl *ctl, const char *cmd, vram_client **ret_client, struct vram_status **ret_status)
+{
+	for (int i = 1; i < ctl->argc; i++) {
+		if (!strcmp(ctl->argv[i], "--json"))
+			ctl->json = true;
+		else {
+			fprintf(stderr, "vramctl %s: unknown argument \"%s\"\n", cmd, ctl->argv[i]);
+			return EX_USAGE_;
+		}
+	}
+	int r = ctl_connect(ctl, ret_client);
+	if (r)
+		return r;
+	if (vram_get_status(*ret_client, ret_status) < 0) {
+		fprintf(stderr, "vramctl %s: %s\n", cmd, vram_last_error());
+		vram_close(*ret_client);
+		return EX_UNAVAILABLE_;
+	}
+	return 0;
+}
+
 static int print_json(const struct vram_status *s, const char *socket)
 {
 	json_t *root = json_object(), *devs = json_array(), *cls = json_array();
@@ -50,27 +94,8 @@ static int print_json(const struct vram_status *s, const char *socket)
 		json_object_set_new(o, "granularity", json_integer((json_int_t)d->granularity));
 		json_array_append_new(devs, o);
 	}
-	for (uint32_t i = 0; i < s->nclients; i++) {
-		const struct vram_client_status *c = &s->clients[i];
-		json_t *o = json_object(), *per = json_object();
-		json_object_set_new(o, "id", json_integer(c->id));
-		json_object_set_new(o, "name", json_string(c->name));
-		json_object_set_new(o, "pid", json_integer(c->pid));
-		json_object_set_new(o, "uid", json_integer(c->uid));
-		json_object_set_new(o, "gid", json_integer(c->gid));
-		json_object_set_new(o, "grants", json_integer(c->ngrants));
-		json_object_set_new(o, "held", json_integer((json_int_t)c->held));
-		json_object_set_new(o, "reclaimable", json_integer((json_int_t)c->reclaimable));
-		json_object_set_new(o, "reclaims_answered", json_integer(c->reclaims_answered));
-		json_object_set_new(o, "reclaims_missed", json_integer(c->reclaims_missed));
-		json_object_set_new(o, "reclaim_late", json_boolean(c->flags & VRAM_CLIENT_RECLAIM_LATE));
-		json_object_set_new(o, "self", json_boolean(c->flags & VRAM_CLIENT_SELF));
-		for (uint32_t d = 0; d < s->ndevices && d < 16; d++)
-			if (c->held_dev[d])
-				json_object_set_new(per, s->devices[d].name, json_integer((json_int_t)c->held_dev[d]));
-		json_object_set_new(o, "held_per_device", per);
-		json_array_append_new(cls, o);
-	}
+	for (uint32_t i = 0; i < s->nclients; i++)
+		json_array_append_new(cls, ctl_client_json(s, i));
 	json_object_set_new(root, "devices", devs);
 	json_object_set_new(root, "clients", cls);
 	char *txt = json_dumps(root, JSON_INDENT(2));
@@ -84,24 +109,11 @@ static int print_json(const struct vram_status *s, const char *socket)
 
 int cmd_status(struct ctl *ctl)
 {
-	for (int i = 1; i < ctl->argc; i++) {
-		if (!strcmp(ctl->argv[i], "--json"))
-			ctl->json = true;
-		else {
-			fprintf(stderr, "vramctl status: unknown argument \"%s\"\n", ctl->argv[i]);
-			return EX_USAGE_;
-		}
-	}
 	vram_client *c;
-	int r = ctl_connect(ctl, &c);
+	struct vram_status *s;
+	int r = ctl_fetch_status(ctl, "status", &c, &s);
 	if (r)
 		return r;
-	struct vram_status *s;
-	if (vram_get_status(c, &s) < 0) {
-		fprintf(stderr, "vramctl: status: %s\n", vram_last_error());
-		vram_close(c);
-		return EX_UNAVAILABLE_;
-	}
 	if (ctl->json) {
 		r = print_json(s, vram_client_socket(c));
 		vram_status_free(s);

@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "runtime/vram.h"
 
 /* sysexits(3) codes vramctl uses. */
@@ -31,6 +33,13 @@ struct ctl {
 /* Connects as "vramctl"; prints the error and returns EX_UNAVAILABLE_ (or
  * another exit code) on failure, 0 on success. */
 int ctl_connect(struct ctl *ctl, vram_client **ret);
+/* Parses the command's only argument (--json), connects and fetches the
+ * broker's status; prints the error and returns the exit code, or 0 with
+ * both set (the caller frees them). */
+int ctl_fetch_status(struct ctl *ctl, const char *cmd, vram_client **ret_client, struct vram_status **ret_status);
+/* One client of s as the JSON object status --json and clients --json print
+ * (docs/vramctl.md). */
+json_t *ctl_client_json(const struct vram_status *s, uint32_t i);
 /* Formats a byte count for tables ("8.00 GiB"). */
 const char *ctl_size(uint64_t v, char *buf, size_t len);
 
