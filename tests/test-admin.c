@@ -15,6 +15,7 @@
 #include "common/cleanup.h"
 #include "common/util.h"
 #include "runtime/vram.h"
+#include "testlib-holder.h"
 #include "testlib.h"
 
 #define MiB (1ull << 20)
@@ -142,36 +143,6 @@ START_TEST(test_ceiling_concurrent)
 }
 END_TEST
 
-struct holder {
-	vram_client *c;
-	vram_grant *g[64];
-	int n;
-	atomic_int stop;
-	pthread_t th;
-};
-
-static uint64_t give_back(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms)
-{
-	struct holder *h = user;
-	uint64_t freed = 0;
-	while (freed < bytes && h->n > 0) {
-		vram_grant *g = h->g[--h->n];
-		freed += vram_grant_size(g);
-		vram_free(h->c, g);
-	}
-	return freed;
-}
-
-static void *dispatcher(void *arg)
-{
-	struct holder *h = arg;
-	while (!atomic_load(&h->stop)) {
-		struct pollfd p = { .fd = vram_client_fd(h->c), .events = POLLIN };
-		if (poll(&p, 1, 20) > 0)
-			vram_dispatch(h->c);
-	}
-	return NULL;
-}
 
 /* A floor is honoured by reclaiming borrowed memory from others, never
  * below their own floor. */

@@ -13,6 +13,7 @@
 #include "common/proto.h"
 #include "common/util.h"
 #include "runtime/vram.h"
+#include "testlib-holder.h"
 #include "testlib.h"
 
 #define MiB (1ull << 20)
@@ -451,39 +452,6 @@ END_TEST
 
 /* ---- cooperative reclaim -------------------------------------------------- */
 
-struct holder {
-	vram_client *c;
-	vram_grant *g[16];
-	int n;
-	atomic_int stop;
-	atomic_int calls;
-	pthread_t th;
-};
-
-static uint64_t give_back(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms)
-{
-	struct holder *h = user;
-	uint64_t freed = 0;
-	atomic_fetch_add(&h->calls, 1);
-	while (freed < bytes && h->n > 0) {
-		vram_grant *g = h->g[--h->n];
-		freed += vram_grant_size(g);
-		vram_free(h->c, g);
-	}
-	return freed;
-}
-
-/* The runtime's side of reclaim: whoever owns the connection dispatches. */
-static void *dispatcher(void *arg)
-{
-	struct holder *h = arg;
-	while (!atomic_load(&h->stop)) {
-		struct pollfd p = { .fd = vram_client_fd(h->c), .events = POLLIN };
-		if (poll(&p, 1, 20) > 0)
-			vram_dispatch(h->c);
-	}
-	return NULL;
-}
 
 static void reclaim_broker(struct live *l, uint32_t deadline_ms)
 {
