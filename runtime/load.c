@@ -282,10 +282,9 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		const uint32_t *bo = order + b0; /* this bucket's tensors, in file order */
 		uint32_t cnt = b1 - b0;
 		uint32_t nruns = 0;
-		uint64_t cursor = 0, bytes = 0;
+		uint64_t cursor = 0;
 		for (uint32_t j = 0; j < cnt; j++) {
 			uint32_t t = bo[j];
-			bytes += len[t];
 			if (nruns && runs[nruns - 1].file_off + runs[nruns - 1].len == off[t]) {
 				runs[nruns - 1].len += len[t];
 				runs[nruns - 1].count++;
@@ -300,8 +299,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 			ru->region = cursor;
 			cursor += span ? span : STREAM_ALIGN;
 		}
-		if (bytes == 0 && cursor == 0)
-			continue;
 		/* With a pager every chunk can be given back: resident ones
 		 * are demoted to the donor, donor ones dropped (the file is
 		 * the donor of last resort). */
@@ -317,7 +314,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		}
 		lg->device = d;
 		lg->component = k;
-		lg->payload = bytes;
 		l->ngrants++;
 		uint8_t *host = vram_grant_host_ptr(lg->grant);
 		uint64_t dbase = host ? (uint64_t)(uintptr_t)host : vram_grant_device_ptr(lg->grant);
@@ -329,7 +325,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 				uint32_t t = bo[q];
 				l->tensors[t].grant = l->ngrants - 1;
 				l->tensors[t].offset = at + (off[t] - ru->file_off);
-				l->tensors[t].device = d;
 			}
 			if (!ru->len)
 				continue;

@@ -14,12 +14,11 @@ struct loaded_grant {
 	vram_grant *grant;       /* NULL once dropped by reclaim */
 	uint32_t device;         /* broker device index */
 	uint32_t component;
-	uint64_t payload;        /* tensor bytes in it */
 };
 
 struct loaded_tensor {
-	uint32_t grant;          /* index into grants */
-	uint32_t device;         /* where the load put it (grants[].device is where it is now) */
+	uint32_t grant;          /* index into grants (whose device is where it is now) */
+	uint32_t pad;
 	uint64_t offset;         /* of the first byte in the grant */
 };
 

@@ -973,7 +973,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		int pd = vram_plan_compute_device(plan, k);
 		cdev[k] = pd < 0 ? -1 : vram_device_find(p->c, vram_plan_device_name(plan, (uint32_t)pd));
 	}
-	uint64_t largest[VRAMD_MAX_DEVICES] = { 0 }, second[VRAMD_MAX_DEVICES] = { 0 };
+	uint64_t largest[VRAMD_MAX_DEVICES] = { 0 };
 	for (int li = 0; li < nl; li++) {
 		struct vram_layer_info info = { .struct_size = sizeof(info) };
 		vram_model_layer(l->model, (uint32_t)li, &info);
@@ -1006,12 +1006,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		}
 		L->paged = true;
 		L->compute = (uint32_t)compute;
-		if (packed > largest[compute]) {
-			second[compute] = largest[compute];
-			largest[compute] = packed;
-		} else if (packed > second[compute]) {
-			second[compute] = packed;
-		}
+		largest[compute] = MAX(largest[compute], packed);
 	}
 
 	/* Groups: consecutive donor layers of one compute device that fit in

@@ -2469,8 +2469,8 @@ static void uvm_fx_start(struct uvm_fx *f)
 	l->tensors = calloc(UVM_NLAYERS, sizeof(*l->tensors));
 	l->grants = calloc(2, sizeof(*l->grants));
 	ck_assert(l->tensors && l->grants);
-	l->grants[0] = (struct loaded_grant){ f->g[0], 0, VRAM_COMP_UNET, 0 };
-	l->grants[1] = (struct loaded_grant){ f->g[1], 1, VRAM_COMP_UNET, 0 };
+	l->grants[0] = (struct loaded_grant){ .grant = f->g[0], .device = 0, .component = VRAM_COMP_UNET };
+	l->grants[1] = (struct loaded_grant){ .grant = f->g[1], .device = 1, .component = VRAM_COMP_UNET };
 	uint64_t off[2] = { 0, 0 };
 	for (uint32_t li = 0; li < UVM_NLAYERS; li++) {
 		struct vram_layer_info info = { .struct_size = sizeof(info) };
@@ -2487,9 +2487,8 @@ static void uvm_fx_start(struct uvm_fx *f)
 		ck_assert_msg(gi == 0 || strcmp(dn, "cpu") == 0, "layer %u on %s", li, dn);
 		f->layer_dev[li] = (int)gi;
 		f->ndonor += gi;
-		l->tensors[t] = (struct loaded_tensor){ gi, gi, off[gi] };
+		l->tensors[t] = (struct loaded_tensor){ .grant = gi, .offset = off[gi] };
 		off[gi] += 256 * 1024; /* far apart: a wrong offset reads zeros or another layer */
-		l->grants[gi].payload += ti.nbytes;
 	}
 	ck_assert_msg(f->ndonor > 0 && f->ndonor < UVM_NLAYERS, "%u donor layers", f->ndonor);
 	/* the donor layers' bytes, as the load would have put them */
