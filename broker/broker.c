@@ -670,14 +670,37 @@ static void pending_fail(struct broker *b, struct pending *pd, const char *why)
 
 /* Asks holders of reclaimable memory on the pool for the shortfall and
  * parks the request.  Returns false when nobody can give anything back. */
+struct reclaim_cand {
+	struct client *x;
+	uint64_t room;
+};
+
+static int cmp_room_desc(const void *a, const void *b)
+{
+	const struct reclaim_cand *x = a, *y = b;
+	return x->room > y->room ? -1 : x->room < y->room;
+}
+
 static bool start_reclaim(struct broker *b, struct client *c, const struct vramd_alloc *m, uint64_t size)
 {
 	struct pool *p = b->pools[m->device];
 	uint64_t shortfall = size - (p->total - p->used);
 	uint64_t others = 0;
-	for (struct client *x = b->clients; x; x = x->next)
-		if (x != c && !x->dead)
-			others += reclaim_room(b, x, p);
+	/* What each other client can give (computed once: a quota lookup
+	 * walks every client). */
+	_cleanup_free_ struct reclaim_cand *cand = calloc(b->nclients + 1, sizeof(*cand));
+	uint32_t ncand = 0;
+	if (!cand)
+		return false;
+	for (struct client *x = b->clients; x; x = x->next) {
+		if (x == c || x->dead || x->nasks == ASKS_MAX)
+			continue;
+		uint64_t room = reclaim_room(b, x, p);
+		if (room) {
+			cand[ncand++] = (struct reclaim_cand){ x, room };
+			others += room;
+		}
+	}
 	if (others < shortfall)
 		return false;
 	struct pending *pd = calloc(1, sizeof(*pd));
@@ -689,25 +712,15 @@ static bool start_reclaim(struct broker *b, struct client *c, const struct vramd
 	pd->size = size;
 	pd->deadline_ns = now_ns() + b->cfg.reclaim_deadline_ms * 1000000ull;
 	/* Largest holders first: fewest clients disturbed. */
+	qsort(cand, ncand, sizeof(*cand), cmp_room_desc);
 	uint64_t left = shortfall;
-	while (left) {
-		struct client *best = NULL;
-		for (struct client *x = b->clients; x; x = x->next) {
-			if (x == c || x->dead || !reclaim_room(b, x, p) || x->nasks == ASKS_MAX)
-				continue;
-			bool asked = false;
-			for (uint32_t i = 0; i < x->nasks; i++)
-				asked = asked || x->asks[i].pending_id == pd->id;
-			if (!asked && (!best || reclaim_room(b, x, p) > reclaim_room(b, best, p)))
-				best = x;
-		}
-		if (!best)
-			break;
-		uint64_t ask = MIN(left, reclaim_room(b, best, p));
-		if (send_reclaim(b, best, p->index, ask, pd->id, pd->deadline_ns) < 0)
+	for (uint32_t i = 0; i < ncand && left; i++) {
+		struct client *x = cand[i].x;
+		uint64_t ask = MIN(left, cand[i].room);
+		if (send_reclaim(b, x, p->index, ask, pd->id, pd->deadline_ns) < 0)
 			continue;
 		char s1[32];
-		broker_log(1, CLIENT_FMT ": RECLAIM %s on %s for client %u", CLIENT_ARGS(best),
+		broker_log(1, CLIENT_FMT ": RECLAIM %s on %s for client %u", CLIENT_ARGS(x),
 			   size_format(ask, s1, sizeof(s1)), p->name, c->id);
 		pd->waiting++;
 		pd->asked += ask;
