@@ -1755,9 +1755,10 @@ static void sweep(struct broker *b)
 int broker_step(struct broker *b, int timeout_ms)
 {
 	struct epoll_event evs[64];
-	int next = expire(b);
+	/* Expiry may drop clients (evictions), and drops change deadlines. */
+	expire(b);
 	sweep(b);
-	next = expire(b);
+	int next = expire(b);
 	if (next >= 0 && (timeout_ms < 0 || next < timeout_ms))
 		timeout_ms = next;
 	int n = epoll_wait(b->epfd, evs, 64, timeout_ms);

@@ -47,15 +47,15 @@ static void queue_reclaim(struct vram_client *c, const struct vramd_reclaim *m)
 }
 
 /* Receives the reply to seq (handling unsolicited messages on the way).
- * Returns its length in c->rxbuf; *ret_fd gets an fd that came with it (or
- * -1).  ERROR replies are turned into their errno with the reason set. */
-/* recv_reply's want for an ALLOC_REPLY that comes without an fd (REGISTER). */
-#define VRAMD_ALLOC_REPLY_NOFD 0xfff0
-
+ * Returns its length in c->rxbuf.  The reply must carry exactly one fd,
+ * stored in *ret_fd, when ret_fd is given, and none when it is NULL.
+ * ERROR replies are turned into their errno with the reason set. */
 static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, int *ret_fd)
 {
 	int fds[PROTO_MAX_FDS], nfds;
-	*ret_fd = -1;
+	int want_fds = ret_fd ? 1 : 0;
+	if (ret_fd)
+		*ret_fd = -1;
 	for (;;) {
 		ssize_t n = proto_recv(c->fd, c->rxbuf, VRAMD_MSG_MAX, fds, &nfds, 0);
 		if (n == 0)
@@ -88,16 +88,13 @@ static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, in
 				close(fds[i]);
 			return vram_error(e->error, "%s", e->reason);
 		}
-		int want_fds = h->opcode == VRAMD_ALLOC_REPLY && want != VRAMD_ALLOC_REPLY_NOFD ? 1 : 0;
-		if (want == VRAMD_ALLOC_REPLY_NOFD)
-			want = VRAMD_ALLOC_REPLY;
 		if (h->opcode != want || nfds != want_fds) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
 			return vram_error(-EPROTO, "vramd sent %s with %d fds, expected %s", proto_opcode_name(h->opcode),
 					  nfds, proto_opcode_name(want));
 		}
-		if (nfds)
+		if (ret_fd)
 			*ret_fd = fds[0];
 		return n;
 	}
@@ -136,11 +133,11 @@ static void dev_from_wire(struct vram_device_info *o, const struct vramd_device 
 static int hello(struct vram_client *c)
 {
 	struct vramd_hello m;
-	int fd, r;
+	int r;
 	memset(&m, 0, sizeof(m));
 	str_copy(m.name, c->name, sizeof(m.name));
 	if ((r = send_req(c, &m, sizeof(m), VRAMD_HELLO)) < 0 ||
-	    (r = (int)recv_reply(c, c->seq, VRAMD_HELLO_REPLY, &fd)) < 0) {
+	    (r = (int)recv_reply(c, c->seq, VRAMD_HELLO_REPLY, NULL)) < 0) {
 		if (r == -ECONNRESET)
 			r = vram_error(-EPROTO, "vramd at %s refused the handshake (protocol version %u?)", c->socket,
 				       VRAMD_PROTO_VERSION);
@@ -210,9 +207,8 @@ static int reconnect(struct vram_client *c)
 		m.flags = g->flags;
 		proto_hdr_init(&m.hdr, VRAMD_REGISTER, sizeof(m), ++c->seq);
 		int r = proto_send(c->fd, &m, sizeof(m), g->fd, 0);
-		int fd;
 		if (r == 0)
-			r = (int)recv_reply(c, c->seq, VRAMD_ALLOC_REPLY_NOFD, &fd);
+			r = (int)recv_reply(c, c->seq, VRAMD_ALLOC_REPLY, NULL); /* REGISTER: no fd back */
 		if (r < 0) {
 			if (!first_err)
 				first_err = r;
@@ -472,9 +468,8 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 		struct vramd_free f;
 		memset(&f, 0, sizeof(f));
 		f.grant_id = g->id;
-		int fd2;
 		if (send_req(c, &f, sizeof(f), VRAMD_FREE) == 0)
-			recv_reply(c, c->seq, VRAMD_OK, &fd2);
+			recv_reply(c, c->seq, VRAMD_OK, NULL);
 		pthread_mutex_unlock(&c->lock);
 		free(g);
 		return r;
@@ -505,9 +500,8 @@ int vram_free(vram_client *c, vram_grant *g)
 	struct vramd_free m;
 	memset(&m, 0, sizeof(m));
 	m.grant_id = g->id;
-	int fd;
 	uint32_t before = c->reconnects;
-	int r = (int)transact(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, &fd);
+	int r = (int)transact(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, NULL);
 	/* After a reconnect the grant was simply not re-registered: freed. */
 	if (r == -ENOENT && c->reconnects != before)
 		r = 0;
@@ -573,10 +567,9 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 	pthread_mutex_lock(&c->lock);
 	for (;;) {
 		struct vramd_status m;
-		int fd;
 		memset(&m, 0, sizeof(m));
 		m.first_client = first;
-		if ((r = (int)transact(c, &m, sizeof(m), VRAMD_STATUS, VRAMD_STATUS_REPLY, &fd)) < 0)
+		if ((r = (int)transact(c, &m, sizeof(m), VRAMD_STATUS, VRAMD_STATUS_REPLY, NULL)) < 0)
 			break;
 		const struct vramd_status_reply *rep = c->rxbuf;
 		const struct vramd_device *d = (const void *)(rep + 1);
@@ -634,10 +627,10 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 /* One request that answers OK (or TEXT into *ret_text when wanted). */
 static int simple_request(vram_client *c, void *msg, size_t len, uint16_t op, char **ret_text)
 {
-	int fd, r;
+	int r;
 	vram_error_clear();
 	pthread_mutex_lock(&c->lock);
-	r = (int)transact(c, msg, len, op, ret_text ? VRAMD_TEXT : VRAMD_OK, &fd);
+	r = (int)transact(c, msg, len, op, ret_text ? VRAMD_TEXT : VRAMD_OK, NULL);
 	if (r > 0 && ret_text) {
 		const struct vramd_text *t = c->rxbuf;
 		char *txt = malloc((size_t)t->len + 1);
