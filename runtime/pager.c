@@ -734,19 +734,6 @@ static uint64_t largest_paged(struct vram_pager *p, uint32_t dev)
 	return m;
 }
 
-static uint64_t window_held(struct vram_pager *p, uint32_t dev, uint32_t *ret_n)
-{
-	uint64_t b = 0;
-	uint32_t n = 0;
-	for (uint32_t i = 0; i < p->nslots; i++)
-		if (p->slots[i].dev == dev && p->slots[i].grant) {
-			b += vram_grant_size(p->slots[i].grant);
-			n++;
-		}
-	if (ret_n)
-		*ret_n = n;
-	return b;
-}
 
 /* Frees the least recently used idle slot on dev; 0 if none. */
 static uint64_t free_one_slot(struct vram_pager *p, uint32_t dev)
@@ -815,8 +802,7 @@ uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
 	while (p->demoting)
 		pthread_cond_wait(&p->cv, &p->mu);
 	/* 1. idle window slots beyond a working minimum of two */
-	uint32_t nheld;
-	window_held(p, dev, &nheld);
+	uint32_t nheld = slots_fitting(p, dev, 0);
 	while (freed < bytes && nheld > 2) {
 		uint64_t f = free_one_slot(p, dev);
 		if (!f)
@@ -826,9 +812,7 @@ uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
 	}
 	/* 2. chunks, least recently used first (the first ones may become
 	 * window slots, see demote_chunk) */
-	for (;;) {
-		if (freed >= bytes)
-			break;
+	while (freed < bytes) {
 		bool resident = false;
 		int gi = pick_chunk(p, dev, &resident);
 		if (gi < 0)
