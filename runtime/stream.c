@@ -240,6 +240,7 @@ struct stream {
 	int err;                 /* first failure */
 	uint64_t err_off;
 	enum { ERR_READ, ERR_EOF, ERR_SINK, ERR_CANCEL, ERR_OTHER } err_kind;
+	char sink_msg[512];      /* ERR_SINK: what the sink said, if anything */
 
 	struct stream_result res;
 };
@@ -251,6 +252,10 @@ static void fail(struct stream *s, int err, int kind, uint64_t off)
 	s->err = err;
 	s->err_kind = kind;
 	s->err_off = off;
+	/* sinks say why through vram_error(); the engine clears the message
+	 * before each call, so a message here is theirs */
+	if (kind == ERR_SINK)
+		snprintf(s->sink_msg, sizeof(s->sink_msg), "%s", vram_last_error());
 }
 
 /* Room for element n of array p (cap elements of size bytes): p itself or
@@ -539,7 +544,30 @@ static void close_staged(struct stream *s, struct op *op, uint64_t b, uint64_t n
 	s->nstaged++;
 }
 
-/* Packs segs into staged ops of at most a slot, while aligned ranges touch. */
+/* Bytes per element of a converting request, else 1. */
+static uint64_t req_unit(const struct stream_req *r)
+{
+	return r->cast_from != r->cast_to ? vram_dtype_bits(r->cast_from) / 8 : 1;
+}
+
+static struct op *open_staged(struct stream *s, uint64_t oa, size_t *cur, uint64_t *b, uint64_t *need_end)
+{
+	struct op *op = add_op(s);
+	if (!op)
+		return NULL;
+	*cur = (size_t)(op - s->ops);
+	op->off = oa;
+	op->staged = 1;
+	op->part0 = (uint32_t)s->nparts;
+	*b = oa;
+	*need_end = oa;
+	return op;
+}
+
+/* Packs segs into staged ops of at most a slot, while aligned ranges touch.
+ * A converting request is cut only between its elements; when the next
+ * element does not fit in the slot, the next op starts a little before it
+ * (re-reading at most one aligned block). */
 static int plan_staged(struct stream *s)
 {
 	size_t cur = SIZE_MAX;   /* index: ops may move when the array grows */
@@ -550,6 +578,8 @@ static int plan_staged(struct stream *s)
 	for (size_t i = 0; i < s->nsegs; i++) {
 		uint64_t o = s->segs[i].off, e = o + s->segs[i].len;
 		size_t req = s->segs[i].req;
+		const struct stream_req *r = &s->reqs[req];
+		uint64_t unit = req_unit(r);
 
 		while (o < e) {
 			uint64_t oa = align_down(o, s->align), te;
@@ -558,17 +588,20 @@ static int plan_staged(struct stream *s)
 			if (!op || oa < op->off || oa > b || o >= op->off + s->slot_size) {
 				if (op)
 					close_staged(s, op, b, need_end);
-				op = add_op(s);
-				if (!op)
+				if (!(op = open_staged(s, oa, &cur, &b, &need_end)))
 					return -ENOMEM;
-				cur = (size_t)(op - s->ops);
-				op->off = oa;
-				op->staged = 1;
-				op->part0 = (uint32_t)s->nparts;
-				b = oa;
-				need_end = oa;
 			}
 			te = MIN(e, op->off + s->slot_size);
+			if (te < e)
+				te = r->file_off + (te - r->file_off) / unit * unit;
+			if (te <= o) {   /* the element does not fit: a fresh op */
+				close_staged(s, op, b, need_end);
+				if (!(op = open_staged(s, oa, &cur, &b, &need_end)))
+					return -ENOMEM;
+				te = MIN(e, op->off + s->slot_size);
+				if (te < e)
+					te = r->file_off + (te - r->file_off) / unit * unit;
+			}
 			if (add_part(s, o, te - o, req) < 0)
 				return -ENOMEM;
 			op->payload += te - o;
@@ -654,6 +687,7 @@ static int slot_get(struct stream *s, int *ret_slot)
 			best = (int)i;
 	}
 	if (best >= 0) {
+		vram_error_clear();
 		int r = s->o->sink->wait(s->o->sink->user, (uint32_t)best);
 		s->slots[best].state = SLOT_FREE;
 		if (r < 0)
@@ -671,8 +705,11 @@ static int slots_drain(struct stream *s)
 	for (uint32_t i = 0; i < s->nslots; i++) {
 		if (s->slots[i].state != SLOT_SINKING)
 			continue;
+		vram_error_clear();
 		int r = s->o->sink->wait(s->o->sink->user, i);
 		s->slots[i].state = SLOT_FREE;
+		if (r < 0)
+			fail(s, r, ERR_SINK, 0); /* the first failure (and its message) stays */
 		if (r < 0 && !ret)
 			ret = r;
 	}
@@ -758,7 +795,15 @@ static void deliver(struct stream *s, struct op *op)
 			s->res.bytes_bounced += pt->len;
 			continue;
 		}
-		int rc = s->o->sink->copy(s->o->sink->user, r->dst_addr + d, src, pt->len, (uint32_t)op->slot);
+		int rc;
+		vram_error_clear();
+		if (r->cast_from != r->cast_to) {
+			uint64_t sb = req_unit(r), db = vram_dtype_bits(r->cast_to) / 8;
+			rc = s->o->sink->cast(s->o->sink->user, r->dst_addr + d / sb * db, r->cast_to, src,
+					      r->cast_from, pt->len / sb, pt->off - op->off, (uint32_t)op->slot);
+		} else {
+			rc = s->o->sink->copy(s->o->sink->user, r->dst_addr + d, src, pt->len, (uint32_t)op->slot);
+		}
 		sunk = true;     /* a failed copy may have started: wait anyway */
 		if (rc < 0) {
 			fail(s, rc, ERR_SINK, pt->off);
@@ -994,6 +1039,21 @@ static int validate(struct stream *s)
 			return vram_error(-EINVAL, "%s: request %zu: host destination is NULL", s->path, i);
 		if (r->kind == STREAM_DST_STAGED && (!o->sink || !o->sink->copy || !o->sink->wait))
 			return vram_error(-EINVAL, "%s: request %zu: staged destination without a sink", s->path, i);
+		if (r->cast_from != r->cast_to) {
+			uint32_t fb = vram_dtype_bits(r->cast_from), tb = vram_dtype_bits(r->cast_to);
+			if (r->kind != STREAM_DST_STAGED || !o->sink->cast)
+				return vram_error(-EINVAL, "%s: request %zu: a conversion needs a staged destination "
+						  "and a sink that converts", s->path, i);
+			if (!fb || !tb || fb % 8 || tb % 8)
+				return vram_error(-EINVAL, "%s: request %zu: cannot convert dtype %u to %u",
+						  s->path, i, r->cast_from, r->cast_to);
+			if (r->len % (fb / 8))
+				return vram_error(-EINVAL, "%s: request %zu: %" PRIu64 " bytes are not whole %s elements",
+						  s->path, i, r->len, vram_dtype_name(r->cast_from));
+			if (s->slot_size < 2 * STREAM_ALIGN)
+				return vram_error(-EINVAL, "%s: converting needs staging slots of at least %u bytes",
+						  s->path, 2 * STREAM_ALIGN);
+		}
 		if (s->total > UINT64_MAX - r->len)
 			return vram_error(-EOVERFLOW, "%s: requests add up past 2^64 bytes", s->path);
 		s->total += r->len;
@@ -1050,6 +1110,8 @@ static int finish_error(struct stream *s, int fd)
 		return vram_error(err, "%s: read at offset %" PRIu64 ": %m", s->path, s->err_off);
 	case ERR_SINK:
 		errno = -err;
+		if (s->sink_msg[0])
+			return vram_error(err, "%s: onward copy failed: %s", s->path, s->sink_msg);
 		return vram_error(err, "%s: onward copy failed: %m", s->path);
 	case ERR_CANCEL:
 		return vram_error(err, "%s: load cancelled", s->path);

@@ -58,6 +58,13 @@ struct stream_req {
 	uint64_t dst_addr;       /* STAGED: handed to the sink */
 	uint32_t kind;           /* enum stream_dst_kind */
 	uint32_t flags;          /* STREAM_REQ_* */
+	/* STAGED only: when the two differ, the range holds elements of
+	 * dtype cast_from (enum vram_dtype, whole bytes wide; len a multiple
+	 * of the element size) to be delivered as cast_to: the engine hands
+	 * them to sink->cast() in whole elements, byte d of the range going
+	 * to dst_addr + d / size(cast_from) * size(cast_to).  Equal (zeroed):
+	 * the bytes as they are, through sink->copy(). */
+	uint32_t cast_from, cast_to;
 };
 
 /* Onward copy of STAGED bytes (to a GPU).  The engine reads into staging
@@ -70,6 +77,13 @@ struct stream_sink {
 	int (*copy)(void *user, uint64_t dst_addr, const void *src, uint64_t len, uint32_t slot);
 	int (*wait)(void *user, uint32_t slot);
 	void *user;
+	/* Required when a request converts: n elements of src_dtype at src,
+	 * which sits slot_off bytes into slot `slot` (so slot_off + n *
+	 * size(src_dtype) <= the slot size: a sink may keep per-slot scratch
+	 * of that size), to be written as dst_dtype at dst_addr.  Same slot
+	 * rules as copy(). */
+	int (*cast)(void *user, uint64_t dst_addr, uint32_t dst_dtype, const void *src, uint32_t src_dtype,
+		    uint64_t n, uint64_t slot_off, uint32_t slot);
 };
 
 /* stream_opts.flags (measurement and tests) */

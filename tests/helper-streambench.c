@@ -157,7 +157,7 @@ static const char *mode_name(uint32_t m)
 static int run_one(struct bench *b, uint32_t mode, int cold, int quiet, double *ret_gbs)
 {
 	struct stream_opts o = b->o;
-	struct stream_sink sink = { memcpy_copy, memcpy_wait, b->dev };
+	struct stream_sink sink = { .copy = memcpy_copy, .wait = memcpy_wait, .user = b->dev };
 	struct stream_result res;
 	double best = 0;
 

@@ -28,6 +28,7 @@
 #include "common/cleanup.h"
 #include "runtime/internal.h"
 #include "runtime/stream.h"
+#include "kernels/kernels.h"
 
 #define PATTERN 0xA5
 #define MAX_REQS 4096
@@ -527,7 +528,7 @@ static void roundtrip(struct tfile *t, uint32_t mode, enum layout lay, int shape
 	snprintf(what, sizeof(what), "size %" PRIu64 " mode %u layout %s shape %d seed %" PRIu64 " chunk %" PRIu64,
 		 t->size, mode, layout_name[lay], shape, seed, o.chunk);
 	o.io_mode = mode;
-	o.sink = &(struct stream_sink){ tsink_copy, tsink_wait, &d.sink };
+	o.sink = &(struct stream_sink){ .copy = tsink_copy, .wait = tsink_wait, .user = &d.sink };
 	o.progress = tprog_fn;
 	o.user = &prog;
 	if (inj) {
@@ -785,7 +786,7 @@ START_TEST(test_caller_staging)
 		d.sink.lo = st;
 		d.sink.hi = st + 3 * (128 << 10);
 		o.io_mode = modes[mi];
-		o.sink = &(struct stream_sink){ tsink_copy, tsink_wait, &d.sink };
+		o.sink = &(struct stream_sink){ .copy = tsink_copy, .wait = tsink_wait, .user = &d.sink };
 		ck_assert_msg(stream_file(t.path, t.fd, r, n, &o, NULL) == 0, "%s", vram_last_error());
 		check_dest(&t, r, n, &d, "caller staging");
 		ck_assert_uint_le(d.sink.max_slot, 2);
@@ -795,7 +796,7 @@ START_TEST(test_caller_staging)
 	o.staging = st + 8;
 	n = gen_reqs(&g, t.size, 0, r);
 	place(&g, &t, L_STAGED, r, n, &d);
-	o.sink = &(struct stream_sink){ tsink_copy, tsink_wait, &d.sink };
+	o.sink = &(struct stream_sink){ .copy = tsink_copy, .wait = tsink_wait, .user = &d.sink };
 	ck_assert_int_eq(stream_file(t.path, t.fd, r, n, &o, NULL), -EINVAL);
 	dest_free(&d);
 	tfile_free(&t);
@@ -851,7 +852,7 @@ START_TEST(test_eio)
 		place(&g, &t, (enum layout)(round % L_COUNT), r, n, &d);
 		o.io_mode = modes[round % 3];
 		o.flags = (_i & 1) ? STREAM_F_NO_URING : 0;
-		o.sink = &(struct stream_sink){ tsink_copy, tsink_wait, &d.sink };
+		o.sink = &(struct stream_sink){ .copy = tsink_copy, .wait = tsink_wait, .user = &d.sink };
 		o.inject = tinj_fn;
 		o.inject_user = &j;
 		rc = stream_file(t.path, t.fd, r, n, &o, &res);
@@ -923,7 +924,7 @@ static void change_case(int what, uint32_t mode, uint32_t flags, enum layout lay
 	place(&g, &t, lay, r, n, &d);
 	o.io_mode = mode;
 	o.flags = flags;
-	o.sink = &(struct stream_sink){ tsink_copy, tsink_wait, &d.sink };
+	o.sink = &(struct stream_sink){ .copy = tsink_copy, .wait = tsink_wait, .user = &d.sink };
 	o.progress = change_fn;
 	o.user = &c;
 	rc = stream_file(t.path, t.fd, r, n, &o, NULL);
@@ -991,7 +992,7 @@ START_TEST(test_sink_errors)
 		else
 			d.sink.fail_copy_at = 1 + k;
 		o.io_mode = modes[k % 3];
-		o.sink = &(struct stream_sink){ tsink_copy, tsink_wait, &d.sink };
+		o.sink = &(struct stream_sink){ .copy = tsink_copy, .wait = tsink_wait, .user = &d.sink };
 		rc = stream_file(t.path, t.fd, r, n, &o, NULL);
 		ck_assert_int_eq(rc, (k & 1) ? -EIO : -ENOSPC);
 		ck_assert_msg(strstr(vram_last_error(), "onward copy failed"), "%s", vram_last_error());
@@ -1000,6 +1001,170 @@ START_TEST(test_sink_errors)
 		dest_free(&d);
 		free(r);
 	}
+	tfile_free(&t);
+}
+END_TEST
+
+/* ---- conversions ------------------------------------------------------- */
+
+struct csink {
+	uint8_t *dev;            /* "device memory" */
+	uint64_t dev_size;
+	const uint8_t *staging;  /* the caller's staging: src must be at slot + slot_off */
+	uint64_t slot_size;
+	uint64_t casts, copies, bad, max_n;
+	int fail_cast_at;        /* 1-based cast() call that fails, 0: none */
+};
+
+static int csink_copy(void *user, uint64_t dst, const void *src, uint64_t len, uint32_t slot)
+{
+	struct csink *k = user;
+	k->copies++;
+	if (dst > k->dev_size || len > k->dev_size - dst) {
+		k->bad++;
+		return 0;
+	}
+	memcpy(k->dev + dst, src, len);
+	return 0;
+}
+
+static int csink_wait(void *user, uint32_t slot)
+{
+	return 0;
+}
+
+static int csink_cast(void *user, uint64_t dst, uint32_t dst_dtype, const void *src, uint32_t src_dtype,
+		      uint64_t n, uint64_t slot_off, uint32_t slot)
+{
+	struct csink *k = user;
+	uint64_t sb = n * vram_dtype_bits(src_dtype) / 8, db = n * vram_dtype_bits(dst_dtype) / 8;
+	k->casts++;
+	if (k->fail_cast_at && (int)k->casts == k->fail_cast_at)
+		return vram_error(-EIO, "planted conversion failure");
+	if (dst > k->dev_size || db > k->dev_size - dst || slot_off + sb > k->slot_size ||
+	    (k->staging && (const uint8_t *)src != k->staging + slot * k->slot_size + slot_off)) {
+		k->bad++;
+		return 0;
+	}
+	k->max_n = MAX(k->max_n, n);
+	ck_assert_int_eq(vk_cast(src, src_dtype, k->dev + dst, dst_dtype, n), 0);
+	return 0;
+}
+
+static const uint32_t cast_dt[] = { VRAM_DTYPE_F8_E4M3, VRAM_DTYPE_F8_E5M2, VRAM_DTYPE_F16, VRAM_DTYPE_BF16,
+				    VRAM_DTYPE_F32 };
+
+/* Random converting and plain requests over a file at odd offsets, read
+ * through small staging slots (so that elements straddle slot and block
+ * boundaries): every byte where it belongs, converted like vk_cast does,
+ * no element cut (the sink gets whole elements), every conversion's source
+ * inside its slot. */
+START_TEST(test_convert)
+{
+	struct tfile t;
+	struct rng g = { 4242 + (uint64_t)_i };
+	const uint64_t slot = 2 * STREAM_ALIGN;
+	uint8_t *st = aligned_alloc(STREAM_ALIGN, 3 * slot);
+	ck_assert_ptr_nonnull(st);
+	memset(st, 0, 3 * slot);
+	tfile_make(&t, disk_dir(), (1 << 20) + 3, 77);
+	struct stream_req r[64];
+	uint64_t exp_size = 8 << 20;
+	uint8_t *exp = calloc(1, exp_size);
+	struct csink k = { .dev = calloc(1, exp_size), .dev_size = exp_size, .slot_size = slot };
+	ck_assert_ptr_nonnull(exp);
+	ck_assert_ptr_nonnull(k.dev);
+	size_t n = 0;
+	uint64_t dcur = 0, off = rnd_below(&g, 64);
+	while (n < 64) {
+		uint32_t from = cast_dt[rnd_below(&g, 5)], to = cast_dt[rnd_below(&g, 5)];
+		uint64_t sb = vram_dtype_bits(from) / 8, db = vram_dtype_bits(to) / 8;
+		uint64_t elems = rnd_below(&g, 4) == 0 ? rnd_below(&g, 4) : rnd_below(&g, 6000);
+		if (off + elems * sb > t.size)
+			break;
+		r[n] = (struct stream_req){ .file_off = off, .len = elems * sb, .kind = STREAM_DST_STAGED,
+					    .dst_addr = dcur, .cast_from = from, .cast_to = to };
+		ck_assert_int_eq(vk_cast(t.data + off, from, exp + dcur, to, elems), 0);
+		dcur += elems * db + rnd_below(&g, 5);
+		ck_assert_uint_le(dcur, exp_size);
+		/* next one: right after, or a little further (odd offsets) */
+		off += elems * sb + (rnd_below(&g, 2) ? rnd_below(&g, 9) : 0);
+		n++;
+	}
+	ck_assert_uint_gt(n, 20);
+	struct stream_opts o = { .io_mode = modes[_i % 3], .chunk = slot, .nstaging = 3 };
+	if (_i >= 3) {       /* the caller's staging */
+		o.staging = st;
+		o.staging_size = slot;
+		k.staging = st;
+	}
+	o.sink = &(struct stream_sink){ .copy = csink_copy, .wait = csink_wait, .user = &k, .cast = csink_cast };
+	/* in random order */
+	for (size_t i = n - 1; i > 0; i--) {
+		size_t j = rnd_below(&g, i + 1);
+		struct stream_req x = r[i];
+		r[i] = r[j];
+		r[j] = x;
+	}
+	struct stream_result res;
+	ck_assert_msg(stream_file(t.path, t.fd, r, n, &o, &res) == 0, "%s", vram_last_error());
+	ck_assert_uint_eq(k.bad, 0);
+	ck_assert_uint_gt(k.casts, n / 2);
+	ck_assert_uint_le(k.max_n, slot);
+	ck_assert_msg(memcmp(k.dev, exp, dcur) == 0, "converted bytes differ");
+
+	/* a failing conversion fails the stream with its message */
+	k.fail_cast_at = 3;
+	k.casts = 0;
+	ck_assert_int_eq(stream_file(t.path, t.fd, r, n, &o, NULL), -EIO);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "planted conversion failure"));
+	free(exp);
+	free(k.dev);
+	free(st);
+	tfile_free(&t);
+}
+END_TEST
+
+START_TEST(test_convert_invalid)
+{
+	struct tfile t;
+	uint8_t buf[64];
+	struct csink k = { .dev = buf, .dev_size = sizeof(buf), .slot_size = 1 << 20 };
+	struct stream_sink sink = { .copy = csink_copy, .wait = csink_wait, .user = &k, .cast = csink_cast };
+	struct stream_req r = { .file_off = 0, .len = 8, .kind = STREAM_DST_STAGED, .cast_from = VRAM_DTYPE_F32,
+				.cast_to = VRAM_DTYPE_F16 };
+	struct stream_opts o = { .sink = &sink };
+
+	tfile_make(&t, disk_dir(), 100, 15);
+	ck_assert_msg(stream_file(t.path, t.fd, &r, 1, &o, NULL) == 0, "%s", vram_last_error());
+	ck_assert_uint_eq(k.casts, 1);
+	/* not whole elements */
+	r.len = 6;
+	ck_assert_int_eq(stream_file(t.path, t.fd, &r, 1, &o, NULL), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "not whole F32 elements"));
+	r.len = 8;
+	/* a sink that cannot convert */
+	sink.cast = NULL;
+	ck_assert_int_eq(stream_file(t.path, t.fd, &r, 1, &o, NULL), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "a sink that converts"));
+	sink.cast = csink_cast;
+	/* host destinations do not convert */
+	r.kind = STREAM_DST_HOST;
+	r.dst = buf;
+	ck_assert_int_eq(stream_file(t.path, t.fd, &r, 1, &o, NULL), -EINVAL);
+	r.kind = STREAM_DST_STAGED;
+	/* sub-byte and unknown dtypes */
+	r.cast_from = VRAM_DTYPE_F4;
+	ck_assert_int_eq(stream_file(t.path, t.fd, &r, 1, &o, NULL), -EINVAL);
+	r.cast_from = 999;
+	ck_assert_int_eq(stream_file(t.path, t.fd, &r, 1, &o, NULL), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cannot convert dtype 999"));
+	r.cast_from = VRAM_DTYPE_F32;
+	/* slots too small to hold an element whatever the offset */
+	o.chunk = STREAM_ALIGN;
+	ck_assert_int_eq(stream_file(t.path, t.fd, &r, 1, &o, NULL), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "staging slots of at least 8192"));
+	ck_assert_uint_eq(k.casts, 1);
 	tfile_free(&t);
 }
 END_TEST
@@ -1133,6 +1298,8 @@ static Suite *stream_suite(void)
 	tcase_add_loop_test(tc, test_cancel, 0, 3);
 	tcase_add_test(tc, test_sink_errors);
 	tcase_add_test(tc, test_invalid);
+	tcase_add_loop_test(tc, test_convert, 0, 6);
+	tcase_add_test(tc, test_convert_invalid);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("probe");
