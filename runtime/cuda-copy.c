@@ -19,6 +19,7 @@
 #include "common/cleanup.h"
 #include "common/util.h"
 #include "runtime/cuda-copy.h"
+#include "runtime/cuda-kernels.h"
 
 struct vram_cuda_copier {
 	struct vram_cuda_dev *d;
@@ -166,6 +167,27 @@ int vram_cuda_copier_dtod(struct vram_cuda_copier *cp, uint64_t dst_addr, uint64
 	return r;
 }
 
+int vram_cuda_copier_cast(struct vram_cuda_copier *cp, uint64_t dst, uint32_t dst_dtype, uint64_t scratch,
+			  const void *src, uint32_t src_dtype, uint64_t n, uint32_t slot)
+{
+	uint64_t len = n * (vram_dtype_bits(src_dtype) / 8);
+	int r = check_slot(cp, slot, len);
+	if (r < 0 || n == 0)
+		return r;
+	if ((r = vram_cuda_dev_push(cp->d)) < 0)
+		return r;
+	CUresult cr = cp->cu->MemcpyHtoDAsync((CUdeviceptr)scratch, src, (size_t)len, cp->stream);
+	if (cr != CUDA_SUCCESS)
+		r = vram_cuda_error(cp->d, cr, "cuMemcpyHtoDAsync", "copy of %llu bytes to scratch 0x%llx",
+				    (unsigned long long)len, (unsigned long long)scratch);
+	else if ((r = vram_cuda_cast_launch(cp->d, cp->stream, dst, dst_dtype, scratch, src_dtype, n, 0)) == 0)
+		r = record(cp, slot);
+	else
+		record(cp, slot); /* the copy was queued: wait(slot) must cover it */
+	vram_cuda_dev_pop(cp->d);
+	return r;
+}
+
 int vram_cuda_copier_dtoh(struct vram_cuda_copier *cp, void *dst, uint64_t src_addr, uint64_t len, uint32_t slot)
 {
 	int r = check_slot(cp, slot, len);
@@ -223,6 +245,7 @@ void vram_cuda_copier_sink(struct vram_cuda_copier *cp, struct stream_sink *ret)
 	ret->copy = vram_cuda_copier_copy;
 	ret->wait = vram_cuda_copier_wait;
 	ret->user = cp;
+	ret->cast = NULL;
 }
 
 /* ======================================================================
@@ -242,6 +265,8 @@ struct vram_cuda_sink {
 	struct sink_range *ranges;
 	size_t nranges, cap;
 	size_t last;             /* range of the previous copy (copies come in runs) */
+	uint64_t slot_size;      /* conversion scratch per slot; 0: no conversions */
+	struct vram_grant *scratch[VRAMD_MAX_DEVICES];
 };
 
 _Static_assert(VRAMD_MAX_DEVICES <= 32, "device mask fits a uint32_t");
@@ -286,11 +311,9 @@ int vram_cuda_sink_add_grant(struct vram_cuda_sink *s, const struct vram_grant *
 	return 0;
 }
 
-static int sink_copy(void *user, uint64_t dst_addr, const void *src, uint64_t len, uint32_t slot)
+/* The added grant that holds [dst_addr, dst_addr + len), or NULL. */
+static const struct sink_range *sink_find(struct vram_cuda_sink *s, uint64_t dst_addr, uint64_t len)
 {
-	struct vram_cuda_sink *s = user;
-	if (slot >= s->nslots)
-		return vram_error(-EINVAL, "copy slot %u of %u", slot, s->nslots);
 	const struct sink_range *rg = NULL;
 	if (s->last < s->nranges && dst_addr >= s->ranges[s->last].start && dst_addr < s->ranges[s->last].end)
 		rg = &s->ranges[s->last];
@@ -299,12 +322,50 @@ static int sink_copy(void *user, uint64_t dst_addr, const void *src, uint64_t le
 			rg = &s->ranges[i];
 			s->last = i;
 		}
-	if (!rg || len > rg->end - dst_addr)
+	return rg && len <= rg->end - dst_addr ? rg : NULL;
+}
+
+static int sink_copy(void *user, uint64_t dst_addr, const void *src, uint64_t len, uint32_t slot)
+{
+	struct vram_cuda_sink *s = user;
+	if (slot >= s->nslots)
+		return vram_error(-EINVAL, "copy slot %u of %u", slot, s->nslots);
+	const struct sink_range *rg = sink_find(s, dst_addr, len);
+	if (!rg)
 		return vram_error(-EFAULT, "copy of %llu bytes to 0x%llx: not inside a CUDA grant of this load",
 				  (unsigned long long)len, (unsigned long long)dst_addr);
 	int r = vram_cuda_copier_copy(s->cp[rg->device], dst_addr, src, len, slot);
 	if (r == 0 && len)
 		s->used[slot] |= 1u << rg->device;
+	return r;
+}
+
+static int sink_cast(void *user, uint64_t dst_addr, uint32_t dst_dtype, const void *src, uint32_t src_dtype,
+		     uint64_t n, uint64_t slot_off, uint32_t slot)
+{
+	struct vram_cuda_sink *s = user;
+	uint64_t sb = n * (vram_dtype_bits(src_dtype) / 8), db = n * (vram_dtype_bits(dst_dtype) / 8);
+	if (slot >= s->nslots)
+		return vram_error(-EINVAL, "copy slot %u of %u", slot, s->nslots);
+	if (!s->slot_size || slot_off > s->slot_size || sb > s->slot_size - slot_off)
+		return vram_error(-EINVAL, "conversion of %llu bytes at %llu into slot %u: %s",
+				  (unsigned long long)sb, (unsigned long long)slot_off, slot,
+				  s->slot_size ? "past the scratch" : "the sink has no scratch");
+	const struct sink_range *rg = sink_find(s, dst_addr, db);
+	if (!rg)
+		return vram_error(-EFAULT, "conversion of %llu elements to 0x%llx: not inside a CUDA grant of this load",
+				  (unsigned long long)n, (unsigned long long)dst_addr);
+	uint32_t d = rg->device;
+	if (!s->scratch[d]) {
+		int r = vram_alloc(s->c, d, s->slot_size * s->nslots, 0, &s->scratch[d]);
+		if (r < 0)
+			return vram_error(r, "device scratch for conversions on %s: %s", s->c->dev[d].name,
+					  vram_last_error());
+	}
+	uint64_t scratch = vram_grant_device_ptr(s->scratch[d]) + (uint64_t)slot * s->slot_size + slot_off;
+	int r = vram_cuda_copier_cast(s->cp[d], dst_addr, dst_dtype, scratch, src, src_dtype, n, slot);
+	if (n)
+		s->used[slot] |= 1u << d; /* also after a failure: the copy may be queued */
 	return r;
 }
 
@@ -330,6 +391,12 @@ void vram_cuda_sink_get(struct vram_cuda_sink *s, struct stream_sink *ret)
 	ret->copy = sink_copy;
 	ret->wait = sink_wait;
 	ret->user = s;
+	ret->cast = s->slot_size ? sink_cast : NULL;
+}
+
+void vram_cuda_sink_cast_scratch(struct vram_cuda_sink *s, uint64_t slot_size)
+{
+	s->slot_size = slot_size;
 }
 
 void vram_cuda_sink_free(struct vram_cuda_sink *s)
@@ -337,7 +404,10 @@ void vram_cuda_sink_free(struct vram_cuda_sink *s)
 	if (!s)
 		return;
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++)
-		vram_cuda_copier_free(s->cp[d]);
+		vram_cuda_copier_free(s->cp[d]); /* waits for its stream */
+	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++)
+		if (s->scratch[d])
+			vram_free(s->c, s->scratch[d]);
 	free(s->ranges);
 	free(s->used);
 	free(s);

@@ -87,6 +87,13 @@ int vram_cuda_copier_wait(void *user, uint32_t slot);
  * read (the same device, or a peer with access). */
 int vram_cuda_copier_dtod(struct vram_cuda_copier *cp, uint64_t dst_addr, uint64_t src_addr, uint64_t len,
 			  uint32_t slot);
+/* Converts n elements of src_dtype in host memory src to dst_dtype at
+ * device address dst: an H2D copy of the source into device scratch (the
+ * copier's device, n * size(src_dtype) bytes, not touched by anything
+ * else until wait(slot)), then the cast kernel from there, both on the
+ * copier's stream, recorded on slot. */
+int vram_cuda_copier_cast(struct vram_cuda_copier *cp, uint64_t dst, uint32_t dst_dtype, uint64_t scratch,
+			  const void *src, uint32_t src_dtype, uint64_t n, uint32_t slot);
 /* Device-to-host copy on the copier's stream, recorded on slot. */
 int vram_cuda_copier_dtoh(struct vram_cuda_copier *cp, void *dst, uint64_t src_addr, uint64_t len, uint32_t slot);
 /* Waits for everything queued on the stream. */
@@ -111,6 +118,11 @@ int vram_cuda_sink_new(struct vram_client *c, uint32_t nslots, struct vram_cuda_
 /* Makes g's device range a valid destination.  -EINVAL for a grant that is
  * not an imported CUDA grant. */
 int vram_cuda_sink_add_grant(struct vram_cuda_sink *s, const struct vram_grant *g);
+/* Lets the sink convert (stream_sink.cast): for each device it converts
+ * on, it takes nslots * slot_size bytes of device scratch from the broker
+ * at the first conversion (freed with the sink).  Slot offsets the engine
+ * passes stay below slot_size (its staging slot size). */
+void vram_cuda_sink_cast_scratch(struct vram_cuda_sink *s, uint64_t slot_size);
 /* Fills the stream_sink to give the engine; copy() fails with -EFAULT for an
  * address range no added grant contains. */
 void vram_cuda_sink_get(struct vram_cuda_sink *s, struct stream_sink *ret_sink);

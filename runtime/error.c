@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -38,4 +39,28 @@ int vram_error(int err, const char *fmt, ...)
 void vram_error_clear(void)
 {
 	last_error[0] = '\0';
+}
+
+int vram_struct_out(void *dst, const void *src, size_t size, const char *what)
+{
+	uint32_t want;
+
+	memcpy(&want, dst, sizeof(want));
+	if (want <= sizeof(uint32_t))
+		return vram_error(-EINVAL, "%s: struct_size is %u; set it to sizeof the struct", what, want);
+	memcpy((char *)dst + sizeof(uint32_t), (const char *)src + sizeof(uint32_t),
+	       (want < size ? want : size) - sizeof(uint32_t));
+	return 0;
+}
+
+int vram_struct_in(void *dst, const void *src, size_t size, size_t min_size, const char *what)
+{
+	uint32_t have;
+
+	memcpy(&have, src, sizeof(have));
+	if (have < min_size)
+		return vram_error(-EINVAL, "%s: struct_size is %u; set it to sizeof the struct", what, have);
+	memcpy((char *)dst + sizeof(uint32_t), (const char *)src + sizeof(uint32_t),
+	       (have < size ? have : size) - sizeof(uint32_t));
+	return 0;
 }

@@ -4,6 +4,7 @@
 #define VRAM_RUNTIME_INTERNAL_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 #include "runtime/vram.h"
 
@@ -14,5 +15,15 @@ int vram_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3
 int vram_verror(int err, const char *fmt, va_list ap);
 /* Clears the message (start of a public call that may fail). */
 void vram_error_clear(void);
+
+/* Structs that start with struct_size and may grow.
+ * vram_struct_out: copies the fields of src (size bytes) that the caller's
+ * struct at dst has room for (by its struct_size), keeping that
+ * struct_size.  vram_struct_in: copies the caller's src into dst (size
+ * bytes, defaults already in it) as far as both reach; src must hold at
+ * least the fields up to min_size (the struct's first published size).
+ * Both: 0, or -EINVAL naming `what` when struct_size is too small. */
+int vram_struct_out(void *dst, const void *src, size_t size, const char *what);
+int vram_struct_in(void *dst, const void *src, size_t size, size_t min_size, const char *what);
 
 #endif

@@ -17,6 +17,12 @@
  * GPU grants (simulated or CUDA) are reached through a ring of staging
  * buffers taken from the cpu pool and an onward copy (memcpy for simulated
  * GPUs, async H2D for CUDA).
+ *
+ * Conversion (cast_to): a converted tensor is a run of its own, in a region
+ * of its converted size (CAST_ALIGN-aligned), and always goes through
+ * staging: the sink converts (kernels/ C references into host-visible
+ * memory; for CUDA, an H2D copy into per-slot device scratch and the cast
+ * kernel from there, both on the copy stream).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +39,13 @@
 #include "runtime/cuda-copy.h"
 #include "runtime/load.h"
 #include "runtime/stream.h"
+#include "kernels/kernels.h"
+
+/* Alignment of a converted tensor in its grant (vectorised kernels). */
+#define CAST_ALIGN 256u
+/* The dtypes conversion handles. */
+#define CAST_DTYPES ((1u << VRAM_DTYPE_F8_E4M3) | (1u << VRAM_DTYPE_F8_E5M2) | (1u << VRAM_DTYPE_F16) | \
+		     (1u << VRAM_DTYPE_BF16) | (1u << VRAM_DTYPE_F32))
 
 void vram_load_options_init(struct vram_load_options *o)
 {
@@ -45,6 +58,7 @@ struct run {
 	uint64_t file_off, len;
 	uint32_t first, count;   /* into the bucket's tensor list */
 	uint64_t region;         /* region offset in the grant */
+	bool cast;               /* one converted tensor */
 };
 
 /* Tensors ordered by bucket (device, component, chunk), then file offset:
@@ -74,24 +88,47 @@ static int sim_copy(void *user, uint64_t dst, const void *src, uint64_t len, uin
 	return 0;
 }
 
-/* Onward copies for a load that may hold simulated and CUDA destinations:
- * addresses inside a simulated GPU's grant are memcpy'd, the rest go to
- * the CUDA sink (async H2D on a copy stream, one event per staging slot). */
+/* Onward copies for a load that may hold host-visible (cpu, simulated)
+ * and CUDA destinations: addresses inside a host-visible grant are
+ * memcpy'd (or converted there), the rest go to the CUDA sink (async H2D
+ * on a copy stream, one event per staging slot). */
 struct mixed_sink {
 	struct stream_sink cuda;   /* .copy NULL: no CUDA destination */
-	uint32_t nsim;
-	struct { uint64_t lo, hi; } *sim;
+	uint32_t nhost;
+	struct { uint64_t lo, hi; } *host;
 };
+
+static bool in_host(const struct mixed_sink *ms, uint64_t dst, uint64_t len)
+{
+	for (uint32_t i = 0; i < ms->nhost; i++)
+		if (dst >= ms->host[i].lo && dst + len <= ms->host[i].hi)
+			return true;
+	return false;
+}
 
 static int mixed_copy(void *user, uint64_t dst, const void *src, uint64_t len, uint32_t slot)
 {
 	struct mixed_sink *ms = user;
-	for (uint32_t i = 0; i < ms->nsim; i++)
-		if (dst >= ms->sim[i].lo && dst + len <= ms->sim[i].hi)
-			return sim_copy(NULL, dst, src, len, slot);
+	if (in_host(ms, dst, len))
+		return sim_copy(NULL, dst, src, len, slot);
 	if (!ms->cuda.copy)
-		return -EFAULT;
+		return vram_error(-EFAULT, "copy to 0x%llx: not inside a grant of this load", (unsigned long long)dst);
 	return ms->cuda.copy(ms->cuda.user, dst, src, len, slot);
+}
+
+static int mixed_cast(void *user, uint64_t dst, uint32_t dst_dtype, const void *src, uint32_t src_dtype,
+		      uint64_t n, uint64_t slot_off, uint32_t slot)
+{
+	struct mixed_sink *ms = user;
+	if (in_host(ms, dst, n * (vram_dtype_bits(dst_dtype) / 8))) {
+		int r = vk_cast(src, src_dtype, (void *)(uintptr_t)dst, dst_dtype, n);
+		return r < 0 ? vram_error(r, "converting %llu %s elements to %s", (unsigned long long)n,
+					  vram_dtype_name(src_dtype), vram_dtype_name(dst_dtype)) : 0;
+	}
+	if (!ms->cuda.cast)
+		return vram_error(-EFAULT, "conversion to 0x%llx: not inside a grant of this load",
+				  (unsigned long long)dst);
+	return ms->cuda.cast(ms->cuda.user, dst, dst_dtype, src, src_dtype, n, slot_off, slot);
 }
 
 static int mixed_wait(void *user, uint32_t slot)
@@ -161,19 +198,27 @@ static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *
 int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32_t default_device,
 	      const struct vram_load_options *o, vram_loaded **ret)
 {
-	struct vram_load_options defaults;
+	struct vram_load_options opt;
 	int r;
 	vram_error_clear();
 	if (!c || !m || !ret)
 		return vram_error(-EINVAL, "vram_load: NULL argument");
-	if (!o) {
-		vram_load_options_init(&defaults);
-		o = &defaults;
-	}
+	vram_load_options_init(&opt);
+	if (o && (r = vram_struct_in(&opt, o, sizeof(opt), offsetof(struct vram_load_options, cast_to),
+				     "vram_load options")) < 0)
+		return r;
+	o = &opt;
 	if (o->io_mode > VRAM_IO_BUFFERED)
 		return vram_error(-EINVAL, "unknown io_mode %u", o->io_mode);
 	if (o->flags & ~VRAM_LOAD_RECLAIMABLE)
 		return vram_error(-EINVAL, "unknown load flags 0x%x", o->flags);
+	uint32_t cast_from = o->cast_from ? o->cast_from : VRAM_LOAD_CAST_DEFAULT_FROM;
+	if (o->cast_to && (o->cast_to >= 32 || !(CAST_DTYPES & (1u << o->cast_to))))
+		return vram_error(-EINVAL, "cannot convert to %s: cast_to is one of F8_E4M3, F8_E5M2, F16, BF16, F32",
+				  vram_dtype_name(o->cast_to) ?: "an unknown dtype");
+	if (o->cast_to && (cast_from & ~CAST_DTYPES))
+		return vram_error(-EINVAL, "cannot convert from dtype %d: cast_from holds only F8_E4M3, F8_E5M2, "
+				  "F16, BF16, F32", __builtin_ctz(cast_from & ~CAST_DTYPES));
 
 	int n = vram_model_tensor_count(m);
 	if (n < 0)
@@ -188,15 +233,18 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	uint64_t *off = calloc((size_t)n + 1, sizeof(*off));
 	uint64_t *len = calloc((size_t)n + 1, sizeof(*len));
 	uint32_t *comp = calloc((size_t)n + 1, sizeof(*comp));
+	uint32_t *dtype = calloc((size_t)n + 1, sizeof(*dtype)); /* the file's */
+	bool *conv = calloc((size_t)n + 1, sizeof(*conv));
+	uint64_t *olen = calloc((size_t)n + 1, sizeof(*olen));
 	struct run *runs = calloc((size_t)n + 1, sizeof(*runs));
 	struct stream_req *reqs = calloc((size_t)n + 1, sizeof(*reqs));
 	vram_grant *staging = NULL;
 	struct vram_cuda_sink *csink = NULL;
 	struct vram_cuda_pin *pin = NULL;
 	struct mixed_sink msink = { 0 };
-	struct stream_sink sink = { mixed_copy, mixed_wait, &msink };
+	struct stream_sink sink = { .copy = mixed_copy, .wait = mixed_wait, .user = &msink, .cast = mixed_cast };
 	int fd = -1;
-	if (!l || !dev || !order || !off || !len || !comp || !runs || !reqs) {
+	if (!l || !dev || !order || !off || !len || !comp || !dtype || !conv || !olen || !runs || !reqs) {
 		r = vram_error(-ENOMEM, "out of memory");
 		goto fail;
 	}
@@ -217,6 +265,14 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		off[i] = ti.file_offset;
 		len[i] = ti.nbytes;
 		comp[i] = ti.component;
+		dtype[i] = ti.dtype;
+		olen[i] = ti.nbytes;
+		if (o->cast_to && ti.dtype != o->cast_to && (cast_from & (1u << ti.dtype))) {
+			uint64_t elems = ti.nbytes / (vram_dtype_bits(ti.dtype) / 8);
+			conv[i] = true;
+			olen[i] = elems * (vram_dtype_bits(o->cast_to) / 8);
+			l->converted++;
+		}
 	}
 
 	/* Chunks: consecutive layers of one (device, component) share a grant
@@ -255,15 +311,14 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		}
 	}
 
-	/* Which devices take a GPU path (staging). */
-	bool need_staging = false;
-	for (int i = 0; i < n; i++)
-		if (len[i] && backend_of(c, dev[i]) != VRAM_BACKEND_CPU)
+	/* Which tensors take a staged path: GPU destinations and conversions. */
+	bool need_staging = false, has_cuda = false;
+	for (int i = 0; i < n; i++) {
+		if (len[i] && (backend_of(c, dev[i]) != VRAM_BACKEND_CPU || conv[i]))
 			need_staging = true;
-	bool has_cuda = false;
-	for (int i = 0; i < n; i++)
 		if (len[i] && backend_of(c, dev[i]) == VRAM_BACKEND_CUDA)
 			has_cuda = true;
+	}
 
 	/* Buckets (device, component, chunk): one sort, then each bucket is
 	 * cut into runs contiguous in the file and becomes one grant. */
@@ -285,20 +340,31 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		uint64_t cursor = 0;
 		for (uint32_t j = 0; j < cnt; j++) {
 			uint32_t t = bo[j];
-			if (nruns && runs[nruns - 1].file_off + runs[nruns - 1].len == off[t]) {
+			bool cast = conv[t];
+			if (nruns && !cast && !runs[nruns - 1].cast &&
+			    runs[nruns - 1].file_off + runs[nruns - 1].len == off[t]) {
 				runs[nruns - 1].len += len[t];
 				runs[nruns - 1].count++;
 				continue;
 			}
-			runs[nruns++] = (struct run){ .file_off = off[t], .len = len[t], .first = j, .count = 1 };
+			runs[nruns++] = (struct run){ .file_off = off[t], .len = len[t], .first = j, .count = 1,
+						      .cast = cast };
 		}
 		for (uint32_t j = 0; j < nruns; j++) {
 			struct run *ru = &runs[j];
+			if (ru->cast) {
+				cursor = (cursor + CAST_ALIGN - 1) / CAST_ALIGN * CAST_ALIGN;
+				ru->region = cursor;
+				cursor += olen[bo[ru->first]];
+				continue;
+			}
 			uint64_t head = ru->file_off % STREAM_ALIGN;
 			uint64_t span = (head + ru->len + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
+			cursor = (cursor + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
 			ru->region = cursor;
 			cursor += span ? span : STREAM_ALIGN;
 		}
+		cursor = cursor ? (cursor + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN : STREAM_ALIGN;
 		/* With a pager every chunk can be given back: resident ones
 		 * are demoted to the donor, donor ones dropped (the file is
 		 * the donor of last resort). */
@@ -320,18 +386,25 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		bool direct = backend_of(c, d) == VRAM_BACKEND_CPU;
 		for (uint32_t j = 0; j < nruns; j++) {
 			struct run *ru = &runs[j];
-			uint64_t at = ru->region + ru->file_off % STREAM_ALIGN;
+			uint64_t at = ru->cast ? ru->region : ru->region + ru->file_off % STREAM_ALIGN;
 			for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
 				uint32_t t = bo[q];
 				l->tensors[t].grant = l->ngrants - 1;
 				l->tensors[t].offset = at + (off[t] - ru->file_off);
+				l->tensors[t].dtype = conv[t] ? o->cast_to : dtype[t];
+				l->tensors[t].nbytes = olen[t];
 			}
 			if (!ru->len)
 				continue;
 			struct stream_req *rq = &reqs[nreq++];
 			rq->file_off = ru->file_off;
 			rq->len = ru->len;
-			if (direct) {
+			if (ru->cast) {
+				rq->kind = STREAM_DST_STAGED;
+				rq->dst_addr = dbase + at;
+				rq->cast_from = dtype[bo[ru->first]];
+				rq->cast_to = o->cast_to;
+			} else if (direct) {
 				rq->kind = STREAM_DST_HOST;
 				rq->dst = host + at;
 				rq->flags = STREAM_REQ_SLACK;
@@ -364,23 +437,29 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	so.progress = o->progress;
 	so.user = o->user;
 	if (need_staging) {
-		msink.sim = calloc(l->ngrants + 1, sizeof(*msink.sim));
-		if (!msink.sim) {
+		msink.host = calloc(l->ngrants + 1, sizeof(*msink.host));
+		if (!msink.host) {
 			r = vram_error(-ENOMEM, "out of memory");
 			goto fail;
 		}
 		for (uint32_t gi = 0; gi < l->ngrants; gi++) {
 			vram_grant *g = l->grants[gi].grant;
-			if (backend_of(c, l->grants[gi].device) == VRAM_BACKEND_SIM) {
+			if (backend_of(c, l->grants[gi].device) != VRAM_BACKEND_CUDA && vram_grant_host_ptr(g)) {
 				uint64_t lo = (uint64_t)(uintptr_t)vram_grant_host_ptr(g);
-				msink.sim[msink.nsim].lo = lo;
-				msink.sim[msink.nsim].hi = lo + vram_grant_size(g);
-				msink.nsim++;
+				msink.host[msink.nhost].lo = lo;
+				msink.host[msink.nhost].hi = lo + vram_grant_size(g);
+				msink.nhost++;
 			}
 		}
+		uint64_t chunk = so.chunk ? so.chunk : STREAM_DEFAULT_CHUNK;
+		chunk = (chunk + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
 		if (has_cuda) {
+			/* Converting on a CUDA device takes device scratch of one
+			 * staging ring (taken at the first conversion). */
 			if ((r = vram_cuda_sink_new(c, STREAM_DEFAULT_NSTAGING, &csink)) < 0)
 				goto fail;
+			if (l->converted)
+				vram_cuda_sink_cast_scratch(csink, chunk);
 			for (uint32_t gi = 0; gi < l->ngrants; gi++)
 				if (backend_of(c, l->grants[gi].device) == VRAM_BACKEND_CUDA &&
 				    (r = vram_cuda_sink_add_grant(csink, l->grants[gi].grant)) < 0)
@@ -390,8 +469,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		so.sink = &sink;
 		/* The staging ring comes from the pinned host pool when it has
 		 * room; otherwise the engine maps its own. */
-		uint64_t chunk = so.chunk ? so.chunk : STREAM_DEFAULT_CHUNK;
-		chunk = (chunk + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
 		int cpu = vram_device_find(c, "cpu");
 		if (cpu >= 0 && vram_alloc(c, (uint32_t)cpu, chunk * STREAM_DEFAULT_NSTAGING, 0, &staging) == 0) {
 			so.staging = vram_grant_host_ptr(staging);
@@ -415,8 +492,8 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	csink = NULL;
 	vram_cuda_unpin(pin);
 	pin = NULL;
-	free(msink.sim);
-	msink.sim = NULL;
+	free(msink.host);
+	msink.host = NULL;
 	if (r < 0)
 		goto fail;
 	vram_free(c, staging);
@@ -431,11 +508,15 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	l->stats.ns = now_ns() - t0;
 	l->stats.cpu_ns = (uint64_t)(c1.tv_sec - c0.tv_sec) * 1000000000ull + (uint64_t)(c1.tv_nsec - c0.tv_nsec);
 	l->stats.grants = l->ngrants;
+	l->stats.converted = l->converted;
 	free(dev);
 	free(order);
 	free(off);
 	free(len);
 	free(comp);
+	free(dtype);
+	free(conv);
+	free(olen);
 	free(runs);
 	free(reqs);
 	*ret = l;
@@ -443,7 +524,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 fail:
 	vram_cuda_sink_free(csink);
 	vram_cuda_unpin(pin);
-	free(msink.sim);
+	free(msink.host);
 	if (fd >= 0)
 		close(fd);
 	if (staging) {
@@ -463,6 +544,9 @@ fail:
 	free(off);
 	free(len);
 	free(comp);
+	free(dtype);
+	free(conv);
+	free(olen);
 	free(runs);
 	free(reqs);
 	return r;
@@ -495,8 +579,21 @@ uint64_t vram_loaded_tensor_device_ptr(const vram_loaded *l, uint32_t t)
 	return d ? d + l->tensors[t].offset : 0;
 }
 
+int vram_loaded_tensor_dtype(const vram_loaded *l, uint32_t t)
+{
+	if (!l || t >= l->ntensors)
+		return vram_error(-EINVAL, "no tensor %u", t);
+	return (int)l->tensors[t].dtype;
+}
+
+uint64_t vram_loaded_tensor_nbytes(const vram_loaded *l, uint32_t t)
+{
+	return l && t < l->ntensors ? l->tensors[t].nbytes : 0;
+}
+
 int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret)
 {
-	*ret = l->stats;
-	return 0;
+	if (!l || !ret)
+		return vram_error(-EINVAL, "vram_loaded_stats: NULL argument");
+	return vram_struct_out(ret, &l->stats, sizeof(l->stats), "vram_loaded_stats");
 }

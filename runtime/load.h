@@ -18,8 +18,9 @@ struct loaded_grant {
 
 struct loaded_tensor {
 	uint32_t grant;          /* index into grants (whose device is where it is now) */
-	uint32_t pad;
+	uint32_t dtype;          /* as loaded (converted or the file's) */
 	uint64_t offset;         /* of the first byte in the grant */
+	uint64_t nbytes;         /* as loaded */
 };
 
 struct vram_loaded {
@@ -30,6 +31,7 @@ struct vram_loaded {
 	struct loaded_tensor *tensors;
 	struct loaded_grant *grants;
 	struct vram_load_stats stats;
+	uint32_t converted;      /* tensors converted: sizes differ from the file's */
 };
 
 #endif

@@ -347,21 +347,6 @@ uint64_t vram_model_data_size(const vram_model *m)
 	return m ? m->data_size : 0;
 }
 
-/* Copies the fields of src that the caller's struct (its struct_size)
- * has room for, keeping the caller's struct_size.  -EINVAL if that is
- * smaller than struct_size itself. */
-static int fill_out(void *dst, const void *src, size_t size, const char *what)
-{
-	uint32_t want;
-
-	memcpy(&want, dst, sizeof(want));
-	if (want <= sizeof(uint32_t))
-		return vram_error(-EINVAL, "%s: struct_size is %u; set it to sizeof the struct", what, want);
-	memcpy((char *)dst + sizeof(uint32_t), (const char *)src + sizeof(uint32_t),
-	       MIN((size_t)want, size) - sizeof(uint32_t));
-	return 0;
-}
-
 /* Number of tensors, or -EINVAL for NULL. */
 int vram_model_tensor_count(const vram_model *m)
 {
@@ -393,7 +378,7 @@ int vram_model_tensor(const vram_model *m, uint32_t index, struct vram_tensor_in
 	ti.shape = t->shape;
 	ti.file_offset = m->data_offset + t->begin;
 	ti.nbytes = t->end - t->begin;
-	return fill_out(ret_info, &ti, sizeof(ti), "vram_model_tensor");
+	return vram_struct_out(ret_info, &ti, sizeof(ti), "vram_model_tensor");
 }
 
 /* Index of the tensor called name (binary search over the names), or
@@ -448,7 +433,7 @@ int vram_model_layer(const vram_model *m, uint32_t index, struct vram_layer_info
 	li.name = l->name;
 	li.nbytes = l->nbytes;
 	li.flags = l->flags;
-	return fill_out(ret_info, &li, sizeof(li), "vram_model_layer");
+	return vram_struct_out(ret_info, &li, sizeof(li), "vram_model_layer");
 }
 
 /* Fills *ret_info with the totals of component comp (zeros when the
@@ -461,7 +446,7 @@ int vram_model_component(const vram_model *m, uint32_t comp, struct vram_compone
 		return vram_error(-EINVAL, "vram_model_component: NULL argument");
 	if (comp >= VRAM_COMP_COUNT)
 		return vram_error(-EINVAL, "vram_model_component: component %u out of range", comp);
-	return fill_out(ret_info, &m->comp[comp], sizeof(m->comp[comp]), "vram_model_component");
+	return vram_struct_out(ret_info, &m->comp[comp], sizeof(m->comp[comp]), "vram_model_component");
 }
 
 /* Number of __metadata__ entries (0 when absent or null), -EINVAL for NULL. */

@@ -913,6 +913,9 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 	vram_error_clear();
 	if (!l || !plan || !ret)
 		return vram_error(-EINVAL, "vram_pager_create: NULL argument");
+	if (l->converted)
+		return vram_error(-ENOTSUP, "the pager does not page converted tensors (%u were converted while "
+				  "loading): load without cast_to", l->converted);
 	if (!o) {
 		vram_pager_options_init(&defaults);
 		o = &defaults;

@@ -211,6 +211,9 @@ int vram_uvm_pager_create(vram_loaded *l, const vram_plan *plan, uint32_t depth,
 	vram_error_clear();
 	if (depth > MAX_DEPTH)
 		return vram_error(-EINVAL, "prefetch depth %u is more than %u", depth, MAX_DEPTH);
+	if (l->converted)
+		return vram_error(-ENOTSUP, "the UVM pager does not page converted tensors (%u were converted "
+				  "while loading): load without cast_to", l->converted);
 	vram_uvm_pager *p = calloc(1, sizeof(*p));
 	if (!p)
 		return vram_error(-ENOMEM, "out of memory");

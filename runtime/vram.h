@@ -356,7 +356,20 @@ struct vram_load_options {
 	uint32_t flags;          /* VRAM_LOAD_* */
 	vram_progress_fn progress;
 	void    *user;
+	/* Conversion while loading: tensors whose dtype is in cast_from are
+	 * converted to cast_to as they stream in (on the GPU for CUDA
+	 * devices, on the CPU otherwise; rounding to nearest even, exact when
+	 * widening; kernels/README.md).  cast_to 0 (VRAM_DTYPE_BOOL): keep
+	 * every dtype.  Otherwise one of F8_E4M3, F8_E5M2, F16, BF16, F32.
+	 * cast_from: bit (1u << dtype) per source dtype, from the same five;
+	 * 0: F32, F8_E4M3 and F8_E5M2.  The placement plan counts the file's
+	 * bytes: a widening conversion needs the room it adds. */
+	uint32_t cast_to;
+	uint32_t cast_from;
 };
+/* The default cast_from. */
+#define VRAM_LOAD_CAST_DEFAULT_FROM \
+	((1u << VRAM_DTYPE_F32) | (1u << VRAM_DTYPE_F8_E4M3) | (1u << VRAM_DTYPE_F8_E5M2))
 /* Every grant of the load reclaimable: a pager over it gives chunks back
  * (demotes resident layers to the donor, drops donor layers to the file). */
 #define VRAM_LOAD_RECLAIMABLE (1u << 0)
@@ -377,6 +390,10 @@ VRAM_API void vram_unload(vram_loaded *l);
 VRAM_API int vram_loaded_tensor_device(const vram_loaded *l, uint32_t tensor);
 VRAM_API void *vram_loaded_tensor_host_ptr(const vram_loaded *l, uint32_t tensor);
 VRAM_API uint64_t vram_loaded_tensor_device_ptr(const vram_loaded *l, uint32_t tensor);
+/* Tensor i as loaded: its dtype (cast_to when it was converted, else the
+ * file's) or -EINVAL, and its size in bytes (0 for an index out of range). */
+VRAM_API int vram_loaded_tensor_dtype(const vram_loaded *l, uint32_t tensor);
+VRAM_API uint64_t vram_loaded_tensor_nbytes(const vram_loaded *l, uint32_t tensor);
 
 struct vram_load_stats {
 	uint32_t struct_size;
@@ -385,6 +402,7 @@ struct vram_load_stats {
 	uint64_t ns;             /* wall time of the load */
 	uint64_t cpu_ns;         /* CPU time of the loading thread(s) */
 	uint64_t grants;
+	uint64_t converted;      /* tensors converted (cast_to) */
 };
 VRAM_API int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret_stats);
 

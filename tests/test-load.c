@@ -7,6 +7,8 @@
  * client killed in the middle of a load.
  */
 #include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <xxhash.h>
 
 #include "common/cleanup.h"
@@ -181,6 +183,140 @@ START_TEST(test_load_by_plan)
 }
 END_TEST
 
+/* The reference conversions, written by numpy next to the checkpoint:
+ * exp-f16 (F32 -> F16, numpy's astype: round to nearest even), exp-bf16
+ * (F32 -> BF16 by the RNE bit formula, stored as U16: numpy has no bf16),
+ * exp-f32 (F16 -> F32, exact).  Other tensors as in the file. */
+static void write_expected(const char *file, const char *dir)
+{
+	char cmd[4096];
+	snprintf(cmd, sizeof(cmd),
+		 "%s -c \"\n"
+		 "import numpy as np\n"
+		 "from safetensors.numpy import load_file, save_file\n"
+		 "t = load_file('%s')\n"
+		 "def bf16(a):\n"
+		 "  u = a.view(np.uint32).astype(np.uint64)\n"
+		 "  return ((u + 0x7fff + ((u >> 16) & 1)) >> 16).astype(np.uint16)\n"
+		 "save_file({k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in t.items()}, '%s/exp-f16')\n"
+		 "save_file({k: (bf16(v) if v.dtype == np.float32 else v) for k, v in t.items()}, '%s/exp-bf16')\n"
+		 "save_file({k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in t.items()}, '%s/exp-f32')\n"
+		 "\"",
+		 t_python(), file, dir, dir, dir);
+	ck_assert_int_eq(t_run(cmd, NULL, 0), 0);
+}
+
+/* Tensors of l equal those of the reference file ref (same names), and
+ * have the dtype the conversion gives. */
+static void compare_converted(const vram_model *m, const vram_loaded *l, const char *ref, uint32_t to, uint32_t from_mask)
+{
+	vram_model *x;
+	ck_assert_msg(vram_model_open(ref, &x) == 0, "%s", vram_last_error());
+	size_t flen;
+	_cleanup_free_ uint8_t *fb = read_file(ref, &flen);
+	int n = vram_model_tensor_count(m), converted = 0;
+	for (int i = 0; i < n; i++) {
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) }, tx = { .struct_size = sizeof(tx) };
+		ck_assert_int_eq(vram_model_tensor(m, (uint32_t)i, &ti), 0);
+		int j = vram_model_find_tensor(x, ti.name);
+		ck_assert_int_ge(j, 0);
+		ck_assert_int_eq(vram_model_tensor(x, (uint32_t)j, &tx), 0);
+		bool conv = (from_mask & (1u << ti.dtype)) && ti.dtype != to;
+		converted += conv;
+		ck_assert_int_eq(vram_loaded_tensor_dtype(l, (uint32_t)i), conv ? (int)to : (int)ti.dtype);
+		ck_assert_uint_eq(vram_loaded_tensor_nbytes(l, (uint32_t)i), tx.nbytes);
+		const uint8_t *p = vram_loaded_tensor_host_ptr(l, (uint32_t)i);
+		ck_assert_ptr_nonnull(p);
+		ck_assert_msg(memcmp(p, fb + tx.file_offset, tx.nbytes) == 0, "tensor %s differs from %s", ti.name, ref);
+	}
+	ck_assert_int_gt(converted, 0);
+	struct vram_load_stats st = { .struct_size = sizeof(st) };
+	ck_assert_int_eq(vram_loaded_stats(l, &st), 0);
+	ck_assert_uint_eq(st.converted, (uint64_t)converted);
+	vram_model_close(x);
+}
+
+START_TEST(test_load_convert)
+{
+	struct env e;
+	env_start(&e, "64MiB", "128MiB");
+	write_checkpoint(e.file, 23, 301, 5);
+	write_expected(e.file, e.dir);
+	vram_model *m;
+	vram_client *c;
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
+	static const struct { uint32_t to, from; const char *ref; } cases[] = {
+		{ VRAM_DTYPE_F16, 0, "exp-f16" },
+		{ VRAM_DTYPE_BF16, 0, "exp-bf16" },
+		{ VRAM_DTYPE_F32, 1u << VRAM_DTYPE_F16, "exp-f32" },
+	};
+	static const uint32_t modes[] = { VRAM_IO_DIRECT, VRAM_IO_BUFFERED };
+	for (size_t k = 0; k < 3; k++)
+		for (int dev = 0; dev < 2; dev++) /* cuda:0 (simulated), cpu */
+			for (size_t mi = 0; mi < 2; mi++) {
+				struct vram_load_options o;
+				vram_load_options_init(&o);
+				o.io_mode = modes[mi];
+				o.chunk_size = 64 * 1024;
+				o.cast_to = cases[k].to;
+				o.cast_from = cases[k].from;
+				vram_loaded *l;
+				ck_assert_msg(vram_load(c, m, NULL, (uint32_t)dev, &o, &l) == 0, "%s", vram_last_error());
+				char ref[300];
+				snprintf(ref, sizeof(ref), "%s/%s", e.dir, cases[k].ref);
+				compare_converted(m, l, ref, cases[k].to, cases[k].from ? cases[k].from
+											  : VRAM_LOAD_CAST_DEFAULT_FROM);
+				vram_unload(l);
+				assert_idle(c);
+			}
+
+	/* The pager refuses converted loads. */
+	struct vram_plan_device devs[8];
+	uint32_t nd;
+	for (int i = 0; i < 8; i++)
+		devs[i].struct_size = sizeof(devs[i]);
+	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
+	struct vram_plan_options po;
+	vram_plan_options_init(&po);
+	po.unet_expert_mode_allocations = "cuda:0,50%;cpu,*";
+	vram_plan *p;
+	ck_assert_msg(vram_plan_create(m, &po, devs, nd, &p) == 0, "%s", vram_last_error());
+	struct vram_load_options o;
+	vram_load_options_init(&o);
+	o.cast_to = VRAM_DTYPE_F16;
+	vram_loaded *l;
+	ck_assert_msg(vram_load(c, m, p, 0, &o, &l) == 0, "%s", vram_last_error());
+	vram_pager *pg;
+	ck_assert_int_eq(vram_pager_create(l, p, NULL, &pg), -ENOTSUP);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "converted"));
+	vram_unload(l);
+
+	/* Bad conversions are refused before anything is allocated. */
+	o.cast_to = VRAM_DTYPE_I32;
+	ck_assert_int_eq(vram_load(c, m, NULL, 0, &o, &l), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cannot convert to I32"));
+	o.cast_to = VRAM_DTYPE_F16;
+	o.cast_from = 1u << VRAM_DTYPE_F64;
+	ck_assert_int_eq(vram_load(c, m, NULL, 0, &o, &l), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cast_from"));
+	/* An old caller's smaller struct: no conversion fields, no conversion. */
+	o.cast_from = 0;
+	o.struct_size = offsetof(struct vram_load_options, cast_to);
+	ck_assert_msg(vram_load(c, m, NULL, 0, &o, &l) == 0, "%s", vram_last_error());
+	compare_all(m, l, e.file);
+	vram_unload(l);
+	o.struct_size = 8;
+	ck_assert_int_eq(vram_load(c, m, NULL, 0, &o, &l), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "struct_size"));
+	assert_idle(c);
+	vram_plan_free(p);
+	vram_close(c);
+	vram_model_close(m);
+	env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_load_failures_clean)
 {
 	struct env e;
@@ -313,16 +449,25 @@ START_TEST(test_vramctl_hash)
 	struct env e;
 	env_start(&e, "64MiB", "64MiB");
 	write_checkpoint(e.file, 30, 257, 7);
-	vram_model *m;
-	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	write_expected(e.file, e.dir);
+	char ref[300];
+	snprintf(ref, sizeof(ref), "%s/exp-bf16", e.dir);
+	vram_model *files[2];
+	ck_assert_int_eq(vram_model_open(e.file, &files[0]), 0);
+	ck_assert_int_eq(vram_model_open(ref, &files[1]), 0);
 	size_t flen;
-	_cleanup_free_ uint8_t *fb = read_file(e.file, &flen);
+	_cleanup_free_ uint8_t *fb0 = read_file(e.file, &flen);
+	_cleanup_free_ uint8_t *fb1 = read_file(ref, &flen);
+	const uint8_t *fbs[2] = { fb0, fb1 };
 	const char *devs[] = { "cuda:0", "cpu" };
-	for (int k = 0; k < 2; k++) {
+	/* as in the file, then converted to BF16 (against numpy's) */
+	for (int k = 0; k < 4; k++) {
 		char cmd[1024];
+		int cast = k / 2;
+		vram_model *m = files[cast];
 		_cleanup_free_ char *out = malloc(1 << 20);
-		snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --device %s --hash 2>/dev/null", t_build(),
-			 e.sock, e.file, devs[k]);
+		snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --device %s %s --hash 2>/dev/null", t_build(),
+			 e.sock, e.file, devs[k % 2], cast ? "--cast bf16" : "");
 		ck_assert_int_eq(t_run(cmd, out, 1 << 20), 0);
 		int n = vram_model_tensor_count(m), lines = 0;
 		for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
@@ -335,13 +480,25 @@ START_TEST(test_vramctl_hash)
 			vram_model_tensor(m, (uint32_t)i, &ti);
 			char want[17];
 			snprintf(want, sizeof(want), "%016llx",
-				 (unsigned long long)XXH64(fb + ti.file_offset, ti.nbytes, 0));
-			ck_assert_str_eq(tab + 1, want);
+				 (unsigned long long)XXH64(fbs[cast] + ti.file_offset, ti.nbytes, 0));
+			ck_assert_msg(!strcmp(tab + 1, want), "%s on %s%s: %s, want %s", line, devs[k % 2],
+				      cast ? " --cast bf16" : "", tab + 1, want);
 			lines++;
 		}
 		ck_assert_int_eq(lines, n);
 	}
-	vram_model_close(m);
+	char cmd[1024], out[4096];
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --cast int7 2>&1", t_build(), e.sock, e.file);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 64);
+	ck_assert_ptr_nonnull(strstr(out, "--cast: \"int7\" is not a dtype"));
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --cast-from f32 2>&1", t_build(), e.sock, e.file);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 64);
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --device cpu --cast i32 2>&1", t_build(),
+		 e.sock, e.file);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 65);
+	ck_assert_ptr_nonnull(strstr(out, "cannot convert to I32"));
+	vram_model_close(files[0]);
+	vram_model_close(files[1]);
 	env_stop(&e);
 }
 END_TEST
@@ -403,6 +560,7 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_load_every_mode_and_device);
 	tcase_add_test(tc, test_load_by_plan);
+	tcase_add_test(tc, test_load_convert);
 	tcase_add_test(tc, test_load_failures_clean);
 	tcase_add_test(tc, test_load_cancel);
 	tcase_add_test(tc, test_killed_mid_load);

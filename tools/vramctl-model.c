@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -388,6 +389,15 @@ static const char *io_mode_name(uint32_t m)
 	return m == VRAM_IO_DIRECT ? "direct" : m == VRAM_IO_BUFFERED ? "buffered" : "auto";
 }
 
+/* A dtype by its safetensors name, any case; -1 if none. */
+static int dtype_parse(const char *v)
+{
+	for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++)
+		if (!strcasecmp(v, vram_dtype_name(d)))
+			return (int)d;
+	return -1;
+}
+
 int cmd_load(struct ctl *ctl)
 {
 	struct plan_args pa;
@@ -426,6 +436,25 @@ int cmd_load(struct ctl *ctl)
 				fprintf(stderr, "vramctl load: --chunk: \"%s\" is not a size\n", ctl->argv[i]);
 				return EX_USAGE_;
 			}
+		} else if (!strcmp(a, "--cast") && i + 1 < ctl->argc) {
+			int d = dtype_parse(ctl->argv[++i]);
+			if (d < 0 || d == VRAM_DTYPE_BOOL) {
+				fprintf(stderr, "vramctl load: --cast: \"%s\" is not a dtype (F16, BF16, F32, F8_E4M3, F8_E5M2)\n",
+					ctl->argv[i]);
+				return EX_USAGE_;
+			}
+			lo.cast_to = (uint32_t)d;
+		} else if (!strcmp(a, "--cast-from") && i + 1 < ctl->argc) {
+			char buf[256], *save = NULL;
+			snprintf(buf, sizeof(buf), "%s", ctl->argv[++i]);
+			for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+				int d = dtype_parse(t);
+				if (d < 0) {
+					fprintf(stderr, "vramctl load: --cast-from: \"%s\" is not a dtype\n", t);
+					return EX_USAGE_;
+				}
+				lo.cast_from |= 1u << d;
+			}
 		} else if (!strcmp(a, "--depth") && i + 1 < ctl->argc) {
 			char *end;
 			unsigned long d = strtoul(ctl->argv[++i], &end, 10);
@@ -442,6 +471,10 @@ int cmd_load(struct ctl *ctl)
 	}
 	if (!file) {
 		fprintf(stderr, "vramctl load: FILE missing\n");
+		return EX_USAGE_;
+	}
+	if (lo.cast_from && !lo.cast_to) {
+		fprintf(stderr, "vramctl load: --cast-from needs --cast\n");
 		return EX_USAGE_;
 	}
 	if (device && pa.given) {
@@ -499,13 +532,14 @@ int cmd_load(struct ctl *ctl)
 			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
 			vram_model_tensor(m, (uint32_t)i, &ti);
 			const void *h = vram_loaded_tensor_host_ptr(l, (uint32_t)i);
-			if (!h && ti.nbytes) {
+			uint64_t nb = vram_loaded_tensor_nbytes(l, (uint32_t)i);
+			if (!h && nb) {
 				fprintf(stderr, "vramctl load: --hash: tensor \"%s\" is not in host-visible memory\n", ti.name);
 				r = 1;
 				break;
 			}
 			char hex[17];
-			snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)XXH64(h ? h : "", ti.nbytes, 0));
+			snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)XXH64(h ? h : "", nb, 0));
 			if (root)
 				json_object_set_new(hashes, ti.name, json_string(hex));
 			else
@@ -520,6 +554,9 @@ int cmd_load(struct ctl *ctl)
 		json_object_set_new(root, "cpu_seconds", json_real((double)st.cpu_ns / 1e9));
 		json_object_set_new(root, "io_mode", json_string(io_mode_name(st.io_mode_used)));
 		json_object_set_new(root, "grants", json_integer((json_int_t)st.grants));
+		json_object_set_new(root, "converted", json_integer((json_int_t)st.converted));
+		if (lo.cast_to)
+			json_object_set_new(root, "cast_to", json_string(vram_dtype_name(lo.cast_to)));
 		json_t *pl = json_object();
 		for (int i = 0; i < nt; i++) {
 			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
@@ -528,7 +565,8 @@ int cmd_load(struct ctl *ctl)
 			vram_device_info(c, (uint32_t)vram_loaded_tensor_device(l, (uint32_t)i), &di);
 			json_t *x = json_object_get(pl, di.name);
 			json_object_set_new(pl, di.name,
-					    json_integer((x ? json_integer_value(x) : 0) + (json_int_t)ti.nbytes));
+					    json_integer((x ? json_integer_value(x) : 0) +
+							 (json_int_t)vram_loaded_tensor_nbytes(l, (uint32_t)i)));
 		}
 		json_object_set_new(root, "placement", pl);
 		if (hash)
@@ -544,6 +582,9 @@ int cmd_load(struct ctl *ctl)
 		fprintf(hash ? stderr : stdout, "loaded %s: %s in %.3f s, %.2f GB/s (%s I/O, %llu grants, %.2f CPU s)\n",
 			file, ctl_size(st.bytes, a, sizeof(a)), secs, gbps, io_mode_name(st.io_mode_used),
 			(unsigned long long)st.grants, (double)st.cpu_ns / 1e9);
+		if (st.converted)
+			fprintf(hash ? stderr : stdout, "converted %llu tensors to %s\n",
+				(unsigned long long)st.converted, vram_dtype_name(lo.cast_to));
 	}
 	vram_unload(l);
 	vram_plan_free(p);
