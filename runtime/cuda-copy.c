@@ -265,7 +265,7 @@ struct vram_cuda_sink {
 	struct sink_range *ranges;
 	size_t nranges, cap;
 	size_t last;             /* range of the previous copy (copies come in runs) */
-	uint64_t slot_size;      /* conversion scratch per slot; 0: no conversions */
+	uint64_t slot_size;      /* conversion scratch per device; 0: no conversions */
 	struct vram_grant *scratch[VRAMD_MAX_DEVICES];
 };
 
@@ -357,12 +357,16 @@ static int sink_cast(void *user, uint64_t dst_addr, uint32_t dst_dtype, const vo
 				  (unsigned long long)n, (unsigned long long)dst_addr);
 	uint32_t d = rg->device;
 	if (!s->scratch[d]) {
-		int r = vram_alloc(s->c, d, s->slot_size * s->nslots, 0, &s->scratch[d]);
+		int r = vram_alloc(s->c, d, s->slot_size, 0, &s->scratch[d]);
 		if (r < 0)
 			return vram_error(r, "device scratch for conversions on %s: %s", s->c->dev[d].name,
 					  vram_last_error());
 	}
-	uint64_t scratch = vram_grant_device_ptr(s->scratch[d]) + (uint64_t)slot * s->slot_size + slot_off;
+	/* One scratch buffer per device serves every conversion: the copy
+	 * into it and the kernel out of it run in the order of the copier's
+	 * stream, so the next copy starts after the last kernel has read it.
+	 * Its start is aligned for any element, whatever the file offset. */
+	uint64_t scratch = vram_grant_device_ptr(s->scratch[d]);
 	int r = vram_cuda_copier_cast(s->cp[d], dst_addr, dst_dtype, scratch, src, src_dtype, n, slot);
 	if (n)
 		s->used[slot] |= 1u << d; /* also after a failure: the copy may be queued */
@@ -417,8 +421,6 @@ void vram_cuda_sink_free(struct vram_cuda_sink *s)
  * Pinning
  * ====================================================================== */
 
-#define PIN_CHUNK_ALIGN (2ull << 20)
-
 struct vram_cuda_pin {
 	struct vram_cuda_dev *d;
 	char *host;
@@ -455,7 +457,10 @@ int vram_cuda_pin(struct vram_client *c, uint32_t device, void *host, uint64_t l
 	if (chunk == 0 || chunk >= len)
 		chunk = len;
 	else
-		chunk = round_up_u64(chunk, PIN_CHUNK_ALIGN, &overflow);
+		/* page-rounded only: a staging ring pinned one slot per chunk
+		 * must not have registrations straddling slots (a copy that
+		 * spans two registrations runs as pageable) */
+		chunk = round_up_u64(chunk, page > 0 ? (uint64_t)page : 4096u, &overflow);
 	if (overflow || chunk == 0 || chunk > len)
 		chunk = len;
 	struct vram_cuda_pin *p = calloc(1, sizeof(*p));

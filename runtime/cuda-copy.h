@@ -89,9 +89,9 @@ int vram_cuda_copier_dtod(struct vram_cuda_copier *cp, uint64_t dst_addr, uint64
 			  uint32_t slot);
 /* Converts n elements of src_dtype in host memory src to dst_dtype at
  * device address dst: an H2D copy of the source into device scratch (the
- * copier's device, n * size(src_dtype) bytes, not touched by anything
- * else until wait(slot)), then the cast kernel from there, both on the
- * copier's stream, recorded on slot. */
+ * copier's device, n * size(src_dtype) bytes, aligned for the element;
+ * only work on this copier's stream may use it), then the cast kernel from
+ * there, both on the copier's stream, recorded on slot. */
 int vram_cuda_copier_cast(struct vram_cuda_copier *cp, uint64_t dst, uint32_t dst_dtype, uint64_t scratch,
 			  const void *src, uint32_t src_dtype, uint64_t n, uint32_t slot);
 /* Device-to-host copy on the copier's stream, recorded on slot. */
@@ -119,9 +119,9 @@ int vram_cuda_sink_new(struct vram_client *c, uint32_t nslots, struct vram_cuda_
  * not an imported CUDA grant. */
 int vram_cuda_sink_add_grant(struct vram_cuda_sink *s, const struct vram_grant *g);
 /* Lets the sink convert (stream_sink.cast): for each device it converts
- * on, it takes nslots * slot_size bytes of device scratch from the broker
- * at the first conversion (freed with the sink).  Slot offsets the engine
- * passes stay below slot_size (its staging slot size). */
+ * on, it takes slot_size bytes of device scratch from the broker at the
+ * first conversion (freed with the sink); no conversion handed to it may
+ * have more source bytes than that (the engine's staging slot size). */
 void vram_cuda_sink_cast_scratch(struct vram_cuda_sink *s, uint64_t slot_size);
 /* Fills the stream_sink to give the engine; copy() fails with -EFAULT for an
  * address range no added grant contains. */

@@ -98,7 +98,9 @@ struct vram_pager {
 	 * read back from the file.  Used by the copy thread only. */
 	struct vram_cuda_copier *cuda_copier[VRAMD_MAX_DEVICES];
 	struct vram_cuda_pin *pins[64];
-	uint32_t npins;
+	vram_grant *pin_grant[64];    /* the host grant each pin holds */
+	uint32_t npins;               /* pins and pin_grant under mu after create */
+	int pin_dev;                  /* CUDA device the pins are for, -1: none */
 	uint8_t *bounce;
 	uint64_t bounce_size;
 
@@ -652,6 +654,41 @@ static uint32_t slots_fitting(struct vram_pager *p, uint32_t dev, uint64_t need)
  * reclaim serves).  Called with mu held and p->demoting set; drops mu
  * around broker I/O and the copy.  Returns the bytes freed on the chunk's
  * device. */
+/* Page-locks host grant g for DMA by the CUDA windows (best effort). */
+static void pin_grant(struct vram_pager *p, vram_grant *g)
+{
+	void *h = vram_grant_host_ptr(g);
+	struct vram_cuda_pin *pin;
+	if (p->pin_dev < 0 || !h || vram_cuda_pin(p->c, (uint32_t)p->pin_dev, h, vram_grant_size(g), 0, &pin) < 0) {
+		vram_error_clear();
+		return;
+	}
+	pthread_mutex_lock(&p->mu);
+	if (p->npins < 64) {
+		p->pin_grant[p->npins] = g;
+		p->pins[p->npins++] = pin;
+		pin = NULL;
+	}
+	pthread_mutex_unlock(&p->mu);
+	vram_cuda_unpin(pin);
+}
+
+/* Undoes pin_grant(g), if it pinned g.  Called without mu. */
+static void unpin_grant(struct vram_pager *p, vram_grant *g)
+{
+	struct vram_cuda_pin *pin = NULL;
+	pthread_mutex_lock(&p->mu);
+	for (uint32_t i = 0; i < p->npins; i++)
+		if (p->pin_grant[i] == g) {
+			pin = p->pins[i];
+			p->pins[i] = p->pins[--p->npins];
+			p->pin_grant[i] = p->pin_grant[p->npins];
+			break;
+		}
+	pthread_mutex_unlock(&p->mu);
+	vram_cuda_unpin(pin);
+}
+
 static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
 {
 	struct loaded_grant *lg = &p->l->grants[gi];
@@ -682,6 +719,8 @@ static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
 			ng = NULL;
 		}
 	}
+	if (moved)
+		pin_grant(p, ng);
 	pthread_mutex_lock(&p->mu);
 	lg->grant = moved ? ng : NULL;
 	lg->device = moved ? (uint32_t)donor : UINT32_MAX;
@@ -720,6 +759,7 @@ static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
 		return 0;
 	}
 	pthread_mutex_unlock(&p->mu);
+	unpin_grant(p, old);    /* never unmap memory the driver has pinned */
 	vram_free(p->c, old);
 	pthread_mutex_lock(&p->mu);
 	return size;
@@ -931,6 +971,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 	p->l = l;
 	p->c = l->client;
 	p->fd = -1;
+	p->pin_dev = -1;
 	p->depth = o->prefetch_depth ? o->prefetch_depth : 2;
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->cv, NULL);
@@ -1071,13 +1112,10 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		if (largest[d] && vram_device_info(p->c, d, &di) == 0 && di.backend == VRAM_BACKEND_CUDA)
 			cuda_dev = (int)d;
 	}
-	for (uint32_t gi = 0; cuda_dev >= 0 && gi < l->ngrants && p->npins < 64; gi++) {
-		void *h = l->grants[gi].grant ? vram_grant_host_ptr(l->grants[gi].grant) : NULL;
-		if (h && vram_cuda_pin(p->c, (uint32_t)cuda_dev, h, vram_grant_size(l->grants[gi].grant), 0,
-				       &p->pins[p->npins]) == 0)
-			p->npins++;
-	}
-	vram_error_clear();
+	p->pin_dev = cuda_dev;
+	for (uint32_t gi = 0; cuda_dev >= 0 && gi < l->ngrants; gi++)
+		if (l->grants[gi].grant)
+			pin_grant(p, l->grants[gi].grant);
 
 	if (pthread_create(&p->copier, NULL, copier_main, p) != 0) {
 		vram_pager_free(p);
