@@ -408,6 +408,13 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 				rq->kind = STREAM_DST_HOST;
 				rq->dst = host + at;
 				rq->flags = STREAM_REQ_SLACK;
+				/* a memfd grant: a warm load copies the page
+				 * cache into the file, faulting nothing in */
+				if (lg->grant->fd >= 0) {
+					rq->flags |= STREAM_REQ_FD;
+					rq->dst_fd = lg->grant->fd;
+					rq->dst_fd_off = at;
+				}
 			} else {
 				rq->kind = STREAM_DST_STAGED;
 				rq->dst_addr = dbase + at;

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -182,6 +183,14 @@ struct part {
 	size_t req;
 };
 
+/* A HOST range written through its file (STREAM_REQ_FD, BUFFERED). */
+struct fdcopy {
+	uint64_t off, len;
+	uint8_t *dst;            /* the mapping, for the fallback */
+	int fd;
+	uint64_t fd_off;
+};
+
 /* A HOST range that may land in place; slack: its aligned superset may too. */
 struct piece {
 	uint64_t off, len;
@@ -220,6 +229,9 @@ struct stream {
 	size_t nparts, cap_parts, nsegs, cap_segs;
 	struct piece *pieces;
 	size_t npieces, cap_pieces;
+	struct fdcopy *fdcs;
+	size_t nfdcs, cap_fdcs;
+	bool no_sendfile;        /* a destination file refused: read into memory */
 	uint64_t max_staged;     /* longest staged op */
 	size_t nstaged;
 
@@ -383,6 +395,14 @@ static int add_seg(struct stream *s, uint64_t off, uint64_t len, size_t req)
 	return 0;
 }
 
+static int add_fdcopy(struct stream *s, const struct stream_req *r)
+{
+	if (GROW(s->fdcs, s->cap_fdcs, s->nfdcs) < 0)
+		return -ENOMEM;
+	s->fdcs[s->nfdcs++] = (struct fdcopy){ r->file_off, r->len, r->dst, r->dst_fd, r->dst_fd_off };
+	return 0;
+}
+
 static int add_piece(struct stream *s, uint64_t off, uint64_t len, uint8_t *dst, bool slack)
 {
 	if (GROW(s->pieces, s->cap_pieces, s->npieces) < 0)
@@ -440,6 +460,8 @@ static int classify(struct stream *s, size_t i)
 
 	if (r->kind == STREAM_DST_STAGED)
 		return add_seg(s, off, r->len, i);
+	if (s->mode == VRAM_IO_BUFFERED && (r->flags & STREAM_REQ_FD))
+		return add_fdcopy(s, r);
 	if (s->mode == VRAM_IO_BUFFERED)
 		return add_piece(s, off, r->len, dst, false);
 
@@ -891,6 +913,57 @@ static void op_complete(struct stream *s, size_t i, int res)
 		fail(s, -ECANCELED, ERR_CANCEL, 0);
 }
 
+/* BUFFERED requests with a destination file: sendfile from the page cache
+ * into it, a chunk at a time (progress and cancel between chunks).  A file
+ * that cannot be written so before anything was sent (hugetlbfs: EINVAL; a
+ * pipe: ESPIPE) turns the rest into preads into the mapping. */
+static void run_fdcopies(struct stream *s)
+{
+	const struct stream_opts *o = s->o;
+	uint32_t again = 0;
+
+	for (size_t i = 0; i < s->nfdcs && !s->err; i++) {
+		const struct fdcopy *f = &s->fdcs[i];
+		for (uint64_t done = 0; done < f->len && !s->err;) {
+			uint64_t want = MIN(f->len - done, s->chunk);
+			ssize_t k;
+			bool sent = false;
+			if (!s->no_sendfile) {
+				off_t in = (off_t)(f->off + done);
+				k = lseek(f->fd, (off_t)(f->fd_off + done), SEEK_SET) < 0 ? -1
+					: sendfile(f->fd, s->rfd, &in, (size_t)want);
+				if (k < 0 && s->res.bytes_sent == 0 &&
+				    (errno == EINVAL || errno == ESPIPE || errno == ENOSYS || errno == EOPNOTSUPP)) {
+					s->no_sendfile = true;
+					continue;
+				}
+				sent = true;
+			} else {
+				k = pread(s->rfd, f->dst + done, (size_t)want, (off_t)(f->off + done));
+			}
+			if (k < 0 && (errno == EINTR || errno == EAGAIN) && ++again < MAX_EAGAIN)
+				continue;
+			if (k < 0) {
+				fail(s, -errno, ERR_READ, f->off + done);
+				break;
+			}
+			if (k == 0) {
+				fail(s, -ENODATA, ERR_EOF, f->off + done);
+				break;
+			}
+			again = 0;
+			done += (uint64_t)k;
+			s->res.reads++;
+			s->res.bytes_read += (uint64_t)k;
+			if (sent)
+				s->res.bytes_sent += (uint64_t)k;
+			s->delivered += (uint64_t)k;
+			if (o->progress && o->progress(o->user, s->delivered, s->total))
+				fail(s, -ECANCELED, ERR_CANCEL, 0);
+		}
+	}
+}
+
 /* Submits what is queued, waits for at least one completion, handles all
  * that are there. */
 static int reap(struct stream *s)
@@ -989,6 +1062,7 @@ static void stream_free(struct stream *s)
 	free(s->parts);
 	free(s->segs);
 	free(s->pieces);
+	free(s->fdcs);
 }
 
 static int validate(struct stream *s)
@@ -1037,6 +1111,9 @@ static int validate(struct stream *s)
 					  s->path, i, r->file_off, r->len, size);
 		if (r->kind == STREAM_DST_HOST && !r->dst)
 			return vram_error(-EINVAL, "%s: request %zu: host destination is NULL", s->path, i);
+		if ((r->flags & STREAM_REQ_FD) && (r->kind != STREAM_DST_HOST || r->dst_fd < 0))
+			return vram_error(-EINVAL, "%s: request %zu: a destination file needs a host destination "
+					  "and an fd", s->path, i);
 		if (r->kind == STREAM_DST_STAGED && (!o->sink || !o->sink->copy || !o->sink->wait))
 			return vram_error(-EINVAL, "%s: request %zu: staged destination without a sink", s->path, i);
 		if (r->cast_from != r->cast_to) {
@@ -1179,7 +1256,9 @@ int stream_file(const char *path, int fd, const struct stream_req *reqs, size_t 
 		s.depth = 1;
 	s.res.engine = s.uring ? STREAM_ENGINE_URING : STREAM_ENGINE_SYNC;
 
-	run(&s);
+	run_fdcopies(&s);
+	if (!s.err)
+		run(&s);
 	if (s.nslots) {
 		r = slots_drain(&s);
 		if (r < 0)

@@ -5,7 +5,8 @@
 #   BENCH_DIR    where the checkpoint lives (default /var/tmp/vramd-bench; a
 #                real file system: O_DIRECT does not work on tmpfs)
 #   BENCH_OUT    results file (default $BUILD/bench/results.txt)
-#   BENCH_ONLY   "pager" to run only the paging and two-client parts
+#   BENCH_ONLY   "pager" to run only the paging and two-client parts,
+#                "load" to run only the loading part
 #
 # Cold runs drop the page cache (root only; otherwise they are skipped and
 # the report says so).  Every loader's destination memory is fresh memory it
@@ -107,6 +108,10 @@ say "  vramd -> simulated GPU (staged)       $VG_W"
 say "  ratio vramd/buffered     $(ratio "$VR_W" "$W_B")   (target >= 0.80)"
 say "  ratio vramd/mmap         $(ratio "$VR_W" "$MM_W")"
 say ""
+fi
+if [ "${BENCH_ONLY:-}" = load ]; then
+	say "results in $OUT"
+	exit 0
 fi
 
 # Paging: half the unet donated to cpu; no compute, then compute-bound.

@@ -1169,6 +1169,70 @@ START_TEST(test_convert_invalid)
 }
 END_TEST
 
+/* STREAM_REQ_FD: requests into a memfd mapping, warm.  BUFFERED (and AUTO
+ * on the cached file) copy through the file: the bytes seen through the
+ * mapping are right and every byte went through the file (bytes_sent ==
+ * bytes).  A destination that cannot be written so (a pipe) falls back to
+ * reading into the mapping; DIRECT ignores the flag. */
+START_TEST(test_fd_destination)
+{
+	struct tfile t;
+	struct rng g = { 515 };
+	tfile_make(&t, disk_dir(), (3 << 20) + 7, 21);
+	warm_cache(&t);
+	uint64_t msize = 8 << 20;
+	int mfd = memfd_create("dst", MFD_CLOEXEC);
+	ck_assert_int_ge(mfd, 0);
+	ck_assert_int_eq(ftruncate(mfd, (off_t)msize), 0);
+	uint8_t *map = mmap(NULL, msize, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	ck_assert_ptr_ne(map, MAP_FAILED);
+	int pfd[2];
+	ck_assert_int_eq(pipe(pfd), 0);
+	static const uint32_t fmodes[] = { VRAM_IO_BUFFERED, VRAM_IO_AUTO, VRAM_IO_DIRECT, VRAM_IO_BUFFERED };
+	for (int k = 0; k < 4; k++) {
+		memset(map, 0xa5, msize);
+		struct stream_req r[40];
+		size_t n = 0;
+		uint64_t off = rnd_below(&g, 100), dcur = 0, want = 0;
+		while (n < 40) {
+			uint64_t len = rnd_below(&g, 200000) + (n % 7 == 0 ? 0 : 1);
+			if (off + len > t.size)
+				break;
+			dcur += rnd_below(&g, 3) * 4096 + rnd_below(&g, 50);
+			r[n] = (struct stream_req){ .file_off = off, .len = len, .dst = map + dcur, .kind = STREAM_DST_HOST,
+						    .flags = STREAM_REQ_FD, .dst_fd = k == 3 ? pfd[1] : mfd,
+						    .dst_fd_off = dcur };
+			dcur += len;
+			ck_assert_uint_le(dcur, msize);
+			want += len;
+			off += len + rnd_below(&g, 5000);
+			n++;
+		}
+		struct stream_opts o = { .io_mode = fmodes[k], .chunk = 1 << 20 };
+		struct stream_result res;
+		ck_assert_msg(stream_file(t.path, t.fd, r, n, &o, &res) == 0, "%s", vram_last_error());
+		for (size_t i = 0; i < n; i++)
+			ck_assert_msg(memcmp(r[i].dst, t.data + r[i].file_off, r[i].len) == 0, "mode %u request %zu", fmodes[k], i);
+		ck_assert_uint_eq(res.bytes, want);
+		if (k < 2) {
+			ck_assert_uint_eq(res.io_mode_used, VRAM_IO_BUFFERED);
+			ck_assert_uint_eq(res.bytes_sent, want);
+		} else {
+			ck_assert_uint_eq(res.bytes_sent, 0);
+		}
+	}
+	/* an fd without a host destination is refused */
+	struct stream_req bad = { .file_off = 0, .len = 10, .kind = STREAM_DST_HOST, .dst = map, .flags = STREAM_REQ_FD,
+				  .dst_fd = -1 };
+	ck_assert_int_eq(stream_file(t.path, t.fd, &bad, 1, NULL, NULL), -EINVAL);
+	close(pfd[0]);
+	close(pfd[1]);
+	munmap(map, msize);
+	close(mfd);
+	tfile_free(&t);
+}
+END_TEST
+
 START_TEST(test_invalid)
 {
 	struct tfile t;
@@ -1300,6 +1364,7 @@ static Suite *stream_suite(void)
 	tcase_add_test(tc, test_invalid);
 	tcase_add_loop_test(tc, test_convert, 0, 6);
 	tcase_add_test(tc, test_convert_invalid);
+	tcase_add_test(tc, test_fd_destination);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("probe");
