@@ -212,6 +212,10 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		return vram_error(-EINVAL, "unknown io_mode %u", o->io_mode);
 	if (o->flags & ~VRAM_LOAD_RECLAIMABLE)
 		return vram_error(-EINVAL, "unknown load flags 0x%x", o->flags);
+	if (o->staging_slots > STREAM_MAX_NSTAGING || o->reserved)
+		return vram_error(-EINVAL, "staging_slots %u out of range (at most %u), or reserved not 0",
+				  o->staging_slots, STREAM_MAX_NSTAGING);
+	uint32_t nstaging = o->staging_slots ? o->staging_slots : STREAM_DEFAULT_NSTAGING;
 	uint32_t cast_from = o->cast_from ? o->cast_from : VRAM_LOAD_CAST_DEFAULT_FROM;
 	if (o->cast_to && (o->cast_to >= 32 || !(CAST_DTYPES & (1u << o->cast_to))))
 		return vram_error(-EINVAL, "cannot convert to %s: cast_to is one of F8_E4M3, F8_E5M2, F16, BF16, F32",
@@ -441,6 +445,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	so.io_mode = o->io_mode;
 	so.chunk = o->chunk_size;
 	so.depth = o->queue_depth;
+	so.nstaging = nstaging;
 	so.progress = o->progress;
 	so.user = o->user;
 	if (need_staging) {
@@ -463,7 +468,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		if (has_cuda) {
 			/* Converting on a CUDA device takes device scratch of one
 			 * staging ring (taken at the first conversion). */
-			if ((r = vram_cuda_sink_new(c, STREAM_DEFAULT_NSTAGING, &csink)) < 0)
+			if ((r = vram_cuda_sink_new(c, nstaging, &csink)) < 0)
 				goto fail;
 			if (l->converted)
 				vram_cuda_sink_cast_scratch(csink, chunk);
@@ -477,9 +482,9 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		/* The staging ring comes from the pinned host pool when it has
 		 * room; otherwise the engine maps its own. */
 		int cpu = vram_device_find(c, "cpu");
-		if (cpu >= 0 && vram_alloc(c, (uint32_t)cpu, chunk * STREAM_DEFAULT_NSTAGING, 0, &staging) == 0) {
+		if (cpu >= 0 && vram_alloc(c, (uint32_t)cpu, chunk * nstaging, 0, &staging) == 0) {
 			so.staging = vram_grant_host_ptr(staging);
-			so.nstaging = STREAM_DEFAULT_NSTAGING;
+			so.nstaging = nstaging;
 			so.staging_size = chunk;
 			/* Page-locked, so that H2D copies from it are DMA. */
 			if (has_cuda) {
@@ -487,7 +492,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 				for (uint32_t gi = 0; gi < l->ngrants; gi++)
 					if (backend_of(c, l->grants[gi].device) == VRAM_BACKEND_CUDA)
 						cdev = l->grants[gi].device;
-				if (vram_cuda_pin(c, cdev, so.staging, chunk * STREAM_DEFAULT_NSTAGING, chunk, &pin) < 0)
+				if (vram_cuda_pin(c, cdev, so.staging, chunk * nstaging, chunk, &pin) < 0)
 					pin = NULL; /* pageable: slower, still correct */
 			}
 		}

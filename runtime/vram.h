@@ -366,6 +366,11 @@ struct vram_load_options {
 	 * bytes: a widening conversion needs the room it adds. */
 	uint32_t cast_to;
 	uint32_t cast_from;
+	/* Staging slots (of chunk_size bytes each) for GPU destinations and
+	 * conversions: reads into some while the others are copied onward;
+	 * 0: default (8), at most 1024. */
+	uint32_t staging_slots;
+	uint32_t reserved;       /* 0 */
 };
 /* The default cast_from. */
 #define VRAM_LOAD_CAST_DEFAULT_FROM \

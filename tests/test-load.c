@@ -261,6 +261,7 @@ START_TEST(test_load_convert)
 				o.chunk_size = 64 * 1024;
 				o.cast_to = cases[k].to;
 				o.cast_from = cases[k].from;
+				o.staging_slots = (uint32_t)(1 + k); /* 1, 2, 3 slots */
 				vram_loaded *l;
 				ck_assert_msg(vram_load(c, m, NULL, (uint32_t)dev, &o, &l) == 0, "%s", vram_last_error());
 				char ref[300];
@@ -300,6 +301,11 @@ START_TEST(test_load_convert)
 	o.cast_from = 1u << VRAM_DTYPE_F64;
 	ck_assert_int_eq(vram_load(c, m, NULL, 0, &o, &l), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cast_from"));
+	o.cast_from = 0;
+	o.staging_slots = 1025;
+	ck_assert_int_eq(vram_load(c, m, NULL, 0, &o, &l), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "staging_slots"));
+	o.staging_slots = 0;
 	/* An old caller's smaller struct: no conversion fields, no conversion. */
 	o.cast_from = 0;
 	o.struct_size = offsetof(struct vram_load_options, cast_to);

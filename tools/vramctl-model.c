@@ -455,6 +455,14 @@ int cmd_load(struct ctl *ctl)
 				}
 				lo.cast_from |= 1u << d;
 			}
+		} else if (!strcmp(a, "--staging") && i + 1 < ctl->argc) {
+			char *end;
+			unsigned long d = strtoul(ctl->argv[++i], &end, 10);
+			if (*end || !d || d > 1024) {
+				fprintf(stderr, "vramctl load: --staging: \"%s\" is not 1-1024\n", ctl->argv[i]);
+				return EX_USAGE_;
+			}
+			lo.staging_slots = (uint32_t)d;
 		} else if (!strcmp(a, "--depth") && i + 1 < ctl->argc) {
 			char *end;
 			unsigned long d = strtoul(ctl->argv[++i], &end, 10);
