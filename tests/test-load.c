@@ -509,6 +509,28 @@ START_TEST(test_vramctl_hash)
 }
 END_TEST
 
+/* vramctl bench pager runs both pagers (the explicit one and --uvm) to the
+ * end on a simulated GPU and says which it ran. */
+START_TEST(test_vramctl_bench_pager)
+{
+	struct env e;
+	env_start(&e, "64MiB", "64MiB");
+	write_checkpoint(e.file, 30, 257, 8);
+	for (int uvm = 0; uvm < 2; uvm++) {
+		char cmd[1024];
+		_cleanup_free_ char *out = malloc(1 << 16);
+		snprintf(cmd, sizeof(cmd),
+			 "%s/bin/vramctl --socket %s bench pager %s --unet-virtual-vram-gb 0.001 --passes 2 %s --json",
+			 t_build(), e.sock, e.file, uvm ? "--uvm" : "");
+		ck_assert_int_eq(t_run(cmd, out, 1 << 16), 0);
+		ck_assert_ptr_nonnull(strstr(out, uvm ? "\"mode\": \"uvm\"" : "\"mode\": \"explicit\""));
+		ck_assert_ptr_nonnull(strstr(out, "\"bytes_paged\": "));
+		ck_assert_ptr_null(strstr(out, "\"bytes_paged\": 0,"));
+	}
+	env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_vramctl_exit_codes)
 {
 	char out[4096], cmd[1024];
@@ -572,6 +594,7 @@ int main(void)
 	tcase_add_test(tc, test_killed_mid_load);
 	tcase_add_test(tc, test_vramctl_hash);
 	tcase_add_test(tc, test_vramctl_exit_codes);
+	tcase_add_test(tc, test_vramctl_bench_pager);
 	tcase_add_test(tc, test_vramctl_status_json);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);

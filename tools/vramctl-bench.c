@@ -8,6 +8,11 @@
  * paging GB/s, next to the same pass with every layer resident (compute
  * alone) and to a single-thread memcpy of the same donor bytes measured in
  * the same run: the ceiling for paging on a simulated GPU.
+ *
+ * --uvm runs the same passes through the UVM pager (managed memory,
+ * advise + prefetch; CUDA compute devices only) instead: stall is then the
+ * time spent in acquire as this tool measures it, and "paged" the donor
+ * bytes acquired (what the driver migrates is its business).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -92,6 +97,7 @@ int cmd_bench(struct ctl *ctl)
 	uint64_t window = 0;
 	unsigned passes = 5, depth = 0;
 	double ms_per_gb = 0;
+	bool uvm = false;
 	plan_args_init(&pa);
 	if (ctl->argc < 2 || strcmp(ctl->argv[1], "pager")) {
 		fprintf(stderr, "vramctl bench: only \"bench pager FILE ...\" exists\n");
@@ -108,6 +114,8 @@ int cmd_bench(struct ctl *ctl)
 		char *end = NULL;
 		if (!strcmp(a, "--json")) {
 			ctl->json = true;
+		} else if (!strcmp(a, "--uvm")) {
+			uvm = true;
 		} else if (!strcmp(a, "--window") && v) {
 			if (size_parse(v, &window) < 0) {
 				fprintf(stderr, "vramctl bench pager: --window: \"%s\" is not a size\n", v);
@@ -153,7 +161,8 @@ int cmd_bench(struct ctl *ctl)
 	vram_client *c;
 	vram_plan *p;
 	vram_loaded *l;
-	vram_pager *pg;
+	vram_pager *pg = NULL;
+	vram_uvm_pager *up = NULL;
 	int r = vram_model_open(file, &m);
 	if (r < 0) {
 		fprintf(stderr, "%s\n", vram_last_error());
@@ -176,8 +185,13 @@ int cmd_bench(struct ctl *ctl)
 	po.window_bytes = window;
 	if (depth)
 		po.prefetch_depth = depth;
-	if ((r = vram_load(c, m, p, 0, &lo, &l)) < 0 || (r = vram_pager_create(l, p, &po, &pg)) < 0) {
+	if (uvm)
+		lo.flags = 0; /* nothing pages the load itself */
+	l = NULL;
+	if ((r = vram_load(c, m, p, 0, &lo, &l)) < 0 ||
+	    (r = uvm ? vram_uvm_pager_create(l, p, depth ? depth : 2, &up) : vram_pager_create(l, p, &po, &pg)) < 0) {
 		fprintf(stderr, "vramctl bench pager: %s\n", vram_last_error());
+		vram_unload(l);
 		if (r != -EINVAL)
 			r = 1;
 		else
@@ -201,9 +215,23 @@ int cmd_bench(struct ctl *ctl)
 		vram_model_layer(m, (uint32_t)li, &info);
 		spin[li] = (uint64_t)(ms_per_gb * 1e6 * (double)info.nbytes / 1e9);
 	}
+	/* donor layers: those not on their component's compute device */
+	uint64_t *donor = calloc((size_t)nl + 1, sizeof(*donor));
+	if (!donor) {
+		fprintf(stderr, "vramctl: out of memory\n");
+		return EX_SOFTWARE_;
+	}
+	for (int li = 0; li < nl; li++) {
+		struct vram_layer_info info = { .struct_size = sizeof(info) };
+		vram_model_layer(m, (uint32_t)li, &info);
+		int cd = vram_plan_compute_device(p, info.component);
+		int ld = vram_plan_layer_device(p, (uint32_t)li);
+		donor[li] = cd >= 0 && ld >= 0 && cd != ld ? info.nbytes : 0;
+	}
 	struct vram_pager_stats w = { .struct_size = sizeof(w) };
-	vram_pager_stats(pg, &w);
-	double mc = memcpy_gbps(m, l, p, c, w.window_slots);
+	if (pg)
+		vram_pager_stats(pg, &w);
+	double mc = memcpy_gbps(m, l, p, c, pg ? w.window_slots : 2);
 	if (ready_file) {
 		FILE *rf = fopen(ready_file, "w");
 		if (rf)
@@ -212,19 +240,33 @@ int cmd_bench(struct ctl *ctl)
 
 	for (unsigned k = 0; k < passes && r == 0; k++) {
 		struct vram_pager_stats s0 = { .struct_size = sizeof(s0) }, s1 = { .struct_size = sizeof(s1) };
-		vram_pager_stats(pg, &s0);
-		uint64_t t0 = now_ns();
+		if (pg)
+			vram_pager_stats(pg, &s0);
+		uint64_t t0 = now_ns(), in_acquire = 0, donor_bytes = 0;
 		for (int li = 0; li < nl; li++) {
-			if ((r = vram_pager_acquire(pg, (uint32_t)li)) < 0) {
+			uint64_t a0 = now_ns();
+			r = pg ? vram_pager_acquire(pg, (uint32_t)li) : vram_uvm_pager_acquire(up, (uint32_t)li);
+			in_acquire += now_ns() - a0;
+			if (r < 0) {
 				fprintf(stderr, "vramctl bench pager: %s\n", vram_last_error());
 				break;
 			}
+			donor_bytes += donor[li];
 			spin_ns(spin[li]);
-			vram_pager_release(pg, (uint32_t)li);
+			if (pg)
+				vram_pager_release(pg, (uint32_t)li);
+			else
+				vram_uvm_pager_release(up, (uint32_t)li);
 		}
-		vram_pager_end_pass(pg);
+		if (pg)
+			vram_pager_end_pass(pg);
 		uint64_t wall = now_ns() - t0;
-		vram_pager_stats(pg, &s1);
+		if (pg) {
+			vram_pager_stats(pg, &s1);
+		} else {
+			s1.stall_ns = in_acquire;
+			s1.bytes_paged = donor_bytes;
+		}
 		/* the same pass with every layer resident: compute alone */
 		uint64_t t1 = now_ns();
 		for (int li = 0; li < nl; li++)
@@ -237,7 +279,8 @@ int cmd_bench(struct ctl *ctl)
 		res[k].resident_wall = (double)rwall / 1e9;
 	}
 	struct vram_pager_stats st = { .struct_size = sizeof(st) };
-	vram_pager_stats(pg, &st);
+	if (pg)
+		vram_pager_stats(pg, &st);
 
 	/* Steady state: the passes after the first. */
 	double best_gbps = 0, stall_sum = 0, wall_sum = 0;
@@ -262,6 +305,7 @@ int cmd_bench(struct ctl *ctl)
 		}
 		json_object_set_new(root, "file", json_string(file));
 		json_object_set_new(root, "compute_ms_per_gb", json_real(ms_per_gb));
+		json_object_set_new(root, "mode", json_string(uvm ? "uvm" : "explicit"));
 		json_object_set_new(root, "window_bytes", json_integer((json_int_t)st.window_bytes));
 		json_object_set_new(root, "window_slots", json_integer(st.window_slots));
 		json_object_set_new(root, "passes", arr);
@@ -280,24 +324,33 @@ int cmd_bench(struct ctl *ctl)
 		puts(txt ? txt : "{}");
 		free(txt);
 	} else {
-		printf("window %s in %u slots, compute %.1f ms/GB\n", ctl_size(st.window_bytes, a, sizeof(a)),
-		       st.window_slots, ms_per_gb);
+		if (uvm)
+			printf("UVM pager (managed memory, advise + prefetch), compute %.1f ms/GB\n", ms_per_gb);
+		else
+			printf("window %s in %u slots, compute %.1f ms/GB\n", ctl_size(st.window_bytes, a, sizeof(a)),
+			       st.window_slots, ms_per_gb);
 		printf("%4s %10s %10s %12s %10s %12s\n", "PASS", "WALL s", "STALL s", "PAGED", "GB/s", "RESIDENT s");
 		for (unsigned k = 0; k < passes; k++)
 			printf("%4u %10.4f %10.4f %12s %10.2f %12.4f\n", k + 1, res[k].wall, res[k].stall,
 			       ctl_size(res[k].paged, a, sizeof(a)), res[k].gbps, res[k].resident_wall);
 		printf("memcpy (same bytes, one thread): %.2f GB/s; paging/memcpy %.3f\n", mc,
 		       mc > 0 ? best_gbps / mc : 0);
-		printf("copy thread: %.2f GB/s while copying\n",
-		       st.copy_ns ? (double)st.bytes_paged / (double)st.copy_ns : 0);
-		printf("stall after the first pass: %.2f%% of wall; hits %llu, late %llu, misses %llu, prefetch used %llu/%llu\n",
-		       stall_frac * 100, (unsigned long long)st.hits, (unsigned long long)st.late,
-		       (unsigned long long)st.misses, (unsigned long long)st.prefetch_used,
-		       (unsigned long long)st.prefetches);
+		if (uvm) {
+			printf("stall (time in acquire) after the first pass: %.2f%% of wall\n", stall_frac * 100);
+		} else {
+			printf("copy thread: %.2f GB/s while copying\n",
+			       st.copy_ns ? (double)st.bytes_paged / (double)st.copy_ns : 0);
+			printf("stall after the first pass: %.2f%% of wall; hits %llu, late %llu, misses %llu, prefetch used %llu/%llu\n",
+			       stall_frac * 100, (unsigned long long)st.hits, (unsigned long long)st.late,
+			       (unsigned long long)st.misses, (unsigned long long)st.prefetch_used,
+			       (unsigned long long)st.prefetches);
+		}
 	}
 	free(spin);
 	free(res);
+	free(donor);
 	vram_pager_free(pg);
+	vram_uvm_pager_free(up);
 	vram_unload(l);
 	vram_plan_free(p);
 	vram_close(c);
