@@ -59,7 +59,7 @@ EXTRA_RUNTIME_OBJ :=
 # Fragments (kernels/kernels.mk: nvcc rules) may add to EXTRA_RUNTIME_OBJ.
 -include $(sort $(wildcard */*.mk))
 
-.PHONY: all deps check test run bench bench-gpu check-gpu asan install clean distclean
+.PHONY: all deps check test run bench bench-gpu check-gpu gpu-bundle asan install clean distclean
 # Keep test objects (otherwise make deletes them as intermediates).
 .SECONDARY:
 all: $(VRAMD) $(VRAMCTL) $(LIBVRAM_A) $(LIBVRAM_SO) $(TEST_BIN) $(HELPER_BIN)
@@ -124,6 +124,11 @@ check-gpu: deps
 bench-gpu: deps
 	@$(MAKE) --no-print-directory all
 	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/bench-gpu.sh
+
+# Here (apt reaches its mirror): .gpudeps/, the build dependencies for a lent
+# GPU machine without network; there, sh scripts/gpu-run.sh (docs/gpu-machine.md).
+gpu-bundle:
+	@sh scripts/gpu-bundle.sh
 
 clean:
 	rm -rf build build-asan

@@ -20,6 +20,11 @@ FILE="$DIR/gpu-bench-$SIZE.safetensors"
 SOCK="$DIR/vramd-gpu.sock"
 VRAMCTL="$BUILD/bin/vramctl --socket $SOCK"
 TORCHPY=${TORCH_PYTHON:-python3} # the system Python, where torch is
+# Without the build dependencies (a lent GPU machine, docs/gpu-machine.md):
+# the bundle that `make gpu-bundle` made, if it was carried.
+if [ -d .gpudeps ] && ! pkg-config --exists liburing numa jansson libxxhash libsystemd check 2>/dev/null; then
+	. scripts/gpu-env.sh || exit 1
+fi
 
 if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1'; then
 	echo "bench-gpu: skipped: no NVIDIA driver (libcuda.so.1) on this machine"

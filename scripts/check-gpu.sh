@@ -17,6 +17,11 @@
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
+# Without the build dependencies (a lent GPU machine, docs/gpu-machine.md):
+# the bundle that `make gpu-bundle` made, if it was carried.
+if [ -d .gpudeps ] && ! pkg-config --exists liburing numa jansson libxxhash libsystemd check 2>/dev/null; then
+	. scripts/gpu-env.sh || exit 1
+fi
 BUILD=${VRAM_BUILD:-build}
 MAKE=${MAKE:-make}
 SIZE=${VRAM_GPU_SIZE:-256MiB}
