@@ -10,6 +10,9 @@
 #   BENCH_GPU_SIZE  checkpoint size (default 4 GiB)
 #   BENCH_DIR       where it lives (default /var/tmp/vramd-bench; a real fs)
 #   BENCH_OUT       results file (default $BUILD/bench/gpu-results.txt)
+#   BENCH_GPU_SIM   1: dry run of this script against a simulated GPU (to
+#                   check the script where there is no GPU; numbers mean
+#                   nothing and the report says so)
 set -u
 BUILD=${VRAM_BUILD:-build}
 PY=${VRAM_PYTHON:-.venv/bin/python}
@@ -26,7 +29,8 @@ if [ -d .gpudeps ] && ! pkg-config --exists liburing numa jansson libxxhash libs
 	. scripts/gpu-env.sh || exit 1
 fi
 
-if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1'; then
+SIM=${BENCH_GPU_SIM:-0}
+if [ "$SIM" != 1 ] && ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1'; then
 	echo "bench-gpu: skipped: no NVIDIA driver (libcuda.so.1) on this machine"
 	exit 77
 fi
@@ -40,18 +44,22 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 [ -s "$FILE" ] || { "$PY" tests/make_checkpoint.py --out "$FILE.tmp" --size "$SIZE" --seed 3 && mv "$FILE.tmp" "$FILE"; }
+SIMARGS=""
+[ "$SIM" = 1 ] && SIMARGS="--no-cuda --sim-gpus $((SIZE / 1073741824 * 2 + 2))GiB"
+# shellcheck disable=SC2086
 "$BUILD/bin/vramd" --socket "$SOCK" --admin-socket "$DIR/admin-gpu.sock" --state-dir "$DIR/state-gpu" \
-	--host-pool "$((SIZE / 1073741824 + 4))GiB" 2>"$DIR/vramd-gpu.log" &
+	--host-pool "$((SIZE / 1073741824 + 4))GiB" $SIMARGS 2>"$DIR/vramd-gpu.log" &
 PID=$!
 i=0
 while [ ! -S "$SOCK" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
-if ! $VRAMCTL status | grep -q '^cuda:0 *cuda'; then
+if [ "$SIM" != 1 ] && ! $VRAMCTL status | grep -q '^cuda:0 *cuda'; then
 	$VRAMCTL status
 	echo "bench-gpu: skipped: vramd lists no CUDA device"
 	exit 77
 fi
 say "vramd GPU bench, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 say "checkpoint $FILE, $(stat -c %s "$FILE") bytes"
+[ "$SIM" = 1 ] && say "DRY RUN on a simulated GPU (BENCH_GPU_SIM=1): the numbers below mean nothing"
 
 CAN_DROP=0
 if [ "$(id -u)" -eq 0 ] && sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then CAN_DROP=1; fi
@@ -93,4 +101,48 @@ say "cold: vramd $VR_C GB/s, safetensors.torch $ST_C GB/s"
 say "warm: vramd $VR_W GB/s, safetensors.torch $ST_W GB/s"
 say "cold ratio vramd/ceiling $(ratio "$VR_C" "$CEIL") (target >= 0.90); vramd/safetensors $(ratio "$VR_C" "$ST_C") (target >= 5)"
 [ $CAN_DROP -eq 1 ] || say "(cold runs did not drop the page cache: not root)"
+
+# Staging ring: read size x slots, warm (the defaults are 8 MiB x 8).
+say ""
+say "staging sweep, warm, GB/s (rows: --chunk, columns: --staging 4 8 16)"
+for ch in 4MiB 8MiB 16MiB 32MiB; do
+	line="  $ch:"
+	for ns in 4 8 16; do
+		g=$($VRAMCTL load "$FILE" --device cuda:0 --io auto --chunk "$ch" --staging "$ns" --json |
+			"$PY" -c 'import json,sys; print("%.3f" % json.load(sys.stdin)["gbps"])' 2>/dev/null || echo fail)
+		line="$line $g"
+	done
+	say "$line"
+done
+
+# Conversion while streaming: an F8_E4M3 checkpoint loaded as it is and
+# converted to BF16 on the GPU (twice the bytes land), warm.
+FILE8="$DIR/gpu-bench-f8-$((SIZE / 2)).safetensors"
+[ -s "$FILE8" ] || { "$PY" tests/make_checkpoint.py --out "$FILE8.tmp" --size "$((SIZE / 2))" --seed 5 --dtype F8_E4M3 >/dev/null &&
+	mv "$FILE8.tmp" "$FILE8"; }
+cat "$FILE8" > /dev/null
+V8=$($VRAMCTL load "$FILE8" --device cuda:0 --json | "$PY" -c 'import json,sys; print("%.3f" % json.load(sys.stdin)["gbps"])' 2>/dev/null || echo 0)
+V8C=$($VRAMCTL load "$FILE8" --device cuda:0 --cast bf16 --json | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print("%.3f %d" % (d["gbps"], d["converted"]))' 2>/dev/null || echo "0 0")
+say ""
+say "conversion, warm, file GB/s: F8_E4M3 as is $V8; --cast bf16 ${V8C% *} (${V8C#* } tensors converted); ratio $(ratio "${V8C% *}" "$V8")"
+
+# Paging: half the unet donated to the CPU, explicit pager against the UVM
+# pager, no compute and compute 1.5x the explicit copy time.
+VV=$(awk -v s="$SIZE" 'BEGIN { printf "%.3f", s * 0.75 / 2 / 1e9 }')
+pg() { # $1 compute ms/GB, $2 extra flag
+	$VRAMCTL bench pager "$FILE" --unet-compute-device cuda:0 --unet-virtual-vram-gb "$VV" --passes 5 \
+		--compute-ms-per-gb "$1" $2 --json 2>"$DIR/pager-err.txt" |
+		"$PY" -c 'import json,sys; d=json.load(sys.stdin); p=d["passes"][1:]
+g=max(x["paging_gbps"] for x in p); print("%.3f %.1f" % (g, 100 * d["stall_fraction"]))' 2>/dev/null || echo "fail fail"
+}
+set -- $(pg 0 ""); PE=$1; PE_S=$2
+set -- $(pg 0 --uvm); PU=$1; PU_S=$2
+MS=$(awk -v g="$PE" 'BEGIN { if (g + 0 > 0) printf "%.1f", 1.5 * 1000 / g; else print 0 }')
+set -- $(pg "$MS" ""); PEC=$1; PEC_S=$2
+set -- $(pg "$MS" --uvm); PUC=$1; PUC_S=$2
+say ""
+say "paging ($VV GB of unet donated to the CPU), GB/s and stall % after the first pass:"
+say "  no compute:           explicit $PE ($PE_S%), UVM $PU ($PU_S%)"
+say "  compute $MS ms/GB:   explicit $PEC ($PEC_S%), UVM $PUC ($PUC_S%)"
+[ -s "$DIR/pager-err.txt" ] && say "  (last error: $(tail -1 "$DIR/pager-err.txt"))"
 say "results in $OUT"
