@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <grp.h>
+#include <linux/kcmp.h>
 #include <time.h>
 
 #include "broker/broker.h"
@@ -54,7 +55,8 @@ struct grant {
 	uint64_t size;
 	uint32_t flags;
 	void *handle;
-	int fd;                /* a grant fds systemd handed back (restored), or -1 */
+	int fd;                /* the fd systemd handed back (restored), or, on an
+				* fd_identity pool, the grant's own fd; else -1 */
 	dev_t st_dev;          /* identity of its memory (memfd inode), for REGISTER */
 	ino_t st_ino;
 	bool stored;           /* in systemd's fd store under fdname */
@@ -315,9 +317,22 @@ static void fdstore_drop(struct grant *g)
 	g->stored = false;
 }
 
+/* Records what tells g's memory apart when an fd comes back (REGISTER):
+ * the inode of a memfd, or, for backends whose fds share one inode
+ * (fd_identity: CUDA exports), the open file description itself, kept as
+ * a duplicate of fd in g->fd (unless g->fd holds one already: the fd store's)
+ * until the grant is released. */
 static void grant_identify(struct grant *g, int fd)
 {
 	struct stat st;
+	if (g->pool->ops->fd_identity) {
+		if (g->fd < 0 && (g->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) {
+			int e = errno;
+			broker_log(0, "grant %llu: cannot keep its fd (%s): a REGISTER of it will not be recognised",
+				   (unsigned long long)g->id, strerror(e));
+		}
+		return;
+	}
 	if (fstat(fd, &st) == 0) {
 		g->st_dev = st.st_dev;
 		g->st_ino = st.st_ino;
@@ -483,6 +498,35 @@ static struct grant *grant_by_inode(struct broker *b, dev_t dev, ino_t ino, stru
 	return NULL;
 }
 
+/* The live grant on fd_identity pool p whose fd is the open file
+ * description of fd (kcmp KCMP_FILE), or NULL.  Without kcmp (a kernel
+ * built without it, a seccomp filter) nothing is found: such memory is then
+ * counted as new, never as someone else's. */
+static struct grant *grant_by_file(struct broker *b, const struct pool *p, int fd, struct client **ret_owner)
+{
+	static bool warned;
+	pid_t self = getpid();
+	for (struct client *x = b->clients; x; x = x->next)
+		for (struct grant *g = x->grants; g; g = g->next) {
+			if (g->pool != p || g->fd < 0)
+				continue;
+			long r = syscall(SYS_kcmp, self, self, KCMP_FILE, g->fd, fd);
+			if (r == 0) {
+				*ret_owner = x;
+				return g;
+			}
+			if (r < 0) {
+				int e = errno;
+				if (!warned)
+					broker_log(0, "kcmp: %s: re-registered %s grants cannot be matched to "
+						   "known ones", strerror(e), p->ops->name);
+				warned = true;
+				return NULL;
+			}
+		}
+	return NULL;
+}
+
 static void handle_register(struct broker *b, struct client *c, const struct vramd_register *m, int fd)
 {
 	const char *why = "";
@@ -517,10 +561,12 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 	}
 	/* Memory accounted already: the fd store brought it back (it changes
 	 * hands from the placeholder client, counted once), or it is someone's
-	 * live grant (refused: one memfd is never counted twice). */
+	 * live grant (refused: one memfd, or one CUDA export, is never counted
+	 * twice). */
 	struct stat st;
 	struct client *x = NULL;
-	struct grant *og = fstat(fd, &st) == 0 ? grant_by_inode(b, st.st_dev, st.st_ino, &x) : NULL;
+	struct grant *og = p->ops->fd_identity ? grant_by_file(b, p, fd, &x)
+			   : fstat(fd, &st) == 0 ? grant_by_inode(b, st.st_dev, st.st_ino, &x) : NULL;
 	if (og) {
 		p->ops->release(p, handle, m->size);
 		if (!x->restored || og->pool != p || og->size != m->size) {
@@ -537,9 +583,12 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 		og->next = c->grants;
 		c->grants = og;
 		client_account(c, og, 1);
-		if (og->fd >= 0)
+		/* The fd store's fd: a memfd's is not needed any more; a CUDA
+		 * export's is the grant's identity from now on. */
+		if (og->fd >= 0 && !p->ops->fd_identity) {
 			close(og->fd);
-		og->fd = -1;
+			og->fd = -1;
+		}
 		if (!x->ngrants)
 			x->dead = true;
 		send_alloc_reply(b, c, m->hdr.seq, og, -1);

@@ -22,10 +22,18 @@ struct pool_ops {
 	 * after sending) plus a backend handle, or -errno with *why set. */
 	int (*grant)(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why);
 	/* Takes back a grant made by an earlier broker (REGISTER after a
-	 * restart): checks that fd really is such memory of size bytes and
-	 * makes a handle for it.  The fd stays the caller's.  NULL: the
-	 * backend cannot (-EOPNOTSUPP). */
+	 * restart, or the fd store): checks that fd really is such memory of
+	 * size bytes and makes a handle for it (release drops it).  The fd
+	 * stays the caller's.  NULL: the backend cannot (-EOPNOTSUPP). */
 	int (*adopt)(struct pool *p, int fd, uint64_t size, void **ret_handle, const char **why);
+	/* How the broker tells that an fd is the memory of a grant it already
+	 * accounts (a REGISTER of it is then a hand-over from the fd store or
+	 * refused).  false: by the file's inode (each memfd is a file of its
+	 * own).  true: by the open file description (kcmp KCMP_FILE), for
+	 * backends whose fds all share one inode (every CUDA POSIX-fd export
+	 * is a file of the driver's control device); the broker then keeps a
+	 * duplicate of each grant's fd, closed when the grant is released. */
+	bool fd_identity;
 	/* Drops the backend handle of a grant (the client may still hold its
 	 * fd and mapping until it exits). */
 	void (*release)(struct pool *p, void *handle, uint64_t size);

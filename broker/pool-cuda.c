@@ -20,6 +20,13 @@
  * ops->release gives back with cuMemRelease; the physical memory goes when
  * the client has unmapped and released its imported handle too (or exits).
  *
+ * After a broker restart a grant comes back (ops->adopt) as its exported fd,
+ * from the client's REGISTER or from systemd's fd store: the broker imports
+ * it, checks what the driver can tell (device, type, handle type, and the
+ * size by probing mappings), and keeps the imported handle like a grant's.
+ * Every export is a file of the driver's control device, so the broker tells
+ * grants apart by open file description, not inode (ops->fd_identity).
+ *
  * Capacity: the device's free memory when the broker starts (after its own
  * context exists; memory other processes hold is not counted), minus a
  * reserve for the CUDA contexts and library workspaces of client processes
@@ -200,6 +207,143 @@ pop:
 	return r;
 }
 
+/* Whether allocation h has exactly size bytes.  The Driver API has no call
+ * that gives an allocation's size, but cuMemMap does not map past its end:
+ * a mapping of size bytes succeeds only if the allocation has at least
+ * that many, and one of size + the minimum granularity (allocations are
+ * whole minimum granules) only if it has more.  The probe mappings get no
+ * access rights (no cuMemSetAccess), so the broker never can touch the
+ * bytes, and both are undone before returning.  Context pushed.  0, or
+ * -EINVAL (not that size) / -errno (the probe itself failed) with cp->why. */
+static int check_size(struct cuda_pool *cp, CUmemGenericAllocationHandle h, size_t size, size_t step)
+{
+	const struct cuda_api *cu = &cp->sh->api;
+	size_t span = size + step;
+	CUdeviceptr va = 0;
+	char e[128];
+	int r = 0;
+
+	CUresult cr = cu->MemAddressReserve(&va, span, 0, 0, 0);
+	if (cr != CUDA_SUCCESS)
+		return cu_why(cu, cr, "cuMemAddressReserve", cp->why, sizeof(cp->why));
+	cr = cu->MemMap(va, size, 0, h, 0);
+	if (cr == CUDA_ERROR_OUT_OF_MEMORY) {
+		r = cu_why(cu, cr, "cuMemMap", cp->why, sizeof(cp->why));
+		goto free_va;
+	}
+	if (cr != CUDA_SUCCESS) {
+		snprintf(cp->why, sizeof(cp->why), "the allocation is smaller than the size claimed (cuMemMap: %s)",
+			 cuda_api_strerror(cu, cr, e, sizeof(e)));
+		r = -EINVAL;
+		goto free_va;
+	}
+	cr = cu->MemUnmap(va, size);
+	if (cr != CUDA_SUCCESS) {
+		/* The VA stays reserved (it cannot be freed while mapped). */
+		broker_log(0, "cuda: cuMemUnmap of a size probe failed: %d", (int)cr);
+		return cu_why(cu, cr, "cuMemUnmap", cp->why, sizeof(cp->why));
+	}
+	/* Any failure here counts as "not larger": a driver that refuses the
+	 * mapping for another reason can only make the broker believe the
+	 * client's size, never count more than it claimed. */
+	cr = cu->MemMap(va, span, 0, h, 0);
+	if (cr == CUDA_SUCCESS) {
+		snprintf(cp->why, sizeof(cp->why), "the allocation is larger than the size claimed");
+		r = -EINVAL;
+		cr = cu->MemUnmap(va, span);
+		if (cr != CUDA_SUCCESS) {
+			broker_log(0, "cuda: cuMemUnmap of a size probe failed: %d", (int)cr);
+			return r;
+		}
+	}
+free_va:
+	cr = cu->MemAddressFree(va, span);
+	if (cr != CUDA_SUCCESS)
+		broker_log(0, "cuda: cuMemAddressFree of a size probe failed: %d", (int)cr);
+	return r;
+}
+
+/* REGISTER after a restart, or an fd store entry: fd claims to be a grant of
+ * size bytes on this device.  It is imported (the broker's own handle on the
+ * allocation, which keeps it alive as the broker's cuMemCreate handle did),
+ * and what the driver can tell is checked: pinned device memory of this
+ * device, exportable as a POSIX fd, of exactly size bytes (check_size).
+ * What cannot be checked: that this broker (or an earlier one) made it; a
+ * client may register memory it created itself, which then only counts
+ * against it, as a self-made sealed memfd does.  The memory is not cleared:
+ * it holds the client's bytes. */
+static int cuda_adopt(struct pool *p, int fd, uint64_t size, void **ret_handle, const char **why)
+{
+	struct cuda_pool *cp = p->priv;
+	const struct cuda_api *cu = &cp->sh->api;
+	CUmemGenericAllocationHandle h = 0;
+	CUmemAllocationProp prop, want;
+	CUcontext popped;
+	CUresult cr;
+	size_t step = 0;
+	char e[128];
+	int r;
+
+	*why = cp->why;
+	if (!size || size % p->granularity || size > SIZE_MAX / 2) {
+		snprintf(cp->why, sizeof(cp->why), "%llu bytes is not a grant size", (unsigned long long)size);
+		return -EINVAL;
+	}
+	if (fd < 0) {
+		snprintf(cp->why, sizeof(cp->why), "no fd");
+		return -EBADF;
+	}
+	cr = cu->CtxPushCurrent(cp->ctx);
+	if (cr != CUDA_SUCCESS)
+		return cu_why(cu, cr, "cuCtxPushCurrent", cp->why, sizeof(cp->why));
+	cr = cu->MemImportFromShareableHandle(&h, (void *)(uintptr_t)fd, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+	if (cr != CUDA_SUCCESS) {
+		/* Anything but a shortage means the fd is no CUDA export. */
+		r = cr == CUDA_ERROR_OUT_OF_MEMORY ? -ENOMEM : -EINVAL;
+		snprintf(cp->why, sizeof(cp->why), "not a CUDA allocation (cuMemImportFromShareableHandle: %s)",
+			 cuda_api_strerror(cu, cr, e, sizeof(e)));
+		goto pop;
+	}
+	memset(&prop, 0, sizeof(prop));
+	cr = cu->MemGetAllocationPropertiesFromHandle(&prop, h);
+	if (cr != CUDA_SUCCESS) {
+		r = cu_why(cu, cr, "cuMemGetAllocationPropertiesFromHandle", cp->why, sizeof(cp->why));
+		goto release;
+	}
+	if (prop.location.type != CU_MEM_LOCATION_TYPE_DEVICE || prop.location.id != cp->ordinal) {
+		snprintf(cp->why, sizeof(cp->why),
+			 "the allocation is not memory of this device (location type %d, id %d)",
+			 (int)prop.location.type, prop.location.id);
+		r = -EINVAL;
+		goto release;
+	}
+	if (prop.type != CU_MEM_ALLOCATION_TYPE_PINNED ||
+	    !(prop.requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)) {
+		snprintf(cp->why, sizeof(cp->why), "the allocation is not pinned memory exportable as a POSIX fd");
+		r = -EINVAL;
+		goto release;
+	}
+	/* Allocations are made of minimum granules; the probe steps by one. */
+	alloc_prop(&want, cp->ordinal);
+	cr = cu->MemGetAllocationGranularity(&step, &want, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+	if (cr != CUDA_SUCCESS || step == 0 || p->granularity % step)
+		step = (size_t)p->granularity;
+	r = check_size(cp, h, (size_t)size, step);
+	if (r < 0)
+		goto release;
+	cu->CtxPopCurrent(&popped);
+	*ret_handle = (void *)(uintptr_t)h;
+	return 0;
+
+release:
+	cr = cu->MemRelease(h);
+	if (cr != CUDA_SUCCESS)
+		broker_log(0, "cuda: %s: cuMemRelease after a refused REGISTER failed: %d", p->name, (int)cr);
+pop:
+	cu->CtxPopCurrent(&popped);
+	return r;
+}
+
 static void cuda_release(struct pool *p, void *handle, uint64_t size)
 {
 	struct cuda_pool *cp = p->priv;
@@ -230,8 +374,10 @@ static void cuda_destroy(struct pool *p)
 static const struct pool_ops cuda_ops = {
 	.name = "cuda",
 	.grant = cuda_grant,
+	.adopt = cuda_adopt,
 	.release = cuda_release,
 	.destroy = cuda_destroy,
+	.fd_identity = true,
 };
 
 /* ======================================================================

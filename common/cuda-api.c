@@ -49,6 +49,7 @@ static const struct entry {
 	E(MemRelease, "cuMemRelease"),
 	E(MemExportToShareableHandle, "cuMemExportToShareableHandle"),
 	E(MemImportFromShareableHandle, "cuMemImportFromShareableHandle"),
+	E(MemGetAllocationPropertiesFromHandle, "cuMemGetAllocationPropertiesFromHandle"),
 	E(MemAddressReserve, "cuMemAddressReserve"),
 	E(MemAddressFree, "cuMemAddressFree"),
 	E(MemMap, "cuMemMap"),

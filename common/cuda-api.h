@@ -172,6 +172,8 @@ struct cuda_api {
 					       CUmemAllocationHandleType type, unsigned long long flags);
 	CUresult (*MemImportFromShareableHandle)(CUmemGenericAllocationHandle *handle, void *os_handle,
 						 CUmemAllocationHandleType type);
+	CUresult (*MemGetAllocationPropertiesFromHandle)(CUmemAllocationProp *prop,
+							 CUmemGenericAllocationHandle handle);
 	CUresult (*MemAddressReserve)(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr,
 				      unsigned long long flags);
 	CUresult (*MemAddressFree)(CUdeviceptr ptr, size_t size);

@@ -159,9 +159,10 @@ static bool conn_lost(int r)
 }
 
 /* The broker went away (restart, crash): connect again with backoff, say
- * HELLO, and hand every grant's fd back (REGISTER) so that the new broker
- * accounts what this process holds.  Mappings stay valid throughout: the
- * memory lives in the fds.  Lock held.  0 or -errno. */
+ * HELLO, and hand every grant's fd back (REGISTER: the memfd, or the CUDA
+ * export the broker sent) so that the new broker accounts what this process
+ * holds.  Mappings stay valid throughout: the memory lives in the fds and,
+ * for CUDA, in this process's imported handles.  Lock held.  0 or -errno. */
 static int reconnect(struct vram_client *c)
 {
 	uint64_t budget_ms = 10000, delay_ms = 10;
@@ -194,9 +195,8 @@ static int reconnect(struct vram_client *c)
 	int first_err = 0;
 	for (struct vram_grant *g = c->grants; g; g = g->next) {
 		if (g->fd < 0) {
-			/* CUDA grants: the runtime cannot prove them yet. */
 			if (!first_err)
-				first_err = vram_error(-EOPNOTSUPP, "grant %llu on a CUDA device could not be re-registered",
+				first_err = vram_error(-EOPNOTSUPP, "grant %llu has no fd to re-register",
 						       (unsigned long long)g->id);
 			continue;
 		}
@@ -458,6 +458,13 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 		}
 	} else if (g->backend == VRAM_BACKEND_CUDA) {
 		r = vram_cuda_import(c, g, fd);
+		if (r == 0) {
+			/* kept too: importing leaves the export usable, and it is
+			 * what proves the memory to a restarted broker (it also
+			 * holds the memory, until grant_unmap closes it) */
+			g->fd = fd;
+			fd = -1;
+		}
 	} else {
 		r = vram_error(-ENOTSUP, "device %s cannot be mapped by this runtime", c->dev[device].name);
 	}

@@ -18,7 +18,8 @@ struct vram_grant {
 	void    *host;           /* mapping of a host-mappable grant */
 	uint64_t dptr;           /* CUDA device address */
 	void    *cuda;           /* runtime/cuda.c state */
-	int      fd;             /* memfd kept to re-register after a broker restart, or -1 */
+	int      fd;             /* memfd or CUDA export, kept to re-register after a
+				  * broker restart, or -1 */
 	struct vram_grant *next, *prev;
 };
 
@@ -44,7 +45,8 @@ struct vram_client {
 };
 
 /* runtime/cuda.c: maps an exported CUDA allocation (fd, size) of device
- * dev into this process; sets g->dptr and g->cuda.  Closes nothing. */
+ * dev into this process; sets g->dptr and g->cuda.  Closes nothing: the fd
+ * stays importable (vram_alloc keeps it in g->fd for REGISTER). */
 int vram_cuda_import(struct vram_client *c, struct vram_grant *g, int fd);
 /* Unmaps and releases what vram_cuda_import set up. */
 void vram_cuda_unimport(struct vram_grant *g);

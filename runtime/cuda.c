@@ -10,12 +10,14 @@
  * table is dropped when no device is held (libcuda itself stays open).
  *
  * Import: the grant's POSIX fd becomes an allocation handle
- * (cuMemImportFromShareableHandle), mapped at a fresh VA reservation with
- * read-write access for its device.  The VA is in the process's unified
- * address space, so PyTorch may wrap it (e.g. through __cuda_array_interface__
- * or DLPack) as memory of that device.  Unimport synchronizes the context
- * first (as cudaFree does), so that no queued kernel touches memory that is
- * going away, then unmaps, frees the VA and releases the handle.
+ * (cuMemImportFromShareableHandle; the fd is left open and usable, and the
+ * client keeps it to re-register the grant after a broker restart), mapped
+ * at a fresh VA reservation with read-write access for its device.  The VA
+ * is in the process's unified address space, so PyTorch may wrap it (e.g.
+ * through __cuda_array_interface__ or DLPack) as memory of that device.
+ * Unimport synchronizes the context first (as cudaFree does), so that no
+ * queued kernel touches memory that is going away, then unmaps, frees the
+ * VA and releases the handle.
  */
 #include <errno.h>
 #include <pthread.h>
