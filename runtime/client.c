@@ -302,6 +302,7 @@ void vram_close(vram_client *c)
 		grant_unmap(g);
 		free(g);
 	}
+	vram_prepared_release(c);
 	if (c->fd >= 0)
 		close(c->fd);
 	pthread_mutex_destroy(&c->lock);

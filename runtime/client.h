@@ -42,7 +42,13 @@ struct vram_client {
 	void *rxbuf;
 	char *name;
 	uint32_t reconnects;     /* times the connection was re-established */
+	/* vram_device_prepare: per device, handles held until vram_close */
+	struct vram_cuda_dev *prepared[VRAMD_MAX_DEVICES];
+	struct vram_cuda_kernels *prepared_k[VRAMD_MAX_DEVICES];
 };
+
+/* runtime/cuda-kernels.c: drops what vram_device_prepare holds. */
+void vram_prepared_release(struct vram_client *c);
 
 /* runtime/cuda.c: maps an exported CUDA allocation (fd, size) of device
  * dev into this process; sets g->dptr and g->cuda.  Closes nothing: the fd

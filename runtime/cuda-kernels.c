@@ -239,6 +239,43 @@ pop:
  * Public, synchronous
  * ====================================================================== */
 
+int vram_device_prepare(vram_client *c, uint32_t index)
+{
+	vram_error_clear();
+	if (!c || index >= c->ndev)
+		return vram_error(-ENODEV, "no device %u", index);
+	if (c->dev[index].backend != VRAM_BACKEND_CUDA)
+		return 0;
+	pthread_mutex_lock(&c->lock);
+	int r = 0;
+	if (!c->prepared[index]) {
+		struct vram_cuda_dev *d;
+		struct vram_cuda_kernels *k;
+		if ((r = vram_cuda_dev_get(c, index, &d)) == 0) {
+			if ((r = vram_cuda_kernels_get(d, &k)) < 0) {
+				vram_cuda_dev_put(d);
+			} else {
+				c->prepared[index] = d;
+				c->prepared_k[index] = k;
+			}
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+void vram_prepared_release(struct vram_client *c)
+{
+	for (uint32_t i = 0; i < VRAMD_MAX_DEVICES; i++) {
+		if (!c->prepared[i])
+			continue;
+		vram_cuda_kernels_put(c->prepared_k[i]); /* unloads in the context still held */
+		vram_cuda_dev_put(c->prepared[i]);
+		c->prepared[i] = NULL;
+		c->prepared_k[i] = NULL;
+	}
+}
+
 /* Device handle, kernels handle and pushed context for one public call. */
 struct gpu_call {
 	struct vram_cuda_dev *d;

@@ -13,13 +13,16 @@
  * alignment they have in the file (8 bytes or better for files written by
  * the reference library).  The cost is at most 8 KiB per run.
  *
- * Destinations: cpu-pool grants are written directly (HOST requests);
- * GPU grants (simulated or CUDA) are reached through a ring of staging
- * buffers taken from the cpu pool and an onward copy (memcpy for simulated
- * GPUs, async H2D for CUDA).
+ * That layout is for host memory.  On GPUs (simulated or CUDA), which are
+ * reached through a ring of staging buffers taken from the cpu pool and an
+ * onward copy (memcpy for simulated GPUs, async H2D for CUDA), every tensor
+ * is placed on its own at a TENSOR_ALIGN boundary instead: files need not
+ * align tensors to their elements, and GPU kernels (ours and PyTorch's)
+ * need that alignment.  cpu-pool grants are written directly (HOST
+ * requests; warm, through the memfd: stream.h STREAM_REQ_FD).
  *
  * Conversion (cast_to): a converted tensor is a run of its own, in a region
- * of its converted size (CAST_ALIGN-aligned), and always goes through
+ * of its converted size (TENSOR_ALIGN-aligned), and always goes through
  * staging: the sink converts (kernels/ C references into host-visible
  * memory; for CUDA, an H2D copy into per-slot device scratch and the cast
  * kernel from there, both on the copy stream).
@@ -42,7 +45,9 @@
 #include "kernels/kernels.h"
 
 /* Alignment of a converted tensor in its grant (vectorised kernels). */
-#define CAST_ALIGN 256u
+/* Alignment of a tensor that is placed on its own (converted ones, and
+ * every tensor on a GPU): any element, and vectorised kernels. */
+#define TENSOR_ALIGN 256u
 /* The dtypes conversion handles. */
 #define CAST_DTYPES ((1u << VRAM_DTYPE_F8_E4M3) | (1u << VRAM_DTYPE_F8_E5M2) | (1u << VRAM_DTYPE_F16) | \
 		     (1u << VRAM_DTYPE_BF16) | (1u << VRAM_DTYPE_F32))
@@ -58,7 +63,7 @@ struct run {
 	uint64_t file_off, len;
 	uint32_t first, count;   /* into the bucket's tensor list */
 	uint64_t region;         /* region offset in the grant */
-	bool cast;               /* one converted tensor */
+	bool solo;               /* one tensor, TENSOR_ALIGN-aligned (staged) */
 };
 
 /* Tensors ordered by bucket (device, component, chunk), then file offset:
@@ -342,22 +347,27 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		uint32_t cnt = b1 - b0;
 		uint32_t nruns = 0;
 		uint64_t cursor = 0;
+		/* Tensors on a GPU are staged anyway: each is placed on its
+		 * own, aligned for any element and for vectorised kernels
+		 * (files need not align them: an F32 may sit at offset 6).
+		 * Host tensors keep the file's layout, for direct landing. */
+		bool gpu = backend_of(c, d) != VRAM_BACKEND_CPU;
 		for (uint32_t j = 0; j < cnt; j++) {
 			uint32_t t = bo[j];
-			bool cast = conv[t];
-			if (nruns && !cast && !runs[nruns - 1].cast &&
+			bool solo = gpu || conv[t];
+			if (nruns && !solo && !runs[nruns - 1].solo &&
 			    runs[nruns - 1].file_off + runs[nruns - 1].len == off[t]) {
 				runs[nruns - 1].len += len[t];
 				runs[nruns - 1].count++;
 				continue;
 			}
 			runs[nruns++] = (struct run){ .file_off = off[t], .len = len[t], .first = j, .count = 1,
-						      .cast = cast };
+						      .solo = solo };
 		}
 		for (uint32_t j = 0; j < nruns; j++) {
 			struct run *ru = &runs[j];
-			if (ru->cast) {
-				cursor = (cursor + CAST_ALIGN - 1) / CAST_ALIGN * CAST_ALIGN;
+			if (ru->solo) {
+				cursor = (cursor + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
 				ru->region = cursor;
 				cursor += olen[bo[ru->first]];
 				continue;
@@ -387,10 +397,9 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		l->ngrants++;
 		uint8_t *host = vram_grant_host_ptr(lg->grant);
 		uint64_t dbase = host ? (uint64_t)(uintptr_t)host : vram_grant_device_ptr(lg->grant);
-		bool direct = backend_of(c, d) == VRAM_BACKEND_CPU;
 		for (uint32_t j = 0; j < nruns; j++) {
 			struct run *ru = &runs[j];
-			uint64_t at = ru->cast ? ru->region : ru->region + ru->file_off % STREAM_ALIGN;
+			uint64_t at = ru->solo ? ru->region : ru->region + ru->file_off % STREAM_ALIGN;
 			for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
 				uint32_t t = bo[q];
 				l->tensors[t].grant = l->ngrants - 1;
@@ -403,12 +412,14 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 			struct stream_req *rq = &reqs[nreq++];
 			rq->file_off = ru->file_off;
 			rq->len = ru->len;
-			if (ru->cast) {
+			if (ru->solo) {
 				rq->kind = STREAM_DST_STAGED;
 				rq->dst_addr = dbase + at;
-				rq->cast_from = dtype[bo[ru->first]];
-				rq->cast_to = o->cast_to;
-			} else if (direct) {
+				if (conv[bo[ru->first]]) {
+					rq->cast_from = dtype[bo[ru->first]];
+					rq->cast_to = o->cast_to;
+				}
+			} else { /* host memory: lands in place */
 				rq->kind = STREAM_DST_HOST;
 				rq->dst = host + at;
 				rq->flags = STREAM_REQ_SLACK;
@@ -419,9 +430,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 					rq->dst_fd = lg->grant->fd;
 					rq->dst_fd_off = at;
 				}
-			} else {
-				rq->kind = STREAM_DST_STAGED;
-				rq->dst_addr = dbase + at;
 			}
 		}
 	}
@@ -500,14 +508,18 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	}
 	struct stream_result res;
 	r = stream_file(vram_model_path(m), fd, reqs, nreq, &so, &res);
-	vram_cuda_sink_free(csink); /* waits for the last copies */
+	char why[1024];
+	str_copy(why, vram_last_error(), sizeof(why));
+	vram_cuda_sink_free(csink); /* waits for the last copies (and frees: clears the message) */
 	csink = NULL;
 	vram_cuda_unpin(pin);
 	pin = NULL;
 	free(msink.host);
 	msink.host = NULL;
-	if (r < 0)
+	if (r < 0) {
+		vram_error(r, "%s", why);
 		goto fail;
+	}
 	vram_free(c, staging);
 	staging = NULL;
 	close(fd);

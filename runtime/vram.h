@@ -95,6 +95,14 @@ VRAM_API int vram_device_info(const vram_client *c, uint32_t index, struct vram_
 /* Index of the device called name ("cuda:0", "cpu", or its UUID as
  * 32 hex digits with or without dashes / "GPU-" prefix); -ENODEV if none. */
 VRAM_API int vram_device_find(const vram_client *c, const char *name);
+/* Readies device `index` for use in this process before the first load,
+ * copy or kernel: for a CUDA device, loads the driver, finds the device by
+ * UUID and retains its primary context (the one PyTorch uses) and the
+ * kernels' handle, all held until vram_close, so that they are not set up
+ * and torn down around each use (a context costs a fraction of a second to
+ * create).  Other devices: nothing to do.  Calling it again is a no-op.
+ * 0, or -ENODEV / -ENOENT (no driver) / the CUDA error's errno. */
+VRAM_API int vram_device_prepare(vram_client *c, uint32_t index);
 
 #define VRAM_ALLOC_RECLAIMABLE (1u << 0)
 

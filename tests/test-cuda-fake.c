@@ -2519,6 +2519,161 @@ START_TEST(test_broker_and_client)
 }
 END_TEST
 
+/* A hand-written checkpoint whose tensors sit at odd offsets (an F32 at 6:
+ * not 4-aligned) in dir/odd.safetensors; their data in *ret_data (free()),
+ * the file's data section. */
+static void write_odd_checkpoint(const char *path, uint8_t **ret_data, size_t *ret_len)
+{
+	static const struct { const char *name, *dtype; size_t elems, esize; } t[] = {
+		{ "model.diffusion_model.input_blocks.0.0.weight", "F16", 3, 2 },
+		{ "model.diffusion_model.input_blocks.0.0.bias", "F32", 5, 4 },
+		{ "model.diffusion_model.input_blocks.1.0.weight", "F8_E4M3", 7, 1 },
+		{ "model.diffusion_model.input_blocks.1.0.bias", "F32", 70000, 4 },
+		{ "model.diffusion_model.input_blocks.2.0.weight", "F8_E5M2", 3001, 1 },
+	};
+	char hdr[2048];
+	size_t hl = 0, off = 0;
+	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "{");
+	for (size_t i = 0; i < 5; i++) {
+		size_t nb = t[i].elems * t[i].esize;
+		hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%zu],"
+				       "\"data_offsets\":[%zu,%zu]}", i ? "," : "", t[i].name, t[i].dtype,
+				       t[i].elems, off, off + nb);
+		off += nb;
+	}
+	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "}");
+	while (hl % 8)
+		hdr[hl++] = ' ';
+	uint8_t *data = malloc(off);
+	ck_assert_ptr_nonnull(data);
+	uint64_t x = 88172645463325252ull;
+	for (size_t i = 0; i < off; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		data[i] = (uint8_t)x;
+	}
+	FILE *fp = fopen(path, "wb");
+	ck_assert_ptr_nonnull(fp);
+	uint64_t n = hl;
+	ck_assert_uint_eq(fwrite(&n, 8, 1, fp), 1);
+	ck_assert_uint_eq(fwrite(hdr, 1, hl, fp), hl);
+	ck_assert_uint_eq(fwrite(data, 1, off, fp), off);
+	ck_assert_int_eq(fclose(fp), 0);
+	*ret_data = data;
+	*ret_len = off;
+}
+
+/* vram_load onto a CUDA device, end to end through a live broker: the
+ * staging ring pinned, async H2D per slot, and with cast_to the H2D into
+ * device scratch plus the cast kernel (run by the fake as the C reference)
+ * into an aligned destination, although one F32 tensor sits at an odd file
+ * offset.  vram_device_prepare holds the primary context until vram_close. */
+START_TEST(test_load_cuda)
+{
+	fake_reset(1);
+	struct live l;
+	live_start(&l);
+	char file[300];
+	snprintf(file, sizeof(file), "%s/odd.safetensors", l.dir);
+	uint8_t *data;
+	size_t dlen;
+	write_odd_checkpoint(file, &data, &dlen);
+	vram_model *m;
+	ck_assert_msg(vram_model_open(file, &m) == 0, "%s", vram_last_error());
+	vram_client *c;
+	ck_assert_int_eq(vram_connect(l.sock, "t", &c), 0);
+	/* an image that holds every cast kernel (the fake runs them as the C
+	 * references) */
+	static char image[4096];
+	size_t il = (size_t)snprintf(image, sizeof(image), "FATBIN") + 1;
+	for (int a = 0; a < 5; a++)
+		for (int b = 0; b < 5; b++)
+			if (a != b)
+				il += (size_t)snprintf(image + il, sizeof(image) - il, "%s",
+						       vk_cast_kernel_name(fk_dtypes[a], fk_dtypes[b])) + 1;
+	fk_image_names = image;
+	fk_image_len = il;
+	vram_cuda_kernels_set_image(image, il);
+
+	ck_assert_int_eq(fk.dev[0].ctx_refs, 1); /* the broker's */
+	ck_assert_int_eq(vram_device_prepare(c, 0), 0);
+	ck_assert_int_eq(fk.dev[0].ctx_refs, 2);
+	ck_assert_int_eq(vram_device_prepare(c, 0), 0);
+	ck_assert_int_eq(fk.dev[0].ctx_refs, 2);
+	ck_assert_int_eq(vram_device_prepare(c, 1), 0); /* cpu: nothing to do */
+	ck_assert_int_eq(vram_device_prepare(c, 9), -ENODEV);
+
+	for (int cast = 0; cast < 2; cast++) {
+		struct vram_load_options o;
+		vram_load_options_init(&o);
+		o.chunk_size = 16384;  /* several slots, elements across slot ends */
+		o.staging_slots = 3;
+		o.cast_to = cast ? VRAM_DTYPE_BF16 : 0;
+		unsigned launches = fk.launches;
+		vram_loaded *ld;
+		int lr = vram_load(c, m, NULL, 0, &o, &ld);
+		ck_assert_msg(lr == 0, "load: %d %s", lr, vram_last_error());
+		int n = vram_model_tensor_count(m), converted = 0;
+		for (int i = 0; i < n; i++) {
+			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+			vram_model_tensor(m, (uint32_t)i, &ti);
+			const uint8_t *src = data + (ti.file_offset - (vram_model_file_size(m) - dlen));
+			bool conv = cast && ti.dtype != VRAM_DTYPE_F16;
+			uint32_t dt = conv ? VRAM_DTYPE_BF16 : ti.dtype;
+			uint64_t nb = vram_loaded_tensor_nbytes(ld, (uint32_t)i);
+			ck_assert_int_eq(vram_loaded_tensor_dtype(ld, (uint32_t)i), (int)dt);
+			uint64_t dptr = vram_loaded_tensor_device_ptr(ld, (uint32_t)i);
+			ck_assert_uint_ne(dptr, 0);
+			ck_assert_uint_eq(dptr % (vram_dtype_bits(dt) / 8), 0);
+			uint8_t *got = malloc(nb + 1), *want = malloc(nb + 1);
+			ck_assert_ptr_nonnull(got);
+			ck_assert_ptr_nonnull(want);
+			dev_read(c, 0, dptr, got, nb);
+			uint64_t elems = ti.nbytes / (vram_dtype_bits(ti.dtype) / 8);
+			ck_assert_int_eq(vk_cast(src, ti.dtype, want, dt, elems), 0);
+			ck_assert_uint_eq(nb, elems * (vram_dtype_bits(dt) / 8));
+			ck_assert_msg(memcmp(got, want, nb) == 0, "tensor %s (cast %d) differs", ti.name, cast);
+			converted += conv;
+			free(got);
+			free(want);
+		}
+		struct vram_load_stats st = { .struct_size = sizeof(st) };
+		ck_assert_int_eq(vram_loaded_stats(ld, &st), 0);
+		ck_assert_uint_eq(st.converted, (uint64_t)converted);
+		if (cast)
+			ck_assert_uint_gt(fk.launches, launches + 4); /* kernels ran, elements split across slots */
+		else
+			ck_assert_uint_eq(fk.launches, launches);
+		vram_unload(ld);
+	}
+	/* a failing kernel launch fails the load with the driver's words, and
+	 * leaves nothing behind */
+	struct vram_load_options o;
+	vram_load_options_init(&o);
+	o.cast_to = VRAM_DTYPE_F16;
+	vram_loaded *ld;
+	fake_fail(F_LaunchKernel, 0, CUDA_ERROR_LAUNCH_FAILED);
+	ck_assert_int_lt(vram_load(c, m, NULL, 0, &o, &ld), 0);
+	ck_assert_msg(strstr(vram_last_error(), "cuLaunchKernel") != NULL, "%s", vram_last_error());
+	fake_nofail();
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(c, &s), 0);
+	ck_assert_uint_eq(s->grants, 0);
+	vram_status_free(s);
+
+	vram_close(c);
+	ck_assert_int_eq(fk.dev[0].ctx_refs, 1);
+	vram_cuda_kernels_set_image(NULL, 0);
+	fk_image_names = NULL;
+	for (int i = 0; i < 500 && broker_grant_count(l.b); i++)
+		t_sleep_ms(10);
+	ck_assert_uint_eq(broker_grant_count(l.b), 0);
+	vram_model_close(m);
+	free(data);
+	live_stop(&l);
+	fake_assert_clean();
+}
+END_TEST
+
 START_TEST(test_client_killed)
 {
 	/* A client killed while it holds grants: the broker releases its
@@ -3548,6 +3703,7 @@ int main(void)
 	tcase_add_checked_fixture(tb, setup, teardown);
 	tcase_set_timeout(tb, 60);
 	tcase_add_test(tb, test_broker_and_client);
+	tcase_add_test(tb, test_load_cuda);
 	tcase_add_test(tb, test_client_killed);
 	tcase_add_test(tb, test_cuda_restart);
 	tcase_add_test(tb, test_cuda_register_forged);
