@@ -64,6 +64,8 @@ struct cuda_pool {
 	struct cuda_shared *sh;
 	CUdevice dev;
 	int ordinal;            /* location id for VMM calls */
+	size_t va_align;        /* cuMemAddressReserve alignment: the granularity
+				   (a power of two), else 0 (the driver's) */
 	CUcontext ctx;          /* primary context, retained */
 	char why[160];          /* reason of the last failed grant */
 };
@@ -104,7 +106,7 @@ static int clear_allocation(struct cuda_pool *cp, CUmemGenericAllocationHandle h
 	CUresult cr;
 	int r = 0;
 
-	cr = cu->MemAddressReserve(&va, size, 0, 0, 0);
+	cr = cu->MemAddressReserve(&va, size, cp->va_align, 0, 0);
 	if (cr != CUDA_SUCCESS)
 		return cu_why(cu, cr, "cuMemAddressReserve", cp->why, sizeof(cp->why));
 	cr = cu->MemMap(va, size, 0, h, 0);
@@ -223,7 +225,7 @@ static int check_size(struct cuda_pool *cp, CUmemGenericAllocationHandle h, size
 	char e[128];
 	int r = 0;
 
-	CUresult cr = cu->MemAddressReserve(&va, span, 0, 0, 0);
+	CUresult cr = cu->MemAddressReserve(&va, span, cp->va_align, 0, 0);
 	if (cr != CUDA_SUCCESS)
 		return cu_why(cu, cr, "cuMemAddressReserve", cp->why, sizeof(cp->why));
 	cr = cu->MemMap(va, size, 0, h, 0);
@@ -455,6 +457,15 @@ static struct pool *probe_device(struct cuda_shared *sh, int ordinal, char *why,
 		snprintf(why, whylen, "%s skipped: no POSIX-fd handle support", what);
 		return NULL;
 	}
+	/* The broker keeps the device's primary context: in an exclusive
+	 * compute mode that context would lock every client out (and in
+	 * "prohibited" nobody may make one).  A failed query says nothing. */
+	int mode = CU_COMPUTEMODE_DEFAULT;
+	if (cu->DeviceGetAttribute(&mode, CU_DEVICE_ATTRIBUTE_COMPUTE_MODE, dev) == CUDA_SUCCESS &&
+	    mode != CU_COMPUTEMODE_DEFAULT) {
+		snprintf(why, whylen, "%s skipped: compute mode not Default", what);
+		return NULL;
+	}
 	/* Drivers before CUDA 12.2 do not know the attribute. */
 	if (cu->DeviceGetAttribute(&numa, CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID, dev) != CUDA_SUCCESS || numa < 0)
 		numa = -1;
@@ -490,6 +501,7 @@ static struct pool *probe_device(struct cuda_shared *sh, int ordinal, char *why,
 	sh->refs++;
 	cp->dev = dev;
 	cp->ordinal = ordinal;
+	cp->va_align = (gran & (gran - 1)) == 0 ? gran : 0;
 	cp->ctx = ctx;
 	p->backend = VRAMD_BACKEND_CUDA;
 	p->flags = 0;

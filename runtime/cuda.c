@@ -233,7 +233,9 @@ int vram_cuda_import(struct vram_client *c, struct vram_grant *g, int fd)
 		FAIL("cuMemImportFromShareableHandle");
 		goto pop;
 	}
-	cr = cu_api.MemAddressReserve(&imp->va, imp->size, 0, 0, 0);
+	/* mappings start on a granule, as cuMemMap requires */
+	uint64_t gran = c->dev[g->device].granularity;
+	cr = cu_api.MemAddressReserve(&imp->va, imp->size, (gran & (gran - 1)) == 0 ? (size_t)gran : 0, 0, 0);
 	if (cr != CUDA_SUCCESS) {
 		FAIL("cuMemAddressReserve");
 		goto release;

@@ -70,6 +70,7 @@ struct fk_dev {
 	int vmm, posix_fd, numa;
 	int numa_unknown;        /* HOST_NUMA_ID query fails (old driver) */
 	int cma;                 /* CONCURRENT_MANAGED_ACCESS */
+	int compute_mode;        /* COMPUTE_MODE (0: default) */
 	int ctx_refs;            /* primary context retains */
 };
 
@@ -162,6 +163,7 @@ static struct fake {
 		uint64_t a[8];   /* parameters, widened */
 	} launch;
 	unsigned launches;
+	size_t last_reserve_align;  /* cuMemAddressReserve alignment last asked for */
 	/* unified memory */
 	struct fk_managed { char *va; size_t size; int dev; } managed[FK_MAX];
 	struct fk_uvm_call { int fn; CUdeviceptr p; size_t n; int advice; int loc_type, loc_id; CUstream s; } ucall[256];
@@ -320,6 +322,9 @@ static CUresult fk_DeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d)
 		break;
 	case CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS:
 		*v = x->cma;
+		break;
+	case CU_DEVICE_ATTRIBUTE_COMPUTE_MODE:
+		*v = x->compute_mode;
 		break;
 	case CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID:
 		if (x->numa_unknown)
@@ -615,8 +620,9 @@ static CUresult fk_MemAddressReserve(CUdeviceptr *p, size_t size, size_t align, 
 				     unsigned long long flags)
 {
 	ENTER_INIT(F_MemAddressReserve);
-	if (size == 0 || size % (2 * MiB) || addr || flags)
+	if (size == 0 || size % (2 * MiB) || addr || flags || (align & (align - 1)))
 		OUT(CUDA_ERROR_INVALID_VALUE);
+	fk.last_reserve_align = align;
 	for (int i = 0; i < FK_MAX; i++)
 		if (!fk.resv[i].va) {
 			void *m = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -1650,6 +1656,16 @@ START_TEST(test_discover_skips_unsupported)
 			       "cuda:1 (Fake GPU 1) skipped: no CUDA VMM support");
 	fake_assert_clean();
 
+	/* an exclusive compute mode (3: exclusive-process) */
+	fake_reset(2);
+	fk.dev[1].compute_mode = 3;
+	n = discover(p, 4, note, sizeof(note));
+	ck_assert_int_eq(n, 1);
+	ck_assert_str_eq(p[0]->name, "cuda:0");
+	ck_assert_ptr_nonnull(strstr(note, "cuda:1 (Fake GPU 1) skipped: compute mode not Default"));
+	free_pools(p, n);
+	fake_assert_clean();
+
 	/* too little free memory for anything beyond the reserve */
 	fake_reset(1);
 	fk.dev[0].free = 512 * MiB;
@@ -1704,9 +1720,15 @@ START_TEST(test_discover_entry_errors)
 	fake_fail(F_DeviceGetAttribute, 1, CUDA_ERROR_INVALID_VALUE);
 	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
 	ck_assert_ptr_nonnull(strstr(note, "cuDeviceGetAttribute(POSIX fd): CUDA_ERROR_INVALID_VALUE"));
-	/* The NUMA query failing is not an error. */
+	/* The compute mode query (third) failing is not an error. */
 	fake_reset(1);
 	fake_fail(F_DeviceGetAttribute, 2, CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 1);
+	ck_assert_int_eq(p[0]->numa_node, 0);
+	free_pools(p, 1);
+	/* Nor is the NUMA query (fourth) failing. */
+	fake_reset(1);
+	fake_fail(F_DeviceGetAttribute, 3, CUDA_ERROR_INVALID_VALUE);
 	ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 1);
 	ck_assert_int_eq(p[0]->numa_node, -1);
 	free_pools(p, 1);
@@ -2466,6 +2488,7 @@ START_TEST(test_broker_and_client)
 
 	ck_assert_int_eq(vram_alloc(c, 1, 3 * MiB, 0, &g), 0);
 	ck_assert_uint_eq(vram_grant_size(g), 4 * MiB);
+	ck_assert_uint_eq(fk.last_reserve_align, 2 * MiB); /* the import's reserve, on a granule */
 	ck_assert_ptr_null(vram_grant_host_ptr(g));
 	uint64_t dptr = vram_grant_device_ptr(g);
 	ck_assert_uint_ne(dptr, 0);
