@@ -1174,6 +1174,11 @@ END_TEST
  * mapping are right and every byte went through the file (bytes_sent ==
  * bytes).  A destination that cannot be written so (a pipe) falls back to
  * reading into the mapping; DIRECT ignores the flag. */
+static int cancel_at_1mib(void *user, uint64_t done, uint64_t total)
+{
+	return done >= (1u << 20);
+}
+
 START_TEST(test_fd_destination)
 {
 	struct tfile t;
@@ -1220,6 +1225,14 @@ START_TEST(test_fd_destination)
 		} else {
 			ck_assert_uint_eq(res.bytes_sent, 0);
 		}
+	}
+	/* cancelled from the progress callback between two copies */
+	{
+		struct stream_req r = { .file_off = 0, .len = 3 << 20, .dst = map, .kind = STREAM_DST_HOST,
+					.flags = STREAM_REQ_FD, .dst_fd = mfd, .dst_fd_off = 0 };
+		struct stream_opts o = { .io_mode = VRAM_IO_BUFFERED, .chunk = 1 << 20, .progress = cancel_at_1mib };
+		ck_assert_int_eq(stream_file(t.path, t.fd, &r, 1, &o, NULL), -ECANCELED);
+		ck_assert_ptr_nonnull(strstr(vram_last_error(), "cancelled"));
 	}
 	/* an fd without a host destination is refused */
 	struct stream_req bad = { .file_off = 0, .len = 10, .kind = STREAM_DST_HOST, .dst = map, .flags = STREAM_REQ_FD,
