@@ -85,6 +85,40 @@ if sock:
         if ti.nbytes:
             assert C.string_at(p, ti.nbytes) == blob[ti.file_offset:ti.file_offset + ti.nbytes]
     lib.vram_unload(loaded)
+
+    # converting while loading, through the growing options struct: every
+    # F32 tensor arrives as F16, equal to numpy's astype (round to nearest
+    # even); the others as in the file
+    class LoadOptions(C.Structure):
+        _fields_ = [("struct_size", C.c_uint32), ("io_mode", C.c_uint32), ("chunk_size", C.c_uint64),
+                    ("queue_depth", C.c_uint32), ("flags", C.c_uint32), ("progress", C.c_void_p),
+                    ("user", C.c_void_p), ("cast_to", C.c_uint32), ("cast_from", C.c_uint32),
+                    ("staging_slots", C.c_uint32), ("reserved", C.c_uint32)]
+    names = [lib.vram_dtype_name(d).decode() for d in range(22)]
+    o = LoadOptions()
+    lib.vram_load_options_init(C.byref(o))
+    assert o.struct_size == C.sizeof(LoadOptions), (o.struct_size, C.sizeof(LoadOptions))
+    o.cast_to = names.index("F16")
+    o.cast_from = 1 << names.index("F32")
+    check(lib.vram_load(c, m, None, dev, C.byref(o), C.byref(loaded)))
+    lib.vram_loaded_tensor_nbytes.restype = C.c_uint64
+    converted = 0
+    with safe_open(sys.argv[2], framework="numpy") as f:
+        for i in range(n):
+            ti = TensorInfo(struct_size=C.sizeof(TensorInfo))
+            check(lib.vram_model_tensor(m, i, C.byref(ti)))
+            a = f.get_tensor(ti.name.decode())
+            want = a.astype(np.float16) if a.dtype == np.float32 else a
+            converted += a.dtype == np.float32
+            dt = names[check(lib.vram_loaded_tensor_dtype(loaded, i))]
+            assert dt == ("F16" if a.dtype == np.float32 else names[ti.dtype]), (ti.name, dt)
+            nb = lib.vram_loaded_tensor_nbytes(loaded, i)
+            assert nb == want.nbytes, (ti.name, nb, want.nbytes)
+            if nb:
+                got = C.string_at(lib.vram_loaded_tensor_host_ptr(loaded, i), nb)
+                assert got == want.tobytes(), ti.name
+    assert converted > 0
+    lib.vram_unload(loaded)
     lib.vram_close(c)
 lib.vram_model_close(m)
 print("OK", n)
