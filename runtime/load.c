@@ -101,7 +101,55 @@ struct mixed_sink {
 	struct stream_sink cuda;   /* .copy NULL: no CUDA destination */
 	uint32_t nhost;
 	struct { uint64_t lo, hi; } *host;
+	/* host conversions from 8- and 16-bit dtypes: a table of every source
+	 * pattern converted by the C reference (so bit for bit the same),
+	 * for the last (src, dst) pair */
+	void *lut;
+	uint32_t lut_src, lut_dst;
 };
+
+/* n elements of src_dtype to dst_dtype in host memory: through a table
+ * for 8- and 16-bit sources (a lookup instead of a decode and an encode
+ * per element), by the reference for F32.  0 or -errno. */
+static int host_cast(struct mixed_sink *ms, void *dst, uint32_t dst_dtype, const void *src, uint32_t src_dtype,
+		     uint64_t n)
+{
+	uint32_t sb = vram_dtype_bits(src_dtype), db = vram_dtype_bits(dst_dtype) / 8;
+	if (sb > 16 || src_dtype == dst_dtype)
+		return vk_cast(src, src_dtype, dst, dst_dtype, n);
+	if (!ms->lut || ms->lut_src != src_dtype || ms->lut_dst != dst_dtype) {
+		uint32_t np = 1u << sb;
+		uint8_t *pat = malloc((size_t)np * (sb / 8));
+		void *lut = malloc((size_t)np * db);
+		int r = pat && lut ? 0 : -ENOMEM;
+		for (uint32_t i = 0; r == 0 && i < np; i++) /* pattern i, little-endian */
+			for (uint32_t k = 0; k < sb / 8; k++)
+				pat[i * (sb / 8) + k] = (uint8_t)(i >> (8 * k));
+		if (r == 0)
+			r = vk_cast(pat, src_dtype, lut, dst_dtype, np);
+		free(pat);
+		if (r < 0) {
+			free(lut);
+			return r;
+		}
+		free(ms->lut);
+		ms->lut = lut;
+		ms->lut_src = src_dtype;
+		ms->lut_dst = dst_dtype;
+	}
+	const uint8_t *s = src, *t = ms->lut;
+	uint8_t *d = dst;
+	for (uint64_t i = 0; i < n; i++) {
+		uint32_t x = sb == 8 ? s[i] : (uint32_t)s[2 * i] | (uint32_t)s[2 * i + 1] << 8;
+		if (db == 1)
+			d[i] = t[x];
+		else if (db == 2)
+			memcpy(d + 2 * i, t + 2 * x, 2);
+		else
+			memcpy(d + 4 * i, t + 4 * x, 4);
+	}
+	return 0;
+}
 
 static bool in_host(const struct mixed_sink *ms, uint64_t dst, uint64_t len)
 {
@@ -126,7 +174,7 @@ static int mixed_cast(void *user, uint64_t dst, uint32_t dst_dtype, const void *
 {
 	struct mixed_sink *ms = user;
 	if (in_host(ms, dst, n * (vram_dtype_bits(dst_dtype) / 8))) {
-		int r = vk_cast(src, src_dtype, (void *)(uintptr_t)dst, dst_dtype, n);
+		int r = host_cast(ms, (void *)(uintptr_t)dst, dst_dtype, src, src_dtype, n);
 		return r < 0 ? vram_error(r, "converting %llu %s elements to %s", (unsigned long long)n,
 					  vram_dtype_name(src_dtype), vram_dtype_name(dst_dtype)) : 0;
 	}
@@ -516,6 +564,8 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	pin = NULL;
 	free(msink.host);
 	msink.host = NULL;
+	free(msink.lut);
+	msink.lut = NULL;
 	if (r < 0) {
 		vram_error(r, "%s", why);
 		goto fail;
@@ -549,6 +599,7 @@ fail:
 	vram_cuda_sink_free(csink);
 	vram_cuda_unpin(pin);
 	free(msink.host);
+	free(msink.lut);
 	if (fd >= 0)
 		close(fd);
 	if (staging) {

@@ -14,6 +14,7 @@
 #include "common/cleanup.h"
 #include "common/util.h"
 #include "runtime/vram.h"
+#include "kernels/kernels.h"
 #include "testlib.h"
 
 #define MiB (1ull << 20)
@@ -323,6 +324,89 @@ START_TEST(test_load_convert)
 }
 END_TEST
 
+/* A hand-written checkpoint of every F8 and F16 bit pattern (at odd
+ * offsets), loaded onto the cpu pool and a simulated GPU with each target
+ * dtype: every element equals the C reference's conversion (the loader
+ * converts 8- and 16-bit sources through a table built from it). */
+START_TEST(test_load_convert_patterns)
+{
+	struct env e;
+	env_start(&e, "64MiB", "64MiB");
+	static const struct { const char *name, *dtype; uint32_t dt; size_t elems, esize; } t[] = {
+		{ "model.diffusion_model.input_blocks.0.0.weight", "F8_E4M3", VRAM_DTYPE_F8_E4M3, 256 * 3 + 1, 1 },
+		{ "model.diffusion_model.input_blocks.0.0.bias", "F16", VRAM_DTYPE_F16, 65536, 2 },
+		{ "model.diffusion_model.input_blocks.1.0.weight", "F8_E5M2", VRAM_DTYPE_F8_E5M2, 256, 1 },
+		{ "model.diffusion_model.input_blocks.1.0.bias", "BF16", VRAM_DTYPE_BF16, 65536, 2 },
+	};
+	char hdr[2048];
+	size_t hl = 0, off = 0;
+	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "{");
+	for (size_t i = 0; i < 4; i++) {
+		size_t nb = t[i].elems * t[i].esize;
+		hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%zu],"
+				       "\"data_offsets\":[%zu,%zu]}", i ? "," : "", t[i].name, t[i].dtype,
+				       t[i].elems, off, off + nb);
+		off += nb;
+	}
+	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "}");
+	while (hl % 8)
+		hdr[hl++] = ' ';
+	_cleanup_free_ uint8_t *data = malloc(off);
+	ck_assert_ptr_nonnull(data);
+	size_t at = 0;
+	for (size_t i = 0; i < 4; i++)
+		for (size_t k = 0; k < t[i].elems; k++, at += t[i].esize) {
+			data[at] = (uint8_t)k;
+			if (t[i].esize == 2)
+				data[at + 1] = (uint8_t)(k >> 8);
+		}
+	FILE *fp = fopen(e.file, "wb");
+	ck_assert_ptr_nonnull(fp);
+	uint64_t n = hl;
+	ck_assert_uint_eq(fwrite(&n, 8, 1, fp), 1);
+	ck_assert_uint_eq(fwrite(hdr, 1, hl, fp), hl);
+	ck_assert_uint_eq(fwrite(data, 1, off, fp), off);
+	ck_assert_int_eq(fclose(fp), 0);
+
+	vram_model *m;
+	vram_client *c;
+	ck_assert_msg(vram_model_open(e.file, &m) == 0, "%s", vram_last_error());
+	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
+	static const uint32_t to[] = { VRAM_DTYPE_BF16, VRAM_DTYPE_F16, VRAM_DTYPE_F32, VRAM_DTYPE_F8_E5M2,
+				       VRAM_DTYPE_F8_E4M3 };
+	const uint32_t all = (1u << VRAM_DTYPE_F8_E4M3) | (1u << VRAM_DTYPE_F8_E5M2) | (1u << VRAM_DTYPE_F16) |
+			     (1u << VRAM_DTYPE_BF16);
+	for (size_t k = 0; k < 5; k++)
+		for (int dev = 0; dev < 2; dev++) {
+			struct vram_load_options o;
+			vram_load_options_init(&o);
+			o.cast_to = to[k];
+			o.cast_from = all;
+			vram_loaded *l;
+			ck_assert_msg(vram_load(c, m, NULL, (uint32_t)dev, &o, &l) == 0, "%s", vram_last_error());
+			at = 0;
+			for (uint32_t i = 0; i < 4; i++) {
+				int ti = vram_model_find_tensor(m, t[i].name);
+				ck_assert_int_ge(ti, 0);
+				size_t nb = t[i].elems * (vram_dtype_bits(to[k]) / 8);
+				_cleanup_free_ uint8_t *want = malloc(nb);
+				ck_assert_int_eq(vk_cast(data + at, t[i].dt, want, to[k], t[i].elems), 0);
+				ck_assert_int_eq(vram_loaded_tensor_dtype(l, (uint32_t)ti), (int)to[k]);
+				ck_assert_uint_eq(vram_loaded_tensor_nbytes(l, (uint32_t)ti), nb);
+				const uint8_t *p = vram_loaded_tensor_host_ptr(l, (uint32_t)ti);
+				ck_assert_msg(memcmp(p, want, nb) == 0, "%s -> %s on device %d differs", t[i].dtype,
+					      vram_dtype_name(to[k]), dev);
+				at += t[i].elems * t[i].esize;
+			}
+			vram_unload(l);
+		}
+	assert_idle(c);
+	vram_close(c);
+	vram_model_close(m);
+	env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_load_failures_clean)
 {
 	struct env e;
@@ -589,6 +673,7 @@ int main(void)
 	tcase_add_test(tc, test_load_every_mode_and_device);
 	tcase_add_test(tc, test_load_by_plan);
 	tcase_add_test(tc, test_load_convert);
+	tcase_add_test(tc, test_load_convert_patterns);
 	tcase_add_test(tc, test_load_failures_clean);
 	tcase_add_test(tc, test_load_cancel);
 	tcase_add_test(tc, test_killed_mid_load);
