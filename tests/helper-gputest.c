@@ -15,11 +15,18 @@
  *   expect-empty               no grants, no other clients, memory returned
  *   uuid                       the device's UUID as CUDA_VISIBLE_DEVICES takes it
  *   expect-invisible           importing a device hidden from us fails cleanly
+ *   restart-holder READY REGISTERED GO
+ *                              grants that must survive a broker restart
+ *                              (check-gpu.sh restarts the broker; see the
+ *                              function's comment for the hand-shake)
  *
  * Options: --socket PATH, --device NAME (default: every CUDA device), --size
- * SIZE, --count N, --baseline BYTES, --timeout-ms N, --no-free.
+ * SIZE, --count N, --baseline BYTES, --timeout-ms N, --no-free, --sim-ok
+ * (restart-holder only: a simulated device, written through its host
+ * mapping, for CHECK_GPU_SIM=1's dry run of the script).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -35,6 +42,7 @@
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
 #include "runtime/vram.h"
+#include "tests/testlib-raw.h"
 
 #define MiB (1ull << 20)
 #define CHUNK (16 * MiB)
@@ -46,6 +54,10 @@ static unsigned opt_count = 4;
 static uint64_t opt_baseline;
 static int opt_timeout_ms = 15000;
 static int opt_no_free;
+static int opt_sim_ok;
+/* a subcommand's own arguments */
+static char **cmd_argv;
+static int cmd_argc;
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail(const char *fmt, ...)
@@ -739,6 +751,341 @@ static int cmd_expect_invisible(void)
 	return r;
 }
 
+/* ======================================================================
+ * Restart survival
+ * ====================================================================== */
+
+/* The broker's view of this client and of one device. */
+struct snap {
+	uint32_t broker_pid;
+	uint32_t ngrants;        /* ours */
+	uint64_t held;           /* ours, on the device */
+	uint64_t used;           /* the device's, everyone's */
+};
+
+static int snapshot(vram_client *c, uint32_t dev, struct snap *out)
+{
+	struct vram_status *s;
+	memset(out, 0, sizeof(*out));
+	if (vram_get_status(c, &s) < 0)
+		return -1;
+	out->broker_pid = s->broker_pid;
+	if (dev < s->ndevices)
+		out->used = s->devices[dev].used;
+	int found = 0;
+	for (uint32_t i = 0; i < s->nclients; i++) {
+		const struct vram_client_status *cl = &s->clients[i];
+		if ((cl->flags & VRAM_CLIENT_SELF) || cl->id == c->id) {
+			out->ngrants = cl->ngrants;
+			out->held = dev < 16 ? cl->held_dev[dev] : cl->held;
+			found = 1;
+			break;
+		}
+	}
+	vram_status_free(s);
+	if (!found) {
+		vram_error(-ENOENT, "the broker's status does not list this client (id %u)", c->id);
+		return -1;
+	}
+	return 0;
+}
+
+/* Writes (check == 0) or checks (check != 0) grant k's pattern, seed +
+ * k, in every grant: through the device for CUDA, through the host
+ * mapping for a simulated device (--sim-ok). */
+static int holder_io(vram_client *c, uint32_t dev, int sim, vram_grant **gs, unsigned n, uint64_t seed, int check)
+{
+	int r = 0;
+	if (sim) {
+		for (unsigned k = 0; k < n && !r; k++) {
+			if (!check)
+				fill_pattern(gs[k]->host, 0, gs[k]->size, seed + k);
+			else if (check_pattern(gs[k]->host, 0, gs[k]->size, seed + k) >= 0)
+				r = fail("grant %" PRIu64 " reads back wrong (host mapping)", gs[k]->id);
+		}
+		return r;
+	}
+	struct devio io;
+	if (devio_open(c, dev, &io))
+		return 1;
+	for (unsigned k = 0; k < n && !r; k++)
+		r = check ? read_pattern(&io, gs[k], seed + k) : write_pattern(&io, gs[k], seed + k);
+	devio_close(&io);
+	return r;
+}
+
+/* The grant's export (its own fd, then a dup of it) handed in by another
+ * connection: the broker must recognise the memory as accounted already
+ * (-EEXIST; for CUDA: kcmp(KCMP_FILE) against its kept copy). */
+static int expect_known(vram_client *c, const vram_grant *g, const char *when)
+{
+	char why[256] = "";
+	int s = tr_connect(c->socket);
+	if (s < 0)
+		return fail("%s: second connection: %s", when, strerror(-s));
+	int r = tr_hello(s, "restart-copycat");
+	if (r < 0) {
+		close(s);
+		return fail("%s: second connection: HELLO: %s", when, strerror(-r));
+	}
+	const uint8_t *uuid = c->dev[g->device].uuid;
+	int twin = fcntl(g->fd, F_DUPFD_CLOEXEC, 3);
+	int r1 = tr_register(s, uuid, g->size, 0, g->fd, 10, NULL, why, sizeof(why));
+	if (r1 != -EEXIST) {
+		close(s);
+		if (twin >= 0)
+			close(twin);
+		return fail("%s: grant %" PRIu64 "'s export registered again from another connection: expected "
+			    "-EEXIST, got %d (%s)", when, g->id, r1, why[0] ? why : r1 ? strerror(-r1) : "accepted");
+	}
+	int r2 = twin < 0 ? -errno : tr_register(s, uuid, g->size, 0, twin, 11, NULL, why, sizeof(why));
+	if (twin >= 0)
+		close(twin);
+	close(s);
+	if (r2 != -EEXIST)
+		return fail("%s: a dup of grant %" PRIu64 "'s export registered from another connection: expected "
+			    "-EEXIST, got %d (%s)", when, g->id, r2, why[0] ? why : r2 ? strerror(-r2) : "accepted");
+	return 0;
+}
+
+/* Writes text to path atomically (a temporary, then rename). */
+static int put_file(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int put_file(const char *path, const char *fmt, ...)
+{
+	char tmp[4096];
+	va_list ap;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	FILE *f = fopen(tmp, "w");
+	if (!f)
+		return fail("%s: %s", tmp, strerror(errno));
+	va_start(ap, fmt);
+	vfprintf(f, fmt, ap);
+	va_end(ap);
+	if (fclose(f) != 0 || rename(tmp, path) < 0)
+		return fail("%s: %s", path, strerror(errno));
+	return 0;
+}
+
+/* restart-holder READY REGISTERED GO, with check-gpu.sh restarting the
+ * broker in between:
+ *   1. take --count grants of --size on --device (default: the first CUDA
+ *      device), write a pattern through the device and read it back; the
+ *      broker accounts them to us; each grant's export handed in again by
+ *      another connection is -EEXIST; write READY (our bytes on the device);
+ *   2. call the broker every 100 ms (vram_get_status) until libvram has
+ *      reconnected (c->reconnects grew: on the first call after the broker
+ *      went away it reconnects with backoff, $VRAMD_RECONNECT_TIMEOUT_MS,
+ *      and REGISTERs every grant's kept fd before that call's request);
+ *      then the new broker (another pid) must account exactly our grants
+ *      and bytes to us again, and the first grant's export is again
+ *      -EEXIST from another connection; write REGISTERED (our bytes);
+ *   3. wait for GO (the script compares the device's used bytes while we
+ *      hold the grants), read the patterns back through the device (the
+ *      memory survived), write and read another, take a new grant (zero)
+ *      and free it, free ours (by their new ids), and check the broker
+ *      accounts nothing to us.
+ * Each wait is bounded by --timeout-ms.  Exit 0 only when all of it held. */
+static int cmd_restart_holder(void)
+{
+	enum { MAXG = 8 };
+	vram_client *c;
+	vram_grant *gs[MAXG];
+	unsigned n = 0, count = MIN(MAX(opt_count, 1u), (unsigned)MAXG);
+	const uint64_t seed = 0x7e57ab1e00ull;
+	char lasterr[1024] = "";
+	int r = 0, dev, sim = 0;
+
+	if (cmd_argc != 3) {
+		fprintf(stderr, "usage: helper-gputest [options] restart-holder READY REGISTERED GO\n");
+		return 2;
+	}
+	const char *ready = cmd_argv[0], *registered = cmd_argv[1], *go = cmd_argv[2];
+	setvbuf(stdout, NULL, _IOLBF, 0); /* in order with stderr in the script's file */
+	if (connect_broker(&c))
+		return 1;
+	if (opt_device) {
+		if ((dev = vram_device_find(c, opt_device)) < 0) {
+			r = fail("%s", vram_last_error());
+			goto out;
+		}
+	} else {
+		uint32_t sel[VRAMD_MAX_DEVICES];
+		if (selected(c, sel, VRAMD_MAX_DEVICES) < 0) {
+			r = 1;
+			goto out;
+		}
+		dev = (int)sel[0];
+	}
+	const char *name = c->dev[dev].name;
+	if (c->dev[dev].backend != VRAM_BACKEND_CUDA) {
+		if (!opt_sim_ok || !(c->dev[dev].flags & VRAM_DEV_SIMULATED) ||
+		    !(c->dev[dev].flags & VRAM_DEV_HOST_MAPPABLE)) {
+			r = fail("%s is not a CUDA device (backend %u)", name, c->dev[dev].backend);
+			goto out;
+		}
+		sim = 1;
+		printf("restart-holder: %s is SIMULATED (--sim-ok): a dry run, nothing CUDA is checked\n", name);
+	}
+
+	/* 1. grants, written and read back, accounted, known */
+	struct snap s0, s1, s2;
+	if (snapshot(c, (uint32_t)dev, &s0) < 0) {
+		r = fail("status before the grants: %s", vram_last_error());
+		goto out;
+	}
+	uint32_t reconnects0 = c->reconnects;
+	uint64_t total = 0;
+	for (; n < count; n++) {
+		if (sim) {
+			if (vram_alloc(c, (uint32_t)dev, opt_size, 0, &gs[n]) < 0) {
+				r = fail("%s: alloc: %s", name, vram_last_error());
+				goto out;
+			}
+			if (!gs[n]->host) {
+				r = fail("%s: a simulated grant without a host mapping", name);
+				goto out;
+			}
+		} else if ((r = alloc_on(c, (uint32_t)dev, opt_size, &gs[n]))) {
+			goto out;
+		}
+		if (gs[n]->fd < 0) {
+			r = fail("%s: grant %" PRIu64 " kept no fd to re-register", name, gs[n]->id);
+			goto out;
+		}
+		total += gs[n]->size;
+	}
+	if ((r = holder_io(c, (uint32_t)dev, sim, gs, n, seed, 0)) || (r = holder_io(c, (uint32_t)dev, sim, gs, n, seed, 1))) {
+		fprintf(stderr, "restart-holder: writing and reading back the grants before the restart failed\n");
+		goto out;
+	}
+	if (snapshot(c, (uint32_t)dev, &s1) < 0) {
+		r = fail("status with the grants: %s", vram_last_error());
+		goto out;
+	}
+	if (s1.ngrants != n || s1.held != s0.held + total) {
+		r = fail("before the restart: the broker accounts %u grants, %" PRIu64 " bytes on %s to us; expected %u, "
+			 "%" PRIu64, s1.ngrants, s1.held, name, n, s0.held + total);
+		goto out;
+	}
+	/* Not fatal: the restart is what this is about. */
+	int unknown = 0;
+	for (unsigned k = 0; k < n; k++)
+		unknown |= expect_known(c, gs[k], "before the restart");
+	printf("restart-holder: %u grants, %" PRIu64 " bytes on %s written and read back; broker pid %u accounts them; "
+	       "their exports from another connection: %s\n", n, total, name, s1.broker_pid,
+	       unknown ? "NOT refused (see above)" : "-EEXIST");
+	fflush(stdout);
+	if ((r = put_file(ready, "%" PRIu64 "\n", s1.held)))
+		goto out;
+
+	/* 2. the broker restarts under us: wait for the reconnect */
+	double deadline = now_s() + opt_timeout_ms / 1e3;
+	for (;;) {
+		if (snapshot(c, (uint32_t)dev, &s2) < 0) {
+			r = fail("waiting for the broker restart: the call that should reconnect failed: %s",
+				 vram_last_error());
+			goto out;
+		}
+		if (c->reconnects != reconnects0) {
+			/* Why a REGISTER failed, if one did (the call itself
+			 * succeeded after the reconnect). */
+			str_copy(lasterr, vram_last_error(), sizeof(lasterr));
+			break;
+		}
+		if (now_s() > deadline) {
+			r = fail("no broker restart seen within %d ms (still broker pid %u)", opt_timeout_ms,
+				 s2.broker_pid);
+			goto out;
+		}
+		usleep(100 * 1000);
+	}
+	if (s2.broker_pid == s1.broker_pid) {
+		r = fail("reconnected, but to the same broker (pid %u): the connection was lost otherwise (%s)",
+			 s2.broker_pid, lasterr);
+		goto out;
+	}
+	if (s2.ngrants != n || s2.held != s1.held) {
+		r = fail("after the restart: the new broker (pid %u) accounts %u grants, %" PRIu64 " bytes on %s to us; "
+			 "expected %u, %" PRIu64 " (re-registering failed; libvram's last error: %s)",
+			 s2.broker_pid, s2.ngrants, s2.held, name, n, s1.held, lasterr[0] ? lasterr : "none");
+		goto out;
+	}
+	if (s2.used < total) {
+		r = fail("after the restart: %s has %" PRIu64 " bytes used, less than our %" PRIu64, name, s2.used,
+			 total);
+		goto out;
+	}
+	int unknown2 = expect_known(c, gs[0], "after the restart");
+	unknown |= unknown2;
+	printf("restart-holder: reconnected to broker pid %u (was %u); it accounts our %u grants, %" PRIu64
+	       " bytes again; an export from another connection: %s\n",
+	       s2.broker_pid, s1.broker_pid, n, s2.held, unknown2 ? "NOT refused (see above)" : "-EEXIST");
+	fflush(stdout);
+	if ((r = put_file(registered, "%" PRIu64 "\n", s2.held)))
+		goto out;
+
+	/* 3. after GO: the bytes survived, the grants work, free */
+	deadline = now_s() + opt_timeout_ms / 1e3;
+	while (access(go, F_OK) != 0) {
+		if (now_s() > deadline) {
+			r = fail("no %s within %d ms", go, opt_timeout_ms);
+			goto out;
+		}
+		usleep(100 * 1000);
+	}
+	if ((r = holder_io(c, (uint32_t)dev, sim, gs, n, seed, 1))) {
+		fprintf(stderr, "restart-holder: the grants lost their bytes across the broker restart\n");
+		goto out;
+	}
+	if ((r = holder_io(c, (uint32_t)dev, sim, gs, n, seed + 0x100, 0)) ||
+	    (r = holder_io(c, (uint32_t)dev, sim, gs, n, seed + 0x100, 1))) {
+		fprintf(stderr, "restart-holder: writing and reading back the grants after the restart failed\n");
+		goto out;
+	}
+	vram_grant *fresh = NULL;
+	if (sim) {
+		if (vram_alloc(c, (uint32_t)dev, opt_size, 0, &fresh) < 0)
+			r = fail("%s: a new grant after the restart: %s", name, vram_last_error());
+		else if (!fresh->host || !mem_is_zero(fresh->host, fresh->size))
+			r = fail("%s: a new grant after the restart is not zero", name);
+	} else if (!(r = alloc_on(c, (uint32_t)dev, opt_size, &fresh))) {
+		struct devio io;
+		if (!(r = devio_open(c, (uint32_t)dev, &io))) {
+			r = expect_zero(&io, fresh, "a new grant after the restart");
+			devio_close(&io);
+		}
+	}
+	if (fresh && vram_free(c, fresh) < 0 && !r)
+		r = fail("freeing the new grant: %s", vram_last_error());
+	if (r)
+		goto out;
+	while (n > 0) {
+		n--;
+		uint64_t id = gs[n]->id;
+		if (vram_free(c, gs[n]) < 0) {
+			r = fail("freeing re-registered grant %" PRIu64 ": %s", id, vram_last_error());
+			goto out;
+		}
+	}
+	if (snapshot(c, (uint32_t)dev, &s2) < 0) {
+		r = fail("status after freeing: %s", vram_last_error());
+		goto out;
+	}
+	if (s2.ngrants != 0 || s2.held != s0.held) {
+		r = fail("after freeing: the broker accounts %u grants, %" PRIu64 " bytes on %s to us", s2.ngrants,
+			 s2.held, name);
+		goto out;
+	}
+	printf("restart-holder: after the restart the bytes were intact, the grants writable, a new grant zero; "
+	       "all freed\n");
+	if (unknown)
+		r = fail("a grant's export registered again from another connection was not refused (above)");
+out:
+	/* On failure the grants go with the connection (and the process). */
+	vram_close(c);
+	return r;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -749,6 +1096,7 @@ int main(int argc, char **argv)
 		{ "baseline", required_argument, NULL, 'b' },
 		{ "timeout-ms", required_argument, NULL, 't' },
 		{ "no-free", no_argument, NULL, 'F' },
+		{ "sim-ok", no_argument, NULL, 'S' },
 		{ 0 }
 	};
 	int o;
@@ -764,6 +1112,7 @@ int main(int argc, char **argv)
 		case 'b': opt_baseline = strtoull(optarg, NULL, 0); break;
 		case 't': opt_timeout_ms = atoi(optarg); break;
 		case 'F': opt_no_free = 1; break;
+		case 'S': opt_sim_ok = 1; break;
 		default: return 2;
 		}
 	}
@@ -772,6 +1121,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	const char *cmd = argv[optind];
+	cmd_argv = argv + optind + 1;
+	cmd_argc = argc - optind - 1;
 	static const struct {
 		const char *name;
 		int (*fn)(void);
@@ -788,6 +1139,7 @@ int main(int argc, char **argv)
 		{ "expect-empty", cmd_expect_empty },
 		{ "uuid", cmd_uuid },
 		{ "expect-invisible", cmd_expect_invisible },
+		{ "restart-holder", cmd_restart_holder },
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i].name))
