@@ -295,14 +295,30 @@ VK_HD static inline uint64_t vk_sr_rand(uint64_t seed, uint64_t idx)
 
 /* ---- element load/store by format -------------------------------------- */
 
+/* Elements are read and written whole: on the GPU as typed accesses (the
+ * launchers refuse misaligned addresses), on the CPU through memcpy, since
+ * host buffers (a staging slot holding a tensor at an odd file offset) need
+ * not be aligned to the element; the compiler makes a plain move of it. */
+#ifdef __CUDA_ARCH__
+#define VK_LD(T, p, i) (((const T *)(p))[i])
+#define VK_ST(T, p, i, v) (((T *)(p))[i] = (T)(v))
+#else
+#define VK_LD(T, p, i) vk_ld_##T((const unsigned char *)(p) + (i) * sizeof(T))
+#define VK_ST(T, p, i, v) vk_st_##T((unsigned char *)(p) + (i) * sizeof(T), (T)(v))
+static inline uint16_t vk_ld_uint16_t(const unsigned char *q) { uint16_t v; __builtin_memcpy(&v, q, 2); return v; }
+static inline uint32_t vk_ld_uint32_t(const unsigned char *q) { uint32_t v; __builtin_memcpy(&v, q, 4); return v; }
+static inline void vk_st_uint16_t(unsigned char *q, uint16_t v) { __builtin_memcpy(q, &v, 2); }
+static inline void vk_st_uint32_t(unsigned char *q, uint32_t v) { __builtin_memcpy(q, &v, 4); }
+#endif
+
 /* Element i of a tensor in format fmt, as f32 bits. */
 VK_HD static inline uint32_t vk_load_bits(const void *p, uint64_t i, uint32_t fmt)
 {
 	if (fmt <= VK_FMT_E5M2)
 		return vk_decode_bits(((const uint8_t *)p)[i], fmt);
 	if (fmt == VK_FMT_F32)
-		return ((const uint32_t *)p)[i];
-	return vk_decode_bits(((const uint16_t *)p)[i], fmt);
+		return VK_LD(uint32_t, p, i);
+	return vk_decode_bits(VK_LD(uint16_t, p, i), fmt);
 }
 
 /* Stores f32 bits f as element i of a tensor in format fmt, rounded by
@@ -310,11 +326,11 @@ VK_HD static inline uint32_t vk_load_bits(const void *p, uint64_t i, uint32_t fm
 VK_HD static inline void vk_store_bits(void *p, uint64_t i, uint32_t fmt, uint32_t f, uint32_t mode, uint64_t rnd)
 {
 	if (fmt == VK_FMT_F32)
-		((uint32_t *)p)[i] = f;
+		VK_ST(uint32_t, p, i, f);
 	else if (fmt <= VK_FMT_E5M2)
 		((uint8_t *)p)[i] = (uint8_t)vk_encode_bits(f, fmt, mode, rnd);
 	else
-		((uint16_t *)p)[i] = (uint16_t)vk_encode_bits(f, fmt, mode, rnd);
+		VK_ST(uint16_t, p, i, vk_encode_bits(f, fmt, mode, rnd));
 }
 
 /* One element of a LoRA merge: w <- w + scale * acc computed with one fused
