@@ -586,6 +586,15 @@ static struct op *open_staged(struct stream *s, uint64_t oa, size_t *cur, uint64
 	return op;
 }
 
+/* Where a part of request r (up to e) in op ends: the op's end, cut back to
+ * an element boundary of r when r converts. */
+static uint64_t part_end(const struct stream *s, const struct op *op, const struct stream_req *r, uint64_t unit,
+			 uint64_t e)
+{
+	uint64_t te = MIN(e, op->off + s->slot_size);
+	return te < e ? r->file_off + (te - r->file_off) / unit * unit : te;
+}
+
 /* Packs segs into staged ops of at most a slot, while aligned ranges touch.
  * A converting request is cut only between its elements; when the next
  * element does not fit in the slot, the next op starts a little before it
@@ -613,16 +622,12 @@ static int plan_staged(struct stream *s)
 				if (!(op = open_staged(s, oa, &cur, &b, &need_end)))
 					return -ENOMEM;
 			}
-			te = MIN(e, op->off + s->slot_size);
-			if (te < e)
-				te = r->file_off + (te - r->file_off) / unit * unit;
+			te = part_end(s, op, r, unit, e);
 			if (te <= o) {   /* the element does not fit: a fresh op */
 				close_staged(s, op, b, need_end);
 				if (!(op = open_staged(s, oa, &cur, &b, &need_end)))
 					return -ENOMEM;
-				te = MIN(e, op->off + s->slot_size);
-				if (te < e)
-					te = r->file_off + (te - r->file_off) / unit * unit;
+				te = part_end(s, op, r, unit, e);
 			}
 			if (add_part(s, o, te - o, req) < 0)
 				return -ENOMEM;

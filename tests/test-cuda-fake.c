@@ -2543,46 +2543,30 @@ START_TEST(test_broker_and_client)
 END_TEST
 
 /* A hand-written checkpoint whose tensors sit at odd offsets (an F32 at 6:
- * not 4-aligned) in dir/odd.safetensors; their data in *ret_data (free()),
- * the file's data section. */
+ * not 4-aligned); their data in *ret_data (free()), the file's data
+ * section. */
 static void write_odd_checkpoint(const char *path, uint8_t **ret_data, size_t *ret_len)
 {
-	static const struct { const char *name, *dtype; size_t elems, esize; } t[] = {
+	static const struct t_tensor t[] = {
 		{ "model.diffusion_model.input_blocks.0.0.weight", "F16", 3, 2 },
 		{ "model.diffusion_model.input_blocks.0.0.bias", "F32", 5, 4 },
 		{ "model.diffusion_model.input_blocks.1.0.weight", "F8_E4M3", 7, 1 },
 		{ "model.diffusion_model.input_blocks.1.0.bias", "F32", 70000, 4 },
 		{ "model.diffusion_model.input_blocks.2.0.weight", "F8_E5M2", 3001, 1 },
 	};
-	char hdr[2048];
-	size_t hl = 0, off = 0;
-	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "{");
-	for (size_t i = 0; i < 5; i++) {
-		size_t nb = t[i].elems * t[i].esize;
-		hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%zu],"
-				       "\"data_offsets\":[%zu,%zu]}", i ? "," : "", t[i].name, t[i].dtype,
-				       t[i].elems, off, off + nb);
-		off += nb;
-	}
-	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "}");
-	while (hl % 8)
-		hdr[hl++] = ' ';
-	uint8_t *data = malloc(off);
+	size_t len = 0;
+	for (size_t i = 0; i < ARRAY_SIZE(t); i++)
+		len += t[i].elems * t[i].esize;
+	uint8_t *data = malloc(len);
 	ck_assert_ptr_nonnull(data);
 	uint64_t x = 88172645463325252ull;
-	for (size_t i = 0; i < off; i++) {
+	for (size_t i = 0; i < len; i++) {
 		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 		data[i] = (uint8_t)x;
 	}
-	FILE *fp = fopen(path, "wb");
-	ck_assert_ptr_nonnull(fp);
-	uint64_t n = hl;
-	ck_assert_uint_eq(fwrite(&n, 8, 1, fp), 1);
-	ck_assert_uint_eq(fwrite(hdr, 1, hl, fp), hl);
-	ck_assert_uint_eq(fwrite(data, 1, off, fp), off);
-	ck_assert_int_eq(fclose(fp), 0);
+	ck_assert_uint_eq(t_write_safetensors(path, t, ARRAY_SIZE(t), data), len);
 	*ret_data = data;
-	*ret_len = off;
+	*ret_len = len;
 }
 
 /* vram_load onto a CUDA device, end to end through a live broker: the

@@ -332,41 +332,25 @@ START_TEST(test_load_convert_patterns)
 {
 	struct env e;
 	env_start(&e, "64MiB", "64MiB");
-	static const struct { const char *name, *dtype; uint32_t dt; size_t elems, esize; } t[] = {
-		{ "model.diffusion_model.input_blocks.0.0.weight", "F8_E4M3", VRAM_DTYPE_F8_E4M3, 256 * 3 + 1, 1 },
-		{ "model.diffusion_model.input_blocks.0.0.bias", "F16", VRAM_DTYPE_F16, 65536, 2 },
-		{ "model.diffusion_model.input_blocks.1.0.weight", "F8_E5M2", VRAM_DTYPE_F8_E5M2, 256, 1 },
-		{ "model.diffusion_model.input_blocks.1.0.bias", "BF16", VRAM_DTYPE_BF16, 65536, 2 },
+	static const struct t_tensor t[] = {
+		{ "model.diffusion_model.input_blocks.0.0.weight", "F8_E4M3", 256 * 3 + 1, 1 },
+		{ "model.diffusion_model.input_blocks.0.0.bias", "F16", 65536, 2 },
+		{ "model.diffusion_model.input_blocks.1.0.weight", "F8_E5M2", 256, 1 },
+		{ "model.diffusion_model.input_blocks.1.0.bias", "BF16", 65536, 2 },
 	};
-	char hdr[2048];
-	size_t hl = 0, off = 0;
-	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "{");
-	for (size_t i = 0; i < 4; i++) {
-		size_t nb = t[i].elems * t[i].esize;
-		hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%zu],"
-				       "\"data_offsets\":[%zu,%zu]}", i ? "," : "", t[i].name, t[i].dtype,
-				       t[i].elems, off, off + nb);
-		off += nb;
-	}
-	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "}");
-	while (hl % 8)
-		hdr[hl++] = ' ';
+	static const uint32_t tdt[] = { VRAM_DTYPE_F8_E4M3, VRAM_DTYPE_F16, VRAM_DTYPE_F8_E5M2, VRAM_DTYPE_BF16 };
+	size_t off = 0, at = 0;
+	for (size_t i = 0; i < 4; i++)
+		off += t[i].elems * t[i].esize;
 	_cleanup_free_ uint8_t *data = malloc(off);
 	ck_assert_ptr_nonnull(data);
-	size_t at = 0;
-	for (size_t i = 0; i < 4; i++)
+	for (size_t i = 0; i < 4; i++) /* every bit pattern in turn */
 		for (size_t k = 0; k < t[i].elems; k++, at += t[i].esize) {
 			data[at] = (uint8_t)k;
 			if (t[i].esize == 2)
 				data[at + 1] = (uint8_t)(k >> 8);
 		}
-	FILE *fp = fopen(e.file, "wb");
-	ck_assert_ptr_nonnull(fp);
-	uint64_t n = hl;
-	ck_assert_uint_eq(fwrite(&n, 8, 1, fp), 1);
-	ck_assert_uint_eq(fwrite(hdr, 1, hl, fp), hl);
-	ck_assert_uint_eq(fwrite(data, 1, off, fp), off);
-	ck_assert_int_eq(fclose(fp), 0);
+	ck_assert_uint_eq(t_write_safetensors(e.file, t, 4, data), off);
 
 	vram_model *m;
 	vram_client *c;
@@ -390,7 +374,7 @@ START_TEST(test_load_convert_patterns)
 				ck_assert_int_ge(ti, 0);
 				size_t nb = t[i].elems * (vram_dtype_bits(to[k]) / 8);
 				_cleanup_free_ uint8_t *want = malloc(nb);
-				ck_assert_int_eq(vk_cast(data + at, t[i].dt, want, to[k], t[i].elems), 0);
+				ck_assert_int_eq(vk_cast(data + at, tdt[i], want, to[k], t[i].elems), 0);
 				ck_assert_int_eq(vram_loaded_tensor_dtype(l, (uint32_t)ti), (int)to[k]);
 				ck_assert_uint_eq(vram_loaded_tensor_nbytes(l, (uint32_t)ti), nb);
 				const uint8_t *p = vram_loaded_tensor_host_ptr(l, (uint32_t)ti);

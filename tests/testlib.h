@@ -221,6 +221,41 @@ static inline int t_write_checkpoint(const char *path, int blocks, int rows, int
 	return t_run(cmd, NULL, 0);
 }
 
+/* One tensor of a hand-written safetensors file: 1-D, elems x esize bytes. */
+struct t_tensor {
+	const char *name, *dtype;
+	size_t elems, esize;
+};
+
+/* Writes the safetensors file path holding tensors t[0..n) back to back in
+ * this order (so at whatever offsets their sizes give: odd ones too), their
+ * bytes from data.  The header is padded to 8 bytes.  Returns the data
+ * size, or 0 on failure. */
+static inline size_t t_write_safetensors(const char *path, const struct t_tensor *t, size_t n, const uint8_t *data)
+{
+	char hdr[8192];
+	size_t hl = 0, off = 0;
+	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "{");
+	for (size_t i = 0; i < n && hl < sizeof(hdr); i++) {
+		size_t nb = t[i].elems * t[i].esize;
+		hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl,
+				       "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%zu],\"data_offsets\":[%zu,%zu]}",
+				       i ? "," : "", t[i].name, t[i].dtype, t[i].elems, off, off + nb);
+		off += nb;
+	}
+	if (hl + 9 > sizeof(hdr))
+		return 0;
+	hl += (size_t)snprintf(hdr + hl, sizeof(hdr) - hl, "}");
+	while (hl % 8)
+		hdr[hl++] = ' ';
+	FILE *fp = fopen(path, "wb");
+	if (!fp)
+		return 0;
+	uint64_t len = hl;
+	int ok = fwrite(&len, 8, 1, fp) == 1 && fwrite(hdr, 1, hl, fp) == hl && fwrite(data, 1, off, fp) == off;
+	return fclose(fp) == 0 && ok ? off : 0;
+}
+
 /* The whole file in memory (*len set); free() it. */
 static inline uint8_t *t_read_file(const char *path, size_t *len)
 {

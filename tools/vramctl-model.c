@@ -389,6 +389,19 @@ static const char *io_mode_name(uint32_t m)
 	return m == VRAM_IO_DIRECT ? "direct" : m == VRAM_IO_BUFFERED ? "buffered" : "auto";
 }
 
+/* A count in 1..1024 for flag; -1 with the message printed. */
+static int parse_1_1024(const char *flag, const char *v, uint32_t *ret)
+{
+	char *end;
+	unsigned long d = strtoul(v, &end, 10);
+	if (*end || !d || d > 1024) {
+		fprintf(stderr, "vramctl load: %s: \"%s\" is not 1-1024\n", flag, v);
+		return -1;
+	}
+	*ret = (uint32_t)d;
+	return 0;
+}
+
 /* A dtype by its safetensors name, any case; -1 if none. */
 static int dtype_parse(const char *v)
 {
@@ -456,21 +469,11 @@ int cmd_load(struct ctl *ctl)
 				lo.cast_from |= 1u << d;
 			}
 		} else if (!strcmp(a, "--staging") && i + 1 < ctl->argc) {
-			char *end;
-			unsigned long d = strtoul(ctl->argv[++i], &end, 10);
-			if (*end || !d || d > 1024) {
-				fprintf(stderr, "vramctl load: --staging: \"%s\" is not 1-1024\n", ctl->argv[i]);
+			if (parse_1_1024(a, ctl->argv[++i], &lo.staging_slots) < 0)
 				return EX_USAGE_;
-			}
-			lo.staging_slots = (uint32_t)d;
 		} else if (!strcmp(a, "--depth") && i + 1 < ctl->argc) {
-			char *end;
-			unsigned long d = strtoul(ctl->argv[++i], &end, 10);
-			if (*end || !d || d > 1024) {
-				fprintf(stderr, "vramctl load: --depth: \"%s\" is not 1-1024\n", ctl->argv[i]);
+			if (parse_1_1024(a, ctl->argv[++i], &lo.queue_depth) < 0)
 				return EX_USAGE_;
-			}
-			lo.queue_depth = (uint32_t)d;
 		} else if (a[0] == '-' || file) {
 			fprintf(stderr, "vramctl load: unexpected argument \"%s\"\n", a);
 			return EX_USAGE_;
