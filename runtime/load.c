@@ -24,8 +24,9 @@
  * Conversion (cast_to): a converted tensor is a run of its own, in a region
  * of its converted size (TENSOR_ALIGN-aligned), and always goes through
  * staging: the sink converts (kernels/ C references into host-visible
- * memory; for CUDA, an H2D copy into per-slot device scratch and the cast
- * kernel from there, both on the copy stream).
+ * memory, through a table for 8- and 16-bit sources; for CUDA, an H2D copy
+ * into one device scratch buffer and the cast kernel from there, both on
+ * the copy stream).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,7 +45,6 @@
 #include "runtime/stream.h"
 #include "kernels/kernels.h"
 
-/* Alignment of a converted tensor in its grant (vectorised kernels). */
 /* Alignment of a tensor that is placed on its own (converted ones, and
  * every tensor on a GPU): any element, and vectorised kernels. */
 #define TENSOR_ALIGN 256u
