@@ -4,7 +4,7 @@
  * CPU seconds per GB, to tune chunk and depth (docs/streaming.md).
  *
  *   helper-streambench FILE [--mode all|auto|direct|buffered] [--cold|--warm|--both]
- *                      [--dest mirror|packed|staged] [--tensors N]
+ *                      [--dest mirror|packed|staged|memfd] [--tensors N]
  *                      [--chunk SIZE] [--depth N] [--nstaging N] [--repeat N]
  *                      [--sweep] [--no-register] [--sync] [--partial F] [--no-thp]
  *
@@ -19,6 +19,12 @@
  * first F (0..1) of the file read into the cache first (a file partly
  * cached: where AUTO's threshold comes from).  --no-thp: destination
  * memory without transparent huge pages (as fio's buffers).
+ *
+ * --dest memfd: the loader's warm case on fresh memory, A/B: each repeat
+ * reads the cached file into a fresh memfd mapping (as a cpu-pool grant),
+ * once with reads into the mapping and once through the memfd
+ * (STREAM_REQ_FD: sendfile), and prints both, with the time to touch every
+ * page of the mapping afterwards (what a consumer pays for the second).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +34,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -197,10 +204,59 @@ static int run_one(struct bench *b, uint32_t mode, int cold, int quiet, double *
 	return 0;
 }
 
+static double mono_s(clockid_t c)
+{
+	struct timespec t;
+	clock_gettime(c, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* --dest memfd: see the top of the file. */
+static int memfd_ab(struct bench *b)
+{
+	uint64_t msize = (b->size + 2 * STREAM_ALIGN) / STREAM_ALIGN * STREAM_ALIGN;
+	double gb = (double)b->size / 1e9;
+	for (unsigned k = 0; k < b->repeat; k++)
+		for (int usefd = 0; usefd < 2; usefd++) {
+			int m = memfd_create("streambench", MFD_CLOEXEC);
+			if (m < 0 || ftruncate(m, (off_t)msize) < 0)
+				return -errno;
+			uint8_t *p = mmap(NULL, msize, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+			if (p == MAP_FAILED) {
+				close(m);
+				return -ENOMEM;
+			}
+			struct stream_req r = { .file_off = 0, .len = b->size, .dst = p, .kind = STREAM_DST_HOST,
+						.flags = STREAM_REQ_SLACK | (usefd ? STREAM_REQ_FD : 0), .dst_fd = m };
+			struct stream_opts o = b->o;
+			struct stream_result res;
+			o.io_mode = VRAM_IO_BUFFERED;
+			warm(b);
+			double t0 = mono_s(CLOCK_MONOTONIC), c0 = mono_s(CLOCK_PROCESS_CPUTIME_ID);
+			int rc = stream_file(b->path, b->fd, &r, 1, &o, &res);
+			double t1 = mono_s(CLOCK_MONOTONIC), c1 = mono_s(CLOCK_PROCESS_CPUTIME_ID);
+			volatile uint8_t sum = 0;
+			for (uint64_t i = 0; rc == 0 && i < b->size; i += 4096)
+				sum += p[i];
+			double t2 = mono_s(CLOCK_MONOTONIC);
+			munmap(p, msize);
+			close(m);
+			if (rc < 0) {
+				fprintf(stderr, "stream_bench: %s\n", vram_last_error());
+				return rc;
+			}
+			printf("warm -> fresh memfd, %-22s %6.2f GB/s  cpu %.3f s/GB  then touching every page %.3f s/GB\n",
+			       usefd ? "through the fd (sendfile)" : "read into the mapping", gb / (t1 - t0),
+			       (c1 - c0) / gb, (t2 - t1) / gb);
+			fflush(stdout);
+		}
+	return 0;
+}
+
 static void usage(void)
 {
 	fprintf(stderr, "usage: helper-streambench FILE [--mode all|auto|direct|buffered] [--cold|--warm|--both]\n"
-		"       [--dest mirror|packed|staged] [--tensors N] [--chunk SIZE] [--depth N]\n"
+		"       [--dest mirror|packed|staged|memfd] [--tensors N] [--chunk SIZE] [--depth N]\n"
 		"       [--nstaging N] [--repeat N] [--sweep] [--no-register] [--sync] [--partial F] [--no-thp]\n");
 	exit(2);
 }
@@ -228,7 +284,8 @@ int main(int argc, char **argv)
 		else if (!v) usage();
 		else if (!strcmp(a, "--mode")) { mode = v; i++; }
 		else if (!strcmp(a, "--dest")) {
-			b.dest = !strcmp(v, "mirror") ? 0 : !strcmp(v, "packed") ? 1 : !strcmp(v, "staged") ? 2 : -1;
+			b.dest = !strcmp(v, "mirror") ? 0 : !strcmp(v, "packed") ? 1 : !strcmp(v, "staged") ? 2 :
+				 !strcmp(v, "memfd") ? 3 : -1;
 			if (b.dest < 0)
 				usage();
 			i++;
@@ -250,6 +307,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	b.size = (uint64_t)st.st_size;
+	if (b.dest == 3)
+		return memfd_ab(&b) < 0;
 	if (setup(&b) < 0) {
 		fprintf(stderr, "stream_bench: out of memory\n");
 		return 1;
