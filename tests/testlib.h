@@ -106,8 +106,11 @@ static inline pid_t t_start_vramd(const char *socket, const char *logpath, const
 	argv[n++] = "--socket";
 	argv[n++] = socket;
 	int has_admin = 0, has_state = 0, has_mode = 0;
+	const char *admin_path = NULL;
 	for (int i = 0; args && args[i] && n < 56; i++) {
 		has_admin |= !strcmp(args[i], "--admin-socket");
+		if (!strcmp(args[i], "--admin-socket") && args[i + 1])
+			admin_path = args[i + 1];
 		has_state |= !strcmp(args[i], "--state-dir");
 		has_mode |= !strcmp(args[i], "--socket-mode");
 		argv[n++] = args[i];
@@ -121,6 +124,7 @@ static inline pid_t t_start_vramd(const char *socket, const char *logpath, const
 	if (!has_admin) {
 		argv[n++] = "--admin-socket";
 		argv[n++] = admin;
+		admin_path = admin;
 	}
 	if (!has_state) {
 		argv[n++] = "--state-dir";
@@ -143,8 +147,9 @@ static inline pid_t t_start_vramd(const char *socket, const char *logpath, const
 		execv(prog, (char *const *)argv);
 		_exit(127);
 	}
+	/* ready when both sockets answer (the admin one comes up second) */
 	for (int i = 0; i < 500; i++) {
-		if (t_socket_alive(socket))
+		if (t_socket_alive(socket) && (!admin_path || !*admin_path || t_socket_alive(admin_path)))
 			return pid;
 		int st;
 		if (waitpid(pid, &st, WNOHANG) == pid)
