@@ -1328,7 +1328,6 @@ static void client_drop(struct broker *b, struct client *c, const char *why)
 			*pp = c->next;
 			break;
 		}
-	b->nclients--;
 	for (struct pending *pd = b->pending, *nx; pd; pd = nx) {
 		nx = pd->next;
 		if (pd->c == c)
@@ -1361,6 +1360,8 @@ static void client_drop(struct broker *b, struct client *c, const char *why)
 	broker_log(1, CLIENT_FMT ": %s; released %u grants, %s", CLIENT_ARGS(c), why, n,
 		   size_format(held, s1, sizeof(s1)));
 	free(c);
+	/* counted out last: a client count of 0 means every grant is back */
+	b->nclients--;
 	retry_pending(b);
 	/* A request whose helpers are all gone and still does not fit fails. */
 	for (struct pending *pd = b->pending, *nx; pd; pd = nx) {
