@@ -37,6 +37,7 @@
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
 #include "runtime/load.h"
+#include "kernels/kernels.h"
 
 #define SLOT_ALIGN 256u   /* tensors in a slot start on this boundary */
 #define MAX_SLOTS 256u
@@ -103,6 +104,8 @@ struct vram_pager {
 	int pin_dev;                  /* CUDA device the pins are for, -1: none */
 	uint8_t *bounce;
 	uint64_t bounce_size;
+	uint8_t *raw;            /* file bytes of a converted tensor, before conversion */
+	uint64_t raw_size;
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -143,6 +146,42 @@ static void prefault(vram_grant *g)
 
 /* ---- the copy thread ------------------------------------------------- */
 
+/* Bytes [off, off + len) of tensor t as loaded, read from the file (the
+ * donor of last resort) into host memory dst: as they are, or, for a
+ * tensor converted while loading, its file elements converted again (the
+ * same C reference conversion, so the same bytes).  off and len whole
+ * elements of the loaded dtype.  0 or -errno. */
+static int read_loaded(struct vram_pager *p, uint32_t t, uint64_t off, uint64_t len, uint8_t *dst)
+{
+	struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+	vram_model_tensor(p->l->model, t, &ti);
+	uint32_t ldt = p->l->tensors[t].dtype;
+	uint64_t sb = vram_dtype_bits(ti.dtype) / 8, db = vram_dtype_bits(ldt) / 8;
+	uint8_t *buf = dst;
+	uint64_t foff = ti.file_offset + off, flen = len;
+	if (ldt != ti.dtype) {
+		flen = len / db * sb;
+		foff = ti.file_offset + off / db * sb;
+		if (p->raw_size < flen) {
+			uint8_t *n = realloc(p->raw, flen);
+			if (!n)
+				return -ENOMEM;
+			p->raw = n;
+			p->raw_size = flen;
+		}
+		buf = p->raw;
+	}
+	for (uint64_t done = 0; done < flen;) {
+		ssize_t n = pread(p->fd, buf + done, flen - done, (off_t)(foff + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		done += (uint64_t)n;
+	}
+	return ldt != ti.dtype ? vk_cast(buf, ti.dtype, dst, ldt, len / db) : 0;
+}
+
 /* Fills a slot on a CUDA device: async copies on the device's copy stream
  * from pinned donor memory (host), device to device (donor GPU), or via a
  * bounce buffer from the file (dropped layers); waits for them. */
@@ -159,35 +198,31 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 		return r;
 	struct vram_cuda_copier *cp = p->cuda_copier[s->dev];
 	for (uint32_t t = first_t; t < last_t; t++) {
-		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-		vram_model_tensor(p->l->model, t, &ti);
-		if (!ti.nbytes)
+		uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
+		if (!nb)
 			continue;
 		const uint8_t *src = vram_loaded_tensor_host_ptr(p->l, t);
 		uint64_t dsrc = vram_loaded_tensor_device_ptr(p->l, t);
 		if (src)
-			r = vram_cuda_copier_copy(cp, dbase + p->toff[t], src, ti.nbytes, 0);
+			r = vram_cuda_copier_copy(cp, dbase + p->toff[t], src, nb, 0);
 		else if (dsrc)
-			r = vram_cuda_copier_dtod(cp, dbase + p->toff[t], dsrc, ti.nbytes, 0);
+			r = vram_cuda_copier_dtod(cp, dbase + p->toff[t], dsrc, nb, 0);
 		else {
-			/* dropped: through the bounce buffer, a piece at a time */
+			/* dropped: through the bounce buffer, a piece at a time
+			 * (whole elements: 8 MiB is a multiple of any) */
 			if (!p->bounce) {
 				p->bounce_size = 8u << 20;
 				p->bounce = malloc(p->bounce_size);
 				if (!p->bounce)
 					return -ENOMEM;
 			}
-			for (uint64_t done = 0; done < ti.nbytes;) {
-				uint64_t k = MIN(p->bounce_size, ti.nbytes - done);
-				ssize_t n = pread(p->fd, p->bounce, k, (off_t)(ti.file_offset + done));
-				if (n < 0 && errno == EINTR)
-					continue;
-				if (n <= 0)
-					return n < 0 ? -errno : -EIO;
-				if ((r = vram_cuda_copier_copy(cp, dbase + p->toff[t] + done, p->bounce, (uint64_t)n, 0)) < 0 ||
+			for (uint64_t done = 0; done < nb;) {
+				uint64_t k = MIN(p->bounce_size, nb - done);
+				if ((r = read_loaded(p, t, done, k, p->bounce)) < 0 ||
+				    (r = vram_cuda_copier_copy(cp, dbase + p->toff[t] + done, p->bounce, k, 0)) < 0 ||
 				    (r = vram_cuda_copier_wait(cp, 0)) < 0)
 					return r;
-				done += (uint64_t)n;
+				done += k;
 			}
 			r = 0;
 		}
@@ -208,25 +243,18 @@ static int fill_slot(struct vram_pager *p, struct slot *s, uint32_t layer)
 	if (!dst)
 		return fill_slot_cuda(p, s, layer);
 	for (uint32_t t = first_t; t < last_t; t++) {
-		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-		vram_model_tensor(p->l->model, t, &ti);
-		if (!ti.nbytes)
+		uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
+		if (!nb)
 			continue;
 		const uint8_t *src = vram_loaded_tensor_host_ptr(p->l, t);
 		if (src) {
-			memcpy(dst + p->toff[t], src, ti.nbytes);
+			memcpy(dst + p->toff[t], src, nb);
 			continue;
 		}
 		/* dropped by reclaim: the file is the donor */
-		uint64_t done = 0;
-		while (done < ti.nbytes) {
-			ssize_t n = pread(p->fd, dst + p->toff[t] + done, ti.nbytes - done, (off_t)(ti.file_offset + done));
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0)
-				return n < 0 ? -errno : -EIO;
-			done += (uint64_t)n;
-		}
+		int r = read_loaded(p, t, 0, nb, dst + p->toff[t]);
+		if (r < 0)
+			return r;
 	}
 	return 0;
 }
@@ -931,6 +959,7 @@ void vram_pager_free(vram_pager *p)
 	for (uint32_t i = 0; i < p->npins; i++)
 		vram_cuda_unpin(p->pins[i]);
 	free(p->bounce);
+	free(p->raw);
 	if (p->fd >= 0)
 		close(p->fd);
 	pthread_mutex_destroy(&p->mu);
@@ -953,9 +982,6 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 	vram_error_clear();
 	if (!l || !plan || !ret)
 		return vram_error(-EINVAL, "vram_pager_create: NULL argument");
-	if (l->converted)
-		return vram_error(-ENOTSUP, "the pager does not page converted tensors (%u were converted while "
-				  "loading): load without cast_to", l->converted);
 	if (!o) {
 		vram_pager_options_init(&defaults);
 		o = &defaults;
@@ -1008,17 +1034,17 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		struct player *L = &p->layers[li];
 		L->first = info.first_tensor;
 		L->ntensors = info.ntensors;
-		L->nbytes = info.nbytes;
+		L->nbytes = 0;  /* as loaded (conversion may have changed it) */
 		L->slot = -1;
 		p->order[li] = (uint32_t)li;
 		p->pos[li] = (uint32_t)li;
 		uint64_t packed = 0;
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
-			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-			vram_model_tensor(l->model, t, &ti);
+			uint64_t nb = vram_loaded_tensor_nbytes(l, t);
 			packed = align_up(packed, SLOT_ALIGN);
 			p->toff[t] = packed;
-			packed += ti.nbytes;
+			packed += nb;
+			L->nbytes += nb;
 		}
 		L->packed = packed;
 		L->leader = (uint32_t)li;
@@ -1027,7 +1053,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		L->gbytes = L->nbytes;
 		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
 		int compute = cdev[info.component];
-		if (home < 0 || compute < 0 || home == compute || !info.nbytes) {
+		if (home < 0 || compute < 0 || home == compute || !L->nbytes) {
 			L->paged = false;
 			L->compute = home < 0 ? 0 : (uint32_t)home;
 			continue;

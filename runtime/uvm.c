@@ -189,12 +189,10 @@ static int udev_fill(vram_uvm_pager *p, uint32_t i)
 			goto pop;
 		}
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
-			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-			vram_model_tensor(p->l->model, t, &ti);
-			if (!ti.nbytes)
-				continue;
-			memcpy((char *)(uintptr_t)(u->base + L->off + p->toff[t]), vram_loaded_tensor_host_ptr(p->l, t),
-			       (size_t)ti.nbytes);
+			uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
+			if (nb)
+				memcpy((char *)(uintptr_t)(u->base + L->off + p->toff[t]),
+				       vram_loaded_tensor_host_ptr(p->l, t), (size_t)nb);
 		}
 	}
 #undef FAIL
@@ -211,9 +209,6 @@ int vram_uvm_pager_create(vram_loaded *l, const vram_plan *plan, uint32_t depth,
 	vram_error_clear();
 	if (depth > MAX_DEPTH)
 		return vram_error(-EINVAL, "prefetch depth %u is more than %u", depth, MAX_DEPTH);
-	if (l->converted)
-		return vram_error(-ENOTSUP, "the UVM pager does not page converted tensors (%u were converted "
-				  "while loading): load without cast_to", l->converted);
 	vram_uvm_pager *p = calloc(1, sizeof(*p));
 	if (!p)
 		return vram_error(-ENOMEM, "out of memory");
@@ -246,12 +241,10 @@ int vram_uvm_pager_create(vram_loaded *l, const vram_plan *plan, uint32_t depth,
 		L->ntensors = info.ntensors;
 		uint64_t packed = 0;
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
-			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-			vram_model_tensor(l->model, t, &ti);
 			packed = align_to(packed, TENSOR_ALIGN);
 			p->toff[t] = packed;
 			p->tlayer[t] = li;
-			packed += ti.nbytes;
+			packed += vram_loaded_tensor_nbytes(l, t); /* as loaded (maybe converted) */
 		}
 		L->bytes = packed;
 		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;

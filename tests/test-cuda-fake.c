@@ -3388,7 +3388,8 @@ static void uvm_fx_start(struct uvm_fx *f)
 		ck_assert_msg(gi == 0 || strcmp(dn, "cpu") == 0, "layer %u on %s", li, dn);
 		f->layer_dev[li] = (int)gi;
 		f->ndonor += gi;
-		l->tensors[t] = (struct loaded_tensor){ .grant = gi, .offset = off[gi] };
+		l->tensors[t] = (struct loaded_tensor){ .grant = gi, .offset = off[gi], .dtype = VRAM_DTYPE_F32,
+							.nbytes = sizeof(f->data[0]) };
 		off[gi] += 256 * 1024; /* far apart: a wrong offset reads zeros or another layer */
 	}
 	ck_assert_msg(f->ndonor > 0 && f->ndonor < UVM_NLAYERS, "%u donor layers", f->ndonor);

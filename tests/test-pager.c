@@ -12,6 +12,7 @@
 #include "common/cleanup.h"
 #include "common/util.h"
 #include "runtime/vram.h"
+#include "kernels/kernels.h"
 #include "testlib.h"
 
 #define MiB (1ull << 20)
@@ -29,6 +30,9 @@ struct fx {
 	size_t len;
 	uint32_t nunet;          /* unet layers (paged ones among them) */
 };
+
+/* cast_to for the next fx_start's load (0: none). */
+static uint32_t fx_cast_to;
 
 /* blocks of ~1 MiB each (512 x 1024 F16 + bias); unet compute cuda:0 with
  * vvram_mib of it donated by cpu. */
@@ -63,6 +67,7 @@ static void fx_start(struct fx *f, const char *sim, const char *host, int blocks
 	struct vram_load_options lo;
 	vram_load_options_init(&lo);
 	lo.flags = VRAM_LOAD_RECLAIMABLE;
+	lo.cast_to = fx_cast_to;
 	ck_assert_msg(vram_load(f->c, f->m, f->plan, 0, &lo, &f->l) == 0, "%s", vram_last_error());
 	struct vram_component_info ci = { .struct_size = sizeof(ci) };
 	vram_model_component(f->m, VRAM_COMP_UNET, &ci);
@@ -94,7 +99,8 @@ static int paged_layers(struct fx *f)
 	return n;
 }
 
-/* Acquires layer, compares every tensor with the file, releases. */
+/* Acquires layer, compares every tensor with the file (converted as the
+ * load converted it, by the C reference), releases. */
 static void check_layer(struct fx *f, vram_pager *p, uint32_t li)
 {
 	ck_assert_msg(vram_pager_acquire(p, li) == 0, "%s", vram_last_error());
@@ -105,7 +111,18 @@ static void check_layer(struct fx *f, vram_pager *p, uint32_t li)
 		vram_model_tensor(f->m, t, &ti);
 		const uint8_t *h = vram_pager_tensor_host_ptr(p, t);
 		ck_assert_ptr_nonnull(h);
-		ck_assert_msg(memcmp(h, f->bytes + ti.file_offset, ti.nbytes) == 0, "tensor %s differs", ti.name);
+		int dt = vram_loaded_tensor_dtype(f->l, t);
+		if (dt == (int)ti.dtype) {
+			ck_assert_msg(memcmp(h, f->bytes + ti.file_offset, ti.nbytes) == 0, "tensor %s differs", ti.name);
+			continue;
+		}
+		uint64_t n = ti.nbytes / (vram_dtype_bits(ti.dtype) / 8), nb = n * (vram_dtype_bits((uint32_t)dt) / 8);
+		ck_assert_uint_eq(vram_loaded_tensor_nbytes(f->l, t), nb);
+		uint8_t *want = malloc(nb + 1);
+		ck_assert_ptr_nonnull(want);
+		ck_assert_int_eq(vk_cast(f->bytes + ti.file_offset, ti.dtype, want, (uint32_t)dt, n), 0);
+		ck_assert_msg(memcmp(h, want, nb) == 0, "converted tensor %s differs", ti.name);
+		free(want);
 	}
 	ck_assert_int_eq(vram_pager_release(p, li), 0);
 	/* after release the pointers are no longer handed out */
@@ -370,6 +387,33 @@ START_TEST(test_reclaim_drops_to_file)
 }
 END_TEST
 
+/* A load converted while streaming (F32 -> F16) is paged like any: layers
+ * demoted to the donor and layers dropped to the file come back as the
+ * load converted them (the file's bytes converted again). */
+START_TEST(test_converted_load)
+{
+	struct fx f;
+	fx_cast_to = VRAM_DTYPE_F16;
+	fx_start(&f, "64MiB", "24MiB", 24, 0.008);
+	fx_cast_to = 0;
+	struct vram_load_stats ls = { .struct_size = sizeof(ls) };
+	vram_loaded_stats(f.l, &ls);
+	ck_assert_uint_gt(ls.converted, 0);
+	vram_pager *p;
+	ck_assert_msg(vram_pager_create(f.l, f.plan, NULL, &p) == 0, "%s", vram_last_error());
+	pass(&f, p);
+	ck_assert_uint_ge(vram_pager_reclaim(p, 0, 16 * MiB), 16 * MiB);
+	pass(&f, p);
+	ck_assert_uint_ge(vram_pager_reclaim(p, 1, 8 * MiB), 1);
+	pass(&f, p);
+	struct vram_pager_stats st = { .struct_size = sizeof(st) };
+	vram_pager_stats(p, &st);
+	ck_assert_uint_gt(st.dropped, 0);
+	vram_pager_free(p);
+	fx_stop(&f);
+}
+END_TEST
+
 struct other {
 	const char *sock;
 	uint64_t size;
@@ -472,6 +516,7 @@ int main(void)
 	tcase_add_test(tc, test_groups);
 	tcase_add_test(tc, test_reclaim_mid_pass);
 	tcase_add_test(tc, test_reclaim_drops_to_file);
+	tcase_add_test(tc, test_converted_load);
 	tcase_add_test(tc, test_reclaim_through_broker);
 	tcase_add_test(tc, test_killed_while_paging);
 	suite_add_tcase(s, tc);
