@@ -58,6 +58,9 @@ echo
 echo "== vramctl load (by that plan)"
 $VRAMCTL load "$CKPT" --unet-virtual-vram-gb 0.1
 echo
+echo "== vramctl load --cast bf16 --cast-from f16 (converted while streaming, onto cuda:0)"
+$VRAMCTL load "$CKPT" --device cuda:0 --cast bf16 --cast-from f16
+echo
 echo "== vramctl bench pager (3 passes, 100 ms of compute per GB)"
 $VRAMCTL bench pager "$CKPT" --unet-virtual-vram-gb 0.1 --passes 3 --compute-ms-per-gb 100
 echo
