@@ -863,30 +863,29 @@ static int pick_chunk(struct vram_pager *p, uint32_t dev, bool *ret_resident)
 	return best;
 }
 
-uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
+/* One round of giving memory back on dev, adding to *freed until it
+ * reaches bytes: what is idle now (busy slots and chunks are skipped).
+ * Called with mu held and no demotion running. */
+static void reclaim_round(struct vram_pager *p, uint32_t dev, uint64_t bytes, uint64_t *freed)
 {
-	uint64_t freed = 0;
-	pthread_mutex_lock(&p->mu);
-	while (p->demoting)
-		pthread_cond_wait(&p->cv, &p->mu);
 	/* 1. idle window slots beyond a working minimum of two */
 	uint32_t nheld = slots_fitting(p, dev, 0);
-	while (freed < bytes && nheld > 2) {
+	while (*freed < bytes && nheld > 2) {
 		uint64_t f = free_one_slot(p, dev);
 		if (!f)
 			break;
-		freed += f;
+		*freed += f;
 		nheld--;
 	}
 	/* 2. chunks, least recently used first (the first ones may become
 	 * window slots, see demote_chunk) */
-	while (freed < bytes) {
+	while (*freed < bytes) {
 		bool resident = false;
 		int gi = pick_chunk(p, dev, &resident);
 		if (gi < 0)
 			break;
 		p->demoting = true;
-		freed += demote_chunk(p, (uint32_t)gi, resident);
+		*freed += demote_chunk(p, (uint32_t)gi, resident);
 		p->demoting = false;
 		pthread_cond_broadcast(&p->cv);
 		/* Slots must fit every paged layer: size and count. */
@@ -899,11 +898,35 @@ uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
 			p->target_slots[dev] = 2;
 	}
 	/* 3. the last slots, if still short */
-	while (freed < bytes) {
+	while (*freed < bytes) {
 		uint64_t f = free_one_slot(p, dev);
 		if (!f)
 			break;
-		freed += f;
+		*freed += f;
+	}
+}
+
+/* Gives back up to bytes on dev; while short, waits up to wait_ns for
+ * busy slots and chunks (a layer acquired, a copy running) to go idle and
+ * tries again. */
+static uint64_t reclaim(struct vram_pager *p, uint32_t dev, uint64_t bytes, uint64_t wait_ns)
+{
+	uint64_t freed = 0, until = now_ns() + wait_ns;
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		while (p->demoting)
+			pthread_cond_wait(&p->cv, &p->mu);
+		reclaim_round(p, dev, bytes, &freed);
+		uint64_t t = now_ns();
+		if (freed >= bytes || t >= until)
+			break;
+		/* a release or a finished copy broadcasts cv */
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t ns = MIN(until - t, 20000000ull) + (uint64_t)ts.tv_nsec;
+		ts.tv_sec += (time_t)(ns / 1000000000ull);
+		ts.tv_nsec = (long)(ns % 1000000000ull);
+		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
 	}
 	p->st.reclaimed_bytes += freed;
 	pthread_cond_broadcast(&p->cv);
@@ -911,9 +934,21 @@ uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
 	return freed;
 }
 
+uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
+{
+	return reclaim(p, dev, bytes, 0);
+}
+
 static uint64_t on_reclaim(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms)
 {
-	return vram_pager_reclaim(user, device, bytes);
+	struct vram_pager *p = user;
+	/* On the dispatch thread, wait for busy memory to go idle for up to
+	 * half the broker's deadline (the answer must still arrive in time).
+	 * Elsewhere (inside a call of the thread that would release it) not at
+	 * all: that wait could only end at its timeout. */
+	bool dispatcher = p->dispatcher_started && pthread_equal(pthread_self(), p->dispatcher);
+	uint64_t wait_ns = dispatcher ? MIN(deadline_ms, 10000ull) / 2 * 1000000ull : 0;
+	return reclaim(p, device, bytes, wait_ns);
 }
 
 static void *dispatcher_main(void *arg)

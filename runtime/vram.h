@@ -468,8 +468,10 @@ VRAM_API int vram_pager_end_pass(vram_pager *p);
 
 /* Gives back up to bytes of memory on device (window slots first, then
  * resident layers, least recently used first: demoted to the donor when it
- * has room, else dropped and read again from the file when needed).  What
- * the RECLAIM handler calls; callable directly.  Returns bytes freed. */
+ * has room, else dropped and read again from the file when needed), as far
+ * as it is idle now: an acquired layer or a copy in flight is skipped.  The
+ * RECLAIM handler does the same and, while short, waits for such memory to
+ * go idle for up to half the broker's deadline.  Returns bytes freed. */
 VRAM_API uint64_t vram_pager_reclaim(vram_pager *p, uint32_t device, uint64_t bytes);
 
 struct vram_pager_stats {
