@@ -52,6 +52,25 @@
 #define CAST_DTYPES ((1u << VRAM_DTYPE_F8_E4M3) | (1u << VRAM_DTYPE_F8_E5M2) | (1u << VRAM_DTYPE_F16) | \
 		     (1u << VRAM_DTYPE_BF16) | (1u << VRAM_DTYPE_F32))
 
+int load_cast_check(uint32_t cast_to, uint32_t cast_from, uint32_t *ret_from)
+{
+	*ret_from = cast_from ? cast_from : VRAM_LOAD_CAST_DEFAULT_FROM;
+	if (cast_to && (cast_to >= 32 || !(CAST_DTYPES & (1u << cast_to))))
+		return vram_error(-EINVAL, "cannot convert to %s: cast_to is one of F8_E4M3, F8_E5M2, F16, BF16, F32",
+				  vram_dtype_name(cast_to) ?: "an unknown dtype");
+	if (cast_to && (*ret_from & ~CAST_DTYPES))
+		return vram_error(-EINVAL, "cannot convert from dtype %d: cast_from holds only F8_E4M3, F8_E5M2, "
+				  "F16, BF16, F32", __builtin_ctz(*ret_from & ~CAST_DTYPES));
+	return 0;
+}
+
+uint64_t load_cast_nbytes(uint32_t dtype, uint64_t nbytes, uint32_t cast_to, uint32_t from)
+{
+	if (!cast_to || dtype == cast_to || dtype >= 32 || !(from & (1u << dtype)))
+		return nbytes;
+	return nbytes / (vram_dtype_bits(dtype) / 8) * (vram_dtype_bits(cast_to) / 8);
+}
+
 void vram_load_options_init(struct vram_load_options *o)
 {
 	memset(o, 0, sizeof(*o));
@@ -269,13 +288,9 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		return vram_error(-EINVAL, "staging_slots %u out of range (at most %u), or reserved not 0",
 				  o->staging_slots, STREAM_MAX_NSTAGING);
 	uint32_t nstaging = o->staging_slots ? o->staging_slots : STREAM_DEFAULT_NSTAGING;
-	uint32_t cast_from = o->cast_from ? o->cast_from : VRAM_LOAD_CAST_DEFAULT_FROM;
-	if (o->cast_to && (o->cast_to >= 32 || !(CAST_DTYPES & (1u << o->cast_to))))
-		return vram_error(-EINVAL, "cannot convert to %s: cast_to is one of F8_E4M3, F8_E5M2, F16, BF16, F32",
-				  vram_dtype_name(o->cast_to) ?: "an unknown dtype");
-	if (o->cast_to && (cast_from & ~CAST_DTYPES))
-		return vram_error(-EINVAL, "cannot convert from dtype %d: cast_from holds only F8_E4M3, F8_E5M2, "
-				  "F16, BF16, F32", __builtin_ctz(cast_from & ~CAST_DTYPES));
+	uint32_t cast_from;
+	if ((r = load_cast_check(o->cast_to, o->cast_from, &cast_from)) < 0)
+		return r;
 
 	int n = vram_model_tensor_count(m);
 	if (n < 0)
@@ -323,13 +338,9 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		len[i] = ti.nbytes;
 		comp[i] = ti.component;
 		dtype[i] = ti.dtype;
-		olen[i] = ti.nbytes;
-		if (o->cast_to && ti.dtype != o->cast_to && (cast_from & (1u << ti.dtype))) {
-			uint64_t elems = ti.nbytes / (vram_dtype_bits(ti.dtype) / 8);
-			conv[i] = true;
-			olen[i] = elems * (vram_dtype_bits(o->cast_to) / 8);
-			l->converted++;
-		}
+		olen[i] = load_cast_nbytes(ti.dtype, ti.nbytes, o->cast_to, cast_from);
+		conv[i] = o->cast_to && ti.dtype != o->cast_to && ti.dtype < 32 && (cast_from & (1u << ti.dtype));
+		l->converted += conv[i];
 	}
 
 	/* Chunks: consecutive layers of one (device, component) share a grant

@@ -24,6 +24,7 @@
 #include "common/cleanup.h"
 #include "common/util.h"
 #include "runtime/internal.h"
+#include "runtime/load.h"
 #include "runtime/plan.h"
 
 #define PLAN_FLAGS_MASK        VRAM_PLAN_HIGH_PRECISION_LORAS
@@ -507,9 +508,11 @@ static int plan_check_fit(const vram_plan *p)
 
 static int plan_options_check(const struct vram_plan_options *o)
 {
-	if (o->struct_size < sizeof(*o))
+	/* the first published struct ended with clip_expert_mode_allocations */
+	const size_t first = offsetof(struct vram_plan_options, cast_to);
+	if (o->struct_size < first)
 		return vram_error(-EINVAL, "plan options: struct_size %u is smaller than %zu (call vram_plan_options_init)",
-				  o->struct_size, sizeof(*o));
+				  o->struct_size, first);
 	if (o->struct_size > sizeof(*o) &&
 	    !mem_is_zero((const char *)o + sizeof(*o), o->struct_size - sizeof(*o)))
 		return vram_error(-E2BIG, "plan options: fields past %zu bytes are set but not known to this libvram",
@@ -577,6 +580,12 @@ int plan_build(const struct plan_layer *layers, uint32_t nlayers, const char *mo
 	r = plan_options_check(o);
 	if (r < 0)
 		return r;
+	/* an older caller's smaller struct: the fields it lacks take their
+	 * defaults (zero) */
+	struct vram_plan_options full;
+	memset(&full, 0, sizeof(full));
+	memcpy(&full, o, MIN((size_t)o->struct_size, sizeof(full)));
+	o = &full;
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return vram_error(-ENOMEM, "plan: out of memory");
@@ -690,6 +699,14 @@ int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
 	layers = calloc(n ? (size_t)n : 1, sizeof(*layers));
 	if (!layers)
 		return vram_error(-ENOMEM, "plan: out of memory for %d layers", n);
+	/* a load that converts stores layers at their converted size */
+	uint32_t cast_to = 0, cast_from = 0;
+	if (o && o->struct_size > offsetof(struct vram_plan_options, cast_from)) {
+		cast_to = o->cast_to;
+		int r = load_cast_check(cast_to, o->cast_from, &cast_from);
+		if (r < 0)
+			return r;
+	}
 	for (int i = 0; i < n; i++) {
 		struct vram_layer_info li = { .struct_size = sizeof(li) };
 		int r = vram_model_layer(m, (uint32_t)i, &li);
@@ -699,6 +716,15 @@ int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
 		layers[i].flags = li.flags;
 		layers[i].nbytes = li.nbytes;
 		layers[i].name = li.name;
+		if (!cast_to)
+			continue;
+		layers[i].nbytes = 0;
+		for (uint32_t t = li.first_tensor; t < li.first_tensor + li.ntensors; t++) {
+			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+			if ((r = vram_model_tensor(m, t, &ti)) < 0)
+				return r;
+			layers[i].nbytes += load_cast_nbytes(ti.dtype, ti.nbytes, cast_to, cast_from);
+		}
 	}
 	return plan_build(layers, (uint32_t)n, vram_model_path(m), o, devs, ndevs, ret_plan);
 }

@@ -301,6 +301,10 @@ struct vram_plan_options {
 	const char *vae_device;             /* default: unet compute device */
 	const char *unet_expert_mode_allocations; /* "" or NULL: none */
 	const char *clip_expert_mode_allocations;
+	/* The load will convert (vram_load_options' fields of the same names,
+	 * same rules): layers are counted at their converted size.  0: none. */
+	uint32_t    cast_to;
+	uint32_t    cast_from;
 };
 #define VRAM_PLAN_HIGH_PRECISION_LORAS (1u << 0)
 
@@ -370,8 +374,8 @@ struct vram_load_options {
 	 * widening; kernels/README.md).  cast_to 0 (VRAM_DTYPE_BOOL): keep
 	 * every dtype.  Otherwise one of F8_E4M3, F8_E5M2, F16, BF16, F32.
 	 * cast_from: bit (1u << dtype) per source dtype, from the same five;
-	 * 0: F32, F8_E4M3 and F8_E5M2.  The placement plan counts the file's
-	 * bytes: a widening conversion needs the room it adds. */
+	 * 0: F32, F8_E4M3 and F8_E5M2.  Give the plan the same two fields
+	 * (vram_plan_options) so that it places converted sizes. */
 	uint32_t cast_to;
 	uint32_t cast_from;
 	/* Staging slots (of chunk_size bytes each) for GPU destinations and

@@ -294,6 +294,51 @@ START_TEST(test_load_convert)
 	vram_pager_free(pg);
 	vram_unload(l);
 
+	/* The plan counts converted sizes: F16 -> F32 doubles the unet's
+	 * weights; a device that holds the file's unet but not the widened
+	 * one is refused before anything is read. */
+	{
+		uint64_t file_unet = 0, wide_unet = 0;
+		for (int i = 0; i < vram_model_tensor_count(m); i++) {
+			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+			vram_model_tensor(m, (uint32_t)i, &ti);
+			if (ti.component != VRAM_COMP_UNET)
+				continue;
+			file_unet += ti.nbytes;
+			wide_unet += ti.dtype == VRAM_DTYPE_F16 ? 2 * ti.nbytes : ti.nbytes;
+		}
+		char spec[128];
+		snprintf(spec, sizeof(spec), "cuda:0=%lluB,cpu=1GiB", (unsigned long long)(file_unet + wide_unet) / 2);
+		struct vram_plan_device pd[4];
+		uint32_t npd;
+		for (int i = 0; i < 4; i++)
+			pd[i].struct_size = sizeof(pd[i]);
+		ck_assert_int_eq(vram_plan_devices_parse(spec, pd, 4, &npd), 0);
+		struct vram_plan_options wo;
+		vram_plan_options_init(&wo);
+		wo.unet_virtual_vram_gb = 0;
+		wo.clip_compute_device = "cpu";
+		wo.vae_device = "cpu";
+		vram_plan *wp;
+		ck_assert_msg(vram_plan_create(m, &wo, pd, npd, &wp) == 0, "%s", vram_last_error());
+		ck_assert_uint_eq(vram_plan_bytes(wp, VRAM_COMP_UNET, 0), file_unet);
+		vram_plan_free(wp);
+		wo.cast_to = VRAM_DTYPE_F32;
+		wo.cast_from = 1u << VRAM_DTYPE_F16;
+		ck_assert_int_eq(vram_plan_create(m, &wo, pd, npd, &wp), -ENOSPC);
+		ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuda:0"));
+		snprintf(spec, sizeof(spec), "cuda:0=%lluB,cpu=1GiB", (unsigned long long)wide_unet);
+		ck_assert_int_eq(vram_plan_devices_parse(spec, pd, 4, &npd), 0);
+		ck_assert_msg(vram_plan_create(m, &wo, pd, npd, &wp) == 0, "%s", vram_last_error());
+		ck_assert_uint_eq(vram_plan_bytes(wp, VRAM_COMP_UNET, 0), wide_unet);
+		vram_plan_free(wp);
+		/* an older caller's plan options (no cast fields) still plan */
+		wo.struct_size = offsetof(struct vram_plan_options, cast_to);
+		ck_assert_msg(vram_plan_create(m, &wo, pd, npd, &wp) == 0, "%s", vram_last_error());
+		ck_assert_uint_eq(vram_plan_bytes(wp, VRAM_COMP_UNET, 0), file_unet);
+		vram_plan_free(wp);
+	}
+
 	/* Bad conversions are refused before anything is allocated. */
 	o.cast_to = VRAM_DTYPE_I32;
 	ck_assert_int_eq(vram_load(c, m, NULL, 0, &o, &l), -EINVAL);

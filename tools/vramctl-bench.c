@@ -180,6 +180,8 @@ int cmd_bench(struct ctl *ctl)
 	struct vram_load_options lo;
 	vram_load_options_init(&lo);
 	lo.flags = VRAM_LOAD_RECLAIMABLE;
+	lo.cast_to = pa.opts.cast_to;
+	lo.cast_from = pa.opts.cast_from;
 	struct vram_pager_options po;
 	vram_pager_options_init(&po);
 	po.window_bytes = window;

@@ -154,10 +154,48 @@ static int parse_gb(const char *flag, const char *v, double *ret)
 	return 0;
 }
 
+/* A dtype by its safetensors name, any case; -1 if none. */
+static int dtype_parse(const char *v)
+{
+	for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++)
+		if (!strcasecmp(v, vram_dtype_name(d)))
+			return (int)d;
+	return -1;
+}
+
 int plan_args_parse(struct plan_args *pa, int argc, char **argv, int *i)
 {
 	const char *a = argv[*i];
 	const char *v = NULL;
+	/* Conversion while loading: the plan counts converted sizes, the
+	 * load converts (not a placement flag: no conflict with --device). */
+	if (!strcmp(a, "--cast") || !strcmp(a, "--cast-from")) {
+		if (*i + 1 >= argc) {
+			fprintf(stderr, "vramctl: %s needs a value\n", a);
+			return -1;
+		}
+		v = argv[++*i];
+		if (!strcmp(a, "--cast")) {
+			int d = dtype_parse(v);
+			if (d <= (int)VRAM_DTYPE_BOOL) {
+				fprintf(stderr, "vramctl: --cast: \"%s\" is not a dtype (F16, BF16, F32, F8_E4M3, F8_E5M2)\n", v);
+				return -1;
+			}
+			pa->opts.cast_to = (uint32_t)d;
+			return 1;
+		}
+		char buf[256], *save = NULL;
+		snprintf(buf, sizeof(buf), "%s", v);
+		for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+			int d = dtype_parse(t);
+			if (d < 0) {
+				fprintf(stderr, "vramctl: --cast-from: \"%s\" is not a dtype\n", t);
+				return -1;
+			}
+			pa->opts.cast_from |= 1u << d;
+		}
+		return 1;
+	}
 	static const char *const with_value[] = {
 		"--unet-compute-device", "--unet-virtual-vram-gb", "--unet-donor-device", "--clip-compute-device",
 		"--clip-virtual-vram-gb", "--clip-donor-device", "--vae-device", "--unet-expert-mode-allocations",
@@ -402,15 +440,6 @@ static int parse_1_1024(const char *flag, const char *v, uint32_t *ret)
 	return 0;
 }
 
-/* A dtype by its safetensors name, any case; -1 if none. */
-static int dtype_parse(const char *v)
-{
-	for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++)
-		if (!strcasecmp(v, vram_dtype_name(d)))
-			return (int)d;
-	return -1;
-}
-
 int cmd_load(struct ctl *ctl)
 {
 	struct plan_args pa;
@@ -449,25 +478,6 @@ int cmd_load(struct ctl *ctl)
 				fprintf(stderr, "vramctl load: --chunk: \"%s\" is not a size\n", ctl->argv[i]);
 				return EX_USAGE_;
 			}
-		} else if (!strcmp(a, "--cast") && i + 1 < ctl->argc) {
-			int d = dtype_parse(ctl->argv[++i]);
-			if (d < 0 || d == VRAM_DTYPE_BOOL) {
-				fprintf(stderr, "vramctl load: --cast: \"%s\" is not a dtype (F16, BF16, F32, F8_E4M3, F8_E5M2)\n",
-					ctl->argv[i]);
-				return EX_USAGE_;
-			}
-			lo.cast_to = (uint32_t)d;
-		} else if (!strcmp(a, "--cast-from") && i + 1 < ctl->argc) {
-			char buf[256], *save = NULL;
-			snprintf(buf, sizeof(buf), "%s", ctl->argv[++i]);
-			for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-				int d = dtype_parse(t);
-				if (d < 0) {
-					fprintf(stderr, "vramctl load: --cast-from: \"%s\" is not a dtype\n", t);
-					return EX_USAGE_;
-				}
-				lo.cast_from |= 1u << d;
-			}
 		} else if (!strcmp(a, "--staging") && i + 1 < ctl->argc) {
 			if (parse_1_1024(a, ctl->argv[++i], &lo.staging_slots) < 0)
 				return EX_USAGE_;
@@ -484,6 +494,8 @@ int cmd_load(struct ctl *ctl)
 		fprintf(stderr, "vramctl load: FILE missing\n");
 		return EX_USAGE_;
 	}
+	lo.cast_to = pa.opts.cast_to;
+	lo.cast_from = pa.opts.cast_from;
 	if (lo.cast_from && !lo.cast_to) {
 		fprintf(stderr, "vramctl load: --cast-from needs --cast\n");
 		return EX_USAGE_;
