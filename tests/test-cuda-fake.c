@@ -762,6 +762,27 @@ static int obj_ok(void *o, int magic)
 	return o && ((struct fk_obj *)o)->magic == magic;
 }
 
+/* A new stream, event or module of the current context's device, counted
+ * in *count; NULL when out of memory. */
+static struct fk_obj *fk_obj_new(int magic, int *count)
+{
+	struct fk_obj *o = malloc(sizeof(*o));
+	if (!o)
+		return NULL;
+	o->magic = magic;
+	o->dev = ctx_dev(ctx_stack[ctx_depth - 1]);
+	(*count)++;
+	return o;
+}
+
+/* Invalidates and frees h (checked with obj_ok first), uncounting it. */
+static void fk_obj_free(void *h, int *count)
+{
+	((struct fk_obj *)h)->magic = 0;
+	free(h);
+	(*count)--;
+}
+
 static CUresult fk_MemcpyHtoDAsync(CUdeviceptr d, const void *s, size_t n, CUstream st)
 {
 	ENTER_CTX(F_MemcpyHtoDAsync);
@@ -822,12 +843,9 @@ static CUresult fk_StreamCreate(CUstream *s, unsigned flags)
 	ENTER_CTX(F_StreamCreate);
 	if (flags != CU_STREAM_NON_BLOCKING)
 		OUT(CUDA_ERROR_INVALID_VALUE);
-	struct fk_obj *o = malloc(sizeof(*o));
+	struct fk_obj *o = fk_obj_new(FK_STREAM, &fk.streams);
 	if (!o)
 		OUT(CUDA_ERROR_OUT_OF_MEMORY);
-	o->magic = FK_STREAM;
-	o->dev = ctx_dev(ctx_stack[ctx_depth - 1]);
-	fk.streams++;
 	*s = (CUstream)(void *)o;
 	OUT(CUDA_SUCCESS);
 }
@@ -837,9 +855,7 @@ static CUresult fk_StreamDestroy(CUstream s)
 	ENTER_INIT(F_StreamDestroy);
 	if (!obj_ok(s, FK_STREAM))
 		OUT(CUDA_ERROR_INVALID_HANDLE);
-	((struct fk_obj *)(void *)s)->magic = 0;
-	free(s);
-	fk.streams--;
+	fk_obj_free(s, &fk.streams);
 	OUT(CUDA_SUCCESS);
 }
 
@@ -856,12 +872,9 @@ static CUresult fk_EventCreate(CUevent *e, unsigned flags)
 	ENTER_CTX(F_EventCreate);
 	if (flags != CU_EVENT_DISABLE_TIMING)
 		OUT(CUDA_ERROR_INVALID_VALUE);
-	struct fk_obj *o = malloc(sizeof(*o));
+	struct fk_obj *o = fk_obj_new(FK_EVENT, &fk.events);
 	if (!o)
 		OUT(CUDA_ERROR_OUT_OF_MEMORY);
-	o->magic = FK_EVENT;
-	o->dev = ctx_dev(ctx_stack[ctx_depth - 1]);
-	fk.events++;
 	*e = (CUevent)(void *)o;
 	OUT(CUDA_SUCCESS);
 }
@@ -871,9 +884,7 @@ static CUresult fk_EventDestroy(CUevent e)
 	ENTER_INIT(F_EventDestroy);
 	if (!obj_ok(e, FK_EVENT))
 		OUT(CUDA_ERROR_INVALID_HANDLE);
-	((struct fk_obj *)(void *)e)->magic = 0;
-	free(e);
-	fk.events--;
+	fk_obj_free(e, &fk.events);
 	OUT(CUDA_SUCCESS);
 }
 
@@ -900,12 +911,9 @@ static CUresult fk_ModuleLoadData(CUmodule *m, const void *image)
 	ENTER_CTX(F_ModuleLoadData);
 	if (!image)
 		OUT(CUDA_ERROR_INVALID_VALUE);
-	struct fk_obj *o = malloc(sizeof(*o));
+	struct fk_obj *o = fk_obj_new(FK_MODULE, &fk.modules);
 	if (!o)
 		OUT(CUDA_ERROR_OUT_OF_MEMORY);
-	o->magic = FK_MODULE;
-	o->dev = ctx_dev(ctx_stack[ctx_depth - 1]);
-	fk.modules++;
 	fk.last_image = image;
 	*m = (CUmodule)(void *)o;
 	OUT(CUDA_SUCCESS);
@@ -919,9 +927,7 @@ static CUresult fk_ModuleUnload(CUmodule m)
 	for (int i = 0; i < FK_MAX; i++)
 		if (fk.fn[i].mod == (void *)m)
 			memset(&fk.fn[i], 0, sizeof(fk.fn[i]));
-	((struct fk_obj *)(void *)m)->magic = 0;
-	free(m);
-	fk.modules--;
+	fk_obj_free(m, &fk.modules);
 	OUT(CUDA_SUCCESS);
 }
 
