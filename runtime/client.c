@@ -472,12 +472,16 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 	if (fd >= 0)
 		close(fd);
 	if (r < 0) {
-		/* Give it back so nothing stays accounted to us. */
+		/* Give it back so nothing stays accounted to us (the reason
+		 * for the failure stays the message). */
 		struct vramd_free f;
+		struct vram_saved_error e;
 		memset(&f, 0, sizeof(f));
 		f.grant_id = g->id;
+		vram_error_save(&e);
 		if (send_req(c, &f, sizeof(f), VRAMD_FREE) == 0)
 			recv_reply(c, c->seq, VRAMD_OK, NULL);
+		vram_error_restore(&e);
 		pthread_mutex_unlock(&c->lock);
 		free(g);
 		return r;

@@ -405,8 +405,10 @@ void vram_cuda_sink_cast_scratch(struct vram_cuda_sink *s, uint64_t slot_size)
 
 void vram_cuda_sink_free(struct vram_cuda_sink *s)
 {
+	struct vram_saved_error e;
 	if (!s)
 		return;
+	vram_error_save(&e);
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++)
 		vram_cuda_copier_free(s->cp[d]); /* waits for its stream */
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++)
@@ -415,6 +417,7 @@ void vram_cuda_sink_free(struct vram_cuda_sink *s)
 	free(s->ranges);
 	free(s->used);
 	free(s);
+	vram_error_restore(&e);
 }
 
 /* ======================================================================
@@ -501,12 +504,15 @@ int vram_cuda_pin(struct vram_client *c, uint32_t device, void *host, uint64_t l
 
 void vram_cuda_unpin(struct vram_cuda_pin *p)
 {
+	struct vram_saved_error e;
 	if (!p)
 		return;
+	vram_error_save(&e);
 	bool pushed = vram_cuda_dev_push(p->d) == 0;
 	unregister_chunks(p, p->nchunks);
 	if (pushed)
 		vram_cuda_dev_pop(p->d);
 	vram_cuda_dev_put(p->d);
 	free(p);
+	vram_error_restore(&e);
 }

@@ -41,6 +41,17 @@ void vram_error_clear(void)
 	last_error[0] = '\0';
 }
 
+void vram_error_save(struct vram_saved_error *s)
+{
+	_Static_assert(sizeof(s->msg) == sizeof(last_error), "a saved error holds a whole message");
+	memcpy(s->msg, last_error, sizeof(s->msg));
+}
+
+void vram_error_restore(const struct vram_saved_error *s)
+{
+	memcpy(last_error, s->msg, sizeof(last_error));
+}
+
 int vram_struct_out(void *dst, const void *src, size_t size, const char *what)
 {
 	uint32_t want;

@@ -16,6 +16,16 @@ int vram_verror(int err, const char *fmt, va_list ap);
 /* Clears the message (start of a public call that may fail). */
 void vram_error_clear(void);
 
+/* The thread's last error kept across cleanup that may overwrite it: the
+ * void release functions (vram_unload, vram_pager_free, ...) save it on
+ * entry and restore it on return, so a caller's failure path can release
+ * what it holds and still report its own error. */
+struct vram_saved_error {
+	char msg[1024];
+};
+void vram_error_save(struct vram_saved_error *s);
+void vram_error_restore(const struct vram_saved_error *s);
+
 /* Structs that start with struct_size and may grow.
  * vram_struct_out: copies the fields of src (size bytes) that the caller's
  * struct at dst has room for (by its struct_size), keeping that

@@ -216,14 +216,17 @@ static uint32_t backend_of(const vram_client *c, uint32_t dev)
 
 void vram_unload(vram_loaded *l)
 {
+	struct vram_saved_error e;
 	if (!l)
 		return;
+	vram_error_save(&e);
 	for (uint32_t i = 0; i < l->ngrants; i++)
 		if (l->grants[i].grant)
 			vram_free(l->client, l->grants[i].grant);
 	free(l->grants);
 	free(l->tensors);
 	free(l);
+	vram_error_restore(&e);
 }
 
 /* Device of each tensor: from the plan (matched to the broker's devices by
@@ -567,9 +570,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	}
 	struct stream_result res;
 	r = stream_file(vram_model_path(m), fd, reqs, nreq, &so, &res);
-	char why[1024];
-	str_copy(why, vram_last_error(), sizeof(why));
-	vram_cuda_sink_free(csink); /* waits for the last copies (and frees: clears the message) */
+	vram_cuda_sink_free(csink); /* waits for the last copies */
 	csink = NULL;
 	vram_cuda_unpin(pin);
 	pin = NULL;
@@ -577,10 +578,8 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	msink.host = NULL;
 	free(msink.lut);
 	msink.lut = NULL;
-	if (r < 0) {
-		vram_error(r, "%s", why);
+	if (r < 0)
 		goto fail;
-	}
 	vram_free(c, staging);
 	staging = NULL;
 	close(fd);
@@ -614,17 +613,12 @@ fail:
 	if (fd >= 0)
 		close(fd);
 	if (staging) {
-		char keep[1024];
-		str_copy(keep, vram_last_error(), sizeof(keep));
+		struct vram_saved_error e;
+		vram_error_save(&e);
 		vram_free(c, staging);
-		vram_error(r, "%s", keep);
+		vram_error_restore(&e);
 	}
-	if (l) {
-		char keep[1024];
-		str_copy(keep, vram_last_error(), sizeof(keep));
-		vram_unload(l);
-		vram_error(r, "%s", keep);
-	}
+	vram_unload(l);
 	free(dev);
 	free(order);
 	free(off);

@@ -974,8 +974,10 @@ static void *dispatcher_main(void *arg)
 
 void vram_pager_free(vram_pager *p)
 {
+	struct vram_saved_error e;
 	if (!p)
 		return;
+	vram_error_save(&e);
 	pthread_mutex_lock(&p->mu);
 	p->stop = true;
 	pthread_cond_broadcast(&p->cv);
@@ -1006,6 +1008,7 @@ void vram_pager_free(vram_pager *p)
 	free(p->seen);
 	free(p->queue);
 	free(p);
+	vram_error_restore(&e);
 }
 
 int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_pager_options *o,
@@ -1154,10 +1157,9 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 			s->layer = -1;
 			r = vram_alloc(p->c, d, p->slot_size[d], VRAM_ALLOC_RECLAIMABLE, &s->grant);
 			if (r < 0) {
-				char keep[1024];
-				str_copy(keep, vram_last_error(), sizeof(keep));
-				vram_pager_free(p);
-				return vram_error(r, "allocating the window on %s: %s", di.name, keep);
+				vram_error(r, "allocating the window on %s: %s", di.name, vram_last_error());
+				vram_pager_free(p); /* keeps the message */
+				return r;
 			}
 			prefault(s->grant);
 			p->nslots++;

@@ -67,8 +67,10 @@ static uint64_t align_to(uint64_t x, uint64_t a)
 
 void vram_uvm_pager_free(vram_uvm_pager *p)
 {
+	struct vram_saved_error e;
 	if (!p)
 		return;
+	vram_error_save(&e);
 	for (uint32_t i = 0; i < p->ndev; i++) {
 		struct udev *u = &p->dev[i];
 		bool pushed = vram_cuda_dev_push(u->d) == 0;
@@ -90,6 +92,7 @@ void vram_uvm_pager_free(vram_uvm_pager *p)
 	free(p->toff);
 	free(p->tlayer);
 	free(p);
+	vram_error_restore(&e);
 }
 
 /* udev index for broker device bdev, made (device handle, checks) on first
@@ -278,10 +281,8 @@ int vram_uvm_pager_create(vram_loaded *l, const vram_plan *plan, uint32_t depth,
 	for (uint32_t i = 0; i < p->ndev; i++) {
 		r = udev_fill(p, i);
 		if (r < 0) {
-			char keep[1024];
-			str_copy(keep, vram_last_error(), sizeof(keep));
-			vram_uvm_pager_free(p);
-			return vram_error(r, "%s", keep);
+			vram_uvm_pager_free(p); /* keeps the message */
+			return r;
 		}
 	}
 	*ret = p;

@@ -9,6 +9,9 @@
  *  - functions return 0 or a non-negative count on success and a negative
  *    errno on failure; constructors return the handle through ret_*;
  *  - on failure a readable message is kept per thread: vram_last_error();
+ *    the functions that release and return nothing (vram_unload,
+ *    vram_pager_free, ...) leave it as it was, so a failure path can
+ *    release what it holds and still report its own error;
  *  - no varargs; callbacks take a user pointer;
  *  - the library never prints.
  */
