@@ -42,6 +42,7 @@
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
 #include "runtime/load.h"
+#include "runtime/model.h"
 #include "runtime/stream.h"
 #include "kernels/kernels.h"
 
@@ -64,9 +65,14 @@ int load_cast_check(uint32_t cast_to, uint32_t cast_from, uint32_t *ret_from)
 	return 0;
 }
 
+bool load_casts(uint32_t dtype, uint32_t cast_to, uint32_t from)
+{
+	return cast_to && dtype != cast_to && dtype < 32 && (from & (1u << dtype));
+}
+
 uint64_t load_cast_nbytes(uint32_t dtype, uint64_t nbytes, uint32_t cast_to, uint32_t from)
 {
-	if (!cast_to || dtype == cast_to || dtype >= 32 || !(from & (1u << dtype)))
+	if (!load_casts(dtype, cast_to, from))
 		return nbytes;
 	return nbytes / (vram_dtype_bits(dtype) / 8) * (vram_dtype_bits(cast_to) / 8);
 }
@@ -121,10 +127,9 @@ struct mixed_sink {
 	uint32_t nhost;
 	struct { uint64_t lo, hi; } *host;
 	/* host conversions from 8- and 16-bit dtypes: a table of every source
-	 * pattern converted by the C reference (so bit for bit the same),
-	 * for the last (src, dst) pair */
-	void *lut;
-	uint32_t lut_src, lut_dst;
+	 * pattern converted by the C reference (so bit for bit the same), one
+	 * per source dtype (the target is the load's cast_to) */
+	void *lut[VRAM_DTYPE_COUNT];
 };
 
 /* n elements of src_dtype to dst_dtype in host memory: through a table
@@ -136,7 +141,9 @@ static int host_cast(struct mixed_sink *ms, void *dst, uint32_t dst_dtype, const
 	uint32_t sb = vram_dtype_bits(src_dtype), db = vram_dtype_bits(dst_dtype) / 8;
 	if (sb > 16 || src_dtype == dst_dtype)
 		return vk_cast(src, src_dtype, dst, dst_dtype, n);
-	if (!ms->lut || ms->lut_src != src_dtype || ms->lut_dst != dst_dtype) {
+	if (src_dtype >= VRAM_DTYPE_COUNT)
+		return -EINVAL;
+	if (!ms->lut[src_dtype]) {
 		uint32_t np = 1u << sb;
 		uint8_t *pat = malloc((size_t)np * (sb / 8));
 		void *lut = malloc((size_t)np * db);
@@ -151,12 +158,9 @@ static int host_cast(struct mixed_sink *ms, void *dst, uint32_t dst_dtype, const
 			free(lut);
 			return r;
 		}
-		free(ms->lut);
-		ms->lut = lut;
-		ms->lut_src = src_dtype;
-		ms->lut_dst = dst_dtype;
+		ms->lut[src_dtype] = lut;
 	}
-	const uint8_t *s = src, *t = ms->lut;
+	const uint8_t *s = src, *t = ms->lut[src_dtype];
 	uint8_t *d = dst;
 	for (uint64_t i = 0; i < n; i++) {
 		uint32_t x = sb == 8 ? s[i] : (uint32_t)s[2 * i] | (uint32_t)s[2 * i + 1] << 8;
@@ -176,6 +180,14 @@ static bool in_host(const struct mixed_sink *ms, uint64_t dst, uint64_t len)
 		if (dst >= ms->host[i].lo && dst + len <= ms->host[i].hi)
 			return true;
 	return false;
+}
+
+static void mixed_sink_free_luts(struct mixed_sink *ms)
+{
+	for (uint32_t i = 0; i < VRAM_DTYPE_COUNT; i++) {
+		free(ms->lut[i]);
+		ms->lut[i] = NULL;
+	}
 }
 
 static int mixed_copy(void *user, uint64_t dst, const void *src, uint64_t len, uint32_t slot)
@@ -229,10 +241,10 @@ void vram_unload(vram_loaded *l)
 	vram_error_restore(&e);
 }
 
-/* Device of each tensor: from the plan (matched to the broker's devices by
- * name) or the default device. */
+/* Device of each tensor: its layer's, from the plan (matched to the
+ * broker's devices by name), or the default device. */
 static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *plan, uint32_t def,
-			  uint32_t *ret_dev, uint32_t n)
+			  uint32_t *ret_dev)
 {
 	uint32_t map[64];
 	if (plan) {
@@ -253,19 +265,17 @@ static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *
 	} else if (def >= c->ndev) {
 		return vram_error(-ENODEV, "no device %u", def);
 	}
-	for (uint32_t i = 0; i < n; i++) {
-		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-		int r = vram_model_tensor(m, i, &ti);
-		if (r < 0)
-			return r;
-		if (!plan) {
-			ret_dev[i] = def;
-			continue;
+	for (uint32_t li = 0; li < m->nlayers; li++) {
+		const struct model_layer *L = &m->layers[li];
+		uint32_t d = def;
+		if (plan) {
+			int pd = vram_plan_layer_device(plan, li);
+			if (pd < 0 || (uint32_t)pd >= vram_plan_device_count(plan) || map[pd] == UINT32_MAX)
+				return vram_error(-EINVAL, "the plan has no device for layer \"%s\"", L->name);
+			d = map[pd];
 		}
-		int pd = vram_plan_layer_device(plan, ti.layer);
-		if (pd < 0 || (uint32_t)pd >= vram_plan_device_count(plan) || map[pd] == UINT32_MAX)
-			return vram_error(-EINVAL, "the plan has no device for tensor \"%s\"", ti.name);
-		ret_dev[i] = map[pd];
+		for (uint32_t t = L->first; t < L->first + L->count; t++)
+			ret_dev[t] = d;
 	}
 	return 0;
 }
@@ -287,6 +297,9 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		return vram_error(-EINVAL, "unknown io_mode %u", o->io_mode);
 	if (o->flags & ~VRAM_LOAD_RECLAIMABLE)
 		return vram_error(-EINVAL, "unknown load flags 0x%x", o->flags);
+	if (o->chunk_size > STREAM_MAX_CHUNK)
+		return vram_error(-EINVAL, "chunk_size %llu out of range (at most %llu)",
+				  (unsigned long long)o->chunk_size, STREAM_MAX_CHUNK);
 	if (o->staging_slots > STREAM_MAX_NSTAGING || o->reserved)
 		return vram_error(-EINVAL, "staging_slots %u out of range (at most %u), or reserved not 0",
 				  o->staging_slots, STREAM_MAX_NSTAGING);
@@ -303,23 +316,24 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
 
 	vram_loaded *l = calloc(1, sizeof(*l));
-	uint32_t *dev = calloc((size_t)n + 1, sizeof(*dev));
-	uint32_t *order = calloc((size_t)n + 1, sizeof(*order));
-	uint64_t *off = calloc((size_t)n + 1, sizeof(*off));
-	uint64_t *len = calloc((size_t)n + 1, sizeof(*len));
-	uint32_t *comp = calloc((size_t)n + 1, sizeof(*comp));
-	uint32_t *dtype = calloc((size_t)n + 1, sizeof(*dtype)); /* the file's */
-	bool *conv = calloc((size_t)n + 1, sizeof(*conv));
-	uint64_t *olen = calloc((size_t)n + 1, sizeof(*olen));
-	struct run *runs = calloc((size_t)n + 1, sizeof(*runs));
-	struct stream_req *reqs = calloc((size_t)n + 1, sizeof(*reqs));
+	_cleanup_free_ uint32_t *dev = calloc((size_t)n + 1, sizeof(*dev));
+	_cleanup_free_ uint32_t *order = calloc((size_t)n + 1, sizeof(*order));
+	_cleanup_free_ uint64_t *off = calloc((size_t)n + 1, sizeof(*off));
+	_cleanup_free_ uint64_t *len = calloc((size_t)n + 1, sizeof(*len));
+	_cleanup_free_ uint32_t *comp = calloc((size_t)n + 1, sizeof(*comp));
+	_cleanup_free_ uint32_t *dtype = calloc((size_t)n + 1, sizeof(*dtype)); /* the file's */
+	_cleanup_free_ bool *conv = calloc((size_t)n + 1, sizeof(*conv));
+	_cleanup_free_ uint64_t *olen = calloc((size_t)n + 1, sizeof(*olen));
+	_cleanup_free_ struct run *runs = calloc((size_t)n + 1, sizeof(*runs));
+	_cleanup_free_ struct stream_req *reqs = calloc((size_t)n + 1, sizeof(*reqs));
+	_cleanup_free_ uint32_t *tchunk = calloc((size_t)n + 1, sizeof(*tchunk)); /* chunk of each tensor */
 	vram_grant *staging = NULL;
 	struct vram_cuda_sink *csink = NULL;
 	struct vram_cuda_pin *pin = NULL;
 	struct mixed_sink msink = { 0 };
 	struct stream_sink sink = { .copy = mixed_copy, .wait = mixed_wait, .user = &msink, .cast = mixed_cast };
 	int fd = -1;
-	if (!l || !dev || !order || !off || !len || !comp || !dtype || !conv || !olen || !runs || !reqs) {
+	if (!l || !dev || !order || !off || !len || !comp || !dtype || !conv || !olen || !runs || !reqs || !tchunk) {
 		r = vram_error(-ENOMEM, "out of memory");
 		goto fail;
 	}
@@ -332,54 +346,40 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		r = vram_error(-ENOMEM, "out of memory");
 		goto fail;
 	}
-	if ((r = tensor_devices(c, m, plan, default_device, dev, (uint32_t)n)) < 0)
+	if ((r = tensor_devices(c, m, plan, default_device, dev)) < 0)
 		goto fail;
-	for (int i = 0; i < n; i++) {
-		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-		vram_model_tensor(m, (uint32_t)i, &ti);
-		off[i] = ti.file_offset;
-		len[i] = ti.nbytes;
-		comp[i] = ti.component;
-		dtype[i] = ti.dtype;
-		olen[i] = load_cast_nbytes(ti.dtype, ti.nbytes, o->cast_to, cast_from);
-		conv[i] = o->cast_to && ti.dtype != o->cast_to && ti.dtype < 32 && (cast_from & (1u << ti.dtype));
+	for (int i = 0; i < n; i++) { /* the model's own array: one pass, no copies */
+		const struct model_tensor *t = &m->tensors[i];
+		off[i] = m->data_offset + t->begin;
+		len[i] = t->end - t->begin;
+		comp[i] = t->component;
+		dtype[i] = t->dtype;
+		olen[i] = load_cast_nbytes(t->dtype, len[i], o->cast_to, cast_from);
+		conv[i] = load_casts(t->dtype, o->cast_to, cast_from);
 		l->converted += conv[i];
 	}
 
 	/* Chunks: consecutive layers of one (device, component) share a grant
 	 * of about LOAD_CHUNK_TARGET bytes, so that reclaim can give back part
 	 * of a model (a chunk) rather than all or nothing. */
-	uint32_t *tchunk = calloc((size_t)n + 1, sizeof(*tchunk));
 	uint32_t nchunks[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT];
 	uint64_t acc[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT];
 	memset(nchunks, 0, sizeof(nchunks));
 	memset(acc, 0, sizeof(acc));
-	if (!tchunk) {
-		r = vram_error(-ENOMEM, "out of memory");
-		goto fail;
-	}
-	int nl = vram_model_layer_count(m);
-	for (int li = 0; li < nl; li++) {
-		struct vram_layer_info li_info = { .struct_size = sizeof(li_info) };
-		vram_model_layer(m, (uint32_t)li, &li_info);
-		if (!li_info.ntensors)
+	for (uint32_t li = 0; li < m->nlayers; li++) {
+		const struct model_layer *L = &m->layers[li];
+		if (!L->count)
 			continue;
-		uint32_t d = dev[li_info.first_tensor], k = li_info.component;
+		uint32_t d = dev[L->first], k = L->component; /* a layer is on one device */
 		if (nchunks[d][k] == 0)
 			nchunks[d][k] = 1;
-		if (acc[d][k] && acc[d][k] + li_info.nbytes > LOAD_CHUNK_TARGET) {
+		if (acc[d][k] && acc[d][k] + L->nbytes > LOAD_CHUNK_TARGET) {
 			nchunks[d][k]++;
 			acc[d][k] = 0;
 		}
-		acc[d][k] += li_info.nbytes;
-		for (uint32_t t = li_info.first_tensor; t < li_info.first_tensor + li_info.ntensors; t++) {
+		acc[d][k] += L->nbytes;
+		for (uint32_t t = L->first; t < L->first + L->count; t++)
 			tchunk[t] = nchunks[d][k] - 1;
-			if (dev[t] != d) {
-				free(tchunk);
-				r = vram_error(-EINVAL, "layer \"%s\" is split across devices", li_info.name);
-				goto fail;
-			}
-		}
 	}
 
 	/* Which tensors take a staged path: GPU destinations and conversions. */
@@ -451,7 +451,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 			char s1[32];
 			r = vram_error(r, "allocating %s on %s for %s: %s", size_format(cursor, s1, sizeof(s1)),
 				       c->dev[d].name, vram_component_name(k), vram_last_error());
-			free(tchunk);
 			goto fail;
 		}
 		lg->device = d;
@@ -496,7 +495,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		}
 	}
 
-	free(tchunk);
 	fd = open(vram_model_path(m), O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		r = vram_error(-errno, "%s: %s", vram_model_path(m), strerror(errno));
@@ -533,8 +531,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 				msink.nhost++;
 			}
 		}
-		uint64_t chunk = so.chunk ? so.chunk : STREAM_DEFAULT_CHUNK;
-		chunk = (chunk + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
+		uint64_t chunk = stream_chunk(so.chunk);
 		if (has_cuda) {
 			/* Converting on a CUDA device takes device scratch of one
 			 * staging ring (taken at the first conversion). */
@@ -576,8 +573,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	pin = NULL;
 	free(msink.host);
 	msink.host = NULL;
-	free(msink.lut);
-	msink.lut = NULL;
+	mixed_sink_free_luts(&msink);
 	if (r < 0)
 		goto fail;
 	vram_free(c, staging);
@@ -593,23 +589,13 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	l->stats.cpu_ns = (uint64_t)(c1.tv_sec - c0.tv_sec) * 1000000000ull + (uint64_t)(c1.tv_nsec - c0.tv_nsec);
 	l->stats.grants = l->ngrants;
 	l->stats.converted = l->converted;
-	free(dev);
-	free(order);
-	free(off);
-	free(len);
-	free(comp);
-	free(dtype);
-	free(conv);
-	free(olen);
-	free(runs);
-	free(reqs);
 	*ret = l;
 	return 0;
 fail:
 	vram_cuda_sink_free(csink);
 	vram_cuda_unpin(pin);
 	free(msink.host);
-	free(msink.lut);
+	mixed_sink_free_luts(&msink);
 	if (fd >= 0)
 		close(fd);
 	if (staging) {
@@ -619,16 +605,6 @@ fail:
 		vram_error_restore(&e);
 	}
 	vram_unload(l);
-	free(dev);
-	free(order);
-	free(off);
-	free(len);
-	free(comp);
-	free(dtype);
-	free(conv);
-	free(olen);
-	free(runs);
-	free(reqs);
 	return r;
 }
 

@@ -3,6 +3,7 @@
 #ifndef VRAM_RUNTIME_LOAD_H
 #define VRAM_RUNTIME_LOAD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "runtime/internal.h"
@@ -11,8 +12,11 @@
  * set) and fills *ret_from with the effective set; 0 or -EINVAL with the
  * error set.  cast_to 0 means no conversion. */
 int load_cast_check(uint32_t cast_to, uint32_t cast_from, uint32_t *ret_from);
-/* The size of a tensor of dtype and nbytes as a load converting to
- * cast_to from the set from stores it (nbytes when it is not converted). */
+/* Whether a load converting to cast_to from the set from converts a tensor
+ * of dtype. */
+bool load_casts(uint32_t dtype, uint32_t cast_to, uint32_t from);
+/* The size of a tensor of dtype and nbytes as such a load stores it
+ * (nbytes when it is not converted). */
 uint64_t load_cast_nbytes(uint32_t dtype, uint64_t nbytes, uint32_t cast_to, uint32_t from);
 
 /* Target size of one grant of a loaded model (a chunk of whole layers). */

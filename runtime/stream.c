@@ -1079,7 +1079,7 @@ static int validate(struct stream *s)
 		return vram_error(-EINVAL, "%s: unknown io mode %u", s->path, o->io_mode);
 	if (o->flags & ~STREAM_F_VALID)
 		return vram_error(-EINVAL, "%s: unknown stream flags 0x%x", s->path, o->flags);
-	s->chunk = o->chunk ? align_up(o->chunk, STREAM_ALIGN) : STREAM_DEFAULT_CHUNK;
+	s->chunk = stream_chunk(o->chunk);
 	if (o->chunk > STREAM_MAX_CHUNK)
 		return vram_error(-EINVAL, "%s: chunk size %" PRIu64 " out of range (at most %llu)",
 				  s->path, o->chunk, STREAM_MAX_CHUNK);

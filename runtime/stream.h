@@ -37,6 +37,13 @@
 #define STREAM_MAX_DEPTH        1024u
 #define STREAM_MAX_NSTAGING     1024u
 
+/* The read size a chunk option gives: the default for 0, else rounded up
+ * to STREAM_ALIGN (the engine refuses more than STREAM_MAX_CHUNK). */
+static inline uint64_t stream_chunk(uint64_t chunk)
+{
+	return chunk ? (chunk + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN : STREAM_DEFAULT_CHUNK;
+}
+
 enum stream_dst_kind {
 	STREAM_DST_HOST = 1,     /* dst: host memory this process can write */
 	STREAM_DST_STAGED = 2,   /* dst_addr: reached through the sink */

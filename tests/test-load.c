@@ -463,6 +463,14 @@ START_TEST(test_load_failures_clean)
 	vram_load_options_init(&o);
 	o.io_mode = 9;
 	ck_assert_int_eq(vram_load(c, m, NULL, 1, &o, &l), -EINVAL);
+	/* a read size past the engine's limit: refused before any staging
+	 * ring is asked for */
+	o.io_mode = 0;
+	o.chunk_size = 512 * MiB;
+	ck_assert_int_eq(vram_load(c, m, NULL, 0, &o, &l), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "chunk_size"));
+	assert_idle(c);
+	o.chunk_size = 0;
 	ck_assert_int_eq(vram_load(c, m, NULL, 7, NULL, &l), -ENODEV);
 	assert_idle(c);
 	vram_close(c);
