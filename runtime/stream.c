@@ -724,11 +724,10 @@ static int slot_get(struct stream *s, int *ret_slot)
 	return 0;
 }
 
-/* Waits for every slot still with the sink; the first error. */
-static int slots_drain(struct stream *s)
+/* Waits for every slot still with the sink; a failure fails the stream
+ * (the first one, and its message, stays). */
+static void slots_drain(struct stream *s)
 {
-	int ret = 0;
-
 	for (uint32_t i = 0; i < s->nslots; i++) {
 		if (s->slots[i].state != SLOT_SINKING)
 			continue;
@@ -736,11 +735,8 @@ static int slots_drain(struct stream *s)
 		int r = s->o->sink->wait(s->o->sink->user, i);
 		s->slots[i].state = SLOT_FREE;
 		if (r < 0)
-			fail(s, r, ERR_SINK, 0); /* the first failure (and its message) stays */
-		if (r < 0 && !ret)
-			ret = r;
+			fail(s, r, ERR_SINK, 0);
 	}
-	return ret;
 }
 
 /* ======================================================================
@@ -929,14 +925,18 @@ static void run_fdcopies(struct stream *s)
 
 	for (size_t i = 0; i < s->nfdcs && !s->err; i++) {
 		const struct fdcopy *f = &s->fdcs[i];
+		bool positioned = false;
 		for (uint64_t done = 0; done < f->len && !s->err;) {
 			uint64_t want = MIN(f->len - done, s->chunk);
 			ssize_t k;
 			bool sent = false;
 			if (!s->no_sendfile) {
 				off_t in = (off_t)(f->off + done);
-				k = lseek(f->fd, (off_t)(f->fd_off + done), SEEK_SET) < 0 ? -1
+				/* sendfile moves the file offset on by what it
+				 * wrote: one lseek per request */
+				k = !positioned && lseek(f->fd, (off_t)(f->fd_off + done), SEEK_SET) < 0 ? -1
 					: sendfile(f->fd, s->rfd, &in, (size_t)want);
+				positioned = k >= 0;
 				if (k < 0 && s->res.bytes_sent == 0 &&
 				    (errno == EINVAL || errno == ESPIPE || errno == ENOSYS || errno == EOPNOTSUPP)) {
 					s->no_sendfile = true;
@@ -1264,11 +1264,7 @@ int stream_file(const char *path, int fd, const struct stream_req *reqs, size_t 
 	run_fdcopies(&s);
 	if (!s.err)
 		run(&s);
-	if (s.nslots) {
-		r = slots_drain(&s);
-		if (r < 0)
-			fail(&s, r, ERR_SINK, 0);
-	}
+	slots_drain(&s);
 	if (s.err) {
 		r = finish_error(&s, fd);
 		goto out;

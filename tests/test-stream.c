@@ -1213,7 +1213,7 @@ START_TEST(test_fd_destination)
 			off += len + rnd_below(&g, 5000);
 			n++;
 		}
-		struct stream_opts o = { .io_mode = fmodes[k], .chunk = 1 << 20 };
+		struct stream_opts o = { .io_mode = fmodes[k], .chunk = 64 << 10 }; /* requests of several copies */
 		struct stream_result res;
 		ck_assert_msg(stream_file(t.path, t.fd, r, n, &o, &res) == 0, "%s", vram_last_error());
 		for (size_t i = 0; i < n; i++)
