@@ -208,6 +208,8 @@ static int client_send(struct broker *b, struct client *c, const void *msg, size
 	int r;
 	if (c->dead)
 		return -EPIPE;
+	if (c->fd < 0) /* a restored placeholder: no connection, nothing to tell */
+		return -ENOTCONN;
 	if (c->ntx == 0) {
 		r = proto_send(c->fd, msg, len, fd, MSG_DONTWAIT);
 		if (r == 0)
@@ -526,6 +528,24 @@ static struct grant *grant_by_file(struct broker *b, const struct pool *p, int f
 		}
 	return NULL;
 }
+/* Bytes the pool can still grant (0, not a wrapped difference, when more
+ * is accounted than it holds: restored grants after a restart with a
+ * smaller pool). */
+static uint64_t pool_room(const struct pool *p)
+{
+	return p->used < p->total ? p->total - p->used : 0;
+}
+
+/* Bytes of the ALLOCs parked on pool p. */
+static uint64_t pool_parked(const struct broker *b, const struct pool *p)
+{
+	uint64_t n = 0;
+	for (const struct pending *pd = b->pending; pd; pd = pd->next)
+		if (pd->req.device == p->index)
+			n += pd->size;
+	return n;
+}
+
 
 static void handle_register(struct broker *b, struct client *c, const struct vramd_register *m, int fd)
 {
@@ -606,9 +626,9 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 			 size_format(c->held, s1, sizeof(s1)), size_format(m->size, s2, sizeof(s2)),
 			 size_format(b->cfg.client_max, s3, sizeof(s3)));
 		r = -EDQUOT;
-	} else if (m->size > p->total - MIN(p->used, p->total)) {
+	} else if (m->size > pool_room(p)) {
 		snprintf(qwhy, sizeof(qwhy), "%s: %s registered, %s free", p->name, size_format(m->size, s1, sizeof(s1)),
-			 size_format(p->total - MIN(p->used, p->total), s2, sizeof(s2)));
+			 size_format(pool_room(p), s2, sizeof(s2)));
 		r = -ENOMEM;
 	}
 	if (r < 0) {
@@ -686,7 +706,7 @@ static void retry_pending(struct broker *b)
 		struct pool *p = b->pools[pd->req.device];
 		if (blocked & (1u << p->index))
 			continue;
-		if (pd->size > p->total - p->used) {
+		if (pd->size > pool_room(p)) {
 			blocked |= 1u << p->index;
 			continue;
 		}
@@ -706,13 +726,38 @@ static void retry_pending(struct broker *b)
 	}
 }
 
+static void pending_fail(struct broker *b, struct pending *pd, const char *why);
+
+/* Serves the parked requests that fit, then fails those nobody reclaims for
+ * any more (every client asked has answered or gone) that still do not
+ * fit.  Only the first on each device can be judged: one behind it waits
+ * for that one's outcome (it may well fit after it), so after a failure
+ * the rest is looked at again. */
+static void settle_pending(struct broker *b, const char *why)
+{
+	for (bool again = true; again;) {
+		again = false;
+		retry_pending(b);
+		uint32_t seen = 0; /* bit per pool with an earlier request */
+		for (struct pending *pd = b->pending; pd; pd = pd->next) {
+			uint32_t bit = 1u << b->pools[pd->req.device]->index;
+			if (!(seen & bit) && pd->waiting == 0) {
+				pending_fail(b, pd, why);
+				again = true;
+				break;
+			}
+			seen |= bit;
+		}
+	}
+}
+
 static void pending_fail(struct broker *b, struct pending *pd, const char *why)
 {
 	struct pool *p = b->pools[pd->req.device];
 	char s1[32], s2[32];
 	struct client *c = pd->c;
 	send_error(b, c, &pd->req.hdr, -ENOMEM, "%s: %s asked, %s free; %s", p->name,
-		   size_format(pd->size, s1, sizeof(s1)), size_format(p->total - p->used, s2, sizeof(s2)), why);
+		   size_format(pd->size, s1, sizeof(s1)), size_format(pool_room(p), s2, sizeof(s2)), why);
 	pending_remove(b, pd);
 	unpark(b, c);
 }
@@ -733,7 +778,10 @@ static int cmp_room_desc(const void *a, const void *b)
 static bool start_reclaim(struct broker *b, struct client *c, const struct vramd_alloc *m, uint64_t size)
 {
 	struct pool *p = b->pools[m->device];
-	uint64_t shortfall = size - (p->total - p->used);
+	/* what this request lacks once the requests parked before it have
+	 * what is free (they were asked for their own shortfalls) */
+	uint64_t room = pool_room(p), parked = pool_parked(b, p);
+	uint64_t shortfall = size - (room > parked ? MIN(room - parked, size) : 0);
 	uint64_t others = 0;
 	/* What each other client can give (computed once: a quota lookup
 	 * walks every client). */
@@ -742,12 +790,13 @@ static bool start_reclaim(struct broker *b, struct client *c, const struct vramd
 	if (!cand)
 		return false;
 	for (struct client *x = b->clients; x; x = x->next) {
-		if (x == c || x->dead || x->nasks == ASKS_MAX)
+		/* restored placeholders have no connection to ask */
+		if (x == c || x->dead || x->restored || x->nasks == ASKS_MAX)
 			continue;
-		uint64_t room = reclaim_room(b, x, p);
-		if (room) {
-			cand[ncand++] = (struct reclaim_cand){ x, room };
-			others += room;
+		uint64_t xroom = reclaim_room(b, x, p);
+		if (xroom) {
+			cand[ncand++] = (struct reclaim_cand){ x, xroom };
+			others += xroom;
 		}
 	}
 	if (others < shortfall)
@@ -808,10 +857,10 @@ static void handle_reclaim_done(struct broker *b, struct client *c, const struct
 		char s1[32];
 		broker_log(2, CLIENT_FMT ": RECLAIM answered, %s freed", CLIENT_ARGS(c),
 			   size_format(m->bytes_freed, s1, sizeof(s1)));
-		retry_pending(b);
 		struct pending *pd = pending_find(b, pid);
-		if (pd && --pd->waiting == 0)
-			pending_fail(b, pd, "the clients asked to reclaim freed too little");
+		if (pd)
+			pd->waiting--;
+		settle_pending(b, "the clients asked to reclaim freed too little");
 		return;
 	}
 	/* An answer after the deadline (or to nothing): nothing to do. */
@@ -852,13 +901,18 @@ static int expire(struct broker *b)
 			x->dead = true;
 		}
 	}
+	bool expired = false;
 	for (struct pending *pd = b->pending, *n; pd; pd = n) {
 		n = pd->next;
-		if (pd->deadline_ns <= now)
+		if (pd->deadline_ns <= now) {
 			pending_fail(b, pd, "reclaim from other clients did not free enough before the deadline");
-		else
+			expired = true;
+		} else {
 			next = MIN(next, pd->deadline_ns);
+		}
 	}
+	if (expired) /* the ones behind may fit now, or be done waiting */
+		settle_pending(b, "the clients asked to reclaim freed too little");
 	if (next == UINT64_MAX)
 		return -1;
 	return (int)((next - now) / 1000000 + 1);
@@ -906,14 +960,11 @@ static void handle_alloc(struct broker *b, struct client *c, const struct vramd_
 		return;
 	}
 	/* Earlier parked requests on this device go first. */
-	bool queued = false;
-	for (struct pending *pd = b->pending; pd; pd = pd->next)
-		queued = queued || pd->req.device == m->device;
-	if (size > p->total - p->used || queued) {
+	if (size > pool_room(p) || pool_parked(b, p)) {
 		if (start_reclaim(b, c, m, size))
 			return;
 		send_error(b, c, &m->hdr, -ENOMEM, "%s: %s asked, %s free of %s", p->name,
-			   size_format(size, s1, sizeof(s1)), size_format(p->total - p->used, s2, sizeof(s2)),
+			   size_format(size, s1, sizeof(s1)), size_format(pool_room(p), s2, sizeof(s2)),
 			   size_format(p->total, s3, sizeof(s3)));
 		return;
 	}
@@ -1035,6 +1086,11 @@ static void handle_evict(struct broker *b, struct client *c, const struct vramd_
 		x = x->next;
 	if (!x || x->dead) {
 		send_error(b, c, &m->hdr, -ESRCH, "no client %u", m->client_id);
+		return;
+	}
+	if (x->restored) {
+		send_error(b, c, &m->hdr, -EINVAL, "client %u holds grants restored from the fd store for pid %d: "
+			   "they go when that process exits or takes them back", m->client_id, (int)x->pid);
 		return;
 	}
 	uint64_t deadline = now_ns() + b->cfg.reclaim_deadline_ms * 1000000ull;
@@ -1362,13 +1418,7 @@ static void client_drop(struct broker *b, struct client *c, const char *why)
 	free(c);
 	/* counted out last: a client count of 0 means every grant is back */
 	b->nclients--;
-	retry_pending(b);
-	/* A request whose helpers are all gone and still does not fit fails. */
-	for (struct pending *pd = b->pending, *nx; pd; pd = nx) {
-		nx = pd->next;
-		if (pd->waiting == 0)
-			pending_fail(b, pd, "the clients asked to reclaim went away");
-	}
+	settle_pending(b, "the clients asked to reclaim went away");
 }
 
 static int pidfd_open_compat(pid_t pid)
@@ -1617,6 +1667,14 @@ static void restore_grants(struct broker *b)
 		broker_log(1, "fd store: %s on %s held by pid %d, kept until it re-registers or exits",
 			   size_format(size, s1, sizeof(s1)), p->name, pid);
 	}
+	for (uint32_t d = 0; d < b->npools; d++)
+		if (b->pools[d]->used > b->pools[d]->total) {
+			char su[32], st[32];
+			broker_log(0, "%s: the fd store brought back %s, more than its %s: nothing more is granted there "
+				   "until holders free some", b->pools[d]->name,
+				   size_format(b->pools[d]->used, su, sizeof(su)),
+				   size_format(b->pools[d]->total, st, sizeof(st)));
+		}
 }
 
 int broker_add_pool(struct broker *b, struct pool *p)

@@ -517,6 +517,64 @@ START_TEST(test_reclaim_cooperative)
 }
 END_TEST
 
+struct asker {
+	const char *sock, *name;
+	uint64_t size;
+	int rc;
+	char err[256];
+	vram_client *c;
+	vram_grant *g;
+};
+
+static void *ask(void *arg)
+{
+	struct asker *a = arg;
+	a->rc = vram_connect(a->sock, a->name, &a->c);
+	if (a->rc == 0)
+		a->rc = vram_alloc(a->c, 0, a->size, 0, &a->g);
+	snprintf(a->err, sizeof(a->err), "%s", vram_last_error());
+	return NULL;
+}
+
+/* A request that would fit on its own, made while a larger one is parked
+ * on the device, is parked behind it (not refused: the free space was
+ * once computed by subtracting past it) and both are served once the
+ * holder gives memory back. */
+START_TEST(test_reclaim_queue_behind_parked)
+{
+	struct live l;
+	struct holder h = { 0 };
+	reclaim_broker(&l, 5000);
+	ck_assert_int_eq(vram_connect(l.sock, "holder", &h.c), 0);
+	for (h.n = 0; h.n < 6; h.n++)
+		ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	vram_grant *pinned;
+	ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, 0, &pinned), 0);
+	vram_set_reclaim_handler(h.c, give_back, &h); /* answers once dispatching starts */
+
+	struct asker big = { .sock = l.sock, .name = "big", .size = 32 * MiB };
+	struct asker small = { .sock = l.sock, .name = "small", .size = 2 * MiB };
+	pthread_t tb, ts;
+	ck_assert_int_eq(pthread_create(&tb, NULL, ask, &big), 0);
+	t_sleep_ms(300); /* big is parked: 8 MiB free */
+	ck_assert_int_eq(pthread_create(&ts, NULL, ask, &small), 0);
+	t_sleep_ms(300);
+	ck_assert_int_eq(pthread_create(&h.th, NULL, dispatcher, &h), 0);
+	pthread_join(tb, NULL);
+	pthread_join(ts, NULL);
+	ck_assert_msg(big.rc == 0, "big: %d %s", big.rc, big.err);
+	ck_assert_msg(small.rc == 0, "small: %d %s", small.rc, small.err);
+	atomic_store(&h.stop, 1);
+	pthread_join(h.th, NULL);
+	vram_close(h.c);
+	vram_close(big.c);
+	vram_close(small.c);
+	wait_clients(l.b, 0);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 0);
+	live_stop(&l);
+}
+END_TEST
+
 START_TEST(test_reclaim_ignored)
 {
 	struct live l;
@@ -968,6 +1026,7 @@ int main(void)
 	tcase_add_test(tc, test_slow_reader);
 	tcase_add_test(tc, test_status_paging);
 	tcase_add_test(tc, test_reclaim_cooperative);
+	tcase_add_test(tc, test_reclaim_queue_behind_parked);
 	tcase_add_test(tc, test_reclaim_ignored);
 	tcase_add_test(tc, test_reclaim_holder_dies);
 	tcase_add_test(tc, test_reclaim_requester_dies);

@@ -19,6 +19,7 @@ struct env {
 	struct tn_listener notify;
 	struct tn_fdstore store;
 	pid_t pid;
+	const char *sim;         /* --sim-gpus; NULL: 64MiB */
 };
 
 static void env_spawn(struct env *e)
@@ -26,7 +27,7 @@ static void env_spawn(struct env *e)
 	char prog[512];
 	snprintf(prog, sizeof(prog), "%s/bin/vramd", t_build());
 	const char *argv[] = { prog, "--socket", e->sock, "--admin-socket", e->admin, "--state-dir", e->state,
-			       "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", "--socket-mode", "0666", NULL };
+			       "--sim-gpus", e->sim ? e->sim : "64MiB", "--host-pool", "64MiB", "--no-cuda", "--socket-mode", "0666", NULL };
 	_cleanup_free_ char *names = e->store.n ? tn_fdstore_names(&e->store) : NULL;
 	struct tn_spawn o = {
 		.argv = argv, .notify = e->notify.path, .watchdog_pid = -1,
@@ -180,6 +181,95 @@ START_TEST(test_fdstore_dead_holder)
 }
 END_TEST
 
+/* Grants restored for a holder that has not come back (it is stopped, not
+ * dead) are nobody's to give back: a RECLAIM is not sent to the restored
+ * placeholder (it has no connection; sending failed and released its
+ * grants, handing the same memory out twice), and evicting it is refused. */
+START_TEST(test_fdstore_restored_not_reclaimed)
+{
+	struct env e;
+	env_start(&e);
+	int pfd[2];
+	ck_assert_int_eq(pipe(pfd), 0);
+	pid_t kid = fork();
+	if (kid == 0) {
+		vram_client *c;
+		vram_grant *g;
+		if (vram_connect(e.sock, "sleeper", &c) < 0 || vram_alloc(c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &g) < 0)
+			_exit(1);
+		if (write(pfd[1], "x", 1) != 1)
+			_exit(2);
+		pause();
+		_exit(0);
+	}
+	char x;
+	ck_assert_int_eq(read(pfd[0], &x, 1), 1);
+	ck_assert_int_eq(drain(&e, 1), 1);
+	kill(e.pid, SIGKILL);
+	waitpid(e.pid, NULL, 0);
+	env_spawn(&e);
+	struct vram_status *s = status_of(e.sock);
+	ck_assert_uint_eq(held_by(s, "restored"), 8 * MiB);
+	uint32_t restored_id = 0;
+	for (uint32_t i = 0; i < s->nclients; i++)
+		if (!strcmp(s->clients[i].name, "restored"))
+			restored_id = s->clients[i].id;
+	vram_status_free(s);
+
+	vram_client *c;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(e.sock, "newcomer", &c), 0);
+	for (int k = 0; k < 2; k++) {
+		ck_assert_int_eq(vram_alloc(c, 0, 62 * MiB, 0, &g), -ENOMEM);
+		s = status_of(e.sock);
+		ck_assert_uint_eq(held_by(s, "restored"), 8 * MiB);
+		ck_assert_uint_eq(s->devices[0].used, 8 * MiB);
+		vram_status_free(s);
+	}
+	vram_client *a;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_evict(a, restored_id), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "restored"));
+	vram_close(a);
+	vram_close(c);
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	close(pfd[0]);
+	close(pfd[1]);
+	env_stop(&e);
+}
+END_TEST
+
+/* A broker restarted with a smaller pool than the grants it gets back from
+ * the store: more is accounted than the pool holds, and nothing more is
+ * granted there (the free space is 0, not a wrapped difference). */
+START_TEST(test_fdstore_smaller_pool)
+{
+	struct env e;
+	env_start(&e);
+	vram_client *c;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(e.sock, "holder", &c), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, 8 * MiB, 0, &g), 0);
+	ck_assert_int_eq(drain(&e, 1), 1);
+	kill(e.pid, SIGKILL);
+	waitpid(e.pid, NULL, 0);
+	e.sim = "4MiB";
+	env_spawn(&e);
+	vram_client *d;
+	vram_grant *h;
+	ck_assert_int_eq(vram_connect(e.sock, "newcomer", &d), 0);
+	ck_assert_int_eq(vram_alloc(d, 0, 2 * MiB, 0, &h), -ENOMEM);
+	struct vram_status *s = status_of(e.sock);
+	ck_assert_uint_eq(s->devices[0].used, 8 * MiB);
+	ck_assert_uint_eq(s->devices[0].total, 4 * MiB);
+	vram_status_free(s);
+	vram_close(d);
+	vram_close(c);
+	env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("fdstore");
@@ -187,6 +277,8 @@ int main(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_fdstore_restart);
 	tcase_add_test(tc, test_fdstore_dead_holder);
+	tcase_add_test(tc, test_fdstore_restored_not_reclaimed);
+	tcase_add_test(tc, test_fdstore_smaller_pool);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
