@@ -2,6 +2,7 @@
 /* vramd configuration: command-line options and the INI file share keys. */
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,41 @@ static int size_err(char *err, size_t errlen, const char *key, const char *v, in
 	return -EINVAL;
 }
 
+/* The strings of every configuration live as long as the process:
+ * interned, each distinct value kept once.  A configuration's strings never
+ * change under it, whatever is parsed later (a reload parses the file into a
+ * fresh configuration while the running one still points at its paths). */
+static const char *intern(const char *v)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static struct interned {
+		struct interned *next;
+		char s[];
+	} *list;
+	size_t n = strlen(v) + 1;
+	struct interned *p;
+	pthread_mutex_lock(&lock);
+	for (p = list; p && strcmp(p->s, v); p = p->next)
+		;
+	if (!p && (p = malloc(sizeof(*p) + n))) {
+		memcpy(p->s, v, n);
+		p->next = list;
+		list = p;
+	}
+	pthread_mutex_unlock(&lock);
+	return p ? p->s : NULL;
+}
+
+/* *dst = the interned v; 0 or -ENOMEM with err set. */
+static int set_str(const char **dst, const char *key, const char *v, char *err, size_t errlen)
+{
+	if (!(*dst = intern(v))) {
+		snprintf(err, errlen, "%s: out of memory", key);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 int broker_config_set(struct broker_config *cfg, const char *key, const char *v, char *err, size_t errlen)
 {
 	int r;
@@ -47,20 +83,14 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 			snprintf(err, errlen, "socket: \"%s\" is not an absolute path", v);
 			return -EINVAL;
 		}
-		/* Kept for the life of the process in a static buffer. */
-		static char path[108];
-		if (strlen(v) >= sizeof(path)) {
-			snprintf(err, errlen, "socket: path longer than %zu bytes", sizeof(path) - 1);
+		if (strlen(v) >= 108) { /* sun_path */
+			snprintf(err, errlen, "socket: path longer than 107 bytes");
 			return -EINVAL;
 		}
-		memcpy(path, v, strlen(v) + 1);
-		cfg->socket_path = path;
-		return 0;
+		return set_str(&cfg->socket_path, key, v, err, errlen);
 	}
 	if (!strcmp(key, "admin-socket") || !strcmp(key, "state-dir")) {
-		static char paths[2][4096];
-		char *dst = paths[!strcmp(key, "state-dir")];
-		if (!*v || v[0] != '/' || strlen(v) >= sizeof(paths[0])) {
+		if (!*v || v[0] != '/' || strlen(v) >= 4096) {
 			snprintf(err, errlen, "%s: \"%s\" is not an absolute path", key, v);
 			return -EINVAL;
 		}
@@ -68,26 +98,16 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 			snprintf(err, errlen, "admin-socket: path longer than 107 bytes");
 			return -EINVAL;
 		}
-		memcpy(dst, v, strlen(v) + 1);
-		if (!strcmp(key, "state-dir"))
-			cfg->state_dir = dst;
-		else
-			cfg->admin_socket = dst;
-		return 0;
+		return set_str(!strcmp(key, "state-dir") ? &cfg->state_dir : &cfg->admin_socket, key, v, err, errlen);
 	}
 	if (!strcmp(key, "admin-group") || !strcmp(key, "socket-group")) {
-		static char groups[2][64];
-		char *dst = groups[!strcmp(key, "socket-group")];
-		if (strlen(v) >= sizeof(groups[0]) || strchr(v, ':') || strchr(v, '\n')) {
+		if (strlen(v) >= 64 || strchr(v, ':') || strchr(v, '\n')) {
 			snprintf(err, errlen, "%s: \"%s\" is not a group name", key, v);
 			return -EINVAL;
 		}
-		memcpy(dst, v, strlen(v) + 1);
-		if (!strcmp(key, "admin-group"))
-			cfg->admin_group = *dst ? dst : NULL;
-		else
-			cfg->socket_group = *dst ? dst : NULL;
-		return 0;
+		const char **dst = !strcmp(key, "admin-group") ? &cfg->admin_group : &cfg->socket_group;
+		*dst = NULL; /* empty: none */
+		return *v ? set_str(dst, key, v, err, errlen) : 0;
 	}
 	if (!strcmp(key, "sim-gpus")) {
 		_cleanup_free_ char *copy = strdup(v);

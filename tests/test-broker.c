@@ -1011,6 +1011,44 @@ START_TEST(test_config_file_used)
 }
 END_TEST
 
+/* A reload re-reads the config file into a fresh configuration: the paths
+ * the running broker uses (here --state-dir, which overrides the file's)
+ * stay what they were (they once shared storage with the parse and
+ * turned into the file's). */
+START_TEST(test_reload_keeps_paths)
+{
+	char *d = t_tmpdir();
+	char ini[512], sock[512], admin[512], a_dir[512], b_dir[512];
+	snprintf(ini, sizeof(ini), "%s/vramd.conf", d);
+	snprintf(sock, sizeof(sock), "%s/s.sock", d);
+	snprintf(admin, sizeof(admin), "%s/admin.sock", d);
+	snprintf(a_dir, sizeof(a_dir), "%s/state-a", d);
+	snprintf(b_dir, sizeof(b_dir), "%s/state-b", d);
+	FILE *f = fopen(ini, "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "[vramd]\nsim-gpus = 16MiB\nhost-pool = 8MiB\ncuda = no\nstate-dir = %s\n", a_dir);
+	fclose(f);
+	const char *const args[] = { "--config", ini, "--state-dir", b_dir, "--admin-socket", admin, NULL };
+	pid_t pid = t_start_vramd(sock, NULL, args);
+	ck_assert_int_gt(pid, 0);
+	vram_client *a;
+	ck_assert_int_eq(vram_connect(admin, "admin", &a), 0);
+	ck_assert_msg(vram_quota_set(a, "name:x", "cuda:0", VRAM_QUOTA_CEILING, 0, 4 * MiB) == 0, "%s",
+		      vram_last_error());
+	ck_assert_int_eq(vram_reload(a), 0);
+	char *json = NULL;
+	ck_assert_int_eq(vram_quota_list(a, &json), 0);
+	ck_assert_msg(strstr(json, "name:x") != NULL, "quotas after reload: %s", json);
+	free(json);
+	char qa[600];
+	snprintf(qa, sizeof(qa), "%s/quotas.json", a_dir);
+	ck_assert_int_ne(access(qa, F_OK), 0); /* nothing went to the file's state dir */
+	vram_close(a);
+	ck_assert_int_eq(WEXITSTATUS(t_stop(pid)), 0);
+	t_rmtree(d);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("broker");
@@ -1040,6 +1078,7 @@ int main(void)
 	tcase_add_test(tc, test_register_forged);
 	tcase_add_test(tp, test_bad_options);
 	tcase_add_test(tp, test_config_file_used);
+	tcase_add_test(tp, test_reload_keeps_paths);
 	suite_add_tcase(s, tp);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
