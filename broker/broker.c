@@ -536,6 +536,13 @@ static uint64_t pool_room(const struct pool *p)
 	return p->used < p->total ? p->total - p->used : 0;
 }
 
+/* What an adopted grant of size adds to the capacity of a pool that
+ * measured it from free memory (pool.total_max). */
+static uint64_t adopt_growth(const struct pool *p, uint64_t size)
+{
+	return p->total_max > p->total ? MIN(size, p->total_max - p->total) : 0;
+}
+
 /* Bytes of the ALLOCs parked on pool p. */
 static uint64_t pool_parked(const struct broker *b, const struct pool *p)
 {
@@ -626,7 +633,7 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 			 size_format(c->held, s1, sizeof(s1)), size_format(m->size, s2, sizeof(s2)),
 			 size_format(b->cfg.client_max, s3, sizeof(s3)));
 		r = -EDQUOT;
-	} else if (m->size > pool_room(p)) {
+	} else if (m->size > pool_room(p) + adopt_growth(p, m->size)) {
 		snprintf(qwhy, sizeof(qwhy), "%s: %s registered, %s free", p->name, size_format(m->size, s1, sizeof(s1)),
 			 size_format(pool_room(p), s2, sizeof(s2)));
 		r = -ENOMEM;
@@ -636,12 +643,14 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 		send_error(b, c, &m->hdr, r, "REGISTER: %s", qwhy);
 		return;
 	}
+	uint64_t grow = adopt_growth(p, m->size);
 	struct grant *g = grant_add(b, c, p, m->size, m->flags, handle);
 	if (!g) {
 		p->ops->release(p, handle, m->size);
 		send_error(b, c, &m->hdr, -ENOMEM, "broker out of memory");
 		return;
 	}
+	p->total += grow;
 	grant_identify(g, fd);
 	fdstore_put(b, g, fd);
 	send_alloc_reply(b, c, m->hdr.seq, g, -1);
@@ -1654,12 +1663,14 @@ static void restore_grants(struct broker *b)
 			b->clients = c;
 			b->nclients++;
 		}
+		uint64_t grow = adopt_growth(p, size);
 		struct grant *g = c ? grant_add(b, c, p, size, flags & VRAMD_ALLOC_FLAGS_MASK, handle) : NULL;
 		if (!g) {
 			p->ops->release(p, handle, size);
 			close(fd);
 			continue;
 		}
+		p->total += grow;
 		g->fd = fd;
 		g->stored = true;
 		str_copy(g->fdname, name, sizeof(g->fdname));

@@ -48,6 +48,10 @@ struct pool {
 	int32_t  numa_node;
 	int32_t  ordinal;
 	uint64_t total;
+	/* A pool whose total is measured from free memory at start (CUDA):
+	 * the most it may grow to as memory held across a broker restart is
+	 * adopted (it was not free when measured).  0: total is fixed. */
+	uint64_t total_max;
 	uint64_t used;
 	uint64_t reclaimable;
 	uint64_t granularity;

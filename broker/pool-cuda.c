@@ -508,6 +508,9 @@ static struct pool *probe_device(struct cuda_shared *sh, int ordinal, char *why,
 	p->numa_node = numa;
 	p->ordinal = ordinal;
 	p->total = cap;
+	/* grants held across a restart were not free just now: they come
+	 * back into the capacity as they are adopted, up to this */
+	p->total_max = MAX(cap, capacity_for(total_b ? total_b : devmem, total_b ? total_b : devmem, gran));
 	p->granularity = gran;
 	memcpy(p->uuid, uuid.bytes, 16);
 	snprintf(p->name, sizeof(p->name), "cuda:%d", ordinal);

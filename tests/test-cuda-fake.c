@@ -2856,6 +2856,9 @@ START_TEST(test_cuda_restart)
 	for (uint32_t d = 0; d < after->ndevices; d++) {
 		ck_assert_uint_eq(after->devices[d].used, before->devices[d].used);
 		ck_assert_uint_eq(after->devices[d].reclaimable, before->devices[d].reclaimable);
+		/* the new broker measured free memory without the grants still
+		 * held; they come back into its capacity as they are adopted */
+		ck_assert_uint_eq(after->devices[d].total, before->devices[d].total);
 	}
 	ck_assert_uint_eq(after->devices[0].used, 6 * MiB);
 	ck_assert_uint_eq(after->devices[1].used, 6 * MiB);
