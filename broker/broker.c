@@ -528,6 +528,22 @@ static struct grant *grant_by_file(struct broker *b, const struct pool *p, int f
 		}
 	return NULL;
 }
+static struct pool *pool_by_name(struct broker *b, const char *name)
+{
+	for (uint32_t i = 0; i < b->npools; i++)
+		if (!strcmp(b->pools[i]->name, name))
+			return b->pools[i];
+	return NULL;
+}
+
+static struct pool *pool_by_uuid(struct broker *b, const uint8_t uuid[16])
+{
+	for (uint32_t i = 0; i < b->npools; i++)
+		if (!memcmp(b->pools[i]->uuid, uuid, 16))
+			return b->pools[i];
+	return NULL;
+}
+
 /* Bytes the pool can still grant (0, not a wrapped difference, when more
  * is accounted than it holds: restored grants after a restart with a
  * smaller pool). */
@@ -558,10 +574,7 @@ static void handle_register(struct broker *b, struct client *c, const struct vra
 {
 	const char *why = "";
 	char s1[32];
-	struct pool *p = NULL;
-	for (uint32_t i = 0; i < b->npools && !p; i++)
-		if (!memcmp(b->pools[i]->uuid, m->uuid, 16))
-			p = b->pools[i];
+	struct pool *p = pool_by_uuid(b, m->uuid);
 	if (!p) {
 		send_error(b, c, &m->hdr, -ENODEV, "REGISTER: no device with that UUID");
 		return;
@@ -993,13 +1006,6 @@ static bool require_admin(struct broker *b, struct client *c, const struct vramd
 	return false;
 }
 
-static struct pool *pool_by_name(struct broker *b, const char *name)
-{
-	for (uint32_t i = 0; i < b->npools; i++)
-		if (!strcmp(b->pools[i]->name, name))
-			return b->pools[i];
-	return NULL;
-}
 
 static void handle_quota_set(struct broker *b, struct client *c, const struct vramd_quota_set *m)
 {
@@ -1178,17 +1184,9 @@ static void handle_free(struct broker *b, struct client *c, const struct vramd_f
  * HELLO / STATUS
  * ====================================================================== */
 
-static bool name_ok(const char *s)
-{
-	for (; *s; s++)
-		if ((unsigned char)*s < 0x20 || *s == 0x7f)
-			return false;
-	return true;
-}
-
 static void handle_hello(struct broker *b, struct client *c, const struct vramd_hello *m)
 {
-	if (!name_ok(m->name)) {
+	if (!text_printable(m->name)) {
 		send_error(b, c, &m->hdr, -EINVAL, "client name has control characters");
 		return;
 	}
@@ -1619,9 +1617,7 @@ static void restore_grants(struct broker *b)
 				sscanf(hex + 2 * k, "%2x", &v);
 				u[k] = (uint8_t)v;
 			}
-			for (uint32_t k = 0; k < b->npools && !p; k++)
-				if (!memcmp(b->pools[k]->uuid, u, 16))
-					p = b->pools[k];
+			p = pool_by_uuid(b, u);
 			why = p ? "" : "its device is gone";
 		}
 		if (p && (!p->ops->adopt || p->ops->adopt(p, fd, size, &handle, &why) < 0))

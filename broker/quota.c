@@ -43,14 +43,6 @@ static int fail(char *err, size_t errlen, int r, const char *fmt, ...)
  * ====================================================================== */
 
 /* Printable, no control characters (what the broker accepts at HELLO). */
-static bool text_ok(const char *s)
-{
-	for (; *s; s++)
-		if ((unsigned char)*s < 0x20 || *s == 0x7f)
-			return false;
-	return true;
-}
-
 /* Canonical decimal (no sign, no leading zero, no spaces) up to max. */
 static int parse_canonical_u64(const char *s, uint64_t max, uint64_t *ret)
 {
@@ -114,7 +106,7 @@ int quota_subject_parse(const char *text, struct quota_subject *ret, char *err, 
 		s.uid = (uint32_t)v;
 	} else if (!strncmp(text, "user:", 5)) {
 		const char *user = text + 5;
-		if (!*user || strlen(user) >= sizeof(s.name) || !text_ok(user))
+		if (!*user || strlen(user) >= sizeof(s.name) || !text_printable(user))
 			return fail(err, errlen, -EINVAL, "\"%s\": not a user name (1 to %u printable bytes)", text,
 				    VRAMD_NAME_MAX - 1);
 		int r = lookup_user(user, &s.uid, err, errlen);
@@ -124,7 +116,7 @@ int quota_subject_parse(const char *text, struct quota_subject *ret, char *err, 
 		str_copy(s.name, user, sizeof(s.name));
 	} else if (!strncmp(text, "name:", 5)) {
 		const char *name = text + 5;
-		if (!*name || strlen(name) >= sizeof(s.name) || !text_ok(name))
+		if (!*name || strlen(name) >= sizeof(s.name) || !text_printable(name))
 			return fail(err, errlen, -EINVAL, "\"%s\": not a client name (1 to %u printable bytes)", text,
 				    VRAMD_NAME_MAX - 1);
 		s.kind = QUOTA_NAME;
@@ -168,9 +160,9 @@ static bool subject_valid(const struct quota_subject *s)
 {
 	switch (s->kind) {
 	case QUOTA_DEFAULT: return true;
-	case QUOTA_UID: return s->uid != UINT32_MAX && memchr(s->name, 0, sizeof(s->name)) && text_ok(s->name);
+	case QUOTA_UID: return s->uid != UINT32_MAX && memchr(s->name, 0, sizeof(s->name)) && text_printable(s->name);
 	case QUOTA_NAME:
-		return s->name[0] && memchr(s->name, 0, sizeof(s->name)) && text_ok(s->name);
+		return s->name[0] && memchr(s->name, 0, sizeof(s->name)) && text_printable(s->name);
 	default: return false;
 	}
 }
@@ -552,7 +544,7 @@ static int entry_from_json(json_t *o, size_t idx, struct quota_entry *ret, const
 	if (user) {
 		if (e.subject.kind != QUOTA_UID)
 			return fail(err, errlen, -EINVAL, "%s: quotas[%zu]: \"user\" given for %s", origin, idx, subject);
-		if (!*user || strlen(user) >= sizeof(e.subject.name) || !text_ok(user))
+		if (!*user || strlen(user) >= sizeof(e.subject.name) || !text_printable(user))
 			return fail(err, errlen, -EINVAL, "%s: quotas[%zu]: bad user name", origin, idx);
 		str_copy(e.subject.name, user, sizeof(e.subject.name));
 	}

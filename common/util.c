@@ -105,6 +105,14 @@ size_t str_copy(char *dst, const char *src, size_t len)
 	return n;
 }
 
+bool text_printable(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
 int mem_is_zero(const void *p, size_t n)
 {
 	const unsigned char *c = p;

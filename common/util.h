@@ -4,6 +4,7 @@
 #define VRAM_COMMON_UTIL_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -22,6 +23,10 @@ char *size_format(uint64_t size, char *buf, size_t len);
 
 /* strlcpy semantics: always NUL-terminates when len > 0; returns strlen(src). */
 size_t str_copy(char *dst, const char *src, size_t len);
+
+/* true when s (NUL-terminated) has no control characters: a name or text
+ * that may go into logs, JSON and status lines as it is. */
+bool text_printable(const char *s);
 
 /* 1 if the first n bytes of p are all zero. */
 int mem_is_zero(const void *p, size_t n);
