@@ -28,6 +28,7 @@ struct vram_cuda_copier {
 	uint32_t nslots;
 	CUevent *ev;
 	bool *pending;          /* slot has copies not waited for */
+	struct vram_cuda_kernels *k; /* taken at the first conversion */
 };
 
 /* ======================================================================
@@ -46,6 +47,7 @@ static void copier_destroy(struct vram_cuda_copier *cp, bool pushed)
 		cu->StreamDestroy(cp->stream);
 	if (pushed)
 		vram_cuda_dev_pop(cp->d);
+	vram_cuda_kernels_put(cp->k); /* its kernels ran on the stream synchronised above */
 	vram_cuda_dev_put(cp->d);
 	free(cp->ev);
 	free(cp->pending);
@@ -173,6 +175,10 @@ int vram_cuda_copier_cast(struct vram_cuda_copier *cp, uint64_t dst, uint32_t ds
 	uint64_t len = n * (vram_dtype_bits(src_dtype) / 8);
 	int r = check_slot(cp, slot, len);
 	if (r < 0 || n == 0)
+		return r;
+	/* the copier keeps the kernels loaded while it lives: a load need not
+	 * have prepared the device (vram_device_prepare) to convert on it */
+	if (!cp->k && (r = vram_cuda_kernels_get(cp->d, &cp->k)) < 0)
 		return r;
 	if ((r = vram_cuda_dev_push(cp->d)) < 0)
 		return r;

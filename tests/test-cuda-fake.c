@@ -2615,7 +2615,12 @@ START_TEST(test_load_cuda)
 	ck_assert_int_eq(vram_device_prepare(c, 1), 0); /* cpu: nothing to do */
 	ck_assert_int_eq(vram_device_prepare(c, 9), -ENODEV);
 
-	for (int cast = 0; cast < 2; cast++) {
+	for (int cast = 0; cast < 3; cast++) { /* 2: converting, not prepared */
+		if (cast == 2) {
+			vram_close(c);
+			ck_assert_int_eq(fk.dev[0].ctx_refs, 1);
+			ck_assert_int_eq(vram_connect(l.sock, "t", &c), 0);
+		}
 		struct vram_load_options o;
 		vram_load_options_init(&o);
 		o.chunk_size = 16384;  /* several slots, elements across slot ends */
