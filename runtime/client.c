@@ -386,10 +386,18 @@ static int run_pending(struct vram_client *c)
 		/* Without a handler (a load still running, say) RECLAIMs wait for
 		 * one: answering "0 freed" would fail the asker at once, while the
 		 * broker's deadline bounds the wait anyway. */
-		if (!c->npending || !c->reclaim_fn) {
+		/* One handler at a time: a call the handler makes (vram_free)
+		 * or another thread's call comes here too, and would run a
+		 * second handler inside or beside the first (the pager's would
+		 * wait for the first one's demotion: a deadlock).  The running
+		 * one's loop takes what arrives meanwhile. */
+		if (!c->npending || !c->reclaim_fn || (c->handling && !handled)) {
+			if (handled)
+				c->handling = false;
 			pthread_mutex_unlock(&c->lock);
 			return handled;
 		}
+		c->handling = true;
 		struct vramd_reclaim m = c->pending[0];
 		memmove(&c->pending[0], &c->pending[1], sizeof(m) * (c->npending - 1));
 		c->npending--;

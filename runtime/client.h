@@ -42,6 +42,7 @@ struct vram_client {
 	void *rxbuf;
 	char *name;
 	uint32_t reconnects;     /* times the connection was re-established */
+	bool handling;           /* a RECLAIM handler is running (run_pending) */
 	/* vram_device_prepare: per device, handles held until vram_close */
 	struct vram_cuda_dev *prepared[VRAMD_MAX_DEVICES];
 	struct vram_cuda_kernels *prepared_k[VRAMD_MAX_DEVICES];

@@ -39,6 +39,9 @@
 #include "runtime/load.h"
 #include "kernels/kernels.h"
 
+/* How long acquire keeps asking for a window slot the broker refuses with
+ * -ENOMEM (another client's request parked first) before failing. */
+#define GROW_RETRY_NS (5ull * 1000000000ull)
 #define SLOT_ALIGN 256u   /* tensors in a slot start on this boundary */
 #define MAX_SLOTS 256u
 
@@ -517,6 +520,7 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 		return 0;
 	}
 	bool counted = false;
+	uint64_t grow_until = 0;
 	/* The paging unit is the layer's group, led by G. */
 	uint32_t g = L->leader;
 	struct player *G = &p->layers[g];
@@ -569,6 +573,27 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 			if (p->slots[i].dev == L->compute && p->slots[i].grant &&
 			    (p->slots[i].pins || p->slots[i].state == SLOT_COPYING || p->slots[i].state == SLOT_QUEUED))
 				any_pinned_elsewhere = true;
+		/* The broker may refuse for the moment: another client's larger
+		 * request parked on the device goes first, and the RECLAIM that
+		 * makes room for it (and then for this slot) may not have reached
+		 * this pager yet.  Try again for a while before giving up. */
+		if (!any_pinned_elsewhere && r == -ENOMEM) {
+			uint64_t now = now_ns();
+			if (!grow_until)
+				grow_until = now + GROW_RETRY_NS;
+			if (now < grow_until) {
+				struct timespec ts;
+				clock_gettime(CLOCK_REALTIME, &ts);
+				ts.tv_nsec += 20000000;
+				if (ts.tv_nsec >= 1000000000) {
+					ts.tv_sec++;
+					ts.tv_nsec -= 1000000000;
+				}
+				pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+				waited = true;
+				continue;
+			}
+		}
 		if (!any_pinned_elsewhere) {
 			pthread_mutex_unlock(&p->mu);
 			return vram_error(r == -ENOSPC ? -ENOSPC : r,

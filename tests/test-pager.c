@@ -446,6 +446,36 @@ START_TEST(test_reclaim_through_broker)
 }
 END_TEST
 
+/* Two newcomers asking at nearly the same time: the second RECLAIM arrives
+ * while the pager is still handling the first (inside a vram_free of a
+ * demotion).  Handlers run one at a time, so the second waits its turn
+ * instead of waiting, nested, for the first one's demotion (a deadlock). */
+START_TEST(test_reclaim_twice_at_once)
+{
+	struct fx f;
+	fx_start(&f, "40MiB", "256MiB", 24, 0.004);
+	vram_pager *p;
+	ck_assert_int_eq(vram_pager_create(f.l, f.plan, NULL, &p), 0);
+	pass(&f, p);
+	struct other o1 = { .sock = f.sock, .size = 12 * MiB }, o2 = { .sock = f.sock, .size = 12 * MiB };
+	pthread_t t1, t2;
+	ck_assert_int_eq(pthread_create(&t1, NULL, other_alloc, &o1), 0);
+	t_sleep_ms(3);
+	ck_assert_int_eq(pthread_create(&t2, NULL, other_alloc, &o2), 0);
+	for (int k = 0; k < 3; k++)
+		pass(&f, p);
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	ck_assert_msg(o1.rc == 0, "first: %d %s", o1.rc, o1.err);
+	ck_assert_msg(o2.rc == 0, "second: %d %s", o2.rc, o2.err);
+	pass(&f, p);
+	vram_close(o1.c);
+	vram_close(o2.c);
+	vram_pager_free(p);
+	fx_stop(&f);
+}
+END_TEST
+
 /* A client killed while copies are in flight leaves nothing accounted. */
 START_TEST(test_killed_while_paging)
 {
@@ -503,6 +533,7 @@ int main(void)
 	tcase_add_test(tc, test_reclaim_mid_pass);
 	tcase_add_loop_test(tc, test_reclaim_drops_to_file, 0, 2);
 	tcase_add_test(tc, test_reclaim_through_broker);
+	tcase_add_test(tc, test_reclaim_twice_at_once);
 	tcase_add_test(tc, test_killed_while_paging);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
