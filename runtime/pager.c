@@ -526,6 +526,12 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 	struct player *G = &p->layers[g];
 	G->last_use = p->clock;
 	for (;;) {
+		/* a demotion drops mu while it moves a chunk: nothing may be
+		 * queued from (or slots grown beside) it meanwhile */
+		while (p->demoting) {
+			pthread_cond_wait(&p->cv, &p->mu);
+			waited = true;
+		}
 		if (G->slot >= 0) {
 			struct slot *s = &p->slots[G->slot];
 			if (!counted) {
@@ -848,6 +854,7 @@ static uint64_t free_one_slot(struct vram_pager *p, uint32_t dev)
 	s->grant = NULL;
 	uint64_t size = vram_grant_size(g);
 	pthread_mutex_unlock(&p->mu);
+	unpin_grant(p, g); /* a slot made of a demoted host chunk may be pinned */
 	vram_free(p->c, g);
 	pthread_mutex_lock(&p->mu);
 	return size;
@@ -906,6 +913,8 @@ static void reclaim_round(struct vram_pager *p, uint32_t dev, uint64_t bytes, ui
 	 * window slots, see demote_chunk) */
 	while (*freed < bytes) {
 		bool resident = false;
+		while (p->demoting) /* free_one_slot dropped mu: another reclaim may be moving one */
+			pthread_cond_wait(&p->cv, &p->mu);
 		int gi = pick_chunk(p, dev, &resident);
 		if (gi < 0)
 			break;
@@ -1013,13 +1022,14 @@ void vram_pager_free(vram_pager *p)
 		pthread_join(p->dispatcher, NULL);
 	if (p->c)
 		vram_set_reclaim_handler(p->c, NULL, NULL);
+	/* unpinned before anything is freed: pinned memory is never unmapped */
+	for (uint32_t i = 0; i < p->npins; i++)
+		vram_cuda_unpin(p->pins[i]);
 	for (uint32_t i = 0; i < p->nslots; i++)
 		if (p->slots[i].grant)
 			vram_free(p->c, p->slots[i].grant);
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++)
 		vram_cuda_copier_free(p->cuda_copier[d]);
-	for (uint32_t i = 0; i < p->npins; i++)
-		vram_cuda_unpin(p->pins[i]);
 	free(p->bounce);
 	free(p->raw);
 	if (p->fd >= 0)
