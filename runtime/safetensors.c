@@ -4,7 +4,8 @@
  * 0.8 (facts.md §3), with duplicate keys rejected.  JSON is parsed by
  * jansson; the checks done here before it (lengths, BOM, UTF-8, NUL
  * padding, nesting depth) exist to name the reason better than a parser
- * error would.  The header is read with pread: nothing is mapped.
+ * error would, and one covers for jansson: a NUL byte anywhere is refused
+ * (jansson drops one that ends a number or a literal).  The header is read with pread: nothing is mapped.
  *
  * docs/safetensors.md lists every rejection reason and the deviations.
  */
@@ -373,6 +374,36 @@ static bool is_negzero(const struct st *st, json_t *v)
 	return st->nnegzero && bsearch(&v, st->negzero, st->nnegzero, sizeof(*st->negzero), ptr_cmp);
 }
 
+static bool scan_in_meta(const struct st *st, const struct scan *sc)
+{
+	return sc->depth >= 1 && sc->key_len[1] == 12 && !memcmp(st->text + sc->key_off[1], "__metadata__", 12);
+}
+
+/* "header is not valid JSON: TEXT (byte POS)", after `tensor "NAME": ` when
+ * the scan up to pos (sc) stopped inside a tensor entry. */
+static int st_syntax_error(const struct st *st, const struct scan *sc, size_t pos, const char *text)
+{
+	struct qbuf q;
+
+	if (sc->depth >= 2 && !scan_in_meta(st, sc))
+		return st_invalid(st, "tensor %s: header is not valid JSON: %s (byte %zu)",
+				  quote_n(&q, st->text + sc->key_off[1], sc->key_len[1], true), text, pos);
+	return st_invalid(st, "header is not valid JSON: %s (byte %zu)", text, pos);
+}
+
+/* A NUL byte at pos (not the padding after the object, reported before).
+ * JSON allows none, but jansson loses one that ends a number or a literal
+ * ("[1\0]" reads as "[1]"), so every one is refused before it runs. */
+static int st_nul_error(const struct st *st, size_t pos)
+{
+	_cleanup_(scan_done) struct scan sc = { 0 };
+	int r = scan_header(st->text, pos, &sc);
+
+	if (r < 0)
+		return vram_error(r, "%s: out of memory", st->path);
+	return st_syntax_error(st, &sc, pos, "NUL byte");
+}
+
 /* Turns a jansson failure into a reason that names the tensor and field. */
 static int st_json_error(const struct st *st, const json_error_t *err)
 {
@@ -390,7 +421,7 @@ static int st_json_error(const struct st *st, const json_error_t *err)
 		return vram_error(r, "%s: out of memory", st->path);
 
 	k1 = sc.depth >= 1 ? quote_n(&q1, st->text + sc.key_off[1], sc.key_len[1], true) : "";
-	in_meta = sc.depth >= 1 && sc.key_len[1] == 12 && !memcmp(st->text + sc.key_off[1], "__metadata__", 12);
+	in_meta = scan_in_meta(st, &sc);
 	key = quote_n(&q2, st->text + sc.last_key_off, sc.last_key_len, true);
 
 	switch (json_error_code(err)) {
@@ -426,15 +457,14 @@ static int st_json_error(const struct st *st, const json_error_t *err)
 	default:
 		break;
 	}
-	if (sc.depth >= 2 && !in_meta)
-		return st_invalid(st, "tensor %s: header is not valid JSON: %s (byte %zu)", k1, err->text, pos);
-	return st_invalid(st, "header is not valid JSON: %s (byte %zu)", err->text, pos);
+	return st_syntax_error(st, &sc, pos, err->text);
 }
 
 /* The checks before jansson sees the header. */
 static int check_raw(const struct st *st)
 {
 	const unsigned char *s = (const unsigned char *)st->text;
+	const unsigned char *nul;
 	size_t n = st->len, a = 0, z = n, bad;
 
 	if (n >= 3 && s[0] == 0xef && s[1] == 0xbb && s[2] == 0xbf)
@@ -467,6 +497,9 @@ static int check_raw(const struct st *st)
 	if (s[z - 1] == '\0')
 		return st_invalid(st, "header is padded with NUL bytes (only spaces, tabs, CR and LF "
 				  "may follow the JSON object)");
+	nul = memchr(s, '\0', z);
+	if (nul)
+		return st_nul_error(st, (size_t)(nul - s));
 	return 0;
 }
 

@@ -78,6 +78,16 @@ INVALID = {
     "lone_surrogate": (raw('{"a\\ud800":%s}' % T0), "reject"),
     "too_deep": (raw('{"a":%s}' % ent("U8", "[0]", 0, 0, ',"x":' + "[" * 126 + "]" * 126)), "reject"),
     "real_overflow": (raw('{"a":%s}' % ent("U8", "[0]", 0, 0, ',"x":1e400')), "reject"),
+    # A NUL byte anywhere (jansson used to drop one that ends a number or
+    # a literal, reading "[1\0]" as "[1]").
+    "nul_after_number": (one("t", ent("U8", "[1\0]", 0, 1), b"x"), "reject"),
+    "nul_after_offset": (one("t", ent("U8", "[1]", 0, "1\0"), b"x"), "reject"),
+    "nul_after_real": (one("t", ent("U8", "[1]", 0, 1, ',"x":1.5e3\0'), b"x"), "reject"),
+    "nul_after_literal": (one("t", ent("U8", "[1]", 0, 1, ',"x":true\0'), b"x"), "reject"),
+    "nul_after_negzero": (one("t", ent("U8", "[1]", 0, 1, ',"x":[-0\0]'), b"x"), "reject"),
+    "nul_in_metadata": (raw('{"__metadata__":{"a":"b"\0}}'), "reject"),
+    "nul_between": (raw('{"a":%s,\0"b":%s}' % (T0, T0)), "reject"),
+    "nul_in_string": (one("t", ent("U8\0", "[0]", 0, 0)), "reject"),
     # __metadata__
     "meta_array": (raw('{"__metadata__":[]}'), "reject"),
     "meta_string": (raw('{"__metadata__":"x"}'), "reject"),
