@@ -374,9 +374,30 @@ static bool is_negzero(const struct st *st, json_t *v)
 	return st->nnegzero && bsearch(&v, st->negzero, st->nnegzero, sizeof(*st->negzero), ptr_cmp);
 }
 
+/* Whether the key text at off (len bytes between the quotes, escapes not
+ * decoded: the scan's view) is want once decoded ("__metad\u0061ta__"). */
+static bool raw_key_is(const struct st *st, size_t off, size_t len, const char *want)
+{
+	char buf[6 * 16 + 2];
+	json_t *s;
+	bool eq;
+
+	if (len == strlen(want) && !memcmp(st->text + off, want, len))
+		return true;
+	if (len + 2 > sizeof(buf) || !memchr(st->text + off, '\\', len))
+		return false;
+	buf[0] = '"';
+	memcpy(buf + 1, st->text + off, len);
+	buf[len + 1] = '"';
+	s = json_loadb(buf, len + 2, JSON_DECODE_ANY, NULL);
+	eq = json_is_string(s) && json_string_length(s) == strlen(want) && !strcmp(json_string_value(s), want);
+	json_decref(s);
+	return eq;
+}
+
 static bool scan_in_meta(const struct st *st, const struct scan *sc)
 {
-	return sc->depth >= 1 && sc->key_len[1] == 12 && !memcmp(st->text + sc->key_off[1], "__metadata__", 12);
+	return sc->depth >= 1 && raw_key_is(st, sc->key_off[1], sc->key_len[1], "__metadata__");
 }
 
 /* "header is not valid JSON: TEXT (byte POS)", after `tensor "NAME": ` when
@@ -432,10 +453,16 @@ static int st_json_error(const struct st *st, const json_error_t *err)
 			return st_invalid(st, "duplicate tensor name %s (vramd rejects duplicate keys)", key);
 		if (in_meta)
 			return st_invalid(st, "__metadata__: duplicate key %s (vramd rejects duplicate keys)", key);
-		if (sc.last_key_depth == 2)
+		/* The reference rejects a second dtype, shape or data_offsets,
+		 * and keeps the last of other fields (which it ignores). */
+		if (sc.last_key_depth == 2 && (raw_key_is(st, sc.last_key_off, sc.last_key_len, "dtype") ||
+					       raw_key_is(st, sc.last_key_off, sc.last_key_len, "shape") ||
+					       raw_key_is(st, sc.last_key_off, sc.last_key_len, "data_offsets")))
 			return st_invalid(st, "tensor %s: duplicate field %s", k1, key);
-		return st_invalid(st, "tensor %s: duplicate key %s inside field %s", k1, key,
-				  quote_n(&q3, st->text + sc.key_off[2], sc.key_len[2], true));
+		if (sc.last_key_depth == 2)
+			return st_invalid(st, "tensor %s: duplicate field %s (vramd rejects duplicate keys)", k1, key);
+		return st_invalid(st, "tensor %s: duplicate key %s inside field %s (vramd rejects duplicate keys)",
+				  k1, key, quote_n(&q3, st->text + sc.key_off[2], sc.key_len[2], true));
 	case json_error_null_byte_in_key:
 		if (sc.last_key_depth == 1)
 			return st_invalid(st, "tensor name %s contains a NUL character (unsupported)", key);

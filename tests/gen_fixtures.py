@@ -130,6 +130,10 @@ INVALID = {
     "dup_tensor": (raw('{"t":%s,"t":%s}' % (T0, T0)), "accept"),
     "nul_name": (raw('{"a\\u0000":%s}' % T0), "accept"),
     "dup_in_extra": (one("t", ent("U8", "[0]", 0, 0, ',"x":{"k":1,"k":2}')), "accept"),
+    "dup_extra_field": (one("t", ent("U8", "[0]", 0, 0, ',"x":1,"x":2')), "accept"),
+    "dup_field_escaped": (one("t", '{"dtype":"U8","dt\\u0079pe":"U8","shape":[0],"data_offsets":[0,0]}'), "reject"),
+    "meta_dup_escaped": (raw('{"__metadat\\u0061__":{"a":"b","a":"c"}}'), "accept"),
+    "meta_twice_escaped": (raw('{"__metadata__":null,"__metadat\\u0061__":{}}'), "reject"),
     "bigint_shape": (one("t", ent("U8", "[0,9223372036854775808]", 0, 0)), "accept"),
     "bigint_extra": (one("t", ent("U8", "[0]", 0, 0, ',"x":18446744073709551615')), "accept"),
     # sizes

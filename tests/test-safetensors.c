@@ -123,7 +123,11 @@ static const struct {
 	{ "offsets_reversed", "tensor \"t\": data_offsets [4, 0] end before they begin" },
 	{ "dup_field", "tensor \"t\": duplicate field \"dtype\"" },
 	{ "dup_tensor", "duplicate tensor name \"t\" (vramd rejects duplicate keys)" },
-	{ "dup_in_extra", "tensor \"t\": duplicate key \"k\" inside field \"x\"" },
+	{ "dup_in_extra", "tensor \"t\": duplicate key \"k\" inside field \"x\" (vramd rejects duplicate keys)" },
+	{ "dup_extra_field", "tensor \"t\": duplicate field \"x\" (vramd rejects duplicate keys)" },
+	{ "dup_field_escaped", "tensor \"t\": duplicate field \"dt\\u0079pe\"" },
+	{ "meta_dup_escaped", "__metadata__: duplicate key \"a\" (vramd rejects duplicate keys)" },
+	{ "meta_twice_escaped", "\"__metadata__\" appears twice" },
 	{ "nul_name", "tensor name \"a\\u0000\" contains a NUL character (unsupported)" },
 	{ "bigint_shape", "tensor \"t\": \"shape\" holds an integer outside the signed 64-bit range" },
 	{ "bigint_extra", "tensor \"t\": \"x\" holds an integer outside the signed 64-bit range" },
@@ -172,6 +176,29 @@ START_TEST(test_invalid_exact_message)
 	snprintf(want, sizeof(want), "%s: invalid safetensors: tensor \"x.weight\": data_offsets [0, 12] "
 		 "hold 12 bytes but F16 [2, 4] needs 16", p);
 	ck_assert_str_eq(vram_last_error(), want);
+}
+END_TEST
+
+/* A duplicate field the reference rejects too is not called a deviation;
+ * one it ignores (an extra field, kept last there) is. */
+START_TEST(test_duplicate_field_messages)
+{
+	static const struct {
+		const char *file, *reason;
+	} cases[] = {
+		{ "dup_field", "tensor \"t\": duplicate field \"dtype\"" },
+		{ "dup_field_escaped", "tensor \"t\": duplicate field \"dt\\u0079pe\"" },
+		{ "dup_extra_field", "tensor \"t\": duplicate field \"x\" (vramd rejects duplicate keys)" },
+	};
+	char p[PATH_MAX], want[PATH_MAX + 256];
+	vram_model *m = NULL;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		fx(p, "invalid", cases[i].file);
+		ck_assert_int_eq(vram_model_open(p, &m), -EINVAL);
+		snprintf(want, sizeof(want), "%s: invalid safetensors: %s", p, cases[i].reason);
+		ck_assert_str_eq(vram_last_error(), want);
+	}
 }
 END_TEST
 
@@ -829,6 +856,7 @@ static Suite *suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_loop_test(tc, test_invalid, 0, (int)(sizeof(invalid) / sizeof(invalid[0])));
 	tcase_add_test(tc, test_invalid_exact_message);
+	tcase_add_test(tc, test_duplicate_field_messages);
 	tcase_add_test(tc, test_io_errors);
 	tcase_add_loop_test(tc, test_valid, 0, (int)(sizeof(valid) / sizeof(valid[0])));
 	tcase_add_test(tc, test_valid_details);
