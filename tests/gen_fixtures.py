@@ -129,6 +129,7 @@ INVALID = {
     "dup_field": (one("t", '{"dtype":"U8","dtype":"U8","shape":[0],"data_offsets":[0,0]}'), "reject"),
     "dup_tensor": (raw('{"t":%s,"t":%s}' % (T0, T0)), "accept"),
     "nul_name": (raw('{"a\\u0000":%s}' % T0), "accept"),
+    "nul_extra_key": (one("t", ent("U8", "[0]", 0, 0, ',"\\u0000":1')), "accept"),
     "dup_in_extra": (one("t", ent("U8", "[0]", 0, 0, ',"x":{"k":1,"k":2}')), "accept"),
     "dup_extra_field": (one("t", ent("U8", "[0]", 0, 0, ',"x":1,"x":2')), "accept"),
     "dup_field_escaped": (one("t", '{"dtype":"U8","dt\\u0079pe":"U8","shape":[0],"data_offsets":[0,0]}'), "reject"),

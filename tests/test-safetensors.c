@@ -129,6 +129,7 @@ static const struct {
 	{ "meta_dup_escaped", "__metadata__: duplicate key \"a\" (vramd rejects duplicate keys)" },
 	{ "meta_twice_escaped", "\"__metadata__\" appears twice" },
 	{ "nul_name", "tensor name \"a\\u0000\" contains a NUL character (unsupported)" },
+	{ "nul_extra_key", "tensor \"t\": key \"\\u0000\" contains a NUL character (unsupported)" },
 	{ "bigint_shape", "tensor \"t\": \"shape\" holds an integer outside the signed 64-bit range" },
 	{ "bigint_extra", "tensor \"t\": \"x\" holds an integer outside the signed 64-bit range" },
 	{ "elem_overflow", "tensor \"t\": shape [1099511627776, 1099511627776, 0] has more than 2^64 elements" },
