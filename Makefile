@@ -99,9 +99,12 @@ deps:
 
 # Each test binary is a Check suite; scripts/run-tests.sh runs them all,
 # prints each suite's summary and a total, and fails if any failed.
+# Then (not under SAN=1: the fuzz build has the sanitizers already) the
+# fuzz smoke: tests/fuzz/fuzz.mk, docs/fuzzing.md.
 check: deps
 	@$(MAKE) --no-print-directory all
 	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/run-tests.sh $(TEST_BIN)
+	@$(if $(filter 1,$(SAN)),:,$(MAKE) --no-print-directory fuzz-smoke)
 test: check
 
 asan:
@@ -134,5 +137,8 @@ clean:
 	rm -rf build build-asan
 distclean: clean
 	rm -rf $(VENV)
+
+# libFuzzer targets, fuzz smoke, differential test (clang; docs/fuzzing.md).
+include tests/fuzz/fuzz.mk
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

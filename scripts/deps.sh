@@ -7,8 +7,11 @@ set -eu
 PYTHON=${1:-python3}
 VENV=${2:-.venv}
 
+# clang and libclang-rt-dev (libFuzzer, ASan, UBSan): tests/fuzz/, which
+# make check's fuzz smoke builds.
 PKGS="gcc make pkg-config liburing-dev libnuma-dev check libjansson-dev \
-libxxhash-dev libsystemd-dev fio python3 python3-venv util-linux procps systemd"
+libxxhash-dev libsystemd-dev fio python3 python3-venv util-linux procps systemd \
+clang libclang-rt-dev"
 
 missing=""
 for p in $PKGS; do
