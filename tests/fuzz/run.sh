@@ -5,7 +5,8 @@
 #   run.sh MODE SECONDS BUILD TARGET...     (make fuzz / make fuzz-smoke)
 #
 # MODE smoke: inputs the run finds go to a temporary directory, removed
-# after; MODE fuzz: to BUILD/corpus/TARGET, kept for `make fuzz-merge`.
+# after; MODE fuzz: to BUILD/corpus/TARGET, kept for `make fuzz-merge`, and
+# libFuzzer's whole output to BUILD/logs/TARGET.log.
 # The committed corpus, tests/fuzz/corpus/TARGET, is read, never written.
 # tests/fuzz/TARGET.dict is passed as the dictionary where there is one.
 # $FUZZ_ARGS is added to each libFuzzer command line (-runs=N, -seed=N).
@@ -36,7 +37,7 @@ for t in "$@"; do
 	mkdir -p "$out" "$seeds"
 	dict=""
 	[ -f "tests/fuzz/$t.dict" ] && dict="-dict=tests/fuzz/$t.dict"
-	log="$tmp/$t.log"
+	if [ "$MODE" = smoke ]; then log="$tmp/$t.log"; else mkdir -p "$BUILD/logs"; log="$BUILD/logs/$t.log"; fi
 	# shellcheck disable=SC2086 # FUZZ_ARGS and dict are lists of options
 	"$bin" -max_total_time="$SECONDS_EACH" -max_len="$(max_len "$t")" -timeout=10 \
 		-rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$BUILD/crashes/$t-" \
@@ -44,7 +45,9 @@ for t in "$@"; do
 	rc=$?
 	runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
 	rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
-	cov=$(grep -E '^#[0-9]+.*cov: ' "$log" | tail -1 | sed -E 's/.*cov: ([0-9]+) ft: ([0-9]+) corp: ([0-9]+).*/cov \1, features \2, corpus \3/')
+	edges=$(sed -n 's/^INFO: Loaded 1 modules *(\([0-9]*\) inline 8-bit counters).*/\1/p' "$log" | head -1)
+	cov=$(grep -E '^#[0-9]+.*cov: ' "$log" | tail -1 |
+		sed -E "s/.*cov: ([0-9]+) ft: ([0-9]+) corp: ([0-9]+).*/\1 of ${edges:-?} edges, \2 features, corpus \3/")
 	if [ $rc -eq 0 ]; then
 		echo "fuzz-$t: ${runs:-?} runs (${rate:-?}/s), ${cov:-no coverage line}, no crash"
 	else
