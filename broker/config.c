@@ -7,9 +7,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker/broker.h"
+#include "broker/config.h"
+#include "broker/log.h"
 #include "common/cleanup.h"
 #include "common/util.h"
+
+void broker_config_init(struct broker_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->socket_path = "/run/vramd/vramd.sock";
+	c->max_clients = 256;
+	c->max_grants = 4096;
+	c->listen_fd = -1;
+	c->reclaim_deadline_ms = 2000;
+	c->fdstore = 0;
+}
 
 static int parse_bool(const char *v, bool *ret)
 {

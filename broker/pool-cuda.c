@@ -41,7 +41,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "broker/broker.h"
+#include "broker/log.h"
+#include "broker/pool.h"
 #include "common/cleanup.h"
 #include "common/cuda-api.h"
 #include "common/util.h"
@@ -489,10 +490,11 @@ static struct pool *probe_device(struct cuda_shared *sh, int ordinal, char *why,
 		goto fail;
 	}
 
-	struct pool *p = calloc(1, sizeof(*p));
 	struct cuda_pool *cp = calloc(1, sizeof(*cp));
-	if (!p || !cp) {
-		free(p);
+	char pname[32];
+	snprintf(pname, sizeof(pname), "cuda:%d", ordinal);
+	struct pool *p = cp ? pool_alloc(VRAMD_BACKEND_CUDA, pname, cap, gran, &cuda_ops, cp) : NULL;
+	if (!p) {
 		free(cp);
 		snprintf(why, whylen, "%s skipped: out of memory", what);
 		goto fail;
@@ -503,20 +505,13 @@ static struct pool *probe_device(struct cuda_shared *sh, int ordinal, char *why,
 	cp->ordinal = ordinal;
 	cp->va_align = (gran & (gran - 1)) == 0 ? gran : 0;
 	cp->ctx = ctx;
-	p->backend = VRAMD_BACKEND_CUDA;
-	p->flags = 0;
 	p->numa_node = numa;
 	p->ordinal = ordinal;
-	p->total = cap;
 	/* grants held across a restart were not free just now: they come
 	 * back into the capacity as they are adopted, up to this */
 	p->total_max = MAX(cap, capacity_for(total_b ? total_b : devmem, total_b ? total_b : devmem, gran));
-	p->granularity = gran;
 	memcpy(p->uuid, uuid.bytes, 16);
-	snprintf(p->name, sizeof(p->name), "cuda:%d", ordinal);
 	str_copy(p->label, name[0] ? name : "NVIDIA GPU", sizeof(p->label));
-	p->ops = &cuda_ops;
-	p->priv = cp;
 	return p;
 
 fail:

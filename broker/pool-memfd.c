@@ -20,9 +20,8 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
-#include "broker/broker.h"
+#include "broker/pool.h"
 #include "common/util.h"
 
 #ifndef MFD_HUGE_2MB
@@ -125,15 +124,6 @@ static const struct pool_ops memfd_ops = {
 	.destroy = memfd_destroy,
 };
 
-void pool_uuid_from_string(uint8_t uuid[16], const char *s)
-{
-	XXH128_hash_t h = XXH3_128bits(s, strlen(s));
-	memcpy(uuid, &h.low64, 8);
-	memcpy(uuid + 8, &h.high64, 8);
-	uuid[6] = (uuid[6] & 0x0f) | 0x80; /* RFC 9562 version 8: custom */
-	uuid[8] = (uuid[8] & 0x3f) | 0x80;
-}
-
 static bool hugetlb_available(void)
 {
 	FILE *f = fopen("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "re");
@@ -148,24 +138,15 @@ static bool hugetlb_available(void)
 
 static struct pool *memfd_pool_new(uint32_t backend, const char *name, uint64_t capacity)
 {
-	struct pool *p = calloc(1, sizeof(*p));
 	struct memfd_pool *mp = calloc(1, sizeof(*mp));
-	if (!p || !mp) {
-		free(p);
+	struct pool *p = mp ? pool_alloc(backend, name, capacity, 2u << 20, &memfd_ops, mp) : NULL;
+	if (!p) {
 		free(mp);
 		errno = ENOMEM;
 		return NULL;
 	}
-	p->backend = backend;
-	p->total = capacity;
-	p->granularity = 2u << 20;
-	p->numa_node = -1;
-	p->ordinal = -1;
 	p->flags = VRAMD_DEV_HOST_MAPPABLE;
-	p->ops = &memfd_ops;
-	p->priv = mp;
 	mp->numa_node = -1;
-	str_copy(p->name, name, sizeof(p->name));
 	snprintf(mp->memfd_name, sizeof(mp->memfd_name), "vramd:%s", name);
 	return p;
 }
@@ -210,30 +191,4 @@ struct pool *pool_memfd_new_sim(uint32_t n, uint64_t capacity)
 	snprintf(key, sizeof(key), "vramd-sim-%u", n);
 	pool_uuid_from_string(p->uuid, key);
 	return p;
-}
-
-void pool_free(struct pool *p)
-{
-	if (!p)
-		return;
-	if (p->ops && p->ops->destroy)
-		p->ops->destroy(p);
-	free(p);
-}
-
-void pool_describe(const struct pool *p, struct vramd_device *d)
-{
-	memset(d, 0, sizeof(*d));
-	d->index = p->index;
-	d->backend = p->backend;
-	d->flags = p->flags;
-	d->numa_node = p->numa_node;
-	d->ordinal = p->ordinal;
-	d->total = p->total;
-	d->used = p->used;
-	d->granularity = p->granularity;
-	d->reclaimable = p->reclaimable;
-	memcpy(d->uuid, p->uuid, 16);
-	str_copy(d->name, p->name, sizeof(d->name));
-	str_copy(d->label, p->label, sizeof(d->label));
 }

@@ -1,0 +1,512 @@
+/* SPDX-License-Identifier: MIT */
+/* Layer 3: ALLOC, FREE, REGISTER, parking and RECLAIM (alloc.h). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker/alloc.h"
+#include "broker/conn.h"
+#include "broker/grant.h"
+#include "common/cleanup.h"
+#include "common/proto.h"
+#include "common/util.h"
+
+/* ======================================================================
+ * Granting
+ * ====================================================================== */
+
+/* Creates the grant and answers.  Room and limits were checked. */
+static void do_grant(struct broker *b, struct client *c, const struct vramd_alloc *m, uint64_t size)
+{
+	struct pool *p = b->pools[m->device];
+	const char *why = "";
+	char s1[32];
+	int fd = -1;
+	void *handle = NULL;
+	int r = p->ops->grant(p, size, &fd, &handle, &why);
+	if (r < 0) {
+		send_error(b, c, &m->hdr, r, "%s: %s", p->name, why);
+		return;
+	}
+	struct grant *g = grant_add(b, c, p, size, m->flags, handle);
+	if (!g) {
+		p->ops->release(p, handle, size);
+		close(fd);
+		send_error(b, c, &m->hdr, -ENOMEM, "broker out of memory");
+		return;
+	}
+	grant_identify(g, fd);
+	fdstore_put(b, g, fd);
+	send_alloc_reply(b, c, m->hdr.seq, g, fd);
+	close(fd);
+	/* If the client is gone the grant goes with it when it is dropped. */
+	broker_log(2, CLIENT_FMT ": grant %llu: %s on %s%s", CLIENT_ARGS(c), (unsigned long long)g->id,
+		   size_format(size, s1, sizeof(s1)), p->name,
+		   (g->flags & VRAMD_ALLOC_RECLAIMABLE) ? " (reclaimable)" : "");
+}
+
+void handle_free(struct broker *b, struct client *c, const struct vramd_free *m)
+{
+	for (struct grant *g = c->grants; g; g = g->next) {
+		if (g->id != m->grant_id)
+			continue;
+		grant_unlink(g);
+		broker_log(2, CLIENT_FMT ": freed grant %llu", CLIENT_ARGS(c), (unsigned long long)g->id);
+		grant_release(b, g);
+		send_ok(b, c, &m->hdr);
+		alloc_retry(b);
+		return;
+	}
+	send_error(b, c, &m->hdr, -ENOENT, "no grant %llu held by this client", (unsigned long long)m->grant_id);
+}
+
+/* ======================================================================
+ * REGISTER: memory of an earlier broker's grant comes back
+ * ====================================================================== */
+
+/* The memory is accounted already: the fd store brought it back (it
+ * changes hands from the placeholder client, counted once), or it is
+ * someone's live grant (refused: one memfd, or one CUDA export, is never
+ * counted twice). */
+static void register_known(struct broker *b, struct client *c, const struct vramd_register *m, struct pool *p,
+			   struct grant *og, struct client *x)
+{
+	if (!x->restored || og->pool != p || og->size != m->size) {
+		send_error(b, c, &m->hdr, -EEXIST, "REGISTER: that memory is accounted already");
+		return;
+	}
+	grant_move(og, c);
+	/* The fd store's fd: a memfd's is not needed any more; a CUDA
+	 * export's is the grant's identity from now on. */
+	if (og->fd >= 0 && !p->ops->fd_identity) {
+		close(og->fd);
+		og->fd = -1;
+	}
+	if (!x->ngrants)
+		x->dead = true;
+	send_alloc_reply(b, c, m->hdr.seq, og, -1);
+}
+
+/* New to this broker: the same limits as an ALLOC.  The size is the
+ * client's word backed only by a sealed (possibly sparse) memfd, so it must
+ * never take the pool, a quota or the per-client ceiling past their
+ * bounds.  handle is the backend's, released here on failure. */
+static void register_new(struct broker *b, struct client *c, const struct vramd_register *m, struct pool *p,
+			 void *handle, int fd)
+{
+	char why[256], s1[32], s2[32];
+	int r = limits_allow(b, c, p, m->size, "registered", why, sizeof(why));
+	if (r == 0 && m->size > pool_room(p) + pool_adopt_growth(p, m->size)) {
+		snprintf(why, sizeof(why), "%s: %s registered, %s free", p->name, size_format(m->size, s1, sizeof(s1)),
+			 size_format(pool_room(p), s2, sizeof(s2)));
+		r = -ENOMEM;
+	}
+	if (r < 0) {
+		p->ops->release(p, handle, m->size);
+		send_error(b, c, &m->hdr, r, "REGISTER: %s", why);
+		return;
+	}
+	uint64_t grow = pool_adopt_growth(p, m->size);
+	struct grant *g = grant_add(b, c, p, m->size, m->flags, handle);
+	if (!g) {
+		p->ops->release(p, handle, m->size);
+		send_error(b, c, &m->hdr, -ENOMEM, "broker out of memory");
+		return;
+	}
+	p->total += grow;
+	grant_identify(g, fd);
+	fdstore_put(b, g, fd);
+	send_alloc_reply(b, c, m->hdr.seq, g, -1);
+	broker_log(2, CLIENT_FMT ": re-registered %s on %s as grant %llu", CLIENT_ARGS(c),
+		   size_format(m->size, s1, sizeof(s1)), p->name, (unsigned long long)g->id);
+}
+
+void handle_register(struct broker *b, struct client *c, const struct vramd_register *m, int fd)
+{
+	const char *why = "";
+	struct pool *p = pool_by_uuid(b, m->uuid);
+	if (!p) {
+		send_error(b, c, &m->hdr, -ENODEV, "REGISTER: no device with that UUID");
+		return;
+	}
+	if (!m->size || m->size % p->granularity) {
+		send_error(b, c, &m->hdr, -EINVAL, "REGISTER: size %llu is not a grant size of %s",
+			   (unsigned long long)m->size, p->name);
+		return;
+	}
+	if (c->ngrants >= b->cfg.max_grants) {
+		send_error(b, c, &m->hdr, -EDQUOT, "grant limit: this client holds %u grants (max %u)", c->ngrants,
+			   b->cfg.max_grants);
+		return;
+	}
+	if (!p->ops->adopt) {
+		send_error(b, c, &m->hdr, -EOPNOTSUPP, "%s: grants cannot be re-registered after a restart", p->name);
+		return;
+	}
+	void *handle = NULL;
+	int r = p->ops->adopt(p, fd, m->size, &handle, &why);
+	if (r < 0) {
+		send_error(b, c, &m->hdr, r, "REGISTER on %s: %s", p->name, why);
+		return;
+	}
+	struct client *x = NULL;
+	struct grant *og = grant_by_fd(b, p, fd, &x);
+	if (og) {
+		p->ops->release(p, handle, m->size);
+		register_known(b, c, m, p, og, x);
+		return;
+	}
+	register_new(b, c, m, p, handle, fd);
+}
+
+/* ======================================================================
+ * Parking: ALLOCs that wait for other clients to reclaim
+ * ====================================================================== */
+
+int send_reclaim(struct broker *b, struct client *x, uint32_t dev, uint64_t bytes, uint64_t pending_id,
+		 uint64_t deadline_ns)
+{
+	if (x->nasks == ASKS_MAX)
+		return -EBUSY;
+	struct vramd_reclaim r;
+	memset(&r, 0, sizeof(r));
+	proto_hdr_init(&r.hdr, VRAMD_RECLAIM, sizeof(r), 0);
+	r.reclaim_id = ++b->next_reclaim_id;
+	r.bytes = bytes;
+	r.deadline_ms = b->cfg.reclaim_deadline_ms;
+	r.device = dev;
+	x->asks[x->nasks++] = (struct reclaim_ask){ r.reclaim_id, pending_id, deadline_ns, bytes, dev };
+	int e = client_send(b, x, &r, sizeof(r), -1);
+	if (e < 0)
+		x->nasks--;
+	return e;
+}
+
+/* Bytes of the ALLOCs parked on pool p. */
+static uint64_t pool_parked(const struct broker *b, const struct pool *p)
+{
+	uint64_t n = 0;
+	for (const struct pending *pd = b->pending; pd; pd = pd->next)
+		if (pd->req.device == p->index)
+			n += pd->size;
+	return n;
+}
+
+static void unpark(struct broker *b, struct client *c)
+{
+	c->parked = false;
+	if (!c->dead)
+		conn_update_events(b, c);
+}
+
+static void pending_remove(struct broker *b, struct pending *pd)
+{
+	for (struct pending **pp = &b->pending; *pp; pp = &(*pp)->next)
+		if (*pp == pd) {
+			*pp = pd->next;
+			break;
+		}
+	free(pd);
+}
+
+static struct pending *pending_find(struct broker *b, uint64_t id)
+{
+	for (struct pending *pd = b->pending; pd; pd = pd->next)
+		if (pd->id == id)
+			return pd;
+	return NULL;
+}
+
+void alloc_retry(struct broker *b)
+{
+	uint32_t blocked = 0; /* bit per pool with an earlier request still waiting */
+	for (struct pending *pd = b->pending, *next; pd; pd = next) {
+		next = pd->next;
+		struct pool *p = b->pools[pd->req.device];
+		if (blocked & (1u << p->index))
+			continue;
+		if (pd->size > pool_room(p)) {
+			blocked |= 1u << p->index;
+			continue;
+		}
+		struct client *c = pd->c;
+		char why[256];
+		if (quota_allows(b, c, p, pd->size, why, sizeof(why)) < 0) {
+			/* another client of its bucket got there first */
+			send_error(b, c, &pd->req.hdr, -EDQUOT, "%s", why);
+			pending_remove(b, pd);
+			unpark(b, c);
+			continue;
+		}
+		broker_log(2, CLIENT_FMT ": parked ALLOC satisfied after reclaim", CLIENT_ARGS(c));
+		do_grant(b, c, &pd->req, pd->size);
+		pending_remove(b, pd);
+		unpark(b, c);
+	}
+}
+
+static void pending_fail(struct broker *b, struct pending *pd, const char *why)
+{
+	struct pool *p = b->pools[pd->req.device];
+	char s1[32], s2[32];
+	struct client *c = pd->c;
+	send_error(b, c, &pd->req.hdr, -ENOMEM, "%s: %s asked, %s free; %s", p->name,
+		   size_format(pd->size, s1, sizeof(s1)), size_format(pool_room(p), s2, sizeof(s2)), why);
+	pending_remove(b, pd);
+	unpark(b, c);
+}
+
+/* Only the first parked request on each device can be judged: one behind
+ * it waits for that one's outcome (it may well fit after it), so after a
+ * failure the rest is looked at again. */
+void alloc_settle(struct broker *b, const char *why)
+{
+	for (bool again = true; again;) {
+		again = false;
+		alloc_retry(b);
+		uint32_t seen = 0; /* bit per pool with an earlier request */
+		for (struct pending *pd = b->pending; pd; pd = pd->next) {
+			uint32_t bit = 1u << b->pools[pd->req.device]->index;
+			if (!(seen & bit) && pd->waiting == 0) {
+				pending_fail(b, pd, why);
+				again = true;
+				break;
+			}
+			seen |= bit;
+		}
+	}
+}
+
+void alloc_client_gone(struct broker *b, struct client *c)
+{
+	for (struct pending *pd = b->pending, *nx; pd; pd = nx) {
+		nx = pd->next;
+		if (pd->c == c)
+			pending_remove(b, pd);
+	}
+	for (uint32_t i = 0; i < c->nasks; i++) {
+		struct pending *pd = pending_find(b, c->asks[i].pending_id);
+		if (pd)
+			pd->waiting--;
+	}
+	c->nasks = 0;
+}
+
+struct reclaim_cand {
+	struct client *x;
+	uint64_t room;
+};
+
+static int cmp_room_desc(const void *a, const void *b)
+{
+	const struct reclaim_cand *x = a, *y = b;
+	return x->room > y->room ? -1 : x->room < y->room;
+}
+
+/* The other clients that can give memory back on p, and how much each
+ * (computed once: a quota lookup walks every client), largest first.
+ * Returns how many, their sum in *ret_total; -ENOMEM. */
+static int reclaim_candidates(struct broker *b, const struct client *c, const struct pool *p,
+			      struct reclaim_cand *cand, uint64_t *ret_total)
+{
+	uint32_t n = 0;
+	*ret_total = 0;
+	for (struct client *x = b->clients; x; x = x->next) {
+		/* restored placeholders have no connection to ask */
+		if (x == c || x->dead || x->restored || x->nasks == ASKS_MAX)
+			continue;
+		uint64_t xroom = reclaim_room(b, x, p);
+		if (xroom) {
+			cand[n++] = (struct reclaim_cand){ x, xroom };
+			*ret_total += xroom;
+		}
+	}
+	/* Largest holders first: fewest clients disturbed. */
+	qsort(cand, n, sizeof(*cand), cmp_room_desc);
+	return (int)n;
+}
+
+/* Asks holders of reclaimable memory on the pool for the shortfall and
+ * parks the request.  Returns false when nobody can give anything back. */
+static bool start_reclaim(struct broker *b, struct client *c, const struct vramd_alloc *m, uint64_t size)
+{
+	struct pool *p = b->pools[m->device];
+	/* what this request lacks once the requests parked before it have
+	 * what is free (they were asked for their own shortfalls) */
+	uint64_t room = pool_room(p), parked = pool_parked(b, p);
+	uint64_t shortfall = size - (room > parked ? MIN(room - parked, size) : 0);
+	uint64_t others;
+	_cleanup_free_ struct reclaim_cand *cand = calloc(b->nclients + 1, sizeof(*cand));
+	if (!cand)
+		return false;
+	int ncand = reclaim_candidates(b, c, p, cand, &others);
+	if (others < shortfall)
+		return false;
+	struct pending *pd = calloc(1, sizeof(*pd));
+	if (!pd)
+		return false;
+	pd->id = ++b->next_reclaim_id;
+	pd->c = c;
+	pd->req = *m;
+	pd->size = size;
+	pd->deadline_ns = now_ns() + b->cfg.reclaim_deadline_ms * 1000000ull;
+	uint64_t left = shortfall;
+	for (int i = 0; i < ncand && left; i++) {
+		struct client *x = cand[i].x;
+		uint64_t ask = MIN(left, cand[i].room);
+		if (send_reclaim(b, x, p->index, ask, pd->id, pd->deadline_ns) < 0)
+			continue;
+		char s1[32];
+		broker_log(1, CLIENT_FMT ": RECLAIM %s on %s for client %u", CLIENT_ARGS(x),
+			   size_format(ask, s1, sizeof(s1)), p->name, c->id);
+		pd->waiting++;
+		pd->asked += ask;
+		left -= ask;
+	}
+	if (!pd->waiting) {
+		free(pd);
+		return false;
+	}
+	/* Appended: FIFO order. */
+	struct pending **pp = &b->pending;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = pd;
+	c->parked = true;
+	conn_update_events(b, c);
+	return true;
+}
+
+void handle_reclaim_done(struct broker *b, struct client *c, const struct vramd_reclaim_done *m)
+{
+	for (uint32_t i = 0; i < c->nasks; i++) {
+		if (c->asks[i].id != m->reclaim_id)
+			continue;
+		uint64_t pid = c->asks[i].pending_id;
+		c->asks[i] = c->asks[--c->nasks];
+		c->reclaims_answered++;
+		char s1[32];
+		broker_log(2, CLIENT_FMT ": RECLAIM answered, %s freed", CLIENT_ARGS(c),
+			   size_format(m->bytes_freed, s1, sizeof(s1)));
+		struct pending *pd = pending_find(b, pid);
+		if (pd)
+			pd->waiting--;
+		alloc_settle(b, "the clients asked to reclaim freed too little");
+		return;
+	}
+	/* An answer after the deadline (or to nothing): nothing to do. */
+}
+
+void handle_alloc(struct broker *b, struct client *c, const struct vramd_alloc *m)
+{
+	char s1[32], s2[32], s3[32], why[256];
+	int overflow = 0;
+
+	if (m->device >= b->npools) {
+		send_error(b, c, &m->hdr, -ENODEV, "no device %u (the broker has %u)", m->device, b->npools);
+		return;
+	}
+	struct pool *p = b->pools[m->device];
+	if (m->size == 0) {
+		send_error(b, c, &m->hdr, -EINVAL, "size 0");
+		return;
+	}
+	uint64_t size = round_up_u64(m->size, p->granularity, &overflow);
+	if (overflow) {
+		send_error(b, c, &m->hdr, -EOVERFLOW, "size %llu overflows when rounded", (unsigned long long)m->size);
+		return;
+	}
+	if (c->ngrants >= b->cfg.max_grants) {
+		send_error(b, c, &m->hdr, -EDQUOT, "grant limit: this client holds %u grants (max %u)", c->ngrants,
+			   b->cfg.max_grants);
+		return;
+	}
+	if (limits_allow(b, c, p, size, "asked", why, sizeof(why)) < 0) {
+		send_error(b, c, &m->hdr, -EDQUOT, "%s", why);
+		return;
+	}
+	if (size > p->total) {
+		send_error(b, c, &m->hdr, -ENOMEM, "%s: %s asked, more than the device's %s", p->name,
+			   size_format(size, s1, sizeof(s1)), size_format(p->total, s2, sizeof(s2)));
+		return;
+	}
+	/* Earlier parked requests on this device go first. */
+	if (size > pool_room(p) || pool_parked(b, p)) {
+		if (start_reclaim(b, c, m, size))
+			return;
+		send_error(b, c, &m->hdr, -ENOMEM, "%s: %s asked, %s free of %s", p->name,
+			   size_format(size, s1, sizeof(s1)), size_format(pool_room(p), s2, sizeof(s2)),
+			   size_format(p->total, s3, sizeof(s3)));
+		return;
+	}
+	do_grant(b, c, m, size);
+}
+
+/* ======================================================================
+ * Deadlines
+ * ====================================================================== */
+
+/* Unanswered RECLAIMs past their deadline; the earliest other deadline
+ * lowers *next. */
+static void expire_asks(struct broker *b, uint64_t now, uint64_t *next)
+{
+	for (struct client *x = b->clients; x; x = x->next) {
+		for (uint32_t i = 0; i < x->nasks;) {
+			if (x->asks[i].deadline_ns <= now) {
+				char s1[32];
+				x->reclaims_missed++;
+				x->reclaim_late = true;
+				broker_log(1, CLIENT_FMT ": ignored RECLAIM of %s on %s past its deadline; its memory is not taken by force",
+					   CLIENT_ARGS(x), size_format(x->asks[i].bytes, s1, sizeof(s1)),
+					   b->pools[x->asks[i].pool]->name);
+				x->asks[i] = x->asks[--x->nasks];
+				continue;
+			}
+			*next = MIN(*next, x->asks[i].deadline_ns);
+			i++;
+		}
+	}
+}
+
+/* Evicted clients that kept reclaimable memory past the deadline. */
+static void expire_evictions(struct broker *b, uint64_t now, uint64_t *next)
+{
+	for (struct client *x = b->clients; x; x = x->next) {
+		if (!x->evict_deadline_ns)
+			continue;
+		if (x->evict_deadline_ns > now) {
+			*next = MIN(*next, x->evict_deadline_ns);
+			continue;
+		}
+		x->evict_deadline_ns = 0;
+		if (x->reclaimable) {
+			broker_log(1, CLIENT_FMT ": evicted: it kept reclaimable memory past the deadline; disconnecting",
+				   CLIENT_ARGS(x));
+			x->dead = true;
+		}
+	}
+}
+
+int alloc_expire(struct broker *b)
+{
+	uint64_t now = now_ns(), next = UINT64_MAX;
+	expire_asks(b, now, &next);
+	expire_evictions(b, now, &next);
+	bool expired = false;
+	for (struct pending *pd = b->pending, *n; pd; pd = n) {
+		n = pd->next;
+		if (pd->deadline_ns <= now) {
+			pending_fail(b, pd, "reclaim from other clients did not free enough before the deadline");
+			expired = true;
+		} else {
+			next = MIN(next, pd->deadline_ns);
+		}
+	}
+	if (expired) /* the ones behind may fit now, or be done waiting */
+		alloc_settle(b, "the clients asked to reclaim freed too little");
+	if (next == UINT64_MAX)
+		return -1;
+	return (int)((next - now) / 1000000 + 1);
+}

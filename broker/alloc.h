@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Layer 3, memory requests: ALLOC, FREE and REGISTER; an ALLOC that does
+ * not fit is parked while other clients are asked to RECLAIM, and served,
+ * or failed, in arrival order per device; deadlines.
+ */
+#ifndef VRAMD_BROKER_ALLOC_H
+#define VRAMD_BROKER_ALLOC_H
+
+#include <stdint.h>
+
+#include "broker/internal.h"
+
+void handle_alloc(struct broker *b, struct client *c, const struct vramd_alloc *m);
+void handle_free(struct broker *b, struct client *c, const struct vramd_free *m);
+/* fd: the memory being registered (stays the caller's). */
+void handle_register(struct broker *b, struct client *c, const struct vramd_register *m, int fd);
+void handle_reclaim_done(struct broker *b, struct client *c, const struct vramd_reclaim_done *m);
+
+/* Asks x for bytes on pool dev by deadline_ns, on behalf of the parked
+ * request pending_id (0: an eviction).  0, or -EBUSY (too many RECLAIMs
+ * outstanding) / -errno from sending. */
+int send_reclaim(struct broker *b, struct client *x, uint32_t dev, uint64_t bytes, uint64_t pending_id,
+		 uint64_t deadline_ns);
+
+/* Serves the parked ALLOCs that fit now (after a FREE, a quota change, a
+ * drop), in arrival order per device. */
+void alloc_retry(struct broker *b);
+
+/* Forgets what c had parked and what it owed (the requests waiting for its
+ * RECLAIMs stop waiting).  Before c's grants are released. */
+void alloc_client_gone(struct broker *b, struct client *c);
+
+/* Serves what fits and fails the parked requests nobody reclaims for any
+ * more, with why. */
+void alloc_settle(struct broker *b, const char *why);
+
+/* Expires parked requests, unanswered RECLAIMs and evictions.  Returns the
+ * time to the next deadline in ms, -1 if none. */
+int alloc_expire(struct broker *b);
+
+#endif

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vramd's configuration: the command-line options and the INI file share
+ * their keys (docs/admin.md).  Values are checked as they are set; strings
+ * live as long as the process.
+ */
+#ifndef VRAMD_BROKER_CONFIG_H
+#define VRAMD_BROKER_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "uapi/vramd.h"
+
+struct broker_config {
+	const char *socket_path;     /* client socket */
+	const char *admin_socket;    /* admin socket, NULL: none */
+	const char *state_dir;       /* quotas.json lives here, NULL: no persistence */
+	const char *socket_group;    /* group of the client socket ("vram"), if it exists */
+	const char *admin_group;     /* members may use admin operations (besides root) */
+	const char *config_path;     /* --config FILE, re-read on reload, or NULL */
+	uint64_t    sim_gpus[VRAMD_MAX_DEVICES];
+	uint32_t    nsim;
+	uint64_t    host_pool;       /* 0: default (half of RAM) */
+	bool        no_cuda;         /* skip CUDA discovery */
+	uint64_t    client_max;      /* bytes one client may hold; 0: unlimited */
+	uint32_t    max_clients;
+	uint32_t    max_grants;      /* per client */
+	uint32_t    socket_mode;     /* 0: 0666 */
+	int         verbose;
+	int         listen_fd;       /* already listening (socket activation), or -1 */
+	int         fdstore;         /* -1 auto (on under systemd: NOTIFY_SOCKET), 0 off, 1 on */
+	/* Grant fds systemd's fd store handed back at start (FDNAME=grant-...). */
+	const int  *restore_fds;
+	char *const *restore_names;
+	uint32_t    nrestore;
+	uint64_t    reclaim_deadline_ms; /* how long RECLAIM waits */
+};
+
+/* Fills the defaults of an embedded broker (tests): nothing outside the
+ * paths the caller sets is touched. */
+void broker_config_init(struct broker_config *c);
+
+/* Config file (INI): fills cfg from FILE; unknown keys and bad values are
+ * errors naming the file, line and key.  0 or -errno with a message
+ * logged. */
+int broker_config_load(struct broker_config *cfg, const char *path);
+/* Applies one key=value (also what command-line options use).  0, or
+ * -EINVAL (bad value) / -ENOENT (unknown key) / -ENOMEM with err set to a
+ * sentence starting with the key. */
+int broker_config_set(struct broker_config *cfg, const char *key, const char *value, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,261 @@
+/* SPDX-License-Identifier: MIT */
+/* Layer 2: grant books, accounting, limits, the fd store (grant.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <linux/kcmp.h>
+
+#include "broker/grant.h"
+#include "common/cleanup.h"
+#include "common/util.h"
+
+/* Adds (sign 1) or removes (sign -1) g's bytes to or from c's accounting.
+ * The one place a client's held/reclaimable figures change. */
+static void client_account(struct client *c, const struct grant *g, int sign)
+{
+	uint64_t d = g->size;
+	uint32_t i = g->pool->index;
+	if (sign > 0) {
+		c->held += d;
+		c->held_dev[i] += d;
+		c->ngrants++;
+	} else {
+		c->held -= d;
+		c->held_dev[i] -= d;
+		c->ngrants--;
+	}
+	if (g->flags & VRAMD_ALLOC_RECLAIMABLE) {
+		c->reclaimable = sign > 0 ? c->reclaimable + d : c->reclaimable - d;
+		c->reclaimable_dev[i] = sign > 0 ? c->reclaimable_dev[i] + d : c->reclaimable_dev[i] - d;
+	}
+}
+
+struct grant *grant_add(struct broker *b, struct client *c, struct pool *p, uint64_t size, uint32_t flags,
+			void *handle)
+{
+	struct grant *g = calloc(1, sizeof(*g));
+	if (!g)
+		return NULL;
+	g->id = ++b->next_grant_id;
+	g->pool = p;
+	g->owner = c;
+	g->size = size;
+	g->flags = flags;
+	g->handle = handle;
+	g->fd = -1;
+	g->next = c->grants;
+	c->grants = g;
+	b->ngrants++;
+	p->used += size;
+	if (g->flags & VRAMD_ALLOC_RECLAIMABLE)
+		p->reclaimable += size;
+	client_account(c, g, 1);
+	return g;
+}
+
+void grant_unlink(struct grant *g)
+{
+	for (struct grant **pp = &g->owner->grants; *pp; pp = &(*pp)->next)
+		if (*pp == g) {
+			*pp = g->next;
+			break;
+		}
+	g->next = NULL;
+}
+
+void grant_move(struct grant *g, struct client *c)
+{
+	grant_unlink(g);
+	client_account(g->owner, g, -1);
+	g->owner = c;
+	g->next = c->grants;
+	c->grants = g;
+	client_account(c, g, 1);
+}
+
+static void fdstore_drop(struct grant *g)
+{
+	char msg[160];
+	if (!g->stored)
+		return;
+	snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", g->fdname);
+	sd_notify(0, msg);
+	g->stored = false;
+}
+
+void grant_release(struct broker *b, struct grant *g)
+{
+	struct pool *p = g->pool;
+	fdstore_drop(g);
+	if (g->fd >= 0)
+		close(g->fd);
+	p->ops->release(p, g->handle, g->size);
+	p->used -= g->size;
+	if (g->flags & VRAMD_ALLOC_RECLAIMABLE)
+		p->reclaimable -= g->size;
+	client_account(g->owner, g, -1);
+	b->ngrants--;
+	free(g);
+}
+
+void grant_identify(struct grant *g, int fd)
+{
+	struct stat st;
+	if (g->pool->ops->fd_identity) {
+		if (g->fd < 0 && (g->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) {
+			int e = errno;
+			broker_log(0, "grant %llu: cannot keep its fd (%s): a REGISTER of it will not be recognised",
+				   (unsigned long long)g->id, strerror(e));
+		}
+		return;
+	}
+	if (fstat(fd, &st) == 0) {
+		g->st_dev = st.st_dev;
+		g->st_ino = st.st_ino;
+	}
+}
+
+/* The live grant whose memory is the file (dev, ino), or NULL. */
+static struct grant *grant_by_inode(struct broker *b, dev_t dev, ino_t ino, struct client **ret_owner)
+{
+	for (struct client *x = b->clients; x; x = x->next)
+		for (struct grant *g = x->grants; g; g = g->next)
+			if (g->st_ino == ino && g->st_dev == dev && g->st_ino) {
+				*ret_owner = x;
+				return g;
+			}
+	return NULL;
+}
+
+/* The live grant on fd_identity pool p whose fd is the open file
+ * description of fd (kcmp KCMP_FILE), or NULL.  Without kcmp (a kernel
+ * built without it, a seccomp filter) nothing is found: such memory is then
+ * counted as new, never as someone else's. */
+static struct grant *grant_by_file(struct broker *b, const struct pool *p, int fd, struct client **ret_owner)
+{
+	static bool warned;
+	pid_t self = getpid();
+	for (struct client *x = b->clients; x; x = x->next)
+		for (struct grant *g = x->grants; g; g = g->next) {
+			if (g->pool != p || g->fd < 0)
+				continue;
+			long r = syscall(SYS_kcmp, self, self, KCMP_FILE, g->fd, fd);
+			if (r == 0) {
+				*ret_owner = x;
+				return g;
+			}
+			if (r < 0) {
+				int e = errno;
+				if (!warned)
+					broker_log(0, "kcmp: %s: re-registered %s grants cannot be matched to "
+						   "known ones", strerror(e), p->ops->name);
+				warned = true;
+				return NULL;
+			}
+		}
+	return NULL;
+}
+
+struct grant *grant_by_fd(struct broker *b, const struct pool *p, int fd, struct client **ret_owner)
+{
+	struct stat st;
+	if (p->ops->fd_identity)
+		return grant_by_file(b, p, fd, ret_owner);
+	return fstat(fd, &st) == 0 ? grant_by_inode(b, st.st_dev, st.st_ino, ret_owner) : NULL;
+}
+
+void fdstore_put(struct broker *b, struct grant *g, int fd)
+{
+	char msg[160];
+	if (!b->fdstore || !g->pool->ops->adopt)
+		return;
+	char hex[33];
+	for (int i = 0; i < 16; i++)
+		snprintf(hex + 2 * i, 3, "%02x", g->pool->uuid[i]);
+	snprintf(g->fdname, sizeof(g->fdname), "grant-%d-%s-%llu-%u-%llu", (int)g->owner->pid, hex,
+		 (unsigned long long)g->size, g->flags, (unsigned long long)g->id);
+	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", g->fdname);
+	g->stored = sd_pid_notify_with_fds(0, 0, msg, &fd, 1) > 0;
+}
+
+struct pool *pool_by_name(struct broker *b, const char *name)
+{
+	for (uint32_t i = 0; i < b->npools; i++)
+		if (!strcmp(b->pools[i]->name, name))
+			return b->pools[i];
+	return NULL;
+}
+
+struct pool *pool_by_uuid(struct broker *b, const uint8_t uuid[16])
+{
+	for (uint32_t i = 0; i < b->npools; i++)
+		if (!memcmp(b->pools[i]->uuid, uuid, 16))
+			return b->pools[i];
+	return NULL;
+}
+
+/* The quota entry that applies to c on p, and the bytes its bucket (every
+ * client the same entry applies to) holds there. */
+static const struct quota_entry *quota_of(struct broker *b, const struct client *c, const struct pool *p,
+					  uint64_t *ret_bucket)
+{
+	struct quota_match qm;
+	quota_lookup(&b->quotas, c->uid, c->name, p->name, &qm);
+	*ret_bucket = 0;
+	if (!qm.effective)
+		return NULL;
+	for (struct client *x = b->clients; x; x = x->next) {
+		struct quota_match xm;
+		quota_lookup(&b->quotas, x->uid, x->name, p->name, &xm);
+		if (xm.effective == qm.effective)
+			*ret_bucket += x->held_dev[p->index];
+	}
+	return qm.effective;
+}
+
+int quota_allows(struct broker *b, const struct client *c, const struct pool *p, uint64_t size, char *why,
+		 size_t len)
+{
+	uint64_t bucket;
+	const struct quota_entry *e = quota_of(b, c, p, &bucket);
+	if (!e || e->ceiling == QUOTA_NO_CEILING || (bucket <= e->ceiling && size <= e->ceiling - bucket))
+		return 0;
+	char subj[128], s1[32], s2[32], s3[32];
+	snprintf(why, len, "quota %s on %s: ceiling %s, %s held + %s asked",
+		 quota_subject_format(&e->subject, subj, sizeof(subj)), p->name,
+		 size_format(e->ceiling, s1, sizeof(s1)), size_format(bucket, s2, sizeof(s2)),
+		 size_format(size, s3, sizeof(s3)));
+	return -EDQUOT;
+}
+
+int limits_allow(struct broker *b, const struct client *c, const struct pool *p, uint64_t size, const char *verb,
+		 char *why, size_t len)
+{
+	uint64_t max = b->cfg.client_max;
+	if (max && size > max - MIN(c->held, max)) {
+		char s1[32], s2[32], s3[32];
+		snprintf(why, len, "client limit: %s held + %s %s > %s per client",
+			 size_format(c->held, s1, sizeof(s1)), size_format(size, s2, sizeof(s2)), verb,
+			 size_format(max, s3, sizeof(s3)));
+		return -EDQUOT;
+	}
+	return quota_allows(b, c, p, size, why, len);
+}
+
+uint64_t reclaim_room(struct broker *b, const struct client *x, const struct pool *p)
+{
+	uint64_t bucket, r = x->reclaimable_dev[p->index];
+	const struct quota_entry *e = quota_of(b, x, p, &bucket);
+	if (e && e->floor) {
+		uint64_t above = bucket > e->floor ? bucket - e->floor : 0;
+		r = MIN(r, above);
+	}
+	return r;
+}

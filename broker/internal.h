@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker's own structs, shared by its layers (broker/broker.h has the
+ * layout).  Nothing here is API: main.c and the tests use broker.h.
+ */
+#ifndef VRAMD_BROKER_INTERNAL_H
+#define VRAMD_BROKER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "broker/config.h"
+#include "broker/log.h"
+#include "broker/pool.h"
+#include "broker/quota.h"
+#include "uapi/vramd.h"
+
+enum ev_kind { EV_LISTEN, EV_ADMIN_LISTEN, EV_CLIENT, EV_PIDFD, EV_SIGNAL, EV_TIMER };
+
+/* What an epoll event is about (its data.ptr). */
+struct ev {
+	enum ev_kind kind;
+	struct client *client; /* EV_CLIENT, EV_PIDFD */
+};
+
+struct grant {
+	uint64_t id;
+	struct pool *pool;
+	struct client *owner;
+	uint64_t size;
+	uint32_t flags;
+	void *handle;
+	int fd;                /* the fd systemd handed back (restored), or, on an
+				* fd_identity pool, the grant's own fd; else -1 */
+	dev_t st_dev;          /* identity of its memory (memfd inode), for REGISTER */
+	ino_t st_ino;
+	bool stored;           /* in systemd's fd store under fdname */
+	char fdname[96];
+	struct grant *next;    /* owner's list */
+};
+
+#define TXQ_MAX 8
+#define ASKS_MAX 8
+
+/* A RECLAIM sent to a client and not yet answered. */
+struct reclaim_ask {
+	uint64_t id;
+	uint64_t pending_id;     /* the ALLOC waiting for it */
+	uint64_t deadline_ns;
+	uint64_t bytes;
+	uint32_t pool;
+};
+
+/* An ALLOC parked until reclaim frees room (or its deadline passes). */
+struct pending {
+	uint64_t id;
+	struct client *c;
+	struct vramd_alloc req;
+	uint64_t size;           /* rounded */
+	uint64_t deadline_ns;
+	uint32_t waiting;        /* RECLAIMs sent for it and not answered */
+	uint64_t asked;          /* bytes asked for */
+	struct pending *next;
+};
+
+/* A reply queued because the client's socket was full. */
+struct txmsg {
+	void *buf;
+	size_t len;
+	int fd;
+};
+
+struct client {
+	uint32_t id;
+	int fd;
+	int pidfd;
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	bool hello;
+	bool dead;
+	char name[VRAMD_NAME_MAX];
+	struct ev ev_sock, ev_pid;
+	struct grant *grants;
+	uint32_t ngrants;
+	uint64_t held;
+	uint64_t held_dev[VRAMD_MAX_DEVICES];
+	uint64_t reclaimable;
+	uint64_t reclaimable_dev[VRAMD_MAX_DEVICES];
+	uint32_t reclaims_answered, reclaims_missed;
+	bool reclaim_late;
+	bool parked;             /* an ALLOC of its waits for reclaim */
+	bool admin;              /* root or in the admin group */
+	bool restored;           /* no connection: grants from the fd store, until pid re-registers or dies */
+	bool via_admin;          /* connected on the admin socket */
+	uint64_t evict_deadline_ns; /* evicted: disconnect if reclaimable memory remains by then */
+	struct reclaim_ask asks[ASKS_MAX];
+	uint32_t nasks;
+	struct txmsg txq[TXQ_MAX];
+	uint32_t ntx;
+	struct client *next;
+};
+
+struct broker {
+	struct broker_config cfg;
+	int epfd;
+	int listen_fd;
+	bool own_listener;        /* we bound it (and unlink it at exit) */
+	int admin_fd;             /* admin socket, -1: none */
+	struct ev ev_admin;
+	gid_t admin_gid;          /* (gid_t)-1: root only */
+	struct quota_store quotas;
+	bool fdstore;             /* grant fds go to systemd's fd store */
+	int sigfd;
+	int timerfd;
+	struct ev ev_listen, ev_sig, ev_timer;
+	struct pool *pools[VRAMD_MAX_DEVICES];
+	uint32_t npools;
+	char note[128];
+	struct client *clients;   /* newest first */
+	uint32_t nclients;
+	uint32_t next_client_id;
+	uint64_t next_grant_id;
+	uint64_t next_reclaim_id;
+	struct pending *pending;  /* parked ALLOCs, oldest first */
+	uint64_t ngrants;
+	uint64_t protocol_errors;
+	uint64_t start_ns;
+	uint64_t watchdog_usec;
+	bool stop;
+	void *rxbuf;
+};
+
+#define CLIENT_FMT "client %u (%s, pid %d, uid %u)"
+#define CLIENT_ARGS(c) (c)->id, (c)->name[0] ? (c)->name : "-", (int)(c)->pid, (unsigned)(c)->uid
+
+#endif

@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Pools: one per device, each a backend behind struct pool_ops (memfd for
+ * the host pool and simulated GPUs, CUDA VMM for real GPUs).  Nothing above
+ * this table knows which backend runs.  Backends include this header, the
+ * log and common/ only.
+ */
+#ifndef VRAMD_BROKER_POOL_H
+#define VRAMD_BROKER_POOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "uapi/vramd.h"
+
+struct pool;
+
+/* A backend.  Everything above this table is backend-agnostic. */
+struct pool_ops {
+	const char *name;
+	/* Creates size bytes (already rounded to the pool's granularity) of
+	 * zeroed memory.  Returns 0 and an fd to send (the caller closes it
+	 * after sending) plus a backend handle, or -errno with *why set. */
+	int (*grant)(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why);
+	/* Takes back a grant made by an earlier broker (REGISTER after a
+	 * restart, or the fd store): checks that fd really is such memory of
+	 * size bytes and makes a handle for it (release drops it).  The fd
+	 * stays the caller's.  NULL: the backend cannot (-EOPNOTSUPP). */
+	int (*adopt)(struct pool *p, int fd, uint64_t size, void **ret_handle, const char **why);
+	/* How the broker tells that an fd is the memory of a grant it already
+	 * accounts (a REGISTER of it is then a hand-over from the fd store or
+	 * refused).  false: by the file's inode (each memfd is a file of its
+	 * own).  true: by the open file description (kcmp KCMP_FILE), for
+	 * backends whose fds all share one inode (every CUDA POSIX-fd export
+	 * is a file of the driver's control device); the broker then keeps a
+	 * duplicate of each grant's fd, closed when the grant is released. */
+	bool fd_identity;
+	/* Drops the backend handle of a grant (the client may still hold its
+	 * fd and mapping until it exits). */
+	void (*release)(struct pool *p, void *handle, uint64_t size);
+	/* Frees the pool's private state. */
+	void (*destroy)(struct pool *p);
+};
+
+struct pool {
+	uint32_t index;
+	uint32_t backend;        /* enum vramd_backend */
+	uint32_t flags;          /* VRAMD_DEV_* */
+	int32_t  numa_node;
+	int32_t  ordinal;
+	uint64_t total;
+	/* A pool whose total is measured from free memory at start (CUDA):
+	 * the most it may grow to as memory held across a broker restart is
+	 * adopted (it was not free when measured).  0: total is fixed. */
+	uint64_t total_max;
+	uint64_t used;
+	uint64_t reclaimable;
+	uint64_t granularity;
+	uint8_t  uuid[16];
+	char     name[32];
+	char     label[64];
+	const struct pool_ops *ops;
+	void    *priv;
+};
+
+/* ---- backends ------------------------------------------------------------ */
+
+/* Host pool ("cpu") of capacity bytes: memfd, hugetlb when the system has
+ * huge pages reserved, NUMA-bound when the machine has several nodes.  NULL
+ * and errno on failure. */
+struct pool *pool_memfd_new_cpu(uint64_t capacity, int numa_node);
+/* Simulated GPU cuda:N of capacity bytes, memfd-backed, flagged simulated. */
+struct pool *pool_memfd_new_sim(uint32_t n, uint64_t capacity);
+
+/* CUDA pools (pool-cuda.c).  Discovers devices through the Driver API loaded
+ * with dlopen; appends up to max pools to out starting at index first and
+ * returns how many, or 0 with note set to why none (driver not found, no
+ * devices, error text).  Never fails the broker. */
+int pool_cuda_discover(struct pool **out, uint32_t max, uint32_t first, char *note, size_t note_len);
+
+/* ---- generic helpers (pool.c) -------------------------------------------- */
+
+/* A pool struct with its backend-independent fields set (index 0, no NUMA
+ * node, no ordinal), name copied; NULL and errno on failure.  Backends call
+ * it, then fill in the rest. */
+struct pool *pool_alloc(uint32_t backend, const char *name, uint64_t capacity, uint64_t granularity,
+			const struct pool_ops *ops, void *priv);
+/* Frees a pool (its ops->destroy then the struct).  NULL is fine. */
+void pool_free(struct pool *p);
+/* Derives a stable UUID from a string (for pools without a hardware one). */
+void pool_uuid_from_string(uint8_t uuid[16], const char *s);
+/* Fills a wire description of the pool. */
+void pool_describe(const struct pool *p, struct vramd_device *ret);
+/* Bytes the pool can still grant: 0, not a wrapped difference, when more
+ * is accounted than it holds (restored grants after a restart with a
+ * smaller pool). */
+uint64_t pool_room(const struct pool *p);
+/* What an adopted grant of size adds to the capacity of a pool that
+ * measured it from free memory (pool.total_max). */
+uint64_t pool_adopt_growth(const struct pool *p, uint64_t size);
+
+#endif
