@@ -201,7 +201,14 @@ static int listen_socket(struct broker *b, const char *path, mode_t mode, const 
 			broker_log(0, "bind %s: %s", path, strerror(-r));
 			return r;
 		}
-		/* A stale socket from a dead broker is replaced; a live one is not. */
+		/* A stale socket from a dead broker is replaced; a live one is
+		 * not, and anything that is not a socket is never touched. */
+		struct stat st;
+		if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+			close(fd);
+			broker_log(0, "%s exists and is not a socket: not replacing it", path);
+			return -EEXIST;
+		}
 		int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 		int alive = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
 		if (probe >= 0)

@@ -169,10 +169,18 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 		return 0;
 	}
 	if (!strcmp(key, "socket-mode")) {
-		if (parse_u32(v, 0, 0777, &cfg->socket_mode, 8) < 0) {
+		uint32_t mode;
+		if (parse_u32(v, 0, 0777, &mode, 8) < 0) {
 			snprintf(err, errlen, "socket-mode: \"%s\" is not an octal mode", v);
 			return -EINVAL;
 		}
+		/* 0 would let nobody but root connect; it is never "the
+		 * default", which is what leaving the key out means */
+		if (mode == 0) {
+			snprintf(err, errlen, "socket-mode: 0 lets nobody but root connect; give a mode such as 0660");
+			return -EINVAL;
+		}
+		cfg->socket_mode = mode;
 		return 0;
 	}
 	if (!strcmp(key, "reclaim-deadline-ms")) {

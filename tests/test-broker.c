@@ -956,11 +956,12 @@ START_TEST(test_bad_options)
 	char out[4096], cmd[1024];
 	const char *bad[] = {
 		"--sim-gpus 8GiB,4apples", "--host-pool lots", "--sim-gpus 1KiB", "--max-clients 0", "--frobnicate",
-		"--socket relative.sock",
+		"--socket relative.sock", "--socket-mode 0", "--socket-mode 000", "--socket-mode 0999",
 	};
 	const char *want[] = {
 		"\"4apples\" is not a size", "\"lots\" is not a size", "smaller than 2 MiB", "not a number",
-		"unrecognized option", "not an absolute path",
+		"unrecognized option", "not an absolute path", "socket-mode: 0 lets nobody but root connect",
+		"socket-mode: 0 lets nobody but root connect", "not an octal mode",
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
 		snprintf(cmd, sizeof(cmd), "%s/bin/vramd %s --no-cuda --state-dir /nonexistent/never --admin-socket /nonexistent/a.sock 2>&1", t_build(), bad[i]);
@@ -980,6 +981,38 @@ START_TEST(test_bad_options)
 		 t_build(), d);
 	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
 	ck_assert_msg(strstr(out, "unknown key \"colour\""), "%s", out);
+	t_rmtree(d);
+}
+END_TEST
+
+/* --socket naming an existing file that is not a socket: an error naming
+ * it, and the file is left alone (only a stale socket is replaced). */
+START_TEST(test_socket_path_not_a_socket)
+{
+	char *d = t_tmpdir();
+	char path[512], cmd[1200], out[4096];
+	snprintf(path, sizeof(path), "%s/precious.txt", d);
+	FILE *f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs("keep me\n", f);
+	fclose(f);
+	snprintf(cmd, sizeof(cmd),
+		 "%s/bin/vramd --socket %s --no-cuda --host-pool 8MiB --state-dir %s/state --admin-socket %s/a.sock 2>&1",
+		 t_build(), path, d, d);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
+	ck_assert_msg(strstr(out, "precious.txt exists and is not a socket"), "%s", out);
+	size_t len;
+	_cleanup_free_ uint8_t *b = t_read_file(path, &len);
+	ck_assert_ptr_nonnull(b);
+	ck_assert_int_eq(len, 8);
+	ck_assert(!memcmp(b, "keep me\n", 8));
+	/* the same for the admin socket */
+	snprintf(cmd, sizeof(cmd),
+		 "%s/bin/vramd --socket %s/s.sock --no-cuda --host-pool 8MiB --state-dir %s/state --admin-socket %s 2>&1",
+		 t_build(), d, d, path);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
+	ck_assert_msg(strstr(out, "is not a socket"), "%s", out);
+	ck_assert_int_eq(access(path, F_OK), 0);
 	t_rmtree(d);
 }
 END_TEST
@@ -1078,6 +1111,7 @@ int main(void)
 	tcase_add_test(tc, test_register_forged);
 	tcase_add_test(tp, test_bad_options);
 	tcase_add_test(tp, test_config_file_used);
+	tcase_add_test(tp, test_socket_path_not_a_socket);
 	tcase_add_test(tp, test_reload_keeps_paths);
 	suite_add_tcase(s, tp);
 	SRunner *sr = srunner_create(s);
