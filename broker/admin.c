@@ -225,6 +225,8 @@ int admin_reload(struct broker *b, char *err, size_t errlen)
 	if (b->cfg.config_path) {
 		b->cfg.client_max = cfg.client_max;
 		b->cfg.max_clients = cfg.max_clients;
+		b->cfg.max_clients_per_uid = cfg.max_clients_per_uid;
+		b->cfg.hello_timeout_ms = cfg.hello_timeout_ms;
 		b->cfg.max_grants = cfg.max_grants;
 		b->cfg.reclaim_deadline_ms = cfg.reclaim_deadline_ms;
 		broker_log_level = cfg.verbose ? 2 : 1;

@@ -33,6 +33,7 @@
 #include "broker/dispatch.h"
 #include "broker/grant.h"
 #include "common/cleanup.h"
+#include "common/proto.h"
 #include "common/util.h"
 
 /* ======================================================================
@@ -89,24 +90,125 @@ static int pidfd_open_compat(pid_t pid)
 #endif
 }
 
-int broker_adopt(struct broker *b, int fd)
+/* Whether the peer of fd is root or in the admin group. */
+static bool peer_is_admin(struct broker *b, int fd, const struct ucred *cred)
+{
+	if (cred->uid == 0)
+		return true;
+	if (b->admin_gid == (gid_t)-1)
+		return false;
+	if (cred->gid == b->admin_gid)
+		return true;
+	gid_t groups[256];
+	socklen_t glen = sizeof(groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0)
+		for (size_t i = 0; i < glen / sizeof(gid_t); i++)
+			if (groups[i] == b->admin_gid)
+				return true;
+	return false;
+}
+
+/* Connections (not restored placeholders) on the client socket in all, on
+ * the admin socket, and of uid on the client socket. */
+static void count_connections(const struct broker *b, uid_t uid, uint32_t *ret_all, uint32_t *ret_admin,
+			      uint32_t *ret_uid)
+{
+	*ret_all = *ret_admin = *ret_uid = 0;
+	for (const struct client *x = b->clients; x; x = x->next) {
+		if (x->restored)
+			continue;
+		if (x->via_admin) {
+			(*ret_admin)++;
+			continue;
+		}
+		(*ret_all)++;
+		*ret_uid += x->uid == uid;
+	}
+}
+
+/* Whether a new connection from cred may be served: 0, or -EUSERS with why
+ * set.  The admin socket has room of its own (nobody else can reach it);
+ * on the client socket, one uid holds at most max-clients-per-uid
+ * connections, and admins may go past max-clients by ADMIN_RESERVE, so
+ * that no flood of connections, from one user or many, locks an admin
+ * out. */
+static int admit(struct broker *b, const struct ucred *cred, bool admin, bool via_admin, char *why, size_t len)
+{
+	uint32_t all, nadmin, nuid;
+	count_connections(b, cred->uid, &all, &nadmin, &nuid);
+	if (via_admin) {
+		if (nadmin < ADMIN_CONN_MAX)
+			return 0;
+		snprintf(why, len, "%u connections on the admin socket (max %u)", nadmin, ADMIN_CONN_MAX);
+		return -EUSERS;
+	}
+	if (!admin && nuid >= b->cfg.max_clients_per_uid) {
+		snprintf(why, len, "uid %u has %u connections (max-clients-per-uid %u)", (unsigned)cred->uid, nuid,
+			 b->cfg.max_clients_per_uid);
+		return -EUSERS;
+	}
+	if (all >= b->cfg.max_clients + (admin ? ADMIN_RESERVE : 0)) {
+		snprintf(why, len, "%u clients connected (max-clients %u)", all, b->cfg.max_clients);
+		return -EUSERS;
+	}
+	return 0;
+}
+
+/* Refuses a connection: an ERROR with seq 0 (unsolicited: the connection
+ * itself is refused, docs/protocol.md) saying why, then the close.  The
+ * client reads it even when its HELLO met the closed socket. */
+static void refuse(int fd, const struct ucred *cred, int err, const char *why)
+{
+	struct vramd_error m;
+	memset(&m, 0, sizeof(m));
+	proto_hdr_init(&m.hdr, VRAMD_ERROR, sizeof(m), 0);
+	m.error = err;
+	m.req_opcode = VRAMD_HELLO;
+	snprintf(m.reason, sizeof(m.reason), "vramd refused the connection: %s", why);
+	proto_send(fd, &m, sizeof(m), -1, MSG_DONTWAIT);
+	close(fd);
+	broker_log(1, "refusing a connection from pid %d, uid %u: %s", (int)cred->pid, (unsigned)cred->uid, why);
+}
+
+/* Watches c's process: the pidfd catches a death the socket does not show
+ * (the socket may have been inherited by a child). */
+static void watch_pid(struct broker *b, struct client *c)
+{
+	c->ev_pid = (struct ev){ EV_PIDFD, c };
+	c->pidfd = -1;
+	if (c->pid <= 0 || c->pid == getpid())
+		return;
+	c->pidfd = pidfd_open_compat(c->pid);
+	if (c->pidfd < 0)
+		return;
+	struct epoll_event pe = { .events = EPOLLIN, .data.ptr = &c->ev_pid };
+	if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, c->pidfd, &pe) < 0) {
+		close(c->pidfd);
+		c->pidfd = -1;
+	}
+}
+
+/* Serves the connected socket fd (taken) as a client; via_admin: it came
+ * in on the admin socket. */
+static int client_accept(struct broker *b, int fd, bool via_admin)
 {
 	struct ucred cred = { .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
 	socklen_t len = sizeof(cred);
+	char why[96];
 
-	if (b->nclients >= b->cfg.max_clients) {
-		broker_log(1, "refusing a connection: %u clients connected (max %u)", b->nclients,
-			   b->cfg.max_clients);
-		close(fd);
-		return -EMFILE;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		broker_log(1, "SO_PEERCRED failed: %m");
+	bool admin = peer_is_admin(b, fd, &cred);
+	int r = admit(b, &cred, admin, via_admin, why, sizeof(why));
+	if (r < 0) {
+		refuse(fd, &cred, r, why);
+		return r;
 	}
 	struct client *c = calloc(1, sizeof(*c));
 	if (!c) {
 		close(fd);
 		return -ENOMEM;
 	}
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
-		broker_log(1, "SO_PEERCRED failed: %m");
 	int fl = fcntl(fd, F_GETFL);
 	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 	c->id = ++b->next_client_id;
@@ -114,42 +216,58 @@ int broker_adopt(struct broker *b, int fd)
 	c->pid = cred.pid;
 	c->uid = cred.uid;
 	c->gid = cred.gid;
-	c->pidfd = -1;
-	c->admin = cred.uid == 0;
-	if (!c->admin && b->admin_gid != (gid_t)-1) {
-		gid_t groups[256];
-		socklen_t glen = sizeof(groups);
-		c->admin = cred.gid == b->admin_gid;
-		if (!c->admin && getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0)
-			for (size_t i = 0; i < glen / sizeof(gid_t); i++)
-				c->admin = c->admin || groups[i] == b->admin_gid;
-	}
+	c->admin = admin;
+	c->via_admin = via_admin;
+	c->hello_deadline_ns = now_ns() + b->cfg.hello_timeout_ms * 1000000ull;
 	c->ev_sock = (struct ev){ EV_CLIENT, c };
-	c->ev_pid = (struct ev){ EV_PIDFD, c };
 	struct epoll_event e = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->ev_sock };
 	if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
-		int r = -errno;
+		r = -errno;
 		close(fd);
 		free(c);
 		return r;
 	}
-	/* The pidfd catches a death the socket does not show (the socket may
-	 * have been inherited by a child). */
-	if (cred.pid > 0 && cred.pid != getpid()) {
-		c->pidfd = pidfd_open_compat(cred.pid);
-		if (c->pidfd >= 0) {
-			struct epoll_event pe = { .events = EPOLLIN, .data.ptr = &c->ev_pid };
-			if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, c->pidfd, &pe) < 0) {
-				close(c->pidfd);
-				c->pidfd = -1;
-			}
-		}
-	}
+	watch_pid(b, c);
 	c->next = b->clients;
 	b->clients = c;
 	b->nclients++;
-	broker_log(2, CLIENT_FMT ": connected", CLIENT_ARGS(c));
+	broker_log(2, CLIENT_FMT ": connected%s", CLIENT_ARGS(c), via_admin ? " (admin socket)" : "");
 	return 0;
+}
+
+int broker_adopt(struct broker *b, int fd)
+{
+	return client_accept(b, fd, false);
+}
+
+/* Drops the connections that have not said HELLO in time; the earliest
+ * other such deadline lowers *next. */
+static void expire_hello(struct broker *b, uint64_t now, uint64_t *next)
+{
+	for (struct client *c = b->clients; c; c = c->next) {
+		if (c->hello || c->restored || c->dead)
+			continue;
+		if (c->hello_deadline_ns <= now) {
+			broker_log(1, CLIENT_FMT ": no HELLO within %llu ms; disconnecting", CLIENT_ARGS(c),
+				   (unsigned long long)b->cfg.hello_timeout_ms);
+			c->dead = true;
+		} else {
+			*next = MIN(*next, c->hello_deadline_ns);
+		}
+	}
+}
+
+/* Handles every deadline due (HELLO, RECLAIM, parked ALLOCs, evictions);
+ * returns the ms to the next one, -1 if none. */
+static int deadlines(struct broker *b)
+{
+	uint64_t now = now_ns(), next = UINT64_MAX;
+	expire_hello(b, now, &next);
+	int ms = alloc_expire(b);
+	if (next == UINT64_MAX)
+		return ms;
+	int hms = (int)((next - now) / 1000000 + 1);
+	return ms < 0 || hms < ms ? hms : ms;
 }
 
 static void do_accept(struct broker *b, int lfd, bool admin)
@@ -161,8 +279,7 @@ static void do_accept(struct broker *b, int lfd, bool admin)
 				broker_log(0, "accept: %m");
 			return;
 		}
-		if (broker_adopt(b, fd) == 0 && admin)
-			b->clients->via_admin = true;
+		client_accept(b, fd, admin);
 	}
 }
 
@@ -307,12 +424,7 @@ static void restore_grants(struct broker *b)
 			c->restored = true;
 			c->hello = true;
 			str_copy(c->name, "restored", sizeof(c->name));
-			c->ev_pid = (struct ev){ EV_PIDFD, c };
-			c->pidfd = pidfd_open_compat(pid);
-			if (c->pidfd >= 0) {
-				struct epoll_event pe = { .events = EPOLLIN, .data.ptr = &c->ev_pid };
-				epoll_ctl(b->epfd, EPOLL_CTL_ADD, c->pidfd, &pe);
-			}
+			watch_pid(b, c);
 			c->next = b->clients;
 			b->clients = c;
 			b->nclients++;
@@ -529,9 +641,9 @@ int broker_step(struct broker *b, int timeout_ms)
 {
 	struct epoll_event evs[64];
 	/* Expiry may drop clients (evictions), and drops change deadlines. */
-	alloc_expire(b);
+	deadlines(b);
 	sweep(b);
-	int next = alloc_expire(b);
+	int next = deadlines(b);
 	if (next >= 0 && (timeout_ms < 0 || next < timeout_ms))
 		timeout_ms = next;
 	int n = epoll_wait(b->epfd, evs, 64, timeout_ms);
@@ -594,7 +706,7 @@ int broker_step(struct broker *b, int timeout_ms)
 			break;
 		}
 	}
-	alloc_expire(b);
+	deadlines(b);
 	sweep(b);
 	return n;
 }

@@ -17,6 +17,8 @@ void broker_config_init(struct broker_config *c)
 	memset(c, 0, sizeof(*c));
 	c->socket_path = "/run/vramd/vramd.sock";
 	c->max_clients = 256;
+	c->max_clients_per_uid = 64;
+	c->hello_timeout_ms = 5000;
 	c->max_grants = 4096;
 	c->listen_fd = -1;
 	c->reclaim_deadline_ms = 2000;
@@ -160,8 +162,9 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 		}
 		return 0;
 	}
-	if (!strcmp(key, "max-clients") || !strcmp(key, "max-grants")) {
-		uint32_t *dst = !strcmp(key, "max-clients") ? &cfg->max_clients : &cfg->max_grants;
+	if (!strcmp(key, "max-clients") || !strcmp(key, "max-grants") || !strcmp(key, "max-clients-per-uid")) {
+		uint32_t *dst = !strcmp(key, "max-clients") ? &cfg->max_clients
+				: !strcmp(key, "max-grants") ? &cfg->max_grants : &cfg->max_clients_per_uid;
 		if (parse_u32(v, 1, 1u << 20, dst, 10) < 0) {
 			snprintf(err, errlen, "%s: \"%s\" is not a number from 1 to 1048576", key, v);
 			return -EINVAL;
@@ -183,13 +186,13 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 		cfg->socket_mode = mode;
 		return 0;
 	}
-	if (!strcmp(key, "reclaim-deadline-ms")) {
+	if (!strcmp(key, "reclaim-deadline-ms") || !strcmp(key, "hello-timeout-ms")) {
 		uint32_t x;
 		if (parse_u32(v, 1, 600000, &x, 10) < 0) {
-			snprintf(err, errlen, "reclaim-deadline-ms: \"%s\" is not a number from 1 to 600000", v);
+			snprintf(err, errlen, "%s: \"%s\" is not a number from 1 to 600000", key, v);
 			return -EINVAL;
 		}
-		cfg->reclaim_deadline_ms = x;
+		*(!strcmp(key, "hello-timeout-ms") ? &cfg->hello_timeout_ms : &cfg->reclaim_deadline_ms) = x;
 		return 0;
 	}
 	if (!strcmp(key, "cuda")) {

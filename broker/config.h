@@ -25,7 +25,9 @@ struct broker_config {
 	uint64_t    host_pool;       /* 0: default (half of RAM) */
 	bool        no_cuda;         /* skip CUDA discovery */
 	uint64_t    client_max;      /* bytes one client may hold; 0: unlimited */
-	uint32_t    max_clients;
+	uint32_t    max_clients;     /* connections on the client socket */
+	uint32_t    max_clients_per_uid; /* of one uid (admins exempt) */
+	uint64_t    hello_timeout_ms;    /* a connection must say HELLO by then */
 	uint32_t    max_grants;      /* per client */
 	uint32_t    socket_mode;     /* 0: 0666 */
 	int         verbose;

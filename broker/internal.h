@@ -42,6 +42,8 @@ struct grant {
 
 #define TXQ_MAX 8
 #define ASKS_MAX 8
+#define ADMIN_CONN_MAX 16   /* connections on the admin socket at once */
+#define ADMIN_RESERVE 8     /* admins' room on the client socket past max-clients */
 
 /* A RECLAIM sent to a client and not yet answered. */
 struct reclaim_ask {
@@ -95,6 +97,7 @@ struct client {
 	bool restored;           /* no connection: grants from the fd store, until pid re-registers or dies */
 	bool via_admin;          /* connected on the admin socket */
 	uint64_t evict_deadline_ns; /* evicted: disconnect if reclaimable memory remains by then */
+	uint64_t hello_deadline_ns; /* disconnect if no HELLO by then */
 	struct reclaim_ask asks[ASKS_MAX];
 	uint32_t nasks;
 	struct txmsg txq[TXQ_MAX];

@@ -19,6 +19,8 @@ static void usage(FILE *f)
 	      "  --host-pool SIZE       capacity of the cpu pool (default: half of RAM)\n"
 	      "  --client-max SIZE      bytes one client may hold (default: unlimited)\n"
 	      "  --max-clients N        connected clients at most (default 256)\n"
+	      "  --max-clients-per-uid N  connections of one user at most (default 64; admins exempt)\n"
+	      "  --hello-timeout-ms N   drop a connection that has not said HELLO by then (default 5000)\n"
 	      "  --max-grants N         grants per client at most (default 4096)\n"
 	      "  --reclaim-deadline-ms N  how long an ALLOC waits for RECLAIM (default 2000)\n"
 	      "  --admin-socket PATH    admin socket (default /run/vramd/admin.sock)\n"
@@ -45,6 +47,8 @@ int main(int argc, char **argv)
 		{ "client-max", required_argument, NULL, 'm' },
 		{ "max-clients", required_argument, NULL, 'C' },
 		{ "max-grants", required_argument, NULL, 'G' },
+		{ "max-clients-per-uid", required_argument, NULL, 'U' },
+		{ "hello-timeout-ms", required_argument, NULL, 'H' },
 		{ "reclaim-deadline-ms", required_argument, NULL, 'R' },
 		{ "admin-socket", required_argument, NULL, 'A' },
 		{ "state-dir", required_argument, NULL, 'S' },
@@ -93,6 +97,8 @@ int main(int argc, char **argv)
 		case 'm': key = "client-max"; break;
 		case 'C': key = "max-clients"; break;
 		case 'G': key = "max-grants"; break;
+		case 'U': key = "max-clients-per-uid"; break;
+		case 'H': key = "hello-timeout-ms"; break;
 		case 'R': key = "reclaim-deadline-ms"; break;
 		case 'A': key = "admin-socket"; break;
 		case 'S': key = "state-dir"; break;

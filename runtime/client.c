@@ -76,6 +76,13 @@ static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, in
 			queue_reclaim(c, c->rxbuf);
 			continue;
 		}
+		if (h->opcode == VRAMD_ERROR && h->seq == 0) {
+			/* unsolicited: the broker refused the connection */
+			const struct vramd_error *e = c->rxbuf;
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			return vram_error(e->error, "%s", e->reason);
+		}
 		if (h->seq != seq) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
@@ -136,8 +143,12 @@ static int hello(struct vram_client *c)
 	int r;
 	memset(&m, 0, sizeof(m));
 	str_copy(m.name, c->name, sizeof(m.name));
-	if ((r = send_req(c, &m, sizeof(m), VRAMD_HELLO)) < 0 ||
-	    (r = (int)recv_reply(c, c->seq, VRAMD_HELLO_REPLY, NULL)) < 0) {
+	r = send_req(c, &m, sizeof(m), VRAMD_HELLO);
+	/* A refused connection is closed by the broker after its reason,
+	 * which is still there to read when the HELLO met the closed end. */
+	if (r == 0 || r == -EPIPE || r == -ECONNRESET)
+		r = (int)recv_reply(c, c->seq, VRAMD_HELLO_REPLY, NULL);
+	if (r < 0) {
 		if (r == -ECONNRESET)
 			r = vram_error(-EPROTO, "vramd at %s refused the handshake (protocol version %u?)", c->socket,
 				       VRAMD_PROTO_VERSION);

@@ -297,6 +297,96 @@ START_TEST(test_non_root)
 }
 END_TEST
 
+/* Raw connections to path that never say HELLO; returns how many were
+ * made (each stays open in fds). */
+static int open_silent(const char *path, int *fds, int n)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return 0;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	int k = 0;
+	for (; k < n; k++) {
+		fds[k] = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (fds[k] < 0 || connect(fds[k], (struct sockaddr *)&sa, sizeof(sa)) < 0)
+			break;
+	}
+	return k;
+}
+
+/* 300 connections from an unprivileged user that never say HELLO: its
+ * connections past max-clients-per-uid are refused with the reason, root
+ * still connects and sees the status, and the silent ones are dropped when
+ * the HELLO timeout passes, which gives the user its room back. */
+START_TEST(test_connection_flood)
+{
+	if (getuid() != 0) {
+		fprintf(stderr, "test_connection_flood: skipped, needs root to switch to nobody\n");
+		return;
+	}
+	struct env e;
+	e.dir = t_tmpdir();
+	ck_assert_ptr_nonnull(e.dir);
+	chmod(e.dir, 0755);
+	snprintf(e.sock, sizeof(e.sock), "%s/vramd.sock", e.dir);
+	snprintf(e.admin, sizeof(e.admin), "%s/admin.sock", e.dir);
+	snprintf(e.log, sizeof(e.log), "%s/vramd.log", e.dir);
+	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", "--hello-timeout-ms", "1500",
+				     NULL };
+	e.pid = t_start_vramd(e.sock, e.log, args);
+	ck_assert_int_gt(e.pid, 0);
+	int go[2], ready[2];
+	ck_assert_int_eq(pipe(go), 0);
+	ck_assert_int_eq(pipe(ready), 0);
+	pid_t kid = fork();
+	if (kid == 0) {
+		static int fds[300];
+		char b = 0;
+		if (as_nobody() < 0)
+			_exit(10);
+		if (open_silent(e.sock, fds, 300) != 300)
+			_exit(11);
+		t_sleep_ms(200); /* the broker accepts (and refuses) them */
+		vram_client *c = NULL;
+		int r = vram_connect(e.sock, "nobody-too-many", &c);
+		if (r != -EUSERS || !strstr(vram_last_error(), "max-clients-per-uid 64"))
+			_exit(12);
+		if (write(ready[1], &b, 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(13);
+		/* past the HELLO timeout the silent ones are gone */
+		c = NULL;
+		for (int i = 0; i < 100 && vram_connect(e.sock, "nobody-later", &c) < 0; i++)
+			t_sleep_ms(50);
+		if (!c)
+			_exit(14);
+		vram_close(c);
+		_exit(0);
+	}
+	char b;
+	ck_assert_int_eq(read(ready[0], &b, 1), 1);
+	vram_client *root;
+	ck_assert_msg(vram_connect(e.sock, "root", &root) == 0, "%s", vram_last_error());
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(root, &s), 0);
+	vram_status_free(s);
+	vram_close(root);
+	ck_assert_int_eq(write(go[1], &b, 1), 1);
+	int st;
+	waitpid(kid, &st, 0);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child exit %d", WEXITSTATUS(st));
+	size_t len;
+	_cleanup_free_ uint8_t *log = t_read_file(e.log, &len);
+	ck_assert_ptr_nonnull(log);
+	log[len] = 0;
+	ck_assert_msg(strstr((char *)log, "no HELLO within 1500 ms"), "%s", log);
+	for (int i = 0; i < 2; i++) {
+		close(go[i]);
+		close(ready[i]);
+	}
+	env_stop(&e);
+}
+END_TEST
+
 /* Evict: a client that answers keeps its connection; one that ignores the
  * deadline is disconnected, and its memory comes back. */
 START_TEST(test_evict)
@@ -447,6 +537,7 @@ int main(void)
 	tcase_add_test(tc, test_quotas_survive_restart);
 	tcase_add_test(tc, test_corrupt_state_refuses_start);
 	tcase_add_test(tc, test_non_root);
+	tcase_add_test(tc, test_connection_flood);
 	tcase_add_test(tc, test_evict);
 	tcase_add_test(tc, test_vramctl_quota_cli);
 	tcase_add_test(tc, test_reload);
