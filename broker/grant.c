@@ -201,31 +201,36 @@ struct pool *pool_by_uuid(struct broker *b, const uint8_t uuid[16])
 	return NULL;
 }
 
-/* The quota entry that applies to c on p, and the bytes its bucket (every
- * client the same entry applies to) holds there. */
-static const struct quota_entry *quota_of(struct broker *b, const struct client *c, const struct pool *p,
-					  uint64_t *ret_bucket)
+/* The uid-level entry of a lookup: the client's uid's, else default's. */
+static const struct quota_entry *uid_level(const struct quota_match *m)
 {
-	struct quota_match qm;
-	quota_lookup(&b->quotas, c->uid, c->name, p->name, &qm);
-	*ret_bucket = 0;
-	if (!qm.effective)
-		return NULL;
+	return m->by_uid ? m->by_uid : m->by_default;
+}
+
+/* The bytes entry e's bucket holds on p: every client e applies to at its
+ * level (name_level: the clients of that name; otherwise every client
+ * whose uid-level entry it is, whatever its name). */
+static uint64_t bucket_of(struct broker *b, const struct pool *p, const struct quota_entry *e, bool name_level)
+{
+	uint64_t n = 0;
 	for (struct client *x = b->clients; x; x = x->next) {
 		struct quota_match xm;
 		quota_lookup(&b->quotas, x->uid, x->name, p->name, &xm);
-		if (xm.effective == qm.effective)
-			*ret_bucket += x->held_dev[p->index];
+		if ((name_level ? xm.by_name : uid_level(&xm)) == e)
+			n += x->held_dev[p->index];
 	}
-	return qm.effective;
+	return n;
 }
 
-int quota_allows(struct broker *b, const struct client *c, const struct pool *p, uint64_t size, char *why,
-		 size_t len)
+/* 0 if e's bucket may hold size more bytes under its ceiling; -EDQUOT with
+ * why set otherwise. */
+static int ceiling_allows(struct broker *b, const struct pool *p, const struct quota_entry *e, bool name_level,
+			  uint64_t size, char *why, size_t len)
 {
-	uint64_t bucket;
-	const struct quota_entry *e = quota_of(b, c, p, &bucket);
-	if (!e || e->ceiling == QUOTA_NO_CEILING || (bucket <= e->ceiling && size <= e->ceiling - bucket))
+	if (!e || e->ceiling == QUOTA_NO_CEILING)
+		return 0;
+	uint64_t bucket = bucket_of(b, p, e, name_level);
+	if (bucket <= e->ceiling && size <= e->ceiling - bucket)
 		return 0;
 	char subj[128], s1[32], s2[32], s3[32];
 	snprintf(why, len, "quota %s on %s: ceiling %s, %s held + %s asked",
@@ -233,6 +238,19 @@ int quota_allows(struct broker *b, const struct client *c, const struct pool *p,
 		 size_format(e->ceiling, s1, sizeof(s1)), size_format(bucket, s2, sizeof(s2)),
 		 size_format(size, s3, sizeof(s3)));
 	return -EDQUOT;
+}
+
+/* Both levels bind: a name's ceiling bounds the clients of that name, and
+ * the uid's (else default's) ceiling bounds the user whatever names its
+ * clients choose, so a name, which any client may claim, can lower what a
+ * user may hold but never raise it. */
+int quota_allows(struct broker *b, const struct client *c, const struct pool *p, uint64_t size, char *why,
+		 size_t len)
+{
+	struct quota_match m;
+	quota_lookup(&b->quotas, c->uid, c->name, p->name, &m);
+	int r = ceiling_allows(b, p, m.by_name, true, size, why, len);
+	return r < 0 ? r : ceiling_allows(b, p, uid_level(&m), false, size, why, len);
 }
 
 int limits_allow(struct broker *b, const struct client *c, const struct pool *p, uint64_t size, const char *verb,
@@ -251,9 +269,13 @@ int limits_allow(struct broker *b, const struct client *c, const struct pool *p,
 
 uint64_t reclaim_room(struct broker *b, const struct client *x, const struct pool *p)
 {
-	uint64_t bucket, r = x->reclaimable_dev[p->index];
-	const struct quota_entry *e = quota_of(b, x, p, &bucket);
+	struct quota_match m;
+	uint64_t r = x->reclaimable_dev[p->index];
+	quota_lookup(&b->quotas, x->uid, x->name, p->name, &m);
+	/* the floor that protects x: its name's, else its uid level's */
+	const struct quota_entry *e = m.by_name ? m.by_name : uid_level(&m);
 	if (e && e->floor) {
+		uint64_t bucket = bucket_of(b, p, e, m.by_name != NULL);
 		uint64_t above = bucket > e->floor ? bucket - e->floor : 0;
 		r = MIN(r, above);
 	}

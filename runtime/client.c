@@ -56,9 +56,14 @@ static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, in
 	int want_fds = ret_fd ? 1 : 0;
 	if (ret_fd)
 		*ret_fd = -1;
-	for (;;) {
-		ssize_t n = proto_recv(c->fd, c->rxbuf, VRAMD_MSG_MAX, fds, &nfds, 0);
-		if (n == 0)
+	for (int reset = 0;;) {
+		ssize_t n = proto_recv(c->fd, c->rxbuf, VRAMD_MSG_MAX, fds, &nfds, reset ? MSG_DONTWAIT : 0);
+		/* A broker that closes a connection it refused while our
+		 * request sits unread in it makes the first receive fail with
+		 * ECONNRESET; its reason is still queued behind that. */
+		if (n == -ECONNRESET && !reset++)
+			continue;
+		if (n == 0 || (reset && n == -EAGAIN))
 			return vram_error(-ECONNRESET, "vramd closed the connection");
 		if (n < 0)
 			return vram_error((int)n, "receiving from vramd: %s", strerror((int)-n));

@@ -144,6 +144,41 @@ START_TEST(test_ceiling_concurrent)
 END_TEST
 
 
+/* A name is a claim any client may make: a name's quota can lower what its
+ * user may hold, never raise it.  Root's clients here (uid 0) have a
+ * 16 MiB ceiling; a client that calls itself by a name with no ceiling is
+ * still held to it, and one that calls itself by a name with a 4 MiB
+ * ceiling is held to that. */
+START_TEST(test_name_cannot_raise_uid_ceiling)
+{
+	struct env e;
+	env_start(&e, "256MiB");
+	vram_client *a, *c;
+	vram_grant *g, *g2;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_quota_set(a, "uid:0", "cuda:0", VRAM_QUOTA_CEILING, 0, 16 * MiB), 0);
+	ck_assert_int_eq(vram_quota_set(a, "name:generous", "cuda:0", VRAM_QUOTA_CEILING, 0, VRAM_NO_CEILING), 0);
+	ck_assert_int_eq(vram_quota_set(a, "name:small", "cuda:0", VRAM_QUOTA_CEILING, 0, 4 * MiB), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "generous", &c), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, 24 * MiB, 0, &g), -EDQUOT);
+	ck_assert_msg(strstr(vram_last_error(), "quota uid:0 on cuda:0: ceiling 16.00 MiB"), "%s", vram_last_error());
+	ck_assert_int_eq(vram_alloc(c, 0, 12 * MiB, 0, &g), 0);
+	/* the user's bucket counts every name of the user: 12 + 6 > 16 */
+	vram_client *s;
+	ck_assert_int_eq(vram_connect(e.sock, "small", &s), 0);
+	ck_assert_int_eq(vram_alloc(s, 0, 6 * MiB, 0, &g2), -EDQUOT);
+	ck_assert_msg(strstr(vram_last_error(), "quota name:small on cuda:0: ceiling 4.00 MiB"), "%s",
+		      vram_last_error());
+	ck_assert_int_eq(vram_alloc(s, 0, 4 * MiB, 0, &g2), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g), -EDQUOT);
+	ck_assert_msg(strstr(vram_last_error(), "quota uid:0 on cuda:0"), "%s", vram_last_error());
+	vram_close(s);
+	vram_close(c);
+	vram_close(a);
+	env_stop(&e);
+}
+END_TEST
+
 /* A floor is honoured by reclaiming borrowed memory from others, never
  * below their own floor. */
 START_TEST(test_floor_through_reclaim)
@@ -533,6 +568,7 @@ int main(void)
 	TCase *tc = tcase_create("admin");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_ceiling_concurrent);
+	tcase_add_test(tc, test_name_cannot_raise_uid_ceiling);
 	tcase_add_test(tc, test_floor_through_reclaim);
 	tcase_add_test(tc, test_quotas_survive_restart);
 	tcase_add_test(tc, test_corrupt_state_refuses_start);
