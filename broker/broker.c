@@ -367,83 +367,94 @@ static uint64_t default_host_pool(void)
 	return half & ~((2ull << 20) - 1);
 }
 
+/* The restored placeholder client for the holder rec describes (one per
+ * pid), made if there is none yet; NULL if out of memory. */
+static struct client *restored_holder(struct broker *b, const struct fdstore_rec *rec)
+{
+	struct client *c = b->clients;
+	while (c && !(c->restored && c->pid == rec->pid))
+		c = c->next;
+	if (c || !(c = calloc(1, sizeof(*c))))
+		return c;
+	c->id = ++b->next_client_id;
+	c->fd = -1;
+	c->pid = rec->pid;
+	c->uid = rec->uid;
+	c->gid = rec->gid;
+	if (!rec->known_owner) {
+		/* an older vramd's name: the owner as /proc says, if it can */
+		char proc[64];
+		struct stat st;
+		snprintf(proc, sizeof(proc), "/proc/%d", (int)rec->pid);
+		c->uid = stat(proc, &st) == 0 ? st.st_uid : (uid_t)-1;
+		c->gid = stat(proc, &st) == 0 ? st.st_gid : (gid_t)-1;
+	}
+	c->restored = true;
+	c->hello = true;
+	str_copy(c->name, "restored", sizeof(c->name));
+	str_copy(c->owner_name, rec->name, sizeof(c->owner_name));
+	watch_pid(b, c);
+	c->next = b->clients;
+	b->clients = c;
+	b->nclients++;
+	return c;
+}
+
+/* One grant fd systemd's fd store handed back, called name.  Accounted to
+ * its holder's placeholder, or released (and removed from the store) when
+ * it cannot be: a bad name, a device that is gone, memory the backend does
+ * not recognise, a process that is gone. */
+static void restore_grant(struct broker *b, int fd, const char *name)
+{
+	struct fdstore_rec rec;
+	struct pool *p = NULL;
+	void *handle = NULL;
+	const char *why = "bad name";
+	char msg[320], s1[32];
+	if (fdstore_name_parse(name, &rec) == 0) {
+		p = pool_by_uuid(b, rec.uuid);
+		why = p ? "" : "its device is gone";
+	}
+	if (p && (!p->ops->adopt || p->ops->adopt(p, fd, rec.size, &handle, &why) < 0))
+		p = NULL;
+	if (p && kill(rec.pid, 0) < 0 && errno == ESRCH) {
+		why = "its process is gone";
+		p->ops->release(p, handle, rec.size);
+		p = NULL;
+	}
+	if (!p) {
+		broker_log(1, "fd store: releasing %s: %s", name, why);
+		snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
+		sd_notify(0, msg);
+		close(fd);
+		return;
+	}
+	struct client *c = restored_holder(b, &rec);
+	uint64_t grow = pool_adopt_growth(p, rec.size);
+	struct grant *g = c ? grant_add(b, c, p, rec.size, rec.flags, handle) : NULL;
+	if (!g) {
+		p->ops->release(p, handle, rec.size);
+		close(fd);
+		return;
+	}
+	p->total += grow;
+	g->fd = fd;
+	g->stored = true;
+	str_copy(g->fdname, name, sizeof(g->fdname));
+	grant_identify(g, fd);
+	broker_log(1, "fd store: %s on %s held by pid %d (uid %u), kept until it re-registers or exits",
+		   size_format(rec.size, s1, sizeof(s1)), p->name, (int)rec.pid, (unsigned)c->uid);
+}
+
 /* Grants systemd's fd store handed back: memory that clients of the
  * previous broker still hold.  Each is accounted to a "restored" client per
- * pid until that process re-registers it (it then changes hands) or dies
- * (it is released); a pid already gone releases it at once. */
+ * pid, with the uid and name the fd store kept, until that process
+ * re-registers it (it then changes hands) or dies (it is released); a pid
+ * already gone releases it at once. */
 static void restore_grants(struct broker *b)
 {
-	char s1[32];
-	for (uint32_t i = 0; i < b->cfg.nrestore; i++) {
-		int fd = b->cfg.restore_fds[i];
-		const char *name = b->cfg.restore_names[i];
-		int pid = 0;
-		char hex[33] = "";
-		unsigned long long size = 0, id = 0;
-		unsigned flags = 0;
-		struct pool *p = NULL;
-		void *handle = NULL;
-		const char *why = "bad name";
-		char msg[200];
-		if (sscanf(name, "grant-%d-%32[0-9a-f]-%llu-%u-%llu", &pid, hex, &size, &flags, &id) == 5) {
-			uint8_t u[16];
-			for (int k = 0; k < 16; k++) {
-				unsigned v = 0;
-				sscanf(hex + 2 * k, "%2x", &v);
-				u[k] = (uint8_t)v;
-			}
-			p = pool_by_uuid(b, u);
-			why = p ? "" : "its device is gone";
-		}
-		if (p && (!p->ops->adopt || p->ops->adopt(p, fd, size, &handle, &why) < 0))
-			p = NULL;
-		if (p && kill(pid, 0) < 0 && errno == ESRCH) {
-			why = "its process is gone";
-			p->ops->release(p, handle, size);
-			p = NULL;
-		}
-		if (!p) {
-			broker_log(1, "fd store: releasing %s: %s", name, why);
-			snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
-			sd_notify(0, msg);
-			close(fd);
-			continue;
-		}
-		struct client *c = b->clients;
-		while (c && !(c->restored && c->pid == pid))
-			c = c->next;
-		if (!c && (c = calloc(1, sizeof(*c)))) {
-			char proc[64];
-			struct stat st;
-			snprintf(proc, sizeof(proc), "/proc/%d", pid);
-			c->id = ++b->next_client_id;
-			c->fd = -1;
-			c->pid = pid;
-			c->uid = stat(proc, &st) == 0 ? st.st_uid : (uid_t)-1;
-			c->gid = stat(proc, &st) == 0 ? st.st_gid : (gid_t)-1;
-			c->restored = true;
-			c->hello = true;
-			str_copy(c->name, "restored", sizeof(c->name));
-			watch_pid(b, c);
-			c->next = b->clients;
-			b->clients = c;
-			b->nclients++;
-		}
-		uint64_t grow = pool_adopt_growth(p, size);
-		struct grant *g = c ? grant_add(b, c, p, size, flags & VRAMD_ALLOC_FLAGS_MASK, handle) : NULL;
-		if (!g) {
-			p->ops->release(p, handle, size);
-			close(fd);
-			continue;
-		}
-		p->total += grow;
-		g->fd = fd;
-		g->stored = true;
-		str_copy(g->fdname, name, sizeof(g->fdname));
-		grant_identify(g, fd);
-		broker_log(1, "fd store: %s on %s held by pid %d, kept until it re-registers or exits",
-			   size_format(size, s1, sizeof(s1)), p->name, pid);
-	}
+	for (uint32_t i = 0; i < b->cfg.nrestore; i++)
+		restore_grant(b, b->cfg.restore_fds[i], b->cfg.restore_names[i]);
 	for (uint32_t d = 0; d < b->npools; d++)
 		if (b->pools[d]->used > b->pools[d]->total) {
 			char su[32], st[32];

@@ -82,7 +82,7 @@ void grant_move(struct grant *g, struct client *c)
 
 static void fdstore_drop(struct grant *g)
 {
-	char msg[160];
+	char msg[sizeof(g->fdname) + 32];
 	if (!g->stored)
 		return;
 	snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", g->fdname);
@@ -171,18 +171,75 @@ struct grant *grant_by_fd(struct broker *b, const struct pool *p, int fd, struct
 	return fstat(fd, &st) == 0 ? grant_by_inode(b, st.st_dev, st.st_ino, ret_owner) : NULL;
 }
 
+static void hex_encode(char *dst, const uint8_t *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		snprintf(dst + 2 * i, 3, "%02x", src[i]);
+}
+
+static int hex_digit(char ch)
+{
+	return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+/* Decodes 2n lower-case hex digits; false if src is not exactly that. */
+static bool hex_decode(uint8_t *dst, const char *src, size_t n)
+{
+	if (strlen(src) != 2 * n)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		int hi = hex_digit(src[2 * i]), lo = hex_digit(src[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return false;
+		dst[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return true;
+}
+
 void fdstore_put(struct broker *b, struct grant *g, int fd)
 {
-	char msg[160];
+	char msg[sizeof(g->fdname) + 32], uuid[33], name[2 * VRAMD_NAME_MAX + 1];
 	if (!b->fdstore || !g->pool->ops->adopt)
 		return;
-	char hex[33];
-	for (int i = 0; i < 16; i++)
-		snprintf(hex + 2 * i, 3, "%02x", g->pool->uuid[i]);
-	snprintf(g->fdname, sizeof(g->fdname), "grant-%d-%s-%llu-%u-%llu", (int)g->owner->pid, hex,
-		 (unsigned long long)g->size, g->flags, (unsigned long long)g->id);
+	const struct client *c = g->owner;
+	const char *owner = client_quota_name(c);
+	hex_encode(uuid, g->pool->uuid, 16);
+	hex_encode(name, (const uint8_t *)owner, strlen(owner));
+	snprintf(g->fdname, sizeof(g->fdname), "grant-%d-%u-%u-%s-%llu-%u-%llu-%s", (int)c->pid, (unsigned)c->uid,
+		 (unsigned)c->gid, uuid, (unsigned long long)g->size, g->flags, (unsigned long long)g->id, name);
 	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", g->fdname);
 	g->stored = sd_pid_notify_with_fds(0, 0, msg, &fd, 1) > 0;
+}
+
+int fdstore_name_parse(const char *fdname, struct fdstore_rec *ret)
+{
+	char uuid[33] = "";
+	unsigned long long size, id;
+	unsigned uid, gid, flags;
+	int pid, end = 0;
+	struct fdstore_rec r;
+	memset(&r, 0, sizeof(r));
+	if (sscanf(fdname, "grant-%d-%u-%u-%32[0-9a-f]-%llu-%u-%llu-%n", &pid, &uid, &gid, uuid, &size, &flags, &id,
+		   &end) == 7 && end) {
+		const char *hex = fdname + end;
+		size_t n = strlen(hex);
+		if (n % 2 || n / 2 >= sizeof(r.name) || !hex_decode((uint8_t *)r.name, hex, n / 2) ||
+		    !text_printable(r.name))
+			return -EINVAL;
+		r.uid = uid;
+		r.gid = gid;
+		r.known_owner = true;
+	} else if (sscanf(fdname, "grant-%d-%32[0-9a-f]-%llu-%u-%llu", &pid, uuid, &size, &flags, &id) != 5) {
+		/* the above: names an older vramd stored, without the owner */
+		return -EINVAL;
+	}
+	if (pid <= 0 || !hex_decode(r.uuid, uuid, 16))
+		return -EINVAL;
+	r.pid = pid;
+	r.size = size;
+	r.flags = flags & VRAMD_ALLOC_FLAGS_MASK;
+	*ret = r;
+	return 0;
 }
 
 struct pool *pool_by_name(struct broker *b, const char *name)
@@ -215,7 +272,7 @@ static uint64_t bucket_of(struct broker *b, const struct pool *p, const struct q
 	uint64_t n = 0;
 	for (struct client *x = b->clients; x; x = x->next) {
 		struct quota_match xm;
-		quota_lookup(&b->quotas, x->uid, x->name, p->name, &xm);
+		quota_lookup(&b->quotas, x->uid, client_quota_name(x), p->name, &xm);
 		if ((name_level ? xm.by_name : uid_level(&xm)) == e)
 			n += x->held_dev[p->index];
 	}
@@ -248,7 +305,7 @@ int quota_allows(struct broker *b, const struct client *c, const struct pool *p,
 		 size_t len)
 {
 	struct quota_match m;
-	quota_lookup(&b->quotas, c->uid, c->name, p->name, &m);
+	quota_lookup(&b->quotas, c->uid, client_quota_name(c), p->name, &m);
 	int r = ceiling_allows(b, p, m.by_name, true, size, why, len);
 	return r < 0 ? r : ceiling_allows(b, p, uid_level(&m), false, size, why, len);
 }
@@ -271,7 +328,7 @@ uint64_t reclaim_room(struct broker *b, const struct client *x, const struct poo
 {
 	struct quota_match m;
 	uint64_t r = x->reclaimable_dev[p->index];
-	quota_lookup(&b->quotas, x->uid, x->name, p->name, &m);
+	quota_lookup(&b->quotas, x->uid, client_quota_name(x), p->name, &m);
 	/* the floor that protects x: its name's, else its uid level's */
 	const struct quota_entry *e = m.by_name ? m.by_name : uid_level(&m);
 	if (e && e->floor) {

@@ -39,8 +39,28 @@ struct grant *grant_by_fd(struct broker *b, const struct pool *p, int fd, struct
 
 /* systemd's fd store: g's fd is kept there while the grant lives (when the
  * broker uses the fd store and the pool can adopt), so that a restarted
- * broker knows about memory clients still hold before they reconnect. */
+ * broker knows about memory clients still hold before they reconnect.  Its
+ * name carries what the restarted broker needs to account it to its owner
+ * without asking /proc (which ProtectProc=invisible hides):
+ * grant-PID-UID-GID-UUID-SIZE-FLAGS-ID-NAME, NAME the client's name in
+ * hex (up to 248 bytes, under systemd's 255). */
 void fdstore_put(struct broker *b, struct grant *g, int fd);
+
+/* What an fd-store name says (fdstore_put's form, or an older vramd's
+ * grant-PID-UUID-SIZE-FLAGS-ID, which leaves known_owner false). */
+struct fdstore_rec {
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	bool known_owner;
+	uint8_t uuid[16];
+	uint64_t size;
+	uint32_t flags;
+	char name[VRAMD_NAME_MAX];
+};
+
+/* Parses an fd-store name.  0, or -EINVAL when it is not one. */
+int fdstore_name_parse(const char *fdname, struct fdstore_rec *ret);
 
 /* The pool called name ("cpu", "cuda:0"), or with that UUID; NULL if none. */
 struct pool *pool_by_name(struct broker *b, const char *name);

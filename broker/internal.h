@@ -36,7 +36,7 @@ struct grant {
 	dev_t st_dev;          /* identity of its memory (memfd inode), for REGISTER */
 	ino_t st_ino;
 	bool stored;           /* in systemd's fd store under fdname */
-	char fdname[96];
+	char fdname[256];
 	struct grant *next;    /* owner's list */
 };
 
@@ -83,6 +83,9 @@ struct client {
 	bool hello;
 	bool dead;
 	char name[VRAMD_NAME_MAX];
+	/* A restored placeholder: the name its holder used, for quotas (name
+	 * says "restored"). */
+	char owner_name[VRAMD_NAME_MAX];
 	struct ev ev_sock, ev_pid;
 	struct grant *grants;
 	uint32_t ngrants;
@@ -134,6 +137,12 @@ struct broker {
 	bool stop;
 	void *rxbuf;
 };
+
+/* The name quotas see for c: a restored placeholder's is its holder's. */
+static inline const char *client_quota_name(const struct client *c)
+{
+	return c->restored ? c->owner_name : c->name;
+}
 
 #define CLIENT_FMT "client %u (%s, pid %d, uid %u)"
 #define CLIENT_ARGS(c) (c)->id, (c)->name[0] ? (c)->name : "-", (int)(c)->pid, (unsigned)(c)->uid

@@ -181,6 +181,75 @@ START_TEST(test_fdstore_dead_holder)
 }
 END_TEST
 
+/* A restored grant keeps its owner: the uid comes from the fd store, not
+ * from /proc (which ProtectProc=invisible hides from the vramd user under
+ * systemd, and which shows the process's uid now, not the connection's).
+ * The holder connects as root, takes 12 MiB of cpu and then runs as
+ * nobody; after a broker crash the 12 MiB still count against root's
+ * 16 MiB ceiling. */
+START_TEST(test_fdstore_restored_owner)
+{
+	if (getuid() != 0) {
+		fprintf(stderr, "test_fdstore_restored_owner: skipped, needs root to switch to nobody\n");
+		return;
+	}
+	struct env e;
+	env_start(&e);
+	vram_client *a;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_quota_set(a, "uid:0", "cpu", VRAM_QUOTA_CEILING, 0, 16 * MiB), 0);
+	vram_close(a);
+	int ready[2], go[2];
+	ck_assert_int_eq(pipe(ready), 0);
+	ck_assert_int_eq(pipe(go), 0);
+	pid_t kid = fork();
+	if (kid == 0) {
+		vram_client *c;
+		vram_grant *g;
+		char b = 0;
+		if (vram_connect(e.sock, "owner-test", &c) < 0 || vram_alloc(c, 1, 12 * MiB, 0, &g) < 0)
+			_exit(1);
+		if (setresgid(65534, 65534, 65534) < 0 || setresuid(65534, 65534, 65534) < 0)
+			_exit(2);
+		if (write(ready[1], &b, 1) != 1 || read(go[0], &b, 1) < 0)
+			_exit(3);
+		_exit(0);
+	}
+	char b;
+	ck_assert_int_eq(read(ready[0], &b, 1), 1);
+	ck_assert_int_eq(drain(&e, 1), 1);
+	kill(e.pid, SIGKILL);
+	waitpid(e.pid, NULL, 0);
+	env_spawn(&e);
+	struct vram_status *s = status_of(e.sock);
+	int found = 0;
+	for (uint32_t i = 0; i < s->nclients; i++)
+		if (!strcmp(s->clients[i].name, "restored")) {
+			ck_assert_uint_eq(s->clients[i].uid, 0);
+			ck_assert_uint_eq(s->clients[i].held, 12 * MiB);
+			found++;
+		}
+	ck_assert_int_eq(found, 1);
+	vram_status_free(s);
+	vram_client *c;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(e.sock, "root-load", &c), 0);
+	ck_assert_int_eq(vram_alloc(c, 1, 8 * MiB, 0, &g), -EDQUOT);
+	ck_assert_msg(strstr(vram_last_error(), "quota uid:0 on cpu"), "%s", vram_last_error());
+	ck_assert_int_eq(vram_alloc(c, 1, 4 * MiB, 0, &g), 0);
+	vram_close(c);
+	ck_assert_int_eq(write(go[1], &b, 1), 1);
+	int st;
+	waitpid(kid, &st, 0);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "holder exit %d", WEXITSTATUS(st));
+	for (int i = 0; i < 2; i++) {
+		close(ready[i]);
+		close(go[i]);
+	}
+	env_stop(&e);
+}
+END_TEST
+
 /* Grants restored for a holder that has not come back (it is stopped, not
  * dead) are nobody's to give back: a RECLAIM is not sent to the restored
  * placeholder (it has no connection; sending failed and released its
@@ -278,6 +347,7 @@ int main(void)
 	tcase_add_test(tc, test_fdstore_restart);
 	tcase_add_test(tc, test_fdstore_dead_holder);
 	tcase_add_test(tc, test_fdstore_restored_not_reclaimed);
+	tcase_add_test(tc, test_fdstore_restored_owner);
 	tcase_add_test(tc, test_fdstore_smaller_pool);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
