@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,34 +41,96 @@
  * Clients
  * ====================================================================== */
 
+/* Closes c's connection: its queued replies, its socket; what it had
+ * parked goes, and the requests waiting for RECLAIMs it owed stop
+ * waiting. */
+static void client_disconnect(struct broker *b, struct client *c)
+{
+	alloc_client_gone(b, c);
+	for (uint32_t i = 0; i < c->ntx; i++) {
+		free(c->txq[i].buf);
+		if (c->txq[i].fd >= 0)
+			close(c->txq[i].fd);
+	}
+	c->ntx = 0;
+	if (c->fd >= 0) {
+		epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+		close(c->fd);
+	}
+	c->fd = -1;
+	c->parked = false;
+}
+
+/* Releases c's grants (only those whose memory can be revoked, when
+ * revocable_only); returns the bytes released. */
+static uint64_t client_release(struct broker *b, struct client *c, bool revocable_only)
+{
+	uint64_t n = 0;
+	for (struct grant *g = c->grants, *next; g; g = next) {
+		next = g->next;
+		if (revocable_only && !g->pool->ops->revoke)
+			continue;
+		n += g->size;
+		grant_unlink(g);
+		grant_release(b, g);
+	}
+	return n;
+}
+
+/* Whether c's process still runs (its socket is gone). */
+static bool process_alive(const struct client *c)
+{
+	if (c->pid <= 0)
+		return false;
+	if (c->pidfd >= 0) {
+		struct pollfd p = { .fd = c->pidfd, .events = POLLIN };
+		return poll(&p, 1, 0) == 0; /* readable: it exited */
+	}
+	return kill(c->pid, 0) == 0 || errno == EPERM;
+}
+
+/* A client whose connection is gone while its process runs on, holding
+ * memory the broker cannot revoke (CUDA: an import keeps its memory until
+ * released): its revocable grants are released; the others stay charged
+ * to it, a placeholder like a restored one (no connection, reclaimed from
+ * nobody), until the process exits (pidfd) or re-registers them.  true if
+ * c was kept so. */
+static bool client_detach(struct broker *b, struct client *c)
+{
+	bool unrevocable = false;
+	for (struct grant *g = c->grants; g; g = g->next)
+		unrevocable |= !g->pool->ops->revoke;
+	if (b->shutting_down || c->restored || !unrevocable || !process_alive(c))
+		return false;
+	char s1[32], s2[32];
+	client_disconnect(b, c);
+	uint64_t freed = client_release(b, c, true);
+	c->restored = true;
+	c->dead = false;
+	str_copy(c->owner_name, c->name, sizeof(c->owner_name));
+	str_copy(c->name, "detached", sizeof(c->name));
+	broker_log(1, CLIENT_FMT ": disconnected; released %s, kept %s it cannot revoke charged until pid %d exits",
+		   CLIENT_ARGS(c), size_format(freed, s1, sizeof(s1)), size_format(c->held, s2, sizeof(s2)),
+		   (int)c->pid);
+	alloc_settle(b, "the clients asked to reclaim went away");
+	return true;
+}
+
 static void client_drop(struct broker *b, struct client *c, const char *why)
 {
 	char s1[32];
 	uint64_t held = c->held;
 	uint32_t n = c->ngrants;
 
+	if (client_detach(b, c))
+		return;
 	for (struct client **pp = &b->clients; *pp; pp = &(*pp)->next)
 		if (*pp == c) {
 			*pp = c->next;
 			break;
 		}
-	/* What it parked goes; the requests waiting for RECLAIMs it owed
-	 * stop waiting. */
-	alloc_client_gone(b, c);
-	while (c->grants) {
-		struct grant *g = c->grants;
-		c->grants = g->next;
-		grant_release(b, g);
-	}
-	for (uint32_t i = 0; i < c->ntx; i++) {
-		free(c->txq[i].buf);
-		if (c->txq[i].fd >= 0)
-			close(c->txq[i].fd);
-	}
-	if (c->fd >= 0) {
-		epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-		close(c->fd);
-	}
+	client_disconnect(b, c);
+	client_release(b, c, false);
 	if (c->pidfd >= 0) {
 		epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->pidfd, NULL);
 		close(c->pidfd);
@@ -755,8 +818,9 @@ void broker_free(struct broker *b)
 {
 	if (!b)
 		return;
-	/* Shutting down is not releasing: clients keep their memory, and the
-	 * next broker takes the stored fds back. */
+	/* Shutting down is not releasing: clients keep their memory (nothing
+	 * is revoked), and the next broker takes the stored fds back. */
+	b->shutting_down = true;
 	for (struct client *c = b->clients; c; c = c->next)
 		for (struct grant *g = c->grants; g; g = g->next)
 			g->stored = false;

@@ -96,6 +96,8 @@ void grant_release(struct broker *b, struct grant *g)
 	fdstore_drop(g);
 	if (g->fd >= 0)
 		close(g->fd);
+	if (p->ops->revoke && !b->shutting_down)
+		p->ops->revoke(p, g->handle, g->size);
 	p->ops->release(p, g->handle, g->size);
 	p->used -= g->size;
 	if (g->flags & VRAMD_ALLOC_RECLAIMABLE)

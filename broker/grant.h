@@ -23,7 +23,8 @@ void grant_unlink(struct grant *g);
 /* Moves g, unlinked or not, from its owner to c, accounting included. */
 void grant_move(struct grant *g, struct client *c);
 
-/* Releases g: the backend's handle, the fd store entry, every account.
+/* Releases g: revokes its memory (unless the broker is shutting down), the
+ * backend's handle, the fd store entry, every account.
  * g must be unlinked from its owner's list already; it is freed. */
 void grant_release(struct broker *b, struct grant *g);
 

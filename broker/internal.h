@@ -97,7 +97,8 @@ struct client {
 	bool reclaim_late;
 	bool parked;             /* an ALLOC of its waits for reclaim */
 	bool admin;              /* root or in the admin group */
-	bool restored;           /* no connection: grants from the fd store, until pid re-registers or dies */
+	bool restored;           /* no connection: grants from the fd store, or kept after a
+				    disconnect (detached), until pid re-registers or dies */
 	bool via_admin;          /* connected on the admin socket */
 	uint64_t evict_deadline_ns; /* evicted: disconnect if reclaimable memory remains by then */
 	uint64_t hello_deadline_ns; /* disconnect if no HELLO by then */
@@ -135,6 +136,7 @@ struct broker {
 	uint64_t start_ns;
 	uint64_t watchdog_usec;
 	bool stop;
+	bool shutting_down;       /* broker_free: grants are not revoked */
 	void *rxbuf;
 };
 

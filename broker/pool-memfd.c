@@ -3,8 +3,15 @@
  * memfd-backed pools: the pinned host pool ("cpu") and simulated GPUs.
  *
  * Each grant is a fresh memfd (so it can never hold another client's bytes),
- * sized, then sealed against grow, shrink and further sealing before it is
- * handed out.  The host pool uses hugetlb memfds when huge pages are
+ * sized, then sealed against growing and further sealing before it is
+ * handed out.  It is deliberately not sealed against shrinking: the broker
+ * keeps its own reference (the grant's handle is a duplicate of the fd) and,
+ * when the grant ends (FREE, the holder's disconnect or death), truncates
+ * the file to 0 (memfd_revoke).  Its pages go back to the system at once,
+ * whoever still holds the fd or a mapping (a mapping faults with SIGBUS), so
+ * no client keeps memory it is no longer charged for by keeping the fd and
+ * closing the socket.  A client may shrink its own grant: that only gives
+ * memory back.  The host pool uses hugetlb memfds when huge pages are
  * reserved (reserved up front with fallocate, so a client never meets
  * SIGBUS for want of a huge page later) and binds grants to its NUMA node
  * with mbind on a shared mapping, which sets the inode's policy for every
@@ -14,6 +21,7 @@
 #include <fcntl.h>
 #include <numa.h>
 #include <numaif.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +29,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "broker/log.h"
 #include "broker/pool.h"
 #include "common/util.h"
 
@@ -33,6 +42,17 @@ struct memfd_pool {
 	int numa_node;          /* -1: no binding */
 	char memfd_name[48];
 };
+
+/* A grant's handle is the broker's own duplicate of its fd. */
+static void *handle_of(int fd)
+{
+	return (void *)(intptr_t)(fd + 1);
+}
+
+static int fd_of(void *handle)
+{
+	return (int)(intptr_t)handle - 1;
+}
 
 static int memfd_grant(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why)
 {
@@ -72,14 +92,21 @@ static int memfd_grant(struct pool *p, uint64_t size, int *ret_fd, void **ret_ha
 			munmap(m, size);
 		}
 	}
-	if (fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SEAL) < 0) {
 		int e = -errno;
 		close(fd);
 		*why = "sealing the grant memfd failed";
 		return e;
 	}
+	int keep = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (keep < 0) {
+		int e = -errno;
+		close(fd);
+		*why = "keeping a reference to the grant memfd failed";
+		return e;
+	}
 	*ret_fd = fd;
-	*ret_handle = NULL;
+	*ret_handle = handle_of(keep);
 	return 0;
 }
 
@@ -91,9 +118,11 @@ static int memfd_adopt(struct pool *p, int fd, uint64_t size, void **ret_handle,
 		*why = "not a memfd";
 		return -EINVAL;
 	}
-	/* Only sealed memfds can be ours: sealed against grow and shrink, its
-	 * size cannot change under the accounting. */
-	if (seals < 0 || (seals & (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)) != (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)) {
+	/* Only sealed memfds can be ours: sealed against growing (and further
+	 * sealing), its size can only go down, never past what is accounted.
+	 * (An older vramd's grants are sealed against shrinking too: they are
+	 * taken back, but cannot be revoked.) */
+	if (seals < 0 || (seals & (F_SEAL_GROW | F_SEAL_SEAL)) != (F_SEAL_GROW | F_SEAL_SEAL)) {
 		*why = "not a sealed grant memfd";
 		return -EINVAL;
 	}
@@ -101,14 +130,28 @@ static int memfd_adopt(struct pool *p, int fd, uint64_t size, void **ret_handle,
 		*why = "its size is not the size claimed";
 		return -EINVAL;
 	}
-	*ret_handle = NULL;
+	int keep = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (keep < 0) {
+		*why = "keeping a reference to the memfd failed";
+		return -errno;
+	}
+	*ret_handle = handle_of(keep);
 	return 0;
 }
 
 static void memfd_release(struct pool *p, void *handle, uint64_t size)
 {
-	/* The broker keeps no reference: the memory goes when the client
-	 * unmaps it and closes the fd (or exits). */
+	/* Only the broker's reference: the memory stays with whoever holds
+	 * the fd (a broker shutting down leaves it to its clients). */
+	close(fd_of(handle));
+}
+
+static void memfd_revoke(struct pool *p, void *handle, uint64_t size)
+{
+	/* Truncated, its pages are freed whoever still maps it. */
+	if (ftruncate(fd_of(handle), 0) < 0)
+		broker_log(1, "%s: a grant's memory could not be revoked (%m): it goes when its holder lets go",
+			   p->name);
 }
 
 static void memfd_destroy(struct pool *p)
@@ -120,6 +163,7 @@ static const struct pool_ops memfd_ops = {
 	.name = "memfd",
 	.grant = memfd_grant,
 	.adopt = memfd_adopt,
+	.revoke = memfd_revoke,
 	.release = memfd_release,
 	.destroy = memfd_destroy,
 };

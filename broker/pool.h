@@ -36,6 +36,13 @@ struct pool_ops {
 	 * is a file of the driver's control device); the broker then keeps a
 	 * duplicate of each grant's fd, closed when the grant is released. */
 	bool fd_identity;
+	/* Makes a grant's memory unusable to whoever still holds it and gives
+	 * it back to the system: called when a grant ends (FREE, its holder's
+	 * disconnect or death), before release; never when the broker shuts
+	 * down (clients keep their memory for the next broker).  NULL: the
+	 * backend cannot (a CUDA import keeps its memory until released; the
+	 * broker then charges the holder until its process exits). */
+	void (*revoke)(struct pool *p, void *handle, uint64_t size);
 	/* Drops the backend handle of a grant (the client may still hold its
 	 * fd and mapping until it exits). */
 	void (*release)(struct pool *p, void *handle, uint64_t size);

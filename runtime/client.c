@@ -311,11 +311,22 @@ void vram_close(vram_client *c)
 {
 	if (!c)
 		return;
-	/* Closing the socket returns every grant at once; unmap ours. */
+	/* Closing the socket returns every grant at once; unmap ours.  The
+	 * broker revokes host memory itself, but cannot revoke a CUDA import:
+	 * a connection that closes holding one stays charged until this
+	 * process exits, so those are freed one by one, once released. */
 	while (c->grants) {
 		struct vram_grant *g = c->grants;
 		c->grants = g->next;
+		bool cuda = g->device < c->ndev && c->dev[g->device].backend == VRAM_BACKEND_CUDA;
 		grant_unmap(g);
+		if (cuda && c->fd >= 0) {
+			struct vramd_free m;
+			memset(&m, 0, sizeof(m));
+			m.grant_id = g->id;
+			if (send_req(c, &m, sizeof(m), VRAMD_FREE) == 0)
+				recv_reply(c, c->seq, VRAMD_OK, NULL);
+		}
 		free(g);
 	}
 	vram_prepared_release(c);

@@ -7,6 +7,7 @@
  * evict.
  */
 #include <poll.h>
+#include <setjmp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -16,6 +17,7 @@
 #include "common/util.h"
 #include "runtime/vram.h"
 #include "testlib-holder.h"
+#include "testlib-raw.h"
 #include "testlib.h"
 
 #define MiB (1ull << 20)
@@ -422,6 +424,92 @@ START_TEST(test_connection_flood)
 }
 END_TEST
 
+static sigjmp_buf bus_jump;
+
+static void on_bus(int sig)
+{
+	siglongjmp(bus_jump, 1);
+}
+
+/* 1 if reading p faults with SIGBUS. */
+static int faults(volatile const uint8_t *p)
+{
+	struct sigaction sa = { .sa_handler = on_bus }, old;
+	sigaction(SIGBUS, &sa, &old);
+	int r = 1;
+	if (!sigsetjmp(bus_jump, 1)) {
+		(void)*p;
+		r = 0;
+	}
+	sigaction(SIGBUS, &old, NULL);
+	return r;
+}
+
+/* A user with a 64 MiB ceiling connects, takes 64 MiB, keeps the memfd
+ * (and a mapping) and closes the socket, five times: each time the broker
+ * revokes the grant (the file is cut to 0 bytes, the mapping faults), so
+ * the user never holds more than its ceiling. */
+START_TEST(test_ceiling_not_evaded_by_keeping_fds)
+{
+	if (getuid() != 0) {
+		fprintf(stderr, "test_ceiling_not_evaded_by_keeping_fds: skipped, needs root to switch to nobody\n");
+		return;
+	}
+	struct env e;
+	env_start(&e, "64MiB");
+	vram_client *a;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_quota_set(a, "uid:65534", "cpu", VRAM_QUOTA_CEILING, 0, 64 * MiB), 0);
+	vram_close(a);
+	pid_t kid = fork();
+	if (kid == 0) {
+		int kept[5];
+		uint8_t *maps[5];
+		if (as_nobody() < 0)
+			_exit(10);
+		for (int i = 0; i < 5; i++) {
+			int s = tr_connect(e.sock);
+			if (s < 0 || tr_hello(s, "evader") < 0)
+				_exit(11);
+			int r = tr_alloc(s, 1, 64 * MiB, 0, 1, &kept[i], NULL);
+			if (r < 0)
+				_exit(12);
+			maps[i] = mmap(NULL, 64 * MiB, PROT_READ | PROT_WRITE, MAP_SHARED, kept[i], 0);
+			if (maps[i] == MAP_FAILED)
+				_exit(13);
+			memset(maps[i], 0x5a, 64 * MiB);
+			close(s);
+			/* the broker sees the hang-up and revokes */
+			struct stat st;
+			for (int w = 0; w < 500 && fstat(kept[i], &st) == 0 && st.st_size; w++)
+				t_sleep_ms(10);
+			if (fstat(kept[i], &st) < 0 || st.st_size != 0)
+				_exit(14);
+			if (!faults(maps[i] + 4096))
+				_exit(15);
+		}
+		uint64_t total = 0;
+		for (int i = 0; i < 5; i++) {
+			struct stat st;
+			fstat(kept[i], &st);
+			total += (uint64_t)st.st_size;
+		}
+		_exit(total <= 64 * MiB ? 0 : 16);
+	}
+	int st;
+	waitpid(kid, &st, 0);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child exit %d", WEXITSTATUS(st));
+	struct vram_status *s;
+	vram_client *o;
+	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
+	ck_assert_int_eq(vram_get_status(o, &s), 0);
+	ck_assert_uint_eq(s->devices[1].used, 0);
+	vram_status_free(s);
+	vram_close(o);
+	env_stop(&e);
+}
+END_TEST
+
 /* Evict: a client that answers keeps its connection; one that ignores the
  * deadline is disconnected, and its memory comes back. */
 START_TEST(test_evict)
@@ -574,6 +662,7 @@ int main(void)
 	tcase_add_test(tc, test_corrupt_state_refuses_start);
 	tcase_add_test(tc, test_non_root);
 	tcase_add_test(tc, test_connection_flood);
+	tcase_add_test(tc, test_ceiling_not_evaded_by_keeping_fds);
 	tcase_add_test(tc, test_evict);
 	tcase_add_test(tc, test_vramctl_quota_cli);
 	tcase_add_test(tc, test_reload);
