@@ -212,13 +212,10 @@ int admin_reload(struct broker *b, char *err, size_t errlen)
 	struct quota_store q;
 	int r;
 	quota_store_init(&q);
-	if (b->cfg.config_path) {
-		broker_config_init(&cfg);
-		cfg.socket_path = NULL;
-		if ((r = broker_config_load(&cfg, b->cfg.config_path)) < 0) {
-			snprintf(err, errlen, "%s: invalid (see the log); nothing changed", b->cfg.config_path);
-			return r;
-		}
+	if (b->cfg.config_path && (r = broker_config_reload(&b->cfg, &cfg, err, errlen)) < 0) {
+		size_t n = strlen(err);
+		snprintf(err + n, errlen - n, "; nothing changed");
+		return r;
 	}
 	if (b->cfg.state_dir && (r = quota_store_load(&q, b->cfg.state_dir, err, errlen)) < 0)
 		return r;

@@ -240,23 +240,20 @@ static char *trim(char *s)
 	return s;
 }
 
-int broker_config_load(struct broker_config *cfg, const char *path)
+int broker_config_load(struct broker_config *cfg, const char *path, char *err, size_t errlen)
 {
 	FILE *f = fopen(path, "re");
-	char line[1024], err[256];
+	char line[1024], why[256];
 	unsigned lineno = 0;
 	int r = 0;
 
-	if (!f) {
-		r = -errno;
-		broker_log(0, "%s: %s", path, strerror(errno));
-		return r;
-	}
+	if (!f)
+		return errf(err, errlen, -errno, "%s: %s", path, strerror(errno));
 	while (fgets(line, sizeof(line), f)) {
 		lineno++;
 		if (!strchr(line, '\n') && !feof(f)) {
-			broker_log(0, "%s:%u: line too long", path, lineno);
-			r = -EINVAL;
+			r = errf(err, errlen, -EINVAL, "%s:%u: line too long (at most %zu bytes)", path, lineno,
+				 sizeof(line) - 2);
 			break;
 		}
 		char *s = trim(line);
@@ -264,31 +261,43 @@ int broker_config_load(struct broker_config *cfg, const char *path)
 			continue;
 		if (*s == '[') {
 			if (strcmp(s, "[vramd]")) {
-				broker_log(0, "%s:%u: unknown section %s (only [vramd])", path, lineno, s);
-				r = -EINVAL;
+				r = errf(err, errlen, -EINVAL, "%s:%u: unknown section %s (only [vramd])", path, lineno, s);
 				break;
 			}
 			continue;
 		}
 		char *eq = strchr(s, '=');
 		if (!eq) {
-			broker_log(0, "%s:%u: expected key = value", path, lineno);
-			r = -EINVAL;
+			r = errf(err, errlen, -EINVAL, "%s:%u: expected key = value", path, lineno);
 			break;
 		}
 		*eq = '\0';
 		char *k = trim(s), *v = trim(eq + 1);
 		if (!strcmp(k, "config")) {
-			broker_log(0, "%s:%u: config files do not nest", path, lineno);
-			r = -EINVAL;
+			r = errf(err, errlen, -EINVAL, "%s:%u: config files do not nest", path, lineno);
 			break;
 		}
-		if ((r = broker_config_set(cfg, k, v, err, sizeof(err))) < 0) {
-			broker_log(0, "%s:%u: %s", path, lineno, err);
-			r = -EINVAL;
+		if (broker_config_set(cfg, k, v, why, sizeof(why)) < 0) {
+			r = errf(err, errlen, -EINVAL, "%s:%u: %s", path, lineno, why);
 			break;
 		}
 	}
 	fclose(f);
 	return r;
+}
+
+int broker_config_reload(const struct broker_config *running, struct broker_config *ret, char *err, size_t errlen)
+{
+	struct broker_config cfg;
+	broker_config_init(&cfg);
+	cfg.socket_path = NULL;
+	if (running->config_path) {
+		int r = broker_config_load(&cfg, running->config_path, err, errlen);
+		if (r == -ENOENT && running->config_optional)
+			r = 0; /* no file (any more): the defaults */
+		if (r < 0)
+			return r;
+	}
+	*ret = cfg;
+	return 0;
 }

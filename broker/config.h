@@ -20,6 +20,7 @@ struct broker_config {
 	const char *socket_group;    /* group of the client socket ("vram"), if it exists */
 	const char *admin_group;     /* members may use admin operations (besides root) */
 	const char *config_path;     /* --config FILE, re-read on reload, or NULL */
+	bool        config_optional; /* config_path is the default: a missing file is no error */
 	uint64_t    sim_gpus[VRAMD_MAX_DEVICES];
 	uint32_t    nsim;
 	uint64_t    host_pool;       /* 0: default (half of RAM) */
@@ -44,10 +45,23 @@ struct broker_config {
  * paths the caller sets is touched. */
 void broker_config_init(struct broker_config *c);
 
+/* The config file vramd reads when it is given none (--config), if it
+ * exists; --no-config reads none. */
+#ifndef VRAMD_CONFIG_DEFAULT
+#define VRAMD_CONFIG_DEFAULT "/etc/vramd/vramd.conf"
+#endif
+
 /* Config file (INI): fills cfg from FILE; unknown keys and bad values are
- * errors naming the file, line and key.  0 or -errno with a message
- * logged. */
-int broker_config_load(struct broker_config *cfg, const char *path);
+ * errors naming the file, line and key.  0, or -errno (-ENOENT: no such
+ * file, -EINVAL: it does not parse) with err set to "FILE:LINE: KEY: ...". */
+int broker_config_load(struct broker_config *cfg, const char *path, char *err, size_t errlen);
+
+/* What a reload reads: the defaults, with the running configuration's
+ * config file over them when it has one (an optional file that is missing
+ * now leaves the defaults, so a file created after start is read and one
+ * removed is forgotten).  *ret is untouched on failure.  0 or -errno as
+ * broker_config_load. */
+int broker_config_reload(const struct broker_config *running, struct broker_config *ret, char *err, size_t errlen);
 /* Applies one key=value (also what command-line options use).  0, or
  * -EINVAL (bad value) / -ENOENT (unknown key) / -ENOMEM with err set to a
  * sentence starting with the key. */

@@ -29,7 +29,10 @@ static void usage(FILE *f)
 	      "  --socket-group GROUP   group of the client socket (default vram, if it exists)\n"
 	      "  --socket-mode MODE     mode of the client socket (default 0660)\n"
 	      "  --no-cuda              do not look for NVIDIA GPUs\n"
-	      "  --config FILE          INI file with the same keys (socket = ..., ...)\n"
+	      "  --config FILE          INI file with the same keys (socket = ..., ...);\n"
+	      "                         default $VRAMD_CONFIG, else " VRAMD_CONFIG_DEFAULT ",\n"
+	      "                         when it exists (then a reload reads it if it appears)\n"
+	      "  --no-config            read no config file\n"
 	      "  --foreground           stay in the foreground (vramd never forks; accepted\n"
 	      "                         for compatibility with init scripts)\n"
 	      "  -v, --verbose          log every grant\n"
@@ -57,6 +60,7 @@ int main(int argc, char **argv)
 		{ "socket-mode", required_argument, NULL, 'M' },
 		{ "no-cuda", no_argument, NULL, 'n' },
 		{ "config", required_argument, NULL, 'c' },
+		{ "no-config", no_argument, NULL, 'N' },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -75,17 +79,31 @@ int main(int argc, char **argv)
 	cfg.socket_mode = 0660;
 	cfg.fdstore = -1;
 
-	/* The config file is read first so that options override it. */
+	/* The config file is read first so that options override it: the one
+	 * --config names (it must exist), else VRAMD_CONFIG_DEFAULT if it
+	 * exists (a reload reads it if it appears later), unless --no-config. */
+	const char *dflt = getenv("VRAMD_CONFIG");
+	cfg.config_path = dflt && *dflt ? dflt : VRAMD_CONFIG_DEFAULT;
+	cfg.config_optional = true;
 	for (int i = 1; i < argc; i++) {
-		const char *file = NULL;
-		if (!strcmp(argv[i], "--config") && i + 1 < argc)
-			file = argv[i + 1];
+		if (!strcmp(argv[i], "--no-config"))
+			cfg.config_path = NULL;
+		else if (!strcmp(argv[i], "--config") && i + 1 < argc)
+			cfg.config_path = argv[i + 1];
 		else if (!strncmp(argv[i], "--config=", 9))
-			file = argv[i] + 9;
-		if (file && broker_config_load(&cfg, file) < 0)
+			cfg.config_path = argv[i] + 9;
+		else
+			continue;
+		cfg.config_optional = false;
+	}
+	if (cfg.config_path) {
+		r = broker_config_load(&cfg, cfg.config_path, err, sizeof(err));
+		if (r == -ENOENT && cfg.config_optional)
+			r = 0;
+		if (r < 0) {
+			broker_log(0, "%s", err);
 			return 1;
-		if (file)
-			cfg.config_path = file;
+		}
 	}
 
 	while ((o = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
@@ -106,7 +124,7 @@ int main(int argc, char **argv)
 		case 'o': key = "socket-group"; break;
 		case 'M': key = "socket-mode"; break;
 		case 'n': cfg.no_cuda = true; break;
-		case 'c': case 'f': break;
+		case 'c': case 'f': case 'N': break;
 		case 'v': cfg.verbose = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;

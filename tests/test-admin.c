@@ -593,7 +593,14 @@ START_TEST(test_reload)
 	fprintf(f, "client-max = lots\n");
 	fclose(f);
 	ck_assert_int_eq(vram_reload(a), -EINVAL);
+	ck_assert_msg(strstr(vram_last_error(), "vramd.conf:1: client-max: \"lots\" is not a size") &&
+		      strstr(vram_last_error(), "nothing changed"), "%s", vram_last_error());
 	ck_assert_int_eq(vram_alloc(a, 0, 4 * MiB, 0, &g), 0); /* still 64 MiB */
+	/* vramctl reload says so too, and exits EX_CONFIG (78), not usage */
+	char cmd[700], out[2048];
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --admin-socket %s reload 2>&1", t_build(), e.admin);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 78);
+	ck_assert_msg(strstr(out, "is not a size"), "%s", out);
 	/* SIGHUP does the same */
 	f = fopen(conf, "w");
 	fprintf(f, "client-max = 12MiB\n"); /* it holds 14 MiB */
@@ -621,6 +628,43 @@ START_TEST(test_reload)
 	waitpid(kid, &st, 0);
 	if (getuid() == 0)
 		ck_assert_int_eq(WEXITSTATUS(st), 0);
+	env_stop(&e);
+}
+END_TEST
+
+/* The default config file (here through VRAMD_CONFIG, as the unit sets
+ * it) is read when it exists: a broker started without one reads it when
+ * it appears, at the next reload, and forgets it when it goes. */
+START_TEST(test_reload_default_config)
+{
+	struct env e;
+	e.dir = t_tmpdir();
+	ck_assert_ptr_nonnull(e.dir);
+	chmod(e.dir, 0755);
+	snprintf(e.sock, sizeof(e.sock), "%s/vramd.sock", e.dir);
+	snprintf(e.admin, sizeof(e.admin), "%s/admin.sock", e.dir);
+	snprintf(e.log, sizeof(e.log), "%s/vramd.log", e.dir);
+	char conf[300];
+	snprintf(conf, sizeof(conf), "%s/vramd.conf", e.dir);
+	setenv("VRAMD_CONFIG", conf, 1);
+	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
+	e.pid = t_start_vramd(e.sock, e.log, args);
+	unsetenv("VRAMD_CONFIG");
+	ck_assert_int_gt(e.pid, 0);
+	vram_client *a;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 10 * MiB, 0, &g), 0);
+	FILE *f = fopen(conf, "w");
+	fprintf(f, "[vramd]\nclient-max = 12MiB\n");
+	fclose(f);
+	ck_assert_int_eq(vram_reload(a), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 4 * MiB, 0, &g), -EDQUOT);
+	ck_assert_msg(strstr(vram_last_error(), "client limit"), "%s", vram_last_error());
+	unlink(conf);
+	ck_assert_int_eq(vram_reload(a), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 4 * MiB, 0, &g), 0);
+	vram_close(a);
 	env_stop(&e);
 }
 END_TEST
@@ -666,6 +710,7 @@ int main(void)
 	tcase_add_test(tc, test_evict);
 	tcase_add_test(tc, test_vramctl_quota_cli);
 	tcase_add_test(tc, test_reload);
+	tcase_add_test(tc, test_reload_default_config);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

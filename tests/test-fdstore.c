@@ -27,7 +27,7 @@ static void env_spawn(struct env *e)
 	char prog[512];
 	snprintf(prog, sizeof(prog), "%s/bin/vramd", t_build());
 	const char *argv[] = { prog, "--socket", e->sock, "--admin-socket", e->admin, "--state-dir", e->state,
-			       "--sim-gpus", e->sim ? e->sim : "64MiB", "--host-pool", "64MiB", "--no-cuda", "--socket-mode", "0666", NULL };
+			       "--sim-gpus", e->sim ? e->sim : "64MiB", "--host-pool", "64MiB", "--no-cuda", "--socket-mode", "0666", "--no-config", NULL };
 	_cleanup_free_ char *names = e->store.n ? tn_fdstore_names(&e->store) : NULL;
 	struct tn_spawn o = {
 		.argv = argv, .notify = e->notify.path, .watchdog_pid = -1,

@@ -105,7 +105,7 @@ static inline pid_t t_start_vramd(const char *socket, const char *logpath, const
 	argv[n++] = prog;
 	argv[n++] = "--socket";
 	argv[n++] = socket;
-	int has_admin = 0, has_state = 0, has_mode = 0;
+	int has_admin = 0, has_state = 0, has_mode = 0, has_config = 0;
 	const char *admin_path = NULL;
 	for (int i = 0; args && args[i] && n < 56; i++) {
 		has_admin |= !strcmp(args[i], "--admin-socket");
@@ -113,6 +113,7 @@ static inline pid_t t_start_vramd(const char *socket, const char *logpath, const
 			admin_path = args[i + 1];
 		has_state |= !strcmp(args[i], "--state-dir");
 		has_mode |= !strcmp(args[i], "--socket-mode");
+		has_config |= !strcmp(args[i], "--config") || !strcmp(args[i], "--no-config");
 		argv[n++] = args[i];
 	}
 	/* Everything in the socket's directory, never /run or /var/lib. */
@@ -134,6 +135,8 @@ static inline pid_t t_start_vramd(const char *socket, const char *logpath, const
 		argv[n++] = "--socket-mode";
 		argv[n++] = "0666";
 	}
+	if (!has_config && !getenv("VRAMD_CONFIG")) /* never the machine's /etc/vramd/vramd.conf */
+		argv[n++] = "--no-config";
 	argv[n] = NULL;
 	pid_t pid = fork();
 	if (pid == 0) {

@@ -214,5 +214,9 @@ int cmd_reload(struct ctl *ctl)
 		return r;
 	r = vram_reload(c);
 	vram_close(c);
+	if (r == -EINVAL) { /* the file does not parse: the admin's to fix, not a usage error */
+		fprintf(stderr, "vramctl reload: %s\n", vram_last_error());
+		return EX_CONFIG_;
+	}
 	return r < 0 ? fail("reload", r) : 0;
 }

@@ -20,6 +20,7 @@
 #define EX_IOERR_ 74
 #define EX_TEMPFAIL_ 75
 #define EX_NOPERM_ 77
+#define EX_CONFIG_ 78
 
 struct ctl {
 	const char *socket;       /* --socket or NULL ($VRAMD_SOCKET, default) */
