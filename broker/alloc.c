@@ -8,6 +8,7 @@
 
 #include "broker/alloc.h"
 #include "broker/conn.h"
+#include "broker/fair.h"
 #include "broker/grant.h"
 #include "common/cleanup.h"
 #include "common/proto.h"
@@ -177,7 +178,7 @@ int send_reclaim(struct broker *b, struct client *x, uint32_t dev, uint64_t byte
 	r.bytes = bytes;
 	r.deadline_ms = b->cfg.reclaim_deadline_ms;
 	r.device = dev;
-	x->asks[x->nasks++] = (struct reclaim_ask){ r.reclaim_id, pending_id, deadline_ns, bytes, dev };
+	x->asks[x->nasks++] = (struct reclaim_ask){ r.reclaim_id, pending_id, now_ns(), deadline_ns, bytes, dev };
 	int e = client_send(b, x, &r, sizeof(r), -1);
 	if (e < 0)
 		x->nasks--;
@@ -305,78 +306,132 @@ static int cmp_room_desc(const void *a, const void *b)
 	return x->room > y->room ? -1 : x->room < y->room;
 }
 
-/* The other clients that can give memory back on p, and how much each
- * (computed once: a quota lookup walks every client), largest first.
- * Returns how many, their sum in *ret_total; -ENOMEM. */
-static int reclaim_candidates(struct broker *b, const struct client *c, const struct pool *p,
+/* true if x was asked for pd already. */
+static bool was_asked(const struct pending *pd, const struct client *x)
+{
+	for (uint32_t i = 0; i < pd->nasked; i++)
+		if (pd->asked_ids[i] == x->id)
+			return true;
+	return false;
+}
+
+/* The other clients that can give memory back on p for pd, and how much
+ * each: what they hold above their fair share (fair_update first), within
+ * what they may be asked for (reclaimable, above their floor); not those
+ * asked for pd already.  Largest first: fewest clients disturbed.  Returns
+ * how many, their sum in *ret_total. */
+static int reclaim_candidates(struct broker *b, const struct pending *pd, const struct pool *p,
 			      struct reclaim_cand *cand, uint64_t *ret_total)
 {
-	uint32_t n = 0;
+	uint32_t n = 0, d = p->index;
 	*ret_total = 0;
 	for (struct client *x = b->clients; x; x = x->next) {
 		/* restored placeholders have no connection to ask */
-		if (x == c || x->dead || x->restored || x->nasks == ASKS_MAX)
+		if (x == pd->c || x->dead || x->restored || x->nasks == ASKS_MAX || was_asked(pd, x))
 			continue;
-		uint64_t xroom = reclaim_room(b, x, p);
+		uint64_t excess = x->held_dev[d] > x->share_dev[d] ? x->held_dev[d] - x->share_dev[d] : 0;
+		uint64_t xroom = MIN(excess, reclaim_room(b, x, p));
 		if (xroom) {
 			cand[n++] = (struct reclaim_cand){ x, xroom };
 			*ret_total += xroom;
 		}
 	}
-	/* Largest holders first: fewest clients disturbed. */
 	qsort(cand, n, sizeof(*cand), cmp_room_desc);
 	return (int)n;
 }
 
-/* Asks holders of reclaimable memory on the pool for the shortfall and
- * parks the request.  Returns false when nobody can give anything back. */
-static bool start_reclaim(struct broker *b, struct client *c, const struct vramd_alloc *m, uint64_t size)
+/* What pd lacks on its device once the requests parked before it have what
+ * is free (they were asked for their own shortfalls). */
+static uint64_t pending_shortfall(struct broker *b, const struct pending *pd)
 {
-	struct pool *p = b->pools[m->device];
-	/* what this request lacks once the requests parked before it have
-	 * what is free (they were asked for their own shortfalls) */
-	uint64_t room = pool_room(p), parked = pool_parked(b, p);
-	uint64_t shortfall = size - (room > parked ? MIN(room - parked, size) : 0);
+	struct pool *p = b->pools[pd->req.device];
+	uint64_t room = pool_room(p), before = 0;
+	for (const struct pending *q = b->pending; q && q != pd; q = q->next)
+		if (q->req.device == pd->req.device)
+			before += q->size;
+	uint64_t avail = room > before ? room - before : 0;
+	return pd->size > avail ? pd->size - avail : 0;
+}
+
+/* Sends RECLAIMs for pd's shortfall to the clients above their share.
+ * Returns false when they cannot give enough (nobody is asked then). */
+static bool ask_for(struct broker *b, struct pending *pd, uint64_t shortfall)
+{
+	struct pool *p = b->pools[pd->req.device];
 	uint64_t others;
 	_cleanup_free_ struct reclaim_cand *cand = calloc(b->nclients + 1, sizeof(*cand));
 	if (!cand)
 		return false;
-	int ncand = reclaim_candidates(b, c, p, cand, &others);
+	fair_update(b, p, pd->c, pd->size);
+	int ncand = reclaim_candidates(b, pd, p, cand, &others);
 	if (others < shortfall)
 		return false;
-	struct pending *pd = calloc(1, sizeof(*pd));
-	if (!pd)
-		return false;
-	pd->id = ++b->next_reclaim_id;
-	pd->c = c;
-	pd->req = *m;
-	pd->size = size;
-	pd->deadline_ns = now_ns() + b->cfg.reclaim_deadline_ms * 1000000ull;
 	uint64_t left = shortfall;
-	for (int i = 0; i < ncand && left; i++) {
+	for (int i = 0; i < ncand && left && pd->nasked < ASKED_MAX; i++) {
 		struct client *x = cand[i].x;
 		uint64_t ask = MIN(left, cand[i].room);
 		if (send_reclaim(b, x, p->index, ask, pd->id, pd->deadline_ns) < 0)
 			continue;
 		char s1[32];
 		broker_log(1, CLIENT_FMT ": RECLAIM %s on %s for client %u", CLIENT_ARGS(x),
-			   size_format(ask, s1, sizeof(s1)), p->name, c->id);
+			   size_format(ask, s1, sizeof(s1)), p->name, pd->c->id);
+		x->reclaim_asked += ask;
+		pd->asked_ids[pd->nasked++] = x->id;
 		pd->waiting++;
 		pd->asked += ask;
 		left -= ask;
 	}
-	if (!pd->waiting) {
-		free(pd);
-		return false;
+	return pd->waiting > 0;
+}
+
+/* An ALLOC that does not fit: unless it would take c past its fair share,
+ * parks it and asks the clients above theirs for the shortfall.  0 (parked),
+ * or -ENOMEM with why set. */
+static int start_reclaim(struct broker *b, struct client *c, const struct vramd_alloc *m, uint64_t size, char *why,
+			 size_t len)
+{
+	struct pool *p = b->pools[m->device];
+	char s1[32], s2[32], s3[32], s4[32], s5[32];
+	fair_update(b, p, c, size);
+	uint64_t held = c->held_dev[p->index], share = c->share_dev[p->index];
+	if (held + size > share) {
+		snprintf(why, len, "%s: %s asked, %s free of %s; this client holds %s there and its fair share is %s",
+			 p->name, size_format(size, s1, sizeof(s1)), size_format(pool_room(p), s2, sizeof(s2)),
+			 size_format(p->total, s5, sizeof(s5)), size_format(held, s3, sizeof(s3)),
+			 size_format(share, s4, sizeof(s4)));
+		return -ENOMEM;
 	}
+	struct pending *pd = calloc(1, sizeof(*pd));
+	if (!pd)
+		return -ENOMEM;
+	pd->id = ++b->next_reclaim_id;
+	pd->c = c;
+	pd->req = *m;
+	pd->size = size;
+	pd->deadline_ns = now_ns() + b->cfg.reclaim_deadline_ms * 1000000ull;
 	/* Appended: FIFO order. */
 	struct pending **pp = &b->pending;
 	while (*pp)
 		pp = &(*pp)->next;
 	*pp = pd;
+	if (!ask_for(b, pd, pending_shortfall(b, pd))) {
+		snprintf(why, len, "%s: %s asked, %s free of %s, and the clients above their fair share can give back "
+			 "less", p->name, size_format(size, s1, sizeof(s1)), size_format(pool_room(p), s2, sizeof(s2)),
+			 size_format(p->total, s3, sizeof(s3)));
+		*pp = NULL;
+		free(pd);
+		return -ENOMEM;
+	}
 	c->parked = true;
 	conn_update_events(b, c);
-	return true;
+	return 0;
+}
+
+/* Records an answer time of x's (for the p50/p99 in STATUS). */
+static void record_latency(struct client *x, uint64_t ns)
+{
+	uint64_t us = ns / 1000;
+	x->lat_us[x->nlat++ % LAT_RING] = (uint32_t)MIN(us, UINT32_MAX);
 }
 
 void handle_reclaim_done(struct broker *b, struct client *c, const struct vramd_reclaim_done *m)
@@ -384,15 +439,23 @@ void handle_reclaim_done(struct broker *b, struct client *c, const struct vramd_
 	for (uint32_t i = 0; i < c->nasks; i++) {
 		if (c->asks[i].id != m->reclaim_id)
 			continue;
-		uint64_t pid = c->asks[i].pending_id;
+		struct reclaim_ask ask = c->asks[i];
 		c->asks[i] = c->asks[--c->nasks];
 		c->reclaims_answered++;
-		char s1[32];
-		broker_log(2, CLIENT_FMT ": RECLAIM answered, %s freed", CLIENT_ARGS(c),
-			   size_format(m->bytes_freed, s1, sizeof(s1)));
-		struct pending *pd = pending_find(b, pid);
-		if (pd)
-			pd->waiting--;
+		c->reclaim_freed += m->bytes_freed;
+		record_latency(c, now_ns() - ask.sent_ns);
+		char s1[32], s2[32];
+		broker_log(2, CLIENT_FMT ": RECLAIM answered, %s freed of %s asked", CLIENT_ARGS(c),
+			   size_format(m->bytes_freed, s1, sizeof(s1)), size_format(ask.bytes, s2, sizeof(s2)));
+		struct pending *pd = pending_find(b, ask.pending_id);
+		if (pd && --pd->waiting == 0) {
+			/* Everyone asked has answered: what is still short is
+			 * asked of the others above their share, now, rather
+			 * than after the deadline. */
+			uint64_t shortfall = pending_shortfall(b, pd);
+			if (shortfall)
+				ask_for(b, pd, shortfall);
+		}
 		alloc_settle(b, "the clients asked to reclaim freed too little");
 		return;
 	}
@@ -401,7 +464,7 @@ void handle_reclaim_done(struct broker *b, struct client *c, const struct vramd_
 
 void handle_alloc(struct broker *b, struct client *c, const struct vramd_alloc *m)
 {
-	char s1[32], s2[32], s3[32], why[256];
+	char s1[32], s2[32], why[256];
 	int overflow = 0;
 
 	if (m->device >= b->npools) {
@@ -434,11 +497,9 @@ void handle_alloc(struct broker *b, struct client *c, const struct vramd_alloc *
 	}
 	/* Earlier parked requests on this device go first. */
 	if (size > pool_room(p) || pool_parked(b, p)) {
-		if (start_reclaim(b, c, m, size))
-			return;
-		send_error(b, c, &m->hdr, -ENOMEM, "%s: %s asked, %s free of %s", p->name,
-			   size_format(size, s1, sizeof(s1)), size_format(pool_room(p), s2, sizeof(s2)),
-			   size_format(p->total, s3, sizeof(s3)));
+		int r = start_reclaim(b, c, m, size, why, sizeof(why));
+		if (r < 0)
+			send_error(b, c, &m->hdr, r, "%s", why);
 		return;
 	}
 	do_grant(b, c, m, size);

@@ -8,10 +8,12 @@
  *   internal.h                the broker's own structs (client, grant, ...)
  *   conn.c     conn.h         sending, replies, protocol violations
  *   grant.c    grant.h        grant books, accounting, quotas, fd store
+ *   fair.c     fair.h         the fair share of a device
  *   alloc.c    alloc.h        ALLOC/FREE/REGISTER, parking, RECLAIM, deadlines
  *   admin.c    admin.h        HELLO, STATUS, quota ops, EVICT, RELOAD
  *   dispatch.c dispatch.h     reading requests, the opcode table
- *   broker.c   (this header)  clients, listening, restore, the event loop
+ *   client.c   client.h       clients come and go: admission, drop, detach
+ *   broker.c   (this header)  listening, fd-store restore, the event loop
  */
 #ifndef VRAMD_BROKER_H
 #define VRAMD_BROKER_H

@@ -340,3 +340,29 @@ uint64_t reclaim_room(struct broker *b, const struct client *x, const struct poo
 	}
 	return r;
 }
+
+void quota_bounds(struct broker *b, const struct client *c, const struct pool *p, uint64_t *ret_floor,
+		  uint64_t *ret_ceiling)
+{
+	struct quota_match m;
+	quota_lookup(&b->quotas, c->uid, client_quota_name(c), p->name, &m);
+	const struct quota_entry *fe = m.by_name ? m.by_name : uid_level(&m);
+	*ret_floor = 0;
+	*ret_ceiling = UINT64_MAX;
+	if (fe && fe->floor) {
+		/* a bucket's floor, split evenly among its clients here */
+		uint32_t k = 0;
+		for (struct client *x = b->clients; x; x = x->next) {
+			struct quota_match xm;
+			quota_lookup(&b->quotas, x->uid, client_quota_name(x), p->name, &xm);
+			k += (m.by_name ? xm.by_name : uid_level(&xm)) == fe;
+		}
+		*ret_floor = fe->floor / (k ? k : 1);
+	}
+	const struct quota_entry *ce[2] = { m.by_name, uid_level(&m) };
+	for (int i = 0; i < 2; i++)
+		if (ce[i] && ce[i]->ceiling != QUOTA_NO_CEILING)
+			*ret_ceiling = MIN(*ret_ceiling, ce[i]->ceiling);
+	if (b->cfg.client_max)
+		*ret_ceiling = MIN(*ret_ceiling, b->cfg.client_max);
+}

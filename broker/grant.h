@@ -82,4 +82,10 @@ int quota_allows(struct broker *b, const struct client *c, const struct pool *p,
  * below its quota's floor. */
 uint64_t reclaim_room(struct broker *b, const struct client *x, const struct pool *p);
 
+/* c's quota bounds on p for the fair share: the floor that protects it
+ * (its bucket's, split evenly among the bucket's clients; 0: none) and the
+ * lowest ceiling that binds it (UINT64_MAX: none). */
+void quota_bounds(struct broker *b, const struct client *c, const struct pool *p, uint64_t *ret_floor,
+		  uint64_t *ret_ceiling);
+
 #endif

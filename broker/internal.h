@@ -42,6 +42,8 @@ struct grant {
 
 #define TXQ_MAX 8
 #define ASKS_MAX 8
+#define ASKED_MAX 32        /* clients one parked ALLOC asks at most */
+#define LAT_RING 128        /* RECLAIM answer times kept per client */
 #define ADMIN_CONN_MAX 16   /* connections on the admin socket at once */
 #define ADMIN_RESERVE 8     /* admins' room on the client socket past max-clients */
 
@@ -49,6 +51,7 @@ struct grant {
 struct reclaim_ask {
 	uint64_t id;
 	uint64_t pending_id;     /* the ALLOC waiting for it */
+	uint64_t sent_ns;
 	uint64_t deadline_ns;
 	uint64_t bytes;
 	uint32_t pool;
@@ -63,6 +66,8 @@ struct pending {
 	uint64_t deadline_ns;
 	uint32_t waiting;        /* RECLAIMs sent for it and not answered */
 	uint64_t asked;          /* bytes asked for */
+	uint32_t asked_ids[ASKED_MAX]; /* the clients asked (a short answer asks others) */
+	uint32_t nasked;
 	struct pending *next;
 };
 
@@ -95,6 +100,14 @@ struct client {
 	uint64_t reclaimable_dev[VRAMD_MAX_DEVICES];
 	uint32_t reclaims_answered, reclaims_missed;
 	bool reclaim_late;
+	uint32_t lat_us[LAT_RING]; /* the last RECLAIM answer times (a ring) */
+	uint32_t nlat;             /* answers recorded in all */
+	uint64_t reclaim_asked, reclaim_freed; /* bytes, in all */
+	/* Fair share (fair.h): what it wants and needs at least per device
+	 * (DEMAND; 0: what it holds, nothing), and its share as last computed. */
+	uint64_t want_dev[VRAMD_MAX_DEVICES];
+	uint64_t min_dev[VRAMD_MAX_DEVICES];
+	uint64_t share_dev[VRAMD_MAX_DEVICES];
 	bool parked;             /* an ALLOC of its waits for reclaim */
 	bool admin;              /* root or in the admin group */
 	bool restored;           /* no connection: grants from the fd store, or kept after a

@@ -3,8 +3,8 @@
 #  - no file in broker/ over 800 lines;
 #  - no function in broker/, runtime/, common/ or tools/ over 150 lines;
 #  - broker/: a file includes only the headers of layers below its own
-#    (log/pool/config < internal < conn < grant < alloc < admin < dispatch
-#    < broker), and config.c and the pool backends include only
+#    (log/pool/config < internal < conn < grant < fair < alloc < admin <
+#    dispatch < client < broker), and config.c and the pool backends include only
 #    pool/config/log headers.
 # Prints each breach and exits 1 if there is one.
 set -u
@@ -40,17 +40,19 @@ rank() {
 	internal.h) echo 1 ;;
 	conn.h) echo 2 ;;
 	grant.h) echo 3 ;;
-	alloc.h) echo 4 ;;
-	admin.h) echo 5 ;;
-	dispatch.h) echo 6 ;;
-	broker.h) echo 7 ;;
+	fair.h) echo 4 ;;
+	alloc.h) echo 5 ;;
+	admin.h) echo 6 ;;
+	dispatch.h) echo 7 ;;
+	client.h) echo 8 ;;
+	broker.h) echo 9 ;;
 	*) echo 99 ;;
 	esac
 }
 for f in broker/*.c broker/*.h; do
 	base=$(basename "$f")
 	case "$base" in
-	main.c) own=8 ;;
+	main.c) own=10 ;;
 	config.c|pool.c|pool-*.c|log.c) own=base ;;
 	quota.c|quota-*.c) own=quota ;;
 	*.c) own=$(rank "${base%.c}.h") ;;

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 
 #include "broker/broker.h"
+#include "broker/fair.h"
 #include "common/cleanup.h"
 #include "common/proto.h"
 #include "common/util.h"
@@ -515,6 +516,80 @@ START_TEST(test_reclaim_cooperative)
 	vram_status_free(s);
 	/* more than all reclaimable memory: refused at once */
 	ck_assert_int_eq(vram_alloc(b, 0, 48 * MiB, 0, &g), -ENOMEM);
+	atomic_store(&h.stop, 1);
+	pthread_join(h.th, NULL);
+	vram_close(h.c);
+	vram_close(b);
+	wait_clients(l.b, 0);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 0);
+	live_stop(&l);
+}
+END_TEST
+
+/* The level-filling of fair shares (broker/fair.h), by hand. */
+START_TEST(test_fair_fill)
+{
+	uint64_t share[4];
+	/* wanting less than there is: everyone gets what it wants */
+	uint64_t b1[] = { 0, 0 }, c1[] = { 10, 20 };
+	fair_fill(b1, c1, share, 2, 64);
+	ck_assert_uint_eq(share[0], 10);
+	ck_assert_uint_eq(share[1], 20);
+	/* two who want it all split it */
+	uint64_t c2[] = { 64, 64 };
+	fair_fill(b1, c2, share, 2, 64);
+	ck_assert_uint_eq(share[0], 32);
+	ck_assert_uint_eq(share[1], 32);
+	/* one who wants little gets it; the others split the rest */
+	uint64_t b3[] = { 0, 0, 0 }, c3[] = { 4, 64, 64 };
+	fair_fill(b3, c3, share, 3, 64);
+	ck_assert_uint_eq(share[0], 4);
+	ck_assert_uint_eq(share[1], 30);
+	ck_assert_uint_eq(share[2], 30);
+	/* a floor (base) above the level is kept; the rest is levelled */
+	uint64_t b4[] = { 40, 0, 0 }, c4[] = { 64, 64, 64 };
+	fair_fill(b4, c4, share, 3, 64);
+	ck_assert_uint_eq(share[0], 40);
+	ck_assert_uint_eq(share[1], 12);
+	ck_assert_uint_eq(share[2], 12);
+	/* bases that exceed the device: bases */
+	uint64_t b5[] = { 40, 40 }, c5[] = { 64, 64 };
+	fair_fill(b5, c5, share, 2, 64);
+	ck_assert_uint_eq(share[0], 40);
+	ck_assert_uint_eq(share[1], 40);
+	/* the shares never sum past the device when the bases fit */
+	uint64_t b6[] = { 3, 7, 0, 1 }, c6[] = { 100, 9, 33, 50 };
+	fair_fill(b6, c6, share, 4, 77);
+	ck_assert_uint_le(share[0] + share[1] + share[2] + share[3], 77);
+	ck_assert_uint_ge(share[0] + share[1] + share[2] + share[3], 74); /* within one level step per client */
+}
+END_TEST
+
+/* A client that holds the whole device keeps its fair share: a newcomer
+ * that asks past its own share (half: both want more than there is) is
+ * refused at once, naming the share; one that asks within it is served by
+ * RECLAIM from the holder. */
+START_TEST(test_fair_share_refusal)
+{
+	struct live l;
+	struct holder h = { 0 };
+	reclaim_broker(&l, 5000);
+	ck_assert_int_eq(vram_connect(l.sock, "holder", &h.c), 0);
+	for (h.n = 0; h.n < 7; h.n++)
+		ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	vram_set_reclaim_handler(h.c, give_back, &h);
+	ck_assert_int_eq(pthread_create(&h.th, NULL, dispatcher, &h), 0);
+	vram_client *b;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(l.sock, "newcomer", &b), 0);
+	uint64_t t0 = now_ns();
+	ck_assert_int_eq(vram_alloc(b, 0, 40 * MiB, 0, &g), -ENOMEM);
+	ck_assert_uint_lt(now_ns() - t0, 2000 * 1000000ull); /* at once, not after the 5 s deadline */
+	ck_assert_msg(strstr(vram_last_error(), "its fair share is 32.00 MiB"), "%s", vram_last_error());
+	ck_assert_int_eq(atomic_load(&h.calls), 0);
+	ck_assert_msg(vram_alloc(b, 0, 32 * MiB, 0, &g) == 0, "%s", vram_last_error());
+	ck_assert_int_ge(atomic_load(&h.calls), 1);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 64 * MiB);
 	atomic_store(&h.stop, 1);
 	pthread_join(h.th, NULL);
 	vram_close(h.c);
@@ -1106,6 +1181,8 @@ int main(void)
 	tcase_add_test(tc, test_status_paging);
 	tcase_add_test(tc, test_reclaim_cooperative);
 	tcase_add_test(tc, test_reclaim_queue_behind_parked);
+	tcase_add_test(tc, test_fair_fill);
+	tcase_add_test(tc, test_fair_share_refusal);
 	tcase_add_test(tc, test_reclaim_ignored);
 	tcase_add_test(tc, test_reclaim_holder_dies);
 	tcase_add_test(tc, test_reclaim_requester_dies);
