@@ -90,11 +90,16 @@ class Component:
                 src_of[k] = (src, None)
             fixed[k] = v
         missing, unexpected = self.module.load_state_dict(fixed, strict=False, assign=True)
-        left = [n for n, p in list(self.module.named_parameters()) + list(self.module.named_buffers())
-                if p.device.type == "meta"]
-        if left:
-            raise RuntimeError("vramd: %s: %d weight(s) are not in the checkpoint: %s"
-                               % (self.name, len(left), ", ".join(left[:8])))
+        # Weights the file lacks stay as the module made them in ComfyUI's own
+        # loader (uninitialised, e.g. CLIP-L's text_projection): the same here,
+        # allocated on the compute device (outside broker memory).
+        self.missing = [n for n, p in list(self.module.named_parameters()) + list(self.module.named_buffers())
+                        if p.device.type == "meta"]
+        for n in self.missing:
+            path, _, attr = n.rpartition(".")
+            m = self.module.get_submodule(path) if path else self.module
+            cur = getattr(m, attr)
+            _set(m, attr, torch.empty(cur.shape, dtype=cur.dtype, device=self.compute_device))
         for k, (src, conv) in src_of.items():
             if src is None or k in unexpected:
                 continue
