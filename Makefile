@@ -59,7 +59,7 @@ EXTRA_RUNTIME_OBJ :=
 # Fragments (kernels/kernels.mk: nvcc rules) may add to EXTRA_RUNTIME_OBJ.
 -include $(sort $(wildcard */*.mk))
 
-.PHONY: all deps check test run bench bench-gpu check-gpu gpu-bundle asan install clean distclean
+.PHONY: all deps check test run bench bench-comfyui bench-gpu check-gpu gpu-bundle asan install clean distclean
 # Keep test objects (otherwise make deletes them as intermediates).
 .SECONDARY:
 all: $(VRAMD) $(VRAMCTL) $(LIBVRAM_A) $(LIBVRAM_SO) $(TEST_BIN) $(HELPER_BIN)
@@ -114,6 +114,12 @@ run: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/bench.sh
+
+# ComfyUI's own checkpoint loader against the vramd node, cold and warm
+# (needs COMFYUI_DIR, a ComfyUI checkout; skipped without; docs/comfyui.md).
+bench-comfyui:
+	@$(MAKE) --no-print-directory all
+	@VRAM_BUILD=$(BUILD) sh scripts/bench-comfyui.sh
 
 # On a machine with an NVIDIA GPU: broker with CUDA pools and real client
 # processes (exits 77, skipped, where there is none).
