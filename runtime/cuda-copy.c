@@ -20,6 +20,7 @@
 #include "common/util.h"
 #include "runtime/cuda-copy.h"
 #include "runtime/cuda-kernels.h"
+#include "runtime/dtype.h"
 
 struct vram_cuda_copier {
 	struct vram_cuda_dev *d;
@@ -172,7 +173,7 @@ int vram_cuda_copier_dtod(struct vram_cuda_copier *cp, uint64_t dst_addr, uint64
 int vram_cuda_copier_cast(struct vram_cuda_copier *cp, uint64_t dst, uint32_t dst_dtype, uint64_t scratch,
 			  const void *src, uint32_t src_dtype, uint64_t n, uint32_t slot)
 {
-	uint64_t len = n * (vram_dtype_bits(src_dtype) / 8);
+	uint64_t len = n * (dtype_size(src_dtype));
 	int r = check_slot(cp, slot, len);
 	if (r < 0 || n == 0)
 		return r;
@@ -350,7 +351,7 @@ static int sink_cast(void *user, uint64_t dst_addr, uint32_t dst_dtype, const vo
 		     uint64_t n, uint64_t slot_off, uint32_t slot)
 {
 	struct vram_cuda_sink *s = user;
-	uint64_t sb = n * (vram_dtype_bits(src_dtype) / 8), db = n * (vram_dtype_bits(dst_dtype) / 8);
+	uint64_t sb = n * (dtype_size(src_dtype)), db = n * (dtype_size(dst_dtype));
 	if (slot >= s->nslots)
 		return vram_error(-EINVAL, "copy slot %u of %u", slot, s->nslots);
 	if (!s->slot_size || slot_off > s->slot_size || sb > s->slot_size - slot_off)

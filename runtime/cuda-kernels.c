@@ -15,6 +15,7 @@
 
 #include "kernels/kernels.h"
 #include "runtime/cuda-kernels.h"
+#include "runtime/dtype.h"
 #include "runtime/internal.h"
 
 #define NFMT 5 /* VK_FMT_* formats the kernels handle */
@@ -164,7 +165,7 @@ int vram_cuda_cast_launch(struct vram_cuda_dev *d, CUstream s, CUdeviceptr dst, 
 		return vram_error(-EINVAL, "cast of %llu elements with a NULL address", (unsigned long long)n);
 	/* The kernels load and store whole elements: a misaligned address
 	 * would fault, and a fault poisons the context (PyTorch's too). */
-	if (src % (vram_dtype_bits(src_dtype) / 8) || dst % (vram_dtype_bits(dst_dtype) / 8))
+	if (src % (dtype_size(src_dtype)) || dst % (dtype_size(dst_dtype)))
 		return vram_error(-EINVAL, "cast 0x%llx (%s) -> 0x%llx (%s): address not aligned to its element",
 				  (unsigned long long)src, vram_dtype_name(src_dtype), (unsigned long long)dst,
 				  vram_dtype_name(dst_dtype));
@@ -213,7 +214,7 @@ int vram_cuda_lora_launch(struct vram_cuda_dev *d, CUstream s, CUdeviceptr w, ui
 		return 0;
 	if (!w || !up || !down)
 		return vram_error(-EINVAL, "LoRA merge with a NULL address");
-	if (w % (vram_dtype_bits(w_dtype) / 8) || up % 4 || down % 4)
+	if (w % (dtype_size(w_dtype)) || up % 4 || down % 4)
 		return vram_error(-EINVAL, "LoRA merge: an address not aligned to its element (w 0x%llx, up 0x%llx, "
 				  "down 0x%llx)", (unsigned long long)w, (unsigned long long)up, (unsigned long long)down);
 	if ((r = vram_cuda_dev_push(d)) < 0)

@@ -41,6 +41,7 @@
 #include "common/util.h"
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
+#include "runtime/dtype.h"
 #include "runtime/load.h"
 #include "runtime/model.h"
 #include "runtime/stream.h"
@@ -49,34 +50,6 @@
 /* Alignment of a tensor that is placed on its own (converted ones, and
  * every tensor on a GPU): any element, and vectorised kernels. */
 #define TENSOR_ALIGN 256u
-/* The dtypes conversion handles. */
-#define CAST_DTYPES ((1u << VRAM_DTYPE_F8_E4M3) | (1u << VRAM_DTYPE_F8_E5M2) | (1u << VRAM_DTYPE_F16) | \
-		     (1u << VRAM_DTYPE_BF16) | (1u << VRAM_DTYPE_F32))
-
-int load_cast_check(uint32_t cast_to, uint32_t cast_from, uint32_t *ret_from)
-{
-	*ret_from = cast_from ? cast_from : VRAM_LOAD_CAST_DEFAULT_FROM;
-	if (cast_to && (cast_to >= 32 || !(CAST_DTYPES & (1u << cast_to))))
-		return vram_error(-EINVAL, "cannot convert to %s: cast_to is one of F8_E4M3, F8_E5M2, F16, BF16, F32",
-				  vram_dtype_name(cast_to) ?: "an unknown dtype");
-	if (cast_to && (*ret_from & ~CAST_DTYPES))
-		return vram_error(-EINVAL, "cannot convert from dtype %d: cast_from holds only F8_E4M3, F8_E5M2, "
-				  "F16, BF16, F32", __builtin_ctz(*ret_from & ~CAST_DTYPES));
-	return 0;
-}
-
-bool load_casts(uint32_t dtype, uint32_t cast_to, uint32_t from)
-{
-	return cast_to && dtype != cast_to && dtype < 32 && (from & (1u << dtype));
-}
-
-uint64_t load_cast_nbytes(uint32_t dtype, uint64_t nbytes, uint32_t cast_to, uint32_t from)
-{
-	if (!load_casts(dtype, cast_to, from))
-		return nbytes;
-	return nbytes / (vram_dtype_bits(dtype) / 8) * (vram_dtype_bits(cast_to) / 8);
-}
-
 void vram_load_options_init(struct vram_load_options *o)
 {
 	memset(o, 0, sizeof(*o));
@@ -138,7 +111,7 @@ struct mixed_sink {
 static int host_cast(struct mixed_sink *ms, void *dst, uint32_t dst_dtype, const void *src, uint32_t src_dtype,
 		     uint64_t n)
 {
-	uint32_t sb = vram_dtype_bits(src_dtype), db = vram_dtype_bits(dst_dtype) / 8;
+	uint32_t sb = vram_dtype_bits(src_dtype), db = dtype_size(dst_dtype);
 	if (sb > 16 || src_dtype == dst_dtype)
 		return vk_cast(src, src_dtype, dst, dst_dtype, n);
 	if (src_dtype >= VRAM_DTYPE_COUNT)
@@ -204,7 +177,7 @@ static int mixed_cast(void *user, uint64_t dst, uint32_t dst_dtype, const void *
 		      uint64_t n, uint64_t slot_off, uint32_t slot)
 {
 	struct mixed_sink *ms = user;
-	if (in_host(ms, dst, n * (vram_dtype_bits(dst_dtype) / 8))) {
+	if (in_host(ms, dst, n * (dtype_size(dst_dtype)))) {
 		int r = host_cast(ms, (void *)(uintptr_t)dst, dst_dtype, src, src_dtype, n);
 		return r < 0 ? vram_error(r, "converting %llu %s elements to %s", (unsigned long long)n,
 					  vram_dtype_name(src_dtype), vram_dtype_name(dst_dtype)) : 0;
@@ -305,7 +278,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 				  o->staging_slots, STREAM_MAX_NSTAGING);
 	uint32_t nstaging = o->staging_slots ? o->staging_slots : STREAM_DEFAULT_NSTAGING;
 	uint32_t cast_from;
-	if ((r = load_cast_check(o->cast_to, o->cast_from, &cast_from)) < 0)
+	if ((r = dtype_cast_check(o->cast_to, o->cast_from, &cast_from)) < 0)
 		return r;
 
 	int n = vram_model_tensor_count(m);
@@ -354,8 +327,8 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		len[i] = t->end - t->begin;
 		comp[i] = t->component;
 		dtype[i] = t->dtype;
-		olen[i] = load_cast_nbytes(t->dtype, len[i], o->cast_to, cast_from);
-		conv[i] = load_casts(t->dtype, o->cast_to, cast_from);
+		olen[i] = dtype_cast_nbytes(t->dtype, len[i], o->cast_to, cast_from);
+		conv[i] = dtype_casts(t->dtype, o->cast_to, cast_from);
 		l->converted += conv[i];
 	}
 

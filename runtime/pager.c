@@ -36,6 +36,7 @@
 #include "common/util.h"
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
+#include "runtime/dtype.h"
 #include "runtime/load.h"
 #include "kernels/kernels.h"
 
@@ -159,7 +160,7 @@ static int read_loaded(struct vram_pager *p, uint32_t t, uint64_t off, uint64_t 
 	struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
 	vram_model_tensor(p->l->model, t, &ti);
 	uint32_t ldt = p->l->tensors[t].dtype;
-	uint64_t sb = vram_dtype_bits(ti.dtype) / 8, db = vram_dtype_bits(ldt) / 8;
+	uint64_t sb = dtype_size(ti.dtype), db = dtype_size(ldt);
 	uint8_t *buf = dst;
 	uint64_t foff = ti.file_offset + off, flen = len;
 	if (ldt != ti.dtype) {

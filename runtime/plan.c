@@ -23,8 +23,8 @@
 
 #include "common/cleanup.h"
 #include "common/util.h"
+#include "runtime/dtype.h"
 #include "runtime/internal.h"
-#include "runtime/load.h"
 #include "runtime/plan.h"
 
 #define PLAN_FLAGS_MASK        VRAM_PLAN_HIGH_PRECISION_LORAS
@@ -703,7 +703,7 @@ int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
 	uint32_t cast_to = 0, cast_from = 0;
 	if (o && o->struct_size > offsetof(struct vram_plan_options, cast_from)) {
 		cast_to = o->cast_to;
-		int r = load_cast_check(cast_to, o->cast_from, &cast_from);
+		int r = dtype_cast_check(cast_to, o->cast_from, &cast_from);
 		if (r < 0)
 			return r;
 	}
@@ -723,7 +723,7 @@ int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
 			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
 			if ((r = vram_model_tensor(m, t, &ti)) < 0)
 				return r;
-			layers[i].nbytes += load_cast_nbytes(ti.dtype, ti.nbytes, cast_to, cast_from);
+			layers[i].nbytes += dtype_cast_nbytes(ti.dtype, ti.nbytes, cast_to, cast_from);
 		}
 	}
 	return plan_build(layers, (uint32_t)n, vram_model_path(m), o, devs, ndevs, ret_plan);

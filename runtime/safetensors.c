@@ -16,59 +16,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
 #include "common/cleanup.h"
+#include "runtime/dtype.h"
 #include "runtime/internal.h"
 #include "runtime/model.h"
-
-/* ======================================================================
- * dtypes
- * ====================================================================== */
-
-static const struct {
-	const char *name;
-	uint32_t bits;
-} dtypes[VRAM_DTYPE_COUNT] = {
-	[VRAM_DTYPE_BOOL] = { "BOOL", 8 },
-	[VRAM_DTYPE_F4] = { "F4", 4 },
-	[VRAM_DTYPE_F6_E2M3] = { "F6_E2M3", 6 },
-	[VRAM_DTYPE_F6_E3M2] = { "F6_E3M2", 6 },
-	[VRAM_DTYPE_U8] = { "U8", 8 },
-	[VRAM_DTYPE_I8] = { "I8", 8 },
-	[VRAM_DTYPE_F8_E5M2] = { "F8_E5M2", 8 },
-	[VRAM_DTYPE_F8_E4M3] = { "F8_E4M3", 8 },
-	[VRAM_DTYPE_F8_E8M0] = { "F8_E8M0", 8 },
-	[VRAM_DTYPE_F8_E4M3FNUZ] = { "F8_E4M3FNUZ", 8 },
-	[VRAM_DTYPE_F8_E5M2FNUZ] = { "F8_E5M2FNUZ", 8 },
-	[VRAM_DTYPE_I16] = { "I16", 16 },
-	[VRAM_DTYPE_U16] = { "U16", 16 },
-	[VRAM_DTYPE_F16] = { "F16", 16 },
-	[VRAM_DTYPE_BF16] = { "BF16", 16 },
-	[VRAM_DTYPE_I32] = { "I32", 32 },
-	[VRAM_DTYPE_U32] = { "U32", 32 },
-	[VRAM_DTYPE_F32] = { "F32", 32 },
-	[VRAM_DTYPE_C64] = { "C64", 64 },
-	[VRAM_DTYPE_F64] = { "F64", 64 },
-	[VRAM_DTYPE_I64] = { "I64", 64 },
-	[VRAM_DTYPE_U64] = { "U64", 64 },
-};
-
-/* The safetensors name of dtype ("F16"), NULL when out of range. */
-const char *vram_dtype_name(uint32_t dtype)
-{
-	return dtype < VRAM_DTYPE_COUNT ? dtypes[dtype].name : NULL;
-}
-
-/* Bits per element of dtype, 0 when out of range. */
-uint32_t vram_dtype_bits(uint32_t dtype)
-{
-	return dtype < VRAM_DTYPE_COUNT ? dtypes[dtype].bits : 0;
-}
 
 /* ======================================================================
  * Messages
@@ -518,17 +474,16 @@ static json_t *get_field(const struct st *st, const char *tname, json_t *obj, co
 static int parse_dtype(const struct st *st, const char *tname, const char *s, size_t n, uint32_t *ret)
 {
 	struct qbuf q1, q2;
+	int d = dtype_find(s, n);
 
-	for (uint32_t i = 0; i < VRAM_DTYPE_COUNT; i++) {
-		if (strlen(dtypes[i].name) == n && !memcmp(dtypes[i].name, s, n)) {
-			*ret = i;
-			return 0;
-		}
+	if (d >= 0) {
+		*ret = (uint32_t)d;
+		return 0;
 	}
-	for (uint32_t i = 0; i < VRAM_DTYPE_COUNT; i++)
-		if (strlen(dtypes[i].name) == n && !strncasecmp(dtypes[i].name, s, n))
-			return st_invalid(st, "tensor %s: unknown dtype %s (dtypes are case-sensitive: %s)",
-					  quote(&q1, tname), quote_n(&q2, s, n, false), dtypes[i].name);
+	d = dtype_find_nocase(s, n);
+	if (d >= 0)
+		return st_invalid(st, "tensor %s: unknown dtype %s (dtypes are case-sensitive: %s)",
+				  quote(&q1, tname), quote_n(&q2, s, n, false), vram_dtype_name((uint32_t)d));
 	return st_invalid(st, "tensor %s: unknown dtype %s", quote(&q1, tname), quote_n(&q2, s, n, false));
 }
 
@@ -589,17 +544,17 @@ static int parse_tensor(const struct st *st, const char *tname, json_t *v, struc
 			return st_invalid(st, "tensor %s: shape %s has more than 2^64 elements", quote(&q, tname),
 					  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim));
 	}
-	if (__builtin_mul_overflow(nel, (uint64_t)dtypes[t->dtype].bits, &nbits))
+	if (__builtin_mul_overflow(nel, (uint64_t)vram_dtype_bits(t->dtype), &nbits))
 		return st_invalid(st, "tensor %s: %s %s is 2^64 bits or more", quote(&q, tname),
-				  dtypes[t->dtype].name, fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim));
+				  vram_dtype_name(t->dtype), fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim));
 	if (nbits % 8)
 		return st_invalid(st, "tensor %s: %s %s is %" PRIu64 " bits, not a whole number of bytes",
-				  quote(&q, tname), dtypes[t->dtype].name,
+				  quote(&q, tname), vram_dtype_name(t->dtype),
 				  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim), nbits);
 	if (off[1] - off[0] != nbits / 8)
 		return st_invalid(st, "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
 				  " bytes but %s %s needs %" PRIu64,
-				  quote(&q, tname), off[0], off[1], off[1] - off[0], dtypes[t->dtype].name,
+				  quote(&q, tname), off[0], off[1], off[1] - off[0], vram_dtype_name(t->dtype),
 				  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim), nbits / 8);
 	return 0;
 }

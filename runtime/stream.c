@@ -44,6 +44,7 @@
 
 #include "common/cleanup.h"
 #include "common/util.h"
+#include "runtime/dtype.h"
 #include "runtime/internal.h"
 #include "runtime/stream.h"
 
@@ -569,7 +570,7 @@ static void close_staged(struct stream *s, struct op *op, uint64_t b, uint64_t n
 /* Bytes per element of a converting request, else 1. */
 static uint64_t req_unit(const struct stream_req *r)
 {
-	return r->cast_from != r->cast_to ? vram_dtype_bits(r->cast_from) / 8 : 1;
+	return r->cast_from != r->cast_to ? dtype_size(r->cast_from) : 1;
 }
 
 static struct op *open_staged(struct stream *s, uint64_t oa, size_t *cur, uint64_t *b, uint64_t *need_end)
@@ -821,7 +822,7 @@ static void deliver(struct stream *s, struct op *op)
 		int rc;
 		vram_error_clear();
 		if (r->cast_from != r->cast_to) {
-			uint64_t sb = req_unit(r), db = vram_dtype_bits(r->cast_to) / 8;
+			uint64_t sb = req_unit(r), db = dtype_size(r->cast_to);
 			rc = s->o->sink->cast(s->o->sink->user, r->dst_addr + d / sb * db, r->cast_to, src,
 					      r->cast_from, pt->len / sb, pt->off - op->off, (uint32_t)op->slot);
 		} else {
