@@ -305,7 +305,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	struct vram_cuda_pin *pin = NULL;
 	struct mixed_sink msink = { 0 };
 	struct stream_sink sink = { .copy = mixed_copy, .wait = mixed_wait, .user = &msink, .cast = mixed_cast };
-	int fd = -1;
 	if (!l || !dev || !order || !off || !len || !comp || !dtype || !conv || !olen || !runs || !reqs || !tchunk) {
 		r = vram_error(-ENOMEM, "out of memory");
 		goto fail;
@@ -468,18 +467,11 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		}
 	}
 
-	fd = open(vram_model_path(m), O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		r = vram_error(-errno, "%s: %s", vram_model_path(m), strerror(errno));
+	/* The bytes come from the fd the model was parsed from, never from the
+	 * path again; a model whose file changed in place, or whose path names
+	 * another file now, is refused (stale: the caller meant that path). */
+	if ((r = model_check_unchanged(m)) < 0 || (r = model_check_path(m)) < 0)
 		goto fail;
-	}
-	struct stat st;
-	if (fstat(fd, &st) == 0 && (uint64_t)st.st_size != vram_model_file_size(m)) {
-		r = vram_error(-ESTALE, "%s: file changed since it was opened (size %llu -> %llu)",
-			       vram_model_path(m), (unsigned long long)vram_model_file_size(m),
-			       (unsigned long long)st.st_size);
-		goto fail;
-	}
 
 	struct stream_opts so;
 	memset(&so, 0, sizeof(so));
@@ -539,7 +531,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		vram_error_clear();
 	}
 	struct stream_result res;
-	r = stream_file(vram_model_path(m), fd, reqs, nreq, &so, &res);
+	r = stream_file(vram_model_path(m), m->fd, reqs, nreq, &so, &res);
 	vram_cuda_sink_free(csink); /* waits for the last copies */
 	csink = NULL;
 	vram_cuda_unpin(pin);
@@ -551,7 +543,6 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		goto fail;
 	vram_free(c, staging);
 	staging = NULL;
-	close(fd);
 
 	struct timespec c1;
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
@@ -569,8 +560,6 @@ fail:
 	vram_cuda_unpin(pin);
 	free(msink.host);
 	mixed_sink_free_luts(&msink);
-	if (fd >= 0)
-		close(fd);
 	if (staging) {
 		struct vram_saved_error e;
 		vram_error_save(&e);

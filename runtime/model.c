@@ -6,9 +6,13 @@
  * then name, names compared naturally.  docs/safetensors.md has the rules.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/cleanup.h"
 #include "runtime/internal.h"
@@ -260,6 +264,8 @@ void model_free(struct vram_model *m)
 {
 	if (!m)
 		return;
+	if (m->fd >= 0)
+		close(m->fd);
 	free(m->path);
 	free(m->tensors);
 	free(m->layers);
@@ -271,10 +277,57 @@ void model_free(struct vram_model *m)
 	free(m);
 }
 
-/* Opens path, validates it as safetensors and indexes it.  On success
- * *ret_model owns everything (free with vram_model_close); on failure
- * *ret_model is untouched.  -EINVAL "PATH: invalid safetensors: REASON",
- * -ENOMEM, or -errno from open/read with "PATH: MESSAGE". */
+/* Opens m->path once, for good: the parser, the loader and the pager all
+ * read through m->fd, so a file renamed over the path later is never read
+ * (docs/safetensors.md).  0 or -errno with "PATH: MESSAGE". */
+static int model_open_file(struct vram_model *m)
+{
+	m->fd = open(m->path, O_RDONLY | O_CLOEXEC);
+	if (m->fd < 0)
+		return vram_error(-errno, "%s: %s", m->path, strerror(errno));
+	if (fstat(m->fd, &m->st) < 0)
+		return vram_error(-errno, "%s: %s", m->path, strerror(errno));
+	if (S_ISDIR(m->st.st_mode))
+		return vram_error(-EISDIR, "%s: %s", m->path, strerror(EISDIR));
+	if (!S_ISREG(m->st.st_mode))
+		return vram_error(-EINVAL, "%s: not a regular file", m->path);
+	return 0;
+}
+
+/* Size and mtime of m->fd against those at open (model.h). */
+int model_check_unchanged(const struct vram_model *m)
+{
+	struct stat st;
+
+	if (fstat(m->fd, &st) < 0)
+		return vram_error(-errno, "%s: %s", m->path, strerror(errno));
+	if (st.st_size != m->st.st_size)
+		return vram_error(-ESTALE, "%s: file changed since it was opened (size %" PRIu64 " -> %" PRIu64 ")",
+				  m->path, (uint64_t)m->st.st_size, (uint64_t)st.st_size);
+	if (st.st_mtim.tv_sec != m->st.st_mtim.tv_sec || st.st_mtim.tv_nsec != m->st.st_mtim.tv_nsec)
+		return vram_error(-ESTALE, "%s: file changed since it was opened (modified)", m->path);
+	return 0;
+}
+
+/* m->path against the file open at m->fd (model.h). */
+int model_check_path(const struct vram_model *m)
+{
+	struct stat st;
+
+	if (stat(m->path, &st) < 0)
+		return vram_error(-ESTALE, "%s: file changed since it was opened (the path is gone: %s)", m->path,
+				  strerror(errno));
+	if (st.st_dev != m->st.st_dev || st.st_ino != m->st.st_ino)
+		return vram_error(-ESTALE, "%s: file changed since it was opened (the path names another file now)",
+				  m->path);
+	return 0;
+}
+
+/* Opens path (once: its fd is kept), validates it as safetensors and
+ * indexes it.  On success *ret_model owns everything (free with
+ * vram_model_close); on failure *ret_model is untouched and nothing stays
+ * open.  -EINVAL "PATH: invalid safetensors: REASON", -ENOMEM, or -errno
+ * from open/read with "PATH: MESSAGE". */
 int vram_model_open(const char *path, vram_model **ret_model)
 {
 	struct vram_model *m;
@@ -286,12 +339,15 @@ int vram_model_open(const char *path, vram_model **ret_model)
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return vram_error(-ENOMEM, "%s: out of memory", path);
+	m->fd = -1;
 	m->path = strdup(path);
 	if (!m->path) {
 		free(m);
 		return vram_error(-ENOMEM, "%s: out of memory", path);
 	}
-	r = st_read(m);
+	r = model_open_file(m);
+	if (r == 0)
+		r = st_read(m);
 	if (r == 0) {
 		r = model_index(m);
 		if (r < 0)
@@ -315,6 +371,15 @@ void vram_model_close(vram_model *m)
 const char *vram_model_path(const vram_model *m)
 {
 	return m ? m->path : NULL;
+}
+
+/* The fd the model read the file through, owned by m (vram.h), or -EINVAL
+ * for NULL. */
+int vram_model_fd(const vram_model *m)
+{
+	if (!m)
+		return vram_error(-EINVAL, "vram_model_fd: NULL model");
+	return m->fd;
 }
 
 /* "safetensors" (the only format read so far), NULL for NULL. */

@@ -23,10 +23,10 @@
  * broker I/O (vram_alloc/vram_free) nor across a copy.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -38,6 +38,7 @@
 #include "runtime/cuda-copy.h"
 #include "runtime/dtype.h"
 #include "runtime/load.h"
+#include "runtime/model.h"
 #include "kernels/kernels.h"
 
 /* How long acquire keeps asking for a window slot the broker refuses with
@@ -81,7 +82,7 @@ struct player {
 struct vram_pager {
 	vram_loaded *l;
 	vram_client *c;
-	int fd;                  /* the checkpoint, for dropped layers */
+	const struct vram_model *m; /* dropped layers are read through m->fd */
 	uint32_t nlayers;
 	struct player *layers;
 	uint64_t *toff;          /* tensor offset within its layer's slot */
@@ -110,6 +111,9 @@ struct vram_pager {
 	uint64_t bounce_size;
 	uint8_t *raw;            /* file bytes of a converted tensor, before conversion */
 	uint64_t raw_size;
+	/* The last failed copy (under mu), for the acquire that waited on it. */
+	int copy_err;
+	char copy_msg[512];
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -154,36 +158,53 @@ static void prefault(vram_grant *g)
  * donor of last resort) into host memory dst: as they are, or, for a
  * tensor converted while loading, its file elements converted again (the
  * same C reference conversion, so the same bytes).  off and len whole
- * elements of the loaded dtype.  0 or -errno. */
+ * elements of the loaded dtype.  The file is read through the fd the model
+ * was parsed from (a file renamed over the path is not read) and must not
+ * have changed in place since.  0 or -errno with the message set
+ * (-ESTALE when it changed). */
 static int read_loaded(struct vram_pager *p, uint32_t t, uint64_t off, uint64_t len, uint8_t *dst)
 {
-	struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-	vram_model_tensor(p->l->model, t, &ti);
+	const struct model_tensor *mt = &p->m->tensors[t];
 	uint32_t ldt = p->l->tensors[t].dtype;
-	uint64_t sb = dtype_size(ti.dtype), db = dtype_size(ldt);
+	uint64_t sb = dtype_size(mt->dtype), db = dtype_size(ldt);
+	uint64_t base = p->m->data_offset + mt->begin;
 	uint8_t *buf = dst;
-	uint64_t foff = ti.file_offset + off, flen = len;
-	if (ldt != ti.dtype) {
+	uint64_t foff = base + off, flen = len;
+	if (ldt != mt->dtype) {
 		flen = len / db * sb;
-		foff = ti.file_offset + off / db * sb;
+		foff = base + off / db * sb;
 		if (p->raw_size < flen) {
 			uint8_t *n = realloc(p->raw, flen);
 			if (!n)
-				return -ENOMEM;
+				return vram_error(-ENOMEM, "out of memory reading back tensor \"%s\"", mt->name);
 			p->raw = n;
 			p->raw_size = flen;
 		}
 		buf = p->raw;
 	}
-	for (uint64_t done = 0; done < flen;) {
-		ssize_t n = pread(p->fd, buf + done, flen - done, (off_t)(foff + done));
+	uint64_t done = 0;
+	while (done < flen) {
+		ssize_t n = pread(p->m->fd, buf + done, flen - done, (off_t)(foff + done));
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
+		if (n < 0)
+			return vram_error(-errno, "%s: reading back tensor \"%s\": %s", p->m->path, mt->name,
+					  strerror(errno));
+		if (n == 0)
+			break;
 		done += (uint64_t)n;
 	}
-	return ldt != ti.dtype ? vk_cast(buf, ti.dtype, dst, ldt, len / db) : 0;
+	/* After the read: a change before or during it shows in size or mtime. */
+	int r = model_check_unchanged(p->m);
+	if (r < 0)
+		return r;
+	if (done < flen)
+		return vram_error(-EIO, "%s: reading back tensor \"%s\": end of file at offset %llu", p->m->path,
+				  mt->name, (unsigned long long)(foff + done));
+	if (ldt == mt->dtype)
+		return 0;
+	r = vk_cast(buf, mt->dtype, dst, ldt, len / db);
+	return r < 0 ? vram_error(r, "converting tensor \"%s\" read back from %s", mt->name, p->m->path) : 0;
 }
 
 /* Fills a slot on a CUDA device: async copies on the device's copy stream
@@ -282,12 +303,15 @@ static void *copier_main(void *arg)
 		uint32_t layer = (uint32_t)s->layer;
 		pthread_mutex_unlock(&p->mu);
 		uint64_t t0 = now_ns();
+		vram_error_clear(); /* what fill_slot says is its own */
 		int r = fill_slot(p, s, layer);
 		uint64_t dt = now_ns() - t0;
 		pthread_mutex_lock(&p->mu);
 		p->st.copy_ns += dt;
 		if (r < 0) {
-			/* Leave it empty: acquire sees it and retries or fails. */
+			/* Leave it empty: acquire sees it and fails with this. */
+			p->copy_err = r;
+			snprintf(p->copy_msg, sizeof(p->copy_msg), "%s", vram_last_error());
 			p->layers[layer].slot = -1;
 			s->layer = -1;
 			s->state = SLOT_EMPTY;
@@ -558,8 +582,11 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 			s->pins--;
 			if (waited)
 				p->st.stall_ns += now_ns() - t0;
+			int err = p->copy_err ? p->copy_err : -EIO;
+			vram_error(err, "paging layer %u in failed: %s", layer,
+				   p->copy_msg[0] ? p->copy_msg : strerror(-err));
 			pthread_mutex_unlock(&p->mu);
-			return vram_error(-EIO, "paging layer %u in failed", layer);
+			return err;
 		}
 		int si = pick_slot(p, L->compute, G->gpacked, -1, false);
 		if (si >= 0) {
@@ -1033,8 +1060,6 @@ void vram_pager_free(vram_pager *p)
 		vram_cuda_copier_free(p->cuda_copier[d]);
 	free(p->bounce);
 	free(p->raw);
-	if (p->fd >= 0)
-		close(p->fd);
 	pthread_mutex_destroy(&p->mu);
 	pthread_cond_destroy(&p->cv);
 	free(p->layers);
@@ -1070,7 +1095,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		return vram_error(-ENOMEM, "out of memory");
 	p->l = l;
 	p->c = l->client;
-	p->fd = -1;
+	p->m = l->model;
 	p->pin_dev = -1;
 	p->depth = o->prefetch_depth ? o->prefetch_depth : 2;
 	pthread_mutex_init(&p->mu, NULL);
@@ -1087,12 +1112,6 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 	if (!p->layers || !p->toff || !p->order || !p->pos || !p->seen || !p->queue) {
 		vram_pager_free(p);
 		return vram_error(-ENOMEM, "out of memory");
-	}
-	p->fd = open(vram_model_path(l->model), O_RDONLY | O_CLOEXEC);
-	if (p->fd < 0) {
-		r = -errno;
-		vram_pager_free(p);
-		return vram_error(r, "%s: %s", vram_model_path(l->model), strerror(-r));
 	}
 
 	/* Compute device of each component, as a broker device index. */

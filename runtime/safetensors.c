@@ -4,19 +4,18 @@
  * 0.8 (facts.md §3), with duplicate keys rejected.  JSON is parsed by
  * jansson; the checks done here before it (lengths, BOM, UTF-8, NUL
  * padding, nesting depth) exist to name the reason better than a parser
- * error would.  The header is read with pread: nothing is mapped.
+ * error would.  The header is read with pread from the fd the model opened
+ * (model.c): nothing is mapped, and the path is not opened again.
  *
  * docs/safetensors.md lists every rejection reason and the deviations.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -666,28 +665,16 @@ static int pread_full(int fd, void *buf, size_t len, uint64_t off)
 
 static int read_header(struct vram_model *m, const struct st *st0, char **ret_text)
 {
-	_cleanup_close_ int fd = -1;
 	_cleanup_free_ char *text = NULL;
-	struct stat sb;
 	unsigned char lenbuf[8];
 	uint64_t n = 0;
 	int r;
 
-	fd = open(m->path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return vram_error(-errno, "%s: %s", m->path, strerror(errno));
-	if (fstat(fd, &sb) < 0)
-		return vram_error(-errno, "%s: %s", m->path, strerror(errno));
-	if (S_ISDIR(sb.st_mode))
-		return vram_error(-EISDIR, "%s: %s", m->path, strerror(EISDIR));
-	if (!S_ISREG(sb.st_mode))
-		return vram_error(-EINVAL, "%s: not a regular file", m->path);
-	m->file_size = (uint64_t)sb.st_size;
-
+	m->file_size = (uint64_t)m->st.st_size;
 	if (m->file_size < 8)
 		return st_invalid(st0, "file is %" PRIu64 " bytes, too short for the 8-byte header length",
 				  m->file_size);
-	r = pread_full(fd, lenbuf, 8, 0);
+	r = pread_full(m->fd, lenbuf, 8, 0);
 	if (r < 0)
 		return vram_error(r, "%s: reading the header length: %s", m->path,
 				  r == -EIO ? "file shrank while being read" : strerror(-r));
@@ -708,7 +695,7 @@ static int read_header(struct vram_model *m, const struct st *st0, char **ret_te
 	text = malloc(n);
 	if (!text)
 		return vram_error(-ENOMEM, "%s: out of memory for a %" PRIu64 "-byte header", m->path, n);
-	r = pread_full(fd, text, n, 8);
+	r = pread_full(m->fd, text, n, 8);
 	if (r < 0)
 		return vram_error(r, "%s: reading the header: %s", m->path,
 				  r == -EIO ? "file shrank while being read" : strerror(-r));
@@ -716,8 +703,8 @@ static int read_header(struct vram_model *m, const struct st *st0, char **ret_te
 	return 0;
 }
 
-/* Reads and validates m->path into m (model.h): 0 or -errno with the
- * message set; partial allocations are left for model_free(). */
+/* Reads and validates the file open at m->fd into m (model.h): 0 or -errno
+ * with the message set; partial allocations are left for model_free(). */
 int st_read(struct vram_model *m)
 {
 	_cleanup_free_ char *text = NULL;

@@ -208,6 +208,7 @@ struct slot {
 
 struct stream {
 	const char *path;
+	bool have_path;          /* path was given (not the "(file)" stand-in) */
 	const struct stream_req *reqs;
 	size_t nreqs;
 	const struct stream_opts *o;
@@ -307,7 +308,12 @@ static uint64_t clock_ns(clockid_t id)
  * Choosing the mode and the fd
  * ====================================================================== */
 
-/* Opens fd's inode again with flags; the same inode or -ESTALE. */
+/* Opens fd's inode again with flags (O_DIRECT needs a file description of
+ * its own: setting it on a dup would change the caller's fd too).  Through
+ * /proc/self/fd, which reaches the inode and never the path; only where
+ * /proc is missing by the path, and then it must still name the same,
+ * unchanged file (device, inode, size, mtime as at the start).  The new fd
+ * or -errno, -ESTALE when the path names another file now. */
 static int reopen(struct stream *s, int fd, int flags)
 {
 	char p[64];
@@ -316,11 +322,13 @@ static int reopen(struct stream *s, int fd, int flags)
 
 	snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
 	nfd = open(p, flags | O_RDONLY | O_CLOEXEC);
-	if (nfd < 0 && errno == ENOENT && s->path)   /* no /proc */
+	if (nfd < 0 && errno == ENOENT && s->have_path)   /* no /proc */
 		nfd = open(s->path, flags | O_RDONLY | O_CLOEXEC);
 	if (nfd < 0)
 		return -errno;
-	if (fstat(nfd, &st) < 0 || st.st_dev != s->st0.st_dev || st.st_ino != s->st0.st_ino) {
+	if (fstat(nfd, &st) < 0 || st.st_dev != s->st0.st_dev || st.st_ino != s->st0.st_ino ||
+	    st.st_size != s->st0.st_size || st.st_mtim.tv_sec != s->st0.st_mtim.tv_sec ||
+	    st.st_mtim.tv_nsec != s->st0.st_mtim.tv_nsec) {
 		close(nfd);
 		return -ESTALE;
 	}
@@ -367,6 +375,9 @@ static int buffered_fd(struct stream *s, int fd, int *ret_fd, int *ret_own)
 	 * O_DIRECT would need alignment: read through a plain fd instead. */
 	if (fl >= 0 && (fl & (O_DIRECT | O_NONBLOCK))) {
 		int nfd = reopen(s, fd, 0);
+		if (nfd == -ESTALE)
+			return vram_error(nfd, "%s: cannot reopen for buffered reads: the path names another file now "
+					  "(or it changed)", s->path);
 		if (nfd < 0)
 			return vram_error(nfd, "%s: cannot reopen for buffered reads: %s", s->path, strerror(-nfd));
 		*ret_fd = *ret_own = nfd;
@@ -1221,7 +1232,7 @@ int stream_file(const char *path, int fd, const struct stream_req *reqs, size_t 
 	uint64_t c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 	uint64_t p0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
 	struct stream s = {
-		.path = path ? path : "(file)", .reqs = reqs, .nreqs = nreqs,
+		.path = path ? path : "(file)", .have_path = path != NULL, .reqs = reqs, .nreqs = nreqs,
 		.o = o ? o : &defaults, .rfd = -1, .own_fd = -1, .bfd = -1, .own_bfd = -1, .sync_op = -1,
 	};
 	struct stat st1;
