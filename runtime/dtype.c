@@ -88,11 +88,11 @@ int dtype_cast_check(uint32_t cast_to, uint32_t cast_from, uint32_t *ret_from)
 {
 	*ret_from = cast_from ? cast_from : VRAM_LOAD_CAST_DEFAULT_FROM;
 	if (cast_to && (cast_to >= 32 || !(DTYPE_CASTABLE & (1u << cast_to))))
-		return vram_error(-EINVAL, "cannot convert to %s: cast_to is one of F8_E4M3, F8_E5M2, F16, BF16, F32",
-				  vram_dtype_name(cast_to) ?: "an unknown dtype");
+		return rt_error(-EINVAL, "cannot convert to %s: cast_to is one of F8_E4M3, F8_E5M2, F16, BF16, F32",
+				vram_dtype_name(cast_to) ?: "an unknown dtype");
 	if (cast_to && (*ret_from & ~DTYPE_CASTABLE))
-		return vram_error(-EINVAL, "cannot convert from dtype %d: cast_from holds only F8_E4M3, F8_E5M2, "
-				  "F16, BF16, F32", __builtin_ctz(*ret_from & ~DTYPE_CASTABLE));
+		return rt_error(-EINVAL, "cannot convert from dtype %d: cast_from holds only F8_E4M3, F8_E5M2, "
+				"F16, BF16, F32", __builtin_ctz(*ret_from & ~DTYPE_CASTABLE));
 	return 0;
 }
 

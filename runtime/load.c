@@ -169,7 +169,7 @@ static int mixed_copy(void *user, uint64_t dst, const void *src, uint64_t len, u
 	if (in_host(ms, dst, len))
 		return sim_copy(NULL, dst, src, len, slot);
 	if (!ms->cuda.copy)
-		return vram_error(-EFAULT, "copy to 0x%llx: not inside a grant of this load", (unsigned long long)dst);
+		return rt_error(-EFAULT, "copy to 0x%llx: not inside a grant of this load", (unsigned long long)dst);
 	return ms->cuda.copy(ms->cuda.user, dst, src, len, slot);
 }
 
@@ -179,12 +179,12 @@ static int mixed_cast(void *user, uint64_t dst, uint32_t dst_dtype, const void *
 	struct mixed_sink *ms = user;
 	if (in_host(ms, dst, n * (dtype_size(dst_dtype)))) {
 		int r = host_cast(ms, (void *)(uintptr_t)dst, dst_dtype, src, src_dtype, n);
-		return r < 0 ? vram_error(r, "converting %llu %s elements to %s", (unsigned long long)n,
-					  vram_dtype_name(src_dtype), vram_dtype_name(dst_dtype)) : 0;
+		return r < 0 ? rt_error(r, "converting %llu %s elements to %s", (unsigned long long)n,
+					vram_dtype_name(src_dtype), vram_dtype_name(dst_dtype)) : 0;
 	}
 	if (!ms->cuda.cast)
-		return vram_error(-EFAULT, "conversion to 0x%llx: not inside a grant of this load",
-				  (unsigned long long)dst);
+		return rt_error(-EFAULT, "conversion to 0x%llx: not inside a grant of this load",
+				(unsigned long long)dst);
 	return ms->cuda.cast(ms->cuda.user, dst, dst_dtype, src, src_dtype, n, slot_off, slot);
 }
 
@@ -201,17 +201,17 @@ static uint32_t backend_of(const vram_client *c, uint32_t dev)
 
 void vram_unload(vram_loaded *l)
 {
-	struct vram_saved_error e;
+	struct rt_saved_error e;
 	if (!l)
 		return;
-	vram_error_save(&e);
+	rt_error_save(&e);
 	for (uint32_t i = 0; i < l->ngrants; i++)
 		if (l->grants[i].grant)
 			vram_free(l->client, l->grants[i].grant);
 	free(l->grants);
 	free(l->tensors);
 	free(l);
-	vram_error_restore(&e);
+	rt_error_restore(&e);
 }
 
 /* Device of each tensor: its layer's, from the plan (matched to the
@@ -223,7 +223,7 @@ static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *
 	if (plan) {
 		uint32_t np = vram_plan_device_count(plan);
 		if (np > 64)
-			return vram_error(-EINVAL, "plan has too many devices");
+			return rt_error(-EINVAL, "plan has too many devices");
 		for (uint32_t i = 0; i < np; i++) {
 			const char *name = vram_plan_device_name(plan, i);
 			bool used = false;
@@ -231,12 +231,12 @@ static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *
 				used = used || vram_plan_bytes(plan, comp, i) > 0;
 			int d = vram_device_find(c, name);
 			if (d < 0 && used)
-				return vram_error(-ENODEV, "the plan places bytes on %s, which this broker does not have",
-						  name);
+				return rt_error(-ENODEV, "the plan places bytes on %s, which this broker does not have",
+						name);
 			map[i] = d < 0 ? UINT32_MAX : (uint32_t)d;
 		}
 	} else if (def >= c->ndev) {
-		return vram_error(-ENODEV, "no device %u", def);
+		return rt_error(-ENODEV, "no device %u", def);
 	}
 	for (uint32_t li = 0; li < m->nlayers; li++) {
 		const struct model_layer *L = &m->layers[li];
@@ -244,7 +244,7 @@ static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *
 		if (plan) {
 			int pd = vram_plan_layer_device(plan, li);
 			if (pd < 0 || (uint32_t)pd >= vram_plan_device_count(plan) || map[pd] == UINT32_MAX)
-				return vram_error(-EINVAL, "the plan has no device for layer \"%s\"", L->name);
+				return rt_error(-EINVAL, "the plan has no device for layer \"%s\"", L->name);
 			d = map[pd];
 		}
 		for (uint32_t t = L->first; t < L->first + L->count; t++)
@@ -258,24 +258,24 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 {
 	struct vram_load_options opt;
 	int r;
-	vram_error_clear();
+	rt_error_clear();
 	if (!c || !m || !ret)
-		return vram_error(-EINVAL, "vram_load: NULL argument");
+		return rt_error(-EINVAL, "vram_load: NULL argument");
 	vram_load_options_init(&opt);
-	if (o && (r = vram_struct_in(&opt, o, sizeof(opt), offsetof(struct vram_load_options, cast_to),
-				     "vram_load options")) < 0)
+	if (o && (r = rt_struct_in(&opt, o, sizeof(opt), offsetof(struct vram_load_options, cast_to),
+				   "vram_load options")) < 0)
 		return r;
 	o = &opt;
 	if (o->io_mode > VRAM_IO_BUFFERED)
-		return vram_error(-EINVAL, "unknown io_mode %u", o->io_mode);
+		return rt_error(-EINVAL, "unknown io_mode %u", o->io_mode);
 	if (o->flags & ~VRAM_LOAD_RECLAIMABLE)
-		return vram_error(-EINVAL, "unknown load flags 0x%x", o->flags);
+		return rt_error(-EINVAL, "unknown load flags 0x%x", o->flags);
 	if (o->chunk_size > STREAM_MAX_CHUNK)
-		return vram_error(-EINVAL, "chunk_size %llu out of range (at most %llu)",
-				  (unsigned long long)o->chunk_size, STREAM_MAX_CHUNK);
+		return rt_error(-EINVAL, "chunk_size %llu out of range (at most %llu)",
+				(unsigned long long)o->chunk_size, STREAM_MAX_CHUNK);
 	if (o->staging_slots > STREAM_MAX_NSTAGING || o->reserved)
-		return vram_error(-EINVAL, "staging_slots %u out of range (at most %u), or reserved not 0",
-				  o->staging_slots, STREAM_MAX_NSTAGING);
+		return rt_error(-EINVAL, "staging_slots %u out of range (at most %u), or reserved not 0",
+				o->staging_slots, STREAM_MAX_NSTAGING);
 	uint32_t nstaging = o->staging_slots ? o->staging_slots : STREAM_DEFAULT_NSTAGING;
 	uint32_t cast_from;
 	if ((r = dtype_cast_check(o->cast_to, o->cast_from, &cast_from)) < 0)
@@ -301,12 +301,12 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	_cleanup_free_ struct stream_req *reqs = calloc((size_t)n + 1, sizeof(*reqs));
 	_cleanup_free_ uint32_t *tchunk = calloc((size_t)n + 1, sizeof(*tchunk)); /* chunk of each tensor */
 	vram_grant *staging = NULL;
-	struct vram_cuda_sink *csink = NULL;
-	struct vram_cuda_pin *pin = NULL;
+	struct cuda_sink *csink = NULL;
+	struct cuda_pin *pin = NULL;
 	struct mixed_sink msink = { 0 };
 	struct stream_sink sink = { .copy = mixed_copy, .wait = mixed_wait, .user = &msink, .cast = mixed_cast };
 	if (!l || !dev || !order || !off || !len || !comp || !dtype || !conv || !olen || !runs || !reqs || !tchunk) {
-		r = vram_error(-ENOMEM, "out of memory");
+		r = rt_error(-ENOMEM, "out of memory");
 		goto fail;
 	}
 	l->client = c;
@@ -315,7 +315,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	l->tensors = calloc((size_t)n + 1, sizeof(*l->tensors));
 	l->grants = calloc((size_t)n + VRAMD_MAX_DEVICES * VRAM_COMP_COUNT, sizeof(*l->grants));
 	if (!l->tensors || !l->grants) {
-		r = vram_error(-ENOMEM, "out of memory");
+		r = rt_error(-ENOMEM, "out of memory");
 		goto fail;
 	}
 	if ((r = tensor_devices(c, m, plan, default_device, dev)) < 0)
@@ -421,8 +421,8 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		r = vram_alloc(c, d, cursor, flags, &lg->grant);
 		if (r < 0) {
 			char s1[32];
-			r = vram_error(r, "allocating %s on %s for %s: %s", size_format(cursor, s1, sizeof(s1)),
-				       c->dev[d].name, vram_component_name(k), vram_last_error());
+			r = rt_error(r, "allocating %s on %s for %s: %s", size_format(cursor, s1, sizeof(s1)),
+				     c->dev[d].name, vram_component_name(k), vram_last_error());
 			goto fail;
 		}
 		lg->device = d;
@@ -484,7 +484,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	if (need_staging) {
 		msink.host = calloc(l->ngrants + 1, sizeof(*msink.host));
 		if (!msink.host) {
-			r = vram_error(-ENOMEM, "out of memory");
+			r = rt_error(-ENOMEM, "out of memory");
 			goto fail;
 		}
 		for (uint32_t gi = 0; gi < l->ngrants; gi++) {
@@ -500,15 +500,15 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		if (has_cuda) {
 			/* Converting on a CUDA device takes device scratch of one
 			 * staging ring (taken at the first conversion). */
-			if ((r = vram_cuda_sink_new(c, nstaging, &csink)) < 0)
+			if ((r = cuda_sink_new(c, nstaging, &csink)) < 0)
 				goto fail;
 			if (l->converted)
-				vram_cuda_sink_cast_scratch(csink, chunk);
+				cuda_sink_cast_scratch(csink, chunk);
 			for (uint32_t gi = 0; gi < l->ngrants; gi++)
 				if (backend_of(c, l->grants[gi].device) == VRAM_BACKEND_CUDA &&
-				    (r = vram_cuda_sink_add_grant(csink, l->grants[gi].grant)) < 0)
+				    (r = cuda_sink_add_grant(csink, l->grants[gi].grant)) < 0)
 					goto fail;
-			vram_cuda_sink_get(csink, &msink.cuda);
+			cuda_sink_get(csink, &msink.cuda);
 		}
 		so.sink = &sink;
 		/* The staging ring comes from the pinned host pool when it has
@@ -524,17 +524,17 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 				for (uint32_t gi = 0; gi < l->ngrants; gi++)
 					if (backend_of(c, l->grants[gi].device) == VRAM_BACKEND_CUDA)
 						cdev = l->grants[gi].device;
-				if (vram_cuda_pin(c, cdev, so.staging, chunk * nstaging, chunk, &pin) < 0)
+				if (cuda_pin(c, cdev, so.staging, chunk * nstaging, chunk, &pin) < 0)
 					pin = NULL; /* pageable: slower, still correct */
 			}
 		}
-		vram_error_clear();
+		rt_error_clear();
 	}
 	struct stream_result res;
 	r = stream_file(vram_model_path(m), m->fd, reqs, nreq, &so, &res);
-	vram_cuda_sink_free(csink); /* waits for the last copies */
+	cuda_sink_free(csink); /* waits for the last copies */
 	csink = NULL;
-	vram_cuda_unpin(pin);
+	cuda_unpin(pin);
 	pin = NULL;
 	free(msink.host);
 	msink.host = NULL;
@@ -556,15 +556,15 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	*ret = l;
 	return 0;
 fail:
-	vram_cuda_sink_free(csink);
-	vram_cuda_unpin(pin);
+	cuda_sink_free(csink);
+	cuda_unpin(pin);
 	free(msink.host);
 	mixed_sink_free_luts(&msink);
 	if (staging) {
-		struct vram_saved_error e;
-		vram_error_save(&e);
+		struct rt_saved_error e;
+		rt_error_save(&e);
 		vram_free(c, staging);
-		vram_error_restore(&e);
+		rt_error_restore(&e);
 	}
 	vram_unload(l);
 	return r;
@@ -573,9 +573,9 @@ fail:
 int vram_loaded_tensor_device(const vram_loaded *l, uint32_t t)
 {
 	if (t >= l->ntensors)
-		return vram_error(-EINVAL, "no tensor %u", t);
+		return rt_error(-EINVAL, "no tensor %u", t);
 	if (!l->grants[l->tensors[t].grant].grant)
-		return vram_error(-ENODATA, "tensor %u was dropped by reclaim (it lives in the file only)", t);
+		return rt_error(-ENODATA, "tensor %u was dropped by reclaim (it lives in the file only)", t);
 	return (int)l->grants[l->tensors[t].grant].device;
 }
 
@@ -600,7 +600,7 @@ uint64_t vram_loaded_tensor_device_ptr(const vram_loaded *l, uint32_t t)
 int vram_loaded_tensor_dtype(const vram_loaded *l, uint32_t t)
 {
 	if (!l || t >= l->ntensors)
-		return vram_error(-EINVAL, "no tensor %u", t);
+		return rt_error(-EINVAL, "no tensor %u", t);
 	return (int)l->tensors[t].dtype;
 }
 
@@ -612,6 +612,6 @@ uint64_t vram_loaded_tensor_nbytes(const vram_loaded *l, uint32_t t)
 int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret)
 {
 	if (!l || !ret)
-		return vram_error(-EINVAL, "vram_loaded_stats: NULL argument");
-	return vram_struct_out(ret, &l->stats, sizeof(l->stats), "vram_loaded_stats");
+		return rt_error(-EINVAL, "vram_loaded_stats: NULL argument");
+	return rt_struct_out(ret, &l->stats, sizeof(l->stats), "vram_loaded_stats");
 }

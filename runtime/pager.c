@@ -102,8 +102,8 @@ struct vram_pager {
 	/* CUDA windows: a copier per device (async H2D / D2D on its own
 	 * stream), donor host memory page-locked, a bounce buffer for layers
 	 * read back from the file.  Used by the copy thread only. */
-	struct vram_cuda_copier *cuda_copier[VRAMD_MAX_DEVICES];
-	struct vram_cuda_pin *pins[64];
+	struct cuda_copier *cuda_copier[VRAMD_MAX_DEVICES];
+	struct cuda_pin *pins[64];
 	vram_grant *pin_grant[64];    /* the host grant each pin holds */
 	uint32_t npins;               /* pins and pin_grant under mu after create */
 	int pin_dev;                  /* CUDA device the pins are for, -1: none */
@@ -176,7 +176,7 @@ static int read_loaded(struct vram_pager *p, uint32_t t, uint64_t off, uint64_t 
 		if (p->raw_size < flen) {
 			uint8_t *n = realloc(p->raw, flen);
 			if (!n)
-				return vram_error(-ENOMEM, "out of memory reading back tensor \"%s\"", mt->name);
+				return rt_error(-ENOMEM, "out of memory reading back tensor \"%s\"", mt->name);
 			p->raw = n;
 			p->raw_size = flen;
 		}
@@ -188,8 +188,8 @@ static int read_loaded(struct vram_pager *p, uint32_t t, uint64_t off, uint64_t 
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
-			return vram_error(-errno, "%s: reading back tensor \"%s\": %s", p->m->path, mt->name,
-					  strerror(errno));
+			return rt_error(-errno, "%s: reading back tensor \"%s\": %s", p->m->path, mt->name,
+					strerror(errno));
 		if (n == 0)
 			break;
 		done += (uint64_t)n;
@@ -199,12 +199,12 @@ static int read_loaded(struct vram_pager *p, uint32_t t, uint64_t off, uint64_t 
 	if (r < 0)
 		return r;
 	if (done < flen)
-		return vram_error(-EIO, "%s: reading back tensor \"%s\": end of file at offset %llu", p->m->path,
-				  mt->name, (unsigned long long)(foff + done));
+		return rt_error(-EIO, "%s: reading back tensor \"%s\": end of file at offset %llu", p->m->path,
+				mt->name, (unsigned long long)(foff + done));
 	if (ldt == mt->dtype)
 		return 0;
 	r = vk_cast(buf, mt->dtype, dst, ldt, len / db);
-	return r < 0 ? vram_error(r, "converting tensor \"%s\" read back from %s", mt->name, p->m->path) : 0;
+	return r < 0 ? rt_error(r, "converting tensor \"%s\" read back from %s", mt->name, p->m->path) : 0;
 }
 
 /* Fills a slot on a CUDA device: async copies on the device's copy stream
@@ -219,9 +219,9 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 	int r;
 	if (!dbase)
 		return -ENOTSUP;
-	if (!p->cuda_copier[s->dev] && (r = vram_cuda_copier_new(p->c, s->dev, 1, &p->cuda_copier[s->dev])) < 0)
+	if (!p->cuda_copier[s->dev] && (r = cuda_copier_new(p->c, s->dev, 1, &p->cuda_copier[s->dev])) < 0)
 		return r;
-	struct vram_cuda_copier *cp = p->cuda_copier[s->dev];
+	struct cuda_copier *cp = p->cuda_copier[s->dev];
 	for (uint32_t t = first_t; t < last_t; t++) {
 		uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
 		if (!nb)
@@ -229,9 +229,9 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 		const uint8_t *src = vram_loaded_tensor_host_ptr(p->l, t);
 		uint64_t dsrc = vram_loaded_tensor_device_ptr(p->l, t);
 		if (src)
-			r = vram_cuda_copier_copy(cp, dbase + p->toff[t], src, nb, 0);
+			r = cuda_copier_copy(cp, dbase + p->toff[t], src, nb, 0);
 		else if (dsrc)
-			r = vram_cuda_copier_dtod(cp, dbase + p->toff[t], dsrc, nb, 0);
+			r = cuda_copier_dtod(cp, dbase + p->toff[t], dsrc, nb, 0);
 		else {
 			/* dropped: through the bounce buffer, a piece at a time
 			 * (whole elements: 8 MiB is a multiple of any) */
@@ -244,8 +244,8 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 			for (uint64_t done = 0; done < nb;) {
 				uint64_t k = MIN(p->bounce_size, nb - done);
 				if ((r = read_loaded(p, t, done, k, p->bounce)) < 0 ||
-				    (r = vram_cuda_copier_copy(cp, dbase + p->toff[t] + done, p->bounce, k, 0)) < 0 ||
-				    (r = vram_cuda_copier_wait(cp, 0)) < 0)
+				    (r = cuda_copier_copy(cp, dbase + p->toff[t] + done, p->bounce, k, 0)) < 0 ||
+				    (r = cuda_copier_wait(cp, 0)) < 0)
 					return r;
 				done += k;
 			}
@@ -254,7 +254,7 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 		if (r < 0)
 			return r;
 	}
-	return vram_cuda_copier_wait(cp, 0);
+	return cuda_copier_wait(cp, 0);
 }
 
 /* Fills slot s with the group led by layer (its layers are consecutive,
@@ -303,7 +303,7 @@ static void *copier_main(void *arg)
 		uint32_t layer = (uint32_t)s->layer;
 		pthread_mutex_unlock(&p->mu);
 		uint64_t t0 = now_ns();
-		vram_error_clear(); /* what fill_slot says is its own */
+		rt_error_clear(); /* what fill_slot says is its own */
 		int r = fill_slot(p, s, layer);
 		uint64_t dt = now_ns() - t0;
 		pthread_mutex_lock(&p->mu);
@@ -519,7 +519,7 @@ int vram_pager_end_pass(vram_pager *p)
 int vram_pager_acquire(vram_pager *p, uint32_t layer)
 {
 	if (layer >= p->nlayers)
-		return vram_error(-EINVAL, "no layer %u (the model has %u)", layer, p->nlayers);
+		return rt_error(-EINVAL, "no layer %u (the model has %u)", layer, p->nlayers);
 	pthread_mutex_lock(&p->mu);
 	struct player *L = &p->layers[layer];
 	if (L->acquired_this_pass)
@@ -583,8 +583,8 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 			if (waited)
 				p->st.stall_ns += now_ns() - t0;
 			int err = p->copy_err ? p->copy_err : -EIO;
-			vram_error(err, "paging layer %u in failed: %s", layer,
-				   p->copy_msg[0] ? p->copy_msg : strerror(-err));
+			rt_error(err, "paging layer %u in failed: %s", layer,
+				 p->copy_msg[0] ? p->copy_msg : strerror(-err));
 			pthread_mutex_unlock(&p->mu);
 			return err;
 		}
@@ -630,9 +630,9 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 		}
 		if (!any_pinned_elsewhere) {
 			pthread_mutex_unlock(&p->mu);
-			return vram_error(r == -ENOSPC ? -ENOSPC : r,
-					  "no window slot for layer %u on device %u: %s", layer, L->compute,
-					  r == -ENOSPC ? "every slot is in use" : vram_last_error());
+			return rt_error(r == -ENOSPC ? -ENOSPC : r,
+					"no window slot for layer %u on device %u: %s", layer, L->compute,
+					r == -ENOSPC ? "every slot is in use" : vram_last_error());
 		}
 		pthread_cond_wait(&p->cv, &p->mu);
 		waited = true;
@@ -646,7 +646,7 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 int vram_pager_release(vram_pager *p, uint32_t layer)
 {
 	if (layer >= p->nlayers)
-		return vram_error(-EINVAL, "no layer %u", layer);
+		return rt_error(-EINVAL, "no layer %u", layer);
 	pthread_mutex_lock(&p->mu);
 	struct player *L = &p->layers[layer];
 	int r = 0;
@@ -654,11 +654,11 @@ int vram_pager_release(vram_pager *p, uint32_t layer)
 		if (L->pins)
 			L->pins--;
 		else
-			r = vram_error(-EINVAL, "layer %u is not acquired", layer);
+			r = rt_error(-EINVAL, "layer %u is not acquired", layer);
 	} else if (p->layers[L->leader].slot >= 0 && p->slots[p->layers[L->leader].slot].pins) {
 		p->slots[p->layers[L->leader].slot].pins--;
 	} else {
-		r = vram_error(-EINVAL, "layer %u is not acquired", layer);
+		r = rt_error(-EINVAL, "layer %u is not acquired", layer);
 	}
 	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
@@ -745,9 +745,9 @@ static uint32_t slots_fitting(struct vram_pager *p, uint32_t dev, uint64_t need)
 static void pin_grant(struct vram_pager *p, vram_grant *g)
 {
 	void *h = vram_grant_host_ptr(g);
-	struct vram_cuda_pin *pin;
-	if (p->pin_dev < 0 || !h || vram_cuda_pin(p->c, (uint32_t)p->pin_dev, h, vram_grant_size(g), 0, &pin) < 0) {
-		vram_error_clear();
+	struct cuda_pin *pin;
+	if (p->pin_dev < 0 || !h || cuda_pin(p->c, (uint32_t)p->pin_dev, h, vram_grant_size(g), 0, &pin) < 0) {
+		rt_error_clear();
 		return;
 	}
 	pthread_mutex_lock(&p->mu);
@@ -757,13 +757,13 @@ static void pin_grant(struct vram_pager *p, vram_grant *g)
 		pin = NULL;
 	}
 	pthread_mutex_unlock(&p->mu);
-	vram_cuda_unpin(pin);
+	cuda_unpin(pin);
 }
 
 /* Undoes pin_grant(g), if it pinned g.  Called without mu. */
 static void unpin_grant(struct vram_pager *p, vram_grant *g)
 {
-	struct vram_cuda_pin *pin = NULL;
+	struct cuda_pin *pin = NULL;
 	pthread_mutex_lock(&p->mu);
 	for (uint32_t i = 0; i < p->npins; i++)
 		if (p->pin_grant[i] == g) {
@@ -773,7 +773,7 @@ static void unpin_grant(struct vram_pager *p, vram_grant *g)
 			break;
 		}
 	pthread_mutex_unlock(&p->mu);
-	vram_cuda_unpin(pin);
+	cuda_unpin(pin);
 }
 
 static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
@@ -787,16 +787,16 @@ static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
 	bool moved = false;
 	if (donor >= 0 && vram_alloc(p->c, (uint32_t)donor, size, VRAM_ALLOC_RECLAIMABLE, &ng) == 0) {
 		void *src = vram_grant_host_ptr(old), *dst = vram_grant_host_ptr(ng);
-		struct vram_cuda_copier *cp = NULL;
+		struct cuda_copier *cp = NULL;
 		if (src && dst) {
 			memcpy(dst, src, size);
 			moved = true;
 		} else if (!src && dst && vram_grant_device_ptr(old) &&
-			   vram_cuda_copier_new(p->c, lg->device, 1, &cp) == 0) {
+			   cuda_copier_new(p->c, lg->device, 1, &cp) == 0) {
 			/* a resident chunk on a GPU: down to the host donor */
-			moved = vram_cuda_copier_dtoh(cp, dst, vram_grant_device_ptr(old), size, 0) == 0 &&
-				vram_cuda_copier_wait(cp, 0) == 0;
-			vram_cuda_copier_free(cp);
+			moved = cuda_copier_dtoh(cp, dst, vram_grant_device_ptr(old), size, 0) == 0 &&
+				cuda_copier_wait(cp, 0) == 0;
+			cuda_copier_free(cp);
 			if (!moved) {
 				vram_free(p->c, ng);
 				ng = NULL;
@@ -1036,10 +1036,10 @@ static void *dispatcher_main(void *arg)
 
 void vram_pager_free(vram_pager *p)
 {
-	struct vram_saved_error e;
+	struct rt_saved_error e;
 	if (!p)
 		return;
-	vram_error_save(&e);
+	rt_error_save(&e);
 	pthread_mutex_lock(&p->mu);
 	p->stop = true;
 	pthread_cond_broadcast(&p->cv);
@@ -1052,12 +1052,12 @@ void vram_pager_free(vram_pager *p)
 		vram_set_reclaim_handler(p->c, NULL, NULL);
 	/* unpinned before anything is freed: pinned memory is never unmapped */
 	for (uint32_t i = 0; i < p->npins; i++)
-		vram_cuda_unpin(p->pins[i]);
+		cuda_unpin(p->pins[i]);
 	for (uint32_t i = 0; i < p->nslots; i++)
 		if (p->slots[i].grant)
 			vram_free(p->c, p->slots[i].grant);
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++)
-		vram_cuda_copier_free(p->cuda_copier[d]);
+		cuda_copier_free(p->cuda_copier[d]);
 	free(p->bounce);
 	free(p->raw);
 	pthread_mutex_destroy(&p->mu);
@@ -1069,7 +1069,7 @@ void vram_pager_free(vram_pager *p)
 	free(p->seen);
 	free(p->queue);
 	free(p);
-	vram_error_restore(&e);
+	rt_error_restore(&e);
 }
 
 int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_pager_options *o,
@@ -1078,21 +1078,21 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 	struct vram_pager_options defaults;
 	char s1[32], s2[32];
 	int r;
-	vram_error_clear();
+	rt_error_clear();
 	if (!l || !plan || !ret)
-		return vram_error(-EINVAL, "vram_pager_create: NULL argument");
+		return rt_error(-EINVAL, "vram_pager_create: NULL argument");
 	if (!o) {
 		vram_pager_options_init(&defaults);
 		o = &defaults;
 	}
 	if (o->flags & ~(VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))
-		return vram_error(-EINVAL, "unknown pager flags 0x%x", o->flags);
+		return rt_error(-EINVAL, "unknown pager flags 0x%x", o->flags);
 	if (o->prefetch_depth > 64)
-		return vram_error(-EINVAL, "prefetch depth %u is more than 64", o->prefetch_depth);
+		return rt_error(-EINVAL, "prefetch depth %u is more than 64", o->prefetch_depth);
 
 	struct vram_pager *p = calloc(1, sizeof(*p));
 	if (!p)
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	p->l = l;
 	p->c = l->client;
 	p->m = l->model;
@@ -1111,7 +1111,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 	p->queue = calloc(MAX_SLOTS, sizeof(*p->queue));
 	if (!p->layers || !p->toff || !p->order || !p->pos || !p->seen || !p->queue) {
 		vram_pager_free(p);
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	}
 
 	/* Compute device of each component, as a broker device index. */
@@ -1194,10 +1194,10 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		if (o->window_bytes) {
 			if (o->window_bytes < largest[d]) {
 				vram_pager_free(p);
-				return vram_error(-EINVAL,
-						  "window of %s on %s is smaller than its largest donor layer (%s)",
-						  size_format(o->window_bytes, s1, sizeof(s1)), di.name,
-						  size_format(largest[d], s2, sizeof(s2)));
+				return rt_error(-EINVAL,
+						"window of %s on %s is smaller than its largest donor layer (%s)",
+						size_format(o->window_bytes, s1, sizeof(s1)), di.name,
+						size_format(largest[d], s2, sizeof(s2)));
 			}
 			want = (uint32_t)MIN(o->window_bytes / p->slot_size[d], (uint64_t)MAX_SLOTS);
 			if (want == 0) /* window >= layer but < its rounded slot */
@@ -1212,7 +1212,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 			s->layer = -1;
 			r = vram_alloc(p->c, d, p->slot_size[d], VRAM_ALLOC_RECLAIMABLE, &s->grant);
 			if (r < 0) {
-				vram_error(r, "allocating the window on %s: %s", di.name, vram_last_error());
+				rt_error(r, "allocating the window on %s: %s", di.name, vram_last_error());
 				vram_pager_free(p); /* keeps the message */
 				return r;
 			}
@@ -1237,7 +1237,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 
 	if (pthread_create(&p->copier, NULL, copier_main, p) != 0) {
 		vram_pager_free(p);
-		return vram_error(-EAGAIN, "cannot start the copy thread");
+		return rt_error(-EAGAIN, "cannot start the copy thread");
 	}
 	p->copier_started = true;
 	if (!(o->flags & VRAM_PAGER_NO_RECLAIM))
@@ -1245,7 +1245,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 	if (!(o->flags & (VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))) {
 		if (pthread_create(&p->dispatcher, NULL, dispatcher_main, p) != 0) {
 			vram_pager_free(p);
-			return vram_error(-EAGAIN, "cannot start the reclaim thread");
+			return rt_error(-EAGAIN, "cannot start the reclaim thread");
 		}
 		p->dispatcher_started = true;
 	}
@@ -1272,7 +1272,7 @@ int vram_pager_stats(const vram_pager *p, struct vram_pager_stats *ret)
 int vram_pager_order(const vram_pager *p, uint32_t i)
 {
 	if (i >= p->nlayers)
-		return vram_error(-EINVAL, "no position %u", i);
+		return rt_error(-EINVAL, "no position %u", i);
 	vram_pager *mp = (vram_pager *)p;
 	pthread_mutex_lock(&mp->mu);
 	int r = (int)p->order[i];

@@ -47,7 +47,7 @@ static int st_invalid(const struct st *st, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	return vram_error(-EINVAL, "%s: invalid safetensors: %s", st->path, reason);
+	return rt_error(-EINVAL, "%s: invalid safetensors: %s", st->path, reason);
 }
 
 /* A name in double quotes for a message: control bytes, '"' and (unless the
@@ -342,7 +342,7 @@ static int st_json_error(const struct st *st, const json_error_t *err)
 		pos = st->len;
 	r = scan_header(st->text, pos, &sc);
 	if (r < 0)
-		return vram_error(r, "%s: out of memory", st->path);
+		return rt_error(r, "%s: out of memory", st->path);
 
 	k1 = sc.depth >= 1 ? quote_n(&q1, st->text + sc.key_off[1], sc.key_len[1], true) : "";
 	in_meta = sc.depth >= 1 && sc.key_len[1] == 12 && !memcmp(st->text + sc.key_off[1], "__metadata__", 12);
@@ -601,7 +601,7 @@ static int check_tiling(const struct st *st, struct vram_model *m)
 	if (m->ntensors) {
 		order = malloc(m->ntensors * sizeof(*order));
 		if (!order)
-			return vram_error(-ENOMEM, "%s: out of memory", st->path);
+			return rt_error(-ENOMEM, "%s: out of memory", st->path);
 		for (uint32_t i = 0; i < m->ntensors; i++)
 			order[i] = i;
 		qsort_r(order, m->ntensors, sizeof(*order), tile_cmp, m->tensors);
@@ -676,8 +676,8 @@ static int read_header(struct vram_model *m, const struct st *st0, char **ret_te
 				  m->file_size);
 	r = pread_full(m->fd, lenbuf, 8, 0);
 	if (r < 0)
-		return vram_error(r, "%s: reading the header length: %s", m->path,
-				  r == -EIO ? "file shrank while being read" : strerror(-r));
+		return rt_error(r, "%s: reading the header length: %s", m->path,
+				r == -EIO ? "file shrank while being read" : strerror(-r));
 	for (int i = 7; i >= 0; i--)
 		n = n << 8 | lenbuf[i];
 	if (n == 0)
@@ -694,11 +694,11 @@ static int read_header(struct vram_model *m, const struct st *st0, char **ret_te
 
 	text = malloc(n);
 	if (!text)
-		return vram_error(-ENOMEM, "%s: out of memory for a %" PRIu64 "-byte header", m->path, n);
+		return rt_error(-ENOMEM, "%s: out of memory for a %" PRIu64 "-byte header", m->path, n);
 	r = pread_full(m->fd, text, n, 8);
 	if (r < 0)
-		return vram_error(r, "%s: reading the header: %s", m->path,
-				  r == -EIO ? "file shrank while being read" : strerror(-r));
+		return rt_error(r, "%s: reading the header: %s", m->path,
+				r == -EIO ? "file shrank while being read" : strerror(-r));
 	*ret_text = TAKE_PTR(text);
 	return 0;
 }
@@ -732,7 +732,7 @@ int st_read(struct vram_model *m)
 		return r;
 	r = scan_header(st.text, st.len, &sc);
 	if (r < 0)
-		return vram_error(r, "%s: out of memory", m->path);
+		return rt_error(r, "%s: out of memory", m->path);
 	if (sc.too_deep_at != SIZE_MAX)
 		return st_invalid(&st, "header nests objects and arrays deeper than %u levels (byte %zu)",
 				  ST_MAX_DEPTH, sc.too_deep_at);
@@ -746,7 +746,7 @@ int st_read(struct vram_model *m)
 		size_t counter = 0, next = 0;
 		negzero = calloc(sc.nnegzero, sizeof(*negzero));
 		if (!negzero)
-			return vram_error(-ENOMEM, "%s: out of memory", m->path);
+			return rt_error(-ENOMEM, "%s: out of memory", m->path);
 		collect_negzero(root, &sc, &counter, &next, negzero);
 		st.negzero = negzero;
 		st.nnegzero = next;
@@ -786,7 +786,7 @@ int st_read(struct vram_model *m)
 	m->strings = malloc(nstr ? nstr : 1);
 	m->meta = malloc((nmeta ? 2 * nmeta : 1) * sizeof(*m->meta));
 	if (!m->tensors || !m->dims || !m->strings || !m->meta)
-		return vram_error(-ENOMEM, "%s: out of memory", m->path);
+		return rt_error(-ENOMEM, "%s: out of memory", m->path);
 
 	sp = m->strings;
 	dp = m->dims;
