@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define VRAM_VERSION_MAJOR 0
-#define VRAM_VERSION_MINOR 1
+#define VRAM_VERSION_MINOR 2
 #define VRAM_VERSION_PATCH 0
 #define VRAM_VERSION ((VRAM_VERSION_MAJOR << 16) | (VRAM_VERSION_MINOR << 8) | VRAM_VERSION_PATCH)
 
@@ -275,7 +275,7 @@ VRAM_API void vram_model_close(vram_model *m);
 /* The checkpoint's fd (read-only, close-on-exec), owned by m: proof of read
  * access that may be passed on (over a socket) or read with pread.  Do not
  * close it or change its flags (dup() shares them); dup it to keep it past
- * vram_model_close.  -EINVAL for NULL. */
+ * vram_model_close.  -EINVAL for NULL.  Since 0.2 (libvram.map VRAM_0.2). */
 VRAM_API int vram_model_fd(const vram_model *m);
 VRAM_API const char *vram_model_path(const vram_model *m);
 VRAM_API const char *vram_model_format(const vram_model *m); /* "safetensors" */
