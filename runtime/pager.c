@@ -1072,27 +1072,13 @@ void vram_pager_free(vram_pager *p)
 	rt_error_restore(&e);
 }
 
-int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_pager_options *o,
-		      vram_pager **ret)
+/* The pager's state and arrays for loaded model l; NULL when out of memory
+ * (nothing left allocated). */
+static struct vram_pager *pager_alloc(vram_loaded *l, const struct vram_pager_options *o)
 {
-	struct vram_pager_options defaults;
-	char s1[32], s2[32];
-	int r;
-	rt_error_clear();
-	if (!l || !plan || !ret)
-		return rt_error(-EINVAL, "vram_pager_create: NULL argument");
-	if (!o) {
-		vram_pager_options_init(&defaults);
-		o = &defaults;
-	}
-	if (o->flags & ~(VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))
-		return rt_error(-EINVAL, "unknown pager flags 0x%x", o->flags);
-	if (o->prefetch_depth > 64)
-		return rt_error(-EINVAL, "prefetch depth %u is more than 64", o->prefetch_depth);
-
 	struct vram_pager *p = calloc(1, sizeof(*p));
 	if (!p)
-		return rt_error(-ENOMEM, "out of memory");
+		return NULL;
 	p->l = l;
 	p->c = l->client;
 	p->m = l->model;
@@ -1101,36 +1087,43 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->cv, NULL);
 	p->st.struct_size = sizeof(p->st);
-	int nl = vram_model_layer_count(l->model);
-	p->nlayers = (uint32_t)nl;
-	p->layers = calloc((size_t)nl + 1, sizeof(*p->layers));
+	p->nlayers = l->model->nlayers;
+	size_t nl = (size_t)p->nlayers + 1;
+	p->layers = calloc(nl, sizeof(*p->layers));
 	p->toff = calloc((size_t)l->ntensors + 1, sizeof(*p->toff));
-	p->order = calloc((size_t)nl + 1, sizeof(*p->order));
-	p->pos = calloc((size_t)nl + 1, sizeof(*p->pos));
-	p->seen = calloc((size_t)nl + 1, sizeof(*p->seen));
+	p->order = calloc(nl, sizeof(*p->order));
+	p->pos = calloc(nl, sizeof(*p->pos));
+	p->seen = calloc(nl, sizeof(*p->seen));
 	p->queue = calloc(MAX_SLOTS, sizeof(*p->queue));
 	if (!p->layers || !p->toff || !p->order || !p->pos || !p->seen || !p->queue) {
 		vram_pager_free(p);
-		return rt_error(-ENOMEM, "out of memory");
+		return NULL;
 	}
+	return p;
+}
+
+/* Each layer as loaded: its tensors' offsets packed in a slot, its home,
+ * and whether it is paged (its home is not its component's compute
+ * device); ret_largest[d] the largest donor layer paged onto device d. */
+static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *ret_largest)
+{
+	vram_loaded *l = p->l;
+	int cdev[VRAM_COMP_COUNT];
 
 	/* Compute device of each component, as a broker device index. */
-	int cdev[VRAM_COMP_COUNT];
 	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
 		int pd = vram_plan_compute_device(plan, k);
 		cdev[k] = pd < 0 ? -1 : vram_device_find(p->c, vram_plan_device_name(plan, (uint32_t)pd));
 	}
-	uint64_t largest[VRAMD_MAX_DEVICES] = { 0 };
-	for (int li = 0; li < nl; li++) {
-		struct vram_layer_info info = { .struct_size = sizeof(info) };
-		vram_model_layer(l->model, (uint32_t)li, &info);
+	for (uint32_t li = 0; li < p->nlayers; li++) {
+		const struct model_layer *ml = &p->m->layers[li];
 		struct player *L = &p->layers[li];
-		L->first = info.first_tensor;
-		L->ntensors = info.ntensors;
+		L->first = ml->first;
+		L->ntensors = ml->count;
 		L->nbytes = 0;  /* as loaded (conversion may have changed it) */
 		L->slot = -1;
-		p->order[li] = (uint32_t)li;
-		p->pos[li] = (uint32_t)li;
+		p->order[li] = li;
+		p->pos[li] = li;
 		uint64_t packed = 0;
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
 			uint64_t nb = vram_loaded_tensor_nbytes(l, t);
@@ -1140,12 +1133,12 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 			L->nbytes += nb;
 		}
 		L->packed = packed;
-		L->leader = (uint32_t)li;
+		L->leader = li;
 		L->gcount = 1;
 		L->gpacked = packed;
 		L->gbytes = L->nbytes;
 		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
-		int compute = cdev[info.component];
+		int compute = cdev[ml->component];
 		if (home < 0 || compute < 0 || home == compute || !L->nbytes) {
 			L->paged = false;
 			L->compute = home < 0 ? 0 : (uint32_t)home;
@@ -1153,12 +1146,15 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		}
 		L->paged = true;
 		L->compute = (uint32_t)compute;
-		largest[compute] = MAX(largest[compute], packed);
+		ret_largest[compute] = MAX(ret_largest[compute], packed);
 	}
+}
 
-	/* Groups: consecutive donor layers of one compute device that fit in
-	 * a slot (the largest donor layer's size) together. */
-	for (int li = 0, g = -1; li < nl; li++) {
+/* Groups: consecutive donor layers of one compute device that fit in a
+ * slot (the largest donor layer's size) together. */
+static void pager_groups(struct vram_pager *p, const uint64_t *largest)
+{
+	for (int li = 0, g = -1; li < (int)p->nlayers; li++) {
 		struct player *L = &p->layers[li];
 		if (!L->paged) {
 			g = -1;
@@ -1180,9 +1176,16 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		}
 		g = li;
 	}
+}
 
-	/* Windows: slot size = the largest donor layer; default slot count =
-	 * two layers plus the prefetch depth. */
+/* Windows: slot size = the largest donor layer; default slot count = two
+ * layers plus the prefetch depth, else as many as window_bytes holds.
+ * 0, -EINVAL for a window smaller than a device's largest donor layer, or
+ * the allocation's error naming the device. */
+static int pager_windows(struct vram_pager *p, const struct vram_pager_options *o, const uint64_t *largest)
+{
+	char s1[32], s2[32];
+
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
 		if (!largest[d])
 			continue;
@@ -1192,13 +1195,10 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		p->slot_size[d] = align_up(largest[d], gran);
 		uint32_t want = 2 + p->depth;
 		if (o->window_bytes) {
-			if (o->window_bytes < largest[d]) {
-				vram_pager_free(p);
-				return rt_error(-EINVAL,
-						"window of %s on %s is smaller than its largest donor layer (%s)",
+			if (o->window_bytes < largest[d])
+				return rt_error(-EINVAL, "window of %s on %s is smaller than its largest donor layer (%s)",
 						size_format(o->window_bytes, s1, sizeof(s1)), di.name,
 						size_format(largest[d], s2, sizeof(s2)));
-			}
 			want = (uint32_t)MIN(o->window_bytes / p->slot_size[d], (uint64_t)MAX_SLOTS);
 			if (want == 0) /* window >= layer but < its rounded slot */
 				want = 1;
@@ -1210,44 +1210,86 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 			struct slot *s = &p->slots[p->nslots];
 			s->dev = d;
 			s->layer = -1;
-			r = vram_alloc(p->c, d, p->slot_size[d], VRAM_ALLOC_RECLAIMABLE, &s->grant);
-			if (r < 0) {
-				rt_error(r, "allocating the window on %s: %s", di.name, vram_last_error());
-				vram_pager_free(p); /* keeps the message */
-				return r;
-			}
+			int r = vram_alloc(p->c, d, p->slot_size[d], VRAM_ALLOC_RECLAIMABLE, &s->grant);
+			if (r < 0)
+				return rt_error(r, "allocating the window on %s: %s", di.name, vram_last_error());
 			prefault(s->grant);
 			p->nslots++;
 			p->st.window_bytes += p->slot_size[d];
 		}
 	}
+	return 0;
+}
 
-	/* CUDA windows copy from host donors: page-lock those grants so that
-	 * the copies are DMA (best effort: pageable copies still work). */
+/* CUDA windows copy from host donors: page-lock those grants so that the
+ * copies are DMA (best effort: pageable copies still work). */
+static void pager_pin_donors(struct vram_pager *p, const uint64_t *largest)
+{
 	int cuda_dev = -1;
+
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
 		struct vram_device_info di = { .struct_size = sizeof(di) };
 		if (largest[d] && vram_device_info(p->c, d, &di) == 0 && di.backend == VRAM_BACKEND_CUDA)
 			cuda_dev = (int)d;
 	}
 	p->pin_dev = cuda_dev;
-	for (uint32_t gi = 0; cuda_dev >= 0 && gi < l->ngrants; gi++)
-		if (l->grants[gi].grant)
-			pin_grant(p, l->grants[gi].grant);
+	for (uint32_t gi = 0; cuda_dev >= 0 && gi < p->l->ngrants; gi++)
+		if (p->l->grants[gi].grant)
+			pin_grant(p, p->l->grants[gi].grant);
+}
 
-	if (pthread_create(&p->copier, NULL, copier_main, p) != 0) {
-		vram_pager_free(p);
+/* The copy thread, the reclaim handler and (unless the caller dispatches)
+ * the thread that answers the broker.  0 or -EAGAIN. */
+static int pager_start(struct vram_pager *p, const struct vram_pager_options *o)
+{
+	if (pthread_create(&p->copier, NULL, copier_main, p) != 0)
 		return rt_error(-EAGAIN, "cannot start the copy thread");
-	}
 	p->copier_started = true;
 	if (!(o->flags & VRAM_PAGER_NO_RECLAIM))
 		vram_set_reclaim_handler(p->c, on_reclaim, p);
 	if (!(o->flags & (VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))) {
-		if (pthread_create(&p->dispatcher, NULL, dispatcher_main, p) != 0) {
-			vram_pager_free(p);
+		if (pthread_create(&p->dispatcher, NULL, dispatcher_main, p) != 0)
 			return rt_error(-EAGAIN, "cannot start the reclaim thread");
-		}
 		p->dispatcher_started = true;
+	}
+	return 0;
+}
+
+/* A pager over loaded model l placed by plan (vram.h): layers, groups,
+ * window slots, pins, threads.  On failure nothing stays allocated (the
+ * load is still the caller's) and *ret is untouched. */
+int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_pager_options *o,
+		      vram_pager **ret)
+{
+	struct vram_pager_options defaults;
+	uint64_t largest[VRAMD_MAX_DEVICES] = { 0 };
+	int r;
+
+	rt_error_clear();
+	if (!l || !plan || !ret)
+		return rt_error(-EINVAL, "vram_pager_create: NULL argument");
+	if (!o) {
+		vram_pager_options_init(&defaults);
+		o = &defaults;
+	}
+	if (o->flags & ~(VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))
+		return rt_error(-EINVAL, "unknown pager flags 0x%x", o->flags);
+	if (o->prefetch_depth > 64)
+		return rt_error(-EINVAL, "prefetch depth %u is more than 64", o->prefetch_depth);
+
+	struct vram_pager *p = pager_alloc(l, o);
+	if (!p)
+		return rt_error(-ENOMEM, "out of memory");
+	pager_layers(p, plan, largest);
+	pager_groups(p, largest);
+	if ((r = pager_windows(p, o, largest)) < 0) {
+		vram_pager_free(p); /* keeps the message */
+		return r;
+	}
+	pager_pin_donors(p, largest);
+	if ((r = pager_start(p, o)) < 0) {
+		vram_pager_free(p);
+		return r;
 	}
 	*ret = p;
 	return 0;
