@@ -27,15 +27,15 @@ static int connect_socket(const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(sa.sun_path))
-		return vram_error(-ENAMETOOLONG, "socket path too long: %s", path);
+		return rt_error(-ENAMETOOLONG, "socket path too long: %s", path);
 	strcpy(sa.sun_path, path);
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (fd < 0)
-		return vram_error(-errno, "socket: %s", strerror(errno));
+		return rt_error(-errno, "socket: %s", strerror(errno));
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int r = -errno;
 		close(fd);
-		return vram_error(r, "cannot reach vramd at %s: %s", path, strerror(-r));
+		return rt_error(r, "cannot reach vramd at %s: %s", path, strerror(-r));
 	}
 	return fd;
 }
@@ -64,16 +64,16 @@ static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, in
 		if (n == -ECONNRESET && !reset++)
 			continue;
 		if (n == 0 || (reset && n == -EAGAIN))
-			return vram_error(-ECONNRESET, "vramd closed the connection");
+			return rt_error(-ECONNRESET, "vramd closed the connection");
 		if (n < 0)
-			return vram_error((int)n, "receiving from vramd: %s", strerror((int)-n));
+			return rt_error((int)n, "receiving from vramd: %s", strerror((int)-n));
 		const char *why = NULL;
 		const struct vramd_hdr *h = c->rxbuf;
 		int r = proto_validate(c->rxbuf, (size_t)n, &why);
 		if (r < 0) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			return vram_error(-EPROTO, "malformed message from vramd: %s", why);
+			return rt_error(-EPROTO, "malformed message from vramd: %s", why);
 		}
 		if (h->opcode == VRAMD_RECLAIM) {
 			for (int i = 0; i < nfds; i++)
@@ -86,25 +86,25 @@ static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, in
 			const struct vramd_error *e = c->rxbuf;
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			return vram_error(e->error, "%s", e->reason);
+			return rt_error(e->error, "%s", e->reason);
 		}
 		if (h->seq != seq) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			return vram_error(-EPROTO, "vramd answered request %llu, expected %llu",
-					  (unsigned long long)h->seq, (unsigned long long)seq);
+			return rt_error(-EPROTO, "vramd answered request %llu, expected %llu",
+					(unsigned long long)h->seq, (unsigned long long)seq);
 		}
 		if (h->opcode == VRAMD_ERROR) {
 			const struct vramd_error *e = c->rxbuf;
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			return vram_error(e->error, "%s", e->reason);
+			return rt_error(e->error, "%s", e->reason);
 		}
 		if (h->opcode != want || nfds != want_fds) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			return vram_error(-EPROTO, "vramd sent %s with %d fds, expected %s", proto_opcode_name(h->opcode),
-					  nfds, proto_opcode_name(want));
+			return rt_error(-EPROTO, "vramd sent %s with %d fds, expected %s", proto_opcode_name(h->opcode),
+					nfds, proto_opcode_name(want));
 		}
 		if (ret_fd)
 			*ret_fd = fds[0];
@@ -118,7 +118,7 @@ static int send_req(struct vram_client *c, void *msg, size_t len, uint16_t op)
 	proto_hdr_init(h, op, (uint32_t)len, ++c->seq);
 	int r = proto_send(c->fd, msg, len, -1, 0);
 	if (r < 0)
-		return vram_error(r, "sending to vramd: %s", strerror(-r));
+		return rt_error(r, "sending to vramd: %s", strerror(-r));
 	return 0;
 }
 
@@ -155,8 +155,8 @@ static int hello(struct vram_client *c)
 		r = (int)recv_reply(c, c->seq, VRAMD_HELLO_REPLY, NULL);
 	if (r < 0) {
 		if (r == -ECONNRESET)
-			r = vram_error(-EPROTO, "vramd at %s refused the handshake (protocol version %u?)", c->socket,
-				       VRAMD_PROTO_VERSION);
+			r = rt_error(-EPROTO, "vramd at %s refused the handshake (protocol version %u?)", c->socket,
+				     VRAMD_PROTO_VERSION);
 		return r;
 	}
 	const struct vramd_hello_reply *rep = c->rxbuf;
@@ -202,8 +202,8 @@ static int reconnect(struct vram_client *c)
 			c->fd = -1;
 		}
 		if ((now_ns() - t0) / 1000000 >= budget_ms)
-			return vram_error(-ECONNRESET, "vramd at %s went away and did not come back within %llu ms",
-					  c->socket, (unsigned long long)budget_ms);
+			return rt_error(-ECONNRESET, "vramd at %s went away and did not come back within %llu ms",
+					c->socket, (unsigned long long)budget_ms);
 		struct timespec ts = { (time_t)(delay_ms / 1000), (long)(delay_ms % 1000) * 1000000L };
 		nanosleep(&ts, NULL);
 		delay_ms = MIN(delay_ms * 2, 1000);
@@ -212,8 +212,8 @@ static int reconnect(struct vram_client *c)
 	for (struct vram_grant *g = c->grants; g; g = g->next) {
 		if (g->fd < 0) {
 			if (!first_err)
-				first_err = vram_error(-EOPNOTSUPP, "grant %llu has no fd to re-register",
-						       (unsigned long long)g->id);
+				first_err = rt_error(-EOPNOTSUPP, "grant %llu has no fd to re-register",
+						     (unsigned long long)g->id);
 			continue;
 		}
 		struct vramd_register m;
@@ -250,15 +250,15 @@ static ssize_t transact(struct vram_client *c, void *msg, size_t len, uint16_t o
 		char keep[1024];
 		str_copy(keep, vram_last_error(), sizeof(keep));
 		if (reconnect(c) < 0 && c->fd < 0)
-			return vram_error((int)r, "%s; reconnecting failed: %s", keep, vram_last_error());
+			return rt_error((int)r, "%s; reconnecting failed: %s", keep, vram_last_error());
 	}
 }
 
 int vram_connect(const char *socket_path, const char *name, vram_client **ret)
 {
-	vram_error_clear();
+	rt_error_clear();
 	if (!ret)
-		return vram_error(-EINVAL, "vram_connect: ret_client is NULL");
+		return rt_error(-EINVAL, "vram_connect: ret_client is NULL");
 	if (!socket_path || !*socket_path)
 		socket_path = getenv("VRAMD_SOCKET");
 	if (!socket_path || !*socket_path)
@@ -266,11 +266,11 @@ int vram_connect(const char *socket_path, const char *name, vram_client **ret)
 	if (!name)
 		name = program_invocation_short_name;
 	if (strlen(name) >= VRAMD_NAME_MAX)
-		return vram_error(-ENAMETOOLONG, "client name longer than %u bytes", VRAMD_NAME_MAX - 1);
+		return rt_error(-ENAMETOOLONG, "client name longer than %u bytes", VRAMD_NAME_MAX - 1);
 
 	struct vram_client *c = calloc(1, sizeof(*c));
 	if (!c)
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	c->fd = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	c->socket = strdup(socket_path);
@@ -278,7 +278,7 @@ int vram_connect(const char *socket_path, const char *name, vram_client **ret)
 	c->rxbuf = malloc(VRAMD_MSG_MAX);
 	if (!c->socket || !c->name || !c->rxbuf) {
 		vram_close(c);
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	}
 	int r = connect_socket(socket_path);
 	if (r < 0) {
@@ -303,7 +303,7 @@ static void grant_unmap(struct vram_grant *g)
 	if (g->host)
 		munmap(g->host, g->size);
 	if (g->cuda)
-		vram_cuda_unimport(g);
+		cuda_grant_unimport(g);
 	g->host = NULL;
 }
 
@@ -329,7 +329,7 @@ void vram_close(vram_client *c)
 		}
 		free(g);
 	}
-	vram_prepared_release(c);
+	client_prepared_release(c);
 	if (c->fd >= 0)
 		close(c->fd);
 	pthread_mutex_destroy(&c->lock);
@@ -348,7 +348,7 @@ int vram_device_count(const vram_client *c) { return (int)c->ndev; }
 int vram_device_info(const vram_client *c, uint32_t index, struct vram_device_info *ret)
 {
 	if (index >= c->ndev)
-		return vram_error(-ENODEV, "no device %u", index);
+		return rt_error(-ENODEV, "no device %u", index);
 	*ret = c->dev[index];
 	return 0;
 }
@@ -401,7 +401,7 @@ int vram_device_find(const vram_client *c, const char *name)
 			strncat(list, ", ", sizeof(list) - strlen(list) - 1);
 		strncat(list, c->dev[i].name, sizeof(list) - strlen(list) - 1);
 	}
-	return vram_error(-ENODEV, "no device \"%s\" (devices: %s)", name, list);
+	return rt_error(-ENODEV, "no device \"%s\" (devices: %s)", name, list);
 }
 
 /* Runs the reclaim handler for every queued RECLAIM, outside the lock. */
@@ -446,16 +446,16 @@ static int run_pending(struct vram_client *c)
 
 int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, vram_grant **ret)
 {
-	vram_error_clear();
+	rt_error_clear();
 	if (device >= c->ndev)
-		return vram_error(-ENODEV, "no device %u", device);
+		return rt_error(-ENODEV, "no device %u", device);
 	if (flags & ~VRAM_ALLOC_RECLAIMABLE)
-		return vram_error(-EINVAL, "unknown alloc flags 0x%x", flags);
+		return rt_error(-EINVAL, "unknown alloc flags 0x%x", flags);
 	if (size == 0)
-		return vram_error(-EINVAL, "allocation of 0 bytes");
+		return rt_error(-EINVAL, "allocation of 0 bytes");
 	struct vram_grant *g = calloc(1, sizeof(*g));
 	if (!g)
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	g->fd = -1;
 
 	struct vramd_alloc m;
@@ -479,13 +479,13 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 	g->flags = flags;
 	g->backend = c->dev[device].backend;
 	if (rep->size < size || rep->device != device) {
-		r = vram_error(-EPROTO, "vramd granted %llu bytes on device %u for %llu on %u",
-			       (unsigned long long)rep->size, rep->device, (unsigned long long)size, device);
+		r = rt_error(-EPROTO, "vramd granted %llu bytes on device %u for %llu on %u",
+			     (unsigned long long)rep->size, rep->device, (unsigned long long)size, device);
 	} else if (c->dev[device].flags & VRAM_DEV_HOST_MAPPABLE) {
 		void *p = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 		if (p == MAP_FAILED)
-			r = vram_error(-errno, "mapping grant %llu (%llu bytes): %s", (unsigned long long)g->id,
-				       (unsigned long long)g->size, strerror(errno));
+			r = rt_error(-errno, "mapping grant %llu (%llu bytes): %s", (unsigned long long)g->id,
+				     (unsigned long long)g->size, strerror(errno));
 		else {
 			g->host = p;
 			/* kept: the proof of this memory if the broker restarts */
@@ -493,7 +493,7 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 			fd = -1;
 		}
 	} else if (g->backend == VRAM_BACKEND_CUDA) {
-		r = vram_cuda_import(c, g, fd);
+		r = cuda_grant_import(c, g, fd);
 		if (r == 0) {
 			/* kept too: importing leaves the export usable, and it is
 			 * what proves the memory to a restarted broker (it also
@@ -502,7 +502,7 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 			fd = -1;
 		}
 	} else {
-		r = vram_error(-ENOTSUP, "device %s cannot be mapped by this runtime", c->dev[device].name);
+		r = rt_error(-ENOTSUP, "device %s cannot be mapped by this runtime", c->dev[device].name);
 	}
 	if (fd >= 0)
 		close(fd);
@@ -510,13 +510,13 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 		/* Give it back so nothing stays accounted to us (the reason
 		 * for the failure stays the message). */
 		struct vramd_free f;
-		struct vram_saved_error e;
+		struct rt_saved_error e;
 		memset(&f, 0, sizeof(f));
 		f.grant_id = g->id;
-		vram_error_save(&e);
+		rt_error_save(&e);
 		if (send_req(c, &f, sizeof(f), VRAMD_FREE) == 0)
 			recv_reply(c, c->seq, VRAMD_OK, NULL);
-		vram_error_restore(&e);
+		rt_error_restore(&e);
 		pthread_mutex_unlock(&c->lock);
 		free(g);
 		return r;
@@ -535,7 +535,7 @@ int vram_free(vram_client *c, vram_grant *g)
 {
 	if (!g)
 		return 0;
-	vram_error_clear();
+	rt_error_clear();
 	pthread_mutex_lock(&c->lock);
 	if (g->prev)
 		g->prev->next = g->next;
@@ -586,7 +586,7 @@ int vram_dispatch(vram_client *c)
 			if (conn_lost(r) && reconnect(c) == 0)
 				break;
 			pthread_mutex_unlock(&c->lock);
-			return vram_error(r, "vramd connection lost: %s", vram_last_error());
+			return rt_error(r, "vramd connection lost: %s", vram_last_error());
 		}
 		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
@@ -594,7 +594,7 @@ int vram_dispatch(vram_client *c)
 		const struct vramd_hdr *h = c->rxbuf;
 		if (proto_validate(c->rxbuf, (size_t)n, &why) < 0 || h->opcode != VRAMD_RECLAIM || nfds) {
 			pthread_mutex_unlock(&c->lock);
-			return vram_error(-EPROTO, "unexpected message from vramd");
+			return rt_error(-EPROTO, "unexpected message from vramd");
 		}
 		queue_reclaim(c, c->rxbuf);
 	}
@@ -604,10 +604,10 @@ int vram_dispatch(vram_client *c)
 
 int vram_get_status(vram_client *c, struct vram_status **ret)
 {
-	vram_error_clear();
+	rt_error_clear();
 	struct vram_status *s = calloc(1, sizeof(*s));
 	if (!s)
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	s->struct_size = sizeof(*s);
 	uint32_t first = 0;
 	int r = 0;
@@ -631,7 +631,7 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 			s->devices = calloc(rep->ndevices ? rep->ndevices : 1, sizeof(*s->devices));
 			s->clients = calloc(rep->clients_total ? rep->clients_total : 1, sizeof(*s->clients));
 			if (!s->devices || !s->clients) {
-				r = vram_error(-ENOMEM, "out of memory");
+				r = rt_error(-ENOMEM, "out of memory");
 				break;
 			}
 			for (uint32_t i = 0; i < rep->ndevices; i++)
@@ -675,14 +675,14 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 static int simple_request(vram_client *c, void *msg, size_t len, uint16_t op, char **ret_text)
 {
 	int r;
-	vram_error_clear();
+	rt_error_clear();
 	pthread_mutex_lock(&c->lock);
 	r = (int)transact(c, msg, len, op, ret_text ? VRAMD_TEXT : VRAMD_OK, NULL);
 	if (r > 0 && ret_text) {
 		const struct vramd_text *t = c->rxbuf;
 		char *txt = malloc((size_t)t->len + 1);
 		if (!txt)
-			r = vram_error(-ENOMEM, "out of memory");
+			r = rt_error(-ENOMEM, "out of memory");
 		else {
 			memcpy(txt, t + 1, t->len);
 			txt[t->len] = '\0';
@@ -700,9 +700,9 @@ int vram_quota_set(vram_client *c, const char *subject, const char *device, uint
 	struct vramd_quota_set m;
 	memset(&m, 0, sizeof(m));
 	if (!subject || !device || strlen(subject) >= sizeof(m.subject) || strlen(device) >= sizeof(m.device))
-		return vram_error(-EINVAL, "quota subject or device missing or too long");
+		return rt_error(-EINVAL, "quota subject or device missing or too long");
 	if (!flags || (flags & ~(VRAM_QUOTA_FLOOR | VRAM_QUOTA_CEILING)))
-		return vram_error(-EINVAL, "give a floor, a ceiling or both");
+		return rt_error(-EINVAL, "give a floor, a ceiling or both");
 	str_copy(m.subject, subject, sizeof(m.subject));
 	str_copy(m.device, device, sizeof(m.device));
 	m.flags = flags;
@@ -716,7 +716,7 @@ int vram_quota_rm(vram_client *c, const char *subject, const char *device)
 	struct vramd_quota_rm m;
 	memset(&m, 0, sizeof(m));
 	if (!subject || strlen(subject) >= sizeof(m.subject) || (device && strlen(device) >= sizeof(m.device)))
-		return vram_error(-EINVAL, "quota subject or device missing or too long");
+		return rt_error(-EINVAL, "quota subject or device missing or too long");
 	str_copy(m.subject, subject, sizeof(m.subject));
 	if (device)
 		str_copy(m.device, device, sizeof(m.device));

@@ -44,18 +44,18 @@ struct vram_client {
 	uint32_t reconnects;     /* times the connection was re-established */
 	bool handling;           /* a RECLAIM handler is running (run_pending) */
 	/* vram_device_prepare: per device, handles held until vram_close */
-	struct vram_cuda_dev *prepared[VRAMD_MAX_DEVICES];
-	struct vram_cuda_kernels *prepared_k[VRAMD_MAX_DEVICES];
+	struct cuda_dev *prepared[VRAMD_MAX_DEVICES];
+	struct cuda_kernels *prepared_k[VRAMD_MAX_DEVICES];
 };
 
 /* runtime/cuda-kernels.c: drops what vram_device_prepare holds. */
-void vram_prepared_release(struct vram_client *c);
+void client_prepared_release(struct vram_client *c);
 
 /* runtime/cuda.c: maps an exported CUDA allocation (fd, size) of device
  * dev into this process; sets g->dptr and g->cuda.  Closes nothing: the fd
  * stays importable (vram_alloc keeps it in g->fd for REGISTER). */
-int vram_cuda_import(struct vram_client *c, struct vram_grant *g, int fd);
-/* Unmaps and releases what vram_cuda_import set up. */
-void vram_cuda_unimport(struct vram_grant *g);
+int cuda_grant_import(struct vram_client *c, struct vram_grant *g, int fd);
+/* Unmaps and releases what cuda_grant_import set up. */
+void cuda_grant_unimport(struct vram_grant *g);
 
 #endif

@@ -23,8 +23,8 @@
 
 #include "common/cleanup.h"
 #include "common/util.h"
+#include "runtime/dtype.h"
 #include "runtime/internal.h"
-#include "runtime/load.h"
 #include "runtime/plan.h"
 
 #define PLAN_FLAGS_MASK        VRAM_PLAN_HIGH_PRECISION_LORAS
@@ -144,17 +144,17 @@ int vram_plan_devices_parse(const char *spec, struct vram_plan_device *ret_devs,
 	_cleanup_free_ char *buf = NULL;
 	uint32_t n = 0, k = 0;
 
-	vram_error_clear();
+	rt_error_clear();
 	if (!spec || !ret_n || (max && !ret_devs))
-		return vram_error(-EINVAL, "vram_plan_devices_parse: bad arguments");
+		return rt_error(-EINVAL, "vram_plan_devices_parse: bad arguments");
 	buf = strdup(spec);
 	if (!buf)
-		return vram_error(-ENOMEM, "device list: out of memory");
+		return rt_error(-ENOMEM, "device list: out of memory");
 
 #define FAIL(...) do { \
 		char why_[256]; \
 		snprintf(why_, sizeof(why_), __VA_ARGS__); \
-		return vram_error(-EINVAL, "device list \"%s\": entry %u: %s", spec, k, why_); \
+		return rt_error(-EINVAL, "device list \"%s\": entry %u: %s", spec, k, why_); \
 	} while (0)
 
 	for (char *save = buf, *next;; save = next + 1) {
@@ -209,7 +209,7 @@ int vram_plan_devices_parse(const char *spec, struct vram_plan_device *ret_devs,
 	}
 #undef FAIL
 	if (n > max)
-		return vram_error(-ENOBUFS, "device list \"%s\": %u devices, room for %u", spec, n, max);
+		return rt_error(-ENOBUFS, "device list \"%s\": %u devices, room for %u", spec, n, max);
 	memcpy(ret_devs, devs, n * sizeof(devs[0]));
 	*ret_n = n;
 	return 0;
@@ -222,14 +222,14 @@ int vram_plan_devices_from_client(const vram_client *c, struct vram_plan_device 
 {
 	struct vram_plan_device devs[PLAN_MAX_DEVICES];
 
-	vram_error_clear();
+	rt_error_clear();
 	if (!c || !ret_n || (max && !ret_devs))
-		return vram_error(-EINVAL, "vram_plan_devices_from_client: bad arguments");
+		return rt_error(-EINVAL, "vram_plan_devices_from_client: bad arguments");
 	int n = vram_device_count(c);
 	if (n < 0)
 		return n;
 	if ((uint32_t)n > max || (uint32_t)n > PLAN_MAX_DEVICES)
-		return vram_error(-ENOBUFS, "the broker has %d devices, room for %u", n, MIN(max, PLAN_MAX_DEVICES));
+		return rt_error(-ENOBUFS, "the broker has %d devices, room for %u", n, MIN(max, PLAN_MAX_DEVICES));
 	for (int i = 0; i < n; i++) {
 		struct vram_device_info info = { .struct_size = sizeof(info) };
 		int r = vram_device_info(c, (uint32_t)i, &info);
@@ -291,13 +291,13 @@ static int device_lookup(const vram_plan *p, const char *label, const char *name
 			break;
 		off += (size_t)w;
 	}
-	return vram_error(-EINVAL, "%s \"%s\" is not a device of this broker (devices: %s)", label, name, list);
+	return rt_error(-EINVAL, "%s \"%s\" is not a device of this broker (devices: %s)", label, name, list);
 }
 
 static int check_virtual_vram(const char *label, double gb)
 {
 	if (!isfinite(gb) || gb < 0.0 || gb > PLAN_VIRTUAL_VRAM_MAX)
-		return vram_error(-EINVAL, "%s %g is out of range 0-%g", label, gb, PLAN_VIRTUAL_VRAM_MAX);
+		return rt_error(-EINVAL, "%s %g is out of range 0-%g", label, gb, PLAN_VIRTUAL_VRAM_MAX);
 	return 0;
 }
 
@@ -390,7 +390,7 @@ static int plan_distributed(vram_plan *p, uint32_t comp, const char *what, const
 		pc->source = PLAN_SRC_EXPERT;
 		pc->allocation = strdup(expert);
 		if (!pc->allocation)
-			return vram_error(-ENOMEM, "plan: out of memory");
+			return rt_error(-ENOMEM, "plan: out of memory");
 	} else {
 		/* vv_gb is GiB, as in DisTorch2; 0..128 GiB fits easily */
 		uint64_t vv = (uint64_t)llround(vv_gb * (double)(1ull << 30));
@@ -426,21 +426,21 @@ static int plan_set_devices(vram_plan *p, const struct vram_plan_device *devs, u
 	const char *names[PLAN_MAX_DEVICES];
 
 	if (!devs || !ndevs)
-		return vram_error(-EINVAL, "plan: no devices given");
+		return rt_error(-EINVAL, "plan: no devices given");
 	if (ndevs > PLAN_MAX_DEVICES)
-		return vram_error(-EINVAL, "plan: %u devices given, at most %u", ndevs, PLAN_MAX_DEVICES);
+		return rt_error(-EINVAL, "plan: %u devices given, at most %u", ndevs, PLAN_MAX_DEVICES);
 	for (uint32_t i = 0; i < ndevs; i++) {
 		const struct vram_plan_device *d = &devs[i];
 		if (d->struct_size != sizeof(*d))
-			return vram_error(-EINVAL, "plan: device %u: struct_size %u, expected %zu",
-					  i, d->struct_size, sizeof(*d));
+			return rt_error(-EINVAL, "plan: device %u: struct_size %u, expected %zu",
+					i, d->struct_size, sizeof(*d));
 		const char *why = device_name_problem(d->name, sizeof(d->name));
 		if (why)
-			return vram_error(-EINVAL, "plan: device %u: name \"%.*s\" %s", i,
-					  (int)strnlen(d->name, sizeof(d->name)), d->name, why);
+			return rt_error(-EINVAL, "plan: device %u: name \"%.*s\" %s", i,
+					(int)strnlen(d->name, sizeof(d->name)), d->name, why);
 		for (uint32_t j = 0; j < i; j++)
 			if (!strcmp(devs[j].name, d->name))
-				return vram_error(-EINVAL, "plan: device %s is given twice (%u and %u)", d->name, j, i);
+				return rt_error(-EINVAL, "plan: device %s is given twice (%u and %u)", d->name, j, i);
 		p->devs[i] = *d;
 		names[i] = p->devs[i].name;
 	}
@@ -456,20 +456,20 @@ static int plan_set_layers(vram_plan *p, const struct plan_layer *layers, uint32
 	uint64_t all = 0;
 
 	if (nlayers && !layers)
-		return vram_error(-EINVAL, "plan: no layer array");
+		return rt_error(-EINVAL, "plan: no layer array");
 	for (uint32_t i = 0; i < nlayers; i++) {
 		if (layers[i].component >= VRAM_COMP_COUNT)
-			return vram_error(-EINVAL, "plan: layer %u: component %u is not a component", i, layers[i].component);
+			return rt_error(-EINVAL, "plan: layer %u: component %u is not a component", i, layers[i].component);
 		arena += layers[i].name ? strlen(layers[i].name) + 1 : 24;
 		/* so that no per-component or per-device sum can overflow */
 		if (all > UINT64_MAX - layers[i].nbytes)
-			return vram_error(-EOVERFLOW, "plan: the layers add up to more than 2^64 bytes");
+			return rt_error(-EOVERFLOW, "plan: the layers add up to more than 2^64 bytes");
 		all += layers[i].nbytes;
 	}
 	p->layers = calloc(nlayers ? nlayers : 1, sizeof(*p->layers));
 	p->names = malloc(arena ? arena : 1);
 	if (!p->layers || !p->names)
-		return vram_error(-ENOMEM, "plan: out of memory for %u layers", nlayers);
+		return rt_error(-ENOMEM, "plan: out of memory for %u layers", nlayers);
 	char *w = p->names;
 	for (uint32_t i = 0; i < nlayers; i++) {
 		struct plan_lay *l = &p->layers[i];
@@ -500,8 +500,8 @@ static int plan_check_fit(const vram_plan *p)
 		size_format(p->planned[d], need, sizeof(need));
 		size_format(p->devs[d].available, have, sizeof(have));
 		size_format(p->planned[d] - p->devs[d].available, shortby, sizeof(shortby));
-		return vram_error(-ENOSPC, "plan does not fit: %s needs %s but has %s available (short by %s)",
-				  p->devs[d].name, need, have, shortby);
+		return rt_error(-ENOSPC, "plan does not fit: %s needs %s but has %s available (short by %s)",
+				p->devs[d].name, need, have, shortby);
 	}
 	return 0;
 }
@@ -511,14 +511,14 @@ static int plan_options_check(const struct vram_plan_options *o)
 	/* the first published struct ended with clip_expert_mode_allocations */
 	const size_t first = offsetof(struct vram_plan_options, cast_to);
 	if (o->struct_size < first)
-		return vram_error(-EINVAL, "plan options: struct_size %u is smaller than %zu (call vram_plan_options_init)",
-				  o->struct_size, first);
+		return rt_error(-EINVAL, "plan options: struct_size %u is smaller than %zu (call vram_plan_options_init)",
+				o->struct_size, first);
 	if (o->struct_size > sizeof(*o) &&
 	    !mem_is_zero((const char *)o + sizeof(*o), o->struct_size - sizeof(*o)))
-		return vram_error(-E2BIG, "plan options: fields past %zu bytes are set but not known to this libvram",
-				  sizeof(*o));
+		return rt_error(-E2BIG, "plan options: fields past %zu bytes are set but not known to this libvram",
+				sizeof(*o));
 	if (o->flags & ~PLAN_FLAGS_MASK)
-		return vram_error(-EINVAL, "plan options: unknown flags 0x%x", o->flags & ~PLAN_FLAGS_MASK);
+		return rt_error(-EINVAL, "plan options: unknown flags 0x%x", o->flags & ~PLAN_FLAGS_MASK);
 	int r = check_virtual_vram("unet_virtual_vram_gb", o->unet_virtual_vram_gb);
 	if (r < 0)
 		return r;
@@ -572,7 +572,7 @@ int plan_build(const struct plan_layer *layers, uint32_t nlayers, const char *mo
 	int r;
 
 	if (!ret_plan)
-		return vram_error(-EINVAL, "plan: ret_plan is NULL");
+		return rt_error(-EINVAL, "plan: ret_plan is NULL");
 	if (!o) {
 		vram_plan_options_init(&dflt);
 		o = &dflt;
@@ -588,10 +588,10 @@ int plan_build(const struct plan_layer *layers, uint32_t nlayers, const char *mo
 	o = &full;
 	p = calloc(1, sizeof(*p));
 	if (!p)
-		return vram_error(-ENOMEM, "plan: out of memory");
+		return rt_error(-ENOMEM, "plan: out of memory");
 	p->flags = o->flags;
 	if (model && !(p->model = strdup(model)))
-		return vram_error(-ENOMEM, "plan: out of memory");
+		return rt_error(-ENOMEM, "plan: out of memory");
 	r = plan_set_devices(p, devs, ndevs);
 	if (r < 0)
 		return r;
@@ -613,7 +613,7 @@ int plan_build(const struct plan_layer *layers, uint32_t nlayers, const char *mo
 	} else {
 		unet_dev = cuda_ordinal(p->devs[p->order[0]].name) >= 0 ? (int)p->order[0] : cpu_dev;
 		if (unet_dev < 0)
-			unet_dev = vram_error(-EINVAL, "unet_compute_device: no default (no cuda:N and no cpu device); name one");
+			unet_dev = rt_error(-EINVAL, "unet_compute_device: no default (no cuda:N and no cpu device); name one");
 	}
 	if (unet_dev < 0)
 		return unet_dev;
@@ -690,20 +690,20 @@ int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
 {
 	_cleanup_free_ struct plan_layer *layers = NULL;
 
-	vram_error_clear();
+	rt_error_clear();
 	if (!m || !ret_plan)
-		return vram_error(-EINVAL, "vram_plan_create: bad arguments");
+		return rt_error(-EINVAL, "vram_plan_create: bad arguments");
 	int n = vram_model_layer_count(m);
 	if (n < 0)
 		return n;
 	layers = calloc(n ? (size_t)n : 1, sizeof(*layers));
 	if (!layers)
-		return vram_error(-ENOMEM, "plan: out of memory for %d layers", n);
+		return rt_error(-ENOMEM, "plan: out of memory for %d layers", n);
 	/* a load that converts stores layers at their converted size */
 	uint32_t cast_to = 0, cast_from = 0;
 	if (o && o->struct_size > offsetof(struct vram_plan_options, cast_from)) {
 		cast_to = o->cast_to;
-		int r = load_cast_check(cast_to, o->cast_from, &cast_from);
+		int r = dtype_cast_check(cast_to, o->cast_from, &cast_from);
 		if (r < 0)
 			return r;
 	}
@@ -723,7 +723,7 @@ int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
 			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
 			if ((r = vram_model_tensor(m, t, &ti)) < 0)
 				return r;
-			layers[i].nbytes += load_cast_nbytes(ti.dtype, ti.nbytes, cast_to, cast_from);
+			layers[i].nbytes += dtype_cast_nbytes(ti.dtype, ti.nbytes, cast_to, cast_from);
 		}
 	}
 	return plan_build(layers, (uint32_t)n, vram_model_path(m), o, devs, ndevs, ret_plan);
@@ -737,7 +737,7 @@ int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
 int vram_plan_layer_device(const vram_plan *p, uint32_t layer)
 {
 	if (!p || layer >= p->nlayers)
-		return vram_error(-EINVAL, "vram_plan_layer_device: no layer %u", layer);
+		return rt_error(-EINVAL, "vram_plan_layer_device: no layer %u", layer);
 	return (int)p->layers[layer].dev;
 }
 
@@ -746,7 +746,7 @@ int vram_plan_layer_device(const vram_plan *p, uint32_t layer)
 int vram_plan_compute_device(const vram_plan *p, uint32_t comp)
 {
 	if (!p || comp >= VRAM_COMP_COUNT)
-		return vram_error(-EINVAL, "vram_plan_compute_device: no component %u", comp);
+		return rt_error(-EINVAL, "vram_plan_compute_device: no component %u", comp);
 	return (int)p->comp[comp].compute;
 }
 
@@ -897,9 +897,9 @@ int vram_plan_to_json(const vram_plan *p, char **ret_json)
 	json_t *root = NULL;
 	int err = 0;
 
-	vram_error_clear();
+	rt_error_clear();
 	if (!p || !ret_json)
-		return vram_error(-EINVAL, "vram_plan_to_json: bad arguments");
+		return rt_error(-EINVAL, "vram_plan_to_json: bad arguments");
 	root = json_object();
 	jset(root, "model", p->model ? json_string(p->model) : json_null(), &err);
 
@@ -925,7 +925,7 @@ int vram_plan_to_json(const vram_plan *p, char **ret_json)
 	char *s = err ? NULL : json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(root);
 	if (!s)
-		return vram_error(-ENOMEM, "plan JSON: out of memory");
+		return rt_error(-ENOMEM, "plan JSON: out of memory");
 	*ret_json = s;
 	return 0;
 }

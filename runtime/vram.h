@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define VRAM_VERSION_MAJOR 0
-#define VRAM_VERSION_MINOR 1
+#define VRAM_VERSION_MINOR 2
 #define VRAM_VERSION_PATCH 0
 #define VRAM_VERSION ((VRAM_VERSION_MAJOR << 16) | (VRAM_VERSION_MINOR << 8) | VRAM_VERSION_PATCH)
 
@@ -262,12 +262,21 @@ struct vram_component_info {
 	uint64_t nbytes;
 };
 
-/* Opens and validates a checkpoint (safetensors).  -EINVAL (or -EFBIG,
- * -EOVERFLOW) with vram_last_error() = "PATH: invalid safetensors: REASON"
- * for a malformed file; -errno from open/read otherwise. */
+/* Opens and validates a checkpoint (safetensors).  The file is opened once,
+ * here, and that fd is kept until vram_model_close: vram_load and the pager
+ * read the tensors through it, so a file renamed over the path later is
+ * never read (one modified in place is refused with -ESTALE).  -EINVAL (or
+ * -EFBIG, -EOVERFLOW) with vram_last_error() = "PATH: invalid safetensors:
+ * REASON" for a malformed file; -errno from open/read otherwise. */
 VRAM_API int vram_model_open(const char *path, vram_model **ret_model);
+/* Frees m and closes its fd.  NULL is fine. */
 VRAM_API void vram_model_close(vram_model *m);
 
+/* The checkpoint's fd (read-only, close-on-exec), owned by m: proof of read
+ * access that may be passed on (over a socket) or read with pread.  Do not
+ * close it or change its flags (dup() shares them); dup it to keep it past
+ * vram_model_close.  -EINVAL for NULL.  Since 0.2 (libvram.map VRAM_0.2). */
+VRAM_API int vram_model_fd(const vram_model *m);
 VRAM_API const char *vram_model_path(const vram_model *m);
 VRAM_API const char *vram_model_format(const vram_model *m); /* "safetensors" */
 VRAM_API uint64_t vram_model_file_size(const vram_model *m);
@@ -398,7 +407,10 @@ VRAM_API void vram_load_options_init(struct vram_load_options *o);
 
 /* Loads every tensor of m into grants from c: by plan when plan is not NULL
  * (plan devices are matched to the broker's by name), else all on device
- * default_device.  The model must outlive the loaded handle. */
+ * default_device.  The bytes are read through m's fd (vram_model_fd), not
+ * the path: -ESTALE, "PATH: file changed since it was opened (...)", when
+ * the file changed in place since vram_model_open or the path names
+ * another file now.  The model must outlive the loaded handle. */
 VRAM_API int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan,
 		       uint32_t default_device, const struct vram_load_options *o,
 		       vram_loaded **ret_loaded);
@@ -453,7 +465,10 @@ VRAM_API void vram_pager_options_init(struct vram_pager_options *o);
  * component's compute device are resident; donor layers are copied into a
  * window of reclaimable grants on the compute device when acquired, and
  * prefetched ahead of use: along the file's layer order at first, then
- * along the order observed in the first complete pass.  The loaded model
+ * along the order observed in the first complete pass.  Layers dropped by
+ * reclaim are read back through the model's fd (the file the load read,
+ * even if another has been renamed over its path since); an acquire that
+ * finds that file modified in place fails with -ESTALE.  The loaded model
  * and plan must outlive the pager.  -EINVAL when the window is smaller than
  * the largest donor layer. */
 VRAM_API int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_pager_options *o,

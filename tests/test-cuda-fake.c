@@ -1377,22 +1377,22 @@ static struct vram_grant *grant_on(uint32_t device, uint64_t size)
 /* Reads size bytes of device memory through the runtime's device handle. */
 static void dev_read(struct vram_client *c, uint32_t device, uint64_t src, void *dst, size_t size)
 {
-	struct vram_cuda_dev *d;
-	ck_assert_int_eq(vram_cuda_dev_get(c, device, &d), 0);
-	ck_assert_int_eq(vram_cuda_dev_push(d), 0);
-	ck_assert_int_eq(vram_cuda_dev_api(d)->MemcpyDtoH(dst, src, size), CUDA_SUCCESS);
-	vram_cuda_dev_pop(d);
-	vram_cuda_dev_put(d);
+	struct cuda_dev *d;
+	ck_assert_int_eq(cuda_dev_get(c, device, &d), 0);
+	ck_assert_int_eq(cuda_dev_push(d), 0);
+	ck_assert_int_eq(cuda_dev_api(d)->MemcpyDtoH(dst, src, size), CUDA_SUCCESS);
+	cuda_dev_pop(d);
+	cuda_dev_put(d);
 }
 
 static void dev_write(struct vram_client *c, uint32_t device, uint64_t dst, const void *src, size_t size)
 {
-	struct vram_cuda_dev *d;
-	ck_assert_int_eq(vram_cuda_dev_get(c, device, &d), 0);
-	ck_assert_int_eq(vram_cuda_dev_push(d), 0);
-	ck_assert_int_eq(vram_cuda_dev_api(d)->MemcpyHtoD(dst, src, size), CUDA_SUCCESS);
-	vram_cuda_dev_pop(d);
-	vram_cuda_dev_put(d);
+	struct cuda_dev *d;
+	ck_assert_int_eq(cuda_dev_get(c, device, &d), 0);
+	ck_assert_int_eq(cuda_dev_push(d), 0);
+	ck_assert_int_eq(cuda_dev_api(d)->MemcpyHtoD(dst, src, size), CUDA_SUCCESS);
+	cuda_dev_pop(d);
+	cuda_dev_put(d);
 }
 
 /* ======================================================================
@@ -1482,7 +1482,7 @@ START_TEST(test_missing_entry_points)
 
 		struct vram_client *c = fake_client(1);
 		struct vram_grant *g = grant_on(0, 2 * MiB);
-		ck_assert_int_eq(vram_cuda_import(c, g, 0), -ENOSYS);
+		ck_assert_int_eq(cuda_grant_import(c, g, 0), -ENOSYS);
 		ck_assert_ptr_nonnull(strstr(vram_last_error(), want));
 		ck_assert_ptr_null(g->cuda);
 		free(g);
@@ -1514,7 +1514,7 @@ START_TEST(test_real_loader_without_driver)
 	/* The runtime says the same. */
 	struct vram_client *c = fake_client(1);
 	struct vram_grant *g = grant_on(0, 2 * MiB);
-	ck_assert_int_eq(vram_cuda_import(c, g, 0), -ENOENT);
+	ck_assert_int_eq(cuda_grant_import(c, g, 0), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuda:0: NVIDIA driver not found"));
 	free(g);
 	free(c);
@@ -2061,7 +2061,7 @@ START_TEST(test_import_unimport)
 	int fd = fake_export(1, 4 * MiB, &bh);
 	struct vram_grant *g = grant_on(1, 4 * MiB);
 
-	ck_assert_int_eq(vram_cuda_import(c, g, fd), 0);
+	ck_assert_int_eq(cuda_grant_import(c, g, fd), 0);
 	close(fd); /* the import does not need it any more */
 	ck_assert_ptr_nonnull(g->cuda);
 	ck_assert_uint_ne(g->dptr, 0);
@@ -2083,19 +2083,19 @@ START_TEST(test_import_unimport)
 	int fd2 = fake_export(1, 2 * MiB, &bh);
 	CUmemGenericAllocationHandle bh2 = bh;
 	struct vram_grant *g2 = grant_on(1, 2 * MiB);
-	ck_assert_int_eq(vram_cuda_import(c, g2, fd2), 0);
+	ck_assert_int_eq(cuda_grant_import(c, g2, fd2), 0);
 	close(fd2);
 	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
 	ck_assert_uint_ne(g2->dptr, g->dptr);
 
 	unsigned syncs = fk.calls[F_CtxSynchronize];
-	vram_cuda_unimport(g);
+	cuda_grant_unimport(g);
 	ck_assert_uint_eq(fk.calls[F_CtxSynchronize], syncs + 1);
 	ck_assert_ptr_null(g->cuda);
 	ck_assert_uint_eq(g->dptr, 0);
-	vram_cuda_unimport(g); /* twice is harmless */
+	cuda_grant_unimport(g); /* twice is harmless */
 	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
-	vram_cuda_unimport(g2);
+	cuda_grant_unimport(g2);
 	ck_assert_int_eq(fk.dev[1].ctx_refs, 0);
 	ck_assert_int_eq(ctx_depth, 0);
 	/* what is left are the "broker's" handles */
@@ -2124,18 +2124,18 @@ START_TEST(test_import_by_uuid)
 	fk.perm[0] = 1;
 	fk.perm[1] = 0;
 	struct vram_grant *g = grant_on(1, 2 * MiB);
-	ck_assert_int_eq(vram_cuda_import(c, g, fd), 0);
+	ck_assert_int_eq(cuda_grant_import(c, g, fd), 0);
 	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
-	struct vram_cuda_dev *d;
-	ck_assert_int_eq(vram_cuda_dev_get(c, 1, &d), 0);
-	ck_assert_int_eq(vram_cuda_dev_ordinal(d), 0);
-	vram_cuda_dev_put(d);
-	vram_cuda_unimport(g);
+	struct cuda_dev *d;
+	ck_assert_int_eq(cuda_dev_get(c, 1, &d), 0);
+	ck_assert_int_eq(cuda_dev_ordinal(d), 0);
+	cuda_dev_put(d);
+	cuda_grant_unimport(g);
 
 	/* Only physical device 0 visible: broker's cuda:1 is not here. */
 	fk.nvisible = 1;
 	fk.perm[0] = 0;
-	ck_assert_int_eq(vram_cuda_import(c, g, fd), -ENODEV);
+	ck_assert_int_eq(cuda_grant_import(c, g, fd), -ENODEV);
 	ck_assert_str_eq(vram_last_error(), "cuda:1 (GPU-20212223-2425-2627-2829-2a2b2c2d2e2f) is not among the "
 					    "1 CUDA device visible to this process (CUDA_VISIBLE_DEVICES?)");
 	ck_assert_ptr_null(g->cuda);
@@ -2143,7 +2143,7 @@ START_TEST(test_import_by_uuid)
 	fake_release(bh);
 	/* not a CUDA device */
 	struct vram_grant *gh = grant_on(2, 2 * MiB);
-	ck_assert_int_eq(vram_cuda_import(c, gh, 0), -EINVAL);
+	ck_assert_int_eq(cuda_grant_import(c, gh, 0), -EINVAL);
 	ck_assert_str_eq(vram_last_error(), "cpu is not a CUDA device");
 	free(gh);
 	free(g);
@@ -2177,7 +2177,7 @@ START_TEST(test_import_entry_errors)
 		int fd = fake_export(0, 2 * MiB, &bh);
 		struct vram_grant *g = grant_on(0, 2 * MiB);
 		fake_fail(cases[i].f, 0, cases[i].code);
-		int r = vram_cuda_import(c, g, fd);
+		int r = cuda_grant_import(c, g, fd);
 		ck_assert_msg(r == cases[i].err, "%s: %d (%s)", fn_names[cases[i].f], r, vram_last_error());
 		snprintf(want, sizeof(want), "%s: CUDA_ERROR_", fn_names[cases[i].f]);
 		ck_assert_msg(strstr(vram_last_error(), want), "%s: \"%s\"", fn_names[cases[i].f], vram_last_error());
@@ -2186,8 +2186,8 @@ START_TEST(test_import_entry_errors)
 		ck_assert_int_eq(ctx_depth, 0);
 		/* and then it works */
 		fake_nofail();
-		ck_assert_int_eq(vram_cuda_import(c, g, fd), 0);
-		vram_cuda_unimport(g);
+		ck_assert_int_eq(cuda_grant_import(c, g, fd), 0);
+		cuda_grant_unimport(g);
 		close(fd);
 		fake_release(bh);
 		free(g);
@@ -2210,14 +2210,14 @@ static struct vram_grant *imported(struct vram_client *c, uint32_t dev, size_t s
 {
 	int fd = fake_export((int)dev, size, bh);
 	struct vram_grant *g = grant_on(dev, size);
-	ck_assert_int_eq(vram_cuda_import(c, g, fd), 0);
+	ck_assert_int_eq(cuda_grant_import(c, g, fd), 0);
 	close(fd);
 	return g;
 }
 
 static void drop(struct vram_grant *g, CUmemGenericAllocationHandle bh)
 {
-	vram_cuda_unimport(g);
+	cuda_grant_unimport(g);
 	fake_release(bh);
 	free(g);
 }
@@ -2227,19 +2227,19 @@ START_TEST(test_copier)
 	struct vram_client *c = fake_client(1);
 	CUmemGenericAllocationHandle bh;
 	struct vram_grant *g = imported(c, 0, 4 * MiB, &bh);
-	struct vram_cuda_copier *cp;
+	struct cuda_copier *cp;
 
-	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 0, &cp), -EINVAL);
-	ck_assert_int_eq(vram_cuda_copier_new(c, 1, 4, &cp), -EINVAL); /* cpu */
-	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 4, &cp), 0);
+	ck_assert_int_eq(cuda_copier_new(c, 0, 0, &cp), -EINVAL);
+	ck_assert_int_eq(cuda_copier_new(c, 1, 4, &cp), -EINVAL); /* cpu */
+	ck_assert_int_eq(cuda_copier_new(c, 0, 4, &cp), 0);
 	ck_assert_int_eq(fk.streams, 1);
 	ck_assert_int_eq(fk.events, 4);
-	ck_assert_uint_eq(vram_cuda_copier_slots(cp), 4);
-	ck_assert_ptr_nonnull(vram_cuda_copier_stream(cp));
+	ck_assert_uint_eq(cuda_copier_slots(cp), 4);
+	ck_assert_ptr_nonnull(cuda_copier_stream(cp));
 	ck_assert_int_eq(ctx_depth, 0);
 
 	struct stream_sink sink;
-	vram_cuda_copier_sink(cp, &sink);
+	cuda_copier_sink(cp, &sink);
 	char src[8192], back[8192];
 	for (size_t i = 0; i < sizeof(src); i++)
 		src[i] = (char)(i ^ 0x3c);
@@ -2249,12 +2249,12 @@ START_TEST(test_copier)
 	ck_assert_int_eq(sink.wait(sink.user, 1), 0);
 	ck_assert_int_eq(sink.wait(sink.user, 2), 0); /* nothing recorded: no wait */
 	ck_assert_uint_eq(fk.calls[F_EventSynchronize], 2);
-	ck_assert_int_eq(vram_cuda_copier_dtoh(cp, back, g->dptr, sizeof(back), 3), 0);
-	ck_assert_int_eq(vram_cuda_copier_wait(cp, 3), 0);
+	ck_assert_int_eq(cuda_copier_dtoh(cp, back, g->dptr, sizeof(back), 3), 0);
+	ck_assert_int_eq(cuda_copier_wait(cp, 3), 0);
 	ck_assert_mem_eq(src, back, sizeof(src));
 	/* device to device within the grant */
-	ck_assert_int_eq(vram_cuda_copier_dtod(cp, g->dptr + 2 * MiB, g->dptr, sizeof(src), 2), 0);
-	ck_assert_int_eq(vram_cuda_copier_sync(cp), 0);
+	ck_assert_int_eq(cuda_copier_dtod(cp, g->dptr + 2 * MiB, g->dptr, sizeof(src), 2), 0);
+	ck_assert_int_eq(cuda_copier_sync(cp), 0);
 	memset(back, 0, sizeof(back));
 	dev_read(c, 0, g->dptr + 2 * MiB, back, sizeof(back));
 	ck_assert_mem_eq(src, back, sizeof(src));
@@ -2276,16 +2276,16 @@ START_TEST(test_copier)
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuEventSynchronize: CUDA_ERROR_UNKNOWN"));
 	ck_assert_int_eq(sink.wait(sink.user, 0), 0); /* reported once */
 	fake_fail(F_MemcpyDtoDAsync, 0, CUDA_ERROR_UNKNOWN);
-	ck_assert_int_eq(vram_cuda_copier_dtod(cp, g->dptr, g->dptr + MiB, 16, 0), -EIO);
+	ck_assert_int_eq(cuda_copier_dtod(cp, g->dptr, g->dptr + MiB, 16, 0), -EIO);
 	fake_fail(F_MemcpyDtoHAsync, 0, CUDA_ERROR_UNKNOWN);
-	ck_assert_int_eq(vram_cuda_copier_dtoh(cp, back, g->dptr, 16, 0), -EIO);
+	ck_assert_int_eq(cuda_copier_dtoh(cp, back, g->dptr, 16, 0), -EIO);
 	fake_fail(F_CtxPushCurrent, 0, CUDA_ERROR_INVALID_CONTEXT);
 	ck_assert_int_eq(sink.copy(sink.user, g->dptr, src, 16, 0), -EIO);
 	fake_nofail();
 	ck_assert_int_eq(ctx_depth, 0);
 
-	vram_cuda_copier_free(cp);
-	vram_cuda_copier_free(NULL);
+	cuda_copier_free(cp);
+	cuda_copier_free(NULL);
 	ck_assert_int_eq(fk.streams, 0);
 	ck_assert_int_eq(fk.events, 0);
 	drop(g, bh);
@@ -2297,20 +2297,20 @@ END_TEST
 START_TEST(test_copier_create_errors)
 {
 	struct vram_client *c = fake_client(1);
-	struct vram_cuda_copier *cp;
+	struct cuda_copier *cp;
 	fake_fail(F_StreamCreate, 0, CUDA_ERROR_OUT_OF_MEMORY);
-	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 4, &cp), -ENOMEM);
+	ck_assert_int_eq(cuda_copier_new(c, 0, 4, &cp), -ENOMEM);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuStreamCreate: CUDA_ERROR_OUT_OF_MEMORY"));
 	fake_assert_clean();
 	fake_fail(F_EventCreate, 2, CUDA_ERROR_OUT_OF_MEMORY);
-	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 4, &cp), -ENOMEM);
+	ck_assert_int_eq(cuda_copier_new(c, 0, 4, &cp), -ENOMEM);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuEventCreate"));
 	fake_assert_clean();
 	fake_fail(F_CtxPushCurrent, 0, CUDA_ERROR_INVALID_CONTEXT);
-	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 4, &cp), -EIO);
+	ck_assert_int_eq(cuda_copier_new(c, 0, 4, &cp), -EIO);
 	fake_assert_clean();
 	fake_fail(F_DevicePrimaryCtxRetain, 0, CUDA_ERROR_UNKNOWN);
-	ck_assert_int_eq(vram_cuda_copier_new(c, 0, 4, &cp), -EIO);
+	ck_assert_int_eq(cuda_copier_new(c, 0, 4, &cp), -EIO);
 	fake_nofail();
 	free(c);
 	fake_assert_clean();
@@ -2324,17 +2324,17 @@ START_TEST(test_sink_two_devices)
 	CUmemGenericAllocationHandle b0, b1;
 	struct vram_grant *g0 = imported(c, 0, 2 * MiB, &b0);
 	struct vram_grant *g1 = imported(c, 1, 2 * MiB, &b1);
-	struct vram_cuda_sink *s;
+	struct cuda_sink *s;
 	struct stream_sink sink;
 
-	ck_assert_int_eq(vram_cuda_sink_new(c, 0, &s), -EINVAL);
-	ck_assert_int_eq(vram_cuda_sink_new(c, 2, &s), 0);
-	ck_assert_int_eq(vram_cuda_sink_add_grant(s, g0), 0);
-	ck_assert_int_eq(vram_cuda_sink_add_grant(s, g1), 0);
+	ck_assert_int_eq(cuda_sink_new(c, 0, &s), -EINVAL);
+	ck_assert_int_eq(cuda_sink_new(c, 2, &s), 0);
+	ck_assert_int_eq(cuda_sink_add_grant(s, g0), 0);
+	ck_assert_int_eq(cuda_sink_add_grant(s, g1), 0);
 	struct vram_grant host = { .id = 9, .size = 2 * MiB, .device = 2 };
-	ck_assert_int_eq(vram_cuda_sink_add_grant(s, &host), -EINVAL);
+	ck_assert_int_eq(cuda_sink_add_grant(s, &host), -EINVAL);
 	ck_assert_int_eq(fk.streams, 2);
-	vram_cuda_sink_get(s, &sink);
+	cuda_sink_get(s, &sink);
 
 	char a[1000], b[1000], back[1000];
 	memset(a, 'a', sizeof(a));
@@ -2354,8 +2354,8 @@ START_TEST(test_sink_two_devices)
 	ck_assert_int_eq(sink.copy(sink.user, g0->dptr + 2 * MiB - 10, a, 11, 0), -EFAULT);
 	ck_assert_int_eq(sink.copy(sink.user, g0->dptr, a, 1, 7), -EINVAL);
 	ck_assert_int_eq(sink.wait(sink.user, 7), -EINVAL);
-	vram_cuda_sink_free(s);
-	vram_cuda_sink_free(NULL);
+	cuda_sink_free(s);
+	cuda_sink_free(NULL);
 	drop(g0, b0);
 	drop(g1, b1);
 	free(c);
@@ -2372,35 +2372,35 @@ START_TEST(test_pin)
 	ck_assert_int_eq(ftruncate(mfd, (off_t)len), 0);
 	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
 	ck_assert_ptr_ne(m, MAP_FAILED);
-	struct vram_cuda_pin *p, *p2;
+	struct cuda_pin *p, *p2;
 
 	/* chunks are page-rounded (1 MiB + 1 -> 1 MiB + 4 KiB: 8 of them), so
 	 * that a staging ring pinned a slot per chunk has no registration
 	 * across two slots */
-	ck_assert_int_eq(vram_cuda_pin(c, 0, m, len, 1 * MiB + 1, &p), 0);
+	ck_assert_int_eq(cuda_pin(c, 0, m, len, 1 * MiB + 1, &p), 0);
 	ck_assert_int_eq(fake_count(4), 8);
 	ck_assert_int_eq(ctx_depth, 0);
 	/* registered twice */
-	ck_assert_int_eq(vram_cuda_pin(c, 0, m + 4096, 4096, 0, &p2), -EBUSY);
+	ck_assert_int_eq(cuda_pin(c, 0, m + 4096, 4096, 0, &p2), -EBUSY);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"));
-	vram_cuda_unpin(p);
+	cuda_unpin(p);
 	ck_assert_int_eq(fake_count(4), 0);
 
-	ck_assert_int_eq(vram_cuda_pin(c, 0, m, len, 0, &p), 0);
+	ck_assert_int_eq(cuda_pin(c, 0, m, len, 0, &p), 0);
 	ck_assert_int_eq(fake_count(4), 1);
-	vram_cuda_unpin(p);
-	vram_cuda_unpin(NULL);
+	cuda_unpin(p);
+	cuda_unpin(NULL);
 
 	/* the third chunk fails: the first two are given back */
 	fake_fail(F_MemHostRegister, 2, CUDA_ERROR_OUT_OF_MEMORY);
-	ck_assert_int_eq(vram_cuda_pin(c, 0, m, len, 2 * MiB, &p), -ENOMEM);
+	ck_assert_int_eq(cuda_pin(c, 0, m, len, 2 * MiB, &p), -ENOMEM);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "chunk 2 of 5"));
 	ck_assert_int_eq(fake_count(4), 0);
 	fake_nofail();
 
-	ck_assert_int_eq(vram_cuda_pin(c, 0, m + 1, 4096, 0, &p), -EINVAL);
-	ck_assert_int_eq(vram_cuda_pin(c, 0, m, 0, 0, &p), -EINVAL);
-	ck_assert_int_eq(vram_cuda_pin(c, 1, m, len, 0, &p), -EINVAL); /* cpu is no CUDA device */
+	ck_assert_int_eq(cuda_pin(c, 0, m + 1, 4096, 0, &p), -EINVAL);
+	ck_assert_int_eq(cuda_pin(c, 0, m, 0, 0, &p), -EINVAL);
+	ck_assert_int_eq(cuda_pin(c, 1, m, len, 0, &p), -EINVAL); /* cpu is no CUDA device */
 	munmap(m, len);
 	close(mfd);
 	free(c);
@@ -2605,7 +2605,7 @@ START_TEST(test_load_cuda)
 						       vk_cast_kernel_name(fk_dtypes[a], fk_dtypes[b])) + 1;
 	fk_image_names = image;
 	fk_image_len = il;
-	vram_cuda_kernels_set_image(image, il);
+	cuda_kernels_set_image(image, il);
 
 	ck_assert_int_eq(fk.dev[0].ctx_refs, 1); /* the broker's */
 	ck_assert_int_eq(vram_device_prepare(c, 0), 0);
@@ -2680,7 +2680,7 @@ START_TEST(test_load_cuda)
 
 	vram_close(c);
 	ck_assert_int_eq(fk.dev[0].ctx_refs, 1);
-	vram_cuda_kernels_set_image(NULL, 0);
+	cuda_kernels_set_image(NULL, 0);
 	fk_image_names = NULL;
 	for (int i = 0; i < 500 && broker_grant_count(l.b); i++)
 		t_sleep_ms(10);
@@ -3216,7 +3216,7 @@ START_TEST(test_kernels_launch)
 	struct vram_grant *g = imported(c, 0, 2 * MiB, &bh);
 	fk_image_names = fk_test_image;
 	fk_image_len = sizeof(fk_test_image);
-	vram_cuda_kernels_set_image(fk_test_image, sizeof(fk_test_image));
+	cuda_kernels_set_image(fk_test_image, sizeof(fk_test_image));
 
 	/* f16 -> f32 of 1000 elements: kernel, grid, block, arguments, result. */
 	uint16_t h[1000];
@@ -3245,20 +3245,20 @@ START_TEST(test_kernels_launch)
 	ck_assert_ptr_eq(fk.last_image, fk_test_image);
 
 	/* Held across launches: one load, functions cached. */
-	struct vram_cuda_dev *d;
-	struct vram_cuda_kernels *k;
-	ck_assert_int_eq(vram_cuda_dev_get(c, 0, &d), 0);
-	ck_assert_int_eq(vram_cuda_kernels_get(d, &k), 0);
+	struct cuda_dev *d;
+	struct cuda_kernels *k;
+	ck_assert_int_eq(cuda_dev_get(c, 0, &d), 0);
+	ck_assert_int_eq(cuda_kernels_get(d, &k), 0);
 	for (int i = 0; i < 3; i++)
-		ck_assert_int_eq(vram_cuda_cast_launch(d, NULL, dst, VRAM_DTYPE_BF16, dst, VRAM_DTYPE_F32, 10,
-						       VK_CAST_SATFINITE), 0);
+		ck_assert_int_eq(cuda_cast_launch(d, NULL, dst, VRAM_DTYPE_BF16, dst, VRAM_DTYPE_F32, 10,
+						  VK_CAST_SATFINITE), 0);
 	ck_assert_str_eq(fk.launch.name, "vk_cast_f32_bf16");
 	ck_assert_uint_eq(fk.launch.a[3], VK_CAST_SATFINITE);
 	ck_assert_uint_eq(fk.calls[F_ModuleLoadData], 2);
 	ck_assert_uint_eq(fk.calls[F_ModuleGetFunction], 2);
 	/* LoRA: grid from vk_lora_grid, block 32x8, every parameter. */
-	ck_assert_int_eq(vram_cuda_lora_launch(d, NULL, g->dptr, VRAM_DTYPE_F16, dst, dst + 4096, 40, 70, 3, 0.5f,
-					       99), 0);
+	ck_assert_int_eq(cuda_lora_launch(d, NULL, g->dptr, VRAM_DTYPE_F16, dst, dst + 4096, 40, 70, 3, 0.5f,
+					  99), 0);
 	uint32_t gx, gy;
 	vk_lora_grid(40, 70, &gx, &gy);
 	ck_assert_str_eq(fk.launch.name, "vk_lora_merge_f16");
@@ -3274,11 +3274,11 @@ START_TEST(test_kernels_launch)
 	ck_assert(sc == 0.5f);
 	ck_assert_uint_eq(fk.launch.a[7], 99);
 	/* A kernel the image lacks. */
-	ck_assert_int_eq(vram_cuda_cast_launch(d, NULL, dst, VRAM_DTYPE_F8_E4M3, dst, VRAM_DTYPE_F32, 10, 0),
+	ck_assert_int_eq(cuda_cast_launch(d, NULL, dst, VRAM_DTYPE_F8_E4M3, dst, VRAM_DTYPE_F32, 10, 0),
 			 -EIO);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuModuleGetFunction"));
-	vram_cuda_kernels_put(k);
-	vram_cuda_dev_put(d);
+	cuda_kernels_put(k);
+	cuda_dev_put(d);
 
 	/* Unsupported pairs, no work, no fatbin. */
 	unsigned before = fk.calls[F_LaunchKernel];
@@ -3286,11 +3286,11 @@ START_TEST(test_kernels_launch)
 	ck_assert_int_eq(vram_gpu_lora_merge(c, 0, dst, VRAM_DTYPE_I8, dst, dst, 1, 1, 1, 1.0f, 0), -EINVAL);
 	ck_assert_int_eq(vram_gpu_lora_merge(c, 0, dst, VRAM_DTYPE_F16, dst, dst, 1, 1, 0, 1.0f, 0), -EINVAL);
 	ck_assert_int_eq(vram_gpu_cast(c, 0, dst, VRAM_DTYPE_F16, dst, VRAM_DTYPE_F32, 0), 0);
-	vram_cuda_kernels_set_image(fk_test_image, 0);
+	cuda_kernels_set_image(fk_test_image, 0);
 	ck_assert_int_eq(vram_gpu_cast(c, 0, dst, VRAM_DTYPE_F16, dst, VRAM_DTYPE_F32, 10), -ENOTSUP);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "without nvcc"));
 	ck_assert_uint_eq(fk.calls[F_LaunchKernel], before);
-	vram_cuda_kernels_set_image(fk_test_image, sizeof(fk_test_image));
+	cuda_kernels_set_image(fk_test_image, sizeof(fk_test_image));
 
 	/* Every entry point failing. */
 	enum fn fail[] = { F_ModuleLoadData, F_ModuleGetFunction, F_LaunchKernel, F_StreamSynchronize };
@@ -3300,7 +3300,7 @@ START_TEST(test_kernels_launch)
 		ck_assert_msg(strstr(vram_last_error(), fn_names[fail[i]]), "%s", vram_last_error());
 		fake_nofail();
 	}
-	vram_cuda_kernels_set_image(NULL, 0);
+	cuda_kernels_set_image(NULL, 0);
 	fk_image_names = NULL;
 	drop(g, bh);
 	free(c);

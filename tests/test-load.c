@@ -61,11 +61,9 @@ static uint8_t *read_file(const char *path, size_t *len)
 	return b;
 }
 
-/* Every tensor's bytes where the load put them equal the file's bytes. */
-static void compare_all(const vram_model *m, const vram_loaded *l, const char *path)
+/* Every tensor's bytes where the load put them equal fb (flen bytes). */
+static void compare_bytes(const vram_model *m, const vram_loaded *l, const uint8_t *fb, size_t flen)
 {
-	size_t flen;
-	_cleanup_free_ uint8_t *fb = read_file(path, &flen);
 	int n = vram_model_tensor_count(m);
 	ck_assert_int_gt(n, 0);
 	for (int i = 0; i < n; i++) {
@@ -76,6 +74,14 @@ static void compare_all(const vram_model *m, const vram_loaded *l, const char *p
 		ck_assert_uint_le(ti.file_offset + ti.nbytes, flen);
 		ck_assert_msg(memcmp(p, fb + ti.file_offset, ti.nbytes) == 0, "tensor %s differs", ti.name);
 	}
+}
+
+/* Every tensor's bytes where the load put them equal the file's bytes. */
+static void compare_all(const vram_model *m, const vram_loaded *l, const char *path)
+{
+	size_t flen;
+	_cleanup_free_ uint8_t *fb = read_file(path, &flen);
+	compare_bytes(m, l, fb, flen);
 }
 
 static void assert_idle(vram_client *c)
@@ -484,6 +490,67 @@ static int cancel_at_half(void *user, uint64_t done, uint64_t total)
 	return done * 2 >= total;
 }
 
+/* The checkpoint replaced under its path between open and load (another
+ * file of the same size renamed over it): -ESTALE naming the file, never a
+ * load of the new bytes at the old header's offsets; a model opened again
+ * loads the new file.  The model's file modified in place instead (same
+ * size, new mtime): -ESTALE too; nothing left behind either time. */
+START_TEST(test_load_file_replaced)
+{
+	struct env e;
+	env_start(&e, "64MiB", "128MiB");
+	write_checkpoint(e.file, 12, 301, 1);
+	size_t len, len2;
+	_cleanup_free_ uint8_t *orig = read_file(e.file, &len);
+	vram_model *m;
+	vram_client *c;
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
+	char tmp[300];
+	snprintf(tmp, sizeof(tmp), "%s.new", e.file);
+	write_checkpoint(tmp, 12, 301, 2); /* the same header, other bytes */
+	_cleanup_free_ uint8_t *other = read_file(tmp, &len2);
+	ck_assert_uint_eq(len2, len);
+	ck_assert(memcmp(orig, other, len) != 0);
+	ck_assert_int_eq(rename(tmp, e.file), 0);
+	struct stat a, b;
+	ck_assert_int_eq(fstat(vram_model_fd(m), &a), 0);
+	ck_assert_int_eq(stat(e.file, &b), 0);
+	ck_assert(a.st_ino != b.st_ino); /* the path names the new file now */
+
+	vram_loaded *l = NULL;
+	for (int dev = 0; dev < 2; dev++) { /* cuda:0 (staged), cpu (direct) */
+		ck_assert_int_eq(vram_load(c, m, NULL, (uint32_t)dev, NULL, &l), -ESTALE);
+		ck_assert_ptr_null(l);
+		ck_assert_msg(strstr(vram_last_error(), e.file) && strstr(vram_last_error(), "names another file"),
+			      "%s", vram_last_error());
+		assert_idle(c);
+	}
+	vram_model_close(m);
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_msg(vram_load(c, m, NULL, 1, NULL, &l) == 0, "%s", vram_last_error());
+	compare_bytes(m, l, other, len);
+	vram_unload(l);
+	l = NULL;
+
+	/* in place: one byte of tensor data and the mtime, the size kept */
+	int wfd = open(e.file, O_WRONLY | O_CLOEXEC);
+	ck_assert_int_ge(wfd, 0);
+	ck_assert_int_eq(pwrite(wfd, "x", 1, (off_t)vram_model_data_offset(m)), 1);
+	struct timespec ts[2] = { { .tv_nsec = UTIME_OMIT }, { .tv_sec = b.st_mtim.tv_sec + 7 } };
+	ck_assert_int_eq(futimens(wfd, ts), 0);
+	close(wfd);
+	ck_assert_int_eq(vram_load(c, m, NULL, 1, NULL, &l), -ESTALE);
+	ck_assert_ptr_null(l);
+	ck_assert_msg(strstr(vram_last_error(), e.file) && strstr(vram_last_error(), "changed since it was opened"),
+		      "%s", vram_last_error());
+	assert_idle(c);
+	vram_close(c);
+	vram_model_close(m);
+	env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_load_cancel)
 {
 	struct env e;
@@ -712,6 +779,7 @@ int main(void)
 	tcase_add_test(tc, test_load_convert);
 	tcase_add_test(tc, test_load_convert_patterns);
 	tcase_add_test(tc, test_load_failures_clean);
+	tcase_add_test(tc, test_load_file_replaced);
 	tcase_add_test(tc, test_load_cancel);
 	tcase_add_test(tc, test_killed_mid_load);
 	tcase_add_test(tc, test_vramctl_hash);

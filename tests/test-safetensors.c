@@ -8,7 +8,9 @@
  * .venv/bin/python) with safetensors and numpy; skips (77) without it.
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -24,6 +26,20 @@
 #include "runtime/vram.h"
 
 static char fixdir[1024];
+
+/* Open fds of this process. */
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n - 1; /* the DIR's own */
+}
 
 static const char *fx(char *buf, const char *sub, const char *name)
 {
@@ -737,6 +753,36 @@ START_TEST(test_api)
 }
 END_TEST
 
+/* The model holds the file open, once: read-only and close-on-exec, the
+ * inode the path named at open, closed by vram_model_close; a failed open
+ * leaves nothing open. */
+START_TEST(test_fd)
+{
+	char p[PATH_MAX];
+	int fds0 = count_fds();
+	vram_model *m = open_ok("names", "sdxl");
+	int fd = vram_model_fd(m);
+	struct stat a, b;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(count_fds(), fds0 + 1);
+	ck_assert_int_eq(fcntl(fd, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+	ck_assert_int_eq(fcntl(fd, F_GETFL) & O_ACCMODE, O_RDONLY);
+	ck_assert_int_eq(fstat(fd, &a), 0);
+	ck_assert_int_eq(stat(fx(p, "names", "sdxl"), &b), 0);
+	ck_assert(a.st_dev == b.st_dev && a.st_ino == b.st_ino);
+	ck_assert_uint_eq((uint64_t)a.st_size, vram_model_file_size(m));
+	vram_model_close(m);
+	ck_assert_int_eq(count_fds(), fds0);
+	ck_assert_int_eq(vram_model_fd(NULL), -EINVAL);
+
+	ck_assert_int_eq(vram_model_open(fx(p, "invalid", "size_mismatch"), &m), -EINVAL);
+	ck_assert_int_eq(vram_model_open(fixdir, &m), -EISDIR);
+	ck_assert_int_eq(vram_model_open("/dev/null", &m), -EINVAL);
+	ck_assert_int_eq(count_fds(), fds0);
+}
+END_TEST
+
 /* ======================================================================
  * A realistic checkpoint (make_checkpoint.py): shape and speed
  * ====================================================================== */
@@ -831,6 +877,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_layer_rules);
 	tcase_add_test(tc, test_natcmp);
 	tcase_add_test(tc, test_api);
+	tcase_add_test(tc, test_fd);
 	tcase_add_test(tc, test_checkpoint);
 	suite_add_tcase(s, tc);
 	return s;

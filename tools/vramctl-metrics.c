@@ -32,6 +32,11 @@ struct buf {
 	bool oom;
 };
 
+static void buf_done(struct buf *b)
+{
+	free(b->p);
+}
+
 static void buf_put(struct buf *b, const char *s, size_t n)
 {
 	if (b->oom)
@@ -70,7 +75,7 @@ static void buf_printf(struct buf *b, const char *fmt, ...)
 		buf_put(b, tmp, (size_t)n);
 		return;
 	}
-	char *big = malloc((size_t)n + 1);
+	_cleanup_free_ char *big = malloc((size_t)n + 1);
 	if (!big) {
 		b->oom = true;
 		return;
@@ -79,7 +84,6 @@ static void buf_printf(struct buf *b, const char *fmt, ...)
 	vsnprintf(big, (size_t)n + 1, fmt, ap);
 	va_end(ap);
 	buf_put(b, big, (size_t)n);
-	free(big);
 }
 
 /* ---- exposition format ------------------------------------------------------ */
@@ -330,28 +334,27 @@ static int write_all(int fd, const char *p, size_t len)
 /* Writes text to path atomically: PATH.tmp.PID, fsync, rename. */
 static int write_atomic(const char *path, const char *text, size_t len)
 {
-	char *tmp = NULL;
+	_cleanup_free_ char *tmp = NULL;
 	int r;
-	if (asprintf(&tmp, "%s.tmp.%d", path, (int)getpid()) < 0)
+	if (asprintf(&tmp, "%s.tmp.%d", path, (int)getpid()) < 0) {
+		tmp = NULL; /* undefined after a failure */
 		return -ENOMEM;
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-	if (fd < 0) {
-		r = -errno;
-		free(tmp);
-		return r;
 	}
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0)
+		return -errno;
 	r = fchmod(fd, 0644) < 0 ? -errno : 0;
 	if (r == 0)
 		r = write_all(fd, text, len);
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
+	/* closed by hand, not by cleanup: a failed close is a failed write */
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r == 0 && rename(tmp, path) < 0)
 		r = -errno;
 	if (r < 0)
 		unlink(tmp);
-	free(tmp);
 	return r;
 }
 
@@ -376,13 +379,30 @@ static int emit(struct buf *b, const char *output)
 	return 0;
 }
 
+/* The broker's status in *ret (the connection closed again): 0, or -errno
+ * with the message printed. */
+static int fetch_status(struct ctl *ctl, struct vram_status **ret)
+{
+	_cleanup_(vram_closep) vram_client *c = NULL;
+	int r = vram_connect(ctl->socket, "vramctl", &c);
+	if (r < 0) {
+		fprintf(stderr, "vramctl metrics: %s\n", vram_last_error());
+		return r;
+	}
+	r = vram_get_status(c, ret);
+	if (r < 0)
+		fprintf(stderr, "vramctl metrics: status: %s\n", vram_last_error());
+	return r;
+}
+
 /* `vramctl metrics [--output FILE]`.  Returns the exit code: 0, 64 for bad
  * arguments, 69 when the broker cannot be reached (vramd_up 0 is written
  * all the same), 70 out of memory, 74 when the output cannot be written. */
 int cmd_metrics(struct ctl *ctl)
 {
+	_cleanup_(buf_done) struct buf b = { 0 };
+	_cleanup_(vram_status_freep) struct vram_status *s = NULL;
 	const char *output = NULL;
-	struct buf b = { 0 };
 	int r;
 
 	for (int i = 1; i < ctl->argc; i++) {
@@ -408,26 +428,12 @@ int cmd_metrics(struct ctl *ctl)
 		return EX_USAGE_;
 	}
 
-	vram_client *c;
-	struct vram_status *s = NULL;
-	r = vram_connect(ctl->socket, "vramctl", &c);
-	if (r == 0) {
-		r = vram_get_status(c, &s);
-		if (r < 0)
-			fprintf(stderr, "vramctl metrics: status: %s\n", vram_last_error());
-		vram_close(c);
-	} else {
-		fprintf(stderr, "vramctl metrics: %s\n", vram_last_error());
-	}
+	r = fetch_status(ctl, &s);
 	if (r < 0) {
 		render_up(&b, 0);
 		r = emit(&b, output);
-		free(b.p);
 		return r ? r : EX_UNAVAILABLE_;
 	}
 	render(&b, s);
-	vram_status_free(s);
-	r = emit(&b, output);
-	free(b.p);
-	return r;
+	return emit(&b, output);
 }

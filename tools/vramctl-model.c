@@ -33,8 +33,94 @@ static int open_model(const char *path, vram_model **ret)
  * inspect
  * ====================================================================== */
 
+/* Tensors and bytes per dtype, and the components' totals. */
+struct inspect_sums {
+	uint64_t dt_count[VRAM_DTYPE_COUNT], dt_bytes[VRAM_DTYPE_COUNT];
+	struct vram_component_info ci[VRAM_COMP_COUNT];
+};
+
+static void inspect_sum(const vram_model *m, struct inspect_sums *s)
+{
+	int nt = vram_model_tensor_count(m);
+
+	memset(s, 0, sizeof(*s));
+	for (int i = 0; i < nt; i++) {
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(m, (uint32_t)i, &ti);
+		s->dt_count[ti.dtype]++;
+		s->dt_bytes[ti.dtype] += ti.nbytes;
+	}
+	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
+		s->ci[k].struct_size = sizeof(s->ci[k]);
+		vram_model_component(m, k, &s->ci[k]);
+	}
+}
+
+static void inspect_json(const vram_model *m, const char *file, const struct inspect_sums *s)
+{
+	json_auto_t *root = json_object();
+	json_t *dts = json_object(), *comps = json_object(), *md = json_object();
+	json_object_set_new(root, "file", json_string(file));
+	json_object_set_new(root, "format", json_string(vram_model_format(m)));
+	json_object_set_new(root, "file_size", json_integer((json_int_t)vram_model_file_size(m)));
+	json_object_set_new(root, "header_size", json_integer((json_int_t)vram_model_header_size(m)));
+	json_object_set_new(root, "data_offset", json_integer((json_int_t)vram_model_data_offset(m)));
+	json_object_set_new(root, "data_size", json_integer((json_int_t)vram_model_data_size(m)));
+	json_object_set_new(root, "tensors", json_integer(vram_model_tensor_count(m)));
+	json_object_set_new(root, "layers", json_integer(vram_model_layer_count(m)));
+	for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++) {
+		if (!s->dt_count[d])
+			continue;
+		json_t *o = json_object();
+		json_object_set_new(o, "tensors", json_integer((json_int_t)s->dt_count[d]));
+		json_object_set_new(o, "bytes", json_integer((json_int_t)s->dt_bytes[d]));
+		json_object_set_new(dts, vram_dtype_name(d), o);
+	}
+	json_object_set_new(root, "dtypes", dts);
+	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
+		json_t *o = json_object();
+		json_object_set_new(o, "tensors", json_integer(s->ci[k].ntensors));
+		json_object_set_new(o, "layers", json_integer(s->ci[k].nlayers));
+		json_object_set_new(o, "bytes", json_integer((json_int_t)s->ci[k].nbytes));
+		json_object_set_new(comps, vram_component_name(k), o);
+	}
+	json_object_set_new(root, "components", comps);
+	int nm = vram_model_metadata_count(m);
+	for (int i = 0; i < nm; i++) {
+		const char *k, *v;
+		if (vram_model_metadata(m, (uint32_t)i, &k, &v) == 0)
+			json_object_set_new(md, k, json_string(v));
+	}
+	json_object_set_new(root, "metadata", md);
+	_cleanup_free_ char *txt = json_dumps(root, JSON_INDENT(2));
+	puts(txt ? txt : "{}");
+}
+
+static void inspect_text(const vram_model *m, const char *file, const struct inspect_sums *s)
+{
+	char a[32], b[32];
+	printf("file:        %s\n", file);
+	printf("format:      %s\n", vram_model_format(m));
+	printf("size:        %s (%llu bytes)\n", ctl_size(vram_model_file_size(m), a, sizeof(a)),
+	       (unsigned long long)vram_model_file_size(m));
+	printf("header:      %llu bytes of JSON\n", (unsigned long long)vram_model_header_size(m));
+	printf("tensors:     %d\n", vram_model_tensor_count(m));
+	printf("layers:      %d\n", vram_model_layer_count(m));
+	printf("dtypes:     ");
+	for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++)
+		if (s->dt_count[d])
+			printf(" %s x%llu (%s)", vram_dtype_name(d), (unsigned long long)s->dt_count[d],
+			       ctl_size(s->dt_bytes[d], b, sizeof(b)));
+	printf("\n\n%-10s %8s %8s %14s\n", "COMPONENT", "TENSORS", "LAYERS", "BYTES");
+	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++)
+		printf("%-10s %8u %8u %14s\n", vram_component_name(k), s->ci[k].ntensors, s->ci[k].nlayers,
+		       ctl_size(s->ci[k].nbytes, a, sizeof(a)));
+}
+
 int cmd_inspect(struct ctl *ctl)
 {
+	_cleanup_(vram_model_closep) vram_model *m = NULL;
+	struct inspect_sums sums;
 	const char *file = NULL;
 	for (int i = 1; i < ctl->argc; i++) {
 		if (!strcmp(ctl->argv[i], "--json"))
@@ -49,85 +135,14 @@ int cmd_inspect(struct ctl *ctl)
 		fprintf(stderr, "vramctl inspect: FILE missing\n");
 		return EX_USAGE_;
 	}
-	vram_model *m;
 	int r = open_model(file, &m);
 	if (r)
 		return r;
-
-	int nt = vram_model_tensor_count(m), nl = vram_model_layer_count(m);
-	uint64_t dt_count[VRAM_DTYPE_COUNT] = { 0 }, dt_bytes[VRAM_DTYPE_COUNT] = { 0 };
-	for (int i = 0; i < nt; i++) {
-		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-		vram_model_tensor(m, (uint32_t)i, &ti);
-		dt_count[ti.dtype]++;
-		dt_bytes[ti.dtype] += ti.nbytes;
-	}
-	struct vram_component_info ci[VRAM_COMP_COUNT];
-	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
-		ci[k].struct_size = sizeof(ci[k]);
-		vram_model_component(m, k, &ci[k]);
-	}
-
-	if (ctl->json) {
-		json_t *root = json_object(), *dts = json_object(), *comps = json_object(), *md = json_object();
-		json_object_set_new(root, "file", json_string(file));
-		json_object_set_new(root, "format", json_string(vram_model_format(m)));
-		json_object_set_new(root, "file_size", json_integer((json_int_t)vram_model_file_size(m)));
-		json_object_set_new(root, "header_size", json_integer((json_int_t)vram_model_header_size(m)));
-		json_object_set_new(root, "data_offset", json_integer((json_int_t)vram_model_data_offset(m)));
-		json_object_set_new(root, "data_size", json_integer((json_int_t)vram_model_data_size(m)));
-		json_object_set_new(root, "tensors", json_integer(nt));
-		json_object_set_new(root, "layers", json_integer(nl));
-		for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++) {
-			if (!dt_count[d])
-				continue;
-			json_t *o = json_object();
-			json_object_set_new(o, "tensors", json_integer((json_int_t)dt_count[d]));
-			json_object_set_new(o, "bytes", json_integer((json_int_t)dt_bytes[d]));
-			json_object_set_new(dts, vram_dtype_name(d), o);
-		}
-		json_object_set_new(root, "dtypes", dts);
-		for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
-			json_t *o = json_object();
-			json_object_set_new(o, "tensors", json_integer(ci[k].ntensors));
-			json_object_set_new(o, "layers", json_integer(ci[k].nlayers));
-			json_object_set_new(o, "bytes", json_integer((json_int_t)ci[k].nbytes));
-			json_object_set_new(comps, vram_component_name(k), o);
-		}
-		json_object_set_new(root, "components", comps);
-		int nm = vram_model_metadata_count(m);
-		for (int i = 0; i < nm; i++) {
-			const char *k, *v;
-			if (vram_model_metadata(m, (uint32_t)i, &k, &v) == 0)
-				json_object_set_new(md, k, json_string(v));
-		}
-		json_object_set_new(root, "metadata", md);
-		char *txt = json_dumps(root, JSON_INDENT(2));
-		json_decref(root);
-		puts(txt ? txt : "{}");
-		free(txt);
-		vram_model_close(m);
-		return 0;
-	}
-
-	char a[32], b[32];
-	printf("file:        %s\n", file);
-	printf("format:      %s\n", vram_model_format(m));
-	printf("size:        %s (%llu bytes)\n", ctl_size(vram_model_file_size(m), a, sizeof(a)),
-	       (unsigned long long)vram_model_file_size(m));
-	printf("header:      %llu bytes of JSON\n", (unsigned long long)vram_model_header_size(m));
-	printf("tensors:     %d\n", nt);
-	printf("layers:      %d\n", nl);
-	printf("dtypes:     ");
-	for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++)
-		if (dt_count[d])
-			printf(" %s x%llu (%s)", vram_dtype_name(d), (unsigned long long)dt_count[d],
-			       ctl_size(dt_bytes[d], b, sizeof(b)));
-	printf("\n\n%-10s %8s %8s %14s\n", "COMPONENT", "TENSORS", "LAYERS", "BYTES");
-	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++)
-		printf("%-10s %8u %8u %14s\n", vram_component_name(k), ci[k].ntensors, ci[k].nlayers,
-		       ctl_size(ci[k].nbytes, a, sizeof(a)));
-	vram_model_close(m);
+	inspect_sum(m, &sums);
+	if (ctl->json)
+		inspect_json(m, file, &sums);
+	else
+		inspect_text(m, file, &sums);
 	return 0;
 }
 
@@ -286,6 +301,9 @@ int plan_args_make(struct ctl *ctl, struct plan_args *pa, const vram_model *m, v
 
 int cmd_plan(struct ctl *ctl)
 {
+	_cleanup_(vram_model_closep) vram_model *m = NULL;
+	_cleanup_(vram_closep) vram_client *c = NULL;
+	_cleanup_(vram_plan_freep) vram_plan *p = NULL;
 	struct plan_args pa;
 	const char *file = NULL;
 	plan_args_init(&pa);
@@ -307,39 +325,26 @@ int cmd_plan(struct ctl *ctl)
 		fprintf(stderr, "vramctl plan: FILE missing\n");
 		return EX_USAGE_;
 	}
-	vram_model *m;
 	int r = open_model(file, &m);
 	if (r)
 		return r;
-	vram_client *c = NULL;
 	if (!pa.devices && (r = ctl_connect(ctl, &c)) != 0) {
 		fprintf(stderr, "vramctl plan: give --devices \"cuda:0=24GiB,cpu=64GiB\" to plan without a broker\n");
-		vram_model_close(m);
 		return r;
 	}
-	vram_plan *p;
-	r = plan_args_make(ctl, &pa, m, c, &p);
-	if (r) {
-		vram_close(c);
-		vram_model_close(m);
+	if ((r = plan_args_make(ctl, &pa, m, c, &p)) != 0)
 		return r;
-	}
-	if (ctl->json) {
-		char *txt;
-		if (vram_plan_to_json(p, &txt) < 0) {
-			fprintf(stderr, "vramctl: %s\n", vram_last_error());
-			r = EX_SOFTWARE_;
-		} else {
-			puts(txt);
-			free(txt);
-		}
-	} else {
+	if (!ctl->json) {
 		plan_print(p, m);
+		return 0;
 	}
-	vram_plan_free(p);
-	vram_close(c);
-	vram_model_close(m);
-	return r;
+	_cleanup_free_ char *txt = NULL;
+	if (vram_plan_to_json(p, &txt) < 0) {
+		fprintf(stderr, "vramctl: %s\n", vram_last_error());
+		return EX_SOFTWARE_;
+	}
+	puts(txt);
+	return 0;
 }
 
 void plan_print(const vram_plan *p, const vram_model *m)
@@ -440,98 +445,104 @@ static int parse_1_1024(const char *flag, const char *v, uint32_t *ret)
 	return 0;
 }
 
-int cmd_load(struct ctl *ctl)
-{
+/* vramctl load's arguments. */
+struct load_args {
 	struct plan_args pa;
-	const char *file = NULL, *device = NULL;
-	bool hash = false;
+	const char *file, *device;
+	bool hash;
 	struct vram_load_options lo;
-	vram_load_options_init(&lo);
-	plan_args_init(&pa);
+};
+
+/* One option of load (not a placement flag) at argv[*i], its value
+ * consumed: 1, 0 when it is none of them, or -1 (message printed). */
+static int load_option(struct ctl *ctl, struct load_args *la, int *i)
+{
+	const char *a = ctl->argv[*i], *v = *i + 1 < ctl->argc ? ctl->argv[*i + 1] : NULL;
+	if (!strcmp(a, "--json")) {
+		ctl->json = true;
+		return 1;
+	}
+	if (!strcmp(a, "--hash")) {
+		la->hash = true;
+		return 1;
+	}
+	if (!v)
+		return 0;
+	if (!strcmp(a, "--device")) {
+		la->device = v;
+	} else if (!strcmp(a, "--io")) {
+		if (!strcmp(v, "auto"))
+			la->lo.io_mode = VRAM_IO_AUTO;
+		else if (!strcmp(v, "direct"))
+			la->lo.io_mode = VRAM_IO_DIRECT;
+		else if (!strcmp(v, "buffered"))
+			la->lo.io_mode = VRAM_IO_BUFFERED;
+		else {
+			fprintf(stderr, "vramctl load: --io: \"%s\" is not auto, direct or buffered\n", v);
+			return -1;
+		}
+	} else if (!strcmp(a, "--chunk")) {
+		if (size_parse(v, &la->lo.chunk_size) < 0) {
+			fprintf(stderr, "vramctl load: --chunk: \"%s\" is not a size\n", v);
+			return -1;
+		}
+	} else if (!strcmp(a, "--staging")) {
+		if (parse_1_1024(a, v, &la->lo.staging_slots) < 0)
+			return -1;
+	} else if (!strcmp(a, "--depth")) {
+		if (parse_1_1024(a, v, &la->lo.queue_depth) < 0)
+			return -1;
+	} else {
+		return 0;
+	}
+	++*i;
+	return 1;
+}
+
+/* Parses vramctl load's command line into *la: 0, or EX_USAGE_ with the
+ * message printed. */
+static int load_args_parse(struct ctl *ctl, struct load_args *la)
+{
+	memset(la, 0, sizeof(*la));
+	vram_load_options_init(&la->lo);
+	plan_args_init(&la->pa);
 	for (int i = 1; i < ctl->argc; i++) {
-		int r = plan_args_parse(&pa, ctl->argc, ctl->argv, &i);
+		int r = plan_args_parse(&la->pa, ctl->argc, ctl->argv, &i);
+		if (r == 0)
+			r = load_option(ctl, la, &i);
 		if (r < 0)
 			return EX_USAGE_;
 		if (r > 0)
 			continue;
-		const char *a = ctl->argv[i];
-		if (!strcmp(a, "--json"))
-			ctl->json = true;
-		else if (!strcmp(a, "--hash"))
-			hash = true;
-		else if (!strcmp(a, "--device") && i + 1 < ctl->argc)
-			device = ctl->argv[++i];
-		else if (!strcmp(a, "--io") && i + 1 < ctl->argc) {
-			const char *v = ctl->argv[++i];
-			if (!strcmp(v, "auto"))
-				lo.io_mode = VRAM_IO_AUTO;
-			else if (!strcmp(v, "direct"))
-				lo.io_mode = VRAM_IO_DIRECT;
-			else if (!strcmp(v, "buffered"))
-				lo.io_mode = VRAM_IO_BUFFERED;
-			else {
-				fprintf(stderr, "vramctl load: --io: \"%s\" is not auto, direct or buffered\n", v);
-				return EX_USAGE_;
-			}
-		} else if (!strcmp(a, "--chunk") && i + 1 < ctl->argc) {
-			if (size_parse(ctl->argv[++i], &lo.chunk_size) < 0) {
-				fprintf(stderr, "vramctl load: --chunk: \"%s\" is not a size\n", ctl->argv[i]);
-				return EX_USAGE_;
-			}
-		} else if (!strcmp(a, "--staging") && i + 1 < ctl->argc) {
-			if (parse_1_1024(a, ctl->argv[++i], &lo.staging_slots) < 0)
-				return EX_USAGE_;
-		} else if (!strcmp(a, "--depth") && i + 1 < ctl->argc) {
-			if (parse_1_1024(a, ctl->argv[++i], &lo.queue_depth) < 0)
-				return EX_USAGE_;
-		} else if (a[0] == '-' || file) {
-			fprintf(stderr, "vramctl load: unexpected argument \"%s\"\n", a);
+		if (ctl->argv[i][0] == '-' || la->file) {
+			fprintf(stderr, "vramctl load: unexpected argument \"%s\"\n", ctl->argv[i]);
 			return EX_USAGE_;
-		} else
-			file = a;
+		}
+		la->file = ctl->argv[i];
 	}
-	if (!file) {
+	if (!la->file) {
 		fprintf(stderr, "vramctl load: FILE missing\n");
 		return EX_USAGE_;
 	}
-	lo.cast_to = pa.opts.cast_to;
-	lo.cast_from = pa.opts.cast_from;
-	if (lo.cast_from && !lo.cast_to) {
+	la->lo.cast_to = la->pa.opts.cast_to;
+	la->lo.cast_from = la->pa.opts.cast_from;
+	if (la->lo.cast_from && !la->lo.cast_to) {
 		fprintf(stderr, "vramctl load: --cast-from needs --cast\n");
 		return EX_USAGE_;
 	}
-	if (device && pa.given) {
+	if (la->device && la->pa.given) {
 		fprintf(stderr, "vramctl load: --device puts everything on one device; it cannot be combined with placement flags\n");
 		return EX_USAGE_;
 	}
-	vram_model *m;
-	int r = open_model(file, &m);
-	if (r)
-		return r;
-	vram_client *c;
-	if ((r = ctl_connect(ctl, &c)) != 0) {
-		vram_model_close(m);
-		return r;
-	}
-	vram_plan *p = NULL;
-	int dev = -1;
-	if (device) {
-		dev = vram_device_find(c, device);
-		if (dev < 0) {
-			fprintf(stderr, "vramctl load: --device: %s\n", vram_last_error());
-			vram_close(c);
-			vram_model_close(m);
-			return EX_USAGE_;
-		}
-	} else if ((r = plan_args_make(ctl, &pa, m, c, &p)) != 0) {
-		vram_close(c);
-		vram_model_close(m);
-		return r;
-	}
+	return 0;
+}
 
-	/* CUDA devices of the load set up first (driver, primary context,
-	 * kernels), as in a process where PyTorch already runs: the load's
-	 * time is then the load's, and the setup is reported apart. */
+/* CUDA devices of the load set up first (driver, primary context,
+ * kernels), as in a process where PyTorch already runs: the load's time
+ * is then the load's, and the setup is reported apart (*ret_s).  dev: the
+ * --device index, or -1 for the plan p.  0, or 1 with the message printed. */
+static int load_prepare(vram_client *c, const vram_plan *p, int dev, double *ret_s)
+{
 	uint64_t p0 = now_ns();
 	for (int d = 0; d < vram_device_count(c); d++) {
 		struct vram_device_info di = { .struct_size = sizeof(di) };
@@ -543,98 +554,132 @@ int cmd_load(struct ctl *ctl)
 					used = used || vram_plan_bytes(p, k, pd) > 0;
 		if (used && di.backend == VRAM_BACKEND_CUDA && vram_device_prepare(c, (uint32_t)d) < 0) {
 			fprintf(stderr, "vramctl load: %s: %s\n", di.name, vram_last_error());
-			vram_plan_free(p);
-			vram_close(c);
-			vram_model_close(m);
 			return 1;
 		}
 	}
-	double prep_s = (double)(now_ns() - p0) / 1e9;
+	*ret_s = (double)(now_ns() - p0) / 1e9;
+	return 0;
+}
 
-	struct progress pr = { .tty = isatty(STDERR_FILENO) && !ctl->json, .t0 = now_ns(), .last_pct = -1 };
-	lo.progress = on_progress;
-	lo.user = &pr;
-	vram_loaded *l;
-	r = vram_load(c, m, p, dev < 0 ? 0 : (uint32_t)dev, &lo, &l);
-	if (r < 0) {
-		if (pr.tty && pr.last_pct >= 0)
-			fputc('\n', stderr);
-		fprintf(stderr, "vramctl load: %s\n", vram_last_error());
-		vram_plan_free(p);
-		vram_close(c);
-		vram_model_close(m);
-		return r == -EINVAL || r == -ESTALE ? EX_DATAERR_ : r == -EIO ? EX_IOERR_ : 1;
+/* --hash: each tensor's XXH64 as loaded, into hashes (JSON) or printed.
+ * 0, or 1 when a tensor is not in host-visible memory (printed). */
+static int load_hashes(const vram_model *m, const vram_loaded *l, json_t *hashes)
+{
+	int nt = vram_model_tensor_count(m);
+	for (int i = 0; i < nt; i++) {
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(m, (uint32_t)i, &ti);
+		const void *h = vram_loaded_tensor_host_ptr(l, (uint32_t)i);
+		uint64_t nb = vram_loaded_tensor_nbytes(l, (uint32_t)i);
+		if (!h && nb) {
+			fprintf(stderr, "vramctl load: --hash: tensor \"%s\" is not in host-visible memory\n", ti.name);
+			return 1;
+		}
+		char hex[17];
+		snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)XXH64(h ? h : "", nb, 0));
+		if (hashes)
+			json_object_set_new(hashes, ti.name, json_string(hex));
+		else
+			printf("%s\t%s\n", ti.name, hex);
 	}
+	return 0;
+}
+
+/* Bytes loaded per device name, as a JSON object. */
+static json_t *load_placement(vram_client *c, const vram_model *m, const vram_loaded *l)
+{
+	json_t *pl = json_object();
+	int nt = vram_model_tensor_count(m);
+	for (int i = 0; i < nt; i++) {
+		struct vram_device_info di = { .struct_size = sizeof(di) };
+		vram_device_info(c, (uint32_t)vram_loaded_tensor_device(l, (uint32_t)i), &di);
+		json_t *x = json_object_get(pl, di.name);
+		json_object_set_new(pl, di.name,
+				    json_integer((x ? json_integer_value(x) : 0) +
+						 (json_int_t)vram_loaded_tensor_nbytes(l, (uint32_t)i)));
+	}
+	return pl;
+}
+
+/* The summary of a load: JSON on stdout (into root, hashes last when
+ * given; takes them), else one or two lines (on stderr when hashes took
+ * stdout). */
+static void load_report(const struct load_args *la, vram_client *c, const vram_model *m, const vram_loaded *l,
+			double prep_s, json_t *root, json_t *hashes)
+{
 	struct vram_load_stats st = { .struct_size = sizeof(st) };
 	vram_loaded_stats(l, &st);
 	double secs = (double)st.ns / 1e9;
 	double gbps = secs > 0 ? (double)st.bytes / secs / 1e9 : 0;
-	int nt = vram_model_tensor_count(m);
-
-	json_t *root = ctl->json ? json_object() : NULL, *hashes = ctl->json ? json_object() : NULL;
-	if (hash) {
-		for (int i = 0; i < nt; i++) {
-			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-			vram_model_tensor(m, (uint32_t)i, &ti);
-			const void *h = vram_loaded_tensor_host_ptr(l, (uint32_t)i);
-			uint64_t nb = vram_loaded_tensor_nbytes(l, (uint32_t)i);
-			if (!h && nb) {
-				fprintf(stderr, "vramctl load: --hash: tensor \"%s\" is not in host-visible memory\n", ti.name);
-				r = 1;
-				break;
-			}
-			char hex[17];
-			snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)XXH64(h ? h : "", nb, 0));
-			if (root)
-				json_object_set_new(hashes, ti.name, json_string(hex));
-			else
-				printf("%s\t%s\n", ti.name, hex);
-		}
-	}
-	if (root) {
-		json_object_set_new(root, "file", json_string(file));
-		json_object_set_new(root, "bytes", json_integer((json_int_t)st.bytes));
-		json_object_set_new(root, "seconds", json_real(secs));
-		json_object_set_new(root, "gbps", json_real(gbps));
-		json_object_set_new(root, "cpu_seconds", json_real((double)st.cpu_ns / 1e9));
-		json_object_set_new(root, "io_mode", json_string(io_mode_name(st.io_mode_used)));
-		json_object_set_new(root, "grants", json_integer((json_int_t)st.grants));
-		json_object_set_new(root, "converted", json_integer((json_int_t)st.converted));
-		json_object_set_new(root, "prepare_seconds", json_real(prep_s));
-		if (lo.cast_to)
-			json_object_set_new(root, "cast_to", json_string(vram_dtype_name(lo.cast_to)));
-		json_t *pl = json_object();
-		for (int i = 0; i < nt; i++) {
-			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-			vram_model_tensor(m, (uint32_t)i, &ti);
-			struct vram_device_info di = { .struct_size = sizeof(di) };
-			vram_device_info(c, (uint32_t)vram_loaded_tensor_device(l, (uint32_t)i), &di);
-			json_t *x = json_object_get(pl, di.name);
-			json_object_set_new(pl, di.name,
-					    json_integer((x ? json_integer_value(x) : 0) +
-							 (json_int_t)vram_loaded_tensor_nbytes(l, (uint32_t)i)));
-		}
-		json_object_set_new(root, "placement", pl);
-		if (hash)
-			json_object_set_new(root, "hashes", hashes);
-		else
-			json_decref(hashes);
-		char *txt = json_dumps(root, JSON_INDENT(2));
-		json_decref(root);
-		puts(txt ? txt : "{}");
-		free(txt);
-	} else {
+	if (!root) {
+		FILE *out = la->hash ? stderr : stdout;
 		char a[32];
-		fprintf(hash ? stderr : stdout, "loaded %s: %s in %.3f s, %.2f GB/s (%s I/O, %llu grants, %.2f CPU s)\n",
-			file, ctl_size(st.bytes, a, sizeof(a)), secs, gbps, io_mode_name(st.io_mode_used),
+		fprintf(out, "loaded %s: %s in %.3f s, %.2f GB/s (%s I/O, %llu grants, %.2f CPU s)\n", la->file,
+			ctl_size(st.bytes, a, sizeof(a)), secs, gbps, io_mode_name(st.io_mode_used),
 			(unsigned long long)st.grants, (double)st.cpu_ns / 1e9);
 		if (st.converted)
-			fprintf(hash ? stderr : stdout, "converted %llu tensors to %s\n",
-				(unsigned long long)st.converted, vram_dtype_name(lo.cast_to));
+			fprintf(out, "converted %llu tensors to %s\n", (unsigned long long)st.converted,
+				vram_dtype_name(la->lo.cast_to));
+		return;
 	}
-	vram_unload(l);
-	vram_plan_free(p);
-	vram_close(c);
-	vram_model_close(m);
+	json_object_set_new(root, "file", json_string(la->file));
+	json_object_set_new(root, "bytes", json_integer((json_int_t)st.bytes));
+	json_object_set_new(root, "seconds", json_real(secs));
+	json_object_set_new(root, "gbps", json_real(gbps));
+	json_object_set_new(root, "cpu_seconds", json_real((double)st.cpu_ns / 1e9));
+	json_object_set_new(root, "io_mode", json_string(io_mode_name(st.io_mode_used)));
+	json_object_set_new(root, "grants", json_integer((json_int_t)st.grants));
+	json_object_set_new(root, "converted", json_integer((json_int_t)st.converted));
+	json_object_set_new(root, "prepare_seconds", json_real(prep_s));
+	if (la->lo.cast_to)
+		json_object_set_new(root, "cast_to", json_string(vram_dtype_name(la->lo.cast_to)));
+	json_object_set_new(root, "placement", load_placement(c, m, l));
+	if (hashes)
+		json_object_set_new(root, "hashes", hashes);
+	_cleanup_free_ char *txt = json_dumps(root, JSON_INDENT(2));
+	puts(txt ? txt : "{}");
+}
+
+int cmd_load(struct ctl *ctl)
+{
+	_cleanup_(vram_model_closep) vram_model *m = NULL;
+	_cleanup_(vram_closep) vram_client *c = NULL;
+	_cleanup_(vram_plan_freep) vram_plan *p = NULL;
+	_cleanup_(vram_unloadp) vram_loaded *l = NULL;
+	struct load_args la;
+	double prep_s;
+	int dev = -1;
+	int r = load_args_parse(ctl, &la);
+	if (r)
+		return r;
+	if ((r = open_model(la.file, &m)) != 0 || (r = ctl_connect(ctl, &c)) != 0)
+		return r;
+	if (la.device) {
+		dev = vram_device_find(c, la.device);
+		if (dev < 0) {
+			fprintf(stderr, "vramctl load: --device: %s\n", vram_last_error());
+			return EX_USAGE_;
+		}
+	} else if ((r = plan_args_make(ctl, &la.pa, m, c, &p)) != 0) {
+		return r;
+	}
+	if ((r = load_prepare(c, p, dev, &prep_s)) != 0)
+		return r;
+
+	struct progress pr = { .tty = isatty(STDERR_FILENO) && !ctl->json, .t0 = now_ns(), .last_pct = -1 };
+	la.lo.progress = on_progress;
+	la.lo.user = &pr;
+	r = vram_load(c, m, p, dev < 0 ? 0 : (uint32_t)dev, &la.lo, &l);
+	if (r < 0) {
+		if (pr.tty && pr.last_pct >= 0)
+			fputc('\n', stderr);
+		fprintf(stderr, "vramctl load: %s\n", vram_last_error());
+		return r == -EINVAL || r == -ESTALE ? EX_DATAERR_ : r == -EIO ? EX_IOERR_ : 1;
+	}
+	json_auto_t *root = ctl->json ? json_object() : NULL;
+	json_t *hashes = root && la.hash ? json_object() : NULL;
+	if (la.hash)
+		r = load_hashes(m, l, hashes);
+	load_report(&la, c, m, l, prep_s, root, hashes);
 	return r;
 }

@@ -55,20 +55,22 @@ int ctl_fetch_status(struct ctl *ctl, const char *cmd, vram_client **ret_client,
 			return EX_USAGE_;
 		}
 	}
-	int r = ctl_connect(ctl, ret_client);
+	_cleanup_(vram_closep) vram_client *c = NULL;
+	int r = ctl_connect(ctl, &c);
 	if (r)
 		return r;
-	if (vram_get_status(*ret_client, ret_status) < 0) {
+	if (vram_get_status(c, ret_status) < 0) {
 		fprintf(stderr, "vramctl %s: %s\n", cmd, vram_last_error());
-		vram_close(*ret_client);
 		return EX_UNAVAILABLE_;
 	}
+	*ret_client = TAKE_PTR(c);
 	return 0;
 }
 
 static int print_json(const struct vram_status *s, const char *socket)
 {
-	json_t *root = json_object(), *devs = json_array(), *cls = json_array();
+	json_auto_t *root = json_object();
+	json_t *devs = json_array(), *cls = json_array();
 	char u[37];
 	json_object_set_new(root, "socket", json_string(socket));
 	json_object_set_new(root, "broker_pid", json_integer(s->broker_pid));
@@ -98,28 +100,22 @@ static int print_json(const struct vram_status *s, const char *socket)
 		json_array_append_new(cls, ctl_client_json(s, i));
 	json_object_set_new(root, "devices", devs);
 	json_object_set_new(root, "clients", cls);
-	char *txt = json_dumps(root, JSON_INDENT(2));
-	json_decref(root);
+	_cleanup_free_ char *txt = json_dumps(root, JSON_INDENT(2));
 	if (!txt)
 		return EX_SOFTWARE_;
 	puts(txt);
-	free(txt);
 	return 0;
 }
 
 int cmd_status(struct ctl *ctl)
 {
-	vram_client *c;
-	struct vram_status *s;
+	_cleanup_(vram_closep) vram_client *c = NULL;
+	_cleanup_(vram_status_freep) struct vram_status *s = NULL;
 	int r = ctl_fetch_status(ctl, "status", &c, &s);
 	if (r)
 		return r;
-	if (ctl->json) {
-		r = print_json(s, vram_client_socket(c));
-		vram_status_free(s);
-		vram_close(c);
-		return r;
-	}
+	if (ctl->json)
+		return print_json(s, vram_client_socket(c));
 	char a[32], b[32], f[32], rc[32];
 	printf("vramd pid %u on %s, up %llu s, %llu grants\n", s->broker_pid, vram_client_socket(c),
 	       (unsigned long long)(s->uptime_ms / 1000), (unsigned long long)s->grants);
@@ -143,7 +139,5 @@ int cmd_status(struct ctl *ctl)
 		       (cl->flags & VRAM_CLIENT_SELF) ? "  (this vramctl)" : "",
 		       (cl->flags & VRAM_CLIENT_RECLAIM_LATE) ? "  IGNORED RECLAIM" : "");
 	}
-	vram_status_free(s);
-	vram_close(c);
 	return 0;
 }

@@ -8,7 +8,18 @@
 
 #include <jansson.h>
 
+#include "common/cleanup.h"
 #include "runtime/vram.h"
+
+/* _cleanup_(vram_model_closep) and so on: every handle a command holds is
+ * released on every path out of it, in reverse order of declaration. */
+DEFINE_CLEANUP_FUNC(vram_model, vram_model_close)
+DEFINE_CLEANUP_FUNC(vram_client, vram_close)
+DEFINE_CLEANUP_FUNC(vram_plan, vram_plan_free)
+DEFINE_CLEANUP_FUNC(vram_loaded, vram_unload)
+DEFINE_CLEANUP_FUNC(vram_pager, vram_pager_free)
+DEFINE_CLEANUP_FUNC(vram_uvm_pager, vram_uvm_pager_free)
+DEFINE_CLEANUP_FUNC(struct vram_status, vram_status_free)
 
 /* sysexits(3) codes vramctl uses. */
 #define EX_OK_ 0
