@@ -101,6 +101,7 @@ deps:
 # prints each suite's summary and a total, and fails if any failed.
 check: deps
 	@$(MAKE) --no-print-directory all
+	@sh scripts/check-layout.sh
 	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/run-tests.sh $(TEST_BIN)
 test: check
 
