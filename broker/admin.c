@@ -9,6 +9,7 @@
 #include "broker/admin.h"
 #include "broker/alloc.h"
 #include "broker/conn.h"
+#include "broker/fair.h"
 #include "broker/grant.h"
 #include "common/cleanup.h"
 #include "common/proto.h"
@@ -53,6 +54,25 @@ static bool visible_to(const struct client *c, const struct client *x)
 	return x->hello && (c->admin || x->uid == c->uid);
 }
 
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The p50 and p99 of x's recorded RECLAIM answer times. */
+static void latency_percentiles(const struct client *x, uint32_t *ret_p50, uint32_t *ret_p99)
+{
+	uint32_t n = MIN(x->nlat, LAT_RING), v[LAT_RING];
+	*ret_p50 = *ret_p99 = 0;
+	if (!n)
+		return;
+	memcpy(v, x->lat_us, n * sizeof(v[0]));
+	qsort(v, n, sizeof(v[0]), cmp_u32);
+	*ret_p50 = v[(n - 1) / 2];
+	*ret_p99 = v[(n * 99 + 99) / 100 - 1];
+}
+
 static void client_info(const struct client *c, const struct client *x, struct vramd_client_info *o)
 {
 	o->id = x->id;
@@ -60,7 +80,15 @@ static void client_info(const struct client *c, const struct client *x, struct v
 	o->uid = x->uid;
 	o->gid = x->gid;
 	o->ngrants = x->ngrants;
-	o->flags = (x == c ? VRAMD_CLIENT_SELF : 0) | (x->reclaim_late ? VRAMD_CLIENT_RECLAIM_LATE : 0);
+	o->flags = (x == c ? VRAMD_CLIENT_SELF : 0) | (x->reclaim_late ? VRAMD_CLIENT_RECLAIM_LATE : 0) |
+		   (x->restored ? VRAMD_CLIENT_RESTORED : 0);
+	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
+		o->want_dev[d] = MAX(x->want_dev[d], x->held_dev[d]);
+		o->share_dev[d] = x->share_dev[d];
+	}
+	latency_percentiles(x, &o->reclaim_p50_us, &o->reclaim_p99_us);
+	o->reclaim_asked = x->reclaim_asked;
+	o->reclaim_freed = x->reclaim_freed;
 	o->held = x->held;
 	o->reclaimable = x->reclaimable;
 	memcpy(o->held_dev, x->held_dev, sizeof(o->held_dev));
@@ -97,8 +125,10 @@ void handle_status(struct broker *b, struct client *c, const struct vramd_status
 	rep->broker_pid = (uint32_t)getpid();
 	str_copy(rep->note, b->note, sizeof(rep->note));
 	struct vramd_device *d = (void *)(rep + 1);
-	for (uint32_t i = 0; i < b->npools; i++)
+	for (uint32_t i = 0; i < b->npools; i++) {
 		pool_describe(b->pools[i], &d[i]);
+		fair_update(b, b->pools[i], NULL, 0);
+	}
 	struct vramd_client_info *ci = (void *)(d + b->npools);
 	/* The list is newest first; clients are reported oldest first: the
 	 * k-th visible client of the list has index visible - 1 - k. */

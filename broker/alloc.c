@@ -14,6 +14,9 @@
 #include "common/proto.h"
 #include "common/util.h"
 
+static void serve_parked(struct broker *b);
+static void offer_room(struct broker *b, struct pool *p);
+
 /* ======================================================================
  * Granting
  * ====================================================================== */
@@ -221,6 +224,19 @@ static struct pending *pending_find(struct broker *b, uint64_t id)
 }
 
 void alloc_retry(struct broker *b)
+{
+	serve_parked(b);
+	uint32_t parked = 0;
+	for (const struct pending *pd = b->pending; pd; pd = pd->next)
+		parked |= 1u << pd->req.device;
+	for (uint32_t d = 0; d < b->npools; d++)
+		if (!(parked & (1u << d)))
+			offer_room(b, b->pools[d]);
+}
+
+/* Completes the parked ALLOCs that now fit, in arrival order (a later small
+ * request does not overtake an earlier large one on the same device). */
+static void serve_parked(struct broker *b)
 {
 	uint32_t blocked = 0; /* bit per pool with an earlier request still waiting */
 	for (struct pending *pd = b->pending, *next; pd; pd = next) {
@@ -503,6 +519,52 @@ void handle_alloc(struct broker *b, struct client *c, const struct vramd_alloc *
 		return;
 	}
 	do_grant(b, c, m, size);
+}
+
+/* ======================================================================
+ * Demand and offers (fair shares)
+ * ====================================================================== */
+
+void handle_demand(struct broker *b, struct client *c, const struct vramd_demand *m)
+{
+	if (m->device >= b->npools) {
+		send_error(b, c, &m->hdr, -ENODEV, "no device %u (the broker has %u)", m->device, b->npools);
+		return;
+	}
+	struct pool *p = b->pools[m->device];
+	c->want_dev[p->index] = m->want;
+	c->min_dev[p->index] = m->min;
+	char s1[32], s2[32];
+	broker_log(2, CLIENT_FMT ": wants %s on %s, at least %s", CLIENT_ARGS(c), size_format(m->want, s1, sizeof(s1)),
+		   p->name, size_format(m->min, s2, sizeof(s2)));
+	send_ok(b, c, &m->hdr);
+	alloc_retry(b);
+}
+
+/* Memory free on p with nothing parked there: offered to the clients below
+ * their fair share that want more, at most once a second each. */
+static void offer_room(struct broker *b, struct pool *p)
+{
+	uint32_t d = p->index;
+	uint64_t room = pool_room(p), now = now_ns();
+	if (!room)
+		return;
+	fair_update(b, p, NULL, 0);
+	for (struct client *x = b->clients; x && room; x = x->next) {
+		uint64_t held = x->held_dev[d], want = x->want_dev[d], share = x->share_dev[d];
+		if (x->dead || x->restored || !x->hello || want <= held || share <= held ||
+		    now - x->offered_ns[d] < 1000000000ull)
+			continue;
+		struct vramd_offer o;
+		memset(&o, 0, sizeof(o));
+		proto_hdr_init(&o.hdr, VRAMD_OFFER, sizeof(o), 0);
+		o.device = d;
+		o.bytes = MIN(room, MIN(share, want) - held);
+		if (client_send(b, x, &o, sizeof(o), -1) == 0) {
+			x->offered_ns[d] = now;
+			room -= o.bytes;
+		}
+	}
 }
 
 /* ======================================================================

@@ -16,6 +16,7 @@ void handle_free(struct broker *b, struct client *c, const struct vramd_free *m)
 /* fd: the memory being registered (stays the caller's). */
 void handle_register(struct broker *b, struct client *c, const struct vramd_register *m, int fd);
 void handle_reclaim_done(struct broker *b, struct client *c, const struct vramd_reclaim_done *m);
+void handle_demand(struct broker *b, struct client *c, const struct vramd_demand *m);
 
 /* Asks x for bytes on pool dev by deadline_ns, on behalf of the parked
  * request pending_id (0: an eviction).  0, or -EBUSY (too many RECLAIMs
@@ -24,7 +25,9 @@ int send_reclaim(struct broker *b, struct client *x, uint32_t dev, uint64_t byte
 		 uint64_t deadline_ns);
 
 /* Serves the parked ALLOCs that fit now (after a FREE, a quota change, a
- * drop), in arrival order per device. */
+ * drop), in arrival order per device; then offers what is free on a device
+ * where nothing is parked to the clients below their fair share that want
+ * more (OFFER). */
 void alloc_retry(struct broker *b);
 
 /* Forgets what c had parked and what it owed (the requests waiting for its

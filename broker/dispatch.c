@@ -37,6 +37,7 @@ OP(quota_rm, struct vramd_quota_rm)
 OP(quota_list, struct vramd_hdr)
 OP(evict, struct vramd_evict)
 OP(reload, struct vramd_hdr)
+OP(demand, struct vramd_demand)
 #undef OP
 
 static void op_register(struct broker *b, struct client *c, const void *m, int fd)
@@ -51,6 +52,7 @@ static const struct op ops[VRAMD_OPCODE_MAX + 1] = {
 	[VRAMD_STATUS]       = { op_status, false, 0 },
 	[VRAMD_RECLAIM_DONE] = { op_reclaim_done, false, 0 },
 	[VRAMD_REGISTER]     = { op_register, false, 1 },
+	[VRAMD_DEMAND]       = { op_demand, false, 0 },
 	[VRAMD_QUOTA_SET]    = { op_quota_set, true, 0 },
 	[VRAMD_QUOTA_RM]     = { op_quota_rm, true, 0 },
 	[VRAMD_QUOTA_LIST]   = { op_quota_list, true, 0 },

@@ -108,6 +108,7 @@ struct client {
 	uint64_t want_dev[VRAMD_MAX_DEVICES];
 	uint64_t min_dev[VRAMD_MAX_DEVICES];
 	uint64_t share_dev[VRAMD_MAX_DEVICES];
+	uint64_t offered_ns[VRAMD_MAX_DEVICES]; /* when it was last sent an OFFER */
 	bool parked;             /* an ALLOC of its waits for reclaim */
 	bool admin;              /* root or in the admin group */
 	bool restored;           /* no connection: grants from the fd store, or kept after a

@@ -98,7 +98,7 @@ static const char *const opnames[] = {
 	[VRAMD_RECLAIM_DONE] = "RECLAIM_DONE", [VRAMD_QUOTA_SET] = "QUOTA_SET",
 	[VRAMD_QUOTA_RM] = "QUOTA_RM", [VRAMD_QUOTA_LIST] = "QUOTA_LIST",
 	[VRAMD_TEXT] = "TEXT", [VRAMD_EVICT] = "EVICT", [VRAMD_REGISTER] = "REGISTER",
-	[VRAMD_RELOAD] = "RELOAD",
+	[VRAMD_RELOAD] = "RELOAD", [VRAMD_DEMAND] = "DEMAND", [VRAMD_OFFER] = "OFFER",
 };
 
 const char *proto_opcode_name(uint16_t op)
@@ -118,6 +118,7 @@ static int terminated(const char *s, size_t cap)
 static int validate_device(const struct vramd_device *d)
 {
 	return d->reserved0 == 0 && (d->flags & ~VRAMD_DEV_FLAGS_MASK) == 0 &&
+	       mem_is_zero(d->reserved, sizeof(d->reserved)) &&
 	       terminated(d->name, sizeof(d->name)) && terminated(d->label, sizeof(d->label));
 }
 
@@ -316,6 +317,28 @@ static int v_register(const void *msg, size_t len, const char **why)
 	return 0;
 }
 
+static int v_demand(const void *msg, size_t len, const char **why)
+{
+	const struct vramd_demand *m = msg;
+	if (len != sizeof(*m))
+		FAIL(-EPROTO, "DEMAND has the wrong size");
+	if (m->flags || !mem_is_zero(m->reserved, sizeof(m->reserved)))
+		FAIL(-EINVAL, "DEMAND reserved fields or flags not zero");
+	if (m->min > m->want)
+		FAIL(-EINVAL, "DEMAND min above want");
+	return 0;
+}
+
+static int v_offer(const void *msg, size_t len, const char **why)
+{
+	const struct vramd_offer *m = msg;
+	if (len != sizeof(*m))
+		FAIL(-EPROTO, "OFFER has the wrong size");
+	if (m->reserved0 || !mem_is_zero(m->reserved, sizeof(m->reserved)))
+		FAIL(-EINVAL, "OFFER reserved fields not zero");
+	return 0;
+}
+
 static const validate_fn validators[VRAMD_OPCODE_MAX + 1] = {
 	[VRAMD_HELLO] = v_hello,
 	[VRAMD_HELLO_REPLY] = v_hello_reply,
@@ -335,6 +358,8 @@ static const validate_fn validators[VRAMD_OPCODE_MAX + 1] = {
 	[VRAMD_EVICT] = v_evict,
 	[VRAMD_REGISTER] = v_register,
 	[VRAMD_RELOAD] = v_header_only,
+	[VRAMD_DEMAND] = v_demand,
+	[VRAMD_OFFER] = v_offer,
 };
 
 /* The header, then the opcode's own validator (proto.h). */

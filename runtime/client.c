@@ -40,10 +40,22 @@ static int connect_socket(const char *path)
 	return fd;
 }
 
-static void queue_reclaim(struct vram_client *c, const struct vramd_reclaim *m)
+/* Keeps an unsolicited message (RECLAIM, OFFER) for run_pending; true if
+ * it was one. */
+static bool queue_unsolicited(struct vram_client *c, const struct vramd_hdr *h)
 {
-	if (c->npending < CLIENT_MAX_PENDING)
-		c->pending[c->npending++] = *m;
+	if (h->opcode == VRAMD_RECLAIM) {
+		if (c->npending < CLIENT_MAX_PENDING)
+			c->pending[c->npending++] = *(const struct vramd_reclaim *)h;
+		return true;
+	}
+	if (h->opcode == VRAMD_OFFER) {
+		const struct vramd_offer *o = (const void *)h;
+		if (o->device < VRAMD_MAX_DEVICES)
+			c->offered[o->device] = o->bytes; /* the latest says it all */
+		return true;
+	}
+	return false;
 }
 
 /* Receives the reply to seq (handling unsolicited messages on the way).
@@ -75,10 +87,10 @@ static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, in
 				close(fds[i]);
 			return rt_error(-EPROTO, "malformed message from vramd: %s", why);
 		}
-		if (h->opcode == VRAMD_RECLAIM) {
+		if (h->opcode == VRAMD_RECLAIM || h->opcode == VRAMD_OFFER) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			queue_reclaim(c, c->rxbuf);
+			queue_unsolicited(c, h);
 			continue;
 		}
 		if (h->opcode == VRAMD_ERROR && h->seq == 0) {
@@ -138,6 +150,13 @@ static void dev_from_wire(struct vram_device_info *o, const struct vramd_device 
 	memcpy(o->uuid, d->uuid, 16);
 	str_copy(o->name, d->name, sizeof(o->name));
 	str_copy(o->label, d->label, sizeof(o->label));
+	o->ready = d->ready;
+	o->ready_target = d->ready_target;
+	o->ready_hits = d->ready_hits;
+	o->ready_misses = d->ready_misses;
+	o->ready_refilled = d->ready_refilled;
+	o->cache = d->cache;
+	o->cache_max = d->cache_max;
 }
 
 /* HELLO on c->fd; fills id, note and devices.  Lock held (or not yet
@@ -405,6 +424,32 @@ int vram_device_find(const vram_client *c, const char *name)
 }
 
 /* Runs the reclaim handler for every queued RECLAIM, outside the lock. */
+/* Hands the OFFERs that came to the offer handler, one device at a time,
+ * unless a handler (of either kind) runs already.  Returns how many. */
+static int run_offers(struct vram_client *c)
+{
+	int handled = 0;
+	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
+		pthread_mutex_lock(&c->lock);
+		uint64_t bytes = c->offered[d];
+		vram_offer_fn fn = c->offer_fn;
+		void *user = c->offer_user;
+		if (!bytes || !fn || c->handling) {
+			pthread_mutex_unlock(&c->lock);
+			continue;
+		}
+		c->offered[d] = 0;
+		c->handling = true;
+		pthread_mutex_unlock(&c->lock);
+		fn(user, d, bytes);
+		pthread_mutex_lock(&c->lock);
+		c->handling = false;
+		pthread_mutex_unlock(&c->lock);
+		handled++;
+	}
+	return handled;
+}
+
 static int run_pending(struct vram_client *c)
 {
 	int handled = 0;
@@ -422,7 +467,7 @@ static int run_pending(struct vram_client *c)
 			if (handled)
 				c->handling = false;
 			pthread_mutex_unlock(&c->lock);
-			return handled;
+			return handled + run_offers(c);
 		}
 		c->handling = true;
 		struct vramd_reclaim m = c->pending[0];
@@ -564,6 +609,34 @@ uint32_t vram_grant_device(const vram_grant *g) { return g->device; }
 void *vram_grant_host_ptr(const vram_grant *g) { return g->host; }
 uint64_t vram_grant_device_ptr(const vram_grant *g) { return g->dptr; }
 
+void vram_set_offer_handler(vram_client *c, vram_offer_fn fn, void *user)
+{
+	pthread_mutex_lock(&c->lock);
+	c->offer_fn = fn;
+	c->offer_user = user;
+	pthread_mutex_unlock(&c->lock);
+}
+
+int vram_demand(vram_client *c, uint32_t device, uint64_t want, uint64_t min)
+{
+	rt_error_clear();
+	if (device >= c->ndev)
+		return rt_error(-ENODEV, "no device %u (the broker has %u)", device, c->ndev);
+	if (min > want)
+		return rt_error(-EINVAL, "demand on %s: min %llu above want %llu", c->dev[device].name,
+				(unsigned long long)min, (unsigned long long)want);
+	struct vramd_demand m;
+	memset(&m, 0, sizeof(m));
+	m.device = device;
+	m.want = want;
+	m.min = min;
+	pthread_mutex_lock(&c->lock);
+	int r = (int)transact(c, &m, sizeof(m), VRAMD_DEMAND, VRAMD_OK, NULL);
+	pthread_mutex_unlock(&c->lock);
+	run_pending(c);
+	return r < 0 ? r : 0;
+}
+
 void vram_set_reclaim_handler(vram_client *c, vram_reclaim_fn fn, void *user)
 {
 	pthread_mutex_lock(&c->lock);
@@ -592,11 +665,10 @@ int vram_dispatch(vram_client *c)
 			close(fds[i]);
 		const char *why;
 		const struct vramd_hdr *h = c->rxbuf;
-		if (proto_validate(c->rxbuf, (size_t)n, &why) < 0 || h->opcode != VRAMD_RECLAIM || nfds) {
+		if (proto_validate(c->rxbuf, (size_t)n, &why) < 0 || nfds || !queue_unsolicited(c, h)) {
 			pthread_mutex_unlock(&c->lock);
 			return rt_error(-EPROTO, "unexpected message from vramd");
 		}
-		queue_reclaim(c, c->rxbuf);
 	}
 	pthread_mutex_unlock(&c->lock);
 	return run_pending(c);
@@ -656,6 +728,13 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 			o->reclaimable = ci[i].reclaimable;
 			memcpy(o->held_dev, ci[i].held_dev, sizeof(o->held_dev));
 			str_copy(o->name, ci[i].name, sizeof(o->name));
+			memcpy(o->want_dev, ci[i].want_dev, sizeof(o->want_dev));
+			memcpy(o->share_dev, ci[i].share_dev, sizeof(o->share_dev));
+			memcpy(o->shared_dev, ci[i].shared_dev, sizeof(o->shared_dev));
+			o->reclaim_p50_us = ci[i].reclaim_p50_us;
+			o->reclaim_p99_us = ci[i].reclaim_p99_us;
+			o->reclaim_asked = ci[i].reclaim_asked;
+			o->reclaim_freed = ci[i].reclaim_freed;
 		}
 		first += rep->nclients;
 		if (rep->nclients == 0 || first >= rep->clients_total || s->nclients >= cap)

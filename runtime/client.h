@@ -39,6 +39,9 @@ struct vram_client {
 	void *reclaim_user;
 	struct vramd_reclaim pending[CLIENT_MAX_PENDING]; /* unsolicited, unhandled */
 	uint32_t npending;
+	vram_offer_fn offer_fn;
+	void *offer_user;
+	uint64_t offered[VRAMD_MAX_DEVICES]; /* the latest OFFER per device, unhandled (0: none) */
 	void *rxbuf;
 	char *name;
 	uint32_t reconnects;     /* times the connection was re-established */

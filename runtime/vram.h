@@ -58,6 +58,7 @@ enum vram_backend { VRAM_BACKEND_CPU = 1, VRAM_BACKEND_SIM = 2, VRAM_BACKEND_CUD
 #define VRAM_DEV_HUGETLB        (1u << 1)
 #define VRAM_DEV_NUMA_BOUND     (1u << 2)
 #define VRAM_DEV_HOST_MAPPABLE  (1u << 3)
+#define VRAM_DEV_THP            (1u << 4) /* memfd grants may use transparent huge pages */
 
 struct vram_device_info {
 	uint32_t struct_size;
@@ -73,6 +74,14 @@ struct vram_device_info {
 	uint8_t  uuid[16];
 	char     name[32];       /* "cuda:0", "cpu" */
 	char     label[64];
+	/* 0.2: */
+	uint64_t ready;          /* populated memory ready for the next grants */
+	uint64_t ready_target;   /* the ready reserve's size when full; 0: none */
+	uint64_t ready_hits;     /* grants served from it */
+	uint64_t ready_misses;   /* grants that found it short */
+	uint64_t ready_refilled; /* bytes it was refilled with, in all */
+	uint64_t cache;          /* of used, bytes in shared read-only copies */
+	uint64_t cache_max;      /* their budget */
 };
 
 /* Connects to the broker at socket_path (NULL: $VRAMD_SOCKET, else
@@ -139,6 +148,23 @@ VRAM_API int vram_dispatch(vram_client *c);
 typedef uint64_t (*vram_reclaim_fn)(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms);
 VRAM_API void vram_set_reclaim_handler(vram_client *c, vram_reclaim_fn fn, void *user);
 
+/* Tells the broker what this client would like on device (want: e.g. its
+ * whole model resident) and what it cannot work with less than (min: e.g.
+ * a window for its largest layer); 0, 0 withdraws it.  When clients
+ * together want more of a device than it has, the broker splits it by
+ * these (docs/admin.md, "Sharing a GPU"): it asks a client above its fair
+ * share to give memory back, refuses an ALLOC past the asker's share, and
+ * offers freed memory to clients below theirs.  -ENODEV, -EINVAL (min >
+ * want). */
+VRAM_API int vram_demand(vram_client *c, uint32_t device, uint64_t want, uint64_t min);
+
+/* Called (like the reclaim handler: from vram_dispatch or any call that
+ * reads the socket, one handler at a time) when memory on device became
+ * free and this client holds less than its fair share: it may allocate up
+ * to bytes more there.  A hint; nothing is reserved. */
+typedef void (*vram_offer_fn)(void *user, uint32_t device, uint64_t bytes);
+VRAM_API void vram_set_offer_handler(vram_client *c, vram_offer_fn fn, void *user);
+
 /* ---- status (what vramctl status shows) -------------------------------- */
 
 struct vram_client_status {
@@ -156,9 +182,18 @@ struct vram_client_status {
 	uint64_t reclaimable;
 	uint64_t held_dev[16];
 	char     name[64];
+	/* 0.2: */
+	uint64_t want_dev[16];   /* what it wants (vram_demand, else what it holds) */
+	uint64_t share_dev[16];  /* its fair share (docs/admin.md, "Sharing a GPU") */
+	uint64_t shared_dev[16]; /* of held_dev, in shared read-only copies it maps */
+	uint32_t reclaim_p50_us; /* RECLAIM answer time, median of the last 128 */
+	uint32_t reclaim_p99_us;
+	uint64_t reclaim_asked;  /* bytes the broker asked back, in all */
+	uint64_t reclaim_freed;  /* bytes it said it freed, in all */
 };
 #define VRAM_CLIENT_SELF         (1u << 0)
 #define VRAM_CLIENT_RECLAIM_LATE (1u << 1)
+#define VRAM_CLIENT_RESTORED     (1u << 2) /* no connection: held across a restart, or detached */
 
 struct vram_status {
 	uint32_t struct_size;

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #define VRAMD_MAGIC        0x4d415256u /* "VRAM" as little-endian bytes */
-#define VRAMD_PROTO_VERSION 1u
+#define VRAMD_PROTO_VERSION 2u   /* 2: DEMAND/OFFER, fair shares, device and client figures grown */
 #define VRAMD_MSG_MAX      65536u      /* largest message either side sends */
 #define VRAMD_NAME_MAX     64u         /* client and device names, NUL included */
 #define VRAMD_REASON_MAX   160u        /* error reason text, NUL included */
@@ -51,7 +51,9 @@ enum vramd_opcode {
 	VRAMD_EVICT          = 16, /* c->b  struct vramd_evict -> OK */
 	VRAMD_REGISTER       = 17, /* c->b  struct vramd_register + 1 fd -> ALLOC_REPLY (no fd) */
 	VRAMD_RELOAD         = 18, /* c->b  struct vramd_hdr -> OK (admin: config limits, quotas) */
-	VRAMD_OPCODE_MAX     = 18,
+	VRAMD_DEMAND         = 19, /* c->b  struct vramd_demand -> OK */
+	VRAMD_OFFER          = 20, /* b->c  struct vramd_offer (unsolicited) */
+	VRAMD_OPCODE_MAX     = 20,
 };
 
 /* struct vramd_hdr.flags: none defined yet. */
@@ -88,7 +90,8 @@ enum vramd_backend {
 #define VRAMD_DEV_HUGETLB   (1u << 1) /* grants are hugetlb memfds */
 #define VRAMD_DEV_NUMA_BOUND (1u << 2) /* grants bound to numa_node */
 #define VRAMD_DEV_HOST_MAPPABLE (1u << 3) /* grant fds can be mmap()ed */
-#define VRAMD_DEV_FLAGS_MASK 0xfu
+#define VRAMD_DEV_THP       (1u << 4) /* memfd grants may use transparent huge pages */
+#define VRAMD_DEV_FLAGS_MASK 0x1fu
 
 struct vramd_device {
 	uint32_t index;        /* position in the list; ALLOC names it */
@@ -104,6 +107,15 @@ struct vramd_device {
 	uint32_t reserved0;    /* 0 */
 	char     name[32];     /* "cuda:0", "cpu" */
 	char     label[64];    /* "NVIDIA H100 80GB HBM3", "simulated GPU", ... */
+	/* version 2: */
+	uint64_t ready;        /* populated memory in the ready reserve (free, counted in total - used) */
+	uint64_t ready_target; /* the reserve's size when full; 0: no reserve */
+	uint64_t ready_hits;   /* ALLOCs served from the reserve */
+	uint64_t ready_misses; /* ALLOCs that found it short */
+	uint64_t ready_refilled; /* bytes the reserve was refilled with, in all */
+	uint64_t cache;        /* of used, bytes in shared read-only copies */
+	uint64_t cache_max;    /* their budget */
+	uint64_t reserved[5];  /* 0 */
 };
 
 struct vramd_hello_reply {
@@ -163,6 +175,31 @@ struct vramd_reclaim_done {
 	uint64_t reserved;     /* 0 */
 };
 
+/* ---- DEMAND / OFFER (fair shares) ---------------------------------------- */
+
+/* What a client would like on a device (want: e.g. its whole model
+ * resident) and what it cannot work with less than (min: e.g. a window for
+ * its largest layer).  The broker's fair share (docs/admin.md) is computed
+ * from them; 0 and 0 withdraws the demand. */
+struct vramd_demand {
+	struct vramd_hdr hdr;
+	uint32_t device;
+	uint32_t flags;        /* none yet: 0 */
+	uint64_t want;
+	uint64_t min;
+	uint64_t reserved[2];  /* 0 */
+};
+
+/* Unsolicited: memory on device became free and the client holds less
+ * than its fair share and wants more; it may ALLOC up to bytes of it. */
+struct vramd_offer {
+	struct vramd_hdr hdr;
+	uint32_t device;
+	uint32_t reserved0;
+	uint64_t bytes;
+	uint64_t reserved[2];
+};
+
 /* ---- STATUS ------------------------------------------------------------ */
 
 struct vramd_status {
@@ -175,6 +212,7 @@ struct vramd_status {
 /* struct vramd_client_info.flags */
 #define VRAMD_CLIENT_SELF          (1u << 0) /* the client asking */
 #define VRAMD_CLIENT_RECLAIM_LATE  (1u << 1) /* ignored a RECLAIM deadline */
+#define VRAMD_CLIENT_RESTORED      (1u << 2) /* no connection: restored from the fd store, or detached */
 
 struct vramd_client_info {
 	uint32_t id;
@@ -189,6 +227,15 @@ struct vramd_client_info {
 	uint32_t reclaims_answered;
 	uint32_t reclaims_missed;
 	char     name[VRAMD_NAME_MAX];
+	/* version 2: */
+	uint64_t want_dev[VRAMD_MAX_DEVICES];  /* DEMAND (or held), per device */
+	uint64_t share_dev[VRAMD_MAX_DEVICES]; /* its fair share, per device */
+	uint64_t shared_dev[VRAMD_MAX_DEVICES];/* of held_dev, in shared copies it maps */
+	uint32_t reclaim_p50_us; /* RECLAIM answer time, median of the last 128 */
+	uint32_t reclaim_p99_us;
+	uint64_t reclaim_asked;  /* bytes asked back, in all */
+	uint64_t reclaim_freed;  /* bytes it said it freed, in all */
+	uint64_t reserved[4];
 };
 
 struct vramd_status_reply {
@@ -276,7 +323,7 @@ struct vramd_evict {
 #define VRAMD_ASSERT_SIZE(T, n) _Static_assert(sizeof(T) == (n), #T " size")
 VRAMD_ASSERT_SIZE(struct vramd_hdr, 24);
 VRAMD_ASSERT_SIZE(struct vramd_hello, 24 + 8 + 64 + 32);
-VRAMD_ASSERT_SIZE(struct vramd_device, 16 + 32 + 16 + 8 + 32 + 64);
+VRAMD_ASSERT_SIZE(struct vramd_device, 16 + 32 + 16 + 8 + 32 + 64 + 96);
 VRAMD_ASSERT_SIZE(struct vramd_hello_reply, 24 + 16 + 128);
 VRAMD_ASSERT_SIZE(struct vramd_alloc, 24 + 16 + 16);
 VRAMD_ASSERT_SIZE(struct vramd_alloc_reply, 24 + 24 + 16);
@@ -284,7 +331,7 @@ VRAMD_ASSERT_SIZE(struct vramd_free, 24 + 16);
 VRAMD_ASSERT_SIZE(struct vramd_reclaim, 24 + 32);
 VRAMD_ASSERT_SIZE(struct vramd_reclaim_done, 24 + 24);
 VRAMD_ASSERT_SIZE(struct vramd_status, 24 + 16);
-VRAMD_ASSERT_SIZE(struct vramd_client_info, 24 + 16 + 128 + 8 + 64);
+VRAMD_ASSERT_SIZE(struct vramd_client_info, 24 + 16 + 128 + 8 + 64 + 3 * 128 + 8 + 16 + 32);
 VRAMD_ASSERT_SIZE(struct vramd_status_reply, 24 + 48 + 128);
 VRAMD_ASSERT_SIZE(struct vramd_error, 24 + 8 + 160);
 VRAMD_ASSERT_SIZE(struct vramd_quota_set, 24 + 80 + 32 + 8 + 16);
@@ -292,6 +339,8 @@ VRAMD_ASSERT_SIZE(struct vramd_quota_rm, 24 + 80 + 32);
 VRAMD_ASSERT_SIZE(struct vramd_text, 24 + 8);
 VRAMD_ASSERT_SIZE(struct vramd_evict, 24 + 8);
 VRAMD_ASSERT_SIZE(struct vramd_register, 24 + 16 + 8 + 8 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_demand, 24 + 8 + 16 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_offer, 24 + 8 + 8 + 16);
 #undef VRAMD_ASSERT_SIZE
 
 #endif /* VRAMD_UAPI_VRAMD_H */

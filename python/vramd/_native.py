@@ -86,14 +86,19 @@ class DeviceInfo(C.Structure):
     _fields_ = [("struct_size", u32), ("index", u32), ("backend", u32), ("flags", u32),
                 ("numa_node", i32), ("ordinal", i32), ("total", u64), ("used", u64),
                 ("granularity", u64), ("reclaimable", u64), ("uuid", C.c_uint8 * 16),
-                ("name", C.c_char * 32), ("label", C.c_char * 64)]
+                ("name", C.c_char * 32), ("label", C.c_char * 64),
+                ("ready", u64), ("ready_target", u64), ("ready_hits", u64), ("ready_misses", u64),
+                ("ready_refilled", u64), ("cache", u64), ("cache_max", u64)]
 
 
 class ClientStatus(C.Structure):
     _fields_ = [("struct_size", u32), ("id", u32), ("pid", i32), ("uid", u32), ("gid", u32),
                 ("ngrants", u32), ("flags", u32), ("reclaims_answered", u32),
                 ("reclaims_missed", u32), ("pad", u32), ("held", u64), ("reclaimable", u64),
-                ("held_dev", u64 * 16), ("name", C.c_char * 64)]
+                ("held_dev", u64 * 16), ("name", C.c_char * 64),
+                ("want_dev", u64 * 16), ("share_dev", u64 * 16), ("shared_dev", u64 * 16),
+                ("reclaim_p50_us", u32), ("reclaim_p99_us", u32), ("reclaim_asked", u64),
+                ("reclaim_freed", u64)]
 
 
 class Status(C.Structure):
