@@ -14,7 +14,7 @@ CUDA_INC ?= $(firstword $(wildcard /usr/local/cuda/include))
 PKGS := liburing numa jansson libxxhash libsystemd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) check 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(filter-out numa,$(PKGS)) 2>/dev/null) -lnuma
-CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null) -lutil
 
 override CFLAGS += -std=gnu11 -Wall -Wextra -Wshadow -Wno-unused-parameter \
 	-Wmissing-prototypes -Wstrict-prototypes -fPIC -pthread -fvisibility=hidden \

@@ -16,6 +16,7 @@ static const struct {
 	const char *help;
 } commands[] = {
 	{ "status", cmd_status, "status [--json]          devices, usage and clients of the broker" },
+	{ "top", cmd_top, "top [--interval MS] [--count N]  live view of devices and clients (q quits)" },
 	{ "inspect", cmd_inspect, "inspect FILE [--json]    format, tensors, components, layers of a checkpoint" },
 	{ "plan", cmd_plan, "plan FILE [flags]        placement of a checkpoint across devices" },
 	{ "load", cmd_load, "load FILE [flags]        load a checkpoint into broker memory" },
