@@ -16,13 +16,13 @@
  * That layout is for host memory.  On GPUs (simulated or CUDA), which are
  * reached through a ring of staging buffers taken from the cpu pool and an
  * onward copy (memcpy for simulated GPUs, async H2D for CUDA), every tensor
- * is placed on its own at a TENSOR_ALIGN boundary instead: files need not
+ * is placed on its own at a LAYOUT_TENSOR_ALIGN boundary instead: files need not
  * align tensors to their elements, and GPU kernels (ours and PyTorch's)
  * need that alignment.  cpu-pool grants are written directly (HOST
  * requests; warm, through the memfd: stream.h STREAM_REQ_FD).
  *
  * Conversion (cast_to): a converted tensor is a run of its own, in a region
- * of its converted size (TENSOR_ALIGN-aligned), and always goes through
+ * of its converted size (LAYOUT_TENSOR_ALIGN-aligned), and always goes through
  * staging: the sink converts (kernels/ C references into host-visible
  * memory, through a table for 8- and 16-bit sources; for CUDA, an H2D copy
  * into one device scratch buffer and the cast kernel from there, both on
@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include "common/cleanup.h"
+#include "common/layout.h"
 #include "common/util.h"
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
@@ -44,9 +45,6 @@
 #include "runtime/stream.h"
 #include "kernels/kernels.h"
 
-/* Alignment of a tensor that is placed on its own (converted ones, and
- * every tensor on a GPU): any element, and vectorised kernels. */
-#define TENSOR_ALIGN 256u
 void vram_load_options_init(struct vram_load_options *o)
 {
 	memset(o, 0, sizeof(*o));
@@ -58,7 +56,7 @@ struct run {
 	uint64_t file_off, len;
 	uint32_t first, count;   /* into the bucket's tensor list */
 	uint64_t region;         /* region offset in the grant */
-	bool solo;               /* one tensor, TENSOR_ALIGN-aligned (staged) */
+	bool solo;               /* one tensor, LAYOUT_TENSOR_ALIGN-aligned (staged) */
 };
 
 /* Tensors ordered by bucket (device, component, chunk), then file offset:
@@ -274,6 +272,8 @@ struct load_ctx {
 	uint64_t *olen;          /* as loaded (converted size) */
 	bool *conv;
 	struct run *runs;        /* scratch for one bucket */
+	struct layout_run *lruns; /* its runs as common/layout.h lays them out */
+	uint64_t *regions;
 	struct stream_req *reqs;
 	size_t nreq;
 	bool need_staging;       /* GPU destinations or conversions */
@@ -322,6 +322,8 @@ static void load_ctx_done(struct load_ctx *x)
 	free(x->olen);
 	free(x->conv);
 	free(x->runs);
+	free(x->lruns);
+	free(x->regions);
 	free(x->reqs);
 	rt_error_restore(&e);
 }
@@ -367,9 +369,11 @@ static int load_ctx_alloc(struct load_ctx *x)
 	x->olen = calloc(n, sizeof(*x->olen));
 	x->conv = calloc(n, sizeof(*x->conv));
 	x->runs = calloc(n, sizeof(*x->runs));
+	x->lruns = calloc(n, sizeof(*x->lruns));
+	x->regions = calloc(n, sizeof(*x->regions));
 	x->reqs = calloc(n, sizeof(*x->reqs));
 	if (!x->l || !x->dev || !x->comp || !x->dtype || !x->chunk || !x->order || !x->off || !x->len ||
-	    !x->olen || !x->conv || !x->runs || !x->reqs)
+	    !x->olen || !x->conv || !x->runs || !x->lruns || !x->regions || !x->reqs)
 		return rt_error(-ENOMEM, "out of memory");
 	x->l->client = x->c;
 	x->l->model = x->m;
@@ -442,7 +446,6 @@ static uint64_t bucket_layout(struct load_ctx *x, const uint32_t *bo, uint32_t c
 {
 	struct run *runs = x->runs;
 	uint32_t nruns = 0;
-	uint64_t cursor = 0;
 
 	for (uint32_t j = 0; j < cnt; j++) {
 		uint32_t t = bo[j];
@@ -456,22 +459,14 @@ static uint64_t bucket_layout(struct load_ctx *x, const uint32_t *bo, uint32_t c
 		runs[nruns++] = (struct run){ .file_off = x->off[t], .len = x->len[t], .first = j, .count = 1,
 					      .solo = solo };
 	}
-	for (uint32_t j = 0; j < nruns; j++) {
-		struct run *ru = &runs[j];
-		if (ru->solo) {
-			cursor = (cursor + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
-			ru->region = cursor;
-			cursor += x->olen[bo[ru->first]];
-			continue;
-		}
-		uint64_t head = ru->file_off % STREAM_ALIGN;
-		uint64_t span = (head + ru->len + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
-		cursor = (cursor + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
-		ru->region = cursor;
-		cursor += span ? span : STREAM_ALIGN;
-	}
+	for (uint32_t j = 0; j < nruns; j++)
+		x->lruns[j] = (struct layout_run){ runs[j].file_off, runs[j].len,
+						   runs[j].solo ? x->olen[bo[runs[j].first]] : runs[j].len, runs[j].solo };
+	uint64_t size = layout_regions(x->lruns, nruns, x->regions);
+	for (uint32_t j = 0; j < nruns; j++)
+		runs[j].region = x->regions[j];
 	*ret_nruns = nruns;
-	return cursor ? (cursor + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN : STREAM_ALIGN;
+	return size;
 }
 
 /* Places the bucket's tensors in grant lg (its runs laid out by
@@ -484,7 +479,7 @@ static void bucket_requests(struct load_ctx *x, const uint32_t *bo, uint32_t nru
 
 	for (uint32_t j = 0; j < nruns; j++) {
 		const struct run *ru = &x->runs[j];
-		uint64_t at = ru->solo ? ru->region : ru->region + ru->file_off % STREAM_ALIGN;
+		uint64_t at = layout_data(&x->lruns[j], ru->region);
 		for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
 			uint32_t t = bo[q];
 			x->l->tensors[t].grant = gi;
