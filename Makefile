@@ -83,7 +83,7 @@ $(LIBVRAM_SO): $(RUNTIME_OBJ) $(COMMON_OBJ) $(EXTRA_RUNTIME_OBJ) runtime/libvram
 		$(LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS)
 	ln -sf libvram.so.0 $(BUILD)/lib/libvram.so
 
-$(VRAMD): $(BUILD)/obj/broker/main.o $(LIBBROKER) $(LIBCOMMON)
+$(VRAMD): $(BUILD)/obj/broker/main.o $(LIBBROKER) $(LIBCOMMON) $(BUILD)/obj/kernels/cast.o
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 $(VRAMCTL): $(TOOLS_OBJ) $(LIBVRAM_A)

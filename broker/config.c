@@ -19,6 +19,7 @@ void broker_config_init(struct broker_config *c)
 	c->max_clients = 256;
 	c->max_clients_per_uid = 64;
 	c->hello_timeout_ms = 5000;
+	c->cache_max_pct = 50;
 	c->max_grants = 4096;
 	c->listen_fd = -1;
 	c->reclaim_deadline_ms = 2000;
@@ -89,6 +90,63 @@ static int set_str(const char **dst, const char *key, const char *v, char *err, 
 	return 0;
 }
 
+/* sim-gpus = SIZE[,SIZE...] */
+static int set_sim_gpus(struct broker_config *cfg, const char *v, char *err, size_t errlen)
+{
+	const char *key = "sim-gpus";
+	int r;
+	_cleanup_free_ char *copy = strdup(v);
+	char *save = NULL;
+	cfg->nsim = 0;
+	if (!copy)
+		return -ENOMEM;
+	if (!*v)
+		return 0;
+	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		uint64_t s;
+		if (cfg->nsim == VRAMD_MAX_DEVICES - 1) {
+			snprintf(err, errlen, "sim-gpus: at most %u devices", VRAMD_MAX_DEVICES - 1);
+			return -EINVAL;
+		}
+		if ((r = size_parse(tok, &s)) < 0)
+			return size_err(err, errlen, key, tok, r);
+		if (s < (2u << 20)) {
+			snprintf(err, errlen, "sim-gpus: \"%s\" is smaller than 2 MiB", tok);
+			return -EINVAL;
+		}
+		cfg->sim_gpus[cfg->nsim++] = s;
+	}
+	return 0;
+}
+
+/* cache-max = SIZE | N% (of each device; 0 or 0%: no shared copies) */
+static int set_cache_max(struct broker_config *cfg, const char *v, char *err, size_t errlen)
+{
+	char num[16];
+	size_t n = strlen(v);
+	int r;
+	if (n > 1 && v[n - 1] == '%') {
+		uint32_t pct;
+		if (n - 1 >= sizeof(num))
+			n = 1; /* too long: not a percentage */
+		memcpy(num, v, n - 1);
+		num[n - 1] = '\0';
+		if (parse_u32(num, 0, 100, &pct, 10) < 0) {
+			snprintf(err, errlen, "cache-max: \"%s\" is not a percentage from 0%% to 100%%", v);
+			return -EINVAL;
+		}
+		cfg->cache_max = 0;
+		cfg->cache_max_pct = pct;
+		return 0;
+	}
+	uint64_t sz;
+	if ((r = size_parse(v, &sz)) < 0)
+		return size_err(err, errlen, "cache-max", v, r);
+	cfg->cache_max = sz;
+	cfg->cache_max_pct = sz ? 100 : 0;
+	return 0;
+}
+
 int broker_config_set(struct broker_config *cfg, const char *key, const char *v, char *err, size_t errlen)
 {
 	int r;
@@ -123,30 +181,8 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 		*dst = NULL; /* empty: none */
 		return *v ? set_str(dst, key, v, err, errlen) : 0;
 	}
-	if (!strcmp(key, "sim-gpus")) {
-		_cleanup_free_ char *copy = strdup(v);
-		char *save = NULL;
-		cfg->nsim = 0;
-		if (!copy)
-			return -ENOMEM;
-		if (!*v)
-			return 0;
-		for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-			uint64_t s;
-			if (cfg->nsim == VRAMD_MAX_DEVICES - 1) {
-				snprintf(err, errlen, "sim-gpus: at most %u devices", VRAMD_MAX_DEVICES - 1);
-				return -EINVAL;
-			}
-			if ((r = size_parse(tok, &s)) < 0)
-				return size_err(err, errlen, key, tok, r);
-			if (s < (2u << 20)) {
-				snprintf(err, errlen, "sim-gpus: \"%s\" is smaller than 2 MiB", tok);
-				return -EINVAL;
-			}
-			cfg->sim_gpus[cfg->nsim++] = s;
-		}
-		return 0;
-	}
+	if (!strcmp(key, "sim-gpus"))
+		return set_sim_gpus(cfg, v, err, errlen);
 	if (!strcmp(key, "host-pool") || !strcmp(key, "client-max")) {
 		uint64_t s;
 		if ((r = size_parse(v, &s)) < 0)
@@ -162,6 +198,8 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 		}
 		return 0;
 	}
+	if (!strcmp(key, "cache-max"))
+		return set_cache_max(cfg, v, err, errlen);
 	if (!strcmp(key, "max-clients") || !strcmp(key, "max-grants") || !strcmp(key, "max-clients-per-uid")) {
 		uint32_t *dst = !strcmp(key, "max-clients") ? &cfg->max_clients
 				: !strcmp(key, "max-grants") ? &cfg->max_grants : &cfg->max_clients_per_uid;

@@ -39,6 +39,8 @@ struct broker_config {
 	char *const *restore_names;
 	uint32_t    nrestore;
 	uint64_t    reclaim_deadline_ms; /* how long RECLAIM waits */
+	uint64_t    cache_max;       /* bytes of shared copies per device; 0: cache_max_pct of it */
+	uint32_t    cache_max_pct;   /* default 50; 0 (with cache_max 0): no shared copies */
 };
 
 /* Fills the defaults of an embedded broker (tests): nothing outside the

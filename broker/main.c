@@ -21,6 +21,7 @@ static void usage(FILE *f)
 	      "  --max-clients N        connected clients at most (default 256)\n"
 	      "  --max-clients-per-uid N  connections of one user at most (default 64; admins exempt)\n"
 	      "  --hello-timeout-ms N   drop a connection that has not said HELLO by then (default 5000)\n"
+	      "  --cache-max SIZE|N%    shared read-only copies per device at most (default 50%; 0: none)\n"
 	      "  --max-grants N         grants per client at most (default 4096)\n"
 	      "  --reclaim-deadline-ms N  how long an ALLOC waits for RECLAIM (default 2000)\n"
 	      "  --admin-socket PATH    admin socket (default /run/vramd/admin.sock)\n"
@@ -52,6 +53,7 @@ int main(int argc, char **argv)
 		{ "max-grants", required_argument, NULL, 'G' },
 		{ "max-clients-per-uid", required_argument, NULL, 'U' },
 		{ "hello-timeout-ms", required_argument, NULL, 'H' },
+		{ "cache-max", required_argument, NULL, 'K' },
 		{ "reclaim-deadline-ms", required_argument, NULL, 'R' },
 		{ "admin-socket", required_argument, NULL, 'A' },
 		{ "state-dir", required_argument, NULL, 'S' },
@@ -117,6 +119,7 @@ int main(int argc, char **argv)
 		case 'G': key = "max-grants"; break;
 		case 'U': key = "max-clients-per-uid"; break;
 		case 'H': key = "hello-timeout-ms"; break;
+		case 'K': key = "cache-max"; break;
 		case 'R': key = "reclaim-deadline-ms"; break;
 		case 'A': key = "admin-socket"; break;
 		case 'S': key = "state-dir"; break;
@@ -150,7 +153,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < n; i++) {
 		int fd = SD_LISTEN_FDS_START + i;
 		const char *name = names && names[i] ? names[i] : "";
-		if (!strncmp(name, "grant-", 6)) {
+		if (!strncmp(name, "grant-", 6) || !strncmp(name, "copy-", 5)) {
 			if (nrestore < 4096) {
 				restore_fds[nrestore] = fd;
 				restore_names[nrestore++] = names[i];

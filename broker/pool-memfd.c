@@ -159,12 +159,116 @@ static void memfd_destroy(struct pool *p)
 	free(p->priv);
 }
 
+/* ---- shared copies ------------------------------------------------------- */
+
+static int memfd_copy_create(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why)
+{
+	struct memfd_pool *mp = p->priv;
+	char name[64];
+	snprintf(name, sizeof(name), "%s:copy", mp->memfd_name);
+	int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0) {
+		*why = "memfd_create failed";
+		return -errno;
+	}
+	if (ftruncate(fd, (off_t)size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_GROW) < 0) {
+		int e = -errno;
+		close(fd);
+		*why = "sizing the copy's memfd failed";
+		return e;
+	}
+	int keep = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (keep < 0) {
+		int e = -errno;
+		close(fd);
+		*why = "keeping a reference to the copy's memfd failed";
+		return e;
+	}
+	*ret_fd = fd;
+	*ret_handle = handle_of(keep);
+	return 0;
+}
+
+static void *memfd_copy_map(struct pool *p, void *handle, int fd, uint64_t size)
+{
+	void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	return m == MAP_FAILED ? NULL : m;
+}
+
+static int memfd_copy_write(struct pool *p, void *handle, uint64_t off, const void *src, uint64_t len,
+			    const char **why)
+{
+	int fd = fd_of(handle);
+	for (uint64_t done = 0; done < len;) {
+		ssize_t n = pwrite(fd, (const char *)src + done, len - done, (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			*why = "writing the copy's memfd failed";
+			return n < 0 ? -errno : -EIO;
+		}
+		done += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Sealed against writing (no writable mapping may exist any more; the
+ * broker's is gone), growing and further sealing; not against shrinking:
+ * an evicted copy is cut to 0 like a grant.  Clients get the file
+ * reopened read-only, which cannot be mapped writable either. */
+static int memfd_copy_seal(struct pool *p, void *handle, int fd, int *ret_ro_fd, const char **why)
+{
+	char path[64];
+	int seals = fcntl(fd, F_GET_SEALS);
+	/* sealed already: a copy the fd store brought back */
+	if (seals < 0 || (!(seals & F_SEAL_WRITE) && fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SEAL) < 0)) {
+		*why = "sealing the copy against writing failed";
+		return -errno;
+	}
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	int ro = open(path, O_RDONLY | O_CLOEXEC);
+	if (ro < 0) {
+		*why = "reopening the copy read-only failed";
+		return -errno;
+	}
+	*ret_ro_fd = ro;
+	return 0;
+}
+
+static int memfd_copy_adopt(struct pool *p, int fd, uint64_t size, void **ret_handle, const char **why)
+{
+	struct stat st;
+	int seals = fcntl(fd, F_GET_SEALS);
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || seals < 0 || !(seals & F_SEAL_WRITE) ||
+	    (seals & (F_SEAL_GROW | F_SEAL_SEAL)) != (F_SEAL_GROW | F_SEAL_SEAL)) {
+		*why = "not a sealed copy memfd";
+		return -EINVAL;
+	}
+	if ((uint64_t)st.st_size != size) {
+		*why = "its size is not the size claimed";
+		return -EINVAL;
+	}
+	int keep = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (keep < 0) {
+		*why = "keeping a reference to the memfd failed";
+		return -errno;
+	}
+	*ret_handle = handle_of(keep);
+	return 0;
+}
+
 static const struct pool_ops memfd_ops = {
 	.name = "memfd",
 	.grant = memfd_grant,
 	.adopt = memfd_adopt,
 	.revoke = memfd_revoke,
 	.release = memfd_release,
+	.copy_create = memfd_copy_create,
+	.copy_map = memfd_copy_map,
+	.copy_write = memfd_copy_write,
+	.copy_seal = memfd_copy_seal,
+	.copy_adopt = memfd_copy_adopt,
+	.copy_read_only = true,
 	.destroy = memfd_destroy,
 };
 

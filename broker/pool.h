@@ -48,6 +48,27 @@ struct pool_ops {
 	void (*release)(struct pool *p, void *handle, uint64_t size);
 	/* Frees the pool's private state. */
 	void (*destroy)(struct pool *p);
+
+	/* Shared read-only copies (cache.c); NULL where the backend keeps
+	 * none.  A copy is made (copy_create: zeroed memory of size bytes the
+	 * broker may write, its fd and handle), filled (through copy_map when
+	 * the memory can be mapped by the broker, else copy_write), then
+	 * sealed (copy_seal: nobody writes it any more; ret_ro_fd is what
+	 * clients get, the caller closes it), and ends like a grant (revoke,
+	 * then release).  copy_adopt takes back a copy the fd store kept. */
+	int (*copy_create)(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why);
+	/* A read-write mapping of the copy for filling (munmap it before
+	 * copy_seal), or NULL when the broker cannot map it (use copy_write). */
+	void *(*copy_map)(struct pool *p, void *handle, int fd, uint64_t size);
+	/* Copies len host bytes to offset off of the copy; safe from several
+	 * threads at once.  0 or -errno with *why. */
+	int (*copy_write)(struct pool *p, void *handle, uint64_t off, const void *src, uint64_t len, const char **why);
+	int (*copy_seal)(struct pool *p, void *handle, int fd, int *ret_ro_fd, const char **why);
+	int (*copy_adopt)(struct pool *p, int fd, uint64_t size, void **ret_handle, const char **why);
+	/* Whether a client given the copy's fd can be kept from writing it
+	 * (a sealed memfd: yes; a CUDA export: no, an importer may map it
+	 * read-write), so that it may be shared across uids. */
+	bool copy_read_only;
 };
 
 struct pool {
