@@ -29,7 +29,9 @@
  * the copy stream).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -39,6 +41,7 @@
 #include "common/util.h"
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
+#include "runtime/cuda-kernels.h"
 #include "runtime/dtype.h"
 #include "runtime/load.h"
 #include "runtime/model.h"
@@ -341,7 +344,7 @@ static int load_options(const struct vram_load_options *o, struct vram_load_opti
 		return r;
 	if (ret->io_mode > VRAM_IO_BUFFERED)
 		return rt_error(-EINVAL, "unknown io_mode %u", ret->io_mode);
-	if (ret->flags & ~VRAM_LOAD_RECLAIMABLE)
+	if (ret->flags & ~(VRAM_LOAD_RECLAIMABLE | VRAM_LOAD_SHARED))
 		return rt_error(-EINVAL, "unknown load flags 0x%x", ret->flags);
 	if (ret->chunk_size > STREAM_MAX_CHUNK)
 		return rt_error(-EINVAL, "chunk_size %llu out of range (at most %llu)",
@@ -514,9 +517,87 @@ static void bucket_requests(struct load_ctx *x, const uint32_t *bo, uint32_t nru
 	}
 }
 
+/* Places the bucket's tensors in the shared copy lg holds (laid out like
+ * a grant, by the same function: common/layout.h); nothing to stream. */
+static void bucket_shared(struct load_ctx *x, const uint32_t *bo, uint32_t nruns, uint32_t gi)
+{
+	for (uint32_t j = 0; j < nruns; j++) {
+		const struct run *ru = &x->runs[j];
+		uint64_t at = layout_data(&x->lruns[j], ru->region);
+		for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
+			uint32_t t = bo[q];
+			x->l->tensors[t].grant = gi;
+			x->l->tensors[t].offset = at + (x->off[t] - ru->file_off);
+			x->l->tensors[t].dtype = x->conv[t] ? x->o.cast_to : x->dtype[t];
+			x->l->tensors[t].nbytes = x->olen[t];
+		}
+	}
+}
+
+/* An fd for the broker to read the file through: the model's inode
+ * reopened with O_DIRECT (cold files are read at the disk's speed), else
+ * the model's own fd (-1 returned in *ret_own then: not to be closed). */
+static int share_fd(struct load_ctx *x, bool *ret_own)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", x->m->fd);
+	int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	*ret_own = fd >= 0;
+	return fd >= 0 ? fd : x->m->fd;
+}
+
+/* Asks the broker for the bucket as a shared copy.  1 when it is one
+ * (lg->grant set), 0 when the broker cannot share it (the caller loads
+ * it privately; the reason is in the stats), or -errno. */
+static int share_bucket(struct load_ctx *x, const uint32_t *bo, uint32_t nruns, uint32_t d, struct loaded_grant *lg)
+{
+	struct vram_load_stats *st = &x->l->stats;
+	if (nruns > VRAMD_SHARE_RUNS_MAX) {
+		st->share_refused++;
+		snprintf(st->share_why, sizeof(st->share_why), "a chunk of %u tensors, more than a copy describes (%u)",
+			 nruns, VRAMD_SHARE_RUNS_MAX);
+		return 0;
+	}
+	_cleanup_free_ struct vramd_share_run *runs = calloc(nruns, sizeof(*runs));
+	if (!runs)
+		return rt_error(-ENOMEM, "out of memory");
+	for (uint32_t j = 0; j < nruns; j++) {
+		const struct run *ru = &x->runs[j];
+		uint32_t t = bo[ru->first];
+		runs[j].file_off = ru->file_off;
+		runs[j].len = ru->len;
+		if (ru->solo) {
+			runs[j].flags = VRAMD_SHARE_RUN_SOLO;
+			runs[j].src_dtype = x->dtype[t];
+			runs[j].dst_dtype = x->conv[t] ? x->o.cast_to : x->dtype[t];
+		}
+	}
+	bool own;
+	int fd = share_fd(x, &own);
+	uint32_t how = 0;
+	int r = client_share(x->c, d, runs, nruns, fd, x->o.progress, x->o.user, &lg->grant, &how);
+	if (own)
+		close(fd);
+	if (r == -EOPNOTSUPP || r == -ENOSPC || r == -ENOMEM || r == -EDQUOT || r == -EBADF) {
+		st->share_refused++;
+		str_copy(st->share_why, vram_last_error(), sizeof(st->share_why));
+		rt_error_clear();
+		return 0;
+	}
+	if (r < 0)
+		return r;
+	st->share_hits += how == VRAMD_SHARE_HIT;
+	st->share_filled += how == VRAMD_SHARE_FILLED;
+	st->share_waited += how == VRAMD_SHARE_WAITED;
+	for (uint32_t j = 0; j < nruns; j++)
+		st->shared_bytes += x->runs[j].len;
+	return 1;
+}
+
 /* Buckets (device, component, chunk): one sort, then each bucket is laid
- * out, becomes one grant, and its runs become stream requests.  0 or the
- * allocation's error, naming the device and component. */
+ * out, becomes one grant (or is served from a shared copy), and its runs
+ * become stream requests.  0 or the allocation's error, naming the device
+ * and component. */
 static int load_grants(struct load_ctx *x)
 {
 	struct bucket_key bkey = { x->dev, x->comp, x->chunk, x->off };
@@ -539,14 +620,24 @@ static int load_grants(struct load_ctx *x)
 		uint32_t nruns;
 		uint64_t size = bucket_layout(x, bo, b1 - b0, backend_of(x->c, d) != VRAM_BACKEND_CPU, &nruns);
 		struct loaded_grant *lg = &x->l->grants[x->l->ngrants];
-		int r = vram_alloc(x->c, d, size, flags, &lg->grant);
+		lg->device = d;
+		lg->component = k;
+		int r = 0;
+		if ((x->o.flags & VRAM_LOAD_SHARED) && x->c->dev[d].cache_max &&
+		    (r = share_bucket(x, bo, nruns, d, lg)) == 1) {
+			x->l->ngrants++;
+			bucket_shared(x, bo, nruns, x->l->ngrants - 1);
+			continue;
+		}
+		if (r < 0)
+			return rt_error(r, "a shared copy on %s for %s: %s", x->c->dev[d].name, vram_component_name(k),
+					vram_last_error());
+		r = vram_alloc(x->c, d, size, flags, &lg->grant);
 		if (r < 0) {
 			char s1[32];
 			return rt_error(r, "allocating %s on %s for %s: %s", size_format(size, s1, sizeof(s1)),
 					x->c->dev[d].name, vram_component_name(k), vram_last_error());
 		}
-		lg->device = d;
-		lg->component = k;
 		x->l->ngrants++;
 		bucket_requests(x, bo, nruns, x->l->ngrants - 1);
 	}
@@ -633,7 +724,7 @@ static int load_stream(struct load_ctx *x, uint64_t t0, const struct timespec *c
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
 	l->stats.struct_size = sizeof(l->stats);
 	l->stats.io_mode_used = res.io_mode_used;
-	l->stats.bytes = res.bytes;
+	l->stats.bytes = res.bytes + l->stats.shared_bytes;
 	l->stats.ns = now_ns() - t0;
 	l->stats.cpu_ns = (uint64_t)(c1.tv_sec - c0->tv_sec) * 1000000000ull + (uint64_t)(c1.tv_nsec - c0->tv_nsec);
 	l->stats.grants = l->ngrants;
@@ -722,4 +813,43 @@ int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret)
 	if (!l || !ret)
 		return rt_error(-EINVAL, "vram_loaded_stats: NULL argument");
 	return rt_struct_out(ret, &l->stats, sizeof(l->stats), "vram_loaded_stats");
+}
+
+int vram_loaded_tensor_shared(const vram_loaded *l, uint32_t t)
+{
+	if (!l || t >= l->ntensors)
+		return rt_error(-EINVAL, "no tensor %u", t);
+	const struct loaded_grant *lg = &l->grants[l->tensors[t].grant];
+	return lg->grant && lg->grant->shared;
+}
+
+int vram_loaded_make_private(vram_loaded *l, uint32_t t)
+{
+	rt_error_clear();
+	int r = vram_loaded_tensor_shared(l, t);
+	if (r <= 0)
+		return r;
+	struct loaded_tensor *lt = &l->tensors[t];
+	const struct loaded_grant *from = &l->grants[lt->grant];
+	struct loaded_grant *grown = realloc(l->grants, (l->ngrants + 1) * sizeof(*grown));
+	if (!grown)
+		return rt_error(-ENOMEM, "out of memory");
+	l->grants = grown;
+	from = &l->grants[lt->grant];
+	struct loaded_grant *lg = &l->grants[l->ngrants];
+	*lg = (struct loaded_grant){ NULL, from->device, from->component };
+	if ((r = vram_alloc(l->client, lg->device, lt->nbytes ? lt->nbytes : 1, 0, &lg->grant)) < 0)
+		return r;
+	const vram_grant *src = from->grant;
+	if (src->host)
+		memcpy(lg->grant->host, (const uint8_t *)src->host + lt->offset, lt->nbytes);
+	else
+		r = cuda_copy_bytes(l->client, lg->device, lg->grant->dptr, src->dptr + lt->offset, lt->nbytes);
+	if (r < 0) {
+		vram_free(l->client, lg->grant);
+		return r;
+	}
+	lt->grant = l->ngrants++;
+	lt->offset = 0;
+	return 0;
 }

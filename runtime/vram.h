@@ -232,6 +232,17 @@ VRAM_API int vram_quota_list(vram_client *c, char **ret_json);
 /* Asks client id to release all its reclaimable memory; the broker
  * disconnects it if it still holds some after the deadline. */
 VRAM_API int vram_evict(vram_client *c, uint32_t client_id);
+/* The broker's shared copies as JSON (docs/vramctl.md, "cache"): every
+ * copy for admins, the ones the caller maps for others; free() it. */
+VRAM_API int vram_cache_list(vram_client *c, char **ret_json);
+#define VRAM_CACHE_DROP_ALL   (1u << 0) /* every copy, fd -1 (admin) */
+#define VRAM_CACHE_DROP_FORCE (1u << 1) /* copies in use too: their users are asked to let go (admin) */
+/* Drops the shared copies of the file open at fd (proof that the caller may
+ * read it), or every copy (VRAM_CACHE_DROP_ALL, fd -1).  Copies nobody
+ * maps go at once; -EBUSY naming how many are in use, unless FORCE.
+ * -EPERM for ALL or FORCE from a non-admin. */
+VRAM_API int vram_cache_drop(vram_client *c, int fd, uint32_t flags);
+
 /* Makes the broker re-read its config file's limits and the quota file. */
 VRAM_API int vram_reload(vram_client *c);
 
@@ -437,6 +448,15 @@ struct vram_load_options {
 /* Every grant of the load reclaimable: a pager over it gives chunks back
  * (demotes resident layers to the donor, drops donor layers to the file). */
 #define VRAM_LOAD_RECLAIMABLE (1u << 0)
+/* Serve the load from broker-owned read-only copies where the device keeps
+ * them (docs/design.md, "Shared copies"): the first load of a file fills a
+ * copy the broker reads itself, every later one (by any process that can
+ * read the file) maps it, and a load that asks while it is being filled
+ * waits for it instead of reading the file again.  Tensors in a copy are
+ * read-only (writing them faults): vram_loaded_make_private gives a tensor
+ * a private, writable copy.  Where the broker cannot share (no copies on
+ * the device, its budget full, limits) the chunk is loaded privately. */
+#define VRAM_LOAD_SHARED      (1u << 1)
 
 VRAM_API void vram_load_options_init(struct vram_load_options *o);
 
@@ -470,8 +490,24 @@ struct vram_load_stats {
 	uint64_t cpu_ns;         /* CPU time of the loading thread(s) */
 	uint64_t grants;
 	uint64_t converted;      /* tensors converted (cast_to) */
+	/* 0.2: shared copies (VRAM_LOAD_SHARED) */
+	uint64_t shared_bytes;   /* bytes served from shared copies */
+	uint32_t share_hits;     /* chunks whose copy was there */
+	uint32_t share_filled;   /* chunks whose copy this load had the broker fill */
+	uint32_t share_waited;   /* chunks whose copy another load was filling */
+	uint32_t share_refused;  /* chunks loaded privately: the broker could not share them */
+	char     share_why[128]; /* why the last refused one was */
 };
 VRAM_API int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret_stats);
+
+/* Gives tensor a private, writable copy of its bytes (in a grant of the
+ * client's own on the same device) when it is in a shared copy: a LoRA
+ * patches that, never the copy every instance maps.  A no-op for a tensor
+ * that is private already.  The tensor's pointers change: take them
+ * again.  0, or -EINVAL / vram_alloc's errors. */
+VRAM_API int vram_loaded_make_private(vram_loaded *l, uint32_t tensor);
+/* 1 if tensor is in a shared read-only copy, 0 if not, -EINVAL. */
+VRAM_API int vram_loaded_tensor_shared(const vram_loaded *l, uint32_t tensor);
 
 /* ======================================================================
  * Paging (donor layers served through a window on the compute device)

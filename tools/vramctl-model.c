@@ -466,6 +466,10 @@ static int load_option(struct ctl *ctl, struct load_args *la, int *i)
 		la->hash = true;
 		return 1;
 	}
+	if (!strcmp(a, "--private")) {
+		la->lo.flags &= ~VRAM_LOAD_SHARED;
+		return 1;
+	}
 	if (!v)
 		return 0;
 	if (!strcmp(a, "--device")) {
@@ -505,6 +509,7 @@ static int load_args_parse(struct ctl *ctl, struct load_args *la)
 {
 	memset(la, 0, sizeof(*la));
 	vram_load_options_init(&la->lo);
+	la->lo.flags |= VRAM_LOAD_SHARED; /* --private opts out */
 	plan_args_init(&la->pa);
 	for (int i = 1; i < ctl->argc; i++) {
 		int r = plan_args_parse(&la->pa, ctl->argc, ctl->argv, &i);
@@ -620,8 +625,26 @@ static void load_report(const struct load_args *la, vram_client *c, const vram_m
 		if (st.converted)
 			fprintf(out, "converted %llu tensors to %s\n", (unsigned long long)st.converted,
 				vram_dtype_name(la->lo.cast_to));
+		if (st.share_hits + st.share_filled + st.share_waited)
+			fprintf(out, "shared copy: %s (%u hit, %u filled, %u waited; %s mapped read-only)\n",
+				st.share_hits && !st.share_filled && !st.share_waited ? "hit"
+				: st.share_filled && !st.share_hits && !st.share_waited ? "filled"
+				: st.share_waited && !st.share_hits && !st.share_filled ? "waited" : "mixed",
+				st.share_hits, st.share_filled, st.share_waited, ctl_size(st.shared_bytes, a, sizeof(a)));
+		if (st.share_refused)
+			fprintf(out, "loaded privately: %u chunk%s (%s)\n", st.share_refused, st.share_refused == 1 ? "" : "s",
+				st.share_why);
 		return;
 	}
+	json_t *sh = json_object();
+	json_object_set_new(sh, "bytes", json_integer((json_int_t)st.shared_bytes));
+	json_object_set_new(sh, "hit", json_integer(st.share_hits));
+	json_object_set_new(sh, "filled", json_integer(st.share_filled));
+	json_object_set_new(sh, "waited", json_integer(st.share_waited));
+	json_object_set_new(sh, "private", json_integer(st.share_refused));
+	if (st.share_refused)
+		json_object_set_new(sh, "why", json_string(st.share_why));
+	json_object_set_new(root, "shared_copy", sh);
 	json_object_set_new(root, "file", json_string(la->file));
 	json_object_set_new(root, "bytes", json_integer((json_int_t)st.bytes));
 	json_object_set_new(root, "seconds", json_real(secs));

@@ -68,5 +68,6 @@ int cmd_clients(struct ctl *ctl);
 int cmd_evict(struct ctl *ctl);
 int cmd_reload(struct ctl *ctl);
 int cmd_top(struct ctl *ctl);
+int cmd_cache(struct ctl *ctl);
 
 #endif
