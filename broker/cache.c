@@ -211,9 +211,10 @@ void copy_free(struct broker *b, struct copy *cp, bool revoke)
 	}
 	if (cp->refs)
 		b->cache_inuse[p->index] -= cp->size;
-	for (int *fd = &cp->fd; fd <= &cp->file_fd; fd++)
-		if (*fd >= 0)
-			close(*fd);
+	int *fds[] = { &cp->fd, &cp->ro_fd, &cp->file_fd };
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
+		if (*fds[i] >= 0)
+			close(*fds[i]);
 	p->used -= cp->size;
 	b->cache_bytes[p->index] -= cp->size;
 	while (cp->waiters) {
@@ -448,6 +449,8 @@ void handle_share(struct broker *b, struct client *c, const struct vramd_share *
 		r = ref_add(b, c, cp);
 		if (r == 0) {
 			b->cache_hits[p->index]++;
+			broker_log(2, CLIENT_FMT ": copy %llu of %s: hit", CLIENT_ARGS(c), (unsigned long long)cp->id,
+				   cp->path);
 			send_share_reply(b, c, m->hdr.seq, cp, VRAMD_SHARE_HIT);
 		}
 	} else if (r == 0 && cp) {
