@@ -36,7 +36,7 @@ start() {
 	while [ ! -S "$SOCK" ]; do sleep 0.05; kill -0 $PID; done
 }
 stop() { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=; }
-secs() { "$PY" -c 'import json,sys; d=json.load(sys.stdin); print("%.4f %s" % (d["seconds"], "hit" if d["shared_copy"]["hit"] else "filled" if d["shared_copy"]["filled"] else "waited" if d["shared_copy"]["waited"] else "private"))'; }
+secs() { "$PY" -c 'import json,sys; d=json.load(sys.stdin); print("%.4f %s" % (d["seconds"], "waited" if d["shared_copy"]["waited"] else "filled" if d["shared_copy"]["filled"] else "hit" if d["shared_copy"]["hit"] else "private"))'; }
 read_bytes() { awk '/^read_bytes/ { print $2 }' "/proc/$PID/io"; }
 
 say "shared copies: $FILE, $BYTES bytes, cpu pool$([ $CAN_DROP -eq 1 ] || echo ' (page cache NOT dropped: needs root)')"
@@ -45,12 +45,14 @@ drop
 set -- $($VRAMCTL load "$FILE" --device cpu --json | secs); T1=$1; H1=$2
 set -- $($VRAMCTL load "$FILE" --device cpu --json | secs); T2=$1; H2=$2
 say "  first load (cold, $H1): $T1 s; second load by another process ($H2): $T2 s"
-say "  ratio first/second: $(awk -v a="$T1" -v b="$T2" 'BEGIN { printf "%.0f", b > 0 ? a / b : 0 }')x   (target >= 50x)"
+say "  ratio first/second: $(awk -v a="$T1" -v b="$T2" 'BEGIN { printf "%.0f", (b > 0 ? a / b : 0) }')x   (target >= 50x)"
 
-for i in 1 2 3 4; do $VRAMCTL load "$FILE" --device cpu --hold-ms 3000 >/dev/null & done
+HOLDERS=
+for i in 1 2 3 4; do $VRAMCTL load "$FILE" --device cpu --hold-ms 3000 >/dev/null & HOLDERS="$HOLDERS $!"; done
 sleep 1.5
 set -- $($VRAMCTL status --json | "$PY" -c 'import json,sys; d=json.load(sys.stdin); c=[x for x in d["devices"] if x["name"]=="cpu"][0]; print(c["used"], c["cache"], sum(1 for x in d["clients"] if x["devices"].get("cpu",{}).get("shared",0)))')
-wait
+# shellcheck disable=SC2086
+wait $HOLDERS
 say "  four processes holding it: cpu used $1 bytes, the copy $2 bytes, $3 clients mapping it: $(awk -v u="$1" -v m="$BYTES" 'BEGIN { printf "%.3f", u / m }')x the file   (target 1x +-1%)"
 stop
 

@@ -191,9 +191,9 @@ struct t_broker {
 	pid_t pid;
 };
 
-/* Starts vramd with args (NULL-terminated; "--no-cuda" and the paths are
- * added) in a fresh temp dir.  Fails the test if it does not come up. */
-static inline void t_broker_start(struct t_broker *b, const char *const *args)
+/* Makes b's temp dir and paths, nothing started (a test that writes a
+ * config file into the dir first). */
+static inline void t_broker_dir(struct t_broker *b)
 {
 	memset(b, 0, sizeof(*b));
 	setenv("TMPDIR", access("/var/tmp", W_OK) == 0 ? "/var/tmp" : "/tmp", 1);
@@ -204,6 +204,12 @@ static inline void t_broker_start(struct t_broker *b, const char *const *args)
 	snprintf(b->admin, sizeof(b->admin), "%s/admin.sock", b->dir);
 	snprintf(b->log, sizeof(b->log), "%s/vramd.log", b->dir);
 	snprintf(b->state, sizeof(b->state), "%s/state", b->dir);
+}
+
+/* Starts vramd in b's dir with args (NULL-terminated; "--no-cuda" and the
+ * paths are added).  Fails the test if it does not come up. */
+static inline void t_broker_run(struct t_broker *b, const char *const *args)
+{
 	const char *argv[48];
 	int n = 0;
 	for (int i = 0; args && args[i] && n < 40; i++)
@@ -212,6 +218,22 @@ static inline void t_broker_start(struct t_broker *b, const char *const *args)
 	argv[n] = NULL;
 	b->pid = t_start_vramd(b->sock, b->log, argv);
 	ck_assert_msg(b->pid > 0, "vramd did not start (log: %s)", b->log);
+}
+
+/* A fresh dir and a vramd in it with args. */
+static inline void t_broker_start(struct t_broker *b, const char *const *args)
+{
+	t_broker_dir(b);
+	t_broker_run(b, args);
+}
+
+/* SIGTERM (a clean exit asserted), then vramd again in the same dir (its
+ * state kept) with args. */
+static inline void t_broker_restart(struct t_broker *b, const char *const *args)
+{
+	int st = t_stop(b->pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vramd exit status %d", st);
+	t_broker_run(b, args);
 }
 
 /* SIGTERM, a clean exit asserted, the temp dir removed. */
