@@ -108,6 +108,15 @@ test: check
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 check
 
+# The long soak (make check runs a 15 s one): SOAK_SECONDS of clients
+# loading, allocating and flooding, SIGKILLed at random, the broker
+# SIGKILLed every SOAK_BROKER_KILL_S under them; then nothing may be left.
+SOAK_SECONDS ?= 300
+SOAK_BROKER_KILL_S ?= 20
+soak: all
+	@d=$$(mktemp -d /var/tmp/vramd-soak.XXXXXX) && chmod 755 $$d && \
+	  VRAM_BUILD=$(BUILD) $(BUILD)/tests/helper-soak $$d $(SOAK_SECONDS) $(SOAK_BROKER_KILL_S); r=$$?; rm -rf $$d; exit $$r
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/run-demo.sh

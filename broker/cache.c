@@ -128,7 +128,8 @@ static int key_from(struct client *c, const struct vramd_share *m, struct pool *
 static struct copy *copy_find(struct broker *b, const struct copy_key *k)
 {
 	for (struct copy *cp = b->copies; cp; cp = cp->next)
-		if (!cp->doomed && !cp->orphan && cp->state != COPY_FAILED && key_equal(&cp->key, k))
+		if (!cp->doomed && !cp->orphan && cp->state != COPY_FAILED && !atomic_load(&cp->cancel) &&
+		    key_equal(&cp->key, k))
 			return cp;
 	return NULL;
 }
