@@ -188,9 +188,9 @@ cleanup() {
 		return 0
 	fi
 	rm -rf --one-file-system "$RUN"
-	if [ $nfail -gt 0 ] || [ "$DONE" != 1 ]; then
+	if [ "$DONE" != 1 ]; then
 		say "logs (console, install, checkpoint) kept in $WORK"
-	else
+	elif [ $nfail -eq 0 ]; then
 		rm -rf "$WORK"
 	fi
 }
@@ -580,7 +580,7 @@ check uninstall "make uninstall on the running system: exit $rc, no error printe
 stop_container
 DONE=1
 [ -n "$xfailed" ] && say "known defects still failing (XFAIL):$xfailed"
-[ -n "$failed" ] && say "failed:$failed"
+[ -n "$failed" ] && say "failed:$failed; logs (console, install, checkpoint) kept in $WORK"
 say "ran in $((SECONDS - t_start)) s"
 say "$npass passed, $nfail failed, $nskip skipped"
 [ $nfail -eq 0 ]
