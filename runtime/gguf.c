@@ -16,6 +16,7 @@
 #include "common/cleanup.h"
 #include "runtime/gguf.h"
 #include "runtime/internal.h"
+#include "runtime/vram.h"
 
 /* ======================================================================
  * Types
@@ -52,6 +53,68 @@ static const struct gguf_type_info types[GGUF_TYPE_COUNT] = {
 const struct gguf_type_info *gguf_type(uint32_t type)
 {
 	return type < GGUF_TYPE_COUNT ? &types[type] : NULL;
+}
+
+/* ggml ids of VRAM_DTYPE_Q4_0 .. VRAM_DTYPE_Q1_0, in the enum's order. */
+static const uint8_t qtypes[] = { 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+				  21, 22, 23, 29, 34, 35, 39, 40, 41 };
+_Static_assert(ARRAY_SIZE(qtypes) == VRAM_DTYPE_COUNT - VRAM_DTYPE_Q4_0, "one ggml type per quantised dtype");
+
+/* The vramd dtype of ggml type `type` (gguf.h). */
+uint32_t gguf_vram_dtype(uint32_t type)
+{
+	switch (type) {
+	case 0: return VRAM_DTYPE_F32;
+	case 1: return VRAM_DTYPE_F16;
+	case 24: return VRAM_DTYPE_I8;
+	case 25: return VRAM_DTYPE_I16;
+	case 26: return VRAM_DTYPE_I32;
+	case 27: return VRAM_DTYPE_I64;
+	case 28: return VRAM_DTYPE_F64;
+	case 30: return VRAM_DTYPE_BF16;
+	default: break;
+	}
+	for (uint32_t i = 0; i < ARRAY_SIZE(qtypes); i++)
+		if (qtypes[i] == type)
+			return VRAM_DTYPE_Q4_0 + i;
+	return VRAM_DTYPE_COUNT;
+}
+
+/* The ggml type of vramd dtype `dtype` (gguf.h). */
+uint32_t gguf_ggml_type(uint32_t dtype)
+{
+	for (uint32_t t = 0; t < GGUF_TYPE_COUNT; t++)
+		if (types[t].block && gguf_vram_dtype(t) == dtype)
+			return t;
+	return UINT32_MAX;
+}
+
+/* Name of a quantised vramd dtype (gguf.h). */
+const char *gguf_qdtype_name(uint32_t dtype)
+{
+	if (dtype < VRAM_DTYPE_Q4_0 || dtype >= VRAM_DTYPE_COUNT)
+		return NULL;
+	return types[qtypes[dtype - VRAM_DTYPE_Q4_0]].name;
+}
+
+/* The smallest whole-byte unit of dtype (vram.h). */
+int vram_dtype_block(uint32_t dtype, uint32_t *ret_elems, uint32_t *ret_bytes)
+{
+	uint32_t bits = vram_dtype_bits(dtype), n = 1;
+
+	if (dtype >= VRAM_DTYPE_Q4_0 && dtype < VRAM_DTYPE_COUNT) {
+		const struct gguf_type_info *t = &types[qtypes[dtype - VRAM_DTYPE_Q4_0]];
+		*ret_elems = t->block;
+		*ret_bytes = t->bytes;
+		return 0;
+	}
+	if (!bits)
+		return vram_error(-EINVAL, "vram_dtype_block: dtype %u out of range", dtype);
+	while (n * bits % 8)
+		n++;
+	*ret_elems = n;
+	*ret_bytes = n * bits / 8;
+	return 0;
 }
 
 static const char *const vtype_names[GGUF_VT_COUNT] = {

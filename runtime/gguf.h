@@ -86,6 +86,15 @@ struct gguf_file {
  * failure *g holds nothing (freed).  Free with gguf_free. */
 int gguf_parse(const struct src *s, struct gguf_file *g);
 
+/* The vramd dtype (enum vram_dtype) of ggml type `type`: plain types are
+ * the safetensors dtypes, quantised ones VRAM_DTYPE_Q4_0 ...; and back.
+ * VRAM_DTYPE_COUNT / UINT32_MAX when there is none. */
+uint32_t gguf_vram_dtype(uint32_t type);
+uint32_t gguf_ggml_type(uint32_t dtype);
+
+/* The name of a block-quantised vramd dtype ("Q4_K"), NULL for others. */
+const char *gguf_qdtype_name(uint32_t dtype);
+
 /* Frees what gguf_parse allocated; a zeroed or freed *g is fine. */
 void gguf_free(struct gguf_file *g);
 

@@ -23,6 +23,7 @@
 #include <jansson.h>
 
 #include "common/cleanup.h"
+#include "runtime/gguf.h"
 #include "runtime/internal.h"
 #include "runtime/model.h"
 
@@ -33,7 +34,7 @@
 static const struct {
 	const char *name;
 	uint32_t bits;
-} dtypes[VRAM_DTYPE_COUNT] = {
+} dtypes[ST_DTYPE_COUNT] = {
 	[VRAM_DTYPE_BOOL] = { "BOOL", 8 },
 	[VRAM_DTYPE_F4] = { "F4", 4 },
 	[VRAM_DTYPE_F6_E2M3] = { "F6_E2M3", 6 },
@@ -58,16 +59,16 @@ static const struct {
 	[VRAM_DTYPE_U64] = { "U64", 64 },
 };
 
-/* The safetensors name of dtype ("F16"), NULL when out of range. */
+/* The name of dtype ("F16", "Q4_K" from gguf.c), NULL when out of range. */
 const char *vram_dtype_name(uint32_t dtype)
 {
-	return dtype < VRAM_DTYPE_COUNT ? dtypes[dtype].name : NULL;
+	return dtype < ST_DTYPE_COUNT ? dtypes[dtype].name : gguf_qdtype_name(dtype);
 }
 
-/* Bits per element of dtype, 0 when out of range. */
+/* Bits per element of dtype, 0 for block-quantised ones and out of range. */
 uint32_t vram_dtype_bits(uint32_t dtype)
 {
-	return dtype < VRAM_DTYPE_COUNT ? dtypes[dtype].bits : 0;
+	return dtype < ST_DTYPE_COUNT ? dtypes[dtype].bits : 0;
 }
 
 /* ======================================================================
@@ -519,13 +520,13 @@ static int parse_dtype(const struct st *st, const char *tname, const char *s, si
 {
 	struct qbuf q1, q2;
 
-	for (uint32_t i = 0; i < VRAM_DTYPE_COUNT; i++) {
+	for (uint32_t i = 0; i < ST_DTYPE_COUNT; i++) {
 		if (strlen(dtypes[i].name) == n && !memcmp(dtypes[i].name, s, n)) {
 			*ret = i;
 			return 0;
 		}
 	}
-	for (uint32_t i = 0; i < VRAM_DTYPE_COUNT; i++)
+	for (uint32_t i = 0; i < ST_DTYPE_COUNT; i++)
 		if (strlen(dtypes[i].name) == n && !strncasecmp(dtypes[i].name, s, n))
 			return st_invalid(st, "tensor %s: unknown dtype %s (dtypes are case-sensitive: %s)",
 					  quote(&q1, tname), quote_n(&q2, s, n, false), dtypes[i].name);
