@@ -13,6 +13,12 @@
 
 #include "runtime/vram.h"
 
+/* The dtypes safetensors files hold: BOOL .. U64 (the rest are GGUF's). */
+#define ST_DTYPE_COUNT (VRAM_DTYPE_U64 + 1u)
+
+/* Where a model came from (vram_model_format). */
+enum model_format { MODEL_SAFETENSORS, MODEL_GGUF, MODEL_PYTORCH };
+
 /* The reference implementation's header limit (facts.md §3). */
 #define ST_MAX_HEADER 100000000ULL
 /* serde_json's recursion limit as the reference hits it: a header nested
@@ -49,7 +55,9 @@ struct vram_model {
 	uint32_t ntensors;
 	uint32_t nlayers;
 	uint32_t nmeta;
-	uint32_t pad;
+	uint32_t format;                 /* enum model_format */
+	uint32_t components_set;         /* the reader set every tensor's component
+					    (GGUF: names carry no prefixes) */
 
 	struct model_tensor *tensors;    /* model order once model.c ran */
 	struct model_layer *layers;      /* unet, clip, vae, other; natural order */
@@ -68,6 +76,11 @@ struct vram_model {
  * = "PATH: invalid safetensors: REASON", -ENOMEM, or -errno from
  * open/fstat/pread with "PATH: MESSAGE". */
 int st_read(struct vram_model *m);
+
+/* Reads m->path, whichever format it is (model-formats.c: GGUF and
+ * PyTorch zips there, safetensors by st_read), into m as st_read does.
+ * 0 or -errno with the message set. */
+int model_read(struct vram_model *m);
 
 /* Frees m and everything it owns.  NULL is fine. */
 void model_free(struct vram_model *m);

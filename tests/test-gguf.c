@@ -466,6 +466,129 @@ START_TEST(test_mutations)
 }
 END_TEST
 
+
+/* ======================================================================
+ * The model API over GGUF (vram_model_open)
+ * ====================================================================== */
+
+static vram_model *model_ok(const char *name)
+{
+	char p[PATH_MAX];
+	vram_model *m = NULL;
+	int r = vram_model_open(fx(p, "valid", name), &m);
+
+	ck_assert_msg(r == 0, "%s: %d %s", name, r, vram_last_error());
+	return m;
+}
+
+static const char *meta(vram_model *m, const char *key)
+{
+	for (int i = 0; i < vram_model_metadata_count(m); i++) {
+		const char *k, *v;
+		ck_assert_int_eq(vram_model_metadata(m, (uint32_t)i, &k, &v), 0);
+		if (!strcmp(k, key))
+			return v;
+	}
+	return NULL;
+}
+
+/* Every tensor as the reader saw it: shape reversed into row-major
+ * order, dtype mapped, offsets absolute. */
+START_TEST(test_model_tensors)
+{
+	static const char *const files[] = { "flux_q", "wan_q", "t5_q", "all_types", "dims4", "zero_dim", "scalar" };
+	for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
+		struct gguf_file g;
+		vram_model *m = model_ok(files[f]);
+		parse_ok(files[f], &g);
+		ck_assert_str_eq(vram_model_format(m), "gguf");
+		ck_assert_int_eq(vram_model_tensor_count(m), (int)g.ntensors);
+		ck_assert_uint_eq(vram_model_data_offset(m), g.data_offset);
+		ck_assert_uint_eq(vram_model_header_size(m), g.info_end);
+		for (uint64_t i = 0; i < g.ntensors; i++) {
+			const struct gguf_tensor *gt = &g.tensors[i];
+			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+			int idx = vram_model_find_tensor(m, gt->name);
+			uint32_t e, b;
+			ck_assert_int_ge(idx, 0);
+			ck_assert_int_eq(vram_model_tensor(m, (uint32_t)idx, &ti), 0);
+			ck_assert_uint_eq(ti.file_offset, g.data_offset + gt->offset);
+			ck_assert_uint_eq(ti.nbytes, gt->nbytes);
+			ck_assert_uint_eq(ti.ndim, gt->ndim);
+			for (uint32_t j = 0; j < gt->ndim; j++)
+				ck_assert_uint_eq(ti.shape[j], gt->ne[gt->ndim - 1 - j]);
+			ck_assert_str_eq(vram_dtype_name(ti.dtype), gguf_type(gt->type)->name);
+			ck_assert_uint_eq(gguf_ggml_type(ti.dtype), gt->type);
+			ck_assert_int_eq(vram_dtype_block(ti.dtype, &e, &b), 0);
+			ck_assert_uint_eq(gt->nelem / e * b, ti.nbytes); /* the size rule of vram.h */
+		}
+		gguf_free(&g);
+		vram_model_close(m);
+	}
+}
+END_TEST
+
+START_TEST(test_model_components)
+{
+	vram_model *m = model_ok("flux_q");
+	struct vram_component_info ci = { .struct_size = sizeof(ci) };
+	struct vram_layer_info li = { .struct_size = sizeof(li) };
+	struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+	int n = vram_model_tensor_count(m), nl = vram_model_layer_count(m);
+
+	ck_assert_int_eq(vram_model_component(m, VRAM_COMP_UNET, &ci), 0);
+	ck_assert_int_eq((int)ci.ntensors, n); /* no prefixes: all the diffusion model */
+	/* img_in, txt_in, time_in, final_layer.linear, 3 double, 12 single blocks */
+	ck_assert_int_eq(nl, 4 + 3 + 12);
+	ck_assert_int_eq(vram_model_layer(m, 0, &li), 0);
+	ck_assert_str_eq(li.name, "double_blocks.0");
+	ck_assert_int_eq(vram_model_layer(m, 3, &li), 0);
+	ck_assert_str_eq(li.name, "final_layer.linear");
+	ck_assert_int_eq(vram_model_layer(m, (uint32_t)nl - 1, &li), 0);
+	ck_assert_str_eq(li.name, "txt_in");
+	ck_assert_int_eq(vram_model_layer(m, 5, &li), 0);
+	ck_assert_str_eq(li.name, "single_blocks.0");
+	ck_assert_uint_eq(li.ntensors, 2);
+	ck_assert_int_eq(vram_model_tensor(m, li.first_tensor + 1, &ti), 0);
+	ck_assert_str_eq(ti.name, "single_blocks.0.linear1.weight");
+	ck_assert_uint_eq(ti.dtype, VRAM_DTYPE_Q4_0);
+	ck_assert_int_eq(vram_model_layer(m, 6, &li), 0);
+	ck_assert_str_eq(li.name, "single_blocks.1");
+	ck_assert_int_eq(vram_model_tensor(m, li.first_tensor + 1, &ti), 0);
+	ck_assert_uint_eq(ti.dtype, VRAM_DTYPE_Q6_K);
+	ck_assert_str_eq(meta(m, "general.architecture"), "flux");
+	ck_assert_str_eq(meta(m, "general.license"), "flux-1-dev-non-commercial-license");
+	ck_assert_str_eq(meta(m, "general.file_type"), "15 (Q4_K_M)");
+	vram_model_close(m);
+
+	m = model_ok("t5_q"); /* a text encoder by its architecture */
+	ck_assert_int_eq(vram_model_component(m, VRAM_COMP_CLIP, &ci), 0);
+	ck_assert_int_eq((int)ci.ntensors, vram_model_tensor_count(m));
+	ck_assert_int_eq(vram_model_layer(m, 0, &li), 0);
+	ck_assert_str_eq(li.name, "enc.blk.0");
+	vram_model_close(m);
+
+	m = model_ok("wan_q");
+	ck_assert_int_eq(vram_model_layer(m, 0, &li), 0);
+	ck_assert_str_eq(li.name, "blocks.0");
+	ck_assert_str_eq(meta(m, "general.file_type"), "12 (Q3_K_M)");
+	vram_model_close(m);
+}
+END_TEST
+
+START_TEST(test_model_invalid)
+{
+	char p[PATH_MAX], want[PATH_MAX + 64];
+	vram_model *m = (vram_model *)(uintptr_t)0x5a5a;
+
+	ck_assert_int_eq(vram_model_open(fx(p, "invalid", "dup_tensor"), &m), -EINVAL);
+	snprintf(want, sizeof(want), "%s: invalid GGUF: duplicate tensor name \"a\"", p);
+	ck_assert_str_eq(vram_last_error(), want);
+	ck_assert_ptr_eq(m, (vram_model *)(uintptr_t)0x5a5a);
+	ck_assert_int_eq(vram_model_open(fx(p, "invalid", "big_endian"), &m), -ENOTSUP);
+}
+END_TEST
+
 /* ======================================================================
  * Fixtures and main
  * ====================================================================== */
@@ -506,6 +629,9 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_layouts);
 	tcase_add_loop_test(tc, test_prefixes, 0, (int)(sizeof(small) / sizeof(small[0])));
 	tcase_add_loop_test(tc, test_mutations, 0, (int)(sizeof(small) / sizeof(small[0])));
+	tcase_add_test(tc, test_model_tensors);
+	tcase_add_test(tc, test_model_components);
+	tcase_add_test(tc, test_model_invalid);
 	suite_add_tcase(s, tc);
 	return s;
 }

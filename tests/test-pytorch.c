@@ -421,6 +421,83 @@ START_TEST(test_pickle_mutations)
 }
 END_TEST
 
+
+/* ======================================================================
+ * The model API over PyTorch files (vram_model_open)
+ * ====================================================================== */
+
+static vram_model *model_ok(const char *sub, const char *name)
+{
+	char p[PATH_MAX];
+	vram_model *m = NULL;
+	int r = vram_model_open(fx(p, sub, name), &m);
+
+	ck_assert_msg(r == 0, "%s: %d %s", name, r, vram_last_error());
+	return m;
+}
+
+START_TEST(test_model)
+{
+	vram_model *m = model_ok("valid", "sd15_ckpt");
+	struct vram_component_info ci = { .struct_size = sizeof(ci) };
+	struct vram_tensor_info a = { .struct_size = sizeof(a) }, b = { .struct_size = sizeof(b) };
+	struct vram_layer_info li = { .struct_size = sizeof(li) };
+	struct torch_file t;
+
+	ck_assert_str_eq(vram_model_format(m), "pytorch");
+	ck_assert_int_eq(vram_model_tensor_count(m), 13);
+	ck_assert_int_eq(vram_model_component(m, VRAM_COMP_UNET, &ci), 0);
+	ck_assert_uint_eq(ci.ntensors, 7);
+	ck_assert_uint_eq(ci.nlayers, 4);
+	ck_assert_int_eq(vram_model_component(m, VRAM_COMP_CLIP, &ci), 0);
+	ck_assert_uint_eq(ci.ntensors, 3);
+	ck_assert_int_eq(vram_model_component(m, VRAM_COMP_VAE, &ci), 0);
+	ck_assert_uint_eq(ci.ntensors, 1);
+	ck_assert_int_eq(vram_model_component(m, VRAM_COMP_OTHER, &ci), 0);
+	ck_assert_uint_eq(ci.ntensors, 2);
+	ck_assert_int_eq(vram_model_layer(m, 0, &li), 0);
+	ck_assert_str_eq(li.name, "model.diffusion_model.input_blocks.0");
+	ck_assert_int_eq(vram_model_metadata_count(m), 0);
+	vram_model_close(m);
+
+	/* shared storages: ranges of one record, overlapping */
+	m = model_ok("valid", "shared");
+	parse_ok("shared", &t);
+	ck_assert_int_eq(vram_model_tensor(m, (uint32_t)vram_model_find_tensor(m, "base"), &a), 0);
+	ck_assert_int_eq(vram_model_tensor(m, (uint32_t)vram_model_find_tensor(m, "row"), &b), 0);
+	ck_assert_uint_eq(a.file_offset, named(&t, "base")->file_offset);
+	ck_assert_uint_eq(b.file_offset, a.file_offset + 60);
+	ck_assert_uint_eq(b.nbytes, 20);
+	ck_assert_uint_eq(b.ndim, 1);
+	ck_assert_uint_eq(vram_model_data_offset(m), t.data_begin);
+	ck_assert_uint_eq(vram_model_data_size(m), t.data_end - t.data_begin);
+	ck_assert_uint_eq(vram_model_header_size(m), t.pickle_size);
+	torch_free(&t);
+	vram_model_close(m);
+
+	m = model_ok("valid", "all_dtypes");
+	ck_assert_int_eq(vram_model_tensor(m, (uint32_t)vram_model_find_tensor(m, "t_F8_E4M3"), &a), 0);
+	ck_assert_uint_eq(a.dtype, VRAM_DTYPE_F8_E4M3);
+	ck_assert_uint_eq(a.nbytes, 6);
+	vram_model_close(m);
+}
+END_TEST
+
+START_TEST(test_model_refused)
+{
+	char p[PATH_MAX], want[PATH_MAX + 128];
+	vram_model *m = (vram_model *)(uintptr_t)0x5a5a;
+
+	ck_assert_int_eq(vram_model_open(fx(p, "unsupported", "legacy"), &m), -ENOTSUP);
+	snprintf(want, sizeof(want), "%s: unsupported PyTorch checkpoint: the legacy format", p);
+	ck_assert_msg(!strncmp(vram_last_error(), want, strlen(want)), "%s", vram_last_error());
+	ck_assert_int_eq(vram_model_open(fx(p, "invalid", "reduce_os_system"), &m), -EINVAL);
+	ck_assert_int_eq(vram_model_open(fx(p, "unsupported", "bare_pickle"), &m), -ENOTSUP);
+	ck_assert_ptr_eq(m, (vram_model *)(uintptr_t)0x5a5a);
+	ck_assert_int_lt(access(marker, F_OK), 0);
+}
+END_TEST
+
 /* ======================================================================
  * Fixtures and main
  * ====================================================================== */
@@ -461,6 +538,8 @@ static Suite *suite(void)
 	tcase_add_loop_test(tc, test_prefixes, 0, (int)(sizeof(small) / sizeof(small[0])));
 	tcase_add_loop_test(tc, test_zip_mutations, 0, (int)(sizeof(small) / sizeof(small[0])));
 	tcase_add_loop_test(tc, test_pickle_mutations, 0, (int)(sizeof(small) / sizeof(small[0])));
+	tcase_add_test(tc, test_model);
+	tcase_add_test(tc, test_model_refused);
 	suite_add_tcase(s, tc);
 	return s;
 }
