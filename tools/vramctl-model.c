@@ -33,6 +33,47 @@ static int open_model(const char *path, vram_model **ret)
  * inspect
  * ====================================================================== */
 
+/* The file's own description: safetensors' modelspec keys, GGUF's general
+ * keys (docs/formats.md). */
+static const struct {
+	const char *label;
+	const char *keys[2];
+} describe[] = {
+	{ "license", { "modelspec.license", "general.license" } },
+	{ "title", { "modelspec.title", "general.name" } },
+	{ "architecture", { "modelspec.architecture", "general.architecture" } },
+	{ "author", { "modelspec.author", "general.author" } },
+	{ "date", { "modelspec.date", "general.date" } },
+	{ "quantisation", { NULL, "general.file_type" } },
+};
+
+static const char *meta_get(const vram_model *m, const char *key)
+{
+	int n = vram_model_metadata_count(m);
+	for (int i = 0; key && i < n; i++) {
+		const char *k, *v;
+		if (vram_model_metadata(m, (uint32_t)i, &k, &v) == 0 && !strcmp(k, key))
+			return v;
+	}
+	return NULL;
+}
+
+static const char *describe_get(const vram_model *m, size_t i)
+{
+	const char *v = meta_get(m, describe[i].keys[0]);
+	return v ? v : meta_get(m, describe[i].keys[1]);
+}
+
+static const char *header_what(const vram_model *m)
+{
+	const char *f = vram_model_format(m);
+	if (!strcmp(f, "gguf"))
+		return "of metadata and tensor infos";
+	if (!strcmp(f, "pytorch"))
+		return "of pickle (data.pkl)";
+	return "of JSON";
+}
+
 int cmd_inspect(struct ctl *ctl)
 {
 	const char *file = NULL;
@@ -102,6 +143,13 @@ int cmd_inspect(struct ctl *ctl)
 				json_object_set_new(md, k, json_string(v));
 		}
 		json_object_set_new(root, "metadata", md);
+		json_t *desc = json_object();
+		for (size_t i = 0; i < sizeof(describe) / sizeof(describe[0]); i++) {
+			const char *v = describe_get(m, i);
+			if (v)
+				json_object_set_new(desc, describe[i].label, json_string(v));
+		}
+		json_object_set_new(root, "description", desc);
 		char *txt = json_dumps(root, JSON_INDENT(2));
 		json_decref(root);
 		puts(txt ? txt : "{}");
@@ -113,9 +161,21 @@ int cmd_inspect(struct ctl *ctl)
 	char a[32], b[32];
 	printf("file:        %s\n", file);
 	printf("format:      %s\n", vram_model_format(m));
+	/* The licence first: shared checkpoints often carry research-only or
+	 * non-commercial terms. */
+	for (size_t i = 0; i < sizeof(describe) / sizeof(describe[0]); i++) {
+		const char *v = describe_get(m, i);
+		if (v && i == 0)
+			printf("LICENSE:     %s  (the file's own terms: read them before use)\n", v);
+		else if (v) {
+			char lab[32];
+			snprintf(lab, sizeof(lab), "%s:", describe[i].label);
+			printf("%-12s %s\n", lab, v);
+		}
+	}
 	printf("size:        %s (%llu bytes)\n", ctl_size(vram_model_file_size(m), a, sizeof(a)),
 	       (unsigned long long)vram_model_file_size(m));
-	printf("header:      %llu bytes of JSON\n", (unsigned long long)vram_model_header_size(m));
+	printf("header:      %llu bytes %s\n", (unsigned long long)vram_model_header_size(m), header_what(m));
 	printf("tensors:     %d\n", nt);
 	printf("layers:      %d\n", nl);
 	printf("dtypes:     ");
