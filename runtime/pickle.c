@@ -268,7 +268,8 @@ static int pv_add(struct pk *p, struct pv *v, struct pv *const *items, size_t n)
 		v->items = a;
 		v->cap = (uint32_t)ncap;
 	}
-	memcpy(v->items + have, items, n * sizeof(*items));
+	if (n)
+		memcpy(v->items + have, items, n * sizeof(*items));
 	v->n = (uint32_t)(need / per);
 	return 0;
 }
