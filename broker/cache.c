@@ -212,6 +212,8 @@ void copy_free(struct broker *b, struct copy *cp, bool revoke)
 	}
 	if (cp->refs)
 		b->cache_inuse[p->index] -= cp->size;
+	/* Each by name: handle lies between ro_fd and file_fd, and a walk from
+	 * fd to file_fd closed its halves as fds (another grant's, and 0). */
 	int *fds[] = { &cp->fd, &cp->ro_fd, &cp->file_fd };
 	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
 		if (*fds[i] >= 0)

@@ -255,7 +255,9 @@ VRAM_API int vram_reload(vram_client *c);
 
 typedef struct vram_model vram_model;
 
-/* safetensors dtypes, in the order of facts.md §3. */
+/* safetensors dtypes, in the order of facts.md §3, then GGUF's
+ * block-quantised types (ggml's order; docs/formats.md), which are stored
+ * and loaded as their blocks and never converted.  Values only grow. */
 enum vram_dtype {
 	VRAM_DTYPE_BOOL, VRAM_DTYPE_F4, VRAM_DTYPE_F6_E2M3, VRAM_DTYPE_F6_E3M2,
 	VRAM_DTYPE_U8, VRAM_DTYPE_I8, VRAM_DTYPE_F8_E5M2, VRAM_DTYPE_F8_E4M3,
@@ -263,12 +265,26 @@ enum vram_dtype {
 	VRAM_DTYPE_I16, VRAM_DTYPE_U16, VRAM_DTYPE_F16, VRAM_DTYPE_BF16,
 	VRAM_DTYPE_I32, VRAM_DTYPE_U32, VRAM_DTYPE_F32, VRAM_DTYPE_C64,
 	VRAM_DTYPE_F64, VRAM_DTYPE_I64, VRAM_DTYPE_U64,
+	VRAM_DTYPE_Q4_0, VRAM_DTYPE_Q4_1, VRAM_DTYPE_Q5_0, VRAM_DTYPE_Q5_1,
+	VRAM_DTYPE_Q8_0, VRAM_DTYPE_Q8_1, VRAM_DTYPE_Q2_K, VRAM_DTYPE_Q3_K,
+	VRAM_DTYPE_Q4_K, VRAM_DTYPE_Q5_K, VRAM_DTYPE_Q6_K, VRAM_DTYPE_Q8_K,
+	VRAM_DTYPE_IQ2_XXS, VRAM_DTYPE_IQ2_XS, VRAM_DTYPE_IQ3_XXS, VRAM_DTYPE_IQ1_S,
+	VRAM_DTYPE_IQ4_NL, VRAM_DTYPE_IQ3_S, VRAM_DTYPE_IQ2_S, VRAM_DTYPE_IQ4_XS,
+	VRAM_DTYPE_IQ1_M, VRAM_DTYPE_TQ1_0, VRAM_DTYPE_TQ2_0, VRAM_DTYPE_MXFP4,
+	VRAM_DTYPE_NVFP4, VRAM_DTYPE_Q1_0,
 	VRAM_DTYPE_COUNT
 };
-/* "F16" etc., NULL when out of range. */
+/* "F16", "Q4_K" etc., NULL when out of range. */
 VRAM_API const char *vram_dtype_name(uint32_t dtype);
-/* Bits per element (4, 6, 8, ..., 64); 0 when out of range. */
+/* Bits per element (4, 6, 8, ..., 64); 0 for a block-quantised dtype
+ * (vram_dtype_block) and when out of range. */
 VRAM_API uint32_t vram_dtype_bits(uint32_t dtype);
+/* The smallest whole-byte unit of dtype: *ret_elems elements in
+ * *ret_bytes bytes (F16: 1 in 2; F4: 2 in 1; F6_*: 4 in 3; Q4_K: 256 in
+ * 144).  0, or -EINVAL out of range (outputs untouched).  A tensor's size
+ * in bytes is elements / elems * bytes.  Since 0.2 (libvram.map
+ * VRAM_0.2). */
+VRAM_API int vram_dtype_block(uint32_t dtype, uint32_t *ret_elems, uint32_t *ret_bytes);
 
 /* ComfyUI's split of a checkpoint, by key prefix. */
 enum vram_component {
@@ -311,12 +327,17 @@ struct vram_component_info {
 	uint64_t nbytes;
 };
 
-/* Opens and validates a checkpoint (safetensors).  The file is opened once,
- * here, and that fd is kept until vram_model_close: vram_load and the pager
- * read the tensors through it, so a file renamed over the path later is
- * never read (one modified in place is refused with -ESTALE).  -EINVAL (or
- * -EFBIG, -EOVERFLOW) with vram_last_error() = "PATH: invalid safetensors:
- * REASON" for a malformed file; -errno from open/read otherwise. */
+/* Opens and validates a checkpoint: safetensors, GGUF or a PyTorch zip
+ * (torch.save: .ckpt, .pt, .pth, .bin), told apart by their first bytes
+ * (docs/formats.md).  The file is opened once, here, and that fd is kept
+ * until vram_model_close: vram_load and the pager read the tensors through
+ * it, so a file renamed over the path later is never read (one modified in
+ * place is refused with -ESTALE).  -EINVAL (or -EFBIG, -EOVERFLOW) with
+ * vram_last_error() = "PATH: invalid safetensors: REASON" ("invalid
+ * GGUF", "invalid PyTorch checkpoint") for a malformed or refused file;
+ * -ENOTSUP "PATH: unsupported FORMAT: REASON" for a valid one vramd cannot
+ * serve (legacy torch files, compressed zip records, non-contiguous
+ * tensors, big-endian GGUF); -errno from open/read otherwise. */
 VRAM_API int vram_model_open(const char *path, vram_model **ret_model);
 /* Frees m and closes its fd.  NULL is fine. */
 VRAM_API void vram_model_close(vram_model *m);
@@ -327,9 +348,11 @@ VRAM_API void vram_model_close(vram_model *m);
  * vram_model_close.  -EINVAL for NULL.  Since 0.2 (libvram.map VRAM_0.2). */
 VRAM_API int vram_model_fd(const vram_model *m);
 VRAM_API const char *vram_model_path(const vram_model *m);
-VRAM_API const char *vram_model_format(const vram_model *m); /* "safetensors" */
+VRAM_API const char *vram_model_format(const vram_model *m); /* "safetensors", "gguf", "pytorch" */
 VRAM_API uint64_t vram_model_file_size(const vram_model *m);
-VRAM_API uint64_t vram_model_header_size(const vram_model *m); /* JSON bytes */
+/* safetensors: JSON bytes; GGUF: bytes before the data's padding; PyTorch:
+ * bytes of data.pkl. */
+VRAM_API uint64_t vram_model_header_size(const vram_model *m);
 VRAM_API uint64_t vram_model_data_offset(const vram_model *m);
 VRAM_API uint64_t vram_model_data_size(const vram_model *m);
 VRAM_API int vram_model_tensor_count(const vram_model *m);
@@ -339,7 +362,8 @@ VRAM_API int vram_model_find_tensor(const vram_model *m, const char *name);
 VRAM_API int vram_model_layer_count(const vram_model *m);
 VRAM_API int vram_model_layer(const vram_model *m, uint32_t index, struct vram_layer_info *ret_info);
 VRAM_API int vram_model_component(const vram_model *m, uint32_t comp, struct vram_component_info *ret_info);
-/* __metadata__ entries. */
+/* The file's own key/value metadata: safetensors' __metadata__, GGUF's
+ * metadata as text (docs/formats.md); none for PyTorch. */
 VRAM_API int vram_model_metadata_count(const vram_model *m);
 VRAM_API int vram_model_metadata(const vram_model *m, uint32_t index, const char **ret_key, const char **ret_value);
 

@@ -719,6 +719,117 @@ START_TEST(test_vramctl_bench_pager)
 }
 END_TEST
 
+/* vramctl load --hash's output (NAME\tHASH lines, cut up in place): every
+ * tensor of m once, each hash that of its bytes in fb (the file, flen
+ * bytes), except tensors of the dtypes in the set `converted` (1 << dtype),
+ * whose loaded bytes must differ from the file's. */
+static void check_hash_lines(const vram_model *m, char *out, const uint8_t *fb, size_t flen, uint64_t converted,
+			     const char *what)
+{
+	int lines = 0;
+	for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+		char *tab = strchr(line, '\t'), want[17];
+		ck_assert_ptr_nonnull(tab);
+		*tab = 0;
+		int i = vram_model_find_tensor(m, line);
+		ck_assert_int_ge(i, 0);
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(m, (uint32_t)i, &ti);
+		ck_assert_uint_le(ti.file_offset + ti.nbytes, flen);
+		snprintf(want, sizeof(want), "%016llx", (unsigned long long)XXH64(fb + ti.file_offset, ti.nbytes, 0));
+		if (converted & (1ull << ti.dtype))
+			ck_assert_msg(strcmp(tab + 1, want), "%s: %s (%s) not converted", what, line,
+				      vram_dtype_name(ti.dtype));
+		else
+			ck_assert_msg(!strcmp(tab + 1, want), "%s: %s (%s) differs from the file", what, line,
+				      vram_dtype_name(ti.dtype));
+		lines++;
+	}
+	ck_assert_int_eq(lines, vram_model_tensor_count(m));
+}
+
+/* A quantised GGUF is served from shared copies (the second load of it on
+ * a device is a hit) and --cast converts its F32 tensors only, never its
+ * quantised blocks; private loads after the copies (which evict them) and
+ * a bench pager still work. */
+static void check_gguf_shared(const struct env *e, const char *gg, const vram_model *m, const uint8_t *fb,
+			      size_t flen)
+{
+	const char *devs[] = { "cuda:0", "cpu" };
+	_cleanup_free_ char *out = malloc(1 << 20);
+	char cmd[1400];
+	for (int k = 0; k < 2; k++) {
+		for (int pass = 0; pass < 2; pass++) {
+			snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --device %s 2>&1", t_build(),
+				 e->sock, gg, devs[k]);
+			ck_assert_int_eq(t_run(cmd, out, 1 << 20), 0);
+			ck_assert_msg(strstr(out, pass ? "shared copy: hit (" : "shared copy: "), "%s: %s", devs[k], out);
+		}
+		snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --device %s --cast bf16 --private --hash "
+			 "2>/dev/null", t_build(), e->sock, gg, devs[k]);
+		ck_assert_int_eq(t_run(cmd, out, 1 << 20), 0);
+		check_hash_lines(m, out, fb, flen, 1ull << VRAM_DTYPE_F32, devs[k]);
+	}
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --cast bf16 --cast-from q8_k 2>&1", t_build(),
+		 e->sock, gg);
+	ck_assert_int_eq(t_run(cmd, out, 1 << 20), 64);
+	ck_assert_msg(strstr(out, "Q8_K is block-quantised and never converted"), "%s", out);
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --cast bf16 --cast-from q4_k 2>&1", t_build(),
+		 e->sock, gg);
+	ck_assert_int_eq(t_run(cmd, out, 1 << 20), 64);
+	ck_assert_msg(strstr(out, "cannot convert from Q4_K"), "%s", out);
+}
+
+/* GGUF (quantised blocks) and PyTorch (overlapping views of one storage)
+ * load as they are in the file, on a simulated GPU and on the host, and
+ * plan, bench pager and inspect take them. */
+START_TEST(test_vramctl_formats)
+{
+	struct env e;
+	env_start(&e, "64MiB", "64MiB");
+	char gg[300], ck[300], cmd[1400];
+	snprintf(gg, sizeof(gg), "%s/flux.gguf", e.dir);
+	snprintf(ck, sizeof(ck), "%s/sd.ckpt", e.dir);
+	_cleanup_free_ char *out = malloc(1 << 20);
+	const char *src = getenv("VRAM_SRCDIR");
+	snprintf(cmd, sizeof(cmd), "%s %s/tests/make_formats.py %s %s 2>&1", t_python(), src && *src ? src : ".", gg,
+		 ck);
+	int rc = t_run(cmd, out, 1 << 20);
+	ck_assert_msg(rc == 0 || rc == 3, "make_formats.py: %d %s", rc, out);
+	if (rc == 3)
+		printf("test-load: test_vramctl_formats: no torch in %s, the PyTorch half skipped\n", t_python());
+	const char *files[] = { gg, ck };
+	const char *devs[] = { "cuda:0", "cpu" };
+	for (int f = 0; f < (rc == 3 ? 1 : 2); f++) {
+		vram_model *m;
+		size_t flen;
+		ck_assert_int_eq(vram_model_open(files[f], &m), 0);
+		_cleanup_free_ uint8_t *fb = read_file(files[f], &flen);
+		for (int k = 0; k < 2; k++) {
+			snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --device %s --hash 2>/dev/null",
+				 t_build(), e.sock, files[f], devs[k]);
+			ck_assert_int_eq(t_run(cmd, out, 1 << 20), 0);
+			check_hash_lines(m, out, fb, flen, 0, devs[k]);
+		}
+		if (f == 0)
+			check_gguf_shared(&e, gg, m, fb, flen);
+		snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s plan %s --unet-virtual-vram-gb 0.001 >/dev/null && "
+			 "%s/bin/vramctl --socket %s bench pager %s --unet-virtual-vram-gb 0.001 --passes 2 --json",
+			 t_build(), e.sock, files[f], t_build(), e.sock, files[f]);
+		ck_assert_msg(t_run(cmd, out, 1 << 20) == 0, "%s", out);
+		const char *bp = strstr(out, "\"bytes_paged\": "); /* the first pass pages the donor layers */
+		ck_assert_msg(bp && bp[15] >= '1' && bp[15] <= '9', "%s: %s", files[f], out);
+		vram_model_close(m);
+	}
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl inspect %s", t_build(), gg);
+	ck_assert_int_eq(t_run(cmd, out, 1 << 20), 0);
+	ck_assert_msg(strstr(out, "format:      gguf\nLICENSE:     flux-1-dev-non-commercial-license"), "%s", out);
+	ck_assert_msg(strstr(out, "quantisation: 15 (Q4_K_M)"), "%s", out);
+	ck_assert_msg(strstr(out, " Q4_K x12 "), "%s", out);
+	env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_vramctl_exit_codes)
 {
 	char out[4096], cmd[1024];
@@ -783,6 +894,7 @@ int main(void)
 	tcase_add_test(tc, test_load_cancel);
 	tcase_add_test(tc, test_killed_mid_load);
 	tcase_add_test(tc, test_vramctl_hash);
+	tcase_add_test(tc, test_vramctl_formats);
 	tcase_add_test(tc, test_vramctl_exit_codes);
 	tcase_add_test(tc, test_vramctl_bench_pager);
 	tcase_add_test(tc, test_vramctl_status_json);

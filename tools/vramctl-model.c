@@ -34,6 +34,48 @@ static int open_model(const char *path, vram_model **ret)
  * inspect
  * ====================================================================== */
 
+/* The file's own description: safetensors' modelspec keys, GGUF's general
+ * keys (docs/formats.md).  The licence comes first. */
+static const struct {
+	const char *label;
+	const char *keys[2];
+} describe[] = {
+	{ "license", { "modelspec.license", "general.license" } },
+	{ "title", { "modelspec.title", "general.name" } },
+	{ "architecture", { "modelspec.architecture", "general.architecture" } },
+	{ "author", { "modelspec.author", "general.author" } },
+	{ "date", { "modelspec.date", "general.date" } },
+	{ "quantisation", { NULL, "general.file_type" } },
+};
+
+static const char *meta_get(const vram_model *m, const char *key)
+{
+	int n = vram_model_metadata_count(m);
+	for (int i = 0; key && i < n; i++) {
+		const char *k, *v;
+		if (vram_model_metadata(m, (uint32_t)i, &k, &v) == 0 && !strcmp(k, key))
+			return v;
+	}
+	return NULL;
+}
+
+static const char *describe_get(const vram_model *m, size_t i)
+{
+	const char *v = meta_get(m, describe[i].keys[0]);
+	return v ? v : meta_get(m, describe[i].keys[1]);
+}
+
+/* What the header of m's format is, for "header: N bytes WHAT". */
+static const char *header_what(const vram_model *m)
+{
+	const char *f = vram_model_format(m);
+	if (!strcmp(f, "gguf"))
+		return "of metadata and tensor infos";
+	if (!strcmp(f, "pytorch"))
+		return "of pickle (data.pkl)";
+	return "of JSON";
+}
+
 /* Tensors and bytes per dtype, and the components' totals. */
 struct inspect_sums {
 	uint64_t dt_count[VRAM_DTYPE_COUNT], dt_bytes[VRAM_DTYPE_COUNT];
@@ -93,6 +135,13 @@ static void inspect_json(const vram_model *m, const char *file, const struct ins
 			json_object_set_new(md, k, json_string(v));
 	}
 	json_object_set_new(root, "metadata", md);
+	json_t *dsc = json_object();
+	for (size_t i = 0; i < ARRAY_SIZE(describe); i++) {
+		const char *v = describe_get(m, i);
+		if (v)
+			json_object_set_new(dsc, describe[i].label, json_string(v));
+	}
+	json_object_set_new(root, "description", dsc);
 	_cleanup_free_ char *txt = json_dumps(root, JSON_INDENT(2));
 	puts(txt ? txt : "{}");
 }
@@ -102,9 +151,21 @@ static void inspect_text(const vram_model *m, const char *file, const struct ins
 	char a[32], b[32];
 	printf("file:        %s\n", file);
 	printf("format:      %s\n", vram_model_format(m));
+	/* The licence first: shared checkpoints often carry research-only or
+	 * non-commercial terms. */
+	for (size_t i = 0; i < ARRAY_SIZE(describe); i++) {
+		const char *v = describe_get(m, i);
+		if (v && i == 0)
+			printf("LICENSE:     %s  (the file's own terms: read them before use)\n", v);
+		else if (v) {
+			char lab[32];
+			snprintf(lab, sizeof(lab), "%s:", describe[i].label);
+			printf("%-12s %s\n", lab, v);
+		}
+	}
 	printf("size:        %s (%llu bytes)\n", ctl_size(vram_model_file_size(m), a, sizeof(a)),
 	       (unsigned long long)vram_model_file_size(m));
-	printf("header:      %llu bytes of JSON\n", (unsigned long long)vram_model_header_size(m));
+	printf("header:      %llu bytes %s\n", (unsigned long long)vram_model_header_size(m), header_what(m));
 	printf("tensors:     %d\n", vram_model_tensor_count(m));
 	printf("layers:      %d\n", vram_model_layer_count(m));
 	printf("dtypes:     ");
@@ -206,6 +267,11 @@ int plan_args_parse(struct plan_args *pa, int argc, char **argv, int *i)
 			int d = dtype_parse(t);
 			if (d < 0) {
 				fprintf(stderr, "vramctl: --cast-from: \"%s\" is not a dtype\n", t);
+				return -1;
+			}
+			if (d >= 32) { /* block-quantised: not in the 32-bit set, never converted */
+				fprintf(stderr, "vramctl: --cast-from: %s is block-quantised and never converted "
+					"(F8_E4M3, F8_E5M2, F16, BF16, F32 are)\n", vram_dtype_name((uint32_t)d));
 				return -1;
 			}
 			pa->opts.cast_from |= 1u << d;

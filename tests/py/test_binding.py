@@ -69,6 +69,11 @@ class Errors(unittest.TestCase):
             with self.assertRaises(TypeError):
                 vramd.Plan(m, devices="cpu=1GiB", unet_vram=3)
 
+    def test_dtypes_match_library(self):
+        for code, name in enumerate(vramd.DTYPES):
+            self.assertEqual(vramd.tensors.dtype_name(code), name)
+        self.assertEqual(vramd.tensors.dtype_name(len(vramd.DTYPES)), "")  # NULL: out of range
+
     def test_unknown_load_option(self):
         with self.assertRaises(TypeError):
             vramd.load_options(shared_copy=True)
