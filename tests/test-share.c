@@ -142,6 +142,32 @@ static int holder(void *a)
 	return how == 'E' ? 2 : 0;
 }
 
+/* A SHARE sent by hand (tests/testlib-raw.h) on a fresh connection: one
+ * run of file on dev.  Returns the reply's opcode; *ret_fd the copy's fd
+ * (or -1), buf the reply. */
+static int raw_share(const char *sock, const char *file, int open_flags, uint32_t dev,
+		     const struct vramd_share_run *run, char *buf, int *ret_fd)
+{
+	struct {
+		struct vramd_share m;
+		struct vramd_share_run r;
+	} req = { 0 };
+	int s = tr_connect(sock);
+	ck_assert_int_ge(s, 0);
+	ck_assert_int_eq(tr_hello(s, "raw"), 0);
+	proto_hdr_init(&req.m.hdr, VRAMD_SHARE, sizeof(req), 5);
+	req.m.device = dev;
+	req.m.nruns = 1;
+	req.r = *run;
+	int ffd = open(file, open_flags | O_CLOEXEC);
+	ck_assert_int_ge(ffd, 0);
+	*ret_fd = -1;
+	int op = tr_request(s, &req, sizeof(req), ffd, buf, ret_fd);
+	close(ffd);
+	close(s);
+	return op;
+}
+
 /* ---- tests -------------------------------------------------------------------------- */
 
 /* Four processes load the same file, on the cpu pool and on a simulated
@@ -228,22 +254,10 @@ START_TEST(test_read_only_and_private)
 	uint8_t *p = vram_loaded_tensor_host_ptr(l, 0);
 	ck_assert(write_faults(p));
 	/* the fd itself, asked for raw: no writable mapping, no mprotect */
-	int s = tr_connect(f.b.sock);
-	ck_assert_int_ge(s, 0);
-	ck_assert_int_eq(tr_hello(s, "raw"), 0);
-	struct {
-		struct vramd_share m;
-		struct vramd_share_run r;
-	} req = { 0 };
-	proto_hdr_init(&req.m.hdr, VRAMD_SHARE, sizeof(req), 5);
-	req.m.device = 1;
-	req.m.nruns = 1;
-	req.r.file_off = 8;
-	req.r.len = 4096;
-	int ffd = open(f.file, O_RDONLY | O_CLOEXEC);
 	static char buf[VRAMD_MSG_MAX];
-	int cfd = -1;
-	ck_assert_int_eq(tr_request(s, &req, sizeof(req), ffd, buf, &cfd), VRAMD_SHARE_REPLY);
+	int cfd;
+	struct vramd_share_run run = { .file_off = 8, .len = 4096 };
+	ck_assert_int_eq(raw_share(f.b.sock, f.file, O_RDONLY, 1, &run, buf, &cfd), VRAMD_SHARE_REPLY);
 	ck_assert_int_ge(cfd, 0);
 	const struct vramd_share_reply *rep = (const void *)buf;
 	ck_assert(mmap(NULL, rep->size, PROT_READ | PROT_WRITE, MAP_SHARED, cfd, 0) == MAP_FAILED);
@@ -254,8 +268,6 @@ START_TEST(test_read_only_and_private)
 	ck_assert_int_lt(pwrite(cfd, "x", 1, 0), 0);
 	munmap(ro, rep->size);
 	close(cfd);
-	close(ffd);
-	close(s);
 	/* a private copy: writable, the shared one untouched */
 	ck_assert_int_eq(vram_loaded_make_private(l, 0), 0);
 	ck_assert_int_eq(vram_loaded_tensor_shared(l, 0), 0);
@@ -315,25 +327,11 @@ START_TEST(test_no_access_no_copy)
 	} else {
 		fprintf(stderr, "test_no_access_no_copy: the other-user half skipped, needs root\n");
 	}
-	int s = tr_connect(f.b.sock);
-	ck_assert_int_ge(s, 0);
-	ck_assert_int_eq(tr_hello(s, "raw"), 0);
-	struct {
-		struct vramd_share m;
-		struct vramd_share_run r;
-	} req = { 0 };
-	proto_hdr_init(&req.m.hdr, VRAMD_SHARE, sizeof(req), 5);
-	req.m.device = 1;
-	req.m.nruns = 1;
-	req.r.file_off = 8;
-	req.r.len = 4096;
 	static char buf[VRAMD_MSG_MAX];
-	int cfd = -1;
-	int wfd = open(f.file, O_WRONLY | O_CLOEXEC);
-	ck_assert_int_eq(tr_request(s, &req, sizeof(req), wfd, buf, &cfd), VRAMD_ERROR);
+	int cfd;
+	struct vramd_share_run run = { .file_off = 8, .len = 4096 };
+	ck_assert_int_eq(raw_share(f.b.sock, f.file, O_WRONLY, 1, &run, buf, &cfd), VRAMD_ERROR);
 	ck_assert_int_eq(((struct vramd_error *)buf)->error, -EBADF);
-	close(wfd);
-	close(s);
 	fx_stop(&f);
 }
 END_TEST
@@ -367,29 +365,13 @@ START_TEST(test_no_poisoning)
 		fprintf(stderr, "test_no_poisoning: the other-uid half skipped, needs root\n");
 	}
 	/* a made-up conversion of real bytes: a copy of its own */
-	int s = tr_connect(f.b.sock);
-	ck_assert_int_ge(s, 0);
-	ck_assert_int_eq(tr_hello(s, "liar"), 0);
-	struct {
-		struct vramd_share m;
-		struct vramd_share_run r;
-	} req = { 0 };
-	proto_hdr_init(&req.m.hdr, VRAMD_SHARE, sizeof(req), 5);
-	req.m.device = 0;
-	req.m.nruns = 1;
-	req.r.file_off = 4096;
-	req.r.len = 8192;
-	req.r.flags = VRAMD_SHARE_RUN_SOLO;
-	req.r.src_dtype = VRAM_DTYPE_F8_E4M3;
-	req.r.dst_dtype = VRAM_DTYPE_F32;
-	int ffd = open(f.file, O_RDONLY | O_CLOEXEC);
 	static char buf[VRAMD_MSG_MAX];
-	int cfd = -1;
-	ck_assert_int_eq(tr_request(s, &req, sizeof(req), ffd, buf, &cfd), VRAMD_SHARE_REPLY);
+	int cfd;
+	struct vramd_share_run run = { .file_off = 4096, .len = 8192, .flags = VRAMD_SHARE_RUN_SOLO,
+				       .src_dtype = VRAM_DTYPE_F8_E4M3, .dst_dtype = VRAM_DTYPE_F32 };
+	ck_assert_int_eq(raw_share(f.b.sock, f.file, O_RDONLY, 0, &run, buf, &cfd), VRAMD_SHARE_REPLY);
 	ck_assert_int_eq(((struct vramd_share_reply *)buf)->how, VRAMD_SHARE_FILLED);
 	close(cfd);
-	close(ffd);
-	close(s);
 	ck_assert_int_eq(load_check(f.b.sock, f.file, 0, VRAM_LOAD_SHARED, NULL, NULL, NULL), 'h');
 	fx_stop(&f);
 }
