@@ -407,12 +407,17 @@ static void load_tensors(struct load_ctx *x)
 
 /* Chunks: consecutive layers of one (device, component) share a grant of
  * about LOAD_CHUNK_TARGET bytes, so that reclaim can give back part of a
- * model (a chunk) rather than all or nothing.  Also notes which tensors
+ * model (a chunk) rather than all or nothing, and of at most
+ * VRAMD_SHARE_RUNS_MAX tensors, so that every chunk can be described to
+ * the broker as a shared copy (converted tensors are a run each; a layer
+ * of more tensors than that is a chunk of its own, loaded privately when
+ * it cannot be shared).  Also notes which tensors
  * take a staged path (GPU destinations and conversions). */
 static void load_chunks(struct load_ctx *x)
 {
 	uint32_t nchunks[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT] = { { 0 } };
 	uint64_t acc[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT] = { { 0 } };
+	uint32_t cnt[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT] = { { 0 } };
 
 	for (uint32_t li = 0; li < x->m->nlayers; li++) {
 		const struct model_layer *L = &x->m->layers[li];
@@ -421,11 +426,14 @@ static void load_chunks(struct load_ctx *x)
 		uint32_t d = x->dev[L->first], k = L->component; /* a layer is on one device */
 		if (nchunks[d][k] == 0)
 			nchunks[d][k] = 1;
-		if (acc[d][k] && acc[d][k] + L->nbytes > LOAD_CHUNK_TARGET) {
+		if (cnt[d][k] && (acc[d][k] + L->nbytes > LOAD_CHUNK_TARGET ||
+				  cnt[d][k] + L->count > VRAMD_SHARE_RUNS_MAX)) {
 			nchunks[d][k]++;
 			acc[d][k] = 0;
+			cnt[d][k] = 0;
 		}
 		acc[d][k] += L->nbytes;
+		cnt[d][k] += L->count;
 		for (uint32_t t = L->first; t < L->first + L->count; t++)
 			x->chunk[t] = nchunks[d][k] - 1;
 	}

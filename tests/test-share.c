@@ -216,6 +216,55 @@ START_TEST(test_four_processes_one_copy)
 }
 END_TEST
 
+/* A load that converts makes every tensor a run of its own: a component of
+ * more tensors than a copy describes is cut into chunks that each can be
+ * shared (once, it was loaded privately), and a second load hits them all
+ * with the same converted bytes. */
+START_TEST(test_many_converted_tensors_shared)
+{
+	struct fx f;
+	fx_start(&f, "50%", 700, 1); /* 1,400 unet tensors, F16 weights */
+	vram_client *c[3];
+	vram_model *m[3];
+	vram_loaded *l[3]; /* filled, hit, private (what the copies must hold) */
+	for (int k = 0; k < 3; k++) {
+		ck_assert_int_eq(vram_connect(f.b.sock, "share-cast", &c[k]), 0);
+		ck_assert_int_eq(vram_model_open(f.file, &m[k]), 0);
+		struct vram_load_options o;
+		vram_load_options_init(&o);
+		o.flags = k < 2 ? VRAM_LOAD_SHARED : 0;
+		o.cast_to = VRAM_DTYPE_BF16;
+		o.cast_from = 1u << VRAM_DTYPE_F16;
+		ck_assert_msg(vram_load(c[k], m[k], NULL, 1 /* cpu */, &o, &l[k]) == 0, "%s", vram_last_error());
+		struct vram_load_stats st = { .struct_size = sizeof(st) };
+		vram_loaded_stats(l[k], &st);
+		if (k == 2)
+			break;
+		ck_assert_msg(st.share_refused == 0, "refused: %s", st.share_why);
+		ck_assert_uint_ge(k ? st.share_hits : st.share_filled, 2); /* more than one chunk */
+		ck_assert_uint_eq(k ? st.share_filled : st.share_hits, 0);
+	}
+	int n = vram_model_tensor_count(m[0]), converted = 0;
+	for (int i = 0; i < n; i++) {
+		uint64_t nb = vram_loaded_tensor_nbytes(l[2], (uint32_t)i);
+		for (int k = 0; k < 2; k++) {
+			ck_assert_uint_eq(vram_loaded_tensor_nbytes(l[k], (uint32_t)i), nb);
+			ck_assert_msg(!nb || !memcmp(vram_loaded_tensor_host_ptr(l[k], (uint32_t)i),
+						     vram_loaded_tensor_host_ptr(l[2], (uint32_t)i), nb),
+				      "tensor %d of load %d differs from the private load", i, k);
+		}
+		converted += vram_loaded_tensor_dtype(l[0], (uint32_t)i) == VRAM_DTYPE_BF16;
+	}
+	ck_assert_int_ge(converted, 700);
+	for (int k = 0; k < 3; k++) {
+		vram_unload(l[k]);
+		vram_model_close(m[k]);
+		vram_close(c[k]);
+	}
+	fx_stop(&f);
+}
+END_TEST
+
 static sigjmp_buf fault_jump;
 
 static void on_fault(int sig)
@@ -529,6 +578,7 @@ int main(void)
 	Suite *s = suite_create("share");
 	TCase *tc = tcase_create("share");
 	tcase_add_test(tc, test_four_processes_one_copy);
+	tcase_add_test(tc, test_many_converted_tensors_shared);
 	tcase_add_test(tc, test_read_only_and_private);
 	tcase_add_test(tc, test_file_changed_new_copy);
 	tcase_add_test(tc, test_no_access_no_copy);
