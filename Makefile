@@ -59,7 +59,7 @@ EXTRA_RUNTIME_OBJ :=
 # Fragments (kernels/kernels.mk: nvcc rules) may add to EXTRA_RUNTIME_OBJ.
 -include $(sort $(wildcard */*.mk))
 
-.PHONY: all deps check test run bench bench-comfyui bench-gpu check-gpu gpu-bundle asan install clean distclean
+.PHONY: all deps check test run bench bench-comfyui bench-gpu check-gpu check-systemd gpu-bundle asan soak install clean distclean
 # Keep test objects (otherwise make deletes them as intermediates).
 .SECONDARY:
 all: $(VRAMD) $(VRAMCTL) $(LIBVRAM_A) $(LIBVRAM_SO) $(TEST_BIN) $(HELPER_BIN)
@@ -108,6 +108,15 @@ test: check
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 check
 
+# The long soak (make check runs a 15 s one): SOAK_SECONDS of clients
+# loading, allocating and flooding, SIGKILLed at random, the broker
+# SIGKILLed every SOAK_BROKER_KILL_S under them; then nothing may be left.
+SOAK_SECONDS ?= 300
+SOAK_BROKER_KILL_S ?= 20
+soak: all
+	@d=$$(mktemp -d /var/tmp/vramd-soak.XXXXXX) && chmod 755 $$d && \
+	  VRAM_BUILD=$(BUILD) $(BUILD)/tests/helper-soak $$d $(SOAK_SECONDS) $(SOAK_BROKER_KILL_S); r=$$?; rm -rf $$d; exit $$r
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python sh scripts/run-demo.sh
@@ -127,6 +136,13 @@ bench-comfyui:
 check-gpu: deps
 	@$(MAKE) --no-print-directory all
 	@VRAM_BUILD=$(BUILD) sh scripts/check-gpu.sh
+
+# As root: a Debian 12 container booted with systemd (systemd-nspawn), vramd
+# installed into it as docs/admin.md says, and checked under the real
+# systemd (docs/systemd-test.md).  Minutes; the first run needs the network
+# (debootstrap).  Exits 77, skipped, where no container can be booted.
+check-systemd: deps
+	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python bash scripts/check-systemd.sh
 
 bench-gpu: deps
 	@$(MAKE) --no-print-directory all

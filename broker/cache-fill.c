@@ -161,12 +161,15 @@ static void *fill_thread(void *arg)
 	struct fill *f = arg;
 	struct copy *cp = f->cp;
 	uint64_t since = 0;
-	/* a piece's aligned superset, and its conversion (up to 4x wider) */
-	uint8_t *bounce = aligned_alloc(LAYOUT_PAGE, FILL_PIECE + 2 * LAYOUT_PAGE);
-	uint8_t *conv = malloc(4 * (size_t)FILL_PIECE);
-	if (!bounce || !conv)
+	/* a piece's aligned superset, and its conversion (up to 4x wider);
+	 * mapped, not malloc'ed, so that they go back to the system after
+	 * the fill instead of staying in a thread's malloc arena */
+	size_t bl = FILL_PIECE + 2 * LAYOUT_PAGE, cl = 4 * (size_t)FILL_PIECE;
+	uint8_t *bounce = mmap(NULL, bl, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *conv = mmap(NULL, cl, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (bounce == MAP_FAILED || conv == MAP_FAILED)
 		fill_fail(f, -ENOMEM, "broker out of memory");
-	while (!atomic_load(&f->err) && !atomic_load(&cp->cancel)) {
+	while (bounce != MAP_FAILED && conv != MAP_FAILED && !atomic_load(&f->err) && !atomic_load(&cp->cancel)) {
 		uint32_t i = atomic_fetch_add(&f->next, 1);
 		if (i >= f->npieces)
 			break;
@@ -183,8 +186,10 @@ static void *fill_thread(void *arg)
 			wake(f);
 		}
 	}
-	free(bounce);
-	free(conv);
+	if (bounce != MAP_FAILED)
+		munmap(bounce, bl);
+	if (conv != MAP_FAILED)
+		munmap(conv, cl);
 	if (atomic_fetch_sub(&f->active, 1) == 1) {
 		/* the last thread out tells the loop */
 		if (!atomic_load(&f->err) && atomic_load(&cp->cancel))

@@ -128,7 +128,8 @@ static int key_from(struct client *c, const struct vramd_share *m, struct pool *
 static struct copy *copy_find(struct broker *b, const struct copy_key *k)
 {
 	for (struct copy *cp = b->copies; cp; cp = cp->next)
-		if (!cp->doomed && !cp->orphan && cp->state != COPY_FAILED && key_equal(&cp->key, k))
+		if (!cp->doomed && !cp->orphan && cp->state != COPY_FAILED && !atomic_load(&cp->cancel) &&
+		    key_equal(&cp->key, k))
 			return cp;
 	return NULL;
 }
@@ -451,6 +452,8 @@ void handle_share(struct broker *b, struct client *c, const struct vramd_share *
 		r = ref_add(b, c, cp);
 		if (r == 0) {
 			b->cache_hits[p->index]++;
+			broker_log(2, CLIENT_FMT ": copy %llu of %s: hit", CLIENT_ARGS(c), (unsigned long long)cp->id,
+				   cp->path);
 			send_share_reply(b, c, m->hdr.seq, cp, VRAMD_SHARE_HIT);
 		}
 	} else if (r == 0 && cp) {

@@ -165,6 +165,9 @@ static void dev_from_wire(struct vram_device_info *o, const struct vramd_device 
 	o->ready_refilled = d->ready_refilled;
 	o->cache = d->cache;
 	o->cache_max = d->cache_max;
+	o->cache_hits = d->cache_hits;
+	o->cache_fills = d->cache_fills;
+	o->cache_evictions = d->cache_evictions;
 }
 
 /* HELLO on c->fd; fills id, note and devices.  Lock held (or not yet

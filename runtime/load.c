@@ -490,6 +490,22 @@ static uint64_t bucket_layout(struct load_ctx *x, const uint32_t *bo, uint32_t c
 	return size;
 }
 
+/* Where run j's tensors (bo[] of its bucket) sit in grant or copy gi: the
+ * same layout for both (common/layout.h).  Returns the run's data offset. */
+static uint64_t run_place(struct load_ctx *x, const uint32_t *bo, uint32_t j, uint32_t gi)
+{
+	const struct run *ru = &x->runs[j];
+	uint64_t at = layout_data(&x->lruns[j], ru->region);
+	for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
+		uint32_t t = bo[q];
+		x->l->tensors[t].grant = gi;
+		x->l->tensors[t].offset = at + (x->off[t] - ru->file_off);
+		x->l->tensors[t].dtype = x->conv[t] ? x->o.cast_to : x->dtype[t];
+		x->l->tensors[t].nbytes = x->olen[t];
+	}
+	return at;
+}
+
 /* Places the bucket's tensors in grant lg (its runs laid out by
  * bucket_layout) and adds a stream request per run with bytes. */
 static void bucket_requests(struct load_ctx *x, const uint32_t *bo, uint32_t nruns, uint32_t gi)
@@ -500,14 +516,7 @@ static void bucket_requests(struct load_ctx *x, const uint32_t *bo, uint32_t nru
 
 	for (uint32_t j = 0; j < nruns; j++) {
 		const struct run *ru = &x->runs[j];
-		uint64_t at = layout_data(&x->lruns[j], ru->region);
-		for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
-			uint32_t t = bo[q];
-			x->l->tensors[t].grant = gi;
-			x->l->tensors[t].offset = at + (x->off[t] - ru->file_off);
-			x->l->tensors[t].dtype = x->conv[t] ? x->o.cast_to : x->dtype[t];
-			x->l->tensors[t].nbytes = x->olen[t];
-		}
+		uint64_t at = run_place(x, bo, j, gi);
 		if (!ru->len)
 			continue;
 		struct stream_req *rq = &x->reqs[x->nreq++];
@@ -531,23 +540,6 @@ static void bucket_requests(struct load_ctx *x, const uint32_t *bo, uint32_t nru
 				rq->dst_fd = lg->grant->fd;
 				rq->dst_fd_off = at;
 			}
-		}
-	}
-}
-
-/* Places the bucket's tensors in the shared copy lg holds (laid out like
- * a grant, by the same function: common/layout.h); nothing to stream. */
-static void bucket_shared(struct load_ctx *x, const uint32_t *bo, uint32_t nruns, uint32_t gi)
-{
-	for (uint32_t j = 0; j < nruns; j++) {
-		const struct run *ru = &x->runs[j];
-		uint64_t at = layout_data(&x->lruns[j], ru->region);
-		for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
-			uint32_t t = bo[q];
-			x->l->tensors[t].grant = gi;
-			x->l->tensors[t].offset = at + (x->off[t] - ru->file_off);
-			x->l->tensors[t].dtype = x->conv[t] ? x->o.cast_to : x->dtype[t];
-			x->l->tensors[t].nbytes = x->olen[t];
 		}
 	}
 }
@@ -643,8 +635,10 @@ static int load_grants(struct load_ctx *x)
 		int r = 0;
 		if ((x->o.flags & VRAM_LOAD_SHARED) && x->c->dev[d].cache_max &&
 		    (r = share_bucket(x, bo, nruns, d, lg)) == 1) {
+			/* a shared copy: placed the same way, nothing to stream */
+			for (uint32_t j = 0; j < nruns; j++)
+				run_place(x, bo, j, x->l->ngrants);
 			x->l->ngrants++;
-			bucket_shared(x, bo, nruns, x->l->ngrants - 1);
 			continue;
 		}
 		if (r < 0)

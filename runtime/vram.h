@@ -82,6 +82,9 @@ struct vram_device_info {
 	uint64_t ready_refilled; /* bytes it was refilled with, in all */
 	uint64_t cache;          /* of used, bytes in shared read-only copies */
 	uint64_t cache_max;      /* their budget */
+	uint64_t cache_hits;     /* loads of a chunk served by a copy that was there */
+	uint64_t cache_fills;    /* copies filled */
+	uint64_t cache_evictions;/* copies evicted */
 };
 
 /* Connects to the broker at socket_path (NULL: $VRAMD_SOCKET, else

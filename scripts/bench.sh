@@ -6,7 +6,8 @@
 #                real file system: O_DIRECT does not work on tmpfs)
 #   BENCH_OUT    results file (default $BUILD/bench/results.txt)
 #   BENCH_ONLY   "pager" to run only the paging and two-client parts,
-#                "load" to run only the loading part
+#                "load" to run only the loading part, "share" only the
+#                shared copies (scripts/bench-share.sh)
 #
 # Cold runs drop the page cache (root only; otherwise they are skipped and
 # the report says so).  Every loader's destination memory is fresh memory it
@@ -32,6 +33,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+if [ "${BENCH_ONLY:-}" = share ]; then
+	exec sh scripts/bench-share.sh
+fi
 if [ ! -s "$FILE" ]; then
 	echo "== writing a $SIZE-byte checkpoint (~2,500 tensors, SDXL-like) to $FILE"
 	"$PY" tests/make_checkpoint.py --out "$FILE.tmp" --size "$SIZE" --seed 7
@@ -52,7 +56,7 @@ fio_gbps() { # $1 direct(0/1)
 }
 mmap_gbps() { "$BUILD/tests/helper-mmapload" "$FILE" | awk '{ printf "%.3f %.3f", $1 / $2 / 1e9, $3 / ($1 / 1e9) }'; }
 vramd_gbps() { # $1 device, $2 io mode
-	$VRAMCTL load "$FILE" --device "$1" --io "$2" --json |
+	$VRAMCTL load "$FILE" --device "$1" --io "$2" --private --json |
 		"$PY" -c 'import json,sys; d=json.load(sys.stdin); print("%.3f %.3f" % (d["gbps"], d["cpu_seconds"] / (d["bytes"] / 1e9)))'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
@@ -110,7 +114,8 @@ say "  ratio vramd/mmap         $(ratio "$VR_W" "$MM_W")"
 say ""
 fi
 if [ "${BENCH_ONLY:-}" = load ]; then
-	say "results in $OUT"
+	sh scripts/bench-share.sh
+say "results in $OUT"
 	exit 0
 fi
 
@@ -169,4 +174,5 @@ say "two clients on a simulated 8 GiB GPU, each loading 6 GiB onto it:"
 say "  client A exit $RA, client B exit $RB, $(awk -v a="$T0" -v b="$T1" 'BEGIN { printf "%.1f", b - a }') s"
 say "  $(grep -c 'RECLAIM' "$DIR/vramd2.log" || true) RECLAIM requests, $(grep -c 'ignored RECLAIM' "$DIR/vramd2.log" || true) ignored; bytes used after both exit: $USED"
 say ""
+sh scripts/bench-share.sh
 say "results in $OUT"

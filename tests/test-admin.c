@@ -23,37 +23,33 @@
 
 #define MiB (1ull << 20)
 
-struct env {
-	char *dir;
-	char sock[256], admin[256], log[256];
-	pid_t pid;
-};
+/* The suite's broker: a simulated GPU of sim, 64 MiB of host pool, a short
+ * RECLAIM deadline (tests/testlib.h has the harness). */
+#define env t_broker
+
+static void env_args(const char *sim, const char *args[8])
+{
+	const char *a[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--reclaim-deadline-ms", "500", NULL };
+	memcpy(args, a, sizeof(a));
+}
 
 static void env_start(struct env *e, const char *sim)
 {
-	e->dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e->dir);
-	chmod(e->dir, 0755); /* nobody must reach the client socket */
-	snprintf(e->sock, sizeof(e->sock), "%s/vramd.sock", e->dir);
-	snprintf(e->admin, sizeof(e->admin), "%s/admin.sock", e->dir);
-	snprintf(e->log, sizeof(e->log), "%s/vramd.log", e->dir);
-	const char *const args[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--no-cuda", "--reclaim-deadline-ms", "500", NULL };
-	e->pid = t_start_vramd(e->sock, e->log, args);
-	ck_assert_int_gt(e->pid, 0);
+	const char *args[8];
+	env_args(sim, args);
+	t_broker_start(e, args);
 }
 
 static void env_restart(struct env *e, const char *sim)
 {
-	ck_assert_int_eq(WEXITSTATUS(t_stop(e->pid)), 0);
-	const char *const args[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--no-cuda", "--reclaim-deadline-ms", "500", NULL };
-	e->pid = t_start_vramd(e->sock, e->log, args);
-	ck_assert_int_gt(e->pid, 0);
+	const char *args[8];
+	env_args(sim, args);
+	t_broker_restart(e, args);
 }
 
 static void env_stop(struct env *e)
 {
-	ck_assert_int_eq(WEXITSTATUS(t_stop(e->pid)), 0);
-	t_rmtree(e->dir);
+	t_broker_stop(e);
 }
 
 /* Waits (bounded) until device dev's use is want; returns it. */
@@ -363,16 +359,9 @@ START_TEST(test_connection_flood)
 		return;
 	}
 	struct env e;
-	e.dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e.dir);
-	chmod(e.dir, 0755);
-	snprintf(e.sock, sizeof(e.sock), "%s/vramd.sock", e.dir);
-	snprintf(e.admin, sizeof(e.admin), "%s/admin.sock", e.dir);
-	snprintf(e.log, sizeof(e.log), "%s/vramd.log", e.dir);
-	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", "--hello-timeout-ms", "1500",
-				     NULL };
-	e.pid = t_start_vramd(e.sock, e.log, args);
-	ck_assert_int_gt(e.pid, 0);
+	t_broker_dir(&e);
+	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--hello-timeout-ms", "1500", NULL };
+	t_broker_run(&e, args);
 	int go[2], ready[2];
 	ck_assert_int_eq(pipe(go), 0);
 	ck_assert_int_eq(pipe(ready), 0);
@@ -565,20 +554,14 @@ END_TEST
 START_TEST(test_reload)
 {
 	struct env e;
-	e.dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e.dir);
-	chmod(e.dir, 0755);
-	snprintf(e.sock, sizeof(e.sock), "%s/vramd.sock", e.dir);
-	snprintf(e.admin, sizeof(e.admin), "%s/admin.sock", e.dir);
-	snprintf(e.log, sizeof(e.log), "%s/vramd.log", e.dir);
+	t_broker_dir(&e);
 	char conf[300];
 	snprintf(conf, sizeof(conf), "%s/vramd.conf", e.dir);
 	FILE *f = fopen(conf, "w");
 	fprintf(f, "client-max = 8MiB\n");
 	fclose(f);
-	const char *const args[] = { "--config", conf, "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
-	e.pid = t_start_vramd(e.sock, e.log, args);
-	ck_assert_int_gt(e.pid, 0);
+	const char *const args[] = { "--config", conf, "--sim-gpus", "64MiB", "--host-pool", "64MiB", NULL };
+	t_broker_run(&e, args);
 	vram_client *a;
 	vram_grant *g;
 	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
@@ -639,19 +622,13 @@ END_TEST
 START_TEST(test_reload_default_config)
 {
 	struct env e;
-	e.dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e.dir);
-	chmod(e.dir, 0755);
-	snprintf(e.sock, sizeof(e.sock), "%s/vramd.sock", e.dir);
-	snprintf(e.admin, sizeof(e.admin), "%s/admin.sock", e.dir);
-	snprintf(e.log, sizeof(e.log), "%s/vramd.log", e.dir);
+	t_broker_dir(&e);
 	char conf[300];
 	snprintf(conf, sizeof(conf), "%s/vramd.conf", e.dir);
 	setenv("VRAMD_CONFIG", conf, 1);
-	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
-	e.pid = t_start_vramd(e.sock, e.log, args);
+	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", NULL };
+	t_broker_run(&e, args);
 	unsetenv("VRAMD_CONFIG");
-	ck_assert_int_gt(e.pid, 0);
 	vram_client *a;
 	vram_grant *g;
 	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);

@@ -767,29 +767,21 @@ END_TEST
 
 /* ---- as a real process --------------------------------------------------- */
 
-struct proc {
-	char *dir;
-	char sock[256];
-	char log[256];
-	pid_t pid;
-};
+/* A vramd process (tests/testlib.h's harness), its socket removed when it
+ * stops. */
+#define proc t_broker
 
 static void proc_start(struct proc *p, const char *const *args)
 {
-	p->dir = t_tmpdir();
-	ck_assert_ptr_nonnull(p->dir);
-	snprintf(p->sock, sizeof(p->sock), "%s/vramd.sock", p->dir);
-	snprintf(p->log, sizeof(p->log), "%s/vramd.log", p->dir);
-	p->pid = t_start_vramd(p->sock, p->log, args);
-	ck_assert_int_gt(p->pid, 0);
+	t_broker_start(p, args);
 }
 
 static void proc_stop(struct proc *p)
 {
-	int st = t_stop(p->pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	ck_assert_int_ne(access(p->sock, F_OK), 0); /* socket removed */
-	t_rmtree(p->dir);
+	char sock[256];
+	str_copy(sock, p->sock, sizeof(sock));
+	t_broker_stop(p);
+	ck_assert_int_ne(access(sock, F_OK), 0); /* socket removed */
 }
 
 static const char *const proc_args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "64MiB", "--no-cuda", NULL };

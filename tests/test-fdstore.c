@@ -145,6 +145,67 @@ START_TEST(test_fdstore_restart)
 }
 END_TEST
 
+/* A shared copy survives a crash through the fd store (its key in the
+ * state directory): the restarted broker has it before anyone comes back,
+ * its user re-registers what it maps (counted again, once), and a new load
+ * of the same file is a hit, not a second read. */
+START_TEST(test_fdstore_shared_copy)
+{
+	struct env e;
+	env_start(&e);
+	char file[300];
+	snprintf(file, sizeof(file), "%s/model.safetensors", e.dir);
+	ck_assert_int_eq(t_write_checkpoint(file, 4, 512, 1024, 5), 0);
+	vram_client *c;
+	vram_model *m;
+	vram_loaded *l;
+	ck_assert_int_eq(vram_connect(e.sock, "holder", &c), 0);
+	ck_assert_int_eq(vram_model_open(file, &m), 0);
+	struct vram_load_options o;
+	vram_load_options_init(&o);
+	o.flags = VRAM_LOAD_SHARED;
+	ck_assert_msg(vram_load(c, m, NULL, 1, &o, &l) == 0, "%s", vram_last_error());
+	struct vram_load_stats st = { .struct_size = sizeof(st) };
+	vram_loaded_stats(l, &st);
+	ck_assert_uint_gt(st.share_filled, 0);
+	ck_assert_int_ge(drain(&e, (int)st.share_filled), (int)st.share_filled); /* the copies, stored */
+	const uint8_t *p = vram_loaded_tensor_host_ptr(l, 0);
+	uint8_t first = p[0];
+
+	kill(e.pid, SIGKILL);
+	waitpid(e.pid, NULL, 0);
+	env_spawn(&e);
+	struct vram_status *s = status_of(e.sock);
+	ck_assert_uint_gt(s->devices[1].cache, 0);
+	uint64_t cache = s->devices[1].cache;
+	vram_status_free(s);
+	/* the holder comes back (any call reconnects) and re-registers */
+	struct vram_status *mine;
+	ck_assert_msg(vram_get_status(c, &mine) == 0, "%s", vram_last_error());
+	vram_status_free(mine);
+	s = status_of(e.sock);
+	ck_assert_uint_eq(s->devices[1].cache, cache); /* counted once */
+	ck_assert_uint_eq(s->devices[1].used, cache);
+	for (uint32_t i = 0; i < s->nclients; i++)
+		if (!strcmp(s->clients[i].name, "holder"))
+			ck_assert_uint_eq(s->clients[i].shared_dev[1], cache);
+	vram_status_free(s);
+	ck_assert_uint_eq(p[0], first);
+	/* another load: a hit */
+	vram_loaded *l2;
+	ck_assert_msg(vram_load(c, m, NULL, 1, &o, &l2) == 0, "%s", vram_last_error());
+	struct vram_load_stats st2 = { .struct_size = sizeof(st2) };
+	vram_loaded_stats(l2, &st2);
+	ck_assert_uint_eq(st2.share_hits, st.share_filled);
+	ck_assert_uint_eq(st2.share_filled, 0);
+	vram_unload(l2);
+	vram_unload(l);
+	vram_model_close(m);
+	vram_close(c);
+	env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_fdstore_dead_holder)
 {
 	struct env e;
@@ -348,6 +409,7 @@ int main(void)
 	tcase_add_test(tc, test_fdstore_dead_holder);
 	tcase_add_test(tc, test_fdstore_restored_not_reclaimed);
 	tcase_add_test(tc, test_fdstore_restored_owner);
+	tcase_add_test(tc, test_fdstore_shared_copy);
 	tcase_add_test(tc, test_fdstore_smaller_pool);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);

@@ -191,7 +191,8 @@ static void client_labels(struct buf *b, const struct vram_client_status *c)
 
 enum dev_field {
 	DEV_TOTAL, DEV_USED, DEV_FREE, DEV_RECLAIMABLE, DEV_GRANULARITY, DEV_READY, DEV_READY_TARGET, DEV_READY_HITS,
-	DEV_READY_MISSES, DEV_READY_REFILLED, DEV_CACHE, DEV_CACHE_MAX,
+	DEV_READY_MISSES, DEV_READY_REFILLED, DEV_CACHE, DEV_CACHE_MAX, DEV_CACHE_HITS, DEV_CACHE_FILLS,
+	DEV_CACHE_EVICTIONS,
 };
 
 static uint64_t dev_value(const struct vram_device_info *d, enum dev_field f)
@@ -208,7 +209,10 @@ static uint64_t dev_value(const struct vram_device_info *d, enum dev_field f)
 	case DEV_READY_MISSES: return d->ready_misses;
 	case DEV_READY_REFILLED: return d->ready_refilled;
 	case DEV_CACHE: return d->cache;
-	default: return d->cache_max;
+	case DEV_CACHE_MAX: return d->cache_max;
+	case DEV_CACHE_HITS: return d->cache_hits;
+	case DEV_CACHE_FILLS: return d->cache_fills;
+	default: return d->cache_evictions;
 	}
 }
 
@@ -291,6 +295,11 @@ static void render_devices(struct buf *b, const struct vram_status *s, uint32_t 
 		  DEV_READY_REFILLED },
 		{ "vramd_device_cache_bytes", "gauge", "Of used, bytes in shared read-only copies.", DEV_CACHE },
 		{ "vramd_device_cache_max_bytes", "gauge", "The shared copies' budget.", DEV_CACHE_MAX },
+		{ "vramd_device_cache_hits_total", "counter", "Chunks of loads served by a shared copy that was there.",
+		  DEV_CACHE_HITS },
+		{ "vramd_device_cache_fills_total", "counter", "Shared copies the broker filled.", DEV_CACHE_FILLS },
+		{ "vramd_device_cache_evictions_total", "counter", "Shared copies evicted (unused, for room, or dropped).",
+		  DEV_CACHE_EVICTIONS },
 	};
 	family(b, "vramd_device_info", "gauge", "Devices the broker serves; always 1. model is the device label.");
 	for (uint32_t i = 0; i < ndev; i++) {

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -598,6 +599,7 @@ struct load_args {
 	struct plan_args pa;
 	const char *file, *device;
 	bool hash;
+	uint32_t hold_ms;        /* keep the load this long before exiting */
 	struct vram_load_options lo;
 };
 
@@ -644,6 +646,14 @@ static int load_option(struct ctl *ctl, struct load_args *la, int *i)
 	} else if (!strcmp(a, "--depth")) {
 		if (parse_1_1024(a, v, &la->lo.queue_depth) < 0)
 			return -1;
+	} else if (!strcmp(a, "--hold-ms")) {
+		char *end;
+		unsigned long ms = strtoul(v, &end, 10);
+		if (*end || end == v || ms > 86400000) {
+			fprintf(stderr, "vramctl load: --hold-ms: \"%s\" is not a number of milliseconds\n", v);
+			return -1;
+		}
+		la->hold_ms = (uint32_t)ms;
 	} else {
 		return 0;
 	}
@@ -852,5 +862,10 @@ int cmd_load(struct ctl *ctl)
 	if (la.hash)
 		r = load_hashes(m, l, hashes);
 	load_report(&la, c, m, l, prep_s, root, hashes);
+	if (la.hold_ms) { /* demos and benchmarks: several processes holding one model */
+		fflush(stdout);
+		struct timespec ts = { la.hold_ms / 1000, (long)(la.hold_ms % 1000) * 1000000L };
+		nanosleep(&ts, NULL);
+	}
 	return r;
 }

@@ -42,7 +42,7 @@ json_t *ctl_client_json(const struct vram_status *s, uint32_t i)
 	for (uint32_t d = 0; d < s->ndevices && d < 16; d++) {
 		if (c->held_dev[d])
 			json_object_set_new(per, s->devices[d].name, json_integer((json_int_t)c->held_dev[d]));
-		if (!c->held_dev[d] && !c->want_dev[d] && !c->share_dev[d])
+		if (!c->held_dev[d] && !c->want_dev[d] && !c->share_dev[d] && !c->shared_dev[d])
 			continue;
 		json_t *x = json_object();
 		json_object_set_new(x, "held", json_integer((json_int_t)c->held_dev[d]));

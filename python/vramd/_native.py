@@ -88,7 +88,8 @@ class DeviceInfo(C.Structure):
                 ("granularity", u64), ("reclaimable", u64), ("uuid", C.c_uint8 * 16),
                 ("name", C.c_char * 32), ("label", C.c_char * 64),
                 ("ready", u64), ("ready_target", u64), ("ready_hits", u64), ("ready_misses", u64),
-                ("ready_refilled", u64), ("cache", u64), ("cache_max", u64)]
+                ("ready_refilled", u64), ("cache", u64), ("cache_max", u64), ("cache_hits", u64),
+                ("cache_fills", u64), ("cache_evictions", u64)]
 
 
 class ClientStatus(C.Structure):
