@@ -232,9 +232,7 @@ class VramdModel:
         """Modules whose weights the plan put off comp's compute device get
         comfy_cast_weights: ComfyUI's ops copy them to the input's device at
         each forward.  Returns the module paths marked."""
-        donor_tensors = set()
-        for li in self.plan.donor_layers():
-            donor_tensors.update(t.name for t in self.model.layer_tensors(li))
+        donor_tensors = self.plan.donor_tensors()
         marked = set()
         for path, attr, src, conv in comp.bindings:
             if src not in donor_tensors or path in marked:

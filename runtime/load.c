@@ -212,8 +212,9 @@ void vram_unload(vram_loaded *l)
 	rt_error_restore(&e);
 }
 
-/* Device of each tensor: its layer's, from the plan (matched to the
- * broker's devices by name), or the default device. */
+/* Device of each tensor: the plan's (matched to the broker's devices by
+ * name; a plan places modules, so a layer may span two devices), or the
+ * default device. */
 static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *plan, uint32_t def,
 			  uint32_t *ret_dev)
 {
@@ -236,17 +237,21 @@ static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *
 	} else if (def >= c->ndev) {
 		return rt_error(-ENODEV, "no device %u", def);
 	}
-	for (uint32_t li = 0; li < m->nlayers; li++) {
-		const struct model_layer *L = &m->layers[li];
+	/* a plan of a model with more tensors is not this model's either */
+	if (plan && m->ntensors < UINT32_MAX && vram_plan_tensor_device(plan, m->ntensors) >= 0)
+		return rt_error(-EINVAL, "the plan is not one of this model (it has more tensors)");
+	for (uint32_t t = 0; t < m->ntensors; t++) {
 		uint32_t d = def;
 		if (plan) {
-			int pd = vram_plan_layer_device(plan, li);
-			if (pd < 0 || (uint32_t)pd >= vram_plan_device_count(plan) || map[pd] == UINT32_MAX)
-				return rt_error(-EINVAL, "the plan has no device for layer \"%s\"", L->name);
+			int pd = vram_plan_tensor_device(plan, t);
+			if (pd < 0)
+				return rt_error(-EINVAL, "the plan is not one of this model (it has no tensor \"%s\")",
+						m->tensors[t].name);
+			if ((uint32_t)pd >= vram_plan_device_count(plan) || map[pd] == UINT32_MAX)
+				return rt_error(-EINVAL, "the plan has no device for tensor \"%s\"", m->tensors[t].name);
 			d = map[pd];
 		}
-		for (uint32_t t = L->first; t < L->first + L->count; t++)
-			ret_dev[t] = d;
+		ret_dev[t] = d;
 	}
 	return 0;
 }
@@ -411,7 +416,8 @@ static void load_tensors(struct load_ctx *x)
  * VRAMD_SHARE_RUNS_MAX tensors, so that every chunk can be described to
  * the broker as a shared copy (converted tensors are a run each; a layer
  * of more tensors than that is a chunk of its own, loaded privately when
- * it cannot be shared).  Also notes which tensors
+ * it cannot be shared).  A layer the plan splits between devices has a
+ * part in a chunk of each, each part whole.  Also notes which tensors
  * take a staged path (GPU destinations and conversions). */
 static void load_chunks(struct load_ctx *x)
 {
@@ -421,21 +427,35 @@ static void load_chunks(struct load_ctx *x)
 
 	for (uint32_t li = 0; li < x->m->nlayers; li++) {
 		const struct model_layer *L = &x->m->layers[li];
-		if (!L->count)
-			continue;
-		uint32_t d = x->dev[L->first], k = L->component; /* a layer is on one device */
-		if (nchunks[d][k] == 0)
-			nchunks[d][k] = 1;
-		if (cnt[d][k] && (acc[d][k] + L->nbytes > LOAD_CHUNK_TARGET ||
-				  cnt[d][k] + L->count > VRAMD_SHARE_RUNS_MAX)) {
-			nchunks[d][k]++;
-			acc[d][k] = 0;
-			cnt[d][k] = 0;
+		uint32_t k = L->component, end = L->first + L->count;
+		uint64_t part[VRAMD_MAX_DEVICES] = { 0 };
+		uint32_t npart[VRAMD_MAX_DEVICES] = { 0 };
+		/* the layer's bytes on each device, then each part in order of
+		 * its first tensor */
+		for (uint32_t t = L->first; t < end; t++) {
+			part[x->dev[t]] += x->m->tensors[t].end - x->m->tensors[t].begin;
+			npart[x->dev[t]]++;
 		}
-		acc[d][k] += L->nbytes;
-		cnt[d][k] += L->count;
-		for (uint32_t t = L->first; t < L->first + L->count; t++)
-			x->chunk[t] = nchunks[d][k] - 1;
+		bool done[VRAMD_MAX_DEVICES] = { false };
+		for (uint32_t t0 = L->first; t0 < end; t0++) {
+			uint32_t d = x->dev[t0];
+			if (done[d])
+				continue;
+			done[d] = true;
+			if (nchunks[d][k] == 0)
+				nchunks[d][k] = 1;
+			if (cnt[d][k] && (acc[d][k] + part[d] > LOAD_CHUNK_TARGET ||
+					  cnt[d][k] + npart[d] > VRAMD_SHARE_RUNS_MAX)) {
+				nchunks[d][k]++;
+				acc[d][k] = 0;
+				cnt[d][k] = 0;
+			}
+			acc[d][k] += part[d];
+			cnt[d][k] += npart[d];
+			for (uint32_t t = t0; t < end; t++)
+				if (x->dev[t] == d)
+					x->chunk[t] = nchunks[d][k] - 1;
+		}
 	}
 	for (uint32_t i = 0; i < x->n; i++) {
 		uint32_t backend = backend_of(x->c, x->dev[i]);

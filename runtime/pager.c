@@ -1103,7 +1103,7 @@ static struct vram_pager *pager_alloc(vram_loaded *l, const struct vram_pager_op
 }
 
 /* Each layer as loaded: its tensors' offsets packed in a slot, its home,
- * and whether it is paged (its home is not its component's compute
+ * and whether it is paged (some of it is not on its component's compute
  * device); ret_largest[d] the largest donor layer paged onto device d. */
 static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *ret_largest)
 {
@@ -1137,8 +1137,12 @@ static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *
 		L->gcount = 1;
 		L->gpacked = packed;
 		L->gbytes = L->nbytes;
-		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
 		int compute = cdev[ml->component];
+		/* A layer the plan split between devices (it places modules) is
+		 * paged whole when any part is off the compute device. */
+		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
+		for (uint32_t t = L->first; home == compute && t < L->first + L->ntensors; t++)
+			home = vram_loaded_tensor_device(l, t);
 		if (home < 0 || compute < 0 || home == compute || !L->nbytes) {
 			L->paged = false;
 			L->compute = home < 0 ? 0 : (uint32_t)home;

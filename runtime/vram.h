@@ -387,7 +387,7 @@ struct vram_plan_options {
 	const char *unet_expert_mode_allocations; /* "" or NULL: none */
 	const char *clip_expert_mode_allocations;
 	/* The load will convert (vram_load_options' fields of the same names,
-	 * same rules): layers are counted at their converted size.  0: none. */
+	 * same rules): tensors are counted at their converted size.  0: none. */
 	uint32_t    cast_to;
 	uint32_t    cast_from;
 };
@@ -411,19 +411,32 @@ VRAM_API int vram_plan_devices_parse(const char *spec, struct vram_plan_device *
 /* The broker's devices (available = total - used). */
 VRAM_API int vram_plan_devices_from_client(const vram_client *c, struct vram_plan_device *ret_devs, uint32_t max, uint32_t *ret_n);
 
-/* Plans m on devs.  -EINVAL with a message naming the input for bad options
- * or allocation strings; -ENOSPC naming the device and the shortfall when
+/* Plans m on devs: places its leaf modules (a module's tensors together)
+ * in the order ComfyUI registers them, tail first (docs/plan.md), so a
+ * layer (block) may be split between two devices where one device's share
+ * ends.  -EINVAL with a message naming the input for bad options or
+ * allocation strings; -ENOSPC naming the device and the shortfall when
  * the plan cannot fit. */
 VRAM_API int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
 			      const struct vram_plan_device *devs, uint32_t ndevs, vram_plan **ret_plan);
 VRAM_API void vram_plan_free(vram_plan *p);
 
-/* Device (index into the devs given to vram_plan_create) that holds layer. */
+/* Device (index into the devs given to vram_plan_create) that holds layer:
+ * for a layer the plan splits between devices, the one holding most of
+ * its bytes (vram_plan_tensor_device says where each tensor goes). */
 VRAM_API int vram_plan_layer_device(const vram_plan *p, uint32_t layer);
+/* Device of the model's tensor (its module's); -EINVAL for a bad index.
+ * The loader places by this.  Since 0.2 (libvram.map VRAM_0.2). */
+VRAM_API int vram_plan_tensor_device(const vram_plan *p, uint32_t tensor);
 /* Compute device of a component (for the VAE: vae_device). */
 VRAM_API int vram_plan_compute_device(const vram_plan *p, uint32_t comp);
 /* Bytes of comp placed on device dev. */
 VRAM_API uint64_t vram_plan_bytes(const vram_plan *p, uint32_t comp, uint32_t dev);
+/* Bytes of comp the inputs ask of device dev (an allocation string's
+ * share, virtual VRAM's B - V and V, a whole component's bytes): placed
+ * minus asked is the device's excess (shortfall when negative), within one
+ * module for every device but the last one with a share.  Since 0.2. */
+VRAM_API uint64_t vram_plan_asked_bytes(const vram_plan *p, uint32_t comp, uint32_t dev);
 VRAM_API uint32_t vram_plan_device_count(const vram_plan *p);
 VRAM_API const char *vram_plan_device_name(const vram_plan *p, uint32_t dev);
 VRAM_API uint32_t vram_plan_flags(const vram_plan *p);

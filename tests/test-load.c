@@ -159,12 +159,12 @@ START_TEST(test_load_by_plan)
 	vram_loaded *l;
 	ck_assert_msg(vram_load(c, m, p, 0, &lo, &l) == 0, "%s", vram_last_error());
 	compare_all(m, l, e.file);
-	/* each tensor sits where the plan put its layer */
+	/* each tensor sits where the plan put its module */
 	uint64_t per_dev[8] = { 0 };
 	for (int i = 0; i < vram_model_tensor_count(m); i++) {
 		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
 		vram_model_tensor(m, (uint32_t)i, &ti);
-		int pd = vram_plan_layer_device(p, ti.layer);
+		int pd = vram_plan_tensor_device(p, (uint32_t)i);
 		int bd = vram_loaded_tensor_device(l, (uint32_t)i);
 		struct vram_device_info di = { .struct_size = sizeof(di) };
 		vram_device_info(c, (uint32_t)bd, &di);
@@ -181,6 +181,97 @@ START_TEST(test_load_by_plan)
 		ck_assert_uint_eq(s->devices[d].reclaimable, s->devices[d].used);
 	ck_assert_uint_gt(s->devices[2].reclaimable, 0);
 	vram_status_free(s);
+	vram_unload(l);
+	assert_idle(c);
+	vram_plan_free(p);
+	vram_close(c);
+	vram_model_close(m);
+	env_stop(&e);
+}
+END_TEST
+
+/* A plan places modules, so it splits the blocks where a device's share
+ * ends (an SDXL-shaped file on cuda:0 40%, cuda:1 30%, cpu): the load puts
+ * every tensor where its module went, byte for byte; the explicit pager
+ * pages a split block whole (its part on the compute device too) and the
+ * UVM pager refuses nothing; every acquired tensor reads as in the file. */
+START_TEST(test_load_split_layers)
+{
+	struct env e;
+	env_start(&e, "16MiB,16MiB", "64MiB");
+	const char *src = getenv("VRAM_SRCDIR");
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "%s %s/tests/make_checkpoint.py --out %s --size 6000000 --seed 4 >/dev/null 2>&1",
+		 t_python(), src && *src ? src : ".", e.file);
+	ck_assert_int_eq(t_run(cmd, NULL, 0), 0);
+	size_t flen;
+	_cleanup_free_ uint8_t *fb = read_file(e.file, &flen);
+	vram_model *m;
+	vram_client *c;
+	vram_plan *p;
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
+	struct vram_plan_device devs[8];
+	uint32_t nd;
+	for (int i = 0; i < 8; i++)
+		devs[i].struct_size = sizeof(devs[i]);
+	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
+	struct vram_plan_options o;
+	vram_plan_options_init(&o);
+	o.unet_expert_mode_allocations = "cuda:0,40%;cuda:1,30%;cpu,*";
+	/* computed on cuda:1: the block between cuda:0's share (the tail) and
+	 * cuda:1's starts on the compute device */
+	o.unet_compute_device = _i ? "cuda:1" : "cuda:0";
+	o.vae_device = "cpu";
+	ck_assert_msg(vram_plan_create(m, &o, devs, nd, &p) == 0, "%s", vram_last_error());
+	int split = 0;
+	for (int li = 0; li < vram_model_layer_count(m); li++) {
+		struct vram_layer_info info = { .struct_size = sizeof(info) };
+		vram_model_layer(m, (uint32_t)li, &info);
+		int d0 = vram_plan_tensor_device(p, info.first_tensor);
+		for (uint32_t t = info.first_tensor + 1; t < info.first_tensor + info.ntensors; t++)
+			if (vram_plan_tensor_device(p, t) != d0) {
+				split++;
+				break;
+			}
+	}
+	ck_assert_int_ge(split, 1);
+	vram_loaded *l;
+	struct vram_load_options lo;
+	vram_load_options_init(&lo);
+	lo.flags = VRAM_LOAD_RECLAIMABLE;
+	ck_assert_msg(vram_load(c, m, p, 0, &lo, &l) == 0, "%s", vram_last_error());
+	compare_bytes(m, l, fb, flen);
+	for (int i = 0; i < vram_model_tensor_count(m); i++) {
+		struct vram_device_info di = { .struct_size = sizeof(di) };
+		vram_device_info(c, (uint32_t)vram_loaded_tensor_device(l, (uint32_t)i), &di);
+		ck_assert_str_eq(di.name, vram_plan_device_name(p, (uint32_t)vram_plan_tensor_device(p, (uint32_t)i)));
+	}
+	vram_pager *pg;
+	ck_assert_msg(vram_pager_create(l, p, NULL, &pg) == 0, "%s", vram_last_error());
+	for (int pass = 0; pass < 2; pass++) {
+		for (int li = 0; li < vram_model_layer_count(m); li++) {
+			struct vram_layer_info info = { .struct_size = sizeof(info) };
+			vram_model_layer(m, (uint32_t)li, &info);
+			ck_assert_msg(vram_pager_acquire(pg, (uint32_t)li) == 0, "%s", vram_last_error());
+			for (uint32_t t = info.first_tensor; t < info.first_tensor + info.ntensors; t++) {
+				struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+				vram_model_tensor(m, t, &ti);
+				const uint8_t *hp = vram_pager_tensor_host_ptr(pg, t);
+				ck_assert_ptr_nonnull(hp);
+				/* off the compute device: served from the window */
+				if (vram_plan_tensor_device(p, t) != vram_plan_compute_device(p, ti.component))
+					ck_assert_msg(hp != vram_loaded_tensor_host_ptr(l, t), "%s not paged", ti.name);
+				ck_assert_msg(!memcmp(hp, fb + ti.file_offset, ti.nbytes), "pass %d: %s differs", pass, ti.name);
+			}
+			vram_pager_release(pg, (uint32_t)li);
+		}
+		vram_pager_end_pass(pg);
+	}
+	struct vram_pager_stats st = { .struct_size = sizeof(st) };
+	ck_assert_int_eq(vram_pager_stats(pg, &st), 0);
+	ck_assert_uint_gt(st.bytes_paged, 0);
+	vram_pager_free(pg);
 	vram_unload(l);
 	assert_idle(c);
 	vram_plan_free(p);
@@ -887,6 +978,7 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_load_every_mode_and_device);
 	tcase_add_test(tc, test_load_by_plan);
+	tcase_add_loop_test(tc, test_load_split_layers, 0, 2);
 	tcase_add_test(tc, test_load_convert);
 	tcase_add_test(tc, test_load_convert_patterns);
 	tcase_add_test(tc, test_load_failures_clean);

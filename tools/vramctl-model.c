@@ -414,53 +414,135 @@ int cmd_plan(struct ctl *ctl)
 	return 0;
 }
 
-void plan_print(const vram_plan *p, const vram_model *m)
+/* Length of the dotted prefix all of comp's module names share ("model.
+ * diffusion_model."), which the table leaves out. */
+static size_t common_prefix(json_t *ranges)
 {
-	char a[32];
-	uint32_t nd = vram_plan_device_count(p);
-	int nl = vram_model_layer_count(m);
-	printf("%-6s %-10s %14s  %s\n", "PART", "DEVICE", "BYTES", "LAYERS");
-	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
-		struct vram_component_info ci = { .struct_size = sizeof(ci) };
-		vram_model_component(m, k, &ci);
-		if (!ci.nbytes && !ci.nlayers)
-			continue;
-		int cd = vram_plan_compute_device(p, k);
-		printf("%-6s compute on %s, %s\n", vram_component_name(k), cd >= 0 ? vram_plan_device_name(p, (uint32_t)cd) : "-",
-		       ctl_size(ci.nbytes, a, sizeof(a)));
-		for (uint32_t d = 0; d < nd; d++) {
-			uint64_t bytes = vram_plan_bytes(p, k, d);
-			if (!bytes)
-				continue;
-			/* layer ranges on this device */
-			char ranges[512] = "";
-			int start = -1, prev = -1;
-			for (int li = 0; li <= nl; li++) {
-				struct vram_layer_info l = { .struct_size = sizeof(l) };
-				bool here = false;
-				if (li < nl && vram_model_layer(m, (uint32_t)li, &l) == 0)
-					here = l.component == k && vram_plan_layer_device(p, (uint32_t)li) == (int)d;
-				if (here && start < 0)
-					start = li;
-				if (here)
-					prev = li;
-				if (!here && start >= 0) {
-					char one[48];
-					if (start == prev)
-						snprintf(one, sizeof(one), "%s%d", ranges[0] ? "," : "", start);
-					else
-						snprintf(one, sizeof(one), "%s%d-%d", ranges[0] ? "," : "", start, prev);
-					if (strlen(ranges) + strlen(one) < sizeof(ranges) - 4)
-						strcat(ranges, one);
-					else if (!strstr(ranges, "..."))
-						strcat(ranges, ",...");
-					start = -1;
-				}
+	const char *first = NULL;
+	size_t n = 0;
+	json_t *r;
+	size_t i;
+	json_array_foreach(ranges, i, r) {
+		const char *names[2] = { json_string_value(json_object_get(r, "first")),
+					 json_string_value(json_object_get(r, "last")) };
+		for (int k = 0; k < 2 && names[k]; k++) {
+			if (!first) {
+				first = names[k];
+				n = strlen(first);
 			}
-			printf("%-6s %-10s %14s  %s\n", "", vram_plan_device_name(p, d), ctl_size(bytes, a, sizeof(a)),
-			       ranges);
+			size_t j = 0;
+			while (j < n && names[k][j] == first[j])
+				j++;
+			n = j;
 		}
 	}
+	while (n && first[n - 1] != '.')
+		n--;
+	return n;
+}
+
+/* One device's line: asked, placed, the difference, its modules (first
+ * and last in placement order, over its runs). */
+static void plan_print_device(json_t *c, const char *dev, uint64_t bytes, size_t skip)
+{
+	char a[32], b[32], d[40];
+	uint64_t asked = (uint64_t)json_integer_value(json_object_get(json_object_get(c, "asked"), dev));
+	uint64_t placed = (uint64_t)json_integer_value(json_object_get(json_object_get(c, "placement"), dev));
+	json_t *ranges = json_object_get(c, "ranges"), *r;
+	const char *first = NULL, *last = NULL;
+	long long modules = 0, runs = 0;
+	size_t i;
+	json_array_foreach(ranges, i, r) {
+		if (strcmp(json_string_value(json_object_get(r, "device")), dev))
+			continue;
+		if (!first)
+			first = json_string_value(json_object_get(r, "first"));
+		last = json_string_value(json_object_get(r, "last"));
+		modules += json_integer_value(json_object_get(r, "modules"));
+		runs++;
+	}
+	uint64_t diff = placed > asked ? placed - asked : asked - placed;
+	snprintf(d, sizeof(d), "%s%s %+.2f%%", placed >= asked ? "+" : "-", ctl_size(diff, b, sizeof(b)),
+		 bytes ? 100.0 * ((double)placed - (double)asked) / (double)bytes : 0.0);
+	printf("%-6s %-10s %12s %12s %20s  ", "", dev, ctl_size(asked, a, sizeof(a)), ctl_size(placed, b, sizeof(b)), d);
+	if (!modules)
+		printf("-\n");
+	else if (first == last || !strcmp(first, last))
+		printf("%lld: %s\n", modules, first + MIN(skip, strlen(first)));
+	else
+		printf("%lld: %s .. %s%s\n", modules, first + MIN(skip, strlen(first)), last + MIN(skip, strlen(last)),
+		       runs > 1 ? " (not all consecutive)" : "");
+}
+
+/* Layers the plan split between devices (it places modules), up to four. */
+static void plan_print_split(json_t *c, size_t skip)
+{
+	json_t *layers = json_object_get(c, "layers"), *l;
+	size_t i, n = 0;
+	json_array_foreach(layers, i, l) {
+		json_t *split = json_object_get(l, "split");
+		if (!json_is_object(split))
+			continue;
+		if (n++ == 4) {
+			printf("%-6s %s\n", "", "(more split layers in --json)");
+			break;
+		}
+		const char *name = json_string_value(json_object_get(l, "name"));
+		printf("%-6s split: %s (", "", name + MIN(skip, strlen(name)));
+		const char *dev;
+		json_t *v;
+		bool first = true;
+		json_object_foreach(split, dev, v) {
+			char a[32];
+			printf("%s%s %s", first ? "" : ", ", dev, ctl_size((uint64_t)json_integer_value(v), a, sizeof(a)));
+			first = false;
+		}
+		printf(")\n");
+	}
+}
+
+/* The plan as a table: per component, what each device was asked and
+ * given, the difference, and its modules (docs/plan.md). */
+void plan_print(const vram_plan *p, const vram_model *m)
+{
+	_cleanup_free_ char *txt = NULL;
+	if (vram_plan_to_json(p, &txt) < 0) {
+		fprintf(stderr, "vramctl: %s\n", vram_last_error());
+		return;
+	}
+	json_auto_t *root = json_loads(txt, 0, NULL);
+	json_t *comps = json_object_get(root, "components"), *devs = json_object_get(root, "placement_order");
+	char a[32];
+	printf("%-6s %-10s %12s %12s %20s  %s\n", "PART", "DEVICE", "ASKED", "PLACED", "DIFFERENCE", "MODULES");
+	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
+		json_t *c = json_object_get(comps, vram_component_name(k));
+		uint64_t bytes = (uint64_t)json_integer_value(json_object_get(c, "bytes"));
+		if (!c || !json_array_size(json_object_get(c, "layers")))
+			continue;
+		const char *order = json_string_value(json_object_get(c, "module_order"));
+		const char *alloc = json_string_value(json_object_get(c, "allocation"));
+		printf("%-6s compute on %s, %s, %lld modules in %s order, tail first", vram_component_name(k),
+		       json_string_value(json_object_get(c, "compute_device")), ctl_size(bytes, a, sizeof(a)),
+		       json_integer_value(json_object_get(c, "modules")), order ? order : "natural");
+		if (alloc)
+			printf(" (\"%s\")", alloc);
+		printf("\n");
+		size_t skip = common_prefix(json_object_get(c, "ranges")), i;
+		json_t *dv;
+		json_array_foreach(devs, i, dv) {
+			const char *dev = json_string_value(dv);
+			if (json_integer_value(json_object_get(json_object_get(c, "asked"), dev)) ||
+			    json_integer_value(json_object_get(json_object_get(c, "placement"), dev)))
+				plan_print_device(c, dev, bytes, skip);
+		}
+		uint64_t pinned = (uint64_t)json_integer_value(json_object_get(c, "pinned_bytes"));
+		if (pinned && strcmp(json_string_value(json_object_get(c, "source")), "whole"))
+			printf("%-6s pinned on %s: %s (tiny layers%s, DisTorch2's rule; part of that device's bytes)\n", "",
+			       json_string_value(json_object_get(c, "compute_device")), ctl_size(pinned, a, sizeof(a)),
+			       k == VRAM_COMP_CLIP ? " and embeddings" : "");
+		plan_print_split(c, skip);
+	}
+	(void)m;
 }
 
 /* ======================================================================

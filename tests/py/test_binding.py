@@ -127,7 +127,7 @@ class WithBroker(unittest.TestCase):
             a = loaded.numpy(t.name)
             np.testing.assert_array_equal(a, self.ref[t.name])
             self.assertEqual(a.__array_interface__["data"][0], loaded.host_ptr(t.index))
-            self.assertEqual(loaded.device(t.index).name, plan.layer_device(t.layer))
+            self.assertEqual(loaded.device(t.index).name, plan.tensor_device(t.index))
         # a write through one view shows through another and the pointer
         w = "model.diffusion_model.input_blocks.0.0.weight"
         a = loaded.numpy(w)

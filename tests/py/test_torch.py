@@ -66,7 +66,7 @@ class TorchViews(unittest.TestCase):
             self.assertTrue(torch.equal(got.view(torch.uint8), want.view(torch.uint8)), name)
             i = m.tensor(name).index
             self.assertEqual(got.data_ptr(), loaded.host_ptr(i), name)
-            self.assertEqual(loaded.device(i).name, plan.layer_device(m.tensor(name).layer), name)
+            self.assertEqual(loaded.device(i).name, plan.tensor_device(i), name)
             self.assertEqual(got.device.type, "cpu")
         self.assertEqual({loaded.device(m.tensor(n).index).name for n in sd if n.startswith("cond")}, {"cuda:1"})
         # writes show through: torch -> numpy view of the same grant
