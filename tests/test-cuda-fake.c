@@ -7,20 +7,12 @@
  * broker and a client together over a socket, a client killed while it
  * holds grants; and the real libcuda loader on a machine without a driver.
  *
- * The fake is strict where the real driver is (an initialized driver, a
- * current context for streams, events, copies and memsets, unmapping before
- * freeing a VA range, sizes multiple of the granularity) and keeps books of
- * everything created, so each test ends by checking that all of it was
- * given back.  Device memory is host memory: an allocation is a memfd,
- * a VA reservation is an inaccessible anonymous mapping, cuMemMap maps the
- * memfd into it.  cuMemCreate hands out recycled memory with the previous
- * owner's bytes still in it, as a real GPU may: only the broker's clearing
- * makes a new grant read zero.
+ * The fake driver is tests/fake-cuda.c; each test ends by checking that
+ * everything it created was given back (fake_assert_clean).
  */
 #include <dlfcn.h>
 #include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
+#include <stdbool.h>
 #include <sys/syscall.h>
 
 #include "broker/broker.h"
@@ -34,1266 +26,9 @@
 #include "runtime/load.h"
 #include "kernels/kernels.h"
 #include "testlib.h"
+#include "testlib-cuda.h"
 #include "testlib-notify.h"
 #include "testlib-raw.h"
-
-#define MiB (1ull << 20)
-#define GiB (1ull << 30)
-
-/* ======================================================================
- * The fake driver
- * ====================================================================== */
-
-enum fn {
-	F_Init, F_DriverGetVersion, F_GetErrorName, F_GetErrorString, F_DeviceGetCount, F_DeviceGet,
-	F_DeviceGetName, F_DeviceGetUuid, F_DeviceTotalMem, F_DeviceGetAttribute, F_DevicePrimaryCtxRetain,
-	F_DevicePrimaryCtxRelease, F_CtxPushCurrent, F_CtxPopCurrent, F_CtxSynchronize, F_MemGetInfo,
-	F_MemGetAllocationGranularity, F_MemCreate, F_MemRelease, F_MemExportToShareableHandle,
-	F_MemImportFromShareableHandle, F_MemGetAllocationPropertiesFromHandle, F_MemAddressReserve,
-	F_MemAddressFree, F_MemMap, F_MemUnmap,
-	F_MemSetAccess, F_MemsetD8, F_MemcpyHtoD, F_MemcpyDtoH, F_MemcpyHtoDAsync, F_MemcpyDtoHAsync,
-	F_MemcpyDtoDAsync, F_MemHostRegister, F_MemHostUnregister, F_StreamCreate, F_StreamDestroy,
-	F_StreamSynchronize, F_EventCreate, F_EventDestroy, F_EventRecord, F_EventSynchronize,
-	F_ModuleLoadData, F_ModuleUnload, F_ModuleGetFunction, F_LaunchKernel, F_MemAllocManaged, F_MemFree,
-	F_MemAdvise, F_MemPrefetchAsync,
-	F_COUNT
-};
-
-#define FK_MAX_DEV 4
-#define FK_MAX 64
-
-struct fk_dev {
-	char name[64];
-	uint8_t uuid[16];
-	size_t total, free;
-	size_t gran;
-	int vmm, posix_fd, numa;
-	int numa_unknown;        /* HOST_NUMA_ID query fails (old driver) */
-	int cma;                 /* CONCURRENT_MANAGED_ACCESS */
-	int compute_mode;        /* COMPUTE_MODE (0: default) */
-	int ctx_refs;            /* primary context retains */
-};
-
-struct fk_alloc {            /* "physical" memory */
-	int live;
-	int memfd;
-	size_t size;
-	int dev;                 /* physical index */
-	int handles, maps;
-	int exports;             /* exported files still open somewhere */
-};
-
-/* An exported POSIX fd, as the real driver makes one: a new open file
- * description of the driver's control device (so every export has the same
- * inode, and a fresh open of that file is no export), which keeps the
- * allocation alive until every copy of it, in any process, is closed, and
- * which can be imported any number of times.  The fake's control device is
- * a memfd (fk.ctl); export i is an open of it holding an OFD lock on byte i.
- * OFD locks belong to the open file description and go when it does: the
- * fake probes them from fk.ctl to see which exports still live (fk_reap),
- * and from an fd to see which export it is (its own lock does not conflict
- * with it). */
-struct fk_export {
-	int live;
-	int alloc;
-};
-
-struct fk_handle {
-	CUmemGenericAllocationHandle id;
-	int alloc;               /* index, -1: free slot */
-};
-
-struct fk_resv {
-	char *va;
-	size_t size;
-};
-
-struct fk_map {
-	char *va;
-	size_t size;
-	int alloc;
-	int access;
-};
-
-struct fk_reg {
-	char *p;
-	size_t n;
-};
-
-struct fk_obj {              /* streams and events */
-	int magic;
-	int dev;
-};
-#define FK_STREAM 0x5354
-#define FK_EVENT 0x4556
-
-static struct fake {
-	int inited;
-	CUresult init_result;
-	int ndev;
-	struct fk_dev dev[FK_MAX_DEV];
-	int nvisible;            /* devices this "process" sees, in order: */
-	int perm[FK_MAX_DEV];    /* visible ordinal -> physical index */
-	/* injection: the fail_nth call (0-based) of fail_fn returns fail_code */
-	int fail_fn;
-	unsigned fail_nth, fail_seen;
-	CUresult fail_code;
-	unsigned calls[F_COUNT];
-	struct fk_alloc alloc[FK_MAX];
-	struct fk_handle handle[FK_MAX];
-	struct fk_export exp[FK_MAX];
-	int ctl;                 /* the "control device" exports are opens of */
-	int prop_lie;            /* properties reported: 1 not pinned, 2 no POSIX-fd handle type */
-	CUmemGenericAllocationHandle next_handle;
-	struct fk_resv resv[FK_MAX];
-	struct fk_map map[FK_MAX];
-	struct fk_reg reg[FK_MAX];
-	int streams, events;
-	int recycle_fd;          /* memory given back, handed out again uncleared */
-	size_t recycle_size;
-	int ctx_objs[FK_MAX_DEV];
-	/* kernels */
-	int modules;             /* loaded */
-	const void *last_image;
-	struct fk_fn { int magic; void *mod; char name[64]; } fn[FK_MAX];
-	struct fk_launch {       /* the last launch */
-		char name[64];
-		unsigned grid[3], block[3], shared;
-		CUstream stream;
-		uint64_t a[8];   /* parameters, widened */
-	} launch;
-	unsigned launches;
-	size_t last_reserve_align;  /* cuMemAddressReserve alignment last asked for */
-	/* unified memory */
-	struct fk_managed { char *va; size_t size; int dev; } managed[FK_MAX];
-	struct fk_uvm_call { int fn; CUdeviceptr p; size_t n; int advice; int loc_type, loc_id; CUstream s; } ucall[256];
-	unsigned nucall;
-} fk;
-
-static pthread_mutex_t fk_lock = PTHREAD_MUTEX_INITIALIZER;
-static __thread CUcontext ctx_stack[16];
-static __thread int ctx_depth;
-
-#define ENTER(id)                                                             \
-	pthread_mutex_lock(&fk_lock);                                         \
-	fk.calls[id]++;                                                       \
-	if (fk.fail_fn == (id) && fk.fail_seen++ == fk.fail_nth) {            \
-		CUresult r_ = fk.fail_code;                                   \
-		pthread_mutex_unlock(&fk_lock);                               \
-		return r_;                                                    \
-	}
-#define ENTER_INIT(id)                                                        \
-	ENTER(id)                                                             \
-	if (!fk.inited)                                                       \
-		OUT(CUDA_ERROR_NOT_INITIALIZED);
-#define ENTER_CTX(id)                                                         \
-	ENTER_INIT(id)                                                        \
-	if (ctx_depth == 0)                                                   \
-		OUT(CUDA_ERROR_INVALID_CONTEXT);
-#define OUT(x)                                                                \
-	do {                                                                  \
-		CUresult r_ = (x);                                            \
-		pthread_mutex_unlock(&fk_lock);                               \
-		return r_;                                                    \
-	} while (0)
-
-static const struct {
-	CUresult r;
-	const char *name, *desc;
-} fk_errors[] = {
-	{ CUDA_SUCCESS, "CUDA_SUCCESS", "no error" },
-	{ CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument" },
-	{ CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory" },
-	{ CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error" },
-	{ CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected" },
-	{ CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal" },
-	{ CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context" },
-	{ CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED",
-	  "part or all of the requested memory range is already mapped" },
-	{ CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED",
-	  "pointer does not correspond to a registered memory region" },
-	{ CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported" },
-	{ CUDA_ERROR_STUB_LIBRARY, "CUDA_ERROR_STUB_LIBRARY", "CUDA driver is a stub library" },
-	{ CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error" },
-};
-
-static CUresult fk_GetErrorName(CUresult e, const char **s)
-{
-	ENTER(F_GetErrorName);
-	for (size_t i = 0; i < ARRAY_SIZE(fk_errors); i++)
-		if (fk_errors[i].r == e) {
-			*s = fk_errors[i].name;
-			OUT(CUDA_SUCCESS);
-		}
-	*s = NULL;
-	OUT(CUDA_ERROR_INVALID_VALUE);
-}
-
-static CUresult fk_GetErrorString(CUresult e, const char **s)
-{
-	ENTER(F_GetErrorString);
-	for (size_t i = 0; i < ARRAY_SIZE(fk_errors); i++)
-		if (fk_errors[i].r == e) {
-			*s = fk_errors[i].desc;
-			OUT(CUDA_SUCCESS);
-		}
-	*s = NULL;
-	OUT(CUDA_ERROR_INVALID_VALUE);
-}
-
-static CUresult fk_Init(unsigned flags)
-{
-	ENTER(F_Init);
-	if (flags)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	if (fk.init_result == CUDA_SUCCESS)
-		fk.inited = 1;
-	OUT(fk.init_result);
-}
-
-static CUresult fk_DriverGetVersion(int *v)
-{
-	ENTER(F_DriverGetVersion);
-	*v = 13000;
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_DeviceGetCount(int *n)
-{
-	ENTER_INIT(F_DeviceGetCount);
-	*n = fk.nvisible;
-	OUT(CUDA_SUCCESS);
-}
-
-/* Physical index of visible ordinal o, or -1. */
-static int phys(int o)
-{
-	return o >= 0 && o < fk.nvisible ? fk.perm[o] : -1;
-}
-
-static CUresult fk_DeviceGet(CUdevice *d, int o)
-{
-	ENTER_INIT(F_DeviceGet);
-	if (phys(o) < 0)
-		OUT(CUDA_ERROR_INVALID_DEVICE);
-	*d = o; /* as in CUDA: the handle is the ordinal */
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_DeviceGetName(char *name, int len, CUdevice d)
-{
-	ENTER_INIT(F_DeviceGetName);
-	if (phys(d) < 0)
-		OUT(CUDA_ERROR_INVALID_DEVICE);
-	snprintf(name, (size_t)len, "%s", fk.dev[phys(d)].name);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_DeviceGetUuid(CUuuid *u, CUdevice d)
-{
-	ENTER_INIT(F_DeviceGetUuid);
-	if (phys(d) < 0)
-		OUT(CUDA_ERROR_INVALID_DEVICE);
-	memcpy(u->bytes, fk.dev[phys(d)].uuid, 16);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_DeviceTotalMem(size_t *n, CUdevice d)
-{
-	ENTER_INIT(F_DeviceTotalMem);
-	if (phys(d) < 0)
-		OUT(CUDA_ERROR_INVALID_DEVICE);
-	*n = fk.dev[phys(d)].total;
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_DeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d)
-{
-	ENTER_INIT(F_DeviceGetAttribute);
-	if (phys(d) < 0)
-		OUT(CUDA_ERROR_INVALID_DEVICE);
-	struct fk_dev *x = &fk.dev[phys(d)];
-	switch ((int)a) {
-	case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED:
-		*v = x->vmm;
-		break;
-	case CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED:
-		*v = x->posix_fd;
-		break;
-	case CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS:
-		*v = x->cma;
-		break;
-	case CU_DEVICE_ATTRIBUTE_COMPUTE_MODE:
-		*v = x->compute_mode;
-		break;
-	case CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID:
-		if (x->numa_unknown)
-			OUT(CUDA_ERROR_INVALID_VALUE);
-		*v = x->numa;
-		break;
-	default:
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	}
-	OUT(CUDA_SUCCESS);
-}
-
-static CUcontext ctx_of(int p)
-{
-	return (CUcontext)(void *)&fk.ctx_objs[p];
-}
-
-static int ctx_dev(CUcontext c)
-{
-	for (int p = 0; p < fk.ndev; p++)
-		if (c == ctx_of(p))
-			return p;
-	return -1;
-}
-
-static CUresult fk_DevicePrimaryCtxRetain(CUcontext *c, CUdevice d)
-{
-	ENTER_INIT(F_DevicePrimaryCtxRetain);
-	if (phys(d) < 0)
-		OUT(CUDA_ERROR_INVALID_DEVICE);
-	fk.dev[phys(d)].ctx_refs++;
-	*c = ctx_of(phys(d));
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_DevicePrimaryCtxRelease(CUdevice d)
-{
-	ENTER_INIT(F_DevicePrimaryCtxRelease);
-	if (phys(d) < 0)
-		OUT(CUDA_ERROR_INVALID_DEVICE);
-	if (fk.dev[phys(d)].ctx_refs <= 0)
-		OUT(CUDA_ERROR_INVALID_CONTEXT);
-	fk.dev[phys(d)].ctx_refs--;
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_CtxPushCurrent(CUcontext c)
-{
-	ENTER_INIT(F_CtxPushCurrent);
-	int p = ctx_dev(c);
-	if (p < 0 || fk.dev[p].ctx_refs <= 0)
-		OUT(CUDA_ERROR_INVALID_CONTEXT);
-	if (ctx_depth == (int)ARRAY_SIZE(ctx_stack))
-		OUT(CUDA_ERROR_UNKNOWN);
-	ctx_stack[ctx_depth++] = c;
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_CtxPopCurrent(CUcontext *c)
-{
-	ENTER_INIT(F_CtxPopCurrent);
-	if (ctx_depth == 0)
-		OUT(CUDA_ERROR_INVALID_CONTEXT);
-	*c = ctx_stack[--ctx_depth];
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_CtxSynchronize(void)
-{
-	ENTER_CTX(F_CtxSynchronize);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemGetInfo(size_t *f, size_t *t)
-{
-	ENTER_CTX(F_MemGetInfo);
-	int p = ctx_dev(ctx_stack[ctx_depth - 1]);
-	*f = fk.dev[p].free;
-	*t = fk.dev[p].total;
-	OUT(CUDA_SUCCESS);
-}
-
-static int prop_ok(const CUmemAllocationProp *prop)
-{
-	return prop->type == CU_MEM_ALLOCATION_TYPE_PINNED &&
-	       prop->requestedHandleTypes == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR &&
-	       prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE && phys(prop->location.id) >= 0 &&
-	       prop->win32HandleMetaData == NULL;
-}
-
-static CUresult fk_MemGetAllocationGranularity(size_t *g, const CUmemAllocationProp *prop,
-					       CUmemAllocationGranularity_flags o)
-{
-	ENTER_INIT(F_MemGetAllocationGranularity);
-	if (!prop_ok(prop))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	*g = fk.dev[phys(prop->location.id)].gran;
-	OUT(CUDA_SUCCESS);
-}
-
-static void alloc_put(int a)
-{
-	struct fk_alloc *x = &fk.alloc[a];
-	if (x->handles || x->maps || x->exports)
-		return;
-	fk.dev[x->dev].free += x->size;
-	if (fk.recycle_fd < 0) {
-		fk.recycle_fd = x->memfd;
-		fk.recycle_size = x->size;
-	} else {
-		close(x->memfd);
-	}
-	memset(x, 0, sizeof(*x));
-}
-
-/* The lock type on export i's byte as fd sees it: F_UNLCK when nobody else
- * holds it (no export i, or fd is export i's file). */
-static int export_lock_seen(int fd, int i)
-{
-	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = i, .l_len = 1 };
-	if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
-		return -1;
-	return fl.l_type;
-}
-
-/* Drops the exports whose files are closed everywhere.  Lock held. */
-static void fk_reap(void)
-{
-	for (int i = 0; i < FK_MAX; i++) {
-		struct fk_export *e = &fk.exp[i];
-		if (!e->live || export_lock_seen(fk.ctl, i) != F_UNLCK)
-			continue;
-		int a = e->alloc;
-		memset(e, 0, sizeof(*e));
-		fk.alloc[a].exports--;
-		alloc_put(a);
-	}
-}
-
-/* The export whose open file fd is, or -1.  Lock held. */
-static int export_of(int fd)
-{
-	struct stat st, ctl;
-	if (fstat(fd, &st) < 0 || fstat(fk.ctl, &ctl) < 0 || st.st_ino != ctl.st_ino || st.st_dev != ctl.st_dev)
-		return -1;
-	fk_reap();
-	for (int i = 0; i < FK_MAX; i++)
-		if (fk.exp[i].live && export_lock_seen(fd, i) == F_UNLCK)
-			return i;
-	return -1;
-}
-
-static CUmemGenericAllocationHandle handle_new(int a)
-{
-	for (int i = 0; i < FK_MAX; i++)
-		if (fk.handle[i].id == 0) {
-			fk.handle[i].id = ++fk.next_handle * 0x1000 + 7;
-			fk.handle[i].alloc = a;
-			fk.alloc[a].handles++;
-			return fk.handle[i].id;
-		}
-	return 0;
-}
-
-static struct fk_handle *handle_find(CUmemGenericAllocationHandle h)
-{
-	for (int i = 0; i < FK_MAX; i++)
-		if (h && fk.handle[i].id == h)
-			return &fk.handle[i];
-	return NULL;
-}
-
-static CUresult fk_MemCreate(CUmemGenericAllocationHandle *h, size_t size, const CUmemAllocationProp *prop,
-			     unsigned long long flags)
-{
-	ENTER_INIT(F_MemCreate);
-	fk_reap();
-	if (!prop_ok(prop) || flags || size == 0)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	struct fk_dev *d = &fk.dev[phys(prop->location.id)];
-	if (size % d->gran)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	if (size > d->free)
-		OUT(CUDA_ERROR_OUT_OF_MEMORY);
-	int a = -1;
-	for (int i = 0; i < FK_MAX && a < 0; i++)
-		if (!fk.alloc[i].live)
-			a = i;
-	if (a < 0)
-		OUT(CUDA_ERROR_OUT_OF_MEMORY);
-	int fd;
-	if (fk.recycle_fd >= 0 && fk.recycle_size == size) {
-		fd = fk.recycle_fd; /* the previous owner's bytes are still there */
-		fk.recycle_fd = -1;
-	} else {
-		fd = memfd_create("fake-vram", MFD_CLOEXEC);
-		if (fd < 0 || ftruncate(fd, (off_t)size) < 0)
-			OUT(CUDA_ERROR_OUT_OF_MEMORY);
-		/* Fresh memory is not zero on a GPU either. */
-		char *m = mmap(NULL, size, PROT_WRITE, MAP_SHARED, fd, 0);
-		if (m != MAP_FAILED) {
-			memset(m, 0xa5, size);
-			munmap(m, size);
-		}
-	}
-	fk.alloc[a] = (struct fk_alloc){ .live = 1, .memfd = fd, .size = size, .dev = phys(prop->location.id) };
-	d->free -= size;
-	*h = handle_new(a);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemRelease(CUmemGenericAllocationHandle h)
-{
-	ENTER_INIT(F_MemRelease);
-	fk_reap();
-	struct fk_handle *x = handle_find(h);
-	if (!x)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	int a = x->alloc;
-	x->id = 0;
-	fk.alloc[a].handles--;
-	alloc_put(a);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemExportToShareableHandle(void *out, CUmemGenericAllocationHandle h,
-					      CUmemAllocationHandleType t, unsigned long long flags)
-{
-	ENTER_INIT(F_MemExportToShareableHandle);
-	struct fk_handle *x = handle_find(h);
-	if (!x || t != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR || flags)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	int i = 0;
-	fk_reap();
-	while (i < FK_MAX && fk.exp[i].live)
-		i++;
-	if (i == FK_MAX)
-		OUT(CUDA_ERROR_OUT_OF_MEMORY);
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fk.ctl);
-	/* Deliberately without close-on-exec: the broker must set it. */
-	int fd = open(path, O_RDWR);
-	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = i, .l_len = 1 };
-	if (fd < 0)
-		OUT(CUDA_ERROR_OPERATING_SYSTEM);
-	if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
-		close(fd);
-		OUT(CUDA_ERROR_OPERATING_SYSTEM);
-	}
-	fk.exp[i] = (struct fk_export){ 1, x->alloc };
-	fk.alloc[x->alloc].exports++;
-	*(int *)out = fd;
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemImportFromShareableHandle(CUmemGenericAllocationHandle *h, void *os,
-						CUmemAllocationHandleType t)
-{
-	ENTER_INIT(F_MemImportFromShareableHandle);
-	int e = t == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR ? export_of((int)(uintptr_t)os) : -1;
-	if (e < 0)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	*h = handle_new(fk.exp[e].alloc);
-	OUT(*h ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY);
-}
-
-static CUresult fk_MemGetAllocationPropertiesFromHandle(CUmemAllocationProp *prop, CUmemGenericAllocationHandle h)
-{
-	ENTER_INIT(F_MemGetAllocationPropertiesFromHandle);
-	struct fk_handle *x = handle_find(h);
-	if (!x || !prop)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	/* The location in this process's ordinals. */
-	int o = -1;
-	for (int i = 0; i < fk.nvisible; i++)
-		if (fk.perm[i] == fk.alloc[x->alloc].dev)
-			o = i;
-	if (o < 0)
-		OUT(CUDA_ERROR_INVALID_DEVICE);
-	memset(prop, 0, sizeof(*prop));
-	prop->type = CU_MEM_ALLOCATION_TYPE_PINNED;
-	prop->requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
-	prop->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-	prop->location.id = o;
-	if (fk.prop_lie == 1)
-		prop->type = CU_MEM_ALLOCATION_TYPE_INVALID;
-	if (fk.prop_lie == 2)
-		prop->requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemAddressReserve(CUdeviceptr *p, size_t size, size_t align, CUdeviceptr addr,
-				     unsigned long long flags)
-{
-	ENTER_INIT(F_MemAddressReserve);
-	if (size == 0 || size % (2 * MiB) || addr || flags || (align & (align - 1)))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	fk.last_reserve_align = align;
-	for (int i = 0; i < FK_MAX; i++)
-		if (!fk.resv[i].va) {
-			void *m = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-			if (m == MAP_FAILED)
-				OUT(CUDA_ERROR_OUT_OF_MEMORY);
-			fk.resv[i] = (struct fk_resv){ m, size };
-			*p = (CUdeviceptr)(uintptr_t)m;
-			OUT(CUDA_SUCCESS);
-		}
-	OUT(CUDA_ERROR_OUT_OF_MEMORY);
-}
-
-static CUresult fk_MemAddressFree(CUdeviceptr p, size_t size)
-{
-	ENTER_INIT(F_MemAddressFree);
-	char *va = (char *)(uintptr_t)p;
-	for (int i = 0; i < FK_MAX; i++)
-		if (fk.resv[i].va == va && fk.resv[i].size == size) {
-			for (int k = 0; k < FK_MAX; k++)
-				if (fk.map[k].va >= va && fk.map[k].va < va + size)
-					OUT(CUDA_ERROR_INVALID_VALUE); /* still mapped */
-			munmap(va, size);
-			fk.resv[i] = (struct fk_resv){ 0 };
-			OUT(CUDA_SUCCESS);
-		}
-	OUT(CUDA_ERROR_INVALID_VALUE);
-}
-
-static CUresult fk_MemMap(CUdeviceptr p, size_t size, size_t off, CUmemGenericAllocationHandle h,
-			  unsigned long long flags)
-{
-	ENTER_INIT(F_MemMap);
-	char *va = (char *)(uintptr_t)p;
-	struct fk_handle *x = handle_find(h);
-	if (!x || flags || size == 0)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	struct fk_alloc *a = &fk.alloc[x->alloc];
-	if (off + size > a->size)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	int inside = 0;
-	for (int i = 0; i < FK_MAX; i++)
-		if (fk.resv[i].va && va >= fk.resv[i].va && va + size <= fk.resv[i].va + fk.resv[i].size)
-			inside = 1;
-	if (!inside)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	for (int k = 0; k < FK_MAX; k++)
-		if (fk.map[k].va && va < fk.map[k].va + fk.map[k].size && fk.map[k].va < va + size)
-			OUT(CUDA_ERROR_ALREADY_MAPPED);
-	for (int k = 0; k < FK_MAX; k++)
-		if (!fk.map[k].va) {
-			if (mmap(va, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, a->memfd, (off_t)off) ==
-			    MAP_FAILED)
-				OUT(CUDA_ERROR_OUT_OF_MEMORY);
-			fk.map[k] = (struct fk_map){ va, size, x->alloc, 0 };
-			a->maps++;
-			OUT(CUDA_SUCCESS);
-		}
-	OUT(CUDA_ERROR_OUT_OF_MEMORY);
-}
-
-static CUresult fk_MemUnmap(CUdeviceptr p, size_t size)
-{
-	ENTER_INIT(F_MemUnmap);
-	fk_reap();
-	char *va = (char *)(uintptr_t)p;
-	for (int k = 0; k < FK_MAX; k++)
-		if (fk.map[k].va == va && fk.map[k].size == size) {
-			mmap(va, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-			int a = fk.map[k].alloc;
-			fk.map[k] = (struct fk_map){ 0 };
-			fk.alloc[a].maps--;
-			alloc_put(a);
-			OUT(CUDA_SUCCESS);
-		}
-	OUT(CUDA_ERROR_INVALID_VALUE);
-}
-
-static CUresult fk_MemSetAccess(CUdeviceptr p, size_t size, const CUmemAccessDesc *desc, size_t count)
-{
-	ENTER_INIT(F_MemSetAccess);
-	char *va = (char *)(uintptr_t)p;
-	if (count != 1 || desc->location.type != CU_MEM_LOCATION_TYPE_DEVICE || phys(desc->location.id) < 0 ||
-	    desc->flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	for (int k = 0; k < FK_MAX; k++)
-		if (fk.map[k].va == va && fk.map[k].size == size) {
-			/* Access for another device than the memory's own would
-			 * need peer access; vramd never asks for it. */
-			if (phys(desc->location.id) != fk.alloc[fk.map[k].alloc].dev)
-				OUT(CUDA_ERROR_INVALID_DEVICE);
-			fk.map[k].access = 1;
-			OUT(CUDA_SUCCESS);
-		}
-	OUT(CUDA_ERROR_INVALID_VALUE);
-}
-
-/* 1 if [p, p+n) lies in one accessible mapping. */
-static int dev_range_ok(CUdeviceptr p, size_t n)
-{
-	char *va = (char *)(uintptr_t)p;
-	for (int k = 0; k < FK_MAX; k++)
-		if (fk.map[k].va && fk.map[k].access && va >= fk.map[k].va &&
-		    va + n <= fk.map[k].va + fk.map[k].size)
-			return 1;
-	return 0;
-}
-
-static CUresult fk_MemsetD8(CUdeviceptr p, unsigned char v, size_t n)
-{
-	ENTER_CTX(F_MemsetD8);
-	if (!dev_range_ok(p, n))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	memset((void *)(uintptr_t)p, v, n);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemcpyHtoD(CUdeviceptr d, const void *s, size_t n)
-{
-	ENTER_CTX(F_MemcpyHtoD);
-	if (!dev_range_ok(d, n))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	memcpy((void *)(uintptr_t)d, s, n);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemcpyDtoH(void *d, CUdeviceptr s, size_t n)
-{
-	ENTER_CTX(F_MemcpyDtoH);
-	if (!dev_range_ok(s, n))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	memcpy(d, (void *)(uintptr_t)s, n);
-	OUT(CUDA_SUCCESS);
-}
-
-static int obj_ok(void *o, int magic)
-{
-	return o && ((struct fk_obj *)o)->magic == magic;
-}
-
-/* A new stream, event or module of the current context's device, counted
- * in *count; NULL when out of memory. */
-static struct fk_obj *fk_obj_new(int magic, int *count)
-{
-	struct fk_obj *o = malloc(sizeof(*o));
-	if (!o)
-		return NULL;
-	o->magic = magic;
-	o->dev = ctx_dev(ctx_stack[ctx_depth - 1]);
-	(*count)++;
-	return o;
-}
-
-/* Invalidates and frees h (checked with obj_ok first), uncounting it. */
-static void fk_obj_free(void *h, int *count)
-{
-	((struct fk_obj *)h)->magic = 0;
-	free(h);
-	(*count)--;
-}
-
-static CUresult fk_MemcpyHtoDAsync(CUdeviceptr d, const void *s, size_t n, CUstream st)
-{
-	ENTER_CTX(F_MemcpyHtoDAsync);
-	if (!dev_range_ok(d, n) || !obj_ok(st, FK_STREAM))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	memcpy((void *)(uintptr_t)d, s, n);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemcpyDtoHAsync(void *d, CUdeviceptr s, size_t n, CUstream st)
-{
-	ENTER_CTX(F_MemcpyDtoHAsync);
-	if (!dev_range_ok(s, n) || !obj_ok(st, FK_STREAM))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	memcpy(d, (void *)(uintptr_t)s, n);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st)
-{
-	ENTER_CTX(F_MemcpyDtoDAsync);
-	if (!dev_range_ok(d, n) || !dev_range_ok(s, n) || !obj_ok(st, FK_STREAM))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, n);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemHostRegister(void *p, size_t n, unsigned flags)
-{
-	ENTER_CTX(F_MemHostRegister);
-	char *c = p;
-	if (!p || n == 0 || flags != CU_MEMHOSTREGISTER_PORTABLE)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	for (int i = 0; i < FK_MAX; i++)
-		if (fk.reg[i].p && c < fk.reg[i].p + fk.reg[i].n && fk.reg[i].p < c + n)
-			OUT(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
-	for (int i = 0; i < FK_MAX; i++)
-		if (!fk.reg[i].p) {
-			fk.reg[i] = (struct fk_reg){ c, n };
-			OUT(CUDA_SUCCESS);
-		}
-	OUT(CUDA_ERROR_OUT_OF_MEMORY);
-}
-
-static CUresult fk_MemHostUnregister(void *p)
-{
-	ENTER_CTX(F_MemHostUnregister);
-	for (int i = 0; i < FK_MAX; i++)
-		if (p && fk.reg[i].p == p) {
-			fk.reg[i] = (struct fk_reg){ 0 };
-			OUT(CUDA_SUCCESS);
-		}
-	OUT(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED);
-}
-
-static CUresult fk_StreamCreate(CUstream *s, unsigned flags)
-{
-	ENTER_CTX(F_StreamCreate);
-	if (flags != CU_STREAM_NON_BLOCKING)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	struct fk_obj *o = fk_obj_new(FK_STREAM, &fk.streams);
-	if (!o)
-		OUT(CUDA_ERROR_OUT_OF_MEMORY);
-	*s = (CUstream)(void *)o;
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_StreamDestroy(CUstream s)
-{
-	ENTER_INIT(F_StreamDestroy);
-	if (!obj_ok(s, FK_STREAM))
-		OUT(CUDA_ERROR_INVALID_HANDLE);
-	fk_obj_free(s, &fk.streams);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_StreamSynchronize(CUstream s)
-{
-	ENTER_INIT(F_StreamSynchronize);
-	if (!s) /* the legacy default stream of the current context */
-		OUT(ctx_depth ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT);
-	OUT(obj_ok(s, FK_STREAM) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
-}
-
-static CUresult fk_EventCreate(CUevent *e, unsigned flags)
-{
-	ENTER_CTX(F_EventCreate);
-	if (flags != CU_EVENT_DISABLE_TIMING)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	struct fk_obj *o = fk_obj_new(FK_EVENT, &fk.events);
-	if (!o)
-		OUT(CUDA_ERROR_OUT_OF_MEMORY);
-	*e = (CUevent)(void *)o;
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_EventDestroy(CUevent e)
-{
-	ENTER_INIT(F_EventDestroy);
-	if (!obj_ok(e, FK_EVENT))
-		OUT(CUDA_ERROR_INVALID_HANDLE);
-	fk_obj_free(e, &fk.events);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_EventRecord(CUevent e, CUstream s)
-{
-	ENTER_INIT(F_EventRecord);
-	if (!obj_ok(e, FK_EVENT) || !obj_ok(s, FK_STREAM) ||
-	    ((struct fk_obj *)(void *)e)->dev != ((struct fk_obj *)(void *)s)->dev)
-		OUT(CUDA_ERROR_INVALID_HANDLE);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_EventSynchronize(CUevent e)
-{
-	ENTER_INIT(F_EventSynchronize);
-	OUT(obj_ok(e, FK_EVENT) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
-}
-
-#define FK_MODULE 0x4d4f
-#define FK_FN 0x464e
-
-static CUresult fk_ModuleLoadData(CUmodule *m, const void *image)
-{
-	ENTER_CTX(F_ModuleLoadData);
-	if (!image)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	struct fk_obj *o = fk_obj_new(FK_MODULE, &fk.modules);
-	if (!o)
-		OUT(CUDA_ERROR_OUT_OF_MEMORY);
-	fk.last_image = image;
-	*m = (CUmodule)(void *)o;
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_ModuleUnload(CUmodule m)
-{
-	ENTER_CTX(F_ModuleUnload);
-	if (!obj_ok(m, FK_MODULE))
-		OUT(CUDA_ERROR_INVALID_HANDLE);
-	for (int i = 0; i < FK_MAX; i++)
-		if (fk.fn[i].mod == (void *)m)
-			memset(&fk.fn[i], 0, sizeof(fk.fn[i]));
-	fk_obj_free(m, &fk.modules);
-	OUT(CUDA_SUCCESS);
-}
-
-/* The fake's image holds kernel names as NUL-terminated strings, as the
- * real fatbin does (uncompressed). */
-static const char *fk_image_names;
-static size_t fk_image_len;
-
-static CUresult fk_ModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
-{
-	ENTER_CTX(F_ModuleGetFunction);
-	if (!obj_ok(m, FK_MODULE) || !name)
-		OUT(CUDA_ERROR_INVALID_HANDLE);
-	size_t nl = strlen(name);
-	const char *hit = fk_image_names ? memmem(fk_image_names, fk_image_len, name, nl + 1) : NULL;
-	if (!hit || nl >= sizeof(fk.fn[0].name))
-		OUT(CUDA_ERROR_NOT_FOUND);
-	for (int i = 0; i < FK_MAX; i++)
-		if (!fk.fn[i].magic) {
-			fk.fn[i].magic = FK_FN;
-			fk.fn[i].mod = (void *)m;
-			snprintf(fk.fn[i].name, sizeof(fk.fn[i].name), "%s", name);
-			*f = (CUfunction)(void *)&fk.fn[i];
-			OUT(CUDA_SUCCESS);
-		}
-	OUT(CUDA_ERROR_OUT_OF_MEMORY);
-}
-
-static const uint32_t fk_dtypes[5] = { VRAM_DTYPE_F8_E4M3, VRAM_DTYPE_F8_E5M2, VRAM_DTYPE_F16, VRAM_DTYPE_BF16,
-				       VRAM_DTYPE_F32 };
-
-/* Runs a launch with the C references (device memory is host memory). */
-static CUresult fk_LaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-				unsigned bz, unsigned shared, CUstream s, void **params, void **extra)
-{
-	ENTER_CTX(F_LaunchKernel);
-	struct fk_fn *fn = (struct fk_fn *)(void *)f;
-	if (!fn || fn->magic != FK_FN || !params || extra || (s && !obj_ok(s, FK_STREAM)))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	if (!gx || !gy || !gz || !bx || !by || !bz || bx * by * bz > 1024)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	struct fk_launch *L = &fk.launch;
-	memset(L, 0, sizeof(*L));
-	snprintf(L->name, sizeof(L->name), "%s", fn->name);
-	L->grid[0] = gx, L->grid[1] = gy, L->grid[2] = gz;
-	L->block[0] = bx, L->block[1] = by, L->block[2] = bz;
-	L->shared = shared;
-	L->stream = s;
-	fk.launches++;
-	if (!strncmp(fn->name, "vk_cast_", 8)) {
-		uint64_t src = *(uint64_t *)params[0], dst = *(uint64_t *)params[1], n = *(uint64_t *)params[2];
-		uint32_t flags = *(uint32_t *)params[3];
-		L->a[0] = src, L->a[1] = dst, L->a[2] = n, L->a[3] = flags;
-		for (int a = 0; a < 5; a++)
-			for (int b = 0; b < 5; b++) {
-				const char *nm = vk_cast_kernel_name(fk_dtypes[a], fk_dtypes[b]);
-				if (!nm || strcmp(nm, fn->name))
-					continue;
-				size_t sb = n * vram_dtype_bits(fk_dtypes[a]) / 8, db = n * vram_dtype_bits(fk_dtypes[b]) / 8;
-				if (!dev_range_ok(src, sb) || !dev_range_ok(dst, db))
-					OUT(CUDA_ERROR_ILLEGAL_ADDRESS);
-				vk_cast_flags((void *)(uintptr_t)src, fk_dtypes[a], (void *)(uintptr_t)dst, fk_dtypes[b], n,
-					      flags);
-			}
-	} else {
-		uint64_t w = *(uint64_t *)params[0], up = *(uint64_t *)params[1], down = *(uint64_t *)params[2];
-		uint32_t rows = *(uint32_t *)params[3], cols = *(uint32_t *)params[4], rank = *(uint32_t *)params[5];
-		float scale = *(float *)params[6];
-		uint64_t seed = *(uint64_t *)params[7];
-		L->a[0] = w, L->a[1] = up, L->a[2] = down, L->a[3] = rows, L->a[4] = cols, L->a[5] = rank;
-		memcpy(&L->a[6], &scale, sizeof(scale));
-		L->a[7] = seed;
-		/* The kernel does nothing with another block shape. */
-		if (bx != VK_LORA_BLOCK_X || by != VK_LORA_BLOCK_Y || bz != 1)
-			OUT(CUDA_SUCCESS);
-		for (int a = 0; a < 5; a++)
-			if (!strcmp(vk_lora_kernel_name(fk_dtypes[a]), fn->name)) {
-				size_t wb = (size_t)rows * cols * vram_dtype_bits(fk_dtypes[a]) / 8;
-				if (!dev_range_ok(w, wb) || !dev_range_ok(up, (size_t)rows * rank * 4) ||
-				    !dev_range_ok(down, (size_t)rank * cols * 4))
-					OUT(CUDA_ERROR_ILLEGAL_ADDRESS);
-				vk_lora_merge((void *)(uintptr_t)w, fk_dtypes[a], (const float *)(uintptr_t)up,
-					      (const float *)(uintptr_t)down, rows, cols, rank, scale, seed);
-			}
-	}
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemAllocManaged(CUdeviceptr *p, size_t n, unsigned flags)
-{
-	ENTER_CTX(F_MemAllocManaged);
-	if (!n || flags != CU_MEM_ATTACH_GLOBAL)
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	for (int i = 0; i < FK_MAX; i++)
-		if (!fk.managed[i].va) {
-			void *m = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			if (m == MAP_FAILED)
-				OUT(CUDA_ERROR_OUT_OF_MEMORY);
-			fk.managed[i] = (struct fk_managed){ m, n, ctx_dev(ctx_stack[ctx_depth - 1]) };
-			*p = (CUdeviceptr)(uintptr_t)m;
-			OUT(CUDA_SUCCESS);
-		}
-	OUT(CUDA_ERROR_OUT_OF_MEMORY);
-}
-
-static CUresult fk_MemFree(CUdeviceptr p)
-{
-	ENTER_CTX(F_MemFree);
-	for (int i = 0; i < FK_MAX; i++)
-		if (p && fk.managed[i].va == (char *)(uintptr_t)p) {
-			munmap(fk.managed[i].va, fk.managed[i].size);
-			memset(&fk.managed[i], 0, sizeof(fk.managed[i]));
-			OUT(CUDA_SUCCESS);
-		}
-	OUT(CUDA_ERROR_INVALID_VALUE);
-}
-
-static int managed_ok(CUdeviceptr p, size_t n)
-{
-	char *va = (char *)(uintptr_t)p;
-	for (int i = 0; i < FK_MAX; i++)
-		if (fk.managed[i].va && va >= fk.managed[i].va && n && va + n <= fk.managed[i].va + fk.managed[i].size)
-			return 1;
-	return 0;
-}
-
-static void ucall_log(int f, CUdeviceptr p, size_t n, int advice, CUmemLocation loc, CUstream s)
-{
-	if (fk.nucall < ARRAY_SIZE(fk.ucall))
-		fk.ucall[fk.nucall++] = (struct fk_uvm_call){ f, p, n, advice, (int)loc.type, loc.id, s };
-}
-
-static CUresult fk_MemAdvise(CUdeviceptr p, size_t n, CUmem_advise advice, CUmemLocation loc)
-{
-	ENTER_CTX(F_MemAdvise);
-	if (!managed_ok(p, n))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	if (loc.type == CU_MEM_LOCATION_TYPE_DEVICE ? phys(loc.id) < 0
-	    : !(loc.type == CU_MEM_LOCATION_TYPE_HOST && advice == CU_MEM_ADVISE_SET_PREFERRED_LOCATION))
-		OUT(CUDA_ERROR_INVALID_DEVICE);
-	ucall_log(F_MemAdvise, p, n, (int)advice, loc, NULL);
-	OUT(CUDA_SUCCESS);
-}
-
-static CUresult fk_MemPrefetchAsync(CUdeviceptr p, size_t n, CUmemLocation loc, unsigned flags, CUstream s)
-{
-	ENTER_CTX(F_MemPrefetchAsync);
-	if (!managed_ok(p, n) || flags || !obj_ok(s, FK_STREAM))
-		OUT(CUDA_ERROR_INVALID_VALUE);
-	if (loc.type != CU_MEM_LOCATION_TYPE_HOST && (loc.type != CU_MEM_LOCATION_TYPE_DEVICE || phys(loc.id) < 0 ||
-						      !fk.dev[phys(loc.id)].cma))
-		OUT(CUDA_ERROR_INVALID_DEVICE);
-	ucall_log(F_MemPrefetchAsync, p, n, 0, loc, s);
-	OUT(CUDA_SUCCESS);
-}
-
-static const struct cuda_api fake_api = {
-	.Init = fk_Init,
-	.DriverGetVersion = fk_DriverGetVersion,
-	.GetErrorName = fk_GetErrorName,
-	.GetErrorString = fk_GetErrorString,
-	.DeviceGetCount = fk_DeviceGetCount,
-	.DeviceGet = fk_DeviceGet,
-	.DeviceGetName = fk_DeviceGetName,
-	.DeviceGetUuid = fk_DeviceGetUuid,
-	.DeviceTotalMem = fk_DeviceTotalMem,
-	.DeviceGetAttribute = fk_DeviceGetAttribute,
-	.DevicePrimaryCtxRetain = fk_DevicePrimaryCtxRetain,
-	.DevicePrimaryCtxRelease = fk_DevicePrimaryCtxRelease,
-	.CtxPushCurrent = fk_CtxPushCurrent,
-	.CtxPopCurrent = fk_CtxPopCurrent,
-	.CtxSynchronize = fk_CtxSynchronize,
-	.MemGetInfo = fk_MemGetInfo,
-	.MemGetAllocationGranularity = fk_MemGetAllocationGranularity,
-	.MemCreate = fk_MemCreate,
-	.MemRelease = fk_MemRelease,
-	.MemExportToShareableHandle = fk_MemExportToShareableHandle,
-	.MemImportFromShareableHandle = fk_MemImportFromShareableHandle,
-	.MemGetAllocationPropertiesFromHandle = fk_MemGetAllocationPropertiesFromHandle,
-	.MemAddressReserve = fk_MemAddressReserve,
-	.MemAddressFree = fk_MemAddressFree,
-	.MemMap = fk_MemMap,
-	.MemUnmap = fk_MemUnmap,
-	.MemSetAccess = fk_MemSetAccess,
-	.MemsetD8 = fk_MemsetD8,
-	.MemcpyHtoD = fk_MemcpyHtoD,
-	.MemcpyDtoH = fk_MemcpyDtoH,
-	.MemcpyHtoDAsync = fk_MemcpyHtoDAsync,
-	.MemcpyDtoHAsync = fk_MemcpyDtoHAsync,
-	.MemcpyDtoDAsync = fk_MemcpyDtoDAsync,
-	.MemHostRegister = fk_MemHostRegister,
-	.MemHostUnregister = fk_MemHostUnregister,
-	.StreamCreate = fk_StreamCreate,
-	.StreamDestroy = fk_StreamDestroy,
-	.StreamSynchronize = fk_StreamSynchronize,
-	.EventCreate = fk_EventCreate,
-	.EventDestroy = fk_EventDestroy,
-	.EventRecord = fk_EventRecord,
-	.EventSynchronize = fk_EventSynchronize,
-	.ModuleLoadData = fk_ModuleLoadData,
-	.ModuleUnload = fk_ModuleUnload,
-	.ModuleGetFunction = fk_ModuleGetFunction,
-	.LaunchKernel = fk_LaunchKernel,
-	.MemAllocManaged = fk_MemAllocManaged,
-	.MemFree = fk_MemFree,
-	.MemAdvise = fk_MemAdvise,
-	.MemPrefetchAsync = fk_MemPrefetchAsync,
-};
-
-/* Entry points by enum fn, in struct order (the table and the enum agree). */
-static const char *const fn_names[F_COUNT] = {
-	"cuInit", "cuDriverGetVersion", "cuGetErrorName", "cuGetErrorString", "cuDeviceGetCount",
-	"cuDeviceGet", "cuDeviceGetName", "cuDeviceGetUuid", "cuDeviceTotalMem", "cuDeviceGetAttribute",
-	"cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuCtxPushCurrent", "cuCtxPopCurrent",
-	"cuCtxSynchronize", "cuMemGetInfo", "cuMemGetAllocationGranularity", "cuMemCreate", "cuMemRelease",
-	"cuMemExportToShareableHandle", "cuMemImportFromShareableHandle", "cuMemGetAllocationPropertiesFromHandle",
-	"cuMemAddressReserve",
-	"cuMemAddressFree", "cuMemMap", "cuMemUnmap", "cuMemSetAccess", "cuMemsetD8", "cuMemcpyHtoD",
-	"cuMemcpyDtoH", "cuMemcpyHtoDAsync", "cuMemcpyDtoHAsync", "cuMemcpyDtoDAsync", "cuMemHostRegister",
-	"cuMemHostUnregister", "cuStreamCreate", "cuStreamDestroy", "cuStreamSynchronize", "cuEventCreate",
-	"cuEventDestroy", "cuEventRecord", "cuEventSynchronize", "cuModuleLoadData", "cuModuleUnload",
-	"cuModuleGetFunction", "cuLaunchKernel", "cuMemAllocManaged", "cuMemFree", "cuMemAdvise",
-	"cuMemPrefetchAsync",
-};
-_Static_assert(sizeof(struct cuda_api) == F_COUNT * sizeof(void (*)(void)), "enum fn covers the table");
-
-static void fake_dev_init(int p, const char *name, size_t total)
-{
-	struct fk_dev *d = &fk.dev[p];
-	snprintf(d->name, sizeof(d->name), "%s", name);
-	for (int i = 0; i < 16; i++)
-		d->uuid[i] = (uint8_t)(0x10 * (p + 1) + i);
-	d->total = total;
-	d->free = total - 256 * MiB; /* what a context takes */
-	d->gran = 2 * MiB;
-	d->vmm = 1;
-	d->posix_fd = 1;
-	d->numa = p;
-	d->cma = 1;
-}
-
-/* ndev devices, all visible in order, nothing created. */
-static int fk_ready; /* fk has been reset once (recycle_fd is meaningful) */
-
-/* Forgets every export (a test's end; their files may still be open). */
-static void fake_close_exports(void)
-{
-	memset(fk.exp, 0, sizeof(fk.exp));
-	if (fk.ctl > 0)
-		close(fk.ctl);
-	fk.ctl = -1;
-}
-
-static void fake_reset(int ndev)
-{
-	if (fk_ready)
-		fake_close_exports();
-	if (fk_ready && fk.recycle_fd >= 0)
-		close(fk.recycle_fd);
-	fk_ready = 1;
-	memset(&fk, 0, sizeof(fk));
-	fk.recycle_fd = -1;
-	fk.fail_fn = -1;
-	fk.ctl = memfd_create("fake-nvidiactl", MFD_CLOEXEC);
-	ck_assert_int_ge(fk.ctl, 0);
-	fk.ndev = ndev;
-	fk.nvisible = ndev;
-	for (int p = 0; p < ndev; p++) {
-		char name[32];
-		snprintf(name, sizeof(name), "Fake GPU %d", p);
-		fake_dev_init(p, name, 16 * GiB);
-		fk.perm[p] = p;
-	}
-	ctx_depth = 0;
-	cuda_api_set_override(&fake_api);
-}
-
-static void fake_fail(enum fn f, unsigned nth, CUresult code)
-{
-	pthread_mutex_lock(&fk_lock);
-	fk.fail_fn = (int)f;
-	fk.fail_nth = nth;
-	fk.fail_seen = 0;
-	fk.fail_code = code;
-	pthread_mutex_unlock(&fk_lock);
-}
-
-static void fake_nofail(void)
-{
-	fake_fail(-1, 0, 0);
-	pthread_mutex_lock(&fk_lock);
-	fk.fail_fn = -1;
-	pthread_mutex_unlock(&fk_lock);
-}
-
-/* Live allocations (0), handles (1), VA reservations (2), mappings (3), host
- * registrations (4), exports (5).  Lock held. */
-static int fake_count_locked(int what)
-{
-	int n = 0;
-	fk_reap();
-	for (int i = 0; i < FK_MAX; i++) {
-		switch (what) {
-		case 0: n += fk.alloc[i].live; break;
-		case 1: n += fk.handle[i].id != 0; break;
-		case 2: n += fk.resv[i].va != NULL; break;
-		case 3: n += fk.map[i].va != NULL; break;
-		case 4: n += fk.reg[i].p != NULL; break;
-		case 5: n += fk.exp[i].live; break;
-		}
-	}
-	return n;
-}
-
-static int fake_count(int what)
-{
-	pthread_mutex_lock(&fk_lock);
-	int n = fake_count_locked(what);
-	pthread_mutex_unlock(&fk_lock);
-	return n;
-}
-
-/* Everything created was given back, and this thread's context stack is
- * as it was. */
-static void fake_assert_clean(void)
-{
-	pthread_mutex_lock(&fk_lock);
-	int allocs = fake_count_locked(0), handles = fake_count_locked(1), resv = fake_count_locked(2),
-	    maps = fake_count_locked(3), regs = fake_count_locked(4), exps = fake_count_locked(5);
-	pthread_mutex_unlock(&fk_lock);
-	ck_assert_int_eq(allocs, 0);
-	ck_assert_int_eq(handles, 0);
-	ck_assert_int_eq(resv, 0);
-	ck_assert_int_eq(maps, 0);
-	ck_assert_int_eq(regs, 0);
-	ck_assert_int_eq(exps, 0);
-	ck_assert_int_eq(fk.streams, 0);
-	ck_assert_int_eq(fk.events, 0);
-	ck_assert_int_eq(fk.modules, 0);
-	for (int i = 0; i < FK_MAX; i++)
-		ck_assert_ptr_null(fk.managed[i].va);
-	for (int p = 0; p < fk.ndev; p++) {
-		ck_assert_int_eq(fk.dev[p].ctx_refs, 0);
-		ck_assert_uint_eq(fk.dev[p].free, fk.dev[p].total - 256 * MiB);
-	}
-	ck_assert_int_eq(ctx_depth, 0);
-}
-
-static void setup(void)
-{
-	broker_log_level = -1; /* the broker's log lines are not under test */
-	fake_reset(1);
-}
-
-static void teardown(void)
-{
-	fake_close_exports();
-	if (fk.recycle_fd >= 0)
-		close(fk.recycle_fd);
-	fk.recycle_fd = -1;
-	cuda_api_set_override(NULL);
-}
-
-/* ======================================================================
- * Helpers
- * ====================================================================== */
 
 static int discover(struct pool **out, uint32_t max, char *note, size_t len)
 {
@@ -1304,95 +39,6 @@ static void free_pools(struct pool **p, int n)
 {
 	for (int i = 0; i < n; i++)
 		pool_free(p[i]);
-}
-
-/* A hand-made client that knows the fake's devices as a broker would
- * describe them (runtime-only tests, no socket). */
-static struct vram_client *fake_client(int ndev)
-{
-	struct vram_client *c = calloc(1, sizeof(*c));
-	ck_assert_ptr_nonnull(c);
-	c->fd = -1;
-	c->ndev = (uint32_t)ndev + 1;
-	for (int i = 0; i < ndev; i++) {
-		struct vram_device_info *d = &c->dev[i];
-		d->index = (uint32_t)i;
-		d->backend = VRAM_BACKEND_CUDA;
-		d->ordinal = i;
-		d->granularity = 2 * MiB;
-		memcpy(d->uuid, fk.dev[i].uuid, 16);
-		snprintf(d->name, sizeof(d->name), "cuda:%d", i);
-	}
-	c->dev[ndev].index = (uint32_t)ndev;
-	c->dev[ndev].backend = VRAM_BACKEND_CPU;
-	snprintf(c->dev[ndev].name, sizeof(c->dev[ndev].name), "cpu");
-	return c;
-}
-
-/* An exported allocation of size bytes on physical device p, as the broker
- * would send it: returns the fd; *ret_h is the "broker's" handle. */
-static int fake_export(int p, size_t size, CUmemGenericAllocationHandle *ret_h)
-{
-	CUmemAllocationProp prop = { .type = CU_MEM_ALLOCATION_TYPE_PINNED,
-				     .requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
-				     .location = { CU_MEM_LOCATION_TYPE_DEVICE, p } };
-	int fd = -1, saved = fk.inited;
-	fk.inited = 1;
-	ck_assert_int_eq(fk_MemCreate(ret_h, size, &prop, 0), CUDA_SUCCESS);
-	ck_assert_int_eq(fk_MemExportToShareableHandle(&fd, *ret_h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
-			 CUDA_SUCCESS);
-	fk.inited = saved;
-	return fd;
-}
-
-/* The memfd holding the memory of the exported fd (the fake's "device
- * memory"), or -1. */
-static int fake_memfd_of(int fd)
-{
-	pthread_mutex_lock(&fk_lock);
-	int e = export_of(fd), m = e >= 0 ? fk.alloc[fk.exp[e].alloc].memfd : -1;
-	pthread_mutex_unlock(&fk_lock);
-	return m;
-}
-
-static void fake_release(CUmemGenericAllocationHandle h)
-{
-	int saved = fk.inited;
-	fk.inited = 1;
-	ck_assert_int_eq(fk_MemRelease(h), CUDA_SUCCESS);
-	fk.inited = saved;
-}
-
-static struct vram_grant *grant_on(uint32_t device, uint64_t size)
-{
-	struct vram_grant *g = calloc(1, sizeof(*g));
-	ck_assert_ptr_nonnull(g);
-	g->id = 42;
-	g->size = size;
-	g->device = device;
-	g->backend = VRAM_BACKEND_CUDA;
-	return g;
-}
-
-/* Reads size bytes of device memory through the runtime's device handle. */
-static void dev_read(struct vram_client *c, uint32_t device, uint64_t src, void *dst, size_t size)
-{
-	struct cuda_dev *d;
-	ck_assert_int_eq(cuda_dev_get(c, device, &d), 0);
-	ck_assert_int_eq(cuda_dev_push(d), 0);
-	ck_assert_int_eq(cuda_dev_api(d)->MemcpyDtoH(dst, src, size), CUDA_SUCCESS);
-	cuda_dev_pop(d);
-	cuda_dev_put(d);
-}
-
-static void dev_write(struct vram_client *c, uint32_t device, uint64_t dst, const void *src, size_t size)
-{
-	struct cuda_dev *d;
-	ck_assert_int_eq(cuda_dev_get(c, device, &d), 0);
-	ck_assert_int_eq(cuda_dev_push(d), 0);
-	ck_assert_int_eq(cuda_dev_api(d)->MemcpyHtoD(dst, src, size), CUDA_SUCCESS);
-	cuda_dev_pop(d);
-	cuda_dev_put(d);
 }
 
 /* ======================================================================
@@ -1472,7 +118,7 @@ START_TEST(test_missing_entry_points)
 		char note[128], want[96];
 		struct pool *p[4];
 		ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
-		snprintf(want, sizeof(want), "the fake driver lacks %s", fn_names[i]);
+		snprintf(want, sizeof(want), "the fake driver lacks %s", fk_fn_names[i]);
 		ck_assert_msg(strstr(note, want), "entry %d: note \"%s\"", i, note);
 
 		struct cuda_api api;
@@ -1480,8 +126,8 @@ START_TEST(test_missing_entry_points)
 		ck_assert_int_eq(cuda_api_load(&api, err, sizeof(err)), -ENOSYS);
 		ck_assert_ptr_null(api.Init);
 
-		struct vram_client *c = fake_client(1);
-		struct vram_grant *g = grant_on(0, 2 * MiB);
+		struct vram_client *c = tc_client(1);
+		struct vram_grant *g = tc_grant(0, 2 * MiB);
 		ck_assert_int_eq(cuda_grant_import(c, g, 0), -ENOSYS);
 		ck_assert_ptr_nonnull(strstr(vram_last_error(), want));
 		ck_assert_ptr_null(g->cuda);
@@ -1512,8 +158,8 @@ START_TEST(test_real_loader_without_driver)
 	ck_assert_ptr_eq(strstr(note, "NVIDIA driver not found (libcuda.so.1"), note);
 
 	/* The runtime says the same. */
-	struct vram_client *c = fake_client(1);
-	struct vram_grant *g = grant_on(0, 2 * MiB);
+	struct vram_client *c = tc_client(1);
+	struct vram_grant *g = tc_grant(0, 2 * MiB);
 	ck_assert_int_eq(cuda_grant_import(c, g, 0), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "cuda:0: NVIDIA driver not found"));
 	free(g);
@@ -1529,15 +175,13 @@ START_TEST(test_real_vramd_note)
 		fprintf(stderr, "test_real_vramd_note: libcuda.so.1 present, skipped\n");
 		return;
 	}
-	char *dir = t_tmpdir(), sock[100], log[300];
-	ck_assert_ptr_nonnull(dir);
-	snprintf(sock, sizeof(sock), "%s/vramd.sock", dir);
-	snprintf(log, sizeof(log), "%s/vramd.log", dir);
+	struct t_broker b;
+	t_broker_dir(&b);
+	b.cuda = 1; /* the real loader, which finds no driver */
 	const char *args[] = { "--host-pool", "64MiB", NULL };
-	pid_t pid = t_start_vramd(sock, log, args);
-	ck_assert_int_gt(pid, 0);
+	t_broker_run(&b, args);
 	vram_client *c;
-	ck_assert_int_eq(vram_connect(sock, "t", &c), 0);
+	ck_assert_int_eq(vram_connect(b.sock, "t", &c), 0);
 	ck_assert_msg(strstr(vram_client_note(c), "NVIDIA driver not found") == vram_client_note(c), "note: %s",
 		      vram_client_note(c));
 	struct vram_status *s;
@@ -1547,9 +191,7 @@ START_TEST(test_real_vramd_note)
 	ck_assert_str_eq(s->devices[0].name, "cpu");
 	vram_status_free(s);
 	vram_close(c);
-	int st = t_stop(pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	t_rmtree(dir);
+	t_broker_stop(&b);
 }
 END_TEST
 
@@ -1696,7 +338,7 @@ START_TEST(test_discover_entry_errors)
 	 * device: no pool, a note naming the call and the error, nothing
 	 * retained. */
 	static const struct {
-		enum fn f;
+		enum fk_fn f;
 		const char *want;
 	} cases[] = {
 		{ F_DeviceGetCount, "cuDeviceGetCount failed: CUDA_ERROR_UNKNOWN (unknown error)" },
@@ -1716,7 +358,7 @@ START_TEST(test_discover_entry_errors)
 		fake_reset(1);
 		fake_fail(cases[i].f, 0, CUDA_ERROR_UNKNOWN);
 		ck_assert_int_eq(discover(p, 4, note, sizeof(note)), 0);
-		ck_assert_msg(strstr(note, cases[i].want), "%s: note \"%s\"", fn_names[cases[i].f], note);
+		ck_assert_msg(strstr(note, cases[i].want), "%s: note \"%s\"", fk_fn_names[cases[i].f], note);
 		fake_assert_clean();
 	}
 	/* The second attribute query (POSIX fd) failing. */
@@ -1780,10 +422,10 @@ START_TEST(test_grant_clears_and_exports)
 	ck_assert_uint_eq(fk.calls[F_MemsetD8], 1);
 	ck_assert_uint_eq(fk.calls[F_CtxSynchronize], 1);
 	/* the broker keeps only its handle: no mapping, no VA */
-	ck_assert_int_eq(fake_count(1), 1);
-	ck_assert_int_eq(fake_count(2), 0);
-	ck_assert_int_eq(fake_count(3), 0);
-	ck_assert_int_eq(ctx_depth, 0);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 1);
+	ck_assert_int_eq(fake_count(FK_RESV), 0);
+	ck_assert_int_eq(fake_count(FK_MAPS), 0);
+	ck_assert_int_eq(fake_ctx_depth(), 0);
 	close(fd);
 	p[0]->ops->release(p[0], h, size);
 
@@ -1803,8 +445,7 @@ START_TEST(test_grant_clears_and_exports)
 	ck_assert_str_eq(why, "cuMemCreate: CUDA_ERROR_OUT_OF_MEMORY (out of memory)");
 	free_pools(p, 1);
 	fake_assert_clean();
-	close(fk.recycle_fd);
-	fk.recycle_fd = -1;
+	fake_drop_recycled();
 	ck_assert_int_eq(t_count_fds(), fds0);
 }
 END_TEST
@@ -1812,7 +453,7 @@ END_TEST
 START_TEST(test_grant_entry_errors)
 {
 	static const struct {
-		enum fn f;
+		enum fk_fn f;
 		CUresult code;
 		int err;
 		int leaks_va;    /* the VA cannot be given back after this */
@@ -1839,12 +480,12 @@ START_TEST(test_grant_entry_errors)
 		void *h = NULL;
 		fake_fail(cases[i].f, 0, cases[i].code);
 		int r = p[0]->ops->grant(p[0], 2 * MiB, &fd, &h, &why);
-		ck_assert_msg(r == cases[i].err, "%s: %d", fn_names[cases[i].f], r);
+		ck_assert_msg(r == cases[i].err, "%s: %d", fk_fn_names[cases[i].f], r);
 		ck_assert_int_eq(fd, -1);
-		snprintf(want, sizeof(want), "%s: ", fn_names[cases[i].f]);
-		ck_assert_msg(why && strstr(why, want) == why, "%s: why \"%s\"", fn_names[cases[i].f], why);
-		ck_assert_int_eq(ctx_depth, 0);
-		ck_assert_int_eq(fake_count(1), 0); /* the allocation was released */
+		snprintf(want, sizeof(want), "%s: ", fk_fn_names[cases[i].f]);
+		ck_assert_msg(why && strstr(why, want) == why, "%s: why \"%s\"", fk_fn_names[cases[i].f], why);
+		ck_assert_int_eq(fake_ctx_depth(), 0);
+		ck_assert_int_eq(fake_count(FK_HANDLES), 0); /* the allocation was released */
 		/* the next grant works */
 		fake_nofail();
 		ck_assert_int_eq(p[0]->ops->grant(p[0], 2 * MiB, &fd, &h, &why), 0);
@@ -1854,23 +495,12 @@ START_TEST(test_grant_entry_errors)
 		if (cases[i].leaks_va) {
 			/* Unmap/free failing for real means a broken driver; what
 			 * is left is the VA range (and its mapping), nothing else. */
-			ck_assert_int_eq(fake_count(2), 1);
-			for (int k = 0; k < FK_MAX; k++)
-				if (fk.resv[k].va)
-					munmap(fk.resv[k].va, fk.resv[k].size);
-			memset(fk.resv, 0, sizeof(fk.resv));
-			for (int k = 0; k < FK_MAX; k++)
-				if (fk.map[k].va) {
-					fk.alloc[fk.map[k].alloc].maps--;
-					alloc_put(fk.map[k].alloc);
-					fk.map[k] = (struct fk_map){ 0 };
-				}
+			ck_assert_int_eq(fake_count(FK_RESV), 1);
+			fake_drop_stranded();
 		}
 		fake_assert_clean();
 	}
-	if (fk.recycle_fd >= 0)
-		close(fk.recycle_fd);
-	fk.recycle_fd = -1;
+	fake_drop_recycled();
 	ck_assert_int_eq(t_count_fds(), fds0);
 }
 END_TEST
@@ -1887,7 +517,7 @@ START_TEST(test_release_failure_is_survived)
 	close(fd);
 	fake_fail(F_MemRelease, 0, CUDA_ERROR_UNKNOWN);
 	p[0]->ops->release(p[0], h, 2 * MiB);
-	ck_assert_int_eq(ctx_depth, 0);
+	ck_assert_int_eq(fake_ctx_depth(), 0);
 	fake_nofail();
 	p[0]->ops->release(p[0], h, 2 * MiB); /* what a retry would do */
 	free_pools(p, 1);
@@ -1921,21 +551,21 @@ START_TEST(test_adopt)
 	ck_assert_msg(p[0]->ops->adopt(p[0], fd, size, &h2, &why) == 0, "%s", why);
 	ck_assert_ptr_nonnull(h2);
 	ck_assert_ptr_ne(h2, h);
-	ck_assert_int_eq(fake_count(1), 2);  /* the grant's handle and the adopted one */
-	ck_assert_int_eq(fake_count(2), 0);  /* the size probes left no VA... */
-	ck_assert_int_eq(fake_count(3), 0);  /* ...and no mapping */
-	ck_assert_int_eq(ctx_depth, 0);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 2);  /* the grant's handle and the adopted one */
+	ck_assert_int_eq(fake_count(FK_RESV), 0);  /* the size probes left no VA... */
+	ck_assert_int_eq(fake_count(FK_MAPS), 0);  /* ...and no mapping */
+	ck_assert_int_eq(fake_ctx_depth(), 0);
 	ck_assert_uint_eq(fk.calls[F_MemsetD8], 1); /* the grant's clearing only */
 	ck_assert_int_eq(pread(fake_memfd_of(fd), back, size, 0), (ssize_t)size);
 	ck_assert_mem_eq(buf, back, size);
 	/* the adopted handle alone keeps the memory (as after a restart, when
 	 * the granting broker's handle is gone) */
 	p[0]->ops->release(p[0], h, size);
-	ck_assert_int_eq(fake_count(0), 1);
+	ck_assert_int_eq(fake_count(FK_ALLOCS), 1);
 	p[0]->ops->release(p[0], h2, size);
-	ck_assert_int_eq(fake_count(0), 1); /* the export, still open, holds it */
+	ck_assert_int_eq(fake_count(FK_ALLOCS), 1); /* the export, still open, holds it */
 	close(fd);
-	ck_assert_int_eq(fake_count(0), 0);
+	ck_assert_int_eq(fake_count(FK_ALLOCS), 0);
 
 	/* Refusals: each releases what it imported. */
 	CUmemGenericAllocationHandle bh;
@@ -1962,10 +592,10 @@ START_TEST(test_adopt)
 		fk.prop_lie = 0;
 		ck_assert_msg(r == cases[i].err, "case %zu: %d (%s)", i, r, why);
 		ck_assert_msg(strstr(why, cases[i].why), "case %zu: %s", i, why);
-		ck_assert_int_eq(fake_count(1), 1); /* bh only */
-		ck_assert_int_eq(fake_count(2), 0);
-		ck_assert_int_eq(fake_count(3), 0);
-		ck_assert_int_eq(ctx_depth, 0);
+		ck_assert_int_eq(fake_count(FK_HANDLES), 1); /* bh only */
+		ck_assert_int_eq(fake_count(FK_RESV), 0);
+		ck_assert_int_eq(fake_count(FK_MAPS), 0);
+		ck_assert_int_eq(fake_ctx_depth(), 0);
 	}
 	/* not an export at all */
 	int mfd = memfd_create("not-vram", MFD_CLOEXEC);
@@ -1979,7 +609,7 @@ START_TEST(test_adopt)
 	/* Every driver call failing: an error naming it, nothing left but
 	 * what a broken unmap strands (the probe's VA). */
 	static const struct {
-		enum fn f;
+		enum fk_fn f;
 		unsigned nth;
 		CUresult code;
 		int err;            /* 0: adopted all the same */
@@ -2006,35 +636,25 @@ START_TEST(test_adopt)
 		int r = p[0]->ops->adopt(p[0], fd4, size, &h2, &why);
 		unsigned seen = fk.fail_seen;
 		fake_nofail();
-		ck_assert_msg(seen > fails[i].nth, "%s #%u never called", fn_names[fails[i].f], fails[i].nth);
-		ck_assert_msg(r == fails[i].err, "%s: %d (%s)", fn_names[fails[i].f], r, r ? why : "");
-		ck_assert_int_eq(ctx_depth, 0);
+		ck_assert_msg(seen > fails[i].nth, "%s #%u never called", fk_fn_names[fails[i].f], fails[i].nth);
+		ck_assert_msg(r == fails[i].err, "%s: %d (%s)", fk_fn_names[fails[i].f], r, r ? why : "");
+		ck_assert_int_eq(fake_ctx_depth(), 0);
 		if (r == 0) {
-			ck_assert_int_eq(fake_count(1), 2);
+			ck_assert_int_eq(fake_count(FK_HANDLES), 2);
 			p[0]->ops->release(p[0], h2, size);
 		} else {
-			ck_assert_msg(strstr(why, fails[i].why), "%s: %s", fn_names[fails[i].f], why);
+			ck_assert_msg(strstr(why, fails[i].why), "%s: %s", fk_fn_names[fails[i].f], why);
 		}
-		ck_assert_int_eq(fake_count(1), 1); /* bh only */
+		ck_assert_int_eq(fake_count(FK_HANDLES), 1); /* bh only */
 		if (fails[i].f == F_MemUnmap || fails[i].f == F_MemAddressFree) {
 			/* what a broken driver strands: the probe's VA (and, for
 			 * unmap, its mapping) */
-			ck_assert_int_eq(fake_count(2), 1);
-			ck_assert_int_eq(fake_count(3), fails[i].f == F_MemUnmap);
-			pthread_mutex_lock(&fk_lock);
-			for (int k = 0; k < FK_MAX; k++)
-				if (fk.map[k].va) {
-					fk.alloc[fk.map[k].alloc].maps--;
-					fk.map[k] = (struct fk_map){ 0 };
-				}
-			for (int k = 0; k < FK_MAX; k++)
-				if (fk.resv[k].va)
-					munmap(fk.resv[k].va, fk.resv[k].size);
-			memset(fk.resv, 0, sizeof(fk.resv));
-			pthread_mutex_unlock(&fk_lock);
+			ck_assert_int_eq(fake_count(FK_RESV), 1);
+			ck_assert_int_eq(fake_count(FK_MAPS), fails[i].f == F_MemUnmap);
+			fake_drop_stranded();
 		}
-		ck_assert_int_eq(fake_count(2), 0);
-		ck_assert_int_eq(fake_count(3), 0);
+		ck_assert_int_eq(fake_count(FK_RESV), 0);
+		ck_assert_int_eq(fake_count(FK_MAPS), 0);
 	}
 	close(fd4);
 	fake_release(bh);
@@ -2042,9 +662,7 @@ START_TEST(test_adopt)
 	free(buf);
 	free(back);
 	fake_assert_clean();
-	if (fk.recycle_fd >= 0)
-		close(fk.recycle_fd);
-	fk.recycle_fd = -1;
+	fake_drop_recycled();
 	ck_assert_int_eq(t_count_fds(), fds0);
 }
 END_TEST
@@ -2056,33 +674,33 @@ END_TEST
 START_TEST(test_import_unimport)
 {
 	fake_reset(2);
-	struct vram_client *c = fake_client(2);
+	struct vram_client *c = tc_client(2);
 	CUmemGenericAllocationHandle bh;
 	int fd = fake_export(1, 4 * MiB, &bh);
-	struct vram_grant *g = grant_on(1, 4 * MiB);
+	struct vram_grant *g = tc_grant(1, 4 * MiB);
 
 	ck_assert_int_eq(cuda_grant_import(c, g, fd), 0);
 	close(fd); /* the import does not need it any more */
 	ck_assert_ptr_nonnull(g->cuda);
 	ck_assert_uint_ne(g->dptr, 0);
-	ck_assert_int_eq(ctx_depth, 0);
+	ck_assert_int_eq(fake_ctx_depth(), 0);
 	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
 	ck_assert_int_eq(fk.dev[0].ctx_refs, 0);
-	ck_assert_int_eq(fake_count(1), 2); /* broker's and ours */
-	ck_assert_int_eq(fake_count(3), 1);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 2); /* broker's and ours */
+	ck_assert_int_eq(fake_count(FK_MAPS), 1);
 
 	/* usable: write and read back through the driver */
 	char in[4096], out[4096];
 	for (size_t i = 0; i < sizeof(in); i++)
 		in[i] = (char)(i * 7);
-	dev_write(c, 1, g->dptr + 3 * MiB, in, sizeof(in));
-	dev_read(c, 1, g->dptr + 3 * MiB, out, sizeof(out));
+	tc_dev_write(c, 1, g->dptr + 3 * MiB, in, sizeof(in));
+	tc_dev_read(c, 1, g->dptr + 3 * MiB, out, sizeof(out));
 	ck_assert_mem_eq(in, out, sizeof(in));
 
 	/* a second grant shares the device handle */
 	int fd2 = fake_export(1, 2 * MiB, &bh);
 	CUmemGenericAllocationHandle bh2 = bh;
-	struct vram_grant *g2 = grant_on(1, 2 * MiB);
+	struct vram_grant *g2 = tc_grant(1, 2 * MiB);
 	ck_assert_int_eq(cuda_grant_import(c, g2, fd2), 0);
 	close(fd2);
 	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
@@ -2097,11 +715,11 @@ START_TEST(test_import_unimport)
 	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
 	cuda_grant_unimport(g2);
 	ck_assert_int_eq(fk.dev[1].ctx_refs, 0);
-	ck_assert_int_eq(ctx_depth, 0);
+	ck_assert_int_eq(fake_ctx_depth(), 0);
 	/* what is left are the "broker's" handles */
-	ck_assert_int_eq(fake_count(1), 2);
-	ck_assert_int_eq(fake_count(2), 0);
-	ck_assert_int_eq(fake_count(3), 0);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 2);
+	ck_assert_int_eq(fake_count(FK_RESV), 0);
+	ck_assert_int_eq(fake_count(FK_MAPS), 0);
 	for (int i = 0; i < FK_MAX; i++)
 		if (fk.handle[i].id && fk.handle[i].id != bh2)
 			fake_release(fk.handle[i].id);
@@ -2118,12 +736,12 @@ START_TEST(test_import_by_uuid)
 	/* This process sees the devices in another order (CUDA_VISIBLE_DEVICES
 	 * =1,0): broker device cuda:1 is ordinal 0 here. */
 	fake_reset(2);
-	struct vram_client *c = fake_client(2);
+	struct vram_client *c = tc_client(2);
 	CUmemGenericAllocationHandle bh;
 	int fd = fake_export(1, 2 * MiB, &bh);
 	fk.perm[0] = 1;
 	fk.perm[1] = 0;
-	struct vram_grant *g = grant_on(1, 2 * MiB);
+	struct vram_grant *g = tc_grant(1, 2 * MiB);
 	ck_assert_int_eq(cuda_grant_import(c, g, fd), 0);
 	ck_assert_int_eq(fk.dev[1].ctx_refs, 1);
 	struct cuda_dev *d;
@@ -2142,7 +760,7 @@ START_TEST(test_import_by_uuid)
 	close(fd);
 	fake_release(bh);
 	/* not a CUDA device */
-	struct vram_grant *gh = grant_on(2, 2 * MiB);
+	struct vram_grant *gh = tc_grant(2, 2 * MiB);
 	ck_assert_int_eq(cuda_grant_import(c, gh, 0), -EINVAL);
 	ck_assert_str_eq(vram_last_error(), "cpu is not a CUDA device");
 	free(gh);
@@ -2155,7 +773,7 @@ END_TEST
 START_TEST(test_import_entry_errors)
 {
 	static const struct {
-		enum fn f;
+		enum fk_fn f;
 		CUresult code;
 		int err;
 	} cases[] = {
@@ -2172,18 +790,18 @@ START_TEST(test_import_entry_errors)
 	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
 		char want[96];
 		fake_reset(1);
-		struct vram_client *c = fake_client(1);
+		struct vram_client *c = tc_client(1);
 		CUmemGenericAllocationHandle bh;
 		int fd = fake_export(0, 2 * MiB, &bh);
-		struct vram_grant *g = grant_on(0, 2 * MiB);
+		struct vram_grant *g = tc_grant(0, 2 * MiB);
 		fake_fail(cases[i].f, 0, cases[i].code);
 		int r = cuda_grant_import(c, g, fd);
-		ck_assert_msg(r == cases[i].err, "%s: %d (%s)", fn_names[cases[i].f], r, vram_last_error());
-		snprintf(want, sizeof(want), "%s: CUDA_ERROR_", fn_names[cases[i].f]);
-		ck_assert_msg(strstr(vram_last_error(), want), "%s: \"%s\"", fn_names[cases[i].f], vram_last_error());
+		ck_assert_msg(r == cases[i].err, "%s: %d (%s)", fk_fn_names[cases[i].f], r, vram_last_error());
+		snprintf(want, sizeof(want), "%s: CUDA_ERROR_", fk_fn_names[cases[i].f]);
+		ck_assert_msg(strstr(vram_last_error(), want), "%s: \"%s\"", fk_fn_names[cases[i].f], vram_last_error());
 		ck_assert_ptr_null(g->cuda);
 		ck_assert_uint_eq(g->dptr, 0);
-		ck_assert_int_eq(ctx_depth, 0);
+		ck_assert_int_eq(fake_ctx_depth(), 0);
 		/* and then it works */
 		fake_nofail();
 		ck_assert_int_eq(cuda_grant_import(c, g, fd), 0);
@@ -2194,9 +812,7 @@ START_TEST(test_import_entry_errors)
 		free(c);
 		fake_assert_clean();
 	}
-	if (fk.recycle_fd >= 0)
-		close(fk.recycle_fd);
-	fk.recycle_fd = -1;
+	fake_drop_recycled();
 	ck_assert_int_eq(t_count_fds(), fds0);
 }
 END_TEST
@@ -2209,7 +825,7 @@ END_TEST
 static struct vram_grant *imported(struct vram_client *c, uint32_t dev, size_t size, CUmemGenericAllocationHandle *bh)
 {
 	int fd = fake_export((int)dev, size, bh);
-	struct vram_grant *g = grant_on(dev, size);
+	struct vram_grant *g = tc_grant(dev, size);
 	ck_assert_int_eq(cuda_grant_import(c, g, fd), 0);
 	close(fd);
 	return g;
@@ -2224,7 +840,7 @@ static void drop(struct vram_grant *g, CUmemGenericAllocationHandle bh)
 
 START_TEST(test_copier)
 {
-	struct vram_client *c = fake_client(1);
+	struct vram_client *c = tc_client(1);
 	CUmemGenericAllocationHandle bh;
 	struct vram_grant *g = imported(c, 0, 4 * MiB, &bh);
 	struct cuda_copier *cp;
@@ -2236,7 +852,7 @@ START_TEST(test_copier)
 	ck_assert_int_eq(fk.events, 4);
 	ck_assert_uint_eq(cuda_copier_slots(cp), 4);
 	ck_assert_ptr_nonnull(cuda_copier_stream(cp));
-	ck_assert_int_eq(ctx_depth, 0);
+	ck_assert_int_eq(fake_ctx_depth(), 0);
 
 	struct stream_sink sink;
 	cuda_copier_sink(cp, &sink);
@@ -2256,9 +872,9 @@ START_TEST(test_copier)
 	ck_assert_int_eq(cuda_copier_dtod(cp, g->dptr + 2 * MiB, g->dptr, sizeof(src), 2), 0);
 	ck_assert_int_eq(cuda_copier_sync(cp), 0);
 	memset(back, 0, sizeof(back));
-	dev_read(c, 0, g->dptr + 2 * MiB, back, sizeof(back));
+	tc_dev_read(c, 0, g->dptr + 2 * MiB, back, sizeof(back));
 	ck_assert_mem_eq(src, back, sizeof(src));
-	ck_assert_int_eq(ctx_depth, 0);
+	ck_assert_int_eq(fake_ctx_depth(), 0);
 
 	/* bad slot, zero length, a copy the driver refuses, a failed wait */
 	ck_assert_int_eq(sink.copy(sink.user, g->dptr, src, 16, 4), -EINVAL);
@@ -2282,7 +898,7 @@ START_TEST(test_copier)
 	fake_fail(F_CtxPushCurrent, 0, CUDA_ERROR_INVALID_CONTEXT);
 	ck_assert_int_eq(sink.copy(sink.user, g->dptr, src, 16, 0), -EIO);
 	fake_nofail();
-	ck_assert_int_eq(ctx_depth, 0);
+	ck_assert_int_eq(fake_ctx_depth(), 0);
 
 	cuda_copier_free(cp);
 	cuda_copier_free(NULL);
@@ -2296,7 +912,7 @@ END_TEST
 
 START_TEST(test_copier_create_errors)
 {
-	struct vram_client *c = fake_client(1);
+	struct vram_client *c = tc_client(1);
 	struct cuda_copier *cp;
 	fake_fail(F_StreamCreate, 0, CUDA_ERROR_OUT_OF_MEMORY);
 	ck_assert_int_eq(cuda_copier_new(c, 0, 4, &cp), -ENOMEM);
@@ -2320,7 +936,7 @@ END_TEST
 START_TEST(test_sink_two_devices)
 {
 	fake_reset(2);
-	struct vram_client *c = fake_client(2);
+	struct vram_client *c = tc_client(2);
 	CUmemGenericAllocationHandle b0, b1;
 	struct vram_grant *g0 = imported(c, 0, 2 * MiB, &b0);
 	struct vram_grant *g1 = imported(c, 1, 2 * MiB, &b1);
@@ -2345,9 +961,9 @@ START_TEST(test_sink_two_devices)
 	ck_assert_int_eq(sink.wait(sink.user, 0), 0);
 	ck_assert_int_eq(sink.wait(sink.user, 1), 0);
 	ck_assert_uint_eq(fk.calls[F_EventSynchronize], 3);
-	dev_read(c, 0, g0->dptr + 100, back, sizeof(back));
+	tc_dev_read(c, 0, g0->dptr + 100, back, sizeof(back));
 	ck_assert_mem_eq(a, back, sizeof(a));
-	dev_read(c, 1, g1->dptr + 200, back, sizeof(back));
+	tc_dev_read(c, 1, g1->dptr + 200, back, sizeof(back));
 	ck_assert_mem_eq(b, back, sizeof(b));
 	/* outside every grant, or running off the end of one */
 	ck_assert_int_eq(sink.copy(sink.user, 16, a, 1, 0), -EFAULT);
@@ -2365,7 +981,7 @@ END_TEST
 
 START_TEST(test_pin)
 {
-	struct vram_client *c = fake_client(1);
+	struct vram_client *c = tc_client(1);
 	size_t len = 8 * MiB + 4096;
 	int mfd = memfd_create("pin-test", MFD_CLOEXEC);
 	ck_assert_int_ge(mfd, 0);
@@ -2378,16 +994,16 @@ START_TEST(test_pin)
 	 * that a staging ring pinned a slot per chunk has no registration
 	 * across two slots */
 	ck_assert_int_eq(cuda_pin(c, 0, m, len, 1 * MiB + 1, &p), 0);
-	ck_assert_int_eq(fake_count(4), 8);
-	ck_assert_int_eq(ctx_depth, 0);
+	ck_assert_int_eq(fake_count(FK_REGS), 8);
+	ck_assert_int_eq(fake_ctx_depth(), 0);
 	/* registered twice */
 	ck_assert_int_eq(cuda_pin(c, 0, m + 4096, 4096, 0, &p2), -EBUSY);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"));
 	cuda_unpin(p);
-	ck_assert_int_eq(fake_count(4), 0);
+	ck_assert_int_eq(fake_count(FK_REGS), 0);
 
 	ck_assert_int_eq(cuda_pin(c, 0, m, len, 0, &p), 0);
-	ck_assert_int_eq(fake_count(4), 1);
+	ck_assert_int_eq(fake_count(FK_REGS), 1);
 	cuda_unpin(p);
 	cuda_unpin(NULL);
 
@@ -2395,7 +1011,7 @@ START_TEST(test_pin)
 	fake_fail(F_MemHostRegister, 2, CUDA_ERROR_OUT_OF_MEMORY);
 	ck_assert_int_eq(cuda_pin(c, 0, m, len, 2 * MiB, &p), -ENOMEM);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "chunk 2 of 5"));
-	ck_assert_int_eq(fake_count(4), 0);
+	ck_assert_int_eq(fake_count(FK_REGS), 0);
 	fake_nofail();
 
 	ck_assert_int_eq(cuda_pin(c, 0, m + 1, 4096, 0, &p), -EINVAL);
@@ -2412,72 +1028,11 @@ END_TEST
  * Broker and client over a socket
  * ====================================================================== */
 
-struct live {
-	struct broker *b;
-	pthread_t th;
-	atomic_int stop;
-	char *dir;
-	char sock[256];
-	struct broker_config cfg;
-};
-
-static void *loop(void *arg)
-{
-	struct live *l = arg;
-	while (!atomic_load(&l->stop))
-		broker_step(l->b, 20);
-	return NULL;
-}
-
-/* A temporary directory and the config of a broker on a socket in it. */
-static void live_init(struct live *l)
-{
-	memset(l, 0, sizeof(*l));
-	l->dir = t_tmpdir();
-	ck_assert_ptr_nonnull(l->dir);
-	snprintf(l->sock, sizeof(l->sock), "%s/vramd.sock", l->dir);
-	broker_config_init(&l->cfg);
-	l->cfg.host_pool = 64 * MiB;
-	l->cfg.socket_path = l->sock;
-}
-
-/* The broker of l->cfg, served by a thread. */
-static void live_run(struct live *l)
-{
-	l->b = broker_new(&l->cfg);
-	ck_assert_ptr_nonnull(l->b);
-	atomic_store(&l->stop, 0);
-	ck_assert_int_eq(pthread_create(&l->th, NULL, loop, l), 0);
-}
-
-static void live_start(struct live *l)
-{
-	live_init(l);
-	live_run(l);
-}
-
-/* The broker goes away: its loop stops and it is freed as at SIGTERM (its
- * clients keep their memory, the fd store keeps its fds); the process's
- * driver state, which a crash would also take, goes with its handles. */
-static void live_halt(struct live *l)
-{
-	atomic_store(&l->stop, 1);
-	pthread_join(l->th, NULL);
-	broker_free(l->b);
-	l->b = NULL;
-}
-
-static void live_stop(struct live *l)
-{
-	live_halt(l);
-	t_rmtree(l->dir);
-}
-
 START_TEST(test_broker_and_client)
 {
 	fake_reset(2);
-	struct live l;
-	live_start(&l);
+	struct tc_live l;
+	tc_live_start(&l);
 	vram_client *c;
 	vram_grant *g, *g2;
 	struct vram_device_info d;
@@ -2499,10 +1054,10 @@ START_TEST(test_broker_and_client)
 	uint64_t dptr = vram_grant_device_ptr(g);
 	ck_assert_uint_ne(dptr, 0);
 	char *buf = malloc(4 * MiB);
-	dev_read(c, 1, dptr, buf, 4 * MiB);
+	tc_dev_read(c, 1, dptr, buf, 4 * MiB);
 	ck_assert(mem_is_zero(buf, 4 * MiB));
 	memset(buf, 0x77, 4 * MiB);
-	dev_write(c, 1, dptr, buf, 4 * MiB);
+	tc_dev_write(c, 1, dptr, buf, 4 * MiB);
 	ck_assert_int_eq(vram_free(c, g), 0);
 
 	/* The same memory, recycled with 0x77 in it, reads zero in the next
@@ -2510,7 +1065,7 @@ START_TEST(test_broker_and_client)
 	ck_assert_int_eq(fk.recycle_size, 4 * MiB);
 	ck_assert_int_eq(vram_alloc(c, 1, 4 * MiB, 0, &g), 0);
 	ck_assert_int_eq(fk.recycle_fd, -1);
-	dev_read(c, 1, vram_grant_device_ptr(g), buf, 4 * MiB);
+	tc_dev_read(c, 1, vram_grant_device_ptr(g), buf, 4 * MiB);
 	ck_assert(mem_is_zero(buf, 4 * MiB));
 	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, VRAM_ALLOC_RECLAIMABLE, &g2), 0);
 
@@ -2540,9 +1095,9 @@ START_TEST(test_broker_and_client)
 	for (int i = 0; i < 500 && broker_grant_count(l.b); i++)
 		t_sleep_ms(10);
 	ck_assert_uint_eq(broker_grant_count(l.b), 0);
-	ck_assert_int_eq(fake_count(1), 0);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 0);
 	ck_assert_int_eq(fk.dev[0].ctx_refs, 1); /* the broker's */
-	live_stop(&l);
+	tc_live_stop(&l);
 	free(buf);
 	fake_assert_clean();
 }
@@ -2583,8 +1138,8 @@ static void write_odd_checkpoint(const char *path, uint8_t **ret_data, size_t *r
 START_TEST(test_load_cuda)
 {
 	fake_reset(1);
-	struct live l;
-	live_start(&l);
+	struct tc_live l;
+	tc_live_start(&l);
 	char file[300];
 	snprintf(file, sizeof(file), "%s/odd.safetensors", l.dir);
 	uint8_t *data;
@@ -2603,8 +1158,7 @@ START_TEST(test_load_cuda)
 			if (a != b)
 				il += (size_t)snprintf(image + il, sizeof(image) - il, "%s",
 						       vk_cast_kernel_name(fk_dtypes[a], fk_dtypes[b])) + 1;
-	fk_image_names = image;
-	fk_image_len = il;
+	fake_set_image(image, il);
 	cuda_kernels_set_image(image, il);
 
 	ck_assert_int_eq(fk.dev[0].ctx_refs, 1); /* the broker's */
@@ -2645,7 +1199,7 @@ START_TEST(test_load_cuda)
 			uint8_t *got = malloc(nb + 1), *want = malloc(nb + 1);
 			ck_assert_ptr_nonnull(got);
 			ck_assert_ptr_nonnull(want);
-			dev_read(c, 0, dptr, got, nb);
+			tc_dev_read(c, 0, dptr, got, nb);
 			uint64_t elems = ti.nbytes / (vram_dtype_bits(ti.dtype) / 8);
 			ck_assert_int_eq(vk_cast(src, ti.dtype, want, dt, elems), 0);
 			ck_assert_uint_eq(nb, elems * (vram_dtype_bits(dt) / 8));
@@ -2681,13 +1235,13 @@ START_TEST(test_load_cuda)
 	vram_close(c);
 	ck_assert_int_eq(fk.dev[0].ctx_refs, 1);
 	cuda_kernels_set_image(NULL, 0);
-	fk_image_names = NULL;
+	fake_set_image(NULL, 0);
 	for (int i = 0; i < 500 && broker_grant_count(l.b); i++)
 		t_sleep_ms(10);
 	ck_assert_uint_eq(broker_grant_count(l.b), 0);
 	vram_model_close(m);
 	free(data);
-	live_stop(&l);
+	tc_live_stop(&l);
 	fake_assert_clean();
 }
 END_TEST
@@ -2700,9 +1254,8 @@ START_TEST(test_client_killed)
 	int go[2], ready[2];
 	ck_assert_int_eq(pipe(go), 0);
 	ck_assert_int_eq(pipe(ready), 0);
-	char *dir = t_tmpdir(), sock[100];
-	ck_assert_ptr_nonnull(dir);
-	snprintf(sock, sizeof(sock), "%s/vramd.sock", dir);
+	struct tc_live l;
+	tc_live_init(&l);
 	pid_t pid = fork(); /* before any thread exists */
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
@@ -2710,7 +1263,7 @@ START_TEST(test_client_killed)
 		if (read(go[0], &x, 1) != 1)
 			_exit(2);
 		struct sockaddr_un sa = { .sun_family = AF_UNIX };
-		str_copy(sa.sun_path, sock, sizeof(sa.sun_path));
+		str_copy(sa.sun_path, l.sock, sizeof(sa.sun_path));
 		int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 		if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
 			_exit(3);
@@ -2736,33 +1289,23 @@ START_TEST(test_client_killed)
 		pause();
 		_exit(0);
 	}
-	struct live l;
-	memset(&l, 0, sizeof(l));
-	l.dir = dir;
-	str_copy(l.sock, sock, sizeof(l.sock));
-	struct broker_config cfg;
-	broker_config_init(&cfg);
-	cfg.host_pool = 64 * MiB;
-	cfg.socket_path = l.sock;
-	l.b = broker_new(&cfg);
-	ck_assert_ptr_nonnull(l.b);
-	ck_assert_int_eq(pthread_create(&l.th, NULL, loop, &l), 0);
+	tc_live_run(&l);
 	ck_assert_int_eq(write(go[1], "g", 1), 1);
 	char x;
 	struct pollfd pf = { .fd = ready[0], .events = POLLIN };
 	ck_assert_int_eq(poll(&pf, 1, 10000), 1);
 	ck_assert_int_eq(read(ready[0], &x, 1), 1);
 	ck_assert_uint_eq(broker_grant_count(l.b), 3);
-	ck_assert_int_eq(fake_count(1), 3);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 3);
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
 	for (int i = 0; i < 500 && (broker_client_count(l.b) || broker_grant_count(l.b)); i++)
 		t_sleep_ms(10);
 	ck_assert_uint_eq(broker_client_count(l.b), 0);
 	ck_assert_uint_eq(broker_grant_count(l.b), 0);
-	ck_assert_int_eq(fake_count(1), 0);
-	ck_assert_int_eq(fake_count(0), 0);
-	live_stop(&l);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 0);
+	ck_assert_int_eq(fake_count(FK_ALLOCS), 0);
+	tc_live_stop(&l);
 	close(go[0]);
 	close(go[1]);
 	close(ready[0]);
@@ -2798,10 +1341,10 @@ static uint64_t held_by(const struct vram_status *st, const char *name)
 /* Waits (bounded) until the fake holds n allocations; returns how many it holds. */
 static int wait_allocs(int n)
 {
-	int k = fake_count(0);
+	int k = fake_count(FK_ALLOCS);
 	for (int i = 0; i < 500 && k != n; i++) {
 		t_sleep_ms(10);
-		k = fake_count(0);
+		k = fake_count(FK_ALLOCS);
 	}
 	return k;
 }
@@ -2830,8 +1373,8 @@ START_TEST(test_cuda_restart)
 	};
 	fake_reset(2);
 	int fds0 = t_count_fds();
-	struct live l;
-	live_start(&l);
+	struct tc_live l;
+	tc_live_start(&l);
 	vram_client *c;
 	vram_grant *g[4];
 	char *buf = malloc(6 * MiB), *back = malloc(6 * MiB);
@@ -2840,20 +1383,20 @@ START_TEST(test_cuda_restart)
 		ck_assert_int_eq(vram_alloc(c, spec[i].dev, spec[i].size, spec[i].flags, &g[i]), 0);
 		pattern(buf, spec[i].size, i);
 		if (spec[i].dev < 2)
-			dev_write(c, spec[i].dev, vram_grant_device_ptr(g[i]), buf, spec[i].size);
+			tc_dev_write(c, spec[i].dev, vram_grant_device_ptr(g[i]), buf, spec[i].size);
 		else
 			memcpy(vram_grant_host_ptr(g[i]), buf, spec[i].size);
 	}
 	struct vram_status *before, *after;
 	ck_assert_int_eq(vram_get_status(c, &before), 0);
-	ck_assert_int_eq(fake_count(1), 6); /* each CUDA grant: the broker's handle and ours */
+	ck_assert_int_eq(fake_count(FK_HANDLES), 6); /* each CUDA grant: the broker's handle and ours */
 
-	live_halt(&l);
+	tc_live_halt(&l);
 	/* the broker's handles went with it; ours keep the memory */
-	ck_assert_int_eq(fake_count(1), 3);
-	ck_assert_int_eq(fake_count(0), 3);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 3);
+	ck_assert_int_eq(fake_count(FK_ALLOCS), 3);
 	unsigned clears = fk.calls[F_MemsetD8];
-	live_run(&l);
+	tc_live_run(&l);
 
 	/* the next call notices, reconnects and re-registers */
 	ck_assert_msg(vram_get_status(c, &after) == 0, "%s", vram_last_error());
@@ -2873,12 +1416,12 @@ START_TEST(test_cuda_restart)
 	ck_assert_uint_eq(after->clients[0].reclaimable, before->clients[0].reclaimable);
 	vram_status_free(before);
 	vram_status_free(after);
-	ck_assert_int_eq(fake_count(1), 6); /* the new broker imported each... */
+	ck_assert_int_eq(fake_count(FK_HANDLES), 6); /* the new broker imported each... */
 	ck_assert_uint_eq(fk.calls[F_MemsetD8], clears); /* ...and cleared none */
 	for (int i = 0; i < 4; i++) {
 		pattern(buf, spec[i].size, i);
 		if (spec[i].dev < 2)
-			dev_read(c, spec[i].dev, vram_grant_device_ptr(g[i]), back, spec[i].size);
+			tc_dev_read(c, spec[i].dev, vram_grant_device_ptr(g[i]), back, spec[i].size);
 		else
 			memcpy(back, vram_grant_host_ptr(g[i]), spec[i].size);
 		ck_assert_msg(!memcmp(buf, back, spec[i].size), "grant %d lost its bytes", i);
@@ -2896,24 +1439,22 @@ START_TEST(test_cuda_restart)
 	ck_assert_str_eq(why, "REGISTER: that memory is accounted already");
 	close(twin);
 	close(s);
-	ck_assert_int_eq(fake_count(1), 6);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 6);
 
 	/* and it keeps working: free by the new id, allocate more */
 	ck_assert_int_eq(vram_free(c, g[1]), 0);
-	ck_assert_int_eq(fake_count(0), 2);
+	ck_assert_int_eq(fake_count(FK_ALLOCS), 2);
 	vram_grant *n;
 	ck_assert_int_eq(vram_alloc(c, 1, 2 * MiB, 0, &n), 0);
 	vram_close(c);
 	for (int i = 0; i < 500 && broker_grant_count(l.b); i++)
 		t_sleep_ms(10);
 	ck_assert_uint_eq(broker_grant_count(l.b), 0);
-	live_stop(&l);
+	tc_live_stop(&l);
 	free(buf);
 	free(back);
 	fake_assert_clean();
-	if (fk.recycle_fd >= 0)
-		close(fk.recycle_fd);
-	fk.recycle_fd = -1;
+	fake_drop_recycled();
 	ck_assert_int_eq(t_count_fds(), fds0);
 }
 END_TEST
@@ -2924,10 +1465,10 @@ START_TEST(test_cuda_register_forged)
 	 * that device and of exactly the size claimed, not already accounted,
 	 * and within the limits an ALLOC has. */
 	fake_reset(2);
-	struct live l;
-	live_init(&l);
+	struct tc_live l;
+	tc_live_init(&l);
 	l.cfg.client_max = 10 * MiB;
-	live_run(&l);
+	tc_live_run(&l);
 	struct pool *p0 = broker_pool(l.b, 0);
 	ck_assert_str_eq(p0->name, "cuda:0");
 	int s = tr_connect(l.sock);
@@ -2969,7 +1510,7 @@ START_TEST(test_cuda_register_forged)
 	ck_assert_msg(strstr(why, "not a CUDA allocation"), "%s", why);
 	close(reopened);
 	ck_assert_uint_eq(p0->used, 0);
-	ck_assert_int_eq(fake_count(1), 2); /* every refused import was released */
+	ck_assert_int_eq(fake_count(FK_HANDLES), 2); /* every refused import was released */
 
 	/* A real export the broker did not make (memory the client created
 	 * itself) is accounted, against the sender only, as a sealed memfd of
@@ -2977,7 +1518,7 @@ START_TEST(test_cuda_register_forged)
 	ck_assert_msg(tr_register(s, u0, 4 * MiB, 0, e0, 15, &id, why, sizeof(why)) == 0, "%s", why);
 	ck_assert_uint_ne(id, 0);
 	ck_assert_uint_eq(p0->used, 4 * MiB);
-	ck_assert_int_eq(fake_count(1), 3);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 3);
 	/* ...once: the same export again, or another fd of the same open file,
 	 * is refused */
 	int twin = fcntl(e0, F_DUPFD_CLOEXEC, 3);
@@ -2990,13 +1531,13 @@ START_TEST(test_cuda_register_forged)
 	ck_assert_uint_eq(p0->used, 6 * MiB);
 	ck_assert_int_eq(tr_register(s, u0, 2 * MiB, 0, gfd, 19, NULL, why, sizeof(why)), -EEXIST);
 	ck_assert_uint_eq(p0->used, 6 * MiB);
-	ck_assert_int_eq(fake_count(1), 4); /* bh0, bh1, the adopted one, the grant's */
+	ck_assert_int_eq(fake_count(FK_HANDLES), 4); /* bh0, bh1, the adopted one, the grant's */
 	/* bounded like an ALLOC: 6 MiB held + 6 MiB is past the client's 10 */
 	int e2 = fake_export(0, 6 * MiB, &bh2);
 	ck_assert_int_eq(tr_register(s, u0, 6 * MiB, 0, e2, 20, NULL, why, sizeof(why)), -EDQUOT);
 	ck_assert_msg(strstr(why, "client limit"), "%s", why);
 	ck_assert_uint_eq(p0->used, 6 * MiB);
-	ck_assert_int_eq(fake_count(1), 5); /* + bh2, nothing of the broker's */
+	ck_assert_int_eq(fake_count(FK_HANDLES), 5); /* + bh2, nothing of the broker's */
 
 	/* The connection goes while the process runs on: the broker cannot
 	 * revoke CUDA memory (an import keeps it), so what the connection held
@@ -3009,9 +1550,9 @@ START_TEST(test_cuda_register_forged)
 	ck_assert_uint_eq(broker_client_count(l.b), 1);
 	ck_assert_uint_eq(broker_grant_count(l.b), 2);
 	ck_assert_uint_eq(p0->used, 6 * MiB);
-	ck_assert_int_eq(fake_count(1), 5);
-	live_stop(&l);
-	ck_assert_int_eq(fake_count(1), 3);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 5);
+	tc_live_stop(&l);
+	ck_assert_int_eq(fake_count(FK_HANDLES), 3);
 	close(gfd);
 	close(mfd);
 	close(e0);
@@ -3063,8 +1604,8 @@ START_TEST(test_cuda_fdstore_restart)
 	 * to a "restored" client per holder until the holder re-registers
 	 * (hand-over, counted once) or dies (released: the memory goes). */
 	fake_reset(2);
-	struct live l;
-	live_init(&l);
+	struct tc_live l;
+	tc_live_init(&l);
 	int go[2], ready[2];
 	ck_assert_int_eq(pipe(go), 0);
 	ck_assert_int_eq(pipe(ready), 0);
@@ -3081,7 +1622,7 @@ START_TEST(test_cuda_fdstore_restart)
 	tn_fdstore_init(&store);
 	setenv("NOTIFY_SOCKET", nl.path, 1);
 	l.cfg.fdstore = 1;
-	live_run(&l);
+	tc_live_run(&l);
 
 	/* kid 0 holds 2 MiB on cuda:0, kid 1 4 MiB on cuda:1 */
 	ck_assert_int_eq(write(go[1], "gg", 2), 2);
@@ -3100,17 +1641,17 @@ START_TEST(test_cuda_fdstore_restart)
 	ck_assert_int_eq(vram_alloc(c, 1, 2 * MiB, 0, &g[1]), 0);
 	for (int i = 0; i < 2; i++) {
 		pattern(buf, vram_grant_size(g[i]), 10 + i);
-		dev_write(c, (uint32_t)i, vram_grant_device_ptr(g[i]), buf, vram_grant_size(g[i]));
+		tc_dev_write(c, (uint32_t)i, vram_grant_device_ptr(g[i]), buf, vram_grant_size(g[i]));
 	}
 	ck_assert_int_eq(store_drain(&nl, &store, 4), 4);
-	ck_assert_int_eq(fake_count(0), 4);
+	ck_assert_int_eq(fake_count(FK_ALLOCS), 4);
 
 	/* The broker goes; kid 0 dies while none runs. */
-	live_halt(&l);
+	tc_live_halt(&l);
 	ck_assert_int_eq(store.n, 4); /* stopping is not releasing */
 	kill(kid[0], SIGKILL);
 	waitpid(kid[0], NULL, 0);
-	ck_assert_int_eq(fake_count(0), 4); /* the store's fds hold kid 0's memory */
+	ck_assert_int_eq(fake_count(FK_ALLOCS), 4); /* the store's fds hold kid 0's memory */
 
 	/* The next broker gets the store back (copies, as from systemd). */
 	int rfds[8];
@@ -3123,7 +1664,7 @@ START_TEST(test_cuda_fdstore_restart)
 	l.cfg.restore_fds = rfds;
 	l.cfg.restore_names = rnames;
 	l.cfg.nrestore = (uint32_t)store.n;
-	live_run(&l);
+	tc_live_run(&l);
 	l.cfg.nrestore = 0;
 	/* kid 0's grant: released at once, and its memory is gone */
 	ck_assert_int_eq(store_drain(&nl, &store, 3), 3);
@@ -3135,7 +1676,7 @@ START_TEST(test_cuda_fdstore_restart)
 	ck_assert_uint_eq(held_by(st, "restored"), 10 * MiB); /* before anyone reconnects */
 	ck_assert_uint_eq(held_by(st, "t"), 0);
 	vram_status_free(st);
-	ck_assert_int_eq(fake_count(1), 5); /* ours, and the broker's imports of the three */
+	ck_assert_int_eq(fake_count(FK_HANDLES), 5); /* ours, and the broker's imports of the three */
 
 	/* this process comes back: its grants change hands, counted once */
 	struct vram_status *mine;
@@ -3149,10 +1690,10 @@ START_TEST(test_cuda_fdstore_restart)
 	ck_assert_uint_eq(held_by(st, "restored"), 4 * MiB); /* kid 1's */
 	ck_assert_uint_eq(st->grants, 3);
 	vram_status_free(st);
-	ck_assert_int_eq(fake_count(1), 5); /* the REGISTERs' own imports were dropped */
+	ck_assert_int_eq(fake_count(FK_HANDLES), 5); /* the REGISTERs' own imports were dropped */
 	for (int i = 0; i < 2; i++) {
 		pattern(buf, vram_grant_size(g[i]), 10 + i);
-		dev_read(c, (uint32_t)i, vram_grant_device_ptr(g[i]), back, vram_grant_size(g[i]));
+		tc_dev_read(c, (uint32_t)i, vram_grant_device_ptr(g[i]), back, vram_grant_size(g[i]));
 		ck_assert_msg(!memcmp(buf, back, vram_grant_size(g[i])), "grant %d lost its bytes", i);
 	}
 	/* the handed-over grant is still known by its export */
@@ -3189,7 +1730,7 @@ START_TEST(test_cuda_fdstore_restart)
 	for (int i = 0; i < 500 && broker_grant_count(l.b) != (uint64_t)left; i++)
 		t_sleep_ms(10);
 	ck_assert_uint_eq(broker_grant_count(l.b), (uint64_t)left);
-	live_stop(&l);
+	tc_live_stop(&l);
 	unsetenv("NOTIFY_SOCKET");
 	tn_fdstore_clear(&store);
 	tn_close(&nl);
@@ -3211,11 +1752,10 @@ static const char fk_test_image[] = "FATBIN\0vk_cast_f16_f32\0vk_cast_f32_bf16\0
 
 START_TEST(test_kernels_launch)
 {
-	struct vram_client *c = fake_client(1);
+	struct vram_client *c = tc_client(1);
 	CUmemGenericAllocationHandle bh;
 	struct vram_grant *g = imported(c, 0, 2 * MiB, &bh);
-	fk_image_names = fk_test_image;
-	fk_image_len = sizeof(fk_test_image);
+	fake_set_image(fk_test_image, sizeof(fk_test_image));
 	cuda_kernels_set_image(fk_test_image, sizeof(fk_test_image));
 
 	/* f16 -> f32 of 1000 elements: kernel, grid, block, arguments, result. */
@@ -3224,7 +1764,7 @@ START_TEST(test_kernels_launch)
 	for (int i = 0; i < 1000; i++)
 		h[i] = (uint16_t)(0x3c00 + i);
 	ck_assert_int_eq(vk_cast(h, VRAM_DTYPE_F16, want, VRAM_DTYPE_F32, 1000), 0);
-	dev_write(c, 0, g->dptr, h, sizeof(h));
+	tc_dev_write(c, 0, g->dptr, h, sizeof(h));
 	uint64_t dst = g->dptr + MiB;
 	ck_assert_int_eq(vram_gpu_cast(c, 0, dst, VRAM_DTYPE_F32, g->dptr, VRAM_DTYPE_F16, 1000), 0);
 	ck_assert_str_eq(fk.launch.name, "vk_cast_f16_f32");
@@ -3237,7 +1777,7 @@ START_TEST(test_kernels_launch)
 	ck_assert_uint_eq(fk.launch.a[1], dst);
 	ck_assert_uint_eq(fk.launch.a[2], 1000);
 	ck_assert_uint_eq(fk.launch.a[3], 0);
-	dev_read(c, 0, dst, got, sizeof(got));
+	tc_dev_read(c, 0, dst, got, sizeof(got));
 	ck_assert_mem_eq(got, want, sizeof(got));
 	/* Loaded once per call's handle, unloaded when the last put. */
 	ck_assert_uint_eq(fk.calls[F_ModuleLoadData], 1);
@@ -3293,15 +1833,15 @@ START_TEST(test_kernels_launch)
 	cuda_kernels_set_image(fk_test_image, sizeof(fk_test_image));
 
 	/* Every entry point failing. */
-	enum fn fail[] = { F_ModuleLoadData, F_ModuleGetFunction, F_LaunchKernel, F_StreamSynchronize };
+	enum fk_fn fail[] = { F_ModuleLoadData, F_ModuleGetFunction, F_LaunchKernel, F_StreamSynchronize };
 	for (size_t i = 0; i < ARRAY_SIZE(fail); i++) {
 		fake_fail(fail[i], 0, CUDA_ERROR_OUT_OF_MEMORY);
 		ck_assert_int_eq(vram_gpu_cast(c, 0, dst, VRAM_DTYPE_F32, g->dptr, VRAM_DTYPE_F16, 10), -ENOMEM);
-		ck_assert_msg(strstr(vram_last_error(), fn_names[fail[i]]), "%s", vram_last_error());
+		ck_assert_msg(strstr(vram_last_error(), fk_fn_names[fail[i]]), "%s", vram_last_error());
 		fake_nofail();
 	}
 	cuda_kernels_set_image(NULL, 0);
-	fk_image_names = NULL;
+	fake_set_image(NULL, 0);
 	drop(g, bh);
 	free(c);
 	fake_assert_clean();
@@ -3376,10 +1916,10 @@ static void uvm_fx_start(struct uvm_fx *f)
 	o.unet_expert_mode_allocations = "cuda:0,50%;cpu,*";
 	ck_assert_msg(vram_plan_create(f->m, &o, devs, nd, &f->plan) == 0, "%s", vram_last_error());
 
-	f->c = fake_client(1); /* cuda:0 = 0, cpu = 1 */
-	f->g[0] = grant_on(0, 2 * MiB);
+	f->c = tc_client(1); /* cuda:0 = 0, cpu = 1 */
+	f->g[0] = tc_grant(0, 2 * MiB);
 	f->g[0]->dptr = 0x7a0000000000ull;
-	f->g[1] = grant_on(1, sizeof(f->data));
+	f->g[1] = tc_grant(1, sizeof(f->data));
 	f->g[1]->backend = VRAM_BACKEND_CPU;
 	vram_loaded *l = calloc(1, sizeof(*l));
 	ck_assert_ptr_nonnull(l);
@@ -3644,7 +2184,7 @@ START_TEST(test_uvm_pager_errors)
 	fk.dev[0].cma = 1;
 	fake_assert_clean();
 
-	static const enum fn fns[] = { F_MemGetInfo, F_StreamCreate, F_MemAllocManaged, F_MemAdvise, F_EventCreate,
+	static const enum fk_fn fns[] = { F_MemGetInfo, F_StreamCreate, F_MemAllocManaged, F_MemAdvise, F_EventCreate,
 				       F_DeviceGetAttribute };
 	for (size_t i = 0; i < ARRAY_SIZE(fns); i++)
 		for (unsigned nth = 0; nth < 2; nth++) {
@@ -3653,11 +2193,11 @@ START_TEST(test_uvm_pager_errors)
 			unsigned seen = fk.fail_seen;
 			fake_nofail();
 			if (seen <= nth) { /* called fewer times: it succeeded */
-				ck_assert_msg(r == 0, "%s: %s", fn_names[fns[i]], vram_last_error());
+				ck_assert_msg(r == 0, "%s: %s", fk_fn_names[fns[i]], vram_last_error());
 				vram_uvm_pager_free(p);
 			} else {
-				ck_assert_msg(r < 0, "%s #%u", fn_names[fns[i]], nth);
-				ck_assert_msg(strstr(vram_last_error(), fn_names[fns[i]]), "%s", vram_last_error());
+				ck_assert_msg(r < 0, "%s #%u", fk_fn_names[fns[i]], nth);
+				ck_assert_msg(strstr(vram_last_error(), fk_fn_names[fns[i]]), "%s", vram_last_error());
 			}
 			p = NULL;
 			fake_assert_clean();
@@ -3690,7 +2230,7 @@ int main(void)
 {
 	Suite *s = suite_create("cuda-fake");
 	TCase *tl = tcase_create("loader");
-	tcase_add_checked_fixture(tl, setup, teardown);
+	tcase_add_checked_fixture(tl, tc_setup, tc_teardown);
 	tcase_add_test(tl, test_abi_constants);
 	tcase_add_test(tl, test_strerror_errno);
 	tcase_add_test(tl, test_missing_entry_points);
@@ -3698,7 +2238,7 @@ int main(void)
 	suite_add_tcase(s, tl);
 
 	TCase *td = tcase_create("discovery");
-	tcase_add_checked_fixture(td, setup, teardown);
+	tcase_add_checked_fixture(td, tc_setup, tc_teardown);
 	tcase_add_test(td, test_discover_devices);
 	tcase_add_test(td, test_discover_no_devices);
 	tcase_add_test(td, test_discover_skips_unsupported);
@@ -3706,7 +2246,7 @@ int main(void)
 	suite_add_tcase(s, td);
 
 	TCase *tg = tcase_create("grants");
-	tcase_add_checked_fixture(tg, setup, teardown);
+	tcase_add_checked_fixture(tg, tc_setup, tc_teardown);
 	tcase_add_test(tg, test_grant_clears_and_exports);
 	tcase_add_test(tg, test_grant_entry_errors);
 	tcase_add_test(tg, test_release_failure_is_survived);
@@ -3714,7 +2254,7 @@ int main(void)
 	suite_add_tcase(s, tg);
 
 	TCase *tr = tcase_create("runtime");
-	tcase_add_checked_fixture(tr, setup, teardown);
+	tcase_add_checked_fixture(tr, tc_setup, tc_teardown);
 	tcase_add_test(tr, test_import_unimport);
 	tcase_add_test(tr, test_import_by_uuid);
 	tcase_add_test(tr, test_import_entry_errors);
@@ -3728,7 +2268,7 @@ int main(void)
 	suite_add_tcase(s, tr);
 
 	TCase *tb = tcase_create("broker");
-	tcase_add_checked_fixture(tb, setup, teardown);
+	tcase_add_checked_fixture(tb, tc_setup, tc_teardown);
 	tcase_set_timeout(tb, 60);
 	tcase_add_test(tb, test_broker_and_client);
 	tcase_add_test(tb, test_load_cuda);
