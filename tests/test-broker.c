@@ -862,8 +862,7 @@ static void restart_survival(int sig)
 
 	kill(p.pid, sig);
 	waitpid(p.pid, NULL, 0);
-	p.pid = t_start_vramd(p.sock, p.log, proc_args);
-	ck_assert_int_gt(p.pid, 0);
+	t_broker_run(&p, proc_args);
 
 	/* the next call notices, reconnects and re-registers */
 	ck_assert_msg(vram_get_status(c, &after) == 0, "%s", vram_last_error());
@@ -1020,8 +1019,7 @@ START_TEST(test_process_lifecycle)
 	kill(p.pid, SIGKILL);
 	waitpid(p.pid, NULL, 0);
 	ck_assert_int_eq(access(p.sock, F_OK), 0);
-	p.pid = t_start_vramd(p.sock, p.log, proc_args);
-	ck_assert_int_gt(p.pid, 0);
+	t_broker_run(&p, proc_args);
 	proc_stop(&p);
 }
 END_TEST

@@ -19,12 +19,12 @@
 
 #define MiB (1ull << 20)
 
+/* A vramd of the test's own (testlib.h) and the checkpoint's path in its
+ * dir; dir and sock are b's. */
 struct env {
-	char *dir;
-	char sock[256];
-	char log[256];
+	struct t_broker b;
+	const char *dir, *sock;
 	char file[256];
-	pid_t pid;
 };
 
 static void write_checkpoint(const char *path, int blocks, int rows, int seed)
@@ -34,24 +34,16 @@ static void write_checkpoint(const char *path, int blocks, int rows, int seed)
 
 static void env_start(struct env *e, const char *sim, const char *host)
 {
-	/* O_DIRECT needs a real file system; /var/tmp is one where /tmp may be
-	 * tmpfs. */
-	setenv("TMPDIR", access("/var/tmp", W_OK) == 0 ? "/var/tmp" : "/tmp", 1);
-	e->dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e->dir);
-	snprintf(e->sock, sizeof(e->sock), "%s/vramd.sock", e->dir);
-	snprintf(e->log, sizeof(e->log), "%s/vramd.log", e->dir);
+	const char *const args[] = { "--sim-gpus", sim, "--host-pool", host, NULL };
+	t_broker_start(&e->b, args);
+	e->dir = e->b.dir;
+	e->sock = e->b.sock;
 	snprintf(e->file, sizeof(e->file), "%s/model.safetensors", e->dir);
-	const char *const args[] = { "--sim-gpus", sim, "--host-pool", host, "--no-cuda", NULL };
-	e->pid = t_start_vramd(e->sock, e->log, args);
-	ck_assert_int_gt(e->pid, 0);
 }
 
 static void env_stop(struct env *e)
 {
-	int st = t_stop(e->pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	t_rmtree(e->dir);
+	t_broker_stop(&e->b);
 }
 
 static uint8_t *read_file(const char *path, size_t *len)
