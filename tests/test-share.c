@@ -128,18 +128,21 @@ static int holder(void *a)
 	struct holder_arg *h = a;
 	close(h->in_w);
 	close(h->out_r);
-	vram_client *c;
-	vram_loaded *l;
-	vram_model *m;
+	vram_client *c = NULL;
+	vram_loaded *l = NULL;
+	vram_model *m = NULL;
 	char how = load_check(h->sock, h->file, h->dev, VRAM_LOAD_SHARED, &c, &l, &m);
 	if (write(h->out, &how, 1) != 1)
 		return 3;
 	char x;
 	if (read(h->in, &x, 1) < 0)
 		return 4;
+	if (how == 'E')
+		return 2;
 	vram_unload(l);
+	vram_model_close(m);
 	vram_close(c);
-	return how == 'E' ? 2 : 0;
+	return 0;
 }
 
 /* A SHARE sent by hand (tests/testlib-raw.h) on a fresh connection: one
@@ -507,6 +510,23 @@ START_TEST(test_single_flight_and_kills)
 	kill(a, SIGKILL);
 	ck_assert_int_eq(read(out[0], &h2, 1), 1);
 	ck_assert_msg(h2 == 'w' || h2 == 'f' || h2 == 'm' || h2 == 'h', "the waiter's load was %c", h2);
+	close(in[1]);
+	ck_assert_int_eq(t_wait(b, 20000), 0);
+	t_wait(a, 1000);
+
+	/* a fill abandoned (its only waiter killed) and asked for again while
+	 * its threads wind down is filled anew: the second asker does not
+	 * find its memory still taken (the pool holds one copy, not two) */
+	ck_assert_int_eq(vram_cache_drop(d, -1, VRAM_CACHE_DROP_ALL), 0);
+	ck_assert_int_eq(pipe(in), 0);
+	ha.in = in[0];
+	ha.in_w = in[1];
+	a = t_fork(holder, &ha);
+	t_sleep_ms(40);
+	kill(a, SIGKILL);
+	b = t_fork(holder, &ha);
+	ck_assert_int_eq(read(out[0], &h2, 1), 1);
+	ck_assert_msg(h2 == 'f' || h2 == 'w' || h2 == 'm' || h2 == 'h', "the second asker's load was %c", h2);
 	close(in[1]);
 	ck_assert_int_eq(t_wait(b, 20000), 0);
 	t_wait(a, 1000);
