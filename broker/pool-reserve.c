@@ -293,8 +293,8 @@ static void want_push(struct ready_reserve *r, uint64_t size)
 }
 
 /* The size to make next (0: nothing): the oldest want, else a block of
- * the largest size asked lately (or READY_BLOCK), or what the target has
- * left when that is less. */
+ * the largest size asked lately (or READY_BLOCK), or what the target and
+ * the pool have left when that is less. */
 static uint64_t want_next(const struct ready_reserve *r)
 {
 	if (r->nwants)
@@ -303,6 +303,8 @@ static uint64_t want_next(const struct ready_reserve *r)
 	for (uint32_t i = 0; i < READY_SEEN; i++)
 		block = MAX(block, r->seen[i]);
 	uint64_t room = r->ready + r->pending < r->target ? r->target - r->ready - r->pending : 0;
+	uint64_t in_pool = r->held + r->ready + r->dropping + r->closing + r->pending;
+	room = MIN(room, in_pool < r->total ? r->total - in_pool : 0);
 	block = MIN(block ? block : READY_BLOCK, room); /* the last one fills what is left */
 	block -= block % r->granularity;
 	return block >= READY_MIN ? block : 0;
