@@ -6,8 +6,9 @@
  * zeroed at its first touch (and, on a VM, backed by the host then), which
  * costs more than reading it from a fast disk.  The broker owns the memory,
  * so it can do that work before anyone asks: a thread at the lowest CPU
- * priority keeps memfds populated (MADV_POPULATE_WRITE; fallocate for
- * hugetlb), and an ALLOC that finds one of its size gets it at once.
+ * priority keeps memfds populated (zeros written in; MADV_POPULATE_WRITE
+ * where THP needs a mapping; fallocate for hugetlb), and an ALLOC that
+ * finds one of its size gets it at once.
  *
  * Never reused.  A reserve memfd is made for the reserve and handed to one
  * client at most; freed grants are revoked (truncated) and closed as
@@ -41,6 +42,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +103,7 @@ struct ready_reserve {
 	uint64_t seen[READY_SEEN];
 	uint32_t seen_next;
 	uint64_t backoff_until;
+	bool waiting_room;       /* the refill waits for the pool to have room */
 	/* figures */
 	uint64_t hits, misses, refilled, served, waste, dropped;
 };
@@ -323,18 +326,47 @@ static void wait_until(struct ready_reserve *r, uint64_t deadline)
 	pthread_cond_timedwait(&r->wake, &r->lock, &ts);
 }
 
+/* Zeros written into normal-page memfds (pwrite reads it from the shared
+ * zero page: no cache misses). */
+static const uint8_t zeros[1u << 20];
+
+/* Fills [off, off+n) of fd: hugetlb by fallocate (it zeroes the pages);
+ * with THP on advise through the mapping m (MADV_POPULATE_WRITE, the
+ * mapping asked for huge pages); else by writing zeros, which on 4 KiB
+ * pages costs half the CPU of populating a mapping and never takes the
+ * broker's mmap lock (the loop's allocations do not wait for the refill).
+ * 0, or -1 and errno. */
+static int populate_step(int fd, uint8_t *m, uint64_t off, uint64_t n, bool hugetlb)
+{
+	if (hugetlb)
+		return fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)n);
+	if (m)
+		return madvise(m + off, n, MADV_POPULATE_WRITE);
+	for (uint64_t x = 0; x < n;) {
+		ssize_t w = pwrite(fd, zeros, MIN(sizeof(zeros), n - x), (off_t)(off + x));
+		if (w <= 0) {
+			if (w == 0)
+				errno = ENOSPC;
+			if (w == 0 || errno != EINTR)
+				return -1;
+			continue;
+		}
+		x += (uint64_t)w;
+	}
+	return 0;
+}
+
 /* Populates size bytes of fd in steps: 0, -ECANCELED (aborted, stopped,
  * or memory got short), or -errno. */
 static int populate(struct ready_reserve *r, int fd, uint64_t size, bool hugetlb)
 {
 	uint8_t *m = NULL;
 	int e = 0;
-	if (!hugetlb) {
+	if (!hugetlb && r->thp) {
 		m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 		if (m == MAP_FAILED)
 			return -errno;
-		if (r->thp)
-			(void)madvise(m, size, MADV_HUGEPAGE);
+		(void)madvise(m, size, MADV_HUGEPAGE);
 	}
 	uint64_t t0 = now_ns();
 	for (uint64_t off = 0; off < size && !e; off += READY_STEP) {
@@ -352,9 +384,10 @@ static int populate(struct ready_reserve *r, int fd, uint64_t size, bool hugetlb
 		pthread_mutex_unlock(&r->lock);
 		if (!go)
 			e = -ECANCELED;
-		else if (hugetlb ? fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)n) < 0
-				 : madvise(m + off, n, MADV_POPULATE_WRITE) < 0)
-			e = errno == EFAULT || errno == EPERM ? -ECANCELED : -errno; /* truncated under it: aborted */
+		else if (populate_step(fd, m, off, n, hugetlb) < 0)
+			/* truncated under it (EFAULT, or past the size sealed:
+			 * EPERM, EFBIG): aborted */
+			e = errno == EFAULT || errno == EPERM || errno == EFBIG ? -ECANCELED : -errno;
 	}
 	if (m)
 		munmap(m, size);
@@ -466,7 +499,8 @@ static uint64_t refill_plan(struct ready_reserve *r, const struct mem_view *mv, 
 	}
 	uint64_t size = want_next(r);
 	uint64_t poll = r->ready ? now + READY_POLL_NS : 0;
-	if (!size || r->held + r->ready + r->dropping + r->closing + size > r->total)
+	r->waiting_room = size && r->held + r->ready + r->dropping + r->closing + size > r->total;
+	if (!size || r->waiting_room)
 		return poll; /* nothing to make, or the pool is full: a release wakes us */
 	if (now < r->backoff_until)
 		return r->backoff_until;
@@ -483,8 +517,13 @@ static uint64_t refill_plan(struct ready_reserve *r, const struct mem_view *mv, 
 static void *refill_main(void *arg)
 {
 	struct ready_reserve *r = arg;
-	/* the lowest priority: the refill uses CPU nobody else wants */
-	(void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
+	/* The lowest priority: the refill uses CPU nobody else wants, and a
+	 * woken loop thread preempts it at once (SCHED_IDLE), not at the next
+	 * tick (nice 19 alone left ALLOCs waiting up to 4 ms on a busy
+	 * machine). */
+	struct sched_param sp = { 0 };
+	if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) != 0)
+		(void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
 	(void)pthread_setname_np(pthread_self(), "vramd-ready");
 	for (;;) {
 		struct mem_view mv;
@@ -624,7 +663,9 @@ int ready_take(struct ready_reserve *r, uint64_t size, uint64_t used, int *ret_f
 	struct ready_fd got = { .fd = -1 };
 	pthread_mutex_lock(&r->lock);
 	r->held = used + size;
+	bool wake = false;
 	if (r->target && size >= READY_MIN) {
+		wake = true; /* a want, and maybe memfds to drop */
 		bool short_room = r->held + r->ready + r->dropping + r->pending > r->total;
 		int i = fds_fit(r, size, short_room ? UINT64_MAX : size + size / 2);
 		r->seen[r->seen_next++ % READY_SEEN] = size;
@@ -639,7 +680,9 @@ int ready_take(struct ready_reserve *r, uint64_t size, uint64_t used, int *ret_f
 		want_push(r, size);
 	}
 	make_room(r);
-	pthread_cond_broadcast(&r->wake);
+	/* the refill wakes for work only: small grants cost it nothing */
+	if (wake)
+		pthread_cond_broadcast(&r->wake);
 	pthread_mutex_unlock(&r->lock);
 	if (got.fd < 0)
 		return -ENOENT;
@@ -663,7 +706,8 @@ void ready_released(struct ready_reserve *r, uint64_t size)
 {
 	pthread_mutex_lock(&r->lock);
 	r->held = r->held > size ? r->held - size : 0;
-	pthread_cond_broadcast(&r->wake);
+	if (r->waiting_room)
+		pthread_cond_broadcast(&r->wake);
 	pthread_mutex_unlock(&r->lock);
 }
 
