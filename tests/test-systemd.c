@@ -305,7 +305,8 @@ START_TEST(test_conf_example)
 	static const char *const coming[] = { "admin-socket", "admin-group", "state-dir", "socket-group" };
 	/* Every key broker/config.c accepts must be documented. */
 	static const char *const known[] = { "socket", "sim-gpus", "host-pool", "client-max", "max-clients",
-					     "max-grants", "socket-mode", "reclaim-deadline-ms", "cuda", "verbose" };
+					     "max-grants", "socket-mode", "reclaim-deadline-ms", "cuda", "verbose",
+					     "ready-reserve", "ready-refill-rate", "ready-min-free" };
 	char line[1024], err[256];
 	char seen[64][64];
 	int nseen = 0;
