@@ -17,8 +17,17 @@ static void usage(FILE *f)
 	      "  --socket PATH          client socket (default /run/vramd/vramd.sock)\n"
 	      "  --sim-gpus SIZE[,...]  simulated GPUs cuda:N, one per size (e.g. 8GiB,4GiB)\n"
 	      "  --host-pool SIZE       capacity of the cpu pool (default: half of RAM)\n"
+	      "  --ready-reserve SIZE|N%  populated memory kept ready for the next grants\n"
+	      "                         in each host-memory pool (default 25%; 0: none)\n"
+	      "  --ready-refill-rate SIZE  bytes per second the reserve's refill may\n"
+	      "                         populate (default 0: no cap; it runs at low priority)\n"
+	      "  --ready-min-free SIZE|N%  memory the reserve always leaves free on the\n"
+	      "                         machine or in vramd's cgroup (default 5%)\n"
 	      "  --client-max SIZE      bytes one client may hold (default: unlimited)\n"
 	      "  --max-clients N        connected clients at most (default 256)\n"
+	      "  --max-clients-per-uid N  connections of one user at most (default 64; admins exempt)\n"
+	      "  --hello-timeout-ms N   drop a connection that has not said HELLO by then (default 5000)\n"
+	      "  --cache-max SIZE|N%    shared read-only copies per device at most (default 50%; 0: none)\n"
 	      "  --max-grants N         grants per client at most (default 4096)\n"
 	      "  --reclaim-deadline-ms N  how long an ALLOC waits for RECLAIM (default 2000)\n"
 	      "  --admin-socket PATH    admin socket (default /run/vramd/admin.sock)\n"
@@ -27,7 +36,10 @@ static void usage(FILE *f)
 	      "  --socket-group GROUP   group of the client socket (default vram, if it exists)\n"
 	      "  --socket-mode MODE     mode of the client socket (default 0660)\n"
 	      "  --no-cuda              do not look for NVIDIA GPUs\n"
-	      "  --config FILE          INI file with the same keys (socket = ..., ...)\n"
+	      "  --config FILE          INI file with the same keys (socket = ..., ...);\n"
+	      "                         default $VRAMD_CONFIG, else " VRAMD_CONFIG_DEFAULT ",\n"
+	      "                         when it exists (then a reload reads it if it appears)\n"
+	      "  --no-config            read no config file\n"
 	      "  --foreground           stay in the foreground (vramd never forks; accepted\n"
 	      "                         for compatibility with init scripts)\n"
 	      "  -v, --verbose          log every grant\n"
@@ -43,8 +55,14 @@ int main(int argc, char **argv)
 		{ "sim-gpus", required_argument, NULL, 'g' },
 		{ "host-pool", required_argument, NULL, 'p' },
 		{ "client-max", required_argument, NULL, 'm' },
+		{ "ready-reserve", required_argument, NULL, 'r' },
+		{ "ready-refill-rate", required_argument, NULL, 'F' },
+		{ "ready-min-free", required_argument, NULL, 'L' },
 		{ "max-clients", required_argument, NULL, 'C' },
 		{ "max-grants", required_argument, NULL, 'G' },
+		{ "max-clients-per-uid", required_argument, NULL, 'U' },
+		{ "hello-timeout-ms", required_argument, NULL, 'H' },
+		{ "cache-max", required_argument, NULL, 'K' },
 		{ "reclaim-deadline-ms", required_argument, NULL, 'R' },
 		{ "admin-socket", required_argument, NULL, 'A' },
 		{ "state-dir", required_argument, NULL, 'S' },
@@ -53,6 +71,7 @@ int main(int argc, char **argv)
 		{ "socket-mode", required_argument, NULL, 'M' },
 		{ "no-cuda", no_argument, NULL, 'n' },
 		{ "config", required_argument, NULL, 'c' },
+		{ "no-config", no_argument, NULL, 'N' },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -71,17 +90,31 @@ int main(int argc, char **argv)
 	cfg.socket_mode = 0660;
 	cfg.fdstore = -1;
 
-	/* The config file is read first so that options override it. */
+	/* The config file is read first so that options override it: the one
+	 * --config names (it must exist), else VRAMD_CONFIG_DEFAULT if it
+	 * exists (a reload reads it if it appears later), unless --no-config. */
+	const char *dflt = getenv("VRAMD_CONFIG");
+	cfg.config_path = dflt && *dflt ? dflt : VRAMD_CONFIG_DEFAULT;
+	cfg.config_optional = true;
 	for (int i = 1; i < argc; i++) {
-		const char *file = NULL;
-		if (!strcmp(argv[i], "--config") && i + 1 < argc)
-			file = argv[i + 1];
+		if (!strcmp(argv[i], "--no-config"))
+			cfg.config_path = NULL;
+		else if (!strcmp(argv[i], "--config") && i + 1 < argc)
+			cfg.config_path = argv[i + 1];
 		else if (!strncmp(argv[i], "--config=", 9))
-			file = argv[i] + 9;
-		if (file && broker_config_load(&cfg, file) < 0)
+			cfg.config_path = argv[i] + 9;
+		else
+			continue;
+		cfg.config_optional = false;
+	}
+	if (cfg.config_path) {
+		r = broker_config_load(&cfg, cfg.config_path, err, sizeof(err));
+		if (r == -ENOENT && cfg.config_optional)
+			r = 0;
+		if (r < 0) {
+			broker_log(0, "%s", err);
 			return 1;
-		if (file)
-			cfg.config_path = file;
+		}
 	}
 
 	while ((o = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
@@ -91,8 +124,14 @@ int main(int argc, char **argv)
 		case 'g': key = "sim-gpus"; break;
 		case 'p': key = "host-pool"; break;
 		case 'm': key = "client-max"; break;
+		case 'r': key = "ready-reserve"; break;
+		case 'F': key = "ready-refill-rate"; break;
+		case 'L': key = "ready-min-free"; break;
 		case 'C': key = "max-clients"; break;
 		case 'G': key = "max-grants"; break;
+		case 'U': key = "max-clients-per-uid"; break;
+		case 'H': key = "hello-timeout-ms"; break;
+		case 'K': key = "cache-max"; break;
 		case 'R': key = "reclaim-deadline-ms"; break;
 		case 'A': key = "admin-socket"; break;
 		case 'S': key = "state-dir"; break;
@@ -100,7 +139,7 @@ int main(int argc, char **argv)
 		case 'o': key = "socket-group"; break;
 		case 'M': key = "socket-mode"; break;
 		case 'n': cfg.no_cuda = true; break;
-		case 'c': case 'f': break;
+		case 'c': case 'f': case 'N': break;
 		case 'v': cfg.verbose = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -126,7 +165,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < n; i++) {
 		int fd = SD_LISTEN_FDS_START + i;
 		const char *name = names && names[i] ? names[i] : "";
-		if (!strncmp(name, "grant-", 6)) {
+		if (!strncmp(name, "grant-", 6) || !strncmp(name, "copy-", 5)) {
 			if (nrestore < 4096) {
 				restore_fds[nrestore] = fd;
 				restore_names[nrestore++] = names[i];

@@ -15,20 +15,22 @@
  *
  * Devices are named as the broker names them: "cpu" or "cuda:N".
  *
- * Lookup (quota_lookup): for a client (uid, name) on a device, the entry
- * that applies is the most specific one *for that device*: name, then uid,
- * then default; none at all means no floor and no ceiling.  Precedence is
- * decided per device, so name:comfy-1 limited on cuda:0 only still falls
- * back to its uid's entry on cuda:1.  An entry with neither floor nor
- * ceiling is meaningful: it shadows the less specific ones ("this instance
- * is unlimited on cuda:0").
+ * Lookup (quota_lookup): for a client (uid, name) on a device, the entries
+ * *for that device* at each level: its name's, its uid's, default's; none
+ * at all means no floor and no ceiling.  Precedence is decided per device,
+ * so name:comfy-1 limited on cuda:0 only still falls back to its uid's
+ * entry on cuda:1.  The broker applies them in two levels (docs/admin.md):
+ * the name's entry, and the user's (uid, else default).  Ceilings of both
+ * levels bind (a name, which any client may claim, can lower a user's
+ * ceiling but never raise it); floors come from the most specific entry
+ * (quota_match.effective).
  *
  * Each subject is one accounting bucket: its floor is guaranteed to, and
- * its ceiling bounds, the sum over every client the entry applies to.
- * "default" is one bucket shared by everyone it applies to.  So the floors
- * on a device sum, one per entry, to what the device must be able to
- * guarantee at once; quota_check_floors and quota_store_set hold that sum
- * to the device's capacity.
+ * its ceiling bounds, the sum over every client the entry applies to at
+ * its level (a uid's or default's bucket counts the user's clients
+ * whatever their names).  So the floors on a device sum, one per entry, to
+ * what the device must be able to guarantee at once; quota_check_floors
+ * and quota_store_set hold that sum to the device's capacity.
  *
  * Persistence: STATE_DIR/quotas.json (QUOTA_FILE), written atomically
  * (temporary file, fsync, rename, fsync of the directory) and read

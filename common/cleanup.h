@@ -22,6 +22,11 @@ static inline void closep(int *fd)
 #define _cleanup_free_ _cleanup_(freep)
 #define _cleanup_close_ _cleanup_(closep)
 
+/* Defines funcp(type **p), which calls func(*p), for _cleanup_(funcp) on a
+ * pointer to type; func must accept NULL (as destructors here do). */
+#define DEFINE_CLEANUP_FUNC(type, func) \
+	static inline void func##p(type **p) { func(*p); }
+
 #define TAKE_PTR(p) ({ __typeof__(p) _p = (p); (p) = NULL; _p; })
 #define TAKE_FD(fd) ({ int _fd = (fd); (fd) = -1; _fd; })
 

@@ -31,6 +31,11 @@ bool text_printable(const char *s);
 /* 1 if the first n bytes of p are all zero. */
 int mem_is_zero(const void *p, size_t n);
 
+/* Writes a message to err (when err and errlen are non-zero) and returns r,
+ * so that a function reporting through an err buffer can write
+ * `return errf(err, errlen, -EINVAL, "...", ...)`. */
+int errf(char *err, size_t errlen, int r, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t now_ns(void);
 

@@ -10,11 +10,11 @@
 int vk_dtype_fmt(uint32_t dtype)
 {
 	switch (dtype) {
-	case VRAM_DTYPE_F8_E4M3: return VK_FMT_E4M3;
-	case VRAM_DTYPE_F8_E5M2: return VK_FMT_E5M2;
-	case VRAM_DTYPE_F16:     return VK_FMT_F16;
-	case VRAM_DTYPE_BF16:    return VK_FMT_BF16;
-	case VRAM_DTYPE_F32:     return VK_FMT_F32;
+	case VK_DTYPE_F8_E4M3: return VK_FMT_E4M3;
+	case VK_DTYPE_F8_E5M2: return VK_FMT_E5M2;
+	case VK_DTYPE_F16:     return VK_FMT_F16;
+	case VK_DTYPE_BF16:    return VK_FMT_BF16;
+	case VK_DTYPE_F32:     return VK_FMT_F32;
 	default:                 return -EINVAL;
 	}
 }

@@ -5,9 +5,11 @@
  * that compute bit-identical results on the CPU.  Internal to libvram (the
  * vk_ symbols are not exported from libvram.so); see kernels/README.md.
  *
- * dtypes are enum vram_dtype values.  Supported: VRAM_DTYPE_F8_E4M3
- * (e4m3fn), VRAM_DTYPE_F8_E5M2, VRAM_DTYPE_F16, VRAM_DTYPE_BF16,
- * VRAM_DTYPE_F32.  Rounding, NaN/Inf and overflow rules: kernels/fpconv.h.
+ * dtypes are enum vram_dtype values (runtime/vram.h), of which the kernels
+ * handle the five named VK_DTYPE_* below: F8_E4M3 (e4m3fn), F8_E5M2, F16,
+ * BF16, F32.  This header stands apart from the runtime's (it includes
+ * none); runtime/dtype.c asserts that the values agree.  Rounding, NaN/Inf
+ * and overflow rules: kernels/fpconv.h.
  */
 #ifndef VRAM_KERNELS_H
 #define VRAM_KERNELS_H
@@ -15,7 +17,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "runtime/vram.h"
 #include "kernels/abi.h"
 #include "kernels/fpconv.h"
 
@@ -25,6 +26,13 @@ extern "C" {
 #else
 #define VK_STATIC_ASSERT(c, m) _Static_assert(c, m)
 #endif
+
+/* The enum vram_dtype values of the dtypes the kernels handle. */
+#define VK_DTYPE_F8_E5M2 6u
+#define VK_DTYPE_F8_E4M3 7u
+#define VK_DTYPE_F16     13u
+#define VK_DTYPE_BF16    14u
+#define VK_DTYPE_F32     17u
 
 /* ======================================================================
  * C references

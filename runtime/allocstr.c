@@ -189,16 +189,16 @@ int alloc_parse(const char *what, const char *s, const char *const *names, uint3
 	char devs[512];
 
 	if (!what || !s || !ret || (ndevs && !names) || ndevs > PLAN_MAX_DEVICES)
-		return vram_error(-EINVAL, "alloc_parse: bad arguments");
+		return rt_error(-EINVAL, "alloc_parse: bad arguments");
 	buf = strdup(s);
 	if (!buf)
-		return vram_error(-ENOMEM, "%s allocation: out of memory", what);
+		return rt_error(-ENOMEM, "%s allocation: out of memory", what);
 	names_list(names, ndevs, devs, sizeof(devs));
 
 #define FAIL(k, ...) do { \
 		char why_[512]; \
 		snprintf(why_, sizeof(why_), __VA_ARGS__); \
-		return vram_error(-EINVAL, "%s allocation \"%s\": entry %u: %s", what, s, (unsigned)(k), why_); \
+		return rt_error(-EINVAL, "%s allocation \"%s\": entry %u: %s", what, s, (unsigned)(k), why_); \
 	} while (0)
 
 	uint32_t k = 0;
@@ -272,12 +272,12 @@ int alloc_parse(const char *what, const char *s, const char *const *names, uint3
 		char sbuf[64];
 		fixed_format(sum, sbuf, sizeof(sbuf));
 		if (spec.star >= 0 && sum > 100 * ALLOC_FRAC_ONE)
-			return vram_error(-EINVAL, "%s allocation \"%s\": the percentages add up to %s%% "
-					  "and entry %d takes the rest (expected at most 100%% with a \"*\")",
-					  what, s, sbuf, spec.star + 1);
+			return rt_error(-EINVAL, "%s allocation \"%s\": the percentages add up to %s%% "
+					"and entry %d takes the rest (expected at most 100%% with a \"*\")",
+					what, s, sbuf, spec.star + 1);
 		if (spec.star < 0 && sum == 0)
-			return vram_error(-EINVAL, "%s allocation \"%s\": the percentages add up to 0%% "
-					  "(expected a positive sum)", what, s);
+			return rt_error(-EINVAL, "%s allocation \"%s\": the percentages add up to 0%% "
+					"(expected a positive sum)", what, s);
 	}
 	*ret = spec;
 	return 0;
@@ -294,10 +294,10 @@ int alloc_quotas(const char *what, const char *s, const struct alloc_spec *spec,
 
 	if (!what || !s || !spec || !dev_total || !ret_quota || ndevs > PLAN_MAX_DEVICES ||
 	    cpu_dev >= (int)ndevs)
-		return vram_error(-EINVAL, "alloc_quotas: bad arguments");
+		return rt_error(-EINVAL, "alloc_quotas: bad arguments");
 	for (uint32_t i = 0; i < spec->n; i++)
 		if (spec->e[i].dev >= ndevs)
-			return vram_error(-EINVAL, "alloc_quotas: bad arguments");
+			return rt_error(-EINVAL, "alloc_quotas: bad arguments");
 	memset(ret_quota, 0, ndevs * sizeof(*ret_quota));
 
 	if (spec->form == ALLOC_FORM_RATIO) {
@@ -311,7 +311,7 @@ int alloc_quotas(const char *what, const char *s, const struct alloc_spec *spec,
 			for (uint32_t i = 0; i < spec->n; i++)
 				S += spec->e[i].fixed;
 		if (S == 0)
-			return vram_error(-EINVAL, "%s allocation \"%s\": the percentages add up to 0%%", what, s);
+			return rt_error(-EINVAL, "%s allocation \"%s\": the percentages add up to 0%%", what, s);
 		for (uint32_t i = 0; i < spec->n; i++) {
 			const struct alloc_entry *e = &spec->e[i];
 			if (e->star)
@@ -355,7 +355,7 @@ int alloc_quotas(const char *what, const char *s, const struct alloc_spec *spec,
 	size_format(comp_bytes, all, sizeof(all));
 	size_format(left, rest, sizeof(rest));
 	memset(ret_quota, 0, ndevs * sizeof(*ret_quota));
-	return vram_error(-EINVAL, "%s allocation \"%s\": the entries place %s of the %s's %s and "
-			  "there is no \"*\" entry or cpu device to take the other %s",
-			  what, s, placed, what, all, rest);
+	return rt_error(-EINVAL, "%s allocation \"%s\": the entries place %s of the %s's %s and "
+			"there is no \"*\" entry or cpu device to take the other %s",
+			what, s, placed, what, all, rest);
 }

@@ -27,23 +27,35 @@ static int connect_socket(const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(sa.sun_path))
-		return vram_error(-ENAMETOOLONG, "socket path too long: %s", path);
+		return rt_error(-ENAMETOOLONG, "socket path too long: %s", path);
 	strcpy(sa.sun_path, path);
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (fd < 0)
-		return vram_error(-errno, "socket: %s", strerror(errno));
+		return rt_error(-errno, "socket: %s", strerror(errno));
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int r = -errno;
 		close(fd);
-		return vram_error(r, "cannot reach vramd at %s: %s", path, strerror(-r));
+		return rt_error(r, "cannot reach vramd at %s: %s", path, strerror(-r));
 	}
 	return fd;
 }
 
-static void queue_reclaim(struct vram_client *c, const struct vramd_reclaim *m)
+/* Keeps an unsolicited message (RECLAIM, OFFER) for run_pending; true if
+ * it was one. */
+static bool queue_unsolicited(struct vram_client *c, const struct vramd_hdr *h)
 {
-	if (c->npending < CLIENT_MAX_PENDING)
-		c->pending[c->npending++] = *m;
+	if (h->opcode == VRAMD_RECLAIM) {
+		if (c->npending < CLIENT_MAX_PENDING)
+			c->pending[c->npending++] = *(const struct vramd_reclaim *)h;
+		return true;
+	}
+	if (h->opcode == VRAMD_OFFER) {
+		const struct vramd_offer *o = (const void *)h;
+		if (o->device < VRAMD_MAX_DEVICES)
+			c->offered[o->device] = o->bytes; /* the latest says it all */
+		return true;
+	}
+	return false;
 }
 
 /* Receives the reply to seq (handling unsolicited messages on the way).
@@ -56,43 +68,63 @@ static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, in
 	int want_fds = ret_fd ? 1 : 0;
 	if (ret_fd)
 		*ret_fd = -1;
-	for (;;) {
-		ssize_t n = proto_recv(c->fd, c->rxbuf, VRAMD_MSG_MAX, fds, &nfds, 0);
-		if (n == 0)
-			return vram_error(-ECONNRESET, "vramd closed the connection");
+	for (int reset = 0;;) {
+		ssize_t n = proto_recv(c->fd, c->rxbuf, VRAMD_MSG_MAX, fds, &nfds, reset ? MSG_DONTWAIT : 0);
+		/* A broker that closes a connection it refused while our
+		 * request sits unread in it makes the first receive fail with
+		 * ECONNRESET; its reason is still queued behind that. */
+		if (n == -ECONNRESET && !reset++)
+			continue;
+		if (n == 0 || (reset && n == -EAGAIN))
+			return rt_error(-ECONNRESET, "vramd closed the connection");
 		if (n < 0)
-			return vram_error((int)n, "receiving from vramd: %s", strerror((int)-n));
+			return rt_error((int)n, "receiving from vramd: %s", strerror((int)-n));
 		const char *why = NULL;
 		const struct vramd_hdr *h = c->rxbuf;
 		int r = proto_validate(c->rxbuf, (size_t)n, &why);
 		if (r < 0) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			return vram_error(-EPROTO, "malformed message from vramd: %s", why);
+			return rt_error(-EPROTO, "malformed message from vramd: %s", why);
 		}
-		if (h->opcode == VRAMD_RECLAIM) {
+		if (h->opcode == VRAMD_RECLAIM || h->opcode == VRAMD_OFFER) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			queue_reclaim(c, c->rxbuf);
+			queue_unsolicited(c, h);
 			continue;
+		}
+		if (h->opcode == VRAMD_SHARE_PROGRESS && h->seq == seq) {
+			const struct vramd_share_progress *pg = c->rxbuf;
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			if (c->share_progress)
+				c->share_progress(c->share_user, pg->done, pg->total);
+			continue;
+		}
+		if (h->opcode == VRAMD_ERROR && h->seq == 0) {
+			/* unsolicited: the broker refused the connection */
+			const struct vramd_error *e = c->rxbuf;
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			return rt_error(e->error, "%s", e->reason);
 		}
 		if (h->seq != seq) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			return vram_error(-EPROTO, "vramd answered request %llu, expected %llu",
-					  (unsigned long long)h->seq, (unsigned long long)seq);
+			return rt_error(-EPROTO, "vramd answered request %llu, expected %llu",
+					(unsigned long long)h->seq, (unsigned long long)seq);
 		}
 		if (h->opcode == VRAMD_ERROR) {
 			const struct vramd_error *e = c->rxbuf;
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			return vram_error(e->error, "%s", e->reason);
+			return rt_error(e->error, "%s", e->reason);
 		}
 		if (h->opcode != want || nfds != want_fds) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			return vram_error(-EPROTO, "vramd sent %s with %d fds, expected %s", proto_opcode_name(h->opcode),
-					  nfds, proto_opcode_name(want));
+			return rt_error(-EPROTO, "vramd sent %s with %d fds, expected %s", proto_opcode_name(h->opcode),
+					nfds, proto_opcode_name(want));
 		}
 		if (ret_fd)
 			*ret_fd = fds[0];
@@ -106,7 +138,7 @@ static int send_req(struct vram_client *c, void *msg, size_t len, uint16_t op)
 	proto_hdr_init(h, op, (uint32_t)len, ++c->seq);
 	int r = proto_send(c->fd, msg, len, -1, 0);
 	if (r < 0)
-		return vram_error(r, "sending to vramd: %s", strerror(-r));
+		return rt_error(r, "sending to vramd: %s", strerror(-r));
 	return 0;
 }
 
@@ -126,6 +158,16 @@ static void dev_from_wire(struct vram_device_info *o, const struct vramd_device 
 	memcpy(o->uuid, d->uuid, 16);
 	str_copy(o->name, d->name, sizeof(o->name));
 	str_copy(o->label, d->label, sizeof(o->label));
+	o->ready = d->ready;
+	o->ready_target = d->ready_target;
+	o->ready_hits = d->ready_hits;
+	o->ready_misses = d->ready_misses;
+	o->ready_refilled = d->ready_refilled;
+	o->cache = d->cache;
+	o->cache_max = d->cache_max;
+	o->cache_hits = d->cache_hits;
+	o->cache_fills = d->cache_fills;
+	o->cache_evictions = d->cache_evictions;
 }
 
 /* HELLO on c->fd; fills id, note and devices.  Lock held (or not yet
@@ -136,11 +178,15 @@ static int hello(struct vram_client *c)
 	int r;
 	memset(&m, 0, sizeof(m));
 	str_copy(m.name, c->name, sizeof(m.name));
-	if ((r = send_req(c, &m, sizeof(m), VRAMD_HELLO)) < 0 ||
-	    (r = (int)recv_reply(c, c->seq, VRAMD_HELLO_REPLY, NULL)) < 0) {
+	r = send_req(c, &m, sizeof(m), VRAMD_HELLO);
+	/* A refused connection is closed by the broker after its reason,
+	 * which is still there to read when the HELLO met the closed end. */
+	if (r == 0 || r == -EPIPE || r == -ECONNRESET)
+		r = (int)recv_reply(c, c->seq, VRAMD_HELLO_REPLY, NULL);
+	if (r < 0) {
 		if (r == -ECONNRESET)
-			r = vram_error(-EPROTO, "vramd at %s refused the handshake (protocol version %u?)", c->socket,
-				       VRAMD_PROTO_VERSION);
+			r = rt_error(-EPROTO, "vramd at %s refused the handshake (protocol version %u?)", c->socket,
+				     VRAMD_PROTO_VERSION);
 		return r;
 	}
 	const struct vramd_hello_reply *rep = c->rxbuf;
@@ -186,8 +232,8 @@ static int reconnect(struct vram_client *c)
 			c->fd = -1;
 		}
 		if ((now_ns() - t0) / 1000000 >= budget_ms)
-			return vram_error(-ECONNRESET, "vramd at %s went away and did not come back within %llu ms",
-					  c->socket, (unsigned long long)budget_ms);
+			return rt_error(-ECONNRESET, "vramd at %s went away and did not come back within %llu ms",
+					c->socket, (unsigned long long)budget_ms);
 		struct timespec ts = { (time_t)(delay_ms / 1000), (long)(delay_ms % 1000) * 1000000L };
 		nanosleep(&ts, NULL);
 		delay_ms = MIN(delay_ms * 2, 1000);
@@ -196,15 +242,16 @@ static int reconnect(struct vram_client *c)
 	for (struct vram_grant *g = c->grants; g; g = g->next) {
 		if (g->fd < 0) {
 			if (!first_err)
-				first_err = vram_error(-EOPNOTSUPP, "grant %llu has no fd to re-register",
-						       (unsigned long long)g->id);
+				first_err = rt_error(-EOPNOTSUPP, "grant %llu has no fd to re-register",
+						     (unsigned long long)g->id);
 			continue;
 		}
 		struct vramd_register m;
 		memset(&m, 0, sizeof(m));
 		memcpy(m.uuid, old_uuid[g->device < VRAMD_MAX_DEVICES ? g->device : 0], 16);
 		m.size = g->size;
-		m.flags = g->flags;
+		m.flags = g->shared ? 0 : g->flags;
+		m.what = g->shared ? VRAMD_REGISTER_COPY : VRAMD_REGISTER_GRANT;
 		proto_hdr_init(&m.hdr, VRAMD_REGISTER, sizeof(m), ++c->seq);
 		int r = proto_send(c->fd, &m, sizeof(m), g->fd, 0);
 		if (r == 0)
@@ -234,15 +281,15 @@ static ssize_t transact(struct vram_client *c, void *msg, size_t len, uint16_t o
 		char keep[1024];
 		str_copy(keep, vram_last_error(), sizeof(keep));
 		if (reconnect(c) < 0 && c->fd < 0)
-			return vram_error((int)r, "%s; reconnecting failed: %s", keep, vram_last_error());
+			return rt_error((int)r, "%s; reconnecting failed: %s", keep, vram_last_error());
 	}
 }
 
 int vram_connect(const char *socket_path, const char *name, vram_client **ret)
 {
-	vram_error_clear();
+	rt_error_clear();
 	if (!ret)
-		return vram_error(-EINVAL, "vram_connect: ret_client is NULL");
+		return rt_error(-EINVAL, "vram_connect: ret_client is NULL");
 	if (!socket_path || !*socket_path)
 		socket_path = getenv("VRAMD_SOCKET");
 	if (!socket_path || !*socket_path)
@@ -250,11 +297,11 @@ int vram_connect(const char *socket_path, const char *name, vram_client **ret)
 	if (!name)
 		name = program_invocation_short_name;
 	if (strlen(name) >= VRAMD_NAME_MAX)
-		return vram_error(-ENAMETOOLONG, "client name longer than %u bytes", VRAMD_NAME_MAX - 1);
+		return rt_error(-ENAMETOOLONG, "client name longer than %u bytes", VRAMD_NAME_MAX - 1);
 
 	struct vram_client *c = calloc(1, sizeof(*c));
 	if (!c)
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	c->fd = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	c->socket = strdup(socket_path);
@@ -262,7 +309,7 @@ int vram_connect(const char *socket_path, const char *name, vram_client **ret)
 	c->rxbuf = malloc(VRAMD_MSG_MAX);
 	if (!c->socket || !c->name || !c->rxbuf) {
 		vram_close(c);
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	}
 	int r = connect_socket(socket_path);
 	if (r < 0) {
@@ -287,7 +334,7 @@ static void grant_unmap(struct vram_grant *g)
 	if (g->host)
 		munmap(g->host, g->size);
 	if (g->cuda)
-		vram_cuda_unimport(g);
+		cuda_grant_unimport(g);
 	g->host = NULL;
 }
 
@@ -295,14 +342,25 @@ void vram_close(vram_client *c)
 {
 	if (!c)
 		return;
-	/* Closing the socket returns every grant at once; unmap ours. */
+	/* Closing the socket returns every grant at once; unmap ours.  The
+	 * broker revokes host memory itself, but cannot revoke a CUDA import:
+	 * a connection that closes holding one stays charged until this
+	 * process exits, so those are freed one by one, once released. */
 	while (c->grants) {
 		struct vram_grant *g = c->grants;
 		c->grants = g->next;
+		bool cuda = !g->shared && g->device < c->ndev && c->dev[g->device].backend == VRAM_BACKEND_CUDA;
 		grant_unmap(g);
+		if (cuda && c->fd >= 0) {
+			struct vramd_free m;
+			memset(&m, 0, sizeof(m));
+			m.grant_id = g->id;
+			if (send_req(c, &m, sizeof(m), VRAMD_FREE) == 0)
+				recv_reply(c, c->seq, VRAMD_OK, NULL);
+		}
 		free(g);
 	}
-	vram_prepared_release(c);
+	client_prepared_release(c);
 	if (c->fd >= 0)
 		close(c->fd);
 	pthread_mutex_destroy(&c->lock);
@@ -321,7 +379,7 @@ int vram_device_count(const vram_client *c) { return (int)c->ndev; }
 int vram_device_info(const vram_client *c, uint32_t index, struct vram_device_info *ret)
 {
 	if (index >= c->ndev)
-		return vram_error(-ENODEV, "no device %u", index);
+		return rt_error(-ENODEV, "no device %u", index);
 	*ret = c->dev[index];
 	return 0;
 }
@@ -374,10 +432,36 @@ int vram_device_find(const vram_client *c, const char *name)
 			strncat(list, ", ", sizeof(list) - strlen(list) - 1);
 		strncat(list, c->dev[i].name, sizeof(list) - strlen(list) - 1);
 	}
-	return vram_error(-ENODEV, "no device \"%s\" (devices: %s)", name, list);
+	return rt_error(-ENODEV, "no device \"%s\" (devices: %s)", name, list);
 }
 
 /* Runs the reclaim handler for every queued RECLAIM, outside the lock. */
+/* Hands the OFFERs that came to the offer handler, one device at a time,
+ * unless a handler (of either kind) runs already.  Returns how many. */
+static int run_offers(struct vram_client *c)
+{
+	int handled = 0;
+	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
+		pthread_mutex_lock(&c->lock);
+		uint64_t bytes = c->offered[d];
+		vram_offer_fn fn = c->offer_fn;
+		void *user = c->offer_user;
+		if (!bytes || !fn || c->handling) {
+			pthread_mutex_unlock(&c->lock);
+			continue;
+		}
+		c->offered[d] = 0;
+		c->handling = true;
+		pthread_mutex_unlock(&c->lock);
+		fn(user, d, bytes);
+		pthread_mutex_lock(&c->lock);
+		c->handling = false;
+		pthread_mutex_unlock(&c->lock);
+		handled++;
+	}
+	return handled;
+}
+
 static int run_pending(struct vram_client *c)
 {
 	int handled = 0;
@@ -395,7 +479,7 @@ static int run_pending(struct vram_client *c)
 			if (handled)
 				c->handling = false;
 			pthread_mutex_unlock(&c->lock);
-			return handled;
+			return handled + run_offers(c);
 		}
 		c->handling = true;
 		struct vramd_reclaim m = c->pending[0];
@@ -419,16 +503,16 @@ static int run_pending(struct vram_client *c)
 
 int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, vram_grant **ret)
 {
-	vram_error_clear();
+	rt_error_clear();
 	if (device >= c->ndev)
-		return vram_error(-ENODEV, "no device %u", device);
+		return rt_error(-ENODEV, "no device %u", device);
 	if (flags & ~VRAM_ALLOC_RECLAIMABLE)
-		return vram_error(-EINVAL, "unknown alloc flags 0x%x", flags);
+		return rt_error(-EINVAL, "unknown alloc flags 0x%x", flags);
 	if (size == 0)
-		return vram_error(-EINVAL, "allocation of 0 bytes");
+		return rt_error(-EINVAL, "allocation of 0 bytes");
 	struct vram_grant *g = calloc(1, sizeof(*g));
 	if (!g)
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	g->fd = -1;
 
 	struct vramd_alloc m;
@@ -452,13 +536,13 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 	g->flags = flags;
 	g->backend = c->dev[device].backend;
 	if (rep->size < size || rep->device != device) {
-		r = vram_error(-EPROTO, "vramd granted %llu bytes on device %u for %llu on %u",
-			       (unsigned long long)rep->size, rep->device, (unsigned long long)size, device);
+		r = rt_error(-EPROTO, "vramd granted %llu bytes on device %u for %llu on %u",
+			     (unsigned long long)rep->size, rep->device, (unsigned long long)size, device);
 	} else if (c->dev[device].flags & VRAM_DEV_HOST_MAPPABLE) {
 		void *p = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 		if (p == MAP_FAILED)
-			r = vram_error(-errno, "mapping grant %llu (%llu bytes): %s", (unsigned long long)g->id,
-				       (unsigned long long)g->size, strerror(errno));
+			r = rt_error(-errno, "mapping grant %llu (%llu bytes): %s", (unsigned long long)g->id,
+				     (unsigned long long)g->size, strerror(errno));
 		else {
 			g->host = p;
 			/* kept: the proof of this memory if the broker restarts */
@@ -466,7 +550,7 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 			fd = -1;
 		}
 	} else if (g->backend == VRAM_BACKEND_CUDA) {
-		r = vram_cuda_import(c, g, fd);
+		r = cuda_grant_import(c, g, fd);
 		if (r == 0) {
 			/* kept too: importing leaves the export usable, and it is
 			 * what proves the memory to a restarted broker (it also
@@ -475,7 +559,7 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 			fd = -1;
 		}
 	} else {
-		r = vram_error(-ENOTSUP, "device %s cannot be mapped by this runtime", c->dev[device].name);
+		r = rt_error(-ENOTSUP, "device %s cannot be mapped by this runtime", c->dev[device].name);
 	}
 	if (fd >= 0)
 		close(fd);
@@ -483,13 +567,13 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 		/* Give it back so nothing stays accounted to us (the reason
 		 * for the failure stays the message). */
 		struct vramd_free f;
-		struct vram_saved_error e;
+		struct rt_saved_error e;
 		memset(&f, 0, sizeof(f));
 		f.grant_id = g->id;
-		vram_error_save(&e);
+		rt_error_save(&e);
 		if (send_req(c, &f, sizeof(f), VRAMD_FREE) == 0)
 			recv_reply(c, c->seq, VRAMD_OK, NULL);
-		vram_error_restore(&e);
+		rt_error_restore(&e);
 		pthread_mutex_unlock(&c->lock);
 		free(g);
 		return r;
@@ -508,7 +592,7 @@ int vram_free(vram_client *c, vram_grant *g)
 {
 	if (!g)
 		return 0;
-	vram_error_clear();
+	rt_error_clear();
 	pthread_mutex_lock(&c->lock);
 	if (g->prev)
 		g->prev->next = g->next;
@@ -517,11 +601,19 @@ int vram_free(vram_client *c, vram_grant *g)
 	if (g->next)
 		g->next->prev = g->prev;
 	grant_unmap(g);
-	struct vramd_free m;
-	memset(&m, 0, sizeof(m));
-	m.grant_id = g->id;
 	uint32_t before = c->reconnects;
-	int r = (int)transact(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, NULL);
+	int r;
+	if (g->shared) {
+		struct vramd_unshare u;
+		memset(&u, 0, sizeof(u));
+		u.copy_id = g->id;
+		r = (int)transact(c, &u, sizeof(u), VRAMD_UNSHARE, VRAMD_OK, NULL);
+	} else {
+		struct vramd_free m;
+		memset(&m, 0, sizeof(m));
+		m.grant_id = g->id;
+		r = (int)transact(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, NULL);
+	}
 	/* After a reconnect the grant was simply not re-registered: freed. */
 	if (r == -ENOENT && c->reconnects != before)
 		r = 0;
@@ -536,6 +628,34 @@ uint64_t vram_grant_size(const vram_grant *g) { return g->size; }
 uint32_t vram_grant_device(const vram_grant *g) { return g->device; }
 void *vram_grant_host_ptr(const vram_grant *g) { return g->host; }
 uint64_t vram_grant_device_ptr(const vram_grant *g) { return g->dptr; }
+
+void vram_set_offer_handler(vram_client *c, vram_offer_fn fn, void *user)
+{
+	pthread_mutex_lock(&c->lock);
+	c->offer_fn = fn;
+	c->offer_user = user;
+	pthread_mutex_unlock(&c->lock);
+}
+
+int vram_demand(vram_client *c, uint32_t device, uint64_t want, uint64_t min)
+{
+	rt_error_clear();
+	if (device >= c->ndev)
+		return rt_error(-ENODEV, "no device %u (the broker has %u)", device, c->ndev);
+	if (min > want)
+		return rt_error(-EINVAL, "demand on %s: min %llu above want %llu", c->dev[device].name,
+				(unsigned long long)min, (unsigned long long)want);
+	struct vramd_demand m;
+	memset(&m, 0, sizeof(m));
+	m.device = device;
+	m.want = want;
+	m.min = min;
+	pthread_mutex_lock(&c->lock);
+	int r = (int)transact(c, &m, sizeof(m), VRAMD_DEMAND, VRAMD_OK, NULL);
+	pthread_mutex_unlock(&c->lock);
+	run_pending(c);
+	return r < 0 ? r : 0;
+}
 
 void vram_set_reclaim_handler(vram_client *c, vram_reclaim_fn fn, void *user)
 {
@@ -559,17 +679,16 @@ int vram_dispatch(vram_client *c)
 			if (conn_lost(r) && reconnect(c) == 0)
 				break;
 			pthread_mutex_unlock(&c->lock);
-			return vram_error(r, "vramd connection lost: %s", vram_last_error());
+			return rt_error(r, "vramd connection lost: %s", vram_last_error());
 		}
 		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
 		const char *why;
 		const struct vramd_hdr *h = c->rxbuf;
-		if (proto_validate(c->rxbuf, (size_t)n, &why) < 0 || h->opcode != VRAMD_RECLAIM || nfds) {
+		if (proto_validate(c->rxbuf, (size_t)n, &why) < 0 || nfds || !queue_unsolicited(c, h)) {
 			pthread_mutex_unlock(&c->lock);
-			return vram_error(-EPROTO, "unexpected message from vramd");
+			return rt_error(-EPROTO, "unexpected message from vramd");
 		}
-		queue_reclaim(c, c->rxbuf);
 	}
 	pthread_mutex_unlock(&c->lock);
 	return run_pending(c);
@@ -577,10 +696,10 @@ int vram_dispatch(vram_client *c)
 
 int vram_get_status(vram_client *c, struct vram_status **ret)
 {
-	vram_error_clear();
+	rt_error_clear();
 	struct vram_status *s = calloc(1, sizeof(*s));
 	if (!s)
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	s->struct_size = sizeof(*s);
 	uint32_t first = 0;
 	int r = 0;
@@ -604,7 +723,7 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 			s->devices = calloc(rep->ndevices ? rep->ndevices : 1, sizeof(*s->devices));
 			s->clients = calloc(rep->clients_total ? rep->clients_total : 1, sizeof(*s->clients));
 			if (!s->devices || !s->clients) {
-				r = vram_error(-ENOMEM, "out of memory");
+				r = rt_error(-ENOMEM, "out of memory");
 				break;
 			}
 			for (uint32_t i = 0; i < rep->ndevices; i++)
@@ -629,6 +748,13 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 			o->reclaimable = ci[i].reclaimable;
 			memcpy(o->held_dev, ci[i].held_dev, sizeof(o->held_dev));
 			str_copy(o->name, ci[i].name, sizeof(o->name));
+			memcpy(o->want_dev, ci[i].want_dev, sizeof(o->want_dev));
+			memcpy(o->share_dev, ci[i].share_dev, sizeof(o->share_dev));
+			memcpy(o->shared_dev, ci[i].shared_dev, sizeof(o->shared_dev));
+			o->reclaim_p50_us = ci[i].reclaim_p50_us;
+			o->reclaim_p99_us = ci[i].reclaim_p99_us;
+			o->reclaim_asked = ci[i].reclaim_asked;
+			o->reclaim_freed = ci[i].reclaim_freed;
 		}
 		first += rep->nclients;
 		if (rep->nclients == 0 || first >= rep->clients_total || s->nclients >= cap)
@@ -648,14 +774,14 @@ int vram_get_status(vram_client *c, struct vram_status **ret)
 static int simple_request(vram_client *c, void *msg, size_t len, uint16_t op, char **ret_text)
 {
 	int r;
-	vram_error_clear();
+	rt_error_clear();
 	pthread_mutex_lock(&c->lock);
 	r = (int)transact(c, msg, len, op, ret_text ? VRAMD_TEXT : VRAMD_OK, NULL);
 	if (r > 0 && ret_text) {
 		const struct vramd_text *t = c->rxbuf;
 		char *txt = malloc((size_t)t->len + 1);
 		if (!txt)
-			r = vram_error(-ENOMEM, "out of memory");
+			r = rt_error(-ENOMEM, "out of memory");
 		else {
 			memcpy(txt, t + 1, t->len);
 			txt[t->len] = '\0';
@@ -673,9 +799,9 @@ int vram_quota_set(vram_client *c, const char *subject, const char *device, uint
 	struct vramd_quota_set m;
 	memset(&m, 0, sizeof(m));
 	if (!subject || !device || strlen(subject) >= sizeof(m.subject) || strlen(device) >= sizeof(m.device))
-		return vram_error(-EINVAL, "quota subject or device missing or too long");
+		return rt_error(-EINVAL, "quota subject or device missing or too long");
 	if (!flags || (flags & ~(VRAM_QUOTA_FLOOR | VRAM_QUOTA_CEILING)))
-		return vram_error(-EINVAL, "give a floor, a ceiling or both");
+		return rt_error(-EINVAL, "give a floor, a ceiling or both");
 	str_copy(m.subject, subject, sizeof(m.subject));
 	str_copy(m.device, device, sizeof(m.device));
 	m.flags = flags;
@@ -689,7 +815,7 @@ int vram_quota_rm(vram_client *c, const char *subject, const char *device)
 	struct vramd_quota_rm m;
 	memset(&m, 0, sizeof(m));
 	if (!subject || strlen(subject) >= sizeof(m.subject) || (device && strlen(device) >= sizeof(m.device)))
-		return vram_error(-EINVAL, "quota subject or device missing or too long");
+		return rt_error(-EINVAL, "quota subject or device missing or too long");
 	str_copy(m.subject, subject, sizeof(m.subject));
 	if (device)
 		str_copy(m.device, device, sizeof(m.device));
@@ -700,6 +826,35 @@ int vram_quota_list(vram_client *c, char **ret_json)
 {
 	struct vramd_hdr h;
 	return simple_request(c, &h, sizeof(h), VRAMD_QUOTA_LIST, ret_json);
+}
+
+int vram_cache_list(vram_client *c, char **ret_json)
+{
+	struct vramd_hdr h;
+	return simple_request(c, &h, sizeof(h), VRAMD_CACHE_LIST, ret_json);
+}
+
+int vram_cache_drop(vram_client *c, int fd, uint32_t flags)
+{
+	struct vramd_cache_drop m;
+	rt_error_clear();
+	if (flags & ~(VRAM_CACHE_DROP_ALL | VRAM_CACHE_DROP_FORCE))
+		return rt_error(-EINVAL, "unknown cache drop flags 0x%x", flags);
+	if ((fd < 0) != !!(flags & VRAM_CACHE_DROP_ALL))
+		return rt_error(-EINVAL, "a cache drop takes a file's fd or VRAM_CACHE_DROP_ALL");
+	memset(&m, 0, sizeof(m));
+	m.flags = (flags & VRAM_CACHE_DROP_ALL ? VRAMD_CACHE_DROP_ALL : 0) |
+		  (flags & VRAM_CACHE_DROP_FORCE ? VRAMD_CACHE_DROP_FORCE : 0);
+	pthread_mutex_lock(&c->lock);
+	proto_hdr_init(&m.hdr, VRAMD_CACHE_DROP, sizeof(m), ++c->seq);
+	int r = proto_send(c->fd, &m, sizeof(m), fd, 0);
+	if (r < 0)
+		r = rt_error(r, "sending to vramd: %s", strerror(-r));
+	else
+		r = (int)recv_reply(c, c->seq, VRAMD_OK, NULL);
+	pthread_mutex_unlock(&c->lock);
+	run_pending(c);
+	return r < 0 ? r : 0;
 }
 
 int vram_evict(vram_client *c, uint32_t client_id)
@@ -733,4 +888,89 @@ void vram_status_free(struct vram_status *s)
 	free(s->devices);
 	free(s->clients);
 	free(s);
+}
+
+/* Maps the copy a SHARE_REPLY brought (fd: taken) read-only into g. */
+static int map_copy(struct vram_client *c, struct vram_grant *g, int fd)
+{
+	int r = 0;
+	if (c->dev[g->device].flags & VRAM_DEV_HOST_MAPPABLE) {
+		void *p = mmap(NULL, g->size, PROT_READ, MAP_SHARED, fd, 0);
+		if (p == MAP_FAILED)
+			r = rt_error(-errno, "mapping copy %llu (%llu bytes): %s", (unsigned long long)g->id,
+				     (unsigned long long)g->size, strerror(errno));
+		else
+			g->host = p;
+	} else if (g->backend == VRAM_BACKEND_CUDA) {
+		r = cuda_grant_import(c, g, fd);
+	} else {
+		r = rt_error(-ENOTSUP, "device %s cannot be mapped by this runtime", c->dev[g->device].name);
+	}
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	g->fd = fd; /* kept: what proves the copy to a restarted broker */
+	return 0;
+}
+
+int client_share(struct vram_client *c, uint32_t device, const struct vramd_share_run *runs, uint32_t nruns,
+		 int file_fd, vram_progress_fn progress, void *user, struct vram_grant **ret, uint32_t *ret_how)
+{
+	if (device >= c->ndev)
+		return rt_error(-ENODEV, "no device %u", device);
+	if (!nruns || nruns > VRAMD_SHARE_RUNS_MAX)
+		return rt_error(-EINVAL, "a shared copy of %u runs (1 to %u)", nruns, VRAMD_SHARE_RUNS_MAX);
+	size_t len = sizeof(struct vramd_share) + (size_t)nruns * sizeof(*runs);
+	_cleanup_free_ struct vramd_share *m = calloc(1, len);
+	struct vram_grant *g = calloc(1, sizeof(*g));
+	if (!m || !g) {
+		free(g);
+		return rt_error(-ENOMEM, "out of memory");
+	}
+	m->device = device;
+	m->nruns = nruns;
+	memcpy(m + 1, runs, (size_t)nruns * sizeof(*runs));
+	int fd = -1;
+	pthread_mutex_lock(&c->lock);
+	proto_hdr_init(&m->hdr, VRAMD_SHARE, (uint32_t)len, ++c->seq);
+	c->share_progress = progress;
+	c->share_user = user;
+	int r = proto_send(c->fd, m, len, file_fd, 0);
+	if (r < 0)
+		r = rt_error(r, "sending to vramd: %s", strerror(-r));
+	else
+		r = (int)recv_reply(c, c->seq, VRAMD_SHARE_REPLY, &fd);
+	c->share_progress = NULL;
+	if (r >= 0) {
+		const struct vramd_share_reply *rep = c->rxbuf;
+		*g = (struct vram_grant){ .id = rep->copy_id, .size = rep->size, .device = device, .fd = -1,
+					  .backend = c->dev[device].backend, .shared = true };
+		*ret_how = rep->how;
+		r = rep->device == device ? map_copy(c, g, fd)
+					  : rt_error(-EPROTO, "vramd sent a copy on device %u for %u", rep->device, device);
+		if (r < 0 && rep->device == device) {
+			/* not ours after all: the broker counts it no more */
+			struct vramd_unshare u = { .copy_id = g->id };
+			struct rt_saved_error e;
+			rt_error_save(&e);
+			if (send_req(c, &u, sizeof(u), VRAMD_UNSHARE) == 0)
+				recv_reply(c, c->seq, VRAMD_OK, NULL);
+			rt_error_restore(&e);
+		}
+	}
+	if (r < 0) {
+		pthread_mutex_unlock(&c->lock);
+		free(g);
+		run_pending(c);
+		return r;
+	}
+	g->next = c->grants;
+	if (c->grants)
+		c->grants->prev = g;
+	c->grants = g;
+	pthread_mutex_unlock(&c->lock);
+	run_pending(c);
+	*ret = g;
+	return 0;
 }

@@ -20,6 +20,8 @@ struct vram_grant {
 	void    *cuda;           /* runtime/cuda.c state */
 	int      fd;             /* memfd or CUDA export, kept to re-register after a
 				  * broker restart, or -1 */
+	bool     shared;         /* a broker-owned read-only copy (id is the copy's): mapped
+				  * read-only, given back with UNSHARE */
 	struct vram_grant *next, *prev;
 };
 
@@ -39,23 +41,38 @@ struct vram_client {
 	void *reclaim_user;
 	struct vramd_reclaim pending[CLIENT_MAX_PENDING]; /* unsolicited, unhandled */
 	uint32_t npending;
+	vram_offer_fn offer_fn;
+	void *offer_user;
+	uint64_t offered[VRAMD_MAX_DEVICES]; /* the latest OFFER per device, unhandled (0: none) */
 	void *rxbuf;
 	char *name;
 	uint32_t reconnects;     /* times the connection was re-established */
 	bool handling;           /* a RECLAIM handler is running (run_pending) */
+	/* while a SHARE waits for its copy: where its progress goes */
+	vram_progress_fn share_progress;
+	void *share_user;
 	/* vram_device_prepare: per device, handles held until vram_close */
-	struct vram_cuda_dev *prepared[VRAMD_MAX_DEVICES];
-	struct vram_cuda_kernels *prepared_k[VRAMD_MAX_DEVICES];
+	struct cuda_dev *prepared[VRAMD_MAX_DEVICES];
+	struct cuda_kernels *prepared_k[VRAMD_MAX_DEVICES];
 };
 
+/* Asks the broker for a shared read-only copy of nruns runs of the file
+ * file_fd on device (SHARE), waiting while another request fills it
+ * (progress(user, done, total) on the way, may be NULL), and maps it
+ * read-only.  *ret_how: VRAMD_SHARE_HIT, _FILLED or _WAITED.  0, or the
+ * broker's error (-EOPNOTSUPP: no copies there, -ENOSPC: the cache budget
+ * is full, -ENOMEM, -EDQUOT: the caller should load privately) / -errno. */
+int client_share(struct vram_client *c, uint32_t device, const struct vramd_share_run *runs, uint32_t nruns,
+		 int file_fd, vram_progress_fn progress, void *user, struct vram_grant **ret, uint32_t *ret_how);
+
 /* runtime/cuda-kernels.c: drops what vram_device_prepare holds. */
-void vram_prepared_release(struct vram_client *c);
+void client_prepared_release(struct vram_client *c);
 
 /* runtime/cuda.c: maps an exported CUDA allocation (fd, size) of device
  * dev into this process; sets g->dptr and g->cuda.  Closes nothing: the fd
  * stays importable (vram_alloc keeps it in g->fd for REGISTER). */
-int vram_cuda_import(struct vram_client *c, struct vram_grant *g, int fd);
-/* Unmaps and releases what vram_cuda_import set up. */
-void vram_cuda_unimport(struct vram_grant *g);
+int cuda_grant_import(struct vram_client *c, struct vram_grant *g, int fd);
+/* Unmaps and releases what cuda_grant_import set up. */
+void cuda_grant_unimport(struct vram_grant *g);
 
 #endif

@@ -31,109 +31,109 @@
  * Devices (runtime/cuda.c)
  * ====================================================================== */
 
-struct vram_cuda_dev;
+struct cuda_dev;
 
 /* Finds broker device `device` of c (a CUDA-backend device) among this
  * process's CUDA devices by UUID and retains its primary context.  Loads the
  * Driver API and calls cuInit on first use.  Handles are shared and counted:
  * each get needs one put.  -EINVAL (not a CUDA device), -ENOENT (no driver),
  * -ENODEV (not visible in this process), or the CUDA error's errno. */
-int vram_cuda_dev_get(const struct vram_client *c, uint32_t device, struct vram_cuda_dev **ret_dev);
+int cuda_dev_get(const struct vram_client *c, uint32_t device, struct cuda_dev **ret_dev);
 /* Drops a reference; the last one releases the primary context.  NULL is
  * fine. */
-void vram_cuda_dev_put(struct vram_cuda_dev *d);
+void cuda_dev_put(struct cuda_dev *d);
 /* The driver table; valid while d is held. */
-const struct cuda_api *vram_cuda_dev_api(const struct vram_cuda_dev *d);
+const struct cuda_api *cuda_dev_api(const struct cuda_dev *d);
 /* d's ordinal in this process (what VMM location ids and cuDeviceGet take). */
-int vram_cuda_dev_ordinal(const struct vram_cuda_dev *d);
+int cuda_dev_ordinal(const struct cuda_dev *d);
 /* Makes d's primary context current in this thread (cuCtxPushCurrent) /
  * restores the previous one.  push: 0 or -errno with the error set. */
-int vram_cuda_dev_push(struct vram_cuda_dev *d);
-void vram_cuda_dev_pop(struct vram_cuda_dev *d);
-/* vram_error() with ": <call>: CUDA_ERROR_X (text)" appended to the
+int cuda_dev_push(struct cuda_dev *d);
+void cuda_dev_pop(struct cuda_dev *d);
+/* rt_error() with ": <call>: CUDA_ERROR_X (text)" appended to the
  * formatted prefix; returns the errno for cr (-EIO when it has none). */
-int vram_cuda_error(const struct vram_cuda_dev *d, CUresult cr, const char *call, const char *fmt, ...)
+int cuda_dev_error(const struct cuda_dev *d, CUresult cr, const char *call, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
 /* ======================================================================
  * Copiers (runtime/cuda-copy.c)
  * ====================================================================== */
 
-struct vram_cuda_copier;
+struct cuda_copier;
 
-#define VRAM_CUDA_COPIER_MAX_SLOTS 1024u
+#define CUDA_COPIER_MAX_SLOTS 1024u
 
 /* A copier on broker device `device` of c: one CU_STREAM_NON_BLOCKING stream
- * and nslots (1..VRAM_CUDA_COPIER_MAX_SLOTS) events.  Free with
- * vram_cuda_copier_free. */
-int vram_cuda_copier_new(struct vram_client *c, uint32_t device, uint32_t nslots,
-			 struct vram_cuda_copier **ret_copier);
+ * and nslots (1..CUDA_COPIER_MAX_SLOTS) events.  Free with
+ * cuda_copier_free. */
+int cuda_copier_new(struct vram_client *c, uint32_t device, uint32_t nslots,
+		    struct cuda_copier **ret_copier);
 /* Waits for every copy, then frees the stream, the events and the device
  * reference.  NULL is fine. */
-void vram_cuda_copier_free(struct vram_cuda_copier *cp);
+void cuda_copier_free(struct cuda_copier *cp);
 
 /* Queues a host-to-device copy of len bytes and records slot's event after
- * it.  src must stay unchanged until vram_cuda_copier_wait(slot) returns
+ * it.  src must stay unchanged until cuda_copier_wait(slot) returns
  * (DMA runs from it when it is pinned; pageable memory makes the call
  * synchronous).  dst must be device memory of the copier's device.  The
  * signature is struct stream_sink's copy: user is the copier. */
-int vram_cuda_copier_copy(void *user, uint64_t dst_addr, const void *src, uint64_t len, uint32_t slot);
+int cuda_copier_copy(void *user, uint64_t dst_addr, const void *src, uint64_t len, uint32_t slot);
 /* Blocks until the copies recorded on slot so far have completed (at once
  * when none were).  struct stream_sink's wait: user is the copier.  A
  * failed copy shows here as -EIO (or the CUDA error's errno). */
-int vram_cuda_copier_wait(void *user, uint32_t slot);
+int cuda_copier_wait(void *user, uint32_t slot);
 /* Device-to-device copy on the copier's stream, recorded on slot.  dst is
  * on the copier's device; src on any device whose memory that device can
  * read (the same device, or a peer with access). */
-int vram_cuda_copier_dtod(struct vram_cuda_copier *cp, uint64_t dst_addr, uint64_t src_addr, uint64_t len,
-			  uint32_t slot);
+int cuda_copier_dtod(struct cuda_copier *cp, uint64_t dst_addr, uint64_t src_addr, uint64_t len,
+		     uint32_t slot);
 /* Converts n elements of src_dtype in host memory src to dst_dtype at
  * device address dst: an H2D copy of the source into device scratch (the
  * copier's device, n * size(src_dtype) bytes, aligned for the element;
  * only work on this copier's stream may use it), then the cast kernel from
  * there, both on the copier's stream, recorded on slot. */
-int vram_cuda_copier_cast(struct vram_cuda_copier *cp, uint64_t dst, uint32_t dst_dtype, uint64_t scratch,
-			  const void *src, uint32_t src_dtype, uint64_t n, uint32_t slot);
+int cuda_copier_cast(struct cuda_copier *cp, uint64_t dst, uint32_t dst_dtype, uint64_t scratch,
+		     const void *src, uint32_t src_dtype, uint64_t n, uint32_t slot);
 /* Device-to-host copy on the copier's stream, recorded on slot. */
-int vram_cuda_copier_dtoh(struct vram_cuda_copier *cp, void *dst, uint64_t src_addr, uint64_t len, uint32_t slot);
+int cuda_copier_dtoh(struct cuda_copier *cp, void *dst, uint64_t src_addr, uint64_t len, uint32_t slot);
 /* Waits for everything queued on the stream. */
-int vram_cuda_copier_sync(struct vram_cuda_copier *cp);
+int cuda_copier_sync(struct cuda_copier *cp);
 /* The copier's CUstream (to order work with other streams) and slot count. */
-CUstream vram_cuda_copier_stream(const struct vram_cuda_copier *cp);
-uint32_t vram_cuda_copier_slots(const struct vram_cuda_copier *cp);
+CUstream cuda_copier_stream(const struct cuda_copier *cp);
+uint32_t cuda_copier_slots(const struct cuda_copier *cp);
 
 /* Fills a stream_sink that copies through cp. */
-void vram_cuda_copier_sink(struct vram_cuda_copier *cp, struct stream_sink *ret_sink);
+void cuda_copier_sink(struct cuda_copier *cp, struct stream_sink *ret_sink);
 
 /* ======================================================================
  * A sink over several devices
  * ====================================================================== */
 
-struct vram_cuda_sink;
+struct cuda_sink;
 
 /* A stream_sink for grants on any CUDA devices of c: one copier per device,
  * made when a grant of that device is added.  nslots as the streaming
  * engine's staging slots. */
-int vram_cuda_sink_new(struct vram_client *c, uint32_t nslots, struct vram_cuda_sink **ret_sink);
+int cuda_sink_new(struct vram_client *c, uint32_t nslots, struct cuda_sink **ret_sink);
 /* Makes g's device range a valid destination.  -EINVAL for a grant that is
  * not an imported CUDA grant. */
-int vram_cuda_sink_add_grant(struct vram_cuda_sink *s, const struct vram_grant *g);
+int cuda_sink_add_grant(struct cuda_sink *s, const struct vram_grant *g);
 /* Lets the sink convert (stream_sink.cast): for each device it converts
  * on, it takes slot_size bytes of device scratch from the broker at the
  * first conversion (freed with the sink); no conversion handed to it may
  * have more source bytes than that (the engine's staging slot size). */
-void vram_cuda_sink_cast_scratch(struct vram_cuda_sink *s, uint64_t slot_size);
+void cuda_sink_cast_scratch(struct cuda_sink *s, uint64_t slot_size);
 /* Fills the stream_sink to give the engine; copy() fails with -EFAULT for an
  * address range no added grant contains. */
-void vram_cuda_sink_get(struct vram_cuda_sink *s, struct stream_sink *ret_sink);
+void cuda_sink_get(struct cuda_sink *s, struct stream_sink *ret_sink);
 /* Waits for all copies and frees everything.  NULL is fine. */
-void vram_cuda_sink_free(struct vram_cuda_sink *s);
+void cuda_sink_free(struct cuda_sink *s);
 
 /* ======================================================================
  * Pinned host memory
  * ====================================================================== */
 
-struct vram_cuda_pin;
+struct cuda_pin;
 
 /* Page-locks [host, host + len) for DMA from every device
  * (cuMemHostRegister, CU_MEMHOSTREGISTER_PORTABLE), chunk bytes per
@@ -144,9 +144,9 @@ struct vram_cuda_pin;
  * context used is broker device `device`'s (any CUDA device of c).
  * -EINVAL for a misaligned range; CUDA errors as their errno (-EBUSY when
  * part of the range is registered already). */
-int vram_cuda_pin(struct vram_client *c, uint32_t device, void *host, uint64_t len, uint64_t chunk,
-		  struct vram_cuda_pin **ret_pin);
+int cuda_pin(struct vram_client *c, uint32_t device, void *host, uint64_t len, uint64_t chunk,
+	     struct cuda_pin **ret_pin);
 /* Unregisters and frees.  NULL is fine. */
-void vram_cuda_unpin(struct vram_cuda_pin *p);
+void cuda_unpin(struct cuda_pin *p);
 
 #endif

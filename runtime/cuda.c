@@ -31,18 +31,18 @@
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
 
-struct vram_cuda_dev {
+struct cuda_dev {
 	uint8_t uuid[16];
 	char name[32];          /* broker's name, for messages */
 	CUdevice dev;
 	int ordinal;            /* in this process */
 	CUcontext ctx;          /* primary context, retained */
 	unsigned refs;
-	struct vram_cuda_dev *next;
+	struct cuda_dev *next;
 };
 
 struct cuda_import {
-	struct vram_cuda_dev *d;
+	struct cuda_dev *d;
 	CUmemGenericAllocationHandle h;
 	CUdeviceptr va;
 	size_t size;
@@ -50,13 +50,13 @@ struct cuda_import {
 
 static pthread_mutex_t cuda_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct cuda_api cu_api;          /* valid while devs != NULL */
-static struct vram_cuda_dev *devs;
+static struct cuda_dev *devs;
 
 /* ======================================================================
  * Devices
  * ====================================================================== */
 
-int vram_cuda_error(const struct vram_cuda_dev *d, CUresult cr, const char *call, const char *fmt, ...)
+int cuda_dev_error(const struct cuda_dev *d, CUresult cr, const char *call, const char *fmt, ...)
 {
 	char prefix[512], e[160];
 	va_list ap;
@@ -66,7 +66,7 @@ int vram_cuda_error(const struct vram_cuda_dev *d, CUresult cr, const char *call
 	int r = cuda_api_errno(cr);
 	if (r == 0)
 		r = -EIO;
-	return vram_error(r, "%s: %s: %s", prefix, call, cuda_api_strerror(&cu_api, cr, e, sizeof(e)));
+	return rt_error(r, "%s: %s: %s", prefix, call, cuda_api_strerror(&cu_api, cr, e, sizeof(e)));
 }
 
 /* Finds the ordinal whose UUID is uuid.  Called with cuda_lock held. */
@@ -76,7 +76,7 @@ static int find_ordinal(const uint8_t uuid[16], const char *name, CUdevice *ret_
 	int count = 0;
 	CUresult cr = cu_api.DeviceGetCount(&count);
 	if (cr != CUDA_SUCCESS)
-		return vram_cuda_error(NULL, cr, "cuDeviceGetCount", "%s", name);
+		return cuda_dev_error(NULL, cr, "cuDeviceGetCount", "%s", name);
 	for (int i = 0; i < count; i++) {
 		CUdevice dev;
 		CUuuid cu;
@@ -87,24 +87,24 @@ static int find_ordinal(const uint8_t uuid[16], const char *name, CUdevice *ret_
 			return i;
 		}
 	}
-	return vram_error(-ENODEV, "%s (%s) is not among the %d CUDA device%s visible to this process "
-			  "(CUDA_VISIBLE_DEVICES?)", name, cuda_uuid_format(uuid, u, sizeof(u)), count,
-			  count == 1 ? "" : "s");
+	return rt_error(-ENODEV, "%s (%s) is not among the %d CUDA device%s visible to this process "
+			"(CUDA_VISIBLE_DEVICES?)", name, cuda_uuid_format(uuid, u, sizeof(u)), count,
+			count == 1 ? "" : "s");
 }
 
-int vram_cuda_dev_get(const struct vram_client *c, uint32_t device, struct vram_cuda_dev **ret)
+int cuda_dev_get(const struct vram_client *c, uint32_t device, struct cuda_dev **ret)
 {
 	char err[256];
 	int r;
 
 	if (device >= c->ndev)
-		return vram_error(-ENODEV, "no device %u", device);
+		return rt_error(-ENODEV, "no device %u", device);
 	const struct vram_device_info *info = &c->dev[device];
 	if (info->backend != VRAM_BACKEND_CUDA)
-		return vram_error(-EINVAL, "%s is not a CUDA device", info->name);
+		return rt_error(-EINVAL, "%s is not a CUDA device", info->name);
 
 	pthread_mutex_lock(&cuda_lock);
-	for (struct vram_cuda_dev *d = devs; d; d = d->next) {
+	for (struct cuda_dev *d = devs; d; d = d->next) {
 		if (!memcmp(d->uuid, info->uuid, 16)) {
 			d->refs++;
 			pthread_mutex_unlock(&cuda_lock);
@@ -116,18 +116,18 @@ int vram_cuda_dev_get(const struct vram_client *c, uint32_t device, struct vram_
 		r = cuda_api_load(&cu_api, err, sizeof(err));
 		if (r < 0) {
 			pthread_mutex_unlock(&cuda_lock);
-			return vram_error(r, "%s: %s", info->name, err);
+			return rt_error(r, "%s: %s", info->name, err);
 		}
 		/* cuInit is idempotent; the process may have called it already. */
 		CUresult cr = cu_api.Init(0);
 		if (cr != CUDA_SUCCESS) {
-			r = vram_cuda_error(NULL, cr, "cuInit", "%s", info->name);
+			r = cuda_dev_error(NULL, cr, "cuInit", "%s", info->name);
 			goto fail;
 		}
 	}
-	struct vram_cuda_dev *d = calloc(1, sizeof(*d));
+	struct cuda_dev *d = calloc(1, sizeof(*d));
 	if (!d) {
-		r = vram_error(-ENOMEM, "out of memory");
+		r = rt_error(-ENOMEM, "out of memory");
 		goto fail;
 	}
 	memcpy(d->uuid, info->uuid, 16);
@@ -140,7 +140,7 @@ int vram_cuda_dev_get(const struct vram_client *c, uint32_t device, struct vram_
 	d->ordinal = r;
 	CUresult cr = cu_api.DevicePrimaryCtxRetain(&d->ctx, d->dev);
 	if (cr != CUDA_SUCCESS) {
-		r = vram_cuda_error(NULL, cr, "cuDevicePrimaryCtxRetain", "%s", info->name);
+		r = cuda_dev_error(NULL, cr, "cuDevicePrimaryCtxRetain", "%s", info->name);
 		free(d);
 		goto fail;
 	}
@@ -157,13 +157,13 @@ fail:
 	return r;
 }
 
-void vram_cuda_dev_put(struct vram_cuda_dev *d)
+void cuda_dev_put(struct cuda_dev *d)
 {
 	if (!d)
 		return;
 	pthread_mutex_lock(&cuda_lock);
 	if (--d->refs == 0) {
-		for (struct vram_cuda_dev **pp = &devs; *pp; pp = &(*pp)->next)
+		for (struct cuda_dev **pp = &devs; *pp; pp = &(*pp)->next)
 			if (*pp == d) {
 				*pp = d->next;
 				break;
@@ -176,25 +176,25 @@ void vram_cuda_dev_put(struct vram_cuda_dev *d)
 	pthread_mutex_unlock(&cuda_lock);
 }
 
-const struct cuda_api *vram_cuda_dev_api(const struct vram_cuda_dev *d)
+const struct cuda_api *cuda_dev_api(const struct cuda_dev *d)
 {
 	return &cu_api;
 }
 
-int vram_cuda_dev_ordinal(const struct vram_cuda_dev *d)
+int cuda_dev_ordinal(const struct cuda_dev *d)
 {
 	return d->ordinal;
 }
 
-int vram_cuda_dev_push(struct vram_cuda_dev *d)
+int cuda_dev_push(struct cuda_dev *d)
 {
 	CUresult cr = cu_api.CtxPushCurrent(d->ctx);
 	if (cr != CUDA_SUCCESS)
-		return vram_cuda_error(d, cr, "cuCtxPushCurrent", "%s", d->name);
+		return cuda_dev_error(d, cr, "cuCtxPushCurrent", "%s", d->name);
 	return 0;
 }
 
-void vram_cuda_dev_pop(struct vram_cuda_dev *d)
+void cuda_dev_pop(struct cuda_dev *d)
 {
 	CUcontext popped;
 	cu_api.CtxPopCurrent(&popped);
@@ -204,28 +204,28 @@ void vram_cuda_dev_pop(struct vram_cuda_dev *d)
  * Import
  * ====================================================================== */
 
-int vram_cuda_import(struct vram_client *c, struct vram_grant *g, int fd)
+int cuda_grant_import(struct vram_client *c, struct vram_grant *g, int fd)
 {
-	struct vram_cuda_dev *d;
+	struct cuda_dev *d;
 	CUresult cr;
 	int r;
 
 	if (g->size > SIZE_MAX)
-		return vram_error(-EOVERFLOW, "grant %llu does not fit size_t", (unsigned long long)g->id);
-	r = vram_cuda_dev_get(c, g->device, &d);
+		return rt_error(-EOVERFLOW, "grant %llu does not fit size_t", (unsigned long long)g->id);
+	r = cuda_dev_get(c, g->device, &d);
 	if (r < 0)
 		return r;
 	struct cuda_import *imp = calloc(1, sizeof(*imp));
 	if (!imp) {
-		vram_cuda_dev_put(d);
-		return vram_error(-ENOMEM, "out of memory");
+		cuda_dev_put(d);
+		return rt_error(-ENOMEM, "out of memory");
 	}
 	imp->d = d;
 	imp->size = (size_t)g->size;
-	if ((r = vram_cuda_dev_push(d)) < 0)
+	if ((r = cuda_dev_push(d)) < 0)
 		goto free_imp;
 
-#define FAIL(call) (r = vram_cuda_error(d, cr, call, "importing grant %llu (%llu bytes) on %s", \
+#define FAIL(call) (r = cuda_dev_error(d, cr, call, "importing grant %llu (%llu bytes) on %s", \
 					 (unsigned long long)g->id, (unsigned long long)g->size, d->name))
 	cr = cu_api.MemImportFromShareableHandle(&imp->h, (void *)(uintptr_t)fd,
 						 CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
@@ -247,7 +247,8 @@ int vram_cuda_import(struct vram_client *c, struct vram_grant *g, int fd)
 	}
 	CUmemAccessDesc acc = {
 		.location = { .type = CU_MEM_LOCATION_TYPE_DEVICE, .id = d->ordinal },
-		.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+		/* a shared copy is read-only to us: others map the same bytes */
+		.flags = g->shared ? CU_MEM_ACCESS_FLAGS_PROT_READ : CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
 	};
 	cr = cu_api.MemSetAccess(imp->va, imp->size, &acc, 1);
 	if (cr != CUDA_SUCCESS) {
@@ -255,7 +256,7 @@ int vram_cuda_import(struct vram_client *c, struct vram_grant *g, int fd)
 		goto unmap;
 	}
 #undef FAIL
-	vram_cuda_dev_pop(d);
+	cuda_dev_pop(d);
 	g->dptr = (uint64_t)imp->va;
 	g->cuda = imp;
 	return 0;
@@ -267,20 +268,20 @@ free_va:
 release:
 	cu_api.MemRelease(imp->h);
 pop:
-	vram_cuda_dev_pop(d);
+	cuda_dev_pop(d);
 free_imp:
 	free(imp);
-	vram_cuda_dev_put(d);
+	cuda_dev_put(d);
 	return r;
 }
 
-void vram_cuda_unimport(struct vram_grant *g)
+void cuda_grant_unimport(struct vram_grant *g)
 {
 	struct cuda_import *imp = g->cuda;
 	if (!imp)
 		return;
-	struct vram_cuda_dev *d = imp->d;
-	bool pushed = vram_cuda_dev_push(d) == 0;
+	struct cuda_dev *d = imp->d;
+	bool pushed = cuda_dev_push(d) == 0;
 	if (pushed) {
 		/* Work queued by anyone in this context may still use the memory. */
 		cu_api.CtxSynchronize();
@@ -291,8 +292,8 @@ void vram_cuda_unimport(struct vram_grant *g)
 	cu_api.MemAddressFree(imp->va, imp->size);
 	cu_api.MemRelease(imp->h);
 	if (pushed)
-		vram_cuda_dev_pop(d);
-	vram_cuda_dev_put(d);
+		cuda_dev_pop(d);
+	cuda_dev_put(d);
 	free(imp);
 	g->cuda = NULL;
 	g->dptr = 0;

@@ -17,7 +17,7 @@ const char *vram_last_error(void)
 	return last_error;
 }
 
-int vram_verror(int err, const char *fmt, va_list ap)
+int rt_verror(int err, const char *fmt, va_list ap)
 {
 	/* Through a temporary: an argument may be vram_last_error() itself
 	 * ("...: %s", vram_last_error()). */
@@ -27,50 +27,50 @@ int vram_verror(int err, const char *fmt, va_list ap)
 	return err;
 }
 
-int vram_error(int err, const char *fmt, ...)
+int rt_error(int err, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	vram_verror(err, fmt, ap);
+	rt_verror(err, fmt, ap);
 	va_end(ap);
 	return err;
 }
 
-void vram_error_clear(void)
+void rt_error_clear(void)
 {
 	last_error[0] = '\0';
 }
 
-void vram_error_save(struct vram_saved_error *s)
+void rt_error_save(struct rt_saved_error *s)
 {
 	_Static_assert(sizeof(s->msg) == sizeof(last_error), "a saved error holds a whole message");
 	memcpy(s->msg, last_error, sizeof(s->msg));
 }
 
-void vram_error_restore(const struct vram_saved_error *s)
+void rt_error_restore(const struct rt_saved_error *s)
 {
 	memcpy(last_error, s->msg, sizeof(last_error));
 }
 
-int vram_struct_out(void *dst, const void *src, size_t size, const char *what)
+int rt_struct_out(void *dst, const void *src, size_t size, const char *what)
 {
 	uint32_t want;
 
 	memcpy(&want, dst, sizeof(want));
 	if (want <= sizeof(uint32_t))
-		return vram_error(-EINVAL, "%s: struct_size is %u; set it to sizeof the struct", what, want);
+		return rt_error(-EINVAL, "%s: struct_size is %u; set it to sizeof the struct", what, want);
 	memcpy((char *)dst + sizeof(uint32_t), (const char *)src + sizeof(uint32_t),
 	       (want < size ? want : size) - sizeof(uint32_t));
 	return 0;
 }
 
-int vram_struct_in(void *dst, const void *src, size_t size, size_t min_size, const char *what)
+int rt_struct_in(void *dst, const void *src, size_t size, size_t min_size, const char *what)
 {
 	uint32_t have;
 
 	memcpy(&have, src, sizeof(have));
 	if (have < min_size)
-		return vram_error(-EINVAL, "%s: struct_size is %u; set it to sizeof the struct", what, have);
+		return rt_error(-EINVAL, "%s: struct_size is %u; set it to sizeof the struct", what, have);
 	memcpy((char *)dst + sizeof(uint32_t), (const char *)src + sizeof(uint32_t),
 	       (have < size ? have : size) - sizeof(uint32_t));
 	return 0;

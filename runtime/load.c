@@ -16,13 +16,13 @@
  * That layout is for host memory.  On GPUs (simulated or CUDA), which are
  * reached through a ring of staging buffers taken from the cpu pool and an
  * onward copy (memcpy for simulated GPUs, async H2D for CUDA), every tensor
- * is placed on its own at a TENSOR_ALIGN boundary instead: files need not
+ * is placed on its own at a LAYOUT_TENSOR_ALIGN boundary instead: files need not
  * align tensors to their elements, and GPU kernels (ours and PyTorch's)
  * need that alignment.  cpu-pool grants are written directly (HOST
  * requests; warm, through the memfd: stream.h STREAM_REQ_FD).
  *
  * Conversion (cast_to): a converted tensor is a run of its own, in a region
- * of its converted size (TENSOR_ALIGN-aligned), and always goes through
+ * of its converted size (LAYOUT_TENSOR_ALIGN-aligned), and always goes through
  * staging: the sink converts (kernels/ C references into host-visible
  * memory, through a table for 8- and 16-bit sources; for CUDA, an H2D copy
  * into one device scratch buffer and the cast kernel from there, both on
@@ -31,51 +31,22 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "common/cleanup.h"
+#include "common/layout.h"
 #include "common/util.h"
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
+#include "runtime/cuda-kernels.h"
+#include "runtime/dtype.h"
 #include "runtime/load.h"
 #include "runtime/model.h"
 #include "runtime/stream.h"
 #include "kernels/kernels.h"
-
-/* Alignment of a tensor that is placed on its own (converted ones, and
- * every tensor on a GPU): any element, and vectorised kernels. */
-#define TENSOR_ALIGN 256u
-/* The dtypes conversion handles. */
-#define CAST_DTYPES ((1u << VRAM_DTYPE_F8_E4M3) | (1u << VRAM_DTYPE_F8_E5M2) | (1u << VRAM_DTYPE_F16) | \
-		     (1u << VRAM_DTYPE_BF16) | (1u << VRAM_DTYPE_F32))
-
-int load_cast_check(uint32_t cast_to, uint32_t cast_from, uint32_t *ret_from)
-{
-	*ret_from = cast_from ? cast_from : VRAM_LOAD_CAST_DEFAULT_FROM;
-	if (cast_to && (cast_to >= 32 || !(CAST_DTYPES & (1u << cast_to))))
-		return vram_error(-EINVAL, "cannot convert to %s: cast_to is one of F8_E4M3, F8_E5M2, F16, BF16, F32",
-				  vram_dtype_name(cast_to) ?: "an unknown dtype");
-	if (cast_to && (*ret_from & ~CAST_DTYPES))
-		return vram_error(-EINVAL, "cannot convert from dtype %d: cast_from holds only F8_E4M3, F8_E5M2, "
-				  "F16, BF16, F32", __builtin_ctz(*ret_from & ~CAST_DTYPES));
-	return 0;
-}
-
-bool load_casts(uint32_t dtype, uint32_t cast_to, uint32_t from)
-{
-	return cast_to && dtype != cast_to && dtype < 32 && (from & (1u << dtype));
-}
-
-uint64_t load_cast_nbytes(uint32_t dtype, uint64_t nbytes, uint32_t cast_to, uint32_t from)
-{
-	if (!load_casts(dtype, cast_to, from))
-		return nbytes;
-	return nbytes / (vram_dtype_bits(dtype) / 8) * (vram_dtype_bits(cast_to) / 8);
-}
 
 void vram_load_options_init(struct vram_load_options *o)
 {
@@ -88,7 +59,7 @@ struct run {
 	uint64_t file_off, len;
 	uint32_t first, count;   /* into the bucket's tensor list */
 	uint64_t region;         /* region offset in the grant */
-	bool solo;               /* one tensor, TENSOR_ALIGN-aligned (staged) */
+	bool solo;               /* one tensor, LAYOUT_TENSOR_ALIGN-aligned (staged) */
 };
 
 /* Tensors ordered by bucket (device, component, chunk), then file offset:
@@ -138,7 +109,7 @@ struct mixed_sink {
 static int host_cast(struct mixed_sink *ms, void *dst, uint32_t dst_dtype, const void *src, uint32_t src_dtype,
 		     uint64_t n)
 {
-	uint32_t sb = vram_dtype_bits(src_dtype), db = vram_dtype_bits(dst_dtype) / 8;
+	uint32_t sb = vram_dtype_bits(src_dtype), db = dtype_size(dst_dtype);
 	if (sb > 16 || src_dtype == dst_dtype)
 		return vk_cast(src, src_dtype, dst, dst_dtype, n);
 	if (src_dtype >= VRAM_DTYPE_COUNT)
@@ -196,7 +167,7 @@ static int mixed_copy(void *user, uint64_t dst, const void *src, uint64_t len, u
 	if (in_host(ms, dst, len))
 		return sim_copy(NULL, dst, src, len, slot);
 	if (!ms->cuda.copy)
-		return vram_error(-EFAULT, "copy to 0x%llx: not inside a grant of this load", (unsigned long long)dst);
+		return rt_error(-EFAULT, "copy to 0x%llx: not inside a grant of this load", (unsigned long long)dst);
 	return ms->cuda.copy(ms->cuda.user, dst, src, len, slot);
 }
 
@@ -204,14 +175,14 @@ static int mixed_cast(void *user, uint64_t dst, uint32_t dst_dtype, const void *
 		      uint64_t n, uint64_t slot_off, uint32_t slot)
 {
 	struct mixed_sink *ms = user;
-	if (in_host(ms, dst, n * (vram_dtype_bits(dst_dtype) / 8))) {
+	if (in_host(ms, dst, n * (dtype_size(dst_dtype)))) {
 		int r = host_cast(ms, (void *)(uintptr_t)dst, dst_dtype, src, src_dtype, n);
-		return r < 0 ? vram_error(r, "converting %llu %s elements to %s", (unsigned long long)n,
-					  vram_dtype_name(src_dtype), vram_dtype_name(dst_dtype)) : 0;
+		return r < 0 ? rt_error(r, "converting %llu %s elements to %s", (unsigned long long)n,
+					vram_dtype_name(src_dtype), vram_dtype_name(dst_dtype)) : 0;
 	}
 	if (!ms->cuda.cast)
-		return vram_error(-EFAULT, "conversion to 0x%llx: not inside a grant of this load",
-				  (unsigned long long)dst);
+		return rt_error(-EFAULT, "conversion to 0x%llx: not inside a grant of this load",
+				(unsigned long long)dst);
 	return ms->cuda.cast(ms->cuda.user, dst, dst_dtype, src, src_dtype, n, slot_off, slot);
 }
 
@@ -228,21 +199,22 @@ static uint32_t backend_of(const vram_client *c, uint32_t dev)
 
 void vram_unload(vram_loaded *l)
 {
-	struct vram_saved_error e;
+	struct rt_saved_error e;
 	if (!l)
 		return;
-	vram_error_save(&e);
+	rt_error_save(&e);
 	for (uint32_t i = 0; i < l->ngrants; i++)
 		if (l->grants[i].grant)
 			vram_free(l->client, l->grants[i].grant);
 	free(l->grants);
 	free(l->tensors);
 	free(l);
-	vram_error_restore(&e);
+	rt_error_restore(&e);
 }
 
-/* Device of each tensor: its layer's, from the plan (matched to the
- * broker's devices by name), or the default device. */
+/* Device of each tensor: the plan's (matched to the broker's devices by
+ * name; a plan places modules, so a layer may span two devices), or the
+ * default device. */
 static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *plan, uint32_t def,
 			  uint32_t *ret_dev)
 {
@@ -250,7 +222,7 @@ static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *
 	if (plan) {
 		uint32_t np = vram_plan_device_count(plan);
 		if (np > 64)
-			return vram_error(-EINVAL, "plan has too many devices");
+			return rt_error(-EINVAL, "plan has too many devices");
 		for (uint32_t i = 0; i < np; i++) {
 			const char *name = vram_plan_device_name(plan, i);
 			bool used = false;
@@ -258,362 +230,577 @@ static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *
 				used = used || vram_plan_bytes(plan, comp, i) > 0;
 			int d = vram_device_find(c, name);
 			if (d < 0 && used)
-				return vram_error(-ENODEV, "the plan places bytes on %s, which this broker does not have",
-						  name);
+				return rt_error(-ENODEV, "the plan places bytes on %s, which this broker does not have",
+						name);
 			map[i] = d < 0 ? UINT32_MAX : (uint32_t)d;
 		}
 	} else if (def >= c->ndev) {
-		return vram_error(-ENODEV, "no device %u", def);
+		return rt_error(-ENODEV, "no device %u", def);
 	}
-	for (uint32_t li = 0; li < m->nlayers; li++) {
-		const struct model_layer *L = &m->layers[li];
+	/* a plan of a model with more tensors is not this model's either */
+	if (plan && m->ntensors < UINT32_MAX && vram_plan_tensor_device(plan, m->ntensors) >= 0)
+		return rt_error(-EINVAL, "the plan is not one of this model (it has more tensors)");
+	for (uint32_t t = 0; t < m->ntensors; t++) {
 		uint32_t d = def;
 		if (plan) {
-			int pd = vram_plan_layer_device(plan, li);
-			if (pd < 0 || (uint32_t)pd >= vram_plan_device_count(plan) || map[pd] == UINT32_MAX)
-				return vram_error(-EINVAL, "the plan has no device for layer \"%s\"", L->name);
+			int pd = vram_plan_tensor_device(plan, t);
+			if (pd < 0)
+				return rt_error(-EINVAL, "the plan is not one of this model (it has no tensor \"%s\")",
+						m->tensors[t].name);
+			if ((uint32_t)pd >= vram_plan_device_count(plan) || map[pd] == UINT32_MAX)
+				return rt_error(-EINVAL, "the plan has no device for tensor \"%s\"", m->tensors[t].name);
 			d = map[pd];
 		}
-		for (uint32_t t = L->first; t < L->first + L->count; t++)
-			ret_dev[t] = d;
+		ret_dev[t] = d;
 	}
 	return 0;
 }
 
-int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32_t default_device,
-	      const struct vram_load_options *o, vram_loaded **ret)
+/* ======================================================================
+ * vram_load, in phases over one load context
+ * ====================================================================== */
+
+/* What one vram_load works with.  Arrays have one entry per tensor, in
+ * model order; the context owns them, and l until the load succeeds. */
+struct load_ctx {
+	vram_client *c;
+	const vram_model *m;
+	struct vram_load_options o; /* checked */
+	uint32_t nstaging;
+	uint32_t cast_from;      /* the effective set */
+	uint32_t n;              /* tensors */
+	vram_loaded *l;
+
+	uint32_t *dev;           /* broker device */
+	uint32_t *comp;
+	uint32_t *dtype;         /* the file's */
+	uint32_t *chunk;         /* chunk of (device, component) */
+	uint32_t *order;         /* by bucket, then file offset */
+	uint64_t *off, *len;     /* in the file */
+	uint64_t *olen;          /* as loaded (converted size) */
+	bool *conv;
+	struct run *runs;        /* scratch for one bucket */
+	struct layout_run *lruns; /* its runs as common/layout.h lays them out */
+	uint64_t *regions;
+	struct stream_req *reqs;
+	size_t nreq;
+	bool need_staging;       /* GPU destinations or conversions */
+	bool has_cuda;
+
+	/* staging: what stream_file is given, and what backs it */
+	struct stream_opts so;
+	vram_grant *staging;
+	struct cuda_sink *csink;
+	struct cuda_pin *pin;
+	struct mixed_sink msink;
+	struct stream_sink sink;
+};
+
+/* Frees what a finished load no longer needs: the sinks (waiting for the
+ * last copies), the pin, the tables.  Keeps staging (freed apart). */
+static void load_sinks_free(struct load_ctx *x)
 {
-	struct vram_load_options opt;
+	cuda_sink_free(x->csink);
+	x->csink = NULL;
+	cuda_unpin(x->pin);
+	x->pin = NULL;
+	free(x->msink.host);
+	x->msink.host = NULL;
+	mixed_sink_free_luts(&x->msink);
+}
+
+/* Releases everything the context still owns (a failed load: l too),
+ * keeping the thread's error message. */
+static void load_ctx_done(struct load_ctx *x)
+{
+	struct rt_saved_error e;
+
+	rt_error_save(&e);
+	load_sinks_free(x);
+	if (x->staging)
+		vram_free(x->c, x->staging);
+	vram_unload(x->l);
+	free(x->dev);
+	free(x->comp);
+	free(x->dtype);
+	free(x->chunk);
+	free(x->order);
+	free(x->off);
+	free(x->len);
+	free(x->olen);
+	free(x->conv);
+	free(x->runs);
+	free(x->lruns);
+	free(x->regions);
+	free(x->reqs);
+	rt_error_restore(&e);
+}
+
+/* Copies the caller's options (o may be NULL) into *ret and checks them;
+ * fills *ret_nstaging and *ret_from.  0 or -EINVAL naming the field. */
+static int load_options(const struct vram_load_options *o, struct vram_load_options *ret, uint32_t *ret_nstaging,
+			uint32_t *ret_from)
+{
 	int r;
-	vram_error_clear();
-	if (!c || !m || !ret)
-		return vram_error(-EINVAL, "vram_load: NULL argument");
-	vram_load_options_init(&opt);
-	if (o && (r = vram_struct_in(&opt, o, sizeof(opt), offsetof(struct vram_load_options, cast_to),
-				     "vram_load options")) < 0)
+
+	vram_load_options_init(ret);
+	if (o && (r = rt_struct_in(ret, o, sizeof(*ret), offsetof(struct vram_load_options, cast_to),
+				   "vram_load options")) < 0)
 		return r;
-	o = &opt;
-	if (o->io_mode > VRAM_IO_BUFFERED)
-		return vram_error(-EINVAL, "unknown io_mode %u", o->io_mode);
-	if (o->flags & ~VRAM_LOAD_RECLAIMABLE)
-		return vram_error(-EINVAL, "unknown load flags 0x%x", o->flags);
-	if (o->chunk_size > STREAM_MAX_CHUNK)
-		return vram_error(-EINVAL, "chunk_size %llu out of range (at most %llu)",
-				  (unsigned long long)o->chunk_size, STREAM_MAX_CHUNK);
-	if (o->staging_slots > STREAM_MAX_NSTAGING || o->reserved)
-		return vram_error(-EINVAL, "staging_slots %u out of range (at most %u), or reserved not 0",
-				  o->staging_slots, STREAM_MAX_NSTAGING);
-	uint32_t nstaging = o->staging_slots ? o->staging_slots : STREAM_DEFAULT_NSTAGING;
-	uint32_t cast_from;
-	if ((r = load_cast_check(o->cast_to, o->cast_from, &cast_from)) < 0)
-		return r;
+	if (ret->io_mode > VRAM_IO_BUFFERED)
+		return rt_error(-EINVAL, "unknown io_mode %u", ret->io_mode);
+	if (ret->flags & ~(VRAM_LOAD_RECLAIMABLE | VRAM_LOAD_SHARED))
+		return rt_error(-EINVAL, "unknown load flags 0x%x", ret->flags);
+	if (ret->chunk_size > STREAM_MAX_CHUNK)
+		return rt_error(-EINVAL, "chunk_size %llu out of range (at most %llu)",
+				(unsigned long long)ret->chunk_size, STREAM_MAX_CHUNK);
+	if (ret->staging_slots > STREAM_MAX_NSTAGING || ret->reserved)
+		return rt_error(-EINVAL, "staging_slots %u out of range (at most %u), or reserved not 0",
+				ret->staging_slots, STREAM_MAX_NSTAGING);
+	*ret_nstaging = ret->staging_slots ? ret->staging_slots : STREAM_DEFAULT_NSTAGING;
+	return dtype_cast_check(ret->cast_to, ret->cast_from, ret_from);
+}
 
-	int n = vram_model_tensor_count(m);
-	if (n < 0)
-		return n;
-	uint64_t t0 = now_ns();
-	struct timespec c0;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+/* The context's arrays and the loaded handle.  0 or -ENOMEM. */
+static int load_ctx_alloc(struct load_ctx *x)
+{
+	size_t n = (size_t)x->n + 1;
 
-	vram_loaded *l = calloc(1, sizeof(*l));
-	_cleanup_free_ uint32_t *dev = calloc((size_t)n + 1, sizeof(*dev));
-	_cleanup_free_ uint32_t *order = calloc((size_t)n + 1, sizeof(*order));
-	_cleanup_free_ uint64_t *off = calloc((size_t)n + 1, sizeof(*off));
-	_cleanup_free_ uint64_t *len = calloc((size_t)n + 1, sizeof(*len));
-	_cleanup_free_ uint32_t *comp = calloc((size_t)n + 1, sizeof(*comp));
-	_cleanup_free_ uint32_t *dtype = calloc((size_t)n + 1, sizeof(*dtype)); /* the file's */
-	_cleanup_free_ bool *conv = calloc((size_t)n + 1, sizeof(*conv));
-	_cleanup_free_ uint64_t *olen = calloc((size_t)n + 1, sizeof(*olen));
-	_cleanup_free_ struct run *runs = calloc((size_t)n + 1, sizeof(*runs));
-	_cleanup_free_ struct stream_req *reqs = calloc((size_t)n + 1, sizeof(*reqs));
-	_cleanup_free_ uint32_t *tchunk = calloc((size_t)n + 1, sizeof(*tchunk)); /* chunk of each tensor */
-	vram_grant *staging = NULL;
-	struct vram_cuda_sink *csink = NULL;
-	struct vram_cuda_pin *pin = NULL;
-	struct mixed_sink msink = { 0 };
-	struct stream_sink sink = { .copy = mixed_copy, .wait = mixed_wait, .user = &msink, .cast = mixed_cast };
-	int fd = -1;
-	if (!l || !dev || !order || !off || !len || !comp || !dtype || !conv || !olen || !runs || !reqs || !tchunk) {
-		r = vram_error(-ENOMEM, "out of memory");
-		goto fail;
-	}
-	l->client = c;
-	l->model = m;
-	l->ntensors = (uint32_t)n;
-	l->tensors = calloc((size_t)n + 1, sizeof(*l->tensors));
-	l->grants = calloc((size_t)n + VRAMD_MAX_DEVICES * VRAM_COMP_COUNT, sizeof(*l->grants));
-	if (!l->tensors || !l->grants) {
-		r = vram_error(-ENOMEM, "out of memory");
-		goto fail;
-	}
-	if ((r = tensor_devices(c, m, plan, default_device, dev)) < 0)
-		goto fail;
-	for (int i = 0; i < n; i++) { /* the model's own array: one pass, no copies */
-		const struct model_tensor *t = &m->tensors[i];
-		off[i] = m->data_offset + t->begin;
-		len[i] = t->end - t->begin;
-		comp[i] = t->component;
-		dtype[i] = t->dtype;
-		olen[i] = load_cast_nbytes(t->dtype, len[i], o->cast_to, cast_from);
-		conv[i] = load_casts(t->dtype, o->cast_to, cast_from);
-		l->converted += conv[i];
-	}
+	x->l = calloc(1, sizeof(*x->l));
+	x->dev = calloc(n, sizeof(*x->dev));
+	x->comp = calloc(n, sizeof(*x->comp));
+	x->dtype = calloc(n, sizeof(*x->dtype));
+	x->chunk = calloc(n, sizeof(*x->chunk));
+	x->order = calloc(n, sizeof(*x->order));
+	x->off = calloc(n, sizeof(*x->off));
+	x->len = calloc(n, sizeof(*x->len));
+	x->olen = calloc(n, sizeof(*x->olen));
+	x->conv = calloc(n, sizeof(*x->conv));
+	x->runs = calloc(n, sizeof(*x->runs));
+	x->lruns = calloc(n, sizeof(*x->lruns));
+	x->regions = calloc(n, sizeof(*x->regions));
+	x->reqs = calloc(n, sizeof(*x->reqs));
+	if (!x->l || !x->dev || !x->comp || !x->dtype || !x->chunk || !x->order || !x->off || !x->len ||
+	    !x->olen || !x->conv || !x->runs || !x->lruns || !x->regions || !x->reqs)
+		return rt_error(-ENOMEM, "out of memory");
+	x->l->client = x->c;
+	x->l->model = x->m;
+	x->l->ntensors = x->n;
+	x->l->tensors = calloc(n, sizeof(*x->l->tensors));
+	x->l->grants = calloc((size_t)x->n + VRAMD_MAX_DEVICES * VRAM_COMP_COUNT, sizeof(*x->l->grants));
+	if (!x->l->tensors || !x->l->grants)
+		return rt_error(-ENOMEM, "out of memory");
+	return 0;
+}
 
-	/* Chunks: consecutive layers of one (device, component) share a grant
-	 * of about LOAD_CHUNK_TARGET bytes, so that reclaim can give back part
-	 * of a model (a chunk) rather than all or nothing. */
-	uint32_t nchunks[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT];
-	uint64_t acc[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT];
-	memset(nchunks, 0, sizeof(nchunks));
-	memset(acc, 0, sizeof(acc));
-	for (uint32_t li = 0; li < m->nlayers; li++) {
-		const struct model_layer *L = &m->layers[li];
-		if (!L->count)
-			continue;
-		uint32_t d = dev[L->first], k = L->component; /* a layer is on one device */
-		if (nchunks[d][k] == 0)
-			nchunks[d][k] = 1;
-		if (acc[d][k] && acc[d][k] + L->nbytes > LOAD_CHUNK_TARGET) {
-			nchunks[d][k]++;
-			acc[d][k] = 0;
+/* Per tensor, from the model's own array (one pass, no getter copies):
+ * where it is in the file, its dtype, whether and to what size it is
+ * converted. */
+static void load_tensors(struct load_ctx *x)
+{
+	for (uint32_t i = 0; i < x->n; i++) {
+		const struct model_tensor *t = &x->m->tensors[i];
+		x->off[i] = x->m->data_offset + t->begin;
+		x->len[i] = t->end - t->begin;
+		x->comp[i] = t->component;
+		x->dtype[i] = t->dtype;
+		x->olen[i] = dtype_cast_nbytes(t->dtype, x->len[i], x->o.cast_to, x->cast_from);
+		x->conv[i] = dtype_casts(t->dtype, x->o.cast_to, x->cast_from);
+		x->l->converted += x->conv[i];
+	}
+}
+
+/* Chunks: consecutive layers of one (device, component) share a grant of
+ * about LOAD_CHUNK_TARGET bytes, so that reclaim can give back part of a
+ * model (a chunk) rather than all or nothing, and of at most
+ * VRAMD_SHARE_RUNS_MAX tensors, so that every chunk can be described to
+ * the broker as a shared copy (converted tensors are a run each; a layer
+ * of more tensors than that is a chunk of its own, loaded privately when
+ * it cannot be shared).  A layer the plan splits between devices has a
+ * part in a chunk of each, each part whole.  Also notes which tensors
+ * take a staged path (GPU destinations and conversions). */
+static void load_chunks(struct load_ctx *x)
+{
+	uint32_t nchunks[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT] = { { 0 } };
+	uint64_t acc[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT] = { { 0 } };
+	uint32_t cnt[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT] = { { 0 } };
+
+	for (uint32_t li = 0; li < x->m->nlayers; li++) {
+		const struct model_layer *L = &x->m->layers[li];
+		uint32_t k = L->component, end = L->first + L->count;
+		uint64_t part[VRAMD_MAX_DEVICES] = { 0 };
+		uint32_t npart[VRAMD_MAX_DEVICES] = { 0 };
+		/* the layer's bytes on each device, then each part in order of
+		 * its first tensor */
+		for (uint32_t t = L->first; t < end; t++) {
+			part[x->dev[t]] += x->m->tensors[t].end - x->m->tensors[t].begin;
+			npart[x->dev[t]]++;
 		}
-		acc[d][k] += L->nbytes;
-		for (uint32_t t = L->first; t < L->first + L->count; t++)
-			tchunk[t] = nchunks[d][k] - 1;
+		bool done[VRAMD_MAX_DEVICES] = { false };
+		for (uint32_t t0 = L->first; t0 < end; t0++) {
+			uint32_t d = x->dev[t0];
+			if (done[d])
+				continue;
+			done[d] = true;
+			if (nchunks[d][k] == 0)
+				nchunks[d][k] = 1;
+			if (cnt[d][k] && (acc[d][k] + part[d] > LOAD_CHUNK_TARGET ||
+					  cnt[d][k] + npart[d] > VRAMD_SHARE_RUNS_MAX)) {
+				nchunks[d][k]++;
+				acc[d][k] = 0;
+				cnt[d][k] = 0;
+			}
+			acc[d][k] += part[d];
+			cnt[d][k] += npart[d];
+			for (uint32_t t = t0; t < end; t++)
+				if (x->dev[t] == d)
+					x->chunk[t] = nchunks[d][k] - 1;
+		}
 	}
-
-	/* Which tensors take a staged path: GPU destinations and conversions. */
-	bool need_staging = false, has_cuda = false;
-	for (int i = 0; i < n; i++) {
-		if (len[i] && (backend_of(c, dev[i]) != VRAM_BACKEND_CPU || conv[i]))
-			need_staging = true;
-		if (len[i] && backend_of(c, dev[i]) == VRAM_BACKEND_CUDA)
-			has_cuda = true;
+	for (uint32_t i = 0; i < x->n; i++) {
+		uint32_t backend = backend_of(x->c, x->dev[i]);
+		if (x->len[i] && (backend != VRAM_BACKEND_CPU || x->conv[i]))
+			x->need_staging = true;
+		if (x->len[i] && backend == VRAM_BACKEND_CUDA)
+			x->has_cuda = true;
 	}
+}
 
-	/* Buckets (device, component, chunk): one sort, then each bucket is
-	 * cut into runs contiguous in the file and becomes one grant. */
-	struct bucket_key bkey = { dev, comp, tchunk, off };
-	for (int i = 0; i < n; i++)
-		order[i] = (uint32_t)i;
-	qsort_r(order, (size_t)n, sizeof(*order), cmp_bucket, &bkey);
-	size_t nreq = 0;
-	for (uint32_t b0 = 0, b1; b0 < (uint32_t)n; b0 = b1) {
-		uint32_t tf = order[b0], d = dev[tf], k = comp[tf], ch = tchunk[tf];
-		for (b1 = b0 + 1; b1 < (uint32_t)n; b1++) {
-			uint32_t t = order[b1];
-			if (dev[t] != d || comp[t] != k || tchunk[t] != ch)
+/* Cuts the cnt tensors bo[] of one bucket (file order) into runs
+ * contiguous in the file and gives each its region; returns the grant
+ * size the bucket needs and the number of runs in *ret_nruns.  Tensors on
+ * a GPU are staged anyway: each is placed on its own, aligned for any
+ * element and for vectorised kernels (files need not align them: an F32
+ * may sit at offset 6); so are converted ones.  Host tensors keep the
+ * file's layout, for direct landing. */
+static uint64_t bucket_layout(struct load_ctx *x, const uint32_t *bo, uint32_t cnt, bool gpu, uint32_t *ret_nruns)
+{
+	struct run *runs = x->runs;
+	uint32_t nruns = 0;
+
+	for (uint32_t j = 0; j < cnt; j++) {
+		uint32_t t = bo[j];
+		bool solo = gpu || x->conv[t];
+		if (nruns && !solo && !runs[nruns - 1].solo &&
+		    runs[nruns - 1].file_off + runs[nruns - 1].len == x->off[t]) {
+			runs[nruns - 1].len += x->len[t];
+			runs[nruns - 1].count++;
+			continue;
+		}
+		runs[nruns++] = (struct run){ .file_off = x->off[t], .len = x->len[t], .first = j, .count = 1,
+					      .solo = solo };
+	}
+	for (uint32_t j = 0; j < nruns; j++)
+		x->lruns[j] = (struct layout_run){ runs[j].file_off, runs[j].len,
+						   runs[j].solo ? x->olen[bo[runs[j].first]] : runs[j].len, runs[j].solo };
+	uint64_t size = layout_regions(x->lruns, nruns, x->regions);
+	for (uint32_t j = 0; j < nruns; j++)
+		runs[j].region = x->regions[j];
+	*ret_nruns = nruns;
+	return size;
+}
+
+/* Where run j's tensors (bo[] of its bucket) sit in grant or copy gi: the
+ * same layout for both (common/layout.h).  Returns the run's data offset. */
+static uint64_t run_place(struct load_ctx *x, const uint32_t *bo, uint32_t j, uint32_t gi)
+{
+	const struct run *ru = &x->runs[j];
+	uint64_t at = layout_data(&x->lruns[j], ru->region);
+	for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
+		uint32_t t = bo[q];
+		x->l->tensors[t].grant = gi;
+		x->l->tensors[t].offset = at + (x->off[t] - ru->file_off);
+		x->l->tensors[t].dtype = x->conv[t] ? x->o.cast_to : x->dtype[t];
+		x->l->tensors[t].nbytes = x->olen[t];
+	}
+	return at;
+}
+
+/* Places the bucket's tensors in grant lg (its runs laid out by
+ * bucket_layout) and adds a stream request per run with bytes. */
+static void bucket_requests(struct load_ctx *x, const uint32_t *bo, uint32_t nruns, uint32_t gi)
+{
+	struct loaded_grant *lg = &x->l->grants[gi];
+	uint8_t *host = vram_grant_host_ptr(lg->grant);
+	uint64_t dbase = host ? (uint64_t)(uintptr_t)host : vram_grant_device_ptr(lg->grant);
+
+	for (uint32_t j = 0; j < nruns; j++) {
+		const struct run *ru = &x->runs[j];
+		uint64_t at = run_place(x, bo, j, gi);
+		if (!ru->len)
+			continue;
+		struct stream_req *rq = &x->reqs[x->nreq++];
+		rq->file_off = ru->file_off;
+		rq->len = ru->len;
+		if (ru->solo) {
+			rq->kind = STREAM_DST_STAGED;
+			rq->dst_addr = dbase + at;
+			if (x->conv[bo[ru->first]]) {
+				rq->cast_from = x->dtype[bo[ru->first]];
+				rq->cast_to = x->o.cast_to;
+			}
+		} else { /* host memory: lands in place */
+			rq->kind = STREAM_DST_HOST;
+			rq->dst = host + at;
+			rq->flags = STREAM_REQ_SLACK;
+			/* a memfd grant: a warm load copies the page cache
+			 * into the file, faulting nothing in */
+			if (lg->grant->fd >= 0) {
+				rq->flags |= STREAM_REQ_FD;
+				rq->dst_fd = lg->grant->fd;
+				rq->dst_fd_off = at;
+			}
+		}
+	}
+}
+
+/* An fd for the broker to read the file through: the model's inode
+ * reopened with O_DIRECT (cold files are read at the disk's speed), else
+ * the model's own fd (-1 returned in *ret_own then: not to be closed). */
+static int share_fd(struct load_ctx *x, bool *ret_own)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", x->m->fd);
+	int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	*ret_own = fd >= 0;
+	return fd >= 0 ? fd : x->m->fd;
+}
+
+/* Asks the broker for the bucket as a shared copy.  1 when it is one
+ * (lg->grant set), 0 when the broker cannot share it (the caller loads
+ * it privately; the reason is in the stats), or -errno. */
+static int share_bucket(struct load_ctx *x, const uint32_t *bo, uint32_t nruns, uint32_t d, struct loaded_grant *lg)
+{
+	struct vram_load_stats *st = &x->l->stats;
+	if (nruns > VRAMD_SHARE_RUNS_MAX) {
+		st->share_refused++;
+		snprintf(st->share_why, sizeof(st->share_why), "a chunk of %u tensors, more than a copy describes (%u)",
+			 nruns, VRAMD_SHARE_RUNS_MAX);
+		return 0;
+	}
+	_cleanup_free_ struct vramd_share_run *runs = calloc(nruns, sizeof(*runs));
+	if (!runs)
+		return rt_error(-ENOMEM, "out of memory");
+	for (uint32_t j = 0; j < nruns; j++) {
+		const struct run *ru = &x->runs[j];
+		uint32_t t = bo[ru->first];
+		runs[j].file_off = ru->file_off;
+		runs[j].len = ru->len;
+		if (ru->solo) {
+			runs[j].flags = VRAMD_SHARE_RUN_SOLO;
+			runs[j].src_dtype = x->dtype[t];
+			runs[j].dst_dtype = x->conv[t] ? x->o.cast_to : x->dtype[t];
+		}
+	}
+	bool own;
+	int fd = share_fd(x, &own);
+	uint32_t how = 0;
+	int r = client_share(x->c, d, runs, nruns, fd, x->o.progress, x->o.user, &lg->grant, &how);
+	if (own)
+		close(fd);
+	if (r == -EOPNOTSUPP || r == -ENOSPC || r == -ENOMEM || r == -EDQUOT || r == -EBADF) {
+		st->share_refused++;
+		str_copy(st->share_why, vram_last_error(), sizeof(st->share_why));
+		rt_error_clear();
+		return 0;
+	}
+	if (r < 0)
+		return r;
+	st->share_hits += how == VRAMD_SHARE_HIT;
+	st->share_filled += how == VRAMD_SHARE_FILLED;
+	st->share_waited += how == VRAMD_SHARE_WAITED;
+	for (uint32_t j = 0; j < nruns; j++)
+		st->shared_bytes += x->runs[j].len;
+	return 1;
+}
+
+/* Buckets (device, component, chunk): one sort, then each bucket is laid
+ * out, becomes one grant (or is served from a shared copy), and its runs
+ * become stream requests.  0 or the allocation's error, naming the device
+ * and component. */
+static int load_grants(struct load_ctx *x)
+{
+	struct bucket_key bkey = { x->dev, x->comp, x->chunk, x->off };
+	/* With a pager every chunk can be given back: resident ones are
+	 * demoted to the donor, donor ones dropped (the file is the donor of
+	 * last resort). */
+	uint32_t flags = (x->o.flags & VRAM_LOAD_RECLAIMABLE) ? VRAM_ALLOC_RECLAIMABLE : 0;
+
+	for (uint32_t i = 0; i < x->n; i++)
+		x->order[i] = i;
+	qsort_r(x->order, x->n, sizeof(*x->order), cmp_bucket, &bkey);
+	for (uint32_t b0 = 0, b1; b0 < x->n; b0 = b1) {
+		uint32_t tf = x->order[b0], d = x->dev[tf], k = x->comp[tf], ch = x->chunk[tf];
+		for (b1 = b0 + 1; b1 < x->n; b1++) {
+			uint32_t t = x->order[b1];
+			if (x->dev[t] != d || x->comp[t] != k || x->chunk[t] != ch)
 				break;
 		}
-		const uint32_t *bo = order + b0; /* this bucket's tensors, in file order */
-		uint32_t cnt = b1 - b0;
-		uint32_t nruns = 0;
-		uint64_t cursor = 0;
-		/* Tensors on a GPU are staged anyway: each is placed on its
-		 * own, aligned for any element and for vectorised kernels
-		 * (files need not align them: an F32 may sit at offset 6).
-		 * Host tensors keep the file's layout, for direct landing. */
-		bool gpu = backend_of(c, d) != VRAM_BACKEND_CPU;
-		for (uint32_t j = 0; j < cnt; j++) {
-			uint32_t t = bo[j];
-			bool solo = gpu || conv[t];
-			if (nruns && !solo && !runs[nruns - 1].solo &&
-			    runs[nruns - 1].file_off + runs[nruns - 1].len == off[t]) {
-				runs[nruns - 1].len += len[t];
-				runs[nruns - 1].count++;
-				continue;
-			}
-			runs[nruns++] = (struct run){ .file_off = off[t], .len = len[t], .first = j, .count = 1,
-						      .solo = solo };
-		}
-		for (uint32_t j = 0; j < nruns; j++) {
-			struct run *ru = &runs[j];
-			if (ru->solo) {
-				cursor = (cursor + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
-				ru->region = cursor;
-				cursor += olen[bo[ru->first]];
-				continue;
-			}
-			uint64_t head = ru->file_off % STREAM_ALIGN;
-			uint64_t span = (head + ru->len + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
-			cursor = (cursor + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
-			ru->region = cursor;
-			cursor += span ? span : STREAM_ALIGN;
-		}
-		cursor = cursor ? (cursor + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN : STREAM_ALIGN;
-		/* With a pager every chunk can be given back: resident ones
-		 * are demoted to the donor, donor ones dropped (the file is
-		 * the donor of last resort). */
-		uint32_t flags = (o->flags & VRAM_LOAD_RECLAIMABLE) ? VRAM_ALLOC_RECLAIMABLE : 0;
-		struct loaded_grant *lg = &l->grants[l->ngrants];
-		r = vram_alloc(c, d, cursor, flags, &lg->grant);
-		if (r < 0) {
-			char s1[32];
-			r = vram_error(r, "allocating %s on %s for %s: %s", size_format(cursor, s1, sizeof(s1)),
-				       c->dev[d].name, vram_component_name(k), vram_last_error());
-			goto fail;
-		}
+		const uint32_t *bo = x->order + b0; /* this bucket's tensors, in file order */
+		uint32_t nruns;
+		uint64_t size = bucket_layout(x, bo, b1 - b0, backend_of(x->c, d) != VRAM_BACKEND_CPU, &nruns);
+		struct loaded_grant *lg = &x->l->grants[x->l->ngrants];
 		lg->device = d;
 		lg->component = k;
-		l->ngrants++;
-		uint8_t *host = vram_grant_host_ptr(lg->grant);
-		uint64_t dbase = host ? (uint64_t)(uintptr_t)host : vram_grant_device_ptr(lg->grant);
-		for (uint32_t j = 0; j < nruns; j++) {
-			struct run *ru = &runs[j];
-			uint64_t at = ru->solo ? ru->region : ru->region + ru->file_off % STREAM_ALIGN;
-			for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
-				uint32_t t = bo[q];
-				l->tensors[t].grant = l->ngrants - 1;
-				l->tensors[t].offset = at + (off[t] - ru->file_off);
-				l->tensors[t].dtype = conv[t] ? o->cast_to : dtype[t];
-				l->tensors[t].nbytes = olen[t];
-			}
-			if (!ru->len)
-				continue;
-			struct stream_req *rq = &reqs[nreq++];
-			rq->file_off = ru->file_off;
-			rq->len = ru->len;
-			if (ru->solo) {
-				rq->kind = STREAM_DST_STAGED;
-				rq->dst_addr = dbase + at;
-				if (conv[bo[ru->first]]) {
-					rq->cast_from = dtype[bo[ru->first]];
-					rq->cast_to = o->cast_to;
-				}
-			} else { /* host memory: lands in place */
-				rq->kind = STREAM_DST_HOST;
-				rq->dst = host + at;
-				rq->flags = STREAM_REQ_SLACK;
-				/* a memfd grant: a warm load copies the page
-				 * cache into the file, faulting nothing in */
-				if (lg->grant->fd >= 0) {
-					rq->flags |= STREAM_REQ_FD;
-					rq->dst_fd = lg->grant->fd;
-					rq->dst_fd_off = at;
-				}
-			}
+		int r = 0;
+		if ((x->o.flags & VRAM_LOAD_SHARED) && x->c->dev[d].cache_max &&
+		    (r = share_bucket(x, bo, nruns, d, lg)) == 1) {
+			/* a shared copy: placed the same way, nothing to stream */
+			for (uint32_t j = 0; j < nruns; j++)
+				run_place(x, bo, j, x->l->ngrants);
+			x->l->ngrants++;
+			continue;
+		}
+		if (r < 0)
+			return rt_error(r, "a shared copy on %s for %s: %s", x->c->dev[d].name, vram_component_name(k),
+					vram_last_error());
+		r = vram_alloc(x->c, d, size, flags, &lg->grant);
+		if (r < 0) {
+			char s1[32];
+			return rt_error(r, "allocating %s on %s for %s: %s", size_format(size, s1, sizeof(s1)),
+					x->c->dev[d].name, vram_component_name(k), vram_last_error());
+		}
+		x->l->ngrants++;
+		bucket_requests(x, bo, nruns, x->l->ngrants - 1);
+	}
+	return 0;
+}
+
+/* The onward-copy side of a load that stages: the host-visible grants the
+ * mixed sink memcpy's into, the CUDA sink over the CUDA grants, and the
+ * staging ring from the pinned host pool when it has room (else the
+ * engine maps its own), page-locked for DMA when CUDA is involved (best
+ * effort: pageable copies are slower, still correct).  0 or -errno. */
+static int load_staging(struct load_ctx *x)
+{
+	vram_loaded *l = x->l;
+	uint64_t chunk = stream_chunk(x->so.chunk);
+	uint32_t cdev = 0;
+	int r;
+
+	x->msink.host = calloc(l->ngrants + 1, sizeof(*x->msink.host));
+	if (!x->msink.host)
+		return rt_error(-ENOMEM, "out of memory");
+	for (uint32_t gi = 0; gi < l->ngrants; gi++) {
+		vram_grant *g = l->grants[gi].grant;
+		if (backend_of(x->c, l->grants[gi].device) != VRAM_BACKEND_CUDA && vram_grant_host_ptr(g)) {
+			uint64_t lo = (uint64_t)(uintptr_t)vram_grant_host_ptr(g);
+			x->msink.host[x->msink.nhost].lo = lo;
+			x->msink.host[x->msink.nhost].hi = lo + vram_grant_size(g);
+			x->msink.nhost++;
 		}
 	}
-
-	fd = open(vram_model_path(m), O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		r = vram_error(-errno, "%s: %s", vram_model_path(m), strerror(errno));
-		goto fail;
-	}
-	struct stat st;
-	if (fstat(fd, &st) == 0 && (uint64_t)st.st_size != vram_model_file_size(m)) {
-		r = vram_error(-ESTALE, "%s: file changed since it was opened (size %llu -> %llu)",
-			       vram_model_path(m), (unsigned long long)vram_model_file_size(m),
-			       (unsigned long long)st.st_size);
-		goto fail;
-	}
-
-	struct stream_opts so;
-	memset(&so, 0, sizeof(so));
-	so.io_mode = o->io_mode;
-	so.chunk = o->chunk_size;
-	so.depth = o->queue_depth;
-	so.nstaging = nstaging;
-	so.progress = o->progress;
-	so.user = o->user;
-	if (need_staging) {
-		msink.host = calloc(l->ngrants + 1, sizeof(*msink.host));
-		if (!msink.host) {
-			r = vram_error(-ENOMEM, "out of memory");
-			goto fail;
-		}
+	if (x->has_cuda) {
+		/* Converting on a CUDA device takes device scratch of one
+		 * staging ring (taken at the first conversion). */
+		if ((r = cuda_sink_new(x->c, x->nstaging, &x->csink)) < 0)
+			return r;
+		if (l->converted)
+			cuda_sink_cast_scratch(x->csink, chunk);
 		for (uint32_t gi = 0; gi < l->ngrants; gi++) {
-			vram_grant *g = l->grants[gi].grant;
-			if (backend_of(c, l->grants[gi].device) != VRAM_BACKEND_CUDA && vram_grant_host_ptr(g)) {
-				uint64_t lo = (uint64_t)(uintptr_t)vram_grant_host_ptr(g);
-				msink.host[msink.nhost].lo = lo;
-				msink.host[msink.nhost].hi = lo + vram_grant_size(g);
-				msink.nhost++;
-			}
+			if (backend_of(x->c, l->grants[gi].device) != VRAM_BACKEND_CUDA)
+				continue;
+			if ((r = cuda_sink_add_grant(x->csink, l->grants[gi].grant)) < 0)
+				return r;
+			cdev = l->grants[gi].device;
 		}
-		uint64_t chunk = stream_chunk(so.chunk);
-		if (has_cuda) {
-			/* Converting on a CUDA device takes device scratch of one
-			 * staging ring (taken at the first conversion). */
-			if ((r = vram_cuda_sink_new(c, nstaging, &csink)) < 0)
-				goto fail;
-			if (l->converted)
-				vram_cuda_sink_cast_scratch(csink, chunk);
-			for (uint32_t gi = 0; gi < l->ngrants; gi++)
-				if (backend_of(c, l->grants[gi].device) == VRAM_BACKEND_CUDA &&
-				    (r = vram_cuda_sink_add_grant(csink, l->grants[gi].grant)) < 0)
-					goto fail;
-			vram_cuda_sink_get(csink, &msink.cuda);
-		}
-		so.sink = &sink;
-		/* The staging ring comes from the pinned host pool when it has
-		 * room; otherwise the engine maps its own. */
-		int cpu = vram_device_find(c, "cpu");
-		if (cpu >= 0 && vram_alloc(c, (uint32_t)cpu, chunk * nstaging, 0, &staging) == 0) {
-			so.staging = vram_grant_host_ptr(staging);
-			so.nstaging = nstaging;
-			so.staging_size = chunk;
-			/* Page-locked, so that H2D copies from it are DMA. */
-			if (has_cuda) {
-				uint32_t cdev = 0;
-				for (uint32_t gi = 0; gi < l->ngrants; gi++)
-					if (backend_of(c, l->grants[gi].device) == VRAM_BACKEND_CUDA)
-						cdev = l->grants[gi].device;
-				if (vram_cuda_pin(c, cdev, so.staging, chunk * nstaging, chunk, &pin) < 0)
-					pin = NULL; /* pageable: slower, still correct */
-			}
-		}
-		vram_error_clear();
+		cuda_sink_get(x->csink, &x->msink.cuda);
 	}
-	struct stream_result res;
-	r = stream_file(vram_model_path(m), fd, reqs, nreq, &so, &res);
-	vram_cuda_sink_free(csink); /* waits for the last copies */
-	csink = NULL;
-	vram_cuda_unpin(pin);
-	pin = NULL;
-	free(msink.host);
-	msink.host = NULL;
-	mixed_sink_free_luts(&msink);
-	if (r < 0)
-		goto fail;
-	vram_free(c, staging);
-	staging = NULL;
-	close(fd);
+	x->sink = (struct stream_sink){ .copy = mixed_copy, .wait = mixed_wait, .user = &x->msink, .cast = mixed_cast };
+	x->so.sink = &x->sink;
+	int cpu = vram_device_find(x->c, "cpu");
+	if (cpu >= 0 && vram_alloc(x->c, (uint32_t)cpu, chunk * x->nstaging, 0, &x->staging) == 0) {
+		x->so.staging = vram_grant_host_ptr(x->staging);
+		x->so.nstaging = x->nstaging;
+		x->so.staging_size = chunk;
+		if (x->has_cuda && cuda_pin(x->c, cdev, x->so.staging, chunk * x->nstaging, chunk, &x->pin) < 0)
+			x->pin = NULL;
+	}
+	rt_error_clear();
+	return 0;
+}
 
+/* Streams the requests through the model's fd and fills the stats. */
+static int load_stream(struct load_ctx *x, uint64_t t0, const struct timespec *c0)
+{
+	struct stream_result res;
 	struct timespec c1;
+	int r;
+
+	x->so.io_mode = x->o.io_mode;
+	x->so.chunk = x->o.chunk_size;
+	x->so.depth = x->o.queue_depth;
+	if (!x->need_staging && !x->o.chunk_size && !x->o.queue_depth) {
+		x->so.chunk = LOAD_DIRECT_CHUNK;
+		x->so.depth = LOAD_DIRECT_DEPTH;
+	}
+	x->so.nstaging = x->nstaging;
+	x->so.progress = x->o.progress;
+	x->so.user = x->o.user;
+	if (x->need_staging && (r = load_staging(x)) < 0)
+		return r;
+	r = stream_file(vram_model_path(x->m), x->m->fd, x->reqs, x->nreq, &x->so, &res);
+	load_sinks_free(x); /* waits for the last copies */
+	if (r < 0)
+		return r;
+	vram_free(x->c, x->staging);
+	x->staging = NULL;
+
+	vram_loaded *l = x->l;
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
 	l->stats.struct_size = sizeof(l->stats);
 	l->stats.io_mode_used = res.io_mode_used;
-	l->stats.bytes = res.bytes;
+	l->stats.bytes = res.bytes + l->stats.shared_bytes;
 	l->stats.ns = now_ns() - t0;
-	l->stats.cpu_ns = (uint64_t)(c1.tv_sec - c0.tv_sec) * 1000000000ull + (uint64_t)(c1.tv_nsec - c0.tv_nsec);
+	l->stats.cpu_ns = (uint64_t)(c1.tv_sec - c0->tv_sec) * 1000000000ull + (uint64_t)(c1.tv_nsec - c0->tv_nsec);
 	l->stats.grants = l->ngrants;
 	l->stats.converted = l->converted;
-	*ret = l;
 	return 0;
-fail:
-	vram_cuda_sink_free(csink);
-	vram_cuda_unpin(pin);
-	free(msink.host);
-	mixed_sink_free_luts(&msink);
-	if (fd >= 0)
-		close(fd);
-	if (staging) {
-		struct vram_saved_error e;
-		vram_error_save(&e);
-		vram_free(c, staging);
-		vram_error_restore(&e);
-	}
-	vram_unload(l);
-	return r;
+}
+
+/* Loads m by plan (or onto default_device) into grants of c (vram.h): the
+ * options checked, the tensors' devices and chunks decided, one grant per
+ * bucket laid out like the file, then one stream through the model's fd.
+ * On failure nothing stays allocated and *ret is untouched. */
+int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32_t default_device,
+	      const struct vram_load_options *o, vram_loaded **ret)
+{
+	_cleanup_(load_ctx_done) struct load_ctx x = { .c = c, .m = m };
+	struct timespec c0;
+	int r;
+
+	rt_error_clear();
+	if (!c || !m || !ret)
+		return rt_error(-EINVAL, "vram_load: NULL argument");
+	if ((r = load_options(o, &x.o, &x.nstaging, &x.cast_from)) < 0)
+		return r;
+	x.n = m->ntensors;
+	uint64_t t0 = now_ns();
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+
+	if ((r = load_ctx_alloc(&x)) < 0 || (r = tensor_devices(c, m, plan, default_device, x.dev)) < 0)
+		return r;
+	load_tensors(&x);
+	load_chunks(&x);
+	if ((r = load_grants(&x)) < 0)
+		return r;
+	/* The bytes come from the fd the model was parsed from, never from the
+	 * path again; a model whose file changed in place, or whose path names
+	 * another file now, is refused (stale: the caller meant that path). */
+	if ((r = model_check_unchanged(m)) < 0 || (r = model_check_path(m)) < 0)
+		return r;
+	if ((r = load_stream(&x, t0, &c0)) < 0)
+		return r;
+	*ret = TAKE_PTR(x.l);
+	return 0;
 }
 
 int vram_loaded_tensor_device(const vram_loaded *l, uint32_t t)
 {
 	if (t >= l->ntensors)
-		return vram_error(-EINVAL, "no tensor %u", t);
+		return rt_error(-EINVAL, "no tensor %u", t);
 	if (!l->grants[l->tensors[t].grant].grant)
-		return vram_error(-ENODATA, "tensor %u was dropped by reclaim (it lives in the file only)", t);
+		return rt_error(-ENODATA, "tensor %u was dropped by reclaim (it lives in the file only)", t);
 	return (int)l->grants[l->tensors[t].grant].device;
 }
 
@@ -638,7 +825,7 @@ uint64_t vram_loaded_tensor_device_ptr(const vram_loaded *l, uint32_t t)
 int vram_loaded_tensor_dtype(const vram_loaded *l, uint32_t t)
 {
 	if (!l || t >= l->ntensors)
-		return vram_error(-EINVAL, "no tensor %u", t);
+		return rt_error(-EINVAL, "no tensor %u", t);
 	return (int)l->tensors[t].dtype;
 }
 
@@ -650,6 +837,45 @@ uint64_t vram_loaded_tensor_nbytes(const vram_loaded *l, uint32_t t)
 int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret)
 {
 	if (!l || !ret)
-		return vram_error(-EINVAL, "vram_loaded_stats: NULL argument");
-	return vram_struct_out(ret, &l->stats, sizeof(l->stats), "vram_loaded_stats");
+		return rt_error(-EINVAL, "vram_loaded_stats: NULL argument");
+	return rt_struct_out(ret, &l->stats, sizeof(l->stats), "vram_loaded_stats");
+}
+
+int vram_loaded_tensor_shared(const vram_loaded *l, uint32_t t)
+{
+	if (!l || t >= l->ntensors)
+		return rt_error(-EINVAL, "no tensor %u", t);
+	const struct loaded_grant *lg = &l->grants[l->tensors[t].grant];
+	return lg->grant && lg->grant->shared;
+}
+
+int vram_loaded_make_private(vram_loaded *l, uint32_t t)
+{
+	rt_error_clear();
+	int r = vram_loaded_tensor_shared(l, t);
+	if (r <= 0)
+		return r;
+	struct loaded_tensor *lt = &l->tensors[t];
+	const struct loaded_grant *from = &l->grants[lt->grant];
+	struct loaded_grant *grown = realloc(l->grants, (l->ngrants + 1) * sizeof(*grown));
+	if (!grown)
+		return rt_error(-ENOMEM, "out of memory");
+	l->grants = grown;
+	from = &l->grants[lt->grant];
+	struct loaded_grant *lg = &l->grants[l->ngrants];
+	*lg = (struct loaded_grant){ NULL, from->device, from->component };
+	if ((r = vram_alloc(l->client, lg->device, lt->nbytes ? lt->nbytes : 1, 0, &lg->grant)) < 0)
+		return r;
+	const vram_grant *src = from->grant;
+	if (src->host)
+		memcpy(lg->grant->host, (const uint8_t *)src->host + lt->offset, lt->nbytes);
+	else
+		r = cuda_copy_bytes(l->client, lg->device, lg->grant->dptr, src->dptr + lt->offset, lt->nbytes);
+	if (r < 0) {
+		vram_free(l->client, lg->grant);
+		return r;
+	}
+	lt->grant = l->ngrants++;
+	lt->offset = 0;
+	return 0;
 }

@@ -8,19 +8,15 @@
 
 #include "runtime/internal.h"
 
-/* Conversion while loading: checks cast_to / cast_from (0: the default
- * set) and fills *ret_from with the effective set; 0 or -EINVAL with the
- * error set.  cast_to 0 means no conversion. */
-int load_cast_check(uint32_t cast_to, uint32_t cast_from, uint32_t *ret_from);
-/* Whether a load converting to cast_to from the set from converts a tensor
- * of dtype. */
-bool load_casts(uint32_t dtype, uint32_t cast_to, uint32_t from);
-/* The size of a tensor of dtype and nbytes as such a load stores it
- * (nbytes when it is not converted). */
-uint64_t load_cast_nbytes(uint32_t dtype, uint64_t nbytes, uint32_t cast_to, uint32_t from);
-
 /* Target size of one grant of a loaded model (a chunk of whole layers). */
 #define LOAD_CHUNK_TARGET (256ull << 20)
+/* Reads of a load that lands every byte straight in host memory (no
+ * staging), unless the caller chose: 16 MiB x 32 in flight.  Bytes in
+ * flight cost no memory there, and the disks measured want more of them
+ * than the engine's defaults (docs/benchmarks.md: fio's best shapes had
+ * 0.5-1 GiB in flight; fastsafetensors reads 16 MiB x 16 threads). */
+#define LOAD_DIRECT_CHUNK (16ull << 20)
+#define LOAD_DIRECT_DEPTH 32u
 
 struct loaded_grant {
 	vram_grant *grant;       /* NULL once dropped by reclaim */

@@ -6,9 +6,13 @@
  * then name, names compared naturally.  docs/safetensors.md has the rules.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/cleanup.h"
 #include "runtime/internal.h"
@@ -199,7 +203,10 @@ static int model_index(struct vram_model *m)
 		struct model_tensor *t = &m->tensors[i];
 		size_t plen;
 
-		t->component = model_component(t->name, &plen);
+		if (m->components_set)
+			plen = 0;
+		else
+			t->component = model_component(t->name, &plen);
 		t->layer_len = (uint32_t)model_layer_len(t->name, plen);
 		order[i] = i;
 	}
@@ -260,6 +267,8 @@ void model_free(struct vram_model *m)
 {
 	if (!m)
 		return;
+	if (m->fd >= 0)
+		close(m->fd);
 	free(m->path);
 	free(m->tensors);
 	free(m->layers);
@@ -271,31 +280,82 @@ void model_free(struct vram_model *m)
 	free(m);
 }
 
-/* Opens path, validates it as safetensors and indexes it.  On success
- * *ret_model owns everything (free with vram_model_close); on failure
- * *ret_model is untouched.  -EINVAL "PATH: invalid safetensors: REASON",
- * -ENOMEM, or -errno from open/read with "PATH: MESSAGE". */
+/* Opens m->path once, for good: the parser, the loader and the pager all
+ * read through m->fd, so a file renamed over the path later is never read
+ * (docs/safetensors.md).  0 or -errno with "PATH: MESSAGE". */
+static int model_open_file(struct vram_model *m)
+{
+	m->fd = open(m->path, O_RDONLY | O_CLOEXEC);
+	if (m->fd < 0)
+		return rt_error(-errno, "%s: %s", m->path, strerror(errno));
+	if (fstat(m->fd, &m->st) < 0)
+		return rt_error(-errno, "%s: %s", m->path, strerror(errno));
+	if (S_ISDIR(m->st.st_mode))
+		return rt_error(-EISDIR, "%s: %s", m->path, strerror(EISDIR));
+	if (!S_ISREG(m->st.st_mode))
+		return rt_error(-EINVAL, "%s: not a regular file", m->path);
+	return 0;
+}
+
+/* Size and mtime of m->fd against those at open (model.h). */
+int model_check_unchanged(const struct vram_model *m)
+{
+	struct stat st;
+
+	if (fstat(m->fd, &st) < 0)
+		return rt_error(-errno, "%s: %s", m->path, strerror(errno));
+	if (st.st_size != m->st.st_size)
+		return rt_error(-ESTALE, "%s: file changed since it was opened (size %" PRIu64 " -> %" PRIu64 ")",
+				m->path, (uint64_t)m->st.st_size, (uint64_t)st.st_size);
+	if (st.st_mtim.tv_sec != m->st.st_mtim.tv_sec || st.st_mtim.tv_nsec != m->st.st_mtim.tv_nsec)
+		return rt_error(-ESTALE, "%s: file changed since it was opened (modified)", m->path);
+	return 0;
+}
+
+/* m->path against the file open at m->fd (model.h). */
+int model_check_path(const struct vram_model *m)
+{
+	struct stat st;
+
+	if (stat(m->path, &st) < 0)
+		return rt_error(-ESTALE, "%s: file changed since it was opened (the path is gone: %s)", m->path,
+				strerror(errno));
+	if (st.st_dev != m->st.st_dev || st.st_ino != m->st.st_ino)
+		return rt_error(-ESTALE, "%s: file changed since it was opened (the path names another file now)",
+				m->path);
+	return 0;
+}
+
+/* Opens path (once: its fd is kept), validates it (safetensors, GGUF or a
+ * PyTorch zip) and indexes it.  On success *ret_model owns everything
+ * (free with vram_model_close); on failure *ret_model is untouched and
+ * nothing stays open.  -EINVAL "PATH: invalid FORMAT: REASON", -ENOTSUP
+ * "PATH: unsupported FORMAT: REASON", -ENOMEM, or -errno from open/read
+ * with "PATH: MESSAGE". */
 int vram_model_open(const char *path, vram_model **ret_model)
 {
 	struct vram_model *m;
 	int r;
 
-	vram_error_clear();
+	rt_error_clear();
 	if (!path || !ret_model)
-		return vram_error(-EINVAL, "vram_model_open: path and ret_model must not be NULL");
+		return rt_error(-EINVAL, "vram_model_open: path and ret_model must not be NULL");
 	m = calloc(1, sizeof(*m));
 	if (!m)
-		return vram_error(-ENOMEM, "%s: out of memory", path);
+		return rt_error(-ENOMEM, "%s: out of memory", path);
+	m->fd = -1;
 	m->path = strdup(path);
 	if (!m->path) {
 		free(m);
-		return vram_error(-ENOMEM, "%s: out of memory", path);
+		return rt_error(-ENOMEM, "%s: out of memory", path);
 	}
-	r = st_read(m);
+	r = model_open_file(m);
+	if (r == 0)
+		r = model_read(m);
 	if (r == 0) {
 		r = model_index(m);
 		if (r < 0)
-			vram_error(r, "%s: out of memory", path);
+			rt_error(r, "%s: out of memory", path);
 	}
 	if (r < 0) {
 		model_free(m);
@@ -317,10 +377,21 @@ const char *vram_model_path(const vram_model *m)
 	return m ? m->path : NULL;
 }
 
-/* "safetensors" (the only format read so far), NULL for NULL. */
+/* The fd the model read the file through, owned by m (vram.h), or -EINVAL
+ * for NULL. */
+int vram_model_fd(const vram_model *m)
+{
+	if (!m)
+		return rt_error(-EINVAL, "vram_model_fd: NULL model");
+	return m->fd;
+}
+
+/* "safetensors", "gguf" or "pytorch", NULL for NULL. */
 const char *vram_model_format(const vram_model *m)
 {
-	return m ? "safetensors" : NULL;
+	static const char *const names[] = { "safetensors", "gguf", "pytorch" };
+
+	return m && m->format < ARRAY_SIZE(names) ? names[m->format] : NULL;
 }
 
 /* Size of the file in bytes (0 for NULL). */
@@ -351,7 +422,7 @@ uint64_t vram_model_data_size(const vram_model *m)
 int vram_model_tensor_count(const vram_model *m)
 {
 	if (!m)
-		return vram_error(-EINVAL, "vram_model_tensor_count: NULL model");
+		return rt_error(-EINVAL, "vram_model_tensor_count: NULL model");
 	return (int)m->ntensors;
 }
 
@@ -363,12 +434,12 @@ int vram_model_tensor(const vram_model *m, uint32_t index, struct vram_tensor_in
 	struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
 	const struct model_tensor *t;
 
-	vram_error_clear();
+	rt_error_clear();
 	if (!m || !ret_info)
-		return vram_error(-EINVAL, "vram_model_tensor: NULL argument");
+		return rt_error(-EINVAL, "vram_model_tensor: NULL argument");
 	if (index >= m->ntensors)
-		return vram_error(-EINVAL, "%s: tensor index %u out of range (%u tensors)", m->path, index,
-				  m->ntensors);
+		return rt_error(-EINVAL, "%s: tensor index %u out of range (%u tensors)", m->path, index,
+				m->ntensors);
 	t = &m->tensors[index];
 	ti.dtype = t->dtype;
 	ti.ndim = t->ndim;
@@ -378,7 +449,7 @@ int vram_model_tensor(const vram_model *m, uint32_t index, struct vram_tensor_in
 	ti.shape = t->shape;
 	ti.file_offset = m->data_offset + t->begin;
 	ti.nbytes = t->end - t->begin;
-	return vram_struct_out(ret_info, &ti, sizeof(ti), "vram_model_tensor");
+	return rt_struct_out(ret_info, &ti, sizeof(ti), "vram_model_tensor");
 }
 
 /* Index of the tensor called name (binary search over the names), or
@@ -387,9 +458,9 @@ int vram_model_find_tensor(const vram_model *m, const char *name)
 {
 	size_t lo = 0, hi;
 
-	vram_error_clear();
+	rt_error_clear();
 	if (!m || !name)
-		return vram_error(-EINVAL, "vram_model_find_tensor: NULL argument");
+		return rt_error(-EINVAL, "vram_model_find_tensor: NULL argument");
 	hi = m->ntensors;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -402,14 +473,14 @@ int vram_model_find_tensor(const vram_model *m, const char *name)
 		else
 			hi = mid;
 	}
-	return vram_error(-ENOENT, "%s: no tensor called \"%s\"", m->path, name);
+	return rt_error(-ENOENT, "%s: no tensor called \"%s\"", m->path, name);
 }
 
 /* Number of layers, or -EINVAL for NULL. */
 int vram_model_layer_count(const vram_model *m)
 {
 	if (!m)
-		return vram_error(-EINVAL, "vram_model_layer_count: NULL model");
+		return rt_error(-EINVAL, "vram_model_layer_count: NULL model");
 	return (int)m->nlayers;
 }
 
@@ -420,12 +491,12 @@ int vram_model_layer(const vram_model *m, uint32_t index, struct vram_layer_info
 	struct vram_layer_info li = { .struct_size = sizeof(li) };
 	const struct model_layer *l;
 
-	vram_error_clear();
+	rt_error_clear();
 	if (!m || !ret_info)
-		return vram_error(-EINVAL, "vram_model_layer: NULL argument");
+		return rt_error(-EINVAL, "vram_model_layer: NULL argument");
 	if (index >= m->nlayers)
-		return vram_error(-EINVAL, "%s: layer index %u out of range (%u layers)", m->path, index,
-				  m->nlayers);
+		return rt_error(-EINVAL, "%s: layer index %u out of range (%u layers)", m->path, index,
+				m->nlayers);
 	l = &m->layers[index];
 	li.component = l->component;
 	li.first_tensor = l->first;
@@ -433,7 +504,7 @@ int vram_model_layer(const vram_model *m, uint32_t index, struct vram_layer_info
 	li.name = l->name;
 	li.nbytes = l->nbytes;
 	li.flags = l->flags;
-	return vram_struct_out(ret_info, &li, sizeof(li), "vram_model_layer");
+	return rt_struct_out(ret_info, &li, sizeof(li), "vram_model_layer");
 }
 
 /* Fills *ret_info with the totals of component comp (zeros when the
@@ -441,19 +512,19 @@ int vram_model_layer(const vram_model *m, uint32_t index, struct vram_layer_info
  * struct_size not set. */
 int vram_model_component(const vram_model *m, uint32_t comp, struct vram_component_info *ret_info)
 {
-	vram_error_clear();
+	rt_error_clear();
 	if (!m || !ret_info)
-		return vram_error(-EINVAL, "vram_model_component: NULL argument");
+		return rt_error(-EINVAL, "vram_model_component: NULL argument");
 	if (comp >= VRAM_COMP_COUNT)
-		return vram_error(-EINVAL, "vram_model_component: component %u out of range", comp);
-	return vram_struct_out(ret_info, &m->comp[comp], sizeof(m->comp[comp]), "vram_model_component");
+		return rt_error(-EINVAL, "vram_model_component: component %u out of range", comp);
+	return rt_struct_out(ret_info, &m->comp[comp], sizeof(m->comp[comp]), "vram_model_component");
 }
 
 /* Number of __metadata__ entries (0 when absent or null), -EINVAL for NULL. */
 int vram_model_metadata_count(const vram_model *m)
 {
 	if (!m)
-		return vram_error(-EINVAL, "vram_model_metadata_count: NULL model");
+		return rt_error(-EINVAL, "vram_model_metadata_count: NULL model");
 	return (int)m->nmeta;
 }
 
@@ -461,12 +532,12 @@ int vram_model_metadata_count(const vram_model *m)
  * m (either ret_* may be NULL).  -EINVAL for NULL m or index out of range. */
 int vram_model_metadata(const vram_model *m, uint32_t index, const char **ret_key, const char **ret_value)
 {
-	vram_error_clear();
+	rt_error_clear();
 	if (!m)
-		return vram_error(-EINVAL, "vram_model_metadata: NULL model");
+		return rt_error(-EINVAL, "vram_model_metadata: NULL model");
 	if (index >= m->nmeta)
-		return vram_error(-EINVAL, "%s: metadata index %u out of range (%u entries)", m->path, index,
-				  m->nmeta);
+		return rt_error(-EINVAL, "%s: metadata index %u out of range (%u entries)", m->path, index,
+				m->nmeta);
 	if (ret_key)
 		*ret_key = m->meta[2 * index];
 	if (ret_value)

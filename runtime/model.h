@@ -10,8 +10,12 @@
 #define VRAM_RUNTIME_MODEL_H
 
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include "runtime/vram.h"
+
+/* Where a model came from (vram_model_format). */
+enum model_format { MODEL_SAFETENSORS, MODEL_GGUF, MODEL_PYTORCH };
 
 /* The reference implementation's header limit (facts.md §3). */
 #define ST_MAX_HEADER 100000000ULL
@@ -41,15 +45,22 @@ struct model_layer {
 
 struct vram_model {
 	char *path;                      /* as given to vram_model_open */
+	int fd;                          /* the file, opened once (O_RDONLY | O_CLOEXEC):
+					    every read of it goes through this fd */
+	struct stat st;                  /* fstat of fd at open: size and mtime that
+					    model_check_unchanged() compares */
 	uint64_t file_size;
-	uint64_t header_size;            /* N: JSON bytes */
+	uint64_t header_size;            /* safetensors: N, JSON bytes; GGUF: the
+					    metadata and infos; PyTorch: data.pkl */
 	uint64_t data_offset;            /* 8 + N */
 	uint64_t data_size;              /* file_size - data_offset */
 
 	uint32_t ntensors;
 	uint32_t nlayers;
 	uint32_t nmeta;
-	uint32_t pad;
+	uint32_t format;                 /* enum model_format */
+	uint32_t components_set;         /* the reader set every tensor's component
+					    (GGUF: names carry no prefixes) */
 
 	struct model_tensor *tensors;    /* model order once model.c ran */
 	struct model_layer *layers;      /* unet, clip, vae, other; natural order */
@@ -61,15 +72,33 @@ struct vram_model {
 	struct vram_component_info comp[VRAM_COMP_COUNT];
 };
 
-/* Reads and validates the safetensors file at m->path (facts.md §3) and
- * fills m's sizes, tensors (in file order, component/layer unset), dims,
- * strings and meta.  m must be zeroed apart from path; on failure what was
- * allocated stays in m for model_free().  0, -EINVAL with vram_last_error()
- * = "PATH: invalid safetensors: REASON", -ENOMEM, or -errno from
- * open/fstat/pread with "PATH: MESSAGE". */
+/* Reads and validates the safetensors file open at m->fd (a regular file
+ * of m->st.st_size bytes; facts.md §3) and fills m's sizes, tensors (in
+ * file order, component/layer unset), dims, strings and meta.  m must be
+ * zeroed apart from path, fd and st; on failure what was allocated stays in
+ * m for model_free().  0, -EINVAL with vram_last_error() = "PATH: invalid
+ * safetensors: REASON", -ENOMEM, or -errno from pread with "PATH: MESSAGE". */
 int st_read(struct vram_model *m);
 
-/* Frees m and everything it owns.  NULL is fine. */
+/* 0 when the file open at m->fd still has the size and modification time
+ * it had when m was opened (its bytes then still match the header m holds);
+ * -ESTALE with vram_last_error() = "PATH: file changed since it was opened
+ * (size A -> B)" or "(modified)", or -errno of fstat. */
+int model_check_unchanged(const struct vram_model *m);
+
+/* 0 when m->path still names the file m has open (same device and inode:
+ * a stat, the path is not opened); -ESTALE with vram_last_error() = "PATH:
+ * file changed since it was opened (the path names another file now)" or
+ * "(the path is gone: REASON)". */
+int model_check_path(const struct vram_model *m);
+
+/* Reads the checkpoint open at m->fd, whichever format it is (by its first
+ * bytes: GGUF and PyTorch zips in model-formats.c, safetensors by
+ * st_read), into m as st_read does, setting m->format.  m as st_read
+ * wants it.  0, or -errno with vram_last_error() set. */
+int model_read(struct vram_model *m);
+
+/* Frees m and everything it owns, and closes its fd.  NULL is fine. */
 void model_free(struct vram_model *m);
 
 /* Component of a tensor name by ComfyUI's key prefixes (facts.md §2), and

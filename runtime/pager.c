@@ -23,10 +23,10 @@
  * broker I/O (vram_alloc/vram_free) nor across a copy.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -36,7 +36,9 @@
 #include "common/util.h"
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
+#include "runtime/dtype.h"
 #include "runtime/load.h"
+#include "runtime/model.h"
 #include "kernels/kernels.h"
 
 /* How long acquire keeps asking for a window slot the broker refuses with
@@ -80,7 +82,7 @@ struct player {
 struct vram_pager {
 	vram_loaded *l;
 	vram_client *c;
-	int fd;                  /* the checkpoint, for dropped layers */
+	const struct vram_model *m; /* dropped layers are read through m->fd */
 	uint32_t nlayers;
 	struct player *layers;
 	uint64_t *toff;          /* tensor offset within its layer's slot */
@@ -100,8 +102,8 @@ struct vram_pager {
 	/* CUDA windows: a copier per device (async H2D / D2D on its own
 	 * stream), donor host memory page-locked, a bounce buffer for layers
 	 * read back from the file.  Used by the copy thread only. */
-	struct vram_cuda_copier *cuda_copier[VRAMD_MAX_DEVICES];
-	struct vram_cuda_pin *pins[64];
+	struct cuda_copier *cuda_copier[VRAMD_MAX_DEVICES];
+	struct cuda_pin *pins[64];
 	vram_grant *pin_grant[64];    /* the host grant each pin holds */
 	uint32_t npins;               /* pins and pin_grant under mu after create */
 	int pin_dev;                  /* CUDA device the pins are for, -1: none */
@@ -109,6 +111,9 @@ struct vram_pager {
 	uint64_t bounce_size;
 	uint8_t *raw;            /* file bytes of a converted tensor, before conversion */
 	uint64_t raw_size;
+	/* The last failed copy (under mu), for the acquire that waited on it. */
+	int copy_err;
+	char copy_msg[512];
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -153,36 +158,53 @@ static void prefault(vram_grant *g)
  * donor of last resort) into host memory dst: as they are, or, for a
  * tensor converted while loading, its file elements converted again (the
  * same C reference conversion, so the same bytes).  off and len whole
- * elements of the loaded dtype.  0 or -errno. */
+ * elements of the loaded dtype.  The file is read through the fd the model
+ * was parsed from (a file renamed over the path is not read) and must not
+ * have changed in place since.  0 or -errno with the message set
+ * (-ESTALE when it changed). */
 static int read_loaded(struct vram_pager *p, uint32_t t, uint64_t off, uint64_t len, uint8_t *dst)
 {
-	struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-	vram_model_tensor(p->l->model, t, &ti);
+	const struct model_tensor *mt = &p->m->tensors[t];
 	uint32_t ldt = p->l->tensors[t].dtype;
-	uint64_t sb = vram_dtype_bits(ti.dtype) / 8, db = vram_dtype_bits(ldt) / 8;
+	uint64_t sb = dtype_size(mt->dtype), db = dtype_size(ldt);
+	uint64_t base = p->m->data_offset + mt->begin;
 	uint8_t *buf = dst;
-	uint64_t foff = ti.file_offset + off, flen = len;
-	if (ldt != ti.dtype) {
+	uint64_t foff = base + off, flen = len;
+	if (ldt != mt->dtype) {
 		flen = len / db * sb;
-		foff = ti.file_offset + off / db * sb;
+		foff = base + off / db * sb;
 		if (p->raw_size < flen) {
 			uint8_t *n = realloc(p->raw, flen);
 			if (!n)
-				return -ENOMEM;
+				return rt_error(-ENOMEM, "out of memory reading back tensor \"%s\"", mt->name);
 			p->raw = n;
 			p->raw_size = flen;
 		}
 		buf = p->raw;
 	}
-	for (uint64_t done = 0; done < flen;) {
-		ssize_t n = pread(p->fd, buf + done, flen - done, (off_t)(foff + done));
+	uint64_t done = 0;
+	while (done < flen) {
+		ssize_t n = pread(p->m->fd, buf + done, flen - done, (off_t)(foff + done));
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
+		if (n < 0)
+			return rt_error(-errno, "%s: reading back tensor \"%s\": %s", p->m->path, mt->name,
+					strerror(errno));
+		if (n == 0)
+			break;
 		done += (uint64_t)n;
 	}
-	return ldt != ti.dtype ? vk_cast(buf, ti.dtype, dst, ldt, len / db) : 0;
+	/* After the read: a change before or during it shows in size or mtime. */
+	int r = model_check_unchanged(p->m);
+	if (r < 0)
+		return r;
+	if (done < flen)
+		return rt_error(-EIO, "%s: reading back tensor \"%s\": end of file at offset %llu", p->m->path,
+				mt->name, (unsigned long long)(foff + done));
+	if (ldt == mt->dtype)
+		return 0;
+	r = vk_cast(buf, mt->dtype, dst, ldt, len / db);
+	return r < 0 ? rt_error(r, "converting tensor \"%s\" read back from %s", mt->name, p->m->path) : 0;
 }
 
 /* Fills a slot on a CUDA device: async copies on the device's copy stream
@@ -197,9 +219,9 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 	int r;
 	if (!dbase)
 		return -ENOTSUP;
-	if (!p->cuda_copier[s->dev] && (r = vram_cuda_copier_new(p->c, s->dev, 1, &p->cuda_copier[s->dev])) < 0)
+	if (!p->cuda_copier[s->dev] && (r = cuda_copier_new(p->c, s->dev, 1, &p->cuda_copier[s->dev])) < 0)
 		return r;
-	struct vram_cuda_copier *cp = p->cuda_copier[s->dev];
+	struct cuda_copier *cp = p->cuda_copier[s->dev];
 	for (uint32_t t = first_t; t < last_t; t++) {
 		uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
 		if (!nb)
@@ -207,9 +229,9 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 		const uint8_t *src = vram_loaded_tensor_host_ptr(p->l, t);
 		uint64_t dsrc = vram_loaded_tensor_device_ptr(p->l, t);
 		if (src)
-			r = vram_cuda_copier_copy(cp, dbase + p->toff[t], src, nb, 0);
+			r = cuda_copier_copy(cp, dbase + p->toff[t], src, nb, 0);
 		else if (dsrc)
-			r = vram_cuda_copier_dtod(cp, dbase + p->toff[t], dsrc, nb, 0);
+			r = cuda_copier_dtod(cp, dbase + p->toff[t], dsrc, nb, 0);
 		else {
 			/* dropped: through the bounce buffer, a piece at a time
 			 * (whole elements: 8 MiB is a multiple of any) */
@@ -222,8 +244,8 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 			for (uint64_t done = 0; done < nb;) {
 				uint64_t k = MIN(p->bounce_size, nb - done);
 				if ((r = read_loaded(p, t, done, k, p->bounce)) < 0 ||
-				    (r = vram_cuda_copier_copy(cp, dbase + p->toff[t] + done, p->bounce, k, 0)) < 0 ||
-				    (r = vram_cuda_copier_wait(cp, 0)) < 0)
+				    (r = cuda_copier_copy(cp, dbase + p->toff[t] + done, p->bounce, k, 0)) < 0 ||
+				    (r = cuda_copier_wait(cp, 0)) < 0)
 					return r;
 				done += k;
 			}
@@ -232,7 +254,7 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 		if (r < 0)
 			return r;
 	}
-	return vram_cuda_copier_wait(cp, 0);
+	return cuda_copier_wait(cp, 0);
 }
 
 /* Fills slot s with the group led by layer (its layers are consecutive,
@@ -281,12 +303,15 @@ static void *copier_main(void *arg)
 		uint32_t layer = (uint32_t)s->layer;
 		pthread_mutex_unlock(&p->mu);
 		uint64_t t0 = now_ns();
+		rt_error_clear(); /* what fill_slot says is its own */
 		int r = fill_slot(p, s, layer);
 		uint64_t dt = now_ns() - t0;
 		pthread_mutex_lock(&p->mu);
 		p->st.copy_ns += dt;
 		if (r < 0) {
-			/* Leave it empty: acquire sees it and retries or fails. */
+			/* Leave it empty: acquire sees it and fails with this. */
+			p->copy_err = r;
+			snprintf(p->copy_msg, sizeof(p->copy_msg), "%s", vram_last_error());
 			p->layers[layer].slot = -1;
 			s->layer = -1;
 			s->state = SLOT_EMPTY;
@@ -494,7 +519,7 @@ int vram_pager_end_pass(vram_pager *p)
 int vram_pager_acquire(vram_pager *p, uint32_t layer)
 {
 	if (layer >= p->nlayers)
-		return vram_error(-EINVAL, "no layer %u (the model has %u)", layer, p->nlayers);
+		return rt_error(-EINVAL, "no layer %u (the model has %u)", layer, p->nlayers);
 	pthread_mutex_lock(&p->mu);
 	struct player *L = &p->layers[layer];
 	if (L->acquired_this_pass)
@@ -557,8 +582,11 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 			s->pins--;
 			if (waited)
 				p->st.stall_ns += now_ns() - t0;
+			int err = p->copy_err ? p->copy_err : -EIO;
+			rt_error(err, "paging layer %u in failed: %s", layer,
+				 p->copy_msg[0] ? p->copy_msg : strerror(-err));
 			pthread_mutex_unlock(&p->mu);
-			return vram_error(-EIO, "paging layer %u in failed", layer);
+			return err;
 		}
 		int si = pick_slot(p, L->compute, G->gpacked, -1, false);
 		if (si >= 0) {
@@ -602,9 +630,9 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 		}
 		if (!any_pinned_elsewhere) {
 			pthread_mutex_unlock(&p->mu);
-			return vram_error(r == -ENOSPC ? -ENOSPC : r,
-					  "no window slot for layer %u on device %u: %s", layer, L->compute,
-					  r == -ENOSPC ? "every slot is in use" : vram_last_error());
+			return rt_error(r == -ENOSPC ? -ENOSPC : r,
+					"no window slot for layer %u on device %u: %s", layer, L->compute,
+					r == -ENOSPC ? "every slot is in use" : vram_last_error());
 		}
 		pthread_cond_wait(&p->cv, &p->mu);
 		waited = true;
@@ -618,7 +646,7 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 int vram_pager_release(vram_pager *p, uint32_t layer)
 {
 	if (layer >= p->nlayers)
-		return vram_error(-EINVAL, "no layer %u", layer);
+		return rt_error(-EINVAL, "no layer %u", layer);
 	pthread_mutex_lock(&p->mu);
 	struct player *L = &p->layers[layer];
 	int r = 0;
@@ -626,11 +654,11 @@ int vram_pager_release(vram_pager *p, uint32_t layer)
 		if (L->pins)
 			L->pins--;
 		else
-			r = vram_error(-EINVAL, "layer %u is not acquired", layer);
+			r = rt_error(-EINVAL, "layer %u is not acquired", layer);
 	} else if (p->layers[L->leader].slot >= 0 && p->slots[p->layers[L->leader].slot].pins) {
 		p->slots[p->layers[L->leader].slot].pins--;
 	} else {
-		r = vram_error(-EINVAL, "layer %u is not acquired", layer);
+		r = rt_error(-EINVAL, "layer %u is not acquired", layer);
 	}
 	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
@@ -717,9 +745,9 @@ static uint32_t slots_fitting(struct vram_pager *p, uint32_t dev, uint64_t need)
 static void pin_grant(struct vram_pager *p, vram_grant *g)
 {
 	void *h = vram_grant_host_ptr(g);
-	struct vram_cuda_pin *pin;
-	if (p->pin_dev < 0 || !h || vram_cuda_pin(p->c, (uint32_t)p->pin_dev, h, vram_grant_size(g), 0, &pin) < 0) {
-		vram_error_clear();
+	struct cuda_pin *pin;
+	if (p->pin_dev < 0 || !h || cuda_pin(p->c, (uint32_t)p->pin_dev, h, vram_grant_size(g), 0, &pin) < 0) {
+		rt_error_clear();
 		return;
 	}
 	pthread_mutex_lock(&p->mu);
@@ -729,13 +757,13 @@ static void pin_grant(struct vram_pager *p, vram_grant *g)
 		pin = NULL;
 	}
 	pthread_mutex_unlock(&p->mu);
-	vram_cuda_unpin(pin);
+	cuda_unpin(pin);
 }
 
 /* Undoes pin_grant(g), if it pinned g.  Called without mu. */
 static void unpin_grant(struct vram_pager *p, vram_grant *g)
 {
-	struct vram_cuda_pin *pin = NULL;
+	struct cuda_pin *pin = NULL;
 	pthread_mutex_lock(&p->mu);
 	for (uint32_t i = 0; i < p->npins; i++)
 		if (p->pin_grant[i] == g) {
@@ -745,7 +773,7 @@ static void unpin_grant(struct vram_pager *p, vram_grant *g)
 			break;
 		}
 	pthread_mutex_unlock(&p->mu);
-	vram_cuda_unpin(pin);
+	cuda_unpin(pin);
 }
 
 static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
@@ -759,16 +787,16 @@ static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
 	bool moved = false;
 	if (donor >= 0 && vram_alloc(p->c, (uint32_t)donor, size, VRAM_ALLOC_RECLAIMABLE, &ng) == 0) {
 		void *src = vram_grant_host_ptr(old), *dst = vram_grant_host_ptr(ng);
-		struct vram_cuda_copier *cp = NULL;
+		struct cuda_copier *cp = NULL;
 		if (src && dst) {
 			memcpy(dst, src, size);
 			moved = true;
 		} else if (!src && dst && vram_grant_device_ptr(old) &&
-			   vram_cuda_copier_new(p->c, lg->device, 1, &cp) == 0) {
+			   cuda_copier_new(p->c, lg->device, 1, &cp) == 0) {
 			/* a resident chunk on a GPU: down to the host donor */
-			moved = vram_cuda_copier_dtoh(cp, dst, vram_grant_device_ptr(old), size, 0) == 0 &&
-				vram_cuda_copier_wait(cp, 0) == 0;
-			vram_cuda_copier_free(cp);
+			moved = cuda_copier_dtoh(cp, dst, vram_grant_device_ptr(old), size, 0) == 0 &&
+				cuda_copier_wait(cp, 0) == 0;
+			cuda_copier_free(cp);
 			if (!moved) {
 				vram_free(p->c, ng);
 				ng = NULL;
@@ -1008,10 +1036,10 @@ static void *dispatcher_main(void *arg)
 
 void vram_pager_free(vram_pager *p)
 {
-	struct vram_saved_error e;
+	struct rt_saved_error e;
 	if (!p)
 		return;
-	vram_error_save(&e);
+	rt_error_save(&e);
 	pthread_mutex_lock(&p->mu);
 	p->stop = true;
 	pthread_cond_broadcast(&p->cv);
@@ -1024,16 +1052,14 @@ void vram_pager_free(vram_pager *p)
 		vram_set_reclaim_handler(p->c, NULL, NULL);
 	/* unpinned before anything is freed: pinned memory is never unmapped */
 	for (uint32_t i = 0; i < p->npins; i++)
-		vram_cuda_unpin(p->pins[i]);
+		cuda_unpin(p->pins[i]);
 	for (uint32_t i = 0; i < p->nslots; i++)
 		if (p->slots[i].grant)
 			vram_free(p->c, p->slots[i].grant);
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++)
-		vram_cuda_copier_free(p->cuda_copier[d]);
+		cuda_copier_free(p->cuda_copier[d]);
 	free(p->bounce);
 	free(p->raw);
-	if (p->fd >= 0)
-		close(p->fd);
 	pthread_mutex_destroy(&p->mu);
 	pthread_cond_destroy(&p->cv);
 	free(p->layers);
@@ -1043,74 +1069,61 @@ void vram_pager_free(vram_pager *p)
 	free(p->seen);
 	free(p->queue);
 	free(p);
-	vram_error_restore(&e);
+	rt_error_restore(&e);
 }
 
-int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_pager_options *o,
-		      vram_pager **ret)
+/* The pager's state and arrays for loaded model l; NULL when out of memory
+ * (nothing left allocated). */
+static struct vram_pager *pager_alloc(vram_loaded *l, const struct vram_pager_options *o)
 {
-	struct vram_pager_options defaults;
-	char s1[32], s2[32];
-	int r;
-	vram_error_clear();
-	if (!l || !plan || !ret)
-		return vram_error(-EINVAL, "vram_pager_create: NULL argument");
-	if (!o) {
-		vram_pager_options_init(&defaults);
-		o = &defaults;
-	}
-	if (o->flags & ~(VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))
-		return vram_error(-EINVAL, "unknown pager flags 0x%x", o->flags);
-	if (o->prefetch_depth > 64)
-		return vram_error(-EINVAL, "prefetch depth %u is more than 64", o->prefetch_depth);
-
 	struct vram_pager *p = calloc(1, sizeof(*p));
 	if (!p)
-		return vram_error(-ENOMEM, "out of memory");
+		return NULL;
 	p->l = l;
 	p->c = l->client;
-	p->fd = -1;
+	p->m = l->model;
 	p->pin_dev = -1;
 	p->depth = o->prefetch_depth ? o->prefetch_depth : 2;
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->cv, NULL);
 	p->st.struct_size = sizeof(p->st);
-	int nl = vram_model_layer_count(l->model);
-	p->nlayers = (uint32_t)nl;
-	p->layers = calloc((size_t)nl + 1, sizeof(*p->layers));
+	p->nlayers = l->model->nlayers;
+	size_t nl = (size_t)p->nlayers + 1;
+	p->layers = calloc(nl, sizeof(*p->layers));
 	p->toff = calloc((size_t)l->ntensors + 1, sizeof(*p->toff));
-	p->order = calloc((size_t)nl + 1, sizeof(*p->order));
-	p->pos = calloc((size_t)nl + 1, sizeof(*p->pos));
-	p->seen = calloc((size_t)nl + 1, sizeof(*p->seen));
+	p->order = calloc(nl, sizeof(*p->order));
+	p->pos = calloc(nl, sizeof(*p->pos));
+	p->seen = calloc(nl, sizeof(*p->seen));
 	p->queue = calloc(MAX_SLOTS, sizeof(*p->queue));
 	if (!p->layers || !p->toff || !p->order || !p->pos || !p->seen || !p->queue) {
 		vram_pager_free(p);
-		return vram_error(-ENOMEM, "out of memory");
+		return NULL;
 	}
-	p->fd = open(vram_model_path(l->model), O_RDONLY | O_CLOEXEC);
-	if (p->fd < 0) {
-		r = -errno;
-		vram_pager_free(p);
-		return vram_error(r, "%s: %s", vram_model_path(l->model), strerror(-r));
-	}
+	return p;
+}
+
+/* Each layer as loaded: its tensors' offsets packed in a slot, its home,
+ * and whether it is paged (some of it is not on its component's compute
+ * device); ret_largest[d] the largest donor layer paged onto device d. */
+static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *ret_largest)
+{
+	vram_loaded *l = p->l;
+	int cdev[VRAM_COMP_COUNT];
 
 	/* Compute device of each component, as a broker device index. */
-	int cdev[VRAM_COMP_COUNT];
 	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
 		int pd = vram_plan_compute_device(plan, k);
 		cdev[k] = pd < 0 ? -1 : vram_device_find(p->c, vram_plan_device_name(plan, (uint32_t)pd));
 	}
-	uint64_t largest[VRAMD_MAX_DEVICES] = { 0 };
-	for (int li = 0; li < nl; li++) {
-		struct vram_layer_info info = { .struct_size = sizeof(info) };
-		vram_model_layer(l->model, (uint32_t)li, &info);
+	for (uint32_t li = 0; li < p->nlayers; li++) {
+		const struct model_layer *ml = &p->m->layers[li];
 		struct player *L = &p->layers[li];
-		L->first = info.first_tensor;
-		L->ntensors = info.ntensors;
+		L->first = ml->first;
+		L->ntensors = ml->count;
 		L->nbytes = 0;  /* as loaded (conversion may have changed it) */
 		L->slot = -1;
-		p->order[li] = (uint32_t)li;
-		p->pos[li] = (uint32_t)li;
+		p->order[li] = li;
+		p->pos[li] = li;
 		uint64_t packed = 0;
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
 			uint64_t nb = vram_loaded_tensor_nbytes(l, t);
@@ -1120,12 +1133,16 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 			L->nbytes += nb;
 		}
 		L->packed = packed;
-		L->leader = (uint32_t)li;
+		L->leader = li;
 		L->gcount = 1;
 		L->gpacked = packed;
 		L->gbytes = L->nbytes;
+		int compute = cdev[ml->component];
+		/* A layer the plan split between devices (it places modules) is
+		 * paged whole when any part is off the compute device. */
 		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
-		int compute = cdev[info.component];
+		for (uint32_t t = L->first; home == compute && t < L->first + L->ntensors; t++)
+			home = vram_loaded_tensor_device(l, t);
 		if (home < 0 || compute < 0 || home == compute || !L->nbytes) {
 			L->paged = false;
 			L->compute = home < 0 ? 0 : (uint32_t)home;
@@ -1133,12 +1150,15 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		}
 		L->paged = true;
 		L->compute = (uint32_t)compute;
-		largest[compute] = MAX(largest[compute], packed);
+		ret_largest[compute] = MAX(ret_largest[compute], packed);
 	}
+}
 
-	/* Groups: consecutive donor layers of one compute device that fit in
-	 * a slot (the largest donor layer's size) together. */
-	for (int li = 0, g = -1; li < nl; li++) {
+/* Groups: consecutive donor layers of one compute device that fit in a
+ * slot (the largest donor layer's size) together. */
+static void pager_groups(struct vram_pager *p, const uint64_t *largest)
+{
+	for (int li = 0, g = -1; li < (int)p->nlayers; li++) {
 		struct player *L = &p->layers[li];
 		if (!L->paged) {
 			g = -1;
@@ -1160,9 +1180,16 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		}
 		g = li;
 	}
+}
 
-	/* Windows: slot size = the largest donor layer; default slot count =
-	 * two layers plus the prefetch depth. */
+/* Windows: slot size = the largest donor layer; default slot count = two
+ * layers plus the prefetch depth, else as many as window_bytes holds.
+ * 0, -EINVAL for a window smaller than a device's largest donor layer, or
+ * the allocation's error naming the device. */
+static int pager_windows(struct vram_pager *p, const struct vram_pager_options *o, const uint64_t *largest)
+{
+	char s1[32], s2[32];
+
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
 		if (!largest[d])
 			continue;
@@ -1172,13 +1199,10 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		p->slot_size[d] = align_up(largest[d], gran);
 		uint32_t want = 2 + p->depth;
 		if (o->window_bytes) {
-			if (o->window_bytes < largest[d]) {
-				vram_pager_free(p);
-				return vram_error(-EINVAL,
-						  "window of %s on %s is smaller than its largest donor layer (%s)",
-						  size_format(o->window_bytes, s1, sizeof(s1)), di.name,
-						  size_format(largest[d], s2, sizeof(s2)));
-			}
+			if (o->window_bytes < largest[d])
+				return rt_error(-EINVAL, "window of %s on %s is smaller than its largest donor layer (%s)",
+						size_format(o->window_bytes, s1, sizeof(s1)), di.name,
+						size_format(largest[d], s2, sizeof(s2)));
 			want = (uint32_t)MIN(o->window_bytes / p->slot_size[d], (uint64_t)MAX_SLOTS);
 			if (want == 0) /* window >= layer but < its rounded slot */
 				want = 1;
@@ -1190,44 +1214,86 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 			struct slot *s = &p->slots[p->nslots];
 			s->dev = d;
 			s->layer = -1;
-			r = vram_alloc(p->c, d, p->slot_size[d], VRAM_ALLOC_RECLAIMABLE, &s->grant);
-			if (r < 0) {
-				vram_error(r, "allocating the window on %s: %s", di.name, vram_last_error());
-				vram_pager_free(p); /* keeps the message */
-				return r;
-			}
+			int r = vram_alloc(p->c, d, p->slot_size[d], VRAM_ALLOC_RECLAIMABLE, &s->grant);
+			if (r < 0)
+				return rt_error(r, "allocating the window on %s: %s", di.name, vram_last_error());
 			prefault(s->grant);
 			p->nslots++;
 			p->st.window_bytes += p->slot_size[d];
 		}
 	}
+	return 0;
+}
 
-	/* CUDA windows copy from host donors: page-lock those grants so that
-	 * the copies are DMA (best effort: pageable copies still work). */
+/* CUDA windows copy from host donors: page-lock those grants so that the
+ * copies are DMA (best effort: pageable copies still work). */
+static void pager_pin_donors(struct vram_pager *p, const uint64_t *largest)
+{
 	int cuda_dev = -1;
+
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
 		struct vram_device_info di = { .struct_size = sizeof(di) };
 		if (largest[d] && vram_device_info(p->c, d, &di) == 0 && di.backend == VRAM_BACKEND_CUDA)
 			cuda_dev = (int)d;
 	}
 	p->pin_dev = cuda_dev;
-	for (uint32_t gi = 0; cuda_dev >= 0 && gi < l->ngrants; gi++)
-		if (l->grants[gi].grant)
-			pin_grant(p, l->grants[gi].grant);
+	for (uint32_t gi = 0; cuda_dev >= 0 && gi < p->l->ngrants; gi++)
+		if (p->l->grants[gi].grant)
+			pin_grant(p, p->l->grants[gi].grant);
+}
 
-	if (pthread_create(&p->copier, NULL, copier_main, p) != 0) {
-		vram_pager_free(p);
-		return vram_error(-EAGAIN, "cannot start the copy thread");
-	}
+/* The copy thread, the reclaim handler and (unless the caller dispatches)
+ * the thread that answers the broker.  0 or -EAGAIN. */
+static int pager_start(struct vram_pager *p, const struct vram_pager_options *o)
+{
+	if (pthread_create(&p->copier, NULL, copier_main, p) != 0)
+		return rt_error(-EAGAIN, "cannot start the copy thread");
 	p->copier_started = true;
 	if (!(o->flags & VRAM_PAGER_NO_RECLAIM))
 		vram_set_reclaim_handler(p->c, on_reclaim, p);
 	if (!(o->flags & (VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))) {
-		if (pthread_create(&p->dispatcher, NULL, dispatcher_main, p) != 0) {
-			vram_pager_free(p);
-			return vram_error(-EAGAIN, "cannot start the reclaim thread");
-		}
+		if (pthread_create(&p->dispatcher, NULL, dispatcher_main, p) != 0)
+			return rt_error(-EAGAIN, "cannot start the reclaim thread");
 		p->dispatcher_started = true;
+	}
+	return 0;
+}
+
+/* A pager over loaded model l placed by plan (vram.h): layers, groups,
+ * window slots, pins, threads.  On failure nothing stays allocated (the
+ * load is still the caller's) and *ret is untouched. */
+int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_pager_options *o,
+		      vram_pager **ret)
+{
+	struct vram_pager_options defaults;
+	uint64_t largest[VRAMD_MAX_DEVICES] = { 0 };
+	int r;
+
+	rt_error_clear();
+	if (!l || !plan || !ret)
+		return rt_error(-EINVAL, "vram_pager_create: NULL argument");
+	if (!o) {
+		vram_pager_options_init(&defaults);
+		o = &defaults;
+	}
+	if (o->flags & ~(VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))
+		return rt_error(-EINVAL, "unknown pager flags 0x%x", o->flags);
+	if (o->prefetch_depth > 64)
+		return rt_error(-EINVAL, "prefetch depth %u is more than 64", o->prefetch_depth);
+
+	struct vram_pager *p = pager_alloc(l, o);
+	if (!p)
+		return rt_error(-ENOMEM, "out of memory");
+	pager_layers(p, plan, largest);
+	pager_groups(p, largest);
+	if ((r = pager_windows(p, o, largest)) < 0) {
+		vram_pager_free(p); /* keeps the message */
+		return r;
+	}
+	pager_pin_donors(p, largest);
+	if ((r = pager_start(p, o)) < 0) {
+		vram_pager_free(p);
+		return r;
 	}
 	*ret = p;
 	return 0;
@@ -1252,7 +1318,7 @@ int vram_pager_stats(const vram_pager *p, struct vram_pager_stats *ret)
 int vram_pager_order(const vram_pager *p, uint32_t i)
 {
 	if (i >= p->nlayers)
-		return vram_error(-EINVAL, "no position %u", i);
+		return rt_error(-EINVAL, "no position %u", i);
 	vram_pager *mp = (vram_pager *)p;
 	pthread_mutex_lock(&mp->mu);
 	int r = (int)p->order[i];

@@ -5,71 +5,27 @@
  * jansson; the checks done here before it (lengths, BOM, UTF-8, NUL
  * padding, nesting depth) exist to name the reason better than a parser
  * error would, and one covers for jansson: a NUL byte anywhere is refused
- * (jansson drops one that ends a number or a literal).  The header is read with pread: nothing is mapped.
+ * (jansson drops one that ends a number or a literal).  The header is read
+ * with pread from the fd the model opened (model.c): nothing is mapped, and
+ * the path is not opened again.
  *
  * docs/safetensors.md lists every rejection reason and the deviations.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
 #include "common/cleanup.h"
+#include "runtime/dtype.h"
 #include "runtime/internal.h"
 #include "runtime/model.h"
-
-/* ======================================================================
- * dtypes
- * ====================================================================== */
-
-static const struct {
-	const char *name;
-	uint32_t bits;
-} dtypes[VRAM_DTYPE_COUNT] = {
-	[VRAM_DTYPE_BOOL] = { "BOOL", 8 },
-	[VRAM_DTYPE_F4] = { "F4", 4 },
-	[VRAM_DTYPE_F6_E2M3] = { "F6_E2M3", 6 },
-	[VRAM_DTYPE_F6_E3M2] = { "F6_E3M2", 6 },
-	[VRAM_DTYPE_U8] = { "U8", 8 },
-	[VRAM_DTYPE_I8] = { "I8", 8 },
-	[VRAM_DTYPE_F8_E5M2] = { "F8_E5M2", 8 },
-	[VRAM_DTYPE_F8_E4M3] = { "F8_E4M3", 8 },
-	[VRAM_DTYPE_F8_E8M0] = { "F8_E8M0", 8 },
-	[VRAM_DTYPE_F8_E4M3FNUZ] = { "F8_E4M3FNUZ", 8 },
-	[VRAM_DTYPE_F8_E5M2FNUZ] = { "F8_E5M2FNUZ", 8 },
-	[VRAM_DTYPE_I16] = { "I16", 16 },
-	[VRAM_DTYPE_U16] = { "U16", 16 },
-	[VRAM_DTYPE_F16] = { "F16", 16 },
-	[VRAM_DTYPE_BF16] = { "BF16", 16 },
-	[VRAM_DTYPE_I32] = { "I32", 32 },
-	[VRAM_DTYPE_U32] = { "U32", 32 },
-	[VRAM_DTYPE_F32] = { "F32", 32 },
-	[VRAM_DTYPE_C64] = { "C64", 64 },
-	[VRAM_DTYPE_F64] = { "F64", 64 },
-	[VRAM_DTYPE_I64] = { "I64", 64 },
-	[VRAM_DTYPE_U64] = { "U64", 64 },
-};
-
-/* The safetensors name of dtype ("F16"), NULL when out of range. */
-const char *vram_dtype_name(uint32_t dtype)
-{
-	return dtype < VRAM_DTYPE_COUNT ? dtypes[dtype].name : NULL;
-}
-
-/* Bits per element of dtype, 0 when out of range. */
-uint32_t vram_dtype_bits(uint32_t dtype)
-{
-	return dtype < VRAM_DTYPE_COUNT ? dtypes[dtype].bits : 0;
-}
 
 /* ======================================================================
  * Messages
@@ -93,7 +49,7 @@ static int st_invalid(const struct st *st, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	return vram_error(-EINVAL, "%s: invalid safetensors: %s", st->path, reason);
+	return rt_error(-EINVAL, "%s: invalid safetensors: %s", st->path, reason);
 }
 
 /* A name in double quotes for a message: control bytes, '"' and (unless the
@@ -421,7 +377,7 @@ static int st_nul_error(const struct st *st, size_t pos)
 	int r = scan_header(st->text, pos, &sc);
 
 	if (r < 0)
-		return vram_error(r, "%s: out of memory", st->path);
+		return rt_error(r, "%s: out of memory", st->path);
 	return st_syntax_error(st, &sc, pos, "NUL byte");
 }
 
@@ -439,7 +395,7 @@ static int st_json_error(const struct st *st, const json_error_t *err)
 		pos = st->len;
 	r = scan_header(st->text, pos, &sc);
 	if (r < 0)
-		return vram_error(r, "%s: out of memory", st->path);
+		return rt_error(r, "%s: out of memory", st->path);
 
 	k1 = sc.depth >= 1 ? quote_n(&q1, st->text + sc.key_off[1], sc.key_len[1], true) : "";
 	in_meta = scan_in_meta(st, &sc);
@@ -578,17 +534,16 @@ static json_t *get_field(const struct st *st, const char *tname, json_t *obj, co
 static int parse_dtype(const struct st *st, const char *tname, const char *s, size_t n, uint32_t *ret)
 {
 	struct qbuf q1, q2;
+	int d = dtype_find(s, n);
 
-	for (uint32_t i = 0; i < VRAM_DTYPE_COUNT; i++) {
-		if (strlen(dtypes[i].name) == n && !memcmp(dtypes[i].name, s, n)) {
-			*ret = i;
-			return 0;
-		}
+	if (d >= 0) {
+		*ret = (uint32_t)d;
+		return 0;
 	}
-	for (uint32_t i = 0; i < VRAM_DTYPE_COUNT; i++)
-		if (strlen(dtypes[i].name) == n && !strncasecmp(dtypes[i].name, s, n))
-			return st_invalid(st, "tensor %s: unknown dtype %s (dtypes are case-sensitive: %s)",
-					  quote(&q1, tname), quote_n(&q2, s, n, false), dtypes[i].name);
+	d = dtype_find_nocase(s, n);
+	if (d >= 0)
+		return st_invalid(st, "tensor %s: unknown dtype %s (dtypes are case-sensitive: %s)",
+				  quote(&q1, tname), quote_n(&q2, s, n, false), vram_dtype_name((uint32_t)d));
 	return st_invalid(st, "tensor %s: unknown dtype %s", quote(&q1, tname), quote_n(&q2, s, n, false));
 }
 
@@ -649,17 +604,17 @@ static int parse_tensor(const struct st *st, const char *tname, json_t *v, struc
 			return st_invalid(st, "tensor %s: shape %s has more than 2^64 elements", quote(&q, tname),
 					  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim));
 	}
-	if (__builtin_mul_overflow(nel, (uint64_t)dtypes[t->dtype].bits, &nbits))
+	if (__builtin_mul_overflow(nel, (uint64_t)vram_dtype_bits(t->dtype), &nbits))
 		return st_invalid(st, "tensor %s: %s %s is 2^64 bits or more", quote(&q, tname),
-				  dtypes[t->dtype].name, fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim));
+				  vram_dtype_name(t->dtype), fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim));
 	if (nbits % 8)
 		return st_invalid(st, "tensor %s: %s %s is %" PRIu64 " bits, not a whole number of bytes",
-				  quote(&q, tname), dtypes[t->dtype].name,
+				  quote(&q, tname), vram_dtype_name(t->dtype),
 				  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim), nbits);
 	if (off[1] - off[0] != nbits / 8)
 		return st_invalid(st, "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
 				  " bytes but %s %s needs %" PRIu64,
-				  quote(&q, tname), off[0], off[1], off[1] - off[0], dtypes[t->dtype].name,
+				  quote(&q, tname), off[0], off[1], off[1] - off[0], vram_dtype_name(t->dtype),
 				  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim), nbits / 8);
 	return 0;
 }
@@ -707,7 +662,7 @@ static int check_tiling(const struct st *st, struct vram_model *m)
 	if (m->ntensors) {
 		order = malloc(m->ntensors * sizeof(*order));
 		if (!order)
-			return vram_error(-ENOMEM, "%s: out of memory", st->path);
+			return rt_error(-ENOMEM, "%s: out of memory", st->path);
 		for (uint32_t i = 0; i < m->ntensors; i++)
 			order[i] = i;
 		qsort_r(order, m->ntensors, sizeof(*order), tile_cmp, m->tensors);
@@ -771,31 +726,19 @@ static int pread_full(int fd, void *buf, size_t len, uint64_t off)
 
 static int read_header(struct vram_model *m, const struct st *st0, char **ret_text)
 {
-	_cleanup_close_ int fd = -1;
 	_cleanup_free_ char *text = NULL;
-	struct stat sb;
 	unsigned char lenbuf[8];
 	uint64_t n = 0;
 	int r;
 
-	fd = open(m->path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return vram_error(-errno, "%s: %s", m->path, strerror(errno));
-	if (fstat(fd, &sb) < 0)
-		return vram_error(-errno, "%s: %s", m->path, strerror(errno));
-	if (S_ISDIR(sb.st_mode))
-		return vram_error(-EISDIR, "%s: %s", m->path, strerror(EISDIR));
-	if (!S_ISREG(sb.st_mode))
-		return vram_error(-EINVAL, "%s: not a regular file", m->path);
-	m->file_size = (uint64_t)sb.st_size;
-
+	m->file_size = (uint64_t)m->st.st_size;
 	if (m->file_size < 8)
 		return st_invalid(st0, "file is %" PRIu64 " bytes, too short for the 8-byte header length",
 				  m->file_size);
-	r = pread_full(fd, lenbuf, 8, 0);
+	r = pread_full(m->fd, lenbuf, 8, 0);
 	if (r < 0)
-		return vram_error(r, "%s: reading the header length: %s", m->path,
-				  r == -EIO ? "file shrank while being read" : strerror(-r));
+		return rt_error(r, "%s: reading the header length: %s", m->path,
+				r == -EIO ? "file shrank while being read" : strerror(-r));
 	for (int i = 7; i >= 0; i--)
 		n = n << 8 | lenbuf[i];
 	if (n == 0)
@@ -812,17 +755,17 @@ static int read_header(struct vram_model *m, const struct st *st0, char **ret_te
 
 	text = malloc(n);
 	if (!text)
-		return vram_error(-ENOMEM, "%s: out of memory for a %" PRIu64 "-byte header", m->path, n);
-	r = pread_full(fd, text, n, 8);
+		return rt_error(-ENOMEM, "%s: out of memory for a %" PRIu64 "-byte header", m->path, n);
+	r = pread_full(m->fd, text, n, 8);
 	if (r < 0)
-		return vram_error(r, "%s: reading the header: %s", m->path,
-				  r == -EIO ? "file shrank while being read" : strerror(-r));
+		return rt_error(r, "%s: reading the header: %s", m->path,
+				r == -EIO ? "file shrank while being read" : strerror(-r));
 	*ret_text = TAKE_PTR(text);
 	return 0;
 }
 
-/* Reads and validates m->path into m (model.h): 0 or -errno with the
- * message set; partial allocations are left for model_free(). */
+/* Reads and validates the file open at m->fd into m (model.h): 0 or -errno
+ * with the message set; partial allocations are left for model_free(). */
 int st_read(struct vram_model *m)
 {
 	_cleanup_free_ char *text = NULL;
@@ -850,7 +793,7 @@ int st_read(struct vram_model *m)
 		return r;
 	r = scan_header(st.text, st.len, &sc);
 	if (r < 0)
-		return vram_error(r, "%s: out of memory", m->path);
+		return rt_error(r, "%s: out of memory", m->path);
 	if (sc.too_deep_at != SIZE_MAX)
 		return st_invalid(&st, "header nests objects and arrays deeper than %u levels (byte %zu)",
 				  ST_MAX_DEPTH, sc.too_deep_at);
@@ -864,7 +807,7 @@ int st_read(struct vram_model *m)
 		size_t counter = 0, next = 0;
 		negzero = calloc(sc.nnegzero, sizeof(*negzero));
 		if (!negzero)
-			return vram_error(-ENOMEM, "%s: out of memory", m->path);
+			return rt_error(-ENOMEM, "%s: out of memory", m->path);
 		collect_negzero(root, &sc, &counter, &next, negzero);
 		st.negzero = negzero;
 		st.nnegzero = next;
@@ -904,7 +847,7 @@ int st_read(struct vram_model *m)
 	m->strings = malloc(nstr ? nstr : 1);
 	m->meta = malloc((nmeta ? 2 * nmeta : 1) * sizeof(*m->meta));
 	if (!m->tensors || !m->dims || !m->strings || !m->meta)
-		return vram_error(-ENOMEM, "%s: out of memory", m->path);
+		return rt_error(-ENOMEM, "%s: out of memory", m->path);
 
 	sp = m->strings;
 	dp = m->dims;

@@ -44,6 +44,7 @@
 
 #include "common/cleanup.h"
 #include "common/util.h"
+#include "runtime/dtype.h"
 #include "runtime/internal.h"
 #include "runtime/stream.h"
 
@@ -207,6 +208,7 @@ struct slot {
 
 struct stream {
 	const char *path;
+	bool have_path;          /* path was given (not the "(file)" stand-in) */
 	const struct stream_req *reqs;
 	size_t nreqs;
 	const struct stream_opts *o;
@@ -264,7 +266,7 @@ static void fail(struct stream *s, int err, int kind, uint64_t off)
 	s->err = err;
 	s->err_kind = kind;
 	s->err_off = off;
-	/* sinks say why through vram_error(); the engine clears the message
+	/* sinks say why through rt_error(); the engine clears the message
 	 * before each call, so a message here is theirs */
 	if (kind == ERR_SINK)
 		snprintf(s->sink_msg, sizeof(s->sink_msg), "%s", vram_last_error());
@@ -306,7 +308,12 @@ static uint64_t clock_ns(clockid_t id)
  * Choosing the mode and the fd
  * ====================================================================== */
 
-/* Opens fd's inode again with flags; the same inode or -ESTALE. */
+/* Opens fd's inode again with flags (O_DIRECT needs a file description of
+ * its own: setting it on a dup would change the caller's fd too).  Through
+ * /proc/self/fd, which reaches the inode and never the path; only where
+ * /proc is missing by the path, and then it must still name the same,
+ * unchanged file (device, inode, size, mtime as at the start).  The new fd
+ * or -errno, -ESTALE when the path names another file now. */
 static int reopen(struct stream *s, int fd, int flags)
 {
 	char p[64];
@@ -315,11 +322,13 @@ static int reopen(struct stream *s, int fd, int flags)
 
 	snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
 	nfd = open(p, flags | O_RDONLY | O_CLOEXEC);
-	if (nfd < 0 && errno == ENOENT && s->path)   /* no /proc */
+	if (nfd < 0 && errno == ENOENT && s->have_path)   /* no /proc */
 		nfd = open(s->path, flags | O_RDONLY | O_CLOEXEC);
 	if (nfd < 0)
 		return -errno;
-	if (fstat(nfd, &st) < 0 || st.st_dev != s->st0.st_dev || st.st_ino != s->st0.st_ino) {
+	if (fstat(nfd, &st) < 0 || st.st_dev != s->st0.st_dev || st.st_ino != s->st0.st_ino ||
+	    st.st_size != s->st0.st_size || st.st_mtim.tv_sec != s->st0.st_mtim.tv_sec ||
+	    st.st_mtim.tv_nsec != s->st0.st_mtim.tv_nsec) {
 		close(nfd);
 		return -ESTALE;
 	}
@@ -366,8 +375,11 @@ static int buffered_fd(struct stream *s, int fd, int *ret_fd, int *ret_own)
 	 * O_DIRECT would need alignment: read through a plain fd instead. */
 	if (fl >= 0 && (fl & (O_DIRECT | O_NONBLOCK))) {
 		int nfd = reopen(s, fd, 0);
+		if (nfd == -ESTALE)
+			return rt_error(nfd, "%s: cannot reopen for buffered reads: the path names another file now "
+					"(or it changed)", s->path);
 		if (nfd < 0)
-			return vram_error(nfd, "%s: cannot reopen for buffered reads: %s", s->path, strerror(-nfd));
+			return rt_error(nfd, "%s: cannot reopen for buffered reads: %s", s->path, strerror(-nfd));
 		*ret_fd = *ret_own = nfd;
 		return 0;
 	}
@@ -569,7 +581,7 @@ static void close_staged(struct stream *s, struct op *op, uint64_t b, uint64_t n
 /* Bytes per element of a converting request, else 1. */
 static uint64_t req_unit(const struct stream_req *r)
 {
-	return r->cast_from != r->cast_to ? vram_dtype_bits(r->cast_from) / 8 : 1;
+	return r->cast_from != r->cast_to ? dtype_size(r->cast_from) : 1;
 }
 
 static struct op *open_staged(struct stream *s, uint64_t oa, size_t *cur, uint64_t *b, uint64_t *need_end)
@@ -714,7 +726,7 @@ static int slot_get(struct stream *s, int *ret_slot)
 			best = (int)i;
 	}
 	if (best >= 0) {
-		vram_error_clear();
+		rt_error_clear();
 		int r = s->o->sink->wait(s->o->sink->user, (uint32_t)best);
 		s->slots[best].state = SLOT_FREE;
 		if (r < 0)
@@ -731,7 +743,7 @@ static void slots_drain(struct stream *s)
 	for (uint32_t i = 0; i < s->nslots; i++) {
 		if (s->slots[i].state != SLOT_SINKING)
 			continue;
-		vram_error_clear();
+		rt_error_clear();
 		int r = s->o->sink->wait(s->o->sink->user, i);
 		s->slots[i].state = SLOT_FREE;
 		if (r < 0)
@@ -819,9 +831,9 @@ static void deliver(struct stream *s, struct op *op)
 			continue;
 		}
 		int rc;
-		vram_error_clear();
+		rt_error_clear();
 		if (r->cast_from != r->cast_to) {
-			uint64_t sb = req_unit(r), db = vram_dtype_bits(r->cast_to) / 8;
+			uint64_t sb = req_unit(r), db = dtype_size(r->cast_to);
 			rc = s->o->sink->cast(s->o->sink->user, r->dst_addr + d / sb * db, r->cast_to, src,
 					      r->cast_from, pt->len / sb, pt->off - op->off, (uint32_t)op->slot);
 		} else {
@@ -1076,68 +1088,68 @@ static int validate(struct stream *s)
 	uint64_t size = (uint64_t)s->st0.st_size;
 
 	if (o->io_mode > VRAM_IO_BUFFERED)
-		return vram_error(-EINVAL, "%s: unknown io mode %u", s->path, o->io_mode);
+		return rt_error(-EINVAL, "%s: unknown io mode %u", s->path, o->io_mode);
 	if (o->flags & ~STREAM_F_VALID)
-		return vram_error(-EINVAL, "%s: unknown stream flags 0x%x", s->path, o->flags);
+		return rt_error(-EINVAL, "%s: unknown stream flags 0x%x", s->path, o->flags);
 	s->chunk = stream_chunk(o->chunk);
 	if (o->chunk > STREAM_MAX_CHUNK)
-		return vram_error(-EINVAL, "%s: chunk size %" PRIu64 " out of range (at most %llu)",
-				  s->path, o->chunk, STREAM_MAX_CHUNK);
+		return rt_error(-EINVAL, "%s: chunk size %" PRIu64 " out of range (at most %llu)",
+				s->path, o->chunk, STREAM_MAX_CHUNK);
 	s->depth = o->depth ? o->depth : STREAM_DEFAULT_DEPTH;
 	if (s->depth > STREAM_MAX_DEPTH)
-		return vram_error(-EINVAL, "%s: queue depth %u out of range (at most %u)",
-				  s->path, s->depth, STREAM_MAX_DEPTH);
+		return rt_error(-EINVAL, "%s: queue depth %u out of range (at most %u)",
+				s->path, s->depth, STREAM_MAX_DEPTH);
 	s->nstaging = o->nstaging ? o->nstaging : STREAM_DEFAULT_NSTAGING;
 	if (s->nstaging > STREAM_MAX_NSTAGING)
-		return vram_error(-EINVAL, "%s: %u staging slots out of range (at most %u)",
-				  s->path, s->nstaging, STREAM_MAX_NSTAGING);
+		return rt_error(-EINVAL, "%s: %u staging slots out of range (at most %u)",
+				s->path, s->nstaging, STREAM_MAX_NSTAGING);
 	s->slot_size = o->staging_size ? o->staging_size : s->chunk;
 	if (s->slot_size % STREAM_ALIGN || s->slot_size > STREAM_MAX_CHUNK)
-		return vram_error(-EINVAL, "%s: staging slot size %" PRIu64 " is not a multiple of %u up to %llu",
-				  s->path, s->slot_size, STREAM_ALIGN, STREAM_MAX_CHUNK);
+		return rt_error(-EINVAL, "%s: staging slot size %" PRIu64 " is not a multiple of %u up to %llu",
+				s->path, s->slot_size, STREAM_ALIGN, STREAM_MAX_CHUNK);
 	if (o->staging && (uintptr_t)o->staging % STREAM_ALIGN)
-		return vram_error(-EINVAL, "%s: staging memory %p is not %u-byte aligned",
-				  s->path, o->staging, STREAM_ALIGN);
+		return rt_error(-EINVAL, "%s: staging memory %p is not %u-byte aligned",
+				s->path, o->staging, STREAM_ALIGN);
 
 	for (size_t i = 0; i < s->nreqs; i++) {
 		const struct stream_req *r = &s->reqs[i];
 		if (r->kind != STREAM_DST_HOST && r->kind != STREAM_DST_STAGED)
-			return vram_error(-EINVAL, "%s: request %zu: unknown destination kind %u", s->path, i, r->kind);
+			return rt_error(-EINVAL, "%s: request %zu: unknown destination kind %u", s->path, i, r->kind);
 		if (r->flags & ~STREAM_REQ_VALID_FLAGS)
-			return vram_error(-EINVAL, "%s: request %zu: unknown flags 0x%x", s->path, i, r->flags);
+			return rt_error(-EINVAL, "%s: request %zu: unknown flags 0x%x", s->path, i, r->flags);
 		if (r->len == 0)
 			continue;
 		if (r->file_off > UINT64_MAX - r->len)
-			return vram_error(-EOVERFLOW, "%s: request %zu: range %" PRIu64 "+%" PRIu64 " overflows",
-					  s->path, i, r->file_off, r->len);
+			return rt_error(-EOVERFLOW, "%s: request %zu: range %" PRIu64 "+%" PRIu64 " overflows",
+					s->path, i, r->file_off, r->len);
 		if (r->file_off + r->len > size)
-			return vram_error(-EINVAL, "%s: request %zu: range %" PRIu64 "+%" PRIu64
-					  " is past the end of the file (size %" PRIu64 ")",
-					  s->path, i, r->file_off, r->len, size);
+			return rt_error(-EINVAL, "%s: request %zu: range %" PRIu64 "+%" PRIu64
+					" is past the end of the file (size %" PRIu64 ")",
+					s->path, i, r->file_off, r->len, size);
 		if (r->kind == STREAM_DST_HOST && !r->dst)
-			return vram_error(-EINVAL, "%s: request %zu: host destination is NULL", s->path, i);
+			return rt_error(-EINVAL, "%s: request %zu: host destination is NULL", s->path, i);
 		if ((r->flags & STREAM_REQ_FD) && (r->kind != STREAM_DST_HOST || r->dst_fd < 0))
-			return vram_error(-EINVAL, "%s: request %zu: a destination file needs a host destination "
-					  "and an fd", s->path, i);
+			return rt_error(-EINVAL, "%s: request %zu: a destination file needs a host destination "
+					"and an fd", s->path, i);
 		if (r->kind == STREAM_DST_STAGED && (!o->sink || !o->sink->copy || !o->sink->wait))
-			return vram_error(-EINVAL, "%s: request %zu: staged destination without a sink", s->path, i);
+			return rt_error(-EINVAL, "%s: request %zu: staged destination without a sink", s->path, i);
 		if (r->cast_from != r->cast_to) {
 			uint32_t fb = vram_dtype_bits(r->cast_from), tb = vram_dtype_bits(r->cast_to);
 			if (r->kind != STREAM_DST_STAGED || !o->sink->cast)
-				return vram_error(-EINVAL, "%s: request %zu: a conversion needs a staged destination "
-						  "and a sink that converts", s->path, i);
+				return rt_error(-EINVAL, "%s: request %zu: a conversion needs a staged destination "
+						"and a sink that converts", s->path, i);
 			if (!fb || !tb || fb % 8 || tb % 8)
-				return vram_error(-EINVAL, "%s: request %zu: cannot convert dtype %u to %u",
-						  s->path, i, r->cast_from, r->cast_to);
+				return rt_error(-EINVAL, "%s: request %zu: cannot convert dtype %u to %u",
+						s->path, i, r->cast_from, r->cast_to);
 			if (r->len % (fb / 8))
-				return vram_error(-EINVAL, "%s: request %zu: %" PRIu64 " bytes are not whole %s elements",
-						  s->path, i, r->len, vram_dtype_name(r->cast_from));
+				return rt_error(-EINVAL, "%s: request %zu: %" PRIu64 " bytes are not whole %s elements",
+						s->path, i, r->len, vram_dtype_name(r->cast_from));
 			if (s->slot_size < 2 * STREAM_ALIGN)
-				return vram_error(-EINVAL, "%s: converting needs staging slots of at least %u bytes",
-						  s->path, 2 * STREAM_ALIGN);
+				return rt_error(-EINVAL, "%s: converting needs staging slots of at least %u bytes",
+						s->path, 2 * STREAM_ALIGN);
 		}
 		if (s->total > UINT64_MAX - r->len)
-			return vram_error(-EOVERFLOW, "%s: requests add up past 2^64 bytes", s->path);
+			return rt_error(-EOVERFLOW, "%s: requests add up past 2^64 bytes", s->path);
 		s->total += r->len;
 	}
 	return 0;
@@ -1189,23 +1201,23 @@ static int finish_error(struct stream *s, int fd)
 	switch (s->err_kind) {
 	case ERR_READ:
 		errno = -err;
-		return vram_error(err, "%s: read at offset %" PRIu64 ": %m", s->path, s->err_off);
+		return rt_error(err, "%s: read at offset %" PRIu64 ": %m", s->path, s->err_off);
 	case ERR_SINK:
 		errno = -err;
 		if (s->sink_msg[0])
-			return vram_error(err, "%s: onward copy failed: %s", s->path, s->sink_msg);
-		return vram_error(err, "%s: onward copy failed: %m", s->path);
+			return rt_error(err, "%s: onward copy failed: %s", s->path, s->sink_msg);
+		return rt_error(err, "%s: onward copy failed: %m", s->path);
 	case ERR_CANCEL:
-		return vram_error(err, "%s: load cancelled", s->path);
+		return rt_error(err, "%s: load cancelled", s->path);
 	case ERR_EOF:
 		if (have && st.st_size != s->st0.st_size)
-			return vram_error(-ESTALE, "%s: file changed during the load (size %" PRIu64 " -> %" PRIu64 ")",
-					  s->path, (uint64_t)s->st0.st_size, (uint64_t)st.st_size);
-		return vram_error(-ESTALE, "%s: file changed during the load (end of file at offset %" PRIu64 ")",
-				  s->path, s->err_off);
+			return rt_error(-ESTALE, "%s: file changed during the load (size %" PRIu64 " -> %" PRIu64 ")",
+					s->path, (uint64_t)s->st0.st_size, (uint64_t)st.st_size);
+		return rt_error(-ESTALE, "%s: file changed during the load (end of file at offset %" PRIu64 ")",
+				s->path, s->err_off);
 	default:
 		errno = -err;
-		return vram_error(err, "%s: streaming failed: %m", s->path);
+		return rt_error(err, "%s: streaming failed: %m", s->path);
 	}
 }
 
@@ -1220,20 +1232,20 @@ int stream_file(const char *path, int fd, const struct stream_req *reqs, size_t 
 	uint64_t c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 	uint64_t p0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
 	struct stream s = {
-		.path = path ? path : "(file)", .reqs = reqs, .nreqs = nreqs,
+		.path = path ? path : "(file)", .have_path = path != NULL, .reqs = reqs, .nreqs = nreqs,
 		.o = o ? o : &defaults, .rfd = -1, .own_fd = -1, .bfd = -1, .own_bfd = -1, .sync_op = -1,
 	};
 	struct stat st1;
 	int r;
 
 	if (nreqs && !reqs)
-		return vram_error(-EINVAL, "%s: no requests array", s.path);
+		return rt_error(-EINVAL, "%s: no requests array", s.path);
 	if (fstat(fd, &s.st0) < 0) {
 		r = -errno;
-		return vram_error(r, "%s: %s", s.path, strerror(-r));
+		return rt_error(r, "%s: %s", s.path, strerror(-r));
 	}
 	if (!S_ISREG(s.st0.st_mode))
-		return vram_error(-EINVAL, "%s: not a regular file", s.path);
+		return rt_error(-EINVAL, "%s: not a regular file", s.path);
 	if ((r = validate(&s)) < 0)
 		return r;
 	if (s.total == 0) {
@@ -1247,7 +1259,7 @@ int stream_file(const char *path, int fd, const struct stream_req *reqs, size_t 
 	s.uring = !(s.o->flags & STREAM_F_NO_URING);
 
 	if ((r = plan(&s)) < 0 || (r = staging_setup(&s)) < 0) {
-		vram_error(r, "%s: out of memory planning %zu requests", s.path, nreqs);
+		rt_error(r, "%s: out of memory planning %zu requests", s.path, nreqs);
 		goto out;
 	}
 	if (s.uring && s.nops && ring_setup(&s) < 0) {
@@ -1272,16 +1284,16 @@ int stream_file(const char *path, int fd, const struct stream_req *reqs, size_t 
 	/* the bytes are only good if the file stayed the same throughout */
 	if (fstat(fd, &st1) < 0) {
 		r = -errno;
-		vram_error(r, "%s: %s", s.path, strerror(-r));
+		rt_error(r, "%s: %s", s.path, strerror(-r));
 		goto out;
 	}
 	if (st1.st_size != s.st0.st_size) {
-		r = vram_error(-ESTALE, "%s: file changed during the load (size %" PRIu64 " -> %" PRIu64 ")",
-			       s.path, (uint64_t)s.st0.st_size, (uint64_t)st1.st_size);
+		r = rt_error(-ESTALE, "%s: file changed during the load (size %" PRIu64 " -> %" PRIu64 ")",
+			     s.path, (uint64_t)s.st0.st_size, (uint64_t)st1.st_size);
 		goto out;
 	}
 	if (st1.st_mtim.tv_sec != s.st0.st_mtim.tv_sec || st1.st_mtim.tv_nsec != s.st0.st_mtim.tv_nsec) {
-		r = vram_error(-ESTALE, "%s: file changed during the load (modified)", s.path);
+		r = rt_error(-ESTALE, "%s: file changed during the load (modified)", s.path);
 		goto out;
 	}
 	r = 0;

@@ -160,8 +160,11 @@ struct stream_result {
  * STAGED through o->sink.  Requests may come in any order and may be
  * empty; ranges must lie inside the file.  fd is a normal readable fd of a
  * regular file; it is not moved (positional reads), and the engine opens
- * its own O_DIRECT fd of the same inode when it reads direct.  o may be
- * NULL (all defaults).  path is used in messages only.
+ * its own O_DIRECT fd of the same inode when it reads direct, through
+ * /proc/self/fd (never the path, except where /proc is missing: then the
+ * path must still name the same unchanged file, else it reads buffered
+ * through fd).  o may be NULL (all defaults).  path is used in messages
+ * and that fallback only.
  *
  * Returns 0 and fills *ret (may be NULL), or a negative errno with
  * vram_last_error() set and *ret untouched:

@@ -29,7 +29,7 @@
 #define MAX_DEPTH 64u
 
 struct udev {
-	struct vram_cuda_dev *d;
+	struct cuda_dev *d;
 	const struct cuda_api *cu;
 	CUstream stream;
 	CUdeviceptr base;        /* managed allocation */
@@ -53,7 +53,7 @@ struct vram_uvm_pager {
 	uint32_t depth;
 	uint32_t nlayers;
 	struct ulayer *layers;
-	uint64_t *toff;          /* tensor offset within its layer */
+	uint64_t *toff;          /* tensor offset within its layer's managed part (UINT64_MAX: not managed) */
 	uint32_t *tlayer;        /* tensor -> layer */
 	uint32_t ndev;
 	struct udev dev[VRAMD_MAX_DEVICES];
@@ -67,13 +67,13 @@ static uint64_t align_to(uint64_t x, uint64_t a)
 
 void vram_uvm_pager_free(vram_uvm_pager *p)
 {
-	struct vram_saved_error e;
+	struct rt_saved_error e;
 	if (!p)
 		return;
-	vram_error_save(&e);
+	rt_error_save(&e);
 	for (uint32_t i = 0; i < p->ndev; i++) {
 		struct udev *u = &p->dev[i];
-		bool pushed = vram_cuda_dev_push(u->d) == 0;
+		bool pushed = cuda_dev_push(u->d) == 0;
 		if (pushed && u->stream)
 			u->cu->StreamSynchronize(u->stream);
 		for (uint32_t li = 0; li < p->nlayers; li++)
@@ -84,15 +84,15 @@ void vram_uvm_pager_free(vram_uvm_pager *p)
 		if (pushed && u->base)
 			u->cu->MemFree(u->base);
 		if (pushed)
-			vram_cuda_dev_pop(u->d);
-		vram_cuda_dev_put(u->d);
+			cuda_dev_pop(u->d);
+		cuda_dev_put(u->d);
 	}
 	pthread_mutex_destroy(&p->mu);
 	free(p->layers);
 	free(p->toff);
 	free(p->tlayer);
 	free(p);
-	vram_error_restore(&e);
+	rt_error_restore(&e);
 }
 
 /* udev index for broker device bdev, made (device handle, checks) on first
@@ -104,26 +104,26 @@ static int udev_get(vram_uvm_pager *p, uint32_t bdev)
 		if (p->dev[i].bdev == bdev)
 			return (int)i;
 	struct udev *u = &p->dev[p->ndev];
-	int r = vram_cuda_dev_get(c, bdev, &u->d);
+	int r = cuda_dev_get(c, bdev, &u->d);
 	if (r < 0)
 		return r;
 	p->ndev++;
-	u->cu = vram_cuda_dev_api(u->d);
+	u->cu = cuda_dev_api(u->d);
 	u->bdev = bdev;
 	const char *name = c->dev[bdev].name;
 	if (!u->cu->MemAdvise || !u->cu->MemPrefetchAsync)
-		return vram_error(-ENOTSUP, "%s: the driver lacks %s (older than CUDA 12.2): no UVM pager", name,
-				  u->cu->MemAdvise ? "cuMemPrefetchAsync_v2" : "cuMemAdvise_v2");
+		return rt_error(-ENOTSUP, "%s: the driver lacks %s (older than CUDA 12.2): no UVM pager", name,
+				u->cu->MemAdvise ? "cuMemPrefetchAsync_v2" : "cuMemAdvise_v2");
 	CUdevice dev;
 	int cma = 0;
-	CUresult cr = u->cu->DeviceGet(&dev, vram_cuda_dev_ordinal(u->d));
+	CUresult cr = u->cu->DeviceGet(&dev, cuda_dev_ordinal(u->d));
 	if (cr == CUDA_SUCCESS)
 		cr = u->cu->DeviceGetAttribute(&cma, CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS, dev);
 	if (cr != CUDA_SUCCESS)
-		return vram_cuda_error(u->d, cr, "cuDeviceGetAttribute", "%s: managed memory support", name);
+		return cuda_dev_error(u->d, cr, "cuDeviceGetAttribute", "%s: managed memory support", name);
 	if (!cma)
-		return vram_error(-ENOTSUP, "%s has no concurrent managed access (needed to prefetch "
-				  "managed memory): no UVM pager", name);
+		return rt_error(-ENOTSUP, "%s has no concurrent managed access (needed to prefetch "
+				"managed memory): no UVM pager", name);
 	return (int)(p->ndev - 1);
 }
 
@@ -136,9 +136,9 @@ static int udev_fill(vram_uvm_pager *p, uint32_t i)
 	CUresult cr;
 	int r;
 
-	if ((r = vram_cuda_dev_push(u->d)) < 0)
+	if ((r = cuda_dev_push(u->d)) < 0)
 		return r;
-#define FAIL(call) (r = vram_cuda_error(u->d, cr, call, "UVM pager on %s", name))
+#define FAIL(call) (r = cuda_dev_error(u->d, cr, call, "UVM pager on %s", name))
 	size_t free_b = 0, total_b = 0;
 	cr = u->cu->MemGetInfo(&free_b, &total_b);
 	if (cr != CUDA_SUCCESS) {
@@ -146,13 +146,13 @@ static int udev_fill(vram_uvm_pager *p, uint32_t i)
 		goto pop;
 	}
 	if (u->bytes > free_b) {
-		r = vram_error(-ENOMEM, "UVM pager: the donor layers computed on %s take %s of managed memory, "
-			       "more than the %s the card has free", name, size_format(u->bytes, s1, sizeof(s1)),
-			       size_format(free_b, s2, sizeof(s2)));
+		r = rt_error(-ENOMEM, "UVM pager: the donor layers computed on %s take %s of managed memory, "
+			     "more than the %s the card has free", name, size_format(u->bytes, s1, sizeof(s1)),
+			     size_format(free_b, s2, sizeof(s2)));
 		goto pop;
 	}
 	if (u->bytes > SIZE_MAX) {
-		r = vram_error(-EOVERFLOW, "UVM pager: %llu bytes", (unsigned long long)u->bytes);
+		r = rt_error(-EOVERFLOW, "UVM pager: %llu bytes", (unsigned long long)u->bytes);
 		goto pop;
 	}
 	cr = u->cu->StreamCreate(&u->stream, CU_STREAM_NON_BLOCKING);
@@ -170,7 +170,7 @@ static int udev_fill(vram_uvm_pager *p, uint32_t i)
 	/* Advice before the first touch: the CPU's writes below then place
 	 * the pages in host memory, where they are meant to live. */
 	CUmemLocation host = { .type = CU_MEM_LOCATION_TYPE_HOST, .id = 0 };
-	CUmemLocation gpu = { .type = CU_MEM_LOCATION_TYPE_DEVICE, .id = vram_cuda_dev_ordinal(u->d) };
+	CUmemLocation gpu = { .type = CU_MEM_LOCATION_TYPE_DEVICE, .id = cuda_dev_ordinal(u->d) };
 	cr = u->cu->MemAdvise(u->base, (size_t)u->bytes, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, host);
 	if (cr != CUDA_SUCCESS) {
 		FAIL("cuMemAdvise(SET_PREFERRED_LOCATION)");
@@ -193,7 +193,7 @@ static int udev_fill(vram_uvm_pager *p, uint32_t i)
 		}
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
 			uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
-			if (nb)
+			if (nb && p->toff[t] != UINT64_MAX)
 				memcpy((char *)(uintptr_t)(u->base + L->off + p->toff[t]),
 				       vram_loaded_tensor_host_ptr(p->l, t), (size_t)nb);
 		}
@@ -201,7 +201,7 @@ static int udev_fill(vram_uvm_pager *p, uint32_t i)
 #undef FAIL
 	r = 0;
 pop:
-	vram_cuda_dev_pop(u->d);
+	cuda_dev_pop(u->d);
 	return r;
 }
 
@@ -209,12 +209,12 @@ int vram_uvm_pager_create(vram_loaded *l, const vram_plan *plan, uint32_t depth,
 {
 	int r;
 
-	vram_error_clear();
+	rt_error_clear();
 	if (depth > MAX_DEPTH)
-		return vram_error(-EINVAL, "prefetch depth %u is more than %u", depth, MAX_DEPTH);
+		return rt_error(-EINVAL, "prefetch depth %u is more than %u", depth, MAX_DEPTH);
 	vram_uvm_pager *p = calloc(1, sizeof(*p));
 	if (!p)
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	pthread_mutex_init(&p->mu, NULL);
 	p->l = l;
 	p->depth = depth;
@@ -225,7 +225,7 @@ int vram_uvm_pager_create(vram_loaded *l, const vram_plan *plan, uint32_t depth,
 	p->tlayer = calloc(l->ntensors + 1, sizeof(*p->tlayer));
 	if (!p->layers || !p->toff || !p->tlayer) {
 		vram_uvm_pager_free(p);
-		return vram_error(-ENOMEM, "out of memory");
+		return rt_error(-ENOMEM, "out of memory");
 	}
 
 	vram_client *c = l->client;
@@ -242,30 +242,38 @@ int vram_uvm_pager_create(vram_loaded *l, const vram_plan *plan, uint32_t depth,
 		struct ulayer *L = &p->layers[li];
 		L->first = info.first_tensor;
 		L->ntensors = info.ntensors;
+		int compute = cdev[info.component];
+		/* A layer the plan split between devices (it places modules):
+		 * its part off the compute device is managed, its part on it
+		 * stays where it is (toff UINT64_MAX). */
+		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
+		for (uint32_t t = L->first; home == compute && t < L->first + L->ntensors; t++)
+			home = vram_loaded_tensor_device(l, t);
 		uint64_t packed = 0;
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
+			p->tlayer[t] = li;
+			p->toff[t] = UINT64_MAX;
+			if (compute >= 0 && vram_loaded_tensor_device(l, t) == compute)
+				continue;
 			packed = align_to(packed, TENSOR_ALIGN);
 			p->toff[t] = packed;
-			p->tlayer[t] = li;
 			packed += vram_loaded_tensor_nbytes(l, t); /* as loaded (maybe converted) */
 		}
 		L->bytes = packed;
-		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
-		int compute = cdev[info.component];
 		L->dev = home;
 		if (compute < 0 || home == compute || !packed)
 			continue;
 		if (home < 0) {
 			vram_uvm_pager_free(p);
-			return vram_error(-EINVAL, "UVM pager: layer %s is in no memory (dropped by reclaim)", info.name);
+			return rt_error(-EINVAL, "UVM pager: layer %s is in no memory (dropped by reclaim)", info.name);
 		}
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++)
-			if (!vram_loaded_tensor_host_ptr(l, t)) {
+			if (p->toff[t] != UINT64_MAX && !vram_loaded_tensor_host_ptr(l, t)) {
 				struct vram_device_info di = { .struct_size = sizeof(di) };
 				vram_device_info(c, (uint32_t)home, &di);
 				vram_uvm_pager_free(p);
-				return vram_error(-EINVAL, "UVM pager: donor layer %s is on %s, which is not "
-						  "host-mappable", info.name, di.name);
+				return rt_error(-EINVAL, "UVM pager: donor layer %s is on %s, which is not "
+						"host-mappable", info.name, di.name);
 			}
 		r = udev_get(p, (uint32_t)compute);
 		if (r < 0) {
@@ -297,13 +305,13 @@ static int queue(vram_uvm_pager *p, uint32_t li)
 	struct udev *u = &p->dev[L->dev];
 	if (L->queued)
 		return 0;
-	CUmemLocation gpu = { .type = CU_MEM_LOCATION_TYPE_DEVICE, .id = vram_cuda_dev_ordinal(u->d) };
+	CUmemLocation gpu = { .type = CU_MEM_LOCATION_TYPE_DEVICE, .id = cuda_dev_ordinal(u->d) };
 	CUresult cr = u->cu->MemPrefetchAsync(u->base + L->off, (size_t)L->bytes, gpu, 0, u->stream);
 	if (cr != CUDA_SUCCESS)
-		return vram_cuda_error(u->d, cr, "cuMemPrefetchAsync", "prefetching layer %u", li);
+		return cuda_dev_error(u->d, cr, "cuMemPrefetchAsync", "prefetching layer %u", li);
 	cr = u->cu->EventRecord(L->ev, u->stream);
 	if (cr != CUDA_SUCCESS)
-		return vram_cuda_error(u->d, cr, "cuEventRecord", "prefetching layer %u", li);
+		return cuda_dev_error(u->d, cr, "cuEventRecord", "prefetching layer %u", li);
 	L->queued = true;
 	return 0;
 }
@@ -312,9 +320,9 @@ int vram_uvm_pager_acquire(vram_uvm_pager *p, uint32_t layer)
 {
 	int r = 0;
 
-	vram_error_clear();
+	rt_error_clear();
 	if (layer >= p->nlayers)
-		return vram_error(-EINVAL, "no layer %u", layer);
+		return rt_error(-EINVAL, "no layer %u", layer);
 	pthread_mutex_lock(&p->mu);
 	struct ulayer *L = &p->layers[layer];
 	if (!L->managed) {
@@ -322,7 +330,7 @@ int vram_uvm_pager_acquire(vram_uvm_pager *p, uint32_t layer)
 		goto out;
 	}
 	struct udev *u = &p->dev[L->dev];
-	if ((r = vram_cuda_dev_push(u->d)) < 0)
+	if ((r = cuda_dev_push(u->d)) < 0)
 		goto out;
 	if ((r = queue(p, layer)) < 0)
 		goto pop;
@@ -335,22 +343,22 @@ int vram_uvm_pager_acquire(vram_uvm_pager *p, uint32_t layer)
 			continue;
 		ahead++;
 		struct udev *v = &p->dev[p->layers[j].dev];
-		if (v != u && (r = vram_cuda_dev_push(v->d)) < 0)
+		if (v != u && (r = cuda_dev_push(v->d)) < 0)
 			goto pop;
 		r = queue(p, j);
 		if (v != u)
-			vram_cuda_dev_pop(v->d);
+			cuda_dev_pop(v->d);
 		if (r < 0)
 			goto pop;
 	}
 	CUresult cr = u->cu->EventSynchronize(L->ev);
 	if (cr != CUDA_SUCCESS) {
-		r = vram_cuda_error(u->d, cr, "cuEventSynchronize", "prefetching layer %u", layer);
+		r = cuda_dev_error(u->d, cr, "cuEventSynchronize", "prefetching layer %u", layer);
 		goto pop;
 	}
 	L->refs++;
 pop:
-	vram_cuda_dev_pop(u->d);
+	cuda_dev_pop(u->d);
 out:
 	pthread_mutex_unlock(&p->mu);
 	return r;
@@ -358,14 +366,14 @@ out:
 
 int vram_uvm_pager_release(vram_uvm_pager *p, uint32_t layer)
 {
-	vram_error_clear();
+	rt_error_clear();
 	if (layer >= p->nlayers)
-		return vram_error(-EINVAL, "no layer %u", layer);
+		return rt_error(-EINVAL, "no layer %u", layer);
 	pthread_mutex_lock(&p->mu);
 	struct ulayer *L = &p->layers[layer];
 	if (L->refs == 0) {
 		pthread_mutex_unlock(&p->mu);
-		return vram_error(-EINVAL, "layer %u is not acquired", layer);
+		return rt_error(-EINVAL, "layer %u is not acquired", layer);
 	}
 	/* Once released the driver may move the pages back to the host under
 	 * pressure: the next acquire prefetches again (cheap when they stayed). */
@@ -382,7 +390,7 @@ uint64_t vram_uvm_tensor_device_ptr(const vram_uvm_pager *p, uint32_t tensor)
 	const struct ulayer *L = &p->layers[p->tlayer[tensor]];
 	if (L->refs == 0)
 		return 0;
-	if (!L->managed)
+	if (!L->managed || p->toff[tensor] == UINT64_MAX)
 		return vram_loaded_tensor_device_ptr(p->l, tensor);
 	return p->dev[L->dev].base + L->off + p->toff[tensor];
 }

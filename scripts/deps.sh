@@ -2,7 +2,10 @@
 # Installs what the build and tests need and is missing; quiet when all is there.
 #   Debian packages with apt-get (one `apt-get update` first: a fresh
 #   machine's lists are stale), Python test dependencies (the reference
-#   implementations safetensors, gguf and numpy) from PyPI into a local venv.
+#   implementations safetensors, gguf and numpy; torch, whose torch.save and
+#   torch.load the PyTorch reader is checked against, and for the binding's
+#   and the ComfyUI node's tests, CPU-only use of PyPI's wheel) from PyPI into a
+#   local venv.
 set -eu
 PYTHON=${1:-python3}
 VENV=${2:-.venv}
@@ -29,12 +32,12 @@ if [ -n "$missing" ]; then
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
 fi
 
-PYPKGS="safetensors gguf numpy"
+PYPKGS="safetensors gguf numpy torch"
 if [ ! -x "$VENV/bin/python" ]; then
 	echo "deps: creating $VENV"
 	"$PYTHON" -m venv "$VENV" || { rm -rf "$VENV"; /usr/bin/python3 -m venv "$VENV"; }
 fi
-if ! "$VENV/bin/python" -c 'import safetensors, gguf, numpy' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import safetensors, gguf, numpy, torch' 2>/dev/null; then
 	echo "deps: installing Python test dependencies: $PYPKGS"
 	"$VENV/bin/python" -m pip install -q --disable-pip-version-check $PYPKGS
 fi

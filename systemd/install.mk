@@ -37,9 +37,11 @@ VI_UNITS   := vramd.service vramd.socket vramd-metrics.service vramd-metrics.tim
 VI_DOCS    := $(sort $(wildcard docs/*.md)) systemd/README.md
 VI_VERSION := $(shell sed -n 's/^\#define VRAM_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\).*/\2/p' runtime/vram.h | paste -sd.)
 # What a static link of libvram needs besides libvram.a (pkg-config
-# --static); the shared library records its own dependencies.
-VI_REQ_PRIVATE := liburing jansson
-VI_LIBS_PRIVATE := -ldl -lm -pthread
+# --static); the shared library records its own dependencies.  As plain
+# -l flags, not Requires.private: pkg-config resolves Requires.private even
+# for --cflags, so a program that only includes vram.h (which needs neither
+# library's headers) would need liburing-dev and libjansson-dev to build.
+VI_LIBS_PRIVATE := -luring -ljansson -ldl -lm -pthread
 
 VI_SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
 
@@ -63,7 +65,6 @@ $(VI_GEN)/vram.pc: $(VI_GEN)/paths systemd/install.mk runtime/vram.h
 	  echo 'Description: vramd client runtime: GPU and pinned memory from the vramd broker'; \
 	  echo 'URL: file://$(DOCDIR)'; \
 	  echo 'Version: $(VI_VERSION)'; \
-	  echo 'Requires.private: $(VI_REQ_PRIVATE)'; \
 	  echo 'Libs: -L$${libdir} -lvram'; \
 	  echo 'Libs.private: $(VI_LIBS_PRIVATE)'; \
 	  echo 'Cflags: -I$${includedir}'; \
@@ -93,8 +94,14 @@ install: $(VRAMD) $(VRAMCTL) $(LIBVRAM_SO) $(LIBVRAM_A) $(addprefix $(VI_GEN)/,$
 	@echo "  systemctl daemon-reload; systemctl enable --now vramd.socket vramd.service (see $(DOCDIR)/admin.md)"
 
 # Removes what install put there; vramd.conf, the state directory and the
-# users are the administrator's and stay.
+# users are the administrator's and stay.  On a running system (no DESTDIR,
+# root, systemd as init) the units are stopped and disabled first, so that
+# no running service or dangling wants link is left behind.
 uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then \
+		echo "stopping and disabling vramd's units"; \
+		systemctl disable --now vramd-metrics.timer vramd.service vramd.socket 2>/dev/null || true; \
+	fi
 	rm -f $(DESTDIR)$(BINDIR)/vramd $(DESTDIR)$(BINDIR)/vramctl \
 		$(DESTDIR)$(LIBDIR)/libvram.so.0 $(DESTDIR)$(LIBDIR)/libvram.so $(DESTDIR)$(LIBDIR)/libvram.a \
 		$(DESTDIR)$(INCLUDEDIR)/vram.h $(DESTDIR)$(INCLUDEDIR)/vramd/vramd.h \
@@ -103,7 +110,11 @@ uninstall:
 		$(DESTDIR)$(SYSUSERSDIR)/vramd.conf $(DESTDIR)$(TMPFILESDIR)/vramd.conf \
 		$(DESTDIR)$(SYSCONFDIR)/vramd/vramd.conf.example
 	rm -rf $(DESTDIR)$(DOCDIR)
-	-rmdir $(DESTDIR)$(INCLUDEDIR)/vramd $(DESTDIR)$(SYSCONFDIR)/vramd 2>/dev/null
+	@rmdir $(DESTDIR)$(INCLUDEDIR)/vramd 2>/dev/null || true
+	@rmdir $(DESTDIR)$(SYSCONFDIR)/vramd 2>/dev/null || true
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then \
+		systemctl daemon-reload || true; \
+	fi
 
 .DEFAULT_GOAL := $(VI_SAVED_GOAL)

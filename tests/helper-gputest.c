@@ -114,18 +114,18 @@ static long check_pattern(const void *buf, uint64_t base, size_t n, uint64_t see
  * ====================================================================== */
 
 struct devio {
-	struct vram_cuda_dev *d;
+	struct cuda_dev *d;
 	const struct cuda_api *cu;
 };
 
 static int devio_open(vram_client *c, uint32_t dev, struct devio *io)
 {
-	int r = vram_cuda_dev_get(c, dev, &io->d);
+	int r = cuda_dev_get(c, dev, &io->d);
 	if (r < 0)
 		return fail("%s: device handle: %s", c->dev[dev].name, vram_last_error());
-	io->cu = vram_cuda_dev_api(io->d);
-	if (vram_cuda_dev_push(io->d) < 0) {
-		vram_cuda_dev_put(io->d);
+	io->cu = cuda_dev_api(io->d);
+	if (cuda_dev_push(io->d) < 0) {
+		cuda_dev_put(io->d);
 		return fail("%s: %s", c->dev[dev].name, vram_last_error());
 	}
 	return 0;
@@ -133,8 +133,8 @@ static int devio_open(vram_client *c, uint32_t dev, struct devio *io)
 
 static void devio_close(struct devio *io)
 {
-	vram_cuda_dev_pop(io->d);
-	vram_cuda_dev_put(io->d);
+	cuda_dev_pop(io->d);
+	cuda_dev_put(io->d);
 }
 
 static int cu_check(const struct devio *io, CUresult cr, const char *what)
@@ -326,12 +326,12 @@ static int cmd_devices(void)
 			r = fail("%s: a CUDA device flagged host-mappable", d->name);
 		if (r)
 			break;
-		struct vram_cuda_dev *h;
-		if (vram_cuda_dev_get(c, sel[i], &h) < 0) {
+		struct cuda_dev *h;
+		if (cuda_dev_get(c, sel[i], &h) < 0) {
 			r = fail("%s: not found in this process by UUID: %s", d->name, vram_last_error());
 			break;
 		}
-		vram_cuda_dev_put(h);
+		cuda_dev_put(h);
 	}
 	vram_close(c);
 	return r;
@@ -496,9 +496,9 @@ static int cmd_copy(void)
 	for (int i = 0; i < n && !r; i++) {
 		uint32_t dev = sel[i];
 		vram_grant *g = NULL, *h = NULL;
-		struct vram_cuda_pin *pin = NULL;
-		struct vram_cuda_copier *cp = NULL;
-		struct vram_cuda_sink *sk = NULL;
+		struct cuda_pin *pin = NULL;
+		struct cuda_copier *cp = NULL;
+		struct cuda_sink *sk = NULL;
 		const uint32_t slots = 4;
 		const uint64_t chunk = 8 * MiB;
 		char *back = NULL;
@@ -510,11 +510,11 @@ static int cmd_copy(void)
 			goto out;
 		}
 		fill_pattern(h->host, 0, h->size, 0xc0ffee);
-		if (vram_cuda_pin(c, dev, h->host, h->size, 0, &pin) < 0) {
+		if (cuda_pin(c, dev, h->host, h->size, 0, &pin) < 0) {
 			r = fail("pin: %s", vram_last_error());
 			goto out;
 		}
-		if (vram_cuda_copier_new(c, dev, slots, &cp) < 0) {
+		if (cuda_copier_new(c, dev, slots, &cp) < 0) {
 			r = fail("copier: %s", vram_last_error());
 			goto out;
 		}
@@ -525,14 +525,14 @@ static int cmd_copy(void)
 		for (uint64_t off = 0; off < g->size; off += chunk, k++) {
 			uint32_t slot = (uint32_t)(k % slots);
 			uint64_t len = MIN(chunk, g->size - off);
-			if (vram_cuda_copier_wait(cp, slot) < 0 ||
-			    vram_cuda_copier_copy(cp, g->dptr + off, (char *)h->host + off, len, slot) < 0) {
+			if (cuda_copier_wait(cp, slot) < 0 ||
+			    cuda_copier_copy(cp, g->dptr + off, (char *)h->host + off, len, slot) < 0) {
 				r = fail("copy: %s", vram_last_error());
 				goto out;
 			}
 		}
 		for (uint32_t s = 0; s < slots; s++)
-			if (vram_cuda_copier_wait(cp, s) < 0) {
+			if (cuda_copier_wait(cp, s) < 0) {
 				r = fail("wait: %s", vram_last_error());
 				goto out;
 			}
@@ -542,7 +542,7 @@ static int cmd_copy(void)
 			r = fail("out of memory");
 			goto out;
 		}
-		if (vram_cuda_copier_dtoh(cp, back, g->dptr, g->size, 0) < 0 || vram_cuda_copier_wait(cp, 0) < 0) {
+		if (cuda_copier_dtoh(cp, back, g->dptr, g->size, 0) < 0 || cuda_copier_wait(cp, 0) < 0) {
 			r = fail("dtoh: %s", vram_last_error());
 			goto out;
 		}
@@ -552,8 +552,8 @@ static int cmd_copy(void)
 		}
 		/* device to device: second half <- first half */
 		uint64_t half = g->size / 2;
-		if (vram_cuda_copier_dtod(cp, g->dptr + half, g->dptr, half, 1) < 0 || vram_cuda_copier_sync(cp) < 0 ||
-		    vram_cuda_copier_dtoh(cp, back, g->dptr + half, half, 2) < 0 || vram_cuda_copier_wait(cp, 2) < 0) {
+		if (cuda_copier_dtod(cp, g->dptr + half, g->dptr, half, 1) < 0 || cuda_copier_sync(cp) < 0 ||
+		    cuda_copier_dtoh(cp, back, g->dptr + half, half, 2) < 0 || cuda_copier_wait(cp, 2) < 0) {
 			r = fail("dtod: %s", vram_last_error());
 			goto out;
 		}
@@ -563,28 +563,28 @@ static int cmd_copy(void)
 		}
 		/* the multi-device sink */
 		struct stream_sink sink;
-		if (vram_cuda_sink_new(c, slots, &sk) < 0 || vram_cuda_sink_add_grant(sk, g) < 0) {
+		if (cuda_sink_new(c, slots, &sk) < 0 || cuda_sink_add_grant(sk, g) < 0) {
 			r = fail("sink: %s", vram_last_error());
 			goto out;
 		}
-		vram_cuda_sink_get(sk, &sink);
+		cuda_sink_get(sk, &sink);
 		fill_pattern(h->host, 0, chunk, 0xabcdef);
 		if (sink.copy(sink.user, g->dptr + g->size - chunk, h->host, chunk, 3) < 0 || sink.wait(sink.user, 3) < 0 ||
 		    sink.copy(sink.user, g->dptr + g->size - chunk + 1, h->host, chunk, 3) != -EFAULT) {
 			r = fail("sink copy: %s", vram_last_error());
 			goto out;
 		}
-		if (vram_cuda_copier_dtoh(cp, back, g->dptr + g->size - chunk, chunk, 0) < 0 ||
-		    vram_cuda_copier_wait(cp, 0) < 0 || check_pattern(back, 0, chunk, 0xabcdef) >= 0) {
+		if (cuda_copier_dtoh(cp, back, g->dptr + g->size - chunk, chunk, 0) < 0 ||
+		    cuda_copier_wait(cp, 0) < 0 || check_pattern(back, 0, chunk, 0xabcdef) >= 0) {
 			r = fail("%s: sink copy reads back wrong", c->dev[dev].name);
 			goto out;
 		}
 		printf("%s: %" PRIu64 " MiB pinned host-to-device in %.1f ms (%.1f GB/s); dtod, dtoh, sink ok\n",
 		       c->dev[dev].name, g->size >> 20, dt * 1e3, (double)g->size / dt / 1e9);
 out:
-		vram_cuda_sink_free(sk);
-		vram_cuda_copier_free(cp);
-		vram_cuda_unpin(pin);
+		cuda_sink_free(sk);
+		cuda_copier_free(cp);
+		cuda_unpin(pin);
 		free(back);
 		vram_free(c, h);
 		vram_free(c, g);
@@ -784,7 +784,7 @@ static int snapshot(vram_client *c, uint32_t dev, struct snap *out)
 	}
 	vram_status_free(s);
 	if (!found) {
-		vram_error(-ENOENT, "the broker's status does not list this client (id %u)", c->id);
+		rt_error(-ENOENT, "the broker's status does not list this client (id %u)", c->id);
 		return -1;
 	}
 	return 0;

@@ -7,6 +7,8 @@
  * evict.
  */
 #include <poll.h>
+#include <pty.h>
+#include <setjmp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -16,41 +18,38 @@
 #include "common/util.h"
 #include "runtime/vram.h"
 #include "testlib-holder.h"
+#include "testlib-raw.h"
 #include "testlib.h"
 
 #define MiB (1ull << 20)
 
-struct env {
-	char *dir;
-	char sock[256], admin[256], log[256];
-	pid_t pid;
-};
+/* The suite's broker: a simulated GPU of sim, 64 MiB of host pool, a short
+ * RECLAIM deadline (tests/testlib.h has the harness). */
+#define env t_broker
+
+static void env_args(const char *sim, const char *args[8])
+{
+	const char *a[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--reclaim-deadline-ms", "500", NULL };
+	memcpy(args, a, sizeof(a));
+}
 
 static void env_start(struct env *e, const char *sim)
 {
-	e->dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e->dir);
-	chmod(e->dir, 0755); /* nobody must reach the client socket */
-	snprintf(e->sock, sizeof(e->sock), "%s/vramd.sock", e->dir);
-	snprintf(e->admin, sizeof(e->admin), "%s/admin.sock", e->dir);
-	snprintf(e->log, sizeof(e->log), "%s/vramd.log", e->dir);
-	const char *const args[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--no-cuda", "--reclaim-deadline-ms", "500", NULL };
-	e->pid = t_start_vramd(e->sock, e->log, args);
-	ck_assert_int_gt(e->pid, 0);
+	const char *args[8];
+	env_args(sim, args);
+	t_broker_start(e, args);
 }
 
 static void env_restart(struct env *e, const char *sim)
 {
-	ck_assert_int_eq(WEXITSTATUS(t_stop(e->pid)), 0);
-	const char *const args[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--no-cuda", "--reclaim-deadline-ms", "500", NULL };
-	e->pid = t_start_vramd(e->sock, e->log, args);
-	ck_assert_int_gt(e->pid, 0);
+	const char *args[8];
+	env_args(sim, args);
+	t_broker_restart(e, args);
 }
 
 static void env_stop(struct env *e)
 {
-	ck_assert_int_eq(WEXITSTATUS(t_stop(e->pid)), 0);
-	t_rmtree(e->dir);
+	t_broker_stop(e);
 }
 
 /* Waits (bounded) until device dev's use is want; returns it. */
@@ -143,6 +142,41 @@ START_TEST(test_ceiling_concurrent)
 }
 END_TEST
 
+
+/* A name is a claim any client may make: a name's quota can lower what its
+ * user may hold, never raise it.  Root's clients here (uid 0) have a
+ * 16 MiB ceiling; a client that calls itself by a name with no ceiling is
+ * still held to it, and one that calls itself by a name with a 4 MiB
+ * ceiling is held to that. */
+START_TEST(test_name_cannot_raise_uid_ceiling)
+{
+	struct env e;
+	env_start(&e, "256MiB");
+	vram_client *a, *c;
+	vram_grant *g, *g2;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_quota_set(a, "uid:0", "cuda:0", VRAM_QUOTA_CEILING, 0, 16 * MiB), 0);
+	ck_assert_int_eq(vram_quota_set(a, "name:generous", "cuda:0", VRAM_QUOTA_CEILING, 0, VRAM_NO_CEILING), 0);
+	ck_assert_int_eq(vram_quota_set(a, "name:small", "cuda:0", VRAM_QUOTA_CEILING, 0, 4 * MiB), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "generous", &c), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, 24 * MiB, 0, &g), -EDQUOT);
+	ck_assert_msg(strstr(vram_last_error(), "quota uid:0 on cuda:0: ceiling 16.00 MiB"), "%s", vram_last_error());
+	ck_assert_int_eq(vram_alloc(c, 0, 12 * MiB, 0, &g), 0);
+	/* the user's bucket counts every name of the user: 12 + 6 > 16 */
+	vram_client *s;
+	ck_assert_int_eq(vram_connect(e.sock, "small", &s), 0);
+	ck_assert_int_eq(vram_alloc(s, 0, 6 * MiB, 0, &g2), -EDQUOT);
+	ck_assert_msg(strstr(vram_last_error(), "quota name:small on cuda:0: ceiling 4.00 MiB"), "%s",
+		      vram_last_error());
+	ck_assert_int_eq(vram_alloc(s, 0, 4 * MiB, 0, &g2), 0);
+	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g), -EDQUOT);
+	ck_assert_msg(strstr(vram_last_error(), "quota uid:0 on cuda:0"), "%s", vram_last_error());
+	vram_close(s);
+	vram_close(c);
+	vram_close(a);
+	env_stop(&e);
+}
+END_TEST
 
 /* A floor is honoured by reclaiming borrowed memory from others, never
  * below their own floor. */
@@ -297,6 +331,175 @@ START_TEST(test_non_root)
 }
 END_TEST
 
+/* Raw connections to path that never say HELLO; returns how many were
+ * made (each stays open in fds). */
+static int open_silent(const char *path, int *fds, int n)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return 0;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	int k = 0;
+	for (; k < n; k++) {
+		fds[k] = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (fds[k] < 0 || connect(fds[k], (struct sockaddr *)&sa, sizeof(sa)) < 0)
+			break;
+	}
+	return k;
+}
+
+/* 300 connections from an unprivileged user that never say HELLO: its
+ * connections past max-clients-per-uid are refused with the reason, root
+ * still connects and sees the status, and the silent ones are dropped when
+ * the HELLO timeout passes, which gives the user its room back. */
+START_TEST(test_connection_flood)
+{
+	if (getuid() != 0) {
+		fprintf(stderr, "test_connection_flood: skipped, needs root to switch to nobody\n");
+		return;
+	}
+	struct env e;
+	t_broker_dir(&e);
+	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--hello-timeout-ms", "1500", NULL };
+	t_broker_run(&e, args);
+	int go[2], ready[2];
+	ck_assert_int_eq(pipe(go), 0);
+	ck_assert_int_eq(pipe(ready), 0);
+	pid_t kid = fork();
+	if (kid == 0) {
+		static int fds[300];
+		char b = 0;
+		if (as_nobody() < 0)
+			_exit(10);
+		if (open_silent(e.sock, fds, 300) != 300)
+			_exit(11);
+		t_sleep_ms(200); /* the broker accepts (and refuses) them */
+		vram_client *c = NULL;
+		int r = vram_connect(e.sock, "nobody-too-many", &c);
+		if (r != -EUSERS || !strstr(vram_last_error(), "max-clients-per-uid 64"))
+			_exit(12);
+		if (write(ready[1], &b, 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(13);
+		/* past the HELLO timeout the silent ones are gone */
+		c = NULL;
+		for (int i = 0; i < 100 && vram_connect(e.sock, "nobody-later", &c) < 0; i++)
+			t_sleep_ms(50);
+		if (!c)
+			_exit(14);
+		vram_close(c);
+		_exit(0);
+	}
+	char b;
+	ck_assert_int_eq(read(ready[0], &b, 1), 1);
+	vram_client *root;
+	ck_assert_msg(vram_connect(e.sock, "root", &root) == 0, "%s", vram_last_error());
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(root, &s), 0);
+	vram_status_free(s);
+	vram_close(root);
+	ck_assert_int_eq(write(go[1], &b, 1), 1);
+	int st;
+	waitpid(kid, &st, 0);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child exit %d", WEXITSTATUS(st));
+	size_t len;
+	_cleanup_free_ uint8_t *log = t_read_file(e.log, &len);
+	ck_assert_ptr_nonnull(log);
+	log[len] = 0;
+	ck_assert_msg(strstr((char *)log, "no HELLO within 1500 ms"), "%s", log);
+	for (int i = 0; i < 2; i++) {
+		close(go[i]);
+		close(ready[i]);
+	}
+	env_stop(&e);
+}
+END_TEST
+
+static sigjmp_buf bus_jump;
+
+static void on_bus(int sig)
+{
+	siglongjmp(bus_jump, 1);
+}
+
+/* 1 if reading p faults with SIGBUS. */
+static int faults(volatile const uint8_t *p)
+{
+	struct sigaction sa = { .sa_handler = on_bus }, old;
+	sigaction(SIGBUS, &sa, &old);
+	int r = 1;
+	if (!sigsetjmp(bus_jump, 1)) {
+		(void)*p;
+		r = 0;
+	}
+	sigaction(SIGBUS, &old, NULL);
+	return r;
+}
+
+/* A user with a 64 MiB ceiling connects, takes 64 MiB, keeps the memfd
+ * (and a mapping) and closes the socket, five times: each time the broker
+ * revokes the grant (the file is cut to 0 bytes, the mapping faults), so
+ * the user never holds more than its ceiling. */
+START_TEST(test_ceiling_not_evaded_by_keeping_fds)
+{
+	if (getuid() != 0) {
+		fprintf(stderr, "test_ceiling_not_evaded_by_keeping_fds: skipped, needs root to switch to nobody\n");
+		return;
+	}
+	struct env e;
+	env_start(&e, "64MiB");
+	vram_client *a;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_quota_set(a, "uid:65534", "cpu", VRAM_QUOTA_CEILING, 0, 64 * MiB), 0);
+	vram_close(a);
+	pid_t kid = fork();
+	if (kid == 0) {
+		int kept[5];
+		uint8_t *maps[5];
+		if (as_nobody() < 0)
+			_exit(10);
+		for (int i = 0; i < 5; i++) {
+			int s = tr_connect(e.sock);
+			if (s < 0 || tr_hello(s, "evader") < 0)
+				_exit(11);
+			int r = tr_alloc(s, 1, 64 * MiB, 0, 1, &kept[i], NULL);
+			if (r < 0)
+				_exit(12);
+			maps[i] = mmap(NULL, 64 * MiB, PROT_READ | PROT_WRITE, MAP_SHARED, kept[i], 0);
+			if (maps[i] == MAP_FAILED)
+				_exit(13);
+			memset(maps[i], 0x5a, 64 * MiB);
+			close(s);
+			/* the broker sees the hang-up and revokes */
+			struct stat st;
+			for (int w = 0; w < 500 && fstat(kept[i], &st) == 0 && st.st_size; w++)
+				t_sleep_ms(10);
+			if (fstat(kept[i], &st) < 0 || st.st_size != 0)
+				_exit(14);
+			if (!faults(maps[i] + 4096))
+				_exit(15);
+		}
+		uint64_t total = 0;
+		for (int i = 0; i < 5; i++) {
+			struct stat st;
+			fstat(kept[i], &st);
+			total += (uint64_t)st.st_size;
+		}
+		_exit(total <= 64 * MiB ? 0 : 16);
+	}
+	int st;
+	waitpid(kid, &st, 0);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child exit %d", WEXITSTATUS(st));
+	struct vram_status *s;
+	vram_client *o;
+	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
+	ck_assert_int_eq(vram_get_status(o, &s), 0);
+	ck_assert_uint_eq(s->devices[1].used, 0);
+	vram_status_free(s);
+	vram_close(o);
+	env_stop(&e);
+}
+END_TEST
+
 /* Evict: a client that answers keeps its connection; one that ignores the
  * deadline is disconnected, and its memory comes back. */
 START_TEST(test_evict)
@@ -351,20 +554,14 @@ END_TEST
 START_TEST(test_reload)
 {
 	struct env e;
-	e.dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e.dir);
-	chmod(e.dir, 0755);
-	snprintf(e.sock, sizeof(e.sock), "%s/vramd.sock", e.dir);
-	snprintf(e.admin, sizeof(e.admin), "%s/admin.sock", e.dir);
-	snprintf(e.log, sizeof(e.log), "%s/vramd.log", e.dir);
+	t_broker_dir(&e);
 	char conf[300];
 	snprintf(conf, sizeof(conf), "%s/vramd.conf", e.dir);
 	FILE *f = fopen(conf, "w");
 	fprintf(f, "client-max = 8MiB\n");
 	fclose(f);
-	const char *const args[] = { "--config", conf, "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
-	e.pid = t_start_vramd(e.sock, e.log, args);
-	ck_assert_int_gt(e.pid, 0);
+	const char *const args[] = { "--config", conf, "--sim-gpus", "64MiB", "--host-pool", "64MiB", NULL };
+	t_broker_run(&e, args);
 	vram_client *a;
 	vram_grant *g;
 	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
@@ -380,7 +577,14 @@ START_TEST(test_reload)
 	fprintf(f, "client-max = lots\n");
 	fclose(f);
 	ck_assert_int_eq(vram_reload(a), -EINVAL);
+	ck_assert_msg(strstr(vram_last_error(), "vramd.conf:1: client-max: \"lots\" is not a size") &&
+		      strstr(vram_last_error(), "nothing changed"), "%s", vram_last_error());
 	ck_assert_int_eq(vram_alloc(a, 0, 4 * MiB, 0, &g), 0); /* still 64 MiB */
+	/* vramctl reload says so too, and exits EX_CONFIG (78), not usage */
+	char cmd[700], out[2048];
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --admin-socket %s reload 2>&1", t_build(), e.admin);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 78);
+	ck_assert_msg(strstr(out, "is not a size"), "%s", out);
 	/* SIGHUP does the same */
 	f = fopen(conf, "w");
 	fprintf(f, "client-max = 12MiB\n"); /* it holds 14 MiB */
@@ -408,6 +612,108 @@ START_TEST(test_reload)
 	waitpid(kid, &st, 0);
 	if (getuid() == 0)
 		ck_assert_int_eq(WEXITSTATUS(st), 0);
+	env_stop(&e);
+}
+END_TEST
+
+/* The default config file (here through VRAMD_CONFIG, as the unit sets
+ * it) is read when it exists: a broker started without one reads it when
+ * it appears, at the next reload, and forgets it when it goes. */
+START_TEST(test_reload_default_config)
+{
+	struct env e;
+	t_broker_dir(&e);
+	char conf[300];
+	snprintf(conf, sizeof(conf), "%s/vramd.conf", e.dir);
+	setenv("VRAMD_CONFIG", conf, 1);
+	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", NULL };
+	t_broker_run(&e, args);
+	unsetenv("VRAMD_CONFIG");
+	vram_client *a;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 10 * MiB, 0, &g), 0);
+	FILE *f = fopen(conf, "w");
+	fprintf(f, "[vramd]\nclient-max = 12MiB\n");
+	fclose(f);
+	ck_assert_int_eq(vram_reload(a), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 4 * MiB, 0, &g), -EDQUOT);
+	ck_assert_msg(strstr(vram_last_error(), "client limit"), "%s", vram_last_error());
+	unlink(conf);
+	ck_assert_int_eq(vram_reload(a), 0);
+	ck_assert_int_eq(vram_alloc(a, 0, 4 * MiB, 0, &g), 0);
+	vram_close(a);
+	env_stop(&e);
+}
+END_TEST
+
+/* Reads what the pseudo-terminal master m gives until EOF or timeout_ms;
+ * returns the bytes in buf (NUL-terminated). */
+static size_t pty_drain(int m, char *buf, size_t cap, int timeout_ms)
+{
+	size_t n = 0;
+	uint64_t until = now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	while (n + 1 < cap && now_ns() < until) {
+		struct pollfd p = { .fd = m, .events = POLLIN };
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		ssize_t r = read(m, buf + n, cap - 1 - n);
+		if (r <= 0)
+			break; /* EIO: the child closed its end */
+		n += (size_t)r;
+	}
+	buf[n] = '\0';
+	return n;
+}
+
+/* vramctl top on a pseudo-terminal: frames that clear the screen, the
+ * devices, a client's held / wanted / fair share per device; q quits. */
+START_TEST(test_vramctl_top_pty)
+{
+	struct env e;
+	env_start(&e, "64MiB");
+	vram_client *h;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(e.sock, "top-holder", &h), 0);
+	ck_assert_int_eq(vram_alloc(h, 0, 24 * MiB, VRAM_ALLOC_RECLAIMABLE, &g), 0);
+	ck_assert_int_eq(vram_demand(h, 0, 48 * MiB, 8 * MiB), 0);
+	char prog[512];
+	snprintf(prog, sizeof(prog), "%s/bin/vramctl", t_build());
+	static char out[1 << 16];
+	for (int round = 0; round < 2; round++) {
+		int m;
+		pid_t kid = forkpty(&m, NULL, NULL, NULL);
+		ck_assert_int_ge(kid, 0);
+		if (kid == 0) {
+			if (round == 0)
+				execl(prog, prog, "--socket", e.sock, "top", "--count", "3", "--interval", "100", (char *)NULL);
+			else
+				execl(prog, prog, "--socket", e.sock, "top", "--interval", "100", (char *)NULL);
+			_exit(127);
+		}
+		if (round == 1) {
+			pty_drain(m, out, sizeof(out), 400); /* a frame or more */
+			ck_assert_int_eq(write(m, "q", 1), 1);
+		}
+		pty_drain(m, out, sizeof(out), 5000);
+		int st;
+		for (int i = 0; i < 300 && waitpid(kid, &st, WNOHANG) != kid; i++)
+			t_sleep_ms(10);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vramctl top exit %d", WEXITSTATUS(st));
+		close(m);
+		if (round == 1)
+			continue;
+		ck_assert_msg(strstr(out, "\033[H\033[2J") && strstr(out, "(q quits)"), "%s", out);
+		ck_assert_msg(strstr(out, "cuda:0") && strstr(out, "FAIR SHARE"), "%s", out);
+		/* the holder's line: 24 MiB held, 48 wanted, all 64 its share (alone) */
+		char *line = strstr(out, "top-holder");
+		ck_assert_msg(line && strstr(line, "24.00 MiB") && strstr(line, "48.00 MiB"), "%s", out);
+		int frames = 0;
+		for (char *p = out; (p = strstr(p, "\033[2J")); p++)
+			frames++;
+		ck_assert_int_eq(frames, 3);
+	}
+	vram_close(h);
 	env_stop(&e);
 }
 END_TEST
@@ -443,13 +749,18 @@ int main(void)
 	TCase *tc = tcase_create("admin");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_ceiling_concurrent);
+	tcase_add_test(tc, test_name_cannot_raise_uid_ceiling);
 	tcase_add_test(tc, test_floor_through_reclaim);
 	tcase_add_test(tc, test_quotas_survive_restart);
 	tcase_add_test(tc, test_corrupt_state_refuses_start);
 	tcase_add_test(tc, test_non_root);
+	tcase_add_test(tc, test_connection_flood);
+	tcase_add_test(tc, test_ceiling_not_evaded_by_keeping_fds);
 	tcase_add_test(tc, test_evict);
 	tcase_add_test(tc, test_vramctl_quota_cli);
+	tcase_add_test(tc, test_vramctl_top_pty);
 	tcase_add_test(tc, test_reload);
+	tcase_add_test(tc, test_reload_default_config);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

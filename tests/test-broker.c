@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 
 #include "broker/broker.h"
+#include "broker/fair.h"
 #include "common/cleanup.h"
 #include "common/proto.h"
 #include "common/util.h"
@@ -258,9 +259,17 @@ START_TEST(test_limits)
 	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g), 0);
 	ck_assert_int_eq(vram_alloc(c, 0, 2 * MiB, 0, &g), -EDQUOT); /* 4th grant */
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "grant limit"));
-	/* a client over the connection limit is turned away, others go on */
+	/* a client over the connection limit is turned away with the
+	 * reason, others go on; root (an admin) has 8 more */
 	ck_assert_int_eq(vram_connect(l.sock, "t2", &c2), 0);
-	ck_assert_int_lt(vram_connect(l.sock, "t3", &c3), 0);
+	vram_client *more[8];
+	int extra = getuid() == 0 ? 8 : 0;
+	for (int i = 0; i < extra; i++)
+		ck_assert_int_eq(vram_connect(l.sock, "admin-room", &more[i]), 0);
+	ck_assert_msg(vram_connect(l.sock, "t3", &c3) == -EUSERS, "%s", vram_last_error());
+	ck_assert_msg(strstr(vram_last_error(), "max-clients 2"), "%s", vram_last_error());
+	for (int i = 0; i < extra; i++)
+		vram_close(more[i]);
 	ck_assert_int_eq(vram_alloc(c2, 0, 2 * MiB, 0, &g), 0);
 	vram_close(c2);
 	vram_close(c);
@@ -301,7 +310,16 @@ START_TEST(test_fd_leak)
 {
 	int before = t_count_fds();
 	struct live l;
-	live_start(&l, NULL);
+	/* The ready reserve's memfds come and go in this process as it
+	 * refills: counted without it (test-reserve counts them). */
+	struct broker_config cfg;
+	broker_config_init(&cfg);
+	cfg.nsim = 2;
+	cfg.sim_gpus[0] = 64 * MiB;
+	cfg.sim_gpus[1] = 32 * MiB;
+	cfg.host_pool = 64 * MiB;
+	cfg.ready_reserve = (struct broker_amount){ 0 };
+	live_start(&l, &cfg);
 	int during = t_count_fds();
 	for (int round = 0; round < 20; round++) {
 		vram_client *c;
@@ -517,6 +535,80 @@ START_TEST(test_reclaim_cooperative)
 }
 END_TEST
 
+/* The level-filling of fair shares (broker/fair.h), by hand. */
+START_TEST(test_fair_fill)
+{
+	uint64_t share[4];
+	/* wanting less than there is: everyone gets what it wants */
+	uint64_t b1[] = { 0, 0 }, c1[] = { 10, 20 };
+	fair_fill(b1, c1, share, 2, 64);
+	ck_assert_uint_eq(share[0], 10);
+	ck_assert_uint_eq(share[1], 20);
+	/* two who want it all split it */
+	uint64_t c2[] = { 64, 64 };
+	fair_fill(b1, c2, share, 2, 64);
+	ck_assert_uint_eq(share[0], 32);
+	ck_assert_uint_eq(share[1], 32);
+	/* one who wants little gets it; the others split the rest */
+	uint64_t b3[] = { 0, 0, 0 }, c3[] = { 4, 64, 64 };
+	fair_fill(b3, c3, share, 3, 64);
+	ck_assert_uint_eq(share[0], 4);
+	ck_assert_uint_eq(share[1], 30);
+	ck_assert_uint_eq(share[2], 30);
+	/* a floor (base) above the level is kept; the rest is levelled */
+	uint64_t b4[] = { 40, 0, 0 }, c4[] = { 64, 64, 64 };
+	fair_fill(b4, c4, share, 3, 64);
+	ck_assert_uint_eq(share[0], 40);
+	ck_assert_uint_eq(share[1], 12);
+	ck_assert_uint_eq(share[2], 12);
+	/* bases that exceed the device: bases */
+	uint64_t b5[] = { 40, 40 }, c5[] = { 64, 64 };
+	fair_fill(b5, c5, share, 2, 64);
+	ck_assert_uint_eq(share[0], 40);
+	ck_assert_uint_eq(share[1], 40);
+	/* the shares never sum past the device when the bases fit */
+	uint64_t b6[] = { 3, 7, 0, 1 }, c6[] = { 100, 9, 33, 50 };
+	fair_fill(b6, c6, share, 4, 77);
+	ck_assert_uint_le(share[0] + share[1] + share[2] + share[3], 77);
+	ck_assert_uint_ge(share[0] + share[1] + share[2] + share[3], 74); /* within one level step per client */
+}
+END_TEST
+
+/* A client that holds the whole device keeps its fair share: a newcomer
+ * that asks past its own share (half: both want more than there is) is
+ * refused at once, naming the share; one that asks within it is served by
+ * RECLAIM from the holder. */
+START_TEST(test_fair_share_refusal)
+{
+	struct live l;
+	struct holder h = { 0 };
+	reclaim_broker(&l, 5000);
+	ck_assert_int_eq(vram_connect(l.sock, "holder", &h.c), 0);
+	for (h.n = 0; h.n < 7; h.n++)
+		ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	vram_set_reclaim_handler(h.c, give_back, &h);
+	ck_assert_int_eq(pthread_create(&h.th, NULL, dispatcher, &h), 0);
+	vram_client *b;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(l.sock, "newcomer", &b), 0);
+	uint64_t t0 = now_ns();
+	ck_assert_int_eq(vram_alloc(b, 0, 40 * MiB, 0, &g), -ENOMEM);
+	ck_assert_uint_lt(now_ns() - t0, 2000 * 1000000ull); /* at once, not after the 5 s deadline */
+	ck_assert_msg(strstr(vram_last_error(), "its fair share is 32.00 MiB"), "%s", vram_last_error());
+	ck_assert_int_eq(atomic_load(&h.calls), 0);
+	ck_assert_msg(vram_alloc(b, 0, 32 * MiB, 0, &g) == 0, "%s", vram_last_error());
+	ck_assert_int_ge(atomic_load(&h.calls), 1);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 64 * MiB);
+	atomic_store(&h.stop, 1);
+	pthread_join(h.th, NULL);
+	vram_close(h.c);
+	vram_close(b);
+	wait_clients(l.b, 0);
+	ck_assert_uint_eq(broker_pool(l.b, 0)->used, 0);
+	live_stop(&l);
+}
+END_TEST
+
 struct asker {
 	const char *sock, *name;
 	uint64_t size;
@@ -684,29 +776,21 @@ END_TEST
 
 /* ---- as a real process --------------------------------------------------- */
 
-struct proc {
-	char *dir;
-	char sock[256];
-	char log[256];
-	pid_t pid;
-};
+/* A vramd process (tests/testlib.h's harness), its socket removed when it
+ * stops. */
+#define proc t_broker
 
 static void proc_start(struct proc *p, const char *const *args)
 {
-	p->dir = t_tmpdir();
-	ck_assert_ptr_nonnull(p->dir);
-	snprintf(p->sock, sizeof(p->sock), "%s/vramd.sock", p->dir);
-	snprintf(p->log, sizeof(p->log), "%s/vramd.log", p->dir);
-	p->pid = t_start_vramd(p->sock, p->log, args);
-	ck_assert_int_gt(p->pid, 0);
+	t_broker_start(p, args);
 }
 
 static void proc_stop(struct proc *p)
 {
-	int st = t_stop(p->pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	ck_assert_int_ne(access(p->sock, F_OK), 0); /* socket removed */
-	t_rmtree(p->dir);
+	char sock[256];
+	str_copy(sock, p->sock, sizeof(sock));
+	t_broker_stop(p);
+	ck_assert_int_ne(access(sock, F_OK), 0); /* socket removed */
 }
 
 static const char *const proc_args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
@@ -787,8 +871,7 @@ static void restart_survival(int sig)
 
 	kill(p.pid, sig);
 	waitpid(p.pid, NULL, 0);
-	p.pid = t_start_vramd(p.sock, p.log, proc_args);
-	ck_assert_int_gt(p.pid, 0);
+	t_broker_run(&p, proc_args);
 
 	/* the next call notices, reconnects and re-registers */
 	ck_assert_msg(vram_get_status(c, &after) == 0, "%s", vram_last_error());
@@ -945,8 +1028,7 @@ START_TEST(test_process_lifecycle)
 	kill(p.pid, SIGKILL);
 	waitpid(p.pid, NULL, 0);
 	ck_assert_int_eq(access(p.sock, F_OK), 0);
-	p.pid = t_start_vramd(p.sock, p.log, proc_args);
-	ck_assert_int_gt(p.pid, 0);
+	t_broker_run(&p, proc_args);
 	proc_stop(&p);
 }
 END_TEST
@@ -956,11 +1038,12 @@ START_TEST(test_bad_options)
 	char out[4096], cmd[1024];
 	const char *bad[] = {
 		"--sim-gpus 8GiB,4apples", "--host-pool lots", "--sim-gpus 1KiB", "--max-clients 0", "--frobnicate",
-		"--socket relative.sock",
+		"--socket relative.sock", "--socket-mode 0", "--socket-mode 000", "--socket-mode 0999",
 	};
 	const char *want[] = {
 		"\"4apples\" is not a size", "\"lots\" is not a size", "smaller than 2 MiB", "not a number",
-		"unrecognized option", "not an absolute path",
+		"unrecognized option", "not an absolute path", "socket-mode: 0 lets nobody but root connect",
+		"socket-mode: 0 lets nobody but root connect", "not an octal mode",
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
 		snprintf(cmd, sizeof(cmd), "%s/bin/vramd %s --no-cuda --state-dir /nonexistent/never --admin-socket /nonexistent/a.sock 2>&1", t_build(), bad[i]);
@@ -980,6 +1063,38 @@ START_TEST(test_bad_options)
 		 t_build(), d);
 	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
 	ck_assert_msg(strstr(out, "unknown key \"colour\""), "%s", out);
+	t_rmtree(d);
+}
+END_TEST
+
+/* --socket naming an existing file that is not a socket: an error naming
+ * it, and the file is left alone (only a stale socket is replaced). */
+START_TEST(test_socket_path_not_a_socket)
+{
+	char *d = t_tmpdir();
+	char path[512], cmd[1200], out[4096];
+	snprintf(path, sizeof(path), "%s/precious.txt", d);
+	FILE *f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs("keep me\n", f);
+	fclose(f);
+	snprintf(cmd, sizeof(cmd),
+		 "%s/bin/vramd --socket %s --no-cuda --host-pool 8MiB --state-dir %s/state --admin-socket %s/a.sock 2>&1",
+		 t_build(), path, d, d);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
+	ck_assert_msg(strstr(out, "precious.txt exists and is not a socket"), "%s", out);
+	size_t len;
+	_cleanup_free_ uint8_t *b = t_read_file(path, &len);
+	ck_assert_ptr_nonnull(b);
+	ck_assert_int_eq(len, 8);
+	ck_assert(!memcmp(b, "keep me\n", 8));
+	/* the same for the admin socket */
+	snprintf(cmd, sizeof(cmd),
+		 "%s/bin/vramd --socket %s/s.sock --no-cuda --host-pool 8MiB --state-dir %s/state --admin-socket %s 2>&1",
+		 t_build(), d, d, path);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
+	ck_assert_msg(strstr(out, "is not a socket"), "%s", out);
+	ck_assert_int_eq(access(path, F_OK), 0);
 	t_rmtree(d);
 }
 END_TEST
@@ -1065,6 +1180,8 @@ int main(void)
 	tcase_add_test(tc, test_status_paging);
 	tcase_add_test(tc, test_reclaim_cooperative);
 	tcase_add_test(tc, test_reclaim_queue_behind_parked);
+	tcase_add_test(tc, test_fair_fill);
+	tcase_add_test(tc, test_fair_share_refusal);
 	tcase_add_test(tc, test_reclaim_ignored);
 	tcase_add_test(tc, test_reclaim_holder_dies);
 	tcase_add_test(tc, test_reclaim_requester_dies);
@@ -1078,6 +1195,7 @@ int main(void)
 	tcase_add_test(tc, test_register_forged);
 	tcase_add_test(tp, test_bad_options);
 	tcase_add_test(tp, test_config_file_used);
+	tcase_add_test(tp, test_socket_path_not_a_socket);
 	tcase_add_test(tp, test_reload_keeps_paths);
 	suite_add_tcase(s, tp);
 	SRunner *sr = srunner_create(s);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "kernels/kernels.h"
+#include "runtime/vram.h"
 #include "tests/testlib.h"
 
 extern char **environ;

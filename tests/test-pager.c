@@ -102,11 +102,10 @@ static int paged_layers(struct fx *f)
 	return n;
 }
 
-/* Acquires layer, compares every tensor with the file (converted as the
- * load converted it, by the C reference), releases. */
-static void check_layer(struct fx *f, vram_pager *p, uint32_t li)
+/* Compares every tensor of acquired layer li with the file (converted as
+ * the load converted it, by the C reference). */
+static void compare_layer(struct fx *f, vram_pager *p, uint32_t li)
 {
-	ck_assert_msg(vram_pager_acquire(p, li) == 0, "%s", vram_last_error());
 	struct vram_layer_info info = { .struct_size = sizeof(info) };
 	vram_model_layer(f->m, li, &info);
 	for (uint32_t t = info.first_tensor; t < info.first_tensor + info.ntensors; t++) {
@@ -127,7 +126,16 @@ static void check_layer(struct fx *f, vram_pager *p, uint32_t li)
 		ck_assert_msg(memcmp(h, want, nb) == 0, "converted tensor %s differs", ti.name);
 		free(want);
 	}
+}
+
+/* Acquires layer, compares it with the file, releases. */
+static void check_layer(struct fx *f, vram_pager *p, uint32_t li)
+{
+	ck_assert_msg(vram_pager_acquire(p, li) == 0, "%s", vram_last_error());
+	compare_layer(f, p, li);
 	ck_assert_int_eq(vram_pager_release(p, li), 0);
+	struct vram_layer_info info = { .struct_size = sizeof(info) };
+	vram_model_layer(f->m, li, &info);
 	/* after release the pointers are no longer handed out */
 	if (info.ntensors)
 		ck_assert_ptr_null(vram_pager_tensor_host_ptr(p, info.first_tensor));
@@ -398,6 +406,69 @@ START_TEST(test_reclaim_drops_to_file)
 }
 END_TEST
 
+/* The checkpoint replaced under its path after the load (another file of
+ * the same size renamed over it): layers dropped by reclaim are read back
+ * from the file the model parsed (its fd), never the new one.  That file
+ * then modified in place (a byte and the mtime): an acquire that must read
+ * it back fails with -ESTALE naming the file; every acquire that succeeds
+ * still serves the original bytes. */
+START_TEST(test_file_replaced_after_load)
+{
+	struct fx f;
+	fx_start(&f, "64MiB", "24MiB", 24, 0.008);
+	vram_pager *p;
+	ck_assert_msg(vram_pager_create(f.l, f.plan, NULL, &p) == 0, "%s", vram_last_error());
+	pass(&f, p);
+	char tmp[300];
+	snprintf(tmp, sizeof(tmp), "%s.new", f.file);
+	ck_assert_int_eq(t_write_checkpoint(tmp, 24, 512, 1024, 12), 0);
+	size_t len;
+	uint8_t *other = t_read_file(tmp, &len);
+	ck_assert_ptr_nonnull(other);
+	ck_assert_uint_eq(len, f.len);
+	ck_assert(memcmp(other, f.bytes, len) != 0);
+	free(other);
+	ck_assert_int_eq(rename(tmp, f.file), 0);
+	ck_assert_uint_ge(vram_pager_reclaim(p, 0, 16 * MiB), 16 * MiB);
+	pass(&f, p); /* against f.bytes: the original file */
+	ck_assert_uint_ge(vram_pager_reclaim(p, 1, 8 * MiB), 1);
+	pass(&f, p);
+	struct vram_pager_stats st = { .struct_size = sizeof(st) };
+	vram_pager_stats(p, &st);
+	ck_assert_uint_gt(st.dropped, 0);
+
+	/* in place, through the model's own inode (the path names the new
+	 * file now) */
+	char self[64];
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", vram_model_fd(f.m));
+	int wfd = open(self, O_WRONLY | O_CLOEXEC);
+	ck_assert_int_ge(wfd, 0);
+	struct stat sb;
+	ck_assert_int_eq(fstat(wfd, &sb), 0);
+	uint8_t byte = (uint8_t)~f.bytes[vram_model_data_offset(f.m)];
+	ck_assert_int_eq(pwrite(wfd, &byte, 1, (off_t)vram_model_data_offset(f.m)), 1);
+	struct timespec ts[2] = { { .tv_nsec = UTIME_OMIT }, { .tv_sec = sb.st_mtim.tv_sec + 7 } };
+	ck_assert_int_eq(futimens(wfd, ts), 0);
+	close(wfd);
+	uint32_t stale = 0;
+	for (uint32_t li = 0; li < f.nunet; li++) {
+		int r = vram_pager_acquire(p, li);
+		if (r == 0) {
+			compare_layer(&f, p, li);
+			ck_assert_int_eq(vram_pager_release(p, li), 0);
+			continue;
+		}
+		ck_assert_msg(r == -ESTALE, "layer %u: %d %s", li, r, vram_last_error());
+		ck_assert_msg(strstr(vram_last_error(), f.file) &&
+			      strstr(vram_last_error(), "changed since it was opened"), "%s", vram_last_error());
+		stale++;
+	}
+	ck_assert_uint_gt(stale, 0);
+	vram_pager_free(p);
+	fx_stop(&f);
+}
+END_TEST
+
 struct other {
 	const char *sock;
 	uint64_t size;
@@ -418,7 +489,9 @@ static void *other_alloc(void *arg)
 }
 
 /* Another client's ALLOC is satisfied by RECLAIM from the pager, which
- * answers from its dispatch thread while a pass runs. */
+ * answers from its dispatch thread while a pass runs.  The newcomer asks
+ * for 16 MiB of the 40: within its fair share (20 MiB: the two want more
+ * than the device has, and split it). */
 START_TEST(test_reclaim_through_broker)
 {
 	struct fx f;
@@ -426,7 +499,7 @@ START_TEST(test_reclaim_through_broker)
 	vram_pager *p;
 	ck_assert_int_eq(vram_pager_create(f.l, f.plan, NULL, &p), 0);
 	pass(&f, p);
-	struct other o = { .sock = f.sock, .size = 24 * MiB };
+	struct other o = { .sock = f.sock, .size = 16 * MiB };
 	pthread_t th;
 	ck_assert_int_eq(pthread_create(&th, NULL, other_alloc, &o), 0);
 	for (int k = 0; k < 3; k++)
@@ -532,6 +605,7 @@ int main(void)
 	tcase_add_test(tc, test_groups);
 	tcase_add_test(tc, test_reclaim_mid_pass);
 	tcase_add_loop_test(tc, test_reclaim_drops_to_file, 0, 2);
+	tcase_add_test(tc, test_file_replaced_after_load);
 	tcase_add_test(tc, test_reclaim_through_broker);
 	tcase_add_test(tc, test_reclaim_twice_at_once);
 	tcase_add_test(tc, test_killed_while_paging);

@@ -8,7 +8,9 @@
  * .venv/bin/python) with safetensors and numpy; skips (77) without it.
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -20,10 +22,25 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/dtype.h"
 #include "runtime/model.h"
 #include "runtime/vram.h"
 
 static char fixdir[1024];
+
+/* Open fds of this process. */
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n - 1; /* the DIR's own */
+}
 
 static const char *fx(char *buf, const char *sub, const char *name)
 {
@@ -354,8 +371,8 @@ START_TEST(test_valid_details)
 	vram_model_close(m);
 
 	m = open_ok("valid", "all_dtypes");
-	ck_assert_int_eq(vram_model_tensor_count(m), VRAM_DTYPE_COUNT);
-	for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++) {
+	ck_assert_int_eq(vram_model_tensor_count(m), DTYPE_ST_COUNT);
+	for (uint32_t d = 0; d < DTYPE_ST_COUNT; d++) {
 		char name[32];
 		snprintf(name, sizeof(name), "t%02u_%s", d, vram_dtype_name(d));
 		t = tensor_named(m, name);
@@ -477,7 +494,7 @@ START_TEST(test_reference_crosscheck)
 		snprintf(base, sizeof(base), "%02d", i);
 		total += crosscheck_file(base);
 	}
-	ck_assert_int_eq(crosscheck_file("all_dtypes"), VRAM_DTYPE_COUNT);
+	ck_assert_int_eq(crosscheck_file("all_dtypes"), DTYPE_ST_COUNT);
 	ck_assert_int_gt(total, 200);
 	for (int i = 0; i < 24; i++) {
 		vram_model *m;
@@ -753,8 +770,13 @@ START_TEST(test_api)
 	vram_model_close(m);
 
 	for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++) {
+		uint32_t e = 0, b = 0;
 		ck_assert_ptr_nonnull(vram_dtype_name(d));
-		ck_assert_uint_gt(vram_dtype_bits(d), 0);
+		ck_assert_int_eq(vram_dtype_block(d, &e, &b), 0);
+		if (d < DTYPE_ST_COUNT)
+			ck_assert_uint_eq(e * vram_dtype_bits(d), 8 * b); /* whole bytes */
+		else
+			ck_assert_uint_eq(vram_dtype_bits(d), 0); /* GGUF's blocks */
 	}
 	ck_assert_str_eq(vram_dtype_name(VRAM_DTYPE_BOOL), "BOOL");
 	ck_assert_str_eq(vram_dtype_name(VRAM_DTYPE_F8_E4M3FNUZ), "F8_E4M3FNUZ");
@@ -765,11 +787,57 @@ START_TEST(test_api)
 	ck_assert_uint_eq(vram_dtype_bits(VRAM_DTYPE_C64), 64);
 	ck_assert_ptr_null(vram_dtype_name(VRAM_DTYPE_COUNT));
 	ck_assert_uint_eq(vram_dtype_bits(VRAM_DTYPE_COUNT), 0);
+	{
+		uint32_t e = 7, b = 7;
+		ck_assert_int_eq(vram_dtype_block(VRAM_DTYPE_COUNT, &e, &b), -EINVAL);
+		ck_assert_uint_eq(e, 7);
+		ck_assert_int_eq(vram_dtype_block(VRAM_DTYPE_F4, &e, &b), 0);
+		ck_assert_uint_eq(e, 2);
+		ck_assert_uint_eq(b, 1);
+		ck_assert_int_eq(vram_dtype_block(VRAM_DTYPE_F6_E2M3, &e, &b), 0);
+		ck_assert_uint_eq(e, 4);
+		ck_assert_uint_eq(b, 3);
+		ck_assert_int_eq(vram_dtype_block(VRAM_DTYPE_Q4_K, &e, &b), 0);
+		ck_assert_uint_eq(e, 256);
+		ck_assert_uint_eq(b, 144);
+		ck_assert_str_eq(vram_dtype_name(VRAM_DTYPE_Q8_0), "Q8_0");
+		ck_assert_str_eq(vram_dtype_name(VRAM_DTYPE_Q1_0), "Q1_0");
+	}
 	ck_assert_str_eq(vram_component_name(VRAM_COMP_UNET), "unet");
 	ck_assert_str_eq(vram_component_name(VRAM_COMP_CLIP), "clip");
 	ck_assert_str_eq(vram_component_name(VRAM_COMP_VAE), "vae");
 	ck_assert_str_eq(vram_component_name(VRAM_COMP_OTHER), "other");
 	ck_assert_ptr_null(vram_component_name(VRAM_COMP_COUNT));
+}
+END_TEST
+
+/* The model holds the file open, once: read-only and close-on-exec, the
+ * inode the path named at open, closed by vram_model_close; a failed open
+ * leaves nothing open. */
+START_TEST(test_fd)
+{
+	char p[PATH_MAX];
+	int fds0 = count_fds();
+	vram_model *m = open_ok("names", "sdxl");
+	int fd = vram_model_fd(m);
+	struct stat a, b;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(count_fds(), fds0 + 1);
+	ck_assert_int_eq(fcntl(fd, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+	ck_assert_int_eq(fcntl(fd, F_GETFL) & O_ACCMODE, O_RDONLY);
+	ck_assert_int_eq(fstat(fd, &a), 0);
+	ck_assert_int_eq(stat(fx(p, "names", "sdxl"), &b), 0);
+	ck_assert(a.st_dev == b.st_dev && a.st_ino == b.st_ino);
+	ck_assert_uint_eq((uint64_t)a.st_size, vram_model_file_size(m));
+	vram_model_close(m);
+	ck_assert_int_eq(count_fds(), fds0);
+	ck_assert_int_eq(vram_model_fd(NULL), -EINVAL);
+
+	ck_assert_int_eq(vram_model_open(fx(p, "invalid", "size_mismatch"), &m), -EINVAL);
+	ck_assert_int_eq(vram_model_open(fixdir, &m), -EISDIR);
+	ck_assert_int_eq(vram_model_open("/dev/null", &m), -EINVAL);
+	ck_assert_int_eq(count_fds(), fds0);
 }
 END_TEST
 
@@ -868,6 +936,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_layer_rules);
 	tcase_add_test(tc, test_natcmp);
 	tcase_add_test(tc, test_api);
+	tcase_add_test(tc, test_fd);
 	tcase_add_test(tc, test_checkpoint);
 	suite_add_tcase(s, tc);
 	return s;

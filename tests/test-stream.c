@@ -1040,7 +1040,7 @@ static int csink_cast(void *user, uint64_t dst, uint32_t dst_dtype, const void *
 	uint64_t sb = n * vram_dtype_bits(src_dtype) / 8, db = n * vram_dtype_bits(dst_dtype) / 8;
 	k->casts++;
 	if (k->fail_cast_at && (int)k->casts == k->fail_cast_at)
-		return vram_error(-EIO, "planted conversion failure");
+		return rt_error(-EIO, "planted conversion failure");
 	if (dst > k->dev_size || db > k->dev_size - dst || slot_off + sb > k->slot_size ||
 	    (k->staging && (const uint8_t *)src != k->staging + slot * k->slot_size + slot_off)) {
 		k->bad++;

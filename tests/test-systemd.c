@@ -206,68 +206,28 @@ START_TEST(test_units_verify)
 }
 END_TEST
 
-/* The ExecStart= shell guard: --config only when the file exists, then
- * VRAMD_OPTS, and vramd exec'ed in the shell's process. */
-static void run_execstart(const char *script, const char *conf, const char *opts, const char *want)
-{
-	char *dir = t_tmpdir();
-	char fake[4200], outp[4200];
-	ck_assert_ptr_nonnull(dir);
-	snprintf(fake, sizeof(fake), "%s/vramd", dir);
-	snprintf(outp, sizeof(outp), "%s/args", dir);
-	FILE *f = fopen(fake, "we");
-	ck_assert_ptr_nonnull(f);
-	fprintf(f, "#!/bin/sh\necho \"$$ $*\" > '%s'\n", outp);
-	fclose(f);
-	ck_assert_int_eq(chmod(fake, 0755), 0);
-	/* systemd turns $$ into $ and @BINDIR@ was substituted at install. */
-	char body[2048];
-	size_t k = 0;
-	for (const char *p = script; *p && k < sizeof(body) - 1;) {
-		if (!strncmp(p, "$$", 2)) {
-			body[k++] = '$';
-			p += 2;
-		} else if (!strncmp(p, "@BINDIR@", 8)) {
-			k += (size_t)snprintf(body + k, sizeof(body) - k, "%s", dir);
-			p += 8;
-		} else {
-			body[k++] = *p++;
-		}
-	}
-	body[k] = '\0';
-	pid_t pid = fork();
-	ck_assert_int_ge(pid, 0);
-	if (pid == 0) {
-		setenv("VRAMD_CONFIG", conf, 1);
-		setenv("VRAMD_OPTS", opts, 1);
-		execl("/bin/sh", "sh", "-c", body, "vramd", (char *)NULL);
-		_exit(127);
-	}
-	int st;
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the ExecStart= line failed: %s", body);
-	_cleanup_free_ char *got = slurp(outp);
-	char expect[4400];
-	snprintf(expect, sizeof(expect), "%d %s\n", (int)pid, want);
-	ck_assert_str_eq(got, expect);
-	t_rmtree(dir);
-}
-
+/* ExecStart= runs vramd itself, no shell in between (the journal's
+ * SYSLOG_IDENTIFIER would be "sh", and `journalctl -t vramd` would find
+ * nothing); vramd finds its config through VRAMD_CONFIG (test-admin's
+ * test_reload_default_config runs that).  ExecReload= waits for the
+ * broker's answer, so a failed reload fails `systemctl reload`. */
 START_TEST(test_unit_execstart)
 {
 	_cleanup_free_ char *svc = slurp("systemd/vramd.service");
-	const char *line = strstr(svc, "\nExecStart=/bin/sh -c '");
-	ck_assert_ptr_nonnull(line);
-	const char *q1 = strchr(line, '\'') + 1, *q2 = strchr(q1, '\'');
-	ck_assert_ptr_nonnull(q2);
-	ck_assert_msg(!strncmp(q2, "' vramd\n", 8), "ExecStart= should end with ' vramd");
-	char script[2048];
-	snprintf(script, sizeof(script), "%.*s", (int)(q2 - q1), q1);
-
-	run_execstart(script, "/nonexistent/vramd.conf", "", "");
-	run_execstart(script, "/nonexistent/vramd.conf", "-v --max-clients 9", "-v --max-clients 9");
-	run_execstart(script, "/dev/null", "", "--config /dev/null");
-	run_execstart(script, "/dev/null", "-v", "--config /dev/null -v");
+	ck_assert_msg(strstr(svc, "\nExecStart=@BINDIR@/vramd $VRAMD_OPTS\n"), "ExecStart= is not vramd itself");
+	ck_assert_msg(!strstr(svc, "/bin/sh"), "a shell in the unit");
+	ck_assert_msg(strstr(svc, "\nEnvironment=VRAMD_CONFIG=@SYSCONFDIR@/vramd/vramd.conf\n"), "no VRAMD_CONFIG");
+	ck_assert_msg(strstr(svc, "\nExecReload=@BINDIR@/vramctl reload\n"), "ExecReload= does not wait for the answer");
+	/* vramd reads $VRAMD_CONFIG when it exists: a broken one stops it */
+	char *dir = t_tmpdir();
+	char cmd[1200], out[2048];
+	snprintf(cmd, sizeof(cmd),
+		 "printf 'max-clients = lots\\n' > %s/vramd.conf && VRAMD_CONFIG=%s/vramd.conf %s/bin/vramd --socket %s/s.sock "
+		 "--admin-socket %s/a.sock --state-dir %s/state --no-cuda --host-pool 8MiB 2>&1",
+		 dir, dir, t_build(), dir, dir, dir);
+	ck_assert_int_eq(t_run(cmd, out, sizeof(out)), 1);
+	ck_assert_msg(strstr(out, "vramd.conf:1: max-clients"), "%s", out);
+	t_rmtree(dir);
 }
 END_TEST
 
@@ -345,7 +305,8 @@ START_TEST(test_conf_example)
 	static const char *const coming[] = { "admin-socket", "admin-group", "state-dir", "socket-group" };
 	/* Every key broker/config.c accepts must be documented. */
 	static const char *const known[] = { "socket", "sim-gpus", "host-pool", "client-max", "max-clients",
-					     "max-grants", "socket-mode", "reclaim-deadline-ms", "cuda", "verbose" };
+					     "max-grants", "socket-mode", "reclaim-deadline-ms", "cuda", "verbose",
+					     "ready-reserve", "ready-refill-rate", "ready-min-free" };
 	char line[1024], err[256];
 	char seen[64][64];
 	int nseen = 0;
@@ -353,7 +314,8 @@ START_TEST(test_conf_example)
 	broker_config_init(&conf_cfg);
 	broker_log_level = 0;
 	/* As shipped (everything commented out) it loads. */
-	ck_assert_int_eq(broker_config_load(&conf_cfg, "systemd/vramd.conf.example"), 0);
+	char cerr[256] = "";
+	ck_assert_msg(broker_config_load(&conf_cfg, "systemd/vramd.conf.example", cerr, sizeof(cerr)) == 0, "%s", cerr);
 
 	FILE *f = fopen("systemd/vramd.conf.example", "re");
 	ck_assert_ptr_nonnull(f);
@@ -874,14 +836,13 @@ static char *run_metrics(const char *vramctl, const char *sock, const char *extr
 
 START_TEST(test_metrics)
 {
-	struct env e;
+	struct t_broker e;
 	struct exposition x;
 	int rc;
-	char pidl[64], uidl[64];
-	env_init(&e);
-	const char *args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
-	pid_t pid = t_start_vramd(e.sock, e.log, args);
-	ck_assert_int_gt(pid, 0);
+	char pidl[64], uidl[64], vramctl[512];
+	snprintf(vramctl, sizeof(vramctl), "%s/bin/vramctl", t_build());
+	const char *args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "64MiB", NULL };
+	t_broker_start(&e, args);
 
 	/* A client whose name needs escaping, and one byte that is not UTF-8. */
 	vram_client *c;
@@ -892,7 +853,7 @@ START_TEST(test_metrics)
 	snprintf(pidl, sizeof(pidl), "pid=\"%d\"", (int)getpid());
 	snprintf(uidl, sizeof(uidl), "uid=\"%u\"", (unsigned)getuid());
 
-	_cleanup_free_ char *out = run_metrics(e.vramctl, e.sock, NULL, &rc);
+	_cleanup_free_ char *out = run_metrics(vramctl, e.sock, NULL, &rc);
 	ck_assert_msg(rc == 0, "rc %d", rc);
 	parse_exposition(out, &x);
 	ck_assert_double_eq(V(&x, "vramd_up", ""), 1);
@@ -933,7 +894,7 @@ START_TEST(test_metrics)
 	/* After a free the series stays, at 0. */
 	ck_assert_int_eq(vram_free(c, g1), 0);
 	free(out);
-	out = run_metrics(e.vramctl, e.sock, NULL, &rc);
+	out = run_metrics(vramctl, e.sock, NULL, &rc);
 	ck_assert_int_eq(rc, 0);
 	parse_exposition(out, &x);
 	ck_assert_double_eq(V(&x, "vramd_client_held_bytes", name, cuda0), 0);
@@ -946,7 +907,7 @@ START_TEST(test_metrics)
 	snprintf(file, sizeof(file), "%s/vramd.prom", e.dir);
 	snprintf(extra, sizeof(extra), "--output '%s'", file);
 	free(out);
-	out = run_metrics(e.vramctl, e.sock, extra, &rc);
+	out = run_metrics(vramctl, e.sock, extra, &rc);
 	ck_assert_int_eq(rc, 0);
 	ck_assert_str_eq(out, "");
 	_cleanup_free_ char *prom = slurp(file);
@@ -963,27 +924,27 @@ START_TEST(test_metrics)
 
 	/* Usage errors. */
 	free(out);
-	out = run_metrics(e.vramctl, e.sock, "--bogus", &rc);
+	out = run_metrics(vramctl, e.sock, "--bogus", &rc);
 	ck_assert_int_eq(rc, 64);
 
 	/* Broker gone: vramd_up 0, still valid, and exit code 69; the file
 	 * says so too. */
 	vram_close(c);
-	ck_assert_int_eq(t_stop(pid), 0);
+	t_broker_halt(&e);
 	free(out);
-	out = run_metrics(e.vramctl, e.sock, NULL, &rc);
+	out = run_metrics(vramctl, e.sock, NULL, &rc);
 	ck_assert_int_eq(rc, 69);
 	parse_exposition(out, &x);
 	ck_assert_int_eq(x.n, 1);
 	ck_assert_double_eq(V(&x, "vramd_up", ""), 0);
 	free(x.s);
 	free(out);
-	out = run_metrics(e.vramctl, e.sock, extra, &rc);
+	out = run_metrics(vramctl, e.sock, extra, &rc);
 	ck_assert_int_eq(rc, 69);
 	free(prom);
 	prom = slurp(file);
 	ck_assert_ptr_nonnull(strstr(prom, "\nvramd_up 0\n"));
-	env_fini(&e);
+	t_broker_stop(&e);
 	(void)g2;
 }
 END_TEST
@@ -1016,7 +977,7 @@ START_TEST(test_make_install)
 	char root[4200];
 	snprintf(root, sizeof(root), "%s/root", dir);
 
-	snprintf(cmd, sizeof(cmd), "'%s' -s --no-print-directory BUILD='%s' DESTDIR='%s' PREFIX=/usr " MAKE_SAN " install 2>&1",
+	snprintf(cmd, sizeof(cmd), "MAKEFLAGS= '%s' -s --no-print-directory BUILD='%s' DESTDIR='%s' PREFIX=/usr " MAKE_SAN " install 2>&1",
 		 makep, t_build(), root);
 	int rc = t_run(cmd, out, 1 << 16);
 	ck_assert_msg(rc == 0, "make install:\n%s", tail(out));
@@ -1035,7 +996,8 @@ START_TEST(test_make_install)
 	char p[4400];
 	snprintf(p, sizeof(p), "%s/usr/lib/systemd/system/vramd.service", root);
 	_cleanup_free_ char *svc = slurp(p);
-	ck_assert_msg(strstr(svc, "exec /usr/bin/vramd ") && !strstr(svc, "@BINDIR@") && !strstr(svc, "@SYSCONFDIR@") && !strstr(svc, "@DOCDIR@"), "placeholders left:\n%s", tail(svc));
+	ck_assert_msg(strstr(svc, "\nExecStart=/usr/bin/vramd $VRAMD_OPTS\n") &&
+		      strstr(svc, "\nExecReload=/usr/bin/vramctl reload\n") && !strstr(svc, "@BINDIR@") && !strstr(svc, "@SYSCONFDIR@") && !strstr(svc, "@DOCDIR@"), "placeholders left:\n%s", tail(svc));
 	snprintf(p, sizeof(p), "%s/usr/lib/libvram.so", root);
 	char link[64] = "";
 	ck_assert_int_gt(readlink(p, link, sizeof(link) - 1), 0);
@@ -1063,9 +1025,15 @@ START_TEST(test_make_install)
 	rc = t_run(build, out, 1 << 16);
 	free(build);
 	ck_assert_msg(rc == 0, "building against the installed library failed (rc %d):\n%s", rc, tail(out));
+	/* vram.h needs no other library's headers: --cflags --libs works with
+	 * only vram.pc in sight (no liburing.pc, no jansson.pc) */
+	snprintf(cmd, sizeof(cmd), "PKG_CONFIG_LIBDIR='%s/usr/lib/pkgconfig' PKG_CONFIG_PATH= '%s' --cflags --libs vram 2>&1",
+		 root, pkgconf);
+	rc = t_run(cmd, out, 1 << 16);
+	ck_assert_msg(rc == 0 && strstr(out, "-lvram"), "pkg-config --cflags --libs vram alone:\n%s", tail(out));
 
 	snprintf(cmd, sizeof(cmd),
-		 "'%s' -s --no-print-directory BUILD='%s' DESTDIR='%s' PREFIX=/usr " MAKE_SAN " uninstall 2>&1 && "
+		 "MAKEFLAGS= '%s' -s --no-print-directory BUILD='%s' DESTDIR='%s' PREFIX=/usr " MAKE_SAN " uninstall 2>&1 && "
 		 "find '%s' -type f -o -type l",
 		 makep, t_build(), root, root);
 	rc = t_run(cmd, out, 1 << 16);

@@ -26,7 +26,11 @@ START_TEST(test_layout)
 	ck_assert_uint_eq(offsetof(struct vramd_device, ordinal), 64);
 	ck_assert_uint_eq(offsetof(struct vramd_device, name), 72);
 	ck_assert_uint_eq(offsetof(struct vramd_device, label), 104);
-	ck_assert_uint_eq(sizeof(struct vramd_device), 168);
+	ck_assert_uint_eq(offsetof(struct vramd_device, ready), 168);
+	ck_assert_uint_eq(offsetof(struct vramd_device, cache), 208);
+	ck_assert_uint_eq(offsetof(struct vramd_device, cache_hits), 224);
+	ck_assert_uint_eq(offsetof(struct vramd_device, reserved), 248);
+	ck_assert_uint_eq(sizeof(struct vramd_device), 264);
 
 	ck_assert_uint_eq(offsetof(struct vramd_hello_reply, client_id), 24);
 	ck_assert_uint_eq(offsetof(struct vramd_hello_reply, max_alloc), 32);
@@ -59,7 +63,28 @@ START_TEST(test_layout)
 	ck_assert_uint_eq(offsetof(struct vramd_client_info, held), 24);
 	ck_assert_uint_eq(offsetof(struct vramd_client_info, held_dev), 40);
 	ck_assert_uint_eq(offsetof(struct vramd_client_info, name), 176);
-	ck_assert_uint_eq(sizeof(struct vramd_client_info), 240);
+	ck_assert_uint_eq(offsetof(struct vramd_client_info, want_dev), 240);
+	ck_assert_uint_eq(offsetof(struct vramd_client_info, share_dev), 368);
+	ck_assert_uint_eq(offsetof(struct vramd_client_info, shared_dev), 496);
+	ck_assert_uint_eq(offsetof(struct vramd_client_info, reclaim_p50_us), 624);
+	ck_assert_uint_eq(offsetof(struct vramd_client_info, reclaim_asked), 632);
+	ck_assert_uint_eq(sizeof(struct vramd_client_info), 680);
+	ck_assert_uint_eq(offsetof(struct vramd_demand, device), 24);
+	ck_assert_uint_eq(offsetof(struct vramd_demand, want), 32);
+	ck_assert_uint_eq(offsetof(struct vramd_demand, min), 40);
+	ck_assert_uint_eq(sizeof(struct vramd_demand), 64);
+	ck_assert_uint_eq(offsetof(struct vramd_offer, bytes), 32);
+	ck_assert_uint_eq(sizeof(struct vramd_offer), 56);
+	ck_assert_uint_eq(offsetof(struct vramd_register, what), 52);
+	ck_assert_uint_eq(sizeof(struct vramd_share_run), 32);
+	ck_assert_uint_eq(offsetof(struct vramd_share_run, src_dtype), 16);
+	ck_assert_uint_eq(offsetof(struct vramd_share, nruns), 32);
+	ck_assert_uint_eq(sizeof(struct vramd_share), 56);
+	ck_assert_uint_eq(offsetof(struct vramd_share_reply, how), 44);
+	ck_assert_uint_eq(sizeof(struct vramd_share_reply), 64);
+	ck_assert_uint_eq(sizeof(struct vramd_share_progress), 56);
+	ck_assert_uint_eq(sizeof(struct vramd_unshare), 40);
+	ck_assert_uint_eq(sizeof(struct vramd_cache_drop), 48);
 	ck_assert_uint_eq(offsetof(struct vramd_status_reply, grants), 40);
 	ck_assert_uint_eq(offsetof(struct vramd_status_reply, note), 72);
 	ck_assert_uint_eq(sizeof(struct vramd_status_reply), 200);
@@ -148,7 +173,10 @@ START_TEST(test_malformed_headers)
 	b.hdr.magic ^= 1;
 	ck_assert_int_eq(val(&b, sizeof(b)), -EPROTO);
 	b = a;
-	b.hdr.version = 2;
+	b.hdr.version = VRAMD_PROTO_VERSION + 1;
+	ck_assert_int_eq(val(&b, sizeof(b)), -EPROTO);
+	b = a;
+	b.hdr.version = VRAMD_PROTO_VERSION - 1; /* an older runtime or broker */
 	ck_assert_int_eq(val(&b, sizeof(b)), -EPROTO);
 	b = a;
 	b.hdr.version = 0;

@@ -59,8 +59,8 @@ static void print_size(uint64_t v, bool ceiling)
 
 int cmd_quota(struct ctl *ctl)
 {
+	_cleanup_(vram_closep) vram_client *c = NULL;
 	const char *sub = ctl->argc > 1 ? ctl->argv[1] : "";
-	vram_client *c;
 	int r;
 	if (!strcmp(sub, "set")) {
 		const char *subject = NULL, *device = NULL;
@@ -90,7 +90,6 @@ int cmd_quota(struct ctl *ctl)
 		if ((r = connect_admin(ctl, &c)) != 0)
 			return r;
 		r = vram_quota_set(c, subject, device, flags, floor, ceiling);
-		vram_close(c);
 		return r < 0 ? fail("quota set", r) : 0;
 	}
 	if (!strcmp(sub, "rm")) {
@@ -101,7 +100,6 @@ int cmd_quota(struct ctl *ctl)
 		if ((r = connect_admin(ctl, &c)) != 0)
 			return r;
 		r = vram_quota_rm(c, ctl->argv[2], ctl->argc == 4 ? ctl->argv[3] : NULL);
-		vram_close(c);
 		return r < 0 ? fail("quota rm", r) : 0;
 	}
 	if (!strcmp(sub, "list")) {
@@ -115,19 +113,16 @@ int cmd_quota(struct ctl *ctl)
 		}
 		if ((r = connect_admin(ctl, &c)) != 0)
 			return r;
-		char *json = NULL;
+		_cleanup_free_ char *json = NULL;
 		r = vram_quota_list(c, &json);
-		vram_close(c);
 		if (r < 0)
 			return fail("quota list", r);
 		if (ctl->json) {
 			puts(json);
-			free(json);
 			return 0;
 		}
 		json_error_t e;
-		json_t *root = json_loads(json, 0, &e);
-		free(json);
+		json_auto_t *root = json_loads(json, 0, &e);
 		json_t *arr = root ? json_object_get(root, "quotas") : NULL;
 		printf("%-24s %-8s %12s %12s\n", "SUBJECT", "DEVICE", "FLOOR", "CEILING");
 		for (size_t i = 0; arr && i < json_array_size(arr); i++) {
@@ -142,7 +137,6 @@ int cmd_quota(struct ctl *ctl)
 			print_size(json_is_integer(ce) ? (uint64_t)json_integer_value(ce) : VRAM_NO_CEILING, true);
 			putchar('\n');
 		}
-		json_decref(root);
 		return 0;
 	}
 	fprintf(stderr, "usage: vramctl quota set|list|rm ...\n");
@@ -151,20 +145,18 @@ int cmd_quota(struct ctl *ctl)
 
 int cmd_clients(struct ctl *ctl)
 {
-	vram_client *c;
-	struct vram_status *s;
+	_cleanup_(vram_closep) vram_client *c = NULL;
+	_cleanup_(vram_status_freep) struct vram_status *s = NULL;
 	int r = ctl_fetch_status(ctl, "clients", &c, &s);
 	if (r)
 		return r;
 	char a[32], b[32];
 	if (ctl->json) {
-		json_t *arr = json_array();
+		json_auto_t *arr = json_array();
 		for (uint32_t i = 0; i < s->nclients; i++)
 			json_array_append_new(arr, ctl_client_json(s, i));
-		char *txt = json_dumps(arr, JSON_INDENT(2));
-		json_decref(arr);
+		_cleanup_free_ char *txt = json_dumps(arr, JSON_INDENT(2));
 		puts(txt ? txt : "[]");
-		free(txt);
 	} else {
 		printf("%-5s %-20s %8s %8s %7s %12s %12s %9s\n", "ID", "CLIENT", "PID", "UID", "GRANTS", "HELD",
 		       "RECLAIMABLE", "RECLAIMS");
@@ -176,8 +168,6 @@ int cmd_clients(struct ctl *ctl)
 			       (x->flags & VRAM_CLIENT_RECLAIM_LATE) ? " LATE" : "");
 		}
 	}
-	vram_status_free(s);
-	vram_close(c);
 	return 0;
 }
 
@@ -189,12 +179,11 @@ int cmd_evict(struct ctl *ctl)
 		fprintf(stderr, "usage: vramctl evict CLIENT-ID   (ids from vramctl clients)\n");
 		return EX_USAGE_;
 	}
-	vram_client *c;
+	_cleanup_(vram_closep) vram_client *c = NULL;
 	int r = connect_admin(ctl, &c);
 	if (r)
 		return r;
 	r = vram_evict(c, (uint32_t)id);
-	vram_close(c);
 	if (r == -ESRCH) {
 		fprintf(stderr, "vramctl evict: %s\n", vram_last_error());
 		return 1;
@@ -208,11 +197,14 @@ int cmd_reload(struct ctl *ctl)
 		fprintf(stderr, "usage: vramctl reload\n");
 		return EX_USAGE_;
 	}
-	vram_client *c;
+	_cleanup_(vram_closep) vram_client *c = NULL;
 	int r = connect_admin(ctl, &c);
 	if (r)
 		return r;
 	r = vram_reload(c);
-	vram_close(c);
+	if (r == -EINVAL) { /* the file does not parse: the admin's to fix, not a usage error */
+		fprintf(stderr, "vramctl reload: %s\n", vram_last_error());
+		return EX_CONFIG_;
+	}
 	return r < 0 ? fail("reload", r) : 0;
 }

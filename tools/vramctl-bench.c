@@ -46,7 +46,7 @@ static double memcpy_gbps(const vram_model *m, const vram_loaded *l, const vram_
 	}
 	if (nbuf == 0)
 		nbuf = 1;
-	uint8_t *bufs = malloc(nbuf * (biggest + 4096));
+	_cleanup_free_ uint8_t *bufs = malloc(nbuf * (biggest + 4096));
 	if (!bufs)
 		return 0;
 	memset(bufs, 1, nbuf * (biggest + 4096)); /* fault in: the pager's slots are warm after pass 1 */
@@ -59,12 +59,14 @@ static double memcpy_gbps(const vram_model *m, const vram_loaded *l, const vram_
 			struct vram_layer_info info = { .struct_size = sizeof(info) };
 			vram_model_layer(m, (uint32_t)li, &info);
 			int cd = vram_plan_compute_device(p, info.component);
-			int home = info.ntensors ? vram_loaded_tensor_device(l, info.first_tensor) : -1;
-			if (cd < 0 || home < 0 || !info.nbytes)
+			if (cd < 0 || !info.nbytes)
 				continue;
-			struct vram_device_info di = { .struct_size = sizeof(di) };
-			vram_device_info(c, (uint32_t)home, &di);
-			if (!strcmp(di.name, vram_plan_device_name(p, (uint32_t)cd)))
+			/* paged (as the pager does) when any of it is off the
+			 * compute device: the plan may split a layer */
+			bool donor = false;
+			for (uint32_t t = info.first_tensor; t < info.first_tensor + info.ntensors; t++)
+				donor = donor || vram_plan_tensor_device(p, t) != cd;
+			if (!donor)
 				continue; /* resident */
 			uint8_t *buf = bufs + (turn++ % nbuf) * (biggest + 4096);
 			uint64_t off = 0;
@@ -81,7 +83,6 @@ static double memcpy_gbps(const vram_model *m, const vram_loaded *l, const vram_
 		}
 		best_ns = MIN(best_ns, now_ns() - t0);
 	}
-	free(bufs);
 	return best_ns && total ? (double)total / (double)best_ns : 0;
 }
 
@@ -90,272 +91,330 @@ struct pass_result {
 	uint64_t paged;
 };
 
-int cmd_bench(struct ctl *ctl)
-{
+/* vramctl bench pager's arguments. */
+struct bench_args {
 	struct plan_args pa;
-	const char *file = NULL, *ready_file = NULL;
-	uint64_t window = 0;
-	unsigned passes = 5, depth = 0;
-	double ms_per_gb = 0;
-	bool uvm = false;
-	plan_args_init(&pa);
+	const char *file, *ready_file;
+	uint64_t window;
+	unsigned passes, depth;
+	double ms_per_gb;
+	bool uvm;
+};
+
+/* What a run holds; bench_done releases it (pagers before the load before
+ * the plan, the connection and the model). */
+struct bench {
+	vram_model *m;
+	vram_client *c;
+	vram_plan *p;
+	vram_loaded *l;
+	vram_pager *pg;          /* the explicit pager, or */
+	vram_uvm_pager *up;      /* the UVM one (--uvm) */
+	int nl;                  /* layers */
+	uint64_t *spin;          /* per layer: compute time, ns */
+	uint64_t *donor;         /* per layer: bytes paged (donor layers), else 0 */
+	struct pass_result *res; /* per pass */
+};
+
+static void bench_done(struct bench *b)
+{
+	free(b->res);
+	free(b->donor);
+	free(b->spin);
+	vram_pager_free(b->pg);
+	vram_uvm_pager_free(b->up);
+	vram_unload(b->l);
+	vram_plan_free(b->p);
+	vram_close(b->c);
+	vram_model_close(b->m);
+}
+
+/* One option of bench pager (not a placement flag) at argv[*i], its value
+ * consumed: 1, 0 when it is none of them, or -1 (message printed). */
+static int bench_option(struct ctl *ctl, struct bench_args *ba, int *i)
+{
+	const char *a = ctl->argv[*i], *v = *i + 1 < ctl->argc ? ctl->argv[*i + 1] : NULL;
+	char *end = NULL;
+	if (!strcmp(a, "--json")) {
+		ctl->json = true;
+		return 1;
+	}
+	if (!strcmp(a, "--uvm")) {
+		ba->uvm = true;
+		return 1;
+	}
+	if (!v)
+		return 0;
+	if (!strcmp(a, "--window")) {
+		if (size_parse(v, &ba->window) < 0) {
+			fprintf(stderr, "vramctl bench pager: --window: \"%s\" is not a size\n", v);
+			return -1;
+		}
+	} else if (!strcmp(a, "--passes")) {
+		ba->passes = (unsigned)strtoul(v, &end, 10);
+		if (*end || ba->passes < 1 || ba->passes > 1000) {
+			fprintf(stderr, "vramctl bench pager: --passes: \"%s\" is not 1-1000\n", v);
+			return -1;
+		}
+	} else if (!strcmp(a, "--ready-file")) {
+		ba->ready_file = v; /* written once loaded, before the passes */
+	} else if (!strcmp(a, "--prefetch-depth")) {
+		ba->depth = (unsigned)strtoul(v, &end, 10);
+		if (*end || ba->depth > 64) {
+			fprintf(stderr, "vramctl bench pager: --prefetch-depth: \"%s\" is not 0-64\n", v);
+			return -1;
+		}
+	} else if (!strcmp(a, "--compute-ms-per-gb")) {
+		ba->ms_per_gb = strtod(v, &end);
+		if (*end || !(ba->ms_per_gb >= 0) || ba->ms_per_gb > 1e6) {
+			fprintf(stderr, "vramctl bench pager: --compute-ms-per-gb: \"%s\" is not a number >= 0\n", v);
+			return -1;
+		}
+	} else {
+		return 0;
+	}
+	++*i;
+	return 1;
+}
+
+/* Parses "bench pager FILE ..." into *ba: 0, or EX_USAGE_ with the message
+ * printed. */
+static int bench_args_parse(struct ctl *ctl, struct bench_args *ba)
+{
+	memset(ba, 0, sizeof(*ba));
+	ba->passes = 5;
+	plan_args_init(&ba->pa);
 	if (ctl->argc < 2 || strcmp(ctl->argv[1], "pager")) {
 		fprintf(stderr, "vramctl bench: only \"bench pager FILE ...\" exists\n");
 		return EX_USAGE_;
 	}
 	for (int i = 2; i < ctl->argc; i++) {
-		int r = plan_args_parse(&pa, ctl->argc, ctl->argv, &i);
+		int r = plan_args_parse(&ba->pa, ctl->argc, ctl->argv, &i);
+		if (r == 0)
+			r = bench_option(ctl, ba, &i);
 		if (r < 0)
 			return EX_USAGE_;
 		if (r > 0)
 			continue;
-		const char *a = ctl->argv[i];
-		const char *v = i + 1 < ctl->argc ? ctl->argv[i + 1] : NULL;
-		char *end = NULL;
-		if (!strcmp(a, "--json")) {
-			ctl->json = true;
-		} else if (!strcmp(a, "--uvm")) {
-			uvm = true;
-		} else if (!strcmp(a, "--window") && v) {
-			if (size_parse(v, &window) < 0) {
-				fprintf(stderr, "vramctl bench pager: --window: \"%s\" is not a size\n", v);
-				return EX_USAGE_;
-			}
-			i++;
-		} else if (!strcmp(a, "--passes") && v) {
-			passes = (unsigned)strtoul(v, &end, 10);
-			if (*end || passes < 1 || passes > 1000) {
-				fprintf(stderr, "vramctl bench pager: --passes: \"%s\" is not 1-1000\n", v);
-				return EX_USAGE_;
-			}
-			i++;
-		} else if (!strcmp(a, "--ready-file") && v) {
-			ready_file = v; /* written once loaded, before the passes */
-			i++;
-		} else if (!strcmp(a, "--prefetch-depth") && v) {
-			depth = (unsigned)strtoul(v, &end, 10);
-			if (*end || depth > 64) {
-				fprintf(stderr, "vramctl bench pager: --prefetch-depth: \"%s\" is not 0-64\n", v);
-				return EX_USAGE_;
-			}
-			i++;
-		} else if (!strcmp(a, "--compute-ms-per-gb") && v) {
-			ms_per_gb = strtod(v, &end);
-			if (*end || !(ms_per_gb >= 0) || ms_per_gb > 1e6) {
-				fprintf(stderr, "vramctl bench pager: --compute-ms-per-gb: \"%s\" is not a number >= 0\n", v);
-				return EX_USAGE_;
-			}
-			i++;
-		} else if (a[0] == '-' || file) {
-			fprintf(stderr, "vramctl bench pager: unexpected argument \"%s\"\n", a);
+		if (ctl->argv[i][0] == '-' || ba->file) {
+			fprintf(stderr, "vramctl bench pager: unexpected argument \"%s\"\n", ctl->argv[i]);
 			return EX_USAGE_;
-		} else {
-			file = a;
 		}
+		ba->file = ctl->argv[i];
 	}
-	if (!file) {
+	if (!ba->file) {
 		fprintf(stderr, "vramctl bench pager: FILE missing\n");
 		return EX_USAGE_;
 	}
-	vram_model *m;
-	vram_client *c;
-	vram_plan *p;
-	vram_loaded *l;
-	vram_pager *pg = NULL;
-	vram_uvm_pager *up = NULL;
-	int r = vram_model_open(file, &m);
+	return 0;
+}
+
+/* Opens FILE, plans, loads (reclaimable, for the explicit pager) and makes
+ * the pager.  0, or the exit code with the message printed. */
+static int bench_setup(struct ctl *ctl, struct bench_args *ba, struct bench *b)
+{
+	int r = vram_model_open(ba->file, &b->m);
 	if (r < 0) {
 		fprintf(stderr, "%s\n", vram_last_error());
 		return EX_DATAERR_;
 	}
-	if ((r = ctl_connect(ctl, &c)) != 0) {
-		vram_model_close(m);
+	if ((r = ctl_connect(ctl, &b->c)) != 0 || (r = plan_args_make(ctl, &ba->pa, b->m, b->c, &b->p)) != 0)
 		return r;
-	}
-	if ((r = plan_args_make(ctl, &pa, m, c, &p)) != 0) {
-		vram_close(c);
-		vram_model_close(m);
-		return r;
-	}
 	struct vram_load_options lo;
 	vram_load_options_init(&lo);
-	lo.flags = VRAM_LOAD_RECLAIMABLE;
-	lo.cast_to = pa.opts.cast_to;
-	lo.cast_from = pa.opts.cast_from;
+	lo.flags = ba->uvm ? 0 : VRAM_LOAD_RECLAIMABLE; /* nothing pages a UVM pager's load itself */
+	lo.cast_to = ba->pa.opts.cast_to;
+	lo.cast_from = ba->pa.opts.cast_from;
 	struct vram_pager_options po;
 	vram_pager_options_init(&po);
-	po.window_bytes = window;
-	if (depth)
-		po.prefetch_depth = depth;
-	if (uvm)
-		lo.flags = 0; /* nothing pages the load itself */
-	l = NULL;
-	if ((r = vram_load(c, m, p, 0, &lo, &l)) < 0 ||
-	    (r = uvm ? vram_uvm_pager_create(l, p, depth ? depth : 2, &up) : vram_pager_create(l, p, &po, &pg)) < 0) {
+	po.window_bytes = ba->window;
+	if (ba->depth)
+		po.prefetch_depth = ba->depth;
+	if ((r = vram_load(b->c, b->m, b->p, 0, &lo, &b->l)) < 0 ||
+	    (r = ba->uvm ? vram_uvm_pager_create(b->l, b->p, ba->depth ? ba->depth : 2, &b->up)
+			 : vram_pager_create(b->l, b->p, &po, &b->pg)) < 0) {
 		fprintf(stderr, "vramctl bench pager: %s\n", vram_last_error());
-		vram_unload(l);
-		if (r != -EINVAL)
-			r = 1;
-		else
-			r = EX_USAGE_;
-		vram_plan_free(p);
-		vram_close(c);
-		vram_model_close(m);
-		return r;
+		return r == -EINVAL ? EX_USAGE_ : 1;
 	}
-	/* after a failed pager create the load is still ours */
+	return 0;
+}
 
-	int nl = vram_model_layer_count(m);
-	uint64_t *spin = calloc((size_t)nl + 1, sizeof(*spin));
-	struct pass_result *res = calloc(passes, sizeof(*res));
-	if (!spin || !res) {
+/* Per layer: the compute time to spin, and the bytes paged (layers not on
+ * their component's compute device).  0 or EX_SOFTWARE_ (printed). */
+static int bench_layers(const struct bench_args *ba, struct bench *b)
+{
+	b->nl = vram_model_layer_count(b->m);
+	b->spin = calloc((size_t)b->nl + 1, sizeof(*b->spin));
+	b->donor = calloc((size_t)b->nl + 1, sizeof(*b->donor));
+	b->res = calloc(ba->passes, sizeof(*b->res));
+	if (!b->spin || !b->donor || !b->res) {
 		fprintf(stderr, "vramctl: out of memory\n");
 		return EX_SOFTWARE_;
 	}
-	for (int li = 0; li < nl; li++) {
+	for (int li = 0; li < b->nl; li++) {
 		struct vram_layer_info info = { .struct_size = sizeof(info) };
-		vram_model_layer(m, (uint32_t)li, &info);
-		spin[li] = (uint64_t)(ms_per_gb * 1e6 * (double)info.nbytes / 1e9);
+		vram_model_layer(b->m, (uint32_t)li, &info);
+		b->spin[li] = (uint64_t)(ba->ms_per_gb * 1e6 * (double)info.nbytes / 1e9);
+		int cd = vram_plan_compute_device(b->p, info.component);
+		b->donor[li] = 0; /* its bytes off the compute device (a layer may be split) */
+		for (uint32_t t = info.first_tensor; cd >= 0 && t < info.first_tensor + info.ntensors; t++) {
+			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+			if (vram_plan_tensor_device(b->p, t) != cd && vram_model_tensor(b->m, t, &ti) == 0)
+				b->donor[li] += ti.nbytes;
+		}
 	}
-	/* donor layers: those not on their component's compute device */
-	uint64_t *donor = calloc((size_t)nl + 1, sizeof(*donor));
-	if (!donor) {
-		fprintf(stderr, "vramctl: out of memory\n");
-		return EX_SOFTWARE_;
+	return 0;
+}
+
+/* Pass k: every layer acquired in order, computed (spun), released; then
+ * the same compute with every layer resident.  0 or the failed acquire's
+ * error (printed); the pass's figures are filled either way. */
+static int bench_pass(struct bench *b, unsigned k)
+{
+	struct vram_pager_stats s0 = { .struct_size = sizeof(s0) }, s1 = { .struct_size = sizeof(s1) };
+	int r = 0;
+	if (b->pg)
+		vram_pager_stats(b->pg, &s0);
+	uint64_t t0 = now_ns(), in_acquire = 0, donor_bytes = 0;
+	for (int li = 0; li < b->nl; li++) {
+		uint64_t a0 = now_ns();
+		r = b->pg ? vram_pager_acquire(b->pg, (uint32_t)li) : vram_uvm_pager_acquire(b->up, (uint32_t)li);
+		in_acquire += now_ns() - a0;
+		if (r < 0) {
+			fprintf(stderr, "vramctl bench pager: %s\n", vram_last_error());
+			break;
+		}
+		donor_bytes += b->donor[li];
+		spin_ns(b->spin[li]);
+		if (b->pg)
+			vram_pager_release(b->pg, (uint32_t)li);
+		else
+			vram_uvm_pager_release(b->up, (uint32_t)li);
 	}
-	for (int li = 0; li < nl; li++) {
-		struct vram_layer_info info = { .struct_size = sizeof(info) };
-		vram_model_layer(m, (uint32_t)li, &info);
-		int cd = vram_plan_compute_device(p, info.component);
-		int ld = vram_plan_layer_device(p, (uint32_t)li);
-		donor[li] = cd >= 0 && ld >= 0 && cd != ld ? info.nbytes : 0;
+	if (b->pg)
+		vram_pager_end_pass(b->pg);
+	uint64_t wall = now_ns() - t0;
+	if (b->pg) {
+		vram_pager_stats(b->pg, &s1);
+	} else {
+		s1.stall_ns = in_acquire;
+		s1.bytes_paged = donor_bytes;
 	}
+	/* the same pass with every layer resident: compute alone */
+	uint64_t t1 = now_ns();
+	for (int li = 0; li < b->nl; li++)
+		spin_ns(b->spin[li]);
+	uint64_t rwall = now_ns() - t1;
+	struct pass_result *res = &b->res[k];
+	res->wall = (double)wall / 1e9;
+	res->stall = (double)(s1.stall_ns - s0.stall_ns) / 1e9;
+	res->paged = s1.bytes_paged - s0.bytes_paged;
+	res->gbps = wall ? (double)res->paged / (double)wall : 0;
+	res->resident_wall = (double)rwall / 1e9;
+	return r;
+}
+
+/* The steady state: the passes after the first. */
+struct bench_summary {
+	double memcpy_gbps, best_gbps, stall_frac;
+	struct vram_pager_stats st;
+};
+
+static void bench_report_json(const struct bench_args *ba, const struct bench *b, const struct bench_summary *sum)
+{
+	const struct vram_pager_stats *st = &sum->st;
+	json_auto_t *root = json_object();
+	json_t *arr = json_array();
+	for (unsigned k = 0; k < ba->passes; k++) {
+		json_t *o = json_object();
+		json_object_set_new(o, "pass", json_integer(k + 1));
+		json_object_set_new(o, "wall_s", json_real(b->res[k].wall));
+		json_object_set_new(o, "stall_s", json_real(b->res[k].stall));
+		json_object_set_new(o, "bytes_paged", json_integer((json_int_t)b->res[k].paged));
+		json_object_set_new(o, "paging_gbps", json_real(b->res[k].gbps));
+		json_object_set_new(o, "resident_wall_s", json_real(b->res[k].resident_wall));
+		json_array_append_new(arr, o);
+	}
+	json_object_set_new(root, "file", json_string(ba->file));
+	json_object_set_new(root, "compute_ms_per_gb", json_real(ba->ms_per_gb));
+	json_object_set_new(root, "mode", json_string(ba->uvm ? "uvm" : "explicit"));
+	json_object_set_new(root, "window_bytes", json_integer((json_int_t)st->window_bytes));
+	json_object_set_new(root, "window_slots", json_integer(st->window_slots));
+	json_object_set_new(root, "passes", arr);
+	json_object_set_new(root, "memcpy_gbps", json_real(sum->memcpy_gbps));
+	json_object_set_new(root, "paging_to_memcpy",
+			    json_real(sum->memcpy_gbps > 0 ? sum->best_gbps / sum->memcpy_gbps : 0));
+	json_object_set_new(root, "stall_fraction", json_real(sum->stall_frac));
+	json_object_set_new(root, "copy_thread_gbps",
+			    json_real(st->copy_ns ? (double)st->bytes_paged / (double)st->copy_ns : 0));
+	json_object_set_new(root, "hits", json_integer((json_int_t)st->hits));
+	json_object_set_new(root, "late", json_integer((json_int_t)st->late));
+	json_object_set_new(root, "misses", json_integer((json_int_t)st->misses));
+	json_object_set_new(root, "prefetches", json_integer((json_int_t)st->prefetches));
+	json_object_set_new(root, "prefetch_used", json_integer((json_int_t)st->prefetch_used));
+	_cleanup_free_ char *txt = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+	puts(txt ? txt : "{}");
+}
+
+static void bench_report_text(const struct bench_args *ba, const struct bench *b, const struct bench_summary *sum)
+{
+	const struct vram_pager_stats *st = &sum->st;
+	char a[32];
+	if (ba->uvm)
+		printf("UVM pager (managed memory, advise + prefetch), compute %.1f ms/GB\n", ba->ms_per_gb);
+	else
+		printf("window %s in %u slots, compute %.1f ms/GB\n", ctl_size(st->window_bytes, a, sizeof(a)),
+		       st->window_slots, ba->ms_per_gb);
+	printf("%4s %10s %10s %12s %10s %12s\n", "PASS", "WALL s", "STALL s", "PAGED", "GB/s", "RESIDENT s");
+	for (unsigned k = 0; k < ba->passes; k++)
+		printf("%4u %10.4f %10.4f %12s %10.2f %12.4f\n", k + 1, b->res[k].wall, b->res[k].stall,
+		       ctl_size(b->res[k].paged, a, sizeof(a)), b->res[k].gbps, b->res[k].resident_wall);
+	printf("memcpy (same bytes, one thread): %.2f GB/s; paging/memcpy %.3f\n", sum->memcpy_gbps,
+	       sum->memcpy_gbps > 0 ? sum->best_gbps / sum->memcpy_gbps : 0);
+	if (ba->uvm) {
+		printf("stall (time in acquire) after the first pass: %.2f%% of wall\n", sum->stall_frac * 100);
+		return;
+	}
+	printf("copy thread: %.2f GB/s while copying\n",
+	       st->copy_ns ? (double)st->bytes_paged / (double)st->copy_ns : 0);
+	printf("stall after the first pass: %.2f%% of wall; hits %llu, late %llu, misses %llu, prefetch used %llu/%llu\n",
+	       sum->stall_frac * 100, (unsigned long long)st->hits, (unsigned long long)st->late,
+	       (unsigned long long)st->misses, (unsigned long long)st->prefetch_used,
+	       (unsigned long long)st->prefetches);
+}
+
+int cmd_bench(struct ctl *ctl)
+{
+	_cleanup_(bench_done) struct bench b = { 0 };
+	struct bench_summary sum = { .st = { .struct_size = sizeof(sum.st) } };
+	struct bench_args ba;
+	int r = bench_args_parse(ctl, &ba);
+	if (r || (r = bench_setup(ctl, &ba, &b)) != 0 || (r = bench_layers(&ba, &b)) != 0)
+		return r;
 	struct vram_pager_stats w = { .struct_size = sizeof(w) };
-	if (pg)
-		vram_pager_stats(pg, &w);
-	double mc = memcpy_gbps(m, l, p, c, pg ? w.window_slots : 2);
-	if (ready_file) {
-		FILE *rf = fopen(ready_file, "w");
+	if (b.pg)
+		vram_pager_stats(b.pg, &w);
+	sum.memcpy_gbps = memcpy_gbps(b.m, b.l, b.p, b.c, b.pg ? w.window_slots : 2);
+	if (ba.ready_file) {
+		FILE *rf = fopen(ba.ready_file, "w");
 		if (rf)
 			fclose(rf);
 	}
+	for (unsigned k = 0; k < ba.passes && r == 0; k++)
+		r = bench_pass(&b, k);
+	if (b.pg)
+		vram_pager_stats(b.pg, &sum.st);
 
-	for (unsigned k = 0; k < passes && r == 0; k++) {
-		struct vram_pager_stats s0 = { .struct_size = sizeof(s0) }, s1 = { .struct_size = sizeof(s1) };
-		if (pg)
-			vram_pager_stats(pg, &s0);
-		uint64_t t0 = now_ns(), in_acquire = 0, donor_bytes = 0;
-		for (int li = 0; li < nl; li++) {
-			uint64_t a0 = now_ns();
-			r = pg ? vram_pager_acquire(pg, (uint32_t)li) : vram_uvm_pager_acquire(up, (uint32_t)li);
-			in_acquire += now_ns() - a0;
-			if (r < 0) {
-				fprintf(stderr, "vramctl bench pager: %s\n", vram_last_error());
-				break;
-			}
-			donor_bytes += donor[li];
-			spin_ns(spin[li]);
-			if (pg)
-				vram_pager_release(pg, (uint32_t)li);
-			else
-				vram_uvm_pager_release(up, (uint32_t)li);
-		}
-		if (pg)
-			vram_pager_end_pass(pg);
-		uint64_t wall = now_ns() - t0;
-		if (pg) {
-			vram_pager_stats(pg, &s1);
-		} else {
-			s1.stall_ns = in_acquire;
-			s1.bytes_paged = donor_bytes;
-		}
-		/* the same pass with every layer resident: compute alone */
-		uint64_t t1 = now_ns();
-		for (int li = 0; li < nl; li++)
-			spin_ns(spin[li]);
-		uint64_t rwall = now_ns() - t1;
-		res[k].wall = (double)wall / 1e9;
-		res[k].stall = (double)(s1.stall_ns - s0.stall_ns) / 1e9;
-		res[k].paged = s1.bytes_paged - s0.bytes_paged;
-		res[k].gbps = wall ? (double)res[k].paged / (double)wall : 0;
-		res[k].resident_wall = (double)rwall / 1e9;
+	double stall_sum = 0, wall_sum = 0;
+	for (unsigned k = ba.passes > 1 ? 1 : 0; k < ba.passes; k++) {
+		sum.best_gbps = MAX(sum.best_gbps, b.res[k].gbps);
+		stall_sum += b.res[k].stall;
+		wall_sum += b.res[k].wall;
 	}
-	struct vram_pager_stats st = { .struct_size = sizeof(st) };
-	if (pg)
-		vram_pager_stats(pg, &st);
-
-	/* Steady state: the passes after the first. */
-	double best_gbps = 0, stall_sum = 0, wall_sum = 0;
-	for (unsigned k = passes > 1 ? 1 : 0; k < passes; k++) {
-		best_gbps = MAX(best_gbps, res[k].gbps);
-		stall_sum += res[k].stall;
-		wall_sum += res[k].wall;
-	}
-	double stall_frac = wall_sum > 0 ? stall_sum / wall_sum : 0;
-	char a[32];
-	if (ctl->json) {
-		json_t *root = json_object(), *arr = json_array();
-		for (unsigned k = 0; k < passes; k++) {
-			json_t *o = json_object();
-			json_object_set_new(o, "pass", json_integer(k + 1));
-			json_object_set_new(o, "wall_s", json_real(res[k].wall));
-			json_object_set_new(o, "stall_s", json_real(res[k].stall));
-			json_object_set_new(o, "bytes_paged", json_integer((json_int_t)res[k].paged));
-			json_object_set_new(o, "paging_gbps", json_real(res[k].gbps));
-			json_object_set_new(o, "resident_wall_s", json_real(res[k].resident_wall));
-			json_array_append_new(arr, o);
-		}
-		json_object_set_new(root, "file", json_string(file));
-		json_object_set_new(root, "compute_ms_per_gb", json_real(ms_per_gb));
-		json_object_set_new(root, "mode", json_string(uvm ? "uvm" : "explicit"));
-		json_object_set_new(root, "window_bytes", json_integer((json_int_t)st.window_bytes));
-		json_object_set_new(root, "window_slots", json_integer(st.window_slots));
-		json_object_set_new(root, "passes", arr);
-		json_object_set_new(root, "memcpy_gbps", json_real(mc));
-		json_object_set_new(root, "paging_to_memcpy", json_real(mc > 0 ? best_gbps / mc : 0));
-		json_object_set_new(root, "stall_fraction", json_real(stall_frac));
-		json_object_set_new(root, "copy_thread_gbps",
-				    json_real(st.copy_ns ? (double)st.bytes_paged / (double)st.copy_ns : 0));
-		json_object_set_new(root, "hits", json_integer((json_int_t)st.hits));
-		json_object_set_new(root, "late", json_integer((json_int_t)st.late));
-		json_object_set_new(root, "misses", json_integer((json_int_t)st.misses));
-		json_object_set_new(root, "prefetches", json_integer((json_int_t)st.prefetches));
-		json_object_set_new(root, "prefetch_used", json_integer((json_int_t)st.prefetch_used));
-		char *txt = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
-		json_decref(root);
-		puts(txt ? txt : "{}");
-		free(txt);
-	} else {
-		if (uvm)
-			printf("UVM pager (managed memory, advise + prefetch), compute %.1f ms/GB\n", ms_per_gb);
-		else
-			printf("window %s in %u slots, compute %.1f ms/GB\n", ctl_size(st.window_bytes, a, sizeof(a)),
-			       st.window_slots, ms_per_gb);
-		printf("%4s %10s %10s %12s %10s %12s\n", "PASS", "WALL s", "STALL s", "PAGED", "GB/s", "RESIDENT s");
-		for (unsigned k = 0; k < passes; k++)
-			printf("%4u %10.4f %10.4f %12s %10.2f %12.4f\n", k + 1, res[k].wall, res[k].stall,
-			       ctl_size(res[k].paged, a, sizeof(a)), res[k].gbps, res[k].resident_wall);
-		printf("memcpy (same bytes, one thread): %.2f GB/s; paging/memcpy %.3f\n", mc,
-		       mc > 0 ? best_gbps / mc : 0);
-		if (uvm) {
-			printf("stall (time in acquire) after the first pass: %.2f%% of wall\n", stall_frac * 100);
-		} else {
-			printf("copy thread: %.2f GB/s while copying\n",
-			       st.copy_ns ? (double)st.bytes_paged / (double)st.copy_ns : 0);
-			printf("stall after the first pass: %.2f%% of wall; hits %llu, late %llu, misses %llu, prefetch used %llu/%llu\n",
-			       stall_frac * 100, (unsigned long long)st.hits, (unsigned long long)st.late,
-			       (unsigned long long)st.misses, (unsigned long long)st.prefetch_used,
-			       (unsigned long long)st.prefetches);
-		}
-	}
-	free(spin);
-	free(res);
-	free(donor);
-	vram_pager_free(pg);
-	vram_uvm_pager_free(up);
-	vram_unload(l);
-	vram_plan_free(p);
-	vram_close(c);
-	vram_model_close(m);
+	sum.stall_frac = wall_sum > 0 ? stall_sum / wall_sum : 0;
+	if (ctl->json)
+		bench_report_json(&ba, &b, &sum);
+	else
+		bench_report_text(&ba, &b, &sum);
 	return r < 0 ? 1 : 0;
 }

@@ -9,8 +9,9 @@
  * mask of valid bits; unknown bits are -EINVAL.  Structs only grow at the end;
  * a zero in a new field means the old behaviour.
  *
- * File descriptors travel as SCM_RIGHTS: exactly one with VRAMD_ALLOC_REPLY
- * and with VRAMD_REGISTER, none anywhere else.  A client that sends an fd, a malformed header, an
+ * File descriptors travel as SCM_RIGHTS: exactly one with VRAMD_ALLOC_REPLY,
+ * VRAMD_REGISTER, VRAMD_SHARE and VRAMD_SHARE_REPLY, at most one with
+ * VRAMD_CACHE_DROP, none anywhere else.  A client that sends an fd, a malformed header, an
  * unknown opcode, a size that does not match its opcode or non-zero reserved
  * bytes is disconnected (protocol violation).  A well-formed request that
  * cannot be served gets VRAMD_ERROR with a negative errno and a reason.
@@ -24,7 +25,7 @@
 #include <stdint.h>
 
 #define VRAMD_MAGIC        0x4d415256u /* "VRAM" as little-endian bytes */
-#define VRAMD_PROTO_VERSION 1u
+#define VRAMD_PROTO_VERSION 2u   /* 2: DEMAND/OFFER, fair shares, device and client figures grown */
 #define VRAMD_MSG_MAX      65536u      /* largest message either side sends */
 #define VRAMD_NAME_MAX     64u         /* client and device names, NUL included */
 #define VRAMD_REASON_MAX   160u        /* error reason text, NUL included */
@@ -51,7 +52,15 @@ enum vramd_opcode {
 	VRAMD_EVICT          = 16, /* c->b  struct vramd_evict -> OK */
 	VRAMD_REGISTER       = 17, /* c->b  struct vramd_register + 1 fd -> ALLOC_REPLY (no fd) */
 	VRAMD_RELOAD         = 18, /* c->b  struct vramd_hdr -> OK (admin: config limits, quotas) */
-	VRAMD_OPCODE_MAX     = 18,
+	VRAMD_DEMAND         = 19, /* c->b  struct vramd_demand -> OK */
+	VRAMD_OFFER          = 20, /* b->c  struct vramd_offer (unsolicited) */
+	VRAMD_SHARE          = 21, /* c->b  struct vramd_share + runs + 1 fd (the checkpoint) -> SHARE_REPLY */
+	VRAMD_SHARE_REPLY    = 22, /* b->c  struct vramd_share_reply + 1 fd (the copy, read-only) */
+	VRAMD_SHARE_PROGRESS = 23, /* b->c  struct vramd_share_progress (seq of the SHARE waiting) */
+	VRAMD_UNSHARE        = 24, /* c->b  struct vramd_unshare -> OK */
+	VRAMD_CACHE_LIST     = 25, /* c->b  struct vramd_hdr -> TEXT (JSON) */
+	VRAMD_CACHE_DROP     = 26, /* c->b  struct vramd_cache_drop (+ 1 fd: the file) -> OK */
+	VRAMD_OPCODE_MAX     = 26,
 };
 
 /* struct vramd_hdr.flags: none defined yet. */
@@ -88,7 +97,8 @@ enum vramd_backend {
 #define VRAMD_DEV_HUGETLB   (1u << 1) /* grants are hugetlb memfds */
 #define VRAMD_DEV_NUMA_BOUND (1u << 2) /* grants bound to numa_node */
 #define VRAMD_DEV_HOST_MAPPABLE (1u << 3) /* grant fds can be mmap()ed */
-#define VRAMD_DEV_FLAGS_MASK 0xfu
+#define VRAMD_DEV_THP       (1u << 4) /* memfd grants may use transparent huge pages */
+#define VRAMD_DEV_FLAGS_MASK 0x1fu
 
 struct vramd_device {
 	uint32_t index;        /* position in the list; ALLOC names it */
@@ -104,6 +114,18 @@ struct vramd_device {
 	uint32_t reserved0;    /* 0 */
 	char     name[32];     /* "cuda:0", "cpu" */
 	char     label[64];    /* "NVIDIA H100 80GB HBM3", "simulated GPU", ... */
+	/* version 2: */
+	uint64_t ready;        /* populated memory in the ready reserve (free, counted in total - used) */
+	uint64_t ready_target; /* the reserve's size when full; 0: no reserve */
+	uint64_t ready_hits;   /* ALLOCs served from the reserve */
+	uint64_t ready_misses; /* ALLOCs that found it short */
+	uint64_t ready_refilled; /* bytes the reserve was refilled with, in all */
+	uint64_t cache;        /* of used, bytes in shared read-only copies */
+	uint64_t cache_max;    /* their budget */
+	uint64_t cache_hits;   /* SHAREs served by a copy that was there */
+	uint64_t cache_fills;  /* copies filled */
+	uint64_t cache_evictions; /* copies evicted */
+	uint64_t reserved[2];  /* 0 */
 };
 
 struct vramd_hello_reply {
@@ -163,6 +185,31 @@ struct vramd_reclaim_done {
 	uint64_t reserved;     /* 0 */
 };
 
+/* ---- DEMAND / OFFER (fair shares) ---------------------------------------- */
+
+/* What a client would like on a device (want: e.g. its whole model
+ * resident) and what it cannot work with less than (min: e.g. a window for
+ * its largest layer).  The broker's fair share (docs/admin.md) is computed
+ * from them; 0 and 0 withdraws the demand. */
+struct vramd_demand {
+	struct vramd_hdr hdr;
+	uint32_t device;
+	uint32_t flags;        /* none yet: 0 */
+	uint64_t want;
+	uint64_t min;
+	uint64_t reserved[2];  /* 0 */
+};
+
+/* Unsolicited: memory on device became free and the client holds less
+ * than its fair share and wants more; it may ALLOC up to bytes of it. */
+struct vramd_offer {
+	struct vramd_hdr hdr;
+	uint32_t device;
+	uint32_t reserved0;
+	uint64_t bytes;
+	uint64_t reserved[2];
+};
+
 /* ---- STATUS ------------------------------------------------------------ */
 
 struct vramd_status {
@@ -175,6 +222,7 @@ struct vramd_status {
 /* struct vramd_client_info.flags */
 #define VRAMD_CLIENT_SELF          (1u << 0) /* the client asking */
 #define VRAMD_CLIENT_RECLAIM_LATE  (1u << 1) /* ignored a RECLAIM deadline */
+#define VRAMD_CLIENT_RESTORED      (1u << 2) /* no connection: restored from the fd store, or detached */
 
 struct vramd_client_info {
 	uint32_t id;
@@ -189,6 +237,15 @@ struct vramd_client_info {
 	uint32_t reclaims_answered;
 	uint32_t reclaims_missed;
 	char     name[VRAMD_NAME_MAX];
+	/* version 2: */
+	uint64_t want_dev[VRAMD_MAX_DEVICES];  /* DEMAND (or held), per device */
+	uint64_t share_dev[VRAMD_MAX_DEVICES]; /* its fair share, per device */
+	uint64_t shared_dev[VRAMD_MAX_DEVICES];/* of held_dev, in shared copies it maps */
+	uint32_t reclaim_p50_us; /* RECLAIM answer time, median of the last 128 */
+	uint32_t reclaim_p99_us;
+	uint64_t reclaim_asked;  /* bytes asked back, in all */
+	uint64_t reclaim_freed;  /* bytes it said it freed, in all */
+	uint64_t reserved[4];
 };
 
 struct vramd_status_reply {
@@ -228,7 +285,91 @@ struct vramd_register {
 	struct vramd_hdr hdr;
 	uint8_t  uuid[16];     /* the device, as HELLO listed it */
 	uint64_t size;
-	uint32_t flags;        /* VRAMD_ALLOC_* */
+	uint32_t flags;        /* VRAMD_ALLOC_* (0 for a copy) */
+	uint32_t what;         /* VRAMD_REGISTER_GRANT, or _COPY: a shared copy it maps */
+	uint64_t reserved[2];  /* 0 */
+};
+#define VRAMD_REGISTER_GRANT 0u
+#define VRAMD_REGISTER_COPY  1u
+
+/* ---- shared read-only copies --------------------------------------------- */
+
+/* A SHARE asks for a broker-owned, read-only copy of byte ranges of a
+ * checkpoint (the fd it carries, which the broker reads: passing it is the
+ * client's proof that it may read the file) laid out in a region each
+ * (docs/protocol.md, "Shared copies"):
+ *   a window run (no SOLO flag): the run's bytes at the same offset modulo
+ *     4 KiB as in the file, in a 4 KiB-aligned region;
+ *   a solo run (SOLO): one tensor at a 256-byte boundary, converted from
+ *     src_dtype to dst_dtype when they differ (enum vram_dtype; the five
+ *     float types of kernels/), else as it is.
+ * The layout is a function of the runs alone, so every client that asks
+ * with the same runs of the same file gets the same copy and the same
+ * addresses. */
+#define VRAMD_SHARE_RUN_SOLO  (1u << 0)
+#define VRAMD_SHARE_RUN_FLAGS_MASK 0x1u
+#define VRAMD_SHARE_RUNS_MAX  1024u
+
+struct vramd_share_run {
+	uint64_t file_off;
+	uint64_t len;          /* bytes in the file */
+	uint32_t src_dtype;    /* solo runs: the tensor's dtype in the file */
+	uint32_t dst_dtype;    /* solo runs: its dtype in the copy (== src: as is) */
+	uint32_t flags;        /* VRAMD_SHARE_RUN_* */
+	uint32_t reserved0;    /* 0 */
+};
+
+struct vramd_share {
+	struct vramd_hdr hdr;
+	uint32_t device;
+	uint32_t flags;        /* none yet: 0 */
+	uint32_t nruns;        /* struct vramd_share_run entries that follow, 1..VRAMD_SHARE_RUNS_MAX */
+	uint32_t reserved0;    /* 0 */
+	uint64_t reserved[2];  /* 0 */
+	/* struct vramd_share_run runs[nruns]; SCM_RIGHTS: the checkpoint's fd */
+};
+
+/* struct vramd_share_reply.how */
+#define VRAMD_SHARE_HIT    1u /* the copy was there */
+#define VRAMD_SHARE_FILLED 2u /* this request filled it */
+#define VRAMD_SHARE_WAITED 3u /* another request was filling it; this one waited */
+
+struct vramd_share_reply {
+	struct vramd_hdr hdr;
+	uint64_t copy_id;
+	uint64_t size;         /* bytes of the copy (the fd's size) */
+	uint32_t device;
+	uint32_t how;          /* VRAMD_SHARE_* */
+	uint64_t reserved[2];
+	/* SCM_RIGHTS: the copy (a memfd opened read-only and sealed against
+	 * writing, or a CUDA POSIX-fd export) */
+};
+
+/* Sent while a SHARE waits for its copy to be filled, about every 250 ms. */
+struct vramd_share_progress {
+	struct vramd_hdr hdr;
+	uint64_t copy_id;
+	uint64_t done;         /* bytes filled */
+	uint64_t total;
+	uint64_t reserved;
+};
+
+/* The client no longer maps the copy. */
+struct vramd_unshare {
+	struct vramd_hdr hdr;
+	uint64_t copy_id;
+	uint64_t reserved;     /* 0 */
+};
+
+/* struct vramd_cache_drop.flags */
+#define VRAMD_CACHE_DROP_ALL   (1u << 0) /* every copy (admin), no fd */
+#define VRAMD_CACHE_DROP_FORCE (1u << 1) /* also copies in use: their users are asked to let go (admin) */
+#define VRAMD_CACHE_DROP_MASK  0x3u
+
+/* Drops the copies of the file whose fd it carries (or all of them). */
+struct vramd_cache_drop {
+	struct vramd_hdr hdr;
+	uint32_t flags;
 	uint32_t reserved0;    /* 0 */
 	uint64_t reserved[2];  /* 0 */
 };
@@ -276,7 +417,7 @@ struct vramd_evict {
 #define VRAMD_ASSERT_SIZE(T, n) _Static_assert(sizeof(T) == (n), #T " size")
 VRAMD_ASSERT_SIZE(struct vramd_hdr, 24);
 VRAMD_ASSERT_SIZE(struct vramd_hello, 24 + 8 + 64 + 32);
-VRAMD_ASSERT_SIZE(struct vramd_device, 16 + 32 + 16 + 8 + 32 + 64);
+VRAMD_ASSERT_SIZE(struct vramd_device, 16 + 32 + 16 + 8 + 32 + 64 + 96);
 VRAMD_ASSERT_SIZE(struct vramd_hello_reply, 24 + 16 + 128);
 VRAMD_ASSERT_SIZE(struct vramd_alloc, 24 + 16 + 16);
 VRAMD_ASSERT_SIZE(struct vramd_alloc_reply, 24 + 24 + 16);
@@ -284,7 +425,7 @@ VRAMD_ASSERT_SIZE(struct vramd_free, 24 + 16);
 VRAMD_ASSERT_SIZE(struct vramd_reclaim, 24 + 32);
 VRAMD_ASSERT_SIZE(struct vramd_reclaim_done, 24 + 24);
 VRAMD_ASSERT_SIZE(struct vramd_status, 24 + 16);
-VRAMD_ASSERT_SIZE(struct vramd_client_info, 24 + 16 + 128 + 8 + 64);
+VRAMD_ASSERT_SIZE(struct vramd_client_info, 24 + 16 + 128 + 8 + 64 + 3 * 128 + 8 + 16 + 32);
 VRAMD_ASSERT_SIZE(struct vramd_status_reply, 24 + 48 + 128);
 VRAMD_ASSERT_SIZE(struct vramd_error, 24 + 8 + 160);
 VRAMD_ASSERT_SIZE(struct vramd_quota_set, 24 + 80 + 32 + 8 + 16);
@@ -292,6 +433,14 @@ VRAMD_ASSERT_SIZE(struct vramd_quota_rm, 24 + 80 + 32);
 VRAMD_ASSERT_SIZE(struct vramd_text, 24 + 8);
 VRAMD_ASSERT_SIZE(struct vramd_evict, 24 + 8);
 VRAMD_ASSERT_SIZE(struct vramd_register, 24 + 16 + 8 + 8 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_demand, 24 + 8 + 16 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_offer, 24 + 8 + 8 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_share_run, 32);
+VRAMD_ASSERT_SIZE(struct vramd_share, 24 + 16 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_share_reply, 24 + 24 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_share_progress, 24 + 32);
+VRAMD_ASSERT_SIZE(struct vramd_unshare, 24 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_cache_drop, 24 + 8 + 16);
 #undef VRAMD_ASSERT_SIZE
 
 #endif /* VRAMD_UAPI_VRAMD_H */

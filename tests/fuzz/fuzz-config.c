@@ -4,35 +4,20 @@
  * file's text) read by broker_config_load(), at the level of "parse this
  * file", whatever parser is behind it.
  *
- * Properties: the result is 0 or a negative errno with a message logged
- * that names the file; a configuration that loads holds values within
- * their documented ranges (absolute socket paths that fit sun_path, at
- * most 15 simulated GPUs of 2 MiB or more, limits from 1 to 1048576, a
- * mode within 0777, a reclaim deadline from 1 ms to 10 minutes).
+ * Properties: the result is 0 or -EINVAL / -ENOMEM with an error message
+ * that names the file (and is NUL-terminated within its buffer); a
+ * configuration that loads holds values within their documented ranges
+ * (absolute socket paths that fit sun_path, at most 15 simulated GPUs of
+ * 2 MiB or more, limits from 1 to 1048576, a mode within 0777, deadlines
+ * from 1 ms to 10 minutes, shares at most 100 %).
  *
- * Links broker/config.c alone: the broker's log is replaced here (weak, in
- * case config.c comes to define it) by one that formats and keeps the
- * last line.
+ * Links broker/config.c and common/util.c alone.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <string.h>
 
-#include "broker/broker.h"
+#include "broker/config.h"
 #include "tests/fuzz/fuzz.h"
-
-static char last_log[2048];
-static unsigned nlog;
-
-__attribute__((weak)) void broker_log(int level, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(last_log, sizeof(last_log), fmt, ap);
-	va_end(ap);
-	nlog++;
-}
 
 static void check_config(const struct broker_config *c)
 {
@@ -48,8 +33,13 @@ static void check_config(const struct broker_config *c)
 	FUZZ_ASSERT(c->host_pool == 0 || c->host_pool >= (2u << 20), "host-pool");
 	FUZZ_ASSERT(c->max_clients >= 1 && c->max_clients <= (1u << 20), "max-clients");
 	FUZZ_ASSERT(c->max_grants >= 1 && c->max_grants <= (1u << 20), "max-grants");
+	FUZZ_ASSERT(c->max_clients_per_uid >= 1 && c->max_clients_per_uid <= (1u << 20), "max-clients-per-uid");
 	FUZZ_ASSERT(c->socket_mode <= 0777, "socket-mode");
 	FUZZ_ASSERT(c->reclaim_deadline_ms >= 1 && c->reclaim_deadline_ms <= 600000, "reclaim-deadline-ms");
+	FUZZ_ASSERT(c->hello_timeout_ms >= 1 && c->hello_timeout_ms <= 600000, "hello-timeout-ms");
+	FUZZ_ASSERT(c->cache_max_pct <= 100, "cache-max %u%%", c->cache_max_pct);
+	FUZZ_ASSERT(!c->ready_reserve.share || c->ready_reserve.bp <= 10000, "ready-reserve");
+	FUZZ_ASSERT(!c->ready_min_free.share || c->ready_min_free.bp <= 10000, "ready-min-free");
 	FUZZ_ASSERT(c->fdstore >= -1 && c->fdstore <= 1, "fdstore");
 }
 
@@ -57,21 +47,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const char *path = fuzz_file(data, size);
 	struct broker_config cfg;
-	unsigned before = nlog;
+	char err[512];
 	int r;
 
-	/* broker_config_init()'s defaults, without linking the broker */
-	memset(&cfg, 0, sizeof(cfg));
-	cfg.socket_path = "/run/vramd/vramd.sock";
-	cfg.max_clients = 256;
-	cfg.max_grants = 4096;
-	cfg.listen_fd = -1;
-	cfg.reclaim_deadline_ms = 2000;
-
-	r = broker_config_load(&cfg, path);
+	broker_config_init(&cfg);
+	memset(err, 0x55, sizeof(err));
+	r = broker_config_load(&cfg, path, err, sizeof(err));
 	if (r < 0) {
 		FUZZ_ASSERT(r == -EINVAL || r == -ENOMEM, "returned %d", r);
-		FUZZ_ASSERT(nlog > before && !strncmp(last_log, path, strlen(path)), "log \"%s\"", last_log);
+		FUZZ_ASSERT(memchr(err, 0, sizeof(err)), "error message not terminated");
+		FUZZ_ASSERT(!strncmp(err, path, strlen(path)), "error \"%s\" does not name the file", err);
 		return 0;
 	}
 	FUZZ_ASSERT(r == 0, "returned %d", r);

@@ -3,6 +3,7 @@ checkpoint and compares every tensor with the reference safetensors
 library, then (with a broker socket) allocates, writes and reads back a
 grant and loads the checkpoint, comparing bytes.  Prints OK or raises."""
 import ctypes as C
+import os
 import sys
 
 import numpy as np
@@ -53,6 +54,13 @@ with safe_open(sys.argv[2], framework="numpy") as f:
         assert list(a.shape) == shape, (k, a.shape, shape)
         assert a.nbytes == nb, (k, a.nbytes, nb)
         assert blob[off:off + nb] == a.tobytes(), k
+
+# the model's fd: the file it parsed, read-only (proof of read access)
+fd = check(lib.vram_model_fd(m))
+st, fst = os.stat(sys.argv[2]), os.fstat(fd)
+assert (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino), "vram_model_fd is another file"
+assert os.pread(fd, 8, 0) == blob[:8]
+assert lib.vram_model_fd(None) < 0
 
 # bad input: a clear error, no crash
 bad = C.c_void_p()

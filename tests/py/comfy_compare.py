@@ -1,0 +1,298 @@
+# SPDX-License-Identifier: MIT
+"""Runs inside a ComfyUI checkout's Python (COMFYUI_DIR, COMFYUI_PYTHON): a
+small SD1.5-shaped checkpoint loaded by ComfyUI's own CheckpointLoaderSimple
+and by "Load Checkpoint (vramd)" must give the same model classes, equal
+weights (values and dtypes) and equal UNet, CLIP and VAE outputs on the
+CPU.  With --bench, times both loaders instead (cold and warm, same file).
+
+    comfy_compare.py --comfyui DIR --socket SOCK --dir TMP [--bench] [--size-mb N]
+Prints OK (or the timings as JSON) on its last line.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--comfyui", required=True)
+ap.add_argument("--socket", required=True)
+ap.add_argument("--dir", required=True)
+ap.add_argument("--bench", action="store_true")
+ap.add_argument("--rounds", type=int, default=3)
+a = ap.parse_args()
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# ComfyUI reads its arguments at import: CPU, no downloads.
+sys.argv = [sys.argv[0], "--cpu", "--disable-known-models"]
+sys.path.insert(0, a.comfyui)
+os.environ["VRAMD_SOCKET"] = a.socket
+os.environ.setdefault("VRAMD_CLIENT_NAME", "comfy-compare")
+
+import torch  # noqa: E402
+
+torch.set_grad_enabled(False)
+import comfy.model_management as mm  # noqa: E402
+import comfy.sd  # noqa: E402
+import comfy.utils  # noqa: E402
+
+try:
+    from comfy.nodes.base_nodes import CheckpointLoaderSimple  # the pip-installable fork
+    import comfy.cmd.folder_paths as folder_paths
+except ImportError:
+    from nodes import CheckpointLoaderSimple
+    import folder_paths
+
+
+def sd15_checkpoint(path):
+    """A tiny SD1.5-shaped checkpoint: the UNet at SD1.5's widths (320
+    channels, context 768) but one level, one res block, one transformer
+    block; CLIP-L and the VAE at full size (ComfyUI builds those from fixed
+    configs); fp16, random, seeded.  Key names and shapes come from
+    ComfyUI's own modules built on the meta device."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfy import sd1_clip
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from safetensors.torch import save_file
+    import comfy.ops
+    ops = comfy.ops.disable_weight_init
+    unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1],
+                     channel_mult=[1], num_heads=8, transformer_depth=[1], transformer_depth_output=[1, 1],
+                     transformer_depth_middle=1, context_dim=768, use_spatial_transformer=True,
+                     use_linear_in_transformer=False, device="meta", operations=ops, dtype=torch.float16)
+    clip = sd1_clip.SDClipModel(device="meta", dtype=torch.float16)
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    with torch.device("meta"):
+        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    g = torch.Generator().manual_seed(7)
+    out = {}
+    for prefix, mod in (("model.diffusion_model.", unet), ("cond_stage_model.", clip),
+                        ("first_stage_model.", vae)):
+        for k, v in mod.state_dict().items():
+            if not v.is_floating_point() and "position_ids" not in k:
+                continue
+            name = prefix + k
+            if "position_ids" in k:
+                out[name] = torch.arange(v.shape[-1], dtype=torch.int64).reshape(v.shape)
+            elif k.endswith("norm.weight") or ".norm" in k and k.endswith(".weight") or "layer_norm" in k and k.endswith("weight"):
+                out[name] = (1 + 0.05 * torch.randn(v.shape, generator=g)).to(torch.float16)
+            else:
+                fan = max(1, v[0].numel()) if v.dim() > 1 else 16
+                out[name] = (torch.randn(v.shape, generator=g) / fan ** 0.5).to(torch.float16)
+    out.pop("cond_stage_model.logit_scale", None)
+    # SD1.5 files lack it; both loaders leave it as the module made it
+    out.pop("cond_stage_model.transformer.text_projection.weight", None)
+    save_file(out, path)
+    return path
+
+
+def comfy_load(name):
+    return CheckpointLoaderSimple().load_checkpoint(name)
+
+
+def vramd_load(pack, path):
+    node = pack.NODE_CLASS_MAPPINGS["CheckpointLoaderVramd"]()
+    return node.load_checkpoint(path, unet_compute_device="cuda:0", unet_virtual_vram_gb=0.02,
+                                unet_donor_device="cpu", clip_compute_device="cpu", clip_virtual_vram_gb=0.0,
+                                clip_donor_device="cpu", vae_device="cuda:0", eject_models=False)
+
+
+def import_pack():
+    import importlib.util
+    d = os.path.join(ROOT, "comfyui")
+    spec = importlib.util.spec_from_file_location("vramd_comfyui_pack", os.path.join(d, "__init__.py"),
+                                                  submodule_search_locations=[d])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["vramd_comfyui_pack"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def compare(ours, theirs):
+    (m1, c1, v1), (m2, c2, v2) = ours, theirs
+    assert type(m1.model) is type(m2.model), (type(m1.model), type(m2.model))
+    assert type(m1.model.model_config) is type(m2.model.model_config)
+    assert type(c1.cond_stage_model) is type(c2.cond_stage_model)
+    assert type(v1.first_stage_model) is type(v2.first_stage_model)
+    assert type(m1).__name__ == "VramdModelPatcher", type(m1)
+    vm = m1.model._vramd
+    missing = {c.name: set(c.missing) for c in vm.components}
+    n = 0
+    for what, a, b in (("unet", m1.model.diffusion_model, m2.model.diffusion_model),
+                       ("clip", c1.cond_stage_model, c2.cond_stage_model),
+                       ("vae", v1.first_stage_model, v2.first_stage_model)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert set(sa) == set(sb), (what, sorted(set(sa) ^ set(sb))[:5])
+        for k in sa:
+            if k in missing[what]:
+                continue  # not in the file: uninitialised in both
+            assert sa[k].dtype == sb[k].dtype, (what, k, sa[k].dtype, sb[k].dtype)
+            assert torch.equal(sa[k], sb[k]), (what, k)
+            n += 1
+    # UNet forward (through ComfyUI's model: sampling wrapper, casts)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((1, 4, 16, 16), generator=g)
+    ctx = torch.randn((1, 77, 768), generator=g)
+    t = torch.tensor([500.0])
+    for mp in (m1, m2):
+        mm.load_models_gpu([mp])
+    o1 = m1.model.apply_model(x, t, c_crossattn=ctx)
+    o2 = m2.model.apply_model(x, t, c_crossattn=ctx)
+    assert torch.equal(o1, o2), ("unet", (o1 - o2).abs().max())
+    # CLIP
+    tok = c1.tokenize("a photo of a cat")
+    e1, p1 = c1.encode_from_tokens(tok, return_pooled=True)
+    e2, p2 = c2.encode_from_tokens(c2.tokenize("a photo of a cat"), return_pooled=True)
+    assert torch.equal(e1, e2) and torch.equal(p1, p2), ("clip", (e1 - e2).abs().max())
+    # VAE
+    lat = torch.randn((1, 4, 8, 8), generator=g)
+    d1, d2 = v1.decode(lat), v2.decode(lat)
+    assert torch.equal(d1, d2), ("vae decode", (d1 - d2).abs().max())
+    img = torch.rand((1, 64, 64, 3), generator=g)
+    assert torch.equal(v1.encode(img), v2.encode(img)), "vae encode"
+    return n
+
+
+def make_lora(model, clip, rank=4):
+    """A LoRA in the generic key format for the first few 2-D weights of the
+    UNet's attention/MLP and of CLIP-L's first layer (seeded)."""
+    g = torch.Generator().manual_seed(11)
+    out = {}
+    picks = [("", k) for k, v in model.model.state_dict().items() if k.startswith("diffusion_model.")
+             and k.endswith(".weight") and v.dim() == 2 and (".attn" in k or ".ff." in k)][:4]
+    picks += [("text_encoders.", k) for k, v in clip.cond_stage_model.state_dict().items()
+              if ".layers.0." in k and k.endswith(".weight") and v.dim() == 2][:2]
+    sds = {"": model.model.state_dict(), "text_encoders.": clip.cond_stage_model.state_dict()}
+    for pre, k in picks:
+        w = sds[pre][k]
+        base = pre + k[:-len(".weight")]
+        out[base + ".lora_up.weight"] = (torch.randn((w.shape[0], rank), generator=g) * 0.05).to(torch.float16)
+        out[base + ".lora_down.weight"] = (torch.randn((rank, w.shape[1]), generator=g) * 0.05).to(torch.float16)
+    return out
+
+
+def unet_out(m, x, t, ctx):
+    mm.load_models_gpu([m])
+    return m.model.apply_model(x, t, c_crossattn=ctx)
+
+
+def clip_out(c):
+    return c.encode_from_tokens(c.tokenize("a photo of a cat"), return_pooled=True)
+
+
+def compare_patches(ours, theirs):
+    """LoRAs and weight hooks on the node's models (whose UNet and VAE are
+    in a shared copy, mapped read-only: an in-place write anywhere would
+    kill this process with SIGSEGV) give ComfyUI's own results bit for
+    bit, and unpatching gives the unpatched results back."""
+    import comfy.hooks
+    from comfy_extras.nodes.nodes_hooks import SetClipHooks
+    (m1, c1, _), (m2, c2, _) = ours, theirs
+    vm = m1.model._vramd
+    shared = [t.name for t in vm.model.tensors if vm.loaded.shared(t.index)]
+    assert shared, "the node's load shared nothing: %s" % vm.stats.share_text()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((1, 4, 16, 16), generator=g)
+    ctx = torch.randn((1, 77, 768), generator=g)
+    t = torch.tensor([400.0])
+    base1, base2 = unet_out(m1, x, t, ctx), unet_out(m2, x, t, ctx)
+    lora = make_lora(m2, c2)
+    # LoRA (LoraLoader's path): patched copies, originals restored by reference
+    (l1, lc1), (l2, lc2) = (comfy.sd.load_lora_for_models(m, c, lora, 0.8, 0.7) for m, c in ((m1, c1), (m2, c2)))
+    o1, o2 = unet_out(l1, x, t, ctx), unet_out(l2, x, t, ctx)
+    assert torch.equal(o1, o2) and not torch.equal(o1, base1), ("lora unet", (o1 - o2).abs().max())
+    e1, e2 = clip_out(lc1), clip_out(lc2)
+    assert torch.equal(e1[0], e2[0]) and torch.equal(e1[1], e2[1]), "lora clip"
+    for p in (l1, l2, lc1.patcher, lc2.patcher):
+        p.unpatch_model()
+    assert torch.equal(unet_out(m1, x, t, ctx), base1), "unet after the LoRA was taken off"
+    # weight hooks (written in place with copy_to_param): applied, undone,
+    # applied again from ComfyUI's cache of patched weights (MaxSpeed).
+    # (This ComfyUI drops the backups of cached keys in unpatch_hooks, so
+    # the second application stays: compared, not undone.)
+    hooks = comfy.hooks.create_hook_lora(lora, 0.8, 0.7)
+    target = comfy.hooks.create_target_dict(comfy.hooks.EnumWeightTarget.Model)
+    outs = []
+    for m in (m1, m2):
+        h = m.clone()
+        h.hook_mode = comfy.hooks.EnumHookMode.MaxSpeed
+        h.register_all_hook_patches(hooks, target)
+        mm.load_models_gpu([h])
+        got = []
+        h.patch_hooks(hooks)
+        got.append(h.model.apply_model(x, t, c_crossattn=ctx))
+        h.patch_hooks(None)
+        got.append(h.model.apply_model(x, t, c_crossattn=ctx))
+        if m is m1:
+            assert not vm.written, "restored hook weights still marked written: %s" % sorted(vm.written)[:3]
+        h.patch_hooks(hooks)
+        got.append(h.model.apply_model(x, t, c_crossattn=ctx))
+        outs.append(got)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b), ("hooked unet", (a - b).abs().max())
+    assert not torch.equal(outs[0][0], base1) and torch.equal(outs[0][1], base1), "hooks not applied or not undone"
+    assert vm.written and not any(vm.loaded.shared(vm.model.tensor(n).index) for n in vm.written), vm.written
+    h1, h2 = (SetClipHooks().apply_hooks(c, False, False, hooks)[0] for c in (c1, c2))
+    e1, e2 = clip_out(h1), clip_out(h2)
+    assert torch.equal(e1[0], e2[0]) and torch.equal(e1[1], e2[1]), "hooked clip"
+    private = [n for n in shared if not vm.loaded.shared(vm.model.tensor(n).index)]
+    return len(lora) // 2, len(private)
+
+
+def drop_cache(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def main():
+    ckdir = os.path.join(a.dir, "checkpoints")
+    os.makedirs(ckdir, exist_ok=True)
+    path = os.path.join(ckdir, "tiny-sd15.safetensors")
+    if not os.path.exists(path):
+        sd15_checkpoint(path)
+    folder_paths.add_model_folder_path("checkpoints", ckdir)
+    pack = import_pack()
+    if not a.bench:
+        theirs = comfy_load("tiny-sd15.safetensors")
+        ours = vramd_load(pack, path)
+        n = compare(ours, theirs)
+        vm = ours[0].model._vramd
+        npatched, nprivate = compare_patches(ours, theirs)
+        print("LoRA and weight hooks on %d weights equal ComfyUI's; %d shared tensors made private for "
+              "in-place hook writes; %s" % (npatched, nprivate, vm.stats.share_text()))
+        donors = sum(1 for m in ours[0].model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False))
+        print("compared %d tensors, %d donor modules (comfy_cast_weights), %d bytes from the file"
+              % (n, donors, vm.model.data_size))
+        assert donors > 0, "the plan put no layer on the donor"
+        print("OK")
+        return
+    res = {"file_bytes": os.path.getsize(path), "rounds": a.rounds}
+    for label, fn in (("comfyui", lambda: comfy_load("tiny-sd15.safetensors")), ("vramd", lambda: vramd_load(pack, path))):
+        cold, warm = [], []
+        for _ in range(a.rounds):
+            drop_cache(path)
+            t0 = time.perf_counter()
+            out = fn()
+            cold.append(time.perf_counter() - t0)
+            del out
+            mm.unload_all_models()
+            import gc
+            gc.collect()
+            t0 = time.perf_counter()
+            out = fn()
+            warm.append(time.perf_counter() - t0)
+            del out
+            mm.unload_all_models()
+            gc.collect()
+        res[label] = {"cold_s": sorted(cold)[len(cold) // 2], "warm_s": sorted(warm)[len(warm) // 2]}
+    res["cold_speedup"] = res["comfyui"]["cold_s"] / res["vramd"]["cold_s"]
+    res["warm_speedup"] = res["comfyui"]["warm_s"] / res["vramd"]["warm_s"]
+    print(json.dumps(res))
+
+
+main()

@@ -1,0 +1,219 @@
+# SPDX-License-Identifier: MIT
+"""The binding with torch (CPU; PyPI's wheel runs without a GPU) against a
+real vramd on simulated GPUs: tensors share the grants, equal the
+reference reader for F16/BF16/F32/F8, keep the grants alive, follow the
+plan; shared copies are read-only (a write from another process faults)
+until a tensor is made private; DEMAND and OFFER; pager views."""
+import errno
+import gc
+import os
+import unittest
+
+import harness
+import vramd
+
+torch = None
+
+
+def setUpModule():
+    global torch
+    torch = harness.need_torch(unittest.TestCase())
+
+
+def write_mixed(path):
+    """Every dtype the node meets: F16, BF16, F32, F8_E4M3, F8_E5M2, odd sizes."""
+    from safetensors.torch import save_file
+    g = torch.Generator().manual_seed(3)
+    t = {}
+    for i, dt in enumerate((torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn,
+                            torch.float8_e5m2)):
+        w = torch.randn((29, 13), generator=g) * 4
+        t["model.diffusion_model.input_blocks.%d.0.weight" % i] = w.to(dt)
+        t["model.diffusion_model.input_blocks.%d.0.bias" % i] = torch.randn(13, generator=g).to(dt)
+    t["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"] = \
+        torch.randn((31, 7), generator=g).to(torch.bfloat16)
+    t["first_stage_model.decoder.conv_in.weight"] = torch.randn((5, 3, 3, 3), generator=g)
+    save_file(t, path)
+    return t
+
+
+def held_by(observer, name):
+    return sum(c.held for c in observer.status().clients if c.name == name)
+
+
+class TorchViews(unittest.TestCase):
+    def setUp(self):
+        self.broker = harness.Broker(sim="64MiB,64MiB")
+        self.path = os.path.join(self.broker.dir, "mixed.safetensors")
+        self.ref = write_mixed(self.path)
+        self.observer = vramd.connect(self.broker.socket, "observer")
+
+    def tearDown(self):
+        self.observer.close()
+        gc.collect()
+        self.broker.stop()
+
+    def test_equal_to_reference_and_shared(self):
+        c = vramd.connect(self.broker.socket, "t")
+        m = vramd.open_model(self.path)
+        plan = c.plan(m, unet_compute_device="cuda:0", unet_virtual_vram_gb=0.0, clip_compute_device="cuda:1",
+                      clip_virtual_vram_gb=0.0, vae_device="cpu")
+        loaded = c.load(m, plan)
+        sd = loaded.state_dict()
+        self.assertEqual(set(sd), set(self.ref))
+        for name, want in self.ref.items():
+            got = sd[name]
+            self.assertEqual(got.dtype, want.dtype, name)
+            self.assertEqual(got.shape, want.shape, name)
+            self.assertTrue(torch.equal(got.view(torch.uint8), want.view(torch.uint8)), name)
+            i = m.tensor(name).index
+            self.assertEqual(got.data_ptr(), loaded.host_ptr(i), name)
+            self.assertEqual(loaded.device(i).name, plan.tensor_device(i), name)
+            self.assertEqual(got.device.type, "cpu")
+        self.assertEqual({loaded.device(m.tensor(n).index).name for n in sd if n.startswith("cond")}, {"cuda:1"})
+        # writes show through: torch -> numpy view of the same grant
+        w = sd["model.diffusion_model.input_blocks.0.0.weight"]
+        w[0, 0] = 11.0
+        self.assertEqual(float(loaded.numpy(m.tensor("model.diffusion_model.input_blocks.0.0.weight").index)[0, 0]),
+                         11.0)
+        # the last tensor releases the grants
+        loaded.close()
+        c.close()
+        del loaded, c, plan, m
+        gc.collect()
+        self.assertGreater(held_by(self.observer, "t"), 0)
+        keep = sd["first_stage_model.decoder.conv_in.weight"]
+        sd = w = got = want = None
+        gc.collect()
+        self.assertGreater(held_by(self.observer, "t"), 0)
+        self.assertTrue(torch.equal(keep, self.ref["first_stage_model.decoder.conv_in.weight"]))
+        del keep
+        gc.collect()
+        self.assertEqual(held_by(self.observer, "t"), 0)
+
+    def test_converted_load_matches_torch(self):
+        c = vramd.connect(self.broker.socket, "cast")
+        m = vramd.open_model(self.path)
+        loaded = c.load(m, device="cpu", cast_to="F32", cast_from=["F16", "BF16", "F8_E4M3", "F8_E5M2"])
+        for name, want in self.ref.items():
+            got = loaded.torch(name)
+            self.assertEqual(got.dtype, torch.float32, name)
+            self.assertTrue(torch.equal(got, want.to(torch.float32)), name)
+        self.assertGreater(loaded.stats().converted, 0)
+
+    def test_shared_copies_read_only_until_made_private(self):
+        c = vramd.connect(self.broker.socket, "first")
+        m = vramd.open_model(self.path)
+        first = c.load(m, device="cuda:0", shared=True)
+        st = first.stats()
+        self.assertEqual(st.share, "filled")
+        self.assertEqual((st.share_hits, st.share_waited, st.share_refused), (0, 0, 0))
+        self.assertEqual(st.shared_bytes, st.bytes)
+        self.assertIn("shared copy: filled", st.share_text())
+        names = list(self.ref)
+        self.assertTrue(all(first.shared(n) for n in names))
+        self.assertFalse(first.numpy(names[0]).flags.writeable)
+        self.assertEqual(held_by(self.observer, "first"), 0)  # copies are nobody's grants
+        mapped = [x for x in self.observer.status().clients if x.name == "first"][0].shared_dev[0]
+        self.assertGreaterEqual(mapped, st.shared_bytes)  # whole copies, granule-rounded
+        self.assertEqual(mapped, sum(d["in_use"] for d in c.cache_list()["devices"]))
+        # another process maps the same copy (a hit), equal to the file, and
+        # dies writing it: the mapping is read-only
+        child = ("import sys, vramd, torch\n"
+                 "c = vramd.connect(sys.argv[1], 'second'); m = vramd.open_model(sys.argv[2])\n"
+                 "l = c.load(m, device='cuda:0', shared=True)\n"
+                 "print(l.stats().share, flush=True)\n"
+                 "w = l.torch(sys.argv[3]); print(float(w.flatten()[0]), flush=True)\n"
+                 "w.flatten()[0] = 7\n"
+                 "print('wrote', flush=True)\n")
+        import subprocess
+        import sys
+        name = names[0]
+        r = subprocess.run([sys.executable, "-c", child, self.broker.socket, self.path, name],
+                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.path.join(
+                               harness.ROOT, "python")), timeout=120)
+        out = r.stdout.split()
+        self.assertEqual(out[0], "hit", r.stdout + r.stderr)
+        self.assertEqual(float(out[1]), float(self.ref[name].flatten()[0].float()), r.stdout)
+        self.assertNotIn("wrote", out, r.stdout)
+        self.assertEqual(r.returncode, -11, "the write should fault (SIGSEGV): " + r.stdout + r.stderr)
+        # a private copy of one tensor: writable, the copy everyone maps untouched
+        v = first.torch(name)
+        first.make_private(name)
+        self.assertFalse(first.shared(name))
+        self.assertTrue(first.shared(names[1]))
+        self.assertTrue(first.numpy(name).flags.writeable)
+        p = first.torch(name)
+        self.assertNotEqual(p.data_ptr(), v.data_ptr())
+        self.assertTrue(torch.equal(p, self.ref[name]))
+        p.flatten()[0] = 7
+        self.assertEqual(float(first.torch(name).flatten()[0]), 7.0)
+        self.assertTrue(torch.equal(v, self.ref[name]))  # the old view still shows the copy
+        first.make_private(name)  # private already: nothing
+        self.assertEqual(first.torch(name).data_ptr(), p.data_ptr())
+        self.assertGreater(held_by(self.observer, "first"), 0)  # the private copy is its own grant
+        third = vramd.connect(self.broker.socket, "third").load(m, device="cuda:0", shared=True)
+        self.assertEqual(third.stats().share, "hit")
+        self.assertTrue(torch.equal(third.torch(name), self.ref[name]))
+        # a private load (the default) shares nothing
+        own = c.load(m, device="cuda:0")
+        self.assertEqual(own.stats().share, "")
+        self.assertFalse(any(own.shared(n) for n in names))
+        # dropping: refused while in use, done once nobody maps the copies
+        with self.assertRaises(vramd.VramError) as cm:
+            c.cache_drop(m)
+        self.assertEqual(cm.exception.errno, errno.EBUSY)
+        del first, third, v, p
+        gc.collect()
+        c.cache_drop(m)
+        self.assertEqual(c.cache_list()["copies"], [])
+        again = c.load(m, device="cuda:0", shared=True)
+        self.assertEqual(again.stats().share, "filled")
+
+    def test_demand_and_offer(self):
+        c = vramd.connect(self.broker.socket, "wants")
+        c.demand("cuda:1", 48 << 20, 8 << 20)
+        me = [x for x in self.observer.status().clients if x.name == "wants"][0]
+        self.assertEqual(me.want_dev[1], 48 << 20)
+        self.assertEqual(me.share_dev[1], 48 << 20)  # alone: all it wants
+        with self.assertRaises(vramd.VramError) as cm:
+            c.demand("cuda:1", 1 << 20, 2 << 20)  # min above want
+        self.assertEqual(cm.exception.errno, errno.EINVAL)
+        # another client holds most of the device: "wants" is below its
+        # share; when that memory is freed, it is offered some
+        offers = []
+        c.set_offer_handler(lambda dev, n: offers.append((dev, n)))
+        other = vramd.connect(self.broker.socket, "holder")
+        g = other.alloc("cuda:1", 40 << 20)
+        me = [x for x in self.observer.status().clients if x.name == "wants"][0]
+        self.assertLess(me.held_dev[1], me.share_dev[1])
+        g.free()
+        import select
+        ready, _, _ = select.select([c.fileno()], [], [], 30)
+        self.assertTrue(ready, "no OFFER came")
+        c.dispatch()
+        self.assertEqual(len(offers), 1)
+        self.assertEqual(offers[0][0], 1)
+        self.assertGreater(offers[0][1], 0)
+        c.set_offer_handler(None)
+        c.demand("cuda:1", 0, 0)
+
+    def test_pager_views(self):
+        c = vramd.connect(self.broker.socket, "pg")
+        m = vramd.open_model(self.path)
+        plan = c.plan(m, unet_compute_device="cuda:0", unet_expert_mode_allocations="cuda:0,40%;cpu,60%")
+        donors = plan.donor_layers("unet")
+        self.assertTrue(donors)
+        loaded = c.load(m, plan)
+        pager = loaded.pager(dispatch_thread=False, reclaim=False)
+        for li in donors:
+            with pager.layer(li):
+                for t in m.layer_tensors(li):
+                    got = pager.torch(t.index)
+                    self.assertTrue(torch.equal(got.view(torch.uint8), self.ref[t.name].view(torch.uint8)))
+                    self.assertNotEqual(got.data_ptr(), loaded.host_ptr(t.index))
+        self.assertGreater(pager.stats().acquires, 0)
+
+
+if __name__ == "__main__":
+    harness.run(__name__)
