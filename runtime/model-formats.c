@@ -92,8 +92,10 @@ static int from_gguf(struct vram_model *m, const struct src *s)
 	m->components_set = 1;
 	m->file_size = g.file_size;
 	m->header_size = g.info_end;
-	m->data_offset = g.data_offset;
-	m->data_size = g.file_size > g.data_offset ? g.file_size - g.data_offset : 0;
+	/* A file without tensors may end inside the padding after the
+	 * infos: its (empty) data then starts at the end of the file. */
+	m->data_offset = MIN(g.data_offset, g.file_size);
+	m->data_size = g.file_size - m->data_offset;
 	arch = gguf_find_kv(&g, "general.architecture");
 	comp = arch && arch->type == GGUF_VT_STRING && text_arch(arch->value) ? VRAM_COMP_CLIP : VRAM_COMP_UNET;
 	for (uint64_t i = 0; i < g.ntensors; i++) {

@@ -625,6 +625,44 @@ START_TEST(test_model_invalid)
 }
 END_TEST
 
+/* A file without tensors that ends inside the padding after its infos
+ * (allowed: "padded or not") has its (empty) data at the end of the file,
+ * not past it.  fuzz-gguf found the model reporting data_offset 64 for a
+ * 50-byte file. */
+START_TEST(test_model_short_padding)
+{
+	static const uint8_t file[50] = {
+		'G', 'G', 'U', 'F', 3, 0, 0, 0,  /* version 3 */
+		0, 0, 0, 0, 0, 0, 0, 0,          /* no tensors */
+		1, 0, 0, 0, 0, 0, 0, 0,          /* one key */
+		1, 0, 0, 0, 0, 0, 0, 0, 'a',     /* "a" */
+		0, 0, 0, 0, 0,                   /* UINT8 0; infos end at 38, data at 64 */
+	};
+	char p[PATH_MAX];
+	vram_model *m = NULL;
+	struct gguf_file g = { 0 };
+	struct src s = src_mem(file, sizeof(file), "short");
+	FILE *f;
+
+	ck_assert_int_eq(gguf_parse(&s, &g), 0);
+	ck_assert_uint_eq(g.info_end, 38);
+	ck_assert_uint_eq(g.data_offset, 64);
+	gguf_free(&g);
+	snprintf(p, sizeof(p), "%s/short_padding.gguf", fixdir);
+	f = fopen(p, "wb");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(file, 1, sizeof(file), f), sizeof(file));
+	ck_assert_int_eq(fclose(f), 0);
+	ck_assert_msg(vram_model_open(p, &m) == 0, "%s", vram_last_error());
+	ck_assert_uint_eq(vram_model_file_size(m), 50);
+	ck_assert_uint_eq(vram_model_header_size(m), 38);
+	ck_assert_uint_eq(vram_model_data_offset(m), 50);
+	ck_assert_uint_eq(vram_model_data_size(m), 0);
+	ck_assert_int_eq(vram_model_tensor_count(m), 0);
+	vram_model_close(m);
+}
+END_TEST
+
 /* ======================================================================
  * Fixtures and main
  * ====================================================================== */
@@ -668,6 +706,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_model_tensors);
 	tcase_add_test(tc, test_model_components);
 	tcase_add_test(tc, test_model_invalid);
+	tcase_add_test(tc, test_model_short_padding);
 	suite_add_tcase(s, tc);
 	return s;
 }
