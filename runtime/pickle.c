@@ -430,7 +430,9 @@ static int op_tuple(struct pk *p, uint8_t op)
 		return r;
 	if (v->kind == PV_DICT && (p->sp - first) % 2)
 		return pk_invalid(p, "DICT with an odd number of items");
-	if ((r = pv_add(p, v, p->stack + first, p->sp - first)) < 0)
+	/* An empty container takes no items: the stack may not even exist
+	 * yet (NULL + 0 is undefined; fuzz-pickle found "\x80\x02]."). */
+	if (p->sp > first && (r = pv_add(p, v, p->stack + first, p->sp - first)) < 0)
 		return r;
 	p->sp = first;
 	return push(p, v);
@@ -920,7 +922,10 @@ static int tensor_out(struct pk *p, const struct pv *key, const struct ptensor *
 	o->ndim = nd;
 	o->storage = t->storage;
 	o->shape = shape;
-	o->offset = off;
+	/* An empty tensor may name an offset past its storage (torch
+	 * accepts it: it needs no bytes); it is kept at the storage's end,
+	 * so that its file offset stays inside the storage's record. */
+	o->offset = nb ? off : MIN(off, s->nbytes);
 	o->nbytes = nb;
 	return 0;
 }

@@ -441,6 +441,41 @@ START_TEST(test_pickle_mutations)
 END_TEST
 
 
+/* Pickles of the kind protocol 2 writes by hand, from memory (found by
+ * fuzz-pickle): containers built on an empty stack; an empty tensor whose
+ * storage offset lies past its storage (torch accepts it: an empty tensor
+ * needs no bytes) keeps its bytes (none) inside the storage, so that its
+ * file offset stays inside its record. */
+START_TEST(test_pickle_edges)
+{
+	static const char top_list[] = "\200\002].";
+	static const char top_dict[] = "\200\002}.";
+	static const char past[] =
+		"\200\002}(X\001\000\000\000wctorch._utils\n_rebuild_tensor_v2\n"
+		"((X\007\000\000\000storagectorch\nFloatStorage\nX\001\000\000\0000X\003\000\000\000cpu"
+		"J\004\000\000\000tQ" /* 4 floats */
+		"J\000\000\004\000" /* offset 262144 */
+		"(J\000\000\000\000t(J\001\000\000\000t" /* size (0,), stride (1,) */
+		"\211ccollections\nOrderedDict\n)RtRu.";
+	struct pk_state_dict sd = { 0 };
+
+	ck_assert_int_eq(pk_load((const uint8_t *)top_list, sizeof(top_list) - 1, "mem", "data.pkl", &sd), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(vram_last_error(), "the pickle holds a list, not a dict of tensors"));
+	ck_assert_int_eq(pk_load((const uint8_t *)top_dict, sizeof(top_dict) - 1, "mem", "data.pkl", &sd), 0);
+	ck_assert_uint_eq(sd.ntensors, 0);
+	pk_free(&sd);
+
+	ck_assert_msg(pk_load((const uint8_t *)past, sizeof(past) - 1, "mem", "data.pkl", &sd) == 0, "%s",
+		      vram_last_error());
+	ck_assert_uint_eq(sd.ntensors, 1);
+	ck_assert_uint_eq(sd.nstorages, 1);
+	ck_assert_uint_eq(sd.storages[0].nbytes, 16);
+	ck_assert_uint_eq(sd.tensors[0].nbytes, 0);
+	ck_assert_uint_le(sd.tensors[0].offset, sd.storages[0].nbytes);
+	pk_free(&sd);
+}
+END_TEST
+
 /* ======================================================================
  * The model API over PyTorch files (vram_model_open)
  * ====================================================================== */
@@ -557,6 +592,7 @@ static Suite *suite(void)
 	tcase_add_loop_test(tc, test_prefixes, 0, (int)(sizeof(small) / sizeof(small[0])));
 	tcase_add_loop_test(tc, test_zip_mutations, 0, (int)(sizeof(small) / sizeof(small[0])));
 	tcase_add_loop_test(tc, test_pickle_mutations, 0, (int)(sizeof(small) / sizeof(small[0])));
+	tcase_add_test(tc, test_pickle_edges);
 	tcase_add_test(tc, test_model);
 	tcase_add_test(tc, test_model_refused);
 	suite_add_tcase(s, tc);
