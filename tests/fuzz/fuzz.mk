@@ -26,12 +26,14 @@ ST_DIFF_SEED       ?=
 # every format: they link all the readers.  A new target: fuzz-NAME.c, a
 # line here, seeds in tests/fuzz/corpus/NAME (a case in seed.py), a
 # max_len in run.sh, a row in docs/fuzzing.md.
-FUZZ_ALL := proto safetensors allocstr config
+FUZZ_ALL := proto safetensors allocstr config gguf pickle
 FUZZ_TARGETS ?= $(FUZZ_ALL)
 FUZZ_SRC_model := runtime/model.c runtime/model-formats.c runtime/safetensors.c runtime/gguf.c \
 	runtime/torchzip.c runtime/pickle.c runtime/reader.c runtime/dtype.c runtime/error.c common/util.c
 FUZZ_SRC_proto       := common/proto.c common/util.c
 FUZZ_SRC_safetensors := $(FUZZ_SRC_model)
+FUZZ_SRC_gguf        := $(FUZZ_SRC_model)
+FUZZ_SRC_pickle      := $(FUZZ_SRC_model)
 FUZZ_SRC_allocstr    := runtime/allocstr.c runtime/error.c common/util.c
 FUZZ_SRC_config      := broker/config.c common/util.c
 FUZZ_LIBS := $(shell pkg-config --libs jansson 2>/dev/null) -lm
@@ -91,6 +93,8 @@ fuzz-seed: $(FUZZ_BUILD)/proto-seeds
 	$(VENV)/bin/python tests/fuzz/seed.py safetensors tests/fuzz/corpus/safetensors
 	$(VENV)/bin/python tests/fuzz/seed.py allocstr tests/fuzz/corpus/allocstr
 	$(VENV)/bin/python tests/fuzz/seed.py config tests/fuzz/corpus/config
+	$(VENV)/bin/python tests/fuzz/seed.py gguf tests/fuzz/corpus/gguf
+	$(VENV)/bin/python tests/fuzz/seed.py pickle tests/fuzz/corpus/pickle
 
 clean: fuzz-clean
 fuzz-clean:

@@ -5,6 +5,9 @@
   seed.py safetensors DIR   every fixture of tests/gen_fixtures.py
   seed.py allocstr DIR      allocation strings of docs/plan.md and test-plan.c
   seed.py config DIR        systemd/vramd.conf.example and one line per key
+  seed.py gguf DIR          the files of tests/gen_gguf.py up to 16 KiB
+  seed.py pickle DIR        the files of tests/gen_torch.py up to 16 KiB, and
+                            each one's data.pkl alone (fuzz-pickle's two modes)
 
 fuzz-proto's seeds come from tests/fuzz/proto-seeds.c (the C structs).
 tests/fuzz/fuzz.mk runs this for `make fuzz-seed`; the seeds and what the
@@ -12,8 +15,10 @@ long runs added are kept in tests/fuzz/corpus/TARGET.
 """
 import os
 import struct
+import subprocess
 import sys
 import tempfile
+import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
@@ -67,7 +72,9 @@ CONFIG_LINES = [
     "state-dir = /var/lib/vramd", "admin-group = vram-admin", "socket-group = vram",
     "sim-gpus = 8GiB,512MiB", "host-pool = 16GiB", "client-max = 12GB", "max-clients = 64",
     "max-grants = 4096", "socket-mode = 0660", "reclaim-deadline-ms = 2000", "cuda = no",
-    "fdstore = auto", "verbose = yes",
+    "fdstore = auto", "verbose = yes", "max-clients-per-uid = 64", "hello-timeout-ms = 5000",
+    "cache-max = 50%", "cache-max = 6GiB", "ready-reserve = 25%", "ready-reserve = 1.5GiB",
+    "ready-min-free = 5.25%", "ready-refill-rate = 2GiB",
 ]
 
 
@@ -79,8 +86,48 @@ def seed_config(d):
         put(d, "key%02d" % i, ("[vramd]\n%s\n" % line).encode())
 
 
+# Larger fixtures are left out: tests/fuzz/run.sh gives these targets a
+# max_len of 16 KiB.
+MAX_SEED = 16384
+
+
+def generated(script, *args):
+    """Runs tests/SCRIPT TMP ARGS; yields (subdir-name, bytes) of its files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, os.path.join(TOP, "tests", script), tmp] +
+                       [a.replace("TMP", tmp) for a in args], check=True, stdout=subprocess.DEVNULL)
+        for sub in sorted(os.listdir(tmp)):
+            if not os.path.isdir(os.path.join(tmp, sub)):
+                continue
+            for name in sorted(os.listdir(os.path.join(tmp, sub))):
+                path = os.path.join(tmp, sub, name)
+                if os.path.getsize(path) <= MAX_SEED:
+                    with open(path, "rb") as f:
+                        yield "%s-%s" % (sub, os.path.splitext(name)[0]), f.read()
+
+
+def seed_gguf(d):
+    for name, data in generated("gen_gguf.py"):
+        put(d, name, data)
+
+
+def seed_pickle(d):
+    import io
+    for name, data in generated("gen_torch.py", "TMP/marker-never-written"):
+        put(d, name, data)
+        try:
+            z = zipfile.ZipFile(io.BytesIO(data))
+            pkl = [n for n in z.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+            if len(pkl) == 1 and z.getinfo(pkl[0]).compress_type == zipfile.ZIP_STORED:
+                raw = z.read(pkl[0])
+                if not raw.startswith(b"PK\x03\x04"):
+                    put(d, name + "-pkl", raw)
+        except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError):
+            pass  # a damaged zip: the file itself is the seed
+
+
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("safetensors", "allocstr", "config"):
+    if len(sys.argv) != 3 or sys.argv[1] not in ("safetensors", "allocstr", "config", "gguf", "pickle"):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     os.makedirs(sys.argv[2], exist_ok=True)
