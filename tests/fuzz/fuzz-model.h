@@ -33,9 +33,10 @@ static inline bool fuzz_size_matches(uint32_t dtype, const uint64_t *shape, uint
 
 	if (vram_dtype_block(dtype, &elems, &bytes) < 0 || !elems || !bytes)
 		return false;
-	for (uint32_t d = 0; d < ndim; d++) {
+	for (uint32_t d = 0; d < ndim; d++)
 		if (shape[d] == 0)
-			return nbytes == 0;
+			return nbytes == 0; /* whatever the other dimensions */
+	for (uint32_t d = 0; d < ndim; d++) {
 		/* more elements than bits in the file cannot be right */
 		if (__builtin_mul_overflow(n, shape[d], &n) || n > ((unsigned __int128)1 << 70))
 			return false;
