@@ -51,6 +51,7 @@ struct ptensor {
 struct pv {
 	uint8_t kind;
 	uint8_t g;               /* PV_GLOBAL: enum glob */
+	uint8_t unhashable;      /* PV_TUPLE: holds a list or dict, at any depth */
 	uint32_t n, cap;         /* tuple/list items; dict: pairs (2n items) */
 	union {
 		int64_t i;
@@ -406,6 +407,16 @@ static int op_const(struct pk *p, uint8_t op)
 	return push(p, v);
 }
 
+/* Whether k may be a dict key: not a list or dict, nor a tuple holding
+ * one.  O(1): a tuple's answer is worked out once, when it is built
+ * (recursing here took exponential time on tuples that share items through
+ * DUP or the memo, and could overflow the stack on deep nesting; found by
+ * fuzz-pickle). */
+static bool hashable(const struct pv *k)
+{
+	return k->kind != PV_LIST && k->kind != PV_DICT && !(k->kind == PV_TUPLE && k->unhashable);
+}
+
 /* ======================================================================
  * Opcodes: containers, memo, stack
  * ====================================================================== */
@@ -434,19 +445,11 @@ static int op_tuple(struct pk *p, uint8_t op)
 	 * yet (NULL + 0 is undefined; fuzz-pickle found "\x80\x02]."). */
 	if (p->sp > first && (r = pv_add(p, v, p->stack + first, p->sp - first)) < 0)
 		return r;
+	if (v->kind == PV_TUPLE)
+		for (size_t i = first; i < p->sp && !v->unhashable; i++)
+			v->unhashable = !hashable(p->stack[i]);
 	p->sp = first;
 	return push(p, v);
-}
-
-static bool hashable(const struct pv *k)
-{
-	if (k->kind == PV_LIST || k->kind == PV_DICT)
-		return false;
-	if (k->kind == PV_TUPLE)
-		for (uint32_t i = 0; i < k->n; i++)
-			if (!hashable(k->items[i]))
-				return false;
-	return true;
 }
 
 /* APPEND, APPENDS, SETITEM, SETITEMS: into the list or dict below. */

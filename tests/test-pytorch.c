@@ -441,6 +441,49 @@ START_TEST(test_pickle_mutations)
 END_TEST
 
 
+/* Dict keys that are tuples sharing their items (DUP, TUPLE2, 64 times:
+ * 2^64 paths through 65 values) or nested a million deep: whether they are
+ * hashable is known when each tuple is built.  Checking it by recursion
+ * took exponential time on the first (a 550-byte pickle from fuzz-pickle
+ * ran for 40 s) and would overflow the stack on the second; with that
+ * code this test does not finish. */
+START_TEST(test_pickle_tuple_keys)
+{
+	static const char head[] = "\200\002}(N", tail[] = "K\007u.";
+	const size_t deep = 1000000;
+	size_t n = 0;
+	uint8_t *b = malloc(sizeof(head) + sizeof(tail) + deep);
+	struct pk_state_dict sd = { 0 };
+	int r;
+
+	ck_assert_ptr_nonnull(b);
+	memcpy(b, head, sizeof(head) - 1);
+	n = sizeof(head) - 1;
+	for (int i = 0; i < 64; i++) {
+		b[n++] = '2';     /* DUP */
+		b[n++] = 0x86;    /* TUPLE2: (x, x) */
+	}
+	memcpy(b + n, tail, sizeof(tail) - 1);
+	n += sizeof(tail) - 1;
+	r = pk_load(b, n, "mem", "data.pkl", &sd);
+	ck_assert_msg(r == 0, "%d %s", r, vram_last_error());
+	ck_assert_uint_eq(sd.ntensors, 0);
+	ck_assert_uint_eq(sd.nskipped, 1);
+	pk_free(&sd);
+
+	n = sizeof(head) - 1;
+	memset(b + n, 0x85, deep); /* TUPLE1, a million times */
+	n += deep;
+	memcpy(b + n, tail, sizeof(tail) - 1);
+	n += sizeof(tail) - 1;
+	r = pk_load(b, n, "mem", "data.pkl", &sd);
+	ck_assert_msg(r == 0, "%d %s", r, vram_last_error());
+	ck_assert_uint_eq(sd.nskipped, 1);
+	pk_free(&sd);
+	free(b);
+}
+END_TEST
+
 /* Pickles of the kind protocol 2 writes by hand, from memory (found by
  * fuzz-pickle): containers built on an empty stack; an empty tensor whose
  * storage offset lies past its storage (torch accepts it: an empty tensor
@@ -593,6 +636,7 @@ static Suite *suite(void)
 	tcase_add_loop_test(tc, test_zip_mutations, 0, (int)(sizeof(small) / sizeof(small[0])));
 	tcase_add_loop_test(tc, test_pickle_mutations, 0, (int)(sizeof(small) / sizeof(small[0])));
 	tcase_add_test(tc, test_pickle_edges);
+	tcase_add_test(tc, test_pickle_tuple_keys);
 	tcase_add_test(tc, test_model);
 	tcase_add_test(tc, test_model_refused);
 	suite_add_tcase(s, tc);
