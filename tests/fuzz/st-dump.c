@@ -4,7 +4,7 @@
  * reads paths from stdin, one a line, opens each with vram_model_open() and
  * writes one line per path to stdout, flushed:
  *
- *   O {"tensors":[[name,dtype,[shape],file_offset,nbytes],...],"meta":[[key,value],...]}
+ *   O {"format":F,"tensors":[[name,dtype,[shape],file_offset,nbytes],...],"meta":[[key,value],...]}
  *   E <errno> <vram_last_error(), newlines as spaces>
  *
  * Tensors in the model's order (by layer, then name), metadata in the file's
@@ -48,6 +48,7 @@ static int dump_model(const vram_model *m)
 			goto out;
 		json_array_append_new(meta, json_pack("[s s]", k, v));
 	}
+	json_object_set_new(root, "format", json_string(vram_model_format(m)));
 	json_object_set(root, "tensors", ts);
 	json_object_set(root, "meta", meta);
 	text = json_dumps(root, JSON_COMPACT | JSON_ENSURE_ASCII);

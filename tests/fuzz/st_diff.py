@@ -470,8 +470,28 @@ def reference(path, blob):
         return ("E", str(e))
 
 
+# vram_model_open() picks its reader by the first bytes: a mutation can make
+# the file a GGUF or PyTorch one (the corpus of fuzz-safetensors holds such
+# files).  Those must not be safetensors files to the reference either.
+OTHER_FORMAT = re.compile(r": (?:invalid|unsupported) (GGUF|PyTorch checkpoint): ")
+
+
+def other_format(ours):
+    """The format vramd read the file as, when it is not safetensors."""
+    if ours[0] == "O":
+        fmt = ours[1].get("format", "safetensors")
+        return None if fmt == "safetensors" else fmt
+    m = OTHER_FORMAT.search(ours[2])
+    return m.group(1) if m else None
+
+
 def compare(blob, ours, ref):
     """None when they agree, else what differs.  Counts deviations in stats."""
+    fmt = other_format(ours)
+    if fmt:
+        if ref[0] == "O":
+            return "the reference reads a safetensors file, vramd reads it as %s" % fmt
+        return ("deviation", "read as another format, the reference rejects")
     if ours[0] == "E" and ref[0] == "E":
         return None if ours[1] == -22 else "we fail with %d (not -EINVAL): %s" % (ours[1], ours[2])
     if ours[0] == "O" and ref[0] == "E":
