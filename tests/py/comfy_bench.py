@@ -49,6 +49,7 @@ import torch  # noqa: E402
 torch.set_grad_enabled(False)
 import comfy.model_management as mm  # noqa: E402
 import comfy_checkpoints  # noqa: E402
+import harness  # noqa: E402 - the pack imported from this checkout
 
 try:
     from comfy.nodes.base_nodes import CheckpointLoaderSimple  # the pip-installable fork
@@ -60,7 +61,7 @@ except ImportError:
 NAME = os.path.basename(a.ckpt)
 
 
-pack = comfy_checkpoints.import_pack()
+pack = harness.import_pack()
 
 
 def comfy_load():
@@ -95,13 +96,12 @@ def timed(fn):
     out = fn()
     dt = time.perf_counter() - t0
     load_s = None
+    share = None
     if hasattr(out[0].model, "_vramd"):
-        vm = out[0].model._vramd
-        load_s = vm.stats.ns / 1e9
-        share = vm.stats.share or "private"
-    else:
-        share = None
-    del out
+        st = out[0].model._vramd.stats
+        load_s = st.ns / 1e9
+        share = st.share or "private"
+    del out  # the model and its hooks form cycles: nothing of it may stay in a local
     mm.unload_all_models()
     gc.collect()
     return dt, load_s, share

@@ -12,15 +12,10 @@
                         are one seeded block of small normal values repeated
                         (loading does not look at them), written in chunks
 
-    import_pack()       the node pack of this checkout, imported from its
-                        folder (no install), as "vramd_comfyui_pack"
-
 Names and shapes come from ComfyUI's own modules built on the meta device.
 """
 import json
-import os
 import struct
-import sys
 
 import torch
 
@@ -40,22 +35,6 @@ UNET = {
 }
 VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
        "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def import_pack():
-    """The pack in ROOT/comfyui, imported as ComfyUI imports a custom node
-    folder; returns the module."""
-    import importlib.util
-    d = os.path.join(ROOT, "comfyui")
-    spec = importlib.util.spec_from_file_location("vramd_comfyui_pack", os.path.join(d, "__init__.py"),
-                                                  submodule_search_locations=[d])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["vramd_comfyui_pack"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _vae():
@@ -158,6 +137,8 @@ def full(path, kind, block_mb=32):
 
 if __name__ == "__main__":
     import argparse
+    import os
+    import sys
     ap = argparse.ArgumentParser()
     ap.add_argument("--comfyui", required=True)
     ap.add_argument("--kind", choices=("tiny", "sd15", "sdxl"), required=True)

@@ -32,6 +32,7 @@ import comfy.model_management as mm  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.utils  # noqa: E402
 import comfy_checkpoints  # noqa: E402
+import harness  # noqa: E402 - the pack imported from this checkout
 
 try:
     from comfy.nodes.base_nodes import CheckpointLoaderSimple  # the pip-installable fork
@@ -190,7 +191,7 @@ def main():
     if not os.path.exists(path):
         comfy_checkpoints.tiny(path)
     folder_paths.add_model_folder_path("checkpoints", ckdir)
-    pack = comfy_checkpoints.import_pack()
+    pack = harness.import_pack()
     theirs = comfy_load("tiny-sd15.safetensors")
     ours = vramd_load(pack, path)
     n = compare(ours, theirs)
