@@ -204,6 +204,18 @@ class Loaded:
             return "cpu"
         return cuda_device_for(d)
 
+    def torch_bytes(self, t, device=None):
+        """Tensor t's bytes as a flat torch uint8 tensor sharing the grant
+        (no copy), for dtypes torch has no type for (GGUF's quantised
+        blocks); the same rules as torch()."""
+        i = self._i(t)
+        dev = device or self.torch_device(i)
+        ptr = self.host_ptr(i) if dev == "cpu" else self.device_ptr(i)
+        nb = self.nbytes(i)
+        if not ptr and nb:
+            raise ValueError("vramd: %s has no address for %s" % (self.model.tensors[i].name, dev))
+        return T.torch_view(ptr, nb, "U8", (nb,), self._h, dev)
+
     def torch(self, t, device=None):
         """Tensor t as a torch tensor sharing the grant (no copy).  torch
         has no read-only tensors: one in a shared copy (shared(t)) must
