@@ -399,16 +399,21 @@ def quantized_types(model):
 def comfyui_gguf():
     """(GGMLTensor, GGMLOps, GGUFModelPatcher) from ComfyUI-GGUF (city96),
     found among the modules ComfyUI has imported (custom nodes load before
-    any node runs, under their folder's name), or None without it."""
-    ops = patcher = None
-    for mod in list(sys.modules.values()):
-        if ops is None and isinstance(getattr(mod, "GGMLTensor", None), type) and hasattr(mod, "GGMLOps"):
-            ops = mod
-        if patcher is None and isinstance(getattr(mod, "GGUFModelPatcher", None), type):
-            patcher = mod.GGUFModelPatcher
-    if ops is None or patcher is None:
-        return None
-    return ops.GGMLTensor, ops.GGMLOps, patcher
+    any node runs, under their folder's name); else from ComfyUI's own copy
+    of it where it has one (the pip-installable fork's comfy.gguf); None
+    without either."""
+    found = {}
+    for name, mod in list(sys.modules.items()):
+        own = name == "comfy" or name.startswith("comfy.")
+        if isinstance(getattr(mod, "GGMLTensor", None), type) and hasattr(mod, "GGMLOps"):
+            found.setdefault(("ops", own), mod)
+        if isinstance(getattr(mod, "GGUFModelPatcher", None), type):
+            found.setdefault(("patcher", own), mod.GGUFModelPatcher)
+    for own in (False, True):  # the custom node first
+        ops, patcher = found.get(("ops", own)), found.get(("patcher", own))
+        if ops is not None and patcher is not None:
+            return ops.GGMLTensor, ops.GGMLOps, patcher
+    return None
 
 
 def _needs_gguf(path, qtypes, what):
