@@ -10,10 +10,14 @@
 # SHAPES (default "tiny sd15"): tiny (465 MB, SD1.5's widths, one UNet
 # level), sd15 (2.1 GB, every SD1.5 key and shape), sdxl (6.9 GB, every
 # SDXL key and shape; run with --fp16-unet --fp16-vae, the dtypes a GPU
-# gets, since ComfyUI's CPU defaults would need 14 GB).  CPU only: ComfyUI
+# gets, since ComfyUI's CPU defaults would need 14 GB).  DTYPES=gpu runs
+# every shape with the GPU's dtypes (fp16 UNet and VAE: nothing converted,
+# by either loader); DTYPES=cpu with ComfyUI's CPU defaults (fp32 UNet and
+# VAE: both loaders convert the fp16 file).  CPU only: ComfyUI
 # runs with --cpu, the broker on simulated GPUs.  Exits 77 (skipped)
 # without COMFYUI_DIR.  Needs free memory for two copies of the largest
-# shape's converted weights.
+# shape's converted weights (the simulated devices are sized at 4x the file: the second
+# instance's plan asks for room for the copy it will share, beside the first's).
 set -eu
 B=${VRAM_BUILD:-build}
 [ -n "${COMFYUI_DIR:-}" ] || { echo "bench-comfyui: skipped: COMFYUI_DIR is not set"; exit 77; }
@@ -33,16 +37,22 @@ trap cleanup EXIT INT TERM
 
 for shape in ${SHAPES:-tiny sd15}; do
 	case $shape in
-	tiny) args= ;;
-	sd15) args= ;;
+	tiny | sd15) args= ;;
 	sdxl) args="--fp16-unet --fp16-vae" ;;
 	*) echo "bench-comfyui: unknown shape $shape (tiny, sd15, sdxl)"; exit 2 ;;
+	esac
+	case ${DTYPES:-} in
+	"") ;;
+	gpu) args="--fp16-unet --fp16-vae" ;;
+	cpu) args= ;;
+	*) echo "bench-comfyui: DTYPES is gpu or cpu"; exit 2 ;;
 	esac
 	F=$CK/bench-$shape.safetensors
 	[ -f "$F" ] || (cd "$D" && "$PY" "$ROOT/tests/py/comfy_checkpoints.py" --comfyui "$COMFYUI_DIR" \
 		--kind "$shape" --out "$F")
-	# room for the converted weights (fp16 -> fp32 at most) and their copies
-	mib=$(( $(stat -c %s "$F") / 1048576 * 2 + 1024 ))
+	# room for the weights converted (fp16 -> fp32 at most), a copy being
+	# filled beside one still held, and the broker's reserve
+	mib=$(( $(stat -c %s "$F") / 1048576 * 4 + 1024 ))
 	S=$D/$shape
 	mkdir -p "$S/hold"
 	"$ROOT/$B/bin/vramd" --socket "$S/vramd.sock" --admin-socket "$S/admin.sock" --state-dir "$S/state" \
