@@ -62,9 +62,11 @@ ref_gbps() { # bench_formats.py ref-* arguments: "GB/s CPU-s/GB"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
 
-# One measurement after dropping the page cache (cold) or not (warm).
+# One measurement of file $F after dropping the page cache (cold) or
+# reading F through it (warm): each warm one reads it again, since this
+# kind of VM may page out cached pages no one touched for a minute.
 run() { # $1 cold|warm, then the command
-	[ "$1" = warm ] || drop
+	if [ "$1" = warm ]; then cat "$F" > /dev/null; else drop; fi
 	shift
 	"$@"
 }
@@ -82,7 +84,6 @@ bench_file() {
 			say "  cold: skipped (dropping the page cache needs root)"
 			continue
 		fi
-		[ $PH = cold ] || cat "$F" > /dev/null
 		[ $PH = warm ] || FD=$(run cold fio_gbps "$F" 1)
 		FB=$(run $PH fio_gbps "$F" 0)
 		# shellcheck disable=SC2046,SC2086

@@ -7,7 +7,8 @@ reference writers, and the reference loaders, timed in-process.
       A Flux-shaped diffusion-model GGUF as ComfyUI-GGUF users load them
       (keys as in the original model, no prefixes: double_blocks.N,
       single_blocks.N...; 2-D weights Q8_0, biases and norms F32), the
-      hidden size chosen so the file is about BYTES, written by gguf-py's
+      hidden size and then the number of single blocks chosen so the file
+      is BYTES less under one block, written by gguf-py's
       GGUFWriter one tensor at a time (tensor infos first, then each
       tensor's data generated and written): one tensor in memory at a time.
       The Q8_0 blocks are random bytes with a finite f16 scale.
@@ -43,9 +44,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 Q8_BLOCK, Q8_BYTES = 32, 34
 
 
-def flux_keys(h):
+def flux_keys(h, nsingle=38):
     """[(name, torch-order shape)] of a Flux-dev transformer with hidden
-    size h (Flux-dev: 3072), as the original model names them."""
+    size h (Flux-dev: 3072) and nsingle single blocks (38), as the original
+    model names them."""
     import make_checkpoint as mc
     k = mc.Keys()
     k.wb("img_in", h, 64)
@@ -55,7 +57,7 @@ def flux_keys(h):
     k.wb("txt_in", h, 4096)
     for i in range(19):
         mc.flux_double(k, "double_blocks.%d." % i, h)
-    for i in range(38):
+    for i in range(nsingle):
         mc.flux_single(k, "single_blocks.%d." % i, h)
     k.wb("final_layer.linear", 64, h)
     k.wb("final_layer.adaLN_modulation.1", 2 * h, h)
@@ -71,13 +73,19 @@ def gguf_nbytes(shape):
 def gen_gguf(a):
     import gguf
     from gguf import GGMLQuantizationType as Q
-    h = 128
-    while sum(gguf_nbytes(s) for _, s in flux_keys(h + 64)) <= a.size:
-        h += 64
-    keys = flux_keys(h)
+    def size(h, n):
+        return sum(gguf_nbytes(s) for _, s in flux_keys(h, n))
+    # The largest hidden size (a multiple of Q8_0's 32) that fits, then
+    # single blocks added while they fit: within one block of BYTES.
+    h, n = 128, 38
+    while size(h + 32, n) <= a.size:
+        h += 32
+    while size(h, n + 1) <= a.size:
+        n += 1
+    keys = flux_keys(h, n)
     rng = np.random.default_rng(a.seed)
     w = gguf.GGUFWriter(a.out + ".tmp", "flux")
-    w.add_name("vramd bench flux-shaped (hidden %d)" % h)
+    w.add_name("vramd bench flux-shaped (hidden %d, %d single blocks)" % (h, n))
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for name, shape in keys:
@@ -99,7 +107,7 @@ def gen_gguf(a):
             w.write_tensor_data(rng.standard_normal(shape, dtype=np.float32))
     w.close()
     os.rename(a.out + ".tmp", a.out)
-    print("%s: %d tensors, hidden %d, %d bytes" % (a.out, len(keys), h, os.path.getsize(a.out)))
+    print("%s: %d tensors, hidden %d, %d single blocks, %d bytes" % (a.out, len(keys), h, n, os.path.getsize(a.out)))
 
 
 def gen_pt(a):
