@@ -38,6 +38,8 @@ BROKER_SRC  := $(sort $(filter-out broker/main.c,$(wildcard broker/*.c)))
 TOOLS_SRC   := $(sort $(wildcard tools/vramctl*.c))
 TEST_SRC    := $(sort $(wildcard tests/test-*.c))
 HELPER_SRC  := $(sort $(wildcard tests/helper-*.c))
+# What the test programs share (the fake CUDA driver, ...): every other .c in tests/.
+TESTLIB_SRC := $(sort $(filter-out $(TEST_SRC) $(HELPER_SRC),$(wildcard tests/*.c)))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
@@ -45,6 +47,7 @@ COMMON_OBJ  := $(call obj,$(COMMON_SRC))
 RUNTIME_OBJ := $(call obj,$(RUNTIME_SRC))
 BROKER_OBJ  := $(call obj,$(BROKER_SRC))
 TOOLS_OBJ   := $(call obj,$(TOOLS_SRC))
+TESTLIB_OBJ := $(call obj,$(TESTLIB_SRC))
 TEST_BIN    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 HELPER_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(HELPER_SRC))
 
@@ -52,6 +55,7 @@ LIBVRAM_A  := $(BUILD)/lib/libvram.a
 LIBVRAM_SO := $(BUILD)/lib/libvram.so.0
 LIBBROKER  := $(BUILD)/lib/libbroker.a
 LIBCOMMON  := $(BUILD)/lib/libvramcommon.a
+LIBTEST    := $(BUILD)/lib/libvramtest.a
 VRAMD      := $(BUILD)/bin/vramd
 VRAMCTL    := $(BUILD)/bin/vramctl
 
@@ -74,6 +78,10 @@ $(LIBCOMMON): $(COMMON_OBJ)
 $(LIBBROKER): $(BROKER_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
+# Linked into every test program; only those that use a helper pull it in.
+$(LIBTEST): $(TESTLIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
 $(LIBVRAM_A): $(RUNTIME_OBJ) $(COMMON_OBJ) $(EXTRA_RUNTIME_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
@@ -90,7 +98,7 @@ $(VRAMCTL): $(TOOLS_OBJ) $(LIBVRAM_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIBBROKER) $(LIBVRAM_A)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIBTEST) $(LIBBROKER) $(LIBVRAM_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS)
 

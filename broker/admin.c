@@ -269,8 +269,13 @@ int admin_reload(struct broker *b, char *err, size_t errlen)
 		b->cfg.hello_timeout_ms = cfg.hello_timeout_ms;
 		b->cfg.max_grants = cfg.max_grants;
 		b->cfg.reclaim_deadline_ms = cfg.reclaim_deadline_ms;
+		b->cfg.ready_reserve = cfg.ready_reserve;
+		b->cfg.ready_refill_rate = cfg.ready_refill_rate;
+		b->cfg.ready_min_free = cfg.ready_min_free;
 		broker_log_level = cfg.verbose ? 2 : 1;
 	}
+	for (uint32_t d = 0; d < b->npools; d++)
+		pool_configure(b->pools[d], &b->cfg); /* also sees THP turned on since */
 	if (b->cfg.state_dir) {
 		quota_store_clear(&b->quotas);
 		b->quotas = q;

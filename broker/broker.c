@@ -321,6 +321,7 @@ struct broker *broker_new(const struct broker_config *cfg)
 	for (uint32_t i = 0; i < b->npools; i++) {
 		struct pool *p = b->pools[i];
 		char err[QUOTA_ERR_MAX];
+		pool_configure(p, cfg);
 		broker_log(1, "device %s: %s, %s%s", p->name, p->label, size_format(p->total, s1, sizeof(s1)),
 			   (p->flags & VRAMD_DEV_SIMULATED) ? " [simulated]" : "");
 		if (quota_check_floors(&b->quotas, p->name, p->total, err, sizeof(err)) < 0)

@@ -125,11 +125,13 @@ static int key_from(struct client *c, const struct vramd_share *m, struct pool *
 	return 0;
 }
 
+/* The live copy of k: ready, or filling (an abandoned fill still winding
+ * down included: a request that joins it has it started again, see
+ * fill_restart). */
 static struct copy *copy_find(struct broker *b, const struct copy_key *k)
 {
 	for (struct copy *cp = b->copies; cp; cp = cp->next)
-		if (!cp->doomed && !cp->orphan && cp->state != COPY_FAILED && !atomic_load(&cp->cancel) &&
-		    key_equal(&cp->key, k))
+		if (!cp->doomed && !cp->orphan && cp->state != COPY_FAILED && key_equal(&cp->key, k))
 			return cp;
 	return NULL;
 }
@@ -346,6 +348,47 @@ static void send_progress(struct broker *b, struct copy *cp, uint64_t total)
 	}
 }
 
+static int copy_start(struct broker *b, struct client *c, uint64_t seq, struct pool *p, struct copy_key *k,
+		      uint64_t size, int fd, char *why, size_t len, struct copy **ret);
+
+/* An abandoned fill (its filler and waiters gone) that new requests joined
+ * while its threads wound down: its memory is freed, then the same copy is
+ * filled again for them from the same file (the first of them its filler).
+ * Without this they would be refused for want of the memory it still held. */
+static void fill_restart(struct broker *b, struct copy *cp)
+{
+	struct copy_waiter *ws = cp->waiters;
+	struct copy_key k = cp->key;
+	struct pool *p = cp->pool;
+	uint64_t size = cp->size;
+	int fd = cp->file_fd;
+	cp->waiters = NULL;
+	cp->key.runs = NULL;
+	cp->file_fd = -1;
+	copy_free(b, cp, true);
+	char why[VRAMD_REASON_MAX] = "";
+	struct copy *nc = NULL;
+	int r = fd < 0 ? -EBADF : copy_start(b, ws->c, ws->seq, p, &k, size, fd, why, sizeof(why), &nc);
+	free(k.runs);
+	if (fd >= 0)
+		close(fd);
+	/* the first is the new fill's filler (copy_start made its waiter) */
+	for (struct copy_waiter *first = ws, *w; (w = ws);) {
+		ws = w->next;
+		if (r == 0 && w != first) {
+			w->next = nc->waiters;
+			nc->waiters = w;
+			continue;
+		}
+		if (r < 0) {
+			struct vramd_hdr req = { .seq = w->seq, .opcode = VRAMD_SHARE };
+			send_error(b, w->c, &req, r, "%s", why[0] ? why : "filling the copy again failed");
+			unpark_copy(b, w->c);
+		}
+		free(w);
+	}
+}
+
 /* A fill ended: seal the copy and hand it out, or drop it. */
 static void fill_settled(struct broker *b, struct copy *cp)
 {
@@ -353,6 +396,12 @@ static void fill_settled(struct broker *b, struct copy *cp)
 	fill_join(cp);
 	if (cp->state == COPY_FILLING && !cp->error)
 		cp->error = fill_finish(b, cp);
+	if (cp->error == -ECANCELED && cp->waiters) {
+		broker_log(2, "%s: copy %llu of %s: abandoned, asked for again: filling it anew", cp->pool->name,
+			   (unsigned long long)cp->id, cp->path);
+		fill_restart(b, cp);
+		return;
+	}
 	if (cp->error) {
 		cp->state = COPY_FAILED;
 		broker_log(1, "%s: the copy of %s failed: %s", cp->pool->name, cp->path, cp->why);
@@ -405,10 +454,10 @@ static void park_for_copy(struct broker *b, struct client *c)
 	conn_update_events(b, c);
 }
 
-/* A new copy of k on p, filled from fd for c's request seq.  0, or -errno
- * with why set (nothing made). */
+/* A new copy of k on p, filled from fd for c's request seq (*ret).  0, or
+ * -errno with why set (nothing made). */
 static int copy_start(struct broker *b, struct client *c, uint64_t seq, struct pool *p, struct copy_key *k,
-		      uint64_t size, int fd, char *why, size_t len)
+		      uint64_t size, int fd, char *why, size_t len, struct copy **ret)
 {
 	int r = cache_room(b, p, size, why, len);
 	if (r == 0)
@@ -429,6 +478,7 @@ static int copy_start(struct broker *b, struct client *c, uint64_t seq, struct p
 		copy_free(b, cp, true);
 		return r;
 	}
+	*ret = cp;
 	return 0;
 }
 
@@ -461,7 +511,8 @@ void handle_share(struct broker *b, struct client *c, const struct vramd_share *
 		if (r == 0)
 			park_for_copy(b, c);
 	} else if (r == 0) {
-		r = copy_start(b, c, m->hdr.seq, p, &k, size, fd, why, sizeof(why));
+		struct copy *nc;
+		r = copy_start(b, c, m->hdr.seq, p, &k, size, fd, why, sizeof(why), &nc);
 		if (r == 0)
 			park_for_copy(b, c);
 	}

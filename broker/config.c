@@ -24,6 +24,60 @@ void broker_config_init(struct broker_config *c)
 	c->listen_fd = -1;
 	c->reclaim_deadline_ms = 2000;
 	c->fdstore = 0;
+	c->ready_reserve = (struct broker_amount){ .bp = 2500, .share = true };
+	c->ready_min_free = (struct broker_amount){ .bp = 500, .share = true };
+}
+
+uint64_t broker_amount_of(const struct broker_amount *a, uint64_t whole)
+{
+	if (!a->share)
+		return a->bytes;
+	/* whole / 10000 * bp without overflow for any 64-bit whole */
+	return whole / 10000 * a->bp + whole % 10000 * a->bp / 10000;
+}
+
+/* "12.5%" (0 to 100, up to two decimals) into basis points. */
+static int parse_share(const char *v, uint32_t *ret)
+{
+	size_t n = strlen(v);
+	uint32_t whole = 0, frac = 0, fdigits = 0;
+	const char *p = v;
+	if (n < 2 || v[n - 1] != '%')
+		return -EINVAL;
+	for (; isdigit((unsigned char)*p) && whole <= 100; p++)
+		whole = whole * 10 + (uint32_t)(*p - '0');
+	if (p == v)
+		return -EINVAL;
+	if (*p == '.')
+		for (p++; isdigit((unsigned char)*p) && fdigits < 2; p++, fdigits++)
+			frac = frac * 10 + (uint32_t)(*p - '0');
+	if (p != v + n - 1 || (fdigits == 0 && p[-1] == '.'))
+		return -EINVAL;
+	uint32_t bp = whole * 100 + (fdigits == 1 ? frac * 10 : frac);
+	if (whole > 100 || bp > 10000)
+		return -EINVAL;
+	*ret = bp;
+	return 0;
+}
+
+/* A size, or "N%" where shares are allowed. */
+static int set_amount(struct broker_amount *dst, const char *key, const char *v, char *err, size_t errlen)
+{
+	struct broker_amount a = { 0 };
+	int r;
+	if (strchr(v, '%')) {
+		if (parse_share(v, &a.bp) < 0) {
+			snprintf(err, errlen, "%s: \"%s\" is not a share from 0%% to 100%%", key, v);
+			return -EINVAL;
+		}
+		a.share = true;
+	} else if ((r = size_parse(v, &a.bytes)) < 0) {
+		snprintf(err, errlen, "%s: \"%s\" is %s (use e.g. 4GiB or 25%%)", key, v,
+			 r == -ERANGE ? "too large" : "not a size or a share");
+		return -EINVAL;
+	}
+	*dst = a;
+	return 0;
 }
 
 static int parse_bool(const char *v, bool *ret)
@@ -200,6 +254,17 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 	}
 	if (!strcmp(key, "cache-max"))
 		return set_cache_max(cfg, v, err, errlen);
+	if (!strcmp(key, "ready-reserve"))
+		return set_amount(&cfg->ready_reserve, key, v, err, errlen);
+	if (!strcmp(key, "ready-min-free"))
+		return set_amount(&cfg->ready_min_free, key, v, err, errlen);
+	if (!strcmp(key, "ready-refill-rate")) {
+		uint64_t s;
+		if ((r = size_parse(v, &s)) < 0)
+			return size_err(err, errlen, key, v, r);
+		cfg->ready_refill_rate = s;
+		return 0;
+	}
 	if (!strcmp(key, "max-clients") || !strcmp(key, "max-grants") || !strcmp(key, "max-clients-per-uid")) {
 		uint32_t *dst = !strcmp(key, "max-clients") ? &cfg->max_clients
 				: !strcmp(key, "max-grants") ? &cfg->max_grants : &cfg->max_clients_per_uid;

@@ -17,6 +17,12 @@ static void usage(FILE *f)
 	      "  --socket PATH          client socket (default /run/vramd/vramd.sock)\n"
 	      "  --sim-gpus SIZE[,...]  simulated GPUs cuda:N, one per size (e.g. 8GiB,4GiB)\n"
 	      "  --host-pool SIZE       capacity of the cpu pool (default: half of RAM)\n"
+	      "  --ready-reserve SIZE|N%  populated memory kept ready for the next grants\n"
+	      "                         in each host-memory pool (default 25%; 0: none)\n"
+	      "  --ready-refill-rate SIZE  bytes per second the reserve's refill may\n"
+	      "                         populate (default 0: no cap; it runs at low priority)\n"
+	      "  --ready-min-free SIZE|N%  memory the reserve always leaves free on the\n"
+	      "                         machine or in vramd's cgroup (default 5%)\n"
 	      "  --client-max SIZE      bytes one client may hold (default: unlimited)\n"
 	      "  --max-clients N        connected clients at most (default 256)\n"
 	      "  --max-clients-per-uid N  connections of one user at most (default 64; admins exempt)\n"
@@ -49,6 +55,9 @@ int main(int argc, char **argv)
 		{ "sim-gpus", required_argument, NULL, 'g' },
 		{ "host-pool", required_argument, NULL, 'p' },
 		{ "client-max", required_argument, NULL, 'm' },
+		{ "ready-reserve", required_argument, NULL, 'r' },
+		{ "ready-refill-rate", required_argument, NULL, 'F' },
+		{ "ready-min-free", required_argument, NULL, 'L' },
 		{ "max-clients", required_argument, NULL, 'C' },
 		{ "max-grants", required_argument, NULL, 'G' },
 		{ "max-clients-per-uid", required_argument, NULL, 'U' },
@@ -115,6 +124,9 @@ int main(int argc, char **argv)
 		case 'g': key = "sim-gpus"; break;
 		case 'p': key = "host-pool"; break;
 		case 'm': key = "client-max"; break;
+		case 'r': key = "ready-reserve"; break;
+		case 'F': key = "ready-refill-rate"; break;
+		case 'L': key = "ready-min-free"; break;
 		case 'C': key = "max-clients"; break;
 		case 'G': key = "max-grants"; break;
 		case 'U': key = "max-clients-per-uid"; break;

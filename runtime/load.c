@@ -730,6 +730,10 @@ static int load_stream(struct load_ctx *x, uint64_t t0, const struct timespec *c
 	x->so.io_mode = x->o.io_mode;
 	x->so.chunk = x->o.chunk_size;
 	x->so.depth = x->o.queue_depth;
+	if (!x->need_staging && !x->o.chunk_size && !x->o.queue_depth) {
+		x->so.chunk = LOAD_DIRECT_CHUNK;
+		x->so.depth = LOAD_DIRECT_DEPTH;
+	}
 	x->so.nstaging = x->nstaging;
 	x->so.progress = x->o.progress;
 	x->so.user = x->o.user;

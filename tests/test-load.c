@@ -19,12 +19,12 @@
 
 #define MiB (1ull << 20)
 
+/* A vramd of the test's own (testlib.h) and the checkpoint's path in its
+ * dir; dir and sock are b's. */
 struct env {
-	char *dir;
-	char sock[256];
-	char log[256];
+	struct t_broker b;
+	const char *dir, *sock;
 	char file[256];
-	pid_t pid;
 };
 
 static void write_checkpoint(const char *path, int blocks, int rows, int seed)
@@ -34,24 +34,16 @@ static void write_checkpoint(const char *path, int blocks, int rows, int seed)
 
 static void env_start(struct env *e, const char *sim, const char *host)
 {
-	/* O_DIRECT needs a real file system; /var/tmp is one where /tmp may be
-	 * tmpfs. */
-	setenv("TMPDIR", access("/var/tmp", W_OK) == 0 ? "/var/tmp" : "/tmp", 1);
-	e->dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e->dir);
-	snprintf(e->sock, sizeof(e->sock), "%s/vramd.sock", e->dir);
-	snprintf(e->log, sizeof(e->log), "%s/vramd.log", e->dir);
+	const char *const args[] = { "--sim-gpus", sim, "--host-pool", host, NULL };
+	t_broker_start(&e->b, args);
+	e->dir = e->b.dir;
+	e->sock = e->b.sock;
 	snprintf(e->file, sizeof(e->file), "%s/model.safetensors", e->dir);
-	const char *const args[] = { "--sim-gpus", sim, "--host-pool", host, "--no-cuda", NULL };
-	e->pid = t_start_vramd(e->sock, e->log, args);
-	ck_assert_int_gt(e->pid, 0);
 }
 
 static void env_stop(struct env *e)
 {
-	int st = t_stop(e->pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	t_rmtree(e->dir);
+	t_broker_stop(&e->b);
 }
 
 static uint8_t *read_file(const char *path, size_t *len)
@@ -93,6 +85,20 @@ static void assert_idle(vram_client *c)
 			      (unsigned long long)s->devices[d].used);
 	ck_assert_uint_eq(s->grants, 0);
 	vram_status_free(s);
+}
+
+/* A plan of m on the broker's devices with options o; fails the test with
+ * the library's message if the planner refuses. */
+static vram_plan *plan_on(vram_client *c, const vram_model *m, const struct vram_plan_options *o)
+{
+	struct vram_plan_device devs[8];
+	uint32_t nd;
+	for (int i = 0; i < 8; i++)
+		devs[i].struct_size = sizeof(devs[i]);
+	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
+	vram_plan *p;
+	ck_assert_msg(vram_plan_create(m, o, devs, nd, &p) == 0, "%s", vram_last_error());
+	return p;
 }
 
 START_TEST(test_load_every_mode_and_device)
@@ -141,18 +147,13 @@ START_TEST(test_load_by_plan)
 	vram_plan *p;
 	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
 	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
-	struct vram_plan_device devs[8];
-	uint32_t nd;
-	for (int i = 0; i < 8; i++)
-		devs[i].struct_size = sizeof(devs[i]);
-	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
 	struct vram_plan_options o;
 	vram_plan_options_init(&o);
 	o.unet_expert_mode_allocations = "cuda:0,40%;cuda:1,30%;cpu,*";
 	o.clip_compute_device = "cuda:1";
 	o.clip_virtual_vram_gb = 0;
 	o.vae_device = "cpu";
-	ck_assert_msg(vram_plan_create(m, &o, devs, nd, &p) == 0, "%s", vram_last_error());
+	p = plan_on(c, m, &o);
 	struct vram_load_options lo;
 	vram_load_options_init(&lo);
 	lo.flags = VRAM_LOAD_RECLAIMABLE;
@@ -211,11 +212,6 @@ START_TEST(test_load_split_layers)
 	vram_plan *p;
 	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
 	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
-	struct vram_plan_device devs[8];
-	uint32_t nd;
-	for (int i = 0; i < 8; i++)
-		devs[i].struct_size = sizeof(devs[i]);
-	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
 	struct vram_plan_options o;
 	vram_plan_options_init(&o);
 	o.unet_expert_mode_allocations = "cuda:0,40%;cuda:1,30%;cpu,*";
@@ -223,7 +219,7 @@ START_TEST(test_load_split_layers)
 	 * cuda:1's starts on the compute device */
 	o.unet_compute_device = _i ? "cuda:1" : "cuda:0";
 	o.vae_device = "cpu";
-	ck_assert_msg(vram_plan_create(m, &o, devs, nd, &p) == 0, "%s", vram_last_error());
+	p = plan_on(c, m, &o);
 	int split = 0;
 	for (int li = 0; li < vram_model_layer_count(m); li++) {
 		struct vram_layer_info info = { .struct_size = sizeof(info) };
@@ -371,16 +367,10 @@ START_TEST(test_load_convert)
 			}
 
 	/* A converted load can be paged (test-pager checks the bytes). */
-	struct vram_plan_device devs[8];
-	uint32_t nd;
-	for (int i = 0; i < 8; i++)
-		devs[i].struct_size = sizeof(devs[i]);
-	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
 	struct vram_plan_options po;
 	vram_plan_options_init(&po);
 	po.unet_expert_mode_allocations = "cuda:0,50%;cpu,*";
-	vram_plan *p;
-	ck_assert_msg(vram_plan_create(m, &po, devs, nd, &p) == 0, "%s", vram_last_error());
+	vram_plan *p = plan_on(c, m, &po);
 	struct vram_load_options o;
 	vram_load_options_init(&o);
 	o.cast_to = VRAM_DTYPE_F16;

@@ -928,16 +928,11 @@ START_TEST(test_devices_from_broker)
 		fprintf(stderr, "test_devices_from_broker: skipped: %s not built (make all)\n", prog);
 		return;
 	}
-	char *dir = t_tmpdir();
-	ck_assert_ptr_nonnull(dir);
-	char sock[100], log[512];
-	snprintf(sock, sizeof(sock), "%s/vramd.sock", dir);
-	snprintf(log, sizeof(log), "%s/vramd.log", dir);
-	const char *const args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "128MiB", "--no-cuda", NULL };
-	pid_t pid = t_start_vramd(sock, log, args);
-	ck_assert_int_gt(pid, 0);
+	struct t_broker b;
+	const char *const args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "128MiB", NULL };
+	t_broker_start(&b, args);
 	vram_client *c = NULL;
-	ck_assert_int_eq(vram_connect(sock, "test-plan", &c), 0);
+	ck_assert_int_eq(vram_connect(b.sock, "test-plan", &c), 0);
 
 	struct vram_plan_device devs[PLAN_MAX_DEVICES];
 	uint32_t n = 0;
@@ -969,7 +964,7 @@ START_TEST(test_devices_from_broker)
 	vram_grant *gr = NULL;
 	vram_client *c2 = NULL;
 	ck_assert_int_eq(vram_alloc(c, (uint32_t)g0, 40 * MiB, 0, &gr), 0);
-	ck_assert_int_eq(vram_connect(sock, "test-plan-2", &c2), 0);
+	ck_assert_int_eq(vram_connect(b.sock, "test-plan-2", &c2), 0);
 	ck_assert_int_eq(vram_plan_devices_from_client(c2, devs, PLAN_MAX_DEVICES, &n), 0);
 	vram_close(c2);
 	ck_assert_uint_eq(devs[g0].available, 64 * MiB - vram_grant_size(gr));
@@ -991,9 +986,7 @@ START_TEST(test_devices_from_broker)
 
 	ck_assert_int_eq(vram_free(c, gr), 0);
 	vram_close(c);
-	int st = t_stop(pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	t_rmtree(dir);
+	t_broker_stop(&b);
 }
 END_TEST
 

@@ -189,10 +189,12 @@ struct t_broker {
 	char *dir;
 	char sock[256], admin[256], log[256], state[256];
 	pid_t pid;
+	int cuda;                /* set after t_broker_dir: vramd looks for the
+				  * real driver (no "--no-cuda") */
 };
 
 /* Makes b's temp dir and paths, nothing started (a test that writes a
- * config file into the dir first). */
+ * config file into the dir first, or sets b->cuda). */
 static inline void t_broker_dir(struct t_broker *b)
 {
 	memset(b, 0, sizeof(*b));
@@ -206,15 +208,17 @@ static inline void t_broker_dir(struct t_broker *b)
 	snprintf(b->state, sizeof(b->state), "%s/state", b->dir);
 }
 
-/* Starts vramd in b's dir with args (NULL-terminated; "--no-cuda" and the
- * paths are added).  Fails the test if it does not come up. */
+/* Starts vramd in b's dir with args (NULL-terminated; "--no-cuda" unless
+ * b->cuda, and the paths are added).  Fails the test if it does not come
+ * up. */
 static inline void t_broker_run(struct t_broker *b, const char *const *args)
 {
 	const char *argv[48];
 	int n = 0;
 	for (int i = 0; args && args[i] && n < 40; i++)
 		argv[n++] = args[i];
-	argv[n++] = "--no-cuda";
+	if (!b->cuda)
+		argv[n++] = "--no-cuda";
 	argv[n] = NULL;
 	b->pid = t_start_vramd(b->sock, b->log, argv);
 	ck_assert_msg(b->pid > 0, "vramd did not start (log: %s)", b->log);
@@ -227,20 +231,28 @@ static inline void t_broker_start(struct t_broker *b, const char *const *args)
 	t_broker_run(b, args);
 }
 
-/* SIGTERM (a clean exit asserted), then vramd again in the same dir (its
- * state kept) with args. */
-static inline void t_broker_restart(struct t_broker *b, const char *const *args)
+/* SIGTERM, a clean exit asserted; the temp dir stays (a test that looks at
+ * what vramd left, or goes on without it). */
+static inline void t_broker_halt(struct t_broker *b)
 {
 	int st = t_stop(b->pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vramd exit status %d", st);
+	b->pid = 0;
+}
+
+/* t_broker_halt, then vramd again in the same dir (its state kept) with
+ * args. */
+static inline void t_broker_restart(struct t_broker *b, const char *const *args)
+{
+	t_broker_halt(b);
 	t_broker_run(b, args);
 }
 
-/* SIGTERM, a clean exit asserted, the temp dir removed. */
+/* SIGTERM (unless halted), a clean exit asserted, the temp dir removed. */
 static inline void t_broker_stop(struct t_broker *b)
 {
-	int st = t_stop(b->pid);
-	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vramd exit status %d", st);
+	if (b->pid > 0)
+		t_broker_halt(b);
 	t_rmtree(b->dir);
 	b->dir = NULL;
 }

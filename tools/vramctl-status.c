@@ -115,6 +115,7 @@ static int print_json(const struct vram_status *s, const char *socket)
 		json_object_set_new(o, "ready_target", json_integer((json_int_t)d->ready_target));
 		json_object_set_new(o, "ready_hits", json_integer((json_int_t)d->ready_hits));
 		json_object_set_new(o, "ready_misses", json_integer((json_int_t)d->ready_misses));
+		json_object_set_new(o, "ready_refilled", json_integer((json_int_t)d->ready_refilled));
 		json_object_set_new(o, "cache", json_integer((json_int_t)d->cache));
 		json_object_set_new(o, "cache_max", json_integer((json_int_t)d->cache_max));
 		json_array_append_new(devs, o);

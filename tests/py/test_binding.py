@@ -82,6 +82,8 @@ class Errors(unittest.TestCase):
         self.assertEqual(o.chunk_size, 1 << 20)
         self.assertEqual(o.cast_to, vramd.DTYPES.index("BF16"))
         self.assertEqual(o.cast_from, 1 << vramd.DTYPES.index("F32"))
+        o, _ = vramd.load_options(shared=True, reclaimable=False)
+        self.assertEqual(o.flags, 2)  # VRAM_LOAD_SHARED
 
 
 class WithBroker(unittest.TestCase):
