@@ -7,7 +7,8 @@
 #   BENCH_OUT    results file (default $BUILD/bench/results.txt)
 #   BENCH_ONLY   "pager" to run only the paging and two-client parts,
 #                "load" to run only the loading part, "share" only the
-#                shared copies (scripts/bench-share.sh)
+#                shared copies (scripts/bench-share.sh), "formats" only
+#                the GGUF and PyTorch zip files (scripts/bench-formats.sh)
 #   BENCH_ROUNDS, BENCH_FIO_SHAPES, BENCH_ALLOC_N: see scripts/bench-load.sh
 #
 # Cold runs drop the page cache (root only; otherwise they are skipped and
@@ -43,6 +44,9 @@ if [ ! -s "$FILE" ]; then
 	mv "$FILE.tmp" "$FILE"
 fi
 BYTES=$(stat -c %s "$FILE")
+if [ "${BENCH_ONLY:-}" = formats ]; then
+	exec sh scripts/bench-formats.sh
+fi
 
 CAN_DROP=0
 if [ "$(id -u)" -eq 0 ] && sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then CAN_DROP=1; fi
@@ -85,6 +89,7 @@ if [ "${BENCH_ONLY:-}" != pager ]; then
 VRAM_BUILD="$BUILD" VRAM_PYTHON="$PY" BENCH_FILE="$FILE" BENCH_DIR="$DIR" BENCH_OUT="$OUT" sh scripts/bench-load.sh
 fi
 if [ "${BENCH_ONLY:-}" = load ]; then
+	sh scripts/bench-formats.sh
 	sh scripts/bench-share.sh
 	say "results in $OUT"
 	exit 0
@@ -145,5 +150,6 @@ say "two clients on a simulated 8 GiB GPU, each loading 6 GiB onto it:"
 say "  client A exit $RA, client B exit $RB, $(awk -v a="$T0" -v b="$T1" 'BEGIN { printf "%.1f", b - a }') s"
 say "  $(grep -c 'RECLAIM' "$DIR/vramd2.log" || true) RECLAIM requests, $(grep -c 'ignored RECLAIM' "$DIR/vramd2.log" || true) ignored; bytes used after both exit: $USED"
 say ""
+sh scripts/bench-formats.sh
 sh scripts/bench-share.sh
 say "results in $OUT"

@@ -223,18 +223,35 @@ static int client_flood(unsigned seed)
 
 /* ---- the run --------------------------------------------------------------------- */
 
-static int count_fds(pid_t pid)
+/* The broker's fds: memfds (grants, copies and the ready reserve's
+ * populated memory) counted apart, with their bytes, from the rest. */
+struct fdcount {
+	int other, memfds;
+	uint64_t memfd_bytes;
+};
+
+static struct fdcount count_fds(pid_t pid)
 {
-	char path[64];
+	char path[64], link[256];
+	struct fdcount c = { 0 };
 	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
 	DIR *d = opendir(path);
-	int n = 0;
 	struct dirent *e;
-	while (d && (e = readdir(d)))
-		n += e->d_name[0] != '.';
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		ssize_t n = readlinkat(dirfd(d), e->d_name, link, sizeof(link) - 1);
+		struct stat st;
+		if (n > 0 && (link[n] = 0, !strncmp(link, "/memfd:", 7)) && fstatat(dirfd(d), e->d_name, &st, 0) == 0) {
+			c.memfds++;
+			c.memfd_bytes += (uint64_t)st.st_size;
+		} else {
+			c.other++;
+		}
+	}
 	if (d)
 		closedir(d);
-	return n;
+	return c;
 }
 
 static long rss_kib(pid_t pid)
@@ -285,8 +302,52 @@ static void spawn(pid_t *kids, struct tally *t, unsigned seed)
 	}
 }
 
+/* The bytes of the devices' ready reserves, or UINT64_MAX when the status
+ * cannot be had. */
+static uint64_t ready_bytes(vram_client *a)
+{
+	struct vram_status *s;
+	if (vram_get_status(a, &s) < 0)
+		return UINT64_MAX;
+	uint64_t r = 0;
+	for (uint32_t d = 0; d < s->ndevices; d++)
+		r += s->devices[d].ready;
+	vram_status_free(s);
+	return r;
+}
+
+/* With no client left but a (this check's connection): the broker holds
+ * no more fds than at the start apart from memfds and that connection
+ * (its socket and pidfd), and its memfds are exactly its ready reserves (a
+ * grant or copy fd kept past its end would show as bytes beyond them).
+ * The reserve may be refilling: looked at until it holds still. */
+static int check_fds(pid_t broker, vram_client *a, struct fdcount fds0)
+{
+	struct fdcount fds = { 0 };
+	uint64_t r0 = 0, r1 = 0;
+	for (int i = 0; i < 100; i++) {
+		r0 = ready_bytes(a);
+		fds = count_fds(broker);
+		r1 = ready_bytes(a);
+		if (r0 == r1 && fds.memfd_bytes == r1)
+			break;
+		msleep(50);
+	}
+	printf("soak: settled: broker fds %d besides memfds (baseline %d + this check), %d memfds of %llu bytes, ready reserve %llu\n",
+	       fds.other, fds0.other, fds.memfds, (unsigned long long)fds.memfd_bytes, (unsigned long long)r1);
+	if (fds.other <= fds0.other + 2 && fds.memfd_bytes == r1 && r0 == r1)
+		return 0;
+	fprintf(stderr, "soak: the broker holds fds it should not (%d besides memfds, %d at the start; memfds of %llu bytes, ready reserve %llu):\n",
+		fds.other, fds0.other, (unsigned long long)fds.memfd_bytes, (unsigned long long)r1);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "ls -l /proc/%d/fd >&2", (int)broker);
+	if (system(cmd) != 0)
+		fprintf(stderr, "(cannot list them)\n");
+	return 1;
+}
+
 /* Quiet: no client left, nothing accounted once the copies are dropped. */
-static int settle(pid_t broker, int fds0, long rss0)
+static int settle(pid_t broker, struct fdcount fds0, long rss0)
 {
 	vram_client *a;
 	struct vram_status *s = NULL;
@@ -303,25 +364,15 @@ static int settle(pid_t broker, int fds0, long rss0)
 			bool quiet = used == 0 && s->grants == 0 && s->nclients == 1;
 			vram_status_free(s);
 			if (quiet) {
+				int r = check_fds(broker, a, fds0);
 				vram_close(a);
-				msleep(300); /* the broker sees this check's hang-up */
-				int fds = count_fds(broker);
 				long rss = rss_kib(broker);
-				printf("soak: settled: broker fds %d (baseline %d), RSS %ld KiB (baseline %ld)\n", fds, fds0,
-				       rss, rss0);
-				if (fds > fds0) {
-					fprintf(stderr, "soak: the broker holds %d fds, %d at the start:\n", fds, fds0);
-					char cmd[128];
-					snprintf(cmd, sizeof(cmd), "ls -l /proc/%d/fd >&2", (int)broker);
-					if (system(cmd) != 0)
-						fprintf(stderr, "(cannot list them)\n");
-					return 1;
-				}
+				printf("soak: broker RSS %ld KiB (baseline %ld)\n", rss, rss0);
 				if (rss - rss0 > 16384) {
 					fprintf(stderr, "soak: the broker's RSS grew by %ld KiB\n", rss - rss0);
 					return 1;
 				}
-				return 0;
+				return r;
 			}
 		}
 		vram_close(a);
@@ -356,7 +407,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	msleep(200);
-	int fds0 = count_fds(broker);
+	struct fdcount fds0 = count_fds(broker);
 	long rss0 = rss_kib(broker);
 	pid_t kids[MAX_KIDS] = { 0 };
 	struct tally t = { 0 };

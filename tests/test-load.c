@@ -87,6 +87,20 @@ static void assert_idle(vram_client *c)
 	vram_status_free(s);
 }
 
+/* A plan of m on the broker's devices with options o; fails the test with
+ * the library's message if the planner refuses. */
+static vram_plan *plan_on(vram_client *c, const vram_model *m, const struct vram_plan_options *o)
+{
+	struct vram_plan_device devs[8];
+	uint32_t nd;
+	for (int i = 0; i < 8; i++)
+		devs[i].struct_size = sizeof(devs[i]);
+	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
+	vram_plan *p;
+	ck_assert_msg(vram_plan_create(m, o, devs, nd, &p) == 0, "%s", vram_last_error());
+	return p;
+}
+
 START_TEST(test_load_every_mode_and_device)
 {
 	struct env e;
@@ -133,18 +147,13 @@ START_TEST(test_load_by_plan)
 	vram_plan *p;
 	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
 	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
-	struct vram_plan_device devs[8];
-	uint32_t nd;
-	for (int i = 0; i < 8; i++)
-		devs[i].struct_size = sizeof(devs[i]);
-	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
 	struct vram_plan_options o;
 	vram_plan_options_init(&o);
 	o.unet_expert_mode_allocations = "cuda:0,40%;cuda:1,30%;cpu,*";
 	o.clip_compute_device = "cuda:1";
 	o.clip_virtual_vram_gb = 0;
 	o.vae_device = "cpu";
-	ck_assert_msg(vram_plan_create(m, &o, devs, nd, &p) == 0, "%s", vram_last_error());
+	p = plan_on(c, m, &o);
 	struct vram_load_options lo;
 	vram_load_options_init(&lo);
 	lo.flags = VRAM_LOAD_RECLAIMABLE;
@@ -203,11 +212,6 @@ START_TEST(test_load_split_layers)
 	vram_plan *p;
 	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
 	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
-	struct vram_plan_device devs[8];
-	uint32_t nd;
-	for (int i = 0; i < 8; i++)
-		devs[i].struct_size = sizeof(devs[i]);
-	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
 	struct vram_plan_options o;
 	vram_plan_options_init(&o);
 	o.unet_expert_mode_allocations = "cuda:0,40%;cuda:1,30%;cpu,*";
@@ -215,7 +219,7 @@ START_TEST(test_load_split_layers)
 	 * cuda:1's starts on the compute device */
 	o.unet_compute_device = _i ? "cuda:1" : "cuda:0";
 	o.vae_device = "cpu";
-	ck_assert_msg(vram_plan_create(m, &o, devs, nd, &p) == 0, "%s", vram_last_error());
+	p = plan_on(c, m, &o);
 	int split = 0;
 	for (int li = 0; li < vram_model_layer_count(m); li++) {
 		struct vram_layer_info info = { .struct_size = sizeof(info) };
@@ -363,16 +367,10 @@ START_TEST(test_load_convert)
 			}
 
 	/* A converted load can be paged (test-pager checks the bytes). */
-	struct vram_plan_device devs[8];
-	uint32_t nd;
-	for (int i = 0; i < 8; i++)
-		devs[i].struct_size = sizeof(devs[i]);
-	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
 	struct vram_plan_options po;
 	vram_plan_options_init(&po);
 	po.unet_expert_mode_allocations = "cuda:0,50%;cpu,*";
-	vram_plan *p;
-	ck_assert_msg(vram_plan_create(m, &po, devs, nd, &p) == 0, "%s", vram_last_error());
+	vram_plan *p = plan_on(c, m, &po);
 	struct vram_load_options o;
 	vram_load_options_init(&o);
 	o.cast_to = VRAM_DTYPE_F16;

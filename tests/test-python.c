@@ -28,7 +28,7 @@ static void run_suite(const char *module)
 		printf("%.*s\n", e ? (int)(e - l) : (int)strlen(l), l);
 	}
 	size_t n = strlen(out);
-	ck_assert_msg(rc == 0, "%s: exit %d:\n%s", module, rc, n > 6000 ? out + n - 6000 : out);
+	ck_assert_msg(rc == 0, "%s: exit %d:\n%s", module, rc, n > 3000 ? out + n - 3000 : out);
 }
 
 START_TEST(test_binding) { run_suite("test_binding"); }

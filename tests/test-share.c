@@ -469,6 +469,41 @@ START_TEST(test_budget_and_eviction)
 }
 END_TEST
 
+/* With no copy cached (d drops them all), starts a holder on a new pipe
+ * in (its end in ha) that begins to fill; returns its pid. */
+static pid_t first_filler(struct holder_arg *ha, vram_client *d, int in[2])
+{
+	ck_assert_int_eq(vram_cache_drop(d, -1, VRAM_CACHE_DROP_ALL), 0);
+	ck_assert_int_eq(pipe(in), 0);
+	ha->in = in[0];
+	ha->in_w = in[1];
+	pid_t a = t_fork(holder, ha);
+	t_sleep_ms(40);
+	return a;
+}
+
+/* A first filler SIGKILLed with a second asker started before the kill
+ * (join: it waits on the fill) or after it: the second's load succeeds,
+ * whichever way it got its copy. */
+static void second_of_killed(struct holder_arg *ha, vram_client *d, int in[2], bool join, const char *who)
+{
+	pid_t a = first_filler(ha, d, in), b = 0;
+	if (join) {
+		b = t_fork(holder, ha);
+		t_sleep_ms(20);
+	}
+	kill(a, SIGKILL);
+	if (!join)
+		b = t_fork(holder, ha);
+	char h;
+	ck_assert_int_eq(read(ha->out_r, &h, 1), 1);
+	ck_assert_msg(h == 'w' || h == 'f' || h == 'm' || h == 'h', "%s's load was %c", who, h);
+	close(in[1]);
+	ck_assert_int_eq(t_wait(b, 20000), 0);
+	t_wait(a, 1000);
+	close(in[0]);
+}
+
 /* Single flight: a load that asks while another fills waits, and the file
  * is read once; a killed filler does not stop the fill for its waiter; a
  * fill nobody waits for is abandoned and leaves nothing. */
@@ -499,45 +534,15 @@ START_TEST(test_single_flight_and_kills)
 	/* the filler killed mid-fill, its waiter still gets the copy */
 	vram_client *d;
 	ck_assert_int_eq(vram_connect(f.b.admin, "admin", &d), 0);
-	ck_assert_int_eq(vram_cache_drop(d, -1, VRAM_CACHE_DROP_ALL), 0);
-	ck_assert_int_eq(pipe(in), 0);
-	ha.in = in[0];
-	ha.in_w = in[1];
-	a = t_fork(holder, &ha);
-	t_sleep_ms(40);
-	b = t_fork(holder, &ha);
-	t_sleep_ms(20);
-	kill(a, SIGKILL);
-	ck_assert_int_eq(read(out[0], &h2, 1), 1);
-	ck_assert_msg(h2 == 'w' || h2 == 'f' || h2 == 'm' || h2 == 'h', "the waiter's load was %c", h2);
-	close(in[1]);
-	ck_assert_int_eq(t_wait(b, 20000), 0);
-	t_wait(a, 1000);
+	second_of_killed(&ha, d, in, true, "the waiter");
 
 	/* a fill abandoned (its only waiter killed) and asked for again while
 	 * its threads wind down is filled anew: the second asker does not
 	 * find its memory still taken (the pool holds one copy, not two) */
-	ck_assert_int_eq(vram_cache_drop(d, -1, VRAM_CACHE_DROP_ALL), 0);
-	ck_assert_int_eq(pipe(in), 0);
-	ha.in = in[0];
-	ha.in_w = in[1];
-	a = t_fork(holder, &ha);
-	t_sleep_ms(40);
-	kill(a, SIGKILL);
-	b = t_fork(holder, &ha);
-	ck_assert_int_eq(read(out[0], &h2, 1), 1);
-	ck_assert_msg(h2 == 'f' || h2 == 'w' || h2 == 'm' || h2 == 'h', "the second asker's load was %c", h2);
-	close(in[1]);
-	ck_assert_int_eq(t_wait(b, 20000), 0);
-	t_wait(a, 1000);
+	second_of_killed(&ha, d, in, false, "the second asker");
 
 	/* a fill whose only waiter is killed is abandoned: nothing is left */
-	ck_assert_int_eq(vram_cache_drop(d, -1, VRAM_CACHE_DROP_ALL), 0);
-	ck_assert_int_eq(pipe(in), 0);
-	ha.in = in[0];
-	ha.in_w = in[1];
-	a = t_fork(holder, &ha);
-	t_sleep_ms(40);
+	a = first_filler(&ha, d, in);
 	kill(a, SIGKILL);
 	t_wait(a, 1000);
 	uint64_t cache = 1;

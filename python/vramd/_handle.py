@@ -43,3 +43,29 @@ class Handle:
         if not self._fin.alive:
             raise ValueError("vramd: %s is closed" % what)
         return self.ptr
+
+
+class Owner:
+    """Base of the objects that hold a Handle in self._h (a client, model,
+    plan, load, pager): close() drops this object's hold (the C object goes
+    once nothing else needs it), `with` closes at the end, and using the
+    object after close() raises ValueError naming what it was."""
+
+    _what = "object"
+    _h = None
+
+    @property
+    def _ptr(self):
+        if self._h is None:
+            raise ValueError("vramd: the %s is closed" % self._what)
+        return self._h.get(self._what)
+
+    def close(self):
+        """Drops this object's hold on its C object."""
+        self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import List
 
 from . import _native as N
-from ._handle import Handle
+from ._handle import Handle, Owner
 from ._native import call, lib, text
 from . import tensors as T
 
@@ -107,11 +107,13 @@ def _socket_path(socket):
     return socket or os.environ.get("VRAMD_SOCKET") or DEFAULT_SOCKET
 
 
-class Client:
+class Client(Owner):
     """A connection to vramd (vram_connect).  Closing it frees every grant
     it holds; loads and grants made through it keep it open until they are
     released themselves.  Use as a context manager, or close(); a client
     nobody references is closed by its finalizer."""
+
+    _what = "client"
 
     def __init__(self, socket=None, name=None):
         path = _socket_path(socket)
@@ -136,18 +138,6 @@ class Client:
         gone (closing it under them would unmap their memory)."""
         self.stop_dispatch_thread()
         self._h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def _ptr(self):
-        if self._h is None:
-            raise ValueError("vramd: the client is closed")
-        return self._h.get("client")
 
     # -- identity and devices --------------------------------------------
     @property

@@ -6,7 +6,7 @@ import ctypes as C
 from dataclasses import dataclass
 
 from . import _native as N
-from ._handle import Handle
+from ._handle import Handle, Owner
 from ._native import call, lib, text
 from . import tensors as T
 from .plan import cast_mask
@@ -109,13 +109,15 @@ def load_options(progress=None, io_mode="auto", cast_to=None, cast_from=None, fl
     return o, keep
 
 
-class Loaded:
+class Loaded(Owner):
     """Every tensor of a model in broker grants (vram_load).
 
     Views (numpy(), torch(), state_dict()) share the grants' memory and keep
     them alive: close() (or dropping this object) gives the grants back once
     the last view is gone, never under a live one.  The load keeps its client
     and model open meanwhile."""
+
+    _what = "load"
 
     def __init__(self, client, model, plan=None, device=None, **options):
         if plan is None and device is None:
@@ -132,22 +134,6 @@ class Loaded:
         self._h = Handle(p, lib.vram_unload, deps=deps)
         self.client, self.model, self.plan = client, model, plan
         self._devices = {d.index: d for d in client.devices}
-
-    @property
-    def _ptr(self):
-        if self._h is None:
-            raise ValueError("vramd: the load is closed")
-        return self._h.ptr
-
-    def close(self):
-        """Drops this object's hold on the grants (see the class)."""
-        self._h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # -- per tensor --------------------------------------------------------
     def _i(self, t):
@@ -286,12 +272,14 @@ class PagerStats:
     order_learned: bool
 
 
-class Pager:
+class Pager(Owner):
     """Donor layers served on their compute device through a window, with
     prefetch (vram_pager_create).  acquire(layer) / release(layer), or
     `with pager.layer(i):`.  Views from tensor() are valid only while their
     layer is acquired.  By default the pager answers the broker's RECLAIM on
     its own thread (dispatch_thread=False / reclaim=False turn that off)."""
+
+    _what = "pager"
 
     def __init__(self, loaded, plan, prefetch_depth=0, window_bytes=0, dispatch_thread=True, reclaim=True):
         o = N.PagerOptions()
@@ -306,15 +294,6 @@ class Pager:
         call("vram_pager_create", loaded._ptr, plan._ptr, C.byref(o), C.byref(p))
         self._h = Handle(p, lib.vram_pager_free, deps=(loaded._h, plan._h))
         self.loaded, self.plan = loaded, plan
-
-    @property
-    def _ptr(self):
-        if self._h is None:
-            raise ValueError("vramd: the pager is closed")
-        return self._h.ptr
-
-    def close(self):
-        self._h = None
 
     def acquire(self, layer):
         call("vram_pager_acquire", self._ptr, layer)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from . import _native as N
-from ._handle import Handle
+from ._handle import Handle, Owner
 from ._native import call, lib, text
 from .tensors import COMPONENTS, dtype_name
 
@@ -47,9 +47,11 @@ class ComponentInfo:
     nbytes: int
 
 
-class Model:
+class Model(Owner):
     """A validated checkpoint (vram_model_open).  Inspecting it reads only
     the header.  Loads made from it keep it open."""
+
+    _what = "model"
 
     def __init__(self, path):
         p = C.c_void_p()
@@ -87,22 +89,6 @@ class Model:
         call("vram_model_layer", self._h.ptr, i, C.byref(li))
         return LayerInfo(i, text(li.name), COMPONENTS[li.component], li.first_tensor, li.ntensors, li.nbytes,
                          li.flags)
-
-    @property
-    def _ptr(self):
-        if self._h is None:
-            raise ValueError("vramd: the model is closed")
-        return self._h.ptr
-
-    def close(self):
-        """Drops this object's hold (the file closes once no load needs it)."""
-        self._h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __len__(self):
         return len(self.tensors)

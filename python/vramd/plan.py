@@ -4,7 +4,7 @@ import ctypes as C
 import json
 
 from . import _native as N
-from ._handle import Handle
+from ._handle import Handle, Owner
 from ._native import call, lib, text
 from .tensors import COMPONENTS, dtype_code
 
@@ -37,7 +37,7 @@ def plan_devices(spec):
     return arr, n.value
 
 
-class Plan:
+class Plan(Owner):
     """vram_plan_create over the broker's devices (client) or a spec
     ("cuda:0=24GiB,cpu=64GiB").  Keyword options are the seed node's inputs
     by name (unet_compute_device, unet_virtual_vram_gb, ..., 
@@ -45,6 +45,8 @@ class Plan:
     so converted sizes are placed).  None keeps libvram's default.
     ValueError-like VramError(EINVAL) names a bad input; ENOSPC names the
     device that cannot fit."""
+
+    _what = "plan"
 
     def __init__(self, model, client=None, devices=None, cast_to=None, cast_from=None, **seed):
         unknown = set(seed) - set(SEED_INPUTS)
@@ -86,13 +88,6 @@ class Plan:
         self.model = model
         self._h = Handle(p, lib.vram_plan_free, deps=(model._h,))
         self.options = dict(seed, cast_to=cast_to, cast_from=cast_from)
-
-    @property
-    def _ptr(self):
-        return self._h.get("plan")
-
-    def close(self):
-        self._h = None
 
     @property
     def devices(self):
