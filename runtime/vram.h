@@ -408,7 +408,11 @@ struct vram_plan_device {
 
 /* Parses "cuda:0=24GiB,cuda:1=12GiB,cpu=64GiB" (total = available). */
 VRAM_API int vram_plan_devices_parse(const char *spec, struct vram_plan_device *ret_devs, uint32_t max, uint32_t *ret_n);
-/* The broker's devices (available = total - used). */
+/* The broker's devices: available = total - used + what others hold
+ * reclaimable + the shared copies' bytes (a shared load of their file maps
+ * them with no new memory; copies nobody maps are evicted first).  A plan
+ * made with these can still fail at load time with -ENOMEM naming the
+ * device when the copies counted are another file's and in use. */
 VRAM_API int vram_plan_devices_from_client(const vram_client *c, struct vram_plan_device *ret_devs, uint32_t max, uint32_t *ret_n);
 
 /* Plans m on devs: places its leaf modules (a module's tensors together)
