@@ -260,32 +260,37 @@ static void memfd_describe(const struct pool *p, struct vramd_device *d)
 
 /* ---- shared copies ------------------------------------------------------- */
 
+/* A copy's memory comes from the ready reserve like a grant's (populated:
+ * the broker's fill then writes at the disk's speed instead of faulting
+ * fresh pages in), else fresh.  Called on the loop thread with the copy
+ * already counted in p->used. */
 static int memfd_copy_create(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why)
 {
 	struct memfd_pool *mp = p->priv;
-	char name[64];
-	snprintf(name, sizeof(name), "%s:copy", mp->kind.name);
-	int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (fd < 0) {
-		*why = "memfd_create failed";
-		return -errno;
-	}
-	if (ftruncate(fd, (off_t)size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_GROW) < 0) {
-		int e = -errno;
-		close(fd);
-		*why = "sizing the copy's memfd failed";
+	int fd = -1, e;
+	if (ready_take(mp->ready, size, p->used - MIN(size, p->used), &fd) < 0 &&
+	    (e = memfd_fresh(&mp->kind, size, &fd, why)) < 0) {
+		ready_released(mp->ready, size);
 		return e;
+	}
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_GROW) < 0) {
+		e = -errno;
+		*why = "sealing the copy's memfd failed";
+		goto fail;
 	}
 	int keep = fcntl(fd, F_DUPFD_CLOEXEC, 3);
 	if (keep < 0) {
-		int e = -errno;
-		close(fd);
+		e = -errno;
 		*why = "keeping a reference to the copy's memfd failed";
-		return e;
+		goto fail;
 	}
 	*ret_fd = fd;
 	*ret_handle = handle_of(keep);
 	return 0;
+fail:
+	close(fd);
+	ready_released(mp->ready, size);
+	return e;
 }
 
 static void *memfd_copy_map(struct pool *p, void *handle, int fd, uint64_t size)
