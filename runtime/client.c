@@ -193,6 +193,29 @@ static bool conn_lost(int r)
 	return r == -EPIPE || r == -ECONNRESET || r == -ENOTCONN || r == -ECONNREFUSED || r == -ECONNABORTED;
 }
 
+/* Says every DEMAND of c again (to a broker that restarted).  Lock held.
+ * 0 or the first error. */
+static int redeclare_demands(struct vram_client *c)
+{
+	int first_err = 0;
+	for (uint32_t d = 0; d < c->ndev && d < VRAMD_MAX_DEVICES; d++) {
+		if (!c->demand_want[d])
+			continue;
+		struct vramd_demand m;
+		memset(&m, 0, sizeof(m));
+		m.device = d;
+		m.want = c->demand_want[d];
+		m.min = c->demand_min[d];
+		proto_hdr_init(&m.hdr, VRAMD_DEMAND, sizeof(m), ++c->seq);
+		int r = proto_send(c->fd, &m, sizeof(m), -1, 0);
+		if (r == 0)
+			r = (int)recv_reply(c, c->seq, VRAMD_OK, NULL);
+		if (r < 0 && !first_err)
+			first_err = r;
+	}
+	return first_err;
+}
+
 /* The broker went away (restart, crash): connect again with backoff, say
  * HELLO, and hand every grant's fd back (REGISTER: the memfd, or the CUDA
  * export the broker sent) so that the new broker accounts what this process
@@ -253,12 +276,24 @@ static int reconnect(struct vram_client *c)
 		g->id = rep->grant_id;
 		g->device = rep->device;
 	}
+	int r = redeclare_demands(c);
+	if (r < 0 && !first_err)
+		first_err = r;
+	/* What the old broker asked or offered is void: the new one has
+	 * other reclaim ids and its own view of who holds what. */
+	c->npending = 0;
+	memset(c->offered, 0, sizeof(c->offered));
 	c->reconnects++;
 	return first_err;
 }
 
-/* send + receive, reconnecting once if the broker went away. */
-static ssize_t transact(struct vram_client *c, void *msg, size_t len, uint16_t op, uint16_t want, int *ret_fd)
+/* send + receive, reconnecting once if the broker went away.  A request
+ * that names something of the old connection (a FREE names a grant id,
+ * which the reconnect changes) is not sent again: resend false makes it
+ * return 0 once the reconnect is done, the caller deciding what that
+ * means. */
+static ssize_t transact_ex(struct vram_client *c, void *msg, size_t len, uint16_t op, uint16_t want, int *ret_fd,
+			   bool resend)
 {
 	for (int attempt = 0;; attempt++) {
 		ssize_t r = send_req(c, msg, len, op);
@@ -270,7 +305,16 @@ static ssize_t transact(struct vram_client *c, void *msg, size_t len, uint16_t o
 		str_copy(keep, vram_last_error(), sizeof(keep));
 		if (reconnect(c) < 0 && c->fd < 0)
 			return rt_error((int)r, "%s; reconnecting failed: %s", keep, vram_last_error());
+		if (!resend) {
+			rt_error_clear();
+			return 0;
+		}
 	}
+}
+
+static ssize_t transact(struct vram_client *c, void *msg, size_t len, uint16_t op, uint16_t want, int *ret_fd)
+{
+	return transact_ex(c, msg, len, op, want, ret_fd, true);
 }
 
 int vram_connect(const char *socket_path, const char *name, vram_client **ret)
@@ -592,11 +636,10 @@ int vram_free(vram_client *c, vram_grant *g)
 	struct vramd_free m;
 	memset(&m, 0, sizeof(m));
 	m.grant_id = g->id;
-	uint32_t before = c->reconnects;
-	int r = (int)transact(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, NULL);
-	/* After a reconnect the grant was simply not re-registered: freed. */
-	if (r == -ENOENT && c->reconnects != before)
-		r = 0;
+	/* Not resent after a reconnect: the ids changed (g->id may name
+	 * another grant now), and g, unlinked above, was not re-registered,
+	 * so the new broker never counted it: nothing is left to free. */
+	int r = (int)transact_ex(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, NULL, false);
 	pthread_mutex_unlock(&c->lock);
 	free(g);
 	run_pending(c);
@@ -632,6 +675,10 @@ int vram_demand(vram_client *c, uint32_t device, uint64_t want, uint64_t min)
 	m.min = min;
 	pthread_mutex_lock(&c->lock);
 	int r = (int)transact(c, &m, sizeof(m), VRAMD_DEMAND, VRAMD_OK, NULL);
+	if (r >= 0) {
+		c->demand_want[device] = want;
+		c->demand_min[device] = want ? min : 0;
+	}
 	pthread_mutex_unlock(&c->lock);
 	run_pending(c);
 	return r < 0 ? r : 0;
@@ -650,6 +697,11 @@ int vram_dispatch(vram_client *c)
 {
 	int fds[PROTO_MAX_FDS], nfds;
 	pthread_mutex_lock(&c->lock);
+	if (c->fd < 0 && reconnect(c) < 0 && c->fd < 0) {
+		/* an earlier reconnect gave up: try again (with its backoff) */
+		pthread_mutex_unlock(&c->lock);
+		return rt_error(-ECONNRESET, "vramd connection lost: %s", vram_last_error());
+	}
 	for (;;) {
 		ssize_t n = proto_recv(c->fd, c->rxbuf, VRAMD_MSG_MAX, fds, &nfds, MSG_DONTWAIT);
 		if (n == -EAGAIN)

@@ -45,6 +45,10 @@ struct vram_client {
 	void *rxbuf;
 	char *name;
 	uint32_t reconnects;     /* times the connection was re-established */
+	/* The last DEMAND per device (vram_demand), said again to a broker
+	 * that restarted: want 0 means none. */
+	uint64_t demand_want[VRAMD_MAX_DEVICES];
+	uint64_t demand_min[VRAMD_MAX_DEVICES];
 	bool handling;           /* a RECLAIM handler is running (run_pending) */
 	/* vram_device_prepare: per device, handles held until vram_close */
 	struct cuda_dev *prepared[VRAMD_MAX_DEVICES];
