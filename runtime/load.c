@@ -398,8 +398,17 @@ static void load_tensors(struct load_ctx *x)
 	}
 }
 
+/* The size chunks on device d aim at (load.h). */
+static uint64_t chunk_target(const struct load_ctx *x, uint32_t d)
+{
+	if (!(x->o.flags & VRAM_LOAD_RECLAIMABLE))
+		return LOAD_CHUNK_TARGET;
+	uint64_t floor = MAX(LOAD_CHUNK_MIN, 4 * x->c->dev[d].granularity);
+	return MAX(MIN(x->c->dev[d].total / 16, LOAD_CHUNK_TARGET), floor);
+}
+
 /* Chunks: consecutive layers of one (device, component) share a grant of
- * about LOAD_CHUNK_TARGET bytes, so that reclaim can give back part of a
+ * about chunk_target() bytes, so that reclaim can give back part of a
  * model (a chunk) rather than all or nothing.  Also notes which tensors
  * take a staged path (GPU destinations and conversions). */
 static void load_chunks(struct load_ctx *x)
@@ -414,7 +423,7 @@ static void load_chunks(struct load_ctx *x)
 		uint32_t d = x->dev[L->first], k = L->component; /* a layer is on one device */
 		if (nchunks[d][k] == 0)
 			nchunks[d][k] = 1;
-		if (acc[d][k] && acc[d][k] + L->nbytes > LOAD_CHUNK_TARGET) {
+		if (acc[d][k] && acc[d][k] + L->nbytes > chunk_target(x, d)) {
 			nchunks[d][k]++;
 			acc[d][k] = 0;
 		}
@@ -519,6 +528,40 @@ static void bucket_requests(struct load_ctx *x, const uint32_t *bo, uint32_t nru
 	}
 }
 
+/* The grant of one bucket (cnt tensors bo[] of component k planned on
+ * device d), laid out for its memory, into lg.  A reclaimable load is
+ * pageable: when d refuses the grant (-ENOMEM: past this client's fair
+ * share, or full; -EDQUOT: a ceiling) it goes to the cpu pool instead, to
+ * be paged from there.  0 or the allocation's error, naming the device and
+ * component. */
+static int bucket_grant(struct load_ctx *x, const uint32_t *bo, uint32_t cnt, uint32_t d, uint32_t k,
+			uint32_t flags, uint32_t *ret_nruns, struct loaded_grant *lg)
+{
+	char s1[32];
+	uint64_t size = bucket_layout(x, bo, cnt, backend_of(x->c, d) != VRAM_BACKEND_CPU, ret_nruns);
+	int r = vram_alloc(x->c, d, size, flags, &lg->grant);
+	struct rt_saved_error e;
+	rt_error_save(&e); /* the first refusal is the one to report */
+	int cpu = (r == -ENOMEM || r == -EDQUOT) && (flags & VRAM_ALLOC_RECLAIMABLE) ? vram_device_find(x->c, "cpu") : -1;
+	rt_error_restore(&e);
+	if (r < 0 && cpu >= 0 && (uint32_t)cpu != d) {
+		uint64_t hsize = bucket_layout(x, bo, cnt, false, ret_nruns);
+		if (vram_alloc(x->c, (uint32_t)cpu, hsize, flags, &lg->grant) == 0) {
+			d = (uint32_t)cpu;
+			r = 0;
+		} else {
+			rt_error_restore(&e);
+			bucket_layout(x, bo, cnt, backend_of(x->c, d) != VRAM_BACKEND_CPU, ret_nruns);
+		}
+	}
+	if (r < 0)
+		return rt_error(r, "allocating %s on %s for %s: %s", size_format(size, s1, sizeof(s1)),
+				x->c->dev[d].name, vram_component_name(k), vram_last_error());
+	lg->device = d;
+	lg->component = k;
+	return 0;
+}
+
 /* Buckets (device, component, chunk): one sort, then each bucket is laid
  * out, becomes one grant, and its runs become stream requests.  0 or the
  * allocation's error, naming the device and component. */
@@ -542,16 +585,10 @@ static int load_grants(struct load_ctx *x)
 		}
 		const uint32_t *bo = x->order + b0; /* this bucket's tensors, in file order */
 		uint32_t nruns;
-		uint64_t size = bucket_layout(x, bo, b1 - b0, backend_of(x->c, d) != VRAM_BACKEND_CPU, &nruns);
 		struct loaded_grant *lg = &x->l->grants[x->l->ngrants];
-		int r = vram_alloc(x->c, d, size, flags, &lg->grant);
-		if (r < 0) {
-			char s1[32];
-			return rt_error(r, "allocating %s on %s for %s: %s", size_format(size, s1, sizeof(s1)),
-					x->c->dev[d].name, vram_component_name(k), vram_last_error());
-		}
-		lg->device = d;
-		lg->component = k;
+		int r = bucket_grant(x, bo, b1 - b0, d, k, flags, &nruns, lg);
+		if (r < 0)
+			return r;
 		x->l->ngrants++;
 		bucket_requests(x, bo, nruns, x->l->ngrants - 1);
 	}
