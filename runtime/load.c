@@ -404,7 +404,7 @@ static uint64_t chunk_target(const struct load_ctx *x, uint32_t d)
 	if (!(x->o.flags & VRAM_LOAD_RECLAIMABLE))
 		return LOAD_CHUNK_TARGET;
 	uint64_t floor = MAX(LOAD_CHUNK_MIN, 4 * x->c->dev[d].granularity);
-	return MAX(MIN(x->c->dev[d].total / 16, LOAD_CHUNK_TARGET), floor);
+	return MAX(MIN(x->c->dev[d].total / 32, LOAD_CHUNK_TARGET), floor);
 }
 
 /* Chunks: consecutive layers of one (device, component) share a grant of

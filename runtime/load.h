@@ -9,7 +9,7 @@
 #include "runtime/internal.h"
 
 /* Target size of one grant of a loaded model (a chunk of whole layers).
- * A reclaimable load's chunks aim at a sixteenth of their device at most
+ * A reclaimable load's chunks aim at a 32nd of their device at most
  * (reclaim gives a chunk back whole, and only when no layer of it is in
  * use), and not below LOAD_CHUNK_MIN nor four of the device's allocation
  * granules (a grant is rounded up to one: smaller chunks would waste much

@@ -327,7 +327,7 @@ static void chunk_pieces(struct vram_pager *p, uint32_t dev, uint64_t want, uint
  * is giving memory back on: that allocation would wait behind the very
  * request the reclaim serves); otherwise it is freed.  mu held, dropped
  * around the FREE.  Returns the bytes freed. */
-static uint64_t drop_chunk(struct vram_pager *p, uint32_t gi)
+static uint64_t drop_chunk(struct vram_pager *p, uint32_t gi, bool may_carve)
 {
 	struct loaded_grant *lg = &p->l->grants[gi];
 	struct pchunk *ch = &p->chunks[gi];
@@ -356,7 +356,8 @@ static uint64_t drop_chunk(struct vram_pager *p, uint32_t gi)
 		uint64_t need = pager_largest_paged(p, dev), cut = align_up(need, SLOT_ROUND);
 		p->slot_size[dev] = MAX(p->slot_size[dev], cut);
 		p->target_slots[dev] = MAX(p->target_slots[dev], PAGER_MIN_SLOTS);
-		if (pager_slots_fitting(p, dev, need) < PAGER_MIN_SLOTS && size >= cut && carve(p, old, dev, cut))
+		if (may_carve && pager_slots_fitting(p, dev, need) < PAGER_MIN_SLOTS && size >= cut &&
+		    carve(p, old, dev, cut))
 			return 0;
 	}
 	pthread_mutex_unlock(&p->mu);
@@ -397,8 +398,26 @@ void pager_window_from_chunks(struct vram_pager *p, uint32_t dev)
 		}
 		if (best < 0)
 			return;
-		drop_chunk(p, (uint32_t)best);
+		drop_chunk(p, (uint32_t)best, true);
 	}
+}
+
+uint64_t pager_window_room(struct vram_pager *p, uint32_t dev, uint64_t bytes)
+{
+	uint64_t freed = 0;
+	while (freed < bytes) {
+		int best = -1;
+		for (uint32_t gi = 0; gi < p->l->ngrants; gi++) {
+			const struct loaded_grant *lg = &p->l->grants[gi];
+			if (lg->grant && lg->device == dev && !p->chunks[gi].readers && !chunk_acquired(p, gi) &&
+			    (best < 0 || vram_grant_size(lg->grant) > vram_grant_size(p->l->grants[best].grant)))
+				best = (int)gi;
+		}
+		if (best < 0)
+			break;
+		freed += drop_chunk(p, (uint32_t)best, false);
+	}
+	return freed;
 }
 
 /* ---- reclaim ------------------------------------------------------------ */
@@ -417,7 +436,23 @@ static void reclaim_round(struct vram_pager *p, uint32_t dev, uint64_t bytes, ui
 		chunk_pieces(p, dev, want, room, &best, ret_copying);
 		if ((best.slot < 0 && best.chunk < 0) || piece_class(&best, want, room) == 3)
 			break;
-		*freed += best.slot >= 0 ? free_slot_grant(p, (uint32_t)best.slot) : drop_chunk(p, (uint32_t)best.chunk);
+		*freed += best.slot >= 0 ? free_slot_grant(p, (uint32_t)best.slot)
+					 : drop_chunk(p, (uint32_t)best.chunk, true);
+	}
+}
+
+/* Calls off the copies in flight that keep memory of dev busy (into a
+ * slot there, or reading a chunk there), except those an acquire waits
+ * for.  The copy thread stops within COPY_PIECE bytes.  mu held. */
+static void cancel_copies(struct vram_pager *p, uint32_t dev)
+{
+	for (uint32_t i = 0; i < p->nslots; i++) {
+		struct slot *s = &p->slots[i];
+		if (s->state != SLOT_COPYING || s->pins || s->layer < 0)
+			continue;
+		const struct loaded_grant *lg = &p->l->grants[p->layers[s->layer].chunk];
+		if (s->dev == dev || (lg->grant && lg->device == dev))
+			__atomic_store_n(&s->cancel, true, __ATOMIC_RELAXED);
 	}
 }
 
@@ -435,6 +470,7 @@ uint64_t pager_reclaim(struct vram_pager *p, uint32_t dev, uint64_t bytes, uint6
 		uint64_t t = now_ns();
 		if (freed >= bytes || !copying || t >= t0 + wait_ns || p->stop)
 			break;
+		cancel_copies(p, dev);
 		timed_wait(p, MIN(t0 + wait_ns - t, 5000000ull)); /* a finished copy broadcasts */
 	}
 	uint64_t dt = now_ns() - t0;

@@ -44,6 +44,9 @@
 /* How long acquire keeps asking for a window slot the broker refuses with
  * -ENOMEM (another client's request parked first) before failing. */
 #define GROW_RETRY_NS (5ull * 1000000000ull)
+/* A copy into a slot looks between pieces of this size whether reclaim
+ * called it off. */
+#define COPY_PIECE (4ull << 20)
 
 void vram_pager_options_init(struct vram_pager_options *o)
 {
@@ -131,6 +134,12 @@ int pager_read_loaded(const struct vram_pager *p, uint32_t t, uint64_t off, uint
 	return r < 0 ? rt_error(r, "converting tensor \"%s\" read back from %s", mt->name, p->m->path) : 0;
 }
 
+/* Whether reclaim called the copy into s off (read without mu). */
+static bool cancelled(const struct slot *s)
+{
+	return __atomic_load_n(&s->cancel, __ATOMIC_RELAXED);
+}
+
 /* The tensors [first, end) of the group led by layer. */
 static void group_tensors(const struct vram_pager *p, uint32_t layer, uint32_t *ret_first, uint32_t *ret_end)
 {
@@ -157,6 +166,8 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 		uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
 		if (!nb)
 			continue;
+		if (cancelled(s))
+			return (r = cuda_copier_wait(cp, 0)) < 0 ? r : -ECANCELED;
 		const uint8_t *src = vram_loaded_tensor_host_ptr(p->l, t);
 		uint64_t dsrc = vram_loaded_tensor_device_ptr(p->l, t);
 		if (src)
@@ -190,7 +201,8 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 
 /* Fills slot s with the group led by layer (its layers are consecutive,
  * so are their tensors; they are in one chunk, whose readers count keeps
- * it where it is meanwhile). */
+ * it where it is meanwhile).  -ECANCELED when reclaim wants the slot or
+ * the chunk: it looks between pieces of COPY_PIECE bytes. */
 static int fill_slot(struct vram_pager *p, struct slot *s, uint32_t layer)
 {
 	uint32_t first_t, last_t;
@@ -202,9 +214,15 @@ static int fill_slot(struct vram_pager *p, struct slot *s, uint32_t layer)
 		uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
 		if (!nb)
 			continue;
+		if (cancelled(s))
+			return -ECANCELED;
 		const uint8_t *src = vram_loaded_tensor_host_ptr(p->l, t);
 		if (src) {
-			memcpy(dst + p->toff[t], src, nb);
+			for (uint64_t done = 0; done < nb; done += COPY_PIECE) {
+				if (done && cancelled(s))
+					return -ECANCELED;
+				memcpy(dst + p->toff[t] + done, src + done, MIN(COPY_PIECE, nb - done));
+			}
 			continue;
 		}
 		/* dropped by reclaim: the file is the donor */
@@ -254,7 +272,17 @@ static void *copier_main(void *arg)
 		pthread_mutex_lock(&p->mu);
 		ch->readers--;
 		p->st.copy_ns += dt;
-		if (r < 0) {
+		if ((r == -ECANCELED || s->cancel) && s->pins) {
+			/* an acquire came to wait for it meanwhile: fill it
+			 * after all (reclaim leaves acquired slots alone) */
+			s->cancel = false;
+			s->state = SLOT_QUEUED;
+			p->queue[(p->qhead + p->qlen++) % MAX_SLOTS] = (uint32_t)si;
+		} else if (r == -ECANCELED || s->cancel) {
+			/* reclaim wants the slot or what it reads: not a failure */
+			s->cancel = false;
+			pager_evict(p, s);
+		} else if (r < 0) {
 			/* Leave it empty: acquire sees it and fails with this. */
 			p->copy_err = r;
 			snprintf(p->copy_msg, sizeof(p->copy_msg), "%s", vram_last_error());
@@ -934,6 +962,29 @@ static int window_alloc(struct vram_pager *p, uint32_t d, uint32_t want)
 	return 0;
 }
 
+/* The window on d when the device refused its grants (r: this client is
+ * at its fair share there, or a ceiling): cut from the model's resident
+ * chunks there, else allocated in room those chunks leave (their layers
+ * are paged from then on, as after a RECLAIM), until need slots hold the
+ * largest layer.  0, or r with the allocation's message. */
+static int window_fallback(struct vram_pager *p, uint32_t d, uint32_t need, uint64_t largest, int r)
+{
+	char why[512];
+	str_copy(why, vram_last_error(), sizeof(why));
+	pthread_mutex_lock(&p->mu);
+	pager_window_from_chunks(p, d);
+	uint32_t have = pager_slots_fitting(p, d, largest);
+	if (have < need)
+		pager_window_room(p, d, (uint64_t)(need - have) * p->slot_size[d]);
+	pthread_mutex_unlock(&p->mu);
+	if (have < need && window_alloc(p, d, need - have) == 0)
+		have = need;
+	if (have < need)
+		return rt_error(r, "%s", why);
+	rt_error_clear();
+	return 0;
+}
+
 /* Windows: slot size = the largest donor layer; default slot count = two
  * layers plus the prefetch depth, else as many as window_bytes holds.  A
  * device that refuses the slots (this client is at its fair share there,
@@ -966,19 +1017,8 @@ static int pager_windows(struct vram_pager *p, const struct vram_pager_options *
 			want = MAX_SLOTS - p->nslots;
 		p->target_slots[d] = want;
 		int r = window_alloc(p, d, want);
-		if (r == -ENOMEM || r == -EDQUOT) {
-			char why[512];
-			str_copy(why, vram_last_error(), sizeof(why));
-			pthread_mutex_lock(&p->mu);
-			pager_window_from_chunks(p, d);
-			uint32_t have = pager_slots_fitting(p, d, largest[d]);
-			pthread_mutex_unlock(&p->mu);
-			if (have >= MIN(want, PAGER_MIN_SLOTS)) {
-				r = 0;
-				rt_error_clear();
-			} else
-				rt_error(r, "%s", why);
-		}
+		if (r == -ENOMEM || r == -EDQUOT)
+			r = window_fallback(p, d, MIN(want, PAGER_MIN_SLOTS), largest[d], r);
 		if (r < 0)
 			return rt_error(r, "allocating the window on %s: %s", di.name, vram_last_error());
 	}

@@ -38,6 +38,8 @@ struct slot {
 	uint64_t last_use;
 	bool prefetched;         /* filled ahead of use, not yet acquired */
 	bool busy;               /* its memory is being given or taken outside mu */
+	bool cancel;             /* reclaim wants it: the copy into it stops (the
+				    copy thread reads it without mu) */
 };
 
 /* A chunk of the load (one of l->grants, whole layers of one component). */
@@ -177,6 +179,10 @@ void pager_kick_mover(struct vram_pager *p);
  * PAGER_MIN_SLOTS slots that fit its largest group or no chunk is left.
  * For a device that refused the window's own grants.  mu held. */
 void pager_window_from_chunks(struct vram_pager *p, uint32_t dev);
+/* Frees resident chunks on dev (the largest first; their layers are paged
+ * from then on) until bytes are free for the window's own grants.
+ * Returns the bytes freed.  mu held. */
+uint64_t pager_window_room(struct vram_pager *p, uint32_t dev, uint64_t bytes);
 /* The broker's handlers (vram_set_reclaim_handler / _offer_handler). */
 uint64_t pager_on_reclaim(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms);
 void pager_on_offer(void *user, uint32_t device, uint64_t bytes);
