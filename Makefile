@@ -14,7 +14,7 @@ CUDA_INC ?= $(firstword $(wildcard /usr/local/cuda/include))
 PKGS := liburing numa jansson libxxhash libsystemd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) check 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(filter-out numa,$(PKGS)) 2>/dev/null) -lnuma
-CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null) -lutil
 
 override CFLAGS += -std=gnu11 -Wall -Wextra -Wshadow -Wno-unused-parameter \
 	-Wmissing-prototypes -Wstrict-prototypes -fPIC -pthread -fvisibility=hidden \
@@ -38,6 +38,8 @@ BROKER_SRC  := $(sort $(filter-out broker/main.c,$(wildcard broker/*.c)))
 TOOLS_SRC   := $(sort $(wildcard tools/vramctl*.c))
 TEST_SRC    := $(sort $(wildcard tests/test-*.c))
 HELPER_SRC  := $(sort $(wildcard tests/helper-*.c))
+# What the test programs share (the fake CUDA driver, ...): every other .c in tests/.
+TESTLIB_SRC := $(sort $(filter-out $(TEST_SRC) $(HELPER_SRC),$(wildcard tests/*.c)))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
@@ -45,6 +47,7 @@ COMMON_OBJ  := $(call obj,$(COMMON_SRC))
 RUNTIME_OBJ := $(call obj,$(RUNTIME_SRC))
 BROKER_OBJ  := $(call obj,$(BROKER_SRC))
 TOOLS_OBJ   := $(call obj,$(TOOLS_SRC))
+TESTLIB_OBJ := $(call obj,$(TESTLIB_SRC))
 TEST_BIN    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 HELPER_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(HELPER_SRC))
 
@@ -52,6 +55,7 @@ LIBVRAM_A  := $(BUILD)/lib/libvram.a
 LIBVRAM_SO := $(BUILD)/lib/libvram.so.0
 LIBBROKER  := $(BUILD)/lib/libbroker.a
 LIBCOMMON  := $(BUILD)/lib/libvramcommon.a
+LIBTEST    := $(BUILD)/lib/libvramtest.a
 VRAMD      := $(BUILD)/bin/vramd
 VRAMCTL    := $(BUILD)/bin/vramctl
 
@@ -59,7 +63,7 @@ EXTRA_RUNTIME_OBJ :=
 # Fragments (kernels/kernels.mk: nvcc rules) may add to EXTRA_RUNTIME_OBJ.
 -include $(sort $(wildcard */*.mk))
 
-.PHONY: all deps check test run bench bench-comfyui bench-gpu check-gpu gpu-bundle asan install clean distclean
+.PHONY: all deps check test run bench bench-comfyui bench-gpu check-gpu check-systemd gpu-bundle asan soak install clean distclean
 # Keep test objects (otherwise make deletes them as intermediates).
 .SECONDARY:
 all: $(VRAMD) $(VRAMCTL) $(LIBVRAM_A) $(LIBVRAM_SO) $(TEST_BIN) $(HELPER_BIN)
@@ -74,6 +78,10 @@ $(LIBCOMMON): $(COMMON_OBJ)
 $(LIBBROKER): $(BROKER_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
+# Linked into every test program; only those that use a helper pull it in.
+$(LIBTEST): $(TESTLIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
 $(LIBVRAM_A): $(RUNTIME_OBJ) $(COMMON_OBJ) $(EXTRA_RUNTIME_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
@@ -83,14 +91,14 @@ $(LIBVRAM_SO): $(RUNTIME_OBJ) $(COMMON_OBJ) $(EXTRA_RUNTIME_OBJ) runtime/libvram
 		$(LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS)
 	ln -sf libvram.so.0 $(BUILD)/lib/libvram.so
 
-$(VRAMD): $(BUILD)/obj/broker/main.o $(LIBBROKER) $(LIBCOMMON)
+$(VRAMD): $(BUILD)/obj/broker/main.o $(LIBBROKER) $(LIBCOMMON) $(BUILD)/obj/kernels/cast.o
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 $(VRAMCTL): $(TOOLS_OBJ) $(LIBVRAM_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIBBROKER) $(LIBVRAM_A)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIBTEST) $(LIBBROKER) $(LIBVRAM_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS)
 
@@ -107,6 +115,15 @@ test: check
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 check
+
+# The long soak (make check runs a 15 s one): SOAK_SECONDS of clients
+# loading, allocating and flooding, SIGKILLed at random, the broker
+# SIGKILLed every SOAK_BROKER_KILL_S under them; then nothing may be left.
+SOAK_SECONDS ?= 300
+SOAK_BROKER_KILL_S ?= 20
+soak: all
+	@d=$$(mktemp -d /var/tmp/vramd-soak.XXXXXX) && chmod 755 $$d && \
+	  VRAM_BUILD=$(BUILD) $(BUILD)/tests/helper-soak $$d $(SOAK_SECONDS) $(SOAK_BROKER_KILL_S); r=$$?; rm -rf $$d; exit $$r
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -127,6 +144,13 @@ bench-comfyui:
 check-gpu: deps
 	@$(MAKE) --no-print-directory all
 	@VRAM_BUILD=$(BUILD) sh scripts/check-gpu.sh
+
+# As root: a Debian 12 container booted with systemd (systemd-nspawn), vramd
+# installed into it as docs/admin.md says, and checked under the real
+# systemd (docs/systemd-test.md).  Minutes; the first run needs the network
+# (debootstrap).  Exits 77, skipped, where no container can be booted.
+check-systemd: deps
+	@VRAM_BUILD=$(BUILD) VRAM_PYTHON=$(CURDIR)/$(VENV)/bin/python bash scripts/check-systemd.sh
 
 bench-gpu: deps
 	@$(MAKE) --no-print-directory all

@@ -19,6 +19,18 @@
  * HELLO / STATUS
  * ====================================================================== */
 
+/* Device i as the wire shows it: the pool's figures and the broker's
+ * shared copies there. */
+static void describe(const struct broker *b, uint32_t i, struct vramd_device *d)
+{
+	pool_describe(b->pools[i], d);
+	d->cache = b->cache_bytes[i];
+	d->cache_max = b->cache_max[i];
+	d->cache_hits = b->cache_hits[i];
+	d->cache_fills = b->cache_fills[i];
+	d->cache_evictions = b->cache_evictions[i];
+}
+
 void handle_hello(struct broker *b, struct client *c, const struct vramd_hello *m)
 {
 	if (!text_printable(m->name)) {
@@ -41,7 +53,7 @@ void handle_hello(struct broker *b, struct client *c, const struct vramd_hello *
 	str_copy(rep->note, b->note, sizeof(rep->note));
 	struct vramd_device *d = (void *)(rep + 1);
 	for (uint32_t i = 0; i < b->npools; i++)
-		pool_describe(b->pools[i], &d[i]);
+		describe(b, i, &d[i]);
 	broker_log(1, CLIENT_FMT ": hello", CLIENT_ARGS(c));
 	client_send(b, c, rep, len, -1);
 }
@@ -85,6 +97,7 @@ static void client_info(const struct client *c, const struct client *x, struct v
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++) {
 		o->want_dev[d] = MAX(x->want_dev[d], x->held_dev[d]);
 		o->share_dev[d] = x->share_dev[d];
+		o->shared_dev[d] = client_shared(x, d, false);
 	}
 	latency_percentiles(x, &o->reclaim_p50_us, &o->reclaim_p99_us);
 	o->reclaim_asked = x->reclaim_asked;
@@ -126,7 +139,7 @@ void handle_status(struct broker *b, struct client *c, const struct vramd_status
 	str_copy(rep->note, b->note, sizeof(rep->note));
 	struct vramd_device *d = (void *)(rep + 1);
 	for (uint32_t i = 0; i < b->npools; i++) {
-		pool_describe(b->pools[i], &d[i]);
+		describe(b, i, &d[i]);
 		fair_update(b, b->pools[i], NULL, 0);
 	}
 	struct vramd_client_info *ci = (void *)(d + b->npools);
@@ -256,8 +269,13 @@ int admin_reload(struct broker *b, char *err, size_t errlen)
 		b->cfg.hello_timeout_ms = cfg.hello_timeout_ms;
 		b->cfg.max_grants = cfg.max_grants;
 		b->cfg.reclaim_deadline_ms = cfg.reclaim_deadline_ms;
+		b->cfg.ready_reserve = cfg.ready_reserve;
+		b->cfg.ready_refill_rate = cfg.ready_refill_rate;
+		b->cfg.ready_min_free = cfg.ready_min_free;
 		broker_log_level = cfg.verbose ? 2 : 1;
 	}
+	for (uint32_t d = 0; d < b->npools; d++)
+		pool_configure(b->pools[d], &b->cfg); /* also sees THP turned on since */
 	if (b->cfg.state_dir) {
 		quota_store_clear(&b->quotas);
 		b->quotas = q;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "broker/alloc.h"
+#include "broker/cache.h"
 #include "broker/conn.h"
 #include "broker/fair.h"
 #include "broker/grant.h"
@@ -135,6 +136,10 @@ void handle_register(struct broker *b, struct client *c, const struct vramd_regi
 		send_error(b, c, &m->hdr, -ENODEV, "REGISTER: no device with that UUID");
 		return;
 	}
+	if (m->what == VRAMD_REGISTER_COPY) {
+		cache_register(b, c, m, p, fd);
+		return;
+	}
 	if (!m->size || m->size % p->granularity) {
 		send_error(b, c, &m->hdr, -EINVAL, "REGISTER: size %llu is not a grant size of %s",
 			   (unsigned long long)m->size, p->name);
@@ -169,24 +174,6 @@ void handle_register(struct broker *b, struct client *c, const struct vramd_regi
  * Parking: ALLOCs that wait for other clients to reclaim
  * ====================================================================== */
 
-int send_reclaim(struct broker *b, struct client *x, uint32_t dev, uint64_t bytes, uint64_t pending_id,
-		 uint64_t deadline_ns)
-{
-	if (x->nasks == ASKS_MAX)
-		return -EBUSY;
-	struct vramd_reclaim r;
-	memset(&r, 0, sizeof(r));
-	proto_hdr_init(&r.hdr, VRAMD_RECLAIM, sizeof(r), 0);
-	r.reclaim_id = ++b->next_reclaim_id;
-	r.bytes = bytes;
-	r.deadline_ms = b->cfg.reclaim_deadline_ms;
-	r.device = dev;
-	x->asks[x->nasks++] = (struct reclaim_ask){ r.reclaim_id, pending_id, now_ns(), deadline_ns, bytes, dev };
-	int e = client_send(b, x, &r, sizeof(r), -1);
-	if (e < 0)
-		x->nasks--;
-	return e;
-}
 
 /* Bytes of the ALLOCs parked on pool p. */
 static uint64_t pool_parked(const struct broker *b, const struct pool *p)
@@ -511,6 +498,9 @@ void handle_alloc(struct broker *b, struct client *c, const struct vramd_alloc *
 			   size_format(size, s1, sizeof(s1)), size_format(p->total, s2, sizeof(s2)));
 		return;
 	}
+	/* Copies nobody uses go before anyone is asked to reclaim. */
+	if (size > pool_room(p) && !pool_parked(b, p))
+		cache_evict(b, p, size);
 	/* Earlier parked requests on this device go first. */
 	if (size > pool_room(p) || pool_parked(b, p)) {
 		int r = start_reclaim(b, c, m, size, why, sizeof(why));

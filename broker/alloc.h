@@ -18,11 +18,6 @@ void handle_register(struct broker *b, struct client *c, const struct vramd_regi
 void handle_reclaim_done(struct broker *b, struct client *c, const struct vramd_reclaim_done *m);
 void handle_demand(struct broker *b, struct client *c, const struct vramd_demand *m);
 
-/* Asks x for bytes on pool dev by deadline_ns, on behalf of the parked
- * request pending_id (0: an eviction).  0, or -EBUSY (too many RECLAIMs
- * outstanding) / -errno from sending. */
-int send_reclaim(struct broker *b, struct client *x, uint32_t dev, uint64_t bytes, uint64_t pending_id,
-		 uint64_t deadline_ns);
 
 /* Serves the parked ALLOCs that fit now (after a FREE, a quota change, a
  * drop), in arrival order per device; then offers what is free on a device

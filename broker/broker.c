@@ -30,6 +30,7 @@
 #include "broker/admin.h"
 #include "broker/alloc.h"
 #include "broker/broker.h"
+#include "broker/cache.h"
 #include "broker/client.h"
 #include "broker/conn.h"
 #include "broker/dispatch.h"
@@ -159,6 +160,10 @@ static uint64_t default_host_pool(void)
  * not recognise, a process that is gone. */
 static void restore_grant(struct broker *b, int fd, const char *name)
 {
+	if (!strncmp(name, "copy-", 5)) {
+		cache_restore(b, fd, name);
+		return;
+	}
 	struct fdstore_rec rec;
 	struct pool *p = NULL;
 	void *handle = NULL;
@@ -247,6 +252,7 @@ struct broker *broker_new(const struct broker_config *cfg)
 	b->admin_fd = -1;
 	b->sigfd = -1;
 	b->timerfd = -1;
+	b->cache_evfd = -1;
 	b->start_ns = now_ns();
 	b->admin_gid = (gid_t)-1;
 	quota_store_init(&b->quotas);
@@ -315,6 +321,7 @@ struct broker *broker_new(const struct broker_config *cfg)
 	for (uint32_t i = 0; i < b->npools; i++) {
 		struct pool *p = b->pools[i];
 		char err[QUOTA_ERR_MAX];
+		pool_configure(p, cfg);
 		broker_log(1, "device %s: %s, %s%s", p->name, p->label, size_format(p->total, s1, sizeof(s1)),
 			   (p->flags & VRAMD_DEV_SIMULATED) ? " [simulated]" : "");
 		if (quota_check_floors(&b->quotas, p->name, p->total, err, sizeof(err)) < 0)
@@ -322,6 +329,8 @@ struct broker *broker_new(const struct broker_config *cfg)
 	}
 
 	b->fdstore = cfg->fdstore > 0 || (cfg->fdstore < 0 && getenv("NOTIFY_SOCKET"));
+	if ((r = cache_init(b)) < 0 || (r = add_ev(b, b->cache_evfd, &b->ev_cache, EV_CACHE)) < 0)
+		goto fail;
 	restore_grants(b);
 
 	if (cfg->listen_fd >= 0) {
@@ -440,6 +449,9 @@ int broker_step(struct broker *b, int timeout_ms)
 			}
 			break;
 		}
+		case EV_CACHE:
+			cache_event(b);
+			break;
 		case EV_TIMER: {
 			uint64_t x;
 			if (read(b->timerfd, &x, sizeof(x)) > 0)
@@ -514,8 +526,11 @@ void broker_free(struct broker *b)
 	for (struct client *c = b->clients; c; c = c->next)
 		for (struct grant *g = c->grants; g; g = g->next)
 			g->stored = false;
+	for (struct copy *cp = b->copies; cp; cp = cp->next)
+		cp->stored = false;
 	while (b->clients)
 		client_drop(b, b->clients, "broker shutting down");
+	cache_free(b);
 	for (uint32_t i = 0; i < b->npools; i++)
 		pool_free(b->pools[i]);
 	if (b->listen_fd >= 0) {

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "broker/alloc.h"
+#include "broker/cache.h"
 #include "broker/client.h"
 #include "broker/conn.h"
 #include "broker/grant.h"
@@ -31,6 +32,7 @@
 static void client_disconnect(struct broker *b, struct client *c)
 {
 	alloc_client_gone(b, c);
+	cache_client_gone(b, c);
 	for (uint32_t i = 0; i < c->ntx; i++) {
 		free(c->txq[i].buf);
 		if (c->txq[i].fd >= 0)

@@ -19,10 +19,65 @@ void broker_config_init(struct broker_config *c)
 	c->max_clients = 256;
 	c->max_clients_per_uid = 64;
 	c->hello_timeout_ms = 5000;
+	c->cache_max_pct = 50;
 	c->max_grants = 4096;
 	c->listen_fd = -1;
 	c->reclaim_deadline_ms = 2000;
 	c->fdstore = 0;
+	c->ready_reserve = (struct broker_amount){ .bp = 2500, .share = true };
+	c->ready_min_free = (struct broker_amount){ .bp = 500, .share = true };
+}
+
+uint64_t broker_amount_of(const struct broker_amount *a, uint64_t whole)
+{
+	if (!a->share)
+		return a->bytes;
+	/* whole / 10000 * bp without overflow for any 64-bit whole */
+	return whole / 10000 * a->bp + whole % 10000 * a->bp / 10000;
+}
+
+/* "12.5%" (0 to 100, up to two decimals) into basis points. */
+static int parse_share(const char *v, uint32_t *ret)
+{
+	size_t n = strlen(v);
+	uint32_t whole = 0, frac = 0, fdigits = 0;
+	const char *p = v;
+	if (n < 2 || v[n - 1] != '%')
+		return -EINVAL;
+	for (; isdigit((unsigned char)*p) && whole <= 100; p++)
+		whole = whole * 10 + (uint32_t)(*p - '0');
+	if (p == v)
+		return -EINVAL;
+	if (*p == '.')
+		for (p++; isdigit((unsigned char)*p) && fdigits < 2; p++, fdigits++)
+			frac = frac * 10 + (uint32_t)(*p - '0');
+	if (p != v + n - 1 || (fdigits == 0 && p[-1] == '.'))
+		return -EINVAL;
+	uint32_t bp = whole * 100 + (fdigits == 1 ? frac * 10 : frac);
+	if (whole > 100 || bp > 10000)
+		return -EINVAL;
+	*ret = bp;
+	return 0;
+}
+
+/* A size, or "N%" where shares are allowed. */
+static int set_amount(struct broker_amount *dst, const char *key, const char *v, char *err, size_t errlen)
+{
+	struct broker_amount a = { 0 };
+	int r;
+	if (strchr(v, '%')) {
+		if (parse_share(v, &a.bp) < 0) {
+			snprintf(err, errlen, "%s: \"%s\" is not a share from 0%% to 100%%", key, v);
+			return -EINVAL;
+		}
+		a.share = true;
+	} else if ((r = size_parse(v, &a.bytes)) < 0) {
+		snprintf(err, errlen, "%s: \"%s\" is %s (use e.g. 4GiB or 25%%)", key, v,
+			 r == -ERANGE ? "too large" : "not a size or a share");
+		return -EINVAL;
+	}
+	*dst = a;
+	return 0;
 }
 
 static int parse_bool(const char *v, bool *ret)
@@ -89,6 +144,63 @@ static int set_str(const char **dst, const char *key, const char *v, char *err, 
 	return 0;
 }
 
+/* sim-gpus = SIZE[,SIZE...] */
+static int set_sim_gpus(struct broker_config *cfg, const char *v, char *err, size_t errlen)
+{
+	const char *key = "sim-gpus";
+	int r;
+	_cleanup_free_ char *copy = strdup(v);
+	char *save = NULL;
+	cfg->nsim = 0;
+	if (!copy)
+		return -ENOMEM;
+	if (!*v)
+		return 0;
+	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		uint64_t s;
+		if (cfg->nsim == VRAMD_MAX_DEVICES - 1) {
+			snprintf(err, errlen, "sim-gpus: at most %u devices", VRAMD_MAX_DEVICES - 1);
+			return -EINVAL;
+		}
+		if ((r = size_parse(tok, &s)) < 0)
+			return size_err(err, errlen, key, tok, r);
+		if (s < (2u << 20)) {
+			snprintf(err, errlen, "sim-gpus: \"%s\" is smaller than 2 MiB", tok);
+			return -EINVAL;
+		}
+		cfg->sim_gpus[cfg->nsim++] = s;
+	}
+	return 0;
+}
+
+/* cache-max = SIZE | N% (of each device; 0 or 0%: no shared copies) */
+static int set_cache_max(struct broker_config *cfg, const char *v, char *err, size_t errlen)
+{
+	char num[16];
+	size_t n = strlen(v);
+	int r;
+	if (n > 1 && v[n - 1] == '%') {
+		uint32_t pct;
+		if (n - 1 >= sizeof(num))
+			n = 1; /* too long: not a percentage */
+		memcpy(num, v, n - 1);
+		num[n - 1] = '\0';
+		if (parse_u32(num, 0, 100, &pct, 10) < 0) {
+			snprintf(err, errlen, "cache-max: \"%s\" is not a percentage from 0%% to 100%%", v);
+			return -EINVAL;
+		}
+		cfg->cache_max = 0;
+		cfg->cache_max_pct = pct;
+		return 0;
+	}
+	uint64_t sz;
+	if ((r = size_parse(v, &sz)) < 0)
+		return size_err(err, errlen, "cache-max", v, r);
+	cfg->cache_max = sz;
+	cfg->cache_max_pct = sz ? 100 : 0;
+	return 0;
+}
+
 int broker_config_set(struct broker_config *cfg, const char *key, const char *v, char *err, size_t errlen)
 {
 	int r;
@@ -123,30 +235,8 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 		*dst = NULL; /* empty: none */
 		return *v ? set_str(dst, key, v, err, errlen) : 0;
 	}
-	if (!strcmp(key, "sim-gpus")) {
-		_cleanup_free_ char *copy = strdup(v);
-		char *save = NULL;
-		cfg->nsim = 0;
-		if (!copy)
-			return -ENOMEM;
-		if (!*v)
-			return 0;
-		for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-			uint64_t s;
-			if (cfg->nsim == VRAMD_MAX_DEVICES - 1) {
-				snprintf(err, errlen, "sim-gpus: at most %u devices", VRAMD_MAX_DEVICES - 1);
-				return -EINVAL;
-			}
-			if ((r = size_parse(tok, &s)) < 0)
-				return size_err(err, errlen, key, tok, r);
-			if (s < (2u << 20)) {
-				snprintf(err, errlen, "sim-gpus: \"%s\" is smaller than 2 MiB", tok);
-				return -EINVAL;
-			}
-			cfg->sim_gpus[cfg->nsim++] = s;
-		}
-		return 0;
-	}
+	if (!strcmp(key, "sim-gpus"))
+		return set_sim_gpus(cfg, v, err, errlen);
 	if (!strcmp(key, "host-pool") || !strcmp(key, "client-max")) {
 		uint64_t s;
 		if ((r = size_parse(v, &s)) < 0)
@@ -160,6 +250,19 @@ int broker_config_set(struct broker_config *cfg, const char *key, const char *v,
 		} else {
 			cfg->client_max = s;
 		}
+		return 0;
+	}
+	if (!strcmp(key, "cache-max"))
+		return set_cache_max(cfg, v, err, errlen);
+	if (!strcmp(key, "ready-reserve"))
+		return set_amount(&cfg->ready_reserve, key, v, err, errlen);
+	if (!strcmp(key, "ready-min-free"))
+		return set_amount(&cfg->ready_min_free, key, v, err, errlen);
+	if (!strcmp(key, "ready-refill-rate")) {
+		uint64_t s;
+		if ((r = size_parse(v, &s)) < 0)
+			return size_err(err, errlen, key, v, r);
+		cfg->ready_refill_rate = s;
 		return 0;
 	}
 	if (!strcmp(key, "max-clients") || !strcmp(key, "max-grants") || !strcmp(key, "max-clients-per-uid")) {

@@ -13,6 +13,17 @@
 
 #include "uapi/vramd.h"
 
+/* A size, or a share of something (ready-reserve: of each pool; ready-min-
+ * free: of the memory vramd may use) when share is set. */
+struct broker_amount {
+	uint64_t bytes;
+	uint32_t bp;             /* the share in basis points (1/100 %), 0..10000 */
+	bool     share;
+};
+
+/* What amount a comes to out of whole. */
+uint64_t broker_amount_of(const struct broker_amount *a, uint64_t whole);
+
 struct broker_config {
 	const char *socket_path;     /* client socket */
 	const char *admin_socket;    /* admin socket, NULL: none */
@@ -39,6 +50,13 @@ struct broker_config {
 	char *const *restore_names;
 	uint32_t    nrestore;
 	uint64_t    reclaim_deadline_ms; /* how long RECLAIM waits */
+	uint64_t    cache_max;       /* bytes of shared copies per device; 0: cache_max_pct of it */
+	uint32_t    cache_max_pct;   /* default 50; 0 (with cache_max 0): no shared copies */
+	/* The ready reserve of each host-memory pool (docs/admin.md): populated
+	 * memory kept for the next grants, refilled in the background. */
+	struct broker_amount ready_reserve;  /* default 25% of each pool; 0: none */
+	uint64_t    ready_refill_rate;       /* bytes/s the refill may populate; 0: no cap */
+	struct broker_amount ready_min_free; /* memory the reserve leaves free (default 5%) */
 };
 
 /* Fills the defaults of an embedded broker (tests): nothing outside the

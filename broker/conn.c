@@ -13,6 +13,7 @@
 #include "broker/conn.h"
 #include "common/cleanup.h"
 #include "common/proto.h"
+#include "common/util.h"
 
 int conn_update_events(struct broker *b, struct client *c)
 {
@@ -140,4 +141,23 @@ void protocol_violation(struct broker *b, struct client *c, const char *why)
 	b->protocol_errors++;
 	broker_log(1, CLIENT_FMT ": protocol violation: %s; disconnecting", CLIENT_ARGS(c), why);
 	c->dead = true;
+}
+
+int send_reclaim(struct broker *b, struct client *x, uint32_t dev, uint64_t bytes, uint64_t pending_id,
+		 uint64_t deadline_ns)
+{
+	if (x->nasks == ASKS_MAX)
+		return -EBUSY;
+	struct vramd_reclaim r;
+	memset(&r, 0, sizeof(r));
+	proto_hdr_init(&r.hdr, VRAMD_RECLAIM, sizeof(r), 0);
+	r.reclaim_id = ++b->next_reclaim_id;
+	r.bytes = bytes;
+	r.deadline_ms = b->cfg.reclaim_deadline_ms;
+	r.device = dev;
+	x->asks[x->nasks++] = (struct reclaim_ask){ r.reclaim_id, pending_id, now_ns(), deadline_ns, bytes, dev };
+	int e = client_send(b, x, &r, sizeof(r), -1);
+	if (e < 0)
+		x->nasks--;
+	return e;
 }

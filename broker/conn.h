@@ -44,4 +44,10 @@ int send_alloc_reply(struct broker *b, struct client *c, uint64_t seq, const str
  * disconnected, never answered. */
 void protocol_violation(struct broker *b, struct client *c, const char *why);
 
+/* Asks x for bytes on pool dev by deadline_ns, on behalf of the parked
+ * request pending_id (0: an eviction).  0, or -EBUSY (too many RECLAIMs
+ * outstanding) / -errno from sending. */
+int send_reclaim(struct broker *b, struct client *x, uint32_t dev, uint64_t bytes, uint64_t pending_id,
+		 uint64_t deadline_ns);
+
 #endif

@@ -7,6 +7,7 @@
 
 #include "broker/admin.h"
 #include "broker/alloc.h"
+#include "broker/cache.h"
 #include "broker/conn.h"
 #include "broker/dispatch.h"
 #include "common/proto.h"
@@ -18,6 +19,7 @@ struct op {
 	op_fn fn;
 	bool admin;   /* root or the admin group only: others get -EPERM */
 	int nfds;     /* fds the message carries (SCM_RIGHTS) */
+	int max_fds;  /* at most, when it may carry fewer (0: nfds exactly) */
 };
 
 /* The handlers take their message's own struct; these adapt them to op_fn. */
@@ -38,11 +40,23 @@ OP(quota_list, struct vramd_hdr)
 OP(evict, struct vramd_evict)
 OP(reload, struct vramd_hdr)
 OP(demand, struct vramd_demand)
+OP(unshare, struct vramd_unshare)
+OP(cache_list, struct vramd_hdr)
 #undef OP
 
 static void op_register(struct broker *b, struct client *c, const void *m, int fd)
 {
 	handle_register(b, c, m, fd);
+}
+
+static void op_share(struct broker *b, struct client *c, const void *m, int fd)
+{
+	handle_share(b, c, m, fd);
+}
+
+static void op_cache_drop(struct broker *b, struct client *c, const void *m, int fd)
+{
+	handle_cache_drop(b, c, m, fd);
 }
 
 static const struct op ops[VRAMD_OPCODE_MAX + 1] = {
@@ -53,6 +67,10 @@ static const struct op ops[VRAMD_OPCODE_MAX + 1] = {
 	[VRAMD_RECLAIM_DONE] = { op_reclaim_done, false, 0 },
 	[VRAMD_REGISTER]     = { op_register, false, 1 },
 	[VRAMD_DEMAND]       = { op_demand, false, 0 },
+	[VRAMD_SHARE]        = { op_share, false, 1 },
+	[VRAMD_UNSHARE]      = { op_unshare, false, 0 },
+	[VRAMD_CACHE_LIST]   = { op_cache_list, false, 0 },
+	[VRAMD_CACHE_DROP]   = { op_cache_drop, false, 0, 1 },
 	[VRAMD_QUOTA_SET]    = { op_quota_set, true, 0 },
 	[VRAMD_QUOTA_RM]     = { op_quota_rm, true, 0 },
 	[VRAMD_QUOTA_LIST]   = { op_quota_list, true, 0 },
@@ -75,9 +93,9 @@ static const struct op *check_request(struct broker *b, struct client *c, ssize_
 	/* The fd count first: a validation failure must close them too. */
 	const struct op *op = n >= (ssize_t)sizeof(*h) && h->opcode <= VRAMD_OPCODE_MAX && ops[h->opcode].fn
 				      ? &ops[h->opcode] : NULL;
-	int want_fds = op ? op->nfds : 0;
-	if (nfds != want_fds)
-		why = nfds ? "unexpected file descriptors" : "REGISTER without its fd";
+	int want_fds = op ? op->nfds : 0, max_fds = op && op->max_fds ? op->max_fds : want_fds;
+	if (nfds < want_fds || nfds > max_fds)
+		why = nfds ? "unexpected file descriptors" : "a request without its fd";
 	else if (proto_validate(b->rxbuf, (size_t)n, &why) < 0)
 		;
 	else if (!op)

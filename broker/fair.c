@@ -69,7 +69,10 @@ void fair_update(struct broker *b, struct pool *p, const struct client *req, uin
 		cap[i] = MAX(fixed, MIN(want, ceiling));
 		base[i] = MIN(cap[i], MAX(fixed, MAX(floor, x->min_dev[d])));
 	}
-	fair_fill(base, cap, share, n, p->total);
+	/* copies someone maps are nobody's to give back; unused ones will
+	 * be evicted before anyone is asked to reclaim */
+	uint64_t cap_dev = p->total > b->cache_inuse[d] ? p->total - b->cache_inuse[d] : 0;
+	fair_fill(base, cap, share, n, cap_dev);
 	i = 0;
 	for (struct client *x = b->clients; x; x = x->next, i++)
 		x->share_dev[d] = share[i];

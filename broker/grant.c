@@ -260,6 +260,22 @@ struct pool *pool_by_uuid(struct broker *b, const uint8_t uuid[16])
 	return NULL;
 }
 
+uint64_t client_shared(const struct client *c, uint32_t d, bool only_its)
+{
+	uint64_t n = 0;
+	for (const struct copy_ref *r = c->copies; r; r = r->next)
+		if (r->copy->pool->index == d && (!only_its || r->copy->refs == 1))
+			n += r->copy->size;
+	return n;
+}
+
+/* What c holds on device d for its limits: its grants, and the shared
+ * copies only it maps. */
+static uint64_t charged(const struct client *c, uint32_t d)
+{
+	return c->held_dev[d] + client_shared(c, d, true);
+}
+
 /* The uid-level entry of a lookup: the client's uid's, else default's. */
 static const struct quota_entry *uid_level(const struct quota_match *m)
 {
@@ -276,7 +292,7 @@ static uint64_t bucket_of(struct broker *b, const struct pool *p, const struct q
 		struct quota_match xm;
 		quota_lookup(&b->quotas, x->uid, client_quota_name(x), p->name, &xm);
 		if ((name_level ? xm.by_name : uid_level(&xm)) == e)
-			n += x->held_dev[p->index];
+			n += charged(x, p->index);
 	}
 	return n;
 }
@@ -315,11 +331,13 @@ int quota_allows(struct broker *b, const struct client *c, const struct pool *p,
 int limits_allow(struct broker *b, const struct client *c, const struct pool *p, uint64_t size, const char *verb,
 		 char *why, size_t len)
 {
-	uint64_t max = b->cfg.client_max;
-	if (max && size > max - MIN(c->held, max)) {
+	uint64_t max = b->cfg.client_max, held = c->held;
+	for (uint32_t d = 0; d < b->npools; d++)
+		held += client_shared(c, d, true);
+	if (max && size > max - MIN(held, max)) {
 		char s1[32], s2[32], s3[32];
 		snprintf(why, len, "client limit: %s held + %s %s > %s per client",
-			 size_format(c->held, s1, sizeof(s1)), size_format(size, s2, sizeof(s2)), verb,
+			 size_format(held, s1, sizeof(s1)), size_format(size, s2, sizeof(s2)), verb,
 			 size_format(max, s3, sizeof(s3)));
 		return -EDQUOT;
 	}

@@ -82,6 +82,10 @@ int quota_allows(struct broker *b, const struct client *c, const struct pool *p,
  * below its quota's floor. */
 uint64_t reclaim_room(struct broker *b, const struct client *x, const struct pool *p);
 
+/* Bytes of the shared copies on device d that c maps (only_its: those no
+ * other client maps, which count against its limits). */
+uint64_t client_shared(const struct client *c, uint32_t d, bool only_its);
+
 /* c's quota bounds on p for the fair share: the floor that protects it
  * (its bucket's, split evenly among the bucket's clients; 0: none) and the
  * lowest ceiling that binds it (UINT64_MAX: none). */

@@ -6,6 +6,7 @@
 #ifndef VRAMD_BROKER_INTERNAL_H
 #define VRAMD_BROKER_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -16,7 +17,7 @@
 #include "broker/quota.h"
 #include "uapi/vramd.h"
 
-enum ev_kind { EV_LISTEN, EV_ADMIN_LISTEN, EV_CLIENT, EV_PIDFD, EV_SIGNAL, EV_TIMER };
+enum ev_kind { EV_LISTEN, EV_ADMIN_LISTEN, EV_CLIENT, EV_PIDFD, EV_SIGNAL, EV_TIMER, EV_CACHE };
 
 /* What an epoll event is about (its data.ptr). */
 struct ev {
@@ -72,6 +73,68 @@ struct pending {
 };
 
 /* A reply queued because the client's socket was full. */
+/* What a shared copy is of: a file's identity (taken by the broker with
+ * fstat on the fd a client passed), the device, its runs (layout and
+ * conversion), and for device memory a client cannot be kept from writing
+ * (CUDA), the uid whose clients alone share it. */
+struct copy_key {
+	dev_t st_dev;
+	ino_t st_ino;
+	uint64_t size;
+	int64_t mtime_ns, ctime_ns;
+	uint32_t device;
+	uint32_t uid;            /* (uint32_t)-1: shared by every uid */
+	uint32_t nruns;
+	struct vramd_share_run *runs;
+	uint64_t hash;           /* of all the above */
+};
+
+enum copy_state { COPY_FILLING, COPY_READY, COPY_FAILED };
+
+/* A SHARE waiting for a copy being filled. */
+struct copy_waiter {
+	struct client *c;
+	uint64_t seq;
+	bool filler;             /* its request started the fill */
+	struct copy_waiter *next;
+};
+
+/* A broker-owned, read-only copy of a checkpoint's bytes (cache.h). */
+struct copy {
+	uint64_t id;
+	struct pool *pool;
+	struct copy_key key;
+	uint64_t size;           /* bytes, accounted once in pool->used */
+	uint64_t *regions;       /* per run (common/layout.h) */
+	int fd;                  /* the broker's own (read-write until sealed) */
+	int ro_fd;               /* what clients get: read-only (a memfd reopened O_RDONLY; CUDA: the export) */
+	void *handle;            /* the backend's */
+	int file_fd;             /* while filling: the checkpoint */
+	enum copy_state state;
+	int error;               /* COPY_FAILED: -errno */
+	char why[160];
+	_Atomic uint64_t filled;
+	_Atomic int done;        /* the fill thread finished (state to be settled) */
+	_Atomic int cancel;
+	void *fill;              /* while filling: cache-fill.c's state */
+	uint32_t refs;           /* clients that map it */
+	bool doomed;             /* dropped: no new users, evicted when the last goes */
+	bool orphan;             /* re-registered after a restart without its key: never shared anew */
+	uint64_t last_use_ns;
+	uint64_t last_progress_ns;
+	char path[256];          /* for people (readlink of the fd at creation) */
+	bool stored;             /* in the fd store */
+	char fdname[128];
+	struct copy_waiter *waiters;
+	struct copy *next;
+};
+
+/* A client's use of a copy. */
+struct copy_ref {
+	struct copy *copy;
+	struct copy_ref *next;
+};
+
 struct txmsg {
 	void *buf;
 	size_t len;
@@ -109,6 +172,8 @@ struct client {
 	uint64_t min_dev[VRAMD_MAX_DEVICES];
 	uint64_t share_dev[VRAMD_MAX_DEVICES];
 	uint64_t offered_ns[VRAMD_MAX_DEVICES]; /* when it was last sent an OFFER */
+	struct copy_ref *copies;   /* shared copies it maps */
+	bool waits_copy;           /* a SHARE of its waits for a fill */
 	bool parked;             /* an ALLOC of its waits for reclaim */
 	bool admin;              /* root or in the admin group */
 	bool restored;           /* no connection: grants from the fd store, or kept after a
@@ -151,6 +216,15 @@ struct broker {
 	uint64_t watchdog_usec;
 	bool stop;
 	bool shutting_down;       /* broker_free: grants are not revoked */
+	/* shared copies (cache.h) */
+	struct copy *copies;
+	uint64_t next_copy_id;
+	int cache_evfd;           /* fill threads wake the loop */
+	struct ev ev_cache;
+	uint64_t cache_max[VRAMD_MAX_DEVICES];
+	uint64_t cache_bytes[VRAMD_MAX_DEVICES];
+	uint64_t cache_inuse[VRAMD_MAX_DEVICES]; /* of cache_bytes, in copies someone maps */
+	uint64_t cache_hits[VRAMD_MAX_DEVICES], cache_fills[VRAMD_MAX_DEVICES], cache_evictions[VRAMD_MAX_DEVICES];
 	void *rxbuf;
 };
 

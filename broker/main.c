@@ -17,10 +17,17 @@ static void usage(FILE *f)
 	      "  --socket PATH          client socket (default /run/vramd/vramd.sock)\n"
 	      "  --sim-gpus SIZE[,...]  simulated GPUs cuda:N, one per size (e.g. 8GiB,4GiB)\n"
 	      "  --host-pool SIZE       capacity of the cpu pool (default: half of RAM)\n"
+	      "  --ready-reserve SIZE|N%  populated memory kept ready for the next grants\n"
+	      "                         in each host-memory pool (default 25%; 0: none)\n"
+	      "  --ready-refill-rate SIZE  bytes per second the reserve's refill may\n"
+	      "                         populate (default 0: no cap; it runs at low priority)\n"
+	      "  --ready-min-free SIZE|N%  memory the reserve always leaves free on the\n"
+	      "                         machine or in vramd's cgroup (default 5%)\n"
 	      "  --client-max SIZE      bytes one client may hold (default: unlimited)\n"
 	      "  --max-clients N        connected clients at most (default 256)\n"
 	      "  --max-clients-per-uid N  connections of one user at most (default 64; admins exempt)\n"
 	      "  --hello-timeout-ms N   drop a connection that has not said HELLO by then (default 5000)\n"
+	      "  --cache-max SIZE|N%    shared read-only copies per device at most (default 50%; 0: none)\n"
 	      "  --max-grants N         grants per client at most (default 4096)\n"
 	      "  --reclaim-deadline-ms N  how long an ALLOC waits for RECLAIM (default 2000)\n"
 	      "  --admin-socket PATH    admin socket (default /run/vramd/admin.sock)\n"
@@ -48,10 +55,14 @@ int main(int argc, char **argv)
 		{ "sim-gpus", required_argument, NULL, 'g' },
 		{ "host-pool", required_argument, NULL, 'p' },
 		{ "client-max", required_argument, NULL, 'm' },
+		{ "ready-reserve", required_argument, NULL, 'r' },
+		{ "ready-refill-rate", required_argument, NULL, 'F' },
+		{ "ready-min-free", required_argument, NULL, 'L' },
 		{ "max-clients", required_argument, NULL, 'C' },
 		{ "max-grants", required_argument, NULL, 'G' },
 		{ "max-clients-per-uid", required_argument, NULL, 'U' },
 		{ "hello-timeout-ms", required_argument, NULL, 'H' },
+		{ "cache-max", required_argument, NULL, 'K' },
 		{ "reclaim-deadline-ms", required_argument, NULL, 'R' },
 		{ "admin-socket", required_argument, NULL, 'A' },
 		{ "state-dir", required_argument, NULL, 'S' },
@@ -113,10 +124,14 @@ int main(int argc, char **argv)
 		case 'g': key = "sim-gpus"; break;
 		case 'p': key = "host-pool"; break;
 		case 'm': key = "client-max"; break;
+		case 'r': key = "ready-reserve"; break;
+		case 'F': key = "ready-refill-rate"; break;
+		case 'L': key = "ready-min-free"; break;
 		case 'C': key = "max-clients"; break;
 		case 'G': key = "max-grants"; break;
 		case 'U': key = "max-clients-per-uid"; break;
 		case 'H': key = "hello-timeout-ms"; break;
+		case 'K': key = "cache-max"; break;
 		case 'R': key = "reclaim-deadline-ms"; break;
 		case 'A': key = "admin-socket"; break;
 		case 'S': key = "state-dir"; break;
@@ -150,7 +165,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < n; i++) {
 		int fd = SD_LISTEN_FDS_START + i;
 		const char *name = names && names[i] ? names[i] : "";
-		if (!strncmp(name, "grant-", 6)) {
+		if (!strncmp(name, "grant-", 6) || !strncmp(name, "copy-", 5)) {
 			if (nrestore < 4096) {
 				restore_fds[nrestore] = fd;
 				restore_names[nrestore++] = names[i];

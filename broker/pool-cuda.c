@@ -374,6 +374,66 @@ static void cuda_destroy(struct pool *p)
 	free(cp);
 }
 
+/* ---- shared copies ---------------------------------------------------------- */
+
+/* Writes len host bytes at off of allocation handle: a mapping for the
+ * moment (reserve, map, read-write access), a synchronous copy, unmapped
+ * again.  Any thread: the context is pushed around it. */
+static int cuda_copy_write(struct pool *p, void *handle, uint64_t off, const void *src, uint64_t len,
+			   const char **why)
+{
+	struct cuda_pool *cp = p->priv;
+	const struct cuda_api *cu = &cp->sh->api;
+	CUmemGenericAllocationHandle h = (CUmemGenericAllocationHandle)(uintptr_t)handle;
+	static __thread char buf[160];
+	CUdeviceptr va = 0;
+	CUcontext popped;
+	size_t gran = cp->va_align ? cp->va_align : (size_t)p->granularity;
+	size_t start = (size_t)(off / gran * gran), span = (size_t)((off + len - start + gran - 1) / gran * gran);
+	int r = 0;
+
+	*why = buf;
+	CUresult cr = cu->CtxPushCurrent(cp->ctx);
+	if (cr != CUDA_SUCCESS)
+		return cu_why(cu, cr, "cuCtxPushCurrent", buf, sizeof(buf));
+	if ((cr = cu->MemAddressReserve(&va, span, cp->va_align, 0, 0)) != CUDA_SUCCESS) {
+		r = cu_why(cu, cr, "cuMemAddressReserve", buf, sizeof(buf));
+		goto pop;
+	}
+	if ((cr = cu->MemMap(va, span, start, h, 0)) != CUDA_SUCCESS) {
+		r = cu_why(cu, cr, "cuMemMap", buf, sizeof(buf));
+		goto free_va;
+	}
+	CUmemAccessDesc acc = {
+		.location = { .type = CU_MEM_LOCATION_TYPE_DEVICE, .id = cp->ordinal },
+		.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+	};
+	if ((cr = cu->MemSetAccess(va, span, &acc, 1)) != CUDA_SUCCESS)
+		r = cu_why(cu, cr, "cuMemSetAccess", buf, sizeof(buf));
+	else if ((cr = cu->MemcpyHtoD(va + (off - start), src, (size_t)len)) != CUDA_SUCCESS)
+		r = cu_why(cu, cr, "cuMemcpyHtoD", buf, sizeof(buf));
+	if ((cr = cu->MemUnmap(va, span)) != CUDA_SUCCESS && r == 0)
+		r = cu_why(cu, cr, "cuMemUnmap", buf, sizeof(buf));
+free_va:
+	cu->MemAddressFree(va, span);
+pop:
+	cu->CtxPopCurrent(&popped);
+	return r;
+}
+
+/* A CUDA export cannot be made read-only: an importer chooses its own
+ * access.  The fd clients get is the export itself. */
+static int cuda_copy_seal(struct pool *p, void *handle, int fd, int *ret_ro_fd, const char **why)
+{
+	int ro = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (ro < 0) {
+		*why = "duplicating the copy's export failed";
+		return -errno;
+	}
+	*ret_ro_fd = ro;
+	return 0;
+}
+
 static const struct pool_ops cuda_ops = {
 	.name = "cuda",
 	.grant = cuda_grant,
@@ -381,6 +441,11 @@ static const struct pool_ops cuda_ops = {
 	.release = cuda_release,
 	.destroy = cuda_destroy,
 	.fd_identity = true,
+	.copy_create = cuda_grant,
+	.copy_write = cuda_copy_write,
+	.copy_seal = cuda_copy_seal,
+	.copy_adopt = cuda_adopt,
+	.copy_read_only = false,
 };
 
 /* ======================================================================

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "broker/config.h"
 #include "broker/pool.h"
 #include "common/cleanup.h"
 #include "common/util.h"
@@ -61,6 +62,23 @@ void pool_describe(const struct pool *p, struct vramd_device *d)
 	memcpy(d->uuid, p->uuid, 16);
 	str_copy(d->name, p->name, sizeof(d->name));
 	str_copy(d->label, p->label, sizeof(d->label));
+	if (p->ops->describe)
+		p->ops->describe(p, d);
+}
+
+void pool_configure(struct pool *p, const struct broker_config *cfg)
+{
+	if (!p->ops->configure)
+		return;
+	uint64_t target = MIN(broker_amount_of(&cfg->ready_reserve, p->total), p->total);
+	struct pool_ready_settings s = {
+		.target = p->granularity ? target - target % p->granularity : target,
+		.rate = cfg->ready_refill_rate,
+		.min_free_bytes = cfg->ready_min_free.bytes,
+		.min_free_bp = cfg->ready_min_free.bp,
+		.min_free_share = cfg->ready_min_free.share,
+	};
+	p->ops->configure(p, &s);
 }
 
 uint64_t pool_room(const struct pool *p)

@@ -15,6 +15,19 @@
 #include "uapi/vramd.h"
 
 struct pool;
+struct broker_config;
+
+/* The ready reserve's settings for one pool (pool_configure). */
+struct pool_ready_settings {
+	uint64_t target;             /* bytes kept populated; 0: no reserve */
+	uint64_t rate;               /* bytes/s the refill may populate; 0: no cap */
+	/* Memory the reserve leaves free: bytes, or min_free_bp basis points of
+	 * the memory vramd may use (RAM, or its cgroup's limit when lower) when
+	 * min_free_share. */
+	uint64_t min_free_bytes;
+	uint32_t min_free_bp;
+	bool     min_free_share;
+};
 
 /* A backend.  Everything above this table is backend-agnostic. */
 struct pool_ops {
@@ -48,6 +61,34 @@ struct pool_ops {
 	void (*release)(struct pool *p, void *handle, uint64_t size);
 	/* Frees the pool's private state. */
 	void (*destroy)(struct pool *p);
+
+	/* Shared read-only copies (cache.c); NULL where the backend keeps
+	 * none.  A copy is made (copy_create: zeroed memory of size bytes the
+	 * broker may write, its fd and handle), filled (through copy_map when
+	 * the memory can be mapped by the broker, else copy_write), then
+	 * sealed (copy_seal: nobody writes it any more; ret_ro_fd is what
+	 * clients get, the caller closes it), and ends like a grant (revoke,
+	 * then release).  copy_adopt takes back a copy the fd store kept. */
+	int (*copy_create)(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why);
+	/* A read-write mapping of the copy for filling (munmap it before
+	 * copy_seal), or NULL when the broker cannot map it (use copy_write). */
+	void *(*copy_map)(struct pool *p, void *handle, int fd, uint64_t size);
+	/* Copies len host bytes to offset off of the copy; safe from several
+	 * threads at once.  0 or -errno with *why. */
+	int (*copy_write)(struct pool *p, void *handle, uint64_t off, const void *src, uint64_t len, const char **why);
+	int (*copy_seal)(struct pool *p, void *handle, int fd, int *ret_ro_fd, const char **why);
+	int (*copy_adopt)(struct pool *p, int fd, uint64_t size, void **ret_handle, const char **why);
+	/* Whether a client given the copy's fd can be kept from writing it
+	 * (a sealed memfd: yes; a CUDA export: no, an importer may map it
+	 * read-write), so that it may be shared across uids. */
+	bool copy_read_only;
+	/* Applies the ready reserve's settings, at start and on reload (also
+	 * looks again at what pages the system offers).  NULL: the backend
+	 * keeps no reserve. */
+	void (*configure)(struct pool *p, const struct pool_ready_settings *s);
+	/* Adds what only the backend knows (its ready reserve) to a
+	 * description.  NULL: nothing. */
+	void (*describe)(const struct pool *p, struct vramd_device *d);
 };
 
 struct pool {
@@ -95,6 +136,9 @@ struct pool *pool_alloc(uint32_t backend, const char *name, uint64_t capacity, u
 			const struct pool_ops *ops, void *priv);
 /* Frees a pool (its ops->destroy then the struct).  NULL is fine. */
 void pool_free(struct pool *p);
+/* Applies cfg's ready-reserve keys to p (a share of ready-reserve is of
+ * p's capacity, rounded down to its granularity). */
+void pool_configure(struct pool *p, const struct broker_config *cfg);
 /* Derives a stable UUID from a string (for pools without a hardware one). */
 void pool_uuid_from_string(uint8_t uuid[16], const char *s);
 /* Fills a wire description of the pool. */
@@ -106,5 +150,48 @@ uint64_t pool_room(const struct pool *p);
 /* What an adopted grant of size adds to the capacity of a pool that
  * measured it from free memory (pool.total_max). */
 uint64_t pool_adopt_growth(const struct pool *p, uint64_t size);
+
+/* ---- memfd pools and their ready reserve (pool-memfd.c, pool-reserve.c) -- */
+
+/* What memory a memfd pool makes. */
+struct memfd_kind {
+	char name[48];           /* the memfds' name */
+	bool hugetlb;            /* 2 MiB hugetlb pages (falls back to normal pages) */
+	int  numa_node;          /* bound to this node; -1: no binding */
+};
+
+/* A fresh memfd of size bytes, sealable, sized, NUMA-bound as k says, on
+ * hugetlb pages when hugetlb (k->hugetlb or not: the caller's fallback),
+ * nothing populated.  0 and *ret_fd, or -errno with *why set. */
+int memfd_new(const struct memfd_kind *k, uint64_t size, bool hugetlb, int *ret_fd, const char **why);
+
+/* The ready reserve: memfds that were populated in the background and
+ * never handed to anyone, which ALLOC takes instead of fresh ones.  Its
+ * memory counts against the pool's capacity (used + ready <= total) but
+ * not in used: it is free memory to everyone above the pool. */
+struct ready_reserve;
+
+/* A reserve (empty, no refill yet) for a pool of total bytes making
+ * memory of kind k; NULL and errno on failure. */
+struct ready_reserve *ready_new(const struct memfd_kind *k, uint64_t total, uint64_t granularity);
+/* Stops the refill and frees every ready memfd.  NULL is fine. */
+void ready_free(struct ready_reserve *r);
+/* New settings; thp: populate with MADV_HUGEPAGE (the kernel's shmem THP
+ * honours it).  Starts the refill thread when the target becomes non-zero
+ * (0, or -errno when it cannot start: the reserve then stays empty). */
+int ready_configure(struct ready_reserve *r, const struct pool_ready_settings *s, bool thp);
+/* A grant of size bytes is about to be made on a pool with used bytes
+ * granted: 0 and a populated memfd of exactly size bytes (unsealed) when
+ * the reserve holds one that fits, else -ENOENT after making room for a
+ * fresh one (the reserve yields: used + size + ready never passes the
+ * capacity).  Either way the grant's bytes are counted as held until
+ * ready_released. */
+int ready_take(struct ready_reserve *r, uint64_t size, uint64_t used, int *ret_fd);
+/* As ready_take's room making, for memory adopted into the pool. */
+void ready_room(struct ready_reserve *r, uint64_t size, uint64_t used);
+/* size bytes counted by ready_take or ready_room are no longer held. */
+void ready_released(struct ready_reserve *r, uint64_t size);
+/* Fills d's ready* fields. */
+void ready_describe(struct ready_reserve *r, struct vramd_device *d);
 
 #endif

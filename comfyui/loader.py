@@ -20,6 +20,8 @@ components want different dtypes, e.g. fp32 UNet with fp16 CLIP on a CPU:
 converted with torch as ComfyUI's own copy would), buffers ComfyUI computes
 rather than loads, and LoRA-patched tensors (patcher.py).
 """
+import logging
+import os
 import threading
 import time
 
@@ -30,6 +32,7 @@ from ._binding import import_vramd
 from .patcher import adopt, patcher_class
 
 vramd = import_vramd()
+log = logging.getLogger("vramd")
 
 META = torch.device("meta")
 _TORCH_TO_VRAM = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
@@ -145,7 +148,11 @@ def _set(module, attr, t):
 class VramdModel:
     """What one node call loaded: the vramd load, the plan, the components
     built over it.  Gives its memory back on RECLAIM when idle (no forward
-    running for a second, no LoRA applied) and loads again at next use."""
+    running for a second, no LoRA applied) and loads again at next use.
+
+    A shared load's tensors are in broker-owned copies mapped read-only:
+    nothing may write them in place.  Before ComfyUI writes a weight in
+    place (hook patches), make_writable gives that tensor a private copy."""
 
     IDLE_S = 1.0
 
@@ -158,15 +165,68 @@ class VramdModel:
         self.loaded = None
         self.views = {}
         self.evictions = 0
+        self.written = set()  # file tensors made private and written in place, not restored yet
+        self._slots = None    # (id(module), attr) -> (file tensor name, conversion), from the bindings
         self._load()
 
     def _load(self):
         self.loaded = self.client.load(self.model, self.plan, **self.load_options)
+        self.stats = self.loaded.stats()
+        _log_load(self.model, self.stats)
         with torch.inference_mode(False):
             self.views = {t.name: self.loaded.torch(t.index) for t in self.model.tensors}
 
+    def _binding(self, module, attr):
+        if self._slots is None:
+            self._slots = {}
+            for c in self.components:
+                for path, a, src, conv in c.bindings:
+                    self._slots[(id(c._slot(path, a)), a)] = (src, conv)
+        return self._slots.get((id(module), attr))
+
+    def make_writable(self, module, attr):
+        """Called before module.attr is written in place: when it is a
+        tensor of this load in a shared (read-only) copy, it gets a private
+        copy of its own (vram_loaded_make_private) and the module the new
+        view.  Marks it written (no eviction until mark_restored), so that
+        a reload cannot undo the write behind ComfyUI's back.  Returns True
+        when module.attr is broker memory (now writable), False when it is
+        not (a LoRA's copy, a tensor torch converted, a computed buffer)."""
+        with self.lock:
+            b = self._binding(module, attr)
+            if b is None:
+                return False
+            src = b[0]
+            if b[1] is not None:
+                # converted by torch: ComfyUI's memory, but a reload would
+                # convert it afresh from the file
+                self.written.add(src)
+                return False
+            self.ensure_resident()
+            cur, view = getattr(module, attr), self.views[src]
+            if cur is None or cur.data_ptr() != view.data_ptr():
+                return False  # replaced by a copy already
+            self.written.add(src)
+            i = self.model.tensor(src).index
+            if not self.loaded.shared(i):
+                return True
+            self.loaded.make_private(i)
+            with torch.inference_mode(False):
+                view = self.loaded.torch(i)
+            self.views[src] = view
+            _set(module, attr, view)
+            return True
+
+    def mark_restored(self, module, attr):
+        """module.attr holds the file's bytes again (a hook patch undone)."""
+        with self.lock:
+            b = self._binding(module, attr)
+            if b is not None:
+                self.written.discard(b[0])
+
     def add(self, comp):
         self.components.append(comp)
+        self._slots = None
         for m in comp.module.modules():
             if m._parameters or m._buffers:
                 m.register_forward_pre_hook(self._pre)
@@ -213,18 +273,22 @@ class VramdModel:
         import gc
         import weakref
         with self.lock:
-            if self.loaded is None or self.active or time.monotonic() - self.last_used < self.IDLE_S:
+            if self.loaded is None or self.active or self.written or \
+                    time.monotonic() - self.last_used < self.IDLE_S:
                 return 0
             n = self.held_on(device)
             if not n or not all(c.bound(self.views) for c in self.components):
                 return 0
-            handle = weakref.ref(self.loaded._h)
+            # The state is final before any memory goes back: the broker
+            # hands the memory on at the FREE, before this returns.
+            loaded, self.loaded = self.loaded, None
+            handle = weakref.ref(loaded._h)
             for c in self.components:
                 c.unbind()
             self.views = {}
-            self.loaded.close()
-            self.loaded = None
             self.evictions += 1
+            loaded.close()
+            del loaded
             gc.collect()
             return n if handle() is None else 0
 
@@ -232,9 +296,7 @@ class VramdModel:
         """Modules whose weights the plan put off comp's compute device get
         comfy_cast_weights: ComfyUI's ops copy them to the input's device at
         each forward.  Returns the module paths marked."""
-        donor_tensors = set()
-        for li in self.plan.donor_layers():
-            donor_tensors.update(t.name for t in self.model.layer_tensors(li))
+        donor_tensors = self.plan.donor_tensors()
         marked = set()
         for path, attr, src, conv in comp.bindings:
             if src not in donor_tensors or path in marked:
@@ -244,6 +306,30 @@ class VramdModel:
                 m.comfy_cast_weights = True
                 marked.add(path)
         return sorted(marked)
+
+
+def shared_enabled():
+    """Loads share broker-owned read-only copies unless $VRAMD_SHARED is
+    0/no/false/off (then every load is private: writable, never shared)."""
+    return os.environ.get("VRAMD_SHARED", "1").strip().lower() not in ("0", "no", "false", "off")
+
+
+def load_options(cast_to=None, cast_from=None):
+    """The node's vramd load options: the UNet's conversion, progress on
+    ComfyUI's bar, reclaimable (so that the broker may ask for a private
+    load back when another client needs its fair share), and shared
+    copies unless opted out (shared_enabled)."""
+    return dict(cast_to=cast_to, cast_from=cast_from, progress=_progress(), reclaimable=True,
+                shared=shared_enabled())
+
+
+def _log_load(model, st):
+    """One line in ComfyUI's log per load: size, time, I/O, conversions,
+    and where the bytes came from (shared copy: hit/filled/waited)."""
+    conv = ", %d converted" % st.converted if st.converted else ""
+    share = st.share_text() or "private (VRAMD_SHARED=0)"
+    log.info("vramd: loaded %s: %s in %.3f s (%s I/O%s); %s", os.path.basename(model.path),
+             vramd.size_text(st.bytes), st.ns / 1e9, st.io_mode_used, conv, share)
 
 
 def _progress():
@@ -310,8 +396,7 @@ def load_checkpoint(path, inputs, eject_models=True, output_clip=True, output_va
 
     cast_to, cast_from = _cast_for(model, unet_dtype, prefix)
     plan = client.plan(model, cast_to=cast_to, cast_from=cast_from, **inputs)
-    opts = dict(cast_to=cast_to, cast_from=cast_from, progress=_progress())
-    vm = VramdModel(client, model, plan, opts)
+    vm = VramdModel(client, model, plan, load_options(cast_to, cast_from))
     names = {id(v): k for k, v in vm.views.items()}
 
     with torch.inference_mode(False):
@@ -418,7 +503,7 @@ def load_diffusion_model(path, weight_dtype, inputs, eject_models=True):
         config.optimizations["fp8"] = True
     cast_to, cast_from = _cast_for(model, unet_dtype, prefix)
     plan = client.plan(model, cast_to=cast_to, cast_from=cast_from, **inputs)
-    vm = VramdModel(client, model, plan, dict(cast_to=cast_to, cast_from=cast_from, progress=_progress()))
+    vm = VramdModel(client, model, plan, load_options(cast_to, cast_from))
     names = {id(v): k for k, v in vm.views.items()}
     with torch.inference_mode(False):
         base = config.get_model(dict(vm.views), prefix, device=META)

@@ -11,6 +11,11 @@ This patcher:
   - applies weight patches (LoRAs) as a private copy of each patched
     tensor, computed in fp32 and rounded back stochastically as ComfyUI
     does, with the original restored by reference on unpatch;
+  - before ComfyUI writes a weight in place (hook patches: copy_to_param
+    in patch_hook_weight_to_device, patch_cached_hook_weights and
+    unpatch_hooks), gives that tensor a private copy: a shared load's
+    tensors are mapped read-only, and a write would fault (SIGSEGV on host
+    memory, an illegal address on a GPU);
   - is never dynamic (ComfyUI's DynamicVRAM keeps managing its own models
     beside it).
 The class is made on first use, so that importing the pack needs no ComfyUI.
@@ -48,6 +53,36 @@ def patcher_class():
 
         def _state(self):
             return getattr(self.model, "_vramd", None)
+
+        def _module_of(self, key):
+            path, _, attr = key.rpartition(".")
+            return (self.model.get_submodule(path) if path else self.model), attr
+
+        def _writable(self, key):
+            st = self._state()
+            if st is not None:
+                st.make_writable(*self._module_of(key))
+
+        def patch_hook_weight_to_device(self, *args, **kwargs):
+            a = _bind(mp.ModelPatcher.patch_hook_weight_to_device, self, args, kwargs)
+            if a["key"] in a["combined_patches"]:
+                self._writable(a["key"])  # written with copy_to_param
+            return super().patch_hook_weight_to_device(*args, **kwargs)
+
+        def patch_cached_hook_weights(self, *args, **kwargs):
+            self._writable(_bind(mp.ModelPatcher.patch_cached_hook_weights, self, args, kwargs)["key"])
+            return super().patch_cached_hook_weights(*args, **kwargs)
+
+        def unpatch_hooks(self, *args, **kwargs):
+            only = _bind(mp.ModelPatcher.unpatch_hooks, self, args, kwargs).get("whitelist_keys_set")
+            keys = [k for k in self.hook_backup if not only or k in only]
+            r = super().unpatch_hooks(*args, **kwargs)
+            st = self._state()
+            if st is not None:
+                for k in keys:
+                    if k not in self.hook_backup:  # copied back: the file's bytes again
+                        st.mark_restored(*self._module_of(k))
+            return r
 
         def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False):
             if key not in self.patches:
@@ -93,6 +128,12 @@ def patcher_class():
 
     _cls = VramdModelPatcher
     return _cls
+
+
+def _bind(fn, self, args, kwargs):
+    """fn's parameters by name for a call fn(self, *args, **kwargs)."""
+    import inspect
+    return inspect.signature(fn).bind(self, *args, **kwargs).arguments
 
 
 def _set_loaded(p, device, nbytes):

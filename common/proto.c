@@ -99,6 +99,8 @@ static const char *const opnames[] = {
 	[VRAMD_QUOTA_RM] = "QUOTA_RM", [VRAMD_QUOTA_LIST] = "QUOTA_LIST",
 	[VRAMD_TEXT] = "TEXT", [VRAMD_EVICT] = "EVICT", [VRAMD_REGISTER] = "REGISTER",
 	[VRAMD_RELOAD] = "RELOAD", [VRAMD_DEMAND] = "DEMAND", [VRAMD_OFFER] = "OFFER",
+	[VRAMD_SHARE] = "SHARE", [VRAMD_SHARE_REPLY] = "SHARE_REPLY", [VRAMD_SHARE_PROGRESS] = "SHARE_PROGRESS",
+	[VRAMD_UNSHARE] = "UNSHARE", [VRAMD_CACHE_LIST] = "CACHE_LIST", [VRAMD_CACHE_DROP] = "CACHE_DROP",
 };
 
 const char *proto_opcode_name(uint16_t op)
@@ -281,7 +283,7 @@ static int v_quota_rm(const void *msg, size_t len, const char **why)
 static int v_header_only(const void *msg, size_t len, const char **why)
 {
 	if (len != sizeof(struct vramd_hdr))
-		FAIL(-EPROTO, "QUOTA_LIST or RELOAD has the wrong size");
+		FAIL(-EPROTO, "QUOTA_LIST, RELOAD or CACHE_LIST has the wrong size");
 	return 0;
 }
 
@@ -310,10 +312,12 @@ static int v_register(const void *msg, size_t len, const char **why)
 	const struct vramd_register *m = msg;
 	if (len != sizeof(*m))
 		FAIL(-EPROTO, "REGISTER has the wrong size");
-	if (m->reserved0 || !mem_is_zero(m->reserved, sizeof(m->reserved)))
+	if (!mem_is_zero(m->reserved, sizeof(m->reserved)))
 		FAIL(-EINVAL, "REGISTER reserved fields not zero");
 	if (m->flags & ~VRAMD_ALLOC_FLAGS_MASK)
 		FAIL(-EINVAL, "REGISTER has unknown flags");
+	if (m->what > VRAMD_REGISTER_COPY || (m->what == VRAMD_REGISTER_COPY && m->flags))
+		FAIL(-EINVAL, "REGISTER of an unknown kind");
 	return 0;
 }
 
@@ -339,6 +343,63 @@ static int v_offer(const void *msg, size_t len, const char **why)
 	return 0;
 }
 
+static int v_share(const void *msg, size_t len, const char **why)
+{
+	const struct vramd_share *m = msg;
+	if (len < sizeof(*m))
+		FAIL(-EPROTO, "SHARE too short");
+	if (!m->nruns || m->nruns > VRAMD_SHARE_RUNS_MAX ||
+	    len != sizeof(*m) + (size_t)m->nruns * sizeof(struct vramd_share_run))
+		FAIL(-EPROTO, "SHARE run count does not match its size");
+	if (m->flags || m->reserved0 || !mem_is_zero(m->reserved, sizeof(m->reserved)))
+		FAIL(-EINVAL, "SHARE reserved fields or flags not zero");
+	const struct vramd_share_run *r = (const void *)(m + 1);
+	for (uint32_t i = 0; i < m->nruns; i++)
+		if (r[i].reserved0 || (r[i].flags & ~VRAMD_SHARE_RUN_FLAGS_MASK))
+			FAIL(-EINVAL, "SHARE run has unknown flags or reserved bytes");
+	return 0;
+}
+
+static int v_share_reply(const void *msg, size_t len, const char **why)
+{
+	const struct vramd_share_reply *m = msg;
+	if (len != sizeof(*m))
+		FAIL(-EPROTO, "SHARE_REPLY has the wrong size");
+	if (!mem_is_zero(m->reserved, sizeof(m->reserved)) || m->how < VRAMD_SHARE_HIT || m->how > VRAMD_SHARE_WAITED)
+		FAIL(-EINVAL, "SHARE_REPLY malformed");
+	return 0;
+}
+
+static int v_share_progress(const void *msg, size_t len, const char **why)
+{
+	const struct vramd_share_progress *m = msg;
+	if (len != sizeof(*m))
+		FAIL(-EPROTO, "SHARE_PROGRESS has the wrong size");
+	if (m->reserved || m->done > m->total)
+		FAIL(-EINVAL, "SHARE_PROGRESS malformed");
+	return 0;
+}
+
+static int v_unshare(const void *msg, size_t len, const char **why)
+{
+	const struct vramd_unshare *m = msg;
+	if (len != sizeof(*m))
+		FAIL(-EPROTO, "UNSHARE has the wrong size");
+	if (m->reserved)
+		FAIL(-EINVAL, "UNSHARE reserved field not zero");
+	return 0;
+}
+
+static int v_cache_drop(const void *msg, size_t len, const char **why)
+{
+	const struct vramd_cache_drop *m = msg;
+	if (len != sizeof(*m))
+		FAIL(-EPROTO, "CACHE_DROP has the wrong size");
+	if (m->reserved0 || !mem_is_zero(m->reserved, sizeof(m->reserved)) || (m->flags & ~VRAMD_CACHE_DROP_MASK))
+		FAIL(-EINVAL, "CACHE_DROP flags or reserved fields invalid");
+	return 0;
+}
+
 static const validate_fn validators[VRAMD_OPCODE_MAX + 1] = {
 	[VRAMD_HELLO] = v_hello,
 	[VRAMD_HELLO_REPLY] = v_hello_reply,
@@ -360,6 +421,12 @@ static const validate_fn validators[VRAMD_OPCODE_MAX + 1] = {
 	[VRAMD_RELOAD] = v_header_only,
 	[VRAMD_DEMAND] = v_demand,
 	[VRAMD_OFFER] = v_offer,
+	[VRAMD_SHARE] = v_share,
+	[VRAMD_SHARE_REPLY] = v_share_reply,
+	[VRAMD_SHARE_PROGRESS] = v_share_progress,
+	[VRAMD_UNSHARE] = v_unshare,
+	[VRAMD_CACHE_LIST] = v_header_only,
+	[VRAMD_CACHE_DROP] = v_cache_drop,
 };
 
 /* The header, then the opcode's own validator (proto.h). */

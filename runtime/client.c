@@ -93,6 +93,14 @@ static ssize_t recv_reply(struct vram_client *c, uint64_t seq, uint16_t want, in
 			queue_unsolicited(c, h);
 			continue;
 		}
+		if (h->opcode == VRAMD_SHARE_PROGRESS && h->seq == seq) {
+			const struct vramd_share_progress *pg = c->rxbuf;
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			if (c->share_progress)
+				c->share_progress(c->share_user, pg->done, pg->total);
+			continue;
+		}
 		if (h->opcode == VRAMD_ERROR && h->seq == 0) {
 			/* unsolicited: the broker refused the connection */
 			const struct vramd_error *e = c->rxbuf;
@@ -157,6 +165,9 @@ static void dev_from_wire(struct vram_device_info *o, const struct vramd_device 
 	o->ready_refilled = d->ready_refilled;
 	o->cache = d->cache;
 	o->cache_max = d->cache_max;
+	o->cache_hits = d->cache_hits;
+	o->cache_fills = d->cache_fills;
+	o->cache_evictions = d->cache_evictions;
 }
 
 /* HELLO on c->fd; fills id, note and devices.  Lock held (or not yet
@@ -262,7 +273,8 @@ static int reconnect(struct vram_client *c)
 		memset(&m, 0, sizeof(m));
 		memcpy(m.uuid, old_uuid[g->device < VRAMD_MAX_DEVICES ? g->device : 0], 16);
 		m.size = g->size;
-		m.flags = g->flags;
+		m.flags = g->shared ? 0 : g->flags;
+		m.what = g->shared ? VRAMD_REGISTER_COPY : VRAMD_REGISTER_GRANT;
 		proto_hdr_init(&m.hdr, VRAMD_REGISTER, sizeof(m), ++c->seq);
 		int r = proto_send(c->fd, &m, sizeof(m), g->fd, 0);
 		if (r == 0)
@@ -270,6 +282,7 @@ static int reconnect(struct vram_client *c)
 		if (r < 0) {
 			if (!first_err)
 				first_err = r;
+			g->id = 0; /* unknown to this broker: nothing to free there */
 			continue;
 		}
 		const struct vramd_alloc_reply *rep = c->rxbuf;
@@ -381,7 +394,7 @@ void vram_close(vram_client *c)
 	while (c->grants) {
 		struct vram_grant *g = c->grants;
 		c->grants = g->next;
-		bool cuda = g->device < c->ndev && c->dev[g->device].backend == VRAM_BACKEND_CUDA;
+		bool cuda = !g->shared && g->device < c->ndev && c->dev[g->device].backend == VRAM_BACKEND_CUDA;
 		grant_unmap(g);
 		if (cuda && c->fd >= 0) {
 			struct vramd_free m;
@@ -620,12 +633,44 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 	return 0;
 }
 
+/* FREE (or UNSHARE, for a shared copy) of g, not sent again if the
+ * broker went away meanwhile (0 then): the reconnect gave the grants new
+ * ids.  Lock held. */
+static int free_msg(struct vram_client *c, const struct vram_grant *g)
+{
+	if (!g->id)
+		return 0; /* the broker does not know it: nothing to free there */
+	if (g->shared) {
+		struct vramd_unshare u;
+		memset(&u, 0, sizeof(u));
+		u.copy_id = g->id;
+		return (int)transact_ex(c, &u, sizeof(u), VRAMD_UNSHARE, VRAMD_OK, NULL, false);
+	}
+	struct vramd_free m;
+	memset(&m, 0, sizeof(m));
+	m.grant_id = g->id;
+	return (int)transact_ex(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, NULL, false);
+}
+
 int vram_free(vram_client *c, vram_grant *g)
 {
 	if (!g)
 		return 0;
 	rt_error_clear();
 	pthread_mutex_lock(&c->lock);
+	/* The memory goes out of reach first; the fd stays, and g stays
+	 * listed, until the broker has freed it: a FREE that meets a broker
+	 * restart is not resent with the old id (it may name another grant
+	 * now), but the reconnect re-registered g under a new one (with the
+	 * fd store, it took the restored grant over), which is freed then. */
+	int fd = g->fd;
+	g->fd = -1;
+	grant_unmap(g);
+	g->fd = fd;
+	uint32_t before = c->reconnects;
+	int r = free_msg(c, g);
+	if (r == 0 && c->reconnects != before)
+		r = free_msg(c, g);
 	if (g->prev)
 		g->prev->next = g->next;
 	else
@@ -633,13 +678,6 @@ int vram_free(vram_client *c, vram_grant *g)
 	if (g->next)
 		g->next->prev = g->prev;
 	grant_unmap(g);
-	struct vramd_free m;
-	memset(&m, 0, sizeof(m));
-	m.grant_id = g->id;
-	/* Not resent after a reconnect: the ids changed (g->id may name
-	 * another grant now), and g, unlinked above, was not re-registered,
-	 * so the new broker never counted it: nothing is left to free. */
-	int r = (int)transact_ex(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, NULL, false);
 	pthread_mutex_unlock(&c->lock);
 	free(g);
 	run_pending(c);
@@ -860,6 +898,35 @@ int vram_quota_list(vram_client *c, char **ret_json)
 	return simple_request(c, &h, sizeof(h), VRAMD_QUOTA_LIST, ret_json);
 }
 
+int vram_cache_list(vram_client *c, char **ret_json)
+{
+	struct vramd_hdr h;
+	return simple_request(c, &h, sizeof(h), VRAMD_CACHE_LIST, ret_json);
+}
+
+int vram_cache_drop(vram_client *c, int fd, uint32_t flags)
+{
+	struct vramd_cache_drop m;
+	rt_error_clear();
+	if (flags & ~(VRAM_CACHE_DROP_ALL | VRAM_CACHE_DROP_FORCE))
+		return rt_error(-EINVAL, "unknown cache drop flags 0x%x", flags);
+	if ((fd < 0) != !!(flags & VRAM_CACHE_DROP_ALL))
+		return rt_error(-EINVAL, "a cache drop takes a file's fd or VRAM_CACHE_DROP_ALL");
+	memset(&m, 0, sizeof(m));
+	m.flags = (flags & VRAM_CACHE_DROP_ALL ? VRAMD_CACHE_DROP_ALL : 0) |
+		  (flags & VRAM_CACHE_DROP_FORCE ? VRAMD_CACHE_DROP_FORCE : 0);
+	pthread_mutex_lock(&c->lock);
+	proto_hdr_init(&m.hdr, VRAMD_CACHE_DROP, sizeof(m), ++c->seq);
+	int r = proto_send(c->fd, &m, sizeof(m), fd, 0);
+	if (r < 0)
+		r = rt_error(r, "sending to vramd: %s", strerror(-r));
+	else
+		r = (int)recv_reply(c, c->seq, VRAMD_OK, NULL);
+	pthread_mutex_unlock(&c->lock);
+	run_pending(c);
+	return r < 0 ? r : 0;
+}
+
 int vram_evict(vram_client *c, uint32_t client_id)
 {
 	struct vramd_evict m;
@@ -891,4 +958,89 @@ void vram_status_free(struct vram_status *s)
 	free(s->devices);
 	free(s->clients);
 	free(s);
+}
+
+/* Maps the copy a SHARE_REPLY brought (fd: taken) read-only into g. */
+static int map_copy(struct vram_client *c, struct vram_grant *g, int fd)
+{
+	int r = 0;
+	if (c->dev[g->device].flags & VRAM_DEV_HOST_MAPPABLE) {
+		void *p = mmap(NULL, g->size, PROT_READ, MAP_SHARED, fd, 0);
+		if (p == MAP_FAILED)
+			r = rt_error(-errno, "mapping copy %llu (%llu bytes): %s", (unsigned long long)g->id,
+				     (unsigned long long)g->size, strerror(errno));
+		else
+			g->host = p;
+	} else if (g->backend == VRAM_BACKEND_CUDA) {
+		r = cuda_grant_import(c, g, fd);
+	} else {
+		r = rt_error(-ENOTSUP, "device %s cannot be mapped by this runtime", c->dev[g->device].name);
+	}
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	g->fd = fd; /* kept: what proves the copy to a restarted broker */
+	return 0;
+}
+
+int client_share(struct vram_client *c, uint32_t device, const struct vramd_share_run *runs, uint32_t nruns,
+		 int file_fd, vram_progress_fn progress, void *user, struct vram_grant **ret, uint32_t *ret_how)
+{
+	if (device >= c->ndev)
+		return rt_error(-ENODEV, "no device %u", device);
+	if (!nruns || nruns > VRAMD_SHARE_RUNS_MAX)
+		return rt_error(-EINVAL, "a shared copy of %u runs (1 to %u)", nruns, VRAMD_SHARE_RUNS_MAX);
+	size_t len = sizeof(struct vramd_share) + (size_t)nruns * sizeof(*runs);
+	_cleanup_free_ struct vramd_share *m = calloc(1, len);
+	struct vram_grant *g = calloc(1, sizeof(*g));
+	if (!m || !g) {
+		free(g);
+		return rt_error(-ENOMEM, "out of memory");
+	}
+	m->device = device;
+	m->nruns = nruns;
+	memcpy(m + 1, runs, (size_t)nruns * sizeof(*runs));
+	int fd = -1;
+	pthread_mutex_lock(&c->lock);
+	proto_hdr_init(&m->hdr, VRAMD_SHARE, (uint32_t)len, ++c->seq);
+	c->share_progress = progress;
+	c->share_user = user;
+	int r = proto_send(c->fd, m, len, file_fd, 0);
+	if (r < 0)
+		r = rt_error(r, "sending to vramd: %s", strerror(-r));
+	else
+		r = (int)recv_reply(c, c->seq, VRAMD_SHARE_REPLY, &fd);
+	c->share_progress = NULL;
+	if (r >= 0) {
+		const struct vramd_share_reply *rep = c->rxbuf;
+		*g = (struct vram_grant){ .id = rep->copy_id, .size = rep->size, .device = device, .fd = -1,
+					  .backend = c->dev[device].backend, .shared = true };
+		*ret_how = rep->how;
+		r = rep->device == device ? map_copy(c, g, fd)
+					  : rt_error(-EPROTO, "vramd sent a copy on device %u for %u", rep->device, device);
+		if (r < 0 && rep->device == device) {
+			/* not ours after all: the broker counts it no more */
+			struct vramd_unshare u = { .copy_id = g->id };
+			struct rt_saved_error e;
+			rt_error_save(&e);
+			if (send_req(c, &u, sizeof(u), VRAMD_UNSHARE) == 0)
+				recv_reply(c, c->seq, VRAMD_OK, NULL);
+			rt_error_restore(&e);
+		}
+	}
+	if (r < 0) {
+		pthread_mutex_unlock(&c->lock);
+		free(g);
+		run_pending(c);
+		return r;
+	}
+	g->next = c->grants;
+	if (c->grants)
+		c->grants->prev = g;
+	c->grants = g;
+	pthread_mutex_unlock(&c->lock);
+	run_pending(c);
+	*ret = g;
+	return 0;
 }

@@ -20,6 +20,8 @@ struct vram_grant {
 	void    *cuda;           /* runtime/cuda.c state */
 	int      fd;             /* memfd or CUDA export, kept to re-register after a
 				  * broker restart, or -1 */
+	bool     shared;         /* a broker-owned read-only copy (id is the copy's): mapped
+				  * read-only, given back with UNSHARE */
 	struct vram_grant *next, *prev;
 };
 
@@ -50,10 +52,22 @@ struct vram_client {
 	uint64_t demand_want[VRAMD_MAX_DEVICES];
 	uint64_t demand_min[VRAMD_MAX_DEVICES];
 	bool handling;           /* a RECLAIM handler is running (run_pending) */
+	/* while a SHARE waits for its copy: where its progress goes */
+	vram_progress_fn share_progress;
+	void *share_user;
 	/* vram_device_prepare: per device, handles held until vram_close */
 	struct cuda_dev *prepared[VRAMD_MAX_DEVICES];
 	struct cuda_kernels *prepared_k[VRAMD_MAX_DEVICES];
 };
+
+/* Asks the broker for a shared read-only copy of nruns runs of the file
+ * file_fd on device (SHARE), waiting while another request fills it
+ * (progress(user, done, total) on the way, may be NULL), and maps it
+ * read-only.  *ret_how: VRAMD_SHARE_HIT, _FILLED or _WAITED.  0, or the
+ * broker's error (-EOPNOTSUPP: no copies there, -ENOSPC: the cache budget
+ * is full, -ENOMEM, -EDQUOT: the caller should load privately) / -errno. */
+int client_share(struct vram_client *c, uint32_t device, const struct vramd_share_run *runs, uint32_t nruns,
+		 int file_fd, vram_progress_fn progress, void *user, struct vram_grant **ret, uint32_t *ret_how);
 
 /* runtime/cuda-kernels.c: drops what vram_device_prepare holds. */
 void client_prepared_release(struct vram_client *c);

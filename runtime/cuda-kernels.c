@@ -348,3 +348,22 @@ int vram_gpu_lora_merge(vram_client *c, uint32_t device, uint64_t w, uint32_t w_
 	r = cuda_lora_launch(g.d, NULL, w, w_dtype, up, down, rows, cols, rank, scale, seed);
 	return call_end(&g, r, "LoRA merge");
 }
+
+int cuda_copy_bytes(vram_client *c, uint32_t device, uint64_t dst, uint64_t src, uint64_t n)
+{
+	struct cuda_dev *d;
+	int r = cuda_dev_get(c, device, &d);
+	if (r < 0)
+		return r;
+	if (n && (r = cuda_dev_push(d)) == 0) {
+		const struct cuda_api *cu = cuda_dev_api(d);
+		CUresult cr = cu->MemcpyDtoDAsync(dst, src, (size_t)n, NULL);
+		if (cr == CUDA_SUCCESS)
+			cr = cu->StreamSynchronize(NULL);
+		if (cr != CUDA_SUCCESS)
+			r = cuda_dev_error(d, cr, "cuMemcpyDtoDAsync", "copy of %llu bytes", (unsigned long long)n);
+		cuda_dev_pop(d);
+	}
+	cuda_dev_put(d);
+	return r;
+}

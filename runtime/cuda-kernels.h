@@ -54,6 +54,11 @@ int cuda_lora_launch(struct cuda_dev *d, CUstream s, CUdeviceptr w, uint32_t w_d
 		     CUdeviceptr down, uint32_t rows, uint32_t cols, uint32_t rank, float scale,
 		     uint64_t seed);
 
+/* Copies n bytes from src to dst, both device memory of broker CUDA device
+ * `device`, on the context's legacy default stream, and waits.  0 or the
+ * CUDA error's errno with the message set. */
+int cuda_copy_bytes(vram_client *c, uint32_t device, uint64_t dst, uint64_t src, uint64_t n);
+
 /* Replaces the image handed to cuModuleLoadData (NULL: vk_fatbin again;
  * size 0: as a build without nvcc).  For tests only; affects modules
  * loaded afterwards. */

@@ -247,7 +247,8 @@ int cuda_grant_import(struct vram_client *c, struct vram_grant *g, int fd)
 	}
 	CUmemAccessDesc acc = {
 		.location = { .type = CU_MEM_LOCATION_TYPE_DEVICE, .id = d->ordinal },
-		.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+		/* a shared copy is read-only to us: others map the same bytes */
+		.flags = g->shared ? CU_MEM_ACCESS_FLAGS_PROT_READ : CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
 	};
 	cr = cu_api.MemSetAccess(imp->va, imp->size, &acc, 1);
 	if (cr != CUDA_SUCCESS) {

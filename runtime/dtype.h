@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * dtypes (not installed): the safetensors dtype table behind
- * vram_dtype_name() and vram_dtype_bits(), and the rules of conversion
+ * dtypes (not installed): the dtype table behind vram_dtype_name(),
+ * vram_dtype_bits() and vram_dtype_block() (safetensors' dtypes, then
+ * GGUF's block-quantised ones), and the rules of conversion
  * while loading (which dtypes convert, and the room a converted tensor
  * takes).  The reader, the loader, the planner, the streaming engine, the
  * pager and the CUDA copier all take them from here; this file depends on
@@ -21,12 +22,20 @@
 #define DTYPE_CASTABLE ((1u << VRAM_DTYPE_F8_E4M3) | (1u << VRAM_DTYPE_F8_E5M2) | (1u << VRAM_DTYPE_F16) | \
 			(1u << VRAM_DTYPE_BF16) | (1u << VRAM_DTYPE_F32))
 
+/* The dtypes safetensors files hold: BOOL .. U64.  The ones after them are
+ * GGUF's block-quantised types, stored and loaded as their blocks and
+ * never converted. */
+#define DTYPE_ST_COUNT (VRAM_DTYPE_U64 + 1u)
+
 /* Bytes per element of dtype: bits / 8, so 0 for the sub-byte dtypes (F4,
- * F6_*) and for a dtype out of range. */
+ * F6_*), the block-quantised ones and a dtype out of range. */
 uint32_t dtype_size(uint32_t dtype);
 
-/* The dtype whose name is the len bytes at name (not NUL-terminated),
- * compared exactly, or -1.  dtype_find_nocase: the same ignoring ASCII
+/* Whether dtype is one of GGUF's block-quantised types (Q4_0 .. Q1_0). */
+bool dtype_quantised(uint32_t dtype);
+
+/* The safetensors dtype (below DTYPE_ST_COUNT) whose name is the len
+ * bytes at name (not NUL-terminated), compared exactly, or -1.  dtype_find_nocase: the same ignoring ASCII
  * case (for "dtypes are case-sensitive: F16" hints). */
 int dtype_find(const char *name, size_t len);
 int dtype_find_nocase(const char *name, size_t len);

@@ -16,37 +16,38 @@
  * That layout is for host memory.  On GPUs (simulated or CUDA), which are
  * reached through a ring of staging buffers taken from the cpu pool and an
  * onward copy (memcpy for simulated GPUs, async H2D for CUDA), every tensor
- * is placed on its own at a TENSOR_ALIGN boundary instead: files need not
+ * is placed on its own at a LAYOUT_TENSOR_ALIGN boundary instead: files need not
  * align tensors to their elements, and GPU kernels (ours and PyTorch's)
  * need that alignment.  cpu-pool grants are written directly (HOST
  * requests; warm, through the memfd: stream.h STREAM_REQ_FD).
  *
  * Conversion (cast_to): a converted tensor is a run of its own, in a region
- * of its converted size (TENSOR_ALIGN-aligned), and always goes through
+ * of its converted size (LAYOUT_TENSOR_ALIGN-aligned), and always goes through
  * staging: the sink converts (kernels/ C references into host-visible
  * memory, through a table for 8- and 16-bit sources; for CUDA, an H2D copy
  * into one device scratch buffer and the cast kernel from there, both on
  * the copy stream).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "common/cleanup.h"
+#include "common/layout.h"
 #include "common/util.h"
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
+#include "runtime/cuda-kernels.h"
 #include "runtime/dtype.h"
 #include "runtime/load.h"
 #include "runtime/model.h"
 #include "runtime/stream.h"
 #include "kernels/kernels.h"
 
-/* Alignment of a tensor that is placed on its own (converted ones, and
- * every tensor on a GPU): any element, and vectorised kernels. */
-#define TENSOR_ALIGN 256u
 void vram_load_options_init(struct vram_load_options *o)
 {
 	memset(o, 0, sizeof(*o));
@@ -58,7 +59,7 @@ struct run {
 	uint64_t file_off, len;
 	uint32_t first, count;   /* into the bucket's tensor list */
 	uint64_t region;         /* region offset in the grant */
-	bool solo;               /* one tensor, TENSOR_ALIGN-aligned (staged) */
+	bool solo;               /* one tensor, LAYOUT_TENSOR_ALIGN-aligned (staged) */
 };
 
 /* Tensors ordered by bucket (device, component, chunk), then file offset:
@@ -211,8 +212,9 @@ void vram_unload(vram_loaded *l)
 	rt_error_restore(&e);
 }
 
-/* Device of each tensor: its layer's, from the plan (matched to the
- * broker's devices by name), or the default device. */
+/* Device of each tensor: the plan's (matched to the broker's devices by
+ * name; a plan places modules, so a layer may span two devices), or the
+ * default device. */
 static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *plan, uint32_t def,
 			  uint32_t *ret_dev)
 {
@@ -235,17 +237,21 @@ static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *
 	} else if (def >= c->ndev) {
 		return rt_error(-ENODEV, "no device %u", def);
 	}
-	for (uint32_t li = 0; li < m->nlayers; li++) {
-		const struct model_layer *L = &m->layers[li];
+	/* a plan of a model with more tensors is not this model's either */
+	if (plan && m->ntensors < UINT32_MAX && vram_plan_tensor_device(plan, m->ntensors) >= 0)
+		return rt_error(-EINVAL, "the plan is not one of this model (it has more tensors)");
+	for (uint32_t t = 0; t < m->ntensors; t++) {
 		uint32_t d = def;
 		if (plan) {
-			int pd = vram_plan_layer_device(plan, li);
-			if (pd < 0 || (uint32_t)pd >= vram_plan_device_count(plan) || map[pd] == UINT32_MAX)
-				return rt_error(-EINVAL, "the plan has no device for layer \"%s\"", L->name);
+			int pd = vram_plan_tensor_device(plan, t);
+			if (pd < 0)
+				return rt_error(-EINVAL, "the plan is not one of this model (it has no tensor \"%s\")",
+						m->tensors[t].name);
+			if ((uint32_t)pd >= vram_plan_device_count(plan) || map[pd] == UINT32_MAX)
+				return rt_error(-EINVAL, "the plan has no device for tensor \"%s\"", m->tensors[t].name);
 			d = map[pd];
 		}
-		for (uint32_t t = L->first; t < L->first + L->count; t++)
-			ret_dev[t] = d;
+		ret_dev[t] = d;
 	}
 	return 0;
 }
@@ -274,6 +280,8 @@ struct load_ctx {
 	uint64_t *olen;          /* as loaded (converted size) */
 	bool *conv;
 	struct run *runs;        /* scratch for one bucket */
+	struct layout_run *lruns; /* its runs as common/layout.h lays them out */
+	uint64_t *regions;
 	struct stream_req *reqs;
 	size_t nreq;
 	bool need_staging;       /* GPU destinations or conversions */
@@ -322,6 +330,8 @@ static void load_ctx_done(struct load_ctx *x)
 	free(x->olen);
 	free(x->conv);
 	free(x->runs);
+	free(x->lruns);
+	free(x->regions);
 	free(x->reqs);
 	rt_error_restore(&e);
 }
@@ -339,7 +349,7 @@ static int load_options(const struct vram_load_options *o, struct vram_load_opti
 		return r;
 	if (ret->io_mode > VRAM_IO_BUFFERED)
 		return rt_error(-EINVAL, "unknown io_mode %u", ret->io_mode);
-	if (ret->flags & ~VRAM_LOAD_RECLAIMABLE)
+	if (ret->flags & ~(VRAM_LOAD_RECLAIMABLE | VRAM_LOAD_SHARED))
 		return rt_error(-EINVAL, "unknown load flags 0x%x", ret->flags);
 	if (ret->chunk_size > STREAM_MAX_CHUNK)
 		return rt_error(-EINVAL, "chunk_size %llu out of range (at most %llu)",
@@ -367,9 +377,11 @@ static int load_ctx_alloc(struct load_ctx *x)
 	x->olen = calloc(n, sizeof(*x->olen));
 	x->conv = calloc(n, sizeof(*x->conv));
 	x->runs = calloc(n, sizeof(*x->runs));
+	x->lruns = calloc(n, sizeof(*x->lruns));
+	x->regions = calloc(n, sizeof(*x->regions));
 	x->reqs = calloc(n, sizeof(*x->reqs));
 	if (!x->l || !x->dev || !x->comp || !x->dtype || !x->chunk || !x->order || !x->off || !x->len ||
-	    !x->olen || !x->conv || !x->runs || !x->reqs)
+	    !x->olen || !x->conv || !x->runs || !x->lruns || !x->regions || !x->reqs)
 		return rt_error(-ENOMEM, "out of memory");
 	x->l->client = x->c;
 	x->l->model = x->m;
@@ -409,27 +421,50 @@ static uint64_t chunk_target(const struct load_ctx *x, uint32_t d)
 
 /* Chunks: consecutive layers of one (device, component) share a grant of
  * about chunk_target() bytes, so that reclaim can give back part of a
- * model (a chunk) rather than all or nothing.  Also notes which tensors
+ * model (a chunk) rather than all or nothing, and of at most
+ * VRAMD_SHARE_RUNS_MAX tensors, so that every chunk can be described to
+ * the broker as a shared copy (converted tensors are a run each; a layer
+ * of more tensors than that is a chunk of its own, loaded privately when
+ * it cannot be shared).  A layer the plan splits between devices has a
+ * part in a chunk of each, each part whole.  Also notes which tensors
  * take a staged path (GPU destinations and conversions). */
 static void load_chunks(struct load_ctx *x)
 {
 	uint32_t nchunks[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT] = { { 0 } };
 	uint64_t acc[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT] = { { 0 } };
+	uint32_t cnt[VRAMD_MAX_DEVICES][VRAM_COMP_COUNT] = { { 0 } };
 
 	for (uint32_t li = 0; li < x->m->nlayers; li++) {
 		const struct model_layer *L = &x->m->layers[li];
-		if (!L->count)
-			continue;
-		uint32_t d = x->dev[L->first], k = L->component; /* a layer is on one device */
-		if (nchunks[d][k] == 0)
-			nchunks[d][k] = 1;
-		if (acc[d][k] && acc[d][k] + L->nbytes > chunk_target(x, d)) {
-			nchunks[d][k]++;
-			acc[d][k] = 0;
+		uint32_t k = L->component, end = L->first + L->count;
+		uint64_t part[VRAMD_MAX_DEVICES] = { 0 };
+		uint32_t npart[VRAMD_MAX_DEVICES] = { 0 };
+		/* the layer's bytes on each device, then each part in order of
+		 * its first tensor */
+		for (uint32_t t = L->first; t < end; t++) {
+			part[x->dev[t]] += x->m->tensors[t].end - x->m->tensors[t].begin;
+			npart[x->dev[t]]++;
 		}
-		acc[d][k] += L->nbytes;
-		for (uint32_t t = L->first; t < L->first + L->count; t++)
-			x->chunk[t] = nchunks[d][k] - 1;
+		bool done[VRAMD_MAX_DEVICES] = { false };
+		for (uint32_t t0 = L->first; t0 < end; t0++) {
+			uint32_t d = x->dev[t0];
+			if (done[d])
+				continue;
+			done[d] = true;
+			if (nchunks[d][k] == 0)
+				nchunks[d][k] = 1;
+			if (cnt[d][k] && (acc[d][k] + part[d] > chunk_target(x, d) ||
+					  cnt[d][k] + npart[d] > VRAMD_SHARE_RUNS_MAX)) {
+				nchunks[d][k]++;
+				acc[d][k] = 0;
+				cnt[d][k] = 0;
+			}
+			acc[d][k] += part[d];
+			cnt[d][k] += npart[d];
+			for (uint32_t t = t0; t < end; t++)
+				if (x->dev[t] == d)
+					x->chunk[t] = nchunks[d][k] - 1;
+		}
 	}
 	for (uint32_t i = 0; i < x->n; i++) {
 		uint32_t backend = backend_of(x->c, x->dev[i]);
@@ -451,7 +486,6 @@ static uint64_t bucket_layout(struct load_ctx *x, const uint32_t *bo, uint32_t c
 {
 	struct run *runs = x->runs;
 	uint32_t nruns = 0;
-	uint64_t cursor = 0;
 
 	for (uint32_t j = 0; j < cnt; j++) {
 		uint32_t t = bo[j];
@@ -465,22 +499,30 @@ static uint64_t bucket_layout(struct load_ctx *x, const uint32_t *bo, uint32_t c
 		runs[nruns++] = (struct run){ .file_off = x->off[t], .len = x->len[t], .first = j, .count = 1,
 					      .solo = solo };
 	}
-	for (uint32_t j = 0; j < nruns; j++) {
-		struct run *ru = &runs[j];
-		if (ru->solo) {
-			cursor = (cursor + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
-			ru->region = cursor;
-			cursor += x->olen[bo[ru->first]];
-			continue;
-		}
-		uint64_t head = ru->file_off % STREAM_ALIGN;
-		uint64_t span = (head + ru->len + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
-		cursor = (cursor + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN;
-		ru->region = cursor;
-		cursor += span ? span : STREAM_ALIGN;
-	}
+	for (uint32_t j = 0; j < nruns; j++)
+		x->lruns[j] = (struct layout_run){ runs[j].file_off, runs[j].len,
+						   runs[j].solo ? x->olen[bo[runs[j].first]] : runs[j].len, runs[j].solo };
+	uint64_t size = layout_regions(x->lruns, nruns, x->regions);
+	for (uint32_t j = 0; j < nruns; j++)
+		runs[j].region = x->regions[j];
 	*ret_nruns = nruns;
-	return cursor ? (cursor + STREAM_ALIGN - 1) / STREAM_ALIGN * STREAM_ALIGN : STREAM_ALIGN;
+	return size;
+}
+
+/* Where run j's tensors (bo[] of its bucket) sit in grant or copy gi: the
+ * same layout for both (common/layout.h).  Returns the run's data offset. */
+static uint64_t run_place(struct load_ctx *x, const uint32_t *bo, uint32_t j, uint32_t gi)
+{
+	const struct run *ru = &x->runs[j];
+	uint64_t at = layout_data(&x->lruns[j], ru->region);
+	for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
+		uint32_t t = bo[q];
+		x->l->tensors[t].grant = gi;
+		x->l->tensors[t].offset = at + (x->off[t] - ru->file_off);
+		x->l->tensors[t].dtype = x->conv[t] ? x->o.cast_to : x->dtype[t];
+		x->l->tensors[t].nbytes = x->olen[t];
+	}
+	return at;
 }
 
 /* Places the bucket's tensors in grant lg (its runs laid out by
@@ -493,14 +535,7 @@ static void bucket_requests(struct load_ctx *x, const uint32_t *bo, uint32_t nru
 
 	for (uint32_t j = 0; j < nruns; j++) {
 		const struct run *ru = &x->runs[j];
-		uint64_t at = ru->solo ? ru->region : ru->region + ru->file_off % STREAM_ALIGN;
-		for (uint32_t q = ru->first; q < ru->first + ru->count; q++) {
-			uint32_t t = bo[q];
-			x->l->tensors[t].grant = gi;
-			x->l->tensors[t].offset = at + (x->off[t] - ru->file_off);
-			x->l->tensors[t].dtype = x->conv[t] ? x->o.cast_to : x->dtype[t];
-			x->l->tensors[t].nbytes = x->olen[t];
-		}
+		uint64_t at = run_place(x, bo, j, gi);
 		if (!ru->len)
 			continue;
 		struct stream_req *rq = &x->reqs[x->nreq++];
@@ -528,17 +563,17 @@ static void bucket_requests(struct load_ctx *x, const uint32_t *bo, uint32_t nru
 	}
 }
 
-/* The grant of one bucket (cnt tensors bo[] of component k planned on
- * device d), laid out for its memory, into lg.  A reclaimable load is
- * pageable: when d refuses the grant (-ENOMEM: past this client's fair
- * share, or full; -EDQUOT: a ceiling) it goes to the cpu pool instead, to
- * be paged from there.  0 or the allocation's error, naming the device and
- * component. */
+/* The private grant of one bucket (cnt tensors bo[] of component k
+ * planned on device d, laid out for d's memory in size bytes by
+ * bucket_layout), into lg.  A reclaimable load is pageable: when d refuses
+ * the grant (-ENOMEM: past this client's fair share, or full; -EDQUOT: a
+ * ceiling) it goes to the cpu pool instead, laid out again for host
+ * memory, to be paged from there.  0 or the allocation's error, naming the
+ * device and component. */
 static int bucket_grant(struct load_ctx *x, const uint32_t *bo, uint32_t cnt, uint32_t d, uint32_t k,
-			uint32_t flags, uint32_t *ret_nruns, struct loaded_grant *lg)
+			uint32_t flags, uint64_t size, uint32_t *ret_nruns, struct loaded_grant *lg)
 {
 	char s1[32];
-	uint64_t size = bucket_layout(x, bo, cnt, backend_of(x->c, d) != VRAM_BACKEND_CPU, ret_nruns);
 	int r = vram_alloc(x->c, d, size, flags, &lg->grant);
 	struct rt_saved_error e;
 	rt_error_save(&e); /* the first refusal is the one to report */
@@ -562,9 +597,70 @@ static int bucket_grant(struct load_ctx *x, const uint32_t *bo, uint32_t cnt, ui
 	return 0;
 }
 
+/* An fd for the broker to read the file through: the model's inode
+ * reopened with O_DIRECT (cold files are read at the disk's speed), else
+ * the model's own fd (-1 returned in *ret_own then: not to be closed). */
+static int share_fd(struct load_ctx *x, bool *ret_own)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", x->m->fd);
+	int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	*ret_own = fd >= 0;
+	return fd >= 0 ? fd : x->m->fd;
+}
+
+/* Asks the broker for the bucket as a shared copy.  1 when it is one
+ * (lg->grant set), 0 when the broker cannot share it (the caller loads
+ * it privately; the reason is in the stats), or -errno. */
+static int share_bucket(struct load_ctx *x, const uint32_t *bo, uint32_t nruns, uint32_t d, struct loaded_grant *lg)
+{
+	struct vram_load_stats *st = &x->l->stats;
+	if (nruns > VRAMD_SHARE_RUNS_MAX) {
+		st->share_refused++;
+		snprintf(st->share_why, sizeof(st->share_why), "a chunk of %u tensors, more than a copy describes (%u)",
+			 nruns, VRAMD_SHARE_RUNS_MAX);
+		return 0;
+	}
+	_cleanup_free_ struct vramd_share_run *runs = calloc(nruns, sizeof(*runs));
+	if (!runs)
+		return rt_error(-ENOMEM, "out of memory");
+	for (uint32_t j = 0; j < nruns; j++) {
+		const struct run *ru = &x->runs[j];
+		uint32_t t = bo[ru->first];
+		runs[j].file_off = ru->file_off;
+		runs[j].len = ru->len;
+		if (ru->solo) {
+			runs[j].flags = VRAMD_SHARE_RUN_SOLO;
+			runs[j].src_dtype = x->dtype[t];
+			runs[j].dst_dtype = x->conv[t] ? x->o.cast_to : x->dtype[t];
+		}
+	}
+	bool own;
+	int fd = share_fd(x, &own);
+	uint32_t how = 0;
+	int r = client_share(x->c, d, runs, nruns, fd, x->o.progress, x->o.user, &lg->grant, &how);
+	if (own)
+		close(fd);
+	if (r == -EOPNOTSUPP || r == -ENOSPC || r == -ENOMEM || r == -EDQUOT || r == -EBADF) {
+		st->share_refused++;
+		str_copy(st->share_why, vram_last_error(), sizeof(st->share_why));
+		rt_error_clear();
+		return 0;
+	}
+	if (r < 0)
+		return r;
+	st->share_hits += how == VRAMD_SHARE_HIT;
+	st->share_filled += how == VRAMD_SHARE_FILLED;
+	st->share_waited += how == VRAMD_SHARE_WAITED;
+	for (uint32_t j = 0; j < nruns; j++)
+		st->shared_bytes += x->runs[j].len;
+	return 1;
+}
+
 /* Buckets (device, component, chunk): one sort, then each bucket is laid
- * out, becomes one grant, and its runs become stream requests.  0 or the
- * allocation's error, naming the device and component. */
+ * out, becomes one grant (or is served from a shared copy), and its runs
+ * become stream requests.  0 or the allocation's error, naming the device
+ * and component. */
 static int load_grants(struct load_ctx *x)
 {
 	struct bucket_key bkey = { x->dev, x->comp, x->chunk, x->off };
@@ -585,8 +681,23 @@ static int load_grants(struct load_ctx *x)
 		}
 		const uint32_t *bo = x->order + b0; /* this bucket's tensors, in file order */
 		uint32_t nruns;
+		uint64_t size = bucket_layout(x, bo, b1 - b0, backend_of(x->c, d) != VRAM_BACKEND_CPU, &nruns);
 		struct loaded_grant *lg = &x->l->grants[x->l->ngrants];
-		int r = bucket_grant(x, bo, b1 - b0, d, k, flags, &nruns, lg);
+		lg->device = d;
+		lg->component = k;
+		int r = 0;
+		if ((x->o.flags & VRAM_LOAD_SHARED) && x->c->dev[d].cache_max &&
+		    (r = share_bucket(x, bo, nruns, d, lg)) == 1) {
+			/* a shared copy: placed the same way, nothing to stream */
+			for (uint32_t j = 0; j < nruns; j++)
+				run_place(x, bo, j, x->l->ngrants);
+			x->l->ngrants++;
+			continue;
+		}
+		if (r < 0)
+			return rt_error(r, "a shared copy on %s for %s: %s", x->c->dev[d].name, vram_component_name(k),
+					vram_last_error());
+		r = bucket_grant(x, bo, b1 - b0, d, k, flags, size, &nruns, lg);
 		if (r < 0)
 			return r;
 		x->l->ngrants++;
@@ -659,6 +770,10 @@ static int load_stream(struct load_ctx *x, uint64_t t0, const struct timespec *c
 	x->so.io_mode = x->o.io_mode;
 	x->so.chunk = x->o.chunk_size;
 	x->so.depth = x->o.queue_depth;
+	if (!x->need_staging && !x->o.chunk_size && !x->o.queue_depth) {
+		x->so.chunk = LOAD_DIRECT_CHUNK;
+		x->so.depth = LOAD_DIRECT_DEPTH;
+	}
 	x->so.nstaging = x->nstaging;
 	x->so.progress = x->o.progress;
 	x->so.user = x->o.user;
@@ -675,7 +790,7 @@ static int load_stream(struct load_ctx *x, uint64_t t0, const struct timespec *c
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
 	l->stats.struct_size = sizeof(l->stats);
 	l->stats.io_mode_used = res.io_mode_used;
-	l->stats.bytes = res.bytes;
+	l->stats.bytes = res.bytes + l->stats.shared_bytes;
 	l->stats.ns = now_ns() - t0;
 	l->stats.cpu_ns = (uint64_t)(c1.tv_sec - c0->tv_sec) * 1000000000ull + (uint64_t)(c1.tv_nsec - c0->tv_nsec);
 	l->stats.grants = l->ngrants;
@@ -764,4 +879,43 @@ int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret)
 	if (!l || !ret)
 		return rt_error(-EINVAL, "vram_loaded_stats: NULL argument");
 	return rt_struct_out(ret, &l->stats, sizeof(l->stats), "vram_loaded_stats");
+}
+
+int vram_loaded_tensor_shared(const vram_loaded *l, uint32_t t)
+{
+	if (!l || t >= l->ntensors)
+		return rt_error(-EINVAL, "no tensor %u", t);
+	const struct loaded_grant *lg = &l->grants[l->tensors[t].grant];
+	return lg->grant && lg->grant->shared;
+}
+
+int vram_loaded_make_private(vram_loaded *l, uint32_t t)
+{
+	rt_error_clear();
+	int r = vram_loaded_tensor_shared(l, t);
+	if (r <= 0)
+		return r;
+	struct loaded_tensor *lt = &l->tensors[t];
+	const struct loaded_grant *from = &l->grants[lt->grant];
+	struct loaded_grant *grown = realloc(l->grants, (l->ngrants + 1) * sizeof(*grown));
+	if (!grown)
+		return rt_error(-ENOMEM, "out of memory");
+	l->grants = grown;
+	from = &l->grants[lt->grant];
+	struct loaded_grant *lg = &l->grants[l->ngrants];
+	*lg = (struct loaded_grant){ NULL, from->device, from->component };
+	if ((r = vram_alloc(l->client, lg->device, lt->nbytes ? lt->nbytes : 1, 0, &lg->grant)) < 0)
+		return r;
+	const vram_grant *src = from->grant;
+	if (src->host)
+		memcpy(lg->grant->host, (const uint8_t *)src->host + lt->offset, lt->nbytes);
+	else
+		r = cuda_copy_bytes(l->client, lg->device, lg->grant->dptr, src->dptr + lt->offset, lt->nbytes);
+	if (r < 0) {
+		vram_free(l->client, lg->grant);
+		return r;
+	}
+	lt->grant = l->ngrants++;
+	lt->offset = 0;
+	return 0;
 }

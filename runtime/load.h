@@ -16,6 +16,13 @@
  * of theirs). */
 #define LOAD_CHUNK_TARGET (256ull << 20)
 #define LOAD_CHUNK_MIN (4ull << 20)
+/* Reads of a load that lands every byte straight in host memory (no
+ * staging), unless the caller chose: 16 MiB x 32 in flight.  Bytes in
+ * flight cost no memory there, and the disks measured want more of them
+ * than the engine's defaults (docs/benchmarks.md: fio's best shapes had
+ * 0.5-1 GiB in flight; fastsafetensors reads 16 MiB x 16 threads). */
+#define LOAD_DIRECT_CHUNK (16ull << 20)
+#define LOAD_DIRECT_DEPTH 32u
 
 struct loaded_grant {
 	vram_grant *grant;       /* NULL once dropped by reclaim */

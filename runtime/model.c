@@ -203,7 +203,10 @@ static int model_index(struct vram_model *m)
 		struct model_tensor *t = &m->tensors[i];
 		size_t plen;
 
-		t->component = model_component(t->name, &plen);
+		if (m->components_set)
+			plen = 0;
+		else
+			t->component = model_component(t->name, &plen);
 		t->layer_len = (uint32_t)model_layer_len(t->name, plen);
 		order[i] = i;
 	}
@@ -323,11 +326,12 @@ int model_check_path(const struct vram_model *m)
 	return 0;
 }
 
-/* Opens path (once: its fd is kept), validates it as safetensors and
- * indexes it.  On success *ret_model owns everything (free with
- * vram_model_close); on failure *ret_model is untouched and nothing stays
- * open.  -EINVAL "PATH: invalid safetensors: REASON", -ENOMEM, or -errno
- * from open/read with "PATH: MESSAGE". */
+/* Opens path (once: its fd is kept), validates it (safetensors, GGUF or a
+ * PyTorch zip) and indexes it.  On success *ret_model owns everything
+ * (free with vram_model_close); on failure *ret_model is untouched and
+ * nothing stays open.  -EINVAL "PATH: invalid FORMAT: REASON", -ENOTSUP
+ * "PATH: unsupported FORMAT: REASON", -ENOMEM, or -errno from open/read
+ * with "PATH: MESSAGE". */
 int vram_model_open(const char *path, vram_model **ret_model)
 {
 	struct vram_model *m;
@@ -347,7 +351,7 @@ int vram_model_open(const char *path, vram_model **ret_model)
 	}
 	r = model_open_file(m);
 	if (r == 0)
-		r = st_read(m);
+		r = model_read(m);
 	if (r == 0) {
 		r = model_index(m);
 		if (r < 0)
@@ -382,10 +386,12 @@ int vram_model_fd(const vram_model *m)
 	return m->fd;
 }
 
-/* "safetensors" (the only format read so far), NULL for NULL. */
+/* "safetensors", "gguf" or "pytorch", NULL for NULL. */
 const char *vram_model_format(const vram_model *m)
 {
-	return m ? "safetensors" : NULL;
+	static const char *const names[] = { "safetensors", "gguf", "pytorch" };
+
+	return m && m->format < ARRAY_SIZE(names) ? names[m->format] : NULL;
 }
 
 /* Size of the file in bytes (0 for NULL). */

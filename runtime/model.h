@@ -14,6 +14,9 @@
 
 #include "runtime/vram.h"
 
+/* Where a model came from (vram_model_format). */
+enum model_format { MODEL_SAFETENSORS, MODEL_GGUF, MODEL_PYTORCH };
+
 /* The reference implementation's header limit (facts.md §3). */
 #define ST_MAX_HEADER 100000000ULL
 /* serde_json's recursion limit as the reference hits it: a header nested
@@ -47,14 +50,17 @@ struct vram_model {
 	struct stat st;                  /* fstat of fd at open: size and mtime that
 					    model_check_unchanged() compares */
 	uint64_t file_size;
-	uint64_t header_size;            /* N: JSON bytes */
+	uint64_t header_size;            /* safetensors: N, JSON bytes; GGUF: the
+					    metadata and infos; PyTorch: data.pkl */
 	uint64_t data_offset;            /* 8 + N */
 	uint64_t data_size;              /* file_size - data_offset */
 
 	uint32_t ntensors;
 	uint32_t nlayers;
 	uint32_t nmeta;
-	uint32_t pad;
+	uint32_t format;                 /* enum model_format */
+	uint32_t components_set;         /* the reader set every tensor's component
+					    (GGUF: names carry no prefixes) */
 
 	struct model_tensor *tensors;    /* model order once model.c ran */
 	struct model_layer *layers;      /* unet, clip, vae, other; natural order */
@@ -85,6 +91,12 @@ int model_check_unchanged(const struct vram_model *m);
  * file changed since it was opened (the path names another file now)" or
  * "(the path is gone: REASON)". */
 int model_check_path(const struct vram_model *m);
+
+/* Reads the checkpoint open at m->fd, whichever format it is (by its first
+ * bytes: GGUF and PyTorch zips in model-formats.c, safetensors by
+ * st_read), into m as st_read does, setting m->format.  m as st_read
+ * wants it.  0, or -errno with vram_last_error() set. */
+int model_read(struct vram_model *m);
 
 /* Frees m and everything it owns, and closes its fd.  NULL is fine. */
 void model_free(struct vram_model *m);

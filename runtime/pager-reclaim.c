@@ -69,10 +69,33 @@ static void timed_wait(struct vram_pager *p, uint64_t ns)
 	timed_wait_on(p, &p->cv, ns);
 }
 
-/* Whether layer li is part of chunk gi. */
+bool pager_in_chunk(const struct vram_pager *p, uint32_t li, uint32_t gi)
+{
+	const struct player *L = &p->layers[li];
+	if (L->chunk == gi)
+		return true;
+	for (uint32_t t = L->first; L->split && t < L->first + L->ntensors; t++)
+		if (p->l->tensors[t].grant == gi)
+			return true;
+	return false;
+}
+
 static bool in_chunk(const struct vram_pager *p, uint32_t li, uint32_t gi)
 {
-	return p->layers[li].chunk == gi;
+	return pager_in_chunk(p, li, gi);
+}
+
+/* Whether tensor t is in chunk gi (a split layer's tensors are not all in
+ * one). */
+static bool tensor_in_chunk(const struct vram_pager *p, uint32_t t, uint32_t gi)
+{
+	return p->l->tensors[t].grant == gi;
+}
+
+bool pager_chunk_carvable(const struct vram_pager *p, uint32_t gi)
+{
+	const vram_grant *g = p->l->grants[gi].grant;
+	return g && !g->shared;
 }
 
 /* ---- slots -------------------------------------------------------------- */
@@ -218,7 +241,7 @@ static bool would_carve(const struct vram_pager *p, uint32_t gi)
 			need = MAX(need, L->leader == li ? L->gpacked : L->packed);
 		}
 	}
-	return resident && pager_slots_fitting(p, dev, need) < PAGER_MIN_SLOTS &&
+	return resident && pager_chunk_carvable(p, gi) && pager_slots_fitting(p, dev, need) < PAGER_MIN_SLOTS &&
 	       vram_grant_size(p->l->grants[gi].grant) >= align_up(need, SLOT_ROUND);
 }
 
@@ -334,7 +357,7 @@ static uint64_t drop_chunk(struct vram_pager *p, uint32_t gi, bool may_carve)
 	vram_grant *old = lg->grant;
 	uint32_t dev = lg->device, n = 0;
 	uint64_t size = vram_grant_size(old);
-	bool resident = false;
+	bool resident = false, carvable = pager_chunk_carvable(p, gi);
 	for (uint32_t li = 0; li < p->nlayers; li++) {
 		struct player *L = &p->layers[li];
 		if (!in_chunk(p, li, gi))
@@ -356,7 +379,7 @@ static uint64_t drop_chunk(struct vram_pager *p, uint32_t gi, bool may_carve)
 		uint64_t need = pager_largest_paged(p, dev), cut = align_up(need, SLOT_ROUND);
 		p->slot_size[dev] = MAX(p->slot_size[dev], cut);
 		p->target_slots[dev] = MAX(p->target_slots[dev], PAGER_MIN_SLOTS);
-		if (may_carve && pager_slots_fitting(p, dev, need) < PAGER_MIN_SLOTS && size >= cut &&
+		if (may_carve && carvable && pager_slots_fitting(p, dev, need) < PAGER_MIN_SLOTS && size >= cut &&
 		    carve(p, old, dev, cut))
 			return 0;
 	}
@@ -389,7 +412,8 @@ void pager_window_from_chunks(struct vram_pager *p, uint32_t dev)
 		int best = -1;
 		for (uint32_t gi = 0; gi < p->l->ngrants; gi++) {
 			const struct loaded_grant *lg = &p->l->grants[gi];
-			if (!lg->grant || lg->device != dev || p->chunks[gi].readers || chunk_acquired(p, gi))
+			if (!lg->grant || lg->device != dev || p->chunks[gi].readers || chunk_acquired(p, gi) ||
+			    !pager_chunk_carvable(p, gi))
 				continue;
 			uint64_t cut = align_up(MAX(need, chunk_largest(p, gi)), SLOT_ROUND);
 			if (vram_grant_size(lg->grant) >= cut &&
@@ -450,8 +474,7 @@ static void cancel_copies(struct vram_pager *p, uint32_t dev)
 		struct slot *s = &p->slots[i];
 		if (s->state != SLOT_COPYING || s->pins || s->layer < 0)
 			continue;
-		const struct loaded_grant *lg = &p->l->grants[p->layers[s->layer].chunk];
-		if (s->dev == dev || (lg->grant && lg->device == dev))
+		if (s->dev == dev || pager_slot_reads_dev(p, (uint32_t)s->layer, dev))
 			__atomic_store_n(&s->cancel, true, __ATOMIC_RELAXED);
 	}
 }
@@ -546,6 +569,8 @@ static uint64_t device_layout(const struct vram_pager *p, uint32_t gi, uint64_t 
 		if (!in_chunk(p, li, gi))
 			continue;
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
+			if (!tensor_in_chunk(p, t, gi))
+				continue;
 			cursor = align_up(cursor, SLOT_ALIGN);
 			if (off)
 				off[k] = cursor;
@@ -690,8 +715,9 @@ static int copy_chunk(struct vram_pager *p, uint32_t gi, vram_grant *dst, const 
 		const struct player *L = &p->layers[li];
 		if (!in_chunk(p, li, gi))
 			continue;
-		for (uint32_t t = L->first; t < L->first + L->ntensors && r == 0; t++, k++)
-			r = copy_tensor(p, t, dst, off ? off[k] : p->l->tensors[t].offset, &cp);
+		for (uint32_t t = L->first; t < L->first + L->ntensors && r == 0; t++)
+			if (tensor_in_chunk(p, t, gi))
+				r = copy_tensor(p, t, dst, off ? off[k++] : p->l->tensors[t].offset, &cp);
 	}
 	if (cp) {
 		if (r == 0)
@@ -742,8 +768,8 @@ static void promote(struct vram_pager *p, uint32_t gi, uint32_t dev)
 	struct loaded_grant *lg = &p->l->grants[gi];
 	struct pchunk *ch = &p->chunks[gi];
 	uint32_t nt = 0;
-	for (uint32_t li = 0; li < p->nlayers; li++)
-		nt += in_chunk(p, li, gi) ? p->layers[li].ntensors : 0;
+	for (uint32_t t = 0; t < p->l->ntensors; t++)
+		nt += tensor_in_chunk(p, t, gi);
 	_cleanup_free_ uint64_t *off = calloc((size_t)nt + 1, sizeof(*off));
 	if (!off) {
 		p->offer[dev] = 0;
@@ -772,7 +798,10 @@ static void promote(struct vram_pager *p, uint32_t gi, uint32_t dev)
 		if (!in_chunk(p, li, gi))
 			continue;
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++)
-			p->l->tensors[t].offset = off[k++];
+			if (tensor_in_chunk(p, t, gi))
+				p->l->tensors[t].offset = off[k++];
+		if (L->split)
+			continue; /* its other part is still off the compute device */
 		int32_t si = p->layers[L->leader].slot;
 		if (si >= 0 && p->slots[si].state == SLOT_QUEUED)
 			pager_unqueue(p, (uint32_t)si);

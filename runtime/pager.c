@@ -199,9 +199,37 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 	return cuda_copier_wait(cp, 0);
 }
 
+/* Counts a reader in (add) or out of the chunk of each tensor of the
+ * group led by layer (once per tensor: a group, or a split layer, may
+ * read more than one chunk).  mu held. */
+static void group_readers(struct vram_pager *p, uint32_t layer, bool add)
+{
+	uint32_t first_t, end_t;
+	group_tensors(p, layer, &first_t, &end_t);
+	for (uint32_t t = first_t; t < end_t; t++) {
+		struct pchunk *ch = &p->chunks[p->l->tensors[t].grant];
+		if (add)
+			ch->readers++;
+		else
+			ch->readers--;
+	}
+}
+
+bool pager_slot_reads_dev(const struct vram_pager *p, uint32_t layer, uint32_t dev)
+{
+	uint32_t first_t, end_t;
+	group_tensors(p, layer, &first_t, &end_t);
+	for (uint32_t t = first_t; t < end_t; t++) {
+		const struct loaded_grant *lg = &p->l->grants[p->l->tensors[t].grant];
+		if (lg->grant && lg->device == dev)
+			return true;
+	}
+	return false;
+}
+
 /* Fills slot s with the group led by layer (its layers are consecutive,
- * so are their tensors; they are in one chunk, whose readers count keeps
- * it where it is meanwhile).  -ECANCELED when reclaim wants the slot or
+ * so are their tensors; the readers counts of their chunks keep those
+ * where they are meanwhile).  -ECANCELED when reclaim wants the slot or
  * the chunk: it looks between pieces of COPY_PIECE bytes. */
 static int fill_slot(struct vram_pager *p, struct slot *s, uint32_t layer)
 {
@@ -262,15 +290,14 @@ static void *copier_main(void *arg)
 		struct slot *s = &p->slots[si];
 		s->state = SLOT_COPYING;
 		uint32_t layer = (uint32_t)s->layer;
-		struct pchunk *ch = &p->chunks[p->layers[layer].chunk];
-		ch->readers++;
+		group_readers(p, layer, true);
 		pthread_mutex_unlock(&p->mu);
 		uint64_t t0 = now_ns();
 		rt_error_clear(); /* what fill_slot says is its own */
 		int r = fill_slot(p, s, layer);
 		uint64_t dt = now_ns() - t0;
 		pthread_mutex_lock(&p->mu);
-		ch->readers--;
+		group_readers(p, layer, false);
 		p->st.copy_ns += dt;
 		if ((r == -ECANCELED || s->cancel) && s->pins) {
 			/* an acquire came to wait for it meanwhile: fill it
@@ -853,6 +880,14 @@ static void plan_devices(struct vram_pager *p, const vram_plan *plan, int *cdev)
 	rt_error_clear();
 }
 
+static int planned_tensor_device(struct vram_pager *p, const vram_plan *plan, uint32_t t)
+{
+	int pd = vram_plan_tensor_device(plan, t);
+	int d = pd < 0 ? -1 : vram_device_find(p->c, vram_plan_device_name(plan, (uint32_t)pd));
+	rt_error_clear();
+	return d;
+}
+
 static int planned_device(struct vram_pager *p, const vram_plan *plan, uint32_t li)
 {
 	int pd = vram_plan_layer_device(plan, li);
@@ -862,10 +897,12 @@ static int planned_device(struct vram_pager *p, const vram_plan *plan, uint32_t 
 }
 
 /* Each layer as loaded: its tensors' offsets packed in a slot, where it is
- * (its chunk), whether the plan made it resident, and whether it is paged
- * (it is not on its component's compute device: a donor layer, or one the
- * load had to place on the donor); ret_largest[d] the largest paged layer
- * on device d.  Each chunk: its compute device and planned residence. */
+ * (its chunk: that of its first tensor; a layer the plan split between
+ * devices has a part in a chunk of each), whether the plan made it
+ * resident, and whether it is paged (some of it is not on its component's
+ * compute device: a donor layer, a split one, or one the load had to place
+ * on the donor); ret_largest[d] the largest paged layer on device d.  Each
+ * chunk: its compute device and planned residence. */
 static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *ret_largest)
 {
 	vram_loaded *l = p->l;
@@ -880,11 +917,13 @@ static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *
 		L->nbytes = 0;  /* as loaded (conversion may have changed it) */
 		L->slot = -1;
 		L->chunk = L->ntensors ? l->tensors[L->first].grant : UINT32_MAX;
+		L->split = false;
 		p->order[li] = li;
 		p->pos[li] = li;
 		uint64_t packed = 0;
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
 			uint64_t nb = vram_loaded_tensor_nbytes(l, t);
+			L->split = L->split || l->tensors[t].grant != L->chunk;
 			packed = align_up(packed, SLOT_ALIGN);
 			p->toff[t] = packed;
 			packed += nb;
@@ -895,8 +934,12 @@ static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *
 		L->gcount = 1;
 		L->gpacked = packed;
 		L->gbytes = L->nbytes;
-		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
 		int compute = cdev[ml->component];
+		/* A layer the plan split between devices (it places modules) is
+		 * paged whole when any part is off the compute device. */
+		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
+		for (uint32_t t = L->first; home == compute && t < L->first + L->ntensors; t++)
+			home = vram_loaded_tensor_device(l, t);
 		if (home < 0 || compute < 0 || home == compute || !L->nbytes) {
 			L->paged = false;
 			L->compute = home < 0 ? 0 : (uint32_t)home;
@@ -907,9 +950,11 @@ static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *
 			L->planned_resident = planned_device(p, plan, li) == compute;
 			ret_largest[compute] = MAX(ret_largest[compute], packed);
 		}
-		if (L->chunk != UINT32_MAX) {
-			p->chunks[L->chunk].compute = L->compute;
-			p->chunks[L->chunk].planned_resident = L->planned_resident;
+		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
+			struct pchunk *ch = &p->chunks[l->tensors[t].grant];
+			ch->compute = L->compute;
+			ch->planned_resident = L->split ? planned_tensor_device(p, plan, t) == (int)L->compute
+							: L->planned_resident;
 		}
 	}
 	rt_error_clear();

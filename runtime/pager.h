@@ -58,6 +58,8 @@ struct player {
 	uint64_t nbytes;
 	uint32_t compute;        /* broker device of the component's compute device */
 	uint32_t chunk;          /* index into l->grants, UINT32_MAX: no tensors */
+	bool split;              /* the plan split it between devices: its tensors
+				    are in more than one chunk (always paged) */
 	bool paged;              /* not on its compute device now */
 	bool planned_resident;   /* the plan's home is the compute device */
 	int32_t slot;            /* slot holding it, -1 */
@@ -183,6 +185,15 @@ void pager_window_from_chunks(struct vram_pager *p, uint32_t dev);
  * from then on) until bytes are free for the window's own grants.
  * Returns the bytes freed.  mu held. */
 uint64_t pager_window_room(struct vram_pager *p, uint32_t dev, uint64_t bytes);
+/* Whether layer li has tensors in chunk gi (a split layer has some in
+ * each of its chunks). */
+bool pager_in_chunk(const struct vram_pager *p, uint32_t li, uint32_t gi);
+/* Whether the copy filling the slot of the group led by layer reads a
+ * chunk on dev.  mu held. */
+bool pager_slot_reads_dev(const struct vram_pager *p, uint32_t layer, uint32_t dev);
+/* Whether chunk gi's memory may become window slots: its own (not a
+ * shared copy, which is the broker's and read-only) and mapped. */
+bool pager_chunk_carvable(const struct vram_pager *p, uint32_t gi);
 /* The broker's handlers (vram_set_reclaim_handler / _offer_handler). */
 uint64_t pager_on_reclaim(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms);
 void pager_on_offer(void *user, uint32_t device, uint64_t bytes);

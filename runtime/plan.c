@@ -25,6 +25,7 @@
 #include "common/util.h"
 #include "runtime/dtype.h"
 #include "runtime/internal.h"
+#include "runtime/modules.h"
 #include "runtime/plan.h"
 
 #define PLAN_FLAGS_MASK        VRAM_PLAN_HIGH_PRECISION_LORAS
@@ -38,24 +39,38 @@ static const char *const plan_source_names[] = { "whole", "virtual_vram", "exper
 /* As vram_component_name(), kept here so that the core needs no model code. */
 static const char *const plan_comp_names[VRAM_COMP_COUNT] = { "unet", "clip", "vae", "other" };
 
-struct plan_lay {
+struct plan_u {
 	uint64_t nbytes;
 	const char *name;        /* into vram_plan.names */
 	uint32_t comp;
 	uint32_t flags;
 	uint32_t dev;
 	uint32_t pinned;
+	uint32_t layer;          /* index into vram_plan.layers */
+	uint32_t pad;
+};
+
+/* A model layer (with a map; without one, each unit is a layer). */
+struct plan_l {
+	const char *name;        /* into vram_plan.names */
+	uint64_t nbytes;
+	uint32_t comp;
+	uint32_t dev;            /* the device holding most of its bytes */
+	uint32_t ndevs;          /* devices it spans (1, or more where the plan splits it) */
+	uint32_t pinned;         /* all its units are pinned */
 };
 
 struct plan_comp {
 	uint32_t compute;        /* device index */
 	int32_t  donor;          /* virtual VRAM donor, -1 if none */
 	uint32_t source;         /* enum plan_source */
-	uint32_t nlayers;
+	uint32_t nunits;
 	double   virtual_vram_gb;
 	char    *allocation;     /* expert string as given, or NULL */
+	char     order[24];      /* module order ("sd-unet", ...), "" without a map */
 	uint64_t bytes;
 	uint64_t pinned_bytes;
+	uint64_t asked[PLAN_MAX_DEVICES];  /* what the inputs ask of each device */
 	uint64_t quota[PLAN_MAX_DEVICES];  /* after the pinned charge */
 	uint64_t placed[PLAN_MAX_DEVICES];
 };
@@ -63,11 +78,15 @@ struct plan_comp {
 struct vram_plan {
 	uint32_t flags;
 	uint32_t ndevs;
+	uint32_t nunits;
 	uint32_t nlayers;
+	uint32_t ntensors;       /* 0 without a map */
 	uint32_t pad;
 	char    *model;
-	char    *names;          /* arena of layer names */
-	struct plan_lay *layers;
+	char    *names;          /* arena of unit and layer names */
+	struct plan_u *units;
+	struct plan_l *layers;
+	uint32_t *tensor_unit;   /* ntensors */
 	struct vram_plan_device devs[PLAN_MAX_DEVICES];
 	uint32_t order[PLAN_MAX_DEVICES];
 	uint64_t planned[PLAN_MAX_DEVICES];
@@ -324,12 +343,13 @@ static void charge_pinned(const vram_plan *p, struct plan_comp *pc)
 	}
 }
 
-/* Places the distributed (not pinned) layers of comp by the quotas: from the
- * tail of the model backwards, the devices in placement order, each taking
- * layers while they fit in what is left of its quota; the first layer that
- * does not fit moves on to the next device (never back, so each device holds
- * one contiguous range).  The last device with a quota takes all that is
- * left, which is at most one layer per earlier device more than its quota. */
+/* Places the distributed (not pinned) units of comp by the quotas: from the
+ * component's tail backwards (units are in placement order), the devices
+ * in placement order, each taking units while they fit in what is left of
+ * its quota; the first unit that does not fit moves on to the next device
+ * (never back, so each device holds one contiguous run).  The last device
+ * with a quota takes all that is left, which is less than one unit per
+ * earlier device more than its quota. */
 static void place_distributed(vram_plan *p, uint32_t comp)
 {
 	struct plan_comp *pc = &p->comp[comp];
@@ -342,22 +362,44 @@ static void place_distributed(vram_plan *p, uint32_t comp)
 		if (pc->quota[p->order[k]])
 			sink = (int32_t)k;
 	if (sink < 0) {
-		/* no distributed bytes: only zero-byte layers of an empty
+		/* no distributed bytes: only zero-byte units of an empty
 		 * component can be left */
-		for (uint32_t i = 0; i < p->nlayers; i++)
-			if (p->layers[i].comp == comp && !p->layers[i].pinned)
-				p->layers[i].dev = pc->compute;
+		for (uint32_t i = 0; i < p->nunits; i++)
+			if (p->units[i].comp == comp && !p->units[i].pinned)
+				p->units[i].dev = pc->compute;
 		return;
 	}
-	for (uint32_t i = p->nlayers; i-- > 0;) {
-		struct plan_lay *l = &p->layers[i];
-		if (l->comp != comp || l->pinned)
+	for (uint32_t i = p->nunits; i-- > 0;) {
+		struct plan_u *u = &p->units[i];
+		if (u->comp != comp || u->pinned)
 			continue;
-		while ((int32_t)pos < sink && l->nbytes > rem[p->order[pos]])
+		while ((int32_t)pos < sink && u->nbytes > rem[p->order[pos]])
 			pos++;
 		uint32_t d = p->order[pos];
-		l->dev = d;
-		rem[d] -= MIN(rem[d], l->nbytes);
+		u->dev = d;
+		rem[d] -= MIN(rem[d], u->nbytes);
+	}
+}
+
+/* Pins comp's units that stay on its compute device: those of a tiny
+ * layer (under 0.01 % of the component, DisTorch2's threshold, taken per
+ * layer: a tiny module inside a larger block goes with its block) and a
+ * text encoder's embeddings. */
+static void pin_units(vram_plan *p, uint32_t comp)
+{
+	struct plan_comp *pc = &p->comp[comp];
+
+	for (uint32_t i = 0; i < p->nunits; i++) {
+		struct plan_u *u = &p->units[i];
+		if (u->comp != comp)
+			continue;
+		int tiny = (unsigned __int128)p->layers[u->layer].nbytes * PLAN_TINY_DIV < pc->bytes;
+		int embed = comp == VRAM_COMP_CLIP && (u->flags & VRAM_LAYER_EMBEDDING);
+		if (tiny || embed) {
+			u->pinned = 1;
+			u->dev = pc->compute;
+			pc->pinned_bytes += u->nbytes;
+		}
 	}
 }
 
@@ -368,19 +410,7 @@ static int plan_distributed(vram_plan *p, uint32_t comp, const char *what, const
 	struct plan_comp *pc = &p->comp[comp];
 	uint64_t total[PLAN_MAX_DEVICES];
 
-	for (uint32_t i = 0; i < p->nlayers; i++) {
-		struct plan_lay *l = &p->layers[i];
-		if (l->comp != comp)
-			continue;
-		int tiny = (unsigned __int128)l->nbytes * PLAN_TINY_DIV < pc->bytes;
-		int embed = comp == VRAM_COMP_CLIP && (l->flags & VRAM_LAYER_EMBEDDING);
-		if (tiny || embed) {
-			l->pinned = 1;
-			l->dev = pc->compute;
-			pc->pinned_bytes += l->nbytes;
-		}
-	}
-
+	pin_units(p, comp);
 	if (spec) {
 		for (uint32_t d = 0; d < p->ndevs; d++)
 			total[d] = p->devs[d].total;
@@ -404,6 +434,7 @@ static int plan_distributed(vram_plan *p, uint32_t comp, const char *what, const
 		if (give)
 			pc->quota[donor] += give;
 	}
+	memcpy(pc->asked, pc->quota, sizeof(pc->asked));
 	charge_pinned(p, pc);
 	place_distributed(p, comp);
 	return 0;
@@ -415,9 +446,10 @@ static void plan_whole(vram_plan *p, uint32_t comp, uint32_t dev)
 	pc->source = PLAN_SRC_WHOLE;
 	pc->compute = dev;
 	pc->quota[dev] = pc->bytes;
-	for (uint32_t i = 0; i < p->nlayers; i++)
-		if (p->layers[i].comp == comp)
-			p->layers[i].dev = dev;
+	pc->asked[dev] = pc->bytes;
+	for (uint32_t i = 0; i < p->nunits; i++)
+		if (p->units[i].comp == comp)
+			p->units[i].dev = dev;
 }
 
 /* Copies the devices after checking them.  0 or -EINVAL. */
@@ -449,43 +481,131 @@ static int plan_set_devices(vram_plan *p, const struct vram_plan_device *devs, u
 	return 0;
 }
 
-/* Copies the layers and their names.  0 or -EINVAL/-ENOMEM. */
-static int plan_set_layers(vram_plan *p, const struct plan_layer *layers, uint32_t nlayers)
+/* Checks the units and the map against each other.  0 or -EINVAL. */
+static int check_units(const struct plan_unit *units, uint32_t nunits, const struct plan_map *map)
 {
-	size_t arena = 0;
 	uint64_t all = 0;
 
-	if (nlayers && !layers)
-		return rt_error(-EINVAL, "plan: no layer array");
-	for (uint32_t i = 0; i < nlayers; i++) {
-		if (layers[i].component >= VRAM_COMP_COUNT)
-			return rt_error(-EINVAL, "plan: layer %u: component %u is not a component", i, layers[i].component);
-		arena += layers[i].name ? strlen(layers[i].name) + 1 : 24;
+	if (nunits && !units)
+		return rt_error(-EINVAL, "plan: no unit array");
+	if (map && ((map->nlayers && !map->layers) || (map->ntensors && !map->tensor_unit)))
+		return rt_error(-EINVAL, "plan: a map without its arrays");
+	for (uint32_t i = 0; i < nunits; i++) {
+		const struct plan_unit *u = &units[i];
+		if (u->component >= VRAM_COMP_COUNT)
+			return rt_error(-EINVAL, "plan: unit %u: component %u is not a component", i, u->component);
+		if (map && (u->layer >= map->nlayers || map->layers[u->layer].component != u->component))
+			return rt_error(-EINVAL, "plan: unit %u: layer %u is not a layer of its component", i, u->layer);
 		/* so that no per-component or per-device sum can overflow */
-		if (all > UINT64_MAX - layers[i].nbytes)
-			return rt_error(-EOVERFLOW, "plan: the layers add up to more than 2^64 bytes");
-		all += layers[i].nbytes;
+		if (all > UINT64_MAX - u->nbytes)
+			return rt_error(-EOVERFLOW, "plan: the units add up to more than 2^64 bytes");
+		all += u->nbytes;
 	}
+	for (uint32_t t = 0; map && t < map->ntensors; t++)
+		if (map->tensor_unit[t] >= nunits)
+			return rt_error(-EINVAL, "plan: tensor %u: unit %u is not a unit", t, map->tensor_unit[t]);
+	return 0;
+}
+
+/* Copies the units, the layers (the map's, else one per unit) and their
+ * names, and the tensors' units.  0 or -EINVAL/-ENOMEM/-EOVERFLOW. */
+static int plan_set_units(vram_plan *p, const struct plan_unit *units, uint32_t nunits, const struct plan_map *map)
+{
+	uint32_t nlayers = map ? map->nlayers : nunits;
+	size_t arena = 0;
+	int r = check_units(units, nunits, map);
+
+	if (r < 0)
+		return r;
+	for (uint32_t i = 0; i < nunits; i++)
+		arena += units[i].name ? strlen(units[i].name) + 1 : 24;
+	for (uint32_t i = 0; map && i < nlayers; i++)
+		arena += map->layers[i].name ? strlen(map->layers[i].name) + 1 : 24;
+	p->units = calloc(nunits ? nunits : 1, sizeof(*p->units));
 	p->layers = calloc(nlayers ? nlayers : 1, sizeof(*p->layers));
+	p->tensor_unit = malloc((map && map->ntensors ? map->ntensors : 1) * sizeof(*p->tensor_unit));
 	p->names = malloc(arena ? arena : 1);
-	if (!p->layers || !p->names)
-		return rt_error(-ENOMEM, "plan: out of memory for %u layers", nlayers);
+	if (!p->units || !p->layers || !p->tensor_unit || !p->names)
+		return rt_error(-ENOMEM, "plan: out of memory for %u units", nunits);
 	char *w = p->names;
-	for (uint32_t i = 0; i < nlayers; i++) {
-		struct plan_lay *l = &p->layers[i];
-		struct plan_comp *pc = &p->comp[layers[i].component];
-		l->comp = layers[i].component;
-		l->flags = layers[i].flags;
-		l->nbytes = layers[i].nbytes;
-		l->name = w;
-		if (layers[i].name)
-			w = stpcpy(w, layers[i].name) + 1;
+	for (uint32_t i = 0; i < nunits; i++) {
+		struct plan_u *u = &p->units[i];
+		u->comp = units[i].component;
+		u->flags = units[i].flags;
+		u->nbytes = units[i].nbytes;
+		u->layer = map ? units[i].layer : i;
+		u->name = w;
+		if (units[i].name)
+			w = stpcpy(w, units[i].name) + 1;
+		else
+			w += snprintf(w, 24, "unit %u", i) + 1;
+		p->comp[u->comp].bytes += u->nbytes;
+		p->comp[u->comp].nunits++;
+		p->layers[u->layer].nbytes += u->nbytes;
+		if (!map) {
+			p->layers[i].name = u->name;
+			p->layers[i].comp = u->comp;
+		}
+	}
+	for (uint32_t i = 0; map && i < nlayers; i++) {
+		p->layers[i].comp = map->layers[i].component;
+		p->layers[i].name = w;
+		if (map->layers[i].name)
+			w = stpcpy(w, map->layers[i].name) + 1;
 		else
 			w += snprintf(w, 24, "layer %u", i) + 1;
-		pc->bytes += l->nbytes;
-		pc->nlayers++;
 	}
+	if (map && map->ntensors)
+		memcpy(p->tensor_unit, map->tensor_unit, map->ntensors * sizeof(*p->tensor_unit));
+	for (uint32_t c = 0; map && c < VRAM_COMP_COUNT; c++)
+		str_copy(p->comp[c].order, map->order[c] ? map->order[c] : "", sizeof(p->comp[c].order));
+	p->nunits = nunits;
 	p->nlayers = nlayers;
+	p->ntensors = map ? map->ntensors : 0;
+	return 0;
+}
+
+/* Each layer's device (the one with most of its bytes; the first in
+ * placement order of those with as many), how many devices it spans and
+ * whether it is pinned, from its units'. */
+static int plan_layer_devices(vram_plan *p)
+{
+	uint32_t rank[PLAN_MAX_DEVICES];
+
+	for (uint32_t k = 0; k < p->ndevs; k++)
+		rank[p->order[k]] = k;
+	_cleanup_free_ uint64_t *by = calloc((size_t)p->nlayers * p->ndevs + 1, sizeof(*by));
+	_cleanup_free_ uint32_t *unpinned = calloc((size_t)p->nlayers + 1, sizeof(*unpinned));
+	_cleanup_free_ uint32_t *count = calloc((size_t)p->nlayers + 1, sizeof(*count));
+	if (!by || !unpinned || !count)
+		return rt_error(-ENOMEM, "plan: out of memory for %u layers", p->nlayers);
+	for (uint32_t i = 0; i < p->nunits; i++) {
+		const struct plan_u *u = &p->units[i];
+		by[(size_t)u->layer * p->ndevs + u->dev] += u->nbytes;
+		unpinned[u->layer] += !u->pinned;
+		count[u->layer]++;
+		/* a layer of zero-byte units still has a device */
+		if (!u->nbytes && !p->layers[u->layer].nbytes)
+			p->layers[u->layer].dev = u->dev;
+	}
+	for (uint32_t l = 0; l < p->nlayers; l++) {
+		struct plan_l *L = &p->layers[l];
+		uint64_t best = 0;
+		L->ndevs = 0;
+		L->pinned = count[l] && !unpinned[l];
+		for (uint32_t d = 0; d < p->ndevs; d++) {
+			uint64_t b = by[(size_t)l * p->ndevs + d];
+			if (!b)
+				continue;
+			L->ndevs++;
+			if (b > best || (b == best && rank[d] < rank[L->dev])) {
+				best = b;
+				L->dev = d;
+			}
+		}
+		if (!L->ndevs)
+			L->ndevs = 1;
+	}
 	return 0;
 }
 
@@ -547,7 +667,9 @@ void vram_plan_free(vram_plan *p)
 		return;
 	for (uint32_t c = 0; c < VRAM_COMP_COUNT; c++)
 		free(p->comp[c].allocation);
+	free(p->units);
 	free(p->layers);
+	free(p->tensor_unit);
 	free(p->names);
 	free(p->model);
 	free(p);
@@ -561,7 +683,7 @@ static void plan_freep(vram_plan **p)
 /* The planner core (plan.h): 0 with *ret_plan owned by the caller, or
  * -EINVAL (options, devices, allocation strings), -ENOSPC (does not fit),
  * -EOVERFLOW, -ENOMEM; *ret_plan untouched on failure. */
-int plan_build(const struct plan_layer *layers, uint32_t nlayers, const char *model,
+int plan_build(const struct plan_unit *units, uint32_t nunits, const struct plan_map *map, const char *model,
 	       const struct vram_plan_options *o, const struct vram_plan_device *devs,
 	       uint32_t ndevs, vram_plan **ret_plan)
 {
@@ -595,7 +717,7 @@ int plan_build(const struct plan_layer *layers, uint32_t nlayers, const char *mo
 	r = plan_set_devices(p, devs, ndevs);
 	if (r < 0)
 		return r;
-	r = plan_set_layers(p, layers, nlayers);
+	r = plan_set_units(p, units, nunits, map);
 	if (r < 0)
 		return r;
 
@@ -666,11 +788,13 @@ int plan_build(const struct plan_layer *layers, uint32_t nlayers, const char *mo
 	plan_whole(p, VRAM_COMP_VAE, (uint32_t)vae_dev);
 	plan_whole(p, VRAM_COMP_OTHER, (uint32_t)unet_dev);
 
-	for (uint32_t i = 0; i < p->nlayers; i++) {
-		const struct plan_lay *l = &p->layers[i];
-		p->comp[l->comp].placed[l->dev] += l->nbytes;
-		p->planned[l->dev] += l->nbytes;  /* sum of all layers: < 2^64 */
+	for (uint32_t i = 0; i < p->nunits; i++) {
+		const struct plan_u *u = &p->units[i];
+		p->comp[u->comp].placed[u->dev] += u->nbytes;
+		p->planned[u->dev] += u->nbytes;  /* sum of all units: < 2^64 */
 	}
+	if ((r = plan_layer_devices(p)) < 0)
+		return r;
 	r = plan_check_fit(p);
 	if (r < 0)
 		return r;
@@ -682,63 +806,76 @@ int plan_build(const struct plan_layer *layers, uint32_t nlayers, const char *mo
  * Adapter: vram_model -> plain arrays
  * ====================================================================== */
 
-/* Plans model m: reads its layers through the public getters and hands
- * them to plan_build().  Errors as plan_build, or the model getters'.  The
- * plan keeps copies; m may be closed afterwards. */
+/* Plans model m: its leaf modules in their registration order
+ * (modules.c), mapped onto its layers and tensors, through plan_build().
+ * Errors as plan_build, or the model getters'.  The plan keeps copies; m
+ * may be closed afterwards. */
 int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
 		     const struct vram_plan_device *devs, uint32_t ndevs, vram_plan **ret_plan)
 {
-	_cleanup_free_ struct plan_layer *layers = NULL;
+	_cleanup_(modules_free) struct mod_units mu = { 0 };
+	_cleanup_free_ struct plan_map_layer *layers = NULL;
+	struct plan_map map = { 0 };
+	int r;
 
 	rt_error_clear();
 	if (!m || !ret_plan)
 		return rt_error(-EINVAL, "vram_plan_create: bad arguments");
+	/* a load that converts stores tensors at their converted size */
+	uint32_t cast_to = 0, cast_from = 0;
+	if (o && o->struct_size > offsetof(struct vram_plan_options, cast_from)) {
+		cast_to = o->cast_to;
+		if ((r = dtype_cast_check(cast_to, o->cast_from, &cast_from)) < 0)
+			return r;
+	}
 	int n = vram_model_layer_count(m);
 	if (n < 0)
 		return n;
 	layers = calloc(n ? (size_t)n : 1, sizeof(*layers));
 	if (!layers)
 		return rt_error(-ENOMEM, "plan: out of memory for %d layers", n);
-	/* a load that converts stores layers at their converted size */
-	uint32_t cast_to = 0, cast_from = 0;
-	if (o && o->struct_size > offsetof(struct vram_plan_options, cast_from)) {
-		cast_to = o->cast_to;
-		int r = dtype_cast_check(cast_to, o->cast_from, &cast_from);
-		if (r < 0)
-			return r;
-	}
 	for (int i = 0; i < n; i++) {
 		struct vram_layer_info li = { .struct_size = sizeof(li) };
-		int r = vram_model_layer(m, (uint32_t)i, &li);
-		if (r < 0)
+		if ((r = vram_model_layer(m, (uint32_t)i, &li)) < 0)
 			return r;
-		layers[i].component = li.component;
-		layers[i].flags = li.flags;
-		layers[i].nbytes = li.nbytes;
-		layers[i].name = li.name;
-		if (!cast_to)
-			continue;
-		layers[i].nbytes = 0;
-		for (uint32_t t = li.first_tensor; t < li.first_tensor + li.ntensors; t++) {
-			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-			if ((r = vram_model_tensor(m, t, &ti)) < 0)
-				return r;
-			layers[i].nbytes += dtype_cast_nbytes(ti.dtype, ti.nbytes, cast_to, cast_from);
-		}
+		layers[i] = (struct plan_map_layer){ .component = li.component, .name = li.name };
 	}
-	return plan_build(layers, (uint32_t)n, vram_model_path(m), o, devs, ndevs, ret_plan);
+	if ((r = modules_from_model(m, cast_to, cast_from, &mu)) < 0)
+		return r;
+	map = (struct plan_map){ .nlayers = (uint32_t)n, .ntensors = mu.ntensors, .layers = layers,
+				 .tensor_unit = mu.tensor_unit };
+	for (uint32_t c = 0; c < VRAM_COMP_COUNT; c++)
+		map.order[c] = mod_family_name(mu.family[c]);
+	return plan_build(mu.units, mu.nunits, &map, vram_model_path(m), o, devs, ndevs, ret_plan);
 }
 
 /* ======================================================================
  * Getters
  * ====================================================================== */
 
-/* Device index of layer; -EINVAL for a bad plan or index. */
+/* Device index of layer (the one holding most of its bytes); -EINVAL for
+ * a bad plan or index. */
 int vram_plan_layer_device(const vram_plan *p, uint32_t layer)
 {
 	if (!p || layer >= p->nlayers)
 		return rt_error(-EINVAL, "vram_plan_layer_device: no layer %u", layer);
 	return (int)p->layers[layer].dev;
+}
+
+/* Device index of the model's tensor; -EINVAL for a bad plan or index. */
+int vram_plan_tensor_device(const vram_plan *p, uint32_t tensor)
+{
+	if (!p || tensor >= p->ntensors)
+		return rt_error(-EINVAL, "vram_plan_tensor_device: no tensor %u", tensor);
+	return (int)p->units[p->tensor_unit[tensor]].dev;
+}
+
+/* Device of unit (plan.h). */
+int plan_unit_device(const vram_plan *p, uint32_t unit)
+{
+	if (!p || unit >= p->nunits)
+		return -EINVAL;
+	return (int)p->units[unit].dev;
 }
 
 /* Compute device index of comp (vae: vae_device; other: the unet's);
@@ -758,6 +895,14 @@ uint64_t vram_plan_bytes(const vram_plan *p, uint32_t comp, uint32_t dev)
 	return p->comp[comp].placed[dev];
 }
 
+/* Bytes of comp the inputs ask of dev; 0 for bad arguments. */
+uint64_t vram_plan_asked_bytes(const vram_plan *p, uint32_t comp, uint32_t dev)
+{
+	if (!p || comp >= VRAM_COMP_COUNT || dev >= p->ndevs)
+		return 0;
+	return p->comp[comp].asked[dev];
+}
+
 /* comp's quota on dev after the pinned charge (plan.h); 0 for bad arguments. */
 uint64_t plan_quota(const vram_plan *p, uint32_t comp, uint32_t dev)
 {
@@ -766,7 +911,8 @@ uint64_t plan_quota(const vram_plan *p, uint32_t comp, uint32_t dev)
 	return p->comp[comp].quota[dev];
 }
 
-/* 1 if layer is pinned to its compute device, 0 if not, -EINVAL. */
+/* 1 if every unit of layer is pinned to its compute device, 0 if not,
+ * -EINVAL. */
 int plan_layer_pinned(const vram_plan *p, uint32_t layer)
 {
 	if (!p || layer >= p->nlayers)
@@ -829,10 +975,100 @@ static json_t *json_devmap(const vram_plan *p, const uint64_t *bytes, int *err)
 	return o;
 }
 
+/* Signed differences: placed - asked per device. */
+static json_t *json_diffmap(const vram_plan *p, const struct plan_comp *pc, int *err)
+{
+	json_t *o = json_object();
+	for (uint32_t d = 0; d < p->ndevs; d++) {
+		uint64_t a = pc->asked[d], b = pc->placed[d];
+		json_t *v;
+		if (a <= (uint64_t)INT64_MAX && b <= (uint64_t)INT64_MAX)
+			v = json_integer((json_int_t)b - (json_int_t)a);
+		else
+			v = json_real((double)b - (double)a);
+		jset(o, p->devs[d].name, v, err);
+	}
+	return o;
+}
+
+/* Runs of comp's distributed units in placement order on one device
+ * (pinned units are left out and do not break a run). */
+static json_t *json_ranges(const vram_plan *p, uint32_t comp, int *err)
+{
+	json_t *ranges = json_array();
+	int32_t first = -1, last = -1;
+	uint64_t run = 0;
+	uint32_t count = 0;
+
+	for (uint32_t i = 0; i <= p->nunits; i++) {
+		const struct plan_u *u = i < p->nunits ? &p->units[i] : NULL;
+		if (u && (u->comp != comp || u->pinned))
+			continue;
+		if (first >= 0 && (!u || u->dev != p->units[first].dev)) {
+			json_t *r = json_object();
+			jset(r, "device", json_string(p->devs[p->units[first].dev].name), err);
+			jset(r, "first_module", json_integer(first), err);
+			jset(r, "last_module", json_integer(last), err);
+			jset(r, "first", json_string(p->units[first].name), err);
+			jset(r, "last", json_string(p->units[last].name), err);
+			jset(r, "modules", json_integer(count), err);
+			jset(r, "bytes", json_u64(run), err);
+			jappend(ranges, r, err);
+			first = -1;
+		}
+		if (!u)
+			break;
+		if (first < 0) {
+			first = (int32_t)i;
+			run = 0;
+			count = 0;
+		}
+		last = (int32_t)i;
+		run += u->nbytes;
+		count++;
+	}
+	return ranges;
+}
+
+/* Every layer of comp: its device, and its bytes per device where the
+ * plan splits it. */
+static json_t *json_layers(const vram_plan *p, uint32_t comp, int *err)
+{
+	json_t *layers = json_array();
+	_cleanup_free_ uint64_t *by = NULL;
+
+	for (uint32_t l = 0; l < p->nlayers; l++) {
+		const struct plan_l *L = &p->layers[l];
+		if (L->comp != comp)
+			continue;
+		json_t *lj = json_object(), *split = NULL;
+		jset(lj, "index", json_integer(l), err);
+		jset(lj, "name", json_string(L->name), err);
+		jset(lj, "bytes", json_u64(L->nbytes), err);
+		jset(lj, "device", json_string(p->devs[L->dev].name), err);
+		jset(lj, "pinned", json_boolean(L->pinned), err);
+		if (L->ndevs > 1 && (by || (by = malloc(p->ndevs * sizeof(*by))))) {
+			memset(by, 0, p->ndevs * sizeof(*by));
+			for (uint32_t i = 0; i < p->nunits; i++)
+				if (p->units[i].layer == l)
+					by[p->units[i].dev] += p->units[i].nbytes;
+			split = json_object();
+			for (uint32_t d = 0; d < p->ndevs; d++)
+				if (by[d])
+					jset(split, p->devs[d].name, json_u64(by[d]), err);
+		} else if (L->ndevs > 1) {
+			*err = 1;
+		}
+		jset(lj, "split", split ? split : json_null(), err);
+		jappend(layers, lj, err);
+	}
+	return layers;
+}
+
 static json_t *json_component(const vram_plan *p, uint32_t comp, int *err)
 {
 	const struct plan_comp *pc = &p->comp[comp];
-	json_t *o = json_object(), *ranges = json_array(), *layers = json_array();
+	json_t *o = json_object();
 
 	jset(o, "compute_device", json_string(p->devs[pc->compute].name), err);
 	jset(o, "bytes", json_u64(pc->bytes), err);
@@ -845,48 +1081,15 @@ static json_t *json_component(const vram_plan *p, uint32_t comp, int *err)
 		jset(o, "virtual_vram_gb", json_null(), err);
 		jset(o, "donor_device", json_null(), err);
 	}
+	jset(o, "module_order", pc->order[0] ? json_string(pc->order) : json_null(), err);
+	jset(o, "modules", json_integer(pc->nunits), err);
 	jset(o, "pinned_bytes", json_u64(pc->pinned_bytes), err);
+	jset(o, "asked", json_devmap(p, pc->asked, err), err);
 	jset(o, "quota", json_devmap(p, pc->quota, err), err);
 	jset(o, "placement", json_devmap(p, pc->placed, err), err);
-
-	/* ranges: maximal runs of the component's layers (in model order) on
-	 * one device */
-	int32_t first = -1, last = -1;
-	uint64_t run = 0;
-	for (uint32_t i = 0; i <= p->nlayers; i++) {
-		const struct plan_lay *l = i < p->nlayers ? &p->layers[i] : NULL;
-		if (l && l->comp != comp)
-			continue;
-		if (first >= 0 && (!l || l->dev != p->layers[first].dev)) {
-			json_t *r = json_object();
-			jset(r, "device", json_string(p->devs[p->layers[first].dev].name), err);
-			jset(r, "first_layer", json_integer(first), err);
-			jset(r, "last_layer", json_integer(last), err);
-			jset(r, "first", json_string(p->layers[first].name), err);
-			jset(r, "last", json_string(p->layers[last].name), err);
-			jset(r, "bytes", json_u64(run), err);
-			jappend(ranges, r, err);
-			first = -1;
-		}
-		if (!l)
-			break;
-		if (first < 0) {
-			first = (int32_t)i;
-			run = 0;
-		}
-		last = (int32_t)i;
-		run += l->nbytes;
-
-		json_t *lj = json_object();
-		jset(lj, "index", json_integer(i), err);
-		jset(lj, "name", json_string(l->name), err);
-		jset(lj, "bytes", json_u64(l->nbytes), err);
-		jset(lj, "device", json_string(p->devs[l->dev].name), err);
-		jset(lj, "pinned", json_boolean(l->pinned), err);
-		jappend(layers, lj, err);
-	}
-	jset(o, "ranges", ranges, err);
-	jset(o, "layers", layers, err);
+	jset(o, "difference", json_diffmap(p, pc, err), err);
+	jset(o, "ranges", json_ranges(p, comp, err), err);
+	jset(o, "layers", json_layers(p, comp, err), err);
 	return o;
 }
 

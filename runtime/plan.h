@@ -60,29 +60,58 @@ int alloc_quotas(const char *what, const char *s, const struct alloc_spec *spec,
 		 const uint64_t *dev_total, uint32_t ndevs, int cpu_dev,
 		 uint64_t comp_bytes, uint64_t *ret_quota);
 
-/* One layer as the planner core sees it. */
-struct plan_layer {
+/* One unit of placement as the planner core sees it: a leaf module (a
+ * module's own tensors together; runtime/modules.h), or whatever a caller
+ * of plan_build() places as a whole. */
+struct plan_unit {
 	uint32_t component;      /* enum vram_component */
-	uint32_t flags;          /* VRAM_LAYER_* */
+	uint32_t flags;          /* VRAM_LAYER_EMBEDDING: a text encoder's embedding */
 	uint64_t nbytes;
-	const char *name;        /* borrowed; NULL: "layer N" */
+	const char *name;        /* borrowed; NULL: "unit N" */
+	uint32_t layer;          /* its model layer (with a plan_map) */
+	uint32_t pad;
 };
 
-/* The planner core: plans nlayers layers (in model order) on ndevs devices
- * with options o (NULL: defaults).  model is a name recorded in the plan
- * (NULL: none).  Names are copied; nothing is borrowed after return.
- * Errors as vram_plan_create(). */
-int plan_build(const struct plan_layer *layers, uint32_t nlayers, const char *model,
+/* A model layer, for a plan_map. */
+struct plan_map_layer {
+	uint32_t component;
+	uint32_t pad;
+	const char *name;        /* borrowed */
+};
+
+/* How the units map onto a model (optional): its layers, which units make
+ * each (struct plan_unit.layer), the unit of each tensor, and the module
+ * order each component's units follow (for the JSON). */
+struct plan_map {
+	uint32_t nlayers;
+	uint32_t ntensors;
+	const struct plan_map_layer *layers;
+	const uint32_t *tensor_unit;
+	const char *order[VRAM_COMP_COUNT];   /* "sd-unet", "natural", ... */
+};
+
+/* The planner core: places nunits units, given per component in
+ * placement order (the component's tail last), on ndevs devices with
+ * options o (NULL: defaults).  map (NULL: none; then every unit is a
+ * layer of its own and the plan has no tensors) ties them to a model's
+ * layers and tensors.  model is a name recorded in the plan (NULL: none).
+ * Names are copied; nothing is borrowed after return.  Errors as
+ * vram_plan_create(). */
+int plan_build(const struct plan_unit *units, uint32_t nunits, const struct plan_map *map, const char *model,
 	       const struct vram_plan_options *o, const struct vram_plan_device *devs,
 	       uint32_t ndevs, vram_plan **ret_plan);
+
+/* Device of unit (index into the units given to plan_build), or -EINVAL. */
+int plan_unit_device(const vram_plan *p, uint32_t unit);
 
 /* The quota the planner gave comp on dev after tiny/embedding layers were
  * charged to the compute device (for tests: a device before the last one
  * with a quota never gets more than this).  0 for bad arguments. */
 uint64_t plan_quota(const vram_plan *p, uint32_t comp, uint32_t dev);
 
-/* 1 if layer is pinned to its component's compute device (tiny or a CLIP
- * embedding), 0 if not, -EINVAL for a bad index. */
+/* 1 if every unit of layer is pinned to its component's compute device
+ * (its layer is tiny, or it is a text encoder's embedding), 0 if not,
+ * -EINVAL for a bad index.  Without a map, layer is a unit. */
 int plan_layer_pinned(const vram_plan *p, uint32_t layer);
 
 /* Placement order of device names: cuda:N by N, then other names in list

@@ -53,7 +53,7 @@ struct vram_uvm_pager {
 	uint32_t depth;
 	uint32_t nlayers;
 	struct ulayer *layers;
-	uint64_t *toff;          /* tensor offset within its layer */
+	uint64_t *toff;          /* tensor offset within its layer's managed part (UINT64_MAX: not managed) */
 	uint32_t *tlayer;        /* tensor -> layer */
 	uint32_t ndev;
 	struct udev dev[VRAMD_MAX_DEVICES];
@@ -193,7 +193,7 @@ static int udev_fill(vram_uvm_pager *p, uint32_t i)
 		}
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
 			uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
-			if (nb)
+			if (nb && p->toff[t] != UINT64_MAX)
 				memcpy((char *)(uintptr_t)(u->base + L->off + p->toff[t]),
 				       vram_loaded_tensor_host_ptr(p->l, t), (size_t)nb);
 		}
@@ -242,16 +242,24 @@ int vram_uvm_pager_create(vram_loaded *l, const vram_plan *plan, uint32_t depth,
 		struct ulayer *L = &p->layers[li];
 		L->first = info.first_tensor;
 		L->ntensors = info.ntensors;
+		int compute = cdev[info.component];
+		/* A layer the plan split between devices (it places modules):
+		 * its part off the compute device is managed, its part on it
+		 * stays where it is (toff UINT64_MAX). */
+		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
+		for (uint32_t t = L->first; home == compute && t < L->first + L->ntensors; t++)
+			home = vram_loaded_tensor_device(l, t);
 		uint64_t packed = 0;
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
+			p->tlayer[t] = li;
+			p->toff[t] = UINT64_MAX;
+			if (compute >= 0 && vram_loaded_tensor_device(l, t) == compute)
+				continue;
 			packed = align_to(packed, TENSOR_ALIGN);
 			p->toff[t] = packed;
-			p->tlayer[t] = li;
 			packed += vram_loaded_tensor_nbytes(l, t); /* as loaded (maybe converted) */
 		}
 		L->bytes = packed;
-		int home = L->ntensors ? vram_loaded_tensor_device(l, L->first) : -1;
-		int compute = cdev[info.component];
 		L->dev = home;
 		if (compute < 0 || home == compute || !packed)
 			continue;
@@ -260,7 +268,7 @@ int vram_uvm_pager_create(vram_loaded *l, const vram_plan *plan, uint32_t depth,
 			return rt_error(-EINVAL, "UVM pager: layer %s is in no memory (dropped by reclaim)", info.name);
 		}
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++)
-			if (!vram_loaded_tensor_host_ptr(l, t)) {
+			if (p->toff[t] != UINT64_MAX && !vram_loaded_tensor_host_ptr(l, t)) {
 				struct vram_device_info di = { .struct_size = sizeof(di) };
 				vram_device_info(c, (uint32_t)home, &di);
 				vram_uvm_pager_free(p);
@@ -382,7 +390,7 @@ uint64_t vram_uvm_tensor_device_ptr(const vram_uvm_pager *p, uint32_t tensor)
 	const struct ulayer *L = &p->layers[p->tlayer[tensor]];
 	if (L->refs == 0)
 		return 0;
-	if (!L->managed)
+	if (!L->managed || p->toff[tensor] == UINT64_MAX)
 		return vram_loaded_tensor_device_ptr(p->l, tensor);
 	return p->dev[L->dev].base + L->off + p->toff[tensor];
 }

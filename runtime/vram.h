@@ -82,6 +82,9 @@ struct vram_device_info {
 	uint64_t ready_refilled; /* bytes it was refilled with, in all */
 	uint64_t cache;          /* of used, bytes in shared read-only copies */
 	uint64_t cache_max;      /* their budget */
+	uint64_t cache_hits;     /* loads of a chunk served by a copy that was there */
+	uint64_t cache_fills;    /* copies filled */
+	uint64_t cache_evictions;/* copies evicted */
 };
 
 /* Connects to the broker at socket_path (NULL: $VRAMD_SOCKET, else
@@ -236,6 +239,17 @@ VRAM_API int vram_quota_list(vram_client *c, char **ret_json);
 /* Asks client id to release all its reclaimable memory; the broker
  * disconnects it if it still holds some after the deadline. */
 VRAM_API int vram_evict(vram_client *c, uint32_t client_id);
+/* The broker's shared copies as JSON (docs/vramctl.md, "cache"): every
+ * copy for admins, the ones the caller maps for others; free() it. */
+VRAM_API int vram_cache_list(vram_client *c, char **ret_json);
+#define VRAM_CACHE_DROP_ALL   (1u << 0) /* every copy, fd -1 (admin) */
+#define VRAM_CACHE_DROP_FORCE (1u << 1) /* copies in use too: their users are asked to let go (admin) */
+/* Drops the shared copies of the file open at fd (proof that the caller may
+ * read it), or every copy (VRAM_CACHE_DROP_ALL, fd -1).  Copies nobody
+ * maps go at once; -EBUSY naming how many are in use, unless FORCE.
+ * -EPERM for ALL or FORCE from a non-admin. */
+VRAM_API int vram_cache_drop(vram_client *c, int fd, uint32_t flags);
+
 /* Makes the broker re-read its config file's limits and the quota file. */
 VRAM_API int vram_reload(vram_client *c);
 
@@ -245,7 +259,9 @@ VRAM_API int vram_reload(vram_client *c);
 
 typedef struct vram_model vram_model;
 
-/* safetensors dtypes, in the order of facts.md §3. */
+/* safetensors dtypes, in the order of facts.md §3, then GGUF's
+ * block-quantised types (ggml's order; docs/formats.md), which are stored
+ * and loaded as their blocks and never converted.  Values only grow. */
 enum vram_dtype {
 	VRAM_DTYPE_BOOL, VRAM_DTYPE_F4, VRAM_DTYPE_F6_E2M3, VRAM_DTYPE_F6_E3M2,
 	VRAM_DTYPE_U8, VRAM_DTYPE_I8, VRAM_DTYPE_F8_E5M2, VRAM_DTYPE_F8_E4M3,
@@ -253,12 +269,26 @@ enum vram_dtype {
 	VRAM_DTYPE_I16, VRAM_DTYPE_U16, VRAM_DTYPE_F16, VRAM_DTYPE_BF16,
 	VRAM_DTYPE_I32, VRAM_DTYPE_U32, VRAM_DTYPE_F32, VRAM_DTYPE_C64,
 	VRAM_DTYPE_F64, VRAM_DTYPE_I64, VRAM_DTYPE_U64,
+	VRAM_DTYPE_Q4_0, VRAM_DTYPE_Q4_1, VRAM_DTYPE_Q5_0, VRAM_DTYPE_Q5_1,
+	VRAM_DTYPE_Q8_0, VRAM_DTYPE_Q8_1, VRAM_DTYPE_Q2_K, VRAM_DTYPE_Q3_K,
+	VRAM_DTYPE_Q4_K, VRAM_DTYPE_Q5_K, VRAM_DTYPE_Q6_K, VRAM_DTYPE_Q8_K,
+	VRAM_DTYPE_IQ2_XXS, VRAM_DTYPE_IQ2_XS, VRAM_DTYPE_IQ3_XXS, VRAM_DTYPE_IQ1_S,
+	VRAM_DTYPE_IQ4_NL, VRAM_DTYPE_IQ3_S, VRAM_DTYPE_IQ2_S, VRAM_DTYPE_IQ4_XS,
+	VRAM_DTYPE_IQ1_M, VRAM_DTYPE_TQ1_0, VRAM_DTYPE_TQ2_0, VRAM_DTYPE_MXFP4,
+	VRAM_DTYPE_NVFP4, VRAM_DTYPE_Q1_0,
 	VRAM_DTYPE_COUNT
 };
-/* "F16" etc., NULL when out of range. */
+/* "F16", "Q4_K" etc., NULL when out of range. */
 VRAM_API const char *vram_dtype_name(uint32_t dtype);
-/* Bits per element (4, 6, 8, ..., 64); 0 when out of range. */
+/* Bits per element (4, 6, 8, ..., 64); 0 for a block-quantised dtype
+ * (vram_dtype_block) and when out of range. */
 VRAM_API uint32_t vram_dtype_bits(uint32_t dtype);
+/* The smallest whole-byte unit of dtype: *ret_elems elements in
+ * *ret_bytes bytes (F16: 1 in 2; F4: 2 in 1; F6_*: 4 in 3; Q4_K: 256 in
+ * 144).  0, or -EINVAL out of range (outputs untouched).  A tensor's size
+ * in bytes is elements / elems * bytes.  Since 0.2 (libvram.map
+ * VRAM_0.2). */
+VRAM_API int vram_dtype_block(uint32_t dtype, uint32_t *ret_elems, uint32_t *ret_bytes);
 
 /* ComfyUI's split of a checkpoint, by key prefix. */
 enum vram_component {
@@ -301,12 +331,17 @@ struct vram_component_info {
 	uint64_t nbytes;
 };
 
-/* Opens and validates a checkpoint (safetensors).  The file is opened once,
- * here, and that fd is kept until vram_model_close: vram_load and the pager
- * read the tensors through it, so a file renamed over the path later is
- * never read (one modified in place is refused with -ESTALE).  -EINVAL (or
- * -EFBIG, -EOVERFLOW) with vram_last_error() = "PATH: invalid safetensors:
- * REASON" for a malformed file; -errno from open/read otherwise. */
+/* Opens and validates a checkpoint: safetensors, GGUF or a PyTorch zip
+ * (torch.save: .ckpt, .pt, .pth, .bin), told apart by their first bytes
+ * (docs/formats.md).  The file is opened once, here, and that fd is kept
+ * until vram_model_close: vram_load and the pager read the tensors through
+ * it, so a file renamed over the path later is never read (one modified in
+ * place is refused with -ESTALE).  -EINVAL (or -EFBIG, -EOVERFLOW) with
+ * vram_last_error() = "PATH: invalid safetensors: REASON" ("invalid
+ * GGUF", "invalid PyTorch checkpoint") for a malformed or refused file;
+ * -ENOTSUP "PATH: unsupported FORMAT: REASON" for a valid one vramd cannot
+ * serve (legacy torch files, compressed zip records, non-contiguous
+ * tensors, big-endian GGUF); -errno from open/read otherwise. */
 VRAM_API int vram_model_open(const char *path, vram_model **ret_model);
 /* Frees m and closes its fd.  NULL is fine. */
 VRAM_API void vram_model_close(vram_model *m);
@@ -317,9 +352,11 @@ VRAM_API void vram_model_close(vram_model *m);
  * vram_model_close.  -EINVAL for NULL.  Since 0.2 (libvram.map VRAM_0.2). */
 VRAM_API int vram_model_fd(const vram_model *m);
 VRAM_API const char *vram_model_path(const vram_model *m);
-VRAM_API const char *vram_model_format(const vram_model *m); /* "safetensors" */
+VRAM_API const char *vram_model_format(const vram_model *m); /* "safetensors", "gguf", "pytorch" */
 VRAM_API uint64_t vram_model_file_size(const vram_model *m);
-VRAM_API uint64_t vram_model_header_size(const vram_model *m); /* JSON bytes */
+/* safetensors: JSON bytes; GGUF: bytes before the data's padding; PyTorch:
+ * bytes of data.pkl. */
+VRAM_API uint64_t vram_model_header_size(const vram_model *m);
 VRAM_API uint64_t vram_model_data_offset(const vram_model *m);
 VRAM_API uint64_t vram_model_data_size(const vram_model *m);
 VRAM_API int vram_model_tensor_count(const vram_model *m);
@@ -329,7 +366,8 @@ VRAM_API int vram_model_find_tensor(const vram_model *m, const char *name);
 VRAM_API int vram_model_layer_count(const vram_model *m);
 VRAM_API int vram_model_layer(const vram_model *m, uint32_t index, struct vram_layer_info *ret_info);
 VRAM_API int vram_model_component(const vram_model *m, uint32_t comp, struct vram_component_info *ret_info);
-/* __metadata__ entries. */
+/* The file's own key/value metadata: safetensors' __metadata__, GGUF's
+ * metadata as text (docs/formats.md); none for PyTorch. */
 VRAM_API int vram_model_metadata_count(const vram_model *m);
 VRAM_API int vram_model_metadata(const vram_model *m, uint32_t index, const char **ret_key, const char **ret_value);
 
@@ -353,7 +391,7 @@ struct vram_plan_options {
 	const char *unet_expert_mode_allocations; /* "" or NULL: none */
 	const char *clip_expert_mode_allocations;
 	/* The load will convert (vram_load_options' fields of the same names,
-	 * same rules): layers are counted at their converted size.  0: none. */
+	 * same rules): tensors are counted at their converted size.  0: none. */
 	uint32_t    cast_to;
 	uint32_t    cast_from;
 };
@@ -377,19 +415,32 @@ VRAM_API int vram_plan_devices_parse(const char *spec, struct vram_plan_device *
 /* The broker's devices (available = total - used). */
 VRAM_API int vram_plan_devices_from_client(const vram_client *c, struct vram_plan_device *ret_devs, uint32_t max, uint32_t *ret_n);
 
-/* Plans m on devs.  -EINVAL with a message naming the input for bad options
- * or allocation strings; -ENOSPC naming the device and the shortfall when
+/* Plans m on devs: places its leaf modules (a module's tensors together)
+ * in the order ComfyUI registers them, tail first (docs/plan.md), so a
+ * layer (block) may be split between two devices where one device's share
+ * ends.  -EINVAL with a message naming the input for bad options or
+ * allocation strings; -ENOSPC naming the device and the shortfall when
  * the plan cannot fit. */
 VRAM_API int vram_plan_create(const vram_model *m, const struct vram_plan_options *o,
 			      const struct vram_plan_device *devs, uint32_t ndevs, vram_plan **ret_plan);
 VRAM_API void vram_plan_free(vram_plan *p);
 
-/* Device (index into the devs given to vram_plan_create) that holds layer. */
+/* Device (index into the devs given to vram_plan_create) that holds layer:
+ * for a layer the plan splits between devices, the one holding most of
+ * its bytes (vram_plan_tensor_device says where each tensor goes). */
 VRAM_API int vram_plan_layer_device(const vram_plan *p, uint32_t layer);
+/* Device of the model's tensor (its module's); -EINVAL for a bad index.
+ * The loader places by this.  Since 0.2 (libvram.map VRAM_0.2). */
+VRAM_API int vram_plan_tensor_device(const vram_plan *p, uint32_t tensor);
 /* Compute device of a component (for the VAE: vae_device). */
 VRAM_API int vram_plan_compute_device(const vram_plan *p, uint32_t comp);
 /* Bytes of comp placed on device dev. */
 VRAM_API uint64_t vram_plan_bytes(const vram_plan *p, uint32_t comp, uint32_t dev);
+/* Bytes of comp the inputs ask of device dev (an allocation string's
+ * share, virtual VRAM's B - V and V, a whole component's bytes): placed
+ * minus asked is the device's excess (shortfall when negative), within one
+ * module for every device but the last one with a share.  Since 0.2. */
+VRAM_API uint64_t vram_plan_asked_bytes(const vram_plan *p, uint32_t comp, uint32_t dev);
 VRAM_API uint32_t vram_plan_device_count(const vram_plan *p);
 VRAM_API const char *vram_plan_device_name(const vram_plan *p, uint32_t dev);
 VRAM_API uint32_t vram_plan_flags(const vram_plan *p);
@@ -445,6 +496,15 @@ struct vram_load_options {
  * on the cpu pool instead: a pager pages it from there and moves it back
  * when memory is offered (docs/paging.md). */
 #define VRAM_LOAD_RECLAIMABLE (1u << 0)
+/* Serve the load from broker-owned read-only copies where the device keeps
+ * them (docs/design.md, "Shared copies"): the first load of a file fills a
+ * copy the broker reads itself, every later one (by any process that can
+ * read the file) maps it, and a load that asks while it is being filled
+ * waits for it instead of reading the file again.  Tensors in a copy are
+ * read-only (writing them faults): vram_loaded_make_private gives a tensor
+ * a private, writable copy.  Where the broker cannot share (no copies on
+ * the device, its budget full, limits) the chunk is loaded privately. */
+#define VRAM_LOAD_SHARED      (1u << 1)
 
 VRAM_API void vram_load_options_init(struct vram_load_options *o);
 
@@ -478,8 +538,24 @@ struct vram_load_stats {
 	uint64_t cpu_ns;         /* CPU time of the loading thread(s) */
 	uint64_t grants;
 	uint64_t converted;      /* tensors converted (cast_to) */
+	/* 0.2: shared copies (VRAM_LOAD_SHARED) */
+	uint64_t shared_bytes;   /* bytes served from shared copies */
+	uint32_t share_hits;     /* chunks whose copy was there */
+	uint32_t share_filled;   /* chunks whose copy this load had the broker fill */
+	uint32_t share_waited;   /* chunks whose copy another load was filling */
+	uint32_t share_refused;  /* chunks loaded privately: the broker could not share them */
+	char     share_why[128]; /* why the last refused one was */
 };
 VRAM_API int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret_stats);
+
+/* Gives tensor a private, writable copy of its bytes (in a grant of the
+ * client's own on the same device) when it is in a shared copy: a LoRA
+ * patches that, never the copy every instance maps.  A no-op for a tensor
+ * that is private already.  The tensor's pointers change: take them
+ * again.  0, or -EINVAL / vram_alloc's errors. */
+VRAM_API int vram_loaded_make_private(vram_loaded *l, uint32_t tensor);
+/* 1 if tensor is in a shared read-only copy, 0 if not, -EINVAL. */
+VRAM_API int vram_loaded_tensor_shared(const vram_loaded *l, uint32_t tensor);
 
 /* ======================================================================
  * Paging (donor layers served through a window on the compute device)

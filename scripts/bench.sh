@@ -6,7 +6,11 @@
 #                real file system: O_DIRECT does not work on tmpfs)
 #   BENCH_OUT    results file (default $BUILD/bench/results.txt)
 #   BENCH_ONLY   "pager" to run only the paging and two-client parts,
-#                "load" to run only the loading part
+#                "load" to run only the loading part, "share" only the
+#                shared copies (scripts/bench-share.sh), "busy" only busy
+#                clients sharing one GPU (issue 12: scripts/bench-busy.sh,
+#                BENCH_BUSY_SCALE, BENCH_BUSY_RUNS)
+#   BENCH_ROUNDS, BENCH_FIO_SHAPES, BENCH_ALLOC_N: see scripts/bench-load.sh
 #
 # Cold runs drop the page cache (root only; otherwise they are skipped and
 # the report says so).  Every loader's destination memory is fresh memory it
@@ -32,6 +36,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+if [ "${BENCH_ONLY:-}" = share ]; then
+	exec sh scripts/bench-share.sh
+fi
+if [ "${BENCH_ONLY:-}" = busy ]; then
+	exec sh scripts/bench-busy.sh
+fi
 if [ ! -s "$FILE" ]; then
 	echo "== writing a $SIZE-byte checkpoint (~2,500 tensors, SDXL-like) to $FILE"
 	"$PY" tests/make_checkpoint.py --out "$FILE.tmp" --size "$SIZE" --seed 7
@@ -52,7 +62,7 @@ fio_gbps() { # $1 direct(0/1)
 }
 mmap_gbps() { "$BUILD/tests/helper-mmapload" "$FILE" | awk '{ printf "%.3f %.3f", $1 / $2 / 1e9, $3 / ($1 / 1e9) }'; }
 vramd_gbps() { # $1 device, $2 io mode
-	$VRAMCTL load "$FILE" --device "$1" --io "$2" --json |
+	$VRAMCTL load "$FILE" --device "$1" --io "$2" --private --json |
 		"$PY" -c 'import json,sys; d=json.load(sys.stdin); print("%.3f %.3f" % (d["gbps"], d["cpu_seconds"] / (d["bytes"] / 1e9)))'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
@@ -74,42 +84,13 @@ say "memory: first touch of 1 GiB of fresh shared memory (dd to /dev/shm): $MEM"
 say ""
 
 if [ "${BENCH_ONLY:-}" != pager ]; then
-# Warm-up: one load so that every contender meets host pages that exist.
-warm; vramd_gbps cpu buffered > /dev/null
-
-if [ $CAN_DROP -eq 1 ]; then
-	drop; FIO_D=$(fio_gbps 1)
-	drop; FIO_B=$(fio_gbps 0)
-	drop; set -- $(mmap_gbps); MM_C=$1; MM_C_CPU=$2
-	drop; set -- $(vramd_gbps cpu auto); VR_C=$1; VR_C_CPU=$2
-	drop; set -- $(vramd_gbps cuda:0 auto); VG_C=$1
-	say "cold (page cache dropped)                 GB/s   CPU s/GB"
-	say "  fio O_DIRECT io_uring (ceiling)       $FIO_D"
-	say "  fio buffered                          $FIO_B"
-	say "  mmap + copy (safetensors-style)       $MM_C   $MM_C_CPU"
-	say "  vramd -> cpu pool (direct landing)    $VR_C   $VR_C_CPU"
-	say "  vramd -> simulated GPU (staged)       $VG_C"
-	say "  ratio vramd/fio-direct   $(ratio "$VR_C" "$FIO_D")   (target >= 0.90)"
-	say "  ratio vramd/mmap         $(ratio "$VR_C" "$MM_C")   (target >= 3)"
-else
-	say "cold: skipped (dropping the page cache needs root)"
-fi
-warm
-W_B=$(fio_gbps 0)
-set -- $(mmap_gbps); MM_W=$1; MM_W_CPU=$2
-set -- $(vramd_gbps cpu auto); VR_W=$1; VR_W_CPU=$2
-set -- $(vramd_gbps cuda:0 auto); VG_W=$1
-say ""
-say "warm (file in the page cache)             GB/s   CPU s/GB"
-say "  fio buffered (ceiling)                $W_B"
-say "  mmap + copy (safetensors-style)       $MM_W   $MM_W_CPU"
-say "  vramd -> cpu pool                     $VR_W   $VR_W_CPU"
-say "  vramd -> simulated GPU (staged)       $VG_W"
-say "  ratio vramd/buffered     $(ratio "$VR_W" "$W_B")   (target >= 0.80)"
-say "  ratio vramd/mmap         $(ratio "$VR_W" "$MM_W")"
-say ""
+# Loading: interleaved rounds against fio's best shape and the peers, with
+# and without the ready reserve, and ALLOC round trips (scripts/bench-load.sh,
+# which starts brokers of its own).
+VRAM_BUILD="$BUILD" VRAM_PYTHON="$PY" BENCH_FILE="$FILE" BENCH_DIR="$DIR" BENCH_OUT="$OUT" sh scripts/bench-load.sh
 fi
 if [ "${BENCH_ONLY:-}" = load ]; then
+	sh scripts/bench-share.sh
 	say "results in $OUT"
 	exit 0
 fi
@@ -169,4 +150,6 @@ say "two clients on a simulated 8 GiB GPU, each loading 6 GiB onto it:"
 say "  client A exit $RA, client B exit $RB, $(awk -v a="$T0" -v b="$T1" 'BEGIN { printf "%.1f", b - a }') s"
 say "  $(grep -c 'RECLAIM' "$DIR/vramd2.log" || true) RECLAIM requests, $(grep -c 'ignored RECLAIM' "$DIR/vramd2.log" || true) ignored; bytes used after both exit: $USED"
 say ""
+sh scripts/bench-share.sh
+sh scripts/bench-busy.sh
 say "results in $OUT"

@@ -3,8 +3,8 @@
 #  - no file in broker/ over 800 lines;
 #  - no function in broker/, runtime/, common/ or tools/ over 150 lines;
 #  - broker/: a file includes only the headers of layers below its own
-#    (log/pool/config < internal < conn < grant < fair < alloc < admin <
-#    dispatch < client < broker), and config.c and the pool backends include only
+#    (log/pool/config < internal < conn < grant < cache < fair < alloc <
+#    admin < dispatch < client < broker), and config.c and the pool backends include only
 #    pool/config/log headers.
 # Prints each breach and exits 1 if there is one.
 set -u
@@ -40,29 +40,32 @@ rank() {
 	internal.h) echo 1 ;;
 	conn.h) echo 2 ;;
 	grant.h) echo 3 ;;
-	fair.h) echo 4 ;;
-	alloc.h) echo 5 ;;
-	admin.h) echo 6 ;;
-	dispatch.h) echo 7 ;;
-	client.h) echo 8 ;;
-	broker.h) echo 9 ;;
+	cache.h|cache-int.h) echo 4 ;;
+	fair.h) echo 5 ;;
+	alloc.h) echo 6 ;;
+	admin.h) echo 7 ;;
+	dispatch.h) echo 8 ;;
+	client.h) echo 9 ;;
+	broker.h) echo 10 ;;
 	*) echo 99 ;;
 	esac
 }
 for f in broker/*.c broker/*.h; do
 	base=$(basename "$f")
 	case "$base" in
-	main.c) own=10 ;;
+	main.c) own=11 ;;
 	config.c|pool.c|pool-*.c|log.c) own=base ;;
 	quota.c|quota-*.c) own=quota ;;
+	cache.c|cache-*.c|cache-int.h) own=cache ;;
 	*.c) own=$(rank "${base%.c}.h") ;;
 	*.h) own=$(rank "$base") ;;
 	esac
 	for inc in $(sed -n 's|^#include "broker/\(.*\)"|\1|p' "$f"); do
 		[ "$inc" = "${base%.c}.h" ] && continue
 		case "$own:$inc" in
-		base:log.h|base:pool.h|base:config.h|quota:quota.h) continue ;;
+		base:log.h|base:pool.h|base:config.h|quota:quota.h|cache:cache.h|cache:cache-int.h) continue ;;
 		base:*|quota:*) ok=no ;;
+		cache:*) r=$(rank "$inc"); if [ "$r" -lt 4 ]; then ok=yes; else ok=no; fi ;;
 		*) r=$(rank "$inc"); if [ "$r" -lt "$own" ]; then ok=yes; else ok=no; fi ;;
 		esac
 		if [ "$ok" = no ]; then

@@ -2,8 +2,9 @@
 # Installs what the build and tests need and is missing; quiet when all is there.
 #   Debian packages with apt-get (one `apt-get update` first: a fresh
 #   machine's lists are stale), Python test dependencies (the reference
-#   implementations safetensors, gguf and numpy; torch for the binding's and
-#   the ComfyUI node's tests, CPU-only use of PyPI's wheel) from PyPI into a
+#   implementations safetensors, gguf and numpy; torch, whose torch.save and
+#   torch.load the PyTorch reader is checked against, and for the binding's
+#   and the ComfyUI node's tests, CPU-only use of PyPI's wheel) from PyPI into a
 #   local venv.
 set -eu
 PYTHON=${1:-python3}

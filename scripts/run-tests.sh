@@ -6,8 +6,10 @@ pass=0 fail=0 skip=0 failed=""
 for t in "$@"; do
 	name=$(basename "$t")
 	echo "== $name"
+	t0=$(date +%s)
 	timeout -k 10 300 "$t"
 	rc=$?
+	echo "$name: $(($(date +%s) - t0)) s"
 	if [ $rc -eq 0 ]; then pass=$((pass + 1))
 	elif [ $rc -eq 77 ]; then skip=$((skip + 1)); echo "$name: skipped"
 	else fail=$((fail + 1)); failed="$failed $name"; echo "$name: FAILED (exit $rc)"

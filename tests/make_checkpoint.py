@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Writes a synthetic checkpoint with SDXL's key layout and size mix.
+"""Writes a synthetic checkpoint with SDXL's (or Flux's) key layout and size mix.
 
-  make_checkpoint.py --out PATH --size BYTES [--tensors N] [--seed S]
-                     [--dtype F16] [--verify]
+  make_checkpoint.py --out PATH --size BYTES [--arch sdxl|flux] [--tensors N]
+                     [--seed S] [--dtype F16] [--verify] [--sparse]
 
 Keys and shapes follow a real SDXL checkpoint (UNet model.diffusion_model.*,
 CLIP-L conditioner.embedders.0.*, CLIP-G conditioner.embedders.1.*, VAE
-first_stage_model.*); shapes are scaled so that the data is about BYTES
-minus the header, split unet ~75%, clip ~20%, vae ~5%.  --tensors trims the
-key set evenly or extends it with more UNet transformer blocks.  The data
+first_stage_model.*), or with --arch flux an all-in-one Flux-dev checkpoint
+as ComfyUI saves one (the Flux transformer model.diffusion_model.*: 19
+double and 38 single blocks; text_encoders.clip_l.* and
+text_encoders.t5xxl.*; vae.*); shapes are scaled so that the data is about
+BYTES minus the header, split unet ~75%, clip ~20%, vae ~5% (Flux: ~70%,
+~29%, ~1%).  --tensors trims the key set evenly or extends it with more
+UNet transformer blocks (Flux: single blocks).  The data
 is random bytes (seeded) written in chunks, so a multi-GiB file never sits
 in memory.  The header is padded with spaces to 8-byte alignment as the
 reference writer does.  --verify opens the result with the reference
@@ -24,7 +28,9 @@ import sys
 import numpy as np
 
 ELSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I8": 1}
-SHARE = {"unet": 0.75, "clip": 0.20, "vae": 0.05}
+SHARES = {"sdxl": {"unet": 0.75, "clip": 0.20, "vae": 0.05},
+          "flux": {"unet": 0.70, "clip": 0.29, "vae": 0.01}}
+SHARE = SHARES["sdxl"]
 CHUNK = 8 << 20
 
 
@@ -155,8 +161,75 @@ def vae_mid(k, p):
     vae_res(k, p + "mid.block_2.", 512, 512)
 
 
-def sdxl_vae(k):
-    v = "first_stage_model."
+def flux_double(k, p, h=3072):
+    for s in ("img", "txt"):
+        k.wb(p + s + "_mod.lin", 6 * h, h)
+        k.wb(p + s + "_attn.qkv", 3 * h, h)
+        k.add(p + s + "_attn.norm.query_norm.scale", [128])
+        k.add(p + s + "_attn.norm.key_norm.scale", [128])
+        k.wb(p + s + "_attn.proj", h, h)
+        k.wb(p + s + "_mlp.0", 4 * h, h)
+        k.wb(p + s + "_mlp.2", h, 4 * h)
+
+
+def flux_single(k, p, h=3072):
+    k.wb(p + "linear1", 7 * h, h)
+    k.wb(p + "linear2", h, 5 * h)
+    k.add(p + "norm.query_norm.scale", [128])
+    k.add(p + "norm.key_norm.scale", [128])
+    k.wb(p + "modulation.lin", 3 * h, h)
+
+
+def flux_model(k):
+    u = "model.diffusion_model."
+    k.wb(u + "img_in", 3072, 64)
+    for e, i in (("time_in", 256), ("vector_in", 768), ("guidance_in", 256)):
+        k.wb(u + e + ".in_layer", 3072, i)
+        k.wb(u + e + ".out_layer", 3072, 3072)
+    k.wb(u + "txt_in", 3072, 4096)
+    for i in range(19):
+        flux_double(k, u + "double_blocks.%d." % i)
+    for i in range(38):
+        flux_single(k, u + "single_blocks.%d." % i)
+    k.wb(u + "final_layer.linear", 64, 3072)
+    k.wb(u + "final_layer.adaLN_modulation.1", 6144, 3072)
+
+
+def clip_l(k, c, proj=None):
+    k.add(c + "embeddings.token_embedding.weight", [49408, 768])
+    k.add(c + "embeddings.position_embedding.weight", [77, 768])
+    for i in range(12):
+        p = c + "encoder.layers.%d." % i
+        for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            k.wb(p + "self_attn." + n, 768, 768)
+        k.wb(p + "layer_norm1", 768)
+        k.wb(p + "layer_norm2", 768)
+        k.wb(p + "mlp.fc1", 3072, 768)
+        k.wb(p + "mlp.fc2", 768, 3072)
+    k.wb(c + "final_layer_norm", 768)
+    if proj:
+        k.add(proj, [768, 768])
+
+
+def flux_clip(k):
+    clip_l(k, "text_encoders.clip_l.transformer.text_model.", "text_encoders.clip_l.transformer.text_projection.weight")
+    t = "text_encoders.t5xxl.transformer."
+    for i in range(24):
+        p = t + "encoder.block.%d.layer." % i
+        for n in ("q", "k", "v", "o"):
+            k.add(p + "0.SelfAttention.%s.weight" % n, [4096, 4096])
+        if i == 0:
+            k.add(p + "0.SelfAttention.relative_attention_bias.weight", [32, 64])
+        k.add(p + "0.layer_norm.weight", [4096])
+        k.add(p + "1.DenseReluDense.wi_0.weight", [10240, 4096])
+        k.add(p + "1.DenseReluDense.wi_1.weight", [10240, 4096])
+        k.add(p + "1.DenseReluDense.wo.weight", [4096, 10240])
+        k.add(p + "1.layer_norm.weight", [4096])
+    k.add(t + "encoder.final_layer_norm.weight", [4096])
+    k.add(t + "shared.weight", [32128, 4096])
+
+
+def sdxl_vae(k, v="first_stage_model."):
     ch = [128, 256, 512, 512]
     e = v + "encoder."
     k.wb(e + "conv_in", 128, 3, 3)
@@ -190,16 +263,21 @@ def sdxl_vae(k):
 def component(name):
     if name.startswith("model.diffusion_model."):
         return "unet"
-    if name.startswith("first_stage_model."):
+    if name.startswith("first_stage_model.") or name.startswith("vae."):
         return "vae"
     return "clip"
 
 
-def key_set(ntensors):
+def key_set(ntensors, arch="sdxl"):
     k = Keys()
-    sdxl_unet(k)
-    sdxl_clip(k)
-    sdxl_vae(k)
+    if arch == "flux":
+        flux_model(k)
+        flux_clip(k)
+        sdxl_vae(k, "vae.")
+    else:
+        sdxl_unet(k)
+        sdxl_clip(k)
+        sdxl_vae(k)
     t = k.t
     if ntensors is None or ntensors == len(t):
         return t
@@ -208,9 +286,12 @@ def key_set(ntensors):
         idx = sorted({int(i * len(t) / ntensors) for i in range(ntensors)})
         return [t[i] for i in idx]
     extra = Keys()
-    i = 10
+    i = 10 if arch == "sdxl" else 38
     while len(t) + len(extra.t) < ntensors:
-        unet_tblock(extra, "model.diffusion_model.middle_block.1.transformer_blocks.%d." % i, 1280)
+        if arch == "flux":
+            flux_single(extra, "model.diffusion_model.single_blocks.%d." % i)
+        else:
+            unet_tblock(extra, "model.diffusion_model.middle_block.1.transformer_blocks.%d." % i, 1280)
         i += 1
     return t + extra.t[:ntensors - len(t)]
 
@@ -286,17 +367,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", required=True, type=int, help="approximate file size in bytes")
-    ap.add_argument("--tensors", type=int, default=None, help="number of tensors (default: SDXL's)")
+    ap.add_argument("--arch", default="sdxl", choices=sorted(SHARES), help="key layout (default sdxl)")
+    ap.add_argument("--tensors", type=int, default=None, help="number of tensors (default: the layout's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="F16", choices=sorted(ELSIZE))
     ap.add_argument("--verify", action="store_true", help="open the result with the reference")
+    ap.add_argument("--sparse", action="store_true",
+                    help="leave the data a hole (zeros): for tests that read only the header")
     a = ap.parse_args()
     if a.tensors is not None and a.tensors < 1:
         ap.error("--tensors must be at least 1")
 
-    keys = key_set(a.tensors)
-    meta = {"format": "pt", "generator": "vramd tests/make_checkpoint.py",
-            "seed": str(a.seed), "modelspec.architecture": "stable-diffusion-xl-v1-base"}
+    global SHARE
+    SHARE = SHARES[a.arch]
+    keys = key_set(a.tensors, a.arch)
+    meta = {"format": "pt", "generator": "vramd tests/make_checkpoint.py", "seed": str(a.seed),
+            "modelspec.architecture": "flux-1-dev" if a.arch == "flux" else "stable-diffusion-xl-v1-base"}
     # Two passes: the header's length depends on the shapes it describes.
     est = len(header_bytes(plan(keys, a.dtype, a.size), meta))
     tensors = plan(keys, a.dtype, max(0, a.size - 8 - est))
@@ -310,11 +396,13 @@ def main():
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(hb)))
         f.write(hb)
-        left = data
+        left = 0 if a.sparse else data
         while left:
             n = min(CHUNK, left)
             f.write(rng.bytes(n))
             left -= n
+        if a.sparse:
+            f.truncate(8 + len(hb) + data)
     os.replace(tmp, a.out)
 
     by = {c: 0 for c in SHARE}

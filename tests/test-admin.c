@@ -7,6 +7,7 @@
  * evict.
  */
 #include <poll.h>
+#include <pty.h>
 #include <setjmp.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -22,37 +23,33 @@
 
 #define MiB (1ull << 20)
 
-struct env {
-	char *dir;
-	char sock[256], admin[256], log[256];
-	pid_t pid;
-};
+/* The suite's broker: a simulated GPU of sim, 64 MiB of host pool, a short
+ * RECLAIM deadline (tests/testlib.h has the harness). */
+#define env t_broker
+
+static void env_args(const char *sim, const char *args[8])
+{
+	const char *a[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--reclaim-deadline-ms", "500", NULL };
+	memcpy(args, a, sizeof(a));
+}
 
 static void env_start(struct env *e, const char *sim)
 {
-	e->dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e->dir);
-	chmod(e->dir, 0755); /* nobody must reach the client socket */
-	snprintf(e->sock, sizeof(e->sock), "%s/vramd.sock", e->dir);
-	snprintf(e->admin, sizeof(e->admin), "%s/admin.sock", e->dir);
-	snprintf(e->log, sizeof(e->log), "%s/vramd.log", e->dir);
-	const char *const args[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--no-cuda", "--reclaim-deadline-ms", "500", NULL };
-	e->pid = t_start_vramd(e->sock, e->log, args);
-	ck_assert_int_gt(e->pid, 0);
+	const char *args[8];
+	env_args(sim, args);
+	t_broker_start(e, args);
 }
 
 static void env_restart(struct env *e, const char *sim)
 {
-	ck_assert_int_eq(WEXITSTATUS(t_stop(e->pid)), 0);
-	const char *const args[] = { "--sim-gpus", sim, "--host-pool", "64MiB", "--no-cuda", "--reclaim-deadline-ms", "500", NULL };
-	e->pid = t_start_vramd(e->sock, e->log, args);
-	ck_assert_int_gt(e->pid, 0);
+	const char *args[8];
+	env_args(sim, args);
+	t_broker_restart(e, args);
 }
 
 static void env_stop(struct env *e)
 {
-	ck_assert_int_eq(WEXITSTATUS(t_stop(e->pid)), 0);
-	t_rmtree(e->dir);
+	t_broker_stop(e);
 }
 
 /* Waits (bounded) until device dev's use is want; returns it. */
@@ -362,16 +359,9 @@ START_TEST(test_connection_flood)
 		return;
 	}
 	struct env e;
-	e.dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e.dir);
-	chmod(e.dir, 0755);
-	snprintf(e.sock, sizeof(e.sock), "%s/vramd.sock", e.dir);
-	snprintf(e.admin, sizeof(e.admin), "%s/admin.sock", e.dir);
-	snprintf(e.log, sizeof(e.log), "%s/vramd.log", e.dir);
-	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", "--hello-timeout-ms", "1500",
-				     NULL };
-	e.pid = t_start_vramd(e.sock, e.log, args);
-	ck_assert_int_gt(e.pid, 0);
+	t_broker_dir(&e);
+	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--hello-timeout-ms", "1500", NULL };
+	t_broker_run(&e, args);
 	int go[2], ready[2];
 	ck_assert_int_eq(pipe(go), 0);
 	ck_assert_int_eq(pipe(ready), 0);
@@ -564,20 +554,14 @@ END_TEST
 START_TEST(test_reload)
 {
 	struct env e;
-	e.dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e.dir);
-	chmod(e.dir, 0755);
-	snprintf(e.sock, sizeof(e.sock), "%s/vramd.sock", e.dir);
-	snprintf(e.admin, sizeof(e.admin), "%s/admin.sock", e.dir);
-	snprintf(e.log, sizeof(e.log), "%s/vramd.log", e.dir);
+	t_broker_dir(&e);
 	char conf[300];
 	snprintf(conf, sizeof(conf), "%s/vramd.conf", e.dir);
 	FILE *f = fopen(conf, "w");
 	fprintf(f, "client-max = 8MiB\n");
 	fclose(f);
-	const char *const args[] = { "--config", conf, "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
-	e.pid = t_start_vramd(e.sock, e.log, args);
-	ck_assert_int_gt(e.pid, 0);
+	const char *const args[] = { "--config", conf, "--sim-gpus", "64MiB", "--host-pool", "64MiB", NULL };
+	t_broker_run(&e, args);
 	vram_client *a;
 	vram_grant *g;
 	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
@@ -638,19 +622,13 @@ END_TEST
 START_TEST(test_reload_default_config)
 {
 	struct env e;
-	e.dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e.dir);
-	chmod(e.dir, 0755);
-	snprintf(e.sock, sizeof(e.sock), "%s/vramd.sock", e.dir);
-	snprintf(e.admin, sizeof(e.admin), "%s/admin.sock", e.dir);
-	snprintf(e.log, sizeof(e.log), "%s/vramd.log", e.dir);
+	t_broker_dir(&e);
 	char conf[300];
 	snprintf(conf, sizeof(conf), "%s/vramd.conf", e.dir);
 	setenv("VRAMD_CONFIG", conf, 1);
-	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
-	e.pid = t_start_vramd(e.sock, e.log, args);
+	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", NULL };
+	t_broker_run(&e, args);
 	unsetenv("VRAMD_CONFIG");
-	ck_assert_int_gt(e.pid, 0);
 	vram_client *a;
 	vram_grant *g;
 	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
@@ -665,6 +643,77 @@ START_TEST(test_reload_default_config)
 	ck_assert_int_eq(vram_reload(a), 0);
 	ck_assert_int_eq(vram_alloc(a, 0, 4 * MiB, 0, &g), 0);
 	vram_close(a);
+	env_stop(&e);
+}
+END_TEST
+
+/* Reads what the pseudo-terminal master m gives until EOF or timeout_ms;
+ * returns the bytes in buf (NUL-terminated). */
+static size_t pty_drain(int m, char *buf, size_t cap, int timeout_ms)
+{
+	size_t n = 0;
+	uint64_t until = now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	while (n + 1 < cap && now_ns() < until) {
+		struct pollfd p = { .fd = m, .events = POLLIN };
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		ssize_t r = read(m, buf + n, cap - 1 - n);
+		if (r <= 0)
+			break; /* EIO: the child closed its end */
+		n += (size_t)r;
+	}
+	buf[n] = '\0';
+	return n;
+}
+
+/* vramctl top on a pseudo-terminal: frames that clear the screen, the
+ * devices, a client's held / wanted / fair share per device; q quits. */
+START_TEST(test_vramctl_top_pty)
+{
+	struct env e;
+	env_start(&e, "64MiB");
+	vram_client *h;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(e.sock, "top-holder", &h), 0);
+	ck_assert_int_eq(vram_alloc(h, 0, 24 * MiB, VRAM_ALLOC_RECLAIMABLE, &g), 0);
+	ck_assert_int_eq(vram_demand(h, 0, 48 * MiB, 8 * MiB), 0);
+	char prog[512];
+	snprintf(prog, sizeof(prog), "%s/bin/vramctl", t_build());
+	static char out[1 << 16];
+	for (int round = 0; round < 2; round++) {
+		int m;
+		pid_t kid = forkpty(&m, NULL, NULL, NULL);
+		ck_assert_int_ge(kid, 0);
+		if (kid == 0) {
+			if (round == 0)
+				execl(prog, prog, "--socket", e.sock, "top", "--count", "3", "--interval", "100", (char *)NULL);
+			else
+				execl(prog, prog, "--socket", e.sock, "top", "--interval", "100", (char *)NULL);
+			_exit(127);
+		}
+		if (round == 1) {
+			pty_drain(m, out, sizeof(out), 400); /* a frame or more */
+			ck_assert_int_eq(write(m, "q", 1), 1);
+		}
+		pty_drain(m, out, sizeof(out), 5000);
+		int st;
+		for (int i = 0; i < 300 && waitpid(kid, &st, WNOHANG) != kid; i++)
+			t_sleep_ms(10);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vramctl top exit %d", WEXITSTATUS(st));
+		close(m);
+		if (round == 1)
+			continue;
+		ck_assert_msg(strstr(out, "\033[H\033[2J") && strstr(out, "(q quits)"), "%s", out);
+		ck_assert_msg(strstr(out, "cuda:0") && strstr(out, "FAIR SHARE"), "%s", out);
+		/* the holder's line: 24 MiB held, 48 wanted, all 64 its share (alone) */
+		char *line = strstr(out, "top-holder");
+		ck_assert_msg(line && strstr(line, "24.00 MiB") && strstr(line, "48.00 MiB"), "%s", out);
+		int frames = 0;
+		for (char *p = out; (p = strstr(p, "\033[2J")); p++)
+			frames++;
+		ck_assert_int_eq(frames, 3);
+	}
+	vram_close(h);
 	env_stop(&e);
 }
 END_TEST
@@ -709,6 +758,7 @@ int main(void)
 	tcase_add_test(tc, test_ceiling_not_evaded_by_keeping_fds);
 	tcase_add_test(tc, test_evict);
 	tcase_add_test(tc, test_vramctl_quota_cli);
+	tcase_add_test(tc, test_vramctl_top_pty);
 	tcase_add_test(tc, test_reload);
 	tcase_add_test(tc, test_reload_default_config);
 	suite_add_tcase(s, tc);

@@ -13,12 +13,13 @@
 
 #define MiB (1ull << 20)
 
+/* A vramd as systemd runs it: its dir, paths and pid a t_broker's
+ * (testlib.h), but spawned with a NOTIFY_SOCKET and the fd store handed
+ * back (LISTEN_FDS), which t_broker_run does not do. */
 struct env {
-	char *dir;
-	char sock[256], admin[256], state[256], log[256];
+	struct t_broker b;
 	struct tn_listener notify;
 	struct tn_fdstore store;
-	pid_t pid;
 	const char *sim;         /* --sim-gpus; NULL: 64MiB */
 };
 
@@ -26,15 +27,15 @@ static void env_spawn(struct env *e)
 {
 	char prog[512];
 	snprintf(prog, sizeof(prog), "%s/bin/vramd", t_build());
-	const char *argv[] = { prog, "--socket", e->sock, "--admin-socket", e->admin, "--state-dir", e->state,
+	const char *argv[] = { prog, "--socket", e->b.sock, "--admin-socket", e->b.admin, "--state-dir", e->b.state,
 			       "--sim-gpus", e->sim ? e->sim : "64MiB", "--host-pool", "64MiB", "--no-cuda", "--socket-mode", "0666", "--no-config", NULL };
 	_cleanup_free_ char *names = e->store.n ? tn_fdstore_names(&e->store) : NULL;
 	struct tn_spawn o = {
 		.argv = argv, .notify = e->notify.path, .watchdog_pid = -1,
-		.fds = e->store.n ? e->store.fds : NULL, .nfds = e->store.n, .fdnames = names, .log = e->log,
+		.fds = e->store.n ? e->store.fds : NULL, .nfds = e->store.n, .fdnames = names, .log = e->b.log,
 	};
-	e->pid = tn_spawn(&o);
-	ck_assert_int_gt(e->pid, 0);
+	e->b.pid = tn_spawn(&o);
+	ck_assert_int_gt(e->b.pid, 0);
 	/* Until READY=1, applying what comes before it (the broker releases
 	 * stored grants of dead processes while it starts). */
 	for (int i = 0; i < 100; i++) {
@@ -52,13 +53,8 @@ static void env_spawn(struct env *e)
 static void env_start(struct env *e)
 {
 	memset(e, 0, sizeof(*e));
-	e->dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e->dir);
-	snprintf(e->sock, sizeof(e->sock), "%s/vramd.sock", e->dir);
-	snprintf(e->admin, sizeof(e->admin), "%s/admin.sock", e->dir);
-	snprintf(e->state, sizeof(e->state), "%s/state", e->dir);
-	snprintf(e->log, sizeof(e->log), "%s/vramd.log", e->dir);
-	ck_assert_int_eq(tn_listen(&e->notify, e->dir, "notify"), 0);
+	t_broker_dir(&e->b);
+	ck_assert_int_eq(tn_listen(&e->notify, e->b.dir, "notify"), 0);
 	tn_fdstore_init(&e->store);
 	env_spawn(e);
 }
@@ -76,11 +72,10 @@ static int drain(struct env *e, int want_stored)
 
 static void env_stop(struct env *e)
 {
-	kill(e->pid, SIGTERM);
-	ck_assert_int_ge(tn_waitpid(e->pid, 5000), 0);
+	t_broker_halt(&e->b);
 	tn_fdstore_clear(&e->store);
 	tn_close(&e->notify);
-	t_rmtree(e->dir);
+	t_broker_stop(&e->b);
 }
 
 static struct vram_status *status_of(const char *sock)
@@ -108,7 +103,7 @@ START_TEST(test_fdstore_restart)
 	env_start(&e);
 	vram_client *c;
 	vram_grant *g[3];
-	ck_assert_int_eq(vram_connect(e.sock, "holder", &c), 0);
+	ck_assert_int_eq(vram_connect(e.b.sock, "holder", &c), 0);
 	for (int i = 0; i < 3; i++) {
 		ck_assert_int_eq(vram_alloc(c, (uint32_t)(i & 1), 4 * MiB, VRAM_ALLOC_RECLAIMABLE, &g[i]), 0);
 		memset(vram_grant_host_ptr(g[i]), 0x30 + i, 4 * MiB);
@@ -119,10 +114,10 @@ START_TEST(test_fdstore_restart)
 	ck_assert_int_eq(drain(&e, 2), 2);
 
 	/* a crash: the new broker gets the stored fds back */
-	kill(e.pid, SIGKILL);
-	waitpid(e.pid, NULL, 0);
+	kill(e.b.pid, SIGKILL);
+	waitpid(e.b.pid, NULL, 0);
 	env_spawn(&e);
-	struct vram_status *s = status_of(e.sock);
+	struct vram_status *s = status_of(e.b.sock);
 	ck_assert_uint_eq(s->devices[0].used, 4 * MiB);
 	ck_assert_uint_eq(s->devices[1].used, 4 * MiB);
 	ck_assert_uint_eq(held_by(s, "restored"), 8 * MiB); /* before the holder reconnects */
@@ -132,7 +127,7 @@ START_TEST(test_fdstore_restart)
 	struct vram_status *mine;
 	ck_assert_msg(vram_get_status(c, &mine) == 0, "%s", vram_last_error());
 	vram_status_free(mine);
-	s = status_of(e.sock);
+	s = status_of(e.b.sock);
 	ck_assert_uint_eq(s->devices[0].used, 4 * MiB);
 	ck_assert_uint_eq(s->devices[1].used, 4 * MiB);
 	ck_assert_uint_eq(s->devices[0].reclaimable, 4 * MiB);
@@ -140,6 +135,67 @@ START_TEST(test_fdstore_restart)
 	ck_assert_uint_eq(held_by(s, "restored"), 0);
 	vram_status_free(s);
 	ck_assert_uint_eq(((uint8_t *)vram_grant_host_ptr(g[1]))[123], 0x31);
+	vram_close(c);
+	env_stop(&e);
+}
+END_TEST
+
+/* A shared copy survives a crash through the fd store (its key in the
+ * state directory): the restarted broker has it before anyone comes back,
+ * its user re-registers what it maps (counted again, once), and a new load
+ * of the same file is a hit, not a second read. */
+START_TEST(test_fdstore_shared_copy)
+{
+	struct env e;
+	env_start(&e);
+	char file[300];
+	snprintf(file, sizeof(file), "%s/model.safetensors", e.b.dir);
+	ck_assert_int_eq(t_write_checkpoint(file, 4, 512, 1024, 5), 0);
+	vram_client *c;
+	vram_model *m;
+	vram_loaded *l;
+	ck_assert_int_eq(vram_connect(e.b.sock, "holder", &c), 0);
+	ck_assert_int_eq(vram_model_open(file, &m), 0);
+	struct vram_load_options o;
+	vram_load_options_init(&o);
+	o.flags = VRAM_LOAD_SHARED;
+	ck_assert_msg(vram_load(c, m, NULL, 1, &o, &l) == 0, "%s", vram_last_error());
+	struct vram_load_stats st = { .struct_size = sizeof(st) };
+	vram_loaded_stats(l, &st);
+	ck_assert_uint_gt(st.share_filled, 0);
+	ck_assert_int_ge(drain(&e, (int)st.share_filled), (int)st.share_filled); /* the copies, stored */
+	const uint8_t *p = vram_loaded_tensor_host_ptr(l, 0);
+	uint8_t first = p[0];
+
+	kill(e.b.pid, SIGKILL);
+	waitpid(e.b.pid, NULL, 0);
+	env_spawn(&e);
+	struct vram_status *s = status_of(e.b.sock);
+	ck_assert_uint_gt(s->devices[1].cache, 0);
+	uint64_t cache = s->devices[1].cache;
+	vram_status_free(s);
+	/* the holder comes back (any call reconnects) and re-registers */
+	struct vram_status *mine;
+	ck_assert_msg(vram_get_status(c, &mine) == 0, "%s", vram_last_error());
+	vram_status_free(mine);
+	s = status_of(e.b.sock);
+	ck_assert_uint_eq(s->devices[1].cache, cache); /* counted once */
+	ck_assert_uint_eq(s->devices[1].used, cache);
+	for (uint32_t i = 0; i < s->nclients; i++)
+		if (!strcmp(s->clients[i].name, "holder"))
+			ck_assert_uint_eq(s->clients[i].shared_dev[1], cache);
+	vram_status_free(s);
+	ck_assert_uint_eq(p[0], first);
+	/* another load: a hit */
+	vram_loaded *l2;
+	ck_assert_msg(vram_load(c, m, NULL, 1, &o, &l2) == 0, "%s", vram_last_error());
+	struct vram_load_stats st2 = { .struct_size = sizeof(st2) };
+	vram_loaded_stats(l2, &st2);
+	ck_assert_uint_eq(st2.share_hits, st.share_filled);
+	ck_assert_uint_eq(st2.share_filled, 0);
+	vram_unload(l2);
+	vram_unload(l);
+	vram_model_close(m);
 	vram_close(c);
 	env_stop(&e);
 }
@@ -155,7 +211,7 @@ START_TEST(test_fdstore_dead_holder)
 	if (kid == 0) {
 		vram_client *c;
 		vram_grant *g;
-		if (vram_connect(e.sock, "doomed", &c) < 0 || vram_alloc(c, 0, 8 * MiB, 0, &g) < 0)
+		if (vram_connect(e.b.sock, "doomed", &c) < 0 || vram_alloc(c, 0, 8 * MiB, 0, &g) < 0)
 			_exit(1);
 		if (write(pfd[1], "x", 1) != 1)
 			_exit(2);
@@ -166,13 +222,13 @@ START_TEST(test_fdstore_dead_holder)
 	ck_assert_int_eq(read(pfd[0], &x, 1), 1);
 	ck_assert_int_eq(drain(&e, 1), 1);
 	/* broker and holder both die; the store still has the fd */
-	kill(e.pid, SIGKILL);
-	waitpid(e.pid, NULL, 0);
+	kill(e.b.pid, SIGKILL);
+	waitpid(e.b.pid, NULL, 0);
 	kill(kid, SIGKILL);
 	waitpid(kid, NULL, 0);
 	env_spawn(&e);
 	ck_assert_int_eq(drain(&e, 0), 0); /* FDSTOREREMOVE: released at once */
-	struct vram_status *s = status_of(e.sock);
+	struct vram_status *s = status_of(e.b.sock);
 	ck_assert_uint_eq(s->devices[0].used, 0);
 	vram_status_free(s);
 	close(pfd[0]);
@@ -196,7 +252,7 @@ START_TEST(test_fdstore_restored_owner)
 	struct env e;
 	env_start(&e);
 	vram_client *a;
-	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_connect(e.b.admin, "admin", &a), 0);
 	ck_assert_int_eq(vram_quota_set(a, "uid:0", "cpu", VRAM_QUOTA_CEILING, 0, 16 * MiB), 0);
 	vram_close(a);
 	int ready[2], go[2];
@@ -207,7 +263,7 @@ START_TEST(test_fdstore_restored_owner)
 		vram_client *c;
 		vram_grant *g;
 		char b = 0;
-		if (vram_connect(e.sock, "owner-test", &c) < 0 || vram_alloc(c, 1, 12 * MiB, 0, &g) < 0)
+		if (vram_connect(e.b.sock, "owner-test", &c) < 0 || vram_alloc(c, 1, 12 * MiB, 0, &g) < 0)
 			_exit(1);
 		if (setresgid(65534, 65534, 65534) < 0 || setresuid(65534, 65534, 65534) < 0)
 			_exit(2);
@@ -218,10 +274,10 @@ START_TEST(test_fdstore_restored_owner)
 	char b;
 	ck_assert_int_eq(read(ready[0], &b, 1), 1);
 	ck_assert_int_eq(drain(&e, 1), 1);
-	kill(e.pid, SIGKILL);
-	waitpid(e.pid, NULL, 0);
+	kill(e.b.pid, SIGKILL);
+	waitpid(e.b.pid, NULL, 0);
 	env_spawn(&e);
-	struct vram_status *s = status_of(e.sock);
+	struct vram_status *s = status_of(e.b.sock);
 	int found = 0;
 	for (uint32_t i = 0; i < s->nclients; i++)
 		if (!strcmp(s->clients[i].name, "restored")) {
@@ -233,7 +289,7 @@ START_TEST(test_fdstore_restored_owner)
 	vram_status_free(s);
 	vram_client *c;
 	vram_grant *g;
-	ck_assert_int_eq(vram_connect(e.sock, "root-load", &c), 0);
+	ck_assert_int_eq(vram_connect(e.b.sock, "root-load", &c), 0);
 	ck_assert_int_eq(vram_alloc(c, 1, 8 * MiB, 0, &g), -EDQUOT);
 	ck_assert_msg(strstr(vram_last_error(), "quota uid:0 on cpu"), "%s", vram_last_error());
 	ck_assert_int_eq(vram_alloc(c, 1, 4 * MiB, 0, &g), 0);
@@ -264,7 +320,7 @@ START_TEST(test_fdstore_restored_not_reclaimed)
 	if (kid == 0) {
 		vram_client *c;
 		vram_grant *g;
-		if (vram_connect(e.sock, "sleeper", &c) < 0 || vram_alloc(c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &g) < 0)
+		if (vram_connect(e.b.sock, "sleeper", &c) < 0 || vram_alloc(c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &g) < 0)
 			_exit(1);
 		if (write(pfd[1], "x", 1) != 1)
 			_exit(2);
@@ -274,10 +330,10 @@ START_TEST(test_fdstore_restored_not_reclaimed)
 	char x;
 	ck_assert_int_eq(read(pfd[0], &x, 1), 1);
 	ck_assert_int_eq(drain(&e, 1), 1);
-	kill(e.pid, SIGKILL);
-	waitpid(e.pid, NULL, 0);
+	kill(e.b.pid, SIGKILL);
+	waitpid(e.b.pid, NULL, 0);
 	env_spawn(&e);
-	struct vram_status *s = status_of(e.sock);
+	struct vram_status *s = status_of(e.b.sock);
 	ck_assert_uint_eq(held_by(s, "restored"), 8 * MiB);
 	uint32_t restored_id = 0;
 	for (uint32_t i = 0; i < s->nclients; i++)
@@ -287,16 +343,16 @@ START_TEST(test_fdstore_restored_not_reclaimed)
 
 	vram_client *c;
 	vram_grant *g;
-	ck_assert_int_eq(vram_connect(e.sock, "newcomer", &c), 0);
+	ck_assert_int_eq(vram_connect(e.b.sock, "newcomer", &c), 0);
 	for (int k = 0; k < 2; k++) {
 		ck_assert_int_eq(vram_alloc(c, 0, 62 * MiB, 0, &g), -ENOMEM);
-		s = status_of(e.sock);
+		s = status_of(e.b.sock);
 		ck_assert_uint_eq(held_by(s, "restored"), 8 * MiB);
 		ck_assert_uint_eq(s->devices[0].used, 8 * MiB);
 		vram_status_free(s);
 	}
 	vram_client *a;
-	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
+	ck_assert_int_eq(vram_connect(e.b.admin, "admin", &a), 0);
 	ck_assert_int_eq(vram_evict(a, restored_id), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "restored"));
 	vram_close(a);
@@ -318,18 +374,18 @@ START_TEST(test_fdstore_smaller_pool)
 	env_start(&e);
 	vram_client *c;
 	vram_grant *g;
-	ck_assert_int_eq(vram_connect(e.sock, "holder", &c), 0);
+	ck_assert_int_eq(vram_connect(e.b.sock, "holder", &c), 0);
 	ck_assert_int_eq(vram_alloc(c, 0, 8 * MiB, 0, &g), 0);
 	ck_assert_int_eq(drain(&e, 1), 1);
-	kill(e.pid, SIGKILL);
-	waitpid(e.pid, NULL, 0);
+	kill(e.b.pid, SIGKILL);
+	waitpid(e.b.pid, NULL, 0);
 	e.sim = "4MiB";
 	env_spawn(&e);
 	vram_client *d;
 	vram_grant *h;
-	ck_assert_int_eq(vram_connect(e.sock, "newcomer", &d), 0);
+	ck_assert_int_eq(vram_connect(e.b.sock, "newcomer", &d), 0);
 	ck_assert_int_eq(vram_alloc(d, 0, 2 * MiB, 0, &h), -ENOMEM);
-	struct vram_status *s = status_of(e.sock);
+	struct vram_status *s = status_of(e.b.sock);
 	ck_assert_uint_eq(s->devices[0].used, 8 * MiB);
 	ck_assert_uint_eq(s->devices[0].total, 4 * MiB);
 	vram_status_free(s);
@@ -348,6 +404,7 @@ int main(void)
 	tcase_add_test(tc, test_fdstore_dead_holder);
 	tcase_add_test(tc, test_fdstore_restored_not_reclaimed);
 	tcase_add_test(tc, test_fdstore_restored_owner);
+	tcase_add_test(tc, test_fdstore_shared_copy);
 	tcase_add_test(tc, test_fdstore_smaller_pool);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);

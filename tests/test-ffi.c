@@ -10,15 +10,12 @@
 
 START_TEST(test_ctypes)
 {
-	char *d = t_tmpdir();
-	char file[512], sock[512], log[512], cmd[4096], out[4096];
-	snprintf(file, sizeof(file), "%s/m.safetensors", d);
-	snprintf(sock, sizeof(sock), "%s/vramd.sock", d);
-	snprintf(log, sizeof(log), "%s/vramd.log", d);
+	struct t_broker b;
+	char file[512], cmd[4096], out[4096];
+	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", NULL };
+	t_broker_start(&b, args);
+	snprintf(file, sizeof(file), "%s/m.safetensors", b.dir);
 	ck_assert_int_eq(t_write_checkpoint(file, 6, 33, 17, 5), 0);
-	const char *const args[] = { "--sim-gpus", "64MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
-	pid_t pid = t_start_vramd(sock, log, args);
-	ck_assert_int_gt(pid, 0);
 	/* An ASan build of libvram.so in a Python that is not: the runtime
 	 * must be loaded first, and Python's own allocations are not ours. */
 #ifdef __SANITIZE_ADDRESS__
@@ -27,11 +24,10 @@ START_TEST(test_ctypes)
 	const char *pre = "";
 #endif
 	snprintf(cmd, sizeof(cmd), "%s%s tests/py/ctypes_smoke.py %s/lib/libvram.so.0 %s %s 2>&1", pre, t_python(),
-		 t_build(), file, sock);
+		 t_build(), file, b.sock);
 	int rc = t_run(cmd, out, sizeof(out));
 	ck_assert_msg(rc == 0 && !strncmp(out, "OK", 2), "rc %d: %s", rc, out);
-	t_stop(pid);
-	t_rmtree(d);
+	t_broker_stop(&b);
 }
 END_TEST
 

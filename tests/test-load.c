@@ -19,12 +19,12 @@
 
 #define MiB (1ull << 20)
 
+/* A vramd of the test's own (testlib.h) and the checkpoint's path in its
+ * dir; dir and sock are b's. */
 struct env {
-	char *dir;
-	char sock[256];
-	char log[256];
+	struct t_broker b;
+	const char *dir, *sock;
 	char file[256];
-	pid_t pid;
 };
 
 static void write_checkpoint(const char *path, int blocks, int rows, int seed)
@@ -34,24 +34,16 @@ static void write_checkpoint(const char *path, int blocks, int rows, int seed)
 
 static void env_start(struct env *e, const char *sim, const char *host)
 {
-	/* O_DIRECT needs a real file system; /var/tmp is one where /tmp may be
-	 * tmpfs. */
-	setenv("TMPDIR", access("/var/tmp", W_OK) == 0 ? "/var/tmp" : "/tmp", 1);
-	e->dir = t_tmpdir();
-	ck_assert_ptr_nonnull(e->dir);
-	snprintf(e->sock, sizeof(e->sock), "%s/vramd.sock", e->dir);
-	snprintf(e->log, sizeof(e->log), "%s/vramd.log", e->dir);
+	const char *const args[] = { "--sim-gpus", sim, "--host-pool", host, NULL };
+	t_broker_start(&e->b, args);
+	e->dir = e->b.dir;
+	e->sock = e->b.sock;
 	snprintf(e->file, sizeof(e->file), "%s/model.safetensors", e->dir);
-	const char *const args[] = { "--sim-gpus", sim, "--host-pool", host, "--no-cuda", NULL };
-	e->pid = t_start_vramd(e->sock, e->log, args);
-	ck_assert_int_gt(e->pid, 0);
 }
 
 static void env_stop(struct env *e)
 {
-	int st = t_stop(e->pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	t_rmtree(e->dir);
+	t_broker_stop(&e->b);
 }
 
 static uint8_t *read_file(const char *path, size_t *len)
@@ -93,6 +85,20 @@ static void assert_idle(vram_client *c)
 			      (unsigned long long)s->devices[d].used);
 	ck_assert_uint_eq(s->grants, 0);
 	vram_status_free(s);
+}
+
+/* A plan of m on the broker's devices with options o; fails the test with
+ * the library's message if the planner refuses. */
+static vram_plan *plan_on(vram_client *c, const vram_model *m, const struct vram_plan_options *o)
+{
+	struct vram_plan_device devs[8];
+	uint32_t nd;
+	for (int i = 0; i < 8; i++)
+		devs[i].struct_size = sizeof(devs[i]);
+	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
+	vram_plan *p;
+	ck_assert_msg(vram_plan_create(m, o, devs, nd, &p) == 0, "%s", vram_last_error());
+	return p;
 }
 
 START_TEST(test_load_every_mode_and_device)
@@ -141,30 +147,25 @@ START_TEST(test_load_by_plan)
 	vram_plan *p;
 	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
 	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
-	struct vram_plan_device devs[8];
-	uint32_t nd;
-	for (int i = 0; i < 8; i++)
-		devs[i].struct_size = sizeof(devs[i]);
-	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
 	struct vram_plan_options o;
 	vram_plan_options_init(&o);
 	o.unet_expert_mode_allocations = "cuda:0,40%;cuda:1,30%;cpu,*";
 	o.clip_compute_device = "cuda:1";
 	o.clip_virtual_vram_gb = 0;
 	o.vae_device = "cpu";
-	ck_assert_msg(vram_plan_create(m, &o, devs, nd, &p) == 0, "%s", vram_last_error());
+	p = plan_on(c, m, &o);
 	struct vram_load_options lo;
 	vram_load_options_init(&lo);
 	lo.flags = VRAM_LOAD_RECLAIMABLE;
 	vram_loaded *l;
 	ck_assert_msg(vram_load(c, m, p, 0, &lo, &l) == 0, "%s", vram_last_error());
 	compare_all(m, l, e.file);
-	/* each tensor sits where the plan put its layer */
+	/* each tensor sits where the plan put its module */
 	uint64_t per_dev[8] = { 0 };
 	for (int i = 0; i < vram_model_tensor_count(m); i++) {
 		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
 		vram_model_tensor(m, (uint32_t)i, &ti);
-		int pd = vram_plan_layer_device(p, ti.layer);
+		int pd = vram_plan_tensor_device(p, (uint32_t)i);
 		int bd = vram_loaded_tensor_device(l, (uint32_t)i);
 		struct vram_device_info di = { .struct_size = sizeof(di) };
 		vram_device_info(c, (uint32_t)bd, &di);
@@ -181,6 +182,92 @@ START_TEST(test_load_by_plan)
 		ck_assert_uint_eq(s->devices[d].reclaimable, s->devices[d].used);
 	ck_assert_uint_gt(s->devices[2].reclaimable, 0);
 	vram_status_free(s);
+	vram_unload(l);
+	assert_idle(c);
+	vram_plan_free(p);
+	vram_close(c);
+	vram_model_close(m);
+	env_stop(&e);
+}
+END_TEST
+
+/* A plan places modules, so it splits the blocks where a device's share
+ * ends (an SDXL-shaped file on cuda:0 40%, cuda:1 30%, cpu): the load puts
+ * every tensor where its module went, byte for byte; the explicit pager
+ * pages a split block whole (its part on the compute device too) and the
+ * UVM pager refuses nothing; every acquired tensor reads as in the file. */
+START_TEST(test_load_split_layers)
+{
+	struct env e;
+	env_start(&e, "16MiB,16MiB", "64MiB");
+	const char *src = getenv("VRAM_SRCDIR");
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "%s %s/tests/make_checkpoint.py --out %s --size 6000000 --seed 4 >/dev/null 2>&1",
+		 t_python(), src && *src ? src : ".", e.file);
+	ck_assert_int_eq(t_run(cmd, NULL, 0), 0);
+	size_t flen;
+	_cleanup_free_ uint8_t *fb = read_file(e.file, &flen);
+	vram_model *m;
+	vram_client *c;
+	vram_plan *p;
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "t", &c), 0);
+	struct vram_plan_options o;
+	vram_plan_options_init(&o);
+	o.unet_expert_mode_allocations = "cuda:0,40%;cuda:1,30%;cpu,*";
+	/* computed on cuda:1: the block between cuda:0's share (the tail) and
+	 * cuda:1's starts on the compute device */
+	o.unet_compute_device = _i ? "cuda:1" : "cuda:0";
+	o.vae_device = "cpu";
+	p = plan_on(c, m, &o);
+	int split = 0;
+	for (int li = 0; li < vram_model_layer_count(m); li++) {
+		struct vram_layer_info info = { .struct_size = sizeof(info) };
+		vram_model_layer(m, (uint32_t)li, &info);
+		int d0 = vram_plan_tensor_device(p, info.first_tensor);
+		for (uint32_t t = info.first_tensor + 1; t < info.first_tensor + info.ntensors; t++)
+			if (vram_plan_tensor_device(p, t) != d0) {
+				split++;
+				break;
+			}
+	}
+	ck_assert_int_ge(split, 1);
+	vram_loaded *l;
+	struct vram_load_options lo;
+	vram_load_options_init(&lo);
+	lo.flags = VRAM_LOAD_RECLAIMABLE;
+	ck_assert_msg(vram_load(c, m, p, 0, &lo, &l) == 0, "%s", vram_last_error());
+	compare_bytes(m, l, fb, flen);
+	for (int i = 0; i < vram_model_tensor_count(m); i++) {
+		struct vram_device_info di = { .struct_size = sizeof(di) };
+		vram_device_info(c, (uint32_t)vram_loaded_tensor_device(l, (uint32_t)i), &di);
+		ck_assert_str_eq(di.name, vram_plan_device_name(p, (uint32_t)vram_plan_tensor_device(p, (uint32_t)i)));
+	}
+	vram_pager *pg;
+	ck_assert_msg(vram_pager_create(l, p, NULL, &pg) == 0, "%s", vram_last_error());
+	for (int pass = 0; pass < 2; pass++) {
+		for (int li = 0; li < vram_model_layer_count(m); li++) {
+			struct vram_layer_info info = { .struct_size = sizeof(info) };
+			vram_model_layer(m, (uint32_t)li, &info);
+			ck_assert_msg(vram_pager_acquire(pg, (uint32_t)li) == 0, "%s", vram_last_error());
+			for (uint32_t t = info.first_tensor; t < info.first_tensor + info.ntensors; t++) {
+				struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+				vram_model_tensor(m, t, &ti);
+				const uint8_t *hp = vram_pager_tensor_host_ptr(pg, t);
+				ck_assert_ptr_nonnull(hp);
+				/* off the compute device: served from the window */
+				if (vram_plan_tensor_device(p, t) != vram_plan_compute_device(p, ti.component))
+					ck_assert_msg(hp != vram_loaded_tensor_host_ptr(l, t), "%s not paged", ti.name);
+				ck_assert_msg(!memcmp(hp, fb + ti.file_offset, ti.nbytes), "pass %d: %s differs", pass, ti.name);
+			}
+			vram_pager_release(pg, (uint32_t)li);
+		}
+		vram_pager_end_pass(pg);
+	}
+	struct vram_pager_stats st = { .struct_size = sizeof(st) };
+	ck_assert_int_eq(vram_pager_stats(pg, &st), 0);
+	ck_assert_uint_gt(st.bytes_paged, 0);
+	vram_pager_free(pg);
 	vram_unload(l);
 	assert_idle(c);
 	vram_plan_free(p);
@@ -280,16 +367,10 @@ START_TEST(test_load_convert)
 			}
 
 	/* A converted load can be paged (test-pager checks the bytes). */
-	struct vram_plan_device devs[8];
-	uint32_t nd;
-	for (int i = 0; i < 8; i++)
-		devs[i].struct_size = sizeof(devs[i]);
-	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
 	struct vram_plan_options po;
 	vram_plan_options_init(&po);
 	po.unet_expert_mode_allocations = "cuda:0,50%;cpu,*";
-	vram_plan *p;
-	ck_assert_msg(vram_plan_create(m, &po, devs, nd, &p) == 0, "%s", vram_last_error());
+	vram_plan *p = plan_on(c, m, &po);
 	struct vram_load_options o;
 	vram_load_options_init(&o);
 	o.cast_to = VRAM_DTYPE_F16;
@@ -719,6 +800,117 @@ START_TEST(test_vramctl_bench_pager)
 }
 END_TEST
 
+/* vramctl load --hash's output (NAME\tHASH lines, cut up in place): every
+ * tensor of m once, each hash that of its bytes in fb (the file, flen
+ * bytes), except tensors of the dtypes in the set `converted` (1 << dtype),
+ * whose loaded bytes must differ from the file's. */
+static void check_hash_lines(const vram_model *m, char *out, const uint8_t *fb, size_t flen, uint64_t converted,
+			     const char *what)
+{
+	int lines = 0;
+	for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+		char *tab = strchr(line, '\t'), want[17];
+		ck_assert_ptr_nonnull(tab);
+		*tab = 0;
+		int i = vram_model_find_tensor(m, line);
+		ck_assert_int_ge(i, 0);
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(m, (uint32_t)i, &ti);
+		ck_assert_uint_le(ti.file_offset + ti.nbytes, flen);
+		snprintf(want, sizeof(want), "%016llx", (unsigned long long)XXH64(fb + ti.file_offset, ti.nbytes, 0));
+		if (converted & (1ull << ti.dtype))
+			ck_assert_msg(strcmp(tab + 1, want), "%s: %s (%s) not converted", what, line,
+				      vram_dtype_name(ti.dtype));
+		else
+			ck_assert_msg(!strcmp(tab + 1, want), "%s: %s (%s) differs from the file", what, line,
+				      vram_dtype_name(ti.dtype));
+		lines++;
+	}
+	ck_assert_int_eq(lines, vram_model_tensor_count(m));
+}
+
+/* A quantised GGUF is served from shared copies (the second load of it on
+ * a device is a hit) and --cast converts its F32 tensors only, never its
+ * quantised blocks; private loads after the copies (which evict them) and
+ * a bench pager still work. */
+static void check_gguf_shared(const struct env *e, const char *gg, const vram_model *m, const uint8_t *fb,
+			      size_t flen)
+{
+	const char *devs[] = { "cuda:0", "cpu" };
+	_cleanup_free_ char *out = malloc(1 << 20);
+	char cmd[1400];
+	for (int k = 0; k < 2; k++) {
+		for (int pass = 0; pass < 2; pass++) {
+			snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --device %s 2>&1", t_build(),
+				 e->sock, gg, devs[k]);
+			ck_assert_int_eq(t_run(cmd, out, 1 << 20), 0);
+			ck_assert_msg(strstr(out, pass ? "shared copy: hit (" : "shared copy: "), "%s: %s", devs[k], out);
+		}
+		snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --device %s --cast bf16 --private --hash "
+			 "2>/dev/null", t_build(), e->sock, gg, devs[k]);
+		ck_assert_int_eq(t_run(cmd, out, 1 << 20), 0);
+		check_hash_lines(m, out, fb, flen, 1ull << VRAM_DTYPE_F32, devs[k]);
+	}
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --cast bf16 --cast-from q8_k 2>&1", t_build(),
+		 e->sock, gg);
+	ck_assert_int_eq(t_run(cmd, out, 1 << 20), 64);
+	ck_assert_msg(strstr(out, "Q8_K is block-quantised and never converted"), "%s", out);
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --cast bf16 --cast-from q4_k 2>&1", t_build(),
+		 e->sock, gg);
+	ck_assert_int_eq(t_run(cmd, out, 1 << 20), 64);
+	ck_assert_msg(strstr(out, "cannot convert from Q4_K"), "%s", out);
+}
+
+/* GGUF (quantised blocks) and PyTorch (overlapping views of one storage)
+ * load as they are in the file, on a simulated GPU and on the host, and
+ * plan, bench pager and inspect take them. */
+START_TEST(test_vramctl_formats)
+{
+	struct env e;
+	env_start(&e, "64MiB", "64MiB");
+	char gg[300], ck[300], cmd[1400];
+	snprintf(gg, sizeof(gg), "%s/flux.gguf", e.dir);
+	snprintf(ck, sizeof(ck), "%s/sd.ckpt", e.dir);
+	_cleanup_free_ char *out = malloc(1 << 20);
+	const char *src = getenv("VRAM_SRCDIR");
+	snprintf(cmd, sizeof(cmd), "%s %s/tests/make_formats.py %s %s 2>&1", t_python(), src && *src ? src : ".", gg,
+		 ck);
+	int rc = t_run(cmd, out, 1 << 20);
+	ck_assert_msg(rc == 0 || rc == 3, "make_formats.py: %d %s", rc, out);
+	if (rc == 3)
+		printf("test-load: test_vramctl_formats: no torch in %s, the PyTorch half skipped\n", t_python());
+	const char *files[] = { gg, ck };
+	const char *devs[] = { "cuda:0", "cpu" };
+	for (int f = 0; f < (rc == 3 ? 1 : 2); f++) {
+		vram_model *m;
+		size_t flen;
+		ck_assert_int_eq(vram_model_open(files[f], &m), 0);
+		_cleanup_free_ uint8_t *fb = read_file(files[f], &flen);
+		for (int k = 0; k < 2; k++) {
+			snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s load %s --device %s --hash 2>/dev/null",
+				 t_build(), e.sock, files[f], devs[k]);
+			ck_assert_int_eq(t_run(cmd, out, 1 << 20), 0);
+			check_hash_lines(m, out, fb, flen, 0, devs[k]);
+		}
+		if (f == 0)
+			check_gguf_shared(&e, gg, m, fb, flen);
+		snprintf(cmd, sizeof(cmd), "%s/bin/vramctl --socket %s plan %s --unet-virtual-vram-gb 0.001 >/dev/null && "
+			 "%s/bin/vramctl --socket %s bench pager %s --unet-virtual-vram-gb 0.001 --passes 2 --json",
+			 t_build(), e.sock, files[f], t_build(), e.sock, files[f]);
+		ck_assert_msg(t_run(cmd, out, 1 << 20) == 0, "%s", out);
+		const char *bp = strstr(out, "\"bytes_paged\": "); /* the first pass pages the donor layers */
+		ck_assert_msg(bp && bp[15] >= '1' && bp[15] <= '9', "%s: %s", files[f], out);
+		vram_model_close(m);
+	}
+	snprintf(cmd, sizeof(cmd), "%s/bin/vramctl inspect %s", t_build(), gg);
+	ck_assert_int_eq(t_run(cmd, out, 1 << 20), 0);
+	ck_assert_msg(strstr(out, "format:      gguf\nLICENSE:     flux-1-dev-non-commercial-license"), "%s", out);
+	ck_assert_msg(strstr(out, "quantisation: 15 (Q4_K_M)"), "%s", out);
+	ck_assert_msg(strstr(out, " Q4_K x12 "), "%s", out);
+	env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_vramctl_exit_codes)
 {
 	char out[4096], cmd[1024];
@@ -776,6 +968,7 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_load_every_mode_and_device);
 	tcase_add_test(tc, test_load_by_plan);
+	tcase_add_loop_test(tc, test_load_split_layers, 0, 2);
 	tcase_add_test(tc, test_load_convert);
 	tcase_add_test(tc, test_load_convert_patterns);
 	tcase_add_test(tc, test_load_failures_clean);
@@ -783,6 +976,7 @@ int main(void)
 	tcase_add_test(tc, test_load_cancel);
 	tcase_add_test(tc, test_killed_mid_load);
 	tcase_add_test(tc, test_vramctl_hash);
+	tcase_add_test(tc, test_vramctl_formats);
 	tcase_add_test(tc, test_vramctl_exit_codes);
 	tcase_add_test(tc, test_vramctl_bench_pager);
 	tcase_add_test(tc, test_vramctl_status_json);

@@ -10,6 +10,7 @@
 
 #include "common/cleanup.h"
 #include "common/util.h"
+#include "runtime/modules.h"
 #include "runtime/plan.h"
 #include "runtime/vram.h"
 #include "testlib.h"
@@ -77,7 +78,7 @@ static void expect_parse_error(const char *devspec, const char *s, const char *m
 
 /* Layers for plan_build: n layers of comp, sizes given. */
 struct layers {
-	struct plan_layer l[4096];
+	struct plan_unit l[4096];
 	char names[4096][48];
 	uint32_t n;
 };
@@ -88,7 +89,7 @@ static void add_layer(struct layers *L, uint32_t comp, uint64_t bytes, uint32_t 
 	static const char *pfx[] = { "model.diffusion_model.blocks", "cond_stage_model.layers",
 				     "first_stage_model.block", "other" };
 	snprintf(L->names[L->n], sizeof(L->names[0]), "%s.%u", pfx[comp], L->n);
-	L->l[L->n] = (struct plan_layer){ .component = comp, .flags = flags, .nbytes = bytes,
+	L->l[L->n] = (struct plan_unit){ .component = comp, .flags = flags, .nbytes = bytes,
 					  .name = L->names[L->n] };
 	L->n++;
 }
@@ -98,7 +99,7 @@ static vram_plan *plan_ok(struct layers *L, const struct vram_plan_options *o, c
 	struct vram_plan_device d[PLAN_MAX_DEVICES];
 	uint32_t n = devs_of(devspec, d);
 	vram_plan *p = NULL;
-	int r = plan_build(L->l, L->n, "test.safetensors", o, d, n, &p);
+	int r = plan_build(L->l, L->n, NULL, "test.safetensors", o, d, n, &p);
 	ck_assert_msg(r == 0, "plan_build: %d %s", r, vram_last_error());
 	ck_assert_ptr_nonnull(p);
 	return p;
@@ -109,7 +110,7 @@ static int plan_err(struct layers *L, const struct vram_plan_options *o, const c
 	struct vram_plan_device d[PLAN_MAX_DEVICES];
 	uint32_t n = devs_of(devspec, d);
 	vram_plan *p = (vram_plan *)0x1;
-	int r = plan_build(L->l, L->n, NULL, o, d, n, &p);
+	int r = plan_build(L->l, L->n, NULL, NULL, o, d, n, &p);
 	ck_assert_msg(r < 0, "plan_build succeeded");
 	ck_assert_ptr_eq(p, (vram_plan *)0x1); /* untouched on failure */
 	return r;
@@ -812,26 +813,26 @@ START_TEST(test_option_errors)
 	vram_plan *q = NULL;
 	uint32_t n = devs_of("cuda:0=1GiB,cpu=1GiB", devs);
 	devs[1].struct_size = 0;
-	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, devs, n, &q), -EINVAL);
+	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, NULL, devs, n, &q), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "device 1: struct_size 0"));
 	n = devs_of("cuda:0=1GiB,cpu=1GiB", devs);
 	strcpy(devs[1].name, "cuda:0");
-	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, devs, n, &q), -EINVAL);
+	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, NULL, devs, n, &q), -EINVAL);
 	ck_assert_str_eq(vram_last_error(), "plan: device cuda:0 is given twice (0 and 1)");
 	strcpy(devs[1].name, "c u");
-	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, devs, n, &q), -EINVAL);
+	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, NULL, devs, n, &q), -EINVAL);
 	memset(devs[1].name, 'x', sizeof(devs[1].name));
-	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, devs, n, &q), -EINVAL);
+	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, NULL, devs, n, &q), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "longer than 31"));
-	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, devs, 0, &q), -EINVAL);
-	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, NULL, 1, &q), -EINVAL);
-	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, devs, 1, NULL), -EINVAL);
-	struct plan_layer big2[2] = { { .nbytes = UINT64_MAX }, { .component = 2, .nbytes = 1 } };
+	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, NULL, devs, 0, &q), -EINVAL);
+	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, NULL, NULL, 1, &q), -EINVAL);
+	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, NULL, devs, 1, NULL), -EINVAL);
+	struct plan_unit big2[2] = { { .nbytes = UINT64_MAX }, { .component = 2, .nbytes = 1 } };
 	n = devs_of("cuda:0=1GiB,cpu=1GiB", devs);
-	ck_assert_int_eq(plan_build(big2, 2, NULL, NULL, devs, n, &q), -EOVERFLOW);
+	ck_assert_int_eq(plan_build(big2, 2, NULL, NULL, NULL, devs, n, &q), -EOVERFLOW);
 	L.l[0].component = 9;
 	n = devs_of("cuda:0=1GiB,cpu=1GiB", devs);
-	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, devs, n, &q), -EINVAL);
+	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, NULL, devs, n, &q), -EINVAL);
 	ck_assert_ptr_null(q);
 
 	/* public entry points with bad arguments */
@@ -927,16 +928,11 @@ START_TEST(test_devices_from_broker)
 		fprintf(stderr, "test_devices_from_broker: skipped: %s not built (make all)\n", prog);
 		return;
 	}
-	char *dir = t_tmpdir();
-	ck_assert_ptr_nonnull(dir);
-	char sock[100], log[512];
-	snprintf(sock, sizeof(sock), "%s/vramd.sock", dir);
-	snprintf(log, sizeof(log), "%s/vramd.log", dir);
-	const char *const args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "128MiB", "--no-cuda", NULL };
-	pid_t pid = t_start_vramd(sock, log, args);
-	ck_assert_int_gt(pid, 0);
+	struct t_broker b;
+	const char *const args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "128MiB", NULL };
+	t_broker_start(&b, args);
 	vram_client *c = NULL;
-	ck_assert_int_eq(vram_connect(sock, "test-plan", &c), 0);
+	ck_assert_int_eq(vram_connect(b.sock, "test-plan", &c), 0);
 
 	struct vram_plan_device devs[PLAN_MAX_DEVICES];
 	uint32_t n = 0;
@@ -968,7 +964,7 @@ START_TEST(test_devices_from_broker)
 	vram_grant *gr = NULL;
 	vram_client *c2 = NULL;
 	ck_assert_int_eq(vram_alloc(c, (uint32_t)g0, 40 * MiB, 0, &gr), 0);
-	ck_assert_int_eq(vram_connect(sock, "test-plan-2", &c2), 0);
+	ck_assert_int_eq(vram_connect(b.sock, "test-plan-2", &c2), 0);
 	ck_assert_int_eq(vram_plan_devices_from_client(c2, devs, PLAN_MAX_DEVICES, &n), 0);
 	vram_close(c2);
 	ck_assert_uint_eq(devs[g0].available, 64 * MiB - vram_grant_size(gr));
@@ -980,19 +976,17 @@ START_TEST(test_devices_from_broker)
 	vram_plan_options_init(&o);
 	o.unet_virtual_vram_gb = 0;
 	vram_plan *p = NULL;
-	ck_assert_int_eq(plan_build(L.l, L.n, NULL, &o, devs, n, &p), -ENOSPC);
+	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, &o, devs, n, &p), -ENOSPC);
 	ck_assert_ptr_nonnull(strstr(vram_last_error(), "plan does not fit: cuda:0 needs 32.00 MiB but has 24.00 MiB"));
 	o.unet_expert_mode_allocations = "cuda:0,16m;cuda:1,*";
-	ck_assert_int_eq(plan_build(L.l, L.n, NULL, &o, devs, n, &p), 0);
+	ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, &o, devs, n, &p), 0);
 	ck_assert_uint_eq(vram_plan_bytes(p, VRAM_COMP_UNET, (uint32_t)g0), 16 * MiB);
 	ck_assert_uint_eq(vram_plan_bytes(p, VRAM_COMP_UNET, (uint32_t)g1), 16 * MiB);
 	vram_plan_free(p);
 
 	ck_assert_int_eq(vram_free(c, gr), 0);
 	vram_close(c);
-	int st = t_stop(pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	t_rmtree(dir);
+	t_broker_stop(&b);
 }
 END_TEST
 
@@ -1067,13 +1061,20 @@ START_TEST(test_json)
 	ck_assert_int_eq(jint(j, "components.unet.placement.cpu"), (long long)(2 * GiB));
 	ck_assert_uint_eq(json_array_size(jget(j, "components.unet.ranges")), 2);
 	ck_assert_str_eq(jstr(j, "components.unet.ranges.0.device"), "cpu");
-	ck_assert_int_eq(jint(j, "components.unet.ranges.0.first_layer"), 0);
-	ck_assert_int_eq(jint(j, "components.unet.ranges.0.last_layer"), 1);
+	ck_assert_int_eq(jint(j, "components.unet.ranges.0.first_module"), 0);
+	ck_assert_int_eq(jint(j, "components.unet.ranges.0.last_module"), 1);
+	ck_assert_int_eq(jint(j, "components.unet.ranges.0.modules"), 2);
 	ck_assert_str_eq(jstr(j, "components.unet.ranges.0.first"), "model.diffusion_model.blocks.0");
 	ck_assert_str_eq(jstr(j, "components.unet.ranges.0.last"), "model.diffusion_model.blocks.1");
 	ck_assert_int_eq(jint(j, "components.unet.ranges.0.bytes"), (long long)(2 * GiB));
 	ck_assert_str_eq(jstr(j, "components.unet.ranges.1.device"), "cuda:0");
-	ck_assert_int_eq(jint(j, "components.unet.ranges.1.first_layer"), 2);
+	ck_assert_int_eq(jint(j, "components.unet.ranges.1.first_module"), 2);
+	ck_assert(json_is_null(jget(j, "components.unet.module_order"))); /* no model: no order */
+	ck_assert_int_eq(jint(j, "components.unet.modules"), 4);
+	ck_assert_int_eq(jint(j, "components.unet.asked.cuda:0"), (long long)(2 * GiB));
+	ck_assert_int_eq(jint(j, "components.unet.asked.cpu"), (long long)(2 * GiB));
+	ck_assert_int_eq(jint(j, "components.unet.difference.cuda:0"), 0);
+	ck_assert(json_is_null(jget(j, "components.unet.layers.3.split")));
 	ck_assert_uint_eq(json_array_size(jget(j, "components.unet.layers")), 4);
 	ck_assert_int_eq(jint(j, "components.unet.layers.3.index"), 3);
 	ck_assert_str_eq(jstr(j, "components.unet.layers.3.device"), "cuda:0");
@@ -1277,7 +1278,7 @@ START_TEST(test_property)
 		/* shuffle components a bit: the planner must not assume grouping */
 		if (rnd_below(4) == 0 && L.n > 1) {
 			uint32_t a = (uint32_t)rnd_below(L.n), b = (uint32_t)rnd_below(L.n);
-			struct plan_layer t = L.l[a];
+			struct plan_unit t = L.l[a];
 			L.l[a] = L.l[b];
 			L.l[b] = t;
 		}
@@ -1318,7 +1319,7 @@ START_TEST(test_property)
 		o.unet_expert_mode_allocations = use_vv ? "" : gu.s;
 		o.clip_expert_mode_allocations = gc.s;
 		vram_plan *p = NULL;
-		r = plan_build(L.l, L.n, NULL, &o, devs, nd, &p);
+		r = plan_build(L.l, L.n, NULL, NULL, &o, devs, nd, &p);
 		ck_assert_msg(r == 0, "it %d: %s", it, vram_last_error());
 		check_sums(p, &L);
 
@@ -1380,14 +1381,14 @@ START_TEST(test_property)
 		vram_plan_free(p);
 		for (uint32_t d = 0; d < nd; d++)
 			devs[d].available = planned[d];
-		r = plan_build(L.l, L.n, NULL, &o, devs, nd, &p);
+		r = plan_build(L.l, L.n, NULL, NULL, &o, devs, nd, &p);
 		ck_assert_msg(r == 0, "it %d exact fit: %s", it, vram_last_error());
 		vram_plan_free(p);
 		uint32_t d = (uint32_t)rnd_below(nd);
 		if (planned[d]) {
 			devs[d].available--;
 			p = NULL;
-			ck_assert_int_eq(plan_build(L.l, L.n, NULL, &o, devs, nd, &p), -ENOSPC);
+			ck_assert_int_eq(plan_build(L.l, L.n, NULL, NULL, &o, devs, nd, &p), -ENOSPC);
 			ck_assert_ptr_null(p);
 			char want[64];
 			snprintf(want, sizeof(want), "plan does not fit: %s needs ", names[d]);
@@ -1545,6 +1546,373 @@ START_TEST(test_safetensors)
 }
 END_TEST
 
+/* ---------------------------------------------------------------------- */
+/* module order                                                            */
+
+/* Builds the modules of the tensors names[0, n) (one 1-byte tensor each,
+ * in the scrambled order given), all of component comp. */
+static void build_names(const char *const *names, uint32_t n, uint32_t comp, struct mod_units *u)
+{
+	struct mod_tensor t[128];
+	ck_assert_uint_le(n, 128);
+	for (uint32_t i = 0; i < n; i++)
+		t[i] = (struct mod_tensor){ .name = names[i], .component = comp, .layer = 0, .nbytes = 1 };
+	ck_assert_int_eq(modules_build(t, n, u), 0);
+}
+
+/* Position of the unit called name, failing when there is none. */
+static uint32_t unit_pos(const struct mod_units *u, const char *name)
+{
+	for (uint32_t i = 0; i < u->nunits; i++)
+		if (!strcmp(u->units[i].name, name))
+			return i;
+	ck_abort_msg("no module %s", name);
+	return 0;
+}
+
+/* The modules in want[] (NULL-terminated) come in this order. */
+static void assert_order(const struct mod_units *u, const char *prefix, const char *const *want)
+{
+	char a[256], b[256];
+	for (uint32_t i = 0; want[i] && want[i + 1]; i++) {
+		snprintf(a, sizeof(a), "%s%s", prefix, want[i]);
+		snprintf(b, sizeof(b), "%s%s", prefix, want[i + 1]);
+		ck_assert_msg(unit_pos(u, a) < unit_pos(u, b), "%s should come before %s", a, b);
+	}
+}
+
+/* Each family in ComfyUI's registration order, whatever the order of the
+ * names; weight and bias one module; parameters of a module that has
+ * submodules a module each; the family told by its names. */
+START_TEST(test_module_order)
+{
+	static const char *const sd[] = {
+		"out.2.weight", "out.0.weight", "output_blocks.2.2.conv.weight", "output_blocks.0.0.in_layers.0.weight",
+		"middle_block.0.in_layers.0.weight", "input_blocks.10.0.in_layers.0.weight", "input_blocks.3.0.op.weight",
+		"input_blocks.1.1.proj_out.weight", "input_blocks.1.1.transformer_blocks.1.attn1.to_q.weight",
+		"input_blocks.1.1.transformer_blocks.0.norm3.weight", "input_blocks.1.1.transformer_blocks.0.norm1.weight",
+		"input_blocks.1.1.transformer_blocks.0.norm2.weight", "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+		"input_blocks.1.1.transformer_blocks.0.ff.net.2.weight", "input_blocks.1.1.transformer_blocks.0.ff.net.0.proj.weight",
+		"input_blocks.1.1.transformer_blocks.0.attn1.to_out.0.weight", "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
+		"input_blocks.1.1.proj_in.weight", "input_blocks.1.1.norm.weight", "input_blocks.1.0.skip_connection.weight",
+		"input_blocks.1.0.out_layers.3.weight", "input_blocks.1.0.out_layers.0.weight", "input_blocks.1.0.emb_layers.1.weight",
+		"input_blocks.1.0.in_layers.2.weight", "input_blocks.1.0.in_layers.2.bias", "input_blocks.1.0.in_layers.0.weight",
+		"input_blocks.0.0.weight", "label_emb.0.0.weight", "time_embed.2.weight", "time_embed.0.weight",
+	};
+	static const char *const sd_want[] = {
+		"time_embed.0", "time_embed.2", "label_emb.0.0", "input_blocks.0.0", "input_blocks.1.0.in_layers.0",
+		"input_blocks.1.0.in_layers.2", "input_blocks.1.0.emb_layers.1", "input_blocks.1.0.out_layers.0",
+		"input_blocks.1.0.out_layers.3", "input_blocks.1.0.skip_connection", "input_blocks.1.1.norm",
+		"input_blocks.1.1.proj_in", "input_blocks.1.1.transformer_blocks.0.attn1.to_q",
+		"input_blocks.1.1.transformer_blocks.0.attn1.to_out.0", "input_blocks.1.1.transformer_blocks.0.ff.net.0.proj",
+		"input_blocks.1.1.transformer_blocks.0.ff.net.2", "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
+		"input_blocks.1.1.transformer_blocks.0.norm2", "input_blocks.1.1.transformer_blocks.0.norm1",
+		"input_blocks.1.1.transformer_blocks.0.norm3", "input_blocks.1.1.transformer_blocks.1.attn1.to_q",
+		"input_blocks.1.1.proj_out", "input_blocks.3.0.op", "input_blocks.10.0.in_layers.0",
+		"middle_block.0.in_layers.0", "output_blocks.0.0.in_layers.0", "output_blocks.2.2.conv", "out.0", "out.2", NULL,
+	};
+	static const char *const flux[] = {
+		"final_layer.adaLN_modulation.1.weight", "final_layer.linear.weight", "single_blocks.2.linear1.weight",
+		"single_blocks.0.modulation.lin.weight", "single_blocks.0.norm.query_norm.scale", "single_blocks.0.linear2.weight",
+		"single_blocks.0.linear1.weight", "double_blocks.10.img_mod.lin.weight", "double_blocks.1.img_mod.lin.weight",
+		"double_blocks.0.txt_mlp.2.weight", "double_blocks.0.txt_attn.qkv.weight", "double_blocks.0.txt_mod.lin.weight",
+		"double_blocks.0.img_mlp.2.weight", "double_blocks.0.img_mlp.0.weight", "double_blocks.0.img_attn.proj.weight",
+		"double_blocks.0.img_attn.norm.key_norm.scale", "double_blocks.0.img_attn.norm.query_norm.scale",
+		"double_blocks.0.img_attn.qkv.weight", "double_blocks.0.img_mod.lin.weight", "txt_in.weight",
+		"guidance_in.in_layer.weight", "vector_in.in_layer.weight", "time_in.out_layer.weight", "time_in.in_layer.weight",
+		"img_in.weight",
+	};
+	static const char *const flux_want[] = {
+		"img_in", "time_in.in_layer", "time_in.out_layer", "vector_in.in_layer", "guidance_in.in_layer", "txt_in",
+		"double_blocks.0.img_mod.lin", "double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.norm.query_norm",
+		"double_blocks.0.img_attn.norm.key_norm", "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0",
+		"double_blocks.0.img_mlp.2", "double_blocks.0.txt_mod.lin", "double_blocks.0.txt_attn.qkv",
+		"double_blocks.0.txt_mlp.2", "double_blocks.1.img_mod.lin", "double_blocks.10.img_mod.lin",
+		"single_blocks.0.linear1", "single_blocks.0.linear2", "single_blocks.0.norm.query_norm",
+		"single_blocks.0.modulation.lin", "single_blocks.2.linear1", "final_layer.linear",
+		"final_layer.adaLN_modulation.1", NULL,
+	};
+	static const char *const wan[] = {
+		"head.modulation", "head.head.weight", "blocks.0.modulation", "blocks.0.ffn.2.weight", "blocks.0.ffn.0.weight",
+		"blocks.0.cross_attn.k_img.weight", "blocks.0.cross_attn.q.weight", "blocks.0.norm3.weight",
+		"blocks.0.self_attn.norm_k.weight", "blocks.0.self_attn.o.weight", "blocks.0.self_attn.q.weight",
+		"time_projection.1.weight", "time_embedding.0.weight", "text_embedding.0.weight", "patch_embedding.weight",
+	};
+	static const char *const wan_want[] = {
+		"patch_embedding", "text_embedding.0", "time_embedding.0", "time_projection.1", "blocks.0.self_attn.q",
+		"blocks.0.self_attn.o", "blocks.0.self_attn.norm_k", "blocks.0.norm3", "blocks.0.cross_attn.q",
+		"blocks.0.cross_attn.k_img", "blocks.0.ffn.0", "blocks.0.ffn.2", "blocks.0.modulation", "head.head",
+		"head.modulation", NULL,
+	};
+	static const char *const text[] = {
+		"t5xxl.transformer.shared.weight", "t5xxl.transformer.encoder.final_layer_norm.weight",
+		"t5xxl.transformer.encoder.block.1.layer.0.SelfAttention.q.weight",
+		"t5xxl.transformer.encoder.block.0.layer.1.layer_norm.weight",
+		"t5xxl.transformer.encoder.block.0.layer.1.DenseReluDense.wo.weight",
+		"t5xxl.transformer.encoder.block.0.layer.1.DenseReluDense.wi_0.weight",
+		"t5xxl.transformer.encoder.block.0.layer.0.layer_norm.weight",
+		"t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+		"t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.o.weight",
+		"t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight",
+		"clip_l.transformer.text_projection.weight", "clip_l.transformer.text_model.final_layer_norm.weight",
+		"clip_l.transformer.text_model.encoder.layers.1.layer_norm1.weight",
+		"clip_l.transformer.text_model.encoder.layers.0.mlp.fc2.weight",
+		"clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight",
+		"clip_l.transformer.text_model.encoder.layers.0.layer_norm2.weight",
+		"clip_l.transformer.text_model.encoder.layers.0.self_attn.out_proj.weight",
+		"clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight",
+		"clip_l.transformer.text_model.encoder.layers.0.layer_norm1.weight",
+		"clip_l.transformer.text_model.embeddings.token_embedding.weight",
+		"clip_g.model.logit_scale", "clip_g.model.text_projection", "clip_g.model.ln_final.weight",
+		"clip_g.model.transformer.resblocks.0.mlp.c_proj.weight", "clip_g.model.transformer.resblocks.0.mlp.c_fc.weight",
+		"clip_g.model.transformer.resblocks.0.ln_2.weight", "clip_g.model.transformer.resblocks.0.attn.out_proj.weight",
+		"clip_g.model.transformer.resblocks.0.attn.in_proj_weight", "clip_g.model.transformer.resblocks.0.ln_1.weight",
+		"clip_g.model.positional_embedding", "clip_g.model.token_embedding.weight",
+	};
+	static const char *const text_want[] = {
+		"clip_l.transformer.text_model.embeddings.token_embedding",
+		"clip_l.transformer.text_model.encoder.layers.0.layer_norm1",
+		"clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj",
+		"clip_l.transformer.text_model.encoder.layers.0.self_attn.out_proj",
+		"clip_l.transformer.text_model.encoder.layers.0.layer_norm2",
+		"clip_l.transformer.text_model.encoder.layers.0.mlp.fc1", "clip_l.transformer.text_model.encoder.layers.0.mlp.fc2",
+		"clip_l.transformer.text_model.encoder.layers.1.layer_norm1", "clip_l.transformer.text_model.final_layer_norm",
+		"clip_l.transformer.text_projection", "clip_g.model.token_embedding", "clip_g.model.positional_embedding",
+		"clip_g.model.transformer.resblocks.0.ln_1", "clip_g.model.transformer.resblocks.0.attn.in_proj_weight",
+		"clip_g.model.transformer.resblocks.0.attn.out_proj", "clip_g.model.transformer.resblocks.0.ln_2",
+		"clip_g.model.transformer.resblocks.0.mlp.c_fc", "clip_g.model.transformer.resblocks.0.mlp.c_proj",
+		"clip_g.model.ln_final", "clip_g.model.text_projection", "clip_g.model.logit_scale",
+		"t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q",
+		"t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.o",
+		"t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.relative_attention_bias",
+		"t5xxl.transformer.encoder.block.0.layer.0.layer_norm",
+		"t5xxl.transformer.encoder.block.0.layer.1.DenseReluDense.wi_0",
+		"t5xxl.transformer.encoder.block.0.layer.1.DenseReluDense.wo", "t5xxl.transformer.encoder.block.0.layer.1.layer_norm",
+		"t5xxl.transformer.encoder.block.1.layer.0.SelfAttention.q", "t5xxl.transformer.encoder.final_layer_norm",
+		"t5xxl.transformer.shared", NULL,
+	};
+	static const char *const odd[] = { "foo.b.weight", "foo.a.weight", "foo.10.weight", "foo.9.weight" };
+	static const char *const odd_want[] = { "foo.9", "foo.10", "foo.a", "foo.b", NULL };
+	static const struct {
+		const char *const *names;
+		uint32_t n, comp;
+		const char *const *want;
+		const char *family;
+	} cases[] = {
+		{ sd, ARRAY_SIZE(sd), VRAM_COMP_UNET, sd_want, "sd-unet" },
+		{ flux, ARRAY_SIZE(flux), VRAM_COMP_UNET, flux_want, "flux" },
+		{ wan, ARRAY_SIZE(wan), VRAM_COMP_UNET, wan_want, "wan" },
+		{ text, ARRAY_SIZE(text), VRAM_COMP_CLIP, text_want, "text-encoders" },
+		{ odd, ARRAY_SIZE(odd), VRAM_COMP_UNET, odd_want, "natural" },
+	};
+	for (size_t c = 0; c < ARRAY_SIZE(cases); c++) {
+		struct mod_units u;
+		build_names(cases[c].names, cases[c].n, cases[c].comp, &u);
+		ck_assert_str_eq(mod_family_name(u.family[cases[c].comp]), cases[c].family);
+		assert_order(&u, "", cases[c].want);
+		if (c == 0) { /* weight and bias are one module */
+			uint32_t i = unit_pos(&u, "input_blocks.1.0.in_layers.2");
+			ck_assert_uint_eq(u.units[i].nbytes, 2);
+			ck_assert_uint_eq(u.nunits, cases[c].n - 1);
+		}
+		if (c == 3) { /* embeddings, also T5's and OpenCLIP's */
+			ck_assert(u.units[unit_pos(&u, "t5xxl.transformer.shared")].flags & VRAM_LAYER_EMBEDDING);
+			ck_assert(u.units[unit_pos(&u, "clip_g.model.positional_embedding")].flags & VRAM_LAYER_EMBEDDING);
+			ck_assert(!(u.units[unit_pos(&u, "clip_g.model.ln_final")].flags & VRAM_LAYER_EMBEDDING));
+		}
+		/* every tensor maps to the unit of its name */
+		for (uint32_t t = 0; t < cases[c].n; t++)
+			ck_assert(!strncmp(cases[c].names[t], u.units[u.tensor_unit[t]].name,
+					   strlen(u.units[u.tensor_unit[t]].name)));
+		modules_free(&u);
+	}
+}
+END_TEST
+
+/* ---------------------------------------------------------------------- */
+/* granularity on SDXL- and Flux-shaped checkpoints (issue 15)             */
+
+static char *shaped_dir;
+
+static void shaped_setup(void)
+{
+	const char *src = getenv("VRAM_SRCDIR");
+	char cmd[2048];
+	shaped_dir = t_tmpdir();
+	for (int f = 0; f < 2; f++) {
+		const char *arch = f ? "flux" : "sdxl";
+		snprintf(cmd, sizeof(cmd), "%s %s/tests/make_checkpoint.py --out %s/%s.safetensors --size 2000000000 "
+			 "--arch %s --sparse >/dev/null 2>&1", t_python(), src && *src ? src : ".", shaped_dir, arch, arch);
+		if (t_run(cmd, NULL, 0) != 0)
+			fprintf(stderr, "test-plan: make_checkpoint.py --arch %s failed\n", arch);
+	}
+}
+
+static void shaped_teardown(void)
+{
+	t_rmtree(shaped_dir);
+}
+
+static const struct {
+	const char *unet, *clip;         /* expert strings (NULL: virtual VRAM) */
+	double unet_vv, clip_vv;
+	const char *unet_donor, *clip_dev, *clip_donor;
+} shaped_plans[] = {
+	{ "cuda:0,50%;cpu,*", "cuda:0,50%;cpu,*", 0, 0, NULL, NULL, NULL },
+	{ "cuda:0,30%;cuda:1,30%;cpu,*", "cuda:0,30%;cuda:1,30%;cpu,*", 0, 0, NULL, NULL, NULL },
+	{ "cuda:0,70%;cuda:1,30%", "cuda:1,50%;cpu,50%", 0, 0, NULL, NULL, NULL },      /* facts.md §1 */
+	{ "cuda:0,8%;cuda:1,8%;cpu,4%", "cuda:0,0.01;cpu,*", 0, 0, NULL, NULL, NULL },   /* plan.md */
+	{ "cuda:0,500mb;cuda:1,300mb;cpu,*", "cuda:1,100mb;cpu,*", 0, 0, NULL, NULL, NULL }, /* bytes */
+	{ "cuda:0,0.02;cpu,*", "cuda:1,0.01;cuda:0,0.005", 0, 0, NULL, NULL, NULL },     /* fractions */
+	{ NULL, NULL, 0.5, 0.1, "cpu", "cuda:0", "cpu" },                                  /* virtual VRAM */
+	{ NULL, NULL, 8.0, 2.0, "cuda:1", "cuda:1", "cpu" },                               /* facts.md §1 */
+	{ NULL, NULL, 1.0, 0.2, "cuda:1", "cuda:1", "cpu" },
+};
+
+/* Every device gets what it was asked to within 2 % of the component's
+ * bytes, and every device before the last one asked for anything gets
+ * what it was asked less under one module (never more, past the pinned
+ * modules its own quota took); the compute device holds the tail. */
+START_TEST(test_granularity)
+{
+	int f = _i / (int)ARRAY_SIZE(shaped_plans), k = _i % (int)ARRAY_SIZE(shaped_plans);
+	char path[512];
+	snprintf(path, sizeof(path), "%s/%s.safetensors", shaped_dir, f ? "flux" : "sdxl");
+	vram_model *m = NULL;
+	ck_assert_msg(vram_model_open(path, &m) == 0, "%s", vram_last_error());
+	struct vram_plan_device devs[4];
+	uint32_t nd = devs_of("cuda:0=24GiB,cuda:1=12GiB,cpu=64GiB", devs);
+	struct vram_plan_options o;
+	vram_plan_options_init(&o);
+	o.unet_expert_mode_allocations = shaped_plans[k].unet;
+	o.clip_expert_mode_allocations = shaped_plans[k].clip;
+	if (!shaped_plans[k].unet) {
+		o.unet_virtual_vram_gb = shaped_plans[k].unet_vv;
+		o.clip_virtual_vram_gb = shaped_plans[k].clip_vv;
+		o.unet_donor_device = shaped_plans[k].unet_donor;
+		o.clip_compute_device = shaped_plans[k].clip_dev;
+		o.clip_donor_device = shaped_plans[k].clip_donor;
+	}
+	vram_plan *p = NULL;
+	ck_assert_msg(vram_plan_create(m, &o, devs, nd, &p) == 0, "%s", vram_last_error());
+	struct mod_units mu;
+	ck_assert_int_eq(modules_from_model(m, 0, 0, &mu), 0);
+	ck_assert_uint_eq(mu.family[VRAM_COMP_UNET], f ? MOD_FLUX : MOD_SD_UNET);
+	uint64_t biggest[VRAM_COMP_COUNT] = { 0 };
+	for (uint32_t i = 0; i < mu.nunits; i++)
+		biggest[mu.units[i].component] = MAX(biggest[mu.units[i].component], mu.units[i].nbytes);
+	const uint32_t order[] = { 0, 1, 2 }; /* cuda:0, cuda:1, cpu as listed */
+	char *js = NULL;
+	ck_assert_int_eq(vram_plan_to_json(p, &js), 0);
+	json_t *j = json_loads(js, 0, NULL);
+	free(js);
+	for (uint32_t c = VRAM_COMP_UNET; c <= VRAM_COMP_CLIP; c++) {
+		struct vram_component_info ci = { .struct_size = sizeof(ci) };
+		ck_assert_int_eq(vram_model_component(m, c, &ci), 0);
+		int cd = vram_plan_compute_device(p, c), last = -1;
+		uint64_t sum = 0, pinned = (uint64_t)jint(j, c ? "components.clip.pinned_bytes" : "components.unet.pinned_bytes");
+		for (uint32_t d = 0; d < nd; d++)
+			if (vram_plan_asked_bytes(p, c, order[d]))
+				last = (int)d;
+		for (uint32_t d = 0; d < nd; d++) {
+			/* What was asked, the pinned modules (tiny layers, a text
+			 * encoder's embeddings: DisTorch2 keeps them on the compute
+			 * device) moved there: placement is judged against that. */
+			uint64_t asked = plan_quota(p, c, order[d]) + ((int)order[d] == cd ? pinned : 0);
+			uint64_t placed = vram_plan_bytes(p, c, order[d]);
+			uint64_t diff = asked > placed ? asked - placed : placed - asked;
+			sum += placed;
+			ck_assert_msg(diff * 50 <= ci.nbytes, "%s %s: %s asked %llu, placed %llu (more than 2%% off)",
+				      path, c ? "clip" : "unet", devs[order[d]].name, (unsigned long long)asked,
+				      (unsigned long long)placed);
+			if ((int)d >= last || (int)order[d] == cd)
+				continue;
+			ck_assert_msg(placed <= asked && asked - placed < biggest[c], "%s %s: %s asked %llu, placed %llu",
+				      path, c ? "clip" : "unet", devs[order[d]].name, (unsigned long long)asked,
+				      (unsigned long long)placed);
+		}
+		ck_assert_uint_eq(sum, ci.nbytes);
+	}
+	/* tail first: the unet's last module is on the first device asked
+	 * for anything, its first distributed one on the last */
+	const char *tail = f ? "model.diffusion_model.final_layer.adaLN_modulation.1.weight"
+			     : "model.diffusion_model.output_blocks.8.0.skip_connection.weight";
+	const char *head = f ? "model.diffusion_model.time_in.out_layer.weight" : "model.diffusion_model.time_embed.0.weight";
+	int first_dev = -1, last_dev = -1;
+	for (uint32_t d = 0; d < nd; d++)
+		if (vram_plan_asked_bytes(p, VRAM_COMP_UNET, order[d])) {
+			if (first_dev < 0)
+				first_dev = (int)order[d];
+			last_dev = (int)order[d];
+		}
+	ck_assert_int_eq(vram_plan_tensor_device(p, (uint32_t)vram_model_find_tensor(m, tail)), first_dev);
+	ck_assert_int_eq(vram_plan_tensor_device(p, (uint32_t)vram_model_find_tensor(m, head)), last_dev);
+	json_decref(j);
+	modules_free(&mu);
+	vram_plan_free(p);
+	vram_model_close(m);
+}
+END_TEST
+
+/* A plan of modules splits a layer where a device's share ends: the JSON
+ * shows it (split, the device with most of it), the tensors each go where
+ * their module went, and asked / placed / difference add up. */
+START_TEST(test_split_json)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/sdxl.safetensors", shaped_dir);
+	vram_model *m = NULL;
+	ck_assert_msg(vram_model_open(path, &m) == 0, "%s", vram_last_error());
+	struct vram_plan_device devs[4];
+	uint32_t nd = devs_of("cuda:0=24GiB,cpu=64GiB", devs);
+	struct vram_plan_options o;
+	vram_plan_options_init(&o);
+	o.unet_expert_mode_allocations = "cuda:0,50%;cpu,*";
+	vram_plan *p = NULL;
+	ck_assert_msg(vram_plan_create(m, &o, devs, nd, &p) == 0, "%s", vram_last_error());
+	char *s = NULL;
+	ck_assert_int_eq(vram_plan_to_json(p, &s), 0);
+	json_t *j = json_loads(s, 0, NULL);
+	ck_assert_ptr_nonnull(j);
+	ck_assert_str_eq(jstr(j, "components.unet.module_order"), "sd-unet");
+	ck_assert_str_eq(jstr(j, "components.clip.module_order"), "text-encoders");
+	long long asked = jint(j, "components.unet.asked.cuda:0"), placed = jint(j, "components.unet.placement.cuda:0");
+	ck_assert_int_eq(jint(j, "components.unet.difference.cuda:0"), placed - asked);
+	ck_assert_int_eq(jint(j, "components.unet.difference.cpu"), asked - placed);
+	ck_assert_uint_eq(json_array_size(jget(j, "components.unet.ranges")), 2); /* one run per device */
+	ck_assert_str_eq(jstr(j, "components.unet.ranges.1.device"), "cuda:0");
+	ck_assert_str_eq(jstr(j, "components.unet.ranges.0.first"), "model.diffusion_model.time_embed.0");
+	json_t *layers = jget(j, "components.unet.layers"), *l;
+	size_t i;
+	int splits = 0;
+	json_array_foreach(layers, i, l) {
+		json_t *sp = json_object_get(l, "split");
+		uint32_t li = (uint32_t)json_integer_value(json_object_get(l, "index"));
+		struct vram_layer_info info = { .struct_size = sizeof(info) };
+		ck_assert_int_eq(vram_model_layer(m, li, &info), 0);
+		uint64_t on[2] = { 0, 0 };
+		for (uint32_t t = info.first_tensor; t < info.first_tensor + info.ntensors; t++) {
+			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+			vram_model_tensor(m, t, &ti);
+			on[vram_plan_tensor_device(p, t)] += ti.nbytes;
+		}
+		if (json_is_null(sp)) {
+			ck_assert(!on[0] || !on[1]);
+			continue;
+		}
+		splits++;
+		ck_assert_int_eq(json_integer_value(json_object_get(sp, "cuda:0")), (long long)on[0]);
+		ck_assert_int_eq(json_integer_value(json_object_get(sp, "cpu")), (long long)on[1]);
+		ck_assert_int_eq(vram_plan_layer_device(p, li), on[0] >= on[1] ? 0 : 1);
+	}
+	ck_assert_int_eq(splits, 1);
+	json_decref(j);
+	free(s);
+	vram_plan_free(p);
+	vram_model_close(m);
+}
+END_TEST
+
 static Suite *plan_suite(void)
 {
 	Suite *s = suite_create("plan");
@@ -1580,6 +1948,14 @@ static Suite *plan_suite(void)
 	tc = tcase_create("safetensors");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_safetensors);
+	tcase_add_test(tc, test_module_order);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("granularity");
+	tcase_set_timeout(tc, 60);
+	tcase_add_unchecked_fixture(tc, shaped_setup, shaped_teardown);
+	tcase_add_loop_test(tc, test_granularity, 0, 2 * (int)ARRAY_SIZE(shaped_plans));
+	tcase_add_test(tc, test_split_json);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -37,6 +37,8 @@ START_TEST(test_nodes) { run_suite("test_nodes"); }
 END_TEST
 START_TEST(test_torch) { run_suite("test_torch"); }
 END_TEST
+START_TEST(test_eviction) { run_suite("test_eviction"); }
+END_TEST
 START_TEST(test_comfyui) { run_suite("test_comfyui"); }
 END_TEST
 
@@ -48,6 +50,7 @@ int main(void)
 	tcase_add_test(tc, test_binding);
 	tcase_add_test(tc, test_nodes);
 	tcase_add_test(tc, test_torch);
+	tcase_add_test(tc, test_eviction);
 	tcase_add_test(tc, test_comfyui);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);

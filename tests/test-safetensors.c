@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/dtype.h"
 #include "runtime/model.h"
 #include "runtime/vram.h"
 
@@ -334,8 +335,8 @@ START_TEST(test_valid_details)
 	vram_model_close(m);
 
 	m = open_ok("valid", "all_dtypes");
-	ck_assert_int_eq(vram_model_tensor_count(m), VRAM_DTYPE_COUNT);
-	for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++) {
+	ck_assert_int_eq(vram_model_tensor_count(m), DTYPE_ST_COUNT);
+	for (uint32_t d = 0; d < DTYPE_ST_COUNT; d++) {
 		char name[32];
 		snprintf(name, sizeof(name), "t%02u_%s", d, vram_dtype_name(d));
 		t = tensor_named(m, name);
@@ -457,7 +458,7 @@ START_TEST(test_reference_crosscheck)
 		snprintf(base, sizeof(base), "%02d", i);
 		total += crosscheck_file(base);
 	}
-	ck_assert_int_eq(crosscheck_file("all_dtypes"), VRAM_DTYPE_COUNT);
+	ck_assert_int_eq(crosscheck_file("all_dtypes"), DTYPE_ST_COUNT);
 	ck_assert_int_gt(total, 200);
 	for (int i = 0; i < 24; i++) {
 		vram_model *m;
@@ -733,8 +734,13 @@ START_TEST(test_api)
 	vram_model_close(m);
 
 	for (uint32_t d = 0; d < VRAM_DTYPE_COUNT; d++) {
+		uint32_t e = 0, b = 0;
 		ck_assert_ptr_nonnull(vram_dtype_name(d));
-		ck_assert_uint_gt(vram_dtype_bits(d), 0);
+		ck_assert_int_eq(vram_dtype_block(d, &e, &b), 0);
+		if (d < DTYPE_ST_COUNT)
+			ck_assert_uint_eq(e * vram_dtype_bits(d), 8 * b); /* whole bytes */
+		else
+			ck_assert_uint_eq(vram_dtype_bits(d), 0); /* GGUF's blocks */
 	}
 	ck_assert_str_eq(vram_dtype_name(VRAM_DTYPE_BOOL), "BOOL");
 	ck_assert_str_eq(vram_dtype_name(VRAM_DTYPE_F8_E4M3FNUZ), "F8_E4M3FNUZ");
@@ -745,6 +751,22 @@ START_TEST(test_api)
 	ck_assert_uint_eq(vram_dtype_bits(VRAM_DTYPE_C64), 64);
 	ck_assert_ptr_null(vram_dtype_name(VRAM_DTYPE_COUNT));
 	ck_assert_uint_eq(vram_dtype_bits(VRAM_DTYPE_COUNT), 0);
+	{
+		uint32_t e = 7, b = 7;
+		ck_assert_int_eq(vram_dtype_block(VRAM_DTYPE_COUNT, &e, &b), -EINVAL);
+		ck_assert_uint_eq(e, 7);
+		ck_assert_int_eq(vram_dtype_block(VRAM_DTYPE_F4, &e, &b), 0);
+		ck_assert_uint_eq(e, 2);
+		ck_assert_uint_eq(b, 1);
+		ck_assert_int_eq(vram_dtype_block(VRAM_DTYPE_F6_E2M3, &e, &b), 0);
+		ck_assert_uint_eq(e, 4);
+		ck_assert_uint_eq(b, 3);
+		ck_assert_int_eq(vram_dtype_block(VRAM_DTYPE_Q4_K, &e, &b), 0);
+		ck_assert_uint_eq(e, 256);
+		ck_assert_uint_eq(b, 144);
+		ck_assert_str_eq(vram_dtype_name(VRAM_DTYPE_Q8_0), "Q8_0");
+		ck_assert_str_eq(vram_dtype_name(VRAM_DTYPE_Q1_0), "Q1_0");
+	}
 	ck_assert_str_eq(vram_component_name(VRAM_COMP_UNET), "unet");
 	ck_assert_str_eq(vram_component_name(VRAM_COMP_CLIP), "clip");
 	ck_assert_str_eq(vram_component_name(VRAM_COMP_VAE), "vae");

@@ -305,7 +305,8 @@ START_TEST(test_conf_example)
 	static const char *const coming[] = { "admin-socket", "admin-group", "state-dir", "socket-group" };
 	/* Every key broker/config.c accepts must be documented. */
 	static const char *const known[] = { "socket", "sim-gpus", "host-pool", "client-max", "max-clients",
-					     "max-grants", "socket-mode", "reclaim-deadline-ms", "cuda", "verbose" };
+					     "max-grants", "socket-mode", "reclaim-deadline-ms", "cuda", "verbose",
+					     "ready-reserve", "ready-refill-rate", "ready-min-free" };
 	char line[1024], err[256];
 	char seen[64][64];
 	int nseen = 0;
@@ -835,14 +836,13 @@ static char *run_metrics(const char *vramctl, const char *sock, const char *extr
 
 START_TEST(test_metrics)
 {
-	struct env e;
+	struct t_broker e;
 	struct exposition x;
 	int rc;
-	char pidl[64], uidl[64];
-	env_init(&e);
-	const char *args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "64MiB", "--no-cuda", NULL };
-	pid_t pid = t_start_vramd(e.sock, e.log, args);
-	ck_assert_int_gt(pid, 0);
+	char pidl[64], uidl[64], vramctl[512];
+	snprintf(vramctl, sizeof(vramctl), "%s/bin/vramctl", t_build());
+	const char *args[] = { "--sim-gpus", "64MiB,32MiB", "--host-pool", "64MiB", NULL };
+	t_broker_start(&e, args);
 
 	/* A client whose name needs escaping, and one byte that is not UTF-8. */
 	vram_client *c;
@@ -853,7 +853,7 @@ START_TEST(test_metrics)
 	snprintf(pidl, sizeof(pidl), "pid=\"%d\"", (int)getpid());
 	snprintf(uidl, sizeof(uidl), "uid=\"%u\"", (unsigned)getuid());
 
-	_cleanup_free_ char *out = run_metrics(e.vramctl, e.sock, NULL, &rc);
+	_cleanup_free_ char *out = run_metrics(vramctl, e.sock, NULL, &rc);
 	ck_assert_msg(rc == 0, "rc %d", rc);
 	parse_exposition(out, &x);
 	ck_assert_double_eq(V(&x, "vramd_up", ""), 1);
@@ -894,7 +894,7 @@ START_TEST(test_metrics)
 	/* After a free the series stays, at 0. */
 	ck_assert_int_eq(vram_free(c, g1), 0);
 	free(out);
-	out = run_metrics(e.vramctl, e.sock, NULL, &rc);
+	out = run_metrics(vramctl, e.sock, NULL, &rc);
 	ck_assert_int_eq(rc, 0);
 	parse_exposition(out, &x);
 	ck_assert_double_eq(V(&x, "vramd_client_held_bytes", name, cuda0), 0);
@@ -907,7 +907,7 @@ START_TEST(test_metrics)
 	snprintf(file, sizeof(file), "%s/vramd.prom", e.dir);
 	snprintf(extra, sizeof(extra), "--output '%s'", file);
 	free(out);
-	out = run_metrics(e.vramctl, e.sock, extra, &rc);
+	out = run_metrics(vramctl, e.sock, extra, &rc);
 	ck_assert_int_eq(rc, 0);
 	ck_assert_str_eq(out, "");
 	_cleanup_free_ char *prom = slurp(file);
@@ -924,27 +924,27 @@ START_TEST(test_metrics)
 
 	/* Usage errors. */
 	free(out);
-	out = run_metrics(e.vramctl, e.sock, "--bogus", &rc);
+	out = run_metrics(vramctl, e.sock, "--bogus", &rc);
 	ck_assert_int_eq(rc, 64);
 
 	/* Broker gone: vramd_up 0, still valid, and exit code 69; the file
 	 * says so too. */
 	vram_close(c);
-	ck_assert_int_eq(t_stop(pid), 0);
+	t_broker_halt(&e);
 	free(out);
-	out = run_metrics(e.vramctl, e.sock, NULL, &rc);
+	out = run_metrics(vramctl, e.sock, NULL, &rc);
 	ck_assert_int_eq(rc, 69);
 	parse_exposition(out, &x);
 	ck_assert_int_eq(x.n, 1);
 	ck_assert_double_eq(V(&x, "vramd_up", ""), 0);
 	free(x.s);
 	free(out);
-	out = run_metrics(e.vramctl, e.sock, extra, &rc);
+	out = run_metrics(vramctl, e.sock, extra, &rc);
 	ck_assert_int_eq(rc, 69);
 	free(prom);
 	prom = slurp(file);
 	ck_assert_ptr_nonnull(strstr(prom, "\nvramd_up 0\n"));
-	env_fini(&e);
+	t_broker_stop(&e);
 	(void)g2;
 }
 END_TEST

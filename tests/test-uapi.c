@@ -28,7 +28,8 @@ START_TEST(test_layout)
 	ck_assert_uint_eq(offsetof(struct vramd_device, label), 104);
 	ck_assert_uint_eq(offsetof(struct vramd_device, ready), 168);
 	ck_assert_uint_eq(offsetof(struct vramd_device, cache), 208);
-	ck_assert_uint_eq(offsetof(struct vramd_device, reserved), 224);
+	ck_assert_uint_eq(offsetof(struct vramd_device, cache_hits), 224);
+	ck_assert_uint_eq(offsetof(struct vramd_device, reserved), 248);
 	ck_assert_uint_eq(sizeof(struct vramd_device), 264);
 
 	ck_assert_uint_eq(offsetof(struct vramd_hello_reply, client_id), 24);
@@ -74,6 +75,16 @@ START_TEST(test_layout)
 	ck_assert_uint_eq(sizeof(struct vramd_demand), 64);
 	ck_assert_uint_eq(offsetof(struct vramd_offer, bytes), 32);
 	ck_assert_uint_eq(sizeof(struct vramd_offer), 56);
+	ck_assert_uint_eq(offsetof(struct vramd_register, what), 52);
+	ck_assert_uint_eq(sizeof(struct vramd_share_run), 32);
+	ck_assert_uint_eq(offsetof(struct vramd_share_run, src_dtype), 16);
+	ck_assert_uint_eq(offsetof(struct vramd_share, nruns), 32);
+	ck_assert_uint_eq(sizeof(struct vramd_share), 56);
+	ck_assert_uint_eq(offsetof(struct vramd_share_reply, how), 44);
+	ck_assert_uint_eq(sizeof(struct vramd_share_reply), 64);
+	ck_assert_uint_eq(sizeof(struct vramd_share_progress), 56);
+	ck_assert_uint_eq(sizeof(struct vramd_unshare), 40);
+	ck_assert_uint_eq(sizeof(struct vramd_cache_drop), 48);
 	ck_assert_uint_eq(offsetof(struct vramd_status_reply, grants), 40);
 	ck_assert_uint_eq(offsetof(struct vramd_status_reply, note), 72);
 	ck_assert_uint_eq(sizeof(struct vramd_status_reply), 200);

@@ -181,6 +181,121 @@ static inline int t_stop(pid_t pid)
 	return st;
 }
 
+/* ---- the shared harness: a vramd on a temp socket ---------------------------- */
+
+/* A vramd of a test's own: its temp dir (on a real file system, which
+ * O_DIRECT needs: /var/tmp when it can), sockets, log and state dir in it. */
+struct t_broker {
+	char *dir;
+	char sock[256], admin[256], log[256], state[256];
+	pid_t pid;
+	int cuda;                /* set after t_broker_dir: vramd looks for the
+				  * real driver (no "--no-cuda") */
+};
+
+/* Makes b's temp dir and paths, nothing started (a test that writes a
+ * config file into the dir first, or sets b->cuda). */
+static inline void t_broker_dir(struct t_broker *b)
+{
+	memset(b, 0, sizeof(*b));
+	setenv("TMPDIR", access("/var/tmp", W_OK) == 0 ? "/var/tmp" : "/tmp", 1);
+	b->dir = t_tmpdir();
+	ck_assert_ptr_nonnull(b->dir);
+	chmod(b->dir, 0755); /* other users may reach the client socket, not the admin one */
+	snprintf(b->sock, sizeof(b->sock), "%s/vramd.sock", b->dir);
+	snprintf(b->admin, sizeof(b->admin), "%s/admin.sock", b->dir);
+	snprintf(b->log, sizeof(b->log), "%s/vramd.log", b->dir);
+	snprintf(b->state, sizeof(b->state), "%s/state", b->dir);
+}
+
+/* Starts vramd in b's dir with args (NULL-terminated; "--no-cuda" unless
+ * b->cuda, and the paths are added).  Fails the test if it does not come
+ * up. */
+static inline void t_broker_run(struct t_broker *b, const char *const *args)
+{
+	const char *argv[48];
+	int n = 0;
+	for (int i = 0; args && args[i] && n < 40; i++)
+		argv[n++] = args[i];
+	if (!b->cuda)
+		argv[n++] = "--no-cuda";
+	argv[n] = NULL;
+	b->pid = t_start_vramd(b->sock, b->log, argv);
+	ck_assert_msg(b->pid > 0, "vramd did not start (log: %s)", b->log);
+}
+
+/* A fresh dir and a vramd in it with args. */
+static inline void t_broker_start(struct t_broker *b, const char *const *args)
+{
+	t_broker_dir(b);
+	t_broker_run(b, args);
+}
+
+/* SIGTERM, a clean exit asserted; the temp dir stays (a test that looks at
+ * what vramd left, or goes on without it). */
+static inline void t_broker_halt(struct t_broker *b)
+{
+	int st = t_stop(b->pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vramd exit status %d", st);
+	b->pid = 0;
+}
+
+/* t_broker_halt, then vramd again in the same dir (its state kept) with
+ * args. */
+static inline void t_broker_restart(struct t_broker *b, const char *const *args)
+{
+	t_broker_halt(b);
+	t_broker_run(b, args);
+}
+
+/* SIGTERM (unless halted), a clean exit asserted, the temp dir removed. */
+static inline void t_broker_stop(struct t_broker *b)
+{
+	if (b->pid > 0)
+		t_broker_halt(b);
+	t_rmtree(b->dir);
+	b->dir = NULL;
+}
+
+/* Forks a child that runs fn(arg) and exits with its return value (a
+ * failed check in the child is its exit code, never the parent's).  The
+ * pid, or -1. */
+static inline pid_t t_fork(int (*fn)(void *), void *arg)
+{
+	pid_t pid = fork();
+	if (pid == 0)
+		_exit(fn(arg));
+	return pid;
+}
+
+/* Waits at most timeout_ms for pid; its exit code, 128 + signal, or -1 on
+ * timeout (it is killed then). */
+static inline int t_wait(pid_t pid, int timeout_ms)
+{
+	int st;
+	for (int i = 0; i < timeout_ms / 10 + 1; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		t_sleep_ms(10);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -1;
+}
+
+/* 1 if the broker's log has needle. */
+static inline int t_log_has(const struct t_broker *b, const char *needle)
+{
+	FILE *f = fopen(b->log, "re");
+	char line[1024];
+	int found = 0;
+	while (f && !found && fgets(line, sizeof(line), f))
+		found = strstr(line, needle) != NULL;
+	if (f)
+		fclose(f);
+	return found;
+}
+
 /* Runs a shell command, captures up to cap-1 bytes of stdout; returns the
  * exit code (or -1). */
 static inline int t_run(const char *cmd, char *out, size_t cap)

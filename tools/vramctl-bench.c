@@ -67,12 +67,14 @@ static double memcpy_gbps(const vram_model *m, const vram_loaded *l, const vram_
 			struct vram_layer_info info = { .struct_size = sizeof(info) };
 			vram_model_layer(m, (uint32_t)li, &info);
 			int cd = vram_plan_compute_device(p, info.component);
-			int home = info.ntensors ? vram_loaded_tensor_device(l, info.first_tensor) : -1;
-			if (cd < 0 || home < 0 || !info.nbytes)
+			if (cd < 0 || !info.nbytes)
 				continue;
-			struct vram_device_info di = { .struct_size = sizeof(di) };
-			vram_device_info(c, (uint32_t)home, &di);
-			if (!strcmp(di.name, vram_plan_device_name(p, (uint32_t)cd)))
+			/* paged (as the pager does) when any of it is off the
+			 * compute device: the plan may split a layer */
+			bool donor = false;
+			for (uint32_t t = info.first_tensor; t < info.first_tensor + info.ntensors; t++)
+				donor = donor || vram_plan_tensor_device(p, t) != cd;
+			if (!donor)
 				continue; /* resident */
 			uint8_t *buf = bufs + (turn++ % nbuf) * (biggest + 4096);
 			uint64_t off = 0;
@@ -289,8 +291,12 @@ static int bench_layers(const struct bench_args *ba, struct bench *b)
 		vram_model_layer(b->m, (uint32_t)li, &info);
 		b->spin[li] = (uint64_t)(ba->ms_per_gb * 1e6 * (double)info.nbytes / 1e9);
 		int cd = vram_plan_compute_device(b->p, info.component);
-		int ld = vram_plan_layer_device(b->p, (uint32_t)li);
-		b->donor[li] = cd >= 0 && ld >= 0 && cd != ld ? info.nbytes : 0;
+		b->donor[li] = 0; /* its bytes off the compute device (a layer may be split) */
+		for (uint32_t t = info.first_tensor; cd >= 0 && t < info.first_tensor + info.ntensors; t++) {
+			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+			if (vram_plan_tensor_device(b->p, t) != cd && vram_model_tensor(b->m, t, &ti) == 0)
+				b->donor[li] += ti.nbytes;
+		}
 	}
 	return 0;
 }

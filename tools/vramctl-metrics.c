@@ -189,7 +189,11 @@ static void client_labels(struct buf *b, const struct vram_client_status *c)
 	buf_printf(b, "\",pid=\"%d\",uid=\"%u\"", (int)c->pid, c->uid);
 }
 
-enum dev_field { DEV_TOTAL, DEV_USED, DEV_FREE, DEV_RECLAIMABLE, DEV_GRANULARITY };
+enum dev_field {
+	DEV_TOTAL, DEV_USED, DEV_FREE, DEV_RECLAIMABLE, DEV_GRANULARITY, DEV_READY, DEV_READY_TARGET, DEV_READY_HITS,
+	DEV_READY_MISSES, DEV_READY_REFILLED, DEV_CACHE, DEV_CACHE_MAX, DEV_CACHE_HITS, DEV_CACHE_FILLS,
+	DEV_CACHE_EVICTIONS,
+};
 
 static uint64_t dev_value(const struct vram_device_info *d, enum dev_field f)
 {
@@ -198,12 +202,25 @@ static uint64_t dev_value(const struct vram_device_info *d, enum dev_field f)
 	case DEV_USED: return d->used;
 	case DEV_FREE: return d->total > d->used ? d->total - d->used : 0;
 	case DEV_RECLAIMABLE: return d->reclaimable;
-	default: return d->granularity;
+	case DEV_GRANULARITY: return d->granularity;
+	case DEV_READY: return d->ready;
+	case DEV_READY_TARGET: return d->ready_target;
+	case DEV_READY_HITS: return d->ready_hits;
+	case DEV_READY_MISSES: return d->ready_misses;
+	case DEV_READY_REFILLED: return d->ready_refilled;
+	case DEV_CACHE: return d->cache;
+	case DEV_CACHE_MAX: return d->cache_max;
+	case DEV_CACHE_HITS: return d->cache_hits;
+	case DEV_CACHE_FILLS: return d->cache_fills;
+	default: return d->cache_evictions;
 	}
 }
 
-enum cl_field { CL_RECLAIMABLE, CL_GRANTS, CL_ANSWERED, CL_MISSED, CL_LATE };
+enum cl_field {
+	CL_RECLAIMABLE, CL_GRANTS, CL_ANSWERED, CL_MISSED, CL_LATE, CL_ASKED, CL_FREED, CL_P50, CL_P99,
+};
 
+/* The value of field f of c; microseconds for CL_P50/CL_P99. */
 static uint64_t cl_value(const struct vram_client_status *c, enum cl_field f)
 {
 	switch (f) {
@@ -211,7 +228,23 @@ static uint64_t cl_value(const struct vram_client_status *c, enum cl_field f)
 	case CL_GRANTS: return c->ngrants;
 	case CL_ANSWERED: return c->reclaims_answered;
 	case CL_MISSED: return c->reclaims_missed;
-	default: return (c->flags & VRAM_CLIENT_RECLAIM_LATE) ? 1 : 0;
+	case CL_LATE: return (c->flags & VRAM_CLIENT_RECLAIM_LATE) ? 1 : 0;
+	case CL_ASKED: return c->reclaim_asked;
+	case CL_FREED: return c->reclaim_freed;
+	case CL_P50: return c->reclaim_p50_us;
+	default: return c->reclaim_p99_us;
+	}
+}
+
+enum cd_field { CD_HELD, CD_WANT, CD_SHARE, CD_SHARED };
+
+static uint64_t cd_value(const struct vram_client_status *c, uint32_t d, enum cd_field f)
+{
+	switch (f) {
+	case CD_HELD: return c->held_dev[d];
+	case CD_WANT: return c->want_dev[d];
+	case CD_SHARE: return c->share_dev[d];
+	default: return c->shared_dev[d];
 	}
 }
 
@@ -221,20 +254,107 @@ static void render_up(struct buf *b, int up)
 	buf_printf(b, "vramd_up %d\n", up);
 }
 
-static void render(struct buf *b, const struct vram_status *s)
+static void render_broker(struct buf *b, const struct vram_status *s)
+{
+	uint32_t nclients = 0;
+	for (uint32_t i = 0; i < s->nclients; i++)
+		if (!(s->clients[i].flags & VRAM_CLIENT_SELF))
+			nclients++;
+	family(b, "vramd_uptime_seconds", "gauge", "Seconds since the broker started.");
+	buf_printf(b, "vramd_uptime_seconds %llu.%03llu\n", (unsigned long long)(s->uptime_ms / 1000),
+		   (unsigned long long)(s->uptime_ms % 1000));
+	family(b, "vramd_grants", "gauge", "Grants live in the broker.");
+	buf_printf(b, "vramd_grants %llu\n", (unsigned long long)s->grants);
+	family(b, "vramd_clients", "gauge", "Clients connected that the caller may see (all for root and admin-group), not counting the vramctl asking.");
+	buf_printf(b, "vramd_clients %u\n", nclients);
+	family(b, "vramd_protocol_errors_total", "counter",
+	       "Clients disconnected for protocol violations since the broker started.");
+	buf_printf(b, "vramd_protocol_errors_total %llu\n", (unsigned long long)s->protocol_errors);
+}
+
+static void render_devices(struct buf *b, const struct vram_status *s, uint32_t ndev)
+{
+	static const struct {
+		const char *name, *type, *help;
+		enum dev_field f;
+	} devm[] = {
+		{ "vramd_device_total_bytes", "gauge", "Bytes the device's pool may grant.", DEV_TOTAL },
+		{ "vramd_device_used_bytes", "gauge", "Bytes granted to clients now.", DEV_USED },
+		{ "vramd_device_free_bytes", "gauge", "Bytes not granted (total - used).", DEV_FREE },
+		{ "vramd_device_reclaimable_bytes", "gauge", "Of used, bytes in grants the broker may ask back (RECLAIM).",
+		  DEV_RECLAIMABLE },
+		{ "vramd_device_granularity_bytes", "gauge", "Allocation granularity: grant sizes are multiples of it.",
+		  DEV_GRANULARITY },
+		{ "vramd_device_ready_bytes", "gauge", "Populated memory in the ready reserve (free memory).", DEV_READY },
+		{ "vramd_device_ready_target_bytes", "gauge", "The ready reserve's size when full (0: none).",
+		  DEV_READY_TARGET },
+		{ "vramd_device_ready_hits_total", "counter", "Grants served from the ready reserve.", DEV_READY_HITS },
+		{ "vramd_device_ready_misses_total", "counter", "Grants that found the ready reserve short.",
+		  DEV_READY_MISSES },
+		{ "vramd_device_ready_refilled_bytes_total", "counter", "Bytes the ready reserve was refilled with.",
+		  DEV_READY_REFILLED },
+		{ "vramd_device_cache_bytes", "gauge", "Of used, bytes in shared read-only copies.", DEV_CACHE },
+		{ "vramd_device_cache_max_bytes", "gauge", "The shared copies' budget.", DEV_CACHE_MAX },
+		{ "vramd_device_cache_hits_total", "counter", "Chunks of loads served by a shared copy that was there.",
+		  DEV_CACHE_HITS },
+		{ "vramd_device_cache_fills_total", "counter", "Shared copies the broker filled.", DEV_CACHE_FILLS },
+		{ "vramd_device_cache_evictions_total", "counter", "Shared copies evicted (unused, for room, or dropped).",
+		  DEV_CACHE_EVICTIONS },
+	};
+	family(b, "vramd_device_info", "gauge", "Devices the broker serves; always 1. model is the device label.");
+	for (uint32_t i = 0; i < ndev; i++) {
+		const struct vram_device_info *d = &s->devices[i];
+		char u[37];
+		uuid_str(d->uuid, u);
+		buf_put(b, "vramd_device_info{", 18);
+		device_labels(b, d);
+		buf_put(b, ",model=\"", 8);
+		put_label_value(b, d->label);
+		buf_printf(b, "\",uuid=\"%s\",numa_node=\"%d\",index=\"%u\"} 1\n", u, (int)d->numa_node, d->index);
+	}
+	for (size_t m = 0; m < sizeof(devm) / sizeof(devm[0]); m++) {
+		family(b, devm[m].name, devm[m].type, devm[m].help);
+		for (uint32_t i = 0; i < ndev; i++) {
+			buf_printf(b, "%s{", devm[m].name);
+			device_labels(b, &s->devices[i]);
+			buf_printf(b, "} %llu\n", (unsigned long long)dev_value(&s->devices[i], devm[m].f));
+		}
+	}
+}
+
+/* Every device for every client, zeros included, so that a series does not
+ * vanish when a client frees its last grant on a device. */
+static void render_client_devices(struct buf *b, const struct vram_status *s, uint32_t ndev)
 {
 	static const struct {
 		const char *name, *help;
-		enum dev_field f;
-	} devm[] = {
-		{ "vramd_device_total_bytes", "Bytes the device's pool may grant.", DEV_TOTAL },
-		{ "vramd_device_used_bytes", "Bytes granted to clients now.", DEV_USED },
-		{ "vramd_device_free_bytes", "Bytes not granted (total - used).", DEV_FREE },
-		{ "vramd_device_reclaimable_bytes", "Of used, bytes in grants the broker may ask back (RECLAIM).",
-		  DEV_RECLAIMABLE },
-		{ "vramd_device_granularity_bytes", "Allocation granularity: grant sizes are multiples of it.",
-		  DEV_GRANULARITY },
+		enum cd_field f;
+	} cdm[] = {
+		{ "vramd_client_held_bytes", "Bytes a client holds on a device.", CD_HELD },
+		{ "vramd_client_want_bytes", "Bytes a client wants on a device (its DEMAND, else what it holds).", CD_WANT },
+		{ "vramd_client_fair_share_bytes", "A client's fair share of a device (docs/admin.md).", CD_SHARE },
+		{ "vramd_client_shared_bytes", "Of what a client holds on a device, bytes in shared read-only copies it maps.",
+		  CD_SHARED },
 	};
+	for (size_t m = 0; m < sizeof(cdm) / sizeof(cdm[0]); m++) {
+		family(b, cdm[m].name, "gauge", cdm[m].help);
+		for (uint32_t k = 0; k < s->nclients; k++) {
+			const struct vram_client_status *c = &s->clients[k];
+			if (c->flags & VRAM_CLIENT_SELF)
+				continue;
+			for (uint32_t i = 0; i < ndev; i++) {
+				buf_printf(b, "%s{", cdm[m].name);
+				client_labels(b, c);
+				buf_put(b, ",", 1);
+				device_labels(b, &s->devices[i]);
+				buf_printf(b, "} %llu\n", (unsigned long long)cd_value(c, i, cdm[m].f));
+			}
+		}
+	}
+}
+
+static void render_clients(struct buf *b, const struct vram_status *s)
+{
 	static const struct {
 		const char *name, *type, *help;
 		enum cl_field f;
@@ -248,60 +368,14 @@ static void render(struct buf *b, const struct vram_status *s)
 		  CL_MISSED },
 		{ "vramd_client_reclaim_late", "gauge", "1 while the client is marked as having ignored a RECLAIM deadline.",
 		  CL_LATE },
+		{ "vramd_client_reclaim_asked_bytes_total", "counter", "Bytes the broker asked a client to give back.",
+		  CL_ASKED },
+		{ "vramd_client_reclaim_freed_bytes_total", "counter", "Bytes a client said it gave back when asked.",
+		  CL_FREED },
+		{ "vramd_client_reclaim_answer_p50_seconds", "gauge", "Median time a client took to answer RECLAIM (its last 128 answers).",
+		  CL_P50 },
+		{ "vramd_client_reclaim_answer_p99_seconds", "gauge", "99th percentile of the same.", CL_P99 },
 	};
-	uint32_t ndev = s->ndevices < 16 ? s->ndevices : 16;
-	uint32_t nclients = 0;
-	for (uint32_t i = 0; i < s->nclients; i++)
-		if (!(s->clients[i].flags & VRAM_CLIENT_SELF))
-			nclients++;
-
-	render_up(b, 1);
-	family(b, "vramd_uptime_seconds", "gauge", "Seconds since the broker started.");
-	buf_printf(b, "vramd_uptime_seconds %llu.%03llu\n", (unsigned long long)(s->uptime_ms / 1000),
-		   (unsigned long long)(s->uptime_ms % 1000));
-	family(b, "vramd_grants", "gauge", "Grants live in the broker.");
-	buf_printf(b, "vramd_grants %llu\n", (unsigned long long)s->grants);
-	family(b, "vramd_clients", "gauge", "Clients connected that the caller may see (all for root and admin-group), not counting the vramctl asking.");
-	buf_printf(b, "vramd_clients %u\n", nclients);
-	family(b, "vramd_protocol_errors_total", "counter",
-	       "Clients disconnected for protocol violations since the broker started.");
-	buf_printf(b, "vramd_protocol_errors_total %llu\n", (unsigned long long)s->protocol_errors);
-
-	family(b, "vramd_device_info", "gauge", "Devices the broker serves; always 1. model is the device label.");
-	for (uint32_t i = 0; i < ndev; i++) {
-		const struct vram_device_info *d = &s->devices[i];
-		char u[37];
-		uuid_str(d->uuid, u);
-		buf_put(b, "vramd_device_info{", 18);
-		device_labels(b, d);
-		buf_put(b, ",model=\"", 8);
-		put_label_value(b, d->label);
-		buf_printf(b, "\",uuid=\"%s\",numa_node=\"%d\",index=\"%u\"} 1\n", u, (int)d->numa_node, d->index);
-	}
-	for (size_t m = 0; m < sizeof(devm) / sizeof(devm[0]); m++) {
-		family(b, devm[m].name, "gauge", devm[m].help);
-		for (uint32_t i = 0; i < ndev; i++) {
-			buf_printf(b, "%s{", devm[m].name);
-			device_labels(b, &s->devices[i]);
-			buf_printf(b, "} %llu\n", (unsigned long long)dev_value(&s->devices[i], devm[m].f));
-		}
-	}
-
-	/* Every device for every client, zeros included, so that a series
-	 * does not vanish when a client frees its last grant on a device. */
-	family(b, "vramd_client_held_bytes", "gauge", "Bytes a client holds on a device.");
-	for (uint32_t k = 0; k < s->nclients; k++) {
-		const struct vram_client_status *c = &s->clients[k];
-		if (c->flags & VRAM_CLIENT_SELF)
-			continue;
-		for (uint32_t i = 0; i < ndev; i++) {
-			buf_put(b, "vramd_client_held_bytes{", 24);
-			client_labels(b, c);
-			buf_put(b, ",", 1);
-			device_labels(b, &s->devices[i]);
-			buf_printf(b, "} %llu\n", (unsigned long long)c->held_dev[i]);
-		}
-	}
 	for (size_t m = 0; m < sizeof(clm) / sizeof(clm[0]); m++) {
 		family(b, clm[m].name, clm[m].type, clm[m].help);
 		for (uint32_t k = 0; k < s->nclients; k++) {
@@ -310,9 +384,24 @@ static void render(struct buf *b, const struct vram_status *s)
 				continue;
 			buf_printf(b, "%s{", clm[m].name);
 			client_labels(b, c);
-			buf_printf(b, "} %llu\n", (unsigned long long)cl_value(c, clm[m].f));
+			uint64_t v = cl_value(c, clm[m].f);
+			if (clm[m].f == CL_P50 || clm[m].f == CL_P99)
+				buf_printf(b, "} %llu.%06llu\n", (unsigned long long)(v / 1000000),
+					   (unsigned long long)(v % 1000000));
+			else
+				buf_printf(b, "} %llu\n", (unsigned long long)v);
 		}
 	}
+}
+
+static void render(struct buf *b, const struct vram_status *s)
+{
+	uint32_t ndev = s->ndevices < 16 ? s->ndevices : 16;
+	render_up(b, 1);
+	render_broker(b, s);
+	render_devices(b, s, ndev);
+	render_client_devices(b, s, ndev);
+	render_clients(b, s);
 }
 
 /* ---- output -------------------------------------------------------------------- */

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -32,6 +33,48 @@ static int open_model(const char *path, vram_model **ret)
 /* ======================================================================
  * inspect
  * ====================================================================== */
+
+/* The file's own description: safetensors' modelspec keys, GGUF's general
+ * keys (docs/formats.md).  The licence comes first. */
+static const struct {
+	const char *label;
+	const char *keys[2];
+} describe[] = {
+	{ "license", { "modelspec.license", "general.license" } },
+	{ "title", { "modelspec.title", "general.name" } },
+	{ "architecture", { "modelspec.architecture", "general.architecture" } },
+	{ "author", { "modelspec.author", "general.author" } },
+	{ "date", { "modelspec.date", "general.date" } },
+	{ "quantisation", { NULL, "general.file_type" } },
+};
+
+static const char *meta_get(const vram_model *m, const char *key)
+{
+	int n = vram_model_metadata_count(m);
+	for (int i = 0; key && i < n; i++) {
+		const char *k, *v;
+		if (vram_model_metadata(m, (uint32_t)i, &k, &v) == 0 && !strcmp(k, key))
+			return v;
+	}
+	return NULL;
+}
+
+static const char *describe_get(const vram_model *m, size_t i)
+{
+	const char *v = meta_get(m, describe[i].keys[0]);
+	return v ? v : meta_get(m, describe[i].keys[1]);
+}
+
+/* What the header of m's format is, for "header: N bytes WHAT". */
+static const char *header_what(const vram_model *m)
+{
+	const char *f = vram_model_format(m);
+	if (!strcmp(f, "gguf"))
+		return "of metadata and tensor infos";
+	if (!strcmp(f, "pytorch"))
+		return "of pickle (data.pkl)";
+	return "of JSON";
+}
 
 /* Tensors and bytes per dtype, and the components' totals. */
 struct inspect_sums {
@@ -92,6 +135,13 @@ static void inspect_json(const vram_model *m, const char *file, const struct ins
 			json_object_set_new(md, k, json_string(v));
 	}
 	json_object_set_new(root, "metadata", md);
+	json_t *dsc = json_object();
+	for (size_t i = 0; i < ARRAY_SIZE(describe); i++) {
+		const char *v = describe_get(m, i);
+		if (v)
+			json_object_set_new(dsc, describe[i].label, json_string(v));
+	}
+	json_object_set_new(root, "description", dsc);
 	_cleanup_free_ char *txt = json_dumps(root, JSON_INDENT(2));
 	puts(txt ? txt : "{}");
 }
@@ -101,9 +151,21 @@ static void inspect_text(const vram_model *m, const char *file, const struct ins
 	char a[32], b[32];
 	printf("file:        %s\n", file);
 	printf("format:      %s\n", vram_model_format(m));
+	/* The licence first: shared checkpoints often carry research-only or
+	 * non-commercial terms. */
+	for (size_t i = 0; i < ARRAY_SIZE(describe); i++) {
+		const char *v = describe_get(m, i);
+		if (v && i == 0)
+			printf("LICENSE:     %s  (the file's own terms: read them before use)\n", v);
+		else if (v) {
+			char lab[32];
+			snprintf(lab, sizeof(lab), "%s:", describe[i].label);
+			printf("%-12s %s\n", lab, v);
+		}
+	}
 	printf("size:        %s (%llu bytes)\n", ctl_size(vram_model_file_size(m), a, sizeof(a)),
 	       (unsigned long long)vram_model_file_size(m));
-	printf("header:      %llu bytes of JSON\n", (unsigned long long)vram_model_header_size(m));
+	printf("header:      %llu bytes %s\n", (unsigned long long)vram_model_header_size(m), header_what(m));
 	printf("tensors:     %d\n", vram_model_tensor_count(m));
 	printf("layers:      %d\n", vram_model_layer_count(m));
 	printf("dtypes:     ");
@@ -205,6 +267,11 @@ int plan_args_parse(struct plan_args *pa, int argc, char **argv, int *i)
 			int d = dtype_parse(t);
 			if (d < 0) {
 				fprintf(stderr, "vramctl: --cast-from: \"%s\" is not a dtype\n", t);
+				return -1;
+			}
+			if (d >= 32) { /* block-quantised: not in the 32-bit set, never converted */
+				fprintf(stderr, "vramctl: --cast-from: %s is block-quantised and never converted "
+					"(F8_E4M3, F8_E5M2, F16, BF16, F32 are)\n", vram_dtype_name((uint32_t)d));
 				return -1;
 			}
 			pa->opts.cast_from |= 1u << d;
@@ -347,53 +414,135 @@ int cmd_plan(struct ctl *ctl)
 	return 0;
 }
 
-void plan_print(const vram_plan *p, const vram_model *m)
+/* Length of the dotted prefix all of comp's module names share ("model.
+ * diffusion_model."), which the table leaves out. */
+static size_t common_prefix(json_t *ranges)
 {
-	char a[32];
-	uint32_t nd = vram_plan_device_count(p);
-	int nl = vram_model_layer_count(m);
-	printf("%-6s %-10s %14s  %s\n", "PART", "DEVICE", "BYTES", "LAYERS");
-	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
-		struct vram_component_info ci = { .struct_size = sizeof(ci) };
-		vram_model_component(m, k, &ci);
-		if (!ci.nbytes && !ci.nlayers)
-			continue;
-		int cd = vram_plan_compute_device(p, k);
-		printf("%-6s compute on %s, %s\n", vram_component_name(k), cd >= 0 ? vram_plan_device_name(p, (uint32_t)cd) : "-",
-		       ctl_size(ci.nbytes, a, sizeof(a)));
-		for (uint32_t d = 0; d < nd; d++) {
-			uint64_t bytes = vram_plan_bytes(p, k, d);
-			if (!bytes)
-				continue;
-			/* layer ranges on this device */
-			char ranges[512] = "";
-			int start = -1, prev = -1;
-			for (int li = 0; li <= nl; li++) {
-				struct vram_layer_info l = { .struct_size = sizeof(l) };
-				bool here = false;
-				if (li < nl && vram_model_layer(m, (uint32_t)li, &l) == 0)
-					here = l.component == k && vram_plan_layer_device(p, (uint32_t)li) == (int)d;
-				if (here && start < 0)
-					start = li;
-				if (here)
-					prev = li;
-				if (!here && start >= 0) {
-					char one[48];
-					if (start == prev)
-						snprintf(one, sizeof(one), "%s%d", ranges[0] ? "," : "", start);
-					else
-						snprintf(one, sizeof(one), "%s%d-%d", ranges[0] ? "," : "", start, prev);
-					if (strlen(ranges) + strlen(one) < sizeof(ranges) - 4)
-						strcat(ranges, one);
-					else if (!strstr(ranges, "..."))
-						strcat(ranges, ",...");
-					start = -1;
-				}
+	const char *first = NULL;
+	size_t n = 0;
+	json_t *r;
+	size_t i;
+	json_array_foreach(ranges, i, r) {
+		const char *names[2] = { json_string_value(json_object_get(r, "first")),
+					 json_string_value(json_object_get(r, "last")) };
+		for (int k = 0; k < 2 && names[k]; k++) {
+			if (!first) {
+				first = names[k];
+				n = strlen(first);
 			}
-			printf("%-6s %-10s %14s  %s\n", "", vram_plan_device_name(p, d), ctl_size(bytes, a, sizeof(a)),
-			       ranges);
+			size_t j = 0;
+			while (j < n && names[k][j] == first[j])
+				j++;
+			n = j;
 		}
 	}
+	while (n && first[n - 1] != '.')
+		n--;
+	return n;
+}
+
+/* One device's line: asked, placed, the difference, its modules (first
+ * and last in placement order, over its runs). */
+static void plan_print_device(json_t *c, const char *dev, uint64_t bytes, size_t skip)
+{
+	char a[32], b[32], d[40];
+	uint64_t asked = (uint64_t)json_integer_value(json_object_get(json_object_get(c, "asked"), dev));
+	uint64_t placed = (uint64_t)json_integer_value(json_object_get(json_object_get(c, "placement"), dev));
+	json_t *ranges = json_object_get(c, "ranges"), *r;
+	const char *first = NULL, *last = NULL;
+	long long modules = 0, runs = 0;
+	size_t i;
+	json_array_foreach(ranges, i, r) {
+		if (strcmp(json_string_value(json_object_get(r, "device")), dev))
+			continue;
+		if (!first)
+			first = json_string_value(json_object_get(r, "first"));
+		last = json_string_value(json_object_get(r, "last"));
+		modules += json_integer_value(json_object_get(r, "modules"));
+		runs++;
+	}
+	uint64_t diff = placed > asked ? placed - asked : asked - placed;
+	snprintf(d, sizeof(d), "%s%s %+.2f%%", placed >= asked ? "+" : "-", ctl_size(diff, b, sizeof(b)),
+		 bytes ? 100.0 * ((double)placed - (double)asked) / (double)bytes : 0.0);
+	printf("%-6s %-10s %12s %12s %20s  ", "", dev, ctl_size(asked, a, sizeof(a)), ctl_size(placed, b, sizeof(b)), d);
+	if (!modules)
+		printf("-\n");
+	else if (first == last || !strcmp(first, last))
+		printf("%lld: %s\n", modules, first + MIN(skip, strlen(first)));
+	else
+		printf("%lld: %s .. %s%s\n", modules, first + MIN(skip, strlen(first)), last + MIN(skip, strlen(last)),
+		       runs > 1 ? " (not all consecutive)" : "");
+}
+
+/* Layers the plan split between devices (it places modules), up to four. */
+static void plan_print_split(json_t *c, size_t skip)
+{
+	json_t *layers = json_object_get(c, "layers"), *l;
+	size_t i, n = 0;
+	json_array_foreach(layers, i, l) {
+		json_t *split = json_object_get(l, "split");
+		if (!json_is_object(split))
+			continue;
+		if (n++ == 4) {
+			printf("%-6s %s\n", "", "(more split layers in --json)");
+			break;
+		}
+		const char *name = json_string_value(json_object_get(l, "name"));
+		printf("%-6s split: %s (", "", name + MIN(skip, strlen(name)));
+		const char *dev;
+		json_t *v;
+		bool first = true;
+		json_object_foreach(split, dev, v) {
+			char a[32];
+			printf("%s%s %s", first ? "" : ", ", dev, ctl_size((uint64_t)json_integer_value(v), a, sizeof(a)));
+			first = false;
+		}
+		printf(")\n");
+	}
+}
+
+/* The plan as a table: per component, what each device was asked and
+ * given, the difference, and its modules (docs/plan.md). */
+void plan_print(const vram_plan *p, const vram_model *m)
+{
+	_cleanup_free_ char *txt = NULL;
+	if (vram_plan_to_json(p, &txt) < 0) {
+		fprintf(stderr, "vramctl: %s\n", vram_last_error());
+		return;
+	}
+	json_auto_t *root = json_loads(txt, 0, NULL);
+	json_t *comps = json_object_get(root, "components"), *devs = json_object_get(root, "placement_order");
+	char a[32];
+	printf("%-6s %-10s %12s %12s %20s  %s\n", "PART", "DEVICE", "ASKED", "PLACED", "DIFFERENCE", "MODULES");
+	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
+		json_t *c = json_object_get(comps, vram_component_name(k));
+		uint64_t bytes = (uint64_t)json_integer_value(json_object_get(c, "bytes"));
+		if (!c || !json_array_size(json_object_get(c, "layers")))
+			continue;
+		const char *order = json_string_value(json_object_get(c, "module_order"));
+		const char *alloc = json_string_value(json_object_get(c, "allocation"));
+		printf("%-6s compute on %s, %s, %lld modules in %s order, tail first", vram_component_name(k),
+		       json_string_value(json_object_get(c, "compute_device")), ctl_size(bytes, a, sizeof(a)),
+		       json_integer_value(json_object_get(c, "modules")), order ? order : "natural");
+		if (alloc)
+			printf(" (\"%s\")", alloc);
+		printf("\n");
+		size_t skip = common_prefix(json_object_get(c, "ranges")), i;
+		json_t *dv;
+		json_array_foreach(devs, i, dv) {
+			const char *dev = json_string_value(dv);
+			if (json_integer_value(json_object_get(json_object_get(c, "asked"), dev)) ||
+			    json_integer_value(json_object_get(json_object_get(c, "placement"), dev)))
+				plan_print_device(c, dev, bytes, skip);
+		}
+		uint64_t pinned = (uint64_t)json_integer_value(json_object_get(c, "pinned_bytes"));
+		if (pinned && strcmp(json_string_value(json_object_get(c, "source")), "whole"))
+			printf("%-6s pinned on %s: %s (tiny layers%s, DisTorch2's rule; part of that device's bytes)\n", "",
+			       json_string_value(json_object_get(c, "compute_device")), ctl_size(pinned, a, sizeof(a)),
+			       k == VRAM_COMP_CLIP ? " and embeddings" : "");
+		plan_print_split(c, skip);
+	}
+	(void)m;
 }
 
 /* ======================================================================
@@ -450,6 +599,7 @@ struct load_args {
 	struct plan_args pa;
 	const char *file, *device;
 	bool hash;
+	uint32_t hold_ms;        /* keep the load this long before exiting */
 	struct vram_load_options lo;
 };
 
@@ -464,6 +614,10 @@ static int load_option(struct ctl *ctl, struct load_args *la, int *i)
 	}
 	if (!strcmp(a, "--hash")) {
 		la->hash = true;
+		return 1;
+	}
+	if (!strcmp(a, "--private")) {
+		la->lo.flags &= ~VRAM_LOAD_SHARED;
 		return 1;
 	}
 	if (!v)
@@ -492,6 +646,14 @@ static int load_option(struct ctl *ctl, struct load_args *la, int *i)
 	} else if (!strcmp(a, "--depth")) {
 		if (parse_1_1024(a, v, &la->lo.queue_depth) < 0)
 			return -1;
+	} else if (!strcmp(a, "--hold-ms")) {
+		char *end;
+		unsigned long ms = strtoul(v, &end, 10);
+		if (*end || end == v || ms > 86400000) {
+			fprintf(stderr, "vramctl load: --hold-ms: \"%s\" is not a number of milliseconds\n", v);
+			return -1;
+		}
+		la->hold_ms = (uint32_t)ms;
 	} else {
 		return 0;
 	}
@@ -505,6 +667,7 @@ static int load_args_parse(struct ctl *ctl, struct load_args *la)
 {
 	memset(la, 0, sizeof(*la));
 	vram_load_options_init(&la->lo);
+	la->lo.flags |= VRAM_LOAD_SHARED; /* --private opts out */
 	plan_args_init(&la->pa);
 	for (int i = 1; i < ctl->argc; i++) {
 		int r = plan_args_parse(&la->pa, ctl->argc, ctl->argv, &i);
@@ -620,8 +783,26 @@ static void load_report(const struct load_args *la, vram_client *c, const vram_m
 		if (st.converted)
 			fprintf(out, "converted %llu tensors to %s\n", (unsigned long long)st.converted,
 				vram_dtype_name(la->lo.cast_to));
+		if (st.share_hits + st.share_filled + st.share_waited)
+			fprintf(out, "shared copy: %s (%u hit, %u filled, %u waited; %s mapped read-only)\n",
+				st.share_hits && !st.share_filled && !st.share_waited ? "hit"
+				: st.share_filled && !st.share_hits && !st.share_waited ? "filled"
+				: st.share_waited && !st.share_hits && !st.share_filled ? "waited" : "mixed",
+				st.share_hits, st.share_filled, st.share_waited, ctl_size(st.shared_bytes, a, sizeof(a)));
+		if (st.share_refused)
+			fprintf(out, "loaded privately: %u chunk%s (%s)\n", st.share_refused, st.share_refused == 1 ? "" : "s",
+				st.share_why);
 		return;
 	}
+	json_t *sh = json_object();
+	json_object_set_new(sh, "bytes", json_integer((json_int_t)st.shared_bytes));
+	json_object_set_new(sh, "hit", json_integer(st.share_hits));
+	json_object_set_new(sh, "filled", json_integer(st.share_filled));
+	json_object_set_new(sh, "waited", json_integer(st.share_waited));
+	json_object_set_new(sh, "private", json_integer(st.share_refused));
+	if (st.share_refused)
+		json_object_set_new(sh, "why", json_string(st.share_why));
+	json_object_set_new(root, "shared_copy", sh);
 	json_object_set_new(root, "file", json_string(la->file));
 	json_object_set_new(root, "bytes", json_integer((json_int_t)st.bytes));
 	json_object_set_new(root, "seconds", json_real(secs));
@@ -681,5 +862,10 @@ int cmd_load(struct ctl *ctl)
 	if (la.hash)
 		r = load_hashes(m, l, hashes);
 	load_report(&la, c, m, l, prep_s, root, hashes);
+	if (la.hold_ms) { /* demos and benchmarks: several processes holding one model */
+		fflush(stdout);
+		struct timespec ts = { la.hold_ms / 1000, (long)(la.hold_ms % 1000) * 1000000L };
+		nanosleep(&ts, NULL);
+	}
 	return r;
 }

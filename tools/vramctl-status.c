@@ -38,10 +38,26 @@ json_t *ctl_client_json(const struct vram_status *s, uint32_t i)
 	json_object_set_new(o, "reclaims_missed", json_integer(c->reclaims_missed));
 	json_object_set_new(o, "reclaim_late", json_boolean(c->flags & VRAM_CLIENT_RECLAIM_LATE));
 	json_object_set_new(o, "self", json_boolean(c->flags & VRAM_CLIENT_SELF));
-	for (uint32_t d = 0; d < s->ndevices && d < 16; d++)
+	json_t *dev = json_object();
+	for (uint32_t d = 0; d < s->ndevices && d < 16; d++) {
 		if (c->held_dev[d])
 			json_object_set_new(per, s->devices[d].name, json_integer((json_int_t)c->held_dev[d]));
+		if (!c->held_dev[d] && !c->want_dev[d] && !c->share_dev[d] && !c->shared_dev[d])
+			continue;
+		json_t *x = json_object();
+		json_object_set_new(x, "held", json_integer((json_int_t)c->held_dev[d]));
+		json_object_set_new(x, "want", json_integer((json_int_t)c->want_dev[d]));
+		json_object_set_new(x, "fair_share", json_integer((json_int_t)c->share_dev[d]));
+		json_object_set_new(x, "shared", json_integer((json_int_t)c->shared_dev[d]));
+		json_object_set_new(dev, s->devices[d].name, x);
+	}
 	json_object_set_new(o, "held_per_device", per);
+	json_object_set_new(o, "devices", dev);
+	json_object_set_new(o, "restored", json_boolean(c->flags & VRAM_CLIENT_RESTORED));
+	json_object_set_new(o, "reclaim_answer_p50_ms", json_real(c->reclaim_p50_us / 1000.0));
+	json_object_set_new(o, "reclaim_answer_p99_ms", json_real(c->reclaim_p99_us / 1000.0));
+	json_object_set_new(o, "reclaim_asked", json_integer((json_int_t)c->reclaim_asked));
+	json_object_set_new(o, "reclaim_freed", json_integer((json_int_t)c->reclaim_freed));
 	return o;
 }
 
@@ -94,6 +110,14 @@ static int print_json(const struct vram_status *s, const char *socket)
 		json_object_set_new(o, "free", json_integer((json_int_t)(d->total - d->used)));
 		json_object_set_new(o, "reclaimable", json_integer((json_int_t)d->reclaimable));
 		json_object_set_new(o, "granularity", json_integer((json_int_t)d->granularity));
+		json_object_set_new(o, "pages", json_string(ctl_page_kind(d)));
+		json_object_set_new(o, "ready", json_integer((json_int_t)d->ready));
+		json_object_set_new(o, "ready_target", json_integer((json_int_t)d->ready_target));
+		json_object_set_new(o, "ready_hits", json_integer((json_int_t)d->ready_hits));
+		json_object_set_new(o, "ready_misses", json_integer((json_int_t)d->ready_misses));
+		json_object_set_new(o, "ready_refilled", json_integer((json_int_t)d->ready_refilled));
+		json_object_set_new(o, "cache", json_integer((json_int_t)d->cache));
+		json_object_set_new(o, "cache_max", json_integer((json_int_t)d->cache_max));
 		json_array_append_new(devs, o);
 	}
 	for (uint32_t i = 0; i < s->nclients; i++)
@@ -107,6 +131,61 @@ static int print_json(const struct vram_status *s, const char *socket)
 	return 0;
 }
 
+const char *ctl_page_kind(const struct vram_device_info *d)
+{
+	if (d->backend == VRAM_BACKEND_CUDA)
+		return "device";
+	if (d->flags & VRAM_DEV_HUGETLB)
+		return "hugetlb";
+	return (d->flags & VRAM_DEV_THP) ? "thp" : "4k";
+}
+
+static void print_devices(const struct vram_status *s)
+{
+	char a[32], b[32], f[32], rc[32];
+	printf("\n%-8s %-5s %-7s %12s %12s %12s %12s  %s\n", "DEVICE", "KIND", "PAGES", "TOTAL", "USED", "FREE",
+	       "RECLAIMABLE", "LABEL");
+	for (uint32_t i = 0; i < s->ndevices; i++) {
+		const struct vram_device_info *d = &s->devices[i];
+		printf("%-8s %-5s %-7s %12s %12s %12s %12s  %s%s\n", d->name, backend_name(d->backend), ctl_page_kind(d),
+		       ctl_size(d->total, a, sizeof(a)), ctl_size(d->used, b, sizeof(b)),
+		       ctl_size(d->total - d->used, f, sizeof(f)), ctl_size(d->reclaimable, rc, sizeof(rc)),
+		       d->label, (d->flags & VRAM_DEV_SIMULATED) ? " [SIMULATED]" : "");
+	}
+	for (uint32_t i = 0; i < s->ndevices; i++) {
+		const struct vram_device_info *d = &s->devices[i];
+		if (d->ready_target)
+			printf("%s: ready reserve %s of %s, %llu hits, %llu misses\n", d->name,
+			       ctl_size(d->ready, a, sizeof(a)), ctl_size(d->ready_target, b, sizeof(b)),
+			       (unsigned long long)d->ready_hits, (unsigned long long)d->ready_misses);
+		if (d->cache_max)
+			printf("%s: shared copies %s of a %s cache budget\n", d->name, ctl_size(d->cache, a, sizeof(a)),
+			       ctl_size(d->cache_max, b, sizeof(b)));
+	}
+}
+
+/* Per client and device: held, wanted, fair share, reclaims. */
+static void print_shares(const struct vram_status *s)
+{
+	char a[32], b[32], c[32];
+	bool any = false;
+	for (uint32_t i = 0; i < s->nclients; i++) {
+		const struct vram_client_status *cl = &s->clients[i];
+		for (uint32_t d = 0; d < s->ndevices && d < 16; d++) {
+			if (!cl->held_dev[d] && !cl->want_dev[d])
+				continue;
+			if (!any)
+				printf("\n%-5s %-20s %-8s %12s %12s %12s %9s %8s %8s\n", "ID", "CLIENT", "DEVICE", "HELD", "WANTED",
+				       "FAIR SHARE", "RECLAIMS", "P50 MS", "P99 MS");
+			any = true;
+			printf("%-5u %-20.20s %-8s %12s %12s %12s %9u %8.1f %8.1f\n", cl->id, cl->name, s->devices[d].name,
+			       ctl_size(cl->held_dev[d], a, sizeof(a)), ctl_size(cl->want_dev[d], b, sizeof(b)),
+			       ctl_size(cl->share_dev[d], c, sizeof(c)), cl->reclaims_answered, cl->reclaim_p50_us / 1000.0,
+			       cl->reclaim_p99_us / 1000.0);
+		}
+	}
+}
+
 int cmd_status(struct ctl *ctl)
 {
 	_cleanup_(vram_closep) vram_client *c = NULL;
@@ -116,28 +195,22 @@ int cmd_status(struct ctl *ctl)
 		return r;
 	if (ctl->json)
 		return print_json(s, vram_client_socket(c));
-	char a[32], b[32], f[32], rc[32];
+	char a[32], b[32];
 	printf("vramd pid %u on %s, up %llu s, %llu grants\n", s->broker_pid, vram_client_socket(c),
 	       (unsigned long long)(s->uptime_ms / 1000), (unsigned long long)s->grants);
 	if (s->note[0])
 		printf("note: %s\n", s->note);
-	printf("\n%-8s %-5s %12s %12s %12s %12s  %s\n", "DEVICE", "KIND", "TOTAL", "USED", "FREE", "RECLAIMABLE",
-	       "LABEL");
-	for (uint32_t i = 0; i < s->ndevices; i++) {
-		const struct vram_device_info *d = &s->devices[i];
-		printf("%-8s %-5s %12s %12s %12s %12s  %s%s\n", d->name, backend_name(d->backend),
-		       ctl_size(d->total, a, sizeof(a)), ctl_size(d->used, b, sizeof(b)),
-		       ctl_size(d->total - d->used, f, sizeof(f)), ctl_size(d->reclaimable, rc, sizeof(rc)),
-		       d->label, (d->flags & VRAM_DEV_SIMULATED) ? " [SIMULATED]" : "");
-	}
+	print_devices(s);
 	printf("\n%-5s %-20s %8s %8s %7s %12s %12s\n", "ID", "CLIENT", "PID", "UID", "GRANTS", "HELD",
 	       "RECLAIMABLE");
 	for (uint32_t i = 0; i < s->nclients; i++) {
 		const struct vram_client_status *cl = &s->clients[i];
-		printf("%-5u %-20.20s %8d %8u %7u %12s %12s%s%s\n", cl->id, cl->name, cl->pid, cl->uid, cl->ngrants,
+		printf("%-5u %-20.20s %8d %8u %7u %12s %12s%s%s%s\n", cl->id, cl->name, cl->pid, cl->uid, cl->ngrants,
 		       ctl_size(cl->held, a, sizeof(a)), ctl_size(cl->reclaimable, b, sizeof(b)),
 		       (cl->flags & VRAM_CLIENT_SELF) ? "  (this vramctl)" : "",
+		       (cl->flags & VRAM_CLIENT_RESTORED) ? "  (no connection)" : "",
 		       (cl->flags & VRAM_CLIENT_RECLAIM_LATE) ? "  IGNORED RECLAIM" : "");
 	}
+	print_shares(s);
 	return 0;
 }

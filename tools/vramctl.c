@@ -16,9 +16,11 @@ static const struct {
 	const char *help;
 } commands[] = {
 	{ "status", cmd_status, "status [--json]          devices, usage and clients of the broker" },
+	{ "top", cmd_top, "top [--interval MS] [--count N]  live view of devices and clients (q quits)" },
 	{ "inspect", cmd_inspect, "inspect FILE [--json]    format, tensors, components, layers of a checkpoint" },
 	{ "plan", cmd_plan, "plan FILE [flags]        placement of a checkpoint across devices" },
-	{ "load", cmd_load, "load FILE [flags]        load a checkpoint into broker memory" },
+	{ "load", cmd_load, "load FILE [flags] [--private]  load a checkpoint into broker memory (shared copies by default)" },
+	{ "cache", cmd_cache, "cache list [--json] | cache drop FILE|--all [--force]  the broker's shared copies" },
 	{ "metrics", cmd_metrics, "metrics [--output FILE]  Prometheus text exposition of devices, clients, counters" },
 	{ "quota", cmd_quota, "quota set|list|rm ...     per-user/per-client floors and ceilings (admin)" },
 	{ "clients", cmd_clients, "clients [--json]         connected clients (all of them for admins)" },

@@ -52,6 +52,8 @@ int ctl_fetch_status(struct ctl *ctl, const char *cmd, vram_client **ret_client,
 /* One client of s as the JSON object status --json and clients --json print
  * (docs/vramctl.md). */
 json_t *ctl_client_json(const struct vram_status *s, uint32_t i);
+/* How a device's memory is paged: "device" (CUDA), "hugetlb", "thp", "4k". */
+const char *ctl_page_kind(const struct vram_device_info *d);
 /* Formats a byte count for tables ("8.00 GiB"). */
 const char *ctl_size(uint64_t v, char *buf, size_t len);
 
@@ -65,5 +67,7 @@ int cmd_quota(struct ctl *ctl);
 int cmd_clients(struct ctl *ctl);
 int cmd_evict(struct ctl *ctl);
 int cmd_reload(struct ctl *ctl);
+int cmd_top(struct ctl *ctl);
+int cmd_cache(struct ctl *ctl);
 
 #endif

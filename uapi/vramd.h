@@ -9,8 +9,9 @@
  * mask of valid bits; unknown bits are -EINVAL.  Structs only grow at the end;
  * a zero in a new field means the old behaviour.
  *
- * File descriptors travel as SCM_RIGHTS: exactly one with VRAMD_ALLOC_REPLY
- * and with VRAMD_REGISTER, none anywhere else.  A client that sends an fd, a malformed header, an
+ * File descriptors travel as SCM_RIGHTS: exactly one with VRAMD_ALLOC_REPLY,
+ * VRAMD_REGISTER, VRAMD_SHARE and VRAMD_SHARE_REPLY, at most one with
+ * VRAMD_CACHE_DROP, none anywhere else.  A client that sends an fd, a malformed header, an
  * unknown opcode, a size that does not match its opcode or non-zero reserved
  * bytes is disconnected (protocol violation).  A well-formed request that
  * cannot be served gets VRAMD_ERROR with a negative errno and a reason.
@@ -53,7 +54,13 @@ enum vramd_opcode {
 	VRAMD_RELOAD         = 18, /* c->b  struct vramd_hdr -> OK (admin: config limits, quotas) */
 	VRAMD_DEMAND         = 19, /* c->b  struct vramd_demand -> OK */
 	VRAMD_OFFER          = 20, /* b->c  struct vramd_offer (unsolicited) */
-	VRAMD_OPCODE_MAX     = 20,
+	VRAMD_SHARE          = 21, /* c->b  struct vramd_share + runs + 1 fd (the checkpoint) -> SHARE_REPLY */
+	VRAMD_SHARE_REPLY    = 22, /* b->c  struct vramd_share_reply + 1 fd (the copy, read-only) */
+	VRAMD_SHARE_PROGRESS = 23, /* b->c  struct vramd_share_progress (seq of the SHARE waiting) */
+	VRAMD_UNSHARE        = 24, /* c->b  struct vramd_unshare -> OK */
+	VRAMD_CACHE_LIST     = 25, /* c->b  struct vramd_hdr -> TEXT (JSON) */
+	VRAMD_CACHE_DROP     = 26, /* c->b  struct vramd_cache_drop (+ 1 fd: the file) -> OK */
+	VRAMD_OPCODE_MAX     = 26,
 };
 
 /* struct vramd_hdr.flags: none defined yet. */
@@ -115,7 +122,10 @@ struct vramd_device {
 	uint64_t ready_refilled; /* bytes the reserve was refilled with, in all */
 	uint64_t cache;        /* of used, bytes in shared read-only copies */
 	uint64_t cache_max;    /* their budget */
-	uint64_t reserved[5];  /* 0 */
+	uint64_t cache_hits;   /* SHAREs served by a copy that was there */
+	uint64_t cache_fills;  /* copies filled */
+	uint64_t cache_evictions; /* copies evicted */
+	uint64_t reserved[2];  /* 0 */
 };
 
 struct vramd_hello_reply {
@@ -275,7 +285,91 @@ struct vramd_register {
 	struct vramd_hdr hdr;
 	uint8_t  uuid[16];     /* the device, as HELLO listed it */
 	uint64_t size;
-	uint32_t flags;        /* VRAMD_ALLOC_* */
+	uint32_t flags;        /* VRAMD_ALLOC_* (0 for a copy) */
+	uint32_t what;         /* VRAMD_REGISTER_GRANT, or _COPY: a shared copy it maps */
+	uint64_t reserved[2];  /* 0 */
+};
+#define VRAMD_REGISTER_GRANT 0u
+#define VRAMD_REGISTER_COPY  1u
+
+/* ---- shared read-only copies --------------------------------------------- */
+
+/* A SHARE asks for a broker-owned, read-only copy of byte ranges of a
+ * checkpoint (the fd it carries, which the broker reads: passing it is the
+ * client's proof that it may read the file) laid out in a region each
+ * (docs/protocol.md, "Shared copies"):
+ *   a window run (no SOLO flag): the run's bytes at the same offset modulo
+ *     4 KiB as in the file, in a 4 KiB-aligned region;
+ *   a solo run (SOLO): one tensor at a 256-byte boundary, converted from
+ *     src_dtype to dst_dtype when they differ (enum vram_dtype; the five
+ *     float types of kernels/), else as it is.
+ * The layout is a function of the runs alone, so every client that asks
+ * with the same runs of the same file gets the same copy and the same
+ * addresses. */
+#define VRAMD_SHARE_RUN_SOLO  (1u << 0)
+#define VRAMD_SHARE_RUN_FLAGS_MASK 0x1u
+#define VRAMD_SHARE_RUNS_MAX  1024u
+
+struct vramd_share_run {
+	uint64_t file_off;
+	uint64_t len;          /* bytes in the file */
+	uint32_t src_dtype;    /* solo runs: the tensor's dtype in the file */
+	uint32_t dst_dtype;    /* solo runs: its dtype in the copy (== src: as is) */
+	uint32_t flags;        /* VRAMD_SHARE_RUN_* */
+	uint32_t reserved0;    /* 0 */
+};
+
+struct vramd_share {
+	struct vramd_hdr hdr;
+	uint32_t device;
+	uint32_t flags;        /* none yet: 0 */
+	uint32_t nruns;        /* struct vramd_share_run entries that follow, 1..VRAMD_SHARE_RUNS_MAX */
+	uint32_t reserved0;    /* 0 */
+	uint64_t reserved[2];  /* 0 */
+	/* struct vramd_share_run runs[nruns]; SCM_RIGHTS: the checkpoint's fd */
+};
+
+/* struct vramd_share_reply.how */
+#define VRAMD_SHARE_HIT    1u /* the copy was there */
+#define VRAMD_SHARE_FILLED 2u /* this request filled it */
+#define VRAMD_SHARE_WAITED 3u /* another request was filling it; this one waited */
+
+struct vramd_share_reply {
+	struct vramd_hdr hdr;
+	uint64_t copy_id;
+	uint64_t size;         /* bytes of the copy (the fd's size) */
+	uint32_t device;
+	uint32_t how;          /* VRAMD_SHARE_* */
+	uint64_t reserved[2];
+	/* SCM_RIGHTS: the copy (a memfd opened read-only and sealed against
+	 * writing, or a CUDA POSIX-fd export) */
+};
+
+/* Sent while a SHARE waits for its copy to be filled, about every 250 ms. */
+struct vramd_share_progress {
+	struct vramd_hdr hdr;
+	uint64_t copy_id;
+	uint64_t done;         /* bytes filled */
+	uint64_t total;
+	uint64_t reserved;
+};
+
+/* The client no longer maps the copy. */
+struct vramd_unshare {
+	struct vramd_hdr hdr;
+	uint64_t copy_id;
+	uint64_t reserved;     /* 0 */
+};
+
+/* struct vramd_cache_drop.flags */
+#define VRAMD_CACHE_DROP_ALL   (1u << 0) /* every copy (admin), no fd */
+#define VRAMD_CACHE_DROP_FORCE (1u << 1) /* also copies in use: their users are asked to let go (admin) */
+#define VRAMD_CACHE_DROP_MASK  0x3u
+
+/* Drops the copies of the file whose fd it carries (or all of them). */
+struct vramd_cache_drop {
+	struct vramd_hdr hdr;
+	uint32_t flags;
 	uint32_t reserved0;    /* 0 */
 	uint64_t reserved[2];  /* 0 */
 };
@@ -341,6 +435,12 @@ VRAMD_ASSERT_SIZE(struct vramd_evict, 24 + 8);
 VRAMD_ASSERT_SIZE(struct vramd_register, 24 + 16 + 8 + 8 + 16);
 VRAMD_ASSERT_SIZE(struct vramd_demand, 24 + 8 + 16 + 16);
 VRAMD_ASSERT_SIZE(struct vramd_offer, 24 + 8 + 8 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_share_run, 32);
+VRAMD_ASSERT_SIZE(struct vramd_share, 24 + 16 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_share_reply, 24 + 24 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_share_progress, 24 + 32);
+VRAMD_ASSERT_SIZE(struct vramd_unshare, 24 + 16);
+VRAMD_ASSERT_SIZE(struct vramd_cache_drop, 24 + 8 + 16);
 #undef VRAMD_ASSERT_SIZE
 
 #endif /* VRAMD_UAPI_VRAMD_H */

@@ -13,7 +13,7 @@ library's message); BrokerUnavailable when no vramd listens.
 """
 from ._native import BrokerUnavailable, VramError, library_path, lib as _lib
 from .client import BrokerStatus, Client, ClientInfo, Device, Grant, connect
-from .load import LOAD_FLAGS, Loaded, LoadStats, Pager, PagerStats, load_options
+from .load import LOAD_FLAGS, Loaded, LoadStats, Pager, PagerStats, load_options, size_text
 from .model import ComponentInfo, LayerInfo, Model, TensorInfo, open_model
 from .plan import SEED_INPUTS, Plan
 from .tensors import COMPONENTS, DTYPES, dtype_code, torch_dtype
@@ -29,5 +29,5 @@ def library_version():
 
 __all__ = ["BrokerUnavailable", "VramError", "library_path", "library_version", "BrokerStatus", "Client",
            "ClientInfo", "Device", "Grant", "connect", "LOAD_FLAGS", "Loaded", "LoadStats", "Pager",
-           "PagerStats", "load_options", "ComponentInfo", "LayerInfo", "Model", "TensorInfo", "open_model",
+           "PagerStats", "load_options", "size_text", "ComponentInfo", "LayerInfo", "Model", "TensorInfo", "open_model",
            "SEED_INPUTS", "Plan", "COMPONENTS", "DTYPES", "dtype_code", "torch_dtype"]

@@ -11,8 +11,10 @@ import threading
 
 __all__ = ["lib", "VramError", "BrokerUnavailable", "check", "library_path"]
 
-# The C API version this binding was written against (VRAM_VERSION_MAJOR).
+# The C API version this binding was written against (VRAM_VERSION_MAJOR),
+# and the least minor version it needs (0.2: shared copies, DEMAND/OFFER).
 API_MAJOR = 0
+API_MINOR = 2
 
 
 class VramError(OSError):
@@ -88,7 +90,8 @@ class DeviceInfo(C.Structure):
                 ("granularity", u64), ("reclaimable", u64), ("uuid", C.c_uint8 * 16),
                 ("name", C.c_char * 32), ("label", C.c_char * 64),
                 ("ready", u64), ("ready_target", u64), ("ready_hits", u64), ("ready_misses", u64),
-                ("ready_refilled", u64), ("cache", u64), ("cache_max", u64)]
+                ("ready_refilled", u64), ("cache", u64), ("cache_max", u64), ("cache_hits", u64),
+                ("cache_fills", u64), ("cache_evictions", u64)]
 
 
 class ClientStatus(C.Structure):
@@ -140,6 +143,7 @@ class PlanDevice(C.Structure):
 
 PROGRESS_FN = C.CFUNCTYPE(C.c_int, vp, u64, u64)
 RECLAIM_FN = C.CFUNCTYPE(u64, vp, u32, u64, u64)
+OFFER_FN = C.CFUNCTYPE(None, vp, u32, u64)
 
 
 class LoadOptions(C.Structure):
@@ -150,7 +154,9 @@ class LoadOptions(C.Structure):
 
 class LoadStats(C.Structure):
     _fields_ = [("struct_size", u32), ("io_mode_used", u32), ("bytes", u64), ("ns", u64),
-                ("cpu_ns", u64), ("grants", u64), ("converted", u64)]
+                ("cpu_ns", u64), ("grants", u64), ("converted", u64), ("shared_bytes", u64),
+                ("share_hits", u32), ("share_filled", u32), ("share_waited", u32),
+                ("share_refused", u32), ("share_why", C.c_char * 128)]
 
 
 class PagerOptions(C.Structure):
@@ -206,13 +212,19 @@ _PROTOS = {
     "vram_client_fd": (C.c_int, [vp]),
     "vram_dispatch": (C.c_int, [vp]),
     "vram_set_reclaim_handler": (None, [vp, RECLAIM_FN, vp]),
+    "vram_demand": (C.c_int, [vp, u32, u64, u64]),
+    "vram_set_offer_handler": (None, [vp, OFFER_FN, vp]),
+    "vram_cache_list": (C.c_int, [vp, P(vp)]),
+    "vram_cache_drop": (C.c_int, [vp, C.c_int, u32]),
     "vram_get_status": (C.c_int, [vp, P(P(Status))]),
     "vram_status_free": (None, [P(Status)]),
     "vram_dtype_name": (cstr, [u32]),
     "vram_dtype_bits": (u32, [u32]),
+    "vram_dtype_block": (C.c_int, [u32, P(u32), P(u32)]),
     "vram_component_name": (cstr, [u32]),
     "vram_model_open": (C.c_int, [cstr, P(vp)]),
     "vram_model_close": (None, [vp]),
+    "vram_model_fd": (C.c_int, [vp]),
     "vram_model_path": (cstr, [vp]),
     "vram_model_format": (cstr, [vp]),
     "vram_model_file_size": (u64, [vp]),
@@ -233,6 +245,8 @@ _PROTOS = {
     "vram_plan_create": (C.c_int, [vp, P(PlanOptions), P(PlanDevice), u32, P(vp)]),
     "vram_plan_free": (None, [vp]),
     "vram_plan_layer_device": (C.c_int, [vp, u32]),
+    "vram_plan_tensor_device": (C.c_int, [vp, u32]),
+    "vram_plan_asked_bytes": (u64, [vp, u32, u32]),
     "vram_plan_compute_device": (C.c_int, [vp, u32]),
     "vram_plan_bytes": (u64, [vp, u32, u32]),
     "vram_plan_device_count": (u32, [vp]),
@@ -248,6 +262,8 @@ _PROTOS = {
     "vram_loaded_tensor_dtype": (C.c_int, [vp, u32]),
     "vram_loaded_tensor_nbytes": (u64, [vp, u32]),
     "vram_loaded_stats": (C.c_int, [vp, P(LoadStats)]),
+    "vram_loaded_make_private": (C.c_int, [vp, u32]),
+    "vram_loaded_tensor_shared": (C.c_int, [vp, u32]),
     "vram_pager_options_init": (None, [P(PagerOptions)]),
     "vram_pager_create": (C.c_int, [vp, vp, P(PagerOptions), P(vp)]),
     "vram_pager_free": (None, [vp]),
@@ -288,11 +304,17 @@ def _bind(dll):
             f.argtypes = args
 
 
-def _check_library(dll):
+def _check_version(dll):
+    """Before binding: an older library lacks entry points the binding needs."""
+    dll.vram_version.restype = u32
+    dll.vram_version.argtypes = []
     v = dll.vram_version()
-    if v >> 16 != API_MAJOR:
-        raise ImportError("vramd: libvram is version %d.%d.%d; this binding speaks %d.x"
-                          % (v >> 16, (v >> 8) & 0xff, v & 0xff, API_MAJOR))
+    if v >> 16 != API_MAJOR or (v >> 8) & 0xff < API_MINOR:
+        raise ImportError("vramd: libvram is version %d.%d.%d; this binding speaks %d.%d or a later %d.x"
+                          % (v >> 16, (v >> 8) & 0xff, v & 0xff, API_MAJOR, API_MINOR, API_MAJOR))
+
+
+def _check_structs(dll):
     # The structs the library sizes itself: a binding whose layout differs
     # from the library's would read garbage, so refuse to start.
     for init, cls in (("vram_plan_options_init", PlanOptions), ("vram_load_options_init", LoadOptions),
@@ -305,8 +327,9 @@ def _check_library(dll):
 
 
 lib, library_path = _load()
+_check_version(lib)
 _bind(lib)
-_check_library(lib)
+_check_structs(lib)
 
 _lock = threading.Lock()
 

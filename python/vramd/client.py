@@ -34,6 +34,11 @@ class Device:
     reclaimable: int
     uuid: str
     label: str
+    cache: int = 0            # bytes of shared copies on it (in use or cached)
+    cache_max: int = 0        # their budget (0: the device keeps none)
+    cache_hits: int = 0
+    cache_fills: int = 0
+    cache_evictions: int = 0
 
     @property
     def free(self):
@@ -51,7 +56,7 @@ class Device:
     def _from(cls, d):
         return cls(d.index, text(d.name), BACKENDS.get(d.backend, str(d.backend)), d.flags, d.numa_node,
                    d.ordinal, d.total, d.used, d.granularity, d.reclaimable, bytes(d.uuid).hex(),
-                   text(d.label))
+                   text(d.label), d.cache, d.cache_max, d.cache_hits, d.cache_fills, d.cache_evictions)
 
 
 @dataclass(frozen=True)
@@ -69,10 +74,21 @@ class ClientInfo:
     flags: int
     reclaims_answered: int
     reclaims_missed: int
+    want_dev: tuple = ()    # what it wants per device (DEMAND, else what it holds)
+    share_dev: tuple = ()   # its fair share per device
+    shared_dev: tuple = ()  # bytes of shared copies it maps per device (not in held_dev)
+    reclaim_asked: int = 0
+    reclaim_freed: int = 0
 
     @property
     def self(self):
         return bool(self.flags & 1)
+
+    @classmethod
+    def _from(cls, c):
+        return cls(c.id, c.pid, c.uid, c.gid, text(c.name), c.ngrants, c.held, c.reclaimable, tuple(c.held_dev),
+                   c.flags, c.reclaims_answered, c.reclaims_missed, tuple(c.want_dev), tuple(c.share_dev),
+                   tuple(c.shared_dev), c.reclaim_asked, c.reclaim_freed)
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,7 @@ class Client:
                       % (msg, path, path), "vram_connect")
         self._h = Handle(p, lib.vram_close)
         self._reclaim_cb = None
+        self._offer_cb = None
         self._dispatcher = None
         self._stop = None
 
@@ -202,9 +219,7 @@ class Client:
             for i in range(s.nclients):
                 c = s.clients[i]
                 N.verify_size(c, N.ClientStatus, "struct vram_client_status")
-                clients.append(ClientInfo(c.id, c.pid, c.uid, c.gid, text(c.name), c.ngrants, c.held,
-                                          c.reclaimable, tuple(c.held_dev), c.flags,
-                                          c.reclaims_answered, c.reclaims_missed))
+                clients.append(ClientInfo._from(c))
             return BrokerStatus(s.broker_pid, s.grants, s.protocol_errors, s.uptime_ms, text(s.note),
                                 devs, clients)
         finally:
@@ -212,10 +227,64 @@ class Client:
 
     def held(self):
         """Bytes this client holds, per the broker (0 once everything is freed)."""
+        me = self.me()
+        return me.held if me else 0
+
+    def me(self):
+        """This client's entry in the broker's status (a ClientInfo)."""
         for c in self.status().clients:
             if c.self:
-                return c.held
-        return 0
+                return c
+        return None
+
+    # -- shared copies --------------------------------------------------------
+    def cache_list(self):
+        """The broker's shared copies (every one for an admin, those this
+        client maps otherwise), as the JSON vramctl cache list --json prints,
+        parsed."""
+        import json
+        p = C.c_void_p()
+        call("vram_cache_list", self._ptr, C.byref(p))
+        try:
+            return json.loads(C.string_at(p.value).decode())
+        finally:
+            N.free(p)
+
+    def cache_drop(self, model=None, force=False):
+        """Drops the shared copies of model's file (a Model: its fd proves
+        read access), or every copy (model None; admin).  Copies nobody maps
+        go at once; VramError(EBUSY) when some are in use, unless force
+        (admin), which asks their users to let go."""
+        flags = (0 if model is not None else 1) | (2 if force else 0)
+        fd = lib.vram_model_fd(model._ptr) if model is not None else -1
+        call("vram_cache_drop", self._ptr, fd, flags)
+
+    # -- fair shares ----------------------------------------------------------
+    def demand(self, device, want, min=0):
+        """Tells the broker what this client would like on device and the
+        least it can work with (0, 0 withdraws): fair shares split a device
+        by these (docs/admin.md, "Sharing a GPU")."""
+        call("vram_demand", self._ptr, self._index(device), want, min)
+
+    def set_offer_handler(self, fn):
+        """fn(device_index, bytes): called from dispatch() when memory freed
+        up on device and this client is below its fair share (a hint; it
+        may allocate up to bytes more).  None removes it."""
+        if fn is None:
+            self._offer_cb = None
+            lib.vram_set_offer_handler(self._ptr, N.OFFER_FN(), None)
+            return
+
+        def trampoline(user, device, nbytes):
+            try:
+                fn(device, nbytes)
+            except Exception:  # noqa: BLE001 - never unwind into C
+                import traceback
+                traceback.print_exc()
+
+        self._offer_cb = N.OFFER_FN(trampoline)
+        self._h.keep.append(self._offer_cb)  # C holds it until vram_close
+        lib.vram_set_offer_handler(self._ptr, self._offer_cb, None)
 
     # -- planning and loading ---------------------------------------------
     def plan(self, model, **options):

@@ -7,36 +7,77 @@ from dataclasses import dataclass
 
 from . import _native as N
 from ._handle import Handle
-from ._native import call, lib
+from ._native import call, lib, text
 from . import tensors as T
 from .plan import cast_mask
 
 IO_MODES = {"auto": 0, "direct": 1, "buffered": 2}
 # Load flags by keyword (vram.h VRAM_LOAD_*).  A flag a newer libvram adds
 # is one entry here; `flags=` passes raw bits through meanwhile.
-LOAD_FLAGS = {"reclaimable": 1 << 0}
+LOAD_FLAGS = {"reclaimable": 1 << 0, "shared": 1 << 1}
 PAGER_NO_DISPATCH_THREAD, PAGER_NO_RECLAIM = 1, 2
+
+
+def size_text(n):
+    """443.47 MiB: bytes as vramctl prints them (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.2f %s" % (n, unit))
+        n /= 1024.0
 
 
 @dataclass(frozen=True)
 class LoadStats:
+    """vram_load_stats.  The share_* fields count chunks of a shared load
+    (shared=True): served by a copy that was there (hits), filled by the
+    broker for this load (filled), filled by another load meanwhile
+    (waited), loaded privately because the broker could not share them
+    (refused, the last reason in share_why)."""
     io_mode_used: str
     bytes: int
     ns: int
     cpu_ns: int
     grants: int
     converted: int
+    shared_bytes: int = 0
+    share_hits: int = 0
+    share_filled: int = 0
+    share_waited: int = 0
+    share_refused: int = 0
+    share_why: str = ""
 
     @property
     def gbps(self):
         return self.bytes / self.ns if self.ns else 0.0
+
+    @property
+    def share(self):
+        """"hit", "filled" or "waited" when every shared chunk was that,
+        "mixed" otherwise, "" when no chunk came from a shared copy."""
+        kinds = [k for k, n in (("hit", self.share_hits), ("filled", self.share_filled),
+                                ("waited", self.share_waited)) if n]
+        return kinds[0] if len(kinds) == 1 else ("mixed" if kinds else "")
+
+    def share_text(self):
+        """What vramctl load says: "shared copy: hit (3 hit, 0 filled, 0
+        waited; 443.47 MiB mapped read-only)", then the chunks loaded
+        privately and why; "" for a load that did not ask to share."""
+        out = []
+        if self.share:
+            out.append("shared copy: %s (%d hit, %d filled, %d waited; %s mapped read-only)"
+                       % (self.share, self.share_hits, self.share_filled, self.share_waited,
+                          size_text(self.shared_bytes)))
+        if self.share_refused:
+            out.append("loaded privately: %d chunk%s (%s)" % (self.share_refused, "" if self.share_refused == 1
+                                                              else "s", self.share_why))
+        return "; ".join(out)
 
 
 def load_options(progress=None, io_mode="auto", cast_to=None, cast_from=None, flags=0, **kw):
     """struct vram_load_options from keywords: io_mode ("auto", "direct",
     "buffered"), chunk_size, queue_depth, staging_slots, cast_to (a dtype
     name), cast_from (dtype names), flags (raw VRAM_LOAD_* bits) and one
-    keyword per named flag (reclaimable=True).  Any other field of the
+    keyword per named flag (reclaimable=True, shared=True).  Any other field of the
     struct is set by its name; an unknown keyword is a TypeError.  Returns
     (options, keep) where keep must outlive the load (the callback)."""
     o = N.LoadOptions()
@@ -91,7 +132,6 @@ class Loaded:
         self._h = Handle(p, lib.vram_unload, deps=deps)
         self.client, self.model, self.plan = client, model, plan
         self._devices = {d.index: d for d in client.devices}
-        self.readonly = False
 
     @property
     def _ptr(self):
@@ -124,6 +164,20 @@ class Loaded:
     def nbytes(self, t):
         return lib.vram_loaded_tensor_nbytes(self._ptr, self._i(t))
 
+    def shared(self, t):
+        """True when tensor t is in a broker-owned shared copy, mapped
+        read-only: writing it through a view faults (SIGSEGV on host
+        memory).  make_private(t) first."""
+        return bool(call("vram_loaded_tensor_shared", self._ptr, self._i(t)))
+
+    def make_private(self, t):
+        """Gives tensor t a private, writable copy of its bytes (a grant of
+        this client's own on the same device) when it is in a shared copy;
+        nothing when it is private already.  Views taken before keep
+        showing the shared copy (read-only, valid until the load is
+        released): take new ones."""
+        call("vram_loaded_make_private", self._ptr, self._i(t))
+
     def host_ptr(self, t):
         return lib.vram_loaded_tensor_host_ptr(self._ptr, self._i(t)) or 0
 
@@ -139,7 +193,7 @@ class Loaded:
         if not ptr and nb:
             raise ValueError("vramd: %s is on %s, not host-mappable" % (self.model.tensors[i].name,
                                                                           self.device(i).name))
-        return T.numpy_view(ptr, nb, self.dtype(i), self.model.tensors[i].shape, self._h, not self.readonly)
+        return T.numpy_view(ptr, nb, self.dtype(i), self.model.tensors[i].shape, self._h, not self.shared(i))
 
     def torch_device(self, t):
         """The torch device a view of tensor t lives on: "cpu" for host
@@ -151,7 +205,9 @@ class Loaded:
         return cuda_device_for(d)
 
     def torch(self, t, device=None):
-        """Tensor t as a torch tensor sharing the grant (no copy)."""
+        """Tensor t as a torch tensor sharing the grant (no copy).  torch
+        has no read-only tensors: one in a shared copy (shared(t)) must
+        never be written (make_private first)."""
         i = self._i(t)
         dev = device or self.torch_device(i)
         ptr = self.host_ptr(i) if dev == "cpu" else self.device_ptr(i)
@@ -178,7 +234,8 @@ class Loaded:
         s = N.sized(N.LoadStats)
         call("vram_loaded_stats", self._ptr, C.byref(s))
         return LoadStats({0: "auto", 1: "direct", 2: "buffered"}.get(s.io_mode_used, str(s.io_mode_used)),
-                         s.bytes, s.ns, s.cpu_ns, s.grants, s.converted)
+                         s.bytes, s.ns, s.cpu_ns, s.grants, s.converted, s.shared_bytes, s.share_hits,
+                         s.share_filled, s.share_waited, s.share_refused, text(s.share_why))
 
     def pager(self, plan=None, **options):
         """A Pager over this load (see Pager)."""

@@ -108,8 +108,14 @@ class Plan:
         return bool(self.flags & PLAN_HIGH_PRECISION_LORAS)
 
     def layer_device(self, layer):
-        """Name of the device that holds layer."""
+        """Name of the device that holds layer (of a layer the plan splits
+        between devices: the one with most of its bytes)."""
         return self.devices[call("vram_plan_layer_device", self._ptr, layer)]
+
+    def tensor_device(self, tensor):
+        """Name of the device that holds tensor (an index of the model's):
+        its module's.  The plan places modules, so a layer may span two."""
+        return self.devices[call("vram_plan_tensor_device", self._ptr, tensor)]
 
     def compute_device(self, component):
         """Name of component's ("unet", "clip", "vae") compute device."""
@@ -119,14 +125,30 @@ class Plan:
         """Bytes of component placed on device (a name)."""
         return lib.vram_plan_bytes(self._ptr, COMPONENTS.index(component), self.devices.index(device))
 
+    def asked_bytes(self, component, device):
+        """Bytes of component the inputs ask of device (placed minus asked
+        is its excess, a shortfall when negative)."""
+        return lib.vram_plan_asked_bytes(self._ptr, COMPONENTS.index(component), self.devices.index(device))
+
     def donor_layers(self, component=None):
-        """Layer indices placed off their component's compute device."""
+        """Layer indices with tensors placed off their component's compute
+        device (the pager pages such a layer whole)."""
         out = []
         for li in self.model.layers:
             if component and li.component != component:
                 continue
-            if self.layer_device(li.index) != self.compute_device(li.component):
+            cd = self.compute_device(li.component)
+            if any(self.tensor_device(t.index) != cd for t in self.model.layer_tensors(li.index)):
                 out.append(li.index)
+        return out
+
+    def donor_tensors(self, component=None):
+        """Names of the tensors placed off their component's compute device."""
+        out = set()
+        for li in self.donor_layers(component):
+            for t in self.model.layer_tensors(li):
+                if self.tensor_device(t.index) != self.compute_device(self.model.layers[li].component):
+                    out.add(t.name)
         return out
 
     def to_json(self):

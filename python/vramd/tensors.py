@@ -13,10 +13,14 @@ import ctypes as C
 
 from ._native import lib, text
 
-# enum vram_dtype, in vram.h's order.
+# enum vram_dtype, in vram.h's order: safetensors' dtypes, then GGUF's
+# block-quantised ones (raw blocks: numpy views them as bytes, torch not at all).
 DTYPES = ["BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
           "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64",
-          "F64", "I64", "U64"]
+          "F64", "I64", "U64",
+          "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+          "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
+          "IQ1_M", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0"]
 DTYPE = {name: i for i, name in enumerate(DTYPES)}
 COMPONENTS = ["unet", "clip", "vae", "other"]
 

@@ -154,6 +154,92 @@ def compare(ours, theirs):
     return n
 
 
+def make_lora(model, clip, rank=4):
+    """A LoRA in the generic key format for the first few 2-D weights of the
+    UNet's attention/MLP and of CLIP-L's first layer (seeded)."""
+    g = torch.Generator().manual_seed(11)
+    out = {}
+    picks = [("", k) for k, v in model.model.state_dict().items() if k.startswith("diffusion_model.")
+             and k.endswith(".weight") and v.dim() == 2 and (".attn" in k or ".ff." in k)][:4]
+    picks += [("text_encoders.", k) for k, v in clip.cond_stage_model.state_dict().items()
+              if ".layers.0." in k and k.endswith(".weight") and v.dim() == 2][:2]
+    sds = {"": model.model.state_dict(), "text_encoders.": clip.cond_stage_model.state_dict()}
+    for pre, k in picks:
+        w = sds[pre][k]
+        base = pre + k[:-len(".weight")]
+        out[base + ".lora_up.weight"] = (torch.randn((w.shape[0], rank), generator=g) * 0.05).to(torch.float16)
+        out[base + ".lora_down.weight"] = (torch.randn((rank, w.shape[1]), generator=g) * 0.05).to(torch.float16)
+    return out
+
+
+def unet_out(m, x, t, ctx):
+    mm.load_models_gpu([m])
+    return m.model.apply_model(x, t, c_crossattn=ctx)
+
+
+def clip_out(c):
+    return c.encode_from_tokens(c.tokenize("a photo of a cat"), return_pooled=True)
+
+
+def compare_patches(ours, theirs):
+    """LoRAs and weight hooks on the node's models (whose UNet and VAE are
+    in a shared copy, mapped read-only: an in-place write anywhere would
+    kill this process with SIGSEGV) give ComfyUI's own results bit for
+    bit, and unpatching gives the unpatched results back."""
+    import comfy.hooks
+    from comfy_extras.nodes.nodes_hooks import SetClipHooks
+    (m1, c1, _), (m2, c2, _) = ours, theirs
+    vm = m1.model._vramd
+    shared = [t.name for t in vm.model.tensors if vm.loaded.shared(t.index)]
+    assert shared, "the node's load shared nothing: %s" % vm.stats.share_text()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((1, 4, 16, 16), generator=g)
+    ctx = torch.randn((1, 77, 768), generator=g)
+    t = torch.tensor([400.0])
+    base1, base2 = unet_out(m1, x, t, ctx), unet_out(m2, x, t, ctx)
+    lora = make_lora(m2, c2)
+    # LoRA (LoraLoader's path): patched copies, originals restored by reference
+    (l1, lc1), (l2, lc2) = (comfy.sd.load_lora_for_models(m, c, lora, 0.8, 0.7) for m, c in ((m1, c1), (m2, c2)))
+    o1, o2 = unet_out(l1, x, t, ctx), unet_out(l2, x, t, ctx)
+    assert torch.equal(o1, o2) and not torch.equal(o1, base1), ("lora unet", (o1 - o2).abs().max())
+    e1, e2 = clip_out(lc1), clip_out(lc2)
+    assert torch.equal(e1[0], e2[0]) and torch.equal(e1[1], e2[1]), "lora clip"
+    for p in (l1, l2, lc1.patcher, lc2.patcher):
+        p.unpatch_model()
+    assert torch.equal(unet_out(m1, x, t, ctx), base1), "unet after the LoRA was taken off"
+    # weight hooks (written in place with copy_to_param): applied, undone,
+    # applied again from ComfyUI's cache of patched weights (MaxSpeed).
+    # (This ComfyUI drops the backups of cached keys in unpatch_hooks, so
+    # the second application stays: compared, not undone.)
+    hooks = comfy.hooks.create_hook_lora(lora, 0.8, 0.7)
+    target = comfy.hooks.create_target_dict(comfy.hooks.EnumWeightTarget.Model)
+    outs = []
+    for m in (m1, m2):
+        h = m.clone()
+        h.hook_mode = comfy.hooks.EnumHookMode.MaxSpeed
+        h.register_all_hook_patches(hooks, target)
+        mm.load_models_gpu([h])
+        got = []
+        h.patch_hooks(hooks)
+        got.append(h.model.apply_model(x, t, c_crossattn=ctx))
+        h.patch_hooks(None)
+        got.append(h.model.apply_model(x, t, c_crossattn=ctx))
+        if m is m1:
+            assert not vm.written, "restored hook weights still marked written: %s" % sorted(vm.written)[:3]
+        h.patch_hooks(hooks)
+        got.append(h.model.apply_model(x, t, c_crossattn=ctx))
+        outs.append(got)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b), ("hooked unet", (a - b).abs().max())
+    assert not torch.equal(outs[0][0], base1) and torch.equal(outs[0][1], base1), "hooks not applied or not undone"
+    assert vm.written and not any(vm.loaded.shared(vm.model.tensor(n).index) for n in vm.written), vm.written
+    h1, h2 = (SetClipHooks().apply_hooks(c, False, False, hooks)[0] for c in (c1, c2))
+    e1, e2 = clip_out(h1), clip_out(h2)
+    assert torch.equal(e1[0], e2[0]) and torch.equal(e1[1], e2[1]), "hooked clip"
+    private = [n for n in shared if not vm.loaded.shared(vm.model.tensor(n).index)]
+    return len(lora) // 2, len(private)
+
+
 def drop_cache(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -176,6 +262,9 @@ def main():
         ours = vramd_load(pack, path)
         n = compare(ours, theirs)
         vm = ours[0].model._vramd
+        npatched, nprivate = compare_patches(ours, theirs)
+        print("LoRA and weight hooks on %d weights equal ComfyUI's; %d shared tensors made private for "
+              "in-place hook writes; %s" % (npatched, nprivate, vm.stats.share_text()))
         donors = sum(1 for m in ours[0].model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False))
         print("compared %d tensors, %d donor modules (comfy_cast_weights), %d bytes from the file"
               % (n, donors, vm.model.data_size))

@@ -69,6 +69,11 @@ class Errors(unittest.TestCase):
             with self.assertRaises(TypeError):
                 vramd.Plan(m, devices="cpu=1GiB", unet_vram=3)
 
+    def test_dtypes_match_library(self):
+        for code, name in enumerate(vramd.DTYPES):
+            self.assertEqual(vramd.tensors.dtype_name(code), name)
+        self.assertEqual(vramd.tensors.dtype_name(len(vramd.DTYPES)), "")  # NULL: out of range
+
     def test_unknown_load_option(self):
         with self.assertRaises(TypeError):
             vramd.load_options(shared_copy=True)
@@ -77,6 +82,8 @@ class Errors(unittest.TestCase):
         self.assertEqual(o.chunk_size, 1 << 20)
         self.assertEqual(o.cast_to, vramd.DTYPES.index("BF16"))
         self.assertEqual(o.cast_from, 1 << vramd.DTYPES.index("F32"))
+        o, _ = vramd.load_options(shared=True, reclaimable=False)
+        self.assertEqual(o.flags, 2)  # VRAM_LOAD_SHARED
 
 
 class WithBroker(unittest.TestCase):
@@ -122,7 +129,7 @@ class WithBroker(unittest.TestCase):
             a = loaded.numpy(t.name)
             np.testing.assert_array_equal(a, self.ref[t.name])
             self.assertEqual(a.__array_interface__["data"][0], loaded.host_ptr(t.index))
-            self.assertEqual(loaded.device(t.index).name, plan.layer_device(t.layer))
+            self.assertEqual(loaded.device(t.index).name, plan.tensor_device(t.index))
         # a write through one view shows through another and the pointer
         w = "model.diffusion_model.input_blocks.0.0.weight"
         a = loaded.numpy(w)

@@ -2,7 +2,9 @@
 """The binding with torch (CPU; PyPI's wheel runs without a GPU) against a
 real vramd on simulated GPUs: tensors share the grants, equal the
 reference reader for F16/BF16/F32/F8, keep the grants alive, follow the
-plan; and the node's eviction on RECLAIM while tensors are alive."""
+plan; shared copies are read-only (a write from another process faults)
+until a tensor is made private; DEMAND and OFFER; pager views."""
+import errno
 import gc
 import os
 import unittest
@@ -66,7 +68,7 @@ class TorchViews(unittest.TestCase):
             self.assertTrue(torch.equal(got.view(torch.uint8), want.view(torch.uint8)), name)
             i = m.tensor(name).index
             self.assertEqual(got.data_ptr(), loaded.host_ptr(i), name)
-            self.assertEqual(loaded.device(i).name, plan.layer_device(m.tensor(name).layer), name)
+            self.assertEqual(loaded.device(i).name, plan.tensor_device(i), name)
             self.assertEqual(got.device.type, "cpu")
         self.assertEqual({loaded.device(m.tensor(n).index).name for n in sd if n.startswith("cond")}, {"cuda:1"})
         # writes show through: torch -> numpy view of the same grant
@@ -98,6 +100,103 @@ class TorchViews(unittest.TestCase):
             self.assertEqual(got.dtype, torch.float32, name)
             self.assertTrue(torch.equal(got, want.to(torch.float32)), name)
         self.assertGreater(loaded.stats().converted, 0)
+
+    def test_shared_copies_read_only_until_made_private(self):
+        c = vramd.connect(self.broker.socket, "first")
+        m = vramd.open_model(self.path)
+        first = c.load(m, device="cuda:0", shared=True)
+        st = first.stats()
+        self.assertEqual(st.share, "filled")
+        self.assertEqual((st.share_hits, st.share_waited, st.share_refused), (0, 0, 0))
+        self.assertEqual(st.shared_bytes, st.bytes)
+        self.assertIn("shared copy: filled", st.share_text())
+        names = list(self.ref)
+        self.assertTrue(all(first.shared(n) for n in names))
+        self.assertFalse(first.numpy(names[0]).flags.writeable)
+        self.assertEqual(held_by(self.observer, "first"), 0)  # copies are nobody's grants
+        mapped = [x for x in self.observer.status().clients if x.name == "first"][0].shared_dev[0]
+        self.assertGreaterEqual(mapped, st.shared_bytes)  # whole copies, granule-rounded
+        self.assertEqual(mapped, sum(d["in_use"] for d in c.cache_list()["devices"]))
+        # another process maps the same copy (a hit), equal to the file, and
+        # dies writing it: the mapping is read-only
+        child = ("import sys, vramd, torch\n"
+                 "c = vramd.connect(sys.argv[1], 'second'); m = vramd.open_model(sys.argv[2])\n"
+                 "l = c.load(m, device='cuda:0', shared=True)\n"
+                 "print(l.stats().share, flush=True)\n"
+                 "w = l.torch(sys.argv[3]); print(float(w.flatten()[0]), flush=True)\n"
+                 "w.flatten()[0] = 7\n"
+                 "print('wrote', flush=True)\n")
+        import subprocess
+        import sys
+        name = names[0]
+        r = subprocess.run([sys.executable, "-c", child, self.broker.socket, self.path, name],
+                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.path.join(
+                               harness.ROOT, "python")), timeout=120)
+        out = r.stdout.split()
+        self.assertEqual(out[0], "hit", r.stdout + r.stderr)
+        self.assertEqual(float(out[1]), float(self.ref[name].flatten()[0].float()), r.stdout)
+        self.assertNotIn("wrote", out, r.stdout)
+        self.assertEqual(r.returncode, -11, "the write should fault (SIGSEGV): " + r.stdout + r.stderr)
+        # a private copy of one tensor: writable, the copy everyone maps untouched
+        v = first.torch(name)
+        first.make_private(name)
+        self.assertFalse(first.shared(name))
+        self.assertTrue(first.shared(names[1]))
+        self.assertTrue(first.numpy(name).flags.writeable)
+        p = first.torch(name)
+        self.assertNotEqual(p.data_ptr(), v.data_ptr())
+        self.assertTrue(torch.equal(p, self.ref[name]))
+        p.flatten()[0] = 7
+        self.assertEqual(float(first.torch(name).flatten()[0]), 7.0)
+        self.assertTrue(torch.equal(v, self.ref[name]))  # the old view still shows the copy
+        first.make_private(name)  # private already: nothing
+        self.assertEqual(first.torch(name).data_ptr(), p.data_ptr())
+        self.assertGreater(held_by(self.observer, "first"), 0)  # the private copy is its own grant
+        third = vramd.connect(self.broker.socket, "third").load(m, device="cuda:0", shared=True)
+        self.assertEqual(third.stats().share, "hit")
+        self.assertTrue(torch.equal(third.torch(name), self.ref[name]))
+        # a private load (the default) shares nothing
+        own = c.load(m, device="cuda:0")
+        self.assertEqual(own.stats().share, "")
+        self.assertFalse(any(own.shared(n) for n in names))
+        # dropping: refused while in use, done once nobody maps the copies
+        with self.assertRaises(vramd.VramError) as cm:
+            c.cache_drop(m)
+        self.assertEqual(cm.exception.errno, errno.EBUSY)
+        del first, third, v, p
+        gc.collect()
+        c.cache_drop(m)
+        self.assertEqual(c.cache_list()["copies"], [])
+        again = c.load(m, device="cuda:0", shared=True)
+        self.assertEqual(again.stats().share, "filled")
+
+    def test_demand_and_offer(self):
+        c = vramd.connect(self.broker.socket, "wants")
+        c.demand("cuda:1", 48 << 20, 8 << 20)
+        me = [x for x in self.observer.status().clients if x.name == "wants"][0]
+        self.assertEqual(me.want_dev[1], 48 << 20)
+        self.assertEqual(me.share_dev[1], 48 << 20)  # alone: all it wants
+        with self.assertRaises(vramd.VramError) as cm:
+            c.demand("cuda:1", 1 << 20, 2 << 20)  # min above want
+        self.assertEqual(cm.exception.errno, errno.EINVAL)
+        # another client holds most of the device: "wants" is below its
+        # share; when that memory is freed, it is offered some
+        offers = []
+        c.set_offer_handler(lambda dev, n: offers.append((dev, n)))
+        other = vramd.connect(self.broker.socket, "holder")
+        g = other.alloc("cuda:1", 40 << 20)
+        me = [x for x in self.observer.status().clients if x.name == "wants"][0]
+        self.assertLess(me.held_dev[1], me.share_dev[1])
+        g.free()
+        import select
+        ready, _, _ = select.select([c.fileno()], [], [], 30)
+        self.assertTrue(ready, "no OFFER came")
+        c.dispatch()
+        self.assertEqual(len(offers), 1)
+        self.assertEqual(offers[0][0], 1)
+        self.assertGreater(offers[0][1], 0)
+        c.set_offer_handler(None)
+        c.demand("cuda:1", 0, 0)
 
     def test_pager_views(self):
         c = vramd.connect(self.broker.socket, "pg")
