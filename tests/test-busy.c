@@ -567,6 +567,111 @@ START_TEST(test_floors_and_ceilings)
 }
 END_TEST
 
+/* A model loaded from shared copies (broker-owned, read-only) and paged:
+ * a reclaim, while passes run, drops them like resident chunks (UNSHARE;
+ * never cut into window slots, which would be written: a fault), the
+ * mover copies them to the donor; every byte the file's throughout. */
+START_TEST(test_shared_copies_paged)
+{
+	static const char *const args[] = { "--sim-gpus", "40MiB", "--host-pool", "128MiB", "--no-cuda",
+					    "--cache-max", "100%", "--reclaim-deadline-ms", "20000", NULL };
+	struct tp_env e;
+	tp_env_start(&e, args);
+	tp_env_checkpoint(&e, 24, 512, 1024);
+	struct tp_model t;
+	ck_assert_msg(tp_model_open_ex(&t, &e, "shared", 0, "cuda:0,100%", 0, VRAM_LOAD_SHARED) == 0, "%s",
+		      vram_last_error());
+	struct vram_load_stats ls = { .struct_size = sizeof(ls) };
+	ck_assert_int_eq(vram_loaded_stats(t.l, &ls), 0);
+	ck_assert_msg(ls.shared_bytes > 0, "nothing was shared: %s", ls.share_why);
+	tp_pass(&e, &t);
+	vram_client *n;
+	ck_assert_int_eq(vram_connect(e.sock, "observer", &n), 0);
+	ck_assert_uint_gt(client_status(n, "shared").shared_dev[0], 0);
+	/* the broker never asks for copies someone maps (they are nobody's
+	 * to give back), but the pager may give them up when asked: all */
+	struct busy b;
+	busy_start(&b, &e, &t);
+	vram_pager_reclaim(t.p, 0, 1ull << 40);
+	busy_stop(&b, 1);
+	struct vram_pager_stats st = { .struct_size = sizeof(st) };
+	vram_pager_stats(t.p, &st);
+	ck_assert_uint_gt(st.dropped, 0);
+	ck_assert_uint_eq(client_status(n, "shared").shared_dev[0], 0); /* every copy given back */
+	tp_pass(&e, &t);
+	for (int i = 0; i < 1000 && st.demoted == 0; i++) {
+		t_sleep_ms(5);
+		vram_pager_stats(t.p, &st);
+	}
+	ck_assert_uint_gt(st.demoted, 0);
+	tp_pass(&e, &t);
+	tp_model_close(&t);
+	ck_assert_int_eq(vram_cache_drop(n, -1, VRAM_CACHE_DROP_ALL), 0); /* the copies stay as cache */
+	tp_wait_empty(n);
+	vram_close(n);
+	tp_env_stop(&e);
+}
+END_TEST
+
+/* A checkpoint whose unet layers hold three modules of 512 KiB each (the
+ * planner places modules: a layer may be split between devices). */
+static void split_checkpoint(struct tp_env *e)
+{
+	char cmd[2048];
+	snprintf(cmd, sizeof(cmd),
+		 "%s -c \"\n"
+		 "import numpy as np\n"
+		 "from safetensors.numpy import save_file\n"
+		 "r = np.random.default_rng(5)\n"
+		 "t = {}\n"
+		 "for i in range(16):\n"
+		 "  for m in range(3):\n"
+		 "    t[f'model.diffusion_model.input_blocks.{i}.{m}.weight'] = r.standard_normal((256, 1024)).astype(np.float16)\n"
+		 "save_file(t, '%s', metadata={'format': 'pt'})\n\"",
+		 t_python(), e->file);
+	ck_assert_int_eq(t_run(cmd, NULL, 0), 0);
+	e->bytes = t_read_file(e->file, &e->len);
+	ck_assert_ptr_nonnull(e->bytes);
+}
+
+/* A layer the plan splits between the GPU and the cpu (it places leaf
+ * modules) has a part in a chunk of each: it is paged whole, a copy into
+ * its slot keeps both chunks where they are, and reclaiming everything
+ * reclaimable drops each chunk with only its own tensors; right bytes. */
+START_TEST(test_split_layer_paged)
+{
+	struct tp_env e;
+	tp_env_start(&e, small_args);
+	split_checkpoint(&e);
+	struct tp_model t;
+	ck_assert_msg(tp_model_open(&t, &e, "split", 0, "cuda:0,30%;cpu,*", 0) == 0, "%s", vram_last_error());
+	int split = -1;
+	for (uint32_t li = 0; li < t.nunet && split < 0; li++) {
+		struct vram_layer_info info = { .struct_size = sizeof(info) };
+		vram_model_layer(t.m, li, &info);
+		for (uint32_t k = info.first_tensor + 1; k < info.first_tensor + info.ntensors; k++)
+			if (vram_plan_tensor_device(t.plan, k) != vram_plan_tensor_device(t.plan, info.first_tensor))
+				split = (int)li;
+	}
+	ck_assert_msg(split >= 0, "no layer is split between devices");
+	struct busy b;
+	busy_start(&b, &e, &t);
+	for (int k = 0; k < 4; k++)
+		vram_pager_reclaim(t.p, 0, 1ull << 40);
+	busy_stop(&b, 2);
+	tp_pass(&e, &t);
+	vram_pager_reclaim(t.p, 0, 1ull << 40);
+	tp_check_layer(&e, &t, (uint32_t)split);
+	tp_pass(&e, &t);
+	tp_model_close(&t);
+	vram_client *o;
+	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
+	tp_wait_empty(o);
+	vram_close(o);
+	tp_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("busy");
@@ -580,6 +685,8 @@ int main(void)
 	tcase_add_test(tc, test_offer_promotes);
 	tcase_add_test(tc, test_killed_while_demoting);
 	tcase_add_test(tc, test_floors_and_ceilings);
+	tcase_add_test(tc, test_shared_copies_paged);
+	tcase_add_test(tc, test_split_layer_paged);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

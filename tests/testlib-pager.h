@@ -96,10 +96,11 @@ struct tp_model {
 
 /* Connects as name, plans the unet on cuda:0 (vvram_gb of it donated to
  * the cpu; expert: an expert allocation string instead, or NULL), loads
- * and makes the pager (flags: VRAM_PAGER_*).  0, or the failing call's
- * error (the model is then released). */
-static inline int tp_model_open(struct tp_model *t, const struct tp_env *e, const char *name, double vvram_gb,
-				const char *expert, uint32_t flags)
+ * with load_flags (VRAM_LOAD_*; VRAM_LOAD_RECLAIMABLE always) and makes
+ * the pager (flags: VRAM_PAGER_*).  0, or the failing call's error (the
+ * model is then released). */
+static inline int tp_model_open_ex(struct tp_model *t, const struct tp_env *e, const char *name, double vvram_gb,
+				   const char *expert, uint32_t flags, uint32_t load_flags)
 {
 	memset(t, 0, sizeof(*t));
 	int r = vram_model_open(e->file, &t->m);
@@ -120,7 +121,7 @@ static inline int tp_model_open(struct tp_model *t, const struct tp_env *e, cons
 		r = vram_plan_create(t->m, &o, devs, nd, &t->plan);
 	struct vram_load_options lo;
 	vram_load_options_init(&lo);
-	lo.flags = VRAM_LOAD_RECLAIMABLE;
+	lo.flags = VRAM_LOAD_RECLAIMABLE | load_flags;
 	if (r == 0)
 		r = vram_load(t->c, t->m, t->plan, 0, &lo, &t->l);
 	struct vram_pager_options po;
@@ -141,6 +142,13 @@ static inline int tp_model_open(struct tp_model *t, const struct tp_env *e, cons
 		memset(t, 0, sizeof(*t));
 	}
 	return r;
+}
+
+/* tp_model_open_ex with a private load. */
+static inline int tp_model_open(struct tp_model *t, const struct tp_env *e, const char *name, double vvram_gb,
+				const char *expert, uint32_t flags)
+{
+	return tp_model_open_ex(t, e, name, vvram_gb, expert, flags, 0);
 }
 
 static inline void tp_model_close(struct tp_model *t)
