@@ -44,6 +44,9 @@
 /* How long acquire keeps asking for a window slot the broker refuses with
  * -ENOMEM (another client's request parked first) before failing. */
 #define GROW_RETRY_NS (5ull * 1000000000ull)
+/* How long making the window keeps asking (the RECLAIM handler is not
+ * installed yet: well under the broker's default reclaim deadline). */
+#define WINDOW_RETRY_NS (1000000000ull)
 /* A copy into a slot looks between pieces of this size whether reclaim
  * called it off. */
 #define COPY_PIECE (4ull << 20)
@@ -1011,23 +1014,29 @@ static int window_alloc(struct vram_pager *p, uint32_t d, uint32_t want)
  * at its fair share there, or a ceiling): cut from the model's resident
  * chunks there, else allocated in room those chunks leave (their layers
  * are paged from then on, as after a RECLAIM), until need slots hold the
- * largest layer.  0, or r with the allocation's message. */
+ * largest layer.  The room can go to another client's request parked
+ * first, so this is tried again for WINDOW_RETRY_NS.  0, or r with the last
+ * allocation's message. */
 static int window_fallback(struct vram_pager *p, uint32_t d, uint32_t need, uint64_t largest, int r)
 {
-	char why[512];
-	str_copy(why, vram_last_error(), sizeof(why));
-	pthread_mutex_lock(&p->mu);
-	pager_window_from_chunks(p, d);
-	uint32_t have = pager_slots_fitting(p, d, largest);
-	if (have < need)
-		pager_window_room(p, d, (uint64_t)(need - have) * p->slot_size[d]);
-	pthread_mutex_unlock(&p->mu);
-	if (have < need && window_alloc(p, d, need - have) == 0)
-		have = need;
-	if (have < need)
-		return rt_error(r, "%s", why);
-	rt_error_clear();
-	return 0;
+	uint64_t until = now_ns() + WINDOW_RETRY_NS;
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		pager_window_from_chunks(p, d);
+		uint32_t have = pager_slots_fitting(p, d, largest);
+		if (have < need)
+			pager_window_room(p, d, (uint64_t)(need - have) * p->slot_size[d]);
+		pthread_mutex_unlock(&p->mu);
+		int ra = have < need ? window_alloc(p, d, need - have) : 0;
+		if (ra == 0) {
+			rt_error_clear();
+			return 0;
+		}
+		if ((ra != -ENOMEM && ra != -EDQUOT) || now_ns() >= until)
+			return rt_error(ra == -ENOMEM || ra == -EDQUOT ? r : ra, "%s", vram_last_error());
+		struct timespec ts = { 0, 20000000L };
+		nanosleep(&ts, NULL);
+	}
 }
 
 /* Windows: slot size = the largest donor layer; default slot count = two
