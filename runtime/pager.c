@@ -1101,9 +1101,8 @@ static void pager_pin_donors(struct vram_pager *p, const uint64_t *largest)
  * -EAGAIN. */
 static int pager_start(struct vram_pager *p, const struct vram_pager_options *o)
 {
-	p->handlers = !(o->flags & VRAM_PAGER_NO_RECLAIM);
 	if (p->handlers)
-		pager_declare_demand(p);
+		pager_declare_demand(p); /* again, with the window made */
 	if (pthread_create(&p->copier, NULL, copier_main, p) != 0)
 		return rt_error(-EAGAIN, "cannot start the copy thread");
 	p->copier_started = true;
@@ -1149,6 +1148,13 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		return rt_error(-ENOMEM, "out of memory");
 	pager_layers(p, plan, largest);
 	pager_groups(p, largest);
+	/* What it wants, said before the window is asked for: the broker's
+	 * fair split counts it, so that the holders above their share are
+	 * asked for the excess (a newcomer that only asks for its window is
+	 * counted as wanting just that, and refused). */
+	p->handlers = !(o->flags & VRAM_PAGER_NO_RECLAIM);
+	if (p->handlers)
+		pager_declare_demand(p);
 	if ((r = pager_windows(p, o, largest)) < 0) {
 		vram_pager_free(p); /* keeps the message */
 		return r;
