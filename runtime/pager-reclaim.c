@@ -533,13 +533,18 @@ static uint64_t above_share(struct vram_pager *p, uint32_t dev)
 /* RECLAIM: what was asked, in whole grants, the least beyond it, and never
  * so much that the client ends below its fair share (the broker asks only
  * clients above theirs, for at most the excess; a floor is never above the
- * share, so it holds too).  When no grant fits that, less than asked: the
+ * share, so it holds too): beyond what was asked only within the excess
+ * the status shows.  When no grant fits that, less than asked: the
  * broker then asks the others. */
 uint64_t pager_on_reclaim(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms)
 {
 	struct vram_pager *p = user;
 	uint64_t wait = MIN(deadline_ms * 1000000ull / 4, COPY_WAIT_NS);
-	return pager_reclaim(p, device, bytes, above_share(p, device), wait);
+	/* The broker asked for at most its own figure of the excess: that
+	 * much may always go, even when the status read here (computed
+	 * without the asker's parked request) shows none. */
+	uint64_t cap = above_share(p, device);
+	return pager_reclaim(p, device, bytes, MAX(cap, bytes), wait);
 }
 
 /* ---- offers and demand -------------------------------------------------- */
