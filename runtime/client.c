@@ -263,6 +263,10 @@ static int reconnect(struct vram_client *c)
 	}
 	int first_err = 0;
 	for (struct vram_grant *g = c->grants; g; g = g->next) {
+		if (g->fd < 0 && g->freeing) {
+			g->id = 0; /* unknown to this broker: nothing to free there */
+			continue;
+		}
 		if (g->fd < 0) {
 			if (!first_err)
 				first_err = rt_error(-EOPNOTSUPP, "grant %llu has no fd to re-register",
@@ -658,15 +662,23 @@ int vram_free(vram_client *c, vram_grant *g)
 		return 0;
 	rt_error_clear();
 	pthread_mutex_lock(&c->lock);
-	/* The memory goes out of reach first; the fd stays, and g stays
+	/* The memory goes out of reach first; a memfd's fd stays, and g stays
 	 * listed, until the broker has freed it: a FREE that meets a broker
 	 * restart is not resent with the old id (it may name another grant
 	 * now), but the reconnect re-registered g under a new one (with the
-	 * fd store, it took the restored grant over), which is freed then. */
+	 * fd store, it took the restored grant over), which is freed then.  A
+	 * CUDA export's fd goes first (the broker recycles the memory only
+	 * once no process holds it): such a grant is not re-registered, and
+	 * with the fd store its restored copy stays until this process exits. */
+	bool cuda = !g->shared && g->device < c->ndev && c->dev[g->device].backend == VRAM_BACKEND_CUDA;
 	int fd = g->fd;
 	g->fd = -1;
+	g->freeing = true;
 	grant_unmap(g);
-	g->fd = fd;
+	if (!cuda)
+		g->fd = fd;
+	else if (fd >= 0)
+		close(fd);
 	uint32_t before = c->reconnects;
 	int r = free_msg(c, g);
 	if (r == 0 && c->reconnects != before)

@@ -22,6 +22,8 @@ struct vram_grant {
 				  * broker restart, or -1 */
 	bool     shared;         /* a broker-owned read-only copy (id is the copy's): mapped
 				  * read-only, given back with UNSHARE */
+	bool     freeing;        /* vram_free under way: a reconnect re-registers it only
+				  * if its fd is still open */
 	struct vram_grant *next, *prev;
 };
 
