@@ -8,7 +8,10 @@
  * load (its clients reconnect and re-register), and an unprivileged user
  * floods the socket with connections that never say HELLO.  Afterwards:
  * nothing accounted (once the copies are dropped), the broker's fds at
- * their baseline, its RSS grown by less than a bound.
+ * their baseline (its memfds apart: the ready reserve keeps memfds of the
+ * sizes asked lately, so their count varies; their bytes must be its
+ * figure, and none may be an empty, revoked grant), its RSS grown by less
+ * than a bound.
  *
  *   helper-soak DIR SECONDS [BROKER_KILL_EVERY_S]
  *
@@ -223,18 +226,63 @@ static int client_flood(unsigned seed)
 
 /* ---- the run --------------------------------------------------------------------- */
 
-static int count_fds(pid_t pid)
+/* The broker's fds, and of them its memfds and their bytes (the ready
+ * reserve holds populated memfds of the sizes asked lately: their count
+ * changes with what the clients asked, their bytes are its figure). */
+struct fd_count {
+	int fds, memfds, empty;  /* empty: memfds of 0 bytes (revoked grants) */
+	uint64_t memfd_bytes, ready;
+};
+
+/* The bytes the broker's ready reserves hold now (its status), or 0. */
+static uint64_t ready_bytes(void)
 {
-	char path[64];
+	vram_client *a;
+	struct vram_status *s;
+	uint64_t ready = 0;
+	if (vram_connect(g_admin, "soak-check", &a) < 0)
+		return 0;
+	if (vram_get_status(a, &s) == 0) {
+		for (uint32_t d = 0; d < s->ndevices; d++)
+			ready += s->devices[d].ready;
+		vram_status_free(s);
+	}
+	vram_close(a);
+	return ready;
+}
+
+static struct fd_count count_fds(pid_t pid)
+{
+	char path[64], p2[384], link[256];
+	struct fd_count n = { .ready = ready_bytes() };
 	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
 	DIR *d = opendir(path);
-	int n = 0;
 	struct dirent *e;
-	while (d && (e = readdir(d)))
-		n += e->d_name[0] != '.';
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		n.fds++;
+		snprintf(p2, sizeof(p2), "%s/%s", path, e->d_name);
+		ssize_t len = readlink(p2, link, sizeof(link) - 1);
+		struct stat st;
+		if (len > 0 && (link[len] = '\0', !strncmp(link, "/memfd:", 7)) && stat(p2, &st) == 0) {
+			n.memfds++;
+			n.empty += st.st_size == 0;
+			n.memfd_bytes += (uint64_t)st.st_size;
+		}
+	}
 	if (d)
 		closedir(d);
 	return n;
+}
+
+/* Whether now holds more than base: fds besides memfds, empty memfds, or
+ * memfd bytes besides the ready reserve's. */
+static bool more_fds(const struct fd_count *now, const struct fd_count *base)
+{
+	uint64_t kept = now->memfd_bytes - (now->ready < now->memfd_bytes ? now->ready : now->memfd_bytes);
+	uint64_t kept0 = base->memfd_bytes - (base->ready < base->memfd_bytes ? base->ready : base->memfd_bytes);
+	return now->fds - now->memfds > base->fds - base->memfds || now->empty > base->empty || kept > kept0;
 }
 
 static long rss_kib(pid_t pid)
@@ -286,7 +334,7 @@ static void spawn(pid_t *kids, struct tally *t, unsigned seed)
 }
 
 /* Quiet: no client left, nothing accounted once the copies are dropped. */
-static int settle(pid_t broker, int fds0, long rss0)
+static int settle(pid_t broker, const struct fd_count *fds0, long rss0)
 {
 	vram_client *a;
 	struct vram_status *s = NULL;
@@ -305,12 +353,21 @@ static int settle(pid_t broker, int fds0, long rss0)
 			if (quiet) {
 				vram_close(a);
 				msleep(300); /* the broker sees this check's hang-up */
-				int fds = count_fds(broker);
+				/* the reserve's refill may be populating a memfd
+				 * not counted as ready yet: a while to finish */
+				struct fd_count fds = count_fds(broker);
+				for (int k = 0; k < 50 && more_fds(&fds, fds0); k++) {
+					msleep(100);
+					fds = count_fds(broker);
+				}
 				long rss = rss_kib(broker);
-				printf("soak: settled: broker fds %d (baseline %d), RSS %ld KiB (baseline %ld)\n", fds, fds0,
-				       rss, rss0);
-				if (fds > fds0) {
-					fprintf(stderr, "soak: the broker holds %d fds, %d at the start:\n", fds, fds0);
+				printf("soak: settled: broker fds %d, %d of them memfds of %llu bytes, %llu in the ready "
+				       "reserve (baseline %d, %d, %llu, %llu), RSS %ld KiB (baseline %ld)\n",
+				       fds.fds, fds.memfds, (unsigned long long)fds.memfd_bytes,
+				       (unsigned long long)fds.ready, fds0->fds, fds0->memfds,
+				       (unsigned long long)fds0->memfd_bytes, (unsigned long long)fds0->ready, rss, rss0);
+				if (more_fds(&fds, fds0)) {
+					fprintf(stderr, "soak: the broker holds more fds or memfd bytes than at the start:\n");
 					char cmd[128];
 					snprintf(cmd, sizeof(cmd), "ls -l /proc/%d/fd >&2", (int)broker);
 					if (system(cmd) != 0)
@@ -356,7 +413,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	msleep(200);
-	int fds0 = count_fds(broker);
+	struct fd_count fds0 = count_fds(broker);
 	long rss0 = rss_kib(broker);
 	pid_t kids[MAX_KIDS] = { 0 };
 	struct tally t = { 0 };
@@ -388,7 +445,7 @@ int main(int argc, char **argv)
 	reap(kids, &t, true);
 	printf("soak: %d s, %u clients (%u killed at random), %u broker kills, %u wrong bytes, %u other failures\n",
 	       seconds, t.started, t.killed, t.broker_kills, t.bad, t.failed);
-	int r = settle(broker, fds0, rss0);
+	int r = settle(broker, &fds0, rss0);
 	kill(broker, SIGTERM);
 	waitpid(broker, NULL, 0);
 	if (t.bad || t.failed) {
