@@ -8,7 +8,9 @@
 #   BENCH_ONLY   "pager" to run only the paging and two-client parts,
 #                "load" to run only the loading part, "share" only the
 #                shared copies (scripts/bench-share.sh), "formats" only
-#                the GGUF and PyTorch zip files (scripts/bench-formats.sh)
+#                the GGUF and PyTorch zip files (scripts/bench-formats.sh),
+#                "busy" only busy clients sharing one GPU (issue 12:
+#                scripts/bench-busy.sh, BENCH_BUSY_SCALE, BENCH_BUSY_RUNS)
 #   BENCH_ROUNDS, BENCH_FIO_SHAPES, BENCH_ALLOC_N: see scripts/bench-load.sh
 #
 # Cold runs drop the page cache (root only; otherwise they are skipped and
@@ -37,6 +39,9 @@ trap cleanup EXIT INT TERM
 
 if [ "${BENCH_ONLY:-}" = share ]; then
 	exec sh scripts/bench-share.sh
+fi
+if [ "${BENCH_ONLY:-}" = busy ]; then
+	exec sh scripts/bench-busy.sh
 fi
 if [ ! -s "$FILE" ]; then
 	echo "== writing a $SIZE-byte checkpoint (~2,500 tensors, SDXL-like) to $FILE"
@@ -152,4 +157,5 @@ say "  $(grep -c 'RECLAIM' "$DIR/vramd2.log" || true) RECLAIM requests, $(grep -
 say ""
 sh scripts/bench-formats.sh
 sh scripts/bench-share.sh
+sh scripts/bench-busy.sh
 say "results in $OUT"

@@ -270,6 +270,11 @@ class PagerStats:
     dropped: int
     reclaimed_bytes: int
     order_learned: bool
+    promoted: int = 0        # layers moved back to their compute device (OFFER)
+    reclaims: int = 0        # reclaims handled
+    reclaim_ns: int = 0      # time they took, in all
+    reclaim_ns_max: int = 0  # the longest
+    offers: int = 0          # OFFERs received
 
 
 class Pager(Owner):
@@ -348,7 +353,8 @@ class Pager(Owner):
         call("vram_pager_stats", self._ptr, C.byref(s))
         return PagerStats(s.window_slots, s.window_bytes, s.acquires, s.hits, s.late, s.misses, s.prefetches,
                           s.prefetch_used, s.bytes_paged, s.copy_ns, s.stall_ns, s.passes, s.demoted,
-                          s.dropped, s.reclaimed_bytes, bool(s.order_learned))
+                          s.dropped, s.reclaimed_bytes, bool(s.order_learned), s.promoted, s.reclaims,
+                          s.reclaim_ns, s.reclaim_ns_max, s.offers)
 
     def order(self):
         """The layer order prefetch follows now."""
