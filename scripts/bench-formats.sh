@@ -16,37 +16,24 @@
 # vramd's GB/s here count the file's open and parse (GGUF tensor infos, the
 # pickle) as the references' do: bytes / (open_seconds + seconds).
 set -eu
-BUILD=${VRAM_BUILD:-build}
-PY=${VRAM_PYTHON:-.venv/bin/python}
-SIZE=${BENCH_SIZE:-4294967296}
-DIR=${BENCH_DIR:-/var/tmp/vramd-bench}
-OUT=${BENCH_OUT:-$BUILD/bench/results.txt}
-SRC="$DIR/bench-$SIZE.safetensors"
+. scripts/bench-env.sh
+SOCK="$DIR/vramd-formats.sock"
+SRC="$FILE"
 GGUF="$DIR/bench-$SIZE-q8_0.gguf"
 PT="$DIR/bench-$SIZE.ckpt"
-SOCK="$DIR/vramd-formats.sock"
 VRAMCTL="$BUILD/bin/vramctl --socket $SOCK"
-mkdir -p "$DIR" "$(dirname "$OUT")"
-say() { echo "$*" | tee -a "$OUT"; }
-cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true; rm -f "$SOCK"; }
-trap cleanup EXIT INT TERM
+trap bench_cleanup EXIT INT TERM
 
 if [ ! -s "$GGUF" ]; then
 	echo "== writing a $SIZE-byte Q8_0 GGUF with gguf-py's GGUFWriter to $GGUF"
 	"$PY" tests/bench_formats.py gen-gguf "$GGUF" --size "$SIZE"
 fi
 if [ ! -s "$PT" ]; then
-	if [ ! -s "$SRC" ]; then
-		"$PY" tests/make_checkpoint.py --out "$SRC.tmp" --size "$SIZE" --seed 7
-		mv "$SRC.tmp" "$SRC"
-	fi
+	bench_checkpoint
 	echo "== writing a PyTorch zip of $SRC's tensors with torch.save to $PT"
 	"$PY" tests/bench_formats.py gen-pt "$PT" --from "$SRC"
 fi
 
-CAN_DROP=0
-if [ "$(id -u)" -eq 0 ] && sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then CAN_DROP=1; fi
-drop() { [ $CAN_DROP -eq 1 ] && sync && echo 3 > /proc/sys/vm/drop_caches; }
 
 fio_gbps() { # $1 file, $2 direct (0/1)
 	fio --name=r --filename="$1" --rw=read --bs=8M --iodepth=16 --ioengine=io_uring \

@@ -18,18 +18,11 @@
 # allocates, as in real use; on VMs first-touch page faults cost as much as
 # the I/O, which the report's "memory" line measures.
 set -eu
-BUILD=${VRAM_BUILD:-build}
-PY=${VRAM_PYTHON:-.venv/bin/python}
-SIZE=${BENCH_SIZE:-4294967296}
-DIR=${BENCH_DIR:-/var/tmp/vramd-bench}
-OUT=${BENCH_OUT:-$BUILD/bench/results.txt}
-FILE="$DIR/bench-$SIZE.safetensors"
+. scripts/bench-env.sh
 SOCK="$DIR/vramd.sock"
 VRAMCTL="$BUILD/bin/vramctl --socket $SOCK"
-mkdir -p "$DIR" "$(dirname "$OUT")"
 : > "$OUT"
 
-say() { echo "$*" | tee -a "$OUT"; }
 cleanup() {
 	[ -n "${PID:-}" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
 	[ -n "${PIDB:-}" ] && kill "$PIDB" 2>/dev/null || true
@@ -43,19 +36,12 @@ fi
 if [ "${BENCH_ONLY:-}" = busy ]; then
 	exec sh scripts/bench-busy.sh
 fi
-if [ ! -s "$FILE" ]; then
-	echo "== writing a $SIZE-byte checkpoint (~2,500 tensors, SDXL-like) to $FILE"
-	"$PY" tests/make_checkpoint.py --out "$FILE.tmp" --size "$SIZE" --seed 7
-	mv "$FILE.tmp" "$FILE"
-fi
+bench_checkpoint
 BYTES=$(stat -c %s "$FILE")
 if [ "${BENCH_ONLY:-}" = formats ]; then
 	exec sh scripts/bench-formats.sh
 fi
 
-CAN_DROP=0
-if [ "$(id -u)" -eq 0 ] && sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then CAN_DROP=1; fi
-drop() { [ $CAN_DROP -eq 1 ] && sync && echo 3 > /proc/sys/vm/drop_caches; }
 warm() { cat "$FILE" > /dev/null; }
 
 # GB/s of a command that reads the whole file; fio prints its own bandwidth.
