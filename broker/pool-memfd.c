@@ -111,34 +111,43 @@ static int memfd_fresh(const struct memfd_kind *k, uint64_t size, int *ret_fd, c
 	return memfd_new(k, size, false, ret_fd, why);
 }
 
-static int memfd_grant(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why)
+/* Memory of size bytes for a grant or a copy (what), held = used bytes
+ * of the pool besides it: populated from the ready reserve, else fresh;
+ * sealed with seals; the broker keeps a duplicate of the fd as the handle. */
+static int memfd_memory(struct pool *p, uint64_t size, uint64_t held, int seals, const char *what, int *ret_fd,
+			void **ret_handle, const char **why)
 {
 	struct memfd_pool *mp = p->priv;
 	int fd = -1, e;
 
-	/* populated memory from the ready reserve, else fresh memory */
-	if (ready_take(mp->ready, size, p->used, &fd) < 0 && (e = memfd_fresh(&mp->kind, size, &fd, why)) < 0) {
+	if (ready_take(mp->ready, size, held, &fd) < 0 && (e = memfd_fresh(&mp->kind, size, &fd, why)) < 0) {
 		ready_released(mp->ready, size);
 		return e;
 	}
-	if (fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+	if (fcntl(fd, F_ADD_SEALS, seals) < 0) {
 		e = -errno;
-		*why = "sealing the grant memfd failed";
+		*why = "sealing the memfd failed";
 		goto fail;
 	}
 	int keep = fcntl(fd, F_DUPFD_CLOEXEC, 3);
 	if (keep < 0) {
 		e = -errno;
-		*why = "keeping a reference to the grant memfd failed";
+		*why = "keeping a reference to the memfd failed";
 		goto fail;
 	}
 	*ret_fd = fd;
 	*ret_handle = handle_of(keep);
 	return 0;
 fail:
+	broker_log(2, "%s: %s of %llu bytes: %s", p->name, what, (unsigned long long)size, *why);
 	close(fd);
 	ready_released(mp->ready, size);
 	return e;
+}
+
+static int memfd_grant(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why)
+{
+	return memfd_memory(p, size, p->used, F_SEAL_GROW | F_SEAL_SEAL, "a grant", ret_fd, ret_handle, why);
 }
 
 static int memfd_adopt(struct pool *p, int fd, uint64_t size, void **ret_handle, const char **why)
@@ -260,32 +269,15 @@ static void memfd_describe(const struct pool *p, struct vramd_device *d)
 
 /* ---- shared copies ------------------------------------------------------- */
 
+/* A copy's memory comes from the ready reserve like a grant's (populated:
+ * the broker's fill then writes at the disk's speed instead of faulting
+ * fresh pages in), else fresh.  Called on the loop thread with the copy
+ * already counted in p->used; sealed against growing only (copy_seal
+ * seals it for good once filled). */
 static int memfd_copy_create(struct pool *p, uint64_t size, int *ret_fd, void **ret_handle, const char **why)
 {
-	struct memfd_pool *mp = p->priv;
-	char name[64];
-	snprintf(name, sizeof(name), "%s:copy", mp->kind.name);
-	int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (fd < 0) {
-		*why = "memfd_create failed";
-		return -errno;
-	}
-	if (ftruncate(fd, (off_t)size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_GROW) < 0) {
-		int e = -errno;
-		close(fd);
-		*why = "sizing the copy's memfd failed";
-		return e;
-	}
-	int keep = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-	if (keep < 0) {
-		int e = -errno;
-		close(fd);
-		*why = "keeping a reference to the copy's memfd failed";
-		return e;
-	}
-	*ret_fd = fd;
-	*ret_handle = handle_of(keep);
-	return 0;
+	return memfd_memory(p, size, p->used - MIN(size, p->used), F_SEAL_GROW, "a shared copy", ret_fd, ret_handle,
+			    why);
 }
 
 static void *memfd_copy_map(struct pool *p, void *handle, int fd, uint64_t size)

@@ -22,6 +22,7 @@ rather than loads, and LoRA-patched tensors (patcher.py).
 """
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -138,6 +139,22 @@ class Component:
             _set(self._slot(path, attr), attr, v.to(conv) if conv is not None else v)
 
 
+def torch_viewable(dtype):
+    """Whether torch has a dtype for vramd's dtype name (GGUF's quantised
+    blocks have none)."""
+    try:
+        vramd.torch_dtype(dtype)
+        return True
+    except ValueError:
+        return False
+
+
+def _view(loaded, t):
+    """Tensor t of the load as torch sees it: in its dtype and shape, or
+    as its raw bytes (flat uint8) when torch has no dtype for it."""
+    return loaded.torch(t.index) if torch_viewable(t.dtype) else loaded.torch_bytes(t.index)
+
+
 def _set(module, attr, t):
     if attr in module._parameters:
         module._parameters[attr] = torch.nn.Parameter(t, requires_grad=False)
@@ -174,7 +191,7 @@ class VramdModel:
         self.stats = self.loaded.stats()
         _log_load(self.model, self.stats)
         with torch.inference_mode(False):
-            self.views = {t.name: self.loaded.torch(t.index) for t in self.model.tensors}
+            self.views = {t.name: _view(self.loaded, t) for t in self.model.tensors}
 
     def _binding(self, module, attr):
         if self._slots is None:
@@ -366,9 +383,99 @@ def _eject(eject_models):
     mm.soft_empty_cache()
 
 
+GGUF_URL = "https://github.com/city96/ComfyUI-GGUF"
+
+
+def quantized_types(model):
+    """{dtype name: tensor count} of model's tensors torch has no dtype for
+    (GGUF's block-quantised types); {} for everything else."""
+    out = {}
+    for t in model.tensors:
+        if not torch_viewable(t.dtype):
+            out[t.dtype] = out.get(t.dtype, 0) + 1
+    return out
+
+
+def comfyui_gguf():
+    """(GGMLTensor, GGMLOps, GGUFModelPatcher) from ComfyUI-GGUF (city96),
+    found among the modules ComfyUI has imported (custom nodes load before
+    any node runs, under their folder's name); else from ComfyUI's own copy
+    of it where it has one (the pip-installable fork's comfy.gguf); None
+    without either."""
+    found = {}
+    for name, mod in list(sys.modules.items()):
+        own = name == "comfy" or name.startswith("comfy.")
+        if isinstance(getattr(mod, "GGMLTensor", None), type) and hasattr(mod, "GGMLOps"):
+            found.setdefault(("ops", own), mod)
+        if isinstance(getattr(mod, "GGUFModelPatcher", None), type):
+            found.setdefault(("patcher", own), mod.GGUFModelPatcher)
+    for own in (False, True):  # the custom node first
+        ops, patcher = found.get(("ops", own)), found.get(("patcher", own))
+        if ops is not None and patcher is not None:
+            return ops.GGMLTensor, ops.GGMLOps, patcher
+    return None
+
+
+def _needs_gguf(path, qtypes, what):
+    kinds = ", ".join("%s x%d" % kv for kv in sorted(qtypes.items()))
+    return RuntimeError("vramd: %s holds GGUF-quantised tensors (%s): %s needs ComfyUI-GGUF (%s) "
+                        "installed in ComfyUI's custom_nodes, which dequantises them at each forward; "
+                        "install it and restart ComfyUI, or load an unquantised file" % (path, kinds, what, GGUF_URL))
+
+
+def gguf_state_dict(vm, ggml_tensor, qtype):
+    """{name: ggml_tensor} over vm's loaded tensors, as ComfyUI-GGUF's
+    gguf_sd_loader builds them from a file: F32 and F16 tensors in their
+    dtype and shape, every other type as its raw bytes (uint8, one row per
+    leading index: shape[:-1] + (bytes per row,)), tensor_type the GGUF
+    type (qtype, gguf.GGMLQuantizationType, by name), tensor_shape the
+    logical shape.  No copy: each wraps vm's view."""
+    sd = {}
+    for t in vm.model.tensors:
+        v = vm.views[t.name]
+        shape = torch.Size(t.shape)
+        if t.dtype not in ("F32", "F16"):
+            rows = 1
+            for n in shape[:-1]:
+                rows *= n
+            raw = v.view(torch.uint8) if v.dtype != torch.uint8 else v
+            v = raw.reshape(tuple(shape[:-1]) + (raw.numel() // max(rows, 1),))
+        try:
+            kind = qtype[t.dtype]
+        except KeyError:
+            raise RuntimeError("vramd: %s: ComfyUI-GGUF's gguf package has no type %s (tensor %s)"
+                               % (vm.model.path, t.dtype, t.name)) from None
+        sd[t.name] = ggml_tensor(v, tensor_type=kind, tensor_shape=shape)
+    return sd
+
+
+def _load_gguf(path, model, client, inputs, gg):
+    """MODEL of a quantised GGUF diffusion model, through ComfyUI-GGUF's
+    ops and patcher over vramd memory (the way its UnetLoaderGGUF builds
+    one over the file's mmap)."""
+    import comfy.sd
+    import gguf
+    ggml_tensor, ggml_ops, patcher_cls = gg
+    plan = client.plan(model, **inputs)
+    vm = VramdModel(client, model, plan, load_options())
+    with torch.inference_mode(False):
+        sd = gguf_state_dict(vm, ggml_tensor, gguf.GGMLQuantizationType)
+        base = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"custom_operations": ggml_ops()})
+    if base is None:
+        raise RuntimeError("vramd: %s: ComfyUI does not recognise this diffusion model" % path)
+    patcher = patcher_cls.clone(base)
+    patcher.model._vramd = vm  # the load's stats; the tensors hold its memory
+    return (patcher,)
+
+
 def load_checkpoint(path, inputs, eject_models=True, output_clip=True, output_vae=True):
     """MODEL, CLIP, VAE of the checkpoint at path, placed by inputs (the
     seed node's, by name)."""
+    model = vramd.open_model(path)
+    qtypes = quantized_types(model)
+    if qtypes:
+        raise RuntimeError("vramd: %s holds GGUF-quantised tensors (%s): quantised files are diffusion models; "
+                           "load it with Load Diffusion Model (vramd)" % (path, ", ".join(sorted(qtypes))))
     import comfy.model_detection as md
     import comfy.model_management as mm
     import comfy.sd as csd
@@ -376,7 +483,6 @@ def load_checkpoint(path, inputs, eject_models=True, output_clip=True, output_va
 
     client = broker.client()
     _eject(eject_models)
-    model = vramd.open_model(path)
     meta = meta_state_dict(model)
     metadata = model.metadata or None
     prefix = md.unet_prefix_from_state_dict(meta)
@@ -468,14 +574,23 @@ def _build_vae(csd, cu, config, vm, names, client, inputs, metadata):
 
 
 def load_diffusion_model(path, weight_dtype, inputs, eject_models=True):
-    """MODEL of a diffusion-model-only file (models/diffusion_models)."""
+    """MODEL of a diffusion-model-only file (models/diffusion_models).  A
+    GGUF file with quantised tensors goes through ComfyUI-GGUF's ops and
+    patcher when ComfyUI loaded it, and fails naming it when not."""
+    model = vramd.open_model(path)
+    qtypes = quantized_types(model)
+    gg = comfyui_gguf() if qtypes else None
+    if qtypes and gg is None:
+        raise _needs_gguf(path, qtypes, "Load Diffusion Model (vramd)")
     import comfy.model_detection as md
     import comfy.model_management as mm
     import comfy.utils as cu
 
     client = broker.client()
     _eject(eject_models)
-    model = vramd.open_model(path)
+    if gg is not None:
+        inputs = {k: v for k, v in inputs.items() if k != "unet_compute_device" or v}
+        return _load_gguf(path, model, client, inputs, gg)
     meta = meta_state_dict(model)
     prefix = md.unet_prefix_from_state_dict(meta)
     if not any(t.component == "unet" for t in model.tensors) and (

@@ -204,6 +204,29 @@ static bool conn_lost(int r)
 	return r == -EPIPE || r == -ECONNRESET || r == -ENOTCONN || r == -ECONNREFUSED || r == -ECONNABORTED;
 }
 
+/* Says every DEMAND of c again (to a broker that restarted).  Lock held.
+ * 0 or the first error. */
+static int redeclare_demands(struct vram_client *c)
+{
+	int first_err = 0;
+	for (uint32_t d = 0; d < c->ndev && d < VRAMD_MAX_DEVICES; d++) {
+		if (!c->demand_want[d])
+			continue;
+		struct vramd_demand m;
+		memset(&m, 0, sizeof(m));
+		m.device = d;
+		m.want = c->demand_want[d];
+		m.min = c->demand_min[d];
+		proto_hdr_init(&m.hdr, VRAMD_DEMAND, sizeof(m), ++c->seq);
+		int r = proto_send(c->fd, &m, sizeof(m), -1, 0);
+		if (r == 0)
+			r = (int)recv_reply(c, c->seq, VRAMD_OK, NULL);
+		if (r < 0 && !first_err)
+			first_err = r;
+	}
+	return first_err;
+}
+
 /* The broker went away (restart, crash): connect again with backoff, say
  * HELLO, and hand every grant's fd back (REGISTER: the memfd, or the CUDA
  * export the broker sent) so that the new broker accounts what this process
@@ -240,6 +263,10 @@ static int reconnect(struct vram_client *c)
 	}
 	int first_err = 0;
 	for (struct vram_grant *g = c->grants; g; g = g->next) {
+		if (g->fd < 0 && g->freeing) {
+			g->id = 0; /* unknown to this broker: nothing to free there */
+			continue;
+		}
 		if (g->fd < 0) {
 			if (!first_err)
 				first_err = rt_error(-EOPNOTSUPP, "grant %llu has no fd to re-register",
@@ -259,18 +286,31 @@ static int reconnect(struct vram_client *c)
 		if (r < 0) {
 			if (!first_err)
 				first_err = r;
+			g->id = 0; /* unknown to this broker: nothing to free there */
 			continue;
 		}
 		const struct vramd_alloc_reply *rep = c->rxbuf;
 		g->id = rep->grant_id;
 		g->device = rep->device;
 	}
+	int r = redeclare_demands(c);
+	if (r < 0 && !first_err)
+		first_err = r;
+	/* What the old broker asked or offered is void: the new one has
+	 * other reclaim ids and its own view of who holds what. */
+	c->npending = 0;
+	memset(c->offered, 0, sizeof(c->offered));
 	c->reconnects++;
 	return first_err;
 }
 
-/* send + receive, reconnecting once if the broker went away. */
-static ssize_t transact(struct vram_client *c, void *msg, size_t len, uint16_t op, uint16_t want, int *ret_fd)
+/* send + receive, reconnecting once if the broker went away.  A request
+ * that names something of the old connection (a FREE names a grant id,
+ * which the reconnect changes) is not sent again: resend false makes it
+ * return 0 once the reconnect is done, the caller deciding what that
+ * means. */
+static ssize_t transact_ex(struct vram_client *c, void *msg, size_t len, uint16_t op, uint16_t want, int *ret_fd,
+			   bool resend)
 {
 	for (int attempt = 0;; attempt++) {
 		ssize_t r = send_req(c, msg, len, op);
@@ -282,7 +322,16 @@ static ssize_t transact(struct vram_client *c, void *msg, size_t len, uint16_t o
 		str_copy(keep, vram_last_error(), sizeof(keep));
 		if (reconnect(c) < 0 && c->fd < 0)
 			return rt_error((int)r, "%s; reconnecting failed: %s", keep, vram_last_error());
+		if (!resend) {
+			rt_error_clear();
+			return 0;
+		}
 	}
+}
+
+static ssize_t transact(struct vram_client *c, void *msg, size_t len, uint16_t op, uint16_t want, int *ret_fd)
+{
+	return transact_ex(c, msg, len, op, want, ret_fd, true);
 }
 
 int vram_connect(const char *socket_path, const char *name, vram_client **ret)
@@ -588,12 +637,52 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 	return 0;
 }
 
+/* FREE (or UNSHARE, for a shared copy) of g, not sent again if the
+ * broker went away meanwhile (0 then): the reconnect gave the grants new
+ * ids.  Lock held. */
+static int free_msg(struct vram_client *c, const struct vram_grant *g)
+{
+	if (!g->id)
+		return 0; /* the broker does not know it: nothing to free there */
+	if (g->shared) {
+		struct vramd_unshare u;
+		memset(&u, 0, sizeof(u));
+		u.copy_id = g->id;
+		return (int)transact_ex(c, &u, sizeof(u), VRAMD_UNSHARE, VRAMD_OK, NULL, false);
+	}
+	struct vramd_free m;
+	memset(&m, 0, sizeof(m));
+	m.grant_id = g->id;
+	return (int)transact_ex(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, NULL, false);
+}
+
 int vram_free(vram_client *c, vram_grant *g)
 {
 	if (!g)
 		return 0;
 	rt_error_clear();
 	pthread_mutex_lock(&c->lock);
+	/* The memory goes out of reach first; a memfd's fd stays, and g stays
+	 * listed, until the broker has freed it: a FREE that meets a broker
+	 * restart is not resent with the old id (it may name another grant
+	 * now), but the reconnect re-registered g under a new one (with the
+	 * fd store, it took the restored grant over), which is freed then.  A
+	 * CUDA export's fd goes first (the broker recycles the memory only
+	 * once no process holds it): such a grant is not re-registered, and
+	 * with the fd store its restored copy stays until this process exits. */
+	bool cuda = !g->shared && g->device < c->ndev && c->dev[g->device].backend == VRAM_BACKEND_CUDA;
+	int fd = g->fd;
+	g->fd = -1;
+	g->freeing = true;
+	grant_unmap(g);
+	if (!cuda)
+		g->fd = fd;
+	else if (fd >= 0)
+		close(fd);
+	uint32_t before = c->reconnects;
+	int r = free_msg(c, g);
+	if (r == 0 && c->reconnects != before)
+		r = free_msg(c, g);
 	if (g->prev)
 		g->prev->next = g->next;
 	else
@@ -601,22 +690,6 @@ int vram_free(vram_client *c, vram_grant *g)
 	if (g->next)
 		g->next->prev = g->prev;
 	grant_unmap(g);
-	uint32_t before = c->reconnects;
-	int r;
-	if (g->shared) {
-		struct vramd_unshare u;
-		memset(&u, 0, sizeof(u));
-		u.copy_id = g->id;
-		r = (int)transact(c, &u, sizeof(u), VRAMD_UNSHARE, VRAMD_OK, NULL);
-	} else {
-		struct vramd_free m;
-		memset(&m, 0, sizeof(m));
-		m.grant_id = g->id;
-		r = (int)transact(c, &m, sizeof(m), VRAMD_FREE, VRAMD_OK, NULL);
-	}
-	/* After a reconnect the grant was simply not re-registered: freed. */
-	if (r == -ENOENT && c->reconnects != before)
-		r = 0;
 	pthread_mutex_unlock(&c->lock);
 	free(g);
 	run_pending(c);
@@ -652,6 +725,10 @@ int vram_demand(vram_client *c, uint32_t device, uint64_t want, uint64_t min)
 	m.min = min;
 	pthread_mutex_lock(&c->lock);
 	int r = (int)transact(c, &m, sizeof(m), VRAMD_DEMAND, VRAMD_OK, NULL);
+	if (r >= 0) {
+		c->demand_want[device] = want;
+		c->demand_min[device] = want ? min : 0;
+	}
 	pthread_mutex_unlock(&c->lock);
 	run_pending(c);
 	return r < 0 ? r : 0;
@@ -670,6 +747,11 @@ int vram_dispatch(vram_client *c)
 {
 	int fds[PROTO_MAX_FDS], nfds;
 	pthread_mutex_lock(&c->lock);
+	if (c->fd < 0 && reconnect(c) < 0 && c->fd < 0) {
+		/* an earlier reconnect gave up: try again (with its backoff) */
+		pthread_mutex_unlock(&c->lock);
+		return rt_error(-ECONNRESET, "vramd connection lost: %s", vram_last_error());
+	}
 	for (;;) {
 		ssize_t n = proto_recv(c->fd, c->rxbuf, VRAMD_MSG_MAX, fds, &nfds, MSG_DONTWAIT);
 		if (n == -EAGAIN)

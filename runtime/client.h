@@ -22,6 +22,8 @@ struct vram_grant {
 				  * broker restart, or -1 */
 	bool     shared;         /* a broker-owned read-only copy (id is the copy's): mapped
 				  * read-only, given back with UNSHARE */
+	bool     freeing;        /* vram_free under way: a reconnect re-registers it only
+				  * if its fd is still open */
 	struct vram_grant *next, *prev;
 };
 
@@ -47,6 +49,10 @@ struct vram_client {
 	void *rxbuf;
 	char *name;
 	uint32_t reconnects;     /* times the connection was re-established */
+	/* The last DEMAND per device (vram_demand), said again to a broker
+	 * that restarted: want 0 means none. */
+	uint64_t demand_want[VRAMD_MAX_DEVICES];
+	uint64_t demand_min[VRAMD_MAX_DEVICES];
 	bool handling;           /* a RECLAIM handler is running (run_pending) */
 	/* while a SHARE waits for its copy: where its progress goes */
 	vram_progress_fn share_progress;

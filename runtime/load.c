@@ -410,8 +410,17 @@ static void load_tensors(struct load_ctx *x)
 	}
 }
 
+/* The size chunks on device d aim at (load.h). */
+static uint64_t chunk_target(const struct load_ctx *x, uint32_t d)
+{
+	if (!(x->o.flags & VRAM_LOAD_RECLAIMABLE))
+		return LOAD_CHUNK_TARGET;
+	uint64_t floor = MAX(LOAD_CHUNK_MIN, 4 * x->c->dev[d].granularity);
+	return MAX(MIN(x->c->dev[d].total / 32, LOAD_CHUNK_TARGET), floor);
+}
+
 /* Chunks: consecutive layers of one (device, component) share a grant of
- * about LOAD_CHUNK_TARGET bytes, so that reclaim can give back part of a
+ * about chunk_target() bytes, so that reclaim can give back part of a
  * model (a chunk) rather than all or nothing, and of at most
  * VRAMD_SHARE_RUNS_MAX tensors, so that every chunk can be described to
  * the broker as a shared copy (converted tensors are a run each; a layer
@@ -444,7 +453,7 @@ static void load_chunks(struct load_ctx *x)
 			done[d] = true;
 			if (nchunks[d][k] == 0)
 				nchunks[d][k] = 1;
-			if (cnt[d][k] && (acc[d][k] + part[d] > LOAD_CHUNK_TARGET ||
+			if (cnt[d][k] && (acc[d][k] + part[d] > chunk_target(x, d) ||
 					  cnt[d][k] + npart[d] > VRAMD_SHARE_RUNS_MAX)) {
 				nchunks[d][k]++;
 				acc[d][k] = 0;
@@ -554,6 +563,40 @@ static void bucket_requests(struct load_ctx *x, const uint32_t *bo, uint32_t nru
 	}
 }
 
+/* The private grant of one bucket (cnt tensors bo[] of component k
+ * planned on device d, laid out for d's memory in size bytes by
+ * bucket_layout), into lg.  A reclaimable load is pageable: when d refuses
+ * the grant (-ENOMEM: past this client's fair share, or full; -EDQUOT: a
+ * ceiling) it goes to the cpu pool instead, laid out again for host
+ * memory, to be paged from there.  0 or the allocation's error, naming the
+ * device and component. */
+static int bucket_grant(struct load_ctx *x, const uint32_t *bo, uint32_t cnt, uint32_t d, uint32_t k,
+			uint32_t flags, uint64_t size, uint32_t *ret_nruns, struct loaded_grant *lg)
+{
+	char s1[32];
+	int r = vram_alloc(x->c, d, size, flags, &lg->grant);
+	struct rt_saved_error e;
+	rt_error_save(&e); /* the first refusal is the one to report */
+	int cpu = (r == -ENOMEM || r == -EDQUOT) && (flags & VRAM_ALLOC_RECLAIMABLE) ? vram_device_find(x->c, "cpu") : -1;
+	rt_error_restore(&e);
+	if (r < 0 && cpu >= 0 && (uint32_t)cpu != d) {
+		uint64_t hsize = bucket_layout(x, bo, cnt, false, ret_nruns);
+		if (vram_alloc(x->c, (uint32_t)cpu, hsize, flags, &lg->grant) == 0) {
+			d = (uint32_t)cpu;
+			r = 0;
+		} else {
+			rt_error_restore(&e);
+			bucket_layout(x, bo, cnt, backend_of(x->c, d) != VRAM_BACKEND_CPU, ret_nruns);
+		}
+	}
+	if (r < 0)
+		return rt_error(r, "allocating %s on %s for %s: %s", size_format(size, s1, sizeof(s1)),
+				x->c->dev[d].name, vram_component_name(k), vram_last_error());
+	lg->device = d;
+	lg->component = k;
+	return 0;
+}
+
 /* An fd for the broker to read the file through: the model's inode
  * reopened with O_DIRECT (cold files are read at the disk's speed), else
  * the model's own fd (-1 returned in *ret_own then: not to be closed). */
@@ -654,12 +697,9 @@ static int load_grants(struct load_ctx *x)
 		if (r < 0)
 			return rt_error(r, "a shared copy on %s for %s: %s", x->c->dev[d].name, vram_component_name(k),
 					vram_last_error());
-		r = vram_alloc(x->c, d, size, flags, &lg->grant);
-		if (r < 0) {
-			char s1[32];
-			return rt_error(r, "allocating %s on %s for %s: %s", size_format(size, s1, sizeof(s1)),
-					x->c->dev[d].name, vram_component_name(k), vram_last_error());
-		}
+		r = bucket_grant(x, bo, b1 - b0, d, k, flags, size, &nruns, lg);
+		if (r < 0)
+			return r;
 		x->l->ngrants++;
 		bucket_requests(x, bo, nruns, x->l->ngrants - 1);
 	}

@@ -8,8 +8,14 @@
 
 #include "runtime/internal.h"
 
-/* Target size of one grant of a loaded model (a chunk of whole layers). */
+/* Target size of one grant of a loaded model (a chunk of whole layers).
+ * A reclaimable load's chunks aim at a 32nd of their device at most
+ * (reclaim gives a chunk back whole, and only when no layer of it is in
+ * use), and not below LOAD_CHUNK_MIN nor four of the device's allocation
+ * granules (a grant is rounded up to one: smaller chunks would waste much
+ * of theirs). */
 #define LOAD_CHUNK_TARGET (256ull << 20)
+#define LOAD_CHUNK_MIN (4ull << 20)
 /* Reads of a load that lands every byte straight in host memory (no
  * staging), unless the caller chose: 16 MiB x 32 in flight.  Bytes in
  * flight cost no memory there, and the disks measured want more of them

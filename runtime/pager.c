@@ -3,33 +3,33 @@
  * The pager: layers homed on a donor device are served through a window on
  * their component's compute device.
  *
- * The window is a set of slots, each a reclaimable grant big enough for the
- * largest donor layer.  Consecutive small donor layers that fit in one slot
+ * The window is a set of slots, each big enough for the largest donor
+ * layer.  Consecutive small donor layers of one chunk that fit in one slot
  * together are paged as one group, so that a window of a few slots still
  * lets the copier run far ahead through a stretch of small layers (whose
- * compute is short) towards a large one (whose copy is long).  acquire(L) pins L's slot (copying L in if it is not
- * there) and queues copies of the next prefetch_depth donor layers along
- * the current order; a copy thread fills slots (memcpy from donor memory,
- * or pread from the checkpoint for layers dropped by reclaim).  The order is
- * the file's layer order until the first complete pass, then the order that
- * pass observed.
+ * compute is short) towards a large one (whose copy is long).  acquire(L)
+ * pins L's slot (copying L in if it is not there) and queues copies of the
+ * next layers along the current order; a copy thread fills slots (memcpy
+ * from donor memory, or pread from the checkpoint for layers dropped by
+ * reclaim).  The order is the file's layer order until the first complete
+ * pass, then the order that pass observed.
  *
- * Reclaim gives back window slots first (least recently used, never one in
- * use or being filled), then chunks of resident layers: copied to the donor
- * when it has room, else dropped (the checkpoint file is the donor of last
- * resort).  The model keeps working; those layers are paged from then on.
+ * Giving memory back and taking it again (RECLAIM, OFFER, DEMAND, the
+ * mover thread) is pager-reclaim.c.
  *
  * Locking: one mutex guards the pager's state; it is never held across
- * broker I/O (vram_alloc/vram_free) nor across a copy.
+ * broker I/O (vram_alloc/vram_free) nor across a copy.  A copy reads a
+ * chunk outside the mutex while the chunk's readers count says so; nothing
+ * moves or frees a chunk with readers.
  */
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/cleanup.h"
@@ -37,94 +37,19 @@
 #include "runtime/client.h"
 #include "runtime/cuda-copy.h"
 #include "runtime/dtype.h"
-#include "runtime/load.h"
 #include "runtime/model.h"
+#include "runtime/pager.h"
 #include "kernels/kernels.h"
 
 /* How long acquire keeps asking for a window slot the broker refuses with
  * -ENOMEM (another client's request parked first) before failing. */
 #define GROW_RETRY_NS (5ull * 1000000000ull)
-#define SLOT_ALIGN 256u   /* tensors in a slot start on this boundary */
-#define MAX_SLOTS 256u
-
-enum slot_state { SLOT_EMPTY, SLOT_QUEUED, SLOT_COPYING, SLOT_READY };
-
-struct slot {
-	vram_grant *grant;       /* NULL: no memory (reclaimed or never had) */
-	uint32_t dev;            /* compute device */
-	int32_t layer;           /* -1: none */
-	enum slot_state state;
-	uint32_t pins;           /* acquires of its layer outstanding */
-	uint64_t last_use;
-	bool prefetched;         /* filled ahead of use, not yet acquired */
-	bool doomed;             /* reclaim is taking it */
-};
-
-struct player {
-	uint32_t first, ntensors;
-	uint64_t nbytes;
-	uint32_t compute;        /* broker device of the component's compute device */
-	bool paged;              /* home is not the compute device */
-	int32_t slot;            /* slot holding it, -1 */
-	uint32_t pins;           /* for resident layers */
-	uint64_t last_use;
-	uint64_t packed;         /* bytes of this layer in a slot, tensors SLOT_ALIGN-aligned */
-	bool acquired_this_pass;
-	/* Paging unit: consecutive donor layers that fit in one slot together
-	 * are paged as one group, identified by its first layer (the leader);
-	 * the leader's slot field is the group's.  Set on the leader: */
-	uint32_t leader;         /* this layer's group leader (itself if alone) */
-	uint32_t gcount;         /* layers in the group (leader only) */
-	uint64_t gpacked;        /* bytes of the group in a slot (leader only) */
-	uint64_t gbytes;         /* tensor bytes of the group (leader only) */
-};
-
-struct vram_pager {
-	vram_loaded *l;
-	vram_client *c;
-	const struct vram_model *m; /* dropped layers are read through m->fd */
-	uint32_t nlayers;
-	struct player *layers;
-	uint64_t *toff;          /* tensor offset within its layer's slot */
-	uint32_t depth;
-	uint64_t slot_size[VRAMD_MAX_DEVICES];
-	uint32_t target_slots[VRAMD_MAX_DEVICES];
-	struct slot slots[MAX_SLOTS];
-	uint32_t nslots;
-	uint32_t *order;         /* nlayers entries */
-	uint32_t *pos;           /* layer -> position in order */
-	uint32_t *seen;          /* this pass's acquires, in order */
-	uint32_t nseen;
-	bool learned;
-	bool demoting;           /* a chunk is being moved; acquires wait */
-	uint64_t clock;
-	struct vram_pager_stats st;
-	/* CUDA windows: a copier per device (async H2D / D2D on its own
-	 * stream), donor host memory page-locked, a bounce buffer for layers
-	 * read back from the file.  Used by the copy thread only. */
-	struct cuda_copier *cuda_copier[VRAMD_MAX_DEVICES];
-	struct cuda_pin *pins[64];
-	vram_grant *pin_grant[64];    /* the host grant each pin holds */
-	uint32_t npins;               /* pins and pin_grant under mu after create */
-	int pin_dev;                  /* CUDA device the pins are for, -1: none */
-	uint8_t *bounce;
-	uint64_t bounce_size;
-	uint8_t *raw;            /* file bytes of a converted tensor, before conversion */
-	uint64_t raw_size;
-	/* The last failed copy (under mu), for the acquire that waited on it. */
-	int copy_err;
-	char copy_msg[512];
-
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	pthread_t copier;
-	bool copier_started;
-	pthread_t dispatcher;
-	bool dispatcher_started;
-	bool stop;
-	uint32_t *queue;         /* slots to fill, FIFO ring */
-	uint32_t qhead, qlen;
-};
+/* How long making the window keeps asking (the RECLAIM handler is not
+ * installed yet: well under the broker's default reclaim deadline). */
+#define WINDOW_RETRY_NS (1000000000ull)
+/* A copy into a slot looks between pieces of this size whether reclaim
+ * called it off. */
+#define COPY_PIECE (4ull << 20)
 
 void vram_pager_options_init(struct vram_pager_options *o)
 {
@@ -152,17 +77,22 @@ static void prefault(vram_grant *g)
 	memset(h, 0, vram_grant_size(g));
 }
 
+static uint8_t *slot_host(const struct slot *s)
+{
+	uint8_t *h = vram_grant_host_ptr(s->grant);
+	return h ? h + s->off : NULL;
+}
+
+static uint64_t slot_dptr(const struct slot *s)
+{
+	uint64_t d = vram_grant_device_ptr(s->grant);
+	return d ? d + s->off : 0;
+}
+
 /* ---- the copy thread ------------------------------------------------- */
 
-/* Bytes [off, off + len) of tensor t as loaded, read from the file (the
- * donor of last resort) into host memory dst: as they are, or, for a
- * tensor converted while loading, its file elements converted again (the
- * same C reference conversion, so the same bytes).  off and len whole
- * elements of the loaded dtype.  The file is read through the fd the model
- * was parsed from (a file renamed over the path is not read) and must not
- * have changed in place since.  0 or -errno with the message set
- * (-ESTALE when it changed). */
-static int read_loaded(struct vram_pager *p, uint32_t t, uint64_t off, uint64_t len, uint8_t *dst)
+int pager_read_loaded(const struct vram_pager *p, uint32_t t, uint64_t off, uint64_t len, uint8_t *dst,
+		      uint8_t **raw, uint64_t *raw_size)
 {
 	const struct model_tensor *mt = &p->m->tensors[t];
 	uint32_t ldt = p->l->tensors[t].dtype;
@@ -173,14 +103,14 @@ static int read_loaded(struct vram_pager *p, uint32_t t, uint64_t off, uint64_t 
 	if (ldt != mt->dtype) {
 		flen = len / db * sb;
 		foff = base + off / db * sb;
-		if (p->raw_size < flen) {
-			uint8_t *n = realloc(p->raw, flen);
+		if (*raw_size < flen) {
+			uint8_t *n = realloc(*raw, flen);
 			if (!n)
 				return rt_error(-ENOMEM, "out of memory reading back tensor \"%s\"", mt->name);
-			p->raw = n;
-			p->raw_size = flen;
+			*raw = n;
+			*raw_size = flen;
 		}
-		buf = p->raw;
+		buf = *raw;
 	}
 	uint64_t done = 0;
 	while (done < flen) {
@@ -207,18 +137,31 @@ static int read_loaded(struct vram_pager *p, uint32_t t, uint64_t off, uint64_t 
 	return r < 0 ? rt_error(r, "converting tensor \"%s\" read back from %s", mt->name, p->m->path) : 0;
 }
 
+/* Whether reclaim called the copy into s off (read without mu). */
+static bool cancelled(const struct slot *s)
+{
+	return __atomic_load_n(&s->cancel, __ATOMIC_RELAXED);
+}
+
+/* The tensors [first, end) of the group led by layer. */
+static void group_tensors(const struct vram_pager *p, uint32_t layer, uint32_t *ret_first, uint32_t *ret_end)
+{
+	const struct player *L = &p->layers[layer], *last = &p->layers[layer + L->gcount - 1];
+	*ret_first = L->first;
+	*ret_end = last->first + last->ntensors;
+}
+
 /* Fills a slot on a CUDA device: async copies on the device's copy stream
  * from pinned donor memory (host), device to device (donor GPU), or via a
  * bounce buffer from the file (dropped layers); waits for them. */
 static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 {
-	struct player *L = &p->layers[layer];
-	uint32_t first_t = L->first, last_t = p->layers[layer + L->gcount - 1].first +
-					      p->layers[layer + L->gcount - 1].ntensors;
-	uint64_t dbase = vram_grant_device_ptr(s->grant);
+	uint32_t first_t, last_t;
+	uint64_t dbase = slot_dptr(s);
 	int r;
 	if (!dbase)
 		return -ENOTSUP;
+	group_tensors(p, layer, &first_t, &last_t);
 	if (!p->cuda_copier[s->dev] && (r = cuda_copier_new(p->c, s->dev, 1, &p->cuda_copier[s->dev])) < 0)
 		return r;
 	struct cuda_copier *cp = p->cuda_copier[s->dev];
@@ -226,6 +169,8 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 		uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
 		if (!nb)
 			continue;
+		if (cancelled(s))
+			return (r = cuda_copier_wait(cp, 0)) < 0 ? r : -ECANCELED;
 		const uint8_t *src = vram_loaded_tensor_host_ptr(p->l, t);
 		uint64_t dsrc = vram_loaded_tensor_device_ptr(p->l, t);
 		if (src)
@@ -243,7 +188,7 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 			}
 			for (uint64_t done = 0; done < nb;) {
 				uint64_t k = MIN(p->bounce_size, nb - done);
-				if ((r = read_loaded(p, t, done, k, p->bounce)) < 0 ||
+				if ((r = pager_read_loaded(p, t, done, k, p->bounce, &p->raw, &p->raw_size)) < 0 ||
 				    (r = cuda_copier_copy(cp, dbase + p->toff[t] + done, p->bounce, k, 0)) < 0 ||
 				    (r = cuda_copier_wait(cp, 0)) < 0)
 					return r;
@@ -257,31 +202,80 @@ static int fill_slot_cuda(struct vram_pager *p, struct slot *s, uint32_t layer)
 	return cuda_copier_wait(cp, 0);
 }
 
+/* Counts a reader in (add) or out of the chunk of each tensor of the
+ * group led by layer (once per tensor: a group, or a split layer, may
+ * read more than one chunk).  mu held. */
+static void group_readers(struct vram_pager *p, uint32_t layer, bool add)
+{
+	uint32_t first_t, end_t;
+	group_tensors(p, layer, &first_t, &end_t);
+	for (uint32_t t = first_t; t < end_t; t++) {
+		struct pchunk *ch = &p->chunks[p->l->tensors[t].grant];
+		if (add)
+			ch->readers++;
+		else
+			ch->readers--;
+	}
+}
+
+bool pager_slot_reads_dev(const struct vram_pager *p, uint32_t layer, uint32_t dev)
+{
+	uint32_t first_t, end_t;
+	group_tensors(p, layer, &first_t, &end_t);
+	for (uint32_t t = first_t; t < end_t; t++) {
+		const struct loaded_grant *lg = &p->l->grants[p->l->tensors[t].grant];
+		if (lg->grant && lg->device == dev)
+			return true;
+	}
+	return false;
+}
+
 /* Fills slot s with the group led by layer (its layers are consecutive,
- * so are their tensors). */
+ * so are their tensors; the readers counts of their chunks keep those
+ * where they are meanwhile).  -ECANCELED when reclaim wants the slot or
+ * the chunk: it looks between pieces of COPY_PIECE bytes. */
 static int fill_slot(struct vram_pager *p, struct slot *s, uint32_t layer)
 {
-	struct player *L = &p->layers[layer];
-	uint32_t first_t = L->first, last_t = p->layers[layer + L->gcount - 1].first +
-					      p->layers[layer + L->gcount - 1].ntensors;
-	uint8_t *dst = vram_grant_host_ptr(s->grant);
+	uint32_t first_t, last_t;
+	uint8_t *dst = slot_host(s);
 	if (!dst)
 		return fill_slot_cuda(p, s, layer);
+	group_tensors(p, layer, &first_t, &last_t);
 	for (uint32_t t = first_t; t < last_t; t++) {
 		uint64_t nb = vram_loaded_tensor_nbytes(p->l, t);
 		if (!nb)
 			continue;
+		if (cancelled(s))
+			return -ECANCELED;
 		const uint8_t *src = vram_loaded_tensor_host_ptr(p->l, t);
 		if (src) {
-			memcpy(dst + p->toff[t], src, nb);
+			for (uint64_t done = 0; done < nb; done += COPY_PIECE) {
+				if (done && cancelled(s))
+					return -ECANCELED;
+				memcpy(dst + p->toff[t] + done, src + done, MIN(COPY_PIECE, nb - done));
+			}
 			continue;
 		}
 		/* dropped by reclaim: the file is the donor */
-		int r = read_loaded(p, t, 0, nb, dst + p->toff[t]);
+		int r = pager_read_loaded(p, t, 0, nb, dst + p->toff[t], &p->raw, &p->raw_size);
 		if (r < 0)
 			return r;
 	}
 	return 0;
+}
+
+/* Takes the next queued slot off the ring; -1 when the ring is empty. */
+static int dequeue(struct vram_pager *p)
+{
+	while (p->qlen) {
+		uint32_t si = p->queue[p->qhead];
+		p->qhead = (p->qhead + 1) % MAX_SLOTS;
+		p->qlen--;
+		struct slot *s = &p->slots[si];
+		if (s->state == SLOT_QUEUED && s->layer >= 0 && s->grant)
+			return (int)si;
+	}
+	return -1;
 }
 
 static void *copier_main(void *arg)
@@ -293,22 +287,32 @@ static void *copier_main(void *arg)
 			pthread_cond_wait(&p->cv, &p->mu);
 		if (p->stop)
 			break;
-		uint32_t si = p->queue[p->qhead];
-		p->qhead = (p->qhead + 1) % MAX_SLOTS;
-		p->qlen--;
-		struct slot *s = &p->slots[si];
-		if (s->state != SLOT_QUEUED || s->layer < 0)
+		int si = dequeue(p);
+		if (si < 0)
 			continue;
+		struct slot *s = &p->slots[si];
 		s->state = SLOT_COPYING;
 		uint32_t layer = (uint32_t)s->layer;
+		group_readers(p, layer, true);
 		pthread_mutex_unlock(&p->mu);
 		uint64_t t0 = now_ns();
 		rt_error_clear(); /* what fill_slot says is its own */
 		int r = fill_slot(p, s, layer);
 		uint64_t dt = now_ns() - t0;
 		pthread_mutex_lock(&p->mu);
+		group_readers(p, layer, false);
 		p->st.copy_ns += dt;
-		if (r < 0) {
+		if ((r == -ECANCELED || s->cancel) && s->pins) {
+			/* an acquire came to wait for it meanwhile: fill it
+			 * after all (reclaim leaves acquired slots alone) */
+			s->cancel = false;
+			s->state = SLOT_QUEUED;
+			p->queue[(p->qhead + p->qlen++) % MAX_SLOTS] = (uint32_t)si;
+		} else if (r == -ECANCELED || s->cancel) {
+			/* reclaim wants the slot or what it reads: not a failure */
+			s->cancel = false;
+			pager_evict(p, s);
+		} else if (r < 0) {
 			/* Leave it empty: acquire sees it and fails with this. */
 			p->copy_err = r;
 			snprintf(p->copy_msg, sizeof(p->copy_msg), "%s", vram_last_error());
@@ -371,15 +375,15 @@ static int pick_slot(struct vram_pager *p, uint32_t dev, uint64_t need, int32_t 
 	int best = -1;
 	for (uint32_t i = 0; i < p->nslots; i++) {
 		struct slot *s = &p->slots[i];
-		if (!s->grant || s->dev != dev || s->doomed || vram_grant_size(s->grant) < need)
+		if (!s->grant || s->dev != dev || s->busy || s->size < need)
 			continue;
 		if (s->layer < 0)
 			return (int)i;
 	}
 	for (uint32_t i = 0; i < p->nslots; i++) {
 		struct slot *s = &p->slots[i];
-		if (!s->grant || s->dev != dev || s->doomed || s->pins || s->state == SLOT_COPYING ||
-		    s->state == SLOT_QUEUED || vram_grant_size(s->grant) < need)
+		if (!s->grant || s->dev != dev || s->busy || s->pins || s->state == SLOT_COPYING ||
+		    s->state == SLOT_QUEUED || s->size < need)
 			continue;
 		if (for_prefetch && from_pos >= 0 && wanted_soon(p, (uint32_t)s->layer, (uint32_t)from_pos))
 			continue;
@@ -389,7 +393,7 @@ static int pick_slot(struct vram_pager *p, uint32_t dev, uint64_t need, int32_t 
 	return best;
 }
 
-static void evict(struct vram_pager *p, struct slot *s)
+void pager_evict(struct vram_pager *p, struct slot *s)
 {
 	if (s->layer >= 0) {
 		p->layers[s->layer].slot = -1;
@@ -399,10 +403,22 @@ static void evict(struct vram_pager *p, struct slot *s)
 	s->state = SLOT_EMPTY;
 }
 
+void pager_unqueue(struct vram_pager *p, uint32_t si)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < p->qlen; i++) {
+		uint32_t e = p->queue[(p->qhead + i) % MAX_SLOTS];
+		if (e != si)
+			p->queue[(p->qhead + n++) % MAX_SLOTS] = e;
+	}
+	p->qlen = n;
+	pager_evict(p, &p->slots[si]);
+}
+
 static void enqueue(struct vram_pager *p, uint32_t si, uint32_t layer, bool prefetch)
 {
 	struct slot *s = &p->slots[si];
-	evict(p, s);
+	pager_evict(p, s);
 	s->layer = (int32_t)layer;
 	s->state = SLOT_QUEUED;
 	s->prefetched = prefetch;
@@ -422,32 +438,33 @@ static int grow_slot(struct vram_pager *p, uint32_t dev)
 	int idx = -1;
 	uint32_t have = 0;
 	for (uint32_t i = 0; i < p->nslots; i++) {
-		if (p->slots[i].dev != dev)
-			continue;
-		if (p->slots[i].grant)
+		struct slot *s = &p->slots[i];
+		if (s->grant && s->dev == dev)
 			have++;
-		else if (idx < 0 && !p->slots[i].doomed)
+		else if (!s->grant && idx < 0 && !s->busy)
 			idx = (int)i;
 	}
-	if (idx < 0 && p->nslots < MAX_SLOTS && have < p->target_slots[dev]) {
-		idx = (int)p->nslots++;
-		p->slots[idx] = (struct slot){ .dev = dev, .layer = -1 };
-	}
-	if (idx < 0 || have >= p->target_slots[dev])
+	if (have >= p->target_slots[dev])
 		return -ENOSPC;
-	p->slots[idx].doomed = true; /* reserved while we allocate */
+	if (idx < 0 && p->nslots < MAX_SLOTS)
+		idx = (int)p->nslots++;
+	if (idx < 0)
+		return -ENOSPC;
+	struct slot *s = &p->slots[idx];
+	*s = (struct slot){ .dev = dev, .layer = -1, .busy = true }; /* reserved while we allocate */
+	uint64_t size = p->slot_size[dev];
 	pthread_mutex_unlock(&p->mu);
 	vram_grant *g = NULL;
-	int r = vram_alloc(p->c, dev, p->slot_size[dev], VRAM_ALLOC_RECLAIMABLE, &g);
+	int r = vram_alloc(p->c, dev, size, VRAM_ALLOC_RECLAIMABLE, &g);
 	if (r == 0)
 		prefault(g);
 	pthread_mutex_lock(&p->mu);
-	p->slots[idx].doomed = false;
+	s->busy = false;
 	if (r < 0)
 		return r;
-	p->slots[idx].grant = g;
-	p->slots[idx].layer = -1;
-	p->slots[idx].state = SLOT_EMPTY;
+	s->grant = g;
+	s->off = 0;
+	s->size = vram_grant_size(g);
 	return 0;
 }
 
@@ -472,6 +489,24 @@ static void prefetch_after(struct vram_pager *p, uint32_t layer)
 			break;
 		enqueue(p, (uint32_t)si, g, true);
 	}
+}
+
+uint64_t pager_largest_paged(const struct vram_pager *p, uint32_t dev)
+{
+	uint64_t m = 0;
+	for (uint32_t li = 0; li < p->nlayers; li++)
+		if (p->layers[li].paged && p->layers[li].compute == dev && p->layers[li].leader == li)
+			m = MAX(m, p->layers[li].gpacked);
+	return m;
+}
+
+uint32_t pager_slots_fitting(const struct vram_pager *p, uint32_t dev, uint64_t need)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < p->nslots; i++)
+		if (p->slots[i].dev == dev && p->slots[i].grant && p->slots[i].size >= need)
+			n++;
+	return n;
 }
 
 /* ---- passes and order ------------------------------------------------- */
@@ -516,34 +551,72 @@ int vram_pager_end_pass(vram_pager *p)
 
 /* ---- acquire / release -------------------------------------------------- */
 
-int vram_pager_acquire(vram_pager *p, uint32_t layer)
+static void timed_wait(struct vram_pager *p, uint64_t ns)
 {
-	if (layer >= p->nlayers)
-		return rt_error(-EINVAL, "no layer %u (the model has %u)", layer, p->nlayers);
-	pthread_mutex_lock(&p->mu);
-	struct player *L = &p->layers[layer];
-	if (L->acquired_this_pass)
-		end_pass(p);
-	L->acquired_this_pass = true;
-	if (p->nseen < p->nlayers)
-		p->seen[p->nseen++] = layer;
-	p->st.acquires++;
-	uint64_t t0 = now_ns();
-	bool waited = false;
-	while (p->demoting) {
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ns += (uint64_t)ts.tv_nsec;
+	ts.tv_sec += (time_t)(ns / 1000000000ull);
+	ts.tv_nsec = (long)(ns % 1000000000ull);
+	pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+}
+
+/* Waits for slot s, pinned for layer's group g, to be filled.  0, or the
+ * failed copy's error (the pin dropped, the message set).  mu held. */
+static int wait_filled(struct vram_pager *p, struct slot *s, uint32_t g, uint32_t layer, bool *waited)
+{
+	while (s->state != SLOT_READY && s->layer == (int32_t)g) {
 		pthread_cond_wait(&p->cv, &p->mu);
-		waited = true;
+		*waited = true;
 	}
-	L->last_use = ++p->clock;
-	if (!L->paged) {
-		L->pins++;
-		p->st.hits++;
-		prefetch_after(p, layer);
-		if (waited)
-			p->st.stall_ns += now_ns() - t0;
-		pthread_mutex_unlock(&p->mu);
+	if (s->layer == (int32_t)g && s->state == SLOT_READY)
 		return 0;
+	s->pins--;
+	int err = p->copy_err ? p->copy_err : -EIO;
+	return rt_error(err, "paging layer %u in failed: %s", layer, p->copy_msg[0] ? p->copy_msg : strerror(-err));
+}
+
+/* No slot for layer's group: grows the window back (after reclaim), or
+ * waits for another thread to release one, or for a while when the broker
+ * refuses for the moment (another client's larger request is parked on the
+ * device, and the RECLAIM that makes room may not have reached this pager
+ * yet).  0 to try again, or the error to fail with (message set).  mu
+ * held. */
+static int no_slot(struct vram_pager *p, uint32_t layer, uint64_t *grow_until, bool *waited)
+{
+	struct player *L = &p->layers[layer];
+	int r = grow_slot(p, L->compute);
+	if (r == 0)
+		return 0;
+	bool busy_elsewhere = false;
+	for (uint32_t i = 0; i < p->nslots; i++) {
+		struct slot *s = &p->slots[i];
+		if (s->dev == L->compute && (s->busy || (s->grant && (s->pins || s->state == SLOT_COPYING ||
+								      s->state == SLOT_QUEUED))))
+			busy_elsewhere = true;
 	}
+	if (!busy_elsewhere && r == -ENOMEM) {
+		uint64_t now = now_ns();
+		if (!*grow_until)
+			*grow_until = now + GROW_RETRY_NS;
+		if (now < *grow_until) {
+			timed_wait(p, 20000000ull);
+			*waited = true;
+			return 0;
+		}
+	}
+	if (!busy_elsewhere)
+		return rt_error(r == -ENOSPC ? -ENOSPC : r, "no window slot for layer %u on device %u: %s", layer,
+				L->compute, r == -ENOSPC ? "every slot is in use" : vram_last_error());
+	pthread_cond_wait(&p->cv, &p->mu);
+	*waited = true;
+	return 0;
+}
+
+/* A paged layer: its group into a slot, pinned.  mu held. */
+static int acquire_paged(struct vram_pager *p, uint32_t layer, bool *waited)
+{
+	struct player *L = &p->layers[layer];
 	bool counted = false;
 	uint64_t grow_until = 0;
 	/* The paging unit is the layer's group, led by G. */
@@ -551,12 +624,6 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 	struct player *G = &p->layers[g];
 	G->last_use = p->clock;
 	for (;;) {
-		/* a demotion drops mu while it moves a chunk: nothing may be
-		 * queued from (or slots grown beside) it meanwhile */
-		while (p->demoting) {
-			pthread_cond_wait(&p->cv, &p->mu);
-			waited = true;
-		}
 		if (G->slot >= 0) {
 			struct slot *s = &p->slots[G->slot];
 			if (!counted) {
@@ -572,21 +639,7 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 			s->pins++;
 			s->last_use = p->clock;
 			prefetch_after(p, layer);
-			while (s->state != SLOT_READY && s->layer == (int32_t)g) {
-				pthread_cond_wait(&p->cv, &p->mu);
-				waited = true;
-			}
-			if (s->layer == (int32_t)g && s->state == SLOT_READY)
-				break;
-			/* the copy failed */
-			s->pins--;
-			if (waited)
-				p->st.stall_ns += now_ns() - t0;
-			int err = p->copy_err ? p->copy_err : -EIO;
-			rt_error(err, "paging layer %u in failed: %s", layer,
-				 p->copy_msg[0] ? p->copy_msg : strerror(-err));
-			pthread_mutex_unlock(&p->mu);
-			return err;
+			return wait_filled(p, s, g, layer, waited);
 		}
 		int si = pick_slot(p, L->compute, G->gpacked, -1, false);
 		if (si >= 0) {
@@ -597,50 +650,49 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 			enqueue(p, (uint32_t)si, g, false);
 			continue;
 		}
-		/* No slot: grow the window back (after reclaim) or wait for a
-		 * slot to be released by another thread. */
-		int r = grow_slot(p, L->compute);
-		if (r == 0)
-			continue;
-		bool any_pinned_elsewhere = false;
-		for (uint32_t i = 0; i < p->nslots; i++)
-			if (p->slots[i].dev == L->compute && p->slots[i].grant &&
-			    (p->slots[i].pins || p->slots[i].state == SLOT_COPYING || p->slots[i].state == SLOT_QUEUED))
-				any_pinned_elsewhere = true;
-		/* The broker may refuse for the moment: another client's larger
-		 * request parked on the device goes first, and the RECLAIM that
-		 * makes room for it (and then for this slot) may not have reached
-		 * this pager yet.  Try again for a while before giving up. */
-		if (!any_pinned_elsewhere && r == -ENOMEM) {
-			uint64_t now = now_ns();
-			if (!grow_until)
-				grow_until = now + GROW_RETRY_NS;
-			if (now < grow_until) {
-				struct timespec ts;
-				clock_gettime(CLOCK_REALTIME, &ts);
-				ts.tv_nsec += 20000000;
-				if (ts.tv_nsec >= 1000000000) {
-					ts.tv_sec++;
-					ts.tv_nsec -= 1000000000;
-				}
-				pthread_cond_timedwait(&p->cv, &p->mu, &ts);
-				waited = true;
-				continue;
-			}
-		}
-		if (!any_pinned_elsewhere) {
-			pthread_mutex_unlock(&p->mu);
-			return rt_error(r == -ENOSPC ? -ENOSPC : r,
-					"no window slot for layer %u on device %u: %s", layer, L->compute,
-					r == -ENOSPC ? "every slot is in use" : vram_last_error());
-		}
-		pthread_cond_wait(&p->cv, &p->mu);
-		waited = true;
+		int r = no_slot(p, layer, &grow_until, waited);
+		if (r < 0)
+			return r;
+		/* the layer may have been promoted meanwhile (mu was dropped) */
+		if (!L->paged)
+			return 1;
 	}
+}
+
+int vram_pager_acquire(vram_pager *p, uint32_t layer)
+{
+	if (layer >= p->nlayers)
+		return rt_error(-EINVAL, "no layer %u (the model has %u)", layer, p->nlayers);
+	pthread_mutex_lock(&p->mu);
+	if (p->held >= VRAM_PAGER_MAX_ACQUIRED) {
+		pthread_mutex_unlock(&p->mu);
+		return rt_error(-EBUSY, "layer %u: %u acquires are outstanding already (at most %u)", layer, p->held,
+				VRAM_PAGER_MAX_ACQUIRED);
+	}
+	struct player *L = &p->layers[layer];
+	if (L->acquired_this_pass)
+		end_pass(p);
+	L->acquired_this_pass = true;
+	if (p->nseen < p->nlayers)
+		p->seen[p->nseen++] = layer;
+	p->st.acquires++;
+	uint64_t t0 = now_ns();
+	bool waited = false;
+	L->last_use = ++p->clock;
+	int r = L->paged ? acquire_paged(p, layer, &waited) : 1;
+	if (r > 0) {
+		/* resident (from the start, or promoted while we waited) */
+		L->pins++;
+		p->st.hits++;
+		prefetch_after(p, layer);
+		r = 0;
+	}
+	if (r == 0)
+		p->held++;
 	if (waited)
 		p->st.stall_ns += now_ns() - t0;
 	pthread_mutex_unlock(&p->mu);
-	return 0;
+	return r;
 }
 
 int vram_pager_release(vram_pager *p, uint32_t layer)
@@ -649,17 +701,19 @@ int vram_pager_release(vram_pager *p, uint32_t layer)
 		return rt_error(-EINVAL, "no layer %u", layer);
 	pthread_mutex_lock(&p->mu);
 	struct player *L = &p->layers[layer];
+	int32_t si = p->layers[L->leader].slot;
 	int r = 0;
-	if (!L->paged) {
-		if (L->pins)
-			L->pins--;
-		else
-			r = rt_error(-EINVAL, "layer %u is not acquired", layer);
-	} else if (p->layers[L->leader].slot >= 0 && p->slots[p->layers[L->leader].slot].pins) {
-		p->slots[p->layers[L->leader].slot].pins--;
-	} else {
+	/* A resident layer's pins are its own; a paged one's are its slot's
+	 * (neither kind changes while acquired: reclaim and promotion leave
+	 * acquired layers alone). */
+	if (L->pins)
+		L->pins--;
+	else if (L->paged && si >= 0 && p->slots[si].pins)
+		p->slots[si].pins--;
+	else
 		r = rt_error(-EINVAL, "layer %u is not acquired", layer);
-	}
+	if (r == 0 && p->held)
+		p->held--;
 	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
 	return r;
@@ -672,8 +726,10 @@ static bool tensor_acquired(const vram_pager *p, uint32_t tensor, const struct p
 		return false;
 	const struct player *L = &p->layers[ti.layer];
 	*ret_layer = L;
+	if (L->pins)
+		return true;
 	if (!L->paged)
-		return L->pins > 0;
+		return false;
 	int32_t si = p->layers[L->leader].slot;
 	return si >= 0 && p->slots[si].pins > 0 && p->slots[si].state == SLOT_READY;
 }
@@ -683,9 +739,9 @@ void *vram_pager_tensor_host_ptr(const vram_pager *p, uint32_t tensor)
 	const struct player *L;
 	if (tensor >= p->l->ntensors || !tensor_acquired(p, tensor, &L))
 		return NULL;
-	if (!L->paged)
+	if (L->pins)
 		return vram_loaded_tensor_host_ptr(p->l, tensor);
-	uint8_t *h = vram_grant_host_ptr(p->slots[p->layers[L->leader].slot].grant);
+	uint8_t *h = slot_host(&p->slots[p->layers[L->leader].slot]);
 	return h ? h + p->toff[tensor] : NULL;
 }
 
@@ -694,55 +750,15 @@ uint64_t vram_pager_tensor_device_ptr(const vram_pager *p, uint32_t tensor)
 	const struct player *L;
 	if (tensor >= p->l->ntensors || !tensor_acquired(p, tensor, &L))
 		return 0;
-	if (!L->paged)
+	if (L->pins)
 		return vram_loaded_tensor_device_ptr(p->l, tensor);
-	uint64_t d = vram_grant_device_ptr(p->slots[p->layers[L->leader].slot].grant);
+	uint64_t d = slot_dptr(&p->slots[p->layers[L->leader].slot]);
 	return d ? d + p->toff[tensor] : 0;
 }
 
-/* ---- reclaim ------------------------------------------------------------ */
+/* ---- pinning donor memory (CUDA windows) -------------------------------- */
 
-/* The donor for a component's demoted layers: the device holding its other
- * paged layers, else the cpu pool; -1 if none. */
-static int donor_of(struct vram_pager *p, uint32_t comp, uint32_t not_dev)
-{
-	for (uint32_t li = 0; li < p->nlayers; li++) {
-		struct player *L = &p->layers[li];
-		if (!L->paged || !L->ntensors)
-			continue;
-		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
-		vram_model_tensor(p->l->model, L->first, &ti);
-		struct loaded_grant *lg = &p->l->grants[p->l->tensors[L->first].grant];
-		if (ti.component == comp && lg->grant && lg->device != not_dev)
-			return (int)lg->device;
-	}
-	int cpu = vram_device_find(p->c, "cpu");
-	return cpu >= 0 && (uint32_t)cpu != not_dev ? cpu : -1;
-}
-
-static uint64_t largest_paged(struct vram_pager *p, uint32_t dev);
-
-/* Slots with memory on dev at least need bytes large. */
-static uint32_t slots_fitting(struct vram_pager *p, uint32_t dev, uint64_t need)
-{
-	uint32_t n = 0;
-	for (uint32_t i = 0; i < p->nslots; i++)
-		if (p->slots[i].dev == dev && p->slots[i].grant && vram_grant_size(p->slots[i].grant) >= need)
-			n++;
-	return n;
-}
-
-/* Moves chunk gi to the donor if it holds resident layers and the donor has
- * room; otherwise drops it (its layers are read from the file from then
- * on).  When the window on the chunk's device has fewer than two slots
- * that fit the paged layers, the chunk's own memory becomes a slot instead
- * of being freed: the pager never has to allocate on a device it is giving
- * memory back on (that allocation would queue behind the very request the
- * reclaim serves).  Called with mu held and p->demoting set; drops mu
- * around broker I/O and the copy.  Returns the bytes freed on the chunk's
- * device. */
-/* Page-locks host grant g for DMA by the CUDA windows (best effort). */
-static void pin_grant(struct vram_pager *p, vram_grant *g)
+void pager_pin_grant(struct vram_pager *p, vram_grant *g)
 {
 	void *h = vram_grant_host_ptr(g);
 	struct cuda_pin *pin;
@@ -760,8 +776,7 @@ static void pin_grant(struct vram_pager *p, vram_grant *g)
 	cuda_unpin(pin);
 }
 
-/* Undoes pin_grant(g), if it pinned g.  Called without mu. */
-static void unpin_grant(struct vram_pager *p, vram_grant *g)
+void pager_unpin_grant(struct vram_pager *p, vram_grant *g)
 {
 	struct cuda_pin *pin = NULL;
 	pthread_mutex_lock(&p->mu);
@@ -776,262 +791,6 @@ static void unpin_grant(struct vram_pager *p, vram_grant *g)
 	cuda_unpin(pin);
 }
 
-static uint64_t demote_chunk(struct vram_pager *p, uint32_t gi, bool resident)
-{
-	struct loaded_grant *lg = &p->l->grants[gi];
-	vram_grant *old = lg->grant;
-	uint64_t size = vram_grant_size(old);
-	int donor = resident ? donor_of(p, lg->component, lg->device) : -1;
-	pthread_mutex_unlock(&p->mu);
-	vram_grant *ng = NULL;
-	bool moved = false;
-	if (donor >= 0 && vram_alloc(p->c, (uint32_t)donor, size, VRAM_ALLOC_RECLAIMABLE, &ng) == 0) {
-		void *src = vram_grant_host_ptr(old), *dst = vram_grant_host_ptr(ng);
-		struct cuda_copier *cp = NULL;
-		if (src && dst) {
-			memcpy(dst, src, size);
-			moved = true;
-		} else if (!src && dst && vram_grant_device_ptr(old) &&
-			   cuda_copier_new(p->c, lg->device, 1, &cp) == 0) {
-			/* a resident chunk on a GPU: down to the host donor */
-			moved = cuda_copier_dtoh(cp, dst, vram_grant_device_ptr(old), size, 0) == 0 &&
-				cuda_copier_wait(cp, 0) == 0;
-			cuda_copier_free(cp);
-			if (!moved) {
-				vram_free(p->c, ng);
-				ng = NULL;
-			}
-		} else {
-			vram_free(p->c, ng);
-			ng = NULL;
-		}
-	}
-	if (moved)
-		pin_grant(p, ng);
-	pthread_mutex_lock(&p->mu);
-	lg->grant = moved ? ng : NULL;
-	lg->device = moved ? (uint32_t)donor : UINT32_MAX;
-	uint32_t nl = 0;
-	for (uint32_t li = 0; li < p->nlayers; li++) {
-		struct player *L = &p->layers[li];
-		if (!L->ntensors || p->l->tensors[L->first].grant != gi)
-			continue;
-		L->paged = true; /* resident layers are paged from now on */
-		if (!resident)
-			continue;
-		/* a group of its own (its tensor offsets are layer-relative) */
-		L->slot = -1;
-		L->leader = li;
-		L->gcount = 1;
-		L->gpacked = L->packed;
-		L->gbytes = L->nbytes;
-		nl++;
-	}
-	if (!resident) {
-		uint32_t n2 = 0;
-		for (uint32_t li = 0; li < p->nlayers; li++)
-			if (p->layers[li].ntensors && p->l->tensors[p->layers[li].first].grant == gi)
-				n2++;
-		p->st.dropped += n2;
-	} else if (moved) {
-		p->st.demoted += nl;
-	} else {
-		p->st.dropped += nl;
-	}
-	uint32_t dev = vram_grant_device(old);
-	uint64_t need = align_up(largest_paged(p, dev), 2u << 20);
-	if (need && size >= need && slots_fitting(p, dev, need) < 2 && p->nslots < MAX_SLOTS) {
-		struct slot *s = &p->slots[p->nslots++];
-		*s = (struct slot){ .grant = old, .dev = dev, .layer = -1, .state = SLOT_EMPTY };
-		return 0;
-	}
-	pthread_mutex_unlock(&p->mu);
-	unpin_grant(p, old);    /* never unmap memory the driver has pinned */
-	vram_free(p->c, old);
-	pthread_mutex_lock(&p->mu);
-	return size;
-}
-
-static uint64_t largest_paged(struct vram_pager *p, uint32_t dev)
-{
-	uint64_t m = 0;
-	for (uint32_t li = 0; li < p->nlayers; li++)
-		if (p->layers[li].paged && p->layers[li].compute == dev)
-			m = MAX(m, p->layers[li].gpacked);
-	return m;
-}
-
-
-/* Frees the least recently used idle slot on dev; 0 if none. */
-static uint64_t free_one_slot(struct vram_pager *p, uint32_t dev)
-{
-	int best = -1;
-	for (uint32_t i = 0; i < p->nslots; i++) {
-		struct slot *s = &p->slots[i];
-		if (!s->grant || s->dev != dev || s->pins || s->doomed || s->state == SLOT_COPYING ||
-		    s->state == SLOT_QUEUED)
-			continue;
-		if (best < 0 || s->last_use < p->slots[best].last_use)
-			best = (int)i;
-	}
-	if (best < 0)
-		return 0;
-	struct slot *s = &p->slots[best];
-	evict(p, s);
-	vram_grant *g = s->grant;
-	s->grant = NULL;
-	uint64_t size = vram_grant_size(g);
-	pthread_mutex_unlock(&p->mu);
-	unpin_grant(p, g); /* a slot made of a demoted host chunk may be pinned */
-	vram_free(p->c, g);
-	pthread_mutex_lock(&p->mu);
-	return size;
-}
-
-/* The least recently used chunk on dev that can go: resident layers none
- * of which is acquired, or paged layers none of which is being copied.
- * -1 if none. */
-static int pick_chunk(struct vram_pager *p, uint32_t dev, bool *ret_resident)
-{
-	int best = -1;
-	uint64_t best_use = UINT64_MAX;
-	for (uint32_t gi = 0; gi < p->l->ngrants; gi++) {
-		struct loaded_grant *lg = &p->l->grants[gi];
-		if (!lg->grant || lg->device != dev)
-			continue;
-		uint64_t use = 0;
-		bool busy = false, resident = false, any = false;
-		for (uint32_t li = 0; li < p->nlayers; li++) {
-			struct player *L = &p->layers[li];
-			if (!L->ntensors || p->l->tensors[L->first].grant != gi)
-				continue;
-			any = true;
-			resident = resident || !L->paged;
-			busy = busy || L->pins;
-			for (uint32_t si = 0; si < p->nslots; si++)
-				if (p->slots[si].layer == (int32_t)L->leader &&
-				    (p->slots[si].state == SLOT_COPYING || p->slots[si].state == SLOT_QUEUED))
-					busy = true;
-			use = MAX(use, L->last_use);
-		}
-		if (any && !busy && use < best_use) {
-			best = (int)gi;
-			best_use = use;
-			*ret_resident = resident;
-		}
-	}
-	return best;
-}
-
-/* One round of giving memory back on dev, adding to *freed until it
- * reaches bytes: what is idle now (busy slots and chunks are skipped).
- * Called with mu held and no demotion running. */
-static void reclaim_round(struct vram_pager *p, uint32_t dev, uint64_t bytes, uint64_t *freed)
-{
-	/* 1. idle window slots beyond a working minimum of two */
-	uint32_t nheld = slots_fitting(p, dev, 0);
-	while (*freed < bytes && nheld > 2) {
-		uint64_t f = free_one_slot(p, dev);
-		if (!f)
-			break;
-		*freed += f;
-		nheld--;
-	}
-	/* 2. chunks, least recently used first (the first ones may become
-	 * window slots, see demote_chunk) */
-	while (*freed < bytes) {
-		bool resident = false;
-		while (p->demoting) /* free_one_slot dropped mu: another reclaim may be moving one */
-			pthread_cond_wait(&p->cv, &p->mu);
-		int gi = pick_chunk(p, dev, &resident);
-		if (gi < 0)
-			break;
-		p->demoting = true;
-		*freed += demote_chunk(p, (uint32_t)gi, resident);
-		p->demoting = false;
-		pthread_cond_broadcast(&p->cv);
-		/* Slots must fit every paged layer: size and count. */
-		uint64_t need = align_up(largest_paged(p, dev), 2u << 20);
-		if (need > p->slot_size[dev])
-			p->slot_size[dev] = need;
-		/* A window made of demoted chunks: two slots, never grown on a
-		 * device that is being reclaimed from. */
-		if (!p->target_slots[dev])
-			p->target_slots[dev] = 2;
-	}
-	/* 3. the last slots, if still short */
-	while (*freed < bytes) {
-		uint64_t f = free_one_slot(p, dev);
-		if (!f)
-			break;
-		*freed += f;
-	}
-}
-
-/* Gives back up to bytes on dev; while short, waits up to wait_ns for
- * busy slots and chunks (a layer acquired, a copy running) to go idle and
- * tries again. */
-static uint64_t reclaim(struct vram_pager *p, uint32_t dev, uint64_t bytes, uint64_t wait_ns)
-{
-	uint64_t freed = 0, until = now_ns() + wait_ns;
-	pthread_mutex_lock(&p->mu);
-	for (;;) {
-		while (p->demoting)
-			pthread_cond_wait(&p->cv, &p->mu);
-		reclaim_round(p, dev, bytes, &freed);
-		uint64_t t = now_ns();
-		if (freed >= bytes || t >= until)
-			break;
-		/* a release or a finished copy broadcasts cv */
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		uint64_t ns = MIN(until - t, 20000000ull) + (uint64_t)ts.tv_nsec;
-		ts.tv_sec += (time_t)(ns / 1000000000ull);
-		ts.tv_nsec = (long)(ns % 1000000000ull);
-		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
-	}
-	p->st.reclaimed_bytes += freed;
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-	return freed;
-}
-
-uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
-{
-	return reclaim(p, dev, bytes, 0);
-}
-
-static uint64_t on_reclaim(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms)
-{
-	struct vram_pager *p = user;
-	/* On the dispatch thread, wait for busy memory to go idle for up to
-	 * half the broker's deadline (the answer must still arrive in time).
-	 * Elsewhere (inside a call of the thread that would release it) not at
-	 * all: that wait could only end at its timeout. */
-	bool dispatcher = p->dispatcher_started && pthread_equal(pthread_self(), p->dispatcher);
-	uint64_t wait_ns = dispatcher ? MIN(deadline_ms, 10000ull) / 2 * 1000000ull : 0;
-	return reclaim(p, device, bytes, wait_ns);
-}
-
-static void *dispatcher_main(void *arg)
-{
-	struct vram_pager *p = arg;
-	for (;;) {
-		pthread_mutex_lock(&p->mu);
-		bool stop = p->stop;
-		pthread_mutex_unlock(&p->mu);
-		if (stop)
-			break;
-		struct pollfd pf = { .fd = vram_client_fd(p->c), .events = POLLIN };
-		if (poll(&pf, 1, 50) > 0) {
-			if (pf.revents & (POLLHUP | POLLERR))
-				break;
-			vram_dispatch(p->c);
-		}
-	}
-	return NULL;
-}
-
 /* ---- create / free ------------------------------------------------------- */
 
 void vram_pager_free(vram_pager *p)
@@ -1043,26 +802,35 @@ void vram_pager_free(vram_pager *p)
 	pthread_mutex_lock(&p->mu);
 	p->stop = true;
 	pthread_cond_broadcast(&p->cv);
+	pthread_cond_broadcast(&p->mover_cv);
 	pthread_mutex_unlock(&p->mu);
 	if (p->copier_started)
 		pthread_join(p->copier, NULL);
 	if (p->dispatcher_started)
 		pthread_join(p->dispatcher, NULL);
-	if (p->c)
+	if (p->mover_started)
+		pthread_join(p->mover, NULL);
+	if (p->handlers) {
 		vram_set_reclaim_handler(p->c, NULL, NULL);
+		vram_set_offer_handler(p->c, NULL, NULL);
+	}
+	if (p->demanded)
+		pager_withdraw_demand(p);
 	/* unpinned before anything is freed: pinned memory is never unmapped */
 	for (uint32_t i = 0; i < p->npins; i++)
 		cuda_unpin(p->pins[i]);
-	for (uint32_t i = 0; i < p->nslots; i++)
-		if (p->slots[i].grant)
-			vram_free(p->c, p->slots[i].grant);
+	pager_free_slots(p);
 	for (uint32_t d = 0; d < VRAMD_MAX_DEVICES; d++)
 		cuda_copier_free(p->cuda_copier[d]);
 	free(p->bounce);
 	free(p->raw);
+	free(p->mover_buf);
+	free(p->mover_raw);
 	pthread_mutex_destroy(&p->mu);
 	pthread_cond_destroy(&p->cv);
+	pthread_cond_destroy(&p->mover_cv);
 	free(p->layers);
+	free(p->chunks);
 	free(p->toff);
 	free(p->order);
 	free(p->pos);
@@ -1086,35 +854,64 @@ static struct vram_pager *pager_alloc(vram_loaded *l, const struct vram_pager_op
 	p->depth = o->prefetch_depth ? o->prefetch_depth : 2;
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->cv, NULL);
+	pthread_cond_init(&p->mover_cv, NULL);
 	p->st.struct_size = sizeof(p->st);
 	p->nlayers = l->model->nlayers;
 	size_t nl = (size_t)p->nlayers + 1;
 	p->layers = calloc(nl, sizeof(*p->layers));
+	p->chunks = calloc((size_t)l->ngrants + 1, sizeof(*p->chunks));
 	p->toff = calloc((size_t)l->ntensors + 1, sizeof(*p->toff));
 	p->order = calloc(nl, sizeof(*p->order));
 	p->pos = calloc(nl, sizeof(*p->pos));
 	p->seen = calloc(nl, sizeof(*p->seen));
 	p->queue = calloc(MAX_SLOTS, sizeof(*p->queue));
-	if (!p->layers || !p->toff || !p->order || !p->pos || !p->seen || !p->queue) {
+	if (!p->layers || !p->chunks || !p->toff || !p->order || !p->pos || !p->seen || !p->queue) {
 		vram_pager_free(p);
 		return NULL;
 	}
 	return p;
 }
 
-/* Each layer as loaded: its tensors' offsets packed in a slot, its home,
- * and whether it is paged (some of it is not on its component's compute
- * device); ret_largest[d] the largest donor layer paged onto device d. */
+/* Broker device of each component's compute device (-1: none), and of the
+ * plan's device of layer li. */
+static void plan_devices(struct vram_pager *p, const vram_plan *plan, int *cdev)
+{
+	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
+		int pd = vram_plan_compute_device(plan, k);
+		cdev[k] = pd < 0 ? -1 : vram_device_find(p->c, vram_plan_device_name(plan, (uint32_t)pd));
+	}
+	rt_error_clear();
+}
+
+static int planned_tensor_device(struct vram_pager *p, const vram_plan *plan, uint32_t t)
+{
+	int pd = vram_plan_tensor_device(plan, t);
+	int d = pd < 0 ? -1 : vram_device_find(p->c, vram_plan_device_name(plan, (uint32_t)pd));
+	rt_error_clear();
+	return d;
+}
+
+static int planned_device(struct vram_pager *p, const vram_plan *plan, uint32_t li)
+{
+	int pd = vram_plan_layer_device(plan, li);
+	int d = pd < 0 ? -1 : vram_device_find(p->c, vram_plan_device_name(plan, (uint32_t)pd));
+	rt_error_clear();
+	return d;
+}
+
+/* Each layer as loaded: its tensors' offsets packed in a slot, where it is
+ * (its chunk: that of its first tensor; a layer the plan split between
+ * devices has a part in a chunk of each), whether the plan made it
+ * resident, and whether it is paged (some of it is not on its component's
+ * compute device: a donor layer, a split one, or one the load had to place
+ * on the donor); ret_largest[d] the largest paged layer on device d.  Each
+ * chunk: its compute device and planned residence. */
 static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *ret_largest)
 {
 	vram_loaded *l = p->l;
 	int cdev[VRAM_COMP_COUNT];
 
-	/* Compute device of each component, as a broker device index. */
-	for (uint32_t k = 0; k < VRAM_COMP_COUNT; k++) {
-		int pd = vram_plan_compute_device(plan, k);
-		cdev[k] = pd < 0 ? -1 : vram_device_find(p->c, vram_plan_device_name(plan, (uint32_t)pd));
-	}
+	plan_devices(p, plan, cdev);
 	for (uint32_t li = 0; li < p->nlayers; li++) {
 		const struct model_layer *ml = &p->m->layers[li];
 		struct player *L = &p->layers[li];
@@ -1122,11 +919,14 @@ static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *
 		L->ntensors = ml->count;
 		L->nbytes = 0;  /* as loaded (conversion may have changed it) */
 		L->slot = -1;
+		L->chunk = L->ntensors ? l->tensors[L->first].grant : UINT32_MAX;
+		L->split = false;
 		p->order[li] = li;
 		p->pos[li] = li;
 		uint64_t packed = 0;
 		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
 			uint64_t nb = vram_loaded_tensor_nbytes(l, t);
+			L->split = L->split || l->tensors[t].grant != L->chunk;
 			packed = align_up(packed, SLOT_ALIGN);
 			p->toff[t] = packed;
 			packed += nb;
@@ -1146,16 +946,27 @@ static void pager_layers(struct vram_pager *p, const vram_plan *plan, uint64_t *
 		if (home < 0 || compute < 0 || home == compute || !L->nbytes) {
 			L->paged = false;
 			L->compute = home < 0 ? 0 : (uint32_t)home;
-			continue;
+			L->planned_resident = true;
+		} else {
+			L->paged = true;
+			L->compute = (uint32_t)compute;
+			L->planned_resident = planned_device(p, plan, li) == compute;
+			ret_largest[compute] = MAX(ret_largest[compute], packed);
 		}
-		L->paged = true;
-		L->compute = (uint32_t)compute;
-		ret_largest[compute] = MAX(ret_largest[compute], packed);
+		for (uint32_t t = L->first; t < L->first + L->ntensors; t++) {
+			struct pchunk *ch = &p->chunks[l->tensors[t].grant];
+			ch->compute = L->compute;
+			ch->planned_resident = L->split ? planned_tensor_device(p, plan, t) == (int)L->compute
+							: L->planned_resident;
+		}
 	}
+	rt_error_clear();
 }
 
-/* Groups: consecutive donor layers of one compute device that fit in a
- * slot (the largest donor layer's size) together. */
+/* Groups: consecutive donor layers of one chunk that fit in a slot (the
+ * largest donor layer's size) together.  One chunk, so that the chunk a
+ * group is read from is one, and a chunk moved back to its compute device
+ * takes whole groups. */
 static void pager_groups(struct vram_pager *p, const uint64_t *largest)
 {
 	for (int li = 0, g = -1; li < (int)p->nlayers; li++) {
@@ -1167,7 +978,7 @@ static void pager_groups(struct vram_pager *p, const uint64_t *largest)
 		if (g >= 0) {
 			struct player *G = &p->layers[g];
 			uint64_t base = align_up(G->gpacked, SLOT_ALIGN);
-			if (G->compute == L->compute && (uint32_t)g + G->gcount == (uint32_t)li &&
+			if (G->compute == L->compute && G->chunk == L->chunk && (uint32_t)g + G->gcount == (uint32_t)li &&
 			    base + L->packed <= largest[L->compute]) {
 				for (uint32_t t = L->first; t < L->first + L->ntensors; t++)
 					p->toff[t] += base;
@@ -1182,10 +993,59 @@ static void pager_groups(struct vram_pager *p, const uint64_t *largest)
 	}
 }
 
+/* Allocates want slots of slot_size[d] on d; stops at the first failure.
+ * Returns the error (0: all there). */
+static int window_alloc(struct vram_pager *p, uint32_t d, uint32_t want)
+{
+	for (uint32_t i = 0; i < want && p->nslots < MAX_SLOTS; i++) {
+		struct slot *s = &p->slots[p->nslots];
+		*s = (struct slot){ .dev = d, .layer = -1 };
+		int r = vram_alloc(p->c, d, p->slot_size[d], VRAM_ALLOC_RECLAIMABLE, &s->grant);
+		if (r < 0)
+			return r;
+		s->size = vram_grant_size(s->grant);
+		prefault(s->grant);
+		p->nslots++;
+	}
+	return 0;
+}
+
+/* The window on d when the device refused its grants (r: this client is
+ * at its fair share there, or a ceiling): cut from the model's resident
+ * chunks there, else allocated in room those chunks leave (their layers
+ * are paged from then on, as after a RECLAIM), until need slots hold the
+ * largest layer.  The room can go to another client's request parked
+ * first, so this is tried again for WINDOW_RETRY_NS.  0, or r with the last
+ * allocation's message. */
+static int window_fallback(struct vram_pager *p, uint32_t d, uint32_t need, uint64_t largest, int r)
+{
+	uint64_t until = now_ns() + WINDOW_RETRY_NS;
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		pager_window_from_chunks(p, d);
+		uint32_t have = pager_slots_fitting(p, d, largest);
+		if (have < need)
+			pager_window_room(p, d, (uint64_t)(need - have) * p->slot_size[d]);
+		pthread_mutex_unlock(&p->mu);
+		int ra = have < need ? window_alloc(p, d, need - have) : 0;
+		if (ra == 0) {
+			rt_error_clear();
+			return 0;
+		}
+		if ((ra != -ENOMEM && ra != -EDQUOT) || now_ns() >= until)
+			return rt_error(ra == -ENOMEM || ra == -EDQUOT ? r : ra, "%s", vram_last_error());
+		struct timespec ts = { 0, 20000000L };
+		nanosleep(&ts, NULL);
+	}
+}
+
 /* Windows: slot size = the largest donor layer; default slot count = two
- * layers plus the prefetch depth, else as many as window_bytes holds.
- * 0, -EINVAL for a window smaller than a device's largest donor layer, or
- * the allocation's error naming the device. */
+ * layers plus the prefetch depth, else as many as window_bytes holds.  A
+ * device that refuses the slots (this client is at its fair share there,
+ * or a ceiling) gets its window from its resident chunks instead, as a
+ * RECLAIM would (pager-reclaim.c).  0, -EINVAL for a window smaller than a
+ * device's largest donor layer, or the allocation's error naming the
+ * device. */
 static int pager_windows(struct vram_pager *p, const struct vram_pager_options *o, const uint64_t *largest)
 {
 	char s1[32], s2[32];
@@ -1210,17 +1070,11 @@ static int pager_windows(struct vram_pager *p, const struct vram_pager_options *
 		if (p->nslots + want > MAX_SLOTS)
 			want = MAX_SLOTS - p->nslots;
 		p->target_slots[d] = want;
-		for (uint32_t i = 0; i < want; i++) {
-			struct slot *s = &p->slots[p->nslots];
-			s->dev = d;
-			s->layer = -1;
-			int r = vram_alloc(p->c, d, p->slot_size[d], VRAM_ALLOC_RECLAIMABLE, &s->grant);
-			if (r < 0)
-				return rt_error(r, "allocating the window on %s: %s", di.name, vram_last_error());
-			prefault(s->grant);
-			p->nslots++;
-			p->st.window_bytes += p->slot_size[d];
-		}
+		int r = window_alloc(p, d, want);
+		if (r == -ENOMEM || r == -EDQUOT)
+			r = window_fallback(p, d, MIN(want, PAGER_MIN_SLOTS), largest[d], r);
+		if (r < 0)
+			return rt_error(r, "allocating the window on %s: %s", di.name, vram_last_error());
 	}
 	return 0;
 }
@@ -1239,20 +1093,28 @@ static void pager_pin_donors(struct vram_pager *p, const uint64_t *largest)
 	p->pin_dev = cuda_dev;
 	for (uint32_t gi = 0; cuda_dev >= 0 && gi < p->l->ngrants; gi++)
 		if (p->l->grants[gi].grant)
-			pin_grant(p, p->l->grants[gi].grant);
+			pager_pin_grant(p, p->l->grants[gi].grant);
 }
 
-/* The copy thread, the reclaim handler and (unless the caller dispatches)
- * the thread that answers the broker.  0 or -EAGAIN. */
+/* The copy thread and the mover; unless told not to, the demand, the
+ * broker's handlers and the thread that answers the broker.  0 or
+ * -EAGAIN. */
 static int pager_start(struct vram_pager *p, const struct vram_pager_options *o)
 {
+	if (p->handlers)
+		pager_declare_demand(p); /* again, with the window made */
 	if (pthread_create(&p->copier, NULL, copier_main, p) != 0)
 		return rt_error(-EAGAIN, "cannot start the copy thread");
 	p->copier_started = true;
-	if (!(o->flags & VRAM_PAGER_NO_RECLAIM))
-		vram_set_reclaim_handler(p->c, on_reclaim, p);
-	if (!(o->flags & (VRAM_PAGER_NO_DISPATCH_THREAD | VRAM_PAGER_NO_RECLAIM))) {
-		if (pthread_create(&p->dispatcher, NULL, dispatcher_main, p) != 0)
+	if (pthread_create(&p->mover, NULL, pager_mover_main, p) != 0)
+		return rt_error(-EAGAIN, "cannot start the mover thread");
+	p->mover_started = true;
+	if (!p->handlers)
+		return 0;
+	vram_set_offer_handler(p->c, pager_on_offer, p);
+	vram_set_reclaim_handler(p->c, pager_on_reclaim, p);
+	if (!(o->flags & VRAM_PAGER_NO_DISPATCH_THREAD)) {
+		if (pthread_create(&p->dispatcher, NULL, pager_dispatcher_main, p) != 0)
 			return rt_error(-EAGAIN, "cannot start the reclaim thread");
 		p->dispatcher_started = true;
 	}
@@ -1286,6 +1148,13 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 		return rt_error(-ENOMEM, "out of memory");
 	pager_layers(p, plan, largest);
 	pager_groups(p, largest);
+	/* What it wants, said before the window is asked for: the broker's
+	 * fair split counts it, so that the holders above their share are
+	 * asked for the excess (a newcomer that only asks for its window is
+	 * counted as wanting just that, and refused). */
+	p->handlers = !(o->flags & VRAM_PAGER_NO_RECLAIM);
+	if (p->handlers)
+		pager_declare_demand(p);
 	if ((r = pager_windows(p, o, largest)) < 0) {
 		vram_pager_free(p); /* keeps the message */
 		return r;
@@ -1302,17 +1171,19 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 int vram_pager_stats(const vram_pager *p, struct vram_pager_stats *ret)
 {
 	vram_pager *mp = (vram_pager *)p;
+	if (!p || !ret)
+		return rt_error(-EINVAL, "vram_pager_stats: NULL argument");
 	pthread_mutex_lock(&mp->mu);
-	*ret = p->st;
-	ret->window_slots = 0;
-	ret->window_bytes = 0;
+	struct vram_pager_stats st = p->st;
+	st.window_slots = 0;
+	st.window_bytes = 0;
 	for (uint32_t i = 0; i < p->nslots; i++)
 		if (p->slots[i].grant) {
-			ret->window_slots++;
-			ret->window_bytes += vram_grant_size(p->slots[i].grant);
+			st.window_slots++;
+			st.window_bytes += p->slots[i].size;
 		}
 	pthread_mutex_unlock(&mp->mu);
-	return 0;
+	return rt_struct_out(ret, &st, sizeof(st), "vram_pager_stats");
 }
 
 int vram_pager_order(const vram_pager *p, uint32_t i)

@@ -235,7 +235,9 @@ int vram_plan_devices_parse(const char *spec, struct vram_plan_device *ret_devs,
 }
 
 /* The broker's devices as c last saw them, available = total - used +
- * reclaimable (memory others can be asked to give back).  0;
+ * reclaimable (memory others can be asked to give back) + the bytes of
+ * shared copies (mapped by a shared load of their file, evicted first
+ * otherwise).  0;
  * -ENOBUFS when more than max; errors of vram_device_info. */
 int vram_plan_devices_from_client(const vram_client *c, struct vram_plan_device *ret_devs, uint32_t max, uint32_t *ret_n)
 {
@@ -261,8 +263,13 @@ int vram_plan_devices_from_client(const vram_client *c, struct vram_plan_device 
 		devs[i].total = info.total;
 		/* Reclaimable memory counts as available: the broker asks its
 		 * holders to give it back when this client allocates (cooperative
-		 * reclaim).  Refreshed from the broker by the caller as needed. */
-		devs[i].available = info.total - MIN(info.used - MIN(info.reclaimable, info.used), info.total);
+		 * reclaim).  So do the shared copies: a shared load of their
+		 * file maps them without new memory (a second instance of a
+		 * model on a device its first fills), and copies nobody maps are
+		 * evicted before anyone is asked to reclaim.  Refreshed from the
+		 * broker by the caller as needed. */
+		uint64_t freeable = MIN(info.reclaimable + info.cache, info.used);
+		devs[i].available = info.total - MIN(info.used - freeable, info.total);
 	}
 	if (n)
 		memcpy(ret_devs, devs, (size_t)n * sizeof(devs[0]));

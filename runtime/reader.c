@@ -142,8 +142,8 @@ void arena_free(struct arena *a)
  * Messages
  * ====================================================================== */
 
-/* s[0, n) quoted for a message (reader.h). */
-const char *qname(struct qname *b, const char *s, size_t n)
+/* s[0, n) quoted; '\' escaped unless the text is JSON as written. */
+static const char *quote(struct qname *b, const char *s, size_t n, bool json)
 {
 	size_t o = 0, cut = n;
 	bool cutoff = false;
@@ -162,7 +162,7 @@ const char *qname(struct qname *b, const char *s, size_t n)
 		unsigned char c = (unsigned char)s[i];
 		if (c < 0x20 || c == 0x7f || (c >= 0x80 && !raw8)) {
 			o += (size_t)snprintf(b->s + o, 5, "\\x%02x", c);
-		} else if (c == '"' || c == '\\') {
+		} else if (c == '"' || (c == '\\' && !json)) {
 			b->s[o++] = '\\';
 			b->s[o++] = (char)c;
 		} else {
@@ -176,6 +176,18 @@ const char *qname(struct qname *b, const char *s, size_t n)
 	b->s[o++] = '"';
 	b->s[o] = '\0';
 	return b->s;
+}
+
+/* s[0, n) quoted for a message (reader.h). */
+const char *qname(struct qname *b, const char *s, size_t n)
+{
+	return quote(b, s, n, false);
+}
+
+/* JSON text quoted for a message (reader.h). */
+const char *qname_json(struct qname *b, const char *s, size_t n)
+{
+	return quote(b, s, n, true);
 }
 
 /* "[2, 4]" (reader.h). */
@@ -200,8 +212,8 @@ const char *fmt_shape(char *buf, size_t len, const uint64_t *dims, uint32_t ndim
  * Checks
  * ====================================================================== */
 
-/* Strict UTF-8 (reader.h). */
-bool utf8_valid(const uint8_t *s, size_t n)
+/* Where strict UTF-8 ends (reader.h). */
+size_t utf8_invalid_at(const uint8_t *s, size_t n)
 {
 	size_t i = 0;
 
@@ -228,16 +240,22 @@ bool utf8_valid(const uint8_t *s, size_t n)
 			else if (c == 0xf4)
 				hi = 0x8f;
 		} else {
-			return false;
+			return i;
 		}
 		if (n - i <= k || s[i + 1] < lo || s[i + 1] > hi)
-			return false;
+			return i;
 		for (size_t j = 2; j <= k; j++)
 			if ((s[i + j] & 0xc0) != 0x80)
-				return false;
+				return i;
 		i += k + 1;
 	}
-	return true;
+	return SIZE_MAX;
+}
+
+/* Strict UTF-8 (reader.h). */
+bool utf8_valid(const uint8_t *s, size_t n)
+{
+	return utf8_invalid_at(s, n) == SIZE_MAX;
 }
 
 static uint32_t crc_table[256];

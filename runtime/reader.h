@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * What the checkpoint readers other than safetensors share (not installed):
- * a byte source that is either a file read with pread or a buffer in
- * memory (the entry point for fuzzing), an arena for the strings and arrays
- * a parse hands out, names quoted for messages, UTF-8 and CRC-32 checks.
- * Used by gguf.c, torchzip.c and pickle.c.
+ * What the checkpoint readers share (not installed): a byte source that is
+ * either a file read with pread or a buffer in memory (the entry point for
+ * fuzzing), an arena for the strings and arrays a parse hands out, names
+ * and shapes for messages, UTF-8 and CRC-32 checks.  Used by gguf.c,
+ * torchzip.c and pickle.c; safetensors.c (which parses with jansson) uses
+ * the byte source, the messages and the UTF-8 check.
  */
 #ifndef VRAM_RUNTIME_READER_H
 #define VRAM_RUNTIME_READER_H
@@ -62,6 +63,9 @@ struct qname {
 	char s[QNAME_MAX * 4 + 8];
 };
 const char *qname(struct qname *b, const char *s, size_t n);
+/* The same for text that is JSON as written (a safetensors header's): its
+ * '\' escapes are kept as they are, not escaped again. */
+const char *qname_json(struct qname *b, const char *s, size_t n);
 
 /* "[2, 4]": a shape for a message, the first 8 entries at most. */
 const char *fmt_shape(char *buf, size_t len, const uint64_t *dims, uint32_t ndim);
@@ -71,6 +75,10 @@ const char *fmt_shape(char *buf, size_t len, const uint64_t *dims, uint32_t ndim
 /* Whether s[0, n) is strict UTF-8: no overlong forms, no surrogates,
  * nothing above U+10FFFF. */
 bool utf8_valid(const uint8_t *s, size_t n);
+/* The offset of the first byte of s[0, n) where strict UTF-8 ends (the
+ * first byte of a sequence that is not UTF-8 or is cut off), SIZE_MAX
+ * when it all is. */
+size_t utf8_invalid_at(const uint8_t *s, size_t n);
 
 /* CRC-32 (ISO-HDLC, as zip uses) of n bytes, continuing from crc (0 to
  * start). */

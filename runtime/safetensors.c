@@ -26,6 +26,7 @@
 #include "runtime/dtype.h"
 #include "runtime/internal.h"
 #include "runtime/model.h"
+#include "runtime/reader.h"
 
 /* ======================================================================
  * Messages
@@ -52,67 +53,10 @@ static int st_invalid(const struct st *st, const char *fmt, ...)
 	return rt_error(-EINVAL, "%s: invalid safetensors: %s", st->path, reason);
 }
 
-/* A name in double quotes for a message: control bytes, '"' and (unless the
- * text is raw JSON, already escaped) '\' escaped, cut after QNAME_MAX bytes
- * on a character boundary. */
-#define QNAME_MAX 160
-struct qbuf {
-	char s[QNAME_MAX * 4 + 8];
-};
-
-static const char *quote_n(struct qbuf *b, const char *s, size_t n, bool raw)
+/* A NUL-terminated name quoted for a message (reader.h's qname). */
+static const char *quote(struct qname *b, const char *s)
 {
-	size_t o = 0, cut = n;
-	bool cutoff = false;
-
-	if (n > QNAME_MAX) {
-		cut = QNAME_MAX;
-		while (cut > 0 && ((unsigned char)s[cut] & 0xc0) == 0x80)
-			cut--;
-		cutoff = true;
-	}
-	b->s[o++] = '"';
-	for (size_t i = 0; i < cut; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c < 0x20 || c == 0x7f) {
-			o += (size_t)snprintf(b->s + o, 5, "\\x%02x", c);
-		} else if (c == '"' || (c == '\\' && !raw)) {
-			b->s[o++] = '\\';
-			b->s[o++] = (char)c;
-		} else {
-			b->s[o++] = (char)c;
-		}
-	}
-	if (cutoff) {
-		memcpy(b->s + o, "...", 3);
-		o += 3;
-	}
-	b->s[o++] = '"';
-	b->s[o] = '\0';
-	return b->s;
-}
-
-static const char *quote(struct qbuf *b, const char *s)
-{
-	return quote_n(b, s, strlen(s), false);
-}
-
-/* "[2, 4]"; long shapes end in ", ...]". */
-static const char *fmt_dims(char *buf, size_t len, const uint64_t *dims, size_t ndim)
-{
-	size_t o = 0;
-
-	o += (size_t)snprintf(buf, len, "[");
-	for (size_t i = 0; i < ndim && o < len; i++) {
-		if (i == 8) {
-			o += (size_t)snprintf(buf + o, len - o, ", ...");
-			break;
-		}
-		o += (size_t)snprintf(buf + o, len - o, "%s%" PRIu64, i ? ", " : "", dims[i]);
-	}
-	if (o < len)
-		snprintf(buf + o, len - o, "]");
-	return buf;
+	return qname(b, s, strlen(s));
 }
 
 static const char *json_kind(const json_t *v)
@@ -137,50 +81,6 @@ static const char *json_kind(const json_t *v)
 static bool is_ws(unsigned char c)
 {
 	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
-/* Offset of the first byte that is not strict UTF-8 (no overlong forms, no
- * surrogates, nothing above U+10FFFF), or SIZE_MAX if it all is. */
-static size_t utf8_invalid_at(const unsigned char *s, size_t n)
-{
-	size_t i = 0;
-
-	while (i < n) {
-		unsigned char c = s[i];
-		size_t k;
-		unsigned char lo = 0x80, hi = 0xbf;
-
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf) {
-			k = 1;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			k = 2;
-			if (c == 0xe0)
-				lo = 0xa0;
-			else if (c == 0xed)
-				hi = 0x9f;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			k = 3;
-			if (c == 0xf0)
-				lo = 0x90;
-			else if (c == 0xf4)
-				hi = 0x8f;
-		} else {
-			return i;
-		}
-		if (n - i <= k)
-			return i;
-		if (s[i + 1] < lo || s[i + 1] > hi)
-			return i;
-		for (size_t j = 2; j <= k; j++)
-			if ((s[i + j] & 0xc0) != 0x80)
-				return i;
-		i += k + 1;
-	}
-	return SIZE_MAX;
 }
 
 /*
@@ -360,11 +260,11 @@ static bool scan_in_meta(const struct st *st, const struct scan *sc)
  * the scan up to pos (sc) stopped inside a tensor entry. */
 static int st_syntax_error(const struct st *st, const struct scan *sc, size_t pos, const char *text)
 {
-	struct qbuf q;
+	struct qname q;
 
 	if (sc->depth >= 2 && !scan_in_meta(st, sc))
 		return st_invalid(st, "tensor %s: header is not valid JSON: %s (byte %zu)",
-				  quote_n(&q, st->text + sc->key_off[1], sc->key_len[1], true), text, pos);
+				  qname_json(&q, st->text + sc->key_off[1], sc->key_len[1]), text, pos);
 	return st_invalid(st, "header is not valid JSON: %s (byte %zu)", text, pos);
 }
 
@@ -386,7 +286,7 @@ static int st_json_error(const struct st *st, const json_error_t *err)
 {
 	_cleanup_(scan_done) struct scan sc = { 0 };
 	size_t pos = err->position > 0 ? (size_t)err->position : 0;
-	struct qbuf q1, q2, q3;
+	struct qname q1, q2, q3;
 	const char *k1, *key;
 	bool in_meta;
 	int r;
@@ -397,9 +297,9 @@ static int st_json_error(const struct st *st, const json_error_t *err)
 	if (r < 0)
 		return rt_error(r, "%s: out of memory", st->path);
 
-	k1 = sc.depth >= 1 ? quote_n(&q1, st->text + sc.key_off[1], sc.key_len[1], true) : "";
+	k1 = sc.depth >= 1 ? qname_json(&q1, st->text + sc.key_off[1], sc.key_len[1]) : "";
 	in_meta = scan_in_meta(st, &sc);
-	key = quote_n(&q2, st->text + sc.last_key_off, sc.last_key_len, true);
+	key = qname_json(&q2, st->text + sc.last_key_off, sc.last_key_len);
 
 	switch (json_error_code(err)) {
 	case json_error_duplicate_key:
@@ -418,7 +318,7 @@ static int st_json_error(const struct st *st, const json_error_t *err)
 		if (sc.last_key_depth == 2)
 			return st_invalid(st, "tensor %s: duplicate field %s (vramd rejects duplicate keys)", k1, key);
 		return st_invalid(st, "tensor %s: duplicate key %s inside field %s (vramd rejects duplicate keys)",
-				  k1, key, quote_n(&q3, st->text + sc.key_off[2], sc.key_len[2], true));
+				  k1, key, qname_json(&q3, st->text + sc.key_off[2], sc.key_len[2]));
 	case json_error_null_byte_in_key:
 		if (sc.last_key_depth == 1)
 			return st_invalid(st, "tensor name %s contains a NUL character (unsupported)", key);
@@ -430,7 +330,7 @@ static int st_json_error(const struct st *st, const json_error_t *err)
 			if (sc.depth >= 2 && !in_meta)
 				return st_invalid(st, "tensor %s: %s holds an integer outside the signed 64-bit range, "
 						  "which vramd cannot represent (byte %zu)",
-						  k1, quote_n(&q3, st->text + sc.key_off[2], sc.key_len[2], true), pos);
+						  k1, qname_json(&q3, st->text + sc.key_off[2], sc.key_len[2]), pos);
 			return st_invalid(st, "integer outside the signed 64-bit range, which vramd cannot "
 					  "represent (byte %zu)", pos);
 		}
@@ -452,7 +352,7 @@ static int check_raw(const struct st *st)
 
 	if (n >= 3 && s[0] == 0xef && s[1] == 0xbb && s[2] == 0xbf)
 		return st_invalid(st, "header starts with a UTF-8 byte order mark");
-	bad = utf8_invalid_at(s, n);
+	bad = utf8_invalid_at((const uint8_t *)s, n);
 	if (bad != SIZE_MAX)
 		return st_invalid(st, "header is not valid UTF-8 (byte %zu: 0x%02x)", bad, s[bad]);
 	while (a < n && is_ws(s[a]))
@@ -494,7 +394,7 @@ static int check_raw(const struct st *st)
 static int get_uint(const struct st *st, const char *tname, const char *field, size_t idx,
 		    json_t *v, uint64_t *ret)
 {
-	struct qbuf q;
+	struct qname q;
 
 	if (json_is_integer(v)) {
 		json_int_t x = json_integer_value(v);
@@ -518,7 +418,7 @@ static json_t *get_field(const struct st *st, const char *tname, json_t *obj, co
 			 json_type type, const char *want, int *r)
 {
 	json_t *v = json_object_get(obj, field);
-	struct qbuf q;
+	struct qname q;
 
 	if (!v) {
 		*r = st_invalid(st, "tensor %s: missing \"%s\"", quote(&q, tname), field);
@@ -533,7 +433,7 @@ static json_t *get_field(const struct st *st, const char *tname, json_t *obj, co
 
 static int parse_dtype(const struct st *st, const char *tname, const char *s, size_t n, uint32_t *ret)
 {
-	struct qbuf q1, q2;
+	struct qname q1, q2;
 	int d = dtype_find(s, n);
 
 	if (d >= 0) {
@@ -543,15 +443,15 @@ static int parse_dtype(const struct st *st, const char *tname, const char *s, si
 	d = dtype_find_nocase(s, n);
 	if (d >= 0)
 		return st_invalid(st, "tensor %s: unknown dtype %s (dtypes are case-sensitive: %s)",
-				  quote(&q1, tname), quote_n(&q2, s, n, false), vram_dtype_name((uint32_t)d));
-	return st_invalid(st, "tensor %s: unknown dtype %s", quote(&q1, tname), quote_n(&q2, s, n, false));
+				  quote(&q1, tname), qname(&q2, s, n), vram_dtype_name((uint32_t)d));
+	return st_invalid(st, "tensor %s: unknown dtype %s", quote(&q1, tname), qname(&q2, s, n));
 }
 
 /* Validates one tensor entry and fills t (name and shape storage given). */
 static int parse_tensor(const struct st *st, const char *tname, json_t *v, struct model_tensor *t,
 			uint64_t *dims)
 {
-	struct qbuf q;
+	struct qname q;
 	json_t *dt, *shape, *offs, *e;
 	uint64_t nel = 1, nbits, off[2];
 	char sbuf[256];
@@ -602,26 +502,26 @@ static int parse_tensor(const struct st *st, const char *tname, json_t *v, struc
 	for (i = 0; i < t->ndim; i++) {
 		if (__builtin_mul_overflow(nel, dims[i], &nel))
 			return st_invalid(st, "tensor %s: shape %s has more than 2^64 elements", quote(&q, tname),
-					  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim));
+					  fmt_shape(sbuf, sizeof(sbuf), dims, t->ndim));
 	}
 	if (__builtin_mul_overflow(nel, (uint64_t)vram_dtype_bits(t->dtype), &nbits))
 		return st_invalid(st, "tensor %s: %s %s is 2^64 bits or more", quote(&q, tname),
-				  vram_dtype_name(t->dtype), fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim));
+				  vram_dtype_name(t->dtype), fmt_shape(sbuf, sizeof(sbuf), dims, t->ndim));
 	if (nbits % 8)
 		return st_invalid(st, "tensor %s: %s %s is %" PRIu64 " bits, not a whole number of bytes",
 				  quote(&q, tname), vram_dtype_name(t->dtype),
-				  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim), nbits);
+				  fmt_shape(sbuf, sizeof(sbuf), dims, t->ndim), nbits);
 	if (off[1] - off[0] != nbits / 8)
 		return st_invalid(st, "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
 				  " bytes but %s %s needs %" PRIu64,
 				  quote(&q, tname), off[0], off[1], off[1] - off[0], vram_dtype_name(t->dtype),
-				  fmt_dims(sbuf, sizeof(sbuf), dims, t->ndim), nbits / 8);
+				  fmt_shape(sbuf, sizeof(sbuf), dims, t->ndim), nbits / 8);
 	return 0;
 }
 
 static int metadata_check(const struct st *st, json_t *meta)
 {
-	struct qbuf q;
+	struct qname q;
 	const char *k;
 	json_t *v;
 
@@ -656,7 +556,7 @@ static int check_tiling(const struct st *st, struct vram_model *m)
 {
 	_cleanup_free_ uint32_t *order = NULL;
 	const struct model_tensor *prev = NULL; /* last tensor with bytes */
-	struct qbuf q1, q2;
+	struct qname q1, q2;
 	uint64_t pos = 0, data_end;
 
 	if (m->ntensors) {
@@ -703,27 +603,6 @@ static int check_tiling(const struct st *st, struct vram_model *m)
  * Reading
  * ====================================================================== */
 
-/* pread all of len bytes; -errno, or -EIO when the file ends first. */
-static int pread_full(int fd, void *buf, size_t len, uint64_t off)
-{
-	char *p = buf;
-
-	while (len) {
-		ssize_t n = pread(fd, p, len, (off_t)off);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EIO;
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
 static int read_header(struct vram_model *m, const struct st *st0, char **ret_text)
 {
 	_cleanup_free_ char *text = NULL;
@@ -731,14 +610,16 @@ static int read_header(struct vram_model *m, const struct st *st0, char **ret_te
 	uint64_t n = 0;
 	int r;
 
+	struct src s;
+
 	m->file_size = (uint64_t)m->st.st_size;
+	s = src_fd(m->fd, m->file_size, m->path);
 	if (m->file_size < 8)
 		return st_invalid(st0, "file is %" PRIu64 " bytes, too short for the 8-byte header length",
 				  m->file_size);
-	r = pread_full(m->fd, lenbuf, 8, 0);
+	r = src_read(&s, lenbuf, 8, 0, "the header length");
 	if (r < 0)
-		return rt_error(r, "%s: reading the header length: %s", m->path,
-				r == -EIO ? "file shrank while being read" : strerror(-r));
+		return r;
 	for (int i = 7; i >= 0; i--)
 		n = n << 8 | lenbuf[i];
 	if (n == 0)
@@ -756,10 +637,9 @@ static int read_header(struct vram_model *m, const struct st *st0, char **ret_te
 	text = malloc(n);
 	if (!text)
 		return rt_error(-ENOMEM, "%s: out of memory for a %" PRIu64 "-byte header", m->path, n);
-	r = pread_full(m->fd, text, n, 8);
+	r = src_read(&s, text, n, 8, "the header");
 	if (r < 0)
-		return rt_error(r, "%s: reading the header: %s", m->path,
-				r == -EIO ? "file shrank while being read" : strerror(-r));
+		return r;
 	*ret_text = TAKE_PTR(text);
 	return 0;
 }

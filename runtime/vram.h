@@ -142,7 +142,11 @@ VRAM_API uint64_t vram_grant_device_ptr(const vram_grant *g);
 VRAM_API int vram_client_fd(const vram_client *c);
 
 /* Handles pending unsolicited messages without blocking.  Returns the number
- * handled. */
+ * handled.  A connection the broker closed (restart, crash) is
+ * re-established here, with backoff up to $VRAMD_RECONNECT_TIMEOUT_MS
+ * (10 s): the grants held are registered again and the demands said again.
+ * While the broker stays away vram_client_fd() is -1; call this again to
+ * retry. */
 VRAM_API int vram_dispatch(vram_client *c);
 
 /* Called from vram_dispatch (or any call that reads the socket) when the
@@ -408,7 +412,11 @@ struct vram_plan_device {
 
 /* Parses "cuda:0=24GiB,cuda:1=12GiB,cpu=64GiB" (total = available). */
 VRAM_API int vram_plan_devices_parse(const char *spec, struct vram_plan_device *ret_devs, uint32_t max, uint32_t *ret_n);
-/* The broker's devices (available = total - used). */
+/* The broker's devices: available = total - used + what others hold
+ * reclaimable + the shared copies' bytes (a shared load of their file maps
+ * them with no new memory; copies nobody maps are evicted first).  A plan
+ * made with these can still fail at load time with -ENOMEM naming the
+ * device when the copies counted are another file's and in use. */
 VRAM_API int vram_plan_devices_from_client(const vram_client *c, struct vram_plan_device *ret_devs, uint32_t max, uint32_t *ret_n);
 
 /* Plans m on devs: places its leaf modules (a module's tensors together)
@@ -486,7 +494,11 @@ struct vram_load_options {
 #define VRAM_LOAD_CAST_DEFAULT_FROM \
 	((1u << VRAM_DTYPE_F32) | (1u << VRAM_DTYPE_F8_E4M3) | (1u << VRAM_DTYPE_F8_E5M2))
 /* Every grant of the load reclaimable: a pager over it gives chunks back
- * (demotes resident layers to the donor, drops donor layers to the file). */
+ * (demotes resident layers to the donor, drops donor layers to the file).
+ * Such a load is pageable, so a chunk that its device refuses (-ENOMEM:
+ * past this client's fair share, or full; -EDQUOT: a ceiling) is placed
+ * on the cpu pool instead: a pager pages it from there and moves it back
+ * when memory is offered (docs/paging.md). */
 #define VRAM_LOAD_RECLAIMABLE (1u << 0)
 /* Serve the load from broker-owned read-only copies where the device keeps
  * them (docs/design.md, "Shared copies"): the first load of a file fills a
@@ -588,7 +600,11 @@ VRAM_API void vram_pager_free(vram_pager *p);
 
 /* Makes layer available on its compute device, waiting only if its copy
  * has not finished, and starts prefetching the next layers.  Acquires
- * nest (a count per layer). */
+ * nest (a count per layer).  At most VRAM_PAGER_MAX_ACQUIRED acquires are
+ * outstanding at a time (-EBUSY past that): what they hold is all that a
+ * RECLAIM must leave alone, so the bound is what reclaim can count on
+ * (docs/paging.md, "Reclaim"). */
+#define VRAM_PAGER_MAX_ACQUIRED 8u
 VRAM_API int vram_pager_acquire(vram_pager *p, uint32_t layer);
 VRAM_API int vram_pager_release(vram_pager *p, uint32_t layer);
 /* Where tensor is while its layer is acquired: host address (simulated
@@ -599,12 +615,16 @@ VRAM_API uint64_t vram_pager_tensor_device_ptr(const vram_pager *p, uint32_t ten
  * acquired a second time). */
 VRAM_API int vram_pager_end_pass(vram_pager *p);
 
-/* Gives back up to bytes of memory on device (window slots first, then
- * resident layers, least recently used first: demoted to the donor when it
- * has room, else dropped and read again from the file when needed), as far
- * as it is idle now: an acquired layer or a copy in flight is skipped.  The
- * RECLAIM handler does the same and, while short, waits for such memory to
- * go idle for up to half the broker's deadline.  Returns bytes freed. */
+/* Gives back up to bytes of memory on device at once, whatever the pager
+ * is doing: idle window slots first (keeping two that fit its largest
+ * layer group), then chunks of the model, least recently used first,
+ * skipping only those holding a layer acquired now (and waiting only for a
+ * copy in flight, one group's).  A resident chunk's layers are paged from
+ * then on: its memory becomes the window when there is none yet, else it
+ * is freed, and the mover thread copies the layers to the donor from the
+ * file when the donor has room (else they are read from the file when
+ * needed); a donor chunk is dropped.  The RECLAIM handler does the same.
+ * Returns bytes freed (less than asked when that is all that was idle). */
 VRAM_API uint64_t vram_pager_reclaim(vram_pager *p, uint32_t device, uint64_t bytes);
 
 struct vram_pager_stats {
@@ -626,6 +646,12 @@ struct vram_pager_stats {
 	uint64_t reclaimed_bytes;
 	uint32_t order_learned;  /* 1 once the observed order is used */
 	uint32_t pad;
+	/* 0.2 (copied as far as struct_size reaches): */
+	uint64_t promoted;       /* layers moved back to their compute device (OFFER) */
+	uint64_t reclaims;       /* reclaims handled (RECLAIM, vram_pager_reclaim) */
+	uint64_t reclaim_ns;     /* time they took, in all */
+	uint64_t reclaim_ns_max; /* the longest */
+	uint64_t offers;         /* OFFERs received */
 };
 VRAM_API int vram_pager_stats(const vram_pager *p, struct vram_pager_stats *ret_stats);
 /* Position i of the order prefetch follows now (layer index), or -EINVAL. */

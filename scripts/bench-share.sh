@@ -9,26 +9,12 @@
 #   - a second process that asks while the first fills: no second read
 #     (bytes vramd read from disk in that run = 1x the file).
 set -eu
-BUILD=${VRAM_BUILD:-build}
-PY=${VRAM_PYTHON:-.venv/bin/python}
-SIZE=${BENCH_SIZE:-4294967296}
-DIR=${BENCH_DIR:-/var/tmp/vramd-bench}
-OUT=${BENCH_OUT:-$BUILD/bench/results.txt}
-FILE="$DIR/bench-$SIZE.safetensors"
+. scripts/bench-env.sh
 SOCK="$DIR/vramd-share.sock"
 VRAMCTL="$BUILD/bin/vramctl --socket $SOCK"
-mkdir -p "$DIR" "$(dirname "$OUT")"
-say() { echo "$*" | tee -a "$OUT"; }
-cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true; rm -f "$SOCK"; }
-trap cleanup EXIT INT TERM
-if [ ! -s "$FILE" ]; then
-	"$PY" tests/make_checkpoint.py --out "$FILE.tmp" --size "$SIZE" --seed 7
-	mv "$FILE.tmp" "$FILE"
-fi
+trap bench_cleanup EXIT INT TERM
+bench_checkpoint
 BYTES=$(stat -c %s "$FILE")
-CAN_DROP=0
-if [ "$(id -u)" -eq 0 ] && sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then CAN_DROP=1; fi
-drop() { [ $CAN_DROP -eq 1 ] && sync && echo 3 > /proc/sys/vm/drop_caches || true; }
 start() {
 	"$BUILD/bin/vramd" --no-config --socket "$SOCK" --admin-socket "$DIR/admin-share.sock" --state-dir "$DIR/state-share" \
 		--host-pool "$((SIZE / 1073741824 * 2 + 4))GiB" --cache-max 100% --no-cuda 2>"$DIR/vramd-share.log" &

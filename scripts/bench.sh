@@ -7,7 +7,10 @@
 #   BENCH_OUT    results file (default $BUILD/bench/results.txt)
 #   BENCH_ONLY   "pager" to run only the paging and two-client parts,
 #                "load" to run only the loading part, "share" only the
-#                shared copies (scripts/bench-share.sh)
+#                shared copies (scripts/bench-share.sh), "formats" only
+#                the GGUF and PyTorch zip files (scripts/bench-formats.sh),
+#                "busy" only busy clients sharing one GPU (issue 12:
+#                scripts/bench-busy.sh, BENCH_BUSY_SCALE, BENCH_BUSY_RUNS)
 #   BENCH_ROUNDS, BENCH_FIO_SHAPES, BENCH_ALLOC_N: see scripts/bench-load.sh
 #
 # Cold runs drop the page cache (root only; otherwise they are skipped and
@@ -15,18 +18,11 @@
 # allocates, as in real use; on VMs first-touch page faults cost as much as
 # the I/O, which the report's "memory" line measures.
 set -eu
-BUILD=${VRAM_BUILD:-build}
-PY=${VRAM_PYTHON:-.venv/bin/python}
-SIZE=${BENCH_SIZE:-4294967296}
-DIR=${BENCH_DIR:-/var/tmp/vramd-bench}
-OUT=${BENCH_OUT:-$BUILD/bench/results.txt}
-FILE="$DIR/bench-$SIZE.safetensors"
+. scripts/bench-env.sh
 SOCK="$DIR/vramd.sock"
 VRAMCTL="$BUILD/bin/vramctl --socket $SOCK"
-mkdir -p "$DIR" "$(dirname "$OUT")"
 : > "$OUT"
 
-say() { echo "$*" | tee -a "$OUT"; }
 cleanup() {
 	[ -n "${PID:-}" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
 	[ -n "${PIDB:-}" ] && kill "$PIDB" 2>/dev/null || true
@@ -37,16 +33,15 @@ trap cleanup EXIT INT TERM
 if [ "${BENCH_ONLY:-}" = share ]; then
 	exec sh scripts/bench-share.sh
 fi
-if [ ! -s "$FILE" ]; then
-	echo "== writing a $SIZE-byte checkpoint (~2,500 tensors, SDXL-like) to $FILE"
-	"$PY" tests/make_checkpoint.py --out "$FILE.tmp" --size "$SIZE" --seed 7
-	mv "$FILE.tmp" "$FILE"
+if [ "${BENCH_ONLY:-}" = busy ]; then
+	exec sh scripts/bench-busy.sh
 fi
+bench_checkpoint
 BYTES=$(stat -c %s "$FILE")
+if [ "${BENCH_ONLY:-}" = formats ]; then
+	exec sh scripts/bench-formats.sh
+fi
 
-CAN_DROP=0
-if [ "$(id -u)" -eq 0 ] && sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then CAN_DROP=1; fi
-drop() { [ $CAN_DROP -eq 1 ] && sync && echo 3 > /proc/sys/vm/drop_caches; }
 warm() { cat "$FILE" > /dev/null; }
 
 # GB/s of a command that reads the whole file; fio prints its own bandwidth.
@@ -85,6 +80,7 @@ if [ "${BENCH_ONLY:-}" != pager ]; then
 VRAM_BUILD="$BUILD" VRAM_PYTHON="$PY" BENCH_FILE="$FILE" BENCH_DIR="$DIR" BENCH_OUT="$OUT" sh scripts/bench-load.sh
 fi
 if [ "${BENCH_ONLY:-}" = load ]; then
+	sh scripts/bench-formats.sh
 	sh scripts/bench-share.sh
 	say "results in $OUT"
 	exit 0
@@ -145,5 +141,7 @@ say "two clients on a simulated 8 GiB GPU, each loading 6 GiB onto it:"
 say "  client A exit $RA, client B exit $RB, $(awk -v a="$T0" -v b="$T1" 'BEGIN { printf "%.1f", b - a }') s"
 say "  $(grep -c 'RECLAIM' "$DIR/vramd2.log" || true) RECLAIM requests, $(grep -c 'ignored RECLAIM' "$DIR/vramd2.log" || true) ignored; bytes used after both exit: $USED"
 say ""
+sh scripts/bench-formats.sh
 sh scripts/bench-share.sh
+sh scripts/bench-busy.sh
 say "results in $OUT"

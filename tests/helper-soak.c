@@ -226,7 +226,7 @@ static int client_flood(unsigned seed)
 /* The broker's fds: memfds (grants, copies and the ready reserve's
  * populated memory) counted apart, with their bytes, from the rest. */
 struct fdcount {
-	int other, memfds;
+	int other, memfds, empty; /* empty: memfds of 0 bytes (a revoked grant's) */
 	uint64_t memfd_bytes;
 };
 
@@ -244,6 +244,7 @@ static struct fdcount count_fds(pid_t pid)
 		struct stat st;
 		if (n > 0 && (link[n] = 0, !strncmp(link, "/memfd:", 7)) && fstatat(dirfd(d), e->d_name, &st, 0) == 0) {
 			c.memfds++;
+			c.empty += st.st_size == 0;
 			c.memfd_bytes += (uint64_t)st.st_size;
 		} else {
 			c.other++;
@@ -335,10 +336,10 @@ static int check_fds(pid_t broker, vram_client *a, struct fdcount fds0)
 	}
 	printf("soak: settled: broker fds %d besides memfds (baseline %d + this check), %d memfds of %llu bytes, ready reserve %llu\n",
 	       fds.other, fds0.other, fds.memfds, (unsigned long long)fds.memfd_bytes, (unsigned long long)r1);
-	if (fds.other <= fds0.other + 2 && fds.memfd_bytes == r1 && r0 == r1)
+	if (fds.other <= fds0.other + 2 && fds.memfd_bytes == r1 && r0 == r1 && !fds.empty)
 		return 0;
-	fprintf(stderr, "soak: the broker holds fds it should not (%d besides memfds, %d at the start; memfds of %llu bytes, ready reserve %llu):\n",
-		fds.other, fds0.other, (unsigned long long)fds.memfd_bytes, (unsigned long long)r1);
+	fprintf(stderr, "soak: the broker holds fds it should not (%d besides memfds, %d at the start; memfds of %llu bytes, %d empty, ready reserve %llu):\n",
+		fds.other, fds0.other, (unsigned long long)fds.memfd_bytes, fds.empty, (unsigned long long)r1);
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "ls -l /proc/%d/fd >&2", (int)broker);
 	if (system(cmd) != 0)

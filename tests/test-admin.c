@@ -86,10 +86,18 @@ START_TEST(test_ceiling_concurrent)
 	vram_client *a;
 	ck_assert_int_eq(vram_connect(e.admin, "admin", &a), 0);
 	ck_assert_int_eq(vram_quota_set(a, "name:batch", "cuda:0", VRAM_QUOTA_CEILING, 0, 40 * MiB), 0);
+	/* each child holds what it has at the end until the parent has seen
+	 * it (done[] says it finished, hold[] closing lets it go): the last
+	 * sample is never taken after everyone has left */
+	int done[2], hold[2];
+	ck_assert_int_eq(pipe(done), 0);
+	ck_assert_int_eq(pipe(hold), 0);
 	pid_t kids[8];
 	for (int k = 0; k < 8; k++) {
 		kids[k] = fork();
 		if (kids[k] == 0) {
+			close(done[0]);
+			close(hold[1]);
 			vram_client *c;
 			vram_grant *g[64];
 			int n = 0;
@@ -101,22 +109,32 @@ START_TEST(test_ceiling_concurrent)
 				else if (n && (i % 3 == 0))
 					vram_free(c, g[--n]);
 			}
+			char x = 'd', y;
+			if (write(done[1], &x, 1) != 1 || read(hold[0], &y, 1) < 0)
+				_exit(1);
 			_exit(0);
 		}
 	}
+	close(done[1]);
+	close(hold[0]);
 	uint64_t peak = 0;
-	for (int i = 0; i < 200; i++) {
-		uint64_t u = used_on(a, 0);
-		peak = MAX(peak, u);
-		int st, alive = 0;
-		for (int k = 0; k < 8; k++)
-			if (kids[k] > 0 && waitpid(kids[k], &st, WNOHANG) == 0)
-				alive++;
-		if (!alive)
-			break;
+	char x;
+	for (int finished = 0; finished < 8;) {
+		peak = MAX(peak, used_on(a, 0));
+		struct pollfd p = { .fd = done[0], .events = POLLIN };
+		if (poll(&p, 1, 0) == 1) {
+			ck_assert_int_eq(read(done[0], &x, 1), 1);
+			finished++;
+		}
 	}
-	for (int k = 0; k < 8; k++)
-		waitpid(kids[k], NULL, 0);
+	peak = MAX(peak, used_on(a, 0));
+	close(hold[1]);
+	for (int k = 0; k < 8; k++) {
+		int st;
+		ck_assert_int_eq(waitpid(kids[k], &st, 0), kids[k]);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d failed", k);
+	}
+	close(done[0]);
 	ck_assert_uint_le(peak, 40 * MiB);
 	ck_assert_uint_gt(peak, 0);
 	/* the refusal names the quota */

@@ -4,7 +4,8 @@
  * (tests/fake-cuda.h): importing a grant by the device's UUID (and every
  * call of it failing), copiers, the multi-device sink and pinning, a broker
  * and a client together over a socket, vram_load onto a CUDA device, a
- * client killed while it holds grants, kernel launches, and the UVM pager.
+ * client killed while it holds grants, kernel launches, and the UVM pager
+ * (with a layer the planner splits between cuda:0 and cpu).
  * The broker's half is test-cuda-broker.c.
  */
 #include <poll.h>
@@ -1152,6 +1153,183 @@ START_TEST(test_uvm_pager_errors)
 }
 END_TEST
 
+/* A layer the planner splits between devices, paged by the UVM pager.
+ * UVMS_LAYERS unet layers of two leaf modules each (a weight and a bias
+ * apiece, all modules the same size), planned "cuda:0,50%;cpu,*" so that
+ * the boundary falls inside a layer, and "loaded" by hand where
+ * vram_plan_tensor_device puts each tensor: cuda:0's grant is an address
+ * that is only compared (no host memory), cpu's holds the file's bytes at
+ * the offsets the file has them (0xee elsewhere, so a wrong offset shows). */
+#define UVMS_LAYERS 5
+#define UVMS_W 3000
+#define UVMS_B 100
+#define UVMS_NT (4 * UVMS_LAYERS)
+#define UVMS_BYTES (4 * 2 * UVMS_LAYERS * (UVMS_W + UVMS_B))
+
+struct uvms_fx {
+	char *dir;
+	vram_model *m;
+	vram_plan *plan;
+	struct vram_client *c;
+	vram_loaded l;
+	struct loaded_tensor t[UVMS_NT];
+	struct loaded_grant lg[2];
+	struct vram_grant *g[2];       /* [0] cuda:0, [1] cpu */
+	uint8_t file[UVMS_BYTES];      /* the file's data */
+	uint8_t host[UVMS_BYTES];      /* cpu's grant, laid out as the file */
+	uint32_t split, resident, donor; /* layers split, all on cuda:0, all on cpu */
+};
+
+/* The model, its plan and the placement the plan gives each tensor. */
+static void uvms_start(struct uvms_fx *f)
+{
+	struct t_tensor tt[UVMS_NT];
+	char names[UVMS_NT][64], file[300];
+
+	memset(f, 0, sizeof(*f));
+	f->dir = t_tmpdir();
+	ck_assert_ptr_nonnull(f->dir);
+	for (size_t i = 0; i < sizeof(f->file); i++)
+		f->file[i] = (uint8_t)(i * 7 + i / 251);
+	for (int i = 0; i < UVMS_NT; i++) {
+		snprintf(names[i], sizeof(names[i]), "model.diffusion_model.input_blocks.%d.%d.%s", i / 4, i / 2 % 2,
+			 i % 2 ? "bias" : "weight");
+		tt[i] = (struct t_tensor){ names[i], "F32", i % 2 ? UVMS_B : UVMS_W, 4 };
+	}
+	snprintf(file, sizeof(file), "%s/split.safetensors", f->dir);
+	ck_assert_uint_eq(t_write_safetensors(file, tt, UVMS_NT, f->file), sizeof(f->file));
+	ck_assert_msg(vram_model_open(file, &f->m) == 0, "%s", vram_last_error());
+	ck_assert_int_eq(vram_model_layer_count(f->m), UVMS_LAYERS);
+
+	struct vram_plan_device devs[2] = { { .struct_size = sizeof(devs[0]) }, { .struct_size = sizeof(devs[1]) } };
+	uint32_t nd = 0;
+	struct vram_plan_options o;
+	ck_assert_int_eq(vram_plan_devices_parse("cuda:0=1GiB,cpu=1GiB", devs, 2, &nd), 0);
+	vram_plan_options_init(&o);
+	o.unet_compute_device = "cuda:0";
+	o.unet_expert_mode_allocations = "cuda:0,50%;cpu,*";
+	ck_assert_msg(vram_plan_create(f->m, &o, devs, nd, &f->plan) == 0, "%s", vram_last_error());
+
+	f->c = tc_client(1); /* cuda:0 = 0, cpu = 1 */
+	f->g[0] = tc_grant(0, sizeof(f->file));
+	f->g[0]->dptr = 0x7a0000000000ull;
+	f->g[1] = tc_grant(1, sizeof(f->host));
+	f->g[1]->backend = VRAM_BACKEND_CPU;
+	f->g[1]->host = f->host;
+	memset(f->host, 0xee, sizeof(f->host));
+	f->lg[0] = (struct loaded_grant){ .grant = f->g[0], .device = 0, .component = VRAM_COMP_UNET };
+	f->lg[1] = (struct loaded_grant){ .grant = f->g[1], .device = 1, .component = VRAM_COMP_UNET };
+	f->l = (vram_loaded){ .client = f->c, .model = f->m, .ntensors = UVMS_NT, .ngrants = 2,
+			      .tensors = f->t, .grants = f->lg };
+	for (uint32_t li = 0; li < UVMS_LAYERS; li++) {
+		struct vram_layer_info info = { .struct_size = sizeof(info) };
+		uint32_t on[2] = { 0, 0 };
+
+		ck_assert_int_eq(vram_model_layer(f->m, li, &info), 0);
+		ck_assert_uint_eq(info.ntensors, 4);
+		for (uint32_t t = info.first_tensor; t < info.first_tensor + 4; t++) {
+			struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+			int pd = vram_plan_tensor_device(f->plan, t);
+			ck_assert_int_ge(pd, 0);
+			const char *dn = vram_plan_device_name(f->plan, (uint32_t)pd);
+			uint32_t gi = strcmp(dn, "cuda:0") == 0 ? 0 : 1;
+			ck_assert_msg(gi == 0 || strcmp(dn, "cpu") == 0, "tensor %u on %s", t, dn);
+			ck_assert_int_eq(vram_model_tensor(f->m, t, &ti), 0);
+			uint64_t off = ti.file_offset - vram_model_data_offset(f->m);
+			f->t[t] = (struct loaded_tensor){ .grant = gi, .offset = off, .dtype = VRAM_DTYPE_F32,
+							  .nbytes = ti.nbytes };
+			if (gi)
+				memcpy(f->host + off, f->file + off, ti.nbytes);
+			on[gi]++;
+		}
+		f->split += on[0] && on[1];
+		f->resident += !on[1];
+		f->donor += !on[0];
+	}
+	/* the plan did split a layer, with whole layers on either side */
+	ck_assert_msg(f->split == 1 && f->resident >= 1 && f->donor >= 1, "split %u, resident %u, donor %u",
+		      f->split, f->resident, f->donor);
+}
+
+static void uvms_stop(struct uvms_fx *f)
+{
+	free(f->g[0]);
+	free(f->g[1]);
+	free(f->c);
+	vram_plan_free(f->plan);
+	vram_model_close(f->m);
+	t_rmtree(f->dir);
+}
+
+/* Only the part of a split layer off the compute device is managed (and
+ * prefetched) and reads back as the file has it; the part on cuda:0 keeps
+ * the address the load gave it. */
+START_TEST(test_uvm_pager_split_layer)
+{
+	static struct uvms_fx f; /* 250 KB: off the stack */
+	vram_uvm_pager *p = NULL;
+	int mi = -1;
+
+	uvms_start(&f);
+	ck_assert_msg(vram_uvm_pager_create(&f.l, f.plan, 0, &p) == 0, "%s", vram_last_error());
+	for (int i = 0; i < FK_MAX; i++)
+		if (fk.managed[i].va)
+			mi = i;
+	ck_assert_int_ge(mi, 0);
+	/* a 2 MiB page for each layer with a part on cpu */
+	ck_assert_uint_eq(fk.managed[mi].size, (f.split + f.donor) * 2 * MiB);
+	CUdeviceptr mbase = (CUdeviceptr)(uintptr_t)fk.managed[mi].va;
+	uint32_t seen_split = 0;
+	for (uint32_t li = 0; li < UVMS_LAYERS; li++) {
+		struct vram_layer_info info = { .struct_size = sizeof(info) };
+		unsigned before = fk.nucall;
+		uint64_t base = 0, packed = 0;
+		uint32_t on[2] = { 0, 0 };
+
+		ck_assert_int_eq(vram_model_layer(f.m, li, &info), 0);
+		ck_assert_msg(vram_uvm_pager_acquire(p, li) == 0, "%s", vram_last_error());
+		for (uint32_t t = info.first_tensor; t < info.first_tensor + info.ntensors; t++) {
+			uint64_t d = vram_uvm_tensor_device_ptr(p, t), nb = f.t[t].nbytes;
+			on[f.t[t].grant]++;
+			if (f.t[t].grant == 0) { /* on cuda:0: where the load put it */
+				ck_assert_uint_eq(d, f.g[0]->dptr + f.t[t].offset);
+				continue;
+			}
+			/* on cpu: in managed memory, packed in tensor order from a
+			 * 2 MiB boundary, 256-byte aligned, the file's bytes */
+			ck_assert_msg(d >= mbase && d + nb <= mbase + fk.managed[mi].size, "layer %u tensor %u", li, t);
+			packed = (packed + 255) / 256 * 256;
+			if (!packed) {
+				base = d;
+				ck_assert_uint_eq((base - mbase) % (2 * MiB), 0);
+			}
+			ck_assert_uint_eq(d, base + packed);
+			ck_assert_msg(memcmp((const void *)(uintptr_t)d, f.file + f.t[t].offset, nb) == 0,
+				      "layer %u tensor %u differs from the file", li, t);
+			packed += nb;
+		}
+		seen_split += on[0] && on[1];
+		if (!on[1]) {
+			ck_assert_uint_eq(fk.nucall, before); /* all on cuda:0: nothing moved */
+		} else {
+			/* depth 0: the prefetch of this layer's part on cpu only */
+			ck_assert_uint_eq(fk.nucall, before + 1);
+			ck_assert_int_eq(fk.ucall[before].fn, F_MemPrefetchAsync);
+			ck_assert_int_eq(fk.ucall[before].loc_type, CU_MEM_LOCATION_TYPE_DEVICE);
+			ck_assert_uint_eq(fk.ucall[before].p, base);
+			ck_assert_uint_eq(fk.ucall[before].n, packed);
+		}
+		ck_assert_int_eq(vram_uvm_pager_release(p, li), 0);
+		for (uint32_t t = info.first_tensor; t < info.first_tensor + info.ntensors; t++)
+			ck_assert_uint_eq(vram_uvm_tensor_device_ptr(p, t), 0);
+	}
+	ck_assert_uint_eq(seen_split, 1);
+	vram_uvm_pager_free(p);
+	fake_assert_clean();
+	uvms_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("cuda-runtime");
@@ -1167,6 +1345,7 @@ int main(void)
 	tcase_add_test(tr, test_kernels_launch);
 	tcase_add_test(tr, test_uvm_pager);
 	tcase_add_test(tr, test_uvm_pager_errors);
+	tcase_add_test(tr, test_uvm_pager_split_layer);
 	suite_add_tcase(s, tr);
 
 	TCase *tb = tcase_create("broker");

@@ -11,14 +11,12 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/cleanup.h"
@@ -26,6 +24,7 @@
 #include "runtime/model.h"
 #include "runtime/reader.h"
 #include "runtime/vram.h"
+#include "tests/testlib-fixtures.h"
 
 static char fixdir[1024];
 
@@ -35,49 +34,7 @@ static const char *fx(char *buf, const char *sub, const char *name)
 	return buf;
 }
 
-/* The file's bytes (malloc'd) and size. */
-static uint8_t *slurp(const char *path, size_t *ret_len)
-{
-	FILE *f = fopen(path, "rb");
-	uint8_t *b;
-	long n;
-
-	ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	b = malloc((size_t)n + 1);
-	ck_assert_ptr_nonnull(b);
-	ck_assert_uint_eq(fread(b, 1, (size_t)n, f), (size_t)n);
-	fclose(f);
-	*ret_len = (size_t)n;
-	return b;
-}
-
-/* Parses the file at path through an fd opened here, as vram_model_open
- * hands the model's fd to the reader. */
-static int parse_path(const char *path, struct gguf_file *x)
-{
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	struct src s;
-
-	if (fd < 0)
-		return -errno;
-	ck_assert_int_eq(fstat(fd, &st), 0);
-	s = src_fd(fd, (uint64_t)st.st_size, path);
-	return gguf_parse(&s, x);
-}
-
-static void parse_ok(const char *name, struct gguf_file *g)
-{
-	char p[PATH_MAX];
-	int r;
-
-	memset(g, 0, sizeof(*g));
-	r = parse_path(fx(p, "valid", name), g);
-	ck_assert_msg(r == 0, "%s: %d %s", name, r, vram_last_error());
-}
+TF_DEFINE_PARSERS(struct gguf_file, gguf_parse, fx, fixdir)
 
 /* ======================================================================
  * Invalid files
@@ -144,46 +101,20 @@ static const struct {
 START_TEST(test_invalid)
 {
 	struct gguf_file g = { 0 };
-	char p[PATH_MAX], prefix[PATH_MAX + 64];
-	const char *msg;
-	int r;
+	char p[PATH_MAX];
 
 	fx(p, "invalid", invalid[_i].file);
-	r = parse_path(p, &g);
-	msg = vram_last_error();
-	ck_assert_msg(r == invalid[_i].err, "%s: returned %d, want %d (%s)", invalid[_i].file, r, invalid[_i].err, msg);
+	tf_check_refusal(invalid[_i].file, p, parse_path(p, &g), invalid[_i].err, "GGUF", invalid[_i].reason);
 	ck_assert_ptr_null(g.tensors); /* nothing left on failure */
 	ck_assert_ptr_null(g.kv);
-	snprintf(prefix, sizeof(prefix), "%s: %s GGUF: ", p, r == -ENOTSUP ? "unsupported" : "invalid");
-	ck_assert_msg(!strncmp(msg, prefix, strlen(prefix)), "%s: message \"%s\"", invalid[_i].file, msg);
-	ck_assert_msg(strstr(msg + strlen(prefix), invalid[_i].reason), "%s:\n  got  \"%s\"\n  want \"%s\"",
-		      invalid[_i].file, msg + strlen(prefix), invalid[_i].reason);
 }
 END_TEST
 
 START_TEST(test_io_errors)
 {
-	struct gguf_file x = { 0 };
-	vram_model *m = NULL;
-	char p[PATH_MAX];
-	struct stat st;
-	struct src s;
-	_cleanup_close_ int fd = -1;
-
-	/* Opening is vram_model_open's: the file is opened once, there. */
-	snprintf(p, sizeof(p), "%s/nope.gguf", fixdir);
-	ck_assert_int_eq(vram_model_open(p, &m), -ENOENT);
-	ck_assert_int_eq(vram_model_open(fixdir, &m), -EISDIR);
-	ck_assert_int_eq(vram_model_open("/dev/null", &m), -EINVAL);
-	ck_assert_ptr_nonnull(strstr(vram_last_error(), "not a regular file"));
-	ck_assert_ptr_null(m);
-	/* A file that ends before the size fstat gave: it shrank. */
-	fd = open(fx(p, "valid", "all_types"), O_RDONLY | O_CLOEXEC);
-	ck_assert_int_ge(fd, 0);
-	ck_assert_int_eq(fstat(fd, &st), 0);
-	s = src_fd(fd, (uint64_t)st.st_size + (1u << 20), p);
-	ck_assert_int_eq(gguf_parse(&s, &x), -EIO);
-	ck_assert_ptr_nonnull(strstr(vram_last_error(), "file shrank while being read"));
+	/* Opening is vram_model_open's: the file is opened once, there; then
+	 * a file that ends before the size fstat gave: it shrank. */
+	check_io_errors("nope.gguf", "all_types");
 }
 END_TEST
 
@@ -259,7 +190,7 @@ START_TEST(test_reference)
 			ck_assert_uint_eq(t->nbytes, nb);
 			{
 				size_t len;
-				uint8_t *b = slurp(path, &len);
+				uint8_t *b = tf_slurp(path, &len);
 				ck_assert_uint_le(off + nb, len);
 				ck_assert_uint_eq(crc32_update(0, b + off, nb), crc);
 				free(b);
@@ -439,7 +370,7 @@ START_TEST(test_prefixes)
 {
 	char p[PATH_MAX];
 	size_t len;
-	uint8_t *b = slurp(fx(p, "valid", small[_i]), &len);
+	uint8_t *b = tf_slurp(fx(p, "valid", small[_i]), &len);
 	struct gguf_file g = { 0 };
 
 	/* the whole file from memory: as from the fd */
@@ -451,9 +382,7 @@ START_TEST(test_prefixes)
 	uint64_t need = last ? g.data_offset + last->offset + last->nbytes : g.info_end;
 	gguf_free(&g);
 	for (size_t n = 0; n < len; n++) {
-		/* a copy of exactly n bytes, so ASan sees any read past it */
-		uint8_t *c = malloc(n ? n : 1);
-		memcpy(c, b, n);
+		uint8_t *c = tf_cut(b, n);
 		s = src_mem(c, n, "mem");
 		int r = gguf_parse(&s, &g);
 		if (n >= need) {
@@ -473,19 +402,13 @@ START_TEST(test_mutations)
 {
 	char p[PATH_MAX];
 	size_t len;
-	uint8_t *b = slurp(fx(p, "valid", small[_i]), &len);
+	uint8_t *b = tf_slurp(fx(p, "valid", small[_i]), &len);
 	uint64_t x = 0x9e3779b97f4a7c15ull ^ (uint64_t)_i;
 	struct gguf_file g = { 0 };
 	unsigned ok = 0;
 
 	for (int k = 0; k < 3000; k++) {
-		uint8_t *c = malloc(len);
-		memcpy(c, b, len);
-		for (int m = 0; m < 1 + k % 3; m++) {
-			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-			size_t at = (size_t)(x % MIN(len, 2048)); /* the header's bytes */
-			c[at] = (uint8_t)(x >> 32);
-		}
+		uint8_t *c = tf_mutant(b, len, k, &x, 0, MIN(len, 2048)); /* the header's bytes */
 		struct src s = src_mem(c, len, "mem");
 		int r = gguf_parse(&s, &g);
 		if (r == 0) {
@@ -667,87 +590,30 @@ END_TEST
  * Fixtures and main
  * ====================================================================== */
 
-static int run(char *const argv[])
+static void add_tests(TCase *tc)
 {
-	int st;
-	pid_t pid = fork();
-
-	if (pid < 0)
-		return -1;
-	if (pid == 0) {
-		execv(argv[0], argv);
-		fprintf(stderr, "test-gguf: %s: %s\n", argv[0], strerror(errno));
-		_exit(127);
-	}
-	if (waitpid(pid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static Suite *suite(void)
-{
-	Suite *s = suite_create("gguf");
-	TCase *tc = tcase_create("reader");
-
-	tcase_set_timeout(tc, 120);
-	tcase_add_loop_test(tc, test_invalid, 0, (int)(sizeof(invalid) / sizeof(invalid[0])));
+	TF_ADD_LOOP(tc, test_invalid, invalid);
 	tcase_add_test(tc, test_io_errors);
 	tcase_add_test(tc, test_reference);
 	tcase_add_test(tc, test_types);
 	tcase_add_test(tc, test_metadata);
 	tcase_add_test(tc, test_layouts);
-	tcase_add_loop_test(tc, test_prefixes, 0, (int)(sizeof(small) / sizeof(small[0])));
-	tcase_add_loop_test(tc, test_mutations, 0, (int)(sizeof(small) / sizeof(small[0])));
+	TF_ADD_LOOP(tc, test_prefixes, small);
+	TF_ADD_LOOP(tc, test_mutations, small);
 	tcase_add_test(tc, test_model_tensors);
 	tcase_add_test(tc, test_model_components);
 	tcase_add_test(tc, test_model_invalid);
 	tcase_add_test(tc, test_model_short_padding);
-	suite_add_tcase(s, tc);
-	return s;
 }
 
 int main(void)
 {
-	const char *tmp = getenv("TMPDIR");
-	const char *py = getenv("VRAM_PYTHON");
-	const char *src = getenv("VRAM_SRCDIR");
-	char pybuf[PATH_MAX], gen[PATH_MAX];
-	SRunner *sr;
-	int failed, r;
+	struct tf_gen g;
+	int r = tf_prepare(&g, "test-gguf", "gen_gguf.py", NULL, fixdir, sizeof(fixdir));
 
-	if (!src || !*src)
-		src = ".";
-	if (!py || !*py) {
-		snprintf(pybuf, sizeof(pybuf), "%s/.venv/bin/python", src);
-		py = pybuf;
-	}
-	snprintf(gen, sizeof(gen), "%s/tests/gen_gguf.py", src);
-	if (access(py, X_OK) < 0 || access(gen, R_OK) < 0) {
-		printf("test-gguf: skipped: needs %s (set VRAM_PYTHON; `make deps` makes .venv) and %s, "
-		       "run from the repository root or set VRAM_SRCDIR\n", py, gen);
-		return 77;
-	}
-	snprintf(fixdir, sizeof(fixdir), "%s/test-gguf.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(fixdir)) {
-		fprintf(stderr, "test-gguf: mkdtemp %s: %s\n", fixdir, strerror(errno));
-		return 1;
-	}
-	r = run((char *const[]){ (char *)py, gen, fixdir, NULL });
-	if (r != 0) {
-		fprintf(stderr, "test-gguf: fixture generation failed (exit %d)\n", r);
-		nftw(fixdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-		return r == 127 ? 77 : 1;
-	}
-
-	sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	nftw(fixdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-	return failed ? 1 : 0;
+	if (r || (r = tf_generate(&g, "gen_gguf.py", (const char *const[]){ fixdir, NULL })))
+		return r;
+	r = tf_run("gguf", "reader", 120, add_tests);
+	tf_rmtree(fixdir);
+	return r ? 1 : 0;
 }

@@ -371,8 +371,15 @@ START_TEST(test_reclaim_mid_pass)
 	pass(&f, p);
 	struct vram_pager_stats st = { .struct_size = sizeof(st) };
 	vram_pager_stats(p, &st);
+	/* the mover copies the dropped layers to the donor after the answer */
+	for (int i = 0; i < 1000 && st.demoted == 0; i++) {
+		t_sleep_ms(5);
+		vram_pager_stats(p, &st);
+	}
+	ck_assert_uint_gt(st.dropped, 0);
 	ck_assert_uint_gt(st.demoted, 0);
 	ck_assert_uint_ge(st.reclaimed_bytes, 24 * MiB);
+	pass(&f, p); /* from the donor now */
 	vram_pager_free(p);
 	fx_stop(&f);
 }
@@ -540,7 +547,18 @@ START_TEST(test_reclaim_twice_at_once)
 	pthread_join(t1, NULL);
 	pthread_join(t2, NULL);
 	ck_assert_msg(o1.rc == 0, "first: %d %s", o1.rc, o1.err);
-	ck_assert_msg(o2.rc == 0, "second: %d %s", o2.rc, o2.err);
+	/* the second may be refused at once: what is left idle of the pager
+	 * (whole chunks) would take it below its fair share */
+	ck_assert_msg(o2.rc == 0 || (o2.rc == -ENOMEM && strstr(o2.err, "freed too little")), "second: %d %s", o2.rc,
+		      o2.err);
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(f.c, &s), 0);
+	for (uint32_t i = 0; i < s->nclients; i++)
+		if (!strcmp(s->clients[i].name, "pager-test")) {
+			ck_assert_uint_eq(s->clients[i].reclaims_answered, 2);
+			ck_assert_uint_eq(s->clients[i].reclaims_missed, 0);
+		}
+	vram_status_free(s);
 	pass(&f, p);
 	vram_close(o1.c);
 	vram_close(o2.c);

@@ -13,14 +13,12 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/cleanup.h"
@@ -28,6 +26,7 @@
 #include "runtime/reader.h"
 #include "runtime/torchzip.h"
 #include "runtime/vram.h"
+#include "tests/testlib-fixtures.h"
 
 static char fixdir[1024], marker[1100];
 
@@ -37,48 +36,7 @@ static const char *fx(char *buf, const char *sub, const char *name)
 	return buf;
 }
 
-static uint8_t *slurp(const char *path, size_t *ret_len)
-{
-	FILE *f = fopen(path, "rb");
-	uint8_t *b;
-	long n;
-
-	ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	b = malloc((size_t)n + 1);
-	ck_assert_ptr_nonnull(b);
-	ck_assert_uint_eq(fread(b, 1, (size_t)n, f), (size_t)n);
-	fclose(f);
-	*ret_len = (size_t)n;
-	return b;
-}
-
-/* Parses the file at path through an fd opened here, as vram_model_open
- * hands the model's fd to the reader. */
-static int parse_path(const char *path, struct torch_file *x)
-{
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	struct src s;
-
-	if (fd < 0)
-		return -errno;
-	ck_assert_int_eq(fstat(fd, &st), 0);
-	s = src_fd(fd, (uint64_t)st.st_size, path);
-	return torch_parse(&s, x);
-}
-
-static void parse_ok(const char *name, struct torch_file *t)
-{
-	char p[PATH_MAX];
-	int r;
-
-	memset(t, 0, sizeof(*t));
-	r = parse_path(fx(p, "valid", name), t);
-	ck_assert_msg(r == 0, "%s: %d %s", name, r, vram_last_error());
-}
+TF_DEFINE_PARSERS(struct torch_file, torch_parse, fx, fixdir)
 
 static const struct tz_tensor *named(const struct torch_file *t, const char *name)
 {
@@ -149,19 +107,12 @@ static const struct {
 START_TEST(test_refused)
 {
 	struct torch_file t = { 0 };
-	char p[PATH_MAX], prefix[PATH_MAX + 64];
-	const char *msg;
-	int r;
+	char p[PATH_MAX];
 
 	fx(p, refused[_i].sub, refused[_i].file);
-	r = parse_path(p, &t);
-	msg = vram_last_error();
-	ck_assert_msg(r == refused[_i].err, "%s: returned %d, want %d (%s)", refused[_i].file, r, refused[_i].err, msg);
+	tf_check_refusal(refused[_i].file, p, parse_path(p, &t), refused[_i].err, "PyTorch checkpoint",
+			 refused[_i].reason);
 	ck_assert_ptr_null(t.tensors);
-	snprintf(prefix, sizeof(prefix), "%s: %s PyTorch checkpoint: ", p, r == -ENOTSUP ? "unsupported" : "invalid");
-	ck_assert_msg(!strncmp(msg, prefix, strlen(prefix)), "%s: message \"%s\"", refused[_i].file, msg);
-	ck_assert_msg(strstr(msg + strlen(prefix), refused[_i].reason), "%s:\n  got  \"%s\"\n  want \"%s\"",
-		      refused[_i].file, msg + strlen(prefix), refused[_i].reason);
 	ck_assert_msg(access(marker, F_OK) < 0, "%s: the marker %s exists", refused[_i].file, marker);
 }
 END_TEST
@@ -206,7 +157,7 @@ START_TEST(test_reference)
 			ck_assert_int_eq(sscanf(line, "F %255s %255s", file, root), 2);
 			parse_ok(file, &t);
 			ck_assert_str_eq(t.sd.root, strcmp(root, "-") ? root : "");
-			bytes = slurp(fx(path, "valid", file), &len);
+			bytes = tf_slurp(fx(path, "valid", file), &len);
 			ti = 0;
 			nfiles++;
 		} else if (line[0] == 'T') {
@@ -294,27 +245,9 @@ END_TEST
 
 START_TEST(test_io_errors)
 {
-	struct torch_file x = { 0 };
-	vram_model *m = NULL;
-	char p[PATH_MAX];
-	struct stat st;
-	struct src s;
-	_cleanup_close_ int fd = -1;
-
-	/* Opening is vram_model_open's: the file is opened once, there. */
-	snprintf(p, sizeof(p), "%s/nope.pt", fixdir);
-	ck_assert_int_eq(vram_model_open(p, &m), -ENOENT);
-	ck_assert_int_eq(vram_model_open(fixdir, &m), -EISDIR);
-	ck_assert_int_eq(vram_model_open("/dev/null", &m), -EINVAL);
-	ck_assert_ptr_nonnull(strstr(vram_last_error(), "not a regular file"));
-	ck_assert_ptr_null(m);
-	/* A file that ends before the size fstat gave: it shrank. */
-	fd = open(fx(p, "valid", "flat"), O_RDONLY | O_CLOEXEC);
-	ck_assert_int_ge(fd, 0);
-	ck_assert_int_eq(fstat(fd, &st), 0);
-	s = src_fd(fd, (uint64_t)st.st_size + (1u << 20), p);
-	ck_assert_int_eq(torch_parse(&s, &x), -EIO);
-	ck_assert_ptr_nonnull(strstr(vram_last_error(), "file shrank while being read"));
+	/* Opening is vram_model_open's: the file is opened once, there; then
+	 * a file that ends before the size fstat gave: it shrank. */
+	check_io_errors("nope.pt", "flat");
 }
 END_TEST
 
@@ -336,7 +269,7 @@ START_TEST(test_prefixes)
 {
 	char p[PATH_MAX];
 	size_t len;
-	uint8_t *b = slurp(fx(p, "valid", small[_i]), &len);
+	uint8_t *b = tf_slurp(fx(p, "valid", small[_i]), &len);
 	struct torch_file t = { 0 };
 	struct src s = src_mem(b, len, "mem");
 
@@ -344,8 +277,7 @@ START_TEST(test_prefixes)
 	check_sane(&t, len);
 	torch_free(&t);
 	for (size_t n = 0; n < len; n++) {
-		uint8_t *c = malloc(n ? n : 1);
-		memcpy(c, b, n);
+		uint8_t *c = tf_cut(b, n);
 		s = src_mem(c, n, "mem");
 		int r = torch_parse(&s, &t);
 		ck_assert_msg(r == -EINVAL, "%s cut at %zu: %d %s", small[_i], n, r, vram_last_error());
@@ -355,35 +287,21 @@ START_TEST(test_prefixes)
 }
 END_TEST
 
-static uint64_t xs(uint64_t *x)
-{
-	*x ^= *x << 13;
-	*x ^= *x >> 7;
-	*x ^= *x << 17;
-	return *x;
-}
-
 /* Bytes anywhere in the zip (the pickle's CRC stops most changes there:
  * the pickle's own mutations follow). */
 START_TEST(test_zip_mutations)
 {
 	char p[PATH_MAX];
 	size_t len;
-	uint8_t *b = slurp(fx(p, "valid", small[_i]), &len);
+	uint8_t *b = tf_slurp(fx(p, "valid", small[_i]), &len);
 	uint64_t x = 0x2545f4914f6cdd1dull + (uint64_t)_i;
 	unsigned ok = 0;
 
 	for (int k = 0; k < 2000; k++) {
-		uint8_t *c = malloc(len);
+		/* half of them in the directory at the end */
+		size_t span = k % 2 ? MIN(len, 1500) : len;
+		uint8_t *c = tf_mutant(b, len, k, &x, len - span, span);
 		struct torch_file t = { 0 };
-		memcpy(c, b, len);
-		for (int m = 0; m < 1 + k % 3; m++) {
-			size_t at = xs(&x) % len;
-			/* half of them in the directory at the end */
-			if (k % 2)
-				at = len - 1 - xs(&x) % MIN(len, 1500);
-			c[at] = (uint8_t)xs(&x);
-		}
 		struct src s = src_mem(c, len, "mem");
 		int r = torch_parse(&s, &t);
 		if (r == 0) {
@@ -407,7 +325,7 @@ START_TEST(test_pickle_mutations)
 	char p[PATH_MAX];
 	struct torch_file t;
 	size_t len;
-	uint8_t *b = slurp(fx(p, "valid", small[_i]), &len), *pkl;
+	uint8_t *b = tf_slurp(fx(p, "valid", small[_i]), &len), *pkl;
 	uint64_t x = 0x9e3779b97f4a7c15ull ^ (uint64_t)_i, plen;
 	unsigned ok = 0;
 
@@ -416,11 +334,8 @@ START_TEST(test_pickle_mutations)
 	plen = t.pickle_size;
 	torch_free(&t);
 	for (int k = 0; k < 4000; k++) {
-		uint8_t *c = malloc(plen);
+		uint8_t *c = tf_mutant(pkl, plen, k, &x, 0, plen);
 		struct pk_state_dict sd = { 0 };
-		memcpy(c, pkl, plen);
-		for (int m = 0; m < 1 + k % 3; m++)
-			c[xs(&x) % plen] = (uint8_t)xs(&x);
 		int r = pk_load(c, plen, "mem", "data.pkl", &sd);
 		if (r == 0) {
 			ok++;
@@ -599,96 +514,37 @@ END_TEST
  * Fixtures and main
  * ====================================================================== */
 
-static int run(char *const argv[])
+static void add_tests(TCase *tc)
 {
-	int st;
-	pid_t pid = fork();
-
-	if (pid < 0)
-		return -1;
-	if (pid == 0) {
-		execv(argv[0], argv);
-		fprintf(stderr, "test-pytorch: %s: %s\n", argv[0], strerror(errno));
-		_exit(127);
-	}
-	if (waitpid(pid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static Suite *suite(void)
-{
-	Suite *s = suite_create("pytorch");
-	TCase *tc = tcase_create("reader");
-
-	tcase_set_timeout(tc, 120);
-	tcase_add_loop_test(tc, test_refused, 0, (int)(sizeof(refused) / sizeof(refused[0])));
+	TF_ADD_LOOP(tc, test_refused, refused);
 	tcase_add_test(tc, test_control);
 	tcase_add_test(tc, test_reference);
 	tcase_add_test(tc, test_details);
 	tcase_add_test(tc, test_io_errors);
-	tcase_add_loop_test(tc, test_prefixes, 0, (int)(sizeof(small) / sizeof(small[0])));
-	tcase_add_loop_test(tc, test_zip_mutations, 0, (int)(sizeof(small) / sizeof(small[0])));
-	tcase_add_loop_test(tc, test_pickle_mutations, 0, (int)(sizeof(small) / sizeof(small[0])));
+	TF_ADD_LOOP(tc, test_prefixes, small);
+	TF_ADD_LOOP(tc, test_zip_mutations, small);
+	TF_ADD_LOOP(tc, test_pickle_mutations, small);
 	tcase_add_test(tc, test_pickle_edges);
 	tcase_add_test(tc, test_pickle_tuple_keys);
 	tcase_add_test(tc, test_model);
 	tcase_add_test(tc, test_model_refused);
-	suite_add_tcase(s, tc);
-	return s;
 }
 
 int main(void)
 {
-	const char *tmp = getenv("TMPDIR");
-	const char *py = getenv("VRAM_PYTHON");
-	const char *src = getenv("VRAM_SRCDIR");
-	char pybuf[PATH_MAX], gen[PATH_MAX];
-	SRunner *sr;
-	int failed, r;
+	struct tf_gen g;
+	int failed, r = tf_prepare(&g, "test-pytorch", "gen_torch.py", "torch", fixdir, sizeof(fixdir));
 
-	if (!src || !*src)
-		src = ".";
-	if (!py || !*py) {
-		snprintf(pybuf, sizeof(pybuf), "%s/.venv/bin/python", src);
-		py = pybuf;
-	}
-	snprintf(gen, sizeof(gen), "%s/tests/gen_torch.py", src);
-	if (access(py, X_OK) < 0 || access(gen, R_OK) < 0) {
-		printf("test-pytorch: skipped: needs %s (set VRAM_PYTHON; `make deps` makes .venv) and %s, "
-		       "run from the repository root or set VRAM_SRCDIR\n", py, gen);
-		return 77;
-	}
-	if (run((char *const[]){ (char *)py, "-c", "import torch", NULL }) != 0) {
-		printf("test-pytorch: skipped: %s has no torch (`make deps` installs it)\n", py);
-		return 77;
-	}
-	snprintf(fixdir, sizeof(fixdir), "%s/test-pytorch.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(fixdir)) {
-		fprintf(stderr, "test-pytorch: mkdtemp %s: %s\n", fixdir, strerror(errno));
-		return 1;
-	}
+	if (r)
+		return r;
 	snprintf(marker, sizeof(marker), "%s/MARKER-code-ran", fixdir);
-	r = run((char *const[]){ (char *)py, gen, fixdir, marker, NULL });
-	if (r != 0) {
-		fprintf(stderr, "test-pytorch: fixture generation failed (exit %d)\n", r);
-		nftw(fixdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-		return r == 127 ? 77 : 1;
-	}
-
-	sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	if ((r = tf_generate(&g, "gen_torch.py", (const char *const[]){ fixdir, marker, NULL })))
+		return r;
+	failed = tf_run("pytorch", "reader", 120, add_tests);
 	if (access(marker, F_OK) == 0) {
 		fprintf(stderr, "test-pytorch: %s exists: a hostile pickle ran\n", marker);
 		failed++;
 	}
-	nftw(fixdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	tf_rmtree(fixdir);
 	return failed ? 1 : 0;
 }

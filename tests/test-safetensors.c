@@ -11,20 +11,19 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "runtime/dtype.h"
 #include "runtime/model.h"
 #include "runtime/vram.h"
+#include "tests/testlib-fixtures.h"
 
 static char fixdir[1024];
 
@@ -166,20 +165,12 @@ static const struct {
 
 START_TEST(test_invalid)
 {
-	char p[PATH_MAX], prefix[PATH_MAX + 32];
+	char p[PATH_MAX];
 	vram_model *m = (vram_model *)(uintptr_t)0x5a5a;
-	const char *msg;
-	int r;
 
 	fx(p, "invalid", invalid[_i].file);
-	r = vram_model_open(p, &m);
-	msg = vram_last_error();
-	ck_assert_msg(r == -EINVAL, "%s: returned %d (%s)", invalid[_i].file, r, msg);
+	tf_check_refusal(invalid[_i].file, p, vram_model_open(p, &m), -EINVAL, "safetensors", invalid[_i].reason);
 	ck_assert_ptr_eq(m, (vram_model *)(uintptr_t)0x5a5a); /* untouched on failure */
-	snprintf(prefix, sizeof(prefix), "%s: invalid safetensors: ", p);
-	ck_assert_msg(!strncmp(msg, prefix, strlen(prefix)), "%s: message \"%s\"", invalid[_i].file, msg);
-	ck_assert_msg(strstr(msg + strlen(prefix), invalid[_i].reason), "%s:\n  got  \"%s\"\n  want \"%s\"",
-		      invalid[_i].file, msg + strlen(prefix), invalid[_i].reason);
 }
 END_TEST
 
@@ -222,21 +213,7 @@ END_TEST
 
 START_TEST(test_io_errors)
 {
-	char p[PATH_MAX], want[PATH_MAX + 64];
-	vram_model *m = NULL;
-
-	snprintf(p, sizeof(p), "%s/does-not-exist.safetensors", fixdir);
-	ck_assert_int_eq(vram_model_open(p, &m), -ENOENT);
-	snprintf(want, sizeof(want), "%s: %s", p, strerror(ENOENT));
-	ck_assert_str_eq(vram_last_error(), want);
-	ck_assert_ptr_null(m);
-
-	ck_assert_int_eq(vram_model_open(fixdir, &m), -EISDIR);
-	ck_assert_int_eq(vram_model_open("/dev/null", &m), -EINVAL);
-	ck_assert_ptr_nonnull(strstr(vram_last_error(), "not a regular file"));
-	ck_assert_int_eq(vram_model_open(NULL, &m), -EINVAL);
-	ck_assert_int_eq(vram_model_open(p, NULL), -EINVAL);
-	ck_assert_ptr_null(m);
+	tf_check_open_errors(fixdir, "does-not-exist.safetensors");
 }
 END_TEST
 
@@ -895,39 +872,13 @@ END_TEST
  * Fixtures and main
  * ====================================================================== */
 
-static int run(char *const argv[])
+static void add_tests(TCase *tc)
 {
-	int st;
-	pid_t pid = fork();
-
-	if (pid < 0)
-		return -1;
-	if (pid == 0) {
-		execv(argv[0], argv);
-		fprintf(stderr, "test-safetensors: %s: %s\n", argv[0], strerror(errno));
-		_exit(127);
-	}
-	if (waitpid(pid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static Suite *suite(void)
-{
-	Suite *s = suite_create("safetensors");
-	TCase *tc = tcase_create("files");
-
-	tcase_set_timeout(tc, 60);
-	tcase_add_loop_test(tc, test_invalid, 0, (int)(sizeof(invalid) / sizeof(invalid[0])));
+	TF_ADD_LOOP(tc, test_invalid, invalid);
 	tcase_add_test(tc, test_invalid_exact_message);
 	tcase_add_test(tc, test_duplicate_field_messages);
 	tcase_add_test(tc, test_io_errors);
-	tcase_add_loop_test(tc, test_valid, 0, (int)(sizeof(valid) / sizeof(valid[0])));
+	TF_ADD_LOOP(tc, test_valid, valid);
 	tcase_add_test(tc, test_valid_details);
 	tcase_add_test(tc, test_reference_crosscheck);
 	tcase_add_test(tc, test_sdxl);
@@ -938,55 +889,25 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_api);
 	tcase_add_test(tc, test_fd);
 	tcase_add_test(tc, test_checkpoint);
-	suite_add_tcase(s, tc);
-	return s;
 }
 
 int main(void)
 {
-	const char *tmp = getenv("TMPDIR");
-	const char *py = getenv("VRAM_PYTHON");
-	const char *src = getenv("VRAM_SRCDIR");
-	char pybuf[PATH_MAX], gen[PATH_MAX], mk[PATH_MAX], out[PATH_MAX], ckdir[PATH_MAX];
-	SRunner *sr;
-	int failed, r;
+	struct tf_gen g;
+	char ckdir[PATH_MAX], out[PATH_MAX];
+	int r = tf_prepare(&g, "test-safetensors", "gen_fixtures.py", NULL, fixdir, sizeof(fixdir));
 
-	if (!src || !*src)
-		src = ".";
-	if (!py || !*py) {
-		snprintf(pybuf, sizeof(pybuf), "%s/.venv/bin/python", src);
-		py = pybuf;
-	}
-	snprintf(gen, sizeof(gen), "%s/tests/gen_fixtures.py", src);
-	snprintf(mk, sizeof(mk), "%s/tests/make_checkpoint.py", src);
-	if (access(py, X_OK) < 0 || access(gen, R_OK) < 0 || access(mk, R_OK) < 0) {
-		printf("test-safetensors: skipped: needs %s (set VRAM_PYTHON; `make deps` makes .venv) and %s, "
-		       "run from the repository root or set VRAM_SRCDIR\n", py, gen);
-		return 77;
-	}
-	snprintf(fixdir, sizeof(fixdir), "%s/test-safetensors.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(fixdir)) {
-		fprintf(stderr, "test-safetensors: mkdtemp %s: %s\n", fixdir, strerror(errno));
-		return 1;
-	}
-	r = run((char *const[]){ (char *)py, gen, fixdir, NULL });
-	if (r == 0) {
-		snprintf(ckdir, sizeof(ckdir), "%s/ckpt", fixdir);
-		mkdir(ckdir, 0755);
-		fx(out, "ckpt", "sdxl2500");
-		r = run((char *const[]){ (char *)py, mk, "--out", out, "--size", "8000000", "--tensors", "2500",
-					 "--seed", "7", "--verify", NULL });
-	}
-	if (r != 0) {
-		fprintf(stderr, "test-safetensors: fixture generation failed (exit %d)\n", r);
-		nftw(fixdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-		return r == 127 ? 77 : 1;
-	}
-
-	sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	nftw(fixdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-	return failed ? 1 : 0;
+	if (r || (r = tf_generate(&g, "gen_fixtures.py", (const char *const[]){ fixdir, NULL })))
+		return r;
+	snprintf(ckdir, sizeof(ckdir), "%s/ckpt", fixdir);
+	mkdir(ckdir, 0755);
+	fx(out, "ckpt", "sdxl2500");
+	r = tf_generate(&g, "make_checkpoint.py",
+			(const char *const[]){ "--out", out, "--size", "8000000", "--tensors", "2500", "--seed", "7",
+					       "--verify", NULL });
+	if (r)
+		return r;
+	r = tf_run("safetensors", "files", 60, add_tests);
+	tf_rmtree(fixdir);
+	return r ? 1 : 0;
 }

@@ -469,6 +469,70 @@ START_TEST(test_budget_and_eviction)
 }
 END_TEST
 
+/* Loads f->file shared by a plan of the whole UNet on cuda:0 (the seed
+ * node's inputs), made on the broker's devices as they are now; checks
+ * every tensor against the file; the load's stats in *st. */
+static void plan_load(const struct fx *f, vram_client **c, vram_model **m, vram_plan **p, vram_loaded **l,
+		      struct vram_load_stats *st)
+{
+	ck_assert_int_eq(vram_connect(f->b.sock, "instance", c), 0);
+	ck_assert_int_eq(vram_model_open(f->file, m), 0);
+	struct vram_plan_device devs[8];
+	uint32_t nd;
+	for (int i = 0; i < 8; i++)
+		devs[i].struct_size = sizeof(devs[i]);
+	ck_assert_int_eq(vram_plan_devices_from_client(*c, devs, 8, &nd), 0);
+	struct vram_plan_options o;
+	vram_plan_options_init(&o);
+	o.unet_compute_device = "cuda:0";
+	o.unet_virtual_vram_gb = 0;
+	ck_assert_msg(vram_plan_create(*m, &o, devs, nd, p) == 0, "%s", vram_last_error());
+	struct vram_load_options lo;
+	vram_load_options_init(&lo);
+	lo.flags = VRAM_LOAD_SHARED;
+	ck_assert_msg(vram_load(*c, *m, *p, 0, &lo, l) == 0, "%s", vram_last_error());
+	st->struct_size = sizeof(*st);
+	vram_loaded_stats(*l, st);
+	size_t flen;
+	_cleanup_free_ uint8_t *fb = t_read_file(f->file, &flen);
+	for (int i = 0; i < vram_model_tensor_count(*m); i++) {
+		struct vram_tensor_info ti = { .struct_size = sizeof(ti) };
+		vram_model_tensor(*m, (uint32_t)i, &ti);
+		ck_assert_msg(!memcmp(vram_loaded_tensor_host_ptr(*l, (uint32_t)i), fb + ti.file_offset, ti.nbytes),
+			      "%s differs", ti.name);
+	}
+}
+
+/* A second instance plans the model its first instance filled onto a GPU
+ * that cannot hold it twice (the whole UNet on cuda:0): the plan counts
+ * the shared copy as room (it was -ENOSPC), and the load maps the copy. */
+START_TEST(test_second_instance_plans_onto_full_gpu)
+{
+	struct fx f;
+	fx_start(&f, "100%", 40, 2048); /* ~160 MiB on a 256 MiB GPU */
+	vram_client *c[2];
+	vram_model *m[2];
+	vram_plan *p[2];
+	vram_loaded *l[2];
+	struct vram_load_stats st[2];
+	for (int k = 0; k < 2; k++)
+		plan_load(&f, &c[k], &m[k], &p[k], &l[k], &st[k]);
+	ck_assert_uint_gt(st[0].share_filled, 0);
+	ck_assert_uint_gt(st[1].share_hits, 0);
+	ck_assert_uint_eq(st[1].share_filled + st[1].share_waited + st[1].share_refused, 0);
+	struct vram_status *s = status_of(f.b.sock);
+	ck_assert_uint_lt(dev_of(s, "cuda:0")->used, 256 * MiB); /* one copy */
+	vram_status_free(s);
+	for (int k = 1; k >= 0; k--) {
+		vram_unload(l[k]);
+		vram_plan_free(p[k]);
+		vram_model_close(m[k]);
+		vram_close(c[k]);
+	}
+	fx_stop(&f);
+}
+END_TEST
+
 /* With no copy cached (d drops them all), starts a holder on a new pipe
  * in (its end in ha) that begins to fill; returns its pid. */
 static pid_t first_filler(struct holder_arg *ha, vram_client *d, int in[2])
@@ -604,6 +668,7 @@ int main(void)
 	TCase *tc = tcase_create("share");
 	tcase_add_test(tc, test_four_processes_one_copy);
 	tcase_add_test(tc, test_many_converted_tensors_shared);
+	tcase_add_test(tc, test_second_instance_plans_onto_full_gpu);
 	tcase_add_test(tc, test_read_only_and_private);
 	tcase_add_test(tc, test_file_changed_new_copy);
 	tcase_add_test(tc, test_no_access_no_copy);

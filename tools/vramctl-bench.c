@@ -13,12 +13,20 @@
  * advise + prefetch; CUDA compute devices only) instead: stall is then the
  * time spent in acquire as this tool measures it, and "paged" the donor
  * bytes acquired (what the driver migrates is its business).
+ *
+ * Sharing a device with other clients, it also reports what the broker
+ * says of this client after each pass (what it holds on the unet's compute
+ * device and its fair share there, averaged over the passes), the RECLAIMs
+ * it answered (the broker's answer times, p50/p99, and the pager's own
+ * longest), and how long the load took to get every grant.
  */
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/cleanup.h"
 #include "common/util.h"
@@ -89,12 +97,20 @@ static double memcpy_gbps(const vram_model *m, const vram_loaded *l, const vram_
 struct pass_result {
 	double wall, stall, resident_wall, gbps;
 	uint64_t paged;
+	uint64_t held, share;    /* on the unet's compute device, after the pass */
+};
+
+/* What the broker says of this client at the end (vram_get_status). */
+struct share_report {
+	bool have;
+	uint32_t answered, missed, p50_us, p99_us;
+	uint64_t asked, freed;
 };
 
 /* vramctl bench pager's arguments. */
 struct bench_args {
 	struct plan_args pa;
-	const char *file, *ready_file;
+	const char *file, *ready_file, *go_file;
 	uint64_t window;
 	unsigned passes, depth;
 	double ms_per_gb;
@@ -110,6 +126,9 @@ struct bench {
 	vram_loaded *l;
 	vram_pager *pg;          /* the explicit pager, or */
 	vram_uvm_pager *up;      /* the UVM one (--uvm) */
+	int dev;                 /* broker device of the unet's compute device, or -1 */
+	uint64_t load_t0;        /* when the load began */
+	uint64_t grants_ns;      /* from then to its first bytes: every grant allocated */
 	int nl;                  /* layers */
 	uint64_t *spin;          /* per layer: compute time, ns */
 	uint64_t *donor;         /* per layer: bytes paged (donor layers), else 0 */
@@ -158,6 +177,8 @@ static int bench_option(struct ctl *ctl, struct bench_args *ba, int *i)
 		}
 	} else if (!strcmp(a, "--ready-file")) {
 		ba->ready_file = v; /* written once loaded, before the passes */
+	} else if (!strcmp(a, "--go-file")) {
+		ba->go_file = v; /* the passes start once it exists */
 	} else if (!strcmp(a, "--prefetch-depth")) {
 		ba->depth = (unsigned)strtoul(v, &end, 10);
 		if (*end || ba->depth > 64) {
@@ -209,6 +230,15 @@ static int bench_args_parse(struct ctl *ctl, struct bench_args *ba)
 	return 0;
 }
 
+/* vram_load's progress: the first call marks every grant allocated. */
+static int load_progress(void *user, uint64_t done, uint64_t total)
+{
+	struct bench *b = user;
+	if (!b->grants_ns)
+		b->grants_ns = MAX(now_ns() - b->load_t0, 1);
+	return 0;
+}
+
 /* Opens FILE, plans, loads (reclaimable, for the explicit pager) and makes
  * the pager.  0, or the exit code with the message printed. */
 static int bench_setup(struct ctl *ctl, struct bench_args *ba, struct bench *b)
@@ -225,6 +255,11 @@ static int bench_setup(struct ctl *ctl, struct bench_args *ba, struct bench *b)
 	lo.flags = ba->uvm ? 0 : VRAM_LOAD_RECLAIMABLE; /* nothing pages a UVM pager's load itself */
 	lo.cast_to = ba->pa.opts.cast_to;
 	lo.cast_from = ba->pa.opts.cast_from;
+	lo.progress = load_progress;
+	lo.user = b;
+	int cd = vram_plan_compute_device(b->p, VRAM_COMP_UNET);
+	b->dev = cd < 0 ? -1 : vram_device_find(b->c, vram_plan_device_name(b->p, (uint32_t)cd));
+	b->load_t0 = now_ns();
 	struct vram_pager_options po;
 	vram_pager_options_init(&po);
 	po.window_bytes = ba->window;
@@ -264,6 +299,35 @@ static int bench_layers(const struct bench_args *ba, struct bench *b)
 		}
 	}
 	return 0;
+}
+
+/* This client's entry in the broker's status, into *ret_self (0), or
+ * -errno. */
+static int self_status(struct bench *b, struct vram_client_status *ret_self)
+{
+	struct vram_status *st;
+	int r = vram_get_status(b->c, &st);
+	if (r < 0)
+		return r;
+	r = -ENOENT;
+	for (uint32_t i = 0; i < st->nclients; i++)
+		if (st->clients[i].flags & VRAM_CLIENT_SELF) {
+			*ret_self = st->clients[i];
+			r = 0;
+		}
+	vram_status_free(st);
+	return r;
+}
+
+/* What this client holds on the unet's compute device and its fair share
+ * there, now (0, 0 when the broker does not say). */
+static void sample_share(struct bench *b, struct pass_result *res)
+{
+	struct vram_client_status me;
+	if (b->dev < 0 || b->dev >= 16 || self_status(b, &me) < 0)
+		return;
+	res->held = me.held_dev[b->dev];
+	res->share = me.share_dev[b->dev];
 }
 
 /* Pass k: every layer acquired in order, computed (spun), released; then
@@ -306,6 +370,8 @@ static int bench_pass(struct bench *b, unsigned k)
 		spin_ns(b->spin[li]);
 	uint64_t rwall = now_ns() - t1;
 	struct pass_result *res = &b->res[k];
+	if (b->pg)
+		sample_share(b, res);
 	res->wall = (double)wall / 1e9;
 	res->stall = (double)(s1.stall_ns - s0.stall_ns) / 1e9;
 	res->paged = s1.bytes_paged - s0.bytes_paged;
@@ -317,7 +383,10 @@ static int bench_pass(struct bench *b, unsigned k)
 /* The steady state: the passes after the first. */
 struct bench_summary {
 	double memcpy_gbps, best_gbps, stall_frac;
+	double stall_total;              /* all passes */
+	double held_avg, share_avg;      /* over the passes, bytes */
 	struct vram_pager_stats st;
+	struct share_report sh;
 };
 
 static void bench_report_json(const struct bench_args *ba, const struct bench *b, const struct bench_summary *sum)
@@ -347,6 +416,28 @@ static void bench_report_json(const struct bench_args *ba, const struct bench *b
 	json_object_set_new(root, "stall_fraction", json_real(sum->stall_frac));
 	json_object_set_new(root, "copy_thread_gbps",
 			    json_real(st->copy_ns ? (double)st->bytes_paged / (double)st->copy_ns : 0));
+	json_object_set_new(root, "stall_total_s", json_real(sum->stall_total));
+	json_object_set_new(root, "grants_s", json_real((double)b->grants_ns / 1e9));
+	json_object_set_new(root, "held_avg", json_integer((json_int_t)sum->held_avg));
+	json_object_set_new(root, "share_avg", json_integer((json_int_t)sum->share_avg));
+	json_object_set_new(root, "reclaims", json_integer((json_int_t)st->reclaims));
+	json_object_set_new(root, "reclaim_max_ms", json_real((double)st->reclaim_ns_max / 1e6));
+	json_object_set_new(root, "reclaim_avg_ms",
+			    json_real(st->reclaims ? (double)st->reclaim_ns / (double)st->reclaims / 1e6 : 0));
+	json_object_set_new(root, "dropped", json_integer((json_int_t)st->dropped));
+	json_object_set_new(root, "demoted", json_integer((json_int_t)st->demoted));
+	json_object_set_new(root, "promoted", json_integer((json_int_t)st->promoted));
+	json_object_set_new(root, "offers", json_integer((json_int_t)st->offers));
+	if (sum->sh.have) {
+		json_t *o = json_object();
+		json_object_set_new(o, "answered", json_integer(sum->sh.answered));
+		json_object_set_new(o, "missed", json_integer(sum->sh.missed));
+		json_object_set_new(o, "p50_ms", json_real(sum->sh.p50_us / 1e3));
+		json_object_set_new(o, "p99_ms", json_real(sum->sh.p99_us / 1e3));
+		json_object_set_new(o, "asked", json_integer((json_int_t)sum->sh.asked));
+		json_object_set_new(o, "freed", json_integer((json_int_t)sum->sh.freed));
+		json_object_set_new(root, "broker_reclaims", o);
+	}
 	json_object_set_new(root, "hits", json_integer((json_int_t)st->hits));
 	json_object_set_new(root, "late", json_integer((json_int_t)st->late));
 	json_object_set_new(root, "misses", json_integer((json_int_t)st->misses));
@@ -381,6 +472,44 @@ static void bench_report_text(const struct bench_args *ba, const struct bench *b
 	       sum->stall_frac * 100, (unsigned long long)st->hits, (unsigned long long)st->late,
 	       (unsigned long long)st->misses, (unsigned long long)st->prefetch_used,
 	       (unsigned long long)st->prefetches);
+	printf("load: every grant in %.3f s; stall in all passes %.3f s\n", (double)b->grants_ns / 1e9,
+	       sum->stall_total);
+	if (!st->reclaims && !st->offers && !sum->sh.have)
+		return;
+	char h[32], sh[32];
+	printf("sharing: held %s on average, fair share %s; %llu reclaims (longest %.2f ms), "
+	       "layers dropped %llu, demoted %llu, promoted %llu, %llu offers\n",
+	       ctl_size((uint64_t)sum->held_avg, h, sizeof(h)), ctl_size((uint64_t)sum->share_avg, sh, sizeof(sh)),
+	       (unsigned long long)st->reclaims, (double)st->reclaim_ns_max / 1e6, (unsigned long long)st->dropped,
+	       (unsigned long long)st->demoted, (unsigned long long)st->promoted, (unsigned long long)st->offers);
+	if (sum->sh.have)
+		printf("broker: RECLAIMs answered %u, missed %u, answer p50 %.2f ms, p99 %.2f ms\n", sum->sh.answered,
+		       sum->sh.missed, sum->sh.p50_us / 1e3, sum->sh.p99_us / 1e3);
+}
+
+/* The summary of the passes (the steady state: those after the first),
+ * and the broker's figures for this client. */
+static void bench_summarize(const struct bench_args *ba, struct bench *b, struct bench_summary *sum)
+{
+	double stall_sum = 0, wall_sum = 0;
+	for (unsigned k = ba->passes > 1 ? 1 : 0; k < ba->passes; k++) {
+		sum->best_gbps = MAX(sum->best_gbps, b->res[k].gbps);
+		stall_sum += b->res[k].stall;
+		wall_sum += b->res[k].wall;
+	}
+	sum->stall_frac = wall_sum > 0 ? stall_sum / wall_sum : 0;
+	for (unsigned k = 0; k < ba->passes; k++) {
+		sum->stall_total += b->res[k].stall;
+		sum->held_avg += (double)b->res[k].held / ba->passes;
+		sum->share_avg += (double)b->res[k].share / ba->passes;
+	}
+	struct vram_client_status me;
+	if (b->pg && self_status(b, &me) == 0) {
+		sum->sh = (struct share_report){ .have = true, .answered = me.reclaims_answered,
+						 .missed = me.reclaims_missed, .p50_us = me.reclaim_p50_us,
+						 .p99_us = me.reclaim_p99_us, .asked = me.reclaim_asked,
+						 .freed = me.reclaim_freed };
+	}
 }
 
 int cmd_bench(struct ctl *ctl)
@@ -400,18 +529,15 @@ int cmd_bench(struct ctl *ctl)
 		if (rf)
 			fclose(rf);
 	}
+	while (ba.go_file && access(ba.go_file, F_OK) != 0) {
+		struct timespec ts = { 0, 10000000L };
+		nanosleep(&ts, NULL);
+	}
 	for (unsigned k = 0; k < ba.passes && r == 0; k++)
 		r = bench_pass(&b, k);
 	if (b.pg)
 		vram_pager_stats(b.pg, &sum.st);
-
-	double stall_sum = 0, wall_sum = 0;
-	for (unsigned k = ba.passes > 1 ? 1 : 0; k < ba.passes; k++) {
-		sum.best_gbps = MAX(sum.best_gbps, b.res[k].gbps);
-		stall_sum += b.res[k].stall;
-		wall_sum += b.res[k].wall;
-	}
-	sum.stall_frac = wall_sum > 0 ? stall_sum / wall_sum : 0;
+	bench_summarize(&ba, &b, &sum);
 	if (ctl->json)
 		bench_report_json(&ba, &b, &sum);
 	else

@@ -766,9 +766,9 @@ static json_t *load_placement(vram_client *c, const vram_model *m, const vram_lo
 
 /* The summary of a load: JSON on stdout (into root, hashes last when
  * given; takes them), else one or two lines (on stderr when hashes took
- * stdout). */
+ * stdout).  open_s: the file's open and parse, prep_s: load_prepare(). */
 static void load_report(const struct load_args *la, vram_client *c, const vram_model *m, const vram_loaded *l,
-			double prep_s, json_t *root, json_t *hashes)
+			double open_s, double prep_s, json_t *root, json_t *hashes)
 {
 	struct vram_load_stats st = { .struct_size = sizeof(st) };
 	vram_loaded_stats(l, &st);
@@ -811,6 +811,7 @@ static void load_report(const struct load_args *la, vram_client *c, const vram_m
 	json_object_set_new(root, "io_mode", json_string(io_mode_name(st.io_mode_used)));
 	json_object_set_new(root, "grants", json_integer((json_int_t)st.grants));
 	json_object_set_new(root, "converted", json_integer((json_int_t)st.converted));
+	json_object_set_new(root, "open_seconds", json_real(open_s));
 	json_object_set_new(root, "prepare_seconds", json_real(prep_s));
 	if (la->lo.cast_to)
 		json_object_set_new(root, "cast_to", json_string(vram_dtype_name(la->lo.cast_to)));
@@ -833,7 +834,11 @@ int cmd_load(struct ctl *ctl)
 	int r = load_args_parse(ctl, &la);
 	if (r)
 		return r;
-	if ((r = open_model(la.file, &m)) != 0 || (r = ctl_connect(ctl, &c)) != 0)
+	uint64_t o0 = now_ns();
+	if ((r = open_model(la.file, &m)) != 0)
+		return r;
+	double open_s = (double)(now_ns() - o0) / 1e9;
+	if ((r = ctl_connect(ctl, &c)) != 0)
 		return r;
 	if (la.device) {
 		dev = vram_device_find(c, la.device);
@@ -861,7 +866,7 @@ int cmd_load(struct ctl *ctl)
 	json_t *hashes = root && la.hash ? json_object() : NULL;
 	if (la.hash)
 		r = load_hashes(m, l, hashes);
-	load_report(&la, c, m, l, prep_s, root, hashes);
+	load_report(&la, c, m, l, open_s, prep_s, root, hashes);
 	if (la.hold_ms) { /* demos and benchmarks: several processes holding one model */
 		fflush(stdout);
 		struct timespec ts = { la.hold_ms / 1000, (long)(la.hold_ms % 1000) * 1000000L };

@@ -169,7 +169,10 @@ class PagerStats(C.Structure):
                 ("acquires", u64), ("hits", u64), ("late", u64), ("misses", u64),
                 ("prefetches", u64), ("prefetch_used", u64), ("bytes_paged", u64),
                 ("copy_ns", u64), ("stall_ns", u64), ("passes", u64), ("demoted", u64),
-                ("dropped", u64), ("reclaimed_bytes", u64), ("order_learned", u32), ("pad", u32)]
+                ("dropped", u64), ("reclaimed_bytes", u64), ("order_learned", u32), ("pad", u32),
+                # 0.2
+                ("promoted", u64), ("reclaims", u64), ("reclaim_ns", u64), ("reclaim_ns_max", u64),
+                ("offers", u64)]
 
 
 # Every struct of vram.h, by its C name (the tests compare these sizes with

@@ -190,6 +190,18 @@ class Loaded(Owner):
             return "cpu"
         return cuda_device_for(d)
 
+    def torch_bytes(self, t, device=None):
+        """Tensor t's bytes as a flat torch uint8 tensor sharing the grant
+        (no copy), for dtypes torch has no type for (GGUF's quantised
+        blocks); the same rules as torch()."""
+        i = self._i(t)
+        dev = device or self.torch_device(i)
+        ptr = self.host_ptr(i) if dev == "cpu" else self.device_ptr(i)
+        nb = self.nbytes(i)
+        if not ptr and nb:
+            raise ValueError("vramd: %s has no address for %s" % (self.model.tensors[i].name, dev))
+        return T.torch_view(ptr, nb, "U8", (nb,), self._h, dev)
+
     def torch(self, t, device=None):
         """Tensor t as a torch tensor sharing the grant (no copy).  torch
         has no read-only tensors: one in a shared copy (shared(t)) must
@@ -258,6 +270,11 @@ class PagerStats:
     dropped: int
     reclaimed_bytes: int
     order_learned: bool
+    promoted: int = 0        # layers moved back to their compute device (OFFER)
+    reclaims: int = 0        # reclaims handled
+    reclaim_ns: int = 0      # time they took, in all
+    reclaim_ns_max: int = 0  # the longest
+    offers: int = 0          # OFFERs received
 
 
 class Pager(Owner):
@@ -336,7 +353,8 @@ class Pager(Owner):
         call("vram_pager_stats", self._ptr, C.byref(s))
         return PagerStats(s.window_slots, s.window_bytes, s.acquires, s.hits, s.late, s.misses, s.prefetches,
                           s.prefetch_used, s.bytes_paged, s.copy_ns, s.stall_ns, s.passes, s.demoted,
-                          s.dropped, s.reclaimed_bytes, bool(s.order_learned))
+                          s.dropped, s.reclaimed_bytes, bool(s.order_learned), s.promoted, s.reclaims,
+                          s.reclaim_ns, s.reclaim_ns_max, s.offers)
 
     def order(self):
         """The layer order prefetch follows now."""

@@ -3,26 +3,22 @@
 small SD1.5-shaped checkpoint loaded by ComfyUI's own CheckpointLoaderSimple
 and by "Load Checkpoint (vramd)" must give the same model classes, equal
 weights (values and dtypes) and equal UNet, CLIP and VAE outputs on the
-CPU.  With --bench, times both loaders instead (cold and warm, same file).
+CPU, and equal results with LoRAs and weight hooks applied (the node's
+weights are in a shared copy, read-only: an in-place write faults).
 
-    comfy_compare.py --comfyui DIR --socket SOCK --dir TMP [--bench] [--size-mb N]
-Prints OK (or the timings as JSON) on its last line.
+    comfy_compare.py --comfyui DIR --socket SOCK --dir TMP
+Prints OK on its last line.  comfy_bench.py times the two loaders.
 """
 import argparse
-import json
 import os
 import sys
-import time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--comfyui", required=True)
 ap.add_argument("--socket", required=True)
 ap.add_argument("--dir", required=True)
-ap.add_argument("--bench", action="store_true")
-ap.add_argument("--rounds", type=int, default=3)
 a = ap.parse_args()
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # ComfyUI reads its arguments at import: CPU, no downloads.
 sys.argv = [sys.argv[0], "--cpu", "--disable-known-models"]
 sys.path.insert(0, a.comfyui)
@@ -35,6 +31,8 @@ torch.set_grad_enabled(False)
 import comfy.model_management as mm  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.utils  # noqa: E402
+import comfy_checkpoints  # noqa: E402
+import harness  # noqa: E402 - the pack imported from this checkout
 
 try:
     from comfy.nodes.base_nodes import CheckpointLoaderSimple  # the pip-installable fork
@@ -42,49 +40,6 @@ try:
 except ImportError:
     from nodes import CheckpointLoaderSimple
     import folder_paths
-
-
-def sd15_checkpoint(path):
-    """A tiny SD1.5-shaped checkpoint: the UNet at SD1.5's widths (320
-    channels, context 768) but one level, one res block, one transformer
-    block; CLIP-L and the VAE at full size (ComfyUI builds those from fixed
-    configs); fp16, random, seeded.  Key names and shapes come from
-    ComfyUI's own modules built on the meta device."""
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from comfy import sd1_clip
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-    from safetensors.torch import save_file
-    import comfy.ops
-    ops = comfy.ops.disable_weight_init
-    unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1],
-                     channel_mult=[1], num_heads=8, transformer_depth=[1], transformer_depth_output=[1, 1],
-                     transformer_depth_middle=1, context_dim=768, use_spatial_transformer=True,
-                     use_linear_in_transformer=False, device="meta", operations=ops, dtype=torch.float16)
-    clip = sd1_clip.SDClipModel(device="meta", dtype=torch.float16)
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
-                "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-    with torch.device("meta"):
-        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
-    g = torch.Generator().manual_seed(7)
-    out = {}
-    for prefix, mod in (("model.diffusion_model.", unet), ("cond_stage_model.", clip),
-                        ("first_stage_model.", vae)):
-        for k, v in mod.state_dict().items():
-            if not v.is_floating_point() and "position_ids" not in k:
-                continue
-            name = prefix + k
-            if "position_ids" in k:
-                out[name] = torch.arange(v.shape[-1], dtype=torch.int64).reshape(v.shape)
-            elif k.endswith("norm.weight") or ".norm" in k and k.endswith(".weight") or "layer_norm" in k and k.endswith("weight"):
-                out[name] = (1 + 0.05 * torch.randn(v.shape, generator=g)).to(torch.float16)
-            else:
-                fan = max(1, v[0].numel()) if v.dim() > 1 else 16
-                out[name] = (torch.randn(v.shape, generator=g) / fan ** 0.5).to(torch.float16)
-    out.pop("cond_stage_model.logit_scale", None)
-    # SD1.5 files lack it; both loaders leave it as the module made it
-    out.pop("cond_stage_model.transformer.text_projection.weight", None)
-    save_file(out, path)
-    return path
 
 
 def comfy_load(name):
@@ -96,17 +51,6 @@ def vramd_load(pack, path):
     return node.load_checkpoint(path, unet_compute_device="cuda:0", unet_virtual_vram_gb=0.02,
                                 unet_donor_device="cpu", clip_compute_device="cpu", clip_virtual_vram_gb=0.0,
                                 clip_donor_device="cpu", vae_device="cuda:0", eject_models=False)
-
-
-def import_pack():
-    import importlib.util
-    d = os.path.join(ROOT, "comfyui")
-    spec = importlib.util.spec_from_file_location("vramd_comfyui_pack", os.path.join(d, "__init__.py"),
-                                                  submodule_search_locations=[d])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["vramd_comfyui_pack"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def compare(ours, theirs):
@@ -240,59 +184,26 @@ def compare_patches(ours, theirs):
     return len(lora) // 2, len(private)
 
 
-def drop_cache(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def main():
     ckdir = os.path.join(a.dir, "checkpoints")
     os.makedirs(ckdir, exist_ok=True)
     path = os.path.join(ckdir, "tiny-sd15.safetensors")
     if not os.path.exists(path):
-        sd15_checkpoint(path)
+        comfy_checkpoints.tiny(path)
     folder_paths.add_model_folder_path("checkpoints", ckdir)
-    pack = import_pack()
-    if not a.bench:
-        theirs = comfy_load("tiny-sd15.safetensors")
-        ours = vramd_load(pack, path)
-        n = compare(ours, theirs)
-        vm = ours[0].model._vramd
-        npatched, nprivate = compare_patches(ours, theirs)
-        print("LoRA and weight hooks on %d weights equal ComfyUI's; %d shared tensors made private for "
-              "in-place hook writes; %s" % (npatched, nprivate, vm.stats.share_text()))
-        donors = sum(1 for m in ours[0].model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False))
-        print("compared %d tensors, %d donor modules (comfy_cast_weights), %d bytes from the file"
-              % (n, donors, vm.model.data_size))
-        assert donors > 0, "the plan put no layer on the donor"
-        print("OK")
-        return
-    res = {"file_bytes": os.path.getsize(path), "rounds": a.rounds}
-    for label, fn in (("comfyui", lambda: comfy_load("tiny-sd15.safetensors")), ("vramd", lambda: vramd_load(pack, path))):
-        cold, warm = [], []
-        for _ in range(a.rounds):
-            drop_cache(path)
-            t0 = time.perf_counter()
-            out = fn()
-            cold.append(time.perf_counter() - t0)
-            del out
-            mm.unload_all_models()
-            import gc
-            gc.collect()
-            t0 = time.perf_counter()
-            out = fn()
-            warm.append(time.perf_counter() - t0)
-            del out
-            mm.unload_all_models()
-            gc.collect()
-        res[label] = {"cold_s": sorted(cold)[len(cold) // 2], "warm_s": sorted(warm)[len(warm) // 2]}
-    res["cold_speedup"] = res["comfyui"]["cold_s"] / res["vramd"]["cold_s"]
-    res["warm_speedup"] = res["comfyui"]["warm_s"] / res["vramd"]["warm_s"]
-    print(json.dumps(res))
+    pack = harness.import_pack()
+    theirs = comfy_load("tiny-sd15.safetensors")
+    ours = vramd_load(pack, path)
+    n = compare(ours, theirs)
+    vm = ours[0].model._vramd
+    donors = sum(1 for m in ours[0].model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False))
+    print("compared %d tensors, %d donor modules (comfy_cast_weights), %d bytes from the file"
+          % (n, donors, vm.model.data_size))
+    assert donors > 0, "the plan put no layer on the donor"
+    npatched, nprivate = compare_patches(ours, theirs)
+    print("LoRA and weight hooks on %d weights equal ComfyUI's; %d shared tensors made private for "
+          "in-place hook writes; %s" % (npatched, nprivate, vm.stats.share_text()))
+    print("OK")
 
 
 main()

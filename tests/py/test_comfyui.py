@@ -3,7 +3,9 @@
 its interpreter (default: COMFYUI_DIR/.venv/bin/python, else python3).
 comfy_compare.py, run there, loads a generated SD1.5-shaped checkpoint
 through ComfyUI's CheckpointLoaderSimple and through the vramd node and
-compares classes, weights and UNet/CLIP/VAE outputs on the CPU."""
+compares classes, weights and UNet/CLIP/VAE outputs on the CPU.  With
+COMFYUI_GGUF_DIR too (a ComfyUI-GGUF checkout), comfy_gguf_compare.py does
+the same for a quantised Flux-shaped GGUF against ComfyUI-GGUF's loader."""
 import os
 import subprocess
 import unittest
@@ -24,6 +26,25 @@ class RealComfyUI(unittest.TestCase):
             # Not from a folder holding a nodes.py: the fork re-executes then.
             r = subprocess.run([py, os.path.join(harness.ROOT, "tests", "py", "comfy_compare.py"), "--comfyui",
                                 COMFYUI, "--socket", b.socket, "--dir", b.dir], cwd=b.dir, env=env,
+                               capture_output=True, text=True, timeout=900)
+            out = r.stdout.strip().splitlines()
+            self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-3000:])
+            self.assertEqual(out[-1], "OK", r.stdout[-3000:])
+            print(out[-2])
+
+
+@unittest.skipUnless(COMFYUI and os.environ.get("COMFYUI_GGUF_DIR"),
+                     "COMFYUI_DIR and COMFYUI_GGUF_DIR are not both set (a ComfyUI checkout and a "
+                     "ComfyUI-GGUF checkout, city96/ComfyUI-GGUF, to compare against)")
+class RealComfyUIGGUF(unittest.TestCase):
+    def test_same_gguf_model_as_comfyui_ggufs_loader(self):
+        py = os.environ.get("COMFYUI_PYTHON") or os.path.join(COMFYUI, ".venv", "bin", "python")
+        if not os.path.exists(py):
+            py = "python3"
+        with harness.Broker(sim="1GiB", host="1GiB") as b:
+            r = subprocess.run([py, os.path.join(harness.ROOT, "tests", "py", "comfy_gguf_compare.py"),
+                                "--comfyui", COMFYUI, "--gguf-node", os.environ["COMFYUI_GGUF_DIR"],
+                                "--socket", b.socket, "--dir", b.dir], cwd=b.dir, env=dict(os.environ),
                                capture_output=True, text=True, timeout=900)
             out = r.stdout.strip().splitlines()
             self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-3000:])

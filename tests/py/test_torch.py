@@ -218,5 +218,119 @@ class TorchViews(unittest.TestCase):
         self.assertGreater(pager.stats().acquires, 0)
 
 
+def write_flux_gguf(path):
+    """A small GGUF diffusion model as city96's converter writes one: Flux's
+    key names without prefix, general.architecture "flux", quantised
+    weights (Q8_0, Q4_0, Q5_1, BF16) beside F32 biases and an F16 weight;
+    written with PyPI gguf's GGUFWriter."""
+    import gguf
+    import numpy as np
+    Q = gguf.GGMLQuantizationType
+    rng = np.random.default_rng(5)
+    w = gguf.GGUFWriter(path, "flux")
+    for name, shape, qt in (("double_blocks.0.img_attn.qkv.weight", (96, 64), Q.Q8_0),
+                            ("double_blocks.0.img_attn.qkv.bias", (96,), Q.F32),
+                            ("double_blocks.0.img_mlp.0.weight", (128, 64), Q.Q4_0),
+                            ("single_blocks.0.linear1.weight", (64, 256), Q.Q5_1),
+                            ("img_in.weight", (64, 64), Q.F16),
+                            ("final_layer.linear.weight", (64, 64), Q.BF16)):
+        a = rng.standard_normal(shape).astype(np.float32)
+        if qt == Q.F32:
+            w.add_tensor(name, a)
+        elif qt == Q.F16:
+            w.add_tensor(name, a.astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(a, qt), raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+class GgufNode(unittest.TestCase):
+    """Load Diffusion Model (vramd) on a quantised GGUF file: without
+    ComfyUI-GGUF, one clear message naming it; with it, the tensors as its
+    gguf_sd_loader makes them (GGMLTensor over the raw blocks).  ComfyUI-GGUF
+    needs ComfyUI, which CI has not: a stand-in with its GGMLTensor's
+    constructor takes its place here (ComfyUI-GGUF itself is not
+    installed), and ComfyUI's model build from that state dict is not run."""
+
+    def setUp(self):
+        self.broker = harness.Broker(sim="64MiB,64MiB")
+        os.environ["VRAMD_SOCKET"] = self.broker.socket
+        self.path = os.path.join(self.broker.dir, "flux-q8.gguf")
+        write_flux_gguf(self.path)
+        self.pack = harness.import_pack()
+
+    def tearDown(self):
+        self.pack.broker.reset()
+        gc.collect()
+        self.broker.stop()
+
+    def test_needs_comfyui_gguf(self):
+        loader = self.pack.loader
+        self.assertIsNone(loader.comfyui_gguf())
+        node = self.pack.NODE_CLASS_MAPPINGS["DiffusionModelLoaderVramd"]()
+        with self.assertRaises(RuntimeError) as cm:
+            node.load_unet(self.path, "default", compute_device="cuda:0", virtual_vram_gb=0.0)
+        msg = str(cm.exception)
+        for want in ("flux-q8.gguf", "ComfyUI-GGUF", "city96/ComfyUI-GGUF", "Q8_0 x1", "Q4_0 x1", "Q5_1 x1",
+                     "custom_nodes"):
+            self.assertIn(want, msg)
+        self.assertNotIn("BF16", msg)  # torch has that one
+        node = self.pack.NODE_CLASS_MAPPINGS["CheckpointLoaderVramd"]()
+        with self.assertRaises(RuntimeError) as cm:
+            node.load_checkpoint(self.path, "cuda:0", 0.0, "cpu", "cpu", 0.0, "cpu", "cuda:0", eject_models=False)
+        self.assertIn("Load Diffusion Model (vramd)", str(cm.exception))
+
+    def test_tensors_as_comfyui_gguf_makes_them(self):
+        import gguf
+        import sys
+        import types
+        loader = self.pack.loader
+
+        class StandInGGMLTensor(torch.Tensor):  # ComfyUI-GGUF's ops.GGMLTensor's constructor
+            def __new__(cls, *args, tensor_type, tensor_shape, patches=[], **kwargs):
+                return super().__new__(cls, *args, **kwargs)
+
+            def __init__(self, *args, tensor_type, tensor_shape, patches=[], **kwargs):
+                super().__init__()
+                self.tensor_type, self.tensor_shape, self.patches = tensor_type, tensor_shape, patches
+
+        ops = types.ModuleType("ComfyUI-GGUF.ops")
+        ops.GGMLTensor, ops.GGMLOps = StandInGGMLTensor, type("GGMLOps", (), {})
+        nodes = types.ModuleType("ComfyUI-GGUF.nodes")
+        nodes.GGUFModelPatcher = type("GGUFModelPatcher", (), {})
+        sys.modules.update({ops.__name__: ops, nodes.__name__: nodes})
+        try:
+            self.assertEqual(loader.comfyui_gguf(), (StandInGGMLTensor, ops.GGMLOps, nodes.GGUFModelPatcher))
+        finally:
+            del sys.modules[ops.__name__], sys.modules[nodes.__name__]
+        self.assertIsNone(loader.comfyui_gguf())
+
+        client = self.pack.broker.client()
+        model = vramd.open_model(self.path)
+        plan = client.plan(model, unet_compute_device="cuda:0", unet_virtual_vram_gb=0.0)
+        vm = loader.VramdModel(client, model, plan, loader.load_options())
+        sd = loader.gguf_state_dict(vm, StandInGGMLTensor, gguf.GGMLQuantizationType)
+        reader = gguf.GGUFReader(self.path)
+        self.assertEqual(sorted(sd), sorted(t.name for t in reader.tensors))
+        for rt in reader.tensors:
+            got = sd[rt.name]
+            i = model.tensor(rt.name).index
+            self.assertIsInstance(got, StandInGGMLTensor)
+            self.assertEqual(got.tensor_type, rt.tensor_type, rt.name)
+            self.assertEqual(got.tensor_shape, torch.Size(int(n) for n in reversed(rt.shape)), rt.name)
+            # gguf_sd_loader's tensor: torch.from_numpy(rt.data), F32/F16 viewed to the shape
+            want = torch.from_numpy(rt.data.copy())
+            if rt.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+                want = want.view(*got.tensor_shape)
+            self.assertEqual(got.dtype, want.dtype, rt.name)
+            self.assertEqual(tuple(got.size()), tuple(want.shape), rt.name)
+            self.assertTrue(torch.equal(torch.Tensor(got), want), rt.name)
+            self.assertEqual(got.data_ptr(), vm.loaded.host_ptr(i), rt.name)  # no copy
+        self.assertIn(vm.stats.share, ("filled", "hit"))
+
+
 if __name__ == "__main__":
     harness.run(__name__)
