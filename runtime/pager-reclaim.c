@@ -132,7 +132,9 @@ static uint64_t free_slot_grant(struct vram_pager *p, uint32_t si)
 
 /* The least recently used slot grant on dev of at most room bytes whose
  * slots are all idle and whose going leaves keep slots that hold need
- * bytes; -1 if none.  *ret_copying is set when one was passed over for a
+ * bytes, or none of whose slots holds need bytes (cut when the largest
+ * layer paged was smaller: keeping it does not make the window work);
+ * -1 if none.  *ret_copying is set when one was passed over for a
  * copy in flight. */
 static int pick_slot_grant(struct vram_pager *p, uint32_t dev, uint64_t need, uint32_t keep, uint64_t room,
 			   bool *ret_copying)
@@ -163,7 +165,7 @@ static int pick_slot_grant(struct vram_pager *p, uint32_t dev, uint64_t need, ui
 			*ret_copying = *ret_copying || copying;
 			continue;
 		}
-		if (fitting - fit < keep || vram_grant_size(s->grant) > room)
+		if ((fit && fitting - fit < keep) || vram_grant_size(s->grant) > room)
 			continue;
 		if (use < best_use) {
 			best = (int)i;
@@ -286,7 +288,13 @@ static bool better_piece(const struct piece *x, const struct piece *y, uint64_t 
 	return x->use < y->use;
 }
 
-/* The idle slot grants of dev as pieces, into best.  mu held. */
+/* The idle slot grants of dev as pieces, into best: those whose going
+ * leaves PAGER_MIN_SLOTS that fit the largest layer paged there, and
+ * those with no slot that fits it (a window whose slots were cut for
+ * smaller layers has fewer than that: they went back only with a fitting
+ * one to spare, never, and an idle client kept a window of six slots, two
+ * quarters of a shared device, answering every RECLAIM with 0 B).  mu
+ * held. */
 static void slot_pieces(struct vram_pager *p, uint32_t dev, uint64_t want, uint64_t room, struct piece *best,
 			bool *ret_copying)
 {
@@ -313,7 +321,7 @@ static void slot_pieces(struct vram_pager *p, uint32_t dev, uint64_t want, uint6
 			continue; /* a grant is looked at once */
 		*ret_copying = *ret_copying || (!idle && copying);
 		struct piece x = { (int)i, -1, vram_grant_size(s->grant), use };
-		if (idle && fitting - fit >= keep && better_piece(&x, best, want, room))
+		if (idle && (!fit || fitting - fit >= keep) && better_piece(&x, best, want, room))
 			*best = x;
 	}
 }
