@@ -751,6 +751,63 @@ START_TEST(test_split_layer_paged)
 }
 END_TEST
 
+/* A checkpoint whose unet layers grow by a slot step (2 MiB) each: 4, 6,
+ * ..., 14 MiB. */
+static void growing_checkpoint(struct tp_env *e)
+{
+	char cmd[2048];
+	snprintf(cmd, sizeof(cmd),
+		 "%s -c \"\n"
+		 "import numpy as np\n"
+		 "from safetensors.numpy import save_file\n"
+		 "r = np.random.default_rng(6)\n"
+		 "t = {}\n"
+		 "for i in range(6):\n"
+		 "  t[f'model.diffusion_model.input_blocks.{i}.0.weight'] = r.standard_normal((2048 + 1024 * i, 1024)).astype(np.float16)\n"
+		 "save_file(t, '%s', metadata={'format': 'pt'})\n\"",
+		 t_python(), e->file);
+	ck_assert_int_eq(t_run(cmd, NULL, 0), 0);
+	e->bytes = t_read_file(e->file, &e->len);
+	ck_assert_ptr_nonnull(e->bytes);
+}
+
+/* Slots are cut for the largest layer paged when a chunk is dropped: as
+ * larger layers are paged, the earlier slots stop fitting it and the
+ * window has fewer than two that do.  Those slots go back on RECLAIM all
+ * the same (they did not: an idle client kept a window of six slots and
+ * answered every RECLAIM with 0 B, issue 12's four clients), and the model
+ * keeps running, right bytes. */
+START_TEST(test_window_cut_for_smaller_layers)
+{
+	static const char *const args[] = { "--sim-gpus", "128MiB", "--host-pool", "256MiB", "--no-cuda", NULL };
+	struct tp_env e;
+	tp_env_start(&e, args);
+	growing_checkpoint(&e);
+	struct tp_model t;
+	ck_assert_msg(tp_model_open(&t, &e, "growing", 0, "cuda:0,100%", 0) == 0, "%s", vram_last_error());
+	tp_pass(&e, &t); /* the smallest layer is the least recently used */
+	/* the chunks turn window slots one by one, each cut for a larger
+	 * layer than the one before */
+	uint64_t freed = 0;
+	for (int k = 0; k < 4 && !freed; k++)
+		freed = vram_pager_reclaim(t.p, 0, 1);
+	ck_assert_uint_gt(freed, 0);
+	vram_pager_reclaim(t.p, 0, 1ull << 40);
+	struct vram_pager_stats st = { .struct_size = sizeof(st) };
+	ck_assert_int_eq(vram_pager_stats(t.p, &st), 0);
+	ck_assert_msg(st.window_bytes <= 2 * 14 * MiB, "window of %u slots, %llu bytes, kept", st.window_slots,
+		      (unsigned long long)st.window_bytes);
+	tp_pass(&e, &t);
+	tp_pass(&e, &t);
+	tp_model_close(&t);
+	vram_client *o;
+	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
+	tp_wait_empty(o);
+	vram_close(o);
+	tp_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("busy");
@@ -767,6 +824,7 @@ int main(void)
 	tcase_add_test(tc, test_floors_and_ceilings);
 	tcase_add_test(tc, test_shared_copies_paged);
 	tcase_add_test(tc, test_split_layer_paged);
+	tcase_add_test(tc, test_window_cut_for_smaller_layers);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
