@@ -318,11 +318,25 @@ static bool was_asked(const struct pending *pd, const struct client *x)
 	return false;
 }
 
-/* The other clients that can give memory back on p for pd, and how much
- * each: what they hold above their fair share (fair_update first), within
- * what they may be asked for (reclaimable, above their floor); not those
- * asked for pd already.  Largest first: fewest clients disturbed.  Returns
- * how many, their sum in *ret_total. */
+/* Half the largest reclaimable grant x holds on p, and a byte: an ask of
+ * that much is answered with any one grant of x's there (the pager frees a
+ * grant past what is asked when it is less than twice what is missing). */
+static uint64_t half_grant(const struct client *x, const struct pool *p)
+{
+	uint64_t m = 0;
+	for (const struct grant *g = x->grants; g; g = g->next)
+		if (g->pool == p && (g->flags & VRAMD_ALLOC_RECLAIMABLE))
+			m = MAX(m, g->size);
+	return m ? m / 2 + 1 : 0;
+}
+
+/* The other clients above their fair share on p that can give memory back
+ * for pd, and how much each: what they hold above it (fair_update first),
+ * or when pd->whole, at least half their largest reclaimable grant there
+ * (whole grants: their excesses may each be less than any grant of
+ * theirs), within what they may be asked for (reclaimable, above their
+ * floor); not those asked for pd already.  Largest excess first: fewest
+ * clients disturbed.  Returns how many, their sum in *ret_total. */
 static int reclaim_candidates(struct broker *b, const struct pending *pd, const struct pool *p,
 			      struct reclaim_cand *cand, uint64_t *ret_total)
 {
@@ -336,7 +350,7 @@ static int reclaim_candidates(struct broker *b, const struct pending *pd, const 
 		uint64_t xroom = MIN(excess, reclaim_room(b, x, p));
 		if (xroom) {
 			cand[n++] = (struct reclaim_cand){ x, xroom };
-			*ret_total += xroom;
+			*ret_total += pd->whole ? MIN(MAX(excess, half_grant(x, p)), reclaim_room(b, x, p)) : xroom;
 		}
 	}
 	qsort(cand, n, sizeof(*cand), cmp_room_desc);
@@ -356,8 +370,10 @@ static uint64_t pending_shortfall(struct broker *b, const struct pending *pd)
 	return pd->size > avail ? pd->size - avail : 0;
 }
 
-/* Sends RECLAIMs for pd's shortfall to the clients above their share.
- * Returns false when they cannot give enough (nobody is asked then). */
+/* Sends RECLAIMs for pd's shortfall to the clients above their share, each
+ * for at most its excess; when pd->whole, each for at least half its
+ * largest reclaimable grant (within its floor).  Returns false when they
+ * cannot give enough (nobody is asked then). */
 static bool ask_for(struct broker *b, struct pending *pd, uint64_t shortfall)
 {
 	struct pool *p = b->pools[pd->req.device];
@@ -373,18 +389,36 @@ static bool ask_for(struct broker *b, struct pending *pd, uint64_t shortfall)
 	for (int i = 0; i < ncand && left && pd->nasked < ASKED_MAX; i++) {
 		struct client *x = cand[i].x;
 		uint64_t ask = MIN(left, cand[i].room);
+		if (pd->whole)
+			ask = MIN(MAX(ask, half_grant(x, p)), reclaim_room(b, x, p));
 		if (send_reclaim(b, x, p->index, ask, pd->id, pd->deadline_ns) < 0)
 			continue;
 		char s1[32];
-		broker_log(1, CLIENT_FMT ": RECLAIM %s on %s for client %u", CLIENT_ARGS(x),
-			   size_format(ask, s1, sizeof(s1)), p->name, pd->c->id);
+		broker_log(1, CLIENT_FMT ": RECLAIM %s on %s for client %u%s", CLIENT_ARGS(x),
+			   size_format(ask, s1, sizeof(s1)), p->name, pd->c->id, pd->whole ? " (whole grants)" : "");
 		x->reclaim_asked += ask;
 		pd->asked_ids[pd->nasked++] = x->id;
 		pd->waiting++;
 		pd->asked += ask;
-		left -= ask;
+		left -= MIN(left, ask);
 	}
 	return pd->waiting > 0;
+}
+
+/* ask_for, and when the excesses asked for cannot give enough (or gave too
+ * little: every client asked has answered), once more for whole grants,
+ * asking again those asked already: a newcomer gets its window although
+ * each holder's excess is less than any grant it could give.  A holder
+ * ends below its share by less than one of its grants. */
+static bool ask_for_whole(struct broker *b, struct pending *pd, uint64_t shortfall)
+{
+	if (ask_for(b, pd, shortfall))
+		return true;
+	if (pd->whole)
+		return false;
+	pd->whole = true;
+	pd->nasked = 0; /* nobody's answer is awaited: they may be asked again */
+	return ask_for(b, pd, shortfall);
 }
 
 /* An ALLOC that does not fit: unless it would take c past its fair share,
@@ -417,7 +451,7 @@ static int start_reclaim(struct broker *b, struct client *c, const struct vramd_
 	while (*pp)
 		pp = &(*pp)->next;
 	*pp = pd;
-	if (!ask_for(b, pd, pending_shortfall(b, pd))) {
+	if (!ask_for_whole(b, pd, pending_shortfall(b, pd))) {
 		snprintf(why, len, "%s: %s asked, %s free of %s, and the clients above their fair share can give back "
 			 "less", p->name, size_format(size, s1, sizeof(s1)), size_format(pool_room(p), s2, sizeof(s2)),
 			 size_format(p->total, s3, sizeof(s3)));
@@ -457,7 +491,7 @@ void handle_reclaim_done(struct broker *b, struct client *c, const struct vramd_
 			 * than after the deadline. */
 			uint64_t shortfall = pending_shortfall(b, pd);
 			if (shortfall)
-				ask_for(b, pd, shortfall);
+				ask_for_whole(b, pd, shortfall);
 		}
 		alloc_settle(b, "the clients asked to reclaim freed too little");
 		return;

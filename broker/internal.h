@@ -69,6 +69,7 @@ struct pending {
 	uint64_t asked;          /* bytes asked for */
 	uint32_t asked_ids[ASKED_MAX]; /* the clients asked (a short answer asks others) */
 	uint32_t nasked;
+	bool whole;              /* asking for whole grants now (alloc.c, ask_for) */
 	struct pending *next;
 };
 

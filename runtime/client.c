@@ -244,6 +244,13 @@ static int reconnect(struct vram_client *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
+	/* What the old broker asked or offered is void: the new one has
+	 * other reclaim ids and its own view of who holds what.  Cleared
+	 * now, not once the grants are registered: the new broker may ask
+	 * (RECLAIM) as soon as it accounts them, while the replies to the
+	 * rest are read, and that ask must be answered. */
+	c->npending = 0;
+	memset(c->offered, 0, sizeof(c->offered));
 	uint64_t t0 = now_ns();
 	for (;;) {
 		int fd = connect_socket(c->socket);
@@ -296,10 +303,6 @@ static int reconnect(struct vram_client *c)
 	int r = redeclare_demands(c);
 	if (r < 0 && !first_err)
 		first_err = r;
-	/* What the old broker asked or offered is void: the new one has
-	 * other reclaim ids and its own view of who holds what. */
-	c->npending = 0;
-	memset(c->offered, 0, sizeof(c->offered));
 	c->reconnects++;
 	return first_err;
 }

@@ -132,7 +132,9 @@ static uint64_t free_slot_grant(struct vram_pager *p, uint32_t si)
 
 /* The least recently used slot grant on dev of at most room bytes whose
  * slots are all idle and whose going leaves keep slots that hold need
- * bytes; -1 if none.  *ret_copying is set when one was passed over for a
+ * bytes, or none of whose slots holds need bytes (cut when the largest
+ * layer paged was smaller: keeping it does not make the window work);
+ * -1 if none.  *ret_copying is set when one was passed over for a
  * copy in flight. */
 static int pick_slot_grant(struct vram_pager *p, uint32_t dev, uint64_t need, uint32_t keep, uint64_t room,
 			   bool *ret_copying)
@@ -163,7 +165,7 @@ static int pick_slot_grant(struct vram_pager *p, uint32_t dev, uint64_t need, ui
 			*ret_copying = *ret_copying || copying;
 			continue;
 		}
-		if (fitting - fit < keep || vram_grant_size(s->grant) > room)
+		if ((fit && fitting - fit < keep) || vram_grant_size(s->grant) > room)
 			continue;
 		if (use < best_use) {
 			best = (int)i;
@@ -256,10 +258,12 @@ struct piece {
 
 /* Its class for want bytes with room bytes allowed: 0 fits in want, 1
  * frees nothing (a chunk turned window: the way to the others when there
- * is no window), 2 frees more than want but within room, 3 none. */
+ * is no window), 2 frees more than want but within room, or past room but
+ * less than twice want (memory goes in whole grants: freeing it leaves the
+ * client nearer the ask than freeing nothing), 3 none. */
 static int piece_class(const struct piece *x, uint64_t want, uint64_t room)
 {
-	if (x->size > room)
+	if (x->size > room && x->size / 2 >= want)
 		return 3;
 	if (!x->size)
 		return 1;
@@ -284,7 +288,13 @@ static bool better_piece(const struct piece *x, const struct piece *y, uint64_t 
 	return x->use < y->use;
 }
 
-/* The idle slot grants of dev as pieces, into best.  mu held. */
+/* The idle slot grants of dev as pieces, into best: those whose going
+ * leaves PAGER_MIN_SLOTS that fit the largest layer paged there, and
+ * those with no slot that fits it (a window whose slots were cut for
+ * smaller layers has fewer than that: they went back only with a fitting
+ * one to spare, never, and an idle client kept a window of six slots, two
+ * quarters of a shared device, answering every RECLAIM with 0 B).  mu
+ * held. */
 static void slot_pieces(struct vram_pager *p, uint32_t dev, uint64_t want, uint64_t room, struct piece *best,
 			bool *ret_copying)
 {
@@ -311,7 +321,7 @@ static void slot_pieces(struct vram_pager *p, uint32_t dev, uint64_t want, uint6
 			continue; /* a grant is looked at once */
 		*ret_copying = *ret_copying || (!idle && copying);
 		struct piece x = { (int)i, -1, vram_grant_size(s->grant), use };
-		if (idle && fitting - fit >= keep && better_piece(&x, best, want, room))
+		if (idle && (!fit || fitting - fit >= keep) && better_piece(&x, best, want, room))
 			*best = x;
 	}
 }
@@ -511,40 +521,18 @@ uint64_t vram_pager_reclaim(vram_pager *p, uint32_t dev, uint64_t bytes)
 	return pager_reclaim(p, dev, bytes, UINT64_MAX, COPY_WAIT_NS);
 }
 
-/* What this client holds on dev above its fair share there, as the broker
- * says now (UINT64_MAX when it does not say). */
-static uint64_t above_share(struct vram_pager *p, uint32_t dev)
-{
-	struct vram_status *st;
-	uint64_t r = UINT64_MAX;
-	if (dev >= 16 || vram_get_status(p->c, &st) < 0) {
-		rt_error_clear();
-		return r;
-	}
-	for (uint32_t i = 0; i < st->nclients; i++) {
-		const struct vram_client_status *cs = &st->clients[i];
-		if ((cs->flags & VRAM_CLIENT_SELF) && cs->share_dev[dev])
-			r = cs->held_dev[dev] > cs->share_dev[dev] ? cs->held_dev[dev] - cs->share_dev[dev] : 0;
-	}
-	vram_status_free(st);
-	return r;
-}
-
-/* RECLAIM: what was asked, in whole grants, the least beyond it, and never
- * so much that the client ends below its fair share (the broker asks only
- * clients above theirs, for at most the excess; a floor is never above the
- * share, so it holds too): beyond what was asked only within the excess
- * the status shows.  When no grant fits that, less than asked: the
- * broker then asks the others. */
+/* RECLAIM: what was asked, in whole grants, the least beyond it: past
+ * the ask only by a grant that leaves the client nearer the ask than
+ * without it (less than twice what is still missing).  The broker asks
+ * only clients above their fair share, for at most the excess, or, when
+ * such asks freed too little, for half a grant of theirs (broker/alloc.c):
+ * a client ends below its share by less than one of its grants.  When no
+ * grant fits that, less than asked: the broker then asks the others. */
 uint64_t pager_on_reclaim(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms)
 {
 	struct vram_pager *p = user;
 	uint64_t wait = MIN(deadline_ms * 1000000ull / 4, COPY_WAIT_NS);
-	/* The broker asked for at most its own figure of the excess: that
-	 * much may always go, even when the status read here (computed
-	 * without the asker's parked request) shows none. */
-	uint64_t cap = above_share(p, device);
-	return pager_reclaim(p, device, bytes, MAX(cap, bytes), wait);
+	return pager_reclaim(p, device, bytes, bytes, wait);
 }
 
 /* ---- offers and demand -------------------------------------------------- */

@@ -169,9 +169,10 @@ uint32_t pager_slots_fitting(const struct vram_pager *p, uint32_t dev, uint64_t 
 
 /* ---- pager-reclaim.c ---------------------------------------------------- */
 
-/* Gives back up to bytes on dev at once (pager-reclaim.c has the order),
- * freeing no more than cap in all (memory goes in whole grants); waits at
- * most wait_ns for a copy in flight.  Returns bytes freed. */
+/* Gives back bytes on dev at once (pager-reclaim.c has the order), in
+ * whole grants: no more than cap in all, except by a last grant smaller
+ * than twice what is still missing; waits at most wait_ns for a copy in
+ * flight.  Returns bytes freed. */
 uint64_t pager_reclaim(struct vram_pager *p, uint32_t dev, uint64_t bytes, uint64_t cap, uint64_t wait_ns);
 /* Wakes the mover: an offer came, a chunk was dropped, the window
  * changed.  mu held. */

@@ -83,7 +83,10 @@ static struct vram_client_status client_status(vram_client *o, const char *name)
 
 /* ---- issue 12, scaled down ----------------------------------------------- */
 
-static pid_t spawn_bench(const struct tp_env *e, const char *ready, const char *out)
+/* `vramctl bench pager` over e's checkpoint with its UNet wholly on the
+ * GPU, 4 passes, output (stdout and stderr) to out; the passes start once
+ * go exists (NULL: at once). */
+static pid_t spawn_bench_go(const struct tp_env *e, const char *ready, const char *go, const char *out)
 {
 	char prog[512];
 	snprintf(prog, sizeof(prog), "%s/bin/vramctl", t_build());
@@ -94,11 +97,40 @@ static pid_t spawn_bench(const struct tp_env *e, const char *ready, const char *
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
-		execl(prog, prog, "--socket", e->sock, "bench", "pager", e->file, "--unet-expert-mode-allocations",
-		      "cuda:0,100%", "--passes", "4", "--compute-ms-per-gb", "5000", "--ready-file", ready, (char *)NULL);
+		const char *argv[] = { prog, "--socket", e->sock, "bench", "pager", e->file,
+				       "--unet-expert-mode-allocations", "cuda:0,100%", "--passes", "4",
+				       "--compute-ms-per-gb", "5000", "--ready-file", ready,
+				       go ? "--go-file" : NULL, go, NULL };
+		execv(prog, (char *const *)argv);
 		_exit(127);
 	}
 	return pid;
+}
+
+static pid_t spawn_bench(const struct tp_env *e, const char *ready, const char *out)
+{
+	return spawn_bench_go(e, ready, NULL, out);
+}
+
+/* Whether child pid has exited (it is not reaped). */
+static bool exited(pid_t pid)
+{
+	siginfo_t si = { 0 };
+	return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid;
+}
+
+/* Waits for client pid; asserts it exited 0, naming it and quoting the
+ * end of its output otherwise. */
+static void bench_wait_ok(pid_t pid, const char *who, const char *out)
+{
+	int st;
+	char cmd[1400], txt[4096] = "";
+	waitpid(pid, &st, 0);
+	if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+		snprintf(cmd, sizeof(cmd), "tail -c 2000 %s", out);
+		t_run(cmd, txt, sizeof(txt));
+	}
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: %s", who, txt);
 }
 
 /* Two clients, each with its UNet wholly resident on a GPU too small for
@@ -139,6 +171,49 @@ START_TEST(test_two_busy_instances)
 	}
 	ck_assert_msg(WIFEXITED(sa) && WEXITSTATUS(sa) == 0, "first client: %s", txt);
 	ck_assert_int_ge(tp_log_count(&e, "RECLAIM answered"), 1);
+	ck_assert_int_eq(tp_log_count(&e, "ignored RECLAIM"), 0);
+	vram_client *o;
+	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
+	tp_wait_empty(o);
+	vram_close(o);
+	tp_env_stop(&e);
+}
+END_TEST
+
+/* Issue 12's four-client scenario scaled down (make bench, busy part 2):
+ * four `vramctl bench pager` processes on a GPU smaller than any two of
+ * their models (a 48 MiB checkpoint, ~38 MiB of it on the GPU, 57 MiB of
+ * GPU: a quarter each is 14.25 MiB, a window of two slots for the largest
+ * layer 12 MiB), each loaded after the one before is ready, then all busy
+ * at once.  Every newcomer gets its window (the holders above their fair
+ * share give back whole chunks although each one's excess is smaller
+ * than a chunk), all finish every pass, nothing is accounted after. */
+START_TEST(test_four_busy_instances)
+{
+	static const char *const args[] = { "--sim-gpus", "57MiB", "--host-pool", "288MiB", "--no-cuda", "-v",
+					    "--reclaim-deadline-ms", "10000", NULL };
+	struct tp_env e;
+	char cmd[1024], go[320], ready[4][320], out[4][320], who[32];
+	pid_t kid[4];
+	tp_env_start(&e, args);
+	snprintf(cmd, sizeof(cmd), "%s tests/make_checkpoint.py --out %s --size %d --seed 12 >/dev/null",
+		 t_python(), e.file, 48 << 20);
+	ck_assert_int_eq(t_run(cmd, NULL, 0), 0);
+	snprintf(go, sizeof(go), "%s/go", e.dir);
+	for (int i = 0; i < 4; i++) {
+		snprintf(ready[i], sizeof(ready[i]), "%s/c%d.ready", e.dir, i + 1);
+		snprintf(out[i], sizeof(out[i]), "%s/c%d.out", e.dir, i + 1);
+		kid[i] = spawn_bench_go(&e, ready[i], go, out[i]);
+		for (int k = 0; k < 3000 && access(ready[i], F_OK) != 0 && !exited(kid[i]); k++)
+			t_sleep_ms(10);
+	}
+	int fd = open(go, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	for (int i = 0; i < 4; i++) {
+		snprintf(who, sizeof(who), "client %d", i + 1);
+		bench_wait_ok(kid[i], who, out[i]);
+	}
 	ck_assert_int_eq(tp_log_count(&e, "ignored RECLAIM"), 0);
 	vram_client *o;
 	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
@@ -676,12 +751,70 @@ START_TEST(test_split_layer_paged)
 }
 END_TEST
 
+/* A checkpoint whose unet layers grow by a slot step (2 MiB) each: 4, 6,
+ * ..., 14 MiB. */
+static void growing_checkpoint(struct tp_env *e)
+{
+	char cmd[2048];
+	snprintf(cmd, sizeof(cmd),
+		 "%s -c \"\n"
+		 "import numpy as np\n"
+		 "from safetensors.numpy import save_file\n"
+		 "r = np.random.default_rng(6)\n"
+		 "t = {}\n"
+		 "for i in range(6):\n"
+		 "  t[f'model.diffusion_model.input_blocks.{i}.0.weight'] = r.standard_normal((2048 + 1024 * i, 1024)).astype(np.float16)\n"
+		 "save_file(t, '%s', metadata={'format': 'pt'})\n\"",
+		 t_python(), e->file);
+	ck_assert_int_eq(t_run(cmd, NULL, 0), 0);
+	e->bytes = t_read_file(e->file, &e->len);
+	ck_assert_ptr_nonnull(e->bytes);
+}
+
+/* Slots are cut for the largest layer paged when a chunk is dropped: as
+ * larger layers are paged, the earlier slots stop fitting it and the
+ * window has fewer than two that do.  Those slots go back on RECLAIM all
+ * the same (they did not: an idle client kept a window of six slots and
+ * answered every RECLAIM with 0 B, issue 12's four clients), and the model
+ * keeps running, right bytes. */
+START_TEST(test_window_cut_for_smaller_layers)
+{
+	static const char *const args[] = { "--sim-gpus", "128MiB", "--host-pool", "256MiB", "--no-cuda", NULL };
+	struct tp_env e;
+	tp_env_start(&e, args);
+	growing_checkpoint(&e);
+	struct tp_model t;
+	ck_assert_msg(tp_model_open(&t, &e, "growing", 0, "cuda:0,100%", 0) == 0, "%s", vram_last_error());
+	tp_pass(&e, &t); /* the smallest layer is the least recently used */
+	/* the chunks turn window slots one by one, each cut for a larger
+	 * layer than the one before */
+	uint64_t freed = 0;
+	for (int k = 0; k < 4 && !freed; k++)
+		freed = vram_pager_reclaim(t.p, 0, 1);
+	ck_assert_uint_gt(freed, 0);
+	vram_pager_reclaim(t.p, 0, 1ull << 40);
+	struct vram_pager_stats st = { .struct_size = sizeof(st) };
+	ck_assert_int_eq(vram_pager_stats(t.p, &st), 0);
+	ck_assert_msg(st.window_bytes <= 2 * 14 * MiB, "window of %u slots, %llu bytes, kept", st.window_slots,
+		      (unsigned long long)st.window_bytes);
+	tp_pass(&e, &t);
+	tp_pass(&e, &t);
+	tp_model_close(&t);
+	vram_client *o;
+	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
+	tp_wait_empty(o);
+	vram_close(o);
+	tp_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("busy");
 	TCase *tc = tcase_create("busy");
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_two_busy_instances);
+	tcase_add_test(tc, test_four_busy_instances);
 	tcase_add_test(tc, test_reclaim_mid_acquire);
 	tcase_add_test(tc, test_reclaim_more_than_can_give);
 	tcase_add_test(tc, test_every_layer_acquired);
@@ -691,6 +824,7 @@ int main(void)
 	tcase_add_test(tc, test_floors_and_ceilings);
 	tcase_add_test(tc, test_shared_copies_paged);
 	tcase_add_test(tc, test_split_layer_paged);
+	tcase_add_test(tc, test_window_cut_for_smaller_layers);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -547,15 +547,18 @@ START_TEST(test_reclaim_twice_at_once)
 	pthread_join(t1, NULL);
 	pthread_join(t2, NULL);
 	ck_assert_msg(o1.rc == 0, "first: %d %s", o1.rc, o1.err);
-	/* the second may be refused at once: what is left idle of the pager
-	 * (whole chunks) would take it below its fair share */
+	/* the second may be refused: what is left idle of the pager (whole
+	 * chunks) may not fit even when it is asked for whole grants */
 	ck_assert_msg(o2.rc == 0 || (o2.rc == -ENOMEM && strstr(o2.err, "freed too little")), "second: %d %s", o2.rc,
 		      o2.err);
 	struct vram_status *s;
 	ck_assert_int_eq(vram_get_status(f.c, &s), 0);
 	for (uint32_t i = 0; i < s->nclients; i++)
 		if (!strcmp(s->clients[i].name, "pager-test")) {
-			ck_assert_uint_eq(s->clients[i].reclaims_answered, 2);
+			/* each newcomer's ALLOC asks it once, and once more for
+			 * whole grants when that freed too little */
+			ck_assert_uint_ge(s->clients[i].reclaims_answered, 2);
+			ck_assert_uint_le(s->clients[i].reclaims_answered, 4);
 			ck_assert_uint_eq(s->clients[i].reclaims_missed, 0);
 		}
 	vram_status_free(s);
