@@ -216,6 +216,21 @@ class TorchViews(unittest.TestCase):
                     self.assertTrue(torch.equal(got.view(torch.uint8), self.ref[t.name].view(torch.uint8)))
                     self.assertNotEqual(got.data_ptr(), loaded.host_ptr(t.index))
         self.assertGreater(pager.stats().acquires, 0)
+        # Released in a stream's order: on simulated GPUs a plain release
+        # (the handle is never looked at); the next acquire reads the
+        # right bytes, a second release says the layer is not acquired.
+        for li in donors:
+            pager.acquire(li)
+            pager.release(li, stream=0xdead)
+            with self.assertRaises(vramd.VramError) as e:
+                pager.release(li)
+            self.assertIn("is not acquired", str(e.exception))
+            with pager.layer(li, stream=0):
+                for t in m.layer_tensors(li):
+                    got = pager.torch(t.index)
+                    self.assertTrue(torch.equal(got.view(torch.uint8), self.ref[t.name].view(torch.uint8)))
+        with self.assertRaises(TypeError):
+            pager.release(donors[0], stream="current")
 
 
 def write_flux_gguf(path):
