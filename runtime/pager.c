@@ -923,6 +923,7 @@ void vram_pager_free(vram_pager *p)
 	free(p->pos);
 	free(p->seen);
 	free(p->queue);
+	__atomic_sub_fetch(&p->l->pagers, 1, __ATOMIC_ACQ_REL);
 	free(p);
 	rt_error_restore(&e);
 }
@@ -935,6 +936,7 @@ static struct vram_pager *pager_alloc(vram_loaded *l, const struct vram_pager_op
 	if (!p)
 		return NULL;
 	p->l = l;
+	__atomic_add_fetch(&l->pagers, 1, __ATOMIC_ACQ_REL); /* until vram_pager_free */
 	p->c = l->client;
 	p->m = l->model;
 	p->pin_dev = -1;

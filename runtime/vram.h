@@ -556,7 +556,8 @@ VRAM_API int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret
  * client's own on the same device) when it is in a shared copy: a LoRA
  * patches that, never the copy every instance maps.  A no-op for a tensor
  * that is private already.  The tensor's pointers change: take them
- * again.  0, or -EINVAL / vram_alloc's errors. */
+ * again.  0, or -EINVAL / vram_alloc's errors; -EBUSY while a pager serves
+ * the load (free the pager first, make a new one after). */
 VRAM_API int vram_loaded_make_private(vram_loaded *l, uint32_t tensor);
 /* 1 if tensor is in a shared read-only copy, 0 if not, -EINVAL. */
 VRAM_API int vram_loaded_tensor_shared(const vram_loaded *l, uint32_t tensor);
