@@ -13,7 +13,9 @@ its copies:
      (load_state_dict(assign=True));
   4. VramdModelPatcher for all three, and donor layers marked
      comfy_cast_weights so that ComfyUI's cast path copies them to the
-     compute device at each forward.
+     compute device at each forward; or, with VRAMD_PAGER=1, served by the
+     vramd pager (a window on the compute device, prefetch ahead of use,
+     released in the compute stream's order on CUDA).
 Allocated outside broker memory, where ComfyUI's model needs it: a tensor
 whose dtype ComfyUI chose differently from the load's (only when the
 components want different dtypes, e.g. fp32 UNet with fp16 CLIP on a CPU:
@@ -184,6 +186,9 @@ class VramdModel:
         self.evictions = 0
         self.written = set()  # file tensors made private and written in place, not restored yet
         self._slots = None    # (id(module), attr) -> (file tensor name, conversion), from the bindings
+        self.pager = None     # the vramd pager serving donor modules (VRAMD_PAGER=1), made at first use
+        self._paged = {}      # id(module) -> (compute device, [(attr, file tensor name)], layers)
+        self._swapped = {}    # id(module) -> [(attr, the module's own tensor)] while a forward runs
         self._load()
 
     def _load(self):
@@ -223,6 +228,7 @@ class VramdModel:
             cur, view = getattr(module, attr), self.views[src]
             if cur is None or cur.data_ptr() != view.data_ptr():
                 return False  # replaced by a copy already
+            self._drop_pager()  # its copies would be stale; its tables, the load's grants before
             self.written.add(src)
             i = self.model.tensor(src).index
             if not self.loaded.shared(i):
@@ -239,7 +245,21 @@ class VramdModel:
         with self.lock:
             b = self._binding(module, attr)
             if b is not None:
+                self._drop_pager()  # its copies hold the patched bytes
                 self.written.discard(b[0])
+
+    def _drop_pager(self):
+        """Closes the pager (a new one is made at the next forward) before
+        donor memory is written in place or made private: a slot may hold a
+        copy of the old bytes, and libvram refuses vram_loaded_make_private
+        while a pager serves the load.  Not while a paged module's forward
+        runs (a write then would be ComfyUI writing a weight mid-forward)."""
+        if self.pager is None:
+            return
+        if any(self._swapped.values()):
+            raise RuntimeError("vramd: a weight of a module the pager serves is written while its forward runs")
+        self.pager.close()
+        self.pager = None
 
     def add(self, comp):
         self.components.append(comp)
@@ -299,6 +319,9 @@ class VramdModel:
             # The state is final before any memory goes back: the broker
             # hands the memory on at the FREE, before this returns.
             loaded, self.loaded = self.loaded, None
+            if self.pager is not None:  # it holds the load
+                self.pager.close()
+                self.pager = None
             handle = weakref.ref(loaded._h)
             for c in self.components:
                 c.unbind()
@@ -312,17 +335,101 @@ class VramdModel:
     def mark_donors(self, comp):
         """Modules whose weights the plan put off comp's compute device get
         comfy_cast_weights: ComfyUI's ops copy them to the input's device at
-        each forward.  Returns the module paths marked."""
+        each forward.  With VRAMD_PAGER=1 (pager_enabled), the pager serves
+        them instead (page_donors); modules it cannot serve (a weight torch
+        converted, a quantised one) are still marked.  Returns the module
+        paths marked or paged."""
+        paged = set(self.page_donors(comp)) if pager_enabled() else set()
         donor_tensors = self.plan.donor_tensors()
         marked = set()
         for path, attr, src, conv in comp.bindings:
-            if src not in donor_tensors or path in marked:
+            if src not in donor_tensors or path in marked or path in paged:
                 continue
             m = comp.module.get_submodule(path) if path else comp.module
             if hasattr(m, "comfy_cast_weights"):
                 m.comfy_cast_weights = True
                 marked.add(path)
-        return sorted(marked)
+        return sorted(marked | paged)
+
+    def page_donors(self, comp):
+        """The modules of comp whose donor weights the pager can serve
+        (every bound donor tensor viewable by torch, none converted): a
+        forward pre-hook acquires their layers and points the module at the
+        pager's copies on the compute device; a forward hook points it back
+        at the donor views and releases the layers (on CUDA in the order of
+        the compute device's current stream).  Returns their paths."""
+        donor_tensors = self.plan.donor_tensors()
+        by_path = {}
+        for path, attr, src, conv in comp.bindings:
+            if src in donor_tensors:
+                by_path.setdefault(path, []).append((attr, src, conv))
+        paged = []
+        for path, entries in sorted(by_path.items()):
+            if any(conv is not None or not torch_viewable(self.model.tensor(src).dtype)
+                   for _, src, conv in entries):
+                continue
+            m = comp.module.get_submodule(path) if path else comp.module
+            if hasattr(m, "comfy_cast_weights"):
+                # a weight the pager does not serve (a LoRA's private copy)
+                # is still cast to the compute device; the pager's copies
+                # are there already (no copy)
+                m.comfy_cast_weights = True
+            layers = sorted({self.model.tensor(src).layer for _, src, _ in entries})
+            self._paged[id(m)] = (comp.compute_device, [(a, src) for a, src, _ in entries], layers)
+            m.register_forward_pre_hook(self._page_in)
+            # always_call: a forward that raises releases its layers too
+            m.register_forward_hook(self._page_out, always_call=True)
+            paged.append(path)
+        return paged
+
+    def _page_in(self, module, args):
+        dev, entries, layers = self._paged[id(module)]
+        with self.lock:
+            self.ensure_resident()
+            if self.pager is None:
+                # no RECLAIM handler of its own: the pack's answers the broker
+                self.pager = self.loaded.pager(dispatch_thread=False, reclaim=False)
+            done, swapped = [], []
+            try:
+                for li in layers:
+                    self.pager.acquire(li)
+                    done.append(li)
+                for attr, src in entries:
+                    own = module._parameters if attr in module._parameters else module._buffers
+                    cur, view = own.get(attr), self.views.get(src)
+                    if cur is None or view is None or cur.data_ptr() != view.data_ptr():
+                        continue  # a LoRA's private copy: it stays
+                    own[attr] = self.pager.torch(self.model.tensor(src).index)
+                    swapped.append((attr, cur))
+            except Exception:
+                self._unswap(module, swapped, done, None)
+                raise
+            self._swapped.setdefault(id(module), []).append((swapped, layers))
+
+    def _page_out(self, module, args, out):
+        dev = self._paged[id(module)][0]
+        stream = torch.cuda.current_stream(dev) if dev.type == "cuda" else None
+        with self.lock:
+            stack = self._swapped.get(id(module))
+            if not stack:
+                return  # the pre-hook failed: nothing acquired
+            swapped, layers = stack.pop()
+            self._unswap(module, swapped, layers, stream)
+
+    def _unswap(self, module, swapped, layers, stream):
+        """module's own tensors back in place of the pager's, then layers
+        released (in stream's order when given)."""
+        for attr, cur in swapped:
+            own = module._parameters if attr in module._parameters else module._buffers
+            own[attr] = cur
+        for li in layers:
+            self.pager.release(li, stream=stream)
+
+
+def pager_enabled():
+    """Donor layers are served by the vramd pager when $VRAMD_PAGER is
+    1/yes/true/on; by ComfyUI's cast path otherwise (the default)."""
+    return os.environ.get("VRAMD_PAGER", "0").strip().lower() in ("1", "yes", "true", "on")
 
 
 def shared_enabled():

@@ -70,6 +70,8 @@ static const struct entry {
 	E(EventDestroy, "cuEventDestroy_v2"),
 	E(EventRecord, "cuEventRecord"),
 	E(EventSynchronize, "cuEventSynchronize"),
+	E(EventQuery, "cuEventQuery"),
+	E(StreamWaitEvent, "cuStreamWaitEvent"),
 	E(ModuleLoadData, "cuModuleLoadData"),
 	E(ModuleUnload, "cuModuleUnload"),
 	E(ModuleGetFunction, "cuModuleGetFunction"),

@@ -200,6 +200,8 @@ struct cuda_api {
 	CUresult (*EventDestroy)(CUevent e);                               /* _v2 */
 	CUresult (*EventRecord)(CUevent e, CUstream s);
 	CUresult (*EventSynchronize)(CUevent e);
+	CUresult (*EventQuery)(CUevent e);
+	CUresult (*StreamWaitEvent)(CUstream s, CUevent e, unsigned int flags);
 
 	/* Kernels (runtime/cuda-kernels.c). */
 	CUresult (*ModuleLoadData)(CUmodule *mod, const void *image);

@@ -895,6 +895,8 @@ int vram_loaded_make_private(vram_loaded *l, uint32_t t)
 	int r = vram_loaded_tensor_shared(l, t);
 	if (r <= 0)
 		return r;
+	if (__atomic_load_n(&l->pagers, __ATOMIC_ACQUIRE))
+		return rt_error(-EBUSY, "tensor %u: a pager serves this load (free it before making a tensor private)", t);
 	struct loaded_tensor *lt = &l->tensors[t];
 	const struct loaded_grant *from = &l->grants[lt->grant];
 	struct loaded_grant *grown = realloc(l->grants, (l->ngrants + 1) * sizeof(*grown));

@@ -46,6 +46,8 @@ struct vram_loaded {
 	struct loaded_grant *grants;
 	struct vram_load_stats stats;
 	uint32_t converted;      /* tensors converted: sizes differ from the file's */
+	uint32_t pagers;         /* pagers over it: their tables are its grants as they
+				    were, so vram_loaded_make_private refuses meanwhile */
 };
 
 #endif

@@ -100,9 +100,13 @@ bool pager_chunk_carvable(const struct vram_pager *p, uint32_t gi)
 
 /* ---- slots -------------------------------------------------------------- */
 
-static bool slot_idle(const struct slot *s)
+/* Whether slot si can be given back: not acquired, copied into, or read
+ * by kernels queued before a stream-ordered release.  mu held. */
+static bool slot_idle(struct vram_pager *p, uint32_t si)
 {
-	return s->grant && !s->pins && !s->busy && s->state != SLOT_COPYING;
+	const struct slot *s = &p->slots[si];
+	return s->grant && !s->pins && !s->busy && s->state != SLOT_COPYING &&
+	       !pager_fence_pending(p, &p->slot_fence[si]);
 }
 
 /* Frees the grant under slot si and every other slot cut from it (all
@@ -154,7 +158,7 @@ static int pick_slot_grant(struct vram_pager *p, uint32_t dev, uint64_t need, ui
 			if (o->grant != s->grant)
 				continue;
 			first = first && j >= i;
-			idle = idle && slot_idle(o);
+			idle = idle && slot_idle(p, j);
 			copying = copying || o->state == SLOT_COPYING;
 			fit += o->size >= need;
 			use = MAX(use, o->last_use);
@@ -213,9 +217,12 @@ static int donor_of(struct vram_pager *p, uint32_t gi)
 }
 
 /* Whether something of chunk gi is acquired now: a resident layer, or the
- * slot of a paged layer's group. */
-static bool chunk_acquired(const struct vram_pager *p, uint32_t gi)
+ * slot of a paged layer's group; or kernels queued before a stream-ordered
+ * release of one of its resident layers may still read it.  mu held. */
+static bool chunk_acquired(struct vram_pager *p, uint32_t gi)
 {
+	if (pager_fence_pending(p, &p->chunk_fence[gi]))
+		return true;
 	for (uint32_t li = 0; li < p->nlayers; li++) {
 		const struct player *L = &p->layers[li];
 		if (!in_chunk(p, li, gi))
@@ -312,7 +319,7 @@ static void slot_pieces(struct vram_pager *p, uint32_t dev, uint64_t want, uint6
 			if (o->grant != s->grant)
 				continue;
 			first = first && j >= i;
-			idle = idle && slot_idle(o);
+			idle = idle && slot_idle(p, j);
 			copying = copying || o->state == SLOT_COPYING;
 			fit += o->size >= need;
 			use = MAX(use, o->last_use);
@@ -340,7 +347,7 @@ static void chunk_pieces(struct vram_pager *p, uint32_t dev, uint64_t want, uint
 			continue;
 		}
 		uint64_t use = 0;
-		bool busy = false;
+		bool busy = pager_fence_pending(p, &p->chunk_fence[gi]);
 		for (uint32_t li = 0; li < p->nlayers; li++)
 			if (in_chunk(p, li, gi)) {
 				busy = busy || p->layers[li].pins;

@@ -369,7 +369,8 @@ static bool wanted_soon(struct vram_pager *p, uint32_t layer, uint32_t from_pos)
 }
 
 /* A slot on dev for layer: an empty one with memory, else the least
- * recently used evictable one.  -1 if none.  Caller holds mu. */
+ * recently used evictable one (never one whose stream-ordered release is
+ * pending).  -1 if none.  Caller holds mu. */
 static int pick_slot(struct vram_pager *p, uint32_t dev, uint64_t need, int32_t from_pos, bool for_prefetch)
 {
 	int best = -1;
@@ -377,13 +378,16 @@ static int pick_slot(struct vram_pager *p, uint32_t dev, uint64_t need, int32_t 
 		struct slot *s = &p->slots[i];
 		if (!s->grant || s->dev != dev || s->busy || s->size < need)
 			continue;
-		if (s->layer < 0)
+		if (s->layer < 0 && !pager_fence_pending(p, &p->slot_fence[i]))
 			return (int)i;
 	}
 	for (uint32_t i = 0; i < p->nslots; i++) {
 		struct slot *s = &p->slots[i];
 		if (!s->grant || s->dev != dev || s->busy || s->pins || s->state == SLOT_COPYING ||
 		    s->state == SLOT_QUEUED || s->size < need)
+			continue;
+		/* released on a stream whose kernels may still read it */
+		if (pager_fence_pending(p, &p->slot_fence[i]))
 			continue;
 		if (for_prefetch && from_pos >= 0 && wanted_soon(p, (uint32_t)s->layer, (uint32_t)from_pos))
 			continue;
@@ -576,8 +580,26 @@ static int wait_filled(struct vram_pager *p, struct slot *s, uint32_t g, uint32_
 	return rt_error(err, "paging layer %u in failed: %s", layer, p->copy_msg[0] ? p->copy_msg : strerror(-err));
 }
 
+/* The fence of the least recently used slot on dev holding need bytes
+ * that only a pending stream-ordered release keeps from being reused;
+ * NULL if none.  mu held. */
+static struct pfence *oldest_fence(struct vram_pager *p, uint32_t dev, uint64_t need)
+{
+	int best = -1;
+	for (uint32_t i = 0; i < p->nslots; i++) {
+		struct slot *s = &p->slots[i];
+		if (!s->grant || s->dev != dev || s->busy || s->pins || s->state == SLOT_COPYING ||
+		    s->state == SLOT_QUEUED || s->size < need || !pager_fence_pending(p, &p->slot_fence[i]))
+			continue;
+		if (best < 0 || s->last_use < p->slots[best].last_use)
+			best = (int)i;
+	}
+	return best < 0 ? NULL : &p->slot_fence[best];
+}
+
 /* No slot for layer's group: grows the window back (after reclaim), or
- * waits for another thread to release one, or for a while when the broker
+ * waits for the GPU to finish with a slot released on a stream, or for
+ * another thread to release one, or for a while when the broker
  * refuses for the moment (another client's larger request is parked on the
  * device, and the RECLAIM that makes room may not have reached this pager
  * yet).  0 to try again, or the error to fail with (message set).  mu
@@ -588,6 +610,13 @@ static int no_slot(struct vram_pager *p, uint32_t layer, uint64_t *grow_until, b
 	int r = grow_slot(p, L->compute);
 	if (r == 0)
 		return 0;
+	struct pfence *f = oldest_fence(p, L->compute, p->layers[L->leader].gpacked);
+	if (f) {
+		/* only slots released on a stream are left: the GPU frees one */
+		pager_fence_wait(p, f);
+		*waited = true;
+		return 0;
+	}
 	bool busy_elsewhere = false;
 	for (uint32_t i = 0; i < p->nslots; i++) {
 		struct slot *s = &p->slots[i];
@@ -695,25 +724,80 @@ int vram_pager_acquire(vram_pager *p, uint32_t layer)
 	return r;
 }
 
-int vram_pager_release(vram_pager *p, uint32_t layer)
+/* Whether grant g is CUDA device memory (what kernels on a stream read),
+ * not host-mappable memory (simulated GPUs, cpu). */
+static bool cuda_memory(const vram_grant *g)
 {
-	if (layer >= p->nlayers)
-		return rt_error(-EINVAL, "no layer %u", layer);
-	pthread_mutex_lock(&p->mu);
+	return g && !vram_grant_host_ptr(g) && vram_grant_device_ptr(g);
+}
+
+/* The fence a stream-ordered release of acquired layer L records, and its
+ * device: its slot's, or its resident chunk's; NULL when the memory is not
+ * CUDA memory (nothing is queued on a stream against it).  mu held. */
+static struct pfence *release_fence(struct vram_pager *p, const struct player *L, uint32_t *ret_dev)
+{
+	if (L->pins) {
+		if (L->chunk == UINT32_MAX || !cuda_memory(p->l->grants[L->chunk].grant))
+			return NULL;
+		*ret_dev = p->l->grants[L->chunk].device;
+		return &p->chunk_fence[L->chunk];
+	}
+	int32_t si = p->layers[L->leader].slot;
+	if (!cuda_memory(p->slots[si].grant))
+		return NULL;
+	*ret_dev = p->slots[si].dev;
+	return &p->slot_fence[si];
+}
+
+/* Releases layer; with on_stream, after recording the fence that keeps its
+ * memory until what is queued on stream has run.  mu held. */
+static int release_layer(struct vram_pager *p, uint32_t layer, bool on_stream, void *stream)
+{
 	struct player *L = &p->layers[layer];
 	int32_t si = p->layers[L->leader].slot;
-	int r = 0;
 	/* A resident layer's pins are its own; a paged one's are its slot's
 	 * (neither kind changes while acquired: reclaim and promotion leave
 	 * acquired layers alone). */
+	if (!L->pins && !(L->paged && si >= 0 && p->slots[si].pins))
+		return rt_error(-EINVAL, "layer %u is not acquired", layer);
+	uint32_t dev = 0;
+	struct pfence *f = on_stream ? release_fence(p, L, &dev) : NULL;
+	if (f) {
+		int r = pager_fence_record(p, f, dev, stream);
+		if (r < 0)
+			return rt_error(r, "layer %u (still acquired): %s", layer, vram_last_error());
+	}
 	if (L->pins)
 		L->pins--;
-	else if (L->paged && si >= 0 && p->slots[si].pins)
-		p->slots[si].pins--;
 	else
-		r = rt_error(-EINVAL, "layer %u is not acquired", layer);
-	if (r == 0 && p->held)
+		p->slots[si].pins--;
+	if (p->held)
 		p->held--;
+	return 0;
+}
+
+int vram_pager_release(vram_pager *p, uint32_t layer)
+{
+	if (!p)
+		return rt_error(-EINVAL, "vram_pager_release: NULL pager");
+	if (layer >= p->nlayers)
+		return rt_error(-EINVAL, "no layer %u", layer);
+	pthread_mutex_lock(&p->mu);
+	int r = release_layer(p, layer, false, NULL);
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	return r;
+}
+
+int vram_pager_release_on_stream(vram_pager *p, uint32_t layer, void *cuda_stream)
+{
+	if (!p)
+		return rt_error(-EINVAL, "vram_pager_release_on_stream: NULL pager");
+	if (layer >= p->nlayers)
+		return rt_error(-EINVAL, "no layer %u (the model has %u)", layer, p->nlayers);
+	pthread_mutex_lock(&p->mu);
+	rt_error_clear();
+	int r = release_layer(p, layer, true, cuda_stream);
 	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
 	return r;
@@ -816,6 +900,8 @@ void vram_pager_free(vram_pager *p)
 	}
 	if (p->demanded)
 		pager_withdraw_demand(p);
+	/* the GPU done with every slot and chunk released on a stream */
+	pager_fences_free(p);
 	/* unpinned before anything is freed: pinned memory is never unmapped */
 	for (uint32_t i = 0; i < p->npins; i++)
 		cuda_unpin(p->pins[i]);
@@ -831,11 +917,13 @@ void vram_pager_free(vram_pager *p)
 	pthread_cond_destroy(&p->mover_cv);
 	free(p->layers);
 	free(p->chunks);
+	free(p->chunk_fence);
 	free(p->toff);
 	free(p->order);
 	free(p->pos);
 	free(p->seen);
 	free(p->queue);
+	__atomic_sub_fetch(&p->l->pagers, 1, __ATOMIC_ACQ_REL);
 	free(p);
 	rt_error_restore(&e);
 }
@@ -848,6 +936,7 @@ static struct vram_pager *pager_alloc(vram_loaded *l, const struct vram_pager_op
 	if (!p)
 		return NULL;
 	p->l = l;
+	__atomic_add_fetch(&l->pagers, 1, __ATOMIC_ACQ_REL); /* until vram_pager_free */
 	p->c = l->client;
 	p->m = l->model;
 	p->pin_dev = -1;
@@ -860,12 +949,13 @@ static struct vram_pager *pager_alloc(vram_loaded *l, const struct vram_pager_op
 	size_t nl = (size_t)p->nlayers + 1;
 	p->layers = calloc(nl, sizeof(*p->layers));
 	p->chunks = calloc((size_t)l->ngrants + 1, sizeof(*p->chunks));
+	p->chunk_fence = calloc((size_t)l->ngrants + 1, sizeof(*p->chunk_fence));
 	p->toff = calloc((size_t)l->ntensors + 1, sizeof(*p->toff));
 	p->order = calloc(nl, sizeof(*p->order));
 	p->pos = calloc(nl, sizeof(*p->pos));
 	p->seen = calloc(nl, sizeof(*p->seen));
 	p->queue = calloc(MAX_SLOTS, sizeof(*p->queue));
-	if (!p->layers || !p->chunks || !p->toff || !p->order || !p->pos || !p->seen || !p->queue) {
+	if (!p->layers || !p->chunks || !p->chunk_fence || !p->toff || !p->order || !p->pos || !p->seen || !p->queue) {
 		vram_pager_free(p);
 		return NULL;
 	}

@@ -78,6 +78,21 @@ struct player {
 
 struct cuda_copier;
 struct cuda_pin;
+struct cuda_dev;
+
+/* A stream-ordered release (vram_pager_release_on_stream): an event
+ * recorded on the caller's stream after the kernels that read a slot (or a
+ * resident chunk) on a CUDA device; the memory is not reused, moved or
+ * given back until it has completed.  By slot index (a slot re-cut from
+ * another grant keeps its fence: only idle slots, whose fence has
+ * completed, are re-cut) and by chunk. */
+struct pfence {
+	void *ev;                /* CUevent of dev's primary context, NULL: none yet */
+	uint32_t dev;            /* broker device the event is of */
+	void *stream;            /* the stream it was last recorded on */
+	uint32_t waiters;        /* threads in cuEventSynchronize on it (outside mu) */
+	bool pending;            /* recorded, not seen complete */
+};
 
 struct vram_pager {
 	vram_loaded *l;
@@ -112,6 +127,11 @@ struct vram_pager {
 	uint64_t bounce_size;
 	uint8_t *raw;            /* file bytes of a converted tensor, before conversion */
 	uint64_t raw_size;
+	/* Stream-ordered releases (pager-fence.c): a fence per slot and per
+	 * chunk, and the CUDA devices their events are of (a reference each). */
+	struct pfence slot_fence[MAX_SLOTS];
+	struct pfence *chunk_fence;   /* l->ngrants entries */
+	struct cuda_dev *fence_dev[VRAMD_MAX_DEVICES];
 	/* The last failed copy (under mu), for the acquire that waited on it. */
 	int copy_err;
 	char copy_msg[512];
@@ -166,6 +186,25 @@ void pager_unpin_grant(struct vram_pager *p, vram_grant *g);
 uint64_t pager_largest_paged(const struct vram_pager *p, uint32_t dev);
 /* Slots with memory on dev that hold at least need bytes.  mu held. */
 uint32_t pager_slots_fitting(const struct vram_pager *p, uint32_t dev, uint64_t need);
+
+/* ---- pager-fence.c ------------------------------------------------------- */
+
+/* Records fence f on stream (a CUstream of CUDA device dev's primary
+ * context; NULL: its legacy default stream) after what is queued there.
+ * A fence still pending from another stream is carried over (the stream
+ * waits for it first), so that f completes after both.  0 or -errno with
+ * the message set (f unchanged then).  mu held (dropped while another
+ * thread waits on f's old event of another device). */
+int pager_fence_record(struct vram_pager *p, struct pfence *f, uint32_t dev, void *stream);
+/* Whether f is recorded and not complete yet (asks the driver, without
+ * waiting; a fence whose event fails to answer counts as complete).  mu
+ * held. */
+bool pager_fence_pending(struct vram_pager *p, struct pfence *f);
+/* Waits for f to complete (mu dropped meanwhile).  mu held. */
+void pager_fence_wait(struct vram_pager *p, struct pfence *f);
+/* Waits for every fence and frees their events and devices.  At free, no
+ * thread running. */
+void pager_fences_free(struct vram_pager *p);
 
 /* ---- pager-reclaim.c ---------------------------------------------------- */
 

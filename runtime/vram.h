@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define VRAM_VERSION_MAJOR 0
-#define VRAM_VERSION_MINOR 2
+#define VRAM_VERSION_MINOR 3
 #define VRAM_VERSION_PATCH 0
 #define VRAM_VERSION ((VRAM_VERSION_MAJOR << 16) | (VRAM_VERSION_MINOR << 8) | VRAM_VERSION_PATCH)
 
@@ -556,7 +556,8 @@ VRAM_API int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret
  * client's own on the same device) when it is in a shared copy: a LoRA
  * patches that, never the copy every instance maps.  A no-op for a tensor
  * that is private already.  The tensor's pointers change: take them
- * again.  0, or -EINVAL / vram_alloc's errors. */
+ * again.  0, or -EINVAL / vram_alloc's errors; -EBUSY while a pager serves
+ * the load (free the pager first, make a new one after). */
 VRAM_API int vram_loaded_make_private(vram_loaded *l, uint32_t tensor);
 /* 1 if tensor is in a shared read-only copy, 0 if not, -EINVAL. */
 VRAM_API int vram_loaded_tensor_shared(const vram_loaded *l, uint32_t tensor);
@@ -606,7 +607,22 @@ VRAM_API void vram_pager_free(vram_pager *p);
  * (docs/paging.md, "Reclaim"). */
 #define VRAM_PAGER_MAX_ACQUIRED 8u
 VRAM_API int vram_pager_acquire(vram_pager *p, uint32_t layer);
+/* Releases layer: its slot may be reused at once.  -EINVAL when layer is
+ * not acquired. */
 VRAM_API int vram_pager_release(vram_pager *p, uint32_t layer);
+/* Releases layer in the order of cuda_stream (a CUstream of the compute
+ * device's primary context, the one PyTorch uses; NULL: that context's
+ * legacy default stream, PyTorch's default stream): the layer counts as
+ * released at once (acquires may nest and pass on), but the memory its
+ * kernels read, its window slot or resident chunk, is not reused by
+ * prefetch or another layer, nor given back to a RECLAIM, until the kernels
+ * queued on cuda_stream before this call have run (an event recorded on it
+ * now has completed).  An acquire that finds no other slot waits for that.
+ * On memory that is not CUDA memory (simulated GPUs, cpu) it is
+ * vram_pager_release.  -EINVAL when layer is not acquired; a CUDA error
+ * (recording the event) leaves the layer acquired and returns its errno.
+ * Since VRAM 0.3. */
+VRAM_API int vram_pager_release_on_stream(vram_pager *p, uint32_t layer, void *cuda_stream);
 /* Where tensor is while its layer is acquired: host address (simulated
  * GPUs and cpu) and device address (CUDA).  NULL/0 when not acquired. */
 VRAM_API void *vram_pager_tensor_host_ptr(const vram_pager *p, uint32_t tensor);

@@ -26,7 +26,13 @@
 struct fk_obj {
 	int magic;
 	int dev;
+	int held;                /* stream: work on it does not complete (fake_stream_hold) */
+	int pending;             /* event: recorded after work that has not completed */
+	struct fk_obj *next;     /* streams and events, for fake_complete */
 };
+
+static struct fk_obj *fk_objs;  /* streams and events */
+static pthread_cond_t fk_cv = PTHREAD_COND_INITIALIZER; /* an event completed */
 
 struct fake fk;
 
@@ -644,8 +650,11 @@ static struct fk_obj *fk_obj_new(int magic, int *count)
 	struct fk_obj *o = malloc(sizeof(*o));
 	if (!o)
 		return NULL;
-	o->magic = magic;
-	o->dev = ctx_dev(ctx_stack[ctx_depth - 1]);
+	*o = (struct fk_obj){ .magic = magic, .dev = ctx_dev(ctx_stack[ctx_depth - 1]) };
+	if (magic == FK_STREAM || magic == FK_EVENT) {
+		o->next = fk_objs;
+		fk_objs = o;
+	}
 	(*count)++;
 	return o;
 }
@@ -653,6 +662,11 @@ static struct fk_obj *fk_obj_new(int magic, int *count)
 /* Invalidates and frees h (checked with obj_ok first), uncounting it. */
 static void fk_obj_free(void *h, int *count)
 {
+	for (struct fk_obj **pp = &fk_objs; *pp; pp = &(*pp)->next)
+		if (*pp == h) {
+			*pp = ((struct fk_obj *)h)->next;
+			break;
+		}
 	((struct fk_obj *)h)->magic = 0;
 	free(h);
 	(*count)--;
@@ -763,19 +777,57 @@ static CUresult fk_EventDestroy(CUevent e)
 	OUT(CUDA_SUCCESS);
 }
 
+/* The device of stream s (NULL: the legacy default stream of the current
+ * context), -1 when it is none. */
+static int stream_dev(CUstream s)
+{
+	if (!s)
+		return ctx_depth ? ctx_dev(ctx_stack[ctx_depth - 1]) : -1;
+	return obj_ok(s, FK_STREAM) ? ((struct fk_obj *)(void *)s)->dev : -1;
+}
+
 static CUresult fk_EventRecord(CUevent e, CUstream s)
 {
 	ENTER_INIT(F_EventRecord);
-	if (!obj_ok(e, FK_EVENT) || !obj_ok(s, FK_STREAM) ||
-	    ((struct fk_obj *)(void *)e)->dev != ((struct fk_obj *)(void *)s)->dev)
+	if (!obj_ok(e, FK_EVENT) || stream_dev(s) < 0 || ((struct fk_obj *)(void *)e)->dev != stream_dev(s))
 		OUT(CUDA_ERROR_INVALID_HANDLE);
+	/* work on a held stream (or one waiting for a held stream's event)
+	 * does not complete until fake_complete */
+	((struct fk_obj *)(void *)e)->pending = s && ((struct fk_obj *)(void *)s)->held;
 	OUT(CUDA_SUCCESS);
 }
 
 static CUresult fk_EventSynchronize(CUevent e)
 {
 	ENTER_INIT(F_EventSynchronize);
-	OUT(obj_ok(e, FK_EVENT) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
+	if (!obj_ok(e, FK_EVENT))
+		OUT(CUDA_ERROR_INVALID_HANDLE);
+	while (((struct fk_obj *)(void *)e)->pending) {
+		fk.sync_waiters++;
+		pthread_cond_wait(&fk_cv, &fk_lock);
+		fk.sync_waiters--;
+	}
+	OUT(CUDA_SUCCESS);
+}
+
+static CUresult fk_EventQuery(CUevent e)
+{
+	ENTER_INIT(F_EventQuery);
+	if (!obj_ok(e, FK_EVENT))
+		OUT(CUDA_ERROR_INVALID_HANDLE);
+	OUT(((struct fk_obj *)(void *)e)->pending ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS);
+}
+
+static CUresult fk_StreamWaitEvent(CUstream s, CUevent e, unsigned flags)
+{
+	ENTER_INIT(F_StreamWaitEvent);
+	if (!obj_ok(e, FK_EVENT) || stream_dev(s) < 0 || flags)
+		OUT(CUDA_ERROR_INVALID_VALUE);
+	fk.stream_waits++;
+	/* what is queued on s from now on waits for e: held until it completes */
+	if (s && ((struct fk_obj *)(void *)e)->pending)
+		((struct fk_obj *)(void *)s)->held = 1;
+	OUT(CUDA_SUCCESS);
 }
 
 #define FK_MODULE 0x4d4f
@@ -1002,6 +1054,8 @@ const struct cuda_api fake_api = {
 	.EventDestroy = fk_EventDestroy,
 	.EventRecord = fk_EventRecord,
 	.EventSynchronize = fk_EventSynchronize,
+	.EventQuery = fk_EventQuery,
+	.StreamWaitEvent = fk_StreamWaitEvent,
 	.ModuleLoadData = fk_ModuleLoadData,
 	.ModuleUnload = fk_ModuleUnload,
 	.ModuleGetFunction = fk_ModuleGetFunction,
@@ -1023,7 +1077,8 @@ const char *const fk_fn_names[F_COUNT] = {
 	"cuMemAddressFree", "cuMemMap", "cuMemUnmap", "cuMemSetAccess", "cuMemsetD8", "cuMemcpyHtoD",
 	"cuMemcpyDtoH", "cuMemcpyHtoDAsync", "cuMemcpyDtoHAsync", "cuMemcpyDtoDAsync", "cuMemHostRegister",
 	"cuMemHostUnregister", "cuStreamCreate", "cuStreamDestroy", "cuStreamSynchronize", "cuEventCreate",
-	"cuEventDestroy", "cuEventRecord", "cuEventSynchronize", "cuModuleLoadData", "cuModuleUnload",
+	"cuEventDestroy", "cuEventRecord", "cuEventSynchronize", "cuEventQuery", "cuStreamWaitEvent",
+	"cuModuleLoadData", "cuModuleUnload",
 	"cuModuleGetFunction", "cuLaunchKernel", "cuMemAllocManaged", "cuMemFree", "cuMemAdvise",
 	"cuMemPrefetchAsync",
 };
@@ -1067,6 +1122,7 @@ void fake_reset(int ndev)
 		close(fk.recycle_fd);
 	fk_ready = 1;
 	memset(&fk, 0, sizeof(fk));
+	fk_objs = NULL; /* a test's leftovers are its own */
 	fk.recycle_fd = -1;
 	fk.fail_fn = -1;
 	fk.ctl = memfd_create("fake-nvidiactl", MFD_CLOEXEC);
@@ -1220,6 +1276,51 @@ void fake_drop_recycled(void)
 	if (fk.recycle_fd >= 0)
 		close(fk.recycle_fd);
 	fk.recycle_fd = -1;
+}
+
+CUstream fake_stream_new(int p)
+{
+	pthread_mutex_lock(&fk_lock);
+	struct fk_obj *o = malloc(sizeof(*o));
+	ck_assert_ptr_nonnull(o);
+	*o = (struct fk_obj){ .magic = FK_STREAM, .dev = p, .next = fk_objs };
+	fk_objs = o;
+	fk.streams++;
+	pthread_mutex_unlock(&fk_lock);
+	return (CUstream)(void *)o;
+}
+
+void fake_stream_free(CUstream s)
+{
+	pthread_mutex_lock(&fk_lock);
+	ck_assert(obj_ok(s, FK_STREAM));
+	fk_obj_free(s, &fk.streams);
+	pthread_mutex_unlock(&fk_lock);
+}
+
+void fake_stream_hold(CUstream s)
+{
+	pthread_mutex_lock(&fk_lock);
+	ck_assert(obj_ok(s, FK_STREAM));
+	((struct fk_obj *)(void *)s)->held = 1;
+	pthread_mutex_unlock(&fk_lock);
+}
+
+void fake_complete(void)
+{
+	pthread_mutex_lock(&fk_lock);
+	for (struct fk_obj *o = fk_objs; o; o = o->next)
+		o->held = o->pending = 0;
+	pthread_cond_broadcast(&fk_cv);
+	pthread_mutex_unlock(&fk_lock);
+}
+
+int fake_sync_waiters(void)
+{
+	pthread_mutex_lock(&fk_lock);
+	int n = fk.sync_waiters;
+	pthread_mutex_unlock(&fk_lock);
+	return n;
 }
 
 void fake_set_image(const char *names, size_t len)

@@ -44,6 +44,7 @@ enum fk_fn {
 	F_MemSetAccess, F_MemsetD8, F_MemcpyHtoD, F_MemcpyDtoH, F_MemcpyHtoDAsync, F_MemcpyDtoHAsync,
 	F_MemcpyDtoDAsync, F_MemHostRegister, F_MemHostUnregister, F_StreamCreate, F_StreamDestroy,
 	F_StreamSynchronize, F_EventCreate, F_EventDestroy, F_EventRecord, F_EventSynchronize,
+	F_EventQuery, F_StreamWaitEvent,
 	F_ModuleLoadData, F_ModuleUnload, F_ModuleGetFunction, F_LaunchKernel, F_MemAllocManaged, F_MemFree,
 	F_MemAdvise, F_MemPrefetchAsync,
 	F_COUNT
@@ -160,6 +161,8 @@ struct fake {
 	struct fk_map map[FK_MAX];
 	struct fk_reg reg[FK_MAX];
 	int streams, events;
+	int sync_waiters;        /* threads in cuEventSynchronize on a pending event */
+	unsigned stream_waits;   /* cuStreamWaitEvent calls that succeeded */
 	int recycle_fd;          /* memory given back, handed out again uncleared */
 	size_t recycle_size;
 	int ctx_objs[FK_MAX_DEV];
@@ -242,6 +245,21 @@ void fake_drop_stranded(void);
 
 /* Closes the recycled memory (given back, not handed out again). */
 void fake_drop_recycled(void);
+
+/* A stream of physical device p, made as the caller's framework would
+ * (counted in fk.streams); fake_stream_free frees it. */
+CUstream fake_stream_new(int p);
+void fake_stream_free(CUstream s);
+/* Work queued on s from now on does not complete: events recorded on it
+ * stay pending (cuEventQuery says CUDA_ERROR_NOT_READY, cuEventSynchronize
+ * blocks), as do those of a stream made to wait for one of them
+ * (cuStreamWaitEvent), until fake_complete. */
+void fake_stream_hold(CUstream s);
+/* Everything queued completes: no stream is held, no event pending, the
+ * threads in cuEventSynchronize return. */
+void fake_complete(void);
+/* Threads blocked in cuEventSynchronize on a pending event now. */
+int fake_sync_waiters(void);
 
 /* The fatbin cuModuleGetFunction finds kernels in: NUL-terminated names in
  * names[0..len), as the real (uncompressed) fatbin holds them; NULL: none. */

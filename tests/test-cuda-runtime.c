@@ -603,6 +603,241 @@ START_TEST(test_load_cuda)
 }
 END_TEST
 
+/* ======================================================================
+ * The pager on a CUDA device: stream-ordered release
+ * ====================================================================== */
+
+#define SR_LAYERS 4
+#define SR_ELEMS (512u * 1024u) /* F16: 1 MiB a layer, a 2 MiB slot each */
+
+/* A unet of SR_LAYERS donor layers (all on the cpu pool, computed on
+ * cuda:0) paged through a window of two slots. */
+struct sr_env {
+	struct tc_live live;
+	uint8_t *data;           /* the file's data section */
+	vram_model *m;
+	vram_client *c;
+	vram_plan *plan;
+	vram_loaded *l;
+	vram_pager *p;
+};
+
+static void sr_open(struct sr_env *e)
+{
+	static const struct t_tensor t[SR_LAYERS] = {
+		{ "model.diffusion_model.input_blocks.0.0.weight", "F16", SR_ELEMS, 2 },
+		{ "model.diffusion_model.input_blocks.1.0.weight", "F16", SR_ELEMS, 2 },
+		{ "model.diffusion_model.input_blocks.2.0.weight", "F16", SR_ELEMS, 2 },
+		{ "model.diffusion_model.input_blocks.3.0.weight", "F16", SR_ELEMS, 2 },
+	};
+	char file[300];
+	size_t len = (size_t)SR_LAYERS * SR_ELEMS * 2;
+
+	fake_reset(1);
+	tc_live_start(&e->live);
+	snprintf(file, sizeof(file), "%s/sr.safetensors", e->live.dir);
+	e->data = malloc(len);
+	ck_assert_ptr_nonnull(e->data);
+	for (size_t i = 0; i < len; i++)
+		e->data[i] = (uint8_t)(i * 7 + i / (SR_ELEMS * 2) * 31);
+	ck_assert_uint_eq(t_write_safetensors(file, t, SR_LAYERS, e->data), len);
+	ck_assert_msg(vram_model_open(file, &e->m) == 0, "%s", vram_last_error());
+	ck_assert_int_eq(vram_model_layer_count(e->m), SR_LAYERS);
+	ck_assert_int_eq(vram_connect(e->live.sock, "t", &e->c), 0);
+
+	struct vram_plan_device devs[4];
+	uint32_t nd = 0;
+	for (int i = 0; i < 4; i++)
+		devs[i].struct_size = sizeof(devs[i]);
+	ck_assert_int_eq(vram_plan_devices_from_client(e->c, devs, 4, &nd), 0);
+	struct vram_plan_options po;
+	vram_plan_options_init(&po);
+	po.unet_compute_device = "cuda:0";
+	po.unet_expert_mode_allocations = "cpu,*";
+	ck_assert_msg(vram_plan_create(e->m, &po, devs, nd, &e->plan) == 0, "%s", vram_last_error());
+	ck_assert_msg(vram_load(e->c, e->m, e->plan, 0, NULL, &e->l) == 0, "%s", vram_last_error());
+	for (uint32_t i = 0; i < SR_LAYERS; i++)
+		ck_assert_int_eq(vram_loaded_tensor_device(e->l, i), 1); /* cpu */
+	struct vram_pager_options o;
+	vram_pager_options_init(&o);
+	o.window_bytes = 4 * MiB; /* two slots */
+	o.flags = VRAM_PAGER_NO_RECLAIM;
+	ck_assert_msg(vram_pager_create(e->l, e->plan, &o, &e->p) == 0, "%s", vram_last_error());
+	struct vram_pager_stats st = { .struct_size = sizeof(st) };
+	ck_assert_int_eq(vram_pager_stats(e->p, &st), 0);
+	ck_assert_uint_eq(st.window_slots, 2);
+}
+
+static void sr_close(struct sr_env *e)
+{
+	vram_pager_free(e->p);
+	vram_unload(e->l);
+	vram_plan_free(e->plan);
+	vram_close(e->c);
+	vram_model_close(e->m);
+	for (int i = 0; i < 500 && broker_grant_count(e->live.b); i++)
+		t_sleep_ms(10);
+	ck_assert_uint_eq(broker_grant_count(e->live.b), 0);
+	tc_live_stop(&e->live);
+	free(e->data);
+}
+
+/* Layer li (one tensor, the layer's index) as acquired: its device
+ * address, after checking that its bytes there are the file's. */
+static uint64_t sr_check(struct sr_env *e, uint32_t li)
+{
+	uint64_t d = vram_pager_tensor_device_ptr(e->p, li);
+	ck_assert_uint_ne(d, 0);
+	uint8_t *got = malloc(SR_ELEMS * 2);
+	ck_assert_ptr_nonnull(got);
+	tc_dev_read(e->c, 0, d, got, SR_ELEMS * 2);
+	ck_assert_msg(memcmp(got, e->data + (size_t)li * SR_ELEMS * 2, SR_ELEMS * 2) == 0, "layer %u differs", li);
+	free(got);
+	return d;
+}
+
+/* Whether the memory at device address d holds layer li's bytes. */
+static bool sr_holds(struct sr_env *e, uint64_t d, uint32_t li)
+{
+	uint8_t *got = malloc(SR_ELEMS * 2);
+	ck_assert_ptr_nonnull(got);
+	tc_dev_read(e->c, 0, d, got, SR_ELEMS * 2);
+	bool same = memcmp(got, e->data + (size_t)li * SR_ELEMS * 2, SR_ELEMS * 2) == 0;
+	free(got);
+	return same;
+}
+
+struct sr_acquire {
+	vram_pager *p;
+	uint32_t layer;
+	int r;
+	atomic_int done;
+};
+
+static void *sr_acquire_main(void *arg)
+{
+	struct sr_acquire *a = arg;
+	a->r = vram_pager_acquire(a->p, a->layer);
+	atomic_store(&a->done, 1);
+	return NULL;
+}
+
+/* Completes the held work once a thread waits for it; *arg: how many
+ * waited. */
+static void *sr_complete_main(void *arg)
+{
+	for (int i = 0; i < 3000 && fake_sync_waiters() == 0; i++)
+		t_sleep_ms(5);
+	*(int *)arg = fake_sync_waiters();
+	fake_complete();
+	return NULL;
+}
+
+static uint64_t sr_prefetches(struct sr_env *e)
+{
+	struct vram_pager_stats st = { .struct_size = sizeof(st) };
+	ck_assert_int_eq(vram_pager_stats(e->p, &st), 0);
+	return st.prefetches;
+}
+
+/* A slot released on a stream is not reused, by prefetch or by another
+ * layer's acquire, while the event recorded at release is pending: the
+ * other slot is taken, and with both released on the stream an acquire
+ * waits for the GPU (cuEventSynchronize), then takes the older one. */
+START_TEST(test_pager_release_on_stream)
+{
+	struct sr_env e;
+	sr_open(&e);
+	CUstream s = fake_stream_new(0);
+	fake_stream_hold(s); /* its kernels do not finish until fake_complete */
+
+	/* L0 into slot A, L1 prefetched into slot B */
+	ck_assert_msg(vram_pager_acquire(e.p, 0) == 0, "%s", vram_last_error());
+	uint64_t a = sr_check(&e, 0);
+	uint64_t pf = sr_prefetches(&e);
+	ck_assert_uint_eq(pf, 1);
+	unsigned records = fk.calls[F_EventRecord];
+	ck_assert_msg(vram_pager_release_on_stream(e.p, 0, s) == 0, "%s", vram_last_error());
+	ck_assert_uint_gt(fk.calls[F_EventRecord], records);
+	ck_assert_int_eq(vram_pager_release_on_stream(e.p, 0, s), -EINVAL);
+	ck_assert_str_eq(vram_last_error(), "layer 0 is not acquired");
+
+	/* L1 from B; L2 is not prefetched into A (L0 is not wanted soon, so
+	 * without the fence it would be) */
+	ck_assert_int_eq(vram_pager_acquire(e.p, 1), 0);
+	uint64_t b = sr_check(&e, 1);
+	ck_assert_uint_ne(a, b);
+	ck_assert_uint_eq(sr_prefetches(&e), pf);
+	ck_assert_int_eq(vram_pager_release(e.p, 1), 0);
+
+	/* L2's acquire takes B although A is the least recently used */
+	ck_assert_int_eq(vram_pager_acquire(e.p, 2), 0);
+	ck_assert_uint_eq(sr_check(&e, 2), b);
+	ck_assert(sr_holds(&e, a, 0)); /* what the queued kernels read */
+	ck_assert_int_eq(vram_pager_release_on_stream(e.p, 2, s), 0);
+
+	/* both slots fenced: L3's acquire waits for the GPU */
+	struct sr_acquire w = { .p = e.p, .layer = 3 };
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, sr_acquire_main, &w), 0);
+	for (int i = 0; i < 3000 && fake_sync_waiters() == 0; i++)
+		t_sleep_ms(5);
+	ck_assert_int_eq(fake_sync_waiters(), 1);
+	ck_assert_int_eq(atomic_load(&w.done), 0);
+	ck_assert(sr_holds(&e, a, 0));
+	ck_assert(sr_holds(&e, b, 2));
+	fake_complete();
+	pthread_join(th, NULL);
+	ck_assert_msg(w.r == 0, "%s", vram_last_error());
+	ck_assert_uint_eq(sr_check(&e, 3), a); /* the older fence's slot */
+
+	/* Released on two streams (acquires nest): the second stream waits
+	 * for the first's event before recording, so that the fence covers
+	 * both. */
+	CUstream s2 = fake_stream_new(0);
+	ck_assert_int_eq(vram_pager_acquire(e.p, 3), 0);
+	fake_stream_hold(s);
+	ck_assert_int_eq(vram_pager_release_on_stream(e.p, 3, s), 0);
+	ck_assert_uint_eq(fk.stream_waits, 0);
+	ck_assert_int_eq(vram_pager_release_on_stream(e.p, 3, s2), 0);
+	ck_assert_uint_eq(fk.stream_waits, 1);
+	/* the legacy default stream (NULL) is a stream too */
+	ck_assert_int_eq(vram_pager_acquire(e.p, 3), 0);
+	ck_assert_int_eq(vram_pager_release_on_stream(e.p, 3, NULL), 0);
+	ck_assert_uint_eq(fk.stream_waits, 2);
+	fake_complete();
+
+	/* errors: no such layer; a failing record leaves the layer acquired */
+	ck_assert_int_eq(vram_pager_release_on_stream(e.p, SR_LAYERS, s), -EINVAL);
+	ck_assert_str_eq(vram_last_error(), "no layer 4 (the model has 4)");
+	ck_assert_int_eq(vram_pager_release_on_stream(NULL, 0, s), -EINVAL);
+	ck_assert_int_eq(vram_pager_acquire(e.p, 1), 0);
+	fake_fail(F_EventRecord, 0, CUDA_ERROR_UNKNOWN);
+	ck_assert_int_eq(vram_pager_release_on_stream(e.p, 1, s), -EIO);
+	ck_assert_msg(strstr(vram_last_error(), "layer 1 (still acquired)") &&
+		      strstr(vram_last_error(), "cuEventRecord: CUDA_ERROR_UNKNOWN"), "%s", vram_last_error());
+	fake_nofail();
+	ck_assert_int_eq(vram_pager_release(e.p, 1), 0);
+	ck_assert_int_eq(vram_pager_release(e.p, 1), -EINVAL);
+
+	/* a fence pending at free: the pager waits for the GPU before it
+	 * frees the window */
+	ck_assert_int_eq(vram_pager_acquire(e.p, 2), 0);
+	fake_stream_hold(s2);
+	ck_assert_int_eq(vram_pager_release_on_stream(e.p, 2, s2), 0);
+	int waiters = 0;
+	ck_assert_int_eq(pthread_create(&th, NULL, sr_complete_main, &waiters), 0);
+	vram_pager_free(e.p);
+	e.p = NULL;
+	pthread_join(th, NULL);
+	ck_assert_int_eq(waiters, 1);
+	sr_close(&e);
+	fake_stream_free(s);
+	fake_stream_free(s2);
+	fake_assert_clean();
+}
+END_TEST
+
 START_TEST(test_client_killed)
 {
 	/* A client killed while it holds grants: the broker releases its
@@ -1354,6 +1589,7 @@ int main(void)
 	tcase_add_test(tb, test_broker_and_client);
 	tcase_add_test(tb, test_load_cuda);
 	tcase_add_test(tb, test_client_killed);
+	tcase_add_test(tb, test_pager_release_on_stream);
 	suite_add_tcase(s, tb);
 
 	SRunner *sr = srunner_create(s);

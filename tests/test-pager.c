@@ -170,6 +170,18 @@ START_TEST(test_bytes_and_stats)
 	/* misuse */
 	ck_assert_int_eq(vram_pager_release(p, 0), -EINVAL);
 	ck_assert_int_eq(vram_pager_acquire(p, 100000), -EINVAL);
+	ck_assert_int_eq(vram_pager_release_on_stream(p, 0, NULL), -EINVAL);
+	ck_assert_str_eq(vram_last_error(), "layer 0 is not acquired");
+	ck_assert_int_eq(vram_pager_release_on_stream(p, 100000, NULL), -EINVAL);
+	/* On simulated GPUs a release on a stream is a release (the stream,
+	 * which would be a CUstream, is never looked at): slots are reused at
+	 * once, and the next pass reads the right bytes. */
+	for (uint32_t li = 0; li < f.nunet; li++) {
+		ck_assert_int_eq(vram_pager_acquire(p, li), 0);
+		ck_assert_int_eq(vram_pager_release_on_stream(p, li, (void *)(uintptr_t)0xdead), 0);
+		ck_assert_int_eq(vram_pager_release(p, li), -EINVAL);
+	}
+	pass(&f, p);
 	vram_pager_free(p);
 	fx_stop(&f);
 }

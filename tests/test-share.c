@@ -320,6 +320,27 @@ START_TEST(test_read_only_and_private)
 	ck_assert_int_lt(pwrite(cfd, "x", 1, 0), 0);
 	munmap(ro, rep->size);
 	close(cfd);
+	/* Not while a pager serves the load: its tables are the load's grants
+	 * as they were when it was made. */
+	struct vram_plan_device devs[8];
+	uint32_t nd = 0;
+	for (int i = 0; i < 8; i++)
+		devs[i].struct_size = sizeof(devs[i]);
+	ck_assert_int_eq(vram_plan_devices_from_client(c, devs, 8, &nd), 0);
+	struct vram_plan_options po;
+	vram_plan_options_init(&po);
+	vram_plan *plan;
+	ck_assert_msg(vram_plan_create(m, &po, devs, nd, &plan) == 0, "%s", vram_last_error());
+	struct vram_pager_options pgo;
+	vram_pager_options_init(&pgo);
+	pgo.flags = VRAM_PAGER_NO_RECLAIM;
+	vram_pager *pg;
+	ck_assert_msg(vram_pager_create(l, plan, &pgo, &pg) == 0, "%s", vram_last_error());
+	ck_assert_int_eq(vram_loaded_make_private(l, 0), -EBUSY);
+	ck_assert_str_eq(vram_last_error(), "tensor 0: a pager serves this load (free it before making a tensor private)");
+	ck_assert_int_eq(vram_loaded_tensor_shared(l, 0), 1);
+	vram_pager_free(pg);
+	vram_plan_free(plan);
 	/* a private copy: writable, the shared one untouched */
 	ck_assert_int_eq(vram_loaded_make_private(l, 0), 0);
 	ck_assert_int_eq(vram_loaded_tensor_shared(l, 0), 0);

@@ -280,10 +280,17 @@ _PROTOS = {
     "vram_pager_order": (C.c_int, [vp, u32]),
 }
 
-# Optional entry points, bound when the library has them (newer builds).
+# Optional entry points, bound when the library has them (newer builds):
+# name -> (restype, argtypes, the version that added it).
 _OPTIONAL = {
-    "vram_pager_release_async": (C.c_int, [vp, u32, u64]),
+    "vram_pager_release_on_stream": (C.c_int, [vp, u32, vp]),  # 0.3
 }
+
+
+def has(name):
+    """Whether the library has entry point name (an optional one may be
+    missing from an older library)."""
+    return getattr(lib, name, None) is not None
 
 _libc = C.CDLL(None)
 _libc.free.argtypes = [vp]

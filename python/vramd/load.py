@@ -3,6 +3,7 @@
 and the pager over it."""
 import contextlib
 import ctypes as C
+import errno as _errno
 from dataclasses import dataclass
 
 from . import _native as N
@@ -303,16 +304,34 @@ class Pager(Owner):
     def acquire(self, layer):
         call("vram_pager_acquire", self._ptr, layer)
 
-    def release(self, layer):
-        call("vram_pager_release", self._ptr, layer)
+    def release(self, layer, stream=None):
+        """Releases layer.  With stream (a torch.cuda.Stream, or a CUstream
+        handle as an int; 0 is the legacy default stream), in that stream's
+        order: the layer counts as released now, but its memory on a CUDA
+        device is not reused until the kernels queued on the stream so far
+        have run (vram_pager_release_on_stream; pass
+        torch.cuda.current_stream() after launching the layer's kernels).
+        On the cpu and simulated GPUs it is a plain release."""
+        if stream is None:
+            call("vram_pager_release", self._ptr, layer)
+            return
+        handle = getattr(stream, "cuda_stream", stream)
+        if not isinstance(handle, int):
+            raise TypeError("vramd: stream must be a torch.cuda.Stream or a CUstream handle (int), not %s"
+                            % type(stream).__name__)
+        if not N.has("vram_pager_release_on_stream"):
+            raise N.VramError(_errno.ENOSYS, "vramd: this libvram (older than 0.3) has no "
+                              "vram_pager_release_on_stream", "vram_pager_release_on_stream")
+        call("vram_pager_release_on_stream", self._ptr, layer, C.c_void_p(handle or None))
 
     @contextlib.contextmanager
-    def layer(self, layer):
+    def layer(self, layer, stream=None):
+        """acquire(layer) ... release(layer, stream)."""
         self.acquire(layer)
         try:
             yield self
         finally:
-            self.release(layer)
+            self.release(layer, stream)
 
     def end_pass(self):
         call("vram_pager_end_pass", self._ptr)

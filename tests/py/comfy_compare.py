@@ -196,9 +196,11 @@ def main():
     ours = vramd_load(pack, path)
     n = compare(ours, theirs)
     vm = ours[0].model._vramd
-    donors = sum(1 for m in ours[0].model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False))
-    print("compared %d tensors, %d donor modules (comfy_cast_weights), %d bytes from the file"
-          % (n, donors, vm.model.data_size))
+    donors = sum(1 for m in ours[0].model.diffusion_model.modules()
+                 if getattr(m, "comfy_cast_weights", False) or id(m) in vm._paged)
+    how = "served by the vramd pager (VRAMD_PAGER=1)" if vm._paged else "comfy_cast_weights"
+    print("compared %d tensors, %d donor modules (%s), %d bytes from the file"
+          % (n, donors, how, vm.model.data_size))
     assert donors > 0, "the plan put no layer on the donor"
     npatched, nprivate = compare_patches(ours, theirs)
     print("LoRA and weight hooks on %d weights equal ComfyUI's; %d shared tensors made private for "

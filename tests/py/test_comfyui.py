@@ -30,7 +30,7 @@ class RealComfyUI(unittest.TestCase):
             out = r.stdout.strip().splitlines()
             self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-3000:])
             self.assertEqual(out[-1], "OK", r.stdout[-3000:])
-            print(out[-2])
+            print("\n".join(out[-3:-1]))  # what was compared, the LoRA line
 
 
 @unittest.skipUnless(COMFYUI and os.environ.get("COMFYUI_GGUF_DIR"),

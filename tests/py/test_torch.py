@@ -216,6 +216,117 @@ class TorchViews(unittest.TestCase):
                     self.assertTrue(torch.equal(got.view(torch.uint8), self.ref[t.name].view(torch.uint8)))
                     self.assertNotEqual(got.data_ptr(), loaded.host_ptr(t.index))
         self.assertGreater(pager.stats().acquires, 0)
+        # Released in a stream's order: on simulated GPUs a plain release
+        # (the handle is never looked at); the next acquire reads the
+        # right bytes, a second release says the layer is not acquired.
+        for li in donors:
+            pager.acquire(li)
+            pager.release(li, stream=0xdead)
+            with self.assertRaises(vramd.VramError) as e:
+                pager.release(li)
+            self.assertIn("is not acquired", str(e.exception))
+            with pager.layer(li, stream=0):
+                for t in m.layer_tensors(li):
+                    got = pager.torch(t.index)
+                    self.assertTrue(torch.equal(got.view(torch.uint8), self.ref[t.name].view(torch.uint8)))
+        with self.assertRaises(TypeError):
+            pager.release(donors[0], stream="current")
+
+
+class NodePager(unittest.TestCase):
+    """The node pack's VRAMD_PAGER=1 path without ComfyUI: a stand-in UNet
+    (Linear layers named as a UNet's blocks) built over a vramd load whose
+    plan puts some blocks on the cpu donor; with the pager, each donor
+    module's forward runs on the pager's copies in the window and the
+    outputs equal those of the default path (the donor views, as ComfyUI's
+    cast path would read them)."""
+
+    BLOCKS = 6
+
+    def setUp(self):
+        from safetensors.torch import save_file
+        self.broker = harness.Broker(sim="64MiB,64MiB")
+        self.path = os.path.join(self.broker.dir, "blocks.safetensors")
+        g = torch.Generator().manual_seed(11)
+        t = {}
+        for i in range(self.BLOCKS):
+            t["model.diffusion_model.input_blocks.%d.0.weight" % i] = torch.randn((64, 64), generator=g) / 8
+            t["model.diffusion_model.input_blocks.%d.0.bias" % i] = torch.randn(64, generator=g)
+        save_file(t, self.path)
+        self.saved = os.environ.get("VRAMD_PAGER")
+        self.pack = harness.import_pack()
+        self.loader = __import__(self.pack.__name__ + ".loader", fromlist=["loader"])
+
+    def tearDown(self):
+        if self.saved is None:
+            os.environ.pop("VRAMD_PAGER", None)
+        else:
+            os.environ["VRAMD_PAGER"] = self.saved
+        gc.collect()
+        self.broker.stop()
+
+    def build(self, c, m, pager):
+        """(VramdModel, stand-in UNet, marked paths) with VRAMD_PAGER as told."""
+        L = self.loader
+        os.environ["VRAMD_PAGER"] = "1" if pager else "0"
+        plan = c.plan(m, unet_compute_device="cuda:0", unet_expert_mode_allocations="cuda:0,40%;cpu,60%")
+        vm = L.VramdModel(c, m, plan, dict(reclaimable=False, shared=False))
+        with torch.device("meta"):
+            unet = torch.nn.Module()
+            unet.input_blocks = torch.nn.ModuleList(
+                torch.nn.Sequential(torch.nn.Linear(64, 64)) for _ in range(self.BLOCKS))
+        comp = L.Component("unet", unet, torch.device("cpu"))
+        names = {id(v): k for k, v in vm.views.items()}
+        prefix = "model.diffusion_model."
+        comp.adopt({k[len(prefix):]: v for k, v in vm.views.items() if k.startswith(prefix)}, names, vm.views)
+        vm.add(comp)
+        return vm, unet, vm.mark_donors(comp)
+
+    @staticmethod
+    def forward(unet, x):
+        for b in unet.input_blocks:
+            x = torch.tanh(b(x))
+        return x
+
+    def test_pager_serves_donor_modules(self):
+        c = vramd.connect(self.broker.socket, "np")
+        m = vramd.open_model(self.path)
+        x = torch.randn((3, 64), generator=torch.Generator().manual_seed(2))
+        vm0, unet0, marked0 = self.build(c, m, pager=False)
+        self.assertEqual(marked0, [])  # plain Linear: no comfy_cast_weights to set
+        want = self.forward(unet0, x)
+        vm, unet, paged = self.build(c, m, pager=True)
+        donors = {"input_blocks.%d.0" % m.tensor(n).layer for n in vm.plan.donor_tensors()}
+        self.assertTrue(donors)
+        self.assertEqual(sorted(paged), sorted(donors))
+        seen = {}
+        for path in paged:
+            mod = unet.get_submodule(path)
+            mod.register_forward_pre_hook(lambda mod, args, path=path: seen.__setitem__(
+                path, (mod.weight.data_ptr(), mod.weight.clone())))
+        for _ in range(3):  # passes: the window is reused, prefetch follows the order
+            got = self.forward(unet, x)
+            self.assertTrue(torch.equal(got, want))
+        for path in paged:
+            mod = unet.get_submodule(path)
+            src = "model.diffusion_model.%s.weight" % path
+            ptr, w = seen[path]
+            self.assertNotEqual(ptr, vm.views[src].data_ptr())  # the pager's copy
+            self.assertTrue(torch.equal(w, vm.views[src]))
+            self.assertEqual(mod.weight.data_ptr(), vm.views[src].data_ptr())  # the donor view again
+        st = vm.pager.stats()
+        self.assertGreaterEqual(st.acquires, 3 * len(paged))  # a module's weight and bias: one layer
+        self.assertGreater(st.bytes_paged, 0)
+        # a forward that raises releases what it acquired (more of them than
+        # the pager lets be outstanding) and leaves the donor view in place
+        mod = unet.get_submodule(paged[0])
+        for _ in range(10):
+            with self.assertRaises(RuntimeError):
+                mod(torch.randn((3, 65)))
+        self.assertEqual(mod.weight.data_ptr(), vm.views["model.diffusion_model.%s.weight" % paged[0]].data_ptr())
+        self.assertTrue(torch.equal(self.forward(unet, x), want))
+        vm.pager.close()
+        vm.pager = None
 
 
 def write_flux_gguf(path):
