@@ -134,6 +134,34 @@ static uint64_t free_slot_grant(struct vram_pager *p, uint32_t si)
 	return size;
 }
 
+/* What the slots cut from slot i's grant say together: all idle, one
+ * being copied, how many fit need bytes, the latest use.  false unless i
+ * is the grant's first slot (so that each grant is looked at once).  mu
+ * held. */
+struct grant_view {
+	bool idle, copying;
+	uint32_t fit;
+	uint64_t use;
+};
+
+static bool grant_view(struct vram_pager *p, uint32_t i, uint64_t need, struct grant_view *v)
+{
+	const struct slot *s = &p->slots[i];
+	*v = (struct grant_view){ .idle = true };
+	for (uint32_t j = 0; j < p->nslots; j++) {
+		const struct slot *o = &p->slots[j];
+		if (o->grant != s->grant)
+			continue;
+		if (j < i)
+			return false;
+		v->idle = v->idle && slot_idle(p, j);
+		v->copying = v->copying || o->state == SLOT_COPYING;
+		v->fit += o->size >= need;
+		v->use = MAX(v->use, o->last_use);
+	}
+	return true;
+}
+
 /* The least recently used slot grant on dev of at most room bytes whose
  * slots are all idle and whose going leaves keep slots that hold need
  * bytes, or none of whose slots holds need bytes (cut when the largest
@@ -150,30 +178,18 @@ static int pick_slot_grant(struct vram_pager *p, uint32_t dev, uint64_t need, ui
 		const struct slot *s = &p->slots[i];
 		if (!s->grant || s->dev != dev)
 			continue;
-		bool first = true, idle = true, copying = false;
-		uint32_t fit = 0;
-		uint64_t use = 0;
-		for (uint32_t j = 0; j < p->nslots; j++) {
-			const struct slot *o = &p->slots[j];
-			if (o->grant != s->grant)
-				continue;
-			first = first && j >= i;
-			idle = idle && slot_idle(p, j);
-			copying = copying || o->state == SLOT_COPYING;
-			fit += o->size >= need;
-			use = MAX(use, o->last_use);
-		}
-		if (!first)
+		struct grant_view v;
+		if (!grant_view(p, i, need, &v))
 			continue; /* a grant is looked at once */
-		if (!idle) {
-			*ret_copying = *ret_copying || copying;
+		if (!v.idle) {
+			*ret_copying = *ret_copying || v.copying;
 			continue;
 		}
-		if ((fit && fitting - fit < keep) || vram_grant_size(s->grant) > room)
+		if ((v.fit && fitting - v.fit < keep) || vram_grant_size(s->grant) > room)
 			continue;
-		if (use < best_use) {
+		if (v.use < best_use) {
 			best = (int)i;
-			best_use = use;
+			best_use = v.use;
 		}
 	}
 	return best;
@@ -311,24 +327,12 @@ static void slot_pieces(struct vram_pager *p, uint32_t dev, uint64_t want, uint6
 		const struct slot *s = &p->slots[i];
 		if (!s->grant || s->dev != dev)
 			continue;
-		bool first = true, idle = true, copying = false;
-		uint32_t fit = 0;
-		uint64_t use = 0;
-		for (uint32_t j = 0; j < p->nslots; j++) {
-			const struct slot *o = &p->slots[j];
-			if (o->grant != s->grant)
-				continue;
-			first = first && j >= i;
-			idle = idle && slot_idle(p, j);
-			copying = copying || o->state == SLOT_COPYING;
-			fit += o->size >= need;
-			use = MAX(use, o->last_use);
-		}
-		if (!first)
+		struct grant_view v;
+		if (!grant_view(p, i, need, &v))
 			continue; /* a grant is looked at once */
-		*ret_copying = *ret_copying || (!idle && copying);
-		struct piece x = { (int)i, -1, vram_grant_size(s->grant), use };
-		if (idle && (!fit || fitting - fit >= keep) && better_piece(&x, best, want, room))
+		*ret_copying = *ret_copying || (!v.idle && v.copying);
+		struct piece x = { (int)i, -1, vram_grant_size(s->grant), v.use };
+		if (v.idle && (!v.fit || fitting - v.fit >= keep) && better_piece(&x, best, want, room))
 			*best = x;
 	}
 }
