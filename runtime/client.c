@@ -553,6 +553,20 @@ static int run_pending(struct vram_client *c)
 	}
 }
 
+/* Puts a new grant g into c's list, unlocks, runs the RECLAIMs that came
+ * meanwhile, and hands g out.  Lock held on entry; 0. */
+static int grant_publish(struct vram_client *c, struct vram_grant *g, vram_grant **ret)
+{
+	g->next = c->grants;
+	if (c->grants)
+		c->grants->prev = g;
+	c->grants = g;
+	pthread_mutex_unlock(&c->lock);
+	run_pending(c);
+	*ret = g;
+	return 0;
+}
+
 int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, vram_grant **ret)
 {
 	rt_error_clear();
@@ -630,14 +644,7 @@ int vram_alloc(vram_client *c, uint32_t device, uint64_t size, uint32_t flags, v
 		free(g);
 		return r;
 	}
-	g->next = c->grants;
-	if (c->grants)
-		c->grants->prev = g;
-	c->grants = g;
-	pthread_mutex_unlock(&c->lock);
-	run_pending(c);
-	*ret = g;
-	return 0;
+	return grant_publish(c, g, ret);
 }
 
 /* FREE (or UNSHARE, for a shared copy) of g, not sent again if the
@@ -1050,12 +1057,5 @@ int client_share(struct vram_client *c, uint32_t device, const struct vramd_shar
 		run_pending(c);
 		return r;
 	}
-	g->next = c->grants;
-	if (c->grants)
-		c->grants->prev = g;
-	c->grants = g;
-	pthread_mutex_unlock(&c->lock);
-	run_pending(c);
-	*ret = g;
-	return 0;
+	return grant_publish(c, g, ret);
 }
