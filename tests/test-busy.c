@@ -19,55 +19,6 @@
 
 /* ---- helpers -------------------------------------------------------------- */
 
-/* A thread running passes over a model until told to stop; every acquired
- * byte checked. */
-struct busy {
-	const struct tp_env *e;
-	struct tp_model *t;
-	pthread_t th;
-	atomic_int stop;
-	atomic_int passes;
-	char err[256];
-};
-
-static void *busy_main(void *arg)
-{
-	struct busy *b = arg;
-	while (!atomic_load(&b->stop) && !b->err[0]) {
-		for (uint32_t li = 0; li < b->t->nunet && !b->err[0]; li++) {
-			if (vram_pager_acquire(b->t->p, li) < 0) {
-				snprintf(b->err, sizeof(b->err), "acquire %u: %s", li, vram_last_error());
-				break;
-			}
-			if (tp_layer_differs(b->e, b->t, li, b->err, sizeof(b->err)) < 0)
-				break;
-			vram_pager_release(b->t->p, li);
-		}
-		vram_pager_end_pass(b->t->p);
-		atomic_fetch_add(&b->passes, 1);
-	}
-	return NULL;
-}
-
-static void busy_start(struct busy *b, const struct tp_env *e, struct tp_model *t)
-{
-	memset(b, 0, sizeof(*b));
-	b->e = e;
-	b->t = t;
-	ck_assert_int_eq(pthread_create(&b->th, NULL, busy_main, b), 0);
-}
-
-/* Lets it run n more passes, stops it, asserts it never failed. */
-static void busy_stop(struct busy *b, int n)
-{
-	int p0 = atomic_load(&b->passes);
-	while (atomic_load(&b->passes) < p0 + n && !b->err[0])
-		t_sleep_ms(2);
-	atomic_store(&b->stop, 1);
-	pthread_join(b->th, NULL);
-	ck_assert_msg(!b->err[0], "%s", b->err);
-}
-
 /* The client called name in the broker's status, copied; asserts it is
  * there. */
 static struct vram_client_status client_status(vram_client *o, const char *name)
@@ -239,8 +190,8 @@ START_TEST(test_reclaim_mid_acquire)
 	tp_env_checkpoint(&e, 24, 512, 1024);
 	struct tp_model t;
 	ck_assert_msg(tp_model_open(&t, &e, "busy", 0.004, NULL, 0) == 0, "%s", vram_last_error());
-	struct busy b;
-	busy_start(&b, &e, &t);
+	struct tp_busy b;
+	tp_busy_start(&b, &e, &t);
 	vram_client *n;
 	ck_assert_int_eq(vram_connect(e.sock, "newcomer", &n), 0);
 	int served = 0;
@@ -258,7 +209,7 @@ START_TEST(test_reclaim_mid_acquire)
 		t_sleep_ms(20); /* the pager takes memory back meanwhile (OFFER) */
 	}
 	ck_assert_int_gt(served, 0);
-	busy_stop(&b, 2);
+	tp_busy_stop(&b, 2);
 	struct vram_client_status cs = client_status(n, "busy");
 	ck_assert_uint_ge(cs.reclaims_answered, 1);
 	ck_assert_uint_eq(cs.reclaims_missed, 0);
@@ -296,14 +247,14 @@ START_TEST(test_reclaim_more_than_can_give)
 	/* memory of its client the pager knows nothing of */
 	vram_grant *extra;
 	ck_assert_int_eq(vram_alloc(t.c, 0, 16 * MiB, VRAM_ALLOC_RECLAIMABLE, &extra), 0);
-	struct busy b;
-	busy_start(&b, &e, &t);
+	struct tp_busy b;
+	tp_busy_start(&b, &e, &t);
 	vram_client *n;
 	vram_grant *g;
 	ck_assert_int_eq(vram_connect(e.sock, "newcomer", &n), 0);
 	ck_assert_int_eq(vram_alloc(n, 0, 15 * MiB, 0, &g), -ENOMEM);
 	ck_assert_msg(strstr(vram_last_error(), "freed too little"), "%s", vram_last_error());
-	busy_stop(&b, 1);
+	tp_busy_stop(&b, 1);
 	struct vram_client_status cs = client_status(n, "busy");
 	ck_assert_uint_ge(cs.reclaims_answered, 1);
 	ck_assert_uint_eq(cs.reclaims_missed, 0);
@@ -411,8 +362,8 @@ START_TEST(test_reclaim_races)
 	tp_env_checkpoint(&e, 24, 512, 1024);
 	struct tp_model t;
 	ck_assert_msg(tp_model_open(&t, &e, "busy", 0.004, NULL, 0) == 0, "%s", vram_last_error());
-	struct busy b;
-	busy_start(&b, &e, &t);
+	struct tp_busy b;
+	tp_busy_start(&b, &e, &t);
 	struct racer r = { .c = t.c };
 	pthread_t rt;
 	ck_assert_int_eq(pthread_create(&rt, NULL, racer_main, &r), 0);
@@ -436,7 +387,7 @@ START_TEST(test_reclaim_races)
 	pthread_join(rt, NULL);
 	ck_assert_msg(!r.err[0], "%s", r.err);
 	ck_assert_int_gt(r.rounds, 0);
-	busy_stop(&b, 1);
+	tp_busy_stop(&b, 1);
 	ck_assert_int_gt(served, 0);
 	struct vram_client_status cs = client_status(n, "busy");
 	ck_assert_uint_ge(cs.reclaims_answered, 1);
@@ -609,12 +560,12 @@ START_TEST(test_floors_and_ceilings)
 	ck_assert_int_eq(pthread_create(&sth, NULL, sampler_main, &s), 0);
 	struct tp_model tf, tc, to;
 	ck_assert_msg(tp_model_open(&tf, &e, "floored", 0, "cuda:0,100%", 0) == 0, "%s", vram_last_error());
-	struct busy bf, bc, bo;
-	busy_start(&bf, &e, &tf);
+	struct tp_busy bf, bc, bo;
+	tp_busy_start(&bf, &e, &tf);
 	ck_assert_msg(tp_model_open(&tc, &e, "capped", 0, "cuda:0,100%", 0) == 0, "%s", vram_last_error());
-	busy_start(&bc, &e, &tc);
+	tp_busy_start(&bc, &e, &tc);
 	ck_assert_msg(tp_model_open(&to, &e, "other", 0, "cuda:0,100%", 0) == 0, "%s", vram_last_error());
-	busy_start(&bo, &e, &to);
+	tp_busy_start(&bo, &e, &to);
 	vram_client *n;
 	ck_assert_int_eq(vram_connect(e.sock, "newcomer", &n), 0);
 	for (int k = 0; k < 6; k++) {
@@ -625,9 +576,9 @@ START_TEST(test_floors_and_ceilings)
 		if (rc == 0)
 			ck_assert_int_eq(vram_free(n, g), 0);
 	}
-	busy_stop(&bf, 1);
-	busy_stop(&bc, 1);
-	busy_stop(&bo, 1);
+	tp_busy_stop(&bf, 1);
+	tp_busy_stop(&bc, 1);
+	tp_busy_stop(&bo, 1);
 	atomic_store(&s.stop, 1);
 	pthread_join(sth, NULL);
 	ck_assert_msg(!s.err[0], "%s", s.err);
@@ -669,10 +620,10 @@ START_TEST(test_shared_copies_paged)
 	ck_assert_uint_gt(client_status(n, "shared").shared_dev[0], 0);
 	/* the broker never asks for copies someone maps (they are nobody's
 	 * to give back), but the pager may give them up when asked: all */
-	struct busy b;
-	busy_start(&b, &e, &t);
+	struct tp_busy b;
+	tp_busy_start(&b, &e, &t);
 	vram_pager_reclaim(t.p, 0, 1ull << 40);
-	busy_stop(&b, 1);
+	tp_busy_stop(&b, 1);
 	struct vram_pager_stats st = { .struct_size = sizeof(st) };
 	vram_pager_stats(t.p, &st);
 	ck_assert_uint_gt(st.dropped, 0);
@@ -733,11 +684,11 @@ START_TEST(test_split_layer_paged)
 				split = (int)li;
 	}
 	ck_assert_msg(split >= 0, "no layer is split between devices");
-	struct busy b;
-	busy_start(&b, &e, &t);
+	struct tp_busy b;
+	tp_busy_start(&b, &e, &t);
 	for (int k = 0; k < 4; k++)
 		vram_pager_reclaim(t.p, 0, 1ull << 40);
-	busy_stop(&b, 2);
+	tp_busy_stop(&b, 2);
 	tp_pass(&e, &t);
 	vram_pager_reclaim(t.p, 0, 1ull << 40);
 	tp_check_layer(&e, &t, (uint32_t)split);

@@ -63,35 +63,6 @@ START_TEST(test_free_after_restart)
 }
 END_TEST
 
-struct busy {
-	const struct tp_env *e;
-	struct tp_model *t;
-	atomic_int stop;
-	atomic_int passes;
-	char err[256];
-};
-
-/* Passes until told to stop: acquires and releases only (no broker call),
- * every byte checked. */
-static void *busy_main(void *arg)
-{
-	struct busy *b = arg;
-	while (!atomic_load(&b->stop) && !b->err[0]) {
-		for (uint32_t li = 0; li < b->t->nunet && !b->err[0]; li++) {
-			if (vram_pager_acquire(b->t->p, li) < 0) {
-				snprintf(b->err, sizeof(b->err), "acquire %u: %s", li, vram_last_error());
-				break;
-			}
-			if (tp_layer_differs(b->e, b->t, li, b->err, sizeof(b->err)) < 0)
-				break;
-			vram_pager_release(b->t->p, li);
-		}
-		vram_pager_end_pass(b->t->p);
-		atomic_fetch_add(&b->passes, 1);
-	}
-	return NULL;
-}
-
 /* Waits (bounded) until the broker accounts at least bytes to name. */
 static int64_t wait_held(vram_client *o, const char *name, int64_t bytes)
 {
@@ -115,9 +86,8 @@ START_TEST(test_pager_reconnects)
 	tp_env_checkpoint(&e, 24, 512, 1024);
 	struct tp_model t;
 	ck_assert_msg(tp_model_open(&t, &e, "busy", 0.004, NULL, 0) == 0, "%s", vram_last_error());
-	struct busy b = { .e = &e, .t = &t };
-	pthread_t th;
-	ck_assert_int_eq(pthread_create(&th, NULL, busy_main, &b), 0);
+	struct tp_busy b;
+	tp_busy_start(&b, &e, &t);
 	vram_client *o;
 	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
 	int64_t before = held_by(o, "busy");
@@ -129,7 +99,6 @@ START_TEST(test_pager_reconnects)
 	int64_t after = wait_held(o, "busy", before);
 	ck_assert_msg(after == before, "after the restart the broker accounts %lld bytes to the pager, %lld before",
 		      (long long)after, (long long)before);
-	int p0 = atomic_load(&b.passes);
 	ck_assert_msg(!b.err[0], "%s", b.err);
 
 	/* it answers RECLAIM from the new broker: a newcomer gets memory */
@@ -137,11 +106,7 @@ START_TEST(test_pager_reconnects)
 	vram_grant *g;
 	ck_assert_int_eq(vram_connect(e.sock, "newcomer", &n), 0);
 	ck_assert_msg(vram_alloc(n, 0, 16 * MiB, 0, &g) == 0, "%s", vram_last_error());
-	while (atomic_load(&b.passes) < p0 + 2 && !b.err[0])
-		t_sleep_ms(5);
-	atomic_store(&b.stop, 1);
-	pthread_join(th, NULL);
-	ck_assert_msg(!b.err[0], "%s", b.err);
+	tp_busy_stop(&b, 2);
 	/* the FREEs that served the newcomer come before RECLAIM_DONE:
 	 * that may still be on its way (bounded wait) */
 	struct vram_status *s = NULL;

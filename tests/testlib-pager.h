@@ -6,6 +6,9 @@
 #ifndef VRAM_TESTLIB_PAGER_H
 #define VRAM_TESTLIB_PAGER_H
 
+#include <pthread.h>
+#include <stdatomic.h>
+
 #include "runtime/vram.h"
 #include "kernels/kernels.h"
 #include "testlib.h"
@@ -241,6 +244,55 @@ static inline void tp_wait_empty(vram_client *o)
 	}
 	ck_assert_msg(s != NULL, "the broker still accounts grants or clients");
 	vram_status_free(s);
+}
+
+/* A thread running passes over a model until told to stop; every acquired
+ * byte checked. */
+struct tp_busy {
+	const struct tp_env *e;
+	struct tp_model *t;
+	pthread_t th;
+	atomic_int stop;
+	atomic_int passes;
+	char err[256];
+};
+
+static inline void *tp_busy_main(void *arg)
+{
+	struct tp_busy *b = arg;
+	while (!atomic_load(&b->stop) && !b->err[0]) {
+		for (uint32_t li = 0; li < b->t->nunet && !b->err[0]; li++) {
+			if (vram_pager_acquire(b->t->p, li) < 0) {
+				snprintf(b->err, sizeof(b->err), "acquire %u: %s", li, vram_last_error());
+				break;
+			}
+			if (tp_layer_differs(b->e, b->t, li, b->err, sizeof(b->err)) < 0)
+				break;
+			vram_pager_release(b->t->p, li);
+		}
+		vram_pager_end_pass(b->t->p);
+		atomic_fetch_add(&b->passes, 1);
+	}
+	return NULL;
+}
+
+static inline void tp_busy_start(struct tp_busy *b, const struct tp_env *e, struct tp_model *t)
+{
+	memset(b, 0, sizeof(*b));
+	b->e = e;
+	b->t = t;
+	ck_assert_int_eq(pthread_create(&b->th, NULL, tp_busy_main, b), 0);
+}
+
+/* Lets it run n more passes, stops it, asserts it never failed. */
+static inline void tp_busy_stop(struct tp_busy *b, int n)
+{
+	int p0 = atomic_load(&b->passes);
+	while (atomic_load(&b->passes) < p0 + n && !b->err[0])
+		t_sleep_ms(2);
+	atomic_store(&b->stop, 1);
+	pthread_join(b->th, NULL);
+	ck_assert_msg(!b->err[0], "%s", b->err);
 }
 
 #endif
