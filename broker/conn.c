@@ -153,9 +153,12 @@ int send_reclaim(struct broker *b, struct client *x, uint32_t dev, uint64_t byte
 	proto_hdr_init(&r.hdr, VRAMD_RECLAIM, sizeof(r), 0);
 	r.reclaim_id = ++b->next_reclaim_id;
 	r.bytes = bytes;
-	r.deadline_ms = b->cfg.reclaim_deadline_ms;
+	/* what is left of the request's deadline (a second ask, for whole
+	 * grants, comes later than the first and ends with it) */
+	uint64_t now = now_ns();
+	r.deadline_ms = deadline_ns > now ? MAX((deadline_ns - now) / 1000000, 1) : 1;
 	r.device = dev;
-	x->asks[x->nasks++] = (struct reclaim_ask){ r.reclaim_id, pending_id, now_ns(), deadline_ns, bytes, dev };
+	x->asks[x->nasks++] = (struct reclaim_ask){ r.reclaim_id, pending_id, now, deadline_ns, bytes, dev };
 	int e = client_send(b, x, &r, sizeof(r), -1);
 	if (e < 0)
 		x->nasks--;

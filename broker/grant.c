@@ -353,8 +353,14 @@ uint64_t reclaim_room(struct broker *b, const struct client *x, const struct poo
 	const struct quota_entry *e = m.by_name ? m.by_name : uid_level(&m);
 	if (e && e->floor) {
 		uint64_t bucket = bucket_of(b, p, e, m.by_name != NULL);
-		uint64_t above = bucket > e->floor ? bucket - e->floor : 0;
-		r = MIN(r, above);
+		/* less the largest grant x could free: a client asked for X
+		 * may free past it by less than one grant (whole grants:
+		 * runtime/pager-reclaim.c) and must still not cross its floor */
+		uint64_t above = bucket > e->floor ? bucket - e->floor : 0, largest = 0;
+		for (const struct grant *g = x->grants; g; g = g->next)
+			if (g->pool == p && (g->flags & VRAMD_ALLOC_RECLAIMABLE))
+				largest = MAX(largest, g->size);
+		r = MIN(r, above > largest ? above - largest : 0);
 	}
 	return r;
 }

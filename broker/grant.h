@@ -78,8 +78,10 @@ int limits_allow(struct broker *b, const struct client *c, const struct pool *p,
 int quota_allows(struct broker *b, const struct client *c, const struct pool *p, uint64_t size, char *why,
 		 size_t len);
 
-/* What RECLAIM may ask of x on p: its reclaimable memory there, but never
- * below its quota's floor. */
+/* What RECLAIM may ask of x on p: its reclaimable memory there, and under
+ * a floor what it holds above the floor less its largest reclaimable grant
+ * there (what a client frees may pass the ask by less than one grant: it
+ * still never crosses its floor). */
 uint64_t reclaim_room(struct broker *b, const struct client *x, const struct pool *p);
 
 /* Bytes of the shared copies on device d that c maps (only_its: those no

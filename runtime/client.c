@@ -45,8 +45,10 @@ static int connect_socket(const char *path)
 static bool queue_unsolicited(struct vram_client *c, const struct vramd_hdr *h)
 {
 	if (h->opcode == VRAMD_RECLAIM) {
-		if (c->npending < CLIENT_MAX_PENDING)
+		if (c->npending < CLIENT_MAX_PENDING) {
+			c->pending_ns[c->npending] = now_ns();
 			c->pending[c->npending++] = *(const struct vramd_reclaim *)h;
+		}
 		return true;
 	}
 	if (h->opcode == VRAMD_OFFER) {
@@ -514,19 +516,58 @@ static int run_offers(struct vram_client *c)
 	return handled;
 }
 
+/* Removes and returns pending RECLAIM i.  Lock held. */
+static struct vramd_reclaim pending_take(struct vram_client *c, uint32_t i)
+{
+	struct vramd_reclaim m = c->pending[i];
+	memmove(&c->pending[i], &c->pending[i + 1], sizeof(m) * (c->npending - i - 1));
+	memmove(&c->pending_ns[i], &c->pending_ns[i + 1], sizeof(c->pending_ns[0]) * (c->npending - i - 1));
+	c->npending--;
+	return m;
+}
+
+/* RECLAIM_DONE for reclaim_id with bytes freed.  Lock held. */
+static void reclaim_done(struct vram_client *c, uint64_t reclaim_id, uint64_t freed)
+{
+	struct vramd_reclaim_done d;
+	memset(&d, 0, sizeof(d));
+	d.reclaim_id = reclaim_id;
+	d.bytes_freed = freed;
+	send_req(c, &d, sizeof(d), VRAMD_RECLAIM_DONE);
+}
+
+/* Without a handler (a load, or a pager being made, still running)
+ * RECLAIMs wait for one, but not past half their deadline: then the
+ * client says it freed nothing, so that the broker asks others or fails
+ * the asker at once instead of waiting out the deadline ("ignored").
+ * Lock held. */
+static void answer_unhandled(struct vram_client *c)
+{
+	uint64_t now = now_ns();
+	for (uint32_t i = 0; i < c->npending;) {
+		if ((now - c->pending_ns[i]) / 1000000 < c->pending[i].deadline_ms / 2) {
+			i++;
+			continue;
+		}
+		struct vramd_reclaim m = pending_take(c, i);
+		reclaim_done(c, m.reclaim_id, 0);
+	}
+}
+
 static int run_pending(struct vram_client *c)
 {
 	int handled = 0;
 	for (;;) {
 		pthread_mutex_lock(&c->lock);
-		/* Without a handler (a load still running, say) RECLAIMs wait for
-		 * one: answering "0 freed" would fail the asker at once, while the
-		 * broker's deadline bounds the wait anyway. */
+		/* Without a handler, RECLAIMs wait for one for half their
+		 * deadline (answer_unhandled). */
 		/* One handler at a time: a call the handler makes (vram_free)
 		 * or another thread's call comes here too, and would run a
 		 * second handler inside or beside the first (the pager's would
 		 * wait for the first one's demotion: a deadlock).  The running
 		 * one's loop takes what arrives meanwhile. */
+		if (!c->reclaim_fn)
+			answer_unhandled(c);
 		if (!c->npending || !c->reclaim_fn || (c->handling && !handled)) {
 			if (handled)
 				c->handling = false;
@@ -534,20 +575,14 @@ static int run_pending(struct vram_client *c)
 			return handled + run_offers(c);
 		}
 		c->handling = true;
-		struct vramd_reclaim m = c->pending[0];
-		memmove(&c->pending[0], &c->pending[1], sizeof(m) * (c->npending - 1));
-		c->npending--;
+		struct vramd_reclaim m = pending_take(c, 0);
 		pthread_mutex_unlock(&c->lock);
 
 		uint64_t freed = 0;
 		if (c->reclaim_fn)
 			freed = c->reclaim_fn(c->reclaim_user, m.device, m.bytes, m.deadline_ms);
-		struct vramd_reclaim_done d;
-		memset(&d, 0, sizeof(d));
-		d.reclaim_id = m.reclaim_id;
-		d.bytes_freed = freed;
 		pthread_mutex_lock(&c->lock);
-		send_req(c, &d, sizeof(d), VRAMD_RECLAIM_DONE);
+		reclaim_done(c, m.reclaim_id, freed);
 		pthread_mutex_unlock(&c->lock);
 		handled++;
 	}

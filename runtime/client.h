@@ -42,6 +42,7 @@ struct vram_client {
 	vram_reclaim_fn reclaim_fn;
 	void *reclaim_user;
 	struct vramd_reclaim pending[CLIENT_MAX_PENDING]; /* unsolicited, unhandled */
+	uint64_t pending_ns[CLIENT_MAX_PENDING];          /* when each came (now_ns) */
 	uint32_t npending;
 	vram_offer_fn offer_fn;
 	void *offer_user;

@@ -535,6 +535,54 @@ START_TEST(test_reclaim_cooperative)
 }
 END_TEST
 
+/* A client with reclaimable grants but no reclaim handler yet (a pager
+ * still being made) says "0 freed" once half the deadline has passed
+ * (it used to leave the RECLAIM unanswered: missed, the asker waiting out
+ * the whole deadline); the asker is refused, the client counts as having
+ * answered. */
+static void *dispatch_always(void *arg)
+{
+	struct holder *h = arg;
+	while (!atomic_load(&h->stop)) {
+		vram_dispatch(h->c);
+		t_sleep_ms(20);
+	}
+	return NULL;
+}
+
+START_TEST(test_reclaim_without_handler)
+{
+	struct live l;
+	struct holder h = { 0 };
+	reclaim_broker(&l, 2000);
+	ck_assert_int_eq(vram_connect(l.sock, "holder", &h.c), 0);
+	for (h.n = 0; h.n < 7; h.n++)
+		ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	ck_assert_int_eq(pthread_create(&h.th, NULL, dispatch_always, &h), 0);
+	vram_client *b;
+	vram_grant *g;
+	ck_assert_int_eq(vram_connect(l.sock, "newcomer", &b), 0);
+	ck_assert_int_eq(vram_alloc(b, 0, 16 * MiB, 0, &g), -ENOMEM);
+	struct vram_status *s;
+	ck_assert_int_eq(vram_get_status(b, &s), 0);
+	bool seen = false;
+	for (uint32_t i = 0; i < s->nclients; i++)
+		if (!strcmp(s->clients[i].name, "holder")) {
+			seen = true;
+			ck_assert_uint_eq(s->clients[i].reclaims_missed, 0);
+			ck_assert_uint_ge(s->clients[i].reclaims_answered, 1); /* and a second ask, for whole grants */
+		}
+	ck_assert(seen);
+	vram_status_free(s);
+	atomic_store(&h.stop, 1);
+	pthread_join(h.th, NULL);
+	vram_close(h.c);
+	vram_close(b);
+	wait_clients(l.b, 0);
+	live_stop(&l);
+}
+END_TEST
+
 /* The level-filling of fair shares (broker/fair.h), by hand. */
 START_TEST(test_fair_fill)
 {
@@ -1179,6 +1227,7 @@ int main(void)
 	tcase_add_test(tc, test_slow_reader);
 	tcase_add_test(tc, test_status_paging);
 	tcase_add_test(tc, test_reclaim_cooperative);
+	tcase_add_test(tc, test_reclaim_without_handler);
 	tcase_add_test(tc, test_reclaim_queue_behind_parked);
 	tcase_add_test(tc, test_fair_fill);
 	tcase_add_test(tc, test_fair_share_refusal);
