@@ -116,8 +116,10 @@ check: deps
 	@$(if $(filter 1,$(SAN)),:,$(MAKE) --no-print-directory fuzz-smoke)
 test: check
 
+# ASan/UBSan make every suite several times slower (test-python's torch
+# cases the most): Check's per-test timeouts are tripled there.
 asan:
-	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 check
+	@CK_TIMEOUT_MULTIPLIER=3 $(MAKE) --no-print-directory BUILD=build-asan SAN=1 check
 
 # The long soak (make check runs a 15 s one): SOAK_SECONDS of clients
 # loading, allocating and flooding, SIGKILLed at random, the broker
