@@ -14,8 +14,12 @@ static void run_suite(const char *module)
 	static char out[1 << 16];
 #ifdef __SANITIZE_ADDRESS__
 	/* An ASan build of libvram.so in a Python that is not: the runtime
-	 * must be loaded first, and Python's own allocations are not ours. */
-	const char *pre = "LD_PRELOAD=$(${CC:-cc} -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 ";
+	 * must be loaded first, and Python's own allocations are not ours.
+	 * libstdc++ right after it, so that ASan's __cxa_throw interceptor
+	 * finds the real one (torch throws C++ exceptions it catches itself;
+	 * without it: "CHECK failed ... real___cxa_throw", then a hang). */
+	const char *pre = "LD_PRELOAD=\"$(${CC:-cc} -print-file-name=libasan.so) "
+			  "$(${CC:-cc} -print-file-name=libstdc++.so.6)\" ASAN_OPTIONS=detect_leaks=0 ";
 #else
 	const char *pre = "";
 #endif
