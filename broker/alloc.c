@@ -323,10 +323,7 @@ static bool was_asked(const struct pending *pd, const struct client *x)
  * grant past what is asked when it is less than twice what is missing). */
 static uint64_t half_grant(const struct client *x, const struct pool *p)
 {
-	uint64_t m = 0;
-	for (const struct grant *g = x->grants; g; g = g->next)
-		if (g->pool == p && (g->flags & VRAMD_ALLOC_RECLAIMABLE))
-			m = MAX(m, g->size);
+	uint64_t m = largest_reclaimable(x, p);
 	return m ? m / 2 + 1 : 0;
 }
 

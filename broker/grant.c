@@ -344,6 +344,15 @@ int limits_allow(struct broker *b, const struct client *c, const struct pool *p,
 	return quota_allows(b, c, p, size, why, len);
 }
 
+uint64_t largest_reclaimable(const struct client *x, const struct pool *p)
+{
+	uint64_t m = 0;
+	for (const struct grant *g = x->grants; g; g = g->next)
+		if (g->pool == p && (g->flags & VRAMD_ALLOC_RECLAIMABLE))
+			m = MAX(m, g->size);
+	return m;
+}
+
 uint64_t reclaim_room(struct broker *b, const struct client *x, const struct pool *p)
 {
 	struct quota_match m;
@@ -356,10 +365,7 @@ uint64_t reclaim_room(struct broker *b, const struct client *x, const struct poo
 		/* less the largest grant x could free: a client asked for X
 		 * may free past it by less than one grant (whole grants:
 		 * runtime/pager-reclaim.c) and must still not cross its floor */
-		uint64_t above = bucket > e->floor ? bucket - e->floor : 0, largest = 0;
-		for (const struct grant *g = x->grants; g; g = g->next)
-			if (g->pool == p && (g->flags & VRAMD_ALLOC_RECLAIMABLE))
-				largest = MAX(largest, g->size);
+		uint64_t above = bucket > e->floor ? bucket - e->floor : 0, largest = largest_reclaimable(x, p);
 		r = MIN(r, above > largest ? above - largest : 0);
 	}
 	return r;

@@ -78,6 +78,8 @@ int limits_allow(struct broker *b, const struct client *c, const struct pool *p,
 int quota_allows(struct broker *b, const struct client *c, const struct pool *p, uint64_t size, char *why,
 		 size_t len);
 
+/* The largest reclaimable grant x holds on p (0: none). */
+uint64_t largest_reclaimable(const struct client *x, const struct pool *p);
 /* What RECLAIM may ask of x on p: its reclaimable memory there, and under
  * a floor what it holds above the floor less its largest reclaimable grant
  * there (what a client frees may pass the ask by less than one grant: it
