@@ -247,13 +247,17 @@ struct stream {
 	bool uring;
 	struct io_uring ring;
 	bool ring_up, file_reg, bufs_reg;
-	ssize_t sync_op;         /* sync engine: op waiting to be read, or -1 */
+	bool stalled;            /* the ring stalled once: the rest is read with pread */
+	uint32_t ring_inflight;  /* reads the ring owes a completion */
+	uint32_t quiet;          /* stall windows in a row without a completion */
+	size_t *sync_q;          /* ops waiting to be read with pread (FIFO of depth) */
+	uint32_t sync_head, sync_n;
 
 	uint32_t inflight;
 	uint64_t total, delivered;
 	int err;                 /* first failure */
 	uint64_t err_off;
-	enum { ERR_READ, ERR_EOF, ERR_SINK, ERR_CANCEL, ERR_OTHER } err_kind;
+	enum { ERR_READ, ERR_EOF, ERR_SINK, ERR_CANCEL, ERR_STALL, ERR_OTHER } err_kind;
 	char sink_msg[512];      /* ERR_SINK: what the sink said, if anything */
 
 	struct stream_result res;
@@ -335,17 +339,24 @@ static int reopen(struct stream *s, int fd, int flags)
 	return nfd;
 }
 
+/* A file that lives in memory (tmpfs, ramfs, hugetlbfs). */
+static bool mem_fs(int fd)
+{
+	struct statfs sfs;
+
+	return fstatfs(fd, &sfs) == 0 &&
+	       (sfs.f_type == TMPFS_MAGIC || sfs.f_type == RAMFS_MAGIC || sfs.f_type == HUGETLBFS_MAGIC);
+}
+
 /* Sets up DIRECT reads; a negative errno when the file cannot be read that
  * way (the caller then reads buffered). */
 static int setup_direct(struct stream *s, int fd)
 {
-	struct statfs sfs;
 	struct statx stx;
 	int dfd;
 
 	/* tmpfs and friends accept O_DIRECT (6.6+) but it buys nothing there */
-	if (fstatfs(fd, &sfs) == 0 &&
-	    (sfs.f_type == TMPFS_MAGIC || sfs.f_type == RAMFS_MAGIC || sfs.f_type == HUGETLBFS_MAGIC))
+	if (mem_fs(fd))
 		return -EOPNOTSUPP;
 
 	s->mem_align = STREAM_ALIGN;
@@ -798,10 +809,11 @@ static void read_submit(struct stream *s, size_t i)
 
 	int fd = s->file_reg ? op->buffered : op->buffered ? s->bfd : s->rfd;
 
-	if (!s->uring) {
-		s->sync_op = (ssize_t)i;
+	if (!s->uring || s->stalled) {
+		s->sync_q[(s->sync_head + s->sync_n++) % s->depth] = i;
 		return;
 	}
+	s->ring_inflight++;
 	/* never NULL: at most depth reads are in flight and the SQ has depth
 	 * entries, each consumed by the submit that precedes new ones */
 	sqe = io_uring_get_sqe(&s->ring);
@@ -869,6 +881,12 @@ static void op_complete(struct stream *s, size_t i, int res)
 	uint64_t off = op->off + op->start;
 	const struct stream_opts *o = s->o;
 
+	if (res == -ECANCELED && s->stalled && !s->err) {
+		/* cancelled while still queued: it never ran, read it here */
+		s->res.recovered++;
+		read_submit(s, i);
+		return;
+	}
 	s->res.reads++;
 	if (o->inject) {
 		int inj = o->inject(o->inject_user, off, (uint32_t)(op->len - op->start), res);
@@ -981,38 +999,79 @@ static void run_fdcopies(struct stream *s)
 	}
 }
 
-/* Submits what is queued, waits for at least one completion, handles all
- * that are there. */
+/* The sync engine's next read. */
+static void sync_read(struct stream *s)
+{
+	size_t i = s->sync_q[s->sync_head];
+	struct op *op = &s->ops[i];
+	ssize_t n;
+
+	s->sync_head = (s->sync_head + 1) % s->depth;
+	s->sync_n--;
+	n = pread(op->buffered ? s->bfd : s->rfd, op->buf + op->start, op->len - op->start, (off_t)(op->off + op->start));
+	op_complete(s, i, n < 0 ? -errno : (int)n);
+}
+
+/* Nothing completed for a stall window: cancel what is still queued (it
+ * comes back -ECANCELED and op_complete queues it for pread); reads that
+ * are running are waited for.  -ETIMEDOUT when that has gone on too long. */
+static int ring_stalled(struct stream *s)
+{
+	struct io_uring_sqe *sqe;
+
+	if (++s->quiet > STREAM_STALL_GIVE_UP)
+		return -ETIMEDOUT;
+	s->stalled = true;
+	s->res.stalls++;
+	/* the SQ has depth entries and everything before was submitted */
+	sqe = io_uring_get_sqe(&s->ring);
+	if (sqe) {
+		io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+		io_uring_sqe_set_data64(sqe, UINT64_MAX);
+	}
+	return 0;
+}
+
+/* Submits what is queued, waits for at least one completion (at most a
+ * stall window), handles all that are there; with reads queued for pread,
+ * does one of those instead. */
 static int reap(struct stream *s)
 {
-	if (!s->uring) {
-		size_t i = (size_t)s->sync_op;
-		struct op *op = &s->ops[i];
-		ssize_t n;
+	uint32_t ms = s->o->stall_ms ? s->o->stall_ms : STREAM_DEFAULT_STALL_MS;
 
-		s->sync_op = -1;
-		n = pread(op->buffered ? s->bfd : s->rfd, op->buf + op->start, op->len - op->start, (off_t)(op->off + op->start));
-		op_complete(s, i, n < 0 ? -errno : (int)n);
+	if (s->sync_n) {
+		sync_read(s);
 		return 0;
 	}
 	for (;;) {
+		struct __kernel_timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long long)(ms % 1000) * 1000000 };
 		struct io_uring_cqe *cqe;
-		unsigned head, n = 0;
-		int r = io_uring_submit_and_wait(&s->ring, 1);
+		unsigned head, n = 0, nops = 0;
+		int r = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, &ts, NULL);
 
 		if (r == -EINTR)
 			continue;
+		if (r == -ETIME) {
+			if ((r = ring_stalled(s)) < 0)
+				return r;
+			continue;
+		}
 		if (r < 0 && r != -EBUSY && r != -EAGAIN)
 			return r;
 		io_uring_for_each_cqe(&s->ring, head, cqe) {
+			uint64_t data = io_uring_cqe_get_data64(cqe);
 			n++;
-			op_complete(s, (size_t)io_uring_cqe_get_data64(cqe), cqe->res);
+			if (data == UINT64_MAX)
+				continue;        /* the stall's cancel */
+			nops++;
+			s->ring_inflight--;
+			op_complete(s, (size_t)data, cqe->res);
 		}
 		io_uring_cq_advance(&s->ring, n);
-		if (n)
+		if (nops)
+			s->quiet = 0;
+		if (nops || s->sync_n || (s->stalled && !s->ring_inflight))
 			return 0;
-		if (r < 0)       /* -EBUSY/-EAGAIN with nothing reaped: try again */
-			continue;
 	}
 }
 
@@ -1050,8 +1109,11 @@ static int run(struct stream *s)
 		if (r < 0) {
 			/* the ring itself failed: buffers of reads still in the
 			 * kernel stay pinned by it, so freeing them after the
-			 * ring is torn down is safe */
-			fail(s, r, ERR_OTHER, 0);
+			 * ring is torn down is safe.  Stalled for good
+			 * (-ETIMEDOUT): tearing the ring down cancels what is
+			 * queued; a read that is truly running yet never ends
+			 * is beyond any caller's help */
+			fail(s, r, r == -ETIMEDOUT ? ERR_STALL : ERR_OTHER, 0);
 			return r;
 		}
 		if (s->err && !s->inflight)
@@ -1074,6 +1136,7 @@ static void stream_free(struct stream *s)
 		close(s->own_fd);
 	if (s->own_bfd >= 0)
 		close(s->own_bfd);
+	free(s->sync_q);
 	free(s->slots);
 	free(s->ops);
 	free(s->parts);
@@ -1209,6 +1272,10 @@ static int finish_error(struct stream *s, int fd)
 		return rt_error(err, "%s: onward copy failed: %m", s->path);
 	case ERR_CANCEL:
 		return rt_error(err, "%s: load cancelled", s->path);
+	case ERR_STALL:
+		return rt_error(err, "%s: %u reads made no progress in %u ms (stuck in the kernel's io_uring)",
+				s->path, s->ring_inflight, (STREAM_STALL_GIVE_UP + 1) *
+				(s->o->stall_ms ? s->o->stall_ms : STREAM_DEFAULT_STALL_MS));
 	case ERR_EOF:
 		if (have && st.st_size != s->st0.st_size)
 			return rt_error(-ESTALE, "%s: file changed during the load (size %" PRIu64 " -> %" PRIu64 ")",
@@ -1233,7 +1300,7 @@ int stream_file(const char *path, int fd, const struct stream_req *reqs, size_t 
 	uint64_t p0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
 	struct stream s = {
 		.path = path ? path : "(file)", .have_path = path != NULL, .reqs = reqs, .nreqs = nreqs,
-		.o = o ? o : &defaults, .rfd = -1, .own_fd = -1, .bfd = -1, .own_bfd = -1, .sync_op = -1,
+		.o = o ? o : &defaults, .rfd = -1, .own_fd = -1, .bfd = -1, .own_bfd = -1,
 	};
 	struct stat st1;
 	int r;
@@ -1256,7 +1323,11 @@ int stream_file(const char *path, int fd, const struct stream_req *reqs, size_t 
 		goto out;
 	}
 	s.res.io_mode_used = s.mode;
-	s.uring = !(s.o->flags & STREAM_F_NO_URING);
+	/* io_uring cannot read a file in memory without blocking, so it hands
+	 * every such read to its io-wq threads: a thread hop per read, for a
+	 * memcpy pread does as well, and the one place a ring was seen to
+	 * stall for good (STREAM_DEFAULT_STALL_MS) */
+	s.uring = !(s.o->flags & STREAM_F_NO_URING) && (!mem_fs(fd) || (s.o->flags & STREAM_F_URING_MEMFS));
 
 	if ((r = plan(&s)) < 0 || (r = staging_setup(&s)) < 0) {
 		rt_error(r, "%s: out of memory planning %zu requests", s.path, nreqs);
@@ -1271,6 +1342,10 @@ int stream_file(const char *path, int fd, const struct stream_req *reqs, size_t 
 	}
 	if (!s.uring)
 		s.depth = 1;
+	if (!(s.sync_q = calloc(s.depth, sizeof(*s.sync_q)))) {
+		r = rt_error(-ENOMEM, "%s: out of memory", s.path);
+		goto out;
+	}
 	s.res.engine = s.uring ? STREAM_ENGINE_URING : STREAM_ENGINE_SYNC;
 
 	run_fdcopies(&s);

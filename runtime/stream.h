@@ -107,7 +107,17 @@ struct stream_sink {
 /* stream_opts.flags (measurement and tests) */
 #define STREAM_F_NO_URING       (1u << 0) /* synchronous pread engine (what runs when io_uring is unavailable) */
 #define STREAM_F_NO_REGISTER    (1u << 1) /* no registered file or buffers */
-#define STREAM_F_VALID          (STREAM_F_NO_URING | STREAM_F_NO_REGISTER)
+#define STREAM_F_URING_MEMFS    (1u << 2) /* io_uring on tmpfs/ramfs/hugetlbfs too (see stall_ms) */
+#define STREAM_F_VALID          (STREAM_F_NO_URING | STREAM_F_NO_REGISTER | STREAM_F_URING_MEMFS)
+
+/* A ring that completes nothing for this long with reads in flight has
+ * stalled (docs/streaming.md: io_uring punts every read of a tmpfs file to
+ * its io-wq threads, and Linux 6.18 was seen to leave such work queued for
+ * good): the engine cancels what is still queued and reads the rest with
+ * pread.  Reads already running are waited for; after STREAM_STALL_GIVE_UP
+ * windows without a completion the load fails. */
+#define STREAM_DEFAULT_STALL_MS 5000u
+#define STREAM_STALL_GIVE_UP    12u
 
 /* All-zero is the default for every field. */
 struct stream_opts {
@@ -130,11 +140,13 @@ struct stream_opts {
 	 * larger than the real one is clamped. */
 	int    (*inject)(void *user, uint64_t off, uint32_t len, int res);
 	void    *inject_user;
+	uint32_t stall_ms;       /* io_uring stall window; 0: STREAM_DEFAULT_STALL_MS */
+	uint32_t pad;
 };
 
 enum stream_engine {
 	STREAM_ENGINE_URING = 1,
-	STREAM_ENGINE_SYNC = 2,  /* pread, one read at a time */
+	STREAM_ENGINE_SYNC = 2,  /* pread, one read at a time (also on tmpfs/ramfs/hugetlbfs) */
 };
 
 struct stream_result {
@@ -149,6 +161,8 @@ struct stream_result {
 				    (AUTO on a partly cached file) */
 	uint64_t reads;          /* reads completed, retries included */
 	uint64_t retries;        /* reads resubmitted after a short read, EINTR or EAGAIN */
+	uint32_t stalls;         /* stall windows the ring completed nothing in (then: pread) */
+	uint32_t recovered;      /* reads cancelled in a stalled ring and read with pread */
 	uint64_t ns;             /* wall time of the call */
 	uint64_t cpu_ns;         /* CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID) */
 	uint64_t proc_cpu_ns;    /* CPU time of the whole process over the call: adds io_uring
