@@ -5,6 +5,8 @@
  * time per connection (a mutex); replies are matched by sequence number.
  */
 #include <errno.h>
+#include <poll.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <time.h>
 #include <fcntl.h>
@@ -819,6 +821,51 @@ int vram_dispatch(vram_client *c)
 	}
 	pthread_mutex_unlock(&c->lock);
 	return run_pending(c);
+}
+
+int client_dispatch_wait(struct vram_client *c, int ms, bool reconnect)
+{
+	int fd = vram_client_fd(c);
+
+	if (fd < 0) {
+		int r = reconnect ? vram_dispatch(c) : -ENOTCONN;
+		if (r < 0) {
+			struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+			nanosleep(&ts, NULL);
+		}
+		return r;
+	}
+	/* A hang-up is read as the end of the stream: vram_dispatch
+	 * reconnects (grants registered again, demands said again). */
+	struct pollfd pf = { .fd = fd, .events = POLLIN };
+	if (poll(&pf, 1, ms) > 0)
+		return vram_dispatch(c);
+	return run_pending(c);
+}
+
+static void *watch_main(void *arg)
+{
+	struct client_watch *w = arg;
+
+	while (!atomic_load(&w->stop))
+		client_dispatch_wait(w->c, 50, false);
+	return NULL;
+}
+
+void client_watch_start(struct client_watch *w, struct vram_client *c)
+{
+	w->c = c;
+	atomic_store(&w->stop, false);
+	w->started = pthread_create(&w->thread, NULL, watch_main, w) == 0;
+}
+
+void client_watch_stop(struct client_watch *w)
+{
+	if (!w->started)
+		return;
+	atomic_store(&w->stop, true);
+	pthread_join(w->thread, NULL);
+	w->started = false;
 }
 
 int vram_get_status(vram_client *c, struct vram_status **ret)

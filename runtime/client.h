@@ -4,6 +4,7 @@
 #define VRAM_RUNTIME_CLIENT_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "runtime/internal.h"
@@ -71,6 +72,28 @@ struct vram_client {
  * is full, -ENOMEM, -EDQUOT: the caller should load privately) / -errno. */
 int client_share(struct vram_client *c, uint32_t device, const struct vramd_share_run *runs, uint32_t nruns,
 		 int file_fd, vram_progress_fn progress, void *user, struct vram_grant **ret, uint32_t *ret_how);
+
+/* Waits up to ms for a message from the broker and handles it
+ * (vram_dispatch); with none, answers the RECLAIMs that waited half their
+ * deadline for a handler.  With the connection gone: reconnect tries
+ * again (vram_dispatch's backoff), else it sleeps ms. */
+int client_dispatch_wait(struct vram_client *c, int ms, bool reconnect);
+
+/* While a long call runs in this thread (a reclaimable load streaming, a
+ * pager being made), a thread that reads what the broker sends, so that a
+ * RECLAIM reaches the handler, or is answered "0 freed" at half its
+ * deadline, instead of sitting unread past it ("ignored" by the broker,
+ * which then fails the asker).  Best effort: without a thread, nothing
+ * changes.  Not while this thread waits for a reply (the socket's lock
+ * is held then; recv_reply queues what comes meanwhile). */
+struct client_watch {
+	struct vram_client *c;
+	pthread_t thread;
+	bool started;
+	_Atomic bool stop;
+};
+void client_watch_start(struct client_watch *w, struct vram_client *c);
+void client_watch_stop(struct client_watch *w);
 
 /* runtime/cuda-kernels.c: drops what vram_device_prepare holds. */
 void client_prepared_release(struct vram_client *c);

@@ -264,6 +264,7 @@ static int tensor_devices(vram_client *c, const vram_model *m, const vram_plan *
  * model order; the context owns them, and l until the load succeeds. */
 struct load_ctx {
 	vram_client *c;
+	struct client_watch watch; /* reclaimable: RECLAIMs answered while it runs */
 	const vram_model *m;
 	struct vram_load_options o; /* checked */
 	uint32_t nstaging;
@@ -316,6 +317,7 @@ static void load_ctx_done(struct load_ctx *x)
 	struct rt_saved_error e;
 
 	rt_error_save(&e);
+	client_watch_stop(&x->watch);
 	load_sinks_free(x);
 	if (x->staging)
 		vram_free(x->c, x->staging);
@@ -814,6 +816,8 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 		return rt_error(-EINVAL, "vram_load: NULL argument");
 	if ((r = load_options(o, &x.o, &x.nstaging, &x.cast_from)) < 0)
 		return r;
+	if (x.o.flags & VRAM_LOAD_RECLAIMABLE)
+		client_watch_start(&x.watch, c);
 	x.n = m->ntensors;
 	uint64_t t0 = now_ns();
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);

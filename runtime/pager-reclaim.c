@@ -998,20 +998,7 @@ void *pager_dispatcher_main(void *arg)
 		pthread_mutex_unlock(&p->mu);
 		if (stop)
 			break;
-		int fd = vram_client_fd(p->c);
-		if (fd < 0) {
-			/* the broker went away and a reconnect gave up: again */
-			if (vram_dispatch(p->c) < 0) {
-				struct timespec ts = { 0, 100000000L };
-				nanosleep(&ts, NULL);
-			}
-			continue;
-		}
-		/* A hang-up is read as the end of the stream: vram_dispatch
-		 * reconnects (grants registered again, demands said again). */
-		struct pollfd pf = { .fd = fd, .events = POLLIN };
-		if (poll(&pf, 1, 50) > 0)
-			vram_dispatch(p->c);
+		client_dispatch_wait(p->c, 50, true);
 	}
 	return NULL;
 }

@@ -1243,15 +1243,20 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 	 * asked for the excess (a newcomer that only asks for its window is
 	 * counted as wanting just that, and refused). */
 	p->handlers = !(o->flags & VRAM_PAGER_NO_RECLAIM);
-	if (p->handlers)
+	/* until its own handler and thread take over: RECLAIMs for the load
+	 * answered, not left unread while the window is made and pinned */
+	struct client_watch watch = { 0 };
+	if (p->handlers) {
+		client_watch_start(&watch, p->c);
 		pager_declare_demand(p);
-	if ((r = pager_windows(p, o, largest)) < 0) {
-		vram_pager_free(p); /* keeps the message */
-		return r;
 	}
-	pager_pin_donors(p, largest);
-	if ((r = pager_start(p, o)) < 0) {
-		vram_pager_free(p);
+	if ((r = pager_windows(p, o, largest)) == 0) {
+		pager_pin_donors(p, largest);
+		r = pager_start(p, o);
+	}
+	client_watch_stop(&watch);
+	if (r < 0) {
+		vram_pager_free(p); /* keeps the message */
 		return r;
 	}
 	*ret = p;

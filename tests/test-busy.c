@@ -176,6 +176,89 @@ END_TEST
 
 /* ---- in-process clients --------------------------------------------------- */
 
+/* A load that holds its stream at the first read until the other client's
+ * ALLOC has been answered (at most 20 s). */
+struct held_load {
+	atomic_int streaming, asked;
+	const char *sock;
+	int rc;
+};
+
+static int hold_progress(void *user, uint64_t done, uint64_t total)
+{
+	struct held_load *h = user;
+	atomic_store(&h->streaming, 1);
+	for (int i = 0; i < 2000 && !atomic_load(&h->asked); i++)
+		t_sleep_ms(10);
+	return 0;
+}
+
+static void *ask_when_streaming(void *arg)
+{
+	struct held_load *h = arg;
+	vram_client *c;
+	vram_grant *g = NULL;
+	while (!atomic_load(&h->streaming))
+		t_sleep_ms(5);
+	h->rc = vram_connect(h->sock, "asker", &c);
+	if (h->rc == 0) {
+		h->rc = vram_alloc(c, 0, 16 * MiB, 0, &g);
+		if (g)
+			vram_free(c, g);
+		vram_close(c);
+	}
+	atomic_store(&h->asked, 1);
+	return NULL;
+}
+
+/* A RECLAIM that comes while a reclaimable load streams (no pager yet, so
+ * no handler, and no call of the loader reads its socket) is answered,
+ * "0 freed" at half its deadline, instead of sitting unread past it: the
+ * broker counts the loader as having answered, never logs "ignored", and
+ * the asker is refused (nothing else holds the GPU). */
+START_TEST(test_reclaim_during_load)
+{
+	static const char *const args[] = { "--sim-gpus", "32MiB", "--host-pool", "128MiB", "--no-cuda", "-v",
+					    "--reclaim-deadline-ms", "2000", NULL };
+	struct tp_env e;
+	tp_env_start(&e, args);
+	tp_env_checkpoint(&e, 24, 512, 1024);
+	vram_model *m;
+	vram_client *c;
+	vram_loaded *l = NULL;
+	ck_assert_int_eq(vram_model_open(e.file, &m), 0);
+	ck_assert_int_eq(vram_connect(e.sock, "loader", &c), 0);
+	struct held_load h = { .sock = e.sock, .rc = 1 };
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, ask_when_streaming, &h), 0);
+	struct vram_load_options lo;
+	vram_load_options_init(&lo);
+	lo.flags = VRAM_LOAD_RECLAIMABLE;
+	lo.chunk_size = 1 * MiB;
+	lo.progress = hold_progress;
+	lo.user = &h;
+	int r = vram_load(c, m, NULL, 0, &lo, &l);
+	pthread_join(th, NULL);
+	ck_assert_msg(r == 0, "%s", vram_last_error());
+	ck_assert_int_eq(h.rc, -ENOMEM);
+	vram_client *o;
+	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
+	struct vram_client_status cs = client_status(o, "loader");
+	ck_assert_uint_eq(cs.reclaims_missed, 0);
+	ck_assert_uint_ge(cs.reclaims_answered, 1);
+	ck_assert_int_eq(tp_log_count(&e, "ignored RECLAIM"), 0);
+	/* every tensor on the GPU: the load itself was not disturbed */
+	for (uint32_t t = 0; t < (uint32_t)vram_model_tensor_count(m); t++)
+		ck_assert_int_eq(vram_loaded_tensor_device(l, t), 0);
+	vram_unload(l);
+	vram_close(c);
+	vram_model_close(m);
+	tp_wait_empty(o);
+	vram_close(o);
+	tp_env_stop(&e);
+}
+END_TEST
+
 static const char *const small_args[] = { "--sim-gpus", "32MiB", "--host-pool", "128MiB", "--no-cuda",
 					  "--reclaim-deadline-ms", "20000", NULL };
 
@@ -767,6 +850,7 @@ int main(void)
 	tcase_add_test(tc, test_two_busy_instances);
 	tcase_add_test(tc, test_four_busy_instances);
 	tcase_add_test(tc, test_reclaim_mid_acquire);
+	tcase_add_test(tc, test_reclaim_during_load);
 	tcase_add_test(tc, test_reclaim_more_than_can_give);
 	tcase_add_test(tc, test_every_layer_acquired);
 	tcase_add_test(tc, test_reclaim_races);
