@@ -538,16 +538,16 @@ static void reclaim_done(struct vram_client *c, uint64_t reclaim_id, uint64_t fr
 	send_req(c, &d, sizeof(d), VRAMD_RECLAIM_DONE);
 }
 
-/* Without a handler (a load, or a pager being made, still running)
- * RECLAIMs wait for one, but not past half their deadline: then the
- * client says it freed nothing, so that the broker asks others or fails
- * the asker at once instead of waiting out the deadline ("ignored").
- * Lock held. */
+/* Without a handler (a pager being made) RECLAIMs wait for one, but not
+ * past half their deadline: then the client says it freed nothing, so that
+ * the broker asks others or fails the asker at once instead of waiting out
+ * the deadline ("ignored").  While a load streams no handler can come
+ * before it ends: at once.  Lock held. */
 static void answer_unhandled(struct vram_client *c)
 {
 	uint64_t now = now_ns();
 	for (uint32_t i = 0; i < c->npending;) {
-		if ((now - c->pending_ns[i]) / 1000000 < c->pending[i].deadline_ms / 2) {
+		if (!c->loading && (now - c->pending_ns[i]) / 1000000 < c->pending[i].deadline_ms / 2) {
 			i++;
 			continue;
 		}
@@ -852,11 +852,17 @@ static void *watch_main(void *arg)
 	return NULL;
 }
 
-void client_watch_start(struct client_watch *w, struct vram_client *c)
+void client_watch_start(struct client_watch *w, struct vram_client *c, bool loading)
 {
 	w->c = c;
+	w->loading = loading;
 	atomic_store(&w->stop, false);
 	w->started = pthread_create(&w->thread, NULL, watch_main, w) == 0;
+	if (w->started && loading) {
+		pthread_mutex_lock(&c->lock);
+		c->loading++;
+		pthread_mutex_unlock(&c->lock);
+	}
 }
 
 void client_watch_stop(struct client_watch *w)
@@ -866,6 +872,11 @@ void client_watch_stop(struct client_watch *w)
 	atomic_store(&w->stop, true);
 	pthread_join(w->thread, NULL);
 	w->started = false;
+	if (w->loading) {
+		pthread_mutex_lock(&w->c->lock);
+		w->c->loading--;
+		pthread_mutex_unlock(&w->c->lock);
+	}
 }
 
 int vram_get_status(vram_client *c, struct vram_status **ret)

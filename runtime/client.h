@@ -56,6 +56,8 @@ struct vram_client {
 	uint64_t demand_want[VRAMD_MAX_DEVICES];
 	uint64_t demand_min[VRAMD_MAX_DEVICES];
 	bool handling;           /* a RECLAIM handler is running (run_pending) */
+	uint32_t loading;        /* reclaimable loads streaming (client_watch): RECLAIMs
+				    without a handler are answered at once */
 	/* while a SHARE waits for its copy: where its progress goes */
 	vram_progress_fn share_progress;
 	void *share_user;
@@ -90,9 +92,11 @@ struct client_watch {
 	struct vram_client *c;
 	pthread_t thread;
 	bool started;
+	bool loading;            /* a load: no handler is coming before it ends,
+				    so "0 freed" at once, not at half the deadline */
 	_Atomic bool stop;
 };
-void client_watch_start(struct client_watch *w, struct vram_client *c);
+void client_watch_start(struct client_watch *w, struct vram_client *c, bool loading);
 void client_watch_stop(struct client_watch *w);
 
 /* runtime/cuda-kernels.c: drops what vram_device_prepare holds. */

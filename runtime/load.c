@@ -817,7 +817,7 @@ int vram_load(vram_client *c, const vram_model *m, const vram_plan *plan, uint32
 	if ((r = load_options(o, &x.o, &x.nstaging, &x.cast_from)) < 0)
 		return r;
 	if (x.o.flags & VRAM_LOAD_RECLAIMABLE)
-		client_watch_start(&x.watch, c);
+		client_watch_start(&x.watch, c, true);
 	x.n = m->ntensors;
 	uint64_t t0 = now_ns();
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);

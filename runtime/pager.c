@@ -1247,7 +1247,7 @@ int vram_pager_create(vram_loaded *l, const vram_plan *plan, const struct vram_p
 	 * answered, not left unread while the window is made and pinned */
 	struct client_watch watch = { 0 };
 	if (p->handlers) {
-		client_watch_start(&watch, p->c);
+		client_watch_start(&watch, p->c, false);
 		pager_declare_demand(p);
 	}
 	if ((r = pager_windows(p, o, largest)) == 0) {

@@ -213,7 +213,7 @@ static void *ask_when_streaming(void *arg)
 
 /* A RECLAIM that comes while a reclaimable load streams (no pager yet, so
  * no handler, and no call of the loader reads its socket) is answered,
- * "0 freed" at half its deadline, instead of sitting unread past it: the
+ * "0 freed" at once, instead of sitting unread past its deadline: the
  * broker counts the loader as having answered, never logs "ignored", and
  * the asker is refused (nothing else holds the GPU). */
 START_TEST(test_reclaim_during_load)
