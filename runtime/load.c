@@ -286,6 +286,7 @@ struct load_ctx {
 	struct stream_req *reqs;
 	size_t nreq;
 	bool need_staging;       /* GPU destinations or conversions */
+	uint64_t first_alloc_ns, max_alloc_ns; /* ALLOC answer times */
 	bool has_cuda;
 
 	/* staging: what stream_file is given, and what backs it */
@@ -576,7 +577,12 @@ static int bucket_grant(struct load_ctx *x, const uint32_t *bo, uint32_t cnt, ui
 			uint32_t flags, uint64_t size, uint32_t *ret_nruns, struct loaded_grant *lg)
 {
 	char s1[32];
+	uint64_t t0 = now_ns();
 	int r = vram_alloc(x->c, d, size, flags, &lg->grant);
+	uint64_t dt = MAX(now_ns() - t0, 1);
+	if (!x->first_alloc_ns)
+		x->first_alloc_ns = dt;
+	x->max_alloc_ns = MAX(x->max_alloc_ns, dt);
 	struct rt_saved_error e;
 	rt_error_save(&e); /* the first refusal is the one to report */
 	int cpu = (r == -ENOMEM || r == -EDQUOT) && (flags & VRAM_ALLOC_RECLAIMABLE) ? vram_device_find(x->c, "cpu") : -1;
@@ -797,6 +803,8 @@ static int load_stream(struct load_ctx *x, uint64_t t0, const struct timespec *c
 	l->stats.cpu_ns = (uint64_t)(c1.tv_sec - c0->tv_sec) * 1000000000ull + (uint64_t)(c1.tv_nsec - c0->tv_nsec);
 	l->stats.grants = l->ngrants;
 	l->stats.converted = l->converted;
+	l->stats.first_alloc_ns = x->first_alloc_ns;
+	l->stats.max_alloc_ns = x->max_alloc_ns;
 	return 0;
 }
 

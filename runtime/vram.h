@@ -549,6 +549,10 @@ struct vram_load_stats {
 	uint32_t share_waited;   /* chunks whose copy another load was filling */
 	uint32_t share_refused;  /* chunks loaded privately: the broker could not share them */
 	char     share_why[128]; /* why the last refused one was */
+	/* 0.2, later: how long the broker took to answer this load's ALLOCs
+	 * (a grant or a refusal; parked ones wait for reclaim) */
+	uint64_t first_alloc_ns; /* the first one */
+	uint64_t max_alloc_ns;   /* the slowest one */
 };
 VRAM_API int vram_loaded_stats(const vram_loaded *l, struct vram_load_stats *ret_stats);
 

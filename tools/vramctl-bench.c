@@ -129,6 +129,7 @@ struct bench {
 	int dev;                 /* broker device of the unet's compute device, or -1 */
 	uint64_t load_t0;        /* when the load began */
 	uint64_t grants_ns;      /* from then to its first bytes: every grant allocated */
+	struct vram_load_stats ls; /* the load's (ALLOC answer times) */
 	int nl;                  /* layers */
 	uint64_t *spin;          /* per layer: compute time, ns */
 	uint64_t *donor;         /* per layer: bytes paged (donor layers), else 0 */
@@ -271,6 +272,8 @@ static int bench_setup(struct ctl *ctl, struct bench_args *ba, struct bench *b)
 		fprintf(stderr, "vramctl bench pager: %s\n", vram_last_error());
 		return r == -EINVAL ? EX_USAGE_ : 1;
 	}
+	b->ls.struct_size = sizeof(b->ls);
+	vram_loaded_stats(b->l, &b->ls);
 	return 0;
 }
 
@@ -418,6 +421,8 @@ static void bench_report_json(const struct bench_args *ba, const struct bench *b
 			    json_real(st->copy_ns ? (double)st->bytes_paged / (double)st->copy_ns : 0));
 	json_object_set_new(root, "stall_total_s", json_real(sum->stall_total));
 	json_object_set_new(root, "grants_s", json_real((double)b->grants_ns / 1e9));
+	json_object_set_new(root, "first_alloc_ms", json_real((double)b->ls.first_alloc_ns / 1e6));
+	json_object_set_new(root, "max_alloc_ms", json_real((double)b->ls.max_alloc_ns / 1e6));
 	json_object_set_new(root, "held_avg", json_integer((json_int_t)sum->held_avg));
 	json_object_set_new(root, "share_avg", json_integer((json_int_t)sum->share_avg));
 	json_object_set_new(root, "reclaims", json_integer((json_int_t)st->reclaims));
@@ -472,7 +477,8 @@ static void bench_report_text(const struct bench_args *ba, const struct bench *b
 	       sum->stall_frac * 100, (unsigned long long)st->hits, (unsigned long long)st->late,
 	       (unsigned long long)st->misses, (unsigned long long)st->prefetch_used,
 	       (unsigned long long)st->prefetches);
-	printf("load: every grant in %.3f s; stall in all passes %.3f s\n", (double)b->grants_ns / 1e9,
+	printf("load: first ALLOC answered in %.1f ms, slowest %.1f ms, every grant in %.3f s; stall in all passes %.3f s\n",
+	       (double)b->ls.first_alloc_ns / 1e6, (double)b->ls.max_alloc_ns / 1e6, (double)b->grants_ns / 1e9,
 	       sum->stall_total);
 	if (!st->reclaims && !st->offers && !sum->sh.have)
 		return;

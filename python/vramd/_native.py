@@ -156,7 +156,8 @@ class LoadStats(C.Structure):
     _fields_ = [("struct_size", u32), ("io_mode_used", u32), ("bytes", u64), ("ns", u64),
                 ("cpu_ns", u64), ("grants", u64), ("converted", u64), ("shared_bytes", u64),
                 ("share_hits", u32), ("share_filled", u32), ("share_waited", u32),
-                ("share_refused", u32), ("share_why", C.c_char * 128)]
+                ("share_refused", u32), ("share_why", C.c_char * 128),
+                ("first_alloc_ns", u64), ("max_alloc_ns", u64)]
 
 
 class PagerOptions(C.Structure):
