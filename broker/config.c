@@ -113,25 +113,37 @@ static int size_err(char *err, size_t errlen, const char *key, const char *v, in
  * interned, each distinct value kept once.  A configuration's strings never
  * change under it, whatever is parsed later (a reload parses the file into a
  * fresh configuration while the running one still points at its paths). */
+static pthread_mutex_t intern_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct interned {
+	struct interned *next;
+	char s[];
+} *intern_list;
+
 static const char *intern(const char *v)
 {
-	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-	static struct interned {
-		struct interned *next;
-		char s[];
-	} *list;
 	size_t n = strlen(v) + 1;
 	struct interned *p;
-	pthread_mutex_lock(&lock);
-	for (p = list; p && strcmp(p->s, v); p = p->next)
+	pthread_mutex_lock(&intern_lock);
+	for (p = intern_list; p && strcmp(p->s, v); p = p->next)
 		;
 	if (!p && (p = malloc(sizeof(*p) + n))) {
 		memcpy(p->s, v, n);
-		p->next = list;
-		list = p;
+		p->next = intern_list;
+		intern_list = p;
 	}
-	pthread_mutex_unlock(&lock);
+	pthread_mutex_unlock(&intern_lock);
 	return p ? p->s : NULL;
+}
+
+void broker_config_forget_strings(void)
+{
+	pthread_mutex_lock(&intern_lock);
+	while (intern_list) {
+		struct interned *p = intern_list;
+		intern_list = p->next;
+		free(p);
+	}
+	pthread_mutex_unlock(&intern_lock);
 }
 
 /* *dst = the interned v; 0 or -ENOMEM with err set. */

@@ -73,6 +73,9 @@ void broker_config_init(struct broker_config *c);
  * errors naming the file, line and key.  0, or -errno (-ENOENT: no such
  * file, -EINVAL: it does not parse) with err set to "FILE:LINE: KEY: ...". */
 int broker_config_load(struct broker_config *cfg, const char *path, char *err, size_t errlen);
+/* Frees every string configurations point at: only when none is in use
+ * (the fuzz target, between inputs; the broker never calls it). */
+void broker_config_forget_strings(void);
 
 /* What a reload reads: the defaults, with the running configuration's
  * config file over them when it has one (an optional file that is missing
