@@ -80,7 +80,7 @@ PYEOF
 drop
 FIO=$(fio --name=r --filename="$FILE" --rw=read --bs=8M --iodepth=16 --ioengine=io_uring --direct=1 \
 	--output-format=terse --terse-version=3 2>/dev/null | awk -F';' '{ printf "%.3f", $7 * 1024 / 1e9 }')
-vr() { $VRAMCTL load "$FILE" --device cuda:0 --io auto --json | "$PY" -c 'import json,sys; print("%.3f" % json.load(sys.stdin)["gbps"])'; }
+vr() { $VRAMCTL load "$FILE" --device cuda:0 --io auto --private --json | "$PY" -c 'import json,sys; print("%.3f" % json.load(sys.stdin)["gbps"])'; }
 st() {
 	"$TORCHPY" - "$FILE" <<'PYEOF' 2>/dev/null || echo 0
 import os, sys, time, torch
@@ -108,7 +108,7 @@ say "staging sweep, warm, GB/s (rows: --chunk, columns: --staging 4 8 16)"
 for ch in 4MiB 8MiB 16MiB 32MiB; do
 	line="  $ch:"
 	for ns in 4 8 16; do
-		g=$($VRAMCTL load "$FILE" --device cuda:0 --io auto --chunk "$ch" --staging "$ns" --json |
+		g=$($VRAMCTL load "$FILE" --device cuda:0 --io auto --private --chunk "$ch" --staging "$ns" --json |
 			"$PY" -c 'import json,sys; print("%.3f" % json.load(sys.stdin)["gbps"])' 2>/dev/null || echo fail)
 		line="$line $g"
 	done

@@ -91,7 +91,7 @@ fio_run() { # $1 direct, $2 bs, $3 depth
 		awk -F';' '{ printf "%.3f -\n", $7 * 1024 / 1e9 }' # read bandwidth, KiB/s
 }
 vramd_run() { # $1 vramctl
-	$1 load "$FILE" --device cpu --json |
+	$1 load "$FILE" --device cpu --private --json |
 		"$PY" -c 'import json,sys; d=json.load(sys.stdin); print("%.3f %.3f" % (d["gbps"], d["cpu_seconds"] / (d["bytes"] / 1e9)))'
 }
 mmap_run() { "$BUILD/tests/helper-mmapload" "$FILE" | awk '{ printf "%.3f %.3f\n", $1 / $2 / 1e9, $3 / ($1 / 1e9) }'; }
