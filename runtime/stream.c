@@ -249,7 +249,7 @@ struct stream {
 	bool ring_up, file_reg, bufs_reg;
 	bool stalled;            /* the ring stalled once: the rest is read with pread */
 	uint32_t ring_inflight;  /* reads the ring owes a completion */
-	uint32_t quiet;          /* stall windows in a row without a completion */
+	uint64_t quiet_ns;       /* the first empty stall window since the last completion (0: none) */
 	size_t *sync_q;          /* ops waiting to be read with pread (FIFO of depth) */
 	uint32_t sync_head, sync_n;
 
@@ -1019,7 +1019,10 @@ static int ring_stalled(struct stream *s)
 {
 	struct io_uring_sqe *sqe;
 
-	if (++s->quiet > STREAM_STALL_GIVE_UP)
+	uint64_t now = clock_ns(CLOCK_MONOTONIC);
+	if (!s->quiet_ns)
+		s->quiet_ns = now;
+	else if (now - s->quiet_ns >= STREAM_STALL_GIVE_UP_MS * 1000000ull)
 		return -ETIMEDOUT;
 	s->stalled = true;
 	s->res.stalls++;
@@ -1069,7 +1072,7 @@ static int reap(struct stream *s)
 		}
 		io_uring_cq_advance(&s->ring, n);
 		if (nops)
-			s->quiet = 0;
+			s->quiet_ns = 0;
 		if (nops || s->sync_n || (s->stalled && !s->ring_inflight))
 			return 0;
 	}
@@ -1273,9 +1276,8 @@ static int finish_error(struct stream *s, int fd)
 	case ERR_CANCEL:
 		return rt_error(err, "%s: load cancelled", s->path);
 	case ERR_STALL:
-		return rt_error(err, "%s: %u reads made no progress in %u ms (stuck in the kernel's io_uring)",
-				s->path, s->ring_inflight, (STREAM_STALL_GIVE_UP + 1) *
-				(s->o->stall_ms ? s->o->stall_ms : STREAM_DEFAULT_STALL_MS));
+		return rt_error(err, "%s: %u reads made no progress in over %u s (stuck in the kernel's io_uring)",
+				s->path, s->ring_inflight, STREAM_STALL_GIVE_UP_MS / 1000);
 	case ERR_EOF:
 		if (have && st.st_size != s->st0.st_size)
 			return rt_error(-ESTALE, "%s: file changed during the load (size %" PRIu64 " -> %" PRIu64 ")",

@@ -114,10 +114,10 @@ struct stream_sink {
  * stalled (docs/streaming.md: io_uring punts every read of a tmpfs file to
  * its io-wq threads, and Linux 6.18 was seen to leave such work queued for
  * good): the engine cancels what is still queued and reads the rest with
- * pread.  Reads already running are waited for; after STREAM_STALL_GIVE_UP
- * windows without a completion the load fails. */
+ * pread.  Reads already running are waited for; after STREAM_STALL_GIVE_UP_MS
+ * without a completion (however short the window) the load fails. */
 #define STREAM_DEFAULT_STALL_MS 5000u
-#define STREAM_STALL_GIVE_UP    12u
+#define STREAM_STALL_GIVE_UP_MS 60000u
 
 /* All-zero is the default for every field. */
 struct stream_opts {
