@@ -623,6 +623,7 @@ START_TEST(test_layouts_tmpfs)
 	const char *dir = tmpfs_dir();
 	if (!dir)
 		return;  /* no tmpfs here */
+	memset(&tally, 0, sizeof(tally)); /* CK_FORK=no runs every test in one process */
 	sweep(dir, (enum layout)_i, &small_opts, false, 300 + (uint64_t)_i);
 	ck_assert_uint_gt(tally.loads, 0);
 	ck_assert_uint_eq(tally.uring, 0);
@@ -640,6 +641,7 @@ START_TEST(test_layouts_tmpfs_stalls)
 		return;  /* no tmpfs here */
 	o.flags = STREAM_F_URING_MEMFS;
 	o.stall_ms = 1;
+	memset(&tally, 0, sizeof(tally));
 	sweep(dir, (enum layout)_i, &o, false, 700 + (uint64_t)_i);
 	ck_assert_uint_eq(tally.uring, tally.loads);
 	fprintf(stderr, "tmpfs stalls %" PRIu64 " recovered %" PRIu64 " in %" PRIu64 " loads\n", tally.stalls, tally.recovered, tally.loads);
