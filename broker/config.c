@@ -112,7 +112,9 @@ static int size_err(char *err, size_t errlen, const char *key, const char *v, in
 /* The strings of every configuration live as long as the process:
  * interned, each distinct value kept once.  A configuration's strings never
  * change under it, whatever is parsed later (a reload parses the file into a
- * fresh configuration while the running one still points at its paths). */
+ * fresh configuration while the running one still points at its paths).
+ * Only the fuzz target, between inputs, lets them go
+ * (broker_config_forget_strings). */
 static pthread_mutex_t intern_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct interned {
 	struct interned *next;
