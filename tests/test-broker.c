@@ -487,9 +487,7 @@ START_TEST(test_reclaim_cooperative)
 	struct live l;
 	struct holder h = { 0 };
 	reclaim_broker(&l, 5000);
-	ck_assert_int_eq(vram_connect(l.sock, "holder", &h.c), 0);
-	for (h.n = 0; h.n < 6; h.n++)
-		ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	holder_fill(&h, l.sock, 6);
 	vram_grant *pinned;
 	ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, 0, &pinned), 0); /* not reclaimable */
 	vram_set_reclaim_handler(h.c, give_back, &h);
@@ -555,9 +553,7 @@ START_TEST(test_reclaim_without_handler)
 	struct live l;
 	struct holder h = { 0 };
 	reclaim_broker(&l, 2000);
-	ck_assert_int_eq(vram_connect(l.sock, "holder", &h.c), 0);
-	for (h.n = 0; h.n < 7; h.n++)
-		ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	holder_fill(&h, l.sock, 7);
 	ck_assert_int_eq(pthread_create(&h.th, NULL, dispatch_always, &h), 0);
 	vram_client *b;
 	vram_grant *g;
@@ -631,9 +627,7 @@ START_TEST(test_fair_share_refusal)
 	struct live l;
 	struct holder h = { 0 };
 	reclaim_broker(&l, 5000);
-	ck_assert_int_eq(vram_connect(l.sock, "holder", &h.c), 0);
-	for (h.n = 0; h.n < 7; h.n++)
-		ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	holder_fill(&h, l.sock, 7);
 	vram_set_reclaim_handler(h.c, give_back, &h);
 	ck_assert_int_eq(pthread_create(&h.th, NULL, dispatcher, &h), 0);
 	vram_client *b;
@@ -685,9 +679,7 @@ START_TEST(test_reclaim_queue_behind_parked)
 	struct live l;
 	struct holder h = { 0 };
 	reclaim_broker(&l, 5000);
-	ck_assert_int_eq(vram_connect(l.sock, "holder", &h.c), 0);
-	for (h.n = 0; h.n < 6; h.n++)
-		ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, VRAM_ALLOC_RECLAIMABLE, &h.g[h.n]), 0);
+	holder_fill(&h, l.sock, 6);
 	vram_grant *pinned;
 	ck_assert_int_eq(vram_alloc(h.c, 0, 8 * MiB, 0, &pinned), 0);
 	vram_set_reclaim_handler(h.c, give_back, &h); /* answers once dispatching starts */

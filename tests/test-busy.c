@@ -123,11 +123,7 @@ START_TEST(test_two_busy_instances)
 	ck_assert_msg(WIFEXITED(sa) && WEXITSTATUS(sa) == 0, "first client: %s", txt);
 	ck_assert_int_ge(tp_log_count(&e, "RECLAIM answered"), 1);
 	ck_assert_int_eq(tp_log_count(&e, "ignored RECLAIM"), 0);
-	vram_client *o;
-	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
-	tp_wait_empty(o);
-	vram_close(o);
-	tp_env_stop(&e);
+	tp_env_stop_empty(&e);
 }
 END_TEST
 
@@ -166,11 +162,7 @@ START_TEST(test_four_busy_instances)
 		bench_wait_ok(kid[i], who, out[i]);
 	}
 	ck_assert_int_eq(tp_log_count(&e, "ignored RECLAIM"), 0);
-	vram_client *o;
-	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
-	tp_wait_empty(o);
-	vram_close(o);
-	tp_env_stop(&e);
+	tp_env_stop_empty(&e);
 }
 END_TEST
 
@@ -672,11 +664,7 @@ START_TEST(test_floors_and_ceilings)
 	tp_model_close(&tf);
 	vram_close(n);
 	vram_close(a);
-	vram_client *o;
-	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
-	tp_wait_empty(o);
-	vram_close(o);
-	tp_env_stop(&e);
+	tp_env_stop_empty(&e);
 }
 END_TEST
 
@@ -730,19 +718,11 @@ END_TEST
  * planner places modules: a layer may be split between devices). */
 static void split_checkpoint(struct tp_env *e)
 {
-	char cmd[2048];
-	snprintf(cmd, sizeof(cmd),
-		 "%s -c \"\n"
-		 "import numpy as np\n"
-		 "from safetensors.numpy import save_file\n"
-		 "r = np.random.default_rng(5)\n"
-		 "t = {}\n"
-		 "for i in range(16):\n"
-		 "  for m in range(3):\n"
-		 "    t[f'model.diffusion_model.input_blocks.{i}.{m}.weight'] = r.standard_normal((256, 1024)).astype(np.float16)\n"
-		 "save_file(t, '%s', metadata={'format': 'pt'})\n\"",
-		 t_python(), e->file);
-	ck_assert_int_eq(t_run(cmd, NULL, 0), 0);
+	ck_assert_int_eq(t_write_st(e->file, 5,
+				    "for i in range(16):\n"
+				    "  for m in range(3):\n"
+				    "    t[f'model.diffusion_model.input_blocks.{i}.{m}.weight'] = "
+				    "r.standard_normal((256, 1024)).astype(np.float16)\n"), 0);
 	e->bytes = t_read_file(e->file, &e->len);
 	ck_assert_ptr_nonnull(e->bytes);
 }
@@ -777,11 +757,7 @@ START_TEST(test_split_layer_paged)
 	tp_check_layer(&e, &t, (uint32_t)split);
 	tp_pass(&e, &t);
 	tp_model_close(&t);
-	vram_client *o;
-	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
-	tp_wait_empty(o);
-	vram_close(o);
-	tp_env_stop(&e);
+	tp_env_stop_empty(&e);
 }
 END_TEST
 
@@ -789,18 +765,10 @@ END_TEST
  * ..., 14 MiB. */
 static void growing_checkpoint(struct tp_env *e)
 {
-	char cmd[2048];
-	snprintf(cmd, sizeof(cmd),
-		 "%s -c \"\n"
-		 "import numpy as np\n"
-		 "from safetensors.numpy import save_file\n"
-		 "r = np.random.default_rng(6)\n"
-		 "t = {}\n"
-		 "for i in range(6):\n"
-		 "  t[f'model.diffusion_model.input_blocks.{i}.0.weight'] = r.standard_normal((2048 + 1024 * i, 1024)).astype(np.float16)\n"
-		 "save_file(t, '%s', metadata={'format': 'pt'})\n\"",
-		 t_python(), e->file);
-	ck_assert_int_eq(t_run(cmd, NULL, 0), 0);
+	ck_assert_int_eq(t_write_st(e->file, 6,
+				    "for i in range(6):\n"
+				    "  t[f'model.diffusion_model.input_blocks.{i}.0.weight'] = "
+				    "r.standard_normal((2048 + 1024 * i, 1024)).astype(np.float16)\n"), 0);
 	e->bytes = t_read_file(e->file, &e->len);
 	ck_assert_ptr_nonnull(e->bytes);
 }
@@ -834,11 +802,7 @@ START_TEST(test_window_cut_for_smaller_layers)
 	tp_pass(&e, &t);
 	tp_pass(&e, &t);
 	tp_model_close(&t);
-	vram_client *o;
-	ck_assert_int_eq(vram_connect(e.sock, "observer", &o), 0);
-	tp_wait_empty(o);
-	vram_close(o);
-	tp_env_stop(&e);
+	tp_env_stop_empty(&e);
 }
 END_TEST
 

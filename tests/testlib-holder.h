@@ -4,6 +4,7 @@
 #ifndef VRAM_TESTLIB_HOLDER_H
 #define VRAM_TESTLIB_HOLDER_H
 
+#include <check.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,6 +19,15 @@ struct holder {
 	atomic_int calls;
 	pthread_t th;
 };
+
+/* Connects h as "holder" to sock and allocates n reclaimable grants of
+ * 8 MiB on device 0. */
+static inline void holder_fill(struct holder *h, const char *sock, int n)
+{
+	ck_assert_int_eq(vram_connect(sock, "holder", &h->c), 0);
+	for (h->n = 0; h->n < n; h->n++)
+		ck_assert_int_eq(vram_alloc(h->c, 0, 8ull << 20, VRAM_ALLOC_RECLAIMABLE, &h->g[h->n]), 0);
+}
 
 /* vram_reclaim_fn: frees the newest grants until bytes are freed. */
 static inline uint64_t give_back(void *user, uint32_t device, uint64_t bytes, uint64_t deadline_ms)

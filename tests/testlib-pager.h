@@ -246,6 +246,17 @@ static inline void tp_wait_empty(vram_client *o)
 	vram_status_free(s);
 }
 
+/* Asserts, as a fresh observer, that nothing is left accounted, then
+ * stops vramd. */
+static inline void tp_env_stop_empty(struct tp_env *e)
+{
+	vram_client *o;
+	ck_assert_int_eq(vram_connect(e->sock, "observer", &o), 0);
+	tp_wait_empty(o);
+	vram_close(o);
+	tp_env_stop(e);
+}
+
 /* A thread running passes over a model until told to stop; every acquired
  * byte checked. */
 struct tp_busy {

@@ -316,11 +316,10 @@ static inline int t_run(const char *cmd, char *out, size_t cap)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* Writes a checkpoint with the reference library: blocks unet blocks with a
- * rows x cols F16 weight and an F32 bias each, a CLIP part with an
- * embedding, a VAE part, an empty and a scalar tensor; odd sizes so that
- * nothing is aligned.  Returns the python exit code. */
-static inline int t_write_checkpoint(const char *path, int blocks, int rows, int cols, int seed)
+/* Writes a safetensors file with the reference library: python lines
+ * (body, each ending in a newline) fill the dict t, with r a numpy
+ * generator seeded with seed.  Returns the python exit code. */
+static inline int t_write_st(const char *path, int seed, const char *body)
 {
 	char cmd[4096];
 	snprintf(cmd, sizeof(cmd),
@@ -329,6 +328,20 @@ static inline int t_write_checkpoint(const char *path, int blocks, int rows, int
 		 "from safetensors.numpy import save_file\n"
 		 "r = np.random.default_rng(%d)\n"
 		 "t = {}\n"
+		 "%s"
+		 "save_file(t, '%s', metadata={'format': 'pt'})\n\"",
+		 t_python(), seed, body, path);
+	return t_run(cmd, NULL, 0);
+}
+
+/* Writes a checkpoint with the reference library: blocks unet blocks with a
+ * rows x cols F16 weight and an F32 bias each, a CLIP part with an
+ * embedding, a VAE part, an empty and a scalar tensor; odd sizes so that
+ * nothing is aligned.  Returns the python exit code. */
+static inline int t_write_checkpoint(const char *path, int blocks, int rows, int cols, int seed)
+{
+	char body[2048];
+	snprintf(body, sizeof(body),
 		 "for i in range(%d):\n"
 		 "  t[f'model.diffusion_model.input_blocks.{i}.0.weight'] = r.standard_normal((%d, %d)).astype(np.float16)\n"
 		 "  t[f'model.diffusion_model.input_blocks.{i}.0.bias'] = r.standard_normal(%d).astype(np.float32)\n"
@@ -338,10 +351,9 @@ static inline int t_write_checkpoint(const char *path, int blocks, int rows, int
 		 "  t[f'cond_stage_model.transformer.text_model.encoder.layers.{i}.mlp.fc1.weight'] = r.standard_normal((33, 65)).astype(np.float32)\n"
 		 "t['first_stage_model.decoder.conv_in.weight'] = r.standard_normal((13, 7, 3, 3)).astype(np.float32)\n"
 		 "t['first_stage_model.decoder.empty'] = np.zeros((0, 4), dtype=np.float16)\n"
-		 "t['model.diffusion_model.scalar'] = np.array(3.5, dtype=np.float64)\n"
-		 "save_file(t, '%s', metadata={'format': 'pt'})\n\"",
-		 t_python(), seed, blocks, rows, cols, cols, path);
-	return t_run(cmd, NULL, 0);
+		 "t['model.diffusion_model.scalar'] = np.array(3.5, dtype=np.float64)\n",
+		 blocks, rows, cols, cols);
+	return t_write_st(path, seed, body);
 }
 
 /* One tensor of a hand-written safetensors file: 1-D, elems x esize bytes. */
